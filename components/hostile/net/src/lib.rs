@@ -1,0 +1,20 @@
+//! Hostile: opens a TCP connection, so it imports `wasi:sockets`, which no
+//! grant provides. Expected: refused before it runs, kind `instantiate`,
+//! naming the import.
+use sandflow_sdk::{Error, Step};
+use serde_json::{Value, json};
+
+struct Net;
+
+impl Step for Net {
+    type Input = Value;
+    type Output = Value;
+    fn run(_: Value) -> Result<Value, Error> {
+        match std::net::TcpStream::connect("127.0.0.1:9") {
+            Ok(_) => Ok(json!({ "connected": true })),
+            Err(e) => Err(Error::permanent(format!("connect failed: {e}"))),
+        }
+    }
+}
+
+sandflow_sdk::export_step!(Net);

@@ -1,0 +1,233 @@
+//! `sandflow call FILE.wasm --input JSON`: run one component once, print
+//! its output on stdout, its log and a summary on stderr.
+
+use super::{CliError, Output, exit, new_sandbox, render};
+use crate::failure::{FailureKind, StepFailure};
+use crate::sandbox::{CancellationToken, DirGrant, Grants, Limits, StepRequest};
+use crate::units::{parse_duration, parse_size};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    sandflow call components/dist/text.wasm --input '{\"op\":\"upper\",\"text\":\"hi\"}'\n  \
+    sandflow call my.wasm --input-file in.json --fuel 1000000 --timeout 2s --memory 32MiB\n  \
+    sandflow call my.wasm --dir ./data:/data --allow-env LANG")]
+pub(crate) struct CallArgs {
+    /// The component (.wasm) to run.
+    #[arg(value_name = "FILE.wasm")]
+    file: PathBuf,
+    /// The input, as JSON [default: null].
+    #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Read the input (JSON) from a file; `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    input_file: Option<PathBuf>,
+    /// The component's static config, as JSON.
+    #[arg(long, value_name = "JSON")]
+    config: Option<String>,
+    /// Fuel budget (about one unit per wasm instruction) [default: 10000000000].
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+    /// Wall-clock deadline, e.g. `500ms`, `2s`, `1m30s` [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Memory cap, e.g. `64MiB` [default: 128MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Output size cap, e.g. `1MiB` [default: 4MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_output: Option<u64>,
+    /// Pass this host environment variable through (repeatable).
+    #[arg(long = "allow-env", value_name = "NAME")]
+    allow_env: Vec<String>,
+    /// Grant a host directory: `HOST:GUEST` (read-only) or `HOST:GUEST:rw` (repeatable).
+    #[arg(long = "dir", value_name = "HOST:GUEST[:rw]", value_parser = parse_dir_grant)]
+    dirs: Vec<DirGrant>,
+}
+
+/// Reads `HOST:GUEST`, `HOST:GUEST:ro` or `HOST:GUEST:rw`.
+pub(crate) fn parse_dir_grant(text: &str) -> Result<DirGrant, String> {
+    let (rest, writable) = match text.rsplit_once(':') {
+        Some((rest, "rw")) => (rest, true),
+        Some((rest, "ro")) => (rest, false),
+        _ => (text, false),
+    };
+    match rest.rsplit_once(':') {
+        Some((host, guest)) if !host.is_empty() && guest.starts_with('/') => {
+            Ok(DirGrant { host: PathBuf::from(host), guest: guest.to_string(), writable })
+        }
+        _ => Err(format!(
+            "`{text}`: write HOST:GUEST or HOST:GUEST:rw, with GUEST an absolute path, e.g. `./data:/data`"
+        )),
+    }
+}
+
+fn read_input(args: &CallArgs) -> Result<Value, CliError> {
+    let (text, what) = match (&args.input, &args.input_file) {
+        (Some(text), _) => (text.clone(), "--input".to_string()),
+        (None, Some(path)) if path == Path::new("-") => {
+            let text = std::io::read_to_string(std::io::stdin())
+                .map_err(|e| CliError::invalid(format!("--input-file -: cannot read stdin: {e}")))?;
+            (text, "stdin".to_string())
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::invalid(format!("--input-file {}: {e}", path.display())))?;
+            (text, path.display().to_string())
+        }
+        (None, None) => return Ok(Value::Null),
+    };
+    serde_json::from_str(&text).map_err(|e| CliError::invalid(format!("{what} is not valid JSON: {e}")))
+}
+
+fn limits(args: &CallArgs) -> Limits {
+    let d = Limits::default();
+    Limits {
+        fuel: args.fuel.unwrap_or(d.fuel),
+        timeout: args.timeout.unwrap_or(d.timeout),
+        memory: args.memory.unwrap_or(d.memory),
+        max_output: args.max_output.map_or(d.max_output, |s| usize::try_from(s).unwrap_or(usize::MAX)),
+        max_log: d.max_log,
+    }
+}
+
+pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
+    let input = read_input(&args)?;
+    let config = match &args.config {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| CliError::invalid(format!("--config is not valid JSON: {e}")))?,
+        None => Value::Null,
+    };
+    let env = args
+        .allow_env
+        .iter()
+        .filter_map(|name| match std::env::var(name) {
+            Ok(v) => Some((name.clone(), v)),
+            Err(_) => {
+                tracing::warn!("--allow-env {name}: not set here, so the component will not see it");
+                None
+            }
+        })
+        .collect();
+    let request = StepRequest {
+        input,
+        config,
+        limits: limits(&args),
+        grants: Grants { env, dirs: args.dirs.clone() },
+        ..StepRequest::new(Value::Null)
+    };
+
+    let sandbox = new_sandbox(state_dir)?;
+    let name = args.file.display().to_string();
+    let component = match sandbox.load_file(&args.file) {
+        Ok(c) => c,
+        // Asking for an import nobody grants is the step's failure (kind
+        // `instantiate`), not a usage error.
+        Err(e) if e.kind.is_ungranted() => {
+            let failure = StepFailure::new(FailureKind::Instantiate, e.kind.to_string());
+            return Ok(report_failure(out, &name, &failure, None));
+        }
+        Err(e) => return Err(CliError::invalid(e.to_string())),
+    };
+
+    let cancel = CancellationToken::new();
+    let watcher = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let max_log = request.limits.max_log;
+    let outcome = sandbox.run(&component, request, &cancel).await;
+    watcher.abort();
+
+    render::step_log(out, &name, &outcome.log, max_log);
+    match &outcome.result {
+        Ok(output) => {
+            println!("{}", serde_json::to_string_pretty(output).expect("a Value always serializes"));
+            if out.json {
+                render::event(
+                    "step_finished",
+                    json!({
+                        "step": name, "state": "succeeded", "attempt": 1,
+                        "duration_ms": outcome.duration.as_secs_f64() * 1000.0,
+                        "fuel_used": outcome.fuel_used,
+                    }),
+                );
+            } else if !out.quiet {
+                eprintln!(
+                    "succeeded in {} (fuel used: {})",
+                    render::duration(outcome.duration),
+                    outcome.fuel_used
+                );
+            }
+            Ok(exit::OK)
+        }
+        Err(failure) => Ok(report_failure(out, &name, failure, Some(&outcome))),
+    }
+}
+
+fn report_failure(
+    out: &Output,
+    name: &str,
+    failure: &StepFailure,
+    outcome: Option<&crate::sandbox::StepOutcome>,
+) -> u8 {
+    let cancelled = failure.kind == FailureKind::Cancelled;
+    if out.json {
+        render::event(
+            "step_finished",
+            json!({
+                "step": name,
+                "state": if cancelled { "cancelled" } else { "failed" },
+                "attempt": 1,
+                "duration_ms": outcome.map(|o| o.duration.as_secs_f64() * 1000.0),
+                "fuel_used": outcome.map(|o| o.fuel_used),
+                "error": render::failure_json(failure),
+            }),
+        );
+    } else {
+        let after = outcome.map(|o| format!(" after {}", render::duration(o.duration))).unwrap_or_default();
+        eprintln!("error: {name} failed ({}){after}: {}", failure.kind, failure.message);
+    }
+    if cancelled { exit::CANCELLED } else { exit::FAILED }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub(crate) async fn cancel_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_grants_read_only_by_default() {
+        let g = parse_dir_grant("./data:/data").unwrap();
+        assert_eq!((g.host, g.guest.as_str(), g.writable), (PathBuf::from("./data"), "/data", false));
+        assert!(parse_dir_grant("/tmp/x:/out:rw").unwrap().writable);
+        assert!(!parse_dir_grant("/tmp/x:/out:ro").unwrap().writable);
+    }
+
+    #[test]
+    fn dir_grants_need_an_absolute_guest_path() {
+        for bad in ["./data", "./data:data", ":/data", "./data:/data:rx"] {
+            let e = parse_dir_grant(bad).unwrap_err();
+            assert!(e.contains("HOST:GUEST"), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The `sandflow` command line. Raw flags (clap) become the library's
+//! types here and nowhere else; each subcommand has its own file.
+//! [`run_with_args`] runs the whole CLI in-process, for tests.
+
+mod call;
+mod inspect;
+mod render;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit codes (SPEC §4).
+pub mod exit {
+    /// The run (or call) completed.
+    pub const OK: u8 = 0;
+    /// The run (or call) failed.
+    pub const FAILED: u8 = 1;
+    /// Invalid workflow, input, component or usage.
+    pub const INVALID: u8 = 2;
+    /// Cancelled by SIGINT or SIGTERM.
+    pub const CANCELLED: u8 = 130;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sandflow",
+    version,
+    about = "Run YAML workflows whose steps are sandboxed WebAssembly components",
+    long_about = "Run YAML workflows whose steps are sandboxed WebAssembly components.\n\n\
+        Every step runs in a fresh wasmtime instance with a fuel budget, a deadline and a \
+        memory cap, and sees nothing of the host it was not granted.\n\n\
+        Exit codes: 0 completed, 1 failed, 2 invalid workflow, input or usage, 130 cancelled."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, clap::Args)]
+struct GlobalArgs {
+    /// Where runs, logs and compiled components are kept.
+    #[arg(long, global = true, value_name = "DIR", default_value = ".sandflow")]
+    state_dir: PathBuf,
+    /// Events as JSON lines on stderr instead of the human display.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More detail on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one component once and print its output: the plugin author's inner loop.
+    Call(call::CallArgs),
+    /// Work with component files.
+    #[command(subcommand)]
+    Component(ComponentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ComponentCommand {
+    /// Show a component's WIT world, imports, exports, size, SHA-256 and `describe` metadata.
+    Inspect(inspect::InspectArgs),
+}
+
+/// A failure of a command: what to print and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    /// Invalid workflow, input, component or usage: exit 2.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        CliError { code: exit::INVALID, message: message.into() }
+    }
+}
+
+/// Output settings shared by every command.
+pub(crate) struct Output {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+/// Runs the CLI on the process's arguments and exits with its code.
+pub fn main() -> ExitCode {
+    ExitCode::from(run_with_args(std::env::args_os()))
+}
+
+/// Runs the CLI on `args` (the first is the program name) and returns the
+/// exit code. Prints to stdout and stderr.
+pub fn run_with_args<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { exit::INVALID } else { exit::OK };
+        }
+    };
+    init_tracing(&cli.global);
+    let out = Output { json: cli.global.json, quiet: cli.global.quiet };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::FAILED;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Call(args) => call::execute(args, &cli.global.state_dir, &out).await,
+            Command::Component(ComponentCommand::Inspect(args)) => {
+                inspect::execute(args, &cli.global.state_dir, &out).await
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            render::error_line(&out, &e.message);
+            e.code
+        }
+    }
+}
+
+fn init_tracing(global: &GlobalArgs) {
+    let level = match (global.quiet, global.verbose) {
+        (true, _) => tracing::Level::ERROR,
+        (false, 0) => tracing::Level::WARN,
+        (false, 1) => tracing::Level::INFO,
+        (false, 2) => tracing::Level::DEBUG,
+        (false, _) => tracing::Level::TRACE,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// The process-wide sandbox, with the artifact cache under the state dir.
+pub(crate) fn new_sandbox(state_dir: &std::path::Path) -> Result<crate::sandbox::Sandbox, CliError> {
+    let config = crate::sandbox::SandboxConfig {
+        cache_dir: Some(state_dir.join("cache").join("components")),
+        ..Default::default()
+    };
+    crate::sandbox::Sandbox::new(config).map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })
+}

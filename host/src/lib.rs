@@ -1,0 +1,12 @@
+//! sandflow runs YAML workflows whose steps are sandboxed WebAssembly
+//! components.
+//!
+//! - [`sandbox`]: runs one step component once, in a fresh, isolated store
+//!   with a fuel budget, a deadline and a memory cap.
+//! - [`failure`]: the typed ways a step attempt fails.
+//! - [`cli`]: the `sandflow` command line, testable in-process.
+
+pub mod cli;
+pub mod failure;
+pub mod sandbox;
+pub mod units;

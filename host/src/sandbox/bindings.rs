@@ -1,0 +1,12 @@
+//! The one `bindgen!` call: host-side bindings for the `step` world in the
+//! top-level `wit/`. `describe` (world `described-step`) is optional, so it
+//! is looked up by name at load time rather than generated here.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "step",
+    // Guests run on fibers so a deadline or a cancellation can stop them.
+    exports: { default: async },
+});
+
+pub use sandflow::step::types::Metadata;

@@ -1,0 +1,82 @@
+//! Compiled components on disk, so a second process does not compile again.
+//!
+//! An artifact is named by the component's SHA-256 and a hash of the
+//! engine's compatibility settings (wasmtime version, target, the config
+//! flags that shape compiled code): `<sha256>-<engine>.cwasm`. Writes go to
+//! a temporary file renamed into place, so concurrent processes never see a
+//! half-written artifact.
+//!
+//! Loading an artifact maps native code into the process: the cache
+//! directory must be as trusted as the sandflow binary (it lives under the
+//! state dir, which only the user writes).
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+pub(crate) struct ArtifactCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+impl ArtifactCache {
+    pub(crate) fn new(dir: PathBuf, engine: &Engine) -> Self {
+        // `DefaultHasher::new()` has fixed keys, so the name is stable for a
+        // given sandflow build; wasmtime checks compatibility again on load.
+        let mut h = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        ArtifactCache { dir, engine_key: format!("{:016x}", h.finish()) }
+    }
+
+    fn path_for(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}-{}.cwasm", self.engine_key))
+    }
+
+    /// The cached compiled component, if there is a usable one.
+    pub(crate) fn load(&self, engine: &Engine, sha256: &str) -> Option<Component> {
+        let path = self.path_for(sha256);
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by `store` below from
+        // `Component::serialize` for an engine with the same compatibility
+        // hash, under a state dir only the user can write (see module docs).
+        // wasmtime validates the header and rejects incompatible artifacts.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Component::deserialize_file(engine, &path) };
+        match loaded {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("ignoring unusable cached artifact {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    /// Saves a compiled component. Failing to cache is not an error: the
+    /// next process compiles again.
+    pub(crate) fn store(&self, sha256: &str, component: &Component) {
+        if let Err(e) = self.try_store(sha256, component) {
+            tracing::warn!("could not cache compiled component in {}: {e}", self.dir.display());
+        }
+    }
+
+    fn try_store(&self, sha256: &str, component: &Component) -> Result<(), Box<dyn std::error::Error>> {
+        let bytes = component.serialize().map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.path_for(sha256);
+        let tmp = tmp_path(&path);
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}-{n}", std::process::id()));
+    path.with_file_name(name)
+}

@@ -1,0 +1,153 @@
+//! A loaded step component: compiled once per process (or read from the
+//! artifact cache), its imports checked against what sandflow links, and
+//! pre-linked into an `InstancePre` so each attempt only instantiates.
+
+use super::bindings::StepPre;
+use super::host::StepState;
+use std::path::{Path, PathBuf};
+use wasmtime::component::{ComponentExportIndex, InstancePre};
+
+/// The WIT world a step component must implement.
+pub const STEP_WORLD: &str = "sandflow:step/step@0.1.0";
+
+/// Import prefixes sandflow links. Everything else is refused at load.
+const LINKED: &[&str] = &[
+    "sandflow:step/",
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:io/",
+    "wasi:random/",
+];
+
+/// A component ready to run.
+pub struct StepComponent {
+    /// Where it came from, for messages: a file path or a name.
+    pub(crate) origin: String,
+    pub(crate) sha256: String,
+    pub(crate) size: usize,
+    pub(crate) pre: StepPre<StepState>,
+    pub(crate) describe: Option<ComponentExportIndex>,
+    pub(crate) imports: Vec<String>,
+    pub(crate) exports: Vec<String>,
+}
+
+impl StepComponent {
+    /// Where the component came from (its path, usually).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+    /// Lowercase hex SHA-256 of the component's bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    /// Whether it exports `describe`.
+    pub fn has_describe(&self) -> bool {
+        self.describe.is_some()
+    }
+    /// Names of its imports (interfaces, with versions).
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+    /// Names of its exports.
+    pub fn exports(&self) -> &[String] {
+        &self.exports
+    }
+    pub(crate) fn instance_pre(&self) -> &InstancePre<StepState> {
+        self.pre.instance_pre()
+    }
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {kind}")]
+pub struct LoadError {
+    /// The file (or name) that failed to load.
+    pub origin: String,
+    /// What is wrong with it.
+    pub kind: LoadErrorKind,
+}
+
+/// What is wrong with a component that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadErrorKind {
+    #[error("cannot read the file: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("not a WebAssembly file (it does not start with the `\\0asm` magic bytes)")]
+    NotWasm,
+    #[error(
+        "a core WebAssembly module, not a component; build for the `wasm32-wasip2` target, \
+         or wrap the module with `wasm-tools component new`"
+    )]
+    CoreModule,
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    #[error(
+        "not a sandflow step: it does not export `run` (expected the world {STEP_WORLD}, see wit/step.wit)"
+    )]
+    NotAStep,
+    #[error("not a sandflow step: {0} (expected the world {STEP_WORLD}, see wit/step.wit)")]
+    WrongWorld(String),
+    /// Imports that are neither linked nor granted. A step failure of kind
+    /// `instantiate` when it happens at run time.
+    #[error("{}", ungranted_message(.0))]
+    UngrantedImports(Vec<String>),
+}
+
+impl LoadErrorKind {
+    /// Whether this is the component asking for more than it may have (an
+    /// `instantiate` failure of the step), rather than a file that is not a
+    /// usable step at all.
+    pub fn is_ungranted(&self) -> bool {
+        matches!(self, LoadErrorKind::UngrantedImports(_))
+    }
+}
+
+fn ungranted_message(imports: &[String]) -> String {
+    let is_network = |n: &&String| n.starts_with("wasi:sockets/") || n.starts_with("wasi:http/");
+    let network: Vec<&String> = imports.iter().filter(is_network).collect();
+    let other: Vec<String> = imports.iter().filter(|n| !is_network(n)).map(|n| format!("`{n}`")).collect();
+    let mut parts = Vec::new();
+    if let Some(first) = network.first() {
+        let more = if network.len() > 1 { format!(" and {} more network interfaces", network.len() - 1) } else { String::new() };
+        parts.push(format!("`{first}`{more}, but network access is never granted"));
+    }
+    if !other.is_empty() {
+        parts.push(format!("{}, which sandflow does not provide", other.join(", ")));
+    }
+    format!("imports {}; remove the code that needs them", parts.join("; and "))
+}
+
+/// Reads a component file's bytes, with errors that name the file.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|e| LoadError { origin: path.display().to_string(), kind: LoadErrorKind::Io(e) })
+}
+
+/// Cheap checks before compiling: is this a WebAssembly component at all?
+pub fn check_header(bytes: &[u8]) -> Result<(), LoadErrorKind> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(LoadErrorKind::NotWasm);
+    }
+    if wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(LoadErrorKind::CoreModule);
+    }
+    if !wasmparser::Parser::is_component(bytes) {
+        return Err(LoadErrorKind::Invalid("unknown WebAssembly version or layer".into()));
+    }
+    Ok(())
+}
+
+/// Every import the component needs that sandflow does not link.
+pub(crate) fn ungranted_imports(imports: &[String]) -> Vec<String> {
+    imports.iter().filter(|name| !LINKED.iter().any(|p| name.starts_with(p))).cloned().collect()
+}
+
+/// The path of a component as given, for messages.
+pub(crate) fn origin_of(path: &Path) -> String {
+    PathBuf::from(path).display().to_string()
+}

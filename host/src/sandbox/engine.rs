@@ -1,0 +1,125 @@
+//! The process-wide wasmtime [`Engine`]: component model, fuel metering,
+//! epoch interruption driven by one ticker thread, a bounded wasm stack, and
+//! the pooling allocator where the platform allows it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances. A running guest yields to the async
+/// executor at every tick, so this bounds how late a deadline or a
+/// cancellation is noticed.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Most bytes of wasm stack a guest may use; deeper recursion traps.
+pub const MAX_WASM_STACK: usize = 1 << 20;
+
+/// Which instance allocator to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllocatorChoice {
+    /// Pooling if the platform allows it (enough virtual memory), else on-demand.
+    #[default]
+    Auto,
+    /// Pooling, or fail.
+    Pooling,
+    /// Allocate each instance's memory with mmap when it is created.
+    OnDemand,
+}
+
+/// The allocator an engine ended up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocatorKind {
+    Pooling,
+    OnDemand,
+}
+
+impl AllocatorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocatorKind::Pooling => "pooling",
+            AllocatorKind::OnDemand => "on-demand",
+        }
+    }
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        // The fiber stack holds the wasm stack plus host calls made from it.
+        .async_stack_size(MAX_WASM_STACK + (1 << 20))
+        .cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config
+}
+
+/// Pool slots: `instances` component instances at once, each with the core
+/// instances, memories and tables a wasi-p2 Rust component needs.
+fn pooling_config(instances: u32) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances * 8)
+        .max_core_instances_per_component(16)
+        .total_memories(instances * 2)
+        .max_memories_per_component(2)
+        .total_tables(instances * 4)
+        .max_tables_per_component(4)
+        .total_stacks(instances)
+        // Any memory cap up to the wasm32 limit fits a slot; the per-step
+        // cap is enforced by the store's limiter.
+        .max_memory_size(4 << 30);
+    pool
+}
+
+/// Builds the engine, falling back from pooling to on-demand under `Auto`.
+pub(crate) fn new_engine(
+    choice: AllocatorChoice,
+    instances: u32,
+) -> wasmtime::Result<(Engine, AllocatorKind)> {
+    if choice != AllocatorChoice::OnDemand {
+        let mut config = base_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(instances)));
+        match Engine::new(&config) {
+            Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),
+            Err(e) if choice == AllocatorChoice::Pooling => return Err(e),
+            Err(e) => tracing::info!("pooling allocator unavailable, using on-demand: {e}"),
+        }
+    }
+    Ok((Engine::new(&base_config())?, AllocatorKind::OnDemand))
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+pub(crate) struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub(crate) fn start(engine: &Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("sandflow-epoch".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })?;
+        Ok(EpochTicker { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! Everything wasmtime: running one untrusted step component, once, safely.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use sandflow::sandbox::{Sandbox, SandboxConfig, StepRequest};
+//! let sandbox = Sandbox::new(SandboxConfig::default())?;
+//! let upper = sandbox.load_file("components/dist/text.wasm".as_ref())?;
+//! let request = StepRequest::new(serde_json::json!({"op": "upper", "text": "hi"}));
+//! let outcome = sandbox.run(&upper, request, &Default::default()).await;
+//! assert_eq!(outcome.result?, serde_json::json!({"text": "HI"}));
+//! # Ok(()) }
+//! ```
+//!
+//! One [`Sandbox`] per process holds the engine, the linker and the compiled
+//! components. Every [`Sandbox::run`] gets a fresh store, denied everything
+//! by default:
+//!
+//! - **fuel**: at most [`Limits::fuel`] units (about one per wasm instruction),
+//!   then kind `fuel`;
+//! - **deadline**: [`Limits::timeout`] of wall-clock time for instantiation
+//!   and the call together, including time blocked in host calls such as a
+//!   WASI sleep, then kind `timeout`;
+//! - **memory**: linear memory may not grow past [`Limits::memory`]; a trap
+//!   after a refused growth is kind `memory`;
+//! - **output**: at most [`Limits::max_output`] bytes of valid JSON, else kind
+//!   `output`;
+//! - **log**: stdout, stderr and `log` lines share [`Limits::max_log`] bytes;
+//!   the rest is dropped and counted, never an error;
+//! - **WASI**: clocks and random; no environment variables, no preopened
+//!   directories, empty stdin, no network, unless [`Grants`] says otherwise.
+//!
+//! A component that imports anything else is refused at load time, naming
+//! the import.
+
+mod bindings;
+mod cache;
+mod component;
+mod engine;
+mod host;
+mod log;
+
+pub use self::component::{LoadError, LoadErrorKind, STEP_WORLD, StepComponent, check_header as check_component_header};
+pub use self::engine::{AllocatorChoice, AllocatorKind, EPOCH_TICK, MAX_WASM_STACK};
+pub use self::host::{HostServices, MAX_BLOB, MAX_STATE_KEY, MAX_STATE_VALUE, MemoryServices, sha256_hex};
+pub use self::log::{LogLine, LogSource, StepLog};
+pub use tokio_util::sync::CancellationToken;
+
+use self::bindings::Metadata;
+use self::cache::ArtifactCache;
+use self::component::{check_header, origin_of, read_file, ungranted_imports};
+use self::engine::EpochTicker;
+use self::host::{MemoryCap, StepState};
+use self::log::{CapturedStream, LogSink, Stream};
+use crate::failure::{FailureKind, StepFailure};
+use crate::units::format_size;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OnceCell, Semaphore};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+/// Per-attempt limits. Every one is enforced by the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel budget: roughly the number of wasm instructions. Default 10 billion.
+    pub fuel: u64,
+    /// Wall-clock deadline for one attempt. Default 30 s.
+    pub timeout: Duration,
+    /// Most bytes of linear memory the instance may have. Default 128 MiB.
+    pub memory: u64,
+    /// Most bytes of output JSON. Default 4 MiB.
+    pub max_output: usize,
+    /// Most bytes of log (stdout, stderr and `log` lines). Default 1 MiB.
+    pub max_log: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 10_000_000_000,
+            timeout: Duration::from_secs(30),
+            memory: 128 << 20,
+            max_output: 4 << 20,
+            max_log: 1 << 20,
+        }
+    }
+}
+
+/// What a step may see of the host. The default grants nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Environment variables the guest sees, with their values.
+    pub env: Vec<(String, String)>,
+    /// Host directories the guest sees.
+    pub dirs: Vec<DirGrant>,
+}
+
+/// One host directory made visible to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the guest sees it, e.g. `/data`.
+    pub guest: String,
+    /// Whether the guest may create, change and delete files in it.
+    pub writable: bool,
+}
+
+/// One attempt's input and its sandbox.
+#[derive(Clone)]
+pub struct StepRequest {
+    /// The step's input.
+    pub input: Value,
+    /// The component's static config (`config.get()` in the guest).
+    pub config: Value,
+    pub limits: Limits,
+    pub grants: Grants,
+    /// Where the guest's key-value state and blobs go.
+    pub services: Arc<dyn HostServices>,
+}
+
+impl StepRequest {
+    /// `input` with default limits, no grants, no config and in-memory services.
+    pub fn new(input: Value) -> Self {
+        StepRequest {
+            input,
+            config: Value::Null,
+            limits: Limits::default(),
+            grants: Grants::default(),
+            services: Arc::new(MemoryServices::new()),
+        }
+    }
+}
+
+/// What one attempt did.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    /// The output, or why there is none.
+    pub result: Result<Value, StepFailure>,
+    /// Fuel consumed (instantiation and the call).
+    pub fuel_used: u64,
+    /// Wall-clock time of the attempt.
+    pub duration: Duration,
+    /// Captured stdout, stderr and `log` lines.
+    pub log: StepLog,
+}
+
+/// What a component says about itself through `describe`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComponentInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub input_schema: Option<Value>,
+    pub output_schema: Option<Value>,
+}
+
+struct Described {
+    info: ComponentInfo,
+    input: Option<jsonschema::Validator>,
+    output: Option<jsonschema::Validator>,
+}
+
+/// How the process-wide sandbox is set up.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Pooling (fast instantiation) or on-demand allocation.
+    pub allocator: AllocatorChoice,
+    /// Where compiled components are cached; `None` compiles every process.
+    pub cache_dir: Option<PathBuf>,
+    /// Most instances alive at once (the pool size); further attempts wait.
+    pub max_instances: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig { allocator: AllocatorChoice::Auto, cache_dir: None, max_instances: 256 }
+    }
+}
+
+/// The sandbox could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the WebAssembly sandbox: {0}")]
+pub struct SandboxError(String);
+
+/// The process-wide runtime for step components.
+pub struct Sandbox {
+    engine: Engine,
+    allocator: AllocatorKind,
+    linker: Linker<StepState>,
+    cache: Option<ArtifactCache>,
+    loaded: Mutex<HashMap<String, Arc<StepComponent>>>,
+    described: Mutex<HashMap<String, Arc<OnceCell<Result<Option<Arc<Described>>, StepFailure>>>>>,
+    slots: Semaphore,
+    _ticker: EpochTicker,
+}
+
+/// Limits for calling `describe`, which must be cheap.
+fn describe_limits() -> Limits {
+    Limits { fuel: 1_000_000_000, timeout: Duration::from_secs(5), ..Limits::default() }
+}
+
+impl Sandbox {
+    /// Builds the engine and linker and starts the epoch ticker.
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let err = |e: wasmtime::Error| SandboxError(format!("{e:#}"));
+        let (engine, allocator) = engine::new_engine(config.allocator, config.max_instances).map_err(err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
+        bindings::Step::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s).map_err(err)?;
+        let ticker = EpochTicker::start(&engine).map_err(|e| SandboxError(e.to_string()))?;
+        Ok(Sandbox {
+            cache: config.cache_dir.map(|dir| ArtifactCache::new(dir, &engine)),
+            engine,
+            allocator,
+            linker,
+            loaded: Mutex::new(HashMap::new()),
+            described: Mutex::new(HashMap::new()),
+            slots: Semaphore::new(config.max_instances as usize),
+            _ticker: ticker,
+        })
+    }
+
+    /// The allocator in use.
+    pub fn allocator(&self) -> AllocatorKind {
+        self.allocator
+    }
+
+    /// Loads a component file (compiling it, or reading the artifact cache).
+    pub fn load_file(&self, path: &Path) -> Result<Arc<StepComponent>, LoadError> {
+        let bytes = read_file(path)?;
+        self.load_bytes(&origin_of(path), &bytes)
+    }
+
+    /// Loads a component from bytes; `origin` names it in messages. Each
+    /// distinct component is compiled at most once per process.
+    pub fn load_bytes(&self, origin: &str, bytes: &[u8]) -> Result<Arc<StepComponent>, LoadError> {
+        let fail = |kind| LoadError { origin: origin.to_string(), kind };
+        check_header(bytes).map_err(fail)?;
+        let sha256 = sha256_hex(bytes);
+        if let Some(c) = lock(&self.loaded).get(&sha256) {
+            return Ok(c.clone());
+        }
+        let component = self.compile(&sha256, bytes).map_err(fail)?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let ungranted = ungranted_imports(&imports);
+        if !ungranted.is_empty() {
+            return Err(fail(LoadErrorKind::UngrantedImports(ungranted)));
+        }
+        if component.get_export_index(None, "run").is_none() {
+            return Err(fail(LoadErrorKind::NotAStep));
+        }
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| fail(LoadErrorKind::WrongWorld(format!("its imports do not match: {e:#}"))))?;
+        let pre = bindings::StepPre::new(instance_pre)
+            .map_err(|e| fail(LoadErrorKind::WrongWorld(format!("its `run` export has the wrong type: {e:#}"))))?;
+        let describe = component.get_export_index(None, "describe");
+        let loaded = Arc::new(StepComponent {
+            origin: origin.to_string(),
+            sha256: sha256.clone(),
+            size: bytes.len(),
+            pre,
+            describe,
+            imports,
+            exports,
+        });
+        lock(&self.loaded).insert(sha256, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn compile(&self, sha256: &str, bytes: &[u8]) -> Result<Component, LoadErrorKind> {
+        if let Some(c) = self.cache.as_ref().and_then(|c| c.load(&self.engine, sha256)) {
+            return Ok(c);
+        }
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| LoadErrorKind::Invalid(format!("{e:#}")))?;
+        if let Some(cache) = &self.cache {
+            cache.store(sha256, &component);
+        }
+        Ok(component)
+    }
+
+    /// Compiles `bytes` without caching or linking: for benchmarks.
+    #[doc(hidden)]
+    pub fn compile_uncached(&self, bytes: &[u8]) -> Result<(), String> {
+        Component::new(&self.engine, bytes).map(drop).map_err(|e| format!("{e:#}"))
+    }
+
+    /// What the component says about itself, if it exports `describe`.
+    /// Called once per component per process, in its own fresh instance.
+    pub async fn describe(&self, component: &StepComponent) -> Result<Option<ComponentInfo>, StepFailure> {
+        Ok(self.described(component).await?.map(|d| d.info.clone()))
+    }
+
+    async fn described(&self, component: &StepComponent) -> Result<Option<Arc<Described>>, StepFailure> {
+        let Some(export) = component.describe else { return Ok(None) };
+        let cell = lock(&self.described).entry(component.sha256.clone()).or_default().clone();
+        cell.get_or_init(|| async {
+            let request = StepRequest { limits: describe_limits(), ..StepRequest::new(Value::Null) };
+            let sink = LogSink::new(request.limits.max_log);
+            let meta = match self.in_fresh_store(component, &request, &sink, &CancellationToken::new(), Call::Describe(export)).await.0 {
+                Ok(Returned::Describe(meta)) => meta,
+                Ok(Returned::Run(_)) => unreachable!("describe returns metadata"),
+                Err(f) => return Err(StepFailure { message: format!("describe: {}", f.message), ..f }),
+            };
+            Ok(Some(Arc::new(Described::from_metadata(meta)?)))
+        })
+        .await
+        .clone()
+    }
+
+    /// Runs one attempt of a step: a fresh instance, `run(input)`, checks.
+    pub async fn run(&self, component: &StepComponent, request: StepRequest, cancel: &CancellationToken) -> StepOutcome {
+        let started = Instant::now();
+        let sink = LogSink::new(request.limits.max_log);
+        let (result, fuel_used) = self.attempt(component, &request, &sink, cancel).await;
+        StepOutcome { result, fuel_used, duration: started.elapsed(), log: sink.finish() }
+    }
+
+    async fn attempt(
+        &self,
+        component: &StepComponent,
+        request: &StepRequest,
+        sink: &LogSink,
+        cancel: &CancellationToken,
+    ) -> (Result<Value, StepFailure>, u64) {
+        let described = match self.described(component).await {
+            Ok(d) => d,
+            Err(f) => return (Err(f), 0),
+        };
+        if let Some(schema) = described.as_ref().and_then(|d| d.input.as_ref()) {
+            if let Some(problems) = schema_problems(schema, &request.input) {
+                let message = format!("input does not match the component's input schema: {problems}");
+                return (Err(StepFailure::component(message, false)), 0);
+            }
+        }
+        let call = Call::Run(request.input.to_string());
+        let (raw, fuel_used) = self.in_fresh_store(component, request, sink, cancel, call).await;
+        let result = raw.and_then(|r| match r {
+            Returned::Run(Ok(json)) => check_output(&json, &request.limits, described.as_deref()),
+            Returned::Run(Err(e)) => Err(StepFailure::component(e.message, e.retryable)),
+            Returned::Describe(_) => unreachable!("run returns its result"),
+        });
+        (result, fuel_used)
+    }
+
+    /// Instantiates `component` in a new store set up from `request`, runs
+    /// `call` on it under the deadline and `cancel`, and classifies failures.
+    /// Returns the result and the fuel used.
+    async fn in_fresh_store(
+        &self,
+        component: &StepComponent,
+        request: &StepRequest,
+        sink: &LogSink,
+        cancel: &CancellationToken,
+        call: Call,
+    ) -> (Result<Returned, StepFailure>, u64) {
+        let limits = &request.limits;
+        let _slot = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return (Err(cancelled()), 0),
+            slot = self.slots.acquire() => slot.expect("the semaphore is never closed"),
+        };
+        let mut store = match self.new_store(request, sink) {
+            Ok(s) => s,
+            Err(f) => return (Err(f), 0),
+        };
+        enum Raw {
+            Done(Result<Returned, (wasmtime::Error, bool)>),
+            TimedOut,
+            Cancelled,
+        }
+        let raw = {
+            let store = &mut store;
+            let work = async move {
+                let instance = component.instance_pre().instantiate_async(&mut *store).await.map_err(|e| (e, true))?;
+                call.invoke(store, &instance).await.map_err(|e| (e, false))
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Raw::Cancelled,
+                r = tokio::time::timeout(limits.timeout, work) => match r {
+                    Ok(r) => Raw::Done(r),
+                    Err(_) => Raw::TimedOut,
+                },
+            }
+        };
+        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let result = match raw {
+            Raw::Done(Ok(r)) => Ok(r),
+            Raw::Done(Err((e, instantiating))) => Err(classify(e, instantiating, store.data(), limits, sink)),
+            Raw::TimedOut => Err(StepFailure::new(
+                FailureKind::Timeout,
+                format!(
+                    "did not finish within its {} timeout; raise `timeout` if it needs longer",
+                    crate::units::format_duration(limits.timeout)
+                ),
+            )),
+            Raw::Cancelled => Err(cancelled()),
+        };
+        (result, fuel_used)
+    }
+
+    fn new_store(&self, request: &StepRequest, sink: &LogSink) -> Result<Store<StepState>, StepFailure> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(CapturedStream { sink: sink.clone(), stream: Stream::Stdout })
+            .stderr(CapturedStream { sink: sink.clone(), stream: Stream::Stderr })
+            .envs(&request.grants.env)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        for dir in &request.grants.dirs {
+            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
+                StepFailure::new(
+                    FailureKind::Instantiate,
+                    format!("cannot grant directory {} as {}: {e:#}", dir.host.display(), dir.guest),
+                )
+            })?;
+        }
+        let state = StepState {
+            wasi: wasi.build(),
+            table: Default::default(),
+            limiter: MemoryCap { cap: usize::try_from(request.limits.memory).unwrap_or(usize::MAX), denied: None },
+            log: sink.clone(),
+            config_json: request.config.to_string().into(),
+            services: request.services.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_fuel(request.limits.fuel).expect("fuel is enabled in the engine config");
+        // Yield to the executor at every epoch tick, so the deadline and
+        // cancellation (which drop the call) are seen within one tick.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        Ok(store)
+    }
+}
+
+/// The export an attempt calls.
+enum Call {
+    Run(String),
+    Describe(wasmtime::component::ComponentExportIndex),
+}
+
+/// What the called export returned.
+enum Returned {
+    Run(Result<String, bindings::sandflow::step::types::StepError>),
+    Describe(Metadata),
+}
+
+impl Call {
+    async fn invoke(
+        self,
+        store: &mut Store<StepState>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<Returned> {
+        match self {
+            Call::Run(input) => {
+                let step = bindings::Step::new(&mut *store, instance)?;
+                Ok(Returned::Run(step.call_run(&mut *store, &input).await?))
+            }
+            Call::Describe(export) => {
+                let func = instance.get_typed_func::<(), (Metadata,)>(&mut *store, &export)?;
+                Ok(Returned::Describe(func.call_async(&mut *store, ()).await?.0))
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn cancelled() -> StepFailure {
+    StepFailure::new(FailureKind::Cancelled, "cancelled while running")
+}
+
+/// Turns a wasmtime error into a typed step failure.
+fn classify(err: wasmtime::Error, instantiating: bool, state: &StepState, limits: &Limits, sink: &LogSink) -> StepFailure {
+    if let Some(asked) = state.limiter.denied {
+        return StepFailure::new(
+            FailureKind::Memory,
+            format!(
+                "hit its memory cap of {} (it asked for {}); raise `memory` if it needs more",
+                format_size(limits.memory),
+                format_size(asked as u64)
+            ),
+        );
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => StepFailure::new(
+            FailureKind::Fuel,
+            format!("ran out of fuel (budget {}); raise `fuel` if it needs more", limits.fuel),
+        ),
+        Some(Trap::Interrupt) => StepFailure::new(FailureKind::Timeout, "interrupted at its deadline"),
+        Some(Trap::StackOverflow) => StepFailure::new(
+            FailureKind::Trap,
+            format!("stack overflow (the wasm stack is limited to {})", format_size(MAX_WASM_STACK as u64)),
+        ),
+        Some(trap) => {
+            // A Rust guest's panic message is the last thing it wrote to stderr.
+            let hint = sink.finish().crash_hint().map(|l| format!(" ({l})")).unwrap_or_default();
+            let what = trap.to_string();
+            StepFailure::new(FailureKind::Trap, format!("crashed: {}{hint}", what.trim_start_matches("wasm trap: ")))
+        }
+        None if instantiating => StepFailure::new(FailureKind::Instantiate, format!("could not instantiate: {err:#}")),
+        None => match err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(exit) => StepFailure::new(
+                FailureKind::Trap,
+                format!("exited the process (code {}) instead of returning from `run`", exit.0),
+            ),
+            None => StepFailure::new(FailureKind::Trap, format!("crashed: {err:#}")),
+        },
+    }
+}
+
+/// Checks the text `run` returned: size cap, JSON, output schema.
+fn check_output(json: &str, limits: &Limits, described: Option<&Described>) -> Result<Value, StepFailure> {
+    if json.len() > limits.max_output {
+        return Err(StepFailure::new(
+            FailureKind::Output,
+            format!(
+                "output is {} bytes, over the cap of {}; return less, or put large data in a blob",
+                json.len(),
+                format_size(limits.max_output as u64)
+            ),
+        ));
+    }
+    let value: Value = serde_json::from_str(json).map_err(|e| {
+        StepFailure::new(FailureKind::Output, format!("output is not valid JSON: {e}"))
+    })?;
+    if let Some(problems) = described.and_then(|d| d.output.as_ref()).and_then(|s| schema_problems(s, &value)) {
+        return Err(StepFailure::new(
+            FailureKind::Output,
+            format!("output does not match the component's output schema: {problems}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// The schema violations of `value`, joined, or `None` if it is valid.
+fn schema_problems(schema: &jsonschema::Validator, value: &Value) -> Option<String> {
+    let problems: Vec<String> = schema
+        .iter_errors(value)
+        .take(5)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            format!("{}: {e}", if at.is_empty() { "(root)" } else { &at })
+        })
+        .collect();
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+impl Described {
+    fn from_metadata(meta: Metadata) -> Result<Self, StepFailure> {
+        let parse = |which: &str, text: Option<String>| -> Result<(Option<Value>, Option<jsonschema::Validator>), StepFailure> {
+            let Some(text) = text else { return Ok((None, None)) };
+            let bad = |e: String| {
+                StepFailure::component(format!("describe: the {which} schema is not a valid JSON Schema: {e}"), false)
+            };
+            let schema: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            let validator = jsonschema::validator_for(&schema).map_err(|e| bad(e.to_string()))?;
+            Ok((Some(schema), Some(validator)))
+        };
+        let (input_schema, input) = parse("input", meta.input_schema)?;
+        let (output_schema, output) = parse("output", meta.output_schema)?;
+        Ok(Described {
+            info: ComponentInfo {
+                name: meta.name,
+                version: meta.version,
+                description: meta.description,
+                input_schema,
+                output_schema,
+            },
+            input,
+            output,
+        })
+    }
+}
