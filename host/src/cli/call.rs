@@ -119,6 +119,10 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
         ..StepRequest::new(Value::Null)
     };
 
+    // Listen for SIGINT/SIGTERM before the (possibly slow) compile, so an
+    // early Ctrl-C still ends with exit 130 rather than the default kill.
+    let cancel = CancellationToken::new();
+    let watcher = tokio::spawn(cancel_on_signal(cancel.clone()));
     let sandbox = new_sandbox(state_dir)?;
     let name = args.file.display().to_string();
     let component = match sandbox.load_file(&args.file) {
@@ -132,9 +136,10 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
         Err(e) => return Err(CliError::invalid(e.to_string())),
     };
 
-    let cancel = CancellationToken::new();
-    let watcher = tokio::spawn(cancel_on_signal(cancel.clone()));
     let max_log = request.limits.max_log;
+    if out.json {
+        render::event("step_started", json!({ "step": name, "state": "running", "attempt": 1 }));
+    }
     let outcome = sandbox.run(&component, request, &cancel).await;
     watcher.abort();
 

@@ -9,4 +9,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use sandflow::step::types::Metadata;
+pub use self::sandflow::step::types::Metadata;

@@ -1,0 +1,187 @@
+//! `sandflow call`: outputs, failure kinds, exit codes and messages.
+
+use crate::support::{example, hostile, run, sandflow};
+use serde_json::{Value, json};
+
+fn state() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn prints_the_output_as_json_on_stdout() {
+    let s = state();
+    let (code, out, err) = run(sandflow(&s).arg("call").arg(example("text")).args(["--input", r#"{"op":"upper","text":"hi"}"#]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"text": "HI"}));
+    assert!(err.contains("succeeded in"), "{err}");
+}
+
+#[test]
+fn input_file_and_config_reach_the_component() {
+    let s = state();
+    let input = s.path().join("in.json");
+    std::fs::write(&input, r#"{"op":"config"}"#).unwrap();
+    let (code, out, err) = run(
+        sandflow(&s).arg("call").arg(example("kv")).arg("--input-file").arg(&input).args(["--config", r#"{"locale":"en"}"#]),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"config": {"locale": "en"}}));
+    assert!(err.contains("info | "), "log lines are shown: {err}");
+}
+
+#[test]
+fn hostile_components_exit_1_with_kind_and_reason() {
+    let cases: &[(&str, &[&str], &str, &str)] = &[
+        ("spin", &["--fuel", "50000000"], "fuel", "ran out of fuel"),
+        ("spin", &["--timeout", "300ms"], "timeout", "within its 300ms timeout"),
+        ("sleep", &["--timeout", "300ms"], "timeout", "within its 300ms timeout"),
+        ("memory-bomb", &["--memory", "16MiB"], "memory", "memory cap of 16MiB"),
+        ("recurse", &[], "trap", "stack overflow"),
+        ("panic", &[], "trap", "this step always panics"),
+        ("bad-json", &[], "output", "not valid JSON"),
+        ("huge-output", &[], "output", "over the cap of 4MiB"),
+        ("read-file", &[], "component", "could not read /etc/passwd"),
+        ("read-env", &[], "component", "could not read $HOME"),
+        ("fatal", &[], "component", "can never be processed"),
+        ("net", &[], "instantiate", "network access is never granted"),
+    ];
+    let s = state();
+    for (name, flags, kind, reason) in cases {
+        let (code, out, err) = run(sandflow(&s).arg("call").arg(hostile(name)).args(*flags));
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(out.is_empty(), "{name} printed an output: {out}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: ") && last.contains(&format!("failed ({kind})")), "{name}: {last}");
+        assert!(last.contains(reason), "{name}: {last}");
+    }
+}
+
+#[test]
+fn json_events_carry_state_and_typed_error() {
+    let s = state();
+    let (code, _, err) = run(sandflow(&s).args(["--json", "call"]).arg(hostile("fatal")));
+    assert_eq!(code, 1);
+    let events: Vec<Value> = err.lines().map(|l| serde_json::from_str(l).expect("every line is JSON")).collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "step_finished");
+    assert_eq!(last["state"], "failed");
+    assert_eq!(last["error"], json!({"kind": "component", "message": "the input can never be processed", "retryable": false}));
+    assert!(last["ts"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn flooding_output_is_capped_and_the_step_still_succeeds() {
+    let s = state();
+    let (code, out, err) = run(sandflow(&s).arg("call").arg(hostile("flood")).args(["--input", r#"{"mib":8}"#]));
+    assert_eq!(code, 0, "{}", &err[err.len().saturating_sub(500)..]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"wrote_mib": 8}));
+    assert!(err.contains("more bytes of log were dropped (the log cap is 1MiB)"));
+    assert!(err.len() < 3 << 20, "the log shown is bounded by the cap: {} bytes", err.len());
+}
+
+/// Files that are not step components: exit 2 and one line naming the file.
+#[test]
+fn bad_component_files_are_one_line_errors_with_exit_2() {
+    let s = state();
+    let dir = s.path();
+    std::fs::write(dir.join("notes.wasm"), "hello").unwrap();
+    std::fs::write(dir.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    // The smallest valid component: it exports nothing, so it is not a step.
+    std::fs::write(dir.join("empty.wasm"), b"\0asm\x0d\0\x01\0").unwrap();
+    let cases = [
+        ("missing.wasm", "cannot read the file"),
+        ("notes.wasm", "not a WebAssembly file"),
+        ("core.wasm", "a core WebAssembly module, not a component"),
+        ("empty.wasm", "not a sandflow step: it does not export `run`"),
+    ];
+    for (file, what) in cases {
+        let path = dir.join(file);
+        for sub in [&["call"][..], &["component", "inspect"][..]] {
+            let (code, _, err) = run(sandflow(&s).args(sub).arg(&path));
+            assert_eq!(code, 2, "{file}: {err}");
+            let last = err.lines().last().unwrap();
+            assert!(last.starts_with(&format!("error: {}: ", path.display())), "{file}: {last}");
+            assert!(last.contains(what), "{file}: {last}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    let s = state();
+    for args in [&["--input", "{nope"][..], &["--timeout", "10"][..], &["--memory", "lots"][..], &["--dir", "./data"][..]] {
+        let (code, _, err) = run(sandflow(&s).arg("call").arg(example("echo")).args(args));
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn grants_make_env_and_dirs_visible() {
+    let s = state();
+    let (code, out, err) = run(
+        sandflow(&s)
+            .arg("call")
+            .arg(hostile("read-env"))
+            .args(["--input", r#"{"name":"SANDFLOW_PROBE"}"#, "--allow-env", "SANDFLOW_PROBE"])
+            .env("SANDFLOW_PROBE", "granted")
+            .env("SANDFLOW_OTHER", "not granted"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["value"], "granted");
+    assert_eq!(out["visible"], json!(["SANDFLOW_PROBE"]));
+
+    let data = s.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("hello.txt"), "hello from the host\n").unwrap();
+    let (code, out, err) = run(
+        sandflow(&s)
+            .arg("call")
+            .arg(hostile("read-file"))
+            .args(["--input", r#"{"path":"/data/hello.txt"}"#, "--dir"])
+            .arg(format!("{}:/data", data.display())),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["first_line"], "hello from the host");
+    // Outside the grant, even relative to it, nothing is visible.
+    let (code, _, err) = run(
+        sandflow(&s)
+            .arg("call")
+            .arg(hostile("read-file"))
+            .args(["--input", r#"{"path":"/data/../../etc/passwd"}"#, "--dir"])
+            .arg(format!("{}:/data", data.display())),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("root:"), "{err}");
+}
+
+#[test]
+fn sigint_cancels_a_spinning_step_with_exit_130() {
+    let s = state();
+    let mut child = sandflow(&s)
+        .args(["--json", "call"])
+        .arg(hostile("spin"))
+        .args(["--fuel", "1000000000000", "--timeout", "60s"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the guest is running.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("\"step_started\"") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "no step_started event");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let sent = std::time::Instant::now();
+    let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let waited = sent.elapsed();
+    let err = std::io::read_to_string(stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    let last: Value = serde_json::from_str(err.lines().last().unwrap()).unwrap();
+    assert_eq!((last["state"].as_str(), last["error"]["kind"].as_str()), (Some("cancelled"), Some("cancelled")));
+    assert!(waited < std::time::Duration::from_secs(2), "took {waited:?} to stop");
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `sandflow` binary and library against the
+//! real components in `components/dist/`.
+
+mod call;
+mod inspect;
+mod sandbox;
+mod support;

@@ -1,0 +1,195 @@
+//! The sandbox as a library: every hostile component at once, in one
+//! process, beside well-behaved steps.
+
+use crate::support::{example, hostile};
+use sandflow::failure::FailureKind;
+use sandflow::sandbox::{CancellationToken, Limits, MemoryServices, Sandbox, SandboxConfig, StepOutcome, StepRequest};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn request(input: Value, limits: Limits) -> StepRequest {
+    StepRequest { limits, ..StepRequest::new(input) }
+}
+
+fn limits() -> Limits {
+    Limits { fuel: 2_000_000_000, timeout: Duration::from_secs(20), memory: 32 << 20, ..Limits::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_steps_fail_cleanly_while_good_steps_succeed() {
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+    let short = Limits { timeout: Duration::from_millis(500), fuel: u64::MAX / 2, ..limits() };
+    // (component, input, limits, expected kind or None for success)
+    let cases: Vec<(std::path::PathBuf, Value, Limits, Option<FailureKind>)> = vec![
+        (hostile("spin"), json!(null), Limits { fuel: 100_000_000, ..limits() }, Some(FailureKind::Fuel)),
+        (hostile("spin"), json!(null), short.clone(), Some(FailureKind::Timeout)),
+        (hostile("sleep"), json!(null), short.clone(), Some(FailureKind::Timeout)),
+        (hostile("memory-bomb"), json!(null), limits(), Some(FailureKind::Memory)),
+        (hostile("recurse"), json!(null), limits(), Some(FailureKind::Trap)),
+        (hostile("panic"), json!(null), limits(), Some(FailureKind::Trap)),
+        (hostile("bad-json"), json!(null), limits(), Some(FailureKind::Output)),
+        (hostile("huge-output"), json!({"mib": 2}), Limits { max_output: 1 << 20, ..limits() }, Some(FailureKind::Output)),
+        (hostile("read-file"), json!(null), limits(), Some(FailureKind::Component)),
+        (hostile("read-env"), json!(null), limits(), Some(FailureKind::Component)),
+        (hostile("fatal"), json!(null), limits(), Some(FailureKind::Component)),
+        (hostile("flood"), json!({"mib": 2}), limits(), None),
+        (example("echo"), json!({"a": [1, 2, 3]}), limits(), None),
+        (example("text"), json!({"op": "count", "text": "one two three"}), limits(), None),
+        (example("math"), json!({"values": [1, 2, 3, 4]}), limits(), None),
+        (example("json"), json!({"op": "merge", "values": [{"a": 1}, {"b": 2}]}), limits(), None),
+    ];
+    // Load (compile) first, as a workflow run does before any step starts:
+    // compiling is CPU work that does not belong on the async workers.
+    let cases: Vec<_> = cases
+        .into_iter()
+        .map(|(path, input, limits, expected)| (sandbox.load_file(&path).unwrap(), path, input, limits, expected))
+        .collect();
+    let mut tasks = Vec::new();
+    for (component, path, input, limits, expected) in cases {
+        let sandbox = sandbox.clone();
+        tasks.push(tokio::spawn(async move {
+            let timeout = limits.timeout;
+            let outcome = sandbox.run(&component, request(input, limits), &CancellationToken::new()).await;
+            (path, timeout, expected, outcome)
+        }));
+    }
+    let mut outputs = Vec::new();
+    for task in tasks {
+        let (path, timeout, expected, outcome): (_, _, _, StepOutcome) = task.await.unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        assert!(outcome.duration < timeout * 2, "{name} took {:?}, limit {timeout:?}", outcome.duration);
+        match (expected, &outcome.result) {
+            (Some(kind), Err(f)) => {
+                assert_eq!(f.kind, kind, "{name}: {f}");
+                assert!(!f.message.is_empty() && !f.message.contains('\n'), "{name}: one line: {f:?}");
+            }
+            (None, Ok(v)) => outputs.push((name.clone(), v.clone())),
+            (expected, got) => panic!("{name}: expected {expected:?}, got {got:?}"),
+        }
+        // The escape attempts saw nothing: no file content, no variables.
+        if name == "read-file.wasm" {
+            let message = &outcome.result.as_ref().unwrap_err().message;
+            assert!(message.starts_with("could not read /etc/passwd:") && !message.contains("root:"), "{message}");
+        }
+        if name == "read-env.wasm" {
+            let message = &outcome.result.as_ref().unwrap_err().message;
+            assert!(message.ends_with("(visible: [])"), "{message}");
+        }
+        if name == "flood.wasm" {
+            let logged: usize = outcome.log.lines.iter().map(|l| l.text.len()).sum();
+            assert!(logged <= Limits::default().max_log, "{logged}");
+            assert!(outcome.log.dropped_bytes > 2 << 20, "{}", outcome.log.dropped_bytes);
+        }
+    }
+    outputs.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        outputs,
+        vec![
+            ("echo.wasm".into(), json!({"a": [1, 2, 3]})),
+            ("flood.wasm".into(), json!({"wrote_mib": 2})),
+            ("json.wasm".into(), json!({"a": 1, "b": 2})),
+            ("math.wasm".into(), json!({"count": 4, "sum": 10.0, "mean": 2.5, "min": 1.0, "max": 4.0, "median": 2.5, "stddev": 1.118033988749895})),
+            ("text.wasm".into(), json!({"chars": 13, "words": 3, "lines": 1})),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_non_retryable_error_keeps_its_flag() {
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let fatal = sandbox.load_file(&hostile("fatal")).unwrap();
+    let failure = sandbox.run(&fatal, StepRequest::new(json!(1)), &CancellationToken::new()).await.result.unwrap_err();
+    assert_eq!((failure.kind, failure.retryable), (FailureKind::Component, false));
+    assert_eq!(failure.message, "the input can never be processed");
+}
+
+#[tokio::test]
+async fn state_and_blobs_are_shared_through_host_services() {
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let kv = sandbox.load_file(&example("kv")).unwrap();
+    let services = Arc::new(MemoryServices::new());
+    let run = |input: Value| {
+        let request = StepRequest { services: services.clone(), ..StepRequest::new(input) };
+        let sandbox = &sandbox;
+        let kv = kv.clone();
+        async move { sandbox.run(&kv, request, &CancellationToken::new()).await }
+    };
+    let first = run(json!({"op": "set", "key": "count", "value": 1})).await;
+    assert_eq!(first.result.unwrap(), json!({"key": "count", "previous": null}));
+    assert_eq!(first.log.lines[0].text, "set count");
+    let second = run(json!({"op": "set", "key": "count", "value": 2})).await;
+    assert_eq!(second.result.unwrap(), json!({"key": "count", "previous": 1}));
+    let put = run(json!({"op": "put_blob", "text": "hello"})).await.result.unwrap();
+    let id = put["blob_id"].as_str().unwrap().to_string();
+    assert_eq!(id, sandflow::sandbox::sha256_hex(b"hello"));
+    let got = run(json!({"op": "get_blob", "blob_id": id})).await.result.unwrap();
+    assert_eq!(got, json!({"text": "hello"}));
+    let missing = run(json!({"op": "get_blob", "blob_id": "0000"})).await.result.unwrap_err();
+    assert_eq!(missing.kind, FailureKind::Component);
+}
+
+#[tokio::test]
+async fn describe_schemas_are_checked_by_the_host() {
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let math = sandbox.load_file(&example("math")).unwrap();
+    let info = sandbox.describe(&math).await.unwrap().unwrap();
+    assert_eq!((info.name.as_str(), info.version.as_str()), ("math", "0.1.0"));
+    let bad = sandbox.run(&math, StepRequest::new(json!({"values": "1,2"})), &CancellationToken::new()).await;
+    let failure = bad.result.unwrap_err();
+    assert_eq!((failure.kind, failure.retryable), (FailureKind::Component, false));
+    assert!(failure.message.starts_with("input does not match the component's input schema: /values:"), "{}", failure.message);
+}
+
+#[tokio::test]
+async fn cancellation_interrupts_a_running_guest_quickly() {
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+    let spin = sandbox.load_file(&hostile("spin")).unwrap();
+    let cancel = CancellationToken::new();
+    let limits = Limits { fuel: u64::MAX / 2, timeout: Duration::from_secs(60), ..Limits::default() };
+    let task = {
+        let (sandbox, cancel) = (sandbox.clone(), cancel.clone());
+        tokio::spawn(async move { sandbox.run(&spin, request(json!(null), limits), &cancel).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = std::time::Instant::now();
+    cancel.cancel();
+    let outcome = task.await.unwrap();
+    assert_eq!(outcome.result.unwrap_err().kind, FailureKind::Cancelled);
+    assert!(asked.elapsed() < Duration::from_millis(100), "stopped {:?} after the cancel", asked.elapsed());
+}
+
+#[tokio::test]
+async fn compiled_components_are_cached_on_disk_and_a_corrupt_artifact_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || SandboxConfig { cache_dir: Some(dir.path().to_path_buf()), ..SandboxConfig::default() };
+    let echo_bytes = std::fs::read(example("echo")).unwrap();
+    let sha = sandflow::sandbox::sha256_hex(&echo_bytes);
+    {
+        let sandbox = Sandbox::new(config()).unwrap();
+        sandbox.load_bytes("echo", &echo_bytes).unwrap();
+    }
+    let artifacts: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    let artifact = &artifacts[0];
+    assert!(artifact.file_name().unwrap().to_string_lossy().starts_with(&sha));
+
+    std::fs::write(artifact, b"garbage").unwrap();
+    let sandbox = Sandbox::new(config()).unwrap();
+    let echo = sandbox.load_bytes("echo", &echo_bytes).unwrap();
+    let out = sandbox.run(&echo, StepRequest::new(json!("still works")), &CancellationToken::new()).await;
+    assert_eq!(out.result.unwrap(), json!("still works"));
+    assert!(std::fs::metadata(artifact).unwrap().len() > 1000, "the artifact was written again");
+}
+
+#[tokio::test]
+async fn on_demand_and_pooling_allocators_both_run_steps() {
+    use sandflow::sandbox::{AllocatorChoice, AllocatorKind};
+    for (choice, kind) in [(AllocatorChoice::OnDemand, AllocatorKind::OnDemand), (AllocatorChoice::Pooling, AllocatorKind::Pooling)] {
+        let sandbox = Sandbox::new(SandboxConfig { allocator: choice, max_instances: 8, ..SandboxConfig::default() }).unwrap();
+        assert_eq!(sandbox.allocator(), kind);
+        let echo = sandbox.load_file(&example("echo")).unwrap();
+        let out = sandbox.run(&echo, StepRequest::new(json!([1])), &CancellationToken::new()).await;
+        assert_eq!(out.result.unwrap(), json!([1]));
+    }
+}
