@@ -38,6 +38,9 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// Re-exported so steps can build JSON (and JSON Schemas) without another dependency.
+pub use serde_json;
+
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
