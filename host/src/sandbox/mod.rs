@@ -160,6 +160,9 @@ pub struct ComponentInfo {
     pub output_schema: Option<Value>,
 }
 
+/// `describe`'s answer for one component, computed at most once per process.
+type DescribeCell = Arc<OnceCell<Result<Option<Arc<Described>>, StepFailure>>>;
+
 struct Described {
     info: ComponentInfo,
     input: Option<jsonschema::Validator>,
@@ -195,7 +198,7 @@ pub struct Sandbox {
     linker: Linker<StepState>,
     cache: Option<ArtifactCache>,
     loaded: Mutex<HashMap<String, Arc<StepComponent>>>,
-    described: Mutex<HashMap<String, Arc<OnceCell<Result<Option<Arc<Described>>, StepFailure>>>>>,
+    described: Mutex<HashMap<String, DescribeCell>>,
     slots: Semaphore,
     _ticker: EpochTicker,
 }
@@ -337,11 +340,11 @@ impl Sandbox {
             Ok(d) => d,
             Err(f) => return (Err(f), 0),
         };
-        if let Some(schema) = described.as_ref().and_then(|d| d.input.as_ref()) {
-            if let Some(problems) = schema_problems(schema, &request.input) {
-                let message = format!("input does not match the component's input schema: {problems}");
-                return (Err(StepFailure::component(message, false)), 0);
-            }
+        if let Some(schema) = described.as_ref().and_then(|d| d.input.as_ref())
+            && let Some(problems) = schema_problems(schema, &request.input)
+        {
+            let message = format!("input does not match the component's input schema: {problems}");
+            return (Err(StepFailure::component(message, false)), 0);
         }
         let call = Call::Run(request.input.to_string());
         let (raw, fuel_used) = self.in_fresh_store(component, request, sink, cancel, call).await;
