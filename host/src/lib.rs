@@ -7,6 +7,8 @@
 //! - [`cli`]: the `sandflow` command line, testable in-process.
 
 pub mod cli;
+pub mod expr;
 pub mod failure;
 pub mod sandbox;
 pub mod units;
+pub mod workflow;

@@ -1,0 +1,638 @@
+//! Values, references, paths, templates and CEL conditions (SPEC §2.3, §2.4).
+//!
+//! A workflow value is parsed once into a [`Template`] that knows which steps
+//! it references (for the DAG) and is evaluated against a [`Scope`] when its
+//! step is about to run:
+//!
+//! | written | evaluates to |
+//! | --- | --- |
+//! | `{ $from: { workflow: input }, path: P }` | the run input, or the part at `P` |
+//! | `{ $from: { step: ID }, path: P }` | step `ID`'s output, or the part at `P` |
+//! | `..., $on_skip: use_default, $default: V` | `V` when `ID` was skipped (or `P` is missing) |
+//! | `{ $literal: V }` | `V`, unevaluated |
+//! | `"{{ EXPR }}"` | the typed result of the CEL expression |
+//! | `"Hello {{ EXPR }}!"` | a string; strings inserted as they are, other values as JSON |
+//!
+//! CEL sees `inputs`, `steps.ID.output` (or `.result`), `item` and `index`
+//! in a `forEach`, `secrets.NAME`, `run.id` and `run.attempt`.
+
+pub mod path;
+
+use crate::workflow::diagnostic::{Diagnostic, Location};
+use crate::workflow::yaml::{node_location, scalar_value, to_json};
+use cel::common::ast::Expr;
+use marked_yaml::Node;
+use path::JsonPath;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A value from the workflow file, ready to evaluate.
+#[derive(Debug, Clone)]
+pub enum Template {
+    /// Nothing to evaluate.
+    Const(Value),
+    Array(Vec<Template>),
+    Object(Vec<(String, Template)>),
+    From(FromRef),
+    /// A whole-string `{{ EXPR }}`: keeps the result's type.
+    Cel(CelExpr),
+    /// A string with `{{ EXPR }}` parts.
+    Interpolate(Vec<Piece>),
+}
+
+/// One part of an interpolated string.
+#[derive(Debug, Clone)]
+pub enum Piece {
+    Text(String),
+    Expr(CelExpr),
+}
+
+/// `{ $from: ..., path: ..., $on_skip: use_default, $default: ... }`.
+#[derive(Debug, Clone)]
+pub struct FromRef {
+    pub source: Source,
+    pub path: Option<JsonPath>,
+    /// `$on_skip: use_default`: a skipped step gives `default` instead of
+    /// skipping the consumer.
+    pub use_default_on_skip: bool,
+    pub default: Option<Value>,
+    pub at: Location,
+}
+
+/// Where a `$from` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Input,
+    Step(String),
+}
+
+/// A compiled CEL expression and the steps it reads.
+#[derive(Debug, Clone)]
+pub struct CelExpr {
+    pub text: String,
+    program: Arc<cel::Program>,
+    pub steps: BTreeSet<String>,
+    pub at: Location,
+}
+
+/// A step ID referenced by a template, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRef {
+    pub id: String,
+    pub at: Location,
+    /// A skipped step does not skip the consumer (`$on_skip: use_default`).
+    pub tolerates_skip: bool,
+}
+
+impl CelExpr {
+    /// Compiles `text`; the error is a diagnostic at `at`.
+    pub fn compile(text: &str, at: &Location) -> Result<Self, Diagnostic> {
+        let program = cel::Program::compile(text).map_err(|e| {
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or("").trim().to_string();
+            Diagnostic::new(at, format!("invalid expression `{text}`: {first}"))
+                .with_hint("expressions are CEL, e.g. `steps.load.output.count > 3`")
+        })?;
+        let mut steps = BTreeSet::new();
+        collect_step_refs(&program.expression().expr, &mut steps);
+        Ok(CelExpr { text: text.to_string(), program: Arc::new(program), steps, at: at.clone() })
+    }
+
+    fn eval(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
+        let mut ctx = cel::Context::default();
+        let mut steps = Map::new();
+        for id in &self.steps {
+            match scope.outputs.lookup(id) {
+                Lookup::Done(v) => {
+                    steps.insert(id.clone(), serde_json::json!({ "output": v, "result": v }));
+                }
+                Lookup::Skipped => return Err(EvalError::Skipped(id.clone())),
+                Lookup::Unknown => {
+                    return Err(EvalError::Reference(format!("`{}` reads step `{id}`, which has no output", self.text)));
+                }
+            }
+        }
+        let add = |ctx: &mut cel::Context, name: &str, value: &Value| -> Result<(), EvalError> {
+            ctx.add_variable_from_value(name, to_cel(value));
+            Ok(())
+        };
+        add(&mut ctx, "inputs", scope.inputs)?;
+        add(&mut ctx, "steps", &Value::Object(steps))?;
+        add(&mut ctx, "run", &serde_json::json!({ "id": scope.run_id, "attempt": scope.attempt }))?;
+        if let Some(item) = scope.item {
+            add(&mut ctx, "item", item)?;
+            add(&mut ctx, "index", &Value::from(scope.index.unwrap_or(0)))?;
+        }
+        let secrets: Map<String, Value> =
+            scope.secrets.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        add(&mut ctx, "secrets", &Value::Object(secrets))?;
+        let result = self
+            .program
+            .execute(&ctx)
+            .map_err(|e| EvalError::Expression(format!("`{}` failed: {e}", self.text)))?;
+        result
+            .json()
+            .map_err(|e| EvalError::Expression(format!("`{}` gave a value that is not JSON: {e}", self.text)))
+    }
+}
+
+/// JSON as a CEL value. Whole numbers become `int` when they fit (so
+/// `count + 1` works: CEL does not mix `int` and `uint`), else `uint`.
+fn to_cel(v: &Value) -> cel::Value {
+    match v {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(a) => cel::Value::List(Arc::new(a.iter().map(to_cel).collect())),
+        Value::Object(m) => {
+            let map: std::collections::HashMap<String, cel::Value> = m.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            cel::Value::Map(map.into())
+        }
+    }
+}
+
+/// Finds `steps.ID` (and `steps["ID"]`) in an expression.
+fn collect_step_refs(expr: &Expr, out: &mut BTreeSet<String>) {
+    match expr {
+        Expr::Select(sel) => {
+            if let Expr::Ident(name) = &sel.operand.expr
+                && name == "steps"
+            {
+                out.insert(sel.field.clone());
+            }
+            collect_step_refs(&sel.operand.expr, out);
+        }
+        Expr::Call(call) => {
+            if call.func_name == "_[_]"
+                && let [target, key] = call.args.as_slice()
+                && let (Expr::Ident(name), Expr::Literal(cel::common::ast::LiteralValue::String(id))) =
+                    (&target.expr, &key.expr)
+                && name == "steps"
+            {
+                out.insert(id.to_string());
+            }
+            if let Some(t) = &call.target {
+                collect_step_refs(&t.expr, out);
+            }
+            for a in &call.args {
+                collect_step_refs(&a.expr, out);
+            }
+        }
+        Expr::Comprehension(c) => {
+            for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                collect_step_refs(&e.expr, out);
+            }
+        }
+        Expr::List(list) => list.elements.iter().for_each(|e| collect_step_refs(&e.expr, out)),
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                if let cel::common::ast::EntryExpr::MapEntry(e) = &entry.expr {
+                    collect_step_refs(&e.key.expr, out);
+                    collect_step_refs(&e.value.expr, out);
+                }
+            }
+        }
+        Expr::Struct(s) => {
+            for entry in &s.entries {
+                if let cel::common::ast::EntryExpr::StructField(f) = &entry.expr {
+                    collect_step_refs(&f.value.expr, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What a step ID resolves to while a run is in progress.
+pub enum Lookup<'a> {
+    Done(&'a Value),
+    Skipped,
+    Unknown,
+}
+
+/// The outputs of the steps that have finished.
+pub trait Outputs {
+    fn lookup(&self, id: &str) -> Lookup<'_>;
+}
+
+impl Outputs for BTreeMap<String, Option<Value>> {
+    fn lookup(&self, id: &str) -> Lookup<'_> {
+        match self.get(id) {
+            Some(Some(v)) => Lookup::Done(v),
+            Some(None) => Lookup::Skipped,
+            None => Lookup::Unknown,
+        }
+    }
+}
+
+/// Everything a template may read.
+pub struct Scope<'a> {
+    pub inputs: &'a Value,
+    pub outputs: &'a dyn Outputs,
+    pub item: Option<&'a Value>,
+    pub index: Option<usize>,
+    pub run_id: &'a str,
+    pub attempt: u32,
+    pub secrets: &'a BTreeMap<String, String>,
+}
+
+/// Why a template could not be evaluated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvalError {
+    /// It reads a step that was skipped: the consumer is skipped too.
+    Skipped(String),
+    /// A reference or path did not resolve (failure kind `reference`).
+    Reference(String),
+    /// A CEL expression failed to evaluate.
+    Expression(String),
+}
+
+impl std::fmt::Display for EvalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EvalError::Skipped(id) => write!(f, "step `{id}` was skipped"),
+            EvalError::Reference(m) | EvalError::Expression(m) => f.write_str(m),
+        }
+    }
+}
+
+impl Template {
+    /// Evaluates the template.
+    pub fn eval(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
+        match self {
+            Template::Const(v) => Ok(v.clone()),
+            Template::Array(items) => items.iter().map(|t| t.eval(scope)).collect::<Result<_, _>>().map(Value::Array),
+            Template::Object(entries) => entries
+                .iter()
+                .map(|(k, t)| t.eval(scope).map(|v| (k.clone(), v)))
+                .collect::<Result<Map<_, _>, _>>()
+                .map(Value::Object),
+            Template::From(r) => r.eval(scope),
+            Template::Cel(e) => e.eval(scope),
+            Template::Interpolate(pieces) => {
+                let mut out = String::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Text(t) => out.push_str(t),
+                        Piece::Expr(e) => out.push_str(&display(&e.eval(scope)?)),
+                    }
+                }
+                Ok(Value::String(out))
+            }
+        }
+    }
+
+    /// Every step this template reads.
+    pub fn step_refs(&self) -> Vec<StepRef> {
+        let mut out = Vec::new();
+        self.collect(&mut out);
+        out
+    }
+
+    fn collect(&self, out: &mut Vec<StepRef>) {
+        match self {
+            Template::Const(_) => {}
+            Template::Array(items) => items.iter().for_each(|t| t.collect(out)),
+            Template::Object(entries) => entries.iter().for_each(|(_, t)| t.collect(out)),
+            Template::From(r) => {
+                if let Source::Step(id) = &r.source {
+                    out.push(StepRef { id: id.clone(), at: r.at.clone(), tolerates_skip: r.use_default_on_skip });
+                }
+            }
+            Template::Cel(e) => e.collect(out),
+            Template::Interpolate(pieces) => pieces.iter().for_each(|p| {
+                if let Piece::Expr(e) = p {
+                    e.collect(out)
+                }
+            }),
+        }
+    }
+
+    /// Whether evaluating needs anything at all.
+    pub fn is_const(&self) -> bool {
+        matches!(self, Template::Const(_))
+    }
+}
+
+impl CelExpr {
+    fn collect(&self, out: &mut Vec<StepRef>) {
+        out.extend(self.steps.iter().map(|id| StepRef { id: id.clone(), at: self.at.clone(), tolerates_skip: false }));
+    }
+
+    /// Evaluates to a boolean, as `when` needs.
+    pub fn eval_bool(&self, scope: &Scope<'_>) -> Result<bool, EvalError> {
+        match self.eval(scope)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(EvalError::Expression(format!("`{}` gave {other}, not true or false", self.text))),
+        }
+    }
+}
+
+impl FromRef {
+    fn eval(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
+        let (whole, what) = match &self.source {
+            Source::Input => (scope.inputs, "the run input".to_string()),
+            Source::Step(id) => match scope.outputs.lookup(id) {
+                Lookup::Done(v) => (v, format!("the output of step `{id}`")),
+                Lookup::Skipped if self.use_default_on_skip => return Ok(self.default.clone().unwrap_or(Value::Null)),
+                Lookup::Skipped => return Err(EvalError::Skipped(id.clone())),
+                Lookup::Unknown => return Err(EvalError::Reference(format!("step `{id}` has no output"))),
+            },
+        };
+        let Some(path) = &self.path else { return Ok(whole.clone()) };
+        match path.get(whole) {
+            Some(v) => Ok(v.clone()),
+            None => match &self.default {
+                Some(d) => Ok(d.clone()),
+                None => Err(EvalError::Reference(format!("{what} has nothing at path `{path}`; add `$default` to allow that"))),
+            },
+        }
+    }
+}
+
+/// How a value is inserted into a string: strings as they are, whole
+/// numbers without a fraction, everything else as JSON.
+pub fn display(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Parses a workflow value into a template, adding problems to `diags`.
+pub fn parse(node: &Node, file: &Arc<Path>, diags: &mut Vec<Diagnostic>) -> Template {
+    let at = node_location(file, node);
+    match node {
+        Node::Scalar(s) => match scalar_value(s) {
+            Value::String(text) if text.contains("{{") => parse_string(&text, &at, diags),
+            v => Template::Const(v),
+        },
+        Node::Sequence(seq) => {
+            let items: Vec<Template> = seq.iter().map(|n| parse(n, file, diags)).collect();
+            collapse_array(items)
+        }
+        Node::Mapping(map) => {
+            if map.get_node("$literal").is_some() {
+                if map.len() > 1 {
+                    diags.push(Diagnostic::new(&at, "`$literal` must be the only key of its mapping"));
+                }
+                return Template::Const(to_json(map.get_node("$literal").expect("checked above")));
+            }
+            if let Some(from) = map.get_node("$from") {
+                return parse_from(map, from, file, &at, diags);
+            }
+            for (k, _) in map.iter() {
+                if k.as_str().starts_with('$') {
+                    let known = ["$from", "$literal"];
+                    let mut d = Diagnostic::new(&node_location(file, &Node::Scalar(k.clone())), format!("unknown key `{}`", k.as_str()));
+                    if let Some(n) = crate::workflow::diagnostic::nearest(k.as_str(), known) {
+                        d = d.with_hint(format!("did you mean `{n}`?"));
+                    } else {
+                        d = d.with_hint("keys starting with `$` are `$from` and `$literal`; write `{ $literal: ... }` to pass one through");
+                    }
+                    diags.push(d);
+                }
+            }
+            let entries: Vec<(String, Template)> =
+                map.iter().map(|(k, v)| (k.as_str().to_string(), parse(v, file, diags))).collect();
+            collapse_object(entries)
+        }
+    }
+}
+
+fn collapse_array(items: Vec<Template>) -> Template {
+    if items.iter().all(Template::is_const) {
+        Template::Const(Value::Array(items.into_iter().map(|t| match t { Template::Const(v) => v, _ => unreachable!() }).collect()))
+    } else {
+        Template::Array(items)
+    }
+}
+
+fn collapse_object(entries: Vec<(String, Template)>) -> Template {
+    if entries.iter().all(|(_, t)| t.is_const()) {
+        Template::Const(Value::Object(
+            entries.into_iter().map(|(k, t)| (k, match t { Template::Const(v) => v, _ => unreachable!() })).collect(),
+        ))
+    } else {
+        Template::Object(entries)
+    }
+}
+
+fn parse_from(
+    map: &marked_yaml::types::MarkedMappingNode,
+    from: &Node,
+    file: &Arc<Path>,
+    at: &Location,
+    diags: &mut Vec<Diagnostic>,
+) -> Template {
+    const KEYS: [&str; 4] = ["$from", "path", "$on_skip", "$default"];
+    for (k, _) in map.iter() {
+        if !KEYS.contains(&k.as_str()) {
+            let mut d = Diagnostic::new(&node_location(file, &Node::Scalar(k.clone())), format!("unknown key `{}` in a `$from` reference", k.as_str()));
+            if let Some(n) = crate::workflow::diagnostic::nearest(k.as_str(), KEYS) {
+                d = d.with_hint(format!("did you mean `{n}`?"));
+            }
+            diags.push(d);
+        }
+    }
+    let from_at = node_location(file, from);
+    let source = match from.as_mapping().map(|m| (m.get_scalar("workflow"), m.get_scalar("step"), m.len())) {
+        Some((Some(w), None, 1)) if w.as_str() == "input" => Some(Source::Input),
+        Some((None, Some(s), 1)) => Some(Source::Step(s.as_str().to_string())),
+        _ => {
+            diags.push(
+                Diagnostic::new(&from_at, "`$from` must be `{ workflow: input }` or `{ step: ID }`")
+                    .with_hint("e.g. `$from: { step: load }, path: data.items`"),
+            );
+            None
+        }
+    };
+    let path = map.get_node("path").and_then(|p| match p.as_scalar() {
+        Some(s) => JsonPath::parse(s.as_str()).map_err(|e| diags.push(Diagnostic::new(&node_location(file, p), e))).ok(),
+        None => {
+            diags.push(Diagnostic::new(&node_location(file, p), "`path` must be a string such as `data.items[0].id`"));
+            None
+        }
+    });
+    let use_default_on_skip = match map.get_node("$on_skip") {
+        None => false,
+        Some(Node::Scalar(s)) if s.as_str() == "use_default" => true,
+        Some(other) => {
+            diags.push(Diagnostic::new(&node_location(file, other), "`$on_skip` takes one value: `use_default`"));
+            false
+        }
+    };
+    let default = map.get_node("$default").map(to_json);
+    if use_default_on_skip && default.is_none() {
+        diags.push(Diagnostic::new(at, "`$on_skip: use_default` needs a `$default` value"));
+    }
+    match source {
+        Some(source) => Template::From(FromRef { source, path, use_default_on_skip, default, at: at.clone() }),
+        None => Template::Const(Value::Null),
+    }
+}
+
+/// Parses a string with `{{ ... }}` parts.
+fn parse_string(text: &str, at: &Location, diags: &mut Vec<Diagnostic>) -> Template {
+    let trimmed = text.trim();
+    if let Some(inner) = trimmed.strip_prefix("{{").and_then(|t| t.strip_suffix("}}"))
+        && !inner.contains("{{")
+        && !inner.contains("}}")
+    {
+        return match CelExpr::compile(inner.trim(), at) {
+            Ok(e) => Template::Cel(e),
+            Err(d) => {
+                diags.push(d);
+                Template::Const(Value::Null)
+            }
+        };
+    }
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            pieces.push(Piece::Text(rest[..start].to_string()));
+        }
+        let Some(len) = rest[start + 2..].find("}}") else {
+            diags.push(Diagnostic::new(at, format!("`{{{{` without a closing `}}}}` in `{text}`")));
+            return Template::Const(Value::String(text.to_string()));
+        };
+        let inner = rest[start + 2..start + 2 + len].trim();
+        match CelExpr::compile(inner, at) {
+            Ok(e) => pieces.push(Piece::Expr(e)),
+            Err(d) => diags.push(d),
+        }
+        rest = &rest[start + 2 + len + 2..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_string()));
+    }
+    Template::Interpolate(pieces)
+}
+
+/// A `when` condition: CEL, where `{{ E }}` stands for `(E)` and a quoted
+/// `'{{ E }}'` for `string(E)` (SPEC §2.4). Values are never pasted into
+/// the expression as text.
+pub fn parse_condition(text: &str, at: &Location) -> Result<CelExpr, Diagnostic> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start + 2..].find("}}") else {
+            return Err(Diagnostic::new(at, format!("`{{{{` without a closing `}}}}` in `{text}`")));
+        };
+        let inner = rest[start + 2..start + 2 + len].trim();
+        let before = &rest[..start];
+        let after = &rest[start + 2 + len + 2..];
+        let quote = before.chars().last().filter(|c| *c == '\'' || *c == '"');
+        if let Some(q) = quote
+            && after.starts_with(q)
+        {
+            out.push_str(&before[..before.len() - 1]);
+            out.push_str(&format!("string({inner})"));
+            rest = &after[1..];
+        } else {
+            out.push_str(before);
+            out.push_str(&format!("({inner})"));
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    let mut expr = CelExpr::compile(&out, at)?;
+    expr.text = text.to_string();
+    Ok(expr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn template(yaml: &str) -> Template {
+        let file: Arc<Path> = Arc::from(Path::new("t.yaml"));
+        let node = crate::workflow::yaml::parse(&file, &format!("v: {yaml}\n")).unwrap();
+        let mut diags = Vec::new();
+        let t = parse(node.as_mapping().unwrap().get_node("v").unwrap(), &file, &mut diags);
+        assert!(diags.is_empty(), "{diags:?}");
+        t
+    }
+
+    fn eval(t: &Template, outputs: &BTreeMap<String, Option<Value>>) -> Result<Value, EvalError> {
+        let inputs = json!({"user_id": "u1", "n": 3, "name": "Ada"});
+        let secrets = BTreeMap::from([("TOKEN".to_string(), "s3cr3t".to_string())]);
+        t.eval(&Scope { inputs: &inputs, outputs, item: None, index: None, run_id: "r1", attempt: 1, secrets: &secrets })
+    }
+
+    fn outputs() -> BTreeMap<String, Option<Value>> {
+        BTreeMap::from([
+            ("stats".to_string(), Some(json!({"count": 36, "mean": 2.0, "items": [{"id": "a"}]}))),
+            ("gone".to_string(), None),
+        ])
+    }
+
+    #[test]
+    fn from_references_read_input_and_step_outputs() {
+        let o = outputs();
+        assert_eq!(eval(&template("{ $from: { workflow: input }, path: user_id }"), &o), Ok(json!("u1")));
+        assert_eq!(eval(&template("{ $from: { step: stats }, path: '$.items[0].id' }"), &o), Ok(json!("a")));
+        assert_eq!(eval(&template("{ $from: { step: stats } }"), &o).unwrap()["count"], json!(36));
+        let missing = eval(&template("{ $from: { step: stats }, path: nope }"), &o).unwrap_err();
+        assert!(matches!(missing, EvalError::Reference(m) if m.contains("nothing at path `nope`")));
+        assert_eq!(eval(&template("{ $from: { step: stats }, path: nope, $default: 0 }"), &o), Ok(json!(0)));
+    }
+
+    #[test]
+    fn skipped_steps_skip_unless_use_default() {
+        let o = outputs();
+        assert_eq!(eval(&template("{ $from: { step: gone } }"), &o), Err(EvalError::Skipped("gone".into())));
+        let t = template("{ $from: { step: gone }, $on_skip: use_default, $default: [] }");
+        assert_eq!(eval(&t, &o), Ok(json!([])));
+        assert!(t.step_refs()[0].tolerates_skip);
+    }
+
+    #[test]
+    fn whole_string_templates_keep_their_type_and_interpolation_makes_strings() {
+        let o = outputs();
+        assert_eq!(eval(&template("'{{ steps.stats.output.count + 1 }}'"), &o), Ok(json!(37)));
+        assert_eq!(eval(&template("'{{ inputs.n > 2 }}'"), &o), Ok(json!(true)));
+        assert_eq!(
+            eval(&template("'Hi {{ inputs.name }}: {{ steps.stats.result.count }} items, mean {{ steps.stats.output.mean }}'"), &o),
+            Ok(json!("Hi Ada: 36 items, mean 2"))
+        );
+        assert_eq!(eval(&template("'{{ run.id }}/{{ secrets.TOKEN }}'"), &o), Ok(json!("r1/s3cr3t")));
+        assert_eq!(eval(&template("{ $literal: '{{ not evaluated }}' }"), &o), Ok(json!("{{ not evaluated }}")));
+    }
+
+    #[test]
+    fn step_references_are_found_everywhere() {
+        let t = template("{ a: [ '{{ steps.x.output }}', { $from: { step: y } } ], b: 'n={{ size(steps[\"z\"].output) }}', c: '{{ [1].map(v, steps.w.output + v) }}' }");
+        let ids: BTreeSet<String> = t.step_refs().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, BTreeSet::from(["w".into(), "x".into(), "y".into(), "z".into()]));
+    }
+
+    #[test]
+    fn conditions_accept_template_forms_without_pasting_values() {
+        let file: Arc<Path> = Arc::from(Path::new("t.yaml"));
+        let at = Location::file_start(&file);
+        let o = BTreeMap::from([("classify".to_string(), Some(json!({"content": "urgent' || true || '"})))]);
+        let secrets = BTreeMap::new();
+        let inputs = json!({});
+        let scope = Scope { inputs: &inputs, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets };
+        // An injection attempt in the value stays a value.
+        let c = parse_condition("'{{steps.classify.result.content}}' == 'urgent'", &at).unwrap();
+        assert_eq!(c.eval_bool(&scope), Ok(false));
+        let c = parse_condition("{{ size(steps.classify.output.content) }} > 3", &at).unwrap();
+        assert_eq!(c.eval_bool(&scope), Ok(true));
+        assert!(parse_condition("steps.classify.output ==", &at).is_err());
+    }
+}
