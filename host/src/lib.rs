@@ -8,7 +8,9 @@
 
 pub mod cli;
 pub mod expr;
+pub mod exec;
 pub mod failure;
+pub mod plan;
 pub mod sandbox;
 pub mod units;
 pub mod workflow;

@@ -3,8 +3,13 @@
 //! [`run_with_args`] runs the whole CLI in-process, for tests.
 
 mod call;
+mod display;
+mod graph;
 mod inspect;
 mod render;
+mod run;
+mod validate;
+mod workflow_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -58,6 +63,12 @@ struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a workflow: its output as JSON on stdout, progress on stderr.
+    Run(run::RunArgs),
+    /// Check workflows without running them: every static check, components loaded.
+    Validate(validate::ValidateArgs),
+    /// Print a workflow's step graph (Mermaid or Graphviz DOT).
+    Graph(graph::GraphArgs),
     /// Run one component once and print its output: the plugin author's inner loop.
     Call(call::CallArgs),
     /// Work with component files.
@@ -89,6 +100,7 @@ impl CliError {
 pub(crate) struct Output {
     pub json: bool,
     pub quiet: bool,
+    pub verbose: u8,
 }
 
 /// Runs the CLI on the process's arguments and exits with its code.
@@ -111,7 +123,7 @@ where
         }
     };
     init_tracing(&cli.global);
-    let out = Output { json: cli.global.json, quiet: cli.global.quiet };
+    let out = Output { json: cli.global.json, quiet: cli.global.quiet, verbose: cli.global.verbose };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -121,6 +133,9 @@ where
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => run::execute(args, &cli.global.state_dir, &out).await,
+            Command::Validate(args) => validate::execute(args, &cli.global.state_dir, &out).await,
+            Command::Graph(args) => graph::execute(args, &out),
             Command::Call(args) => call::execute(args, &cli.global.state_dir, &out).await,
             Command::Component(ComponentCommand::Inspect(args)) => {
                 inspect::execute(args, &cli.global.state_dir, &out).await

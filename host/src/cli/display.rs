@@ -1,0 +1,196 @@
+//! Event sinks for the terminal: JSON lines (`--json`), plain lines when
+//! stderr is not a terminal, and a live view of the steps that redraws in
+//! place when it is.
+
+use super::render;
+use crate::exec::{Event, EventSink, StepState};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// `--json`: every event as one JSON line on stderr, with `ts`; each log
+/// line of a finished step as a `log` event.
+pub(crate) struct JsonLines;
+
+impl EventSink for JsonLines {
+    fn emit(&self, event: &Event) {
+        let mut fields = serde_json::to_value(event).expect("events serialize");
+        let name = fields["event"].as_str().unwrap_or_default().to_string();
+        if let Value::Object(m) = &mut fields {
+            m.remove("event");
+            if name == "step_started" {
+                m.insert("state".into(), json!("running"));
+            }
+        }
+        if let Event::StepFinished { run_id, step, log, .. } = event {
+            for line in &log.lines {
+                render::event("log", json!({ "run_id": run_id, "step": step, "source": line.source, "text": line.text }));
+            }
+        }
+        render::event(&name, fields);
+    }
+}
+
+fn symbol(state: StepState) -> &'static str {
+    match state {
+        StepState::Pending => "·",
+        StepState::Running => "▸",
+        StepState::Succeeded => "✓",
+        StepState::Failed => "✗",
+        StepState::Skipped => "-",
+        StepState::Cancelled => "⊘",
+    }
+}
+
+/// One line for a finished step.
+fn finished_line(step: &str, state: StepState, duration: Duration, fuel: u64, error: Option<&crate::failure::StepFailure>, reason: Option<&str>) -> String {
+    match (state, error) {
+        (StepState::Succeeded, _) => format!("{} {step} succeeded in {} (fuel {fuel})", symbol(state), render::duration(duration)),
+        (_, Some(e)) => format!("{} {step} {} ({}) after {}: {}", symbol(state), state.as_str(), e.kind, render::duration(duration), e.message),
+        (_, None) => format!("{} {step} {}: {}", symbol(state), state.as_str(), reason.unwrap_or("")),
+    }
+}
+
+/// Plain lines, one per event that matters; for logs and CI.
+pub(crate) struct PlainLines {
+    pub verbose: bool,
+}
+
+impl EventSink for PlainLines {
+    fn emit(&self, event: &Event) {
+        let line = match event {
+            Event::RunStarted { run_id, workflow, steps } => format!("run {run_id}: {workflow} ({steps} steps)"),
+            Event::StepStarted { step, attempt, item, .. } => {
+                if !self.verbose && *attempt == 1 {
+                    return;
+                }
+                let item = item.map(|i| format!(" item {i}")).unwrap_or_default();
+                format!("  ▸ {step}{item} attempt {attempt} started")
+            }
+            Event::StepRetrying { step, attempt, item, error, delay, .. } => {
+                let item = item.map(|i| format!(" item {i}")).unwrap_or_default();
+                format!("  ↻ {step}{item} attempt {attempt} failed ({}): {}; retrying in {}", error.kind, error.message, render::duration(*delay))
+            }
+            Event::StepFinished { step, state, duration, fuel_used, error, reason, log, .. } => {
+                let mut out = format!("  {}", finished_line(step, *state, *duration, *fuel_used, error.as_ref(), reason.as_deref()));
+                if self.verbose {
+                    for l in &log.lines {
+                        out.push_str(&format!("\n      {} | {}", l.source.as_str(), l.text));
+                    }
+                }
+                out
+            }
+            Event::StepWarning { message, .. } => format!("  warning: {message}"),
+            Event::RunFinished { run_id, state, duration, error, .. } => match error {
+                Some(e) => format!("run {run_id} {} in {}: {e}", state.as_str(), render::duration(*duration)),
+                None => format!("run {run_id} {} in {}", state.as_str(), render::duration(*duration)),
+            },
+        };
+        eprintln!("{line}");
+    }
+}
+
+/// A table of steps redrawn in place on a terminal: running steps with
+/// their elapsed time, finished ones with duration and fuel, and a summary.
+pub(crate) struct LiveView {
+    state: Mutex<Live>,
+}
+
+struct Live {
+    header: String,
+    /// Every step seen so far: id, state, display line.
+    rows: Vec<(String, StepState, String)>,
+    drawn: usize,
+}
+
+/// Most step rows shown; older finished ones scroll into the summary.
+const MAX_ROWS: usize = 15;
+
+impl LiveView {
+    pub(crate) fn new() -> Self {
+        LiveView { state: Mutex::new(Live { header: String::new(), rows: Vec::new(), drawn: 0 }) }
+    }
+}
+
+impl Live {
+    fn set(&mut self, step: &str, state: StepState, line: String) {
+        match self.rows.iter_mut().find(|(s, _, _)| s == step) {
+            Some(row) => (row.1, row.2) = (state, line),
+            None => self.rows.push((step.to_string(), state, line)),
+        }
+    }
+
+    fn redraw(&mut self, footer: Option<String>) {
+        let mut err = std::io::stderr().lock();
+        if self.drawn > 0 {
+            let _ = write!(err, "\x1b[{}A", self.drawn);
+        }
+        let is_running = |st: &StepState| *st == StepState::Running;
+        let running: Vec<&String> = self.rows.iter().filter(|r| is_running(&r.1)).map(|r| &r.2).collect();
+        let done: Vec<&String> = self.rows.iter().filter(|r| !is_running(&r.1)).map(|r| &r.2).collect();
+        let room = MAX_ROWS.saturating_sub(running.len());
+        let shown = done[done.len().saturating_sub(room)..].iter().chain(running.iter());
+        let mut lines = vec![self.header.clone()];
+        lines.extend(shown.map(|l| format!("  {l}")));
+        let count = |st: StepState| self.rows.iter().filter(|r| r.1 == st).count();
+        let (r, s, f, k, c) = (
+            count(StepState::Running),
+            count(StepState::Succeeded),
+            count(StepState::Failed),
+            count(StepState::Skipped),
+            count(StepState::Cancelled),
+        );
+        lines.push(format!("  {r} running · {s} succeeded · {f} failed · {k} skipped · {c} cancelled"));
+        if let Some(f) = footer {
+            lines.push(f);
+        }
+        for l in &lines {
+            let _ = writeln!(err, "\x1b[2K{l}");
+        }
+        // Lines left over from a taller previous frame.
+        for _ in lines.len()..self.drawn {
+            let _ = writeln!(err, "\x1b[2K");
+        }
+        self.drawn = lines.len().max(self.drawn);
+    }
+}
+
+impl EventSink for LiveView {
+    fn emit(&self, event: &Event) {
+        let mut live = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::RunStarted { run_id, workflow, steps } => {
+                live.header = format!("run {run_id}: {workflow} ({steps} steps)");
+                live.redraw(None);
+            }
+            Event::StepStarted { step, attempt, item, .. } => {
+                let item = item.map(|i| format!(" item {i}")).unwrap_or_default();
+                let again = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+                live.set(step, StepState::Running, format!("▸ {step}{item} running{again}"));
+                live.redraw(None);
+            }
+            Event::StepRetrying { step, attempt, error, delay, .. } => {
+                live.set(step, StepState::Running, format!("▸ {step} attempt {attempt} failed ({}); retrying in {}", error.kind, render::duration(*delay)));
+                live.redraw(None);
+            }
+            Event::StepFinished { step, state, duration, fuel_used, error, reason, .. } => {
+                live.set(step, *state, finished_line(step, *state, *duration, *fuel_used, error.as_ref(), reason.as_deref()));
+                live.redraw(None);
+            }
+            Event::StepWarning { message, .. } => {
+                live.redraw(None);
+                drop(live);
+                eprintln!("warning: {message}");
+                self.state.lock().unwrap_or_else(|e| e.into_inner()).drawn = 0;
+            }
+            Event::RunFinished { run_id, state, duration, error, .. } => {
+                let footer = match error {
+                    Some(e) => format!("run {run_id} {} in {}: {e}", state.as_str(), render::duration(*duration)),
+                    None => format!("run {run_id} {} in {}", state.as_str(), render::duration(*duration)),
+                };
+                live.redraw(Some(footer));
+            }
+        }
+    }
+}

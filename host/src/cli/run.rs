@@ -1,0 +1,172 @@
+//! `sandflow run FILE`: run a workflow; its output as JSON on stdout,
+//! progress on stderr.
+
+use super::call::cancel_on_signal;
+use super::display::{JsonLines, LiveView, PlainLines};
+use super::{CliError, Output, exit, new_sandbox, workflow_cmd};
+use crate::exec::{EventSink, Executor, RunOptions, RunState, check_input};
+use crate::sandbox::CancellationToken;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    sandflow run workflows/text-pipeline.yaml --input '{\"text\": \"hello world\"}'\n  \
+    sandflow run workflows/etl.yaml --input-file users.json\n  \
+    sandflow run workflows/report.yaml --set user.id=42 --set verbose=true")]
+pub(crate) struct RunArgs {
+    /// The workflow file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Most steps running at once [default: the workflow's `concurrency`, else the CPU count].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: Option<u64>,
+    /// Secrets as `NAME=value` lines (`#` comments allowed); also read from
+    /// `SANDFLOW_SECRET_<NAME>` environment variables.
+    #[arg(long, value_name = "FILE")]
+    secrets_file: Option<PathBuf>,
+}
+
+/// The run input, from flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct InputArgs {
+    /// The run input, as JSON [default: {}].
+    #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Read the run input (JSON or YAML) from a file; `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    input_file: Option<PathBuf>,
+    /// Set one input field: `key=value`, the value read as JSON when it
+    /// parses (`3`, `true`, `[1]`) and as a string otherwise; `a.b=1` sets a nested key.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl InputArgs {
+    pub(crate) fn read(&self) -> Result<Value, CliError> {
+        let mut input = match (&self.input, &self.input_file) {
+            (Some(text), _) => serde_json::from_str(text).map_err(|e| CliError::invalid(format!("--input is not valid JSON: {e}")))?,
+            (None, Some(path)) => {
+                let text = if path == Path::new("-") {
+                    std::io::read_to_string(std::io::stdin())
+                } else {
+                    std::fs::read_to_string(path)
+                }
+                .map_err(|e| CliError::invalid(format!("--input-file {}: {e}", path.display())))?;
+                serde_json::from_str(&text)
+                    .or_else(|_| serde_yaml::from_str(&text))
+                    .map_err(|e| CliError::invalid(format!("--input-file {}: not valid JSON or YAML: {e}", path.display())))?
+            }
+            (None, None) => Value::Object(Map::new()),
+        };
+        for assignment in &self.set {
+            set_path(&mut input, assignment).map_err(CliError::invalid)?;
+        }
+        Ok(input)
+    }
+}
+
+/// Applies one `--set a.b=value`.
+pub(crate) fn set_path(input: &mut Value, assignment: &str) -> Result<(), String> {
+    let (key, raw) = assignment.split_once('=').ok_or_else(|| format!("--set `{assignment}`: write KEY=VALUE"))?;
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(format!("--set `{assignment}`: the key must be a name or a dotted path like `a.b`"));
+    }
+    let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let mut cur = input;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            if cur.is_null() {
+                *cur = Value::Object(Map::new());
+            } else {
+                return Err(format!("--set `{assignment}`: `{}` is not an object", parts[..i].join(".")));
+            }
+        }
+        let map = cur.as_object_mut().expect("made an object above");
+        if i == parts.len() - 1 {
+            map.insert(part.to_string(), value);
+            return Ok(());
+        }
+        cur = map.entry(part.to_string()).or_insert(Value::Null);
+    }
+    Ok(())
+}
+
+/// Secrets from `SANDFLOW_SECRET_<NAME>` and a `NAME=value` file.
+pub(crate) fn read_secrets(file: Option<&Path>) -> Result<BTreeMap<String, String>, CliError> {
+    let mut secrets: BTreeMap<String, String> = std::env::vars()
+        .filter_map(|(k, v)| k.strip_prefix("SANDFLOW_SECRET_").map(|n| (n.to_string(), v)))
+        .collect();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| CliError::invalid(format!("--secrets-file {}: {e}", path.display())))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once('=').ok_or_else(|| {
+                CliError::invalid(format!("--secrets-file {}:{}: write NAME=value", path.display(), n + 1))
+            })?;
+            secrets.insert(k.trim().to_string(), v.trim().to_string());
+        }
+    }
+    Ok(secrets)
+}
+
+pub(crate) fn sink(out: &Output) -> Arc<dyn EventSink> {
+    if out.json {
+        Arc::new(JsonLines)
+    } else if out.quiet {
+        Arc::new(crate::exec::NoEvents)
+    } else if std::io::stderr().is_terminal() && out.verbose == 0 {
+        Arc::new(LiveView::new())
+    } else {
+        Arc::new(PlainLines { verbose: out.verbose > 0 })
+    }
+}
+
+pub(crate) async fn execute(args: RunArgs, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
+    let cancel = CancellationToken::new();
+    let watcher = tokio::spawn(cancel_on_signal(cancel.clone()));
+    let plan = workflow_cmd::plan(&args.file, out)?;
+    let input = args.input.read()?;
+    check_input(&plan.workflow, &input).map_err(CliError::invalid)?;
+    let secrets = read_secrets(args.secrets_file.as_deref())?;
+    let sandbox = Arc::new(new_sandbox(state_dir)?);
+    let prepared = Arc::new(workflow_cmd::prepare_plan(plan, &sandbox, out).await?);
+    let options = RunOptions { concurrency: args.concurrency.map(|n| n as usize), secrets, ..RunOptions::default() };
+    let report = Executor::new(sandbox, sink(out)).run(prepared, input, options, cancel).await;
+    watcher.abort();
+    if let Some(output) = &report.output {
+        println!("{}", serde_json::to_string_pretty(output).expect("a Value always serializes"));
+    }
+    Ok(match report.state {
+        RunState::Completed => exit::OK,
+        RunState::Cancelled => exit::CANCELLED,
+        _ => exit::FAILED,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_path;
+    use serde_json::json;
+
+    #[test]
+    fn set_reads_json_values_and_nested_keys() {
+        let mut v = json!({});
+        for a in ["n=3", "ok=true", "list=[1]", "name=Ada Lovelace", "user.id=42", "user.tags=[\"a\"]", "empty="] {
+            set_path(&mut v, a).unwrap();
+        }
+        assert_eq!(v, json!({"n": 3, "ok": true, "list": [1], "name": "Ada Lovelace", "user": {"id": 42, "tags": ["a"]}, "empty": ""}));
+        assert!(set_path(&mut v, "n.x=1").unwrap_err().contains("`n` is not an object"));
+        assert!(set_path(&mut v, "novalue").is_err());
+        assert!(set_path(&mut v, "a..b=1").is_err());
+    }
+}

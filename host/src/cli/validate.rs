@@ -1,0 +1,42 @@
+//! `sandflow validate FILE`: every static check, components loaded and
+//! their imports checked; nothing runs.
+
+use super::{CliError, Output, exit, new_sandbox, render, workflow_cmd};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ValidateArgs {
+    /// The workflow file(s) to check.
+    #[arg(value_name = "FILE", required = true)]
+    files: Vec<PathBuf>,
+}
+
+pub(crate) async fn execute(args: ValidateArgs, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
+    let sandbox = Arc::new(new_sandbox(state_dir)?);
+    let mut worst = exit::OK;
+    for file in &args.files {
+        let checked = async {
+            let plan = workflow_cmd::plan(file, out)?;
+            workflow_cmd::prepare_plan(plan, &sandbox, out).await
+        }
+        .await;
+        match checked {
+            Ok(p) => {
+                let wf = &p.plan.workflow;
+                if out.json {
+                    render::event("valid", json!({ "file": file.display().to_string(), "workflow": wf.name, "steps": wf.steps.len() }));
+                } else if !out.quiet {
+                    let components = p.components.iter().flatten().map(|c| c.component.sha256()).collect::<std::collections::BTreeSet<_>>().len();
+                    eprintln!("{}: valid ({} steps, {components} components)", file.display(), wf.steps.len());
+                }
+            }
+            Err(e) => {
+                render::error_line(out, &e.message);
+                worst = worst.max(e.code);
+            }
+        }
+    }
+    Ok(worst)
+}

@@ -1,0 +1,139 @@
+//! What the scheduler tells the world: the only way out of a run. The
+//! terminal display, `--json` lines and (later) the run store consume these;
+//! none of them take part in running.
+
+use crate::failure::StepFailure;
+use crate::sandbox::StepLog;
+use serde::Serialize;
+use serde_json::Value;
+use std::time::Duration;
+
+/// A step's state (SPEC §2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Skipped => "skipped",
+            StepState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A run's state (SPEC §2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Pending => "pending",
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Something that happened in a run, in the order it happened.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        run_id: String,
+        workflow: String,
+        steps: usize,
+    },
+    /// An attempt of a step (or of one `forEach` item) started.
+    StepStarted {
+        run_id: String,
+        step: String,
+        attempt: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        item: Option<usize>,
+    },
+    /// An attempt failed and will be retried after `delay`.
+    StepRetrying {
+        run_id: String,
+        step: String,
+        attempt: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        item: Option<usize>,
+        error: StepFailure,
+        #[serde(rename = "delay_ms", with = "millis")]
+        delay: Duration,
+    },
+    /// A step reached its final state.
+    StepFinished {
+        run_id: String,
+        step: String,
+        state: StepState,
+        /// Attempts made (summed over `forEach` items); 0 if it never ran.
+        attempt: u32,
+        #[serde(rename = "duration_ms", with = "millis")]
+        duration: Duration,
+        fuel_used: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<StepFailure>,
+        /// Why a skipped step was skipped.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        output: Option<Value>,
+        #[serde(skip)]
+        log: StepLog,
+    },
+    /// A warning about a step, e.g. a `when` that did not give a boolean.
+    StepWarning {
+        run_id: String,
+        step: String,
+        message: String,
+    },
+    RunFinished {
+        run_id: String,
+        state: RunState,
+        #[serde(rename = "duration_ms", with = "millis")]
+        duration: Duration,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        output: Option<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+/// Receives a run's events. Called by the scheduler, in order, before it
+/// goes on: a sink that persists a step's result has it committed before
+/// any dependent step starts.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, event: &Event);
+}
+
+mod millis {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3)
+    }
+}

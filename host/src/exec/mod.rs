@@ -1,0 +1,725 @@
+//! Running a prepared plan: the scheduler.
+//!
+//! One dispatcher owns the run's state. It starts every step whose
+//! dependencies are done, up to the concurrency limit; each step runs as a
+//! task (its attempts, retries and `forEach` items) that only reports back
+//! over a channel. The dispatcher alone emits [`Event`]s, in order, and a
+//! step's `StepFinished` is emitted before any of its dependents start.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use sandflow::{exec, plan::Plan, sandbox::*, workflow};
+//! use std::sync::Arc;
+//! let sandbox = Arc::new(Sandbox::new(SandboxConfig::default())?);
+//! let plan = Plan::new(workflow::load("workflows/hello.yaml".as_ref())?)?;
+//! let prepared = Arc::new(exec::prepare(plan, &sandbox)?);
+//! let executor = exec::Executor::new(sandbox, Arc::new(exec::NoEvents));
+//! let report = executor
+//!     .run(prepared, serde_json::json!({"name": "Ada"}), exec::RunOptions::default(), CancellationToken::new())
+//!     .await;
+//! println!("{:?}: {:?}", report.state, report.output);
+//! # Ok(()) }
+//! ```
+
+mod builtin;
+mod event;
+mod prepare;
+
+pub use builtin::canonical_json;
+pub use event::{Event, EventSink, RunState, StepState};
+pub use prepare::{MAX_NESTING, Prepared, PreparedComponent, prepare};
+
+use crate::expr::{EvalError, Scope};
+use crate::failure::{FailureKind, StepFailure};
+use crate::sandbox::{CancellationToken, HostServices, Limits, MemoryServices, Sandbox, StepLog, StepRequest};
+use crate::units::format_duration;
+use crate::workflow::{Builtin, ErrorAction, StepDecl, Target, Workflow};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// A sink that drops every event (for nested runs and tests).
+pub struct NoEvents;
+
+impl EventSink for NoEvents {
+    fn emit(&self, _: &Event) {}
+}
+
+/// How one run is set up.
+#[derive(Clone)]
+pub struct RunOptions {
+    pub run_id: String,
+    /// Overrides the workflow's `concurrency` (default: the CPU count).
+    pub concurrency: Option<usize>,
+    /// Values for `secrets.NAME`.
+    pub secrets: BTreeMap<String, String>,
+    /// Where the run's key-value state and blobs live.
+    pub services: Arc<dyn HostServices>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            run_id: new_run_id(),
+            concurrency: None,
+            secrets: BTreeMap::new(),
+            services: Arc::new(MemoryServices::new()),
+        }
+    }
+}
+
+/// A fresh run id: time-ordered, unique within a machine.
+pub fn new_run_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}{:04x}{:04x}", now.as_millis(), std::process::id() & 0xffff, seq & 0xffff)
+}
+
+/// How a step ended.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub id: String,
+    pub state: StepState,
+    pub attempts: u32,
+    pub output: Option<Value>,
+    pub error: Option<StepFailure>,
+    pub reason: Option<String>,
+    pub fuel_used: u64,
+    pub duration: Duration,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run_id: String,
+    pub state: RunState,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    /// Every step, in file order.
+    pub steps: Vec<StepReport>,
+}
+
+/// Checks a run input against the workflow's `input` schema.
+pub fn check_input(workflow: &Workflow, input: &Value) -> Result<(), String> {
+    let Some(schema) = &workflow.input_schema else { return Ok(()) };
+    let validator = jsonschema::validator_for(schema).map_err(|e| format!("the workflow's `input` schema is invalid: {e}"))?;
+    let problems: Vec<String> = validator
+        .iter_errors(input)
+        .take(10)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            format!("{}: {e}", if at.is_empty() { "(root)" } else { &at })
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("the run input does not match the workflow's `input` schema: {}", problems.join("; ")))
+    }
+}
+
+/// Runs prepared plans.
+pub struct Executor {
+    sandbox: Arc<Sandbox>,
+    sink: Arc<dyn EventSink>,
+}
+
+/// What a step task reports to the dispatcher.
+enum Msg {
+    Started { step: usize, attempt: u32, item: Option<usize> },
+    Retrying { step: usize, attempt: u32, item: Option<usize>, error: StepFailure, delay: Duration },
+    Done { step: usize, end: StepEnd },
+}
+
+/// The result of all of a step's attempts (and items).
+struct StepEnd {
+    result: Result<Value, StepFailure>,
+    attempts: u32,
+    fuel_used: u64,
+    duration: Duration,
+    log: StepLog,
+}
+
+/// What a step runs with, decided by the dispatcher before it starts.
+enum Work {
+    One(Value),
+    Each { inputs: Vec<Value>, concurrency: usize },
+}
+
+/// What the dispatcher decided for a ready step.
+enum Decision {
+    Run(Work),
+    Skip(String),
+    Fail(StepFailure),
+}
+
+/// Why the dispatcher stopped starting steps.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Failed(usize),
+    Cancelled,
+    TimedOut,
+}
+
+/// Shared by a run's step tasks.
+struct Ctx {
+    sandbox: Arc<Sandbox>,
+    prepared: Arc<Prepared>,
+    services: Arc<dyn HostServices>,
+    secrets: Arc<BTreeMap<String, String>>,
+    run_id: String,
+    depth: usize,
+}
+
+impl Executor {
+    pub fn new(sandbox: Arc<Sandbox>, sink: Arc<dyn EventSink>) -> Self {
+        Executor { sandbox, sink }
+    }
+
+    /// Runs `prepared` with `input` until it completes, fails or `cancel` fires.
+    pub async fn run(&self, prepared: Arc<Prepared>, input: Value, options: RunOptions, cancel: CancellationToken) -> RunReport {
+        let ctx = Arc::new(Ctx {
+            sandbox: self.sandbox.clone(),
+            prepared,
+            services: options.services.clone(),
+            secrets: Arc::new(options.secrets.clone()),
+            run_id: options.run_id.clone(),
+            depth: 0,
+        });
+        dispatch(ctx, input, options.concurrency, self.sink.clone(), cancel).await
+    }
+}
+
+/// A nested run (`workflow:` steps, `/builtin/eval`): the same dispatcher,
+/// without events, sharing the parent's services and secrets.
+fn nested_run(parent: &Ctx, prepared: Arc<Prepared>, input: Value, cancel: CancellationToken) -> Pin<Box<dyn Future<Output = RunReport> + Send>> {
+    let ctx = Arc::new(Ctx {
+        sandbox: parent.sandbox.clone(),
+        prepared,
+        services: parent.services.clone(),
+        secrets: parent.secrets.clone(),
+        run_id: format!("{}.{}", parent.run_id, parent.depth + 1),
+        depth: parent.depth + 1,
+    });
+    Box::pin(dispatch(ctx, input, None, Arc::new(NoEvents), cancel))
+}
+
+fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get())
+}
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+async fn dispatch(ctx: Arc<Ctx>, input: Value, concurrency: Option<usize>, sink: Arc<dyn EventSink>, cancel: CancellationToken) -> RunReport {
+    let started = Instant::now();
+    let plan = ctx.prepared.plan.clone();
+    let wf = &plan.workflow;
+    let n = wf.steps.len();
+    let run_id = ctx.run_id.clone();
+    sink.emit(&Event::RunStarted { run_id: run_id.clone(), workflow: wf.name.clone(), steps: n });
+
+    let limit = concurrency.or(wf.concurrency).unwrap_or_else(default_concurrency).max(1);
+    let waiting: Vec<usize> = plan.deps.iter().map(Vec::len).collect();
+    let ready: VecDeque<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut book = Book {
+        wf,
+        plan: &plan,
+        sink: &sink,
+        run_id: &run_id,
+        waiting,
+        ready,
+        outputs: BTreeMap::new(),
+        reports: vec![None; n],
+        failed: vec![false; n],
+        stop: None,
+    };
+    let mut running = 0usize;
+    let child = cancel.child_token();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
+
+    loop {
+        while book.stop.is_none() && running < limit {
+            let Some(i) = book.ready.pop_front() else { break };
+            let decl = &wf.steps[i];
+            match decide(&ctx, decl, &input, &book.outputs, &sink) {
+                Decision::Skip(reason) => book.finish(i, StepState::Skipped, None, None, Some(reason), None),
+                Decision::Fail(f) => book.finish(i, StepState::Failed, None, Some(f), None, None),
+                Decision::Run(work) => {
+                    running += 1;
+                    let (ctx, tx, cancel) = (ctx.clone(), tx.clone(), child.clone());
+                    tokio::spawn(async move {
+                        let end = run_step(&ctx, i, work, &tx, &cancel).await;
+                        let _ = tx.send(Msg::Done { step: i, end });
+                    });
+                }
+            }
+        }
+        if running == 0 {
+            break;
+        }
+        tokio::select! {
+            msg = rx.recv() => match msg.expect("the dispatcher holds a sender") {
+                Msg::Started { step, attempt, item } => sink.emit(&Event::StepStarted {
+                    run_id: run_id.clone(), step: wf.steps[step].id.clone(), attempt, item,
+                }),
+                Msg::Retrying { step, attempt, item, error, delay } => sink.emit(&Event::StepRetrying {
+                    run_id: run_id.clone(), step: wf.steps[step].id.clone(), attempt, item, error, delay,
+                }),
+                Msg::Done { step, end } => {
+                    running -= 1;
+                    let (state, error, output) = match &end.result {
+                        Ok(v) => (StepState::Succeeded, None, Some(v.clone())),
+                        Err(f) if f.kind == FailureKind::Cancelled && book.stop == Some(Stop::TimedOut) => {
+                            let timeout = wf.timeout.map(format_duration).unwrap_or_default();
+                            let f = StepFailure::new(FailureKind::Timeout, format!("interrupted: the run's {timeout} timeout passed"));
+                            (StepState::Failed, Some(f), None)
+                        }
+                        Err(f) if f.kind == FailureKind::Cancelled => (StepState::Cancelled, Some(f.clone()), None),
+                        Err(f) => (StepState::Failed, Some(f.clone()), None),
+                    };
+                    if state == StepState::Cancelled {
+                        book.failed[step] = true;
+                    }
+                    book.finish(step, state, Some(&end), error, None, output);
+                }
+            },
+            _ = cancel.cancelled(), if book.stop.is_none() || book.stop.is_some_and(|s| matches!(s, Stop::Failed(_))) => {
+                book.stop = Some(Stop::Cancelled);
+                child.cancel();
+            }
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && book.stop.is_none() => {
+                book.stop = Some(Stop::TimedOut);
+                child.cancel();
+            }
+        }
+    }
+    let Book { outputs, mut reports, mut failed, stop, .. } = book;
+
+    // Steps that never started.
+    for i in 0..n {
+        if reports[i].is_some() {
+            continue;
+        }
+        let decl = &wf.steps[i];
+        let blocked_by_failure = plan.deps[i].iter().any(|&d| failed[d] || reports[d].is_none());
+        let (state, reason) = match stop {
+            Some(Stop::Cancelled) => (StepState::Cancelled, "the run was cancelled before it started".to_string()),
+            Some(Stop::TimedOut) => (StepState::Cancelled, "the run's timeout passed before it started".to_string()),
+            _ if blocked_by_failure => (StepState::Skipped, "dependency failed".to_string()),
+            _ => (StepState::Skipped, "not started: the run failed".to_string()),
+        };
+        if blocked_by_failure {
+            failed[i] = true;
+        }
+        sink.emit(&Event::StepFinished {
+            run_id: run_id.clone(),
+            step: decl.id.clone(),
+            state,
+            attempt: 0,
+            duration: Duration::ZERO,
+            fuel_used: 0,
+            error: None,
+            reason: Some(reason.clone()),
+            output: None,
+            log: StepLog::default(),
+        });
+        reports[i] = Some(StepReport {
+            id: decl.id.clone(),
+            state,
+            attempts: 0,
+            output: None,
+            error: None,
+            reason: Some(reason),
+            fuel_used: 0,
+            duration: Duration::ZERO,
+        });
+    }
+
+    let (mut state, mut error) = match stop {
+        None => (RunState::Completed, None),
+        Some(Stop::Cancelled) => (RunState::Cancelled, Some("cancelled".to_string())),
+        Some(Stop::TimedOut) => (
+            RunState::Failed,
+            Some(format!("the run's {} timeout passed", wf.timeout.map(format_duration).unwrap_or_default())),
+        ),
+        Some(Stop::Failed(i)) => {
+            let f = reports[i].as_ref().and_then(|r| r.error.clone());
+            let what = f.map(|f| format!(" ({}): {}", f.kind, f.message)).unwrap_or_default();
+            (RunState::Failed, Some(format!("step `{}` failed{what}", wf.steps[i].id)))
+        }
+    };
+    let mut output = None;
+    if state == RunState::Completed {
+        match run_output(&ctx, &input, &outputs) {
+            Ok(v) => output = Some(v),
+            Err(e) => {
+                state = RunState::Failed;
+                error = Some(format!("the run output could not be built: {e}"));
+            }
+        }
+    }
+    sink.emit(&Event::RunFinished { run_id: run_id.clone(), state, duration: started.elapsed(), output: output.clone(), error: error.clone() });
+    RunReport { run_id, state, output, error, steps: reports.into_iter().map(|r| r.expect("every step has a report")).collect() }
+}
+
+/// The dispatcher's record of a run in progress.
+struct Book<'a> {
+    wf: &'a Workflow,
+    plan: &'a crate::plan::Plan,
+    sink: &'a Arc<dyn EventSink>,
+    run_id: &'a str,
+    /// Dependencies of each step not yet finished.
+    waiting: Vec<usize>,
+    ready: VecDeque<usize>,
+    /// Outputs of finished steps (`None`: skipped), for templates.
+    outputs: BTreeMap<String, Option<Value>>,
+    reports: Vec<Option<StepReport>>,
+    /// Steps that failed (under `fail`) or were cancelled: their dependents
+    /// are skipped with reason `dependency failed`.
+    failed: Vec<bool>,
+    stop: Option<Stop>,
+}
+
+impl Book<'_> {
+    /// Records a finished step, applies `on_error`, emits `StepFinished`,
+    /// and makes its dependents ready.
+    fn finish(&mut self, i: usize, state: StepState, end: Option<&StepEnd>, error: Option<StepFailure>, reason: Option<String>, output: Option<Value>) {
+        let decl = &self.wf.steps[i];
+        let (state, output, reason) = match (state, &error) {
+            (StepState::Failed, Some(_)) => match decl.on_error.action {
+                ErrorAction::Fail => {
+                    self.failed[i] = true;
+                    self.stop.get_or_insert(Stop::Failed(i));
+                    (StepState::Failed, None, reason)
+                }
+                ErrorAction::Continue => {
+                    (StepState::Failed, Some(decl.on_error.default_output.clone().unwrap_or(Value::Null)), reason)
+                }
+                ErrorAction::Skip => (StepState::Skipped, None, Some("it failed and `on_error` is `skip`".to_string())),
+            },
+            _ => (state, output, reason),
+        };
+        match (state, &output) {
+            (StepState::Succeeded | StepState::Failed, Some(v)) => {
+                self.outputs.insert(decl.id.clone(), Some(v.clone()));
+            }
+            (StepState::Skipped, _) => {
+                self.outputs.insert(decl.id.clone(), None);
+            }
+            _ => {}
+        }
+        let report = StepReport {
+            id: decl.id.clone(),
+            state,
+            attempts: end.map_or(0, |e| e.attempts),
+            output: output.clone(),
+            error: error.clone(),
+            reason: reason.clone(),
+            fuel_used: end.map_or(0, |e| e.fuel_used),
+            duration: end.map_or(Duration::ZERO, |e| e.duration),
+        };
+        self.sink.emit(&Event::StepFinished {
+            run_id: self.run_id.to_string(),
+            step: decl.id.clone(),
+            state,
+            attempt: report.attempts,
+            duration: report.duration,
+            fuel_used: report.fuel_used,
+            error,
+            reason,
+            output,
+            log: end.map(|e| e.log.clone()).unwrap_or_default(),
+        });
+        self.reports[i] = Some(report);
+        let continues = matches!(state, StepState::Succeeded | StepState::Skipped)
+            || (state == StepState::Failed && decl.on_error.action == ErrorAction::Continue);
+        if continues {
+            for &d in &self.plan.dependents[i] {
+                self.waiting[d] -= 1;
+                if self.waiting[d] == 0 {
+                    self.ready.push_back(d);
+                }
+            }
+        }
+    }
+}
+
+fn scope<'a>(ctx: &'a Ctx, input: &'a Value, outputs: &'a BTreeMap<String, Option<Value>>, item: Option<(&'a Value, usize)>) -> Scope<'a> {
+    Scope {
+        inputs: input,
+        outputs,
+        item: item.map(|(v, _)| v),
+        index: item.map(|(_, i)| i),
+        run_id: &ctx.run_id,
+        attempt: 1,
+        secrets: &ctx.secrets,
+    }
+}
+
+/// Evaluates `when`, `skipIf`, `forEach` and the input of a ready step.
+fn decide(ctx: &Ctx, decl: &StepDecl, input: &Value, outputs: &BTreeMap<String, Option<Value>>, sink: &Arc<dyn EventSink>) -> Decision {
+    let reference = |e: EvalError| match e {
+        EvalError::Skipped(id) => Decision::Skip(format!("step `{id}` was skipped")),
+        other => Decision::Fail(StepFailure::new(FailureKind::Reference, other.to_string())),
+    };
+    let s = scope(ctx, input, outputs, None);
+    if let Some(when) = &decl.when {
+        match when.eval_bool(&s) {
+            Ok(true) => {}
+            Ok(false) => return Decision::Skip("`when` is false".into()),
+            Err(EvalError::Skipped(id)) => return Decision::Skip(format!("step `{id}` was skipped")),
+            Err(e) => {
+                let message = format!("`when` of step `{}` could not be evaluated, so it is skipped: {e}", decl.id);
+                sink.emit(&Event::StepWarning { run_id: ctx.run_id.clone(), step: decl.id.clone(), message: message.clone() });
+                return Decision::Skip(message);
+            }
+        }
+    }
+    if let Some(skip_if) = &decl.skip_if {
+        match skip_if.eval(&s) {
+            Ok(v) if truthy(&v) => return Decision::Skip("`skipIf` is true".into()),
+            Ok(_) => {}
+            Err(e) => return reference(e),
+        }
+    }
+    let Some(for_each) = &decl.for_each else {
+        return match decl.input.eval(&s) {
+            Ok(v) => Decision::Run(Work::One(v)),
+            Err(e) => reference(e),
+        };
+    };
+    let items = match for_each.eval(&s) {
+        Ok(Value::Array(items)) => items,
+        Ok(other) => {
+            let kind = match other {
+                Value::Object(_) => "an object",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            };
+            return Decision::Fail(StepFailure::new(FailureKind::Reference, format!("`forEach` gave {kind}, not an array")));
+        }
+        Err(e) => return reference(e),
+    };
+    let mut inputs = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        match decl.input.eval(&scope(ctx, input, outputs, Some((item, index)))) {
+            Ok(v) => inputs.push(v),
+            Err(e) => return reference(e),
+        }
+    }
+    Decision::Run(Work::Each { inputs, concurrency: decl.concurrency.unwrap_or(usize::MAX) })
+}
+
+/// The run output (SPEC §2.6).
+fn run_output(ctx: &Ctx, input: &Value, outputs: &BTreeMap<String, Option<Value>>) -> Result<Value, EvalError> {
+    let plan = &ctx.prepared.plan;
+    let value_of = |i: usize| outputs.get(&plan.workflow.steps[i].id).cloned().flatten().unwrap_or(Value::Null);
+    match &plan.workflow.output {
+        Some(t) => match t.eval(&scope(ctx, input, outputs, None)) {
+            Err(EvalError::Skipped(_)) => Ok(Value::Null),
+            other => other,
+        },
+        None => {
+            let sinks = plan.sinks();
+            if let [only] = sinks.as_slice() {
+                Ok(value_of(*only))
+            } else {
+                Ok(Value::Object(sinks.into_iter().map(|i| (plan.workflow.steps[i].id.clone(), value_of(i))).collect::<Map<_, _>>()))
+            }
+        }
+    }
+}
+
+/// Runs a step: one input, or every `forEach` item.
+async fn run_step(ctx: &Arc<Ctx>, step: usize, work: Work, tx: &mpsc::UnboundedSender<Msg>, cancel: &CancellationToken) -> StepEnd {
+    match work {
+        Work::One(input) => attempts(ctx, step, input, None, tx, cancel).await,
+        Work::Each { inputs, concurrency } => for_each(ctx, step, inputs, concurrency, tx, cancel).await,
+    }
+}
+
+async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: Vec<Value>, concurrency: usize, tx: &mpsc::UnboundedSender<Msg>, cancel: &CancellationToken) -> StepEnd {
+    let decl = &ctx.prepared.plan.workflow.steps[step];
+    let started = Instant::now();
+    let mut results: Vec<Value> = vec![Value::Null; inputs.len()];
+    let mut total = StepEnd { result: Ok(Value::Null), attempts: 0, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
+    let mut failure: Option<StepFailure> = None;
+    let mut set = tokio::task::JoinSet::new();
+    let mut pending = inputs.into_iter().enumerate();
+    loop {
+        while failure.is_none() && set.len() < concurrency.max(1) {
+            let Some((index, input)) = pending.next() else { break };
+            let (ctx, tx, cancel) = (ctx.clone(), tx.clone(), cancel.clone());
+            set.spawn(async move { (index, attempts(&ctx, step, input, Some(index), &tx, &cancel).await) });
+        }
+        let Some(joined) = set.join_next().await else { break };
+        let (index, end) = joined.expect("step tasks do not panic");
+        total.attempts += end.attempts;
+        total.fuel_used += end.fuel_used;
+        total.log.lines.extend(end.log.lines);
+        total.log.dropped_bytes += end.log.dropped_bytes;
+        match end.result {
+            Ok(v) => results[index] = v,
+            Err(f) if decl.on_error.action == ErrorAction::Continue && f.kind != FailureKind::Cancelled => {
+                results[index] = decl.on_error.default_output.clone().unwrap_or(Value::Null);
+            }
+            Err(f) => {
+                if failure.is_none() {
+                    failure = Some(StepFailure { message: format!("item {index}: {}", f.message), ..f });
+                }
+            }
+        }
+    }
+    total.duration = started.elapsed();
+    total.result = match failure {
+        Some(f) => Err(f),
+        None => Ok(Value::Array(results)),
+    };
+    total
+}
+
+/// Runs attempts of one input until one succeeds, a failure is final, or
+/// the retry policy runs out.
+async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx: &mpsc::UnboundedSender<Msg>, cancel: &CancellationToken) -> StepEnd {
+    let wf = &ctx.prepared.plan.workflow;
+    let decl = &wf.steps[step];
+    let settings = decl.settings.or(&wf.defaults);
+    let policy = settings.retry.clone().unwrap_or_default();
+    let started = Instant::now();
+    let mut fuel_used = 0;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let _ = tx.send(Msg::Started { step, attempt, item });
+        let (result, fuel, log) = execute(ctx, step, &input, &settings, cancel).await;
+        fuel_used += fuel;
+        let end = |result| StepEnd { result, attempts: attempt, fuel_used, duration: started.elapsed(), log };
+        match result {
+            Err(f) if f.retryable && attempt < policy.max_attempts.max(1) && !cancel.is_cancelled() => {
+                let delay = policy.delay_after(attempt);
+                let _ = tx.send(Msg::Retrying { step, attempt, item, error: f, delay });
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => {
+                        return end(Err(StepFailure::new(FailureKind::Cancelled, "cancelled while waiting to retry")));
+                    }
+                }
+            }
+            result => return end(result),
+        }
+    }
+}
+
+/// One attempt of a step's target.
+async fn execute(ctx: &Ctx, step: usize, input: &Value, settings: &crate::workflow::StepSettings, cancel: &CancellationToken) -> (Result<Value, StepFailure>, u64, StepLog) {
+    let wf = &ctx.prepared.plan.workflow;
+    let decl = &wf.steps[step];
+    match &decl.target {
+        Target::Named(_) | Target::Path(_) => {
+            let c = ctx.prepared.components[step].as_ref().expect("prepare loads every component step");
+            let d = Limits::default();
+            let limits = Limits {
+                fuel: settings.fuel.unwrap_or(d.fuel),
+                timeout: settings.timeout.unwrap_or(d.timeout),
+                memory: settings.memory.unwrap_or(d.memory),
+                ..d
+            };
+            let request = StepRequest { input: input.clone(), config: c.config.clone(), limits, grants: c.grants(), services: ctx.services.clone() };
+            let outcome = ctx.sandbox.run(&c.component, request, cancel).await;
+            (outcome.result, outcome.fuel_used, outcome.log)
+        }
+        Target::Builtin(b) => {
+            let granted: Vec<std::path::PathBuf> =
+                wf.components.values().flat_map(|c| c.grants.dirs.iter().map(|d| d.host.clone())).collect();
+            let result = match b {
+                Builtin::PutBlob => builtin::put_blob(input, ctx.services.as_ref()),
+                Builtin::GetBlob => builtin::get_blob(input, ctx.services.as_ref()),
+                Builtin::LoadFile => builtin::load_file(input, &wf.dir, &granted),
+                Builtin::Eval => eval_builtin(ctx, decl, input, cancel).await,
+            };
+            (result, 0, StepLog::default())
+        }
+        Target::Workflow(path) => {
+            let nested = ctx.prepared.nested[step].clone().expect("prepare loads every nested workflow");
+            let report = nested_run(ctx, nested, input.clone(), cancel.clone()).await;
+            (nested_result(&path.display().to_string(), report), 0, StepLog::default())
+        }
+    }
+}
+
+/// A nested run's outcome as a step result.
+fn nested_result(what: &str, report: RunReport) -> Result<Value, StepFailure> {
+    match report.state {
+        RunState::Completed => Ok(report.output.unwrap_or(Value::Null)),
+        RunState::Cancelled => Err(StepFailure::new(FailureKind::Cancelled, format!("nested workflow {what} was cancelled"))),
+        _ => {
+            let failed = report.steps.iter().find(|s| s.state == StepState::Failed && s.error.is_some());
+            let kind = failed.and_then(|s| s.error.as_ref()).map_or(FailureKind::Component, |e| e.kind);
+            let message = format!("nested workflow {what} failed: {}", report.error.unwrap_or_default());
+            Err(StepFailure { kind, message, retryable: false })
+        }
+    }
+}
+
+/// `/builtin/eval`: `{workflow, input}`, the workflow inline or as a blob id.
+async fn eval_builtin(ctx: &Ctx, decl: &StepDecl, input: &Value, cancel: &CancellationToken) -> Result<Value, StepFailure> {
+    let fail = |m: String| StepFailure::component(m, false);
+    if ctx.depth >= MAX_NESTING {
+        return Err(fail(format!("/builtin/eval: nested runs go deeper than {MAX_NESTING}")));
+    }
+    let definition = match input.get("workflow") {
+        Some(Value::String(id)) => {
+            let bytes = ctx.services.blob_get(id).ok_or_else(|| fail(format!("/builtin/eval: no blob with id {id}")))?;
+            serde_json::from_slice::<Value>(&bytes).map_err(|e| fail(format!("/builtin/eval: blob {id} is not a workflow: {e}")))?
+        }
+        Some(v @ Value::Object(_)) => v.clone(),
+        _ => return Err(fail("/builtin/eval needs `workflow`: an inline workflow (use `$literal`) or a blob id".into())),
+    };
+    let text = serde_yaml::to_string(&definition).map_err(|e| fail(format!("/builtin/eval: {e}")))?;
+    let path = ctx.prepared.plan.workflow.dir.join(format!("<eval in step {}>.yaml", decl.id));
+    let sandbox = ctx.sandbox.clone();
+    let prepared = tokio::task::block_in_place(|| {
+        let wf = crate::workflow::load_str(&path, &text)?;
+        let plan = crate::plan::Plan::new(wf)?;
+        prepare(plan, &sandbox)
+    })
+    .map_err(|d| fail(format!("/builtin/eval: the workflow is invalid: {}", d.problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>().join("; "))))?;
+    let nested_input = input.get("input").cloned().unwrap_or(Value::Null);
+    check_input(&prepared.plan.workflow, &nested_input).map_err(|e| fail(format!("/builtin/eval: {e}")))?;
+    let report = nested_run(ctx, Arc::new(prepared), nested_input, cancel.clone()).await;
+    nested_result("(eval)", report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truthy;
+    use serde_json::json;
+
+    #[test]
+    fn truthiness_of_skip_if_values() {
+        for v in [json!(null), json!(false), json!(0), json!(""), json!([]), json!({})] {
+            assert!(!truthy(&v), "{v}");
+        }
+        for v in [json!(true), json!(1), json!("no"), json!([0]), json!({"a": null})] {
+            assert!(truthy(&v), "{v}");
+        }
+    }
+}

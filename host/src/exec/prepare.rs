@@ -1,0 +1,163 @@
+//! Before a run: every component of a plan loaded (compiled or read from
+//! the artifact cache), its SHA-256 pin checked and its imports checked;
+//! every nested workflow loaded and planned. Problems are diagnostics at
+//! the place the component or workflow is named.
+
+use crate::plan::Plan;
+use crate::sandbox::{DirGrant, Grants, Sandbox, StepComponent, sha256_hex};
+use crate::workflow::{self, ComponentDecl, Diagnostic, Diagnostics, Location, Target};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How deep `workflow:` steps may nest.
+pub const MAX_NESTING: usize = 8;
+
+/// A component ready to run, with its config and grants.
+pub struct PreparedComponent {
+    pub component: Arc<StepComponent>,
+    pub config: Value,
+    /// Env grants hold names; values are read from the host when a step starts.
+    pub env: Vec<String>,
+    pub dirs: Vec<DirGrant>,
+}
+
+impl PreparedComponent {
+    /// The grants with the host's current values of the granted variables.
+    pub fn grants(&self) -> Grants {
+        let env = self.env.iter().filter_map(|n| std::env::var(n).ok().map(|v| (n.clone(), v))).collect();
+        Grants { env, dirs: self.dirs.clone() }
+    }
+}
+
+/// A plan with everything it needs loaded.
+pub struct Prepared {
+    pub plan: Arc<Plan>,
+    /// For each step: its component, when it runs one.
+    pub components: Vec<Option<Arc<PreparedComponent>>>,
+    /// For each `workflow:` step: the nested run, prepared.
+    pub nested: Vec<Option<Arc<Prepared>>>,
+}
+
+/// Loads everything `plan` needs through `sandbox`.
+pub fn prepare(plan: Plan, sandbox: &Sandbox) -> Result<Prepared, Diagnostics> {
+    prepare_nested(plan, sandbox, &mut Vec::new())
+}
+
+fn prepare_nested(plan: Plan, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> Result<Prepared, Diagnostics> {
+    let wf = plan.workflow.clone();
+    let mut diags = Vec::new();
+    let mut named: HashMap<&str, Arc<PreparedComponent>> = HashMap::new();
+    for (name, decl) in &wf.components {
+        // Declared but unused components are still checked: a typo'd path
+        // is worth knowing about before it is used.
+        match load_component(decl.path.as_path(), decl, sandbox) {
+            Ok(c) => {
+                named.insert(name.as_str(), Arc::new(c));
+            }
+            Err(d) => diags.push(d),
+        }
+    }
+    let mut components = Vec::with_capacity(wf.steps.len());
+    let mut nested = Vec::with_capacity(wf.steps.len());
+    let mut by_path: HashMap<PathBuf, Arc<PreparedComponent>> = HashMap::new();
+    for step in &wf.steps {
+        let mut component = None;
+        let mut sub = None;
+        match &step.target {
+            Target::Named(name) => component = named.get(name.as_str()).cloned(),
+            Target::Path(path) => {
+                if let Some(c) = by_path.get(path) {
+                    component = Some(c.clone());
+                } else {
+                    let decl = ComponentDecl {
+                        name: path.display().to_string(),
+                        path: path.clone(),
+                        sha256: None,
+                        config: Value::Null,
+                        grants: Default::default(),
+                        at: step.target_at.clone(),
+                    };
+                    match load_component(path, &decl, sandbox) {
+                        Ok(c) => {
+                            let c = Arc::new(c);
+                            by_path.insert(path.clone(), c.clone());
+                            component = Some(c);
+                        }
+                        Err(d) => diags.push(d),
+                    }
+                }
+            }
+            Target::Builtin(_) => {}
+            Target::Workflow(path) => match nested_workflow(path, &step.target_at, sandbox, stack) {
+                Ok(p) => sub = Some(Arc::new(p)),
+                Err(d) => diags.extend(d),
+            },
+        }
+        components.push(component);
+        nested.push(sub);
+    }
+    if !diags.is_empty() {
+        return Err(Diagnostics { file: wf.file.to_path_buf(), problems: diags }.sorted());
+    }
+    Ok(Prepared { plan: Arc::new(plan), components, nested })
+}
+
+/// Loads and prepares a nested workflow, refusing cycles and deep nesting.
+pub fn nested_workflow(path: &Path, at: &Location, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> Result<Prepared, Vec<Diagnostic>> {
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    if stack.contains(&canonical) {
+        return Err(vec![Diagnostic::new(at, format!("workflow {} runs itself (through `workflow:` steps)", path.display()))]);
+    }
+    if stack.len() >= MAX_NESTING {
+        return Err(vec![Diagnostic::new(at, format!("`workflow:` steps nest more than {MAX_NESTING} deep"))]);
+    }
+    let nested_err = |d: Diagnostics| {
+        let mut out = vec![Diagnostic::new(at, format!("nested workflow {} is invalid:", path.display()))];
+        out.extend(d.problems);
+        out
+    };
+    let wf = workflow::load(path).map_err(nested_err)?;
+    let plan = Plan::new(wf).map_err(nested_err)?;
+    stack.push(canonical);
+    let prepared = prepare_nested(plan, sandbox, stack).map_err(nested_err);
+    stack.pop();
+    prepared
+}
+
+fn load_component(path: &Path, decl: &ComponentDecl, sandbox: &Sandbox) -> Result<PreparedComponent, Diagnostic> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Diagnostic::new(&decl.at, format!("component `{}`: cannot read {}: {e}", decl.name, path.display()))
+            .with_hint("paths are relative to the workflow file; build components with components/build.sh")
+    })?;
+    if let Some(pin) = &decl.sha256 {
+        let actual = sha256_hex(&bytes);
+        if &actual != pin {
+            return Err(Diagnostic::new(
+                &decl.at,
+                format!("component `{}`: {} has SHA-256 {actual}, but the workflow pins {pin}", decl.name, path.display()),
+            )
+            .with_hint("update the pin if the component changed on purpose"));
+        }
+    }
+    let component = sandbox
+        .load_bytes(&path.display().to_string(), &bytes)
+        .map_err(|e| Diagnostic::new(&decl.at, format!("component `{}`: {e}", decl.name)))?;
+    for dir in &decl.grants.dirs {
+        if !dir.host.is_dir() {
+            return Err(Diagnostic::new(&dir.at, format!("granted directory {} does not exist", dir.host.display())));
+        }
+    }
+    Ok(PreparedComponent {
+        component,
+        config: decl.config.clone(),
+        env: decl.grants.env.clone(),
+        dirs: decl
+            .grants
+            .dirs
+            .iter()
+            .map(|d| DirGrant { host: d.host.clone(), guest: d.guest.clone(), writable: d.writable })
+            .collect(),
+    })
+}

@@ -1,0 +1,199 @@
+//! The resolved, immutable plan of a workflow: its steps as a DAG
+//! (petgraph), built and checked with no I/O and nothing async.
+//!
+//! A step depends on every step it references (in `input`, `when`,
+//! `skipIf`, `forEach`), on every step in `needs`, and, with Argo-style
+//! groups, on every step of the group before its own. Unknown steps and
+//! components, duplicate ids and cycles are all reported at once.
+
+use crate::workflow::{Diagnostic, Diagnostics, StepDecl, Target, Workflow, diagnostic::nearest};
+use petgraph::graph::{DiGraph, NodeIndex};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// A workflow whose steps form a valid DAG.
+#[derive(Debug)]
+pub struct Plan {
+    pub workflow: Arc<Workflow>,
+    /// Dependencies of each step (indexes into `workflow.steps`), sorted.
+    pub deps: Vec<Vec<usize>>,
+    /// Steps that depend on each step, sorted.
+    pub dependents: Vec<Vec<usize>>,
+    /// Step index by id.
+    pub index: HashMap<String, usize>,
+    /// Edges from each dependency to its dependents.
+    pub graph: DiGraph<usize, ()>,
+}
+
+impl Plan {
+    /// Plans `workflow`, or reports every problem found.
+    pub fn new(workflow: Workflow) -> Result<Plan, Diagnostics> {
+        let mut diags = Vec::new();
+        let steps = &workflow.steps;
+        let mut index: HashMap<String, usize> = HashMap::with_capacity(steps.len());
+        for (i, s) in steps.iter().enumerate() {
+            if let Some(&first) = index.get(&s.id) {
+                diags.push(
+                    Diagnostic::new(&s.at, format!("duplicate step id `{}`", s.id))
+                        .with_hint(format!("the first is at line {}", steps[first].at.line)),
+                );
+            } else {
+                index.insert(s.id.clone(), i);
+            }
+        }
+        let ids = || index.keys().map(String::as_str);
+        let unknown_step = |what: String, id: &str, at: &crate::workflow::Location| {
+            let mut d = Diagnostic::new(at, format!("{what} step `{id}`, which does not exist"));
+            if let Some(n) = nearest(id, ids()) {
+                d = d.with_hint(format!("did you mean `{n}`?"));
+            }
+            d
+        };
+
+        let mut deps: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+        for (i, s) in steps.iter().enumerate() {
+            for r in step_refs(s) {
+                match index.get(&r.id) {
+                    Some(&d) => deps[i].push(d),
+                    None => diags.push(unknown_step(format!("step `{}` reads", s.id), &r.id, &r.at)),
+                }
+            }
+            for (id, at) in &s.needs {
+                match index.get(id) {
+                    Some(&d) => deps[i].push(d),
+                    None => diags.push(unknown_step(format!("step `{}` needs", s.id), id, at)),
+                }
+            }
+            if let Target::Named(name) = &s.target
+                && !workflow.components.contains_key(name)
+            {
+                let mut d = Diagnostic::new(&s.target_at, format!("step `{}` uses component `{name}`, which is not in `components`", s.id));
+                d = match nearest(name, workflow.components.keys().map(String::as_str)) {
+                    Some(n) => d.with_hint(format!("did you mean `{n}`?")),
+                    None => d.with_hint("declare it under `components:`, or give a `.wasm` path or `/builtin/NAME`"),
+                };
+                diags.push(d);
+            }
+        }
+        if let Some(output) = &workflow.output {
+            for r in output.step_refs() {
+                if !index.contains_key(&r.id) {
+                    diags.push(unknown_step("`output` reads".to_string(), &r.id, &r.at));
+                }
+            }
+        }
+        // Argo-style groups: each group waits for the whole group before it.
+        if steps.iter().any(|s| s.group.is_some()) {
+            let mut by_group: Vec<Vec<usize>> = Vec::new();
+            for (i, s) in steps.iter().enumerate() {
+                let g = s.group.unwrap_or(0);
+                if by_group.len() <= g {
+                    by_group.resize(g + 1, Vec::new());
+                }
+                by_group[g].push(i);
+            }
+            let groups: Vec<&Vec<usize>> = by_group.iter().filter(|g| !g.is_empty()).collect();
+            for pair in groups.windows(2) {
+                for &i in pair[1] {
+                    deps[i].extend(pair[0].iter().copied());
+                }
+            }
+        }
+        for d in &mut deps {
+            d.sort_unstable();
+            d.dedup();
+        }
+
+        let mut graph = DiGraph::with_capacity(steps.len(), deps.iter().map(Vec::len).sum());
+        let nodes: Vec<NodeIndex> = (0..steps.len()).map(|i| graph.add_node(i)).collect();
+        let mut dependents = vec![Vec::new(); steps.len()];
+        for (i, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                graph.add_edge(nodes[d], nodes[i], ());
+                dependents[d].push(i);
+            }
+        }
+        for scc in petgraph::algo::tarjan_scc(&graph) {
+            let cyclic = scc.len() > 1 || deps[graph[scc[0]]].contains(&graph[scc[0]]);
+            if cyclic {
+                let mut members: Vec<usize> = scc.iter().map(|n| graph[*n]).collect();
+                members.sort_unstable();
+                let names: Vec<String> = members.iter().map(|&i| format!("`{}`", steps[i].id)).collect();
+                let first = &steps[members[0]];
+                let message = if members.len() == 1 {
+                    format!("step `{}` depends on itself", first.id)
+                } else {
+                    format!("steps {} depend on each other in a cycle", names.join(", "))
+                };
+                diags.push(Diagnostic::new(&first.at, message).with_hint("remove one of the references or `needs` entries in the cycle"));
+            }
+        }
+
+        if !diags.is_empty() {
+            return Err(Diagnostics { file: workflow.file.to_path_buf(), problems: diags }.sorted());
+        }
+        Ok(Plan { workflow: Arc::new(workflow), deps, dependents, index, graph })
+    }
+
+    /// The steps nothing depends on: together, the default run output.
+    pub fn sinks(&self) -> Vec<usize> {
+        (0..self.deps.len()).filter(|&i| self.dependents[i].is_empty()).collect()
+    }
+
+    /// The DAG as a Mermaid flowchart.
+    pub fn to_mermaid(&self) -> String {
+        let mut out = String::from("flowchart TD\n");
+        for s in &self.workflow.steps {
+            let _ = writeln!(out, "    {}[\"{}<br/><small>{}</small>\"]", node_id(&s.id), s.id, target_label(s).replace('"', "'"));
+        }
+        for (i, ds) in self.deps.iter().enumerate() {
+            for &d in ds {
+                let _ = writeln!(out, "    {} --> {}", node_id(&self.workflow.steps[d].id), node_id(&self.workflow.steps[i].id));
+            }
+        }
+        out
+    }
+
+    /// The DAG in Graphviz DOT.
+    pub fn to_dot(&self) -> String {
+        let mut out = format!("digraph {:?} {{\n    rankdir=TB;\n    node [shape=box];\n", self.workflow.name);
+        for s in &self.workflow.steps {
+            let _ = writeln!(out, "    {:?} [label={:?}];", s.id, format!("{}\n{}", s.id, target_label(s)));
+        }
+        for (i, ds) in self.deps.iter().enumerate() {
+            for &d in ds {
+                let _ = writeln!(out, "    {:?} -> {:?};", self.workflow.steps[d].id, self.workflow.steps[i].id);
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+/// Every step a step's values read.
+fn step_refs(s: &StepDecl) -> Vec<crate::expr::StepRef> {
+    let mut refs = s.input.step_refs();
+    if let Some(w) = &s.when {
+        refs.extend(w.steps.iter().map(|id| crate::expr::StepRef { id: id.clone(), at: w.at.clone(), tolerates_skip: false }));
+    }
+    for t in [&s.skip_if, &s.for_each].into_iter().flatten() {
+        refs.extend(t.step_refs());
+    }
+    refs
+}
+
+/// Mermaid node ids may not contain `-`.
+fn node_id(id: &str) -> String {
+    format!("s_{}", id.replace('-', "_h_"))
+}
+
+fn target_label(s: &StepDecl) -> String {
+    let file = |p: &std::path::Path| p.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    match &s.target {
+        Target::Named(n) => n.clone(),
+        Target::Path(p) => file(p),
+        Target::Builtin(b) => format!("/builtin/{}", b.name()),
+        Target::Workflow(p) => format!("workflow {}", file(p)),
+    }
+}

@@ -1,0 +1,243 @@
+//! The typed workflow: every key of SPEC §2, with where it was written.
+//! Built by [`super::load`]; read by the planner.
+
+use super::diagnostic::Location;
+use crate::expr::{CelExpr, Template};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A parsed workflow file.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    /// The file as given on the command line (for messages).
+    pub file: Arc<Path>,
+    /// The directory relative paths in the file are resolved against.
+    pub dir: PathBuf,
+    /// Lowercase hex SHA-256 of the file's text.
+    pub sha256: String,
+    /// `name`, or the file stem.
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON Schema the run input is checked against before any step starts.
+    pub input_schema: Option<Value>,
+    pub defaults: StepSettings,
+    /// The whole run's deadline.
+    pub timeout: Option<Duration>,
+    /// Most steps running at once.
+    pub concurrency: Option<usize>,
+    pub components: BTreeMap<String, ComponentDecl>,
+    pub steps: Vec<StepDecl>,
+    /// How the run output is built; `None`: SPEC §2.6's default.
+    pub output: Option<Template>,
+    pub tests: Vec<TestCase>,
+}
+
+/// Per-attempt settings a step can take from `defaults` or override.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepSettings {
+    pub timeout: Option<Duration>,
+    pub fuel: Option<u64>,
+    pub memory: Option<u64>,
+    pub retry: Option<RetryPolicy>,
+}
+
+impl StepSettings {
+    /// `self`, with unset fields taken from `defaults`.
+    pub fn or(&self, defaults: &StepSettings) -> StepSettings {
+        StepSettings {
+            timeout: self.timeout.or(defaults.timeout),
+            fuel: self.fuel.or(defaults.fuel),
+            memory: self.memory.or(defaults.memory),
+            retry: self.retry.clone().or_else(|| defaults.retry.clone()),
+        }
+    }
+}
+
+/// `retry: { max_attempts, backoff, delay, max_delay }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (at least 1).
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            backoff: Backoff::None,
+            delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    None,
+    Linear,
+    Exponential,
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `n + 1`, after attempt `n` (from 1) failed:
+    /// none 0; linear `delay × n`; exponential `delay × 2^(n-1)`; never
+    /// above `max_delay`.
+    pub fn delay_after(&self, n: u32) -> Duration {
+        let n = n.max(1);
+        let d = match self.backoff {
+            Backoff::None => Duration::ZERO,
+            Backoff::Linear => self.delay.saturating_mul(n),
+            Backoff::Exponential => self.delay.saturating_mul(2u32.saturating_pow(n - 1)),
+        };
+        d.min(self.max_delay)
+    }
+}
+
+/// A named component under `components:`.
+#[derive(Debug, Clone)]
+pub struct ComponentDecl {
+    pub name: String,
+    /// The `.wasm` file, resolved against the workflow's directory.
+    pub path: PathBuf,
+    /// Expected lowercase hex SHA-256, if pinned.
+    pub sha256: Option<String>,
+    pub config: Value,
+    pub grants: GrantsDecl,
+    pub at: Location,
+}
+
+/// `grants:`: what the component may see of the host.
+#[derive(Debug, Clone, Default)]
+pub struct GrantsDecl {
+    /// Environment variable names passed through.
+    pub env: Vec<String>,
+    pub dirs: Vec<DirDecl>,
+}
+
+/// One granted directory.
+#[derive(Debug, Clone)]
+pub struct DirDecl {
+    /// Resolved against the workflow's directory.
+    pub host: PathBuf,
+    pub guest: String,
+    pub writable: bool,
+    pub at: Location,
+}
+
+/// What a step runs.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A name from `components:`.
+    Named(String),
+    /// A `.wasm` path, resolved against the workflow's directory.
+    Path(PathBuf),
+    /// `/builtin/NAME`.
+    Builtin(Builtin),
+    /// `workflow: FILE`: a nested run.
+    Workflow(PathBuf),
+}
+
+/// The builtins (SPEC §3): they run in the host, without WebAssembly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    LoadFile,
+    PutBlob,
+    GetBlob,
+    Eval,
+}
+
+impl Builtin {
+    pub const ALL: [(&'static str, Builtin); 4] = [
+        ("load_file", Builtin::LoadFile),
+        ("put_blob", Builtin::PutBlob),
+        ("get_blob", Builtin::GetBlob),
+        ("eval", Builtin::Eval),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Builtin::ALL.iter().find(|(_, b)| *b == self).map(|(n, _)| *n).expect("every builtin is listed")
+    }
+}
+
+/// `on_error:`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OnError {
+    pub action: ErrorAction,
+    /// With `continue`: the failed step's output (null when absent).
+    pub default_output: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ErrorAction {
+    #[default]
+    Fail,
+    Continue,
+    Skip,
+}
+
+/// One step.
+#[derive(Debug, Clone)]
+pub struct StepDecl {
+    pub id: String,
+    /// Where the step's `id` is written.
+    pub at: Location,
+    pub target: Target,
+    /// Where `component:` / `workflow:` is written.
+    pub target_at: Location,
+    pub input: Template,
+    /// `needs:`, each with where it is written.
+    pub needs: Vec<(String, Location)>,
+    pub when: Option<CelExpr>,
+    pub skip_if: Option<Template>,
+    pub for_each: Option<Template>,
+    pub concurrency: Option<usize>,
+    pub settings: StepSettings,
+    pub on_error: OnError,
+    /// With Argo-style groups: the index of the step's group.
+    pub group: Option<usize>,
+}
+
+/// One case of `test.cases`.
+#[derive(Debug, Clone)]
+pub struct TestCase {
+    pub name: String,
+    pub input: Value,
+    pub expect: Expectation,
+    pub at: Location,
+}
+
+/// What a test case expects.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expectation {
+    /// The run completes with this output.
+    Output(Value),
+    /// The run fails.
+    Failed,
+    /// The run fails with an error containing this text.
+    Error(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_schedules_match_the_spec_and_are_capped() {
+        let p = |backoff| RetryPolicy {
+            max_attempts: 6,
+            backoff,
+            delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(1),
+        };
+        let ms = |b| (1..=5).map(|n| p(b).delay_after(n).as_millis()).collect::<Vec<_>>();
+        assert_eq!(ms(Backoff::None), [0, 0, 0, 0, 0]);
+        assert_eq!(ms(Backoff::Linear), [200, 400, 600, 800, 1000]);
+        assert_eq!(ms(Backoff::Exponential), [200, 400, 800, 1000, 1000]);
+    }
+}

@@ -1,0 +1,457 @@
+//! YAML nodes → [`Workflow`], reporting every problem with its place.
+//! Unknown keys are errors that name the nearest known key.
+
+use super::diagnostic::{Diagnostic, Location, nearest};
+use super::model::*;
+use super::yaml::{location, node_location, scalar_value, to_json};
+use crate::expr::{self, Template};
+use crate::units::{parse_duration, parse_size};
+use marked_yaml::Node;
+use marked_yaml::types::MarkedMappingNode;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WORKFLOW_KEYS: &[&str] =
+    &["name", "description", "input", "defaults", "timeout", "concurrency", "components", "steps", "output", "test"];
+const DEFAULTS_KEYS: &[&str] = &["timeout", "fuel", "memory", "retry"];
+const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "delay", "max_delay"];
+const COMPONENT_KEYS: &[&str] = &["path", "sha256", "config", "grants"];
+const GRANTS_KEYS: &[&str] = &["env", "dirs"];
+const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
+const STEP_KEYS: &[&str] = &[
+    "id", "component", "workflow", "input", "needs", "when", "skipIf", "forEach", "concurrency", "retry",
+    "timeout", "fuel", "memory", "on_error",
+];
+const ON_ERROR_KEYS: &[&str] = &["action", "default_output"];
+const TEST_KEYS: &[&str] = &["cases"];
+const CASE_KEYS: &[&str] = &["name", "input", "output", "outcome", "error"];
+
+/// The parsing context: the file, and the problems found so far.
+pub(super) struct Cx {
+    pub file: Arc<Path>,
+    pub dir: PathBuf,
+    pub diags: Vec<Diagnostic>,
+}
+
+impl Cx {
+    fn at(&self, node: &Node) -> Location {
+        node_location(&self.file, node)
+    }
+
+    fn error(&mut self, node: &Node, message: impl Into<String>) {
+        let at = self.at(node);
+        self.diags.push(Diagnostic::new(&at, message));
+    }
+
+    fn error_hint(&mut self, node: &Node, message: impl Into<String>, hint: impl Into<String>) {
+        let at = self.at(node);
+        self.diags.push(Diagnostic::new(&at, message).with_hint(hint));
+    }
+
+    /// `node` as a mapping whose keys are all in `known`.
+    fn mapping<'n>(&mut self, node: &'n Node, what: &str, known: &[&str]) -> Option<&'n MarkedMappingNode> {
+        let Some(map) = node.as_mapping() else {
+            self.error(node, format!("{what} must be a mapping of keys"));
+            return None;
+        };
+        for (key, _) in map.iter() {
+            if !known.contains(&key.as_str()) {
+                let at = location(&self.file, key.span());
+                let mut d = Diagnostic::new(&at, format!("unknown key `{}` in {what}", key.as_str()));
+                d = match nearest(key.as_str(), known.iter().copied()) {
+                    Some(n) => d.with_hint(format!("did you mean `{n}`?")),
+                    None => d.with_hint(format!("known keys: {}", known.join(", "))),
+                };
+                self.diags.push(d);
+            }
+        }
+        Some(map)
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match node.as_scalar().map(scalar_value) {
+            Some(Value::String(s)) => Some(s),
+            _ => {
+                self.error(node, format!("{what} must be a string"));
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, node: &Node, what: &str, min: u64) -> Option<u64> {
+        match node.as_scalar().map(scalar_value).and_then(|v| v.as_u64()) {
+            Some(n) if n >= min => Some(n),
+            _ => {
+                self.error(node, format!("{what} must be a whole number, at least {min}"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, what: &str) -> Option<Duration> {
+        let text = match node.as_scalar().map(scalar_value) {
+            Some(Value::String(s)) => s,
+            Some(Value::Number(n)) => {
+                self.error_hint(node, format!("{what}: `{n}` has no unit"), format!("write e.g. `{n}s` or `{n}ms`"));
+                return None;
+            }
+            _ => {
+                self.error(node, format!("{what} must be a duration such as `30s`"));
+                return None;
+            }
+        };
+        parse_duration(&text).map_err(|e| self.error(node, format!("{what}: {e}"))).ok()
+    }
+
+    fn size(&mut self, node: &Node, what: &str) -> Option<u64> {
+        let text = match node.as_scalar().map(scalar_value) {
+            Some(Value::Number(n)) if n.as_u64().is_some() => return n.as_u64(),
+            Some(Value::String(s)) => s,
+            _ => {
+                self.error(node, format!("{what} must be a size such as `64MiB`"));
+                return None;
+            }
+        };
+        parse_size(&text).map_err(|e| self.error(node, format!("{what}: {e}"))).ok()
+    }
+
+    fn template(&mut self, node: &Node) -> Template {
+        expr::parse(node, &self.file, &mut self.diags)
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        self.dir.join(path)
+    }
+}
+
+/// Parses a workflow document (already read and YAML-parsed).
+pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String) -> Option<Workflow> {
+    let map = cx.mapping(root, "the workflow", WORKFLOW_KEYS)?;
+    let get = |k: &str| map.get_node(k);
+
+    let stem = cx.file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "workflow".into());
+    let name = get("name").and_then(|n| cx.string(n, "`name`")).unwrap_or(stem);
+    let description = get("description").and_then(|n| cx.string(n, "`description`"));
+    let input_schema = get("input").map(|n| {
+        let schema = to_json(n);
+        if let Err(e) = jsonschema::validator_for(&schema) {
+            cx.error(n, format!("`input` is not a valid JSON Schema: {e}"));
+        }
+        schema
+    });
+    let defaults = get("defaults")
+        .and_then(|n| cx.mapping(n, "`defaults`", DEFAULTS_KEYS).map(|m| settings(cx, m)))
+        .unwrap_or_default();
+    let timeout = get("timeout").and_then(|n| cx.duration(n, "`timeout`"));
+    let concurrency = get("concurrency").and_then(|n| cx.uint(n, "`concurrency`", 1)).map(|n| n as usize);
+    let components = get("components").map(|n| components(cx, n)).unwrap_or_default();
+    let steps = match get("steps") {
+        Some(n) => steps(cx, n),
+        None => {
+            cx.diags.push(
+                Diagnostic::new(&Location::file_start(&cx.file), "the workflow has no `steps`")
+                    .with_hint("add `steps:` with at least one `- id: ..., component: ...`"),
+            );
+            Vec::new()
+        }
+    };
+    let output = get("output").map(|n| cx.template(n));
+    let tests = get("test").map(|n| tests(cx, n)).unwrap_or_default();
+    Some(Workflow {
+        file: cx.file.clone(),
+        dir: cx.dir.clone(),
+        sha256,
+        name,
+        description,
+        input_schema,
+        defaults,
+        timeout,
+        concurrency,
+        components,
+        steps,
+        output,
+        tests,
+    })
+}
+
+fn settings(cx: &mut Cx, map: &MarkedMappingNode) -> StepSettings {
+    StepSettings {
+        timeout: map.get_node("timeout").and_then(|n| cx.duration(n, "`timeout`")),
+        fuel: map.get_node("fuel").and_then(|n| cx.uint(n, "`fuel`", 1)),
+        memory: map.get_node("memory").and_then(|n| cx.size(n, "`memory`")),
+        retry: map.get_node("retry").and_then(|n| retry(cx, n)),
+    }
+}
+
+fn retry(cx: &mut Cx, node: &Node) -> Option<RetryPolicy> {
+    let map = cx.mapping(node, "`retry`", RETRY_KEYS)?;
+    let d = RetryPolicy::default();
+    let backoff = match map.get_node("backoff") {
+        None => d.backoff,
+        Some(n) => match cx.string(n, "`backoff`").as_deref() {
+            Some("none") => Backoff::None,
+            Some("linear") => Backoff::Linear,
+            Some("exponential") => Backoff::Exponential,
+            Some(other) => {
+                cx.error(n, format!("unknown backoff `{other}`; use none, linear or exponential"));
+                d.backoff
+            }
+            None => d.backoff,
+        },
+    };
+    Some(RetryPolicy {
+        max_attempts: map.get_node("max_attempts").and_then(|n| cx.uint(n, "`max_attempts`", 1)).map_or(1, |n| n.min(u32::MAX as u64) as u32),
+        backoff,
+        delay: map.get_node("delay").and_then(|n| cx.duration(n, "`delay`")).unwrap_or(d.delay),
+        max_delay: map.get_node("max_delay").and_then(|n| cx.duration(n, "`max_delay`")).unwrap_or(d.max_delay),
+    })
+}
+
+fn components(cx: &mut Cx, node: &Node) -> BTreeMap<String, ComponentDecl> {
+    let Some(map) = node.as_mapping() else {
+        cx.error(node, "`components` must map names to components, e.g. `upper: { path: upper.wasm }`");
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for (key, value) in map.iter() {
+        let name = key.as_str().to_string();
+        let what = format!("component `{name}`");
+        let Some(c) = cx.mapping(value, &what, COMPONENT_KEYS) else { continue };
+        let Some(path) = c.get_node("path").and_then(|n| cx.string(n, &format!("`path` of {what}"))) else {
+            if c.get_node("path").is_none() {
+                cx.error_hint(value, format!("{what} has no `path`"), "e.g. `path: ../components/dist/text.wasm`");
+            }
+            continue;
+        };
+        let sha256 = c.get_node("sha256").and_then(|n| {
+            let s = cx.string(n, "`sha256`")?.to_lowercase();
+            if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Some(s)
+            } else {
+                cx.error(n, "`sha256` must be 64 hex digits (see `sandflow component inspect`)");
+                None
+            }
+        });
+        let config = c.get_node("config").map(to_json).unwrap_or(Value::Null);
+        let grants = c.get_node("grants").map(|n| grants(cx, n, &what)).unwrap_or_default();
+        let at = location(&cx.file, key.span());
+        out.insert(name.clone(), ComponentDecl { name, path: cx.resolve(&path), sha256, config, grants, at });
+    }
+    out
+}
+
+fn grants(cx: &mut Cx, node: &Node, what: &str) -> GrantsDecl {
+    let Some(map) = cx.mapping(node, &format!("`grants` of {what}"), GRANTS_KEYS) else { return GrantsDecl::default() };
+    let env = match map.get_node("env") {
+        None => Vec::new(),
+        Some(Node::Sequence(seq)) => seq.iter().filter_map(|n| cx.string(n, "an `env` grant")).collect(),
+        Some(n) => {
+            cx.error(n, "`env` must be a list of variable names, e.g. `[LANG, TZ]`");
+            Vec::new()
+        }
+    };
+    let dirs = match map.get_node("dirs") {
+        None => Vec::new(),
+        Some(Node::Sequence(seq)) => seq
+            .iter()
+            .filter_map(|n| {
+                let m = cx.mapping(n, "a `dirs` grant", DIR_KEYS)?;
+                let host = m.get_node("host").and_then(|h| cx.string(h, "`host`"));
+                let guest = m.get_node("guest").and_then(|g| cx.string(g, "`guest`"));
+                let writable = match m.get_node("mode") {
+                    None => false,
+                    Some(mode) => match cx.string(mode, "`mode`").as_deref() {
+                        Some("ro") => false,
+                        Some("rw") => true,
+                        _ => {
+                            cx.error(mode, "`mode` is `ro` (read-only, the default) or `rw`");
+                            false
+                        }
+                    },
+                };
+                match (host, guest) {
+                    (Some(host), Some(guest)) if guest.starts_with('/') => {
+                        Some(DirDecl { host: cx.resolve(&host), guest, writable, at: cx.at(n) })
+                    }
+                    (Some(_), Some(_)) => {
+                        cx.error(n, "`guest` must be an absolute path such as `/data`");
+                        None
+                    }
+                    _ => {
+                        cx.error_hint(n, "a `dirs` grant needs `host` and `guest`", "e.g. `{ host: ./data, guest: /data, mode: ro }`");
+                        None
+                    }
+                }
+            })
+            .collect(),
+        Some(n) => {
+            cx.error(n, "`dirs` must be a list of `{ host, guest, mode }`");
+            Vec::new()
+        }
+    };
+    GrantsDecl { env, dirs }
+}
+
+fn steps(cx: &mut Cx, node: &Node) -> Vec<StepDecl> {
+    let Some(seq) = node.as_sequence() else {
+        cx.error(node, "`steps` must be a list of steps (or a list of lists of steps)");
+        return Vec::new();
+    };
+    let grouped = seq.iter().any(|n| n.as_sequence().is_some());
+    let mut out = Vec::new();
+    if grouped {
+        for (g, group) in seq.iter().enumerate() {
+            match group.as_sequence() {
+                Some(inner) => out.extend(inner.iter().filter_map(|n| step(cx, n, Some(g)))),
+                None => cx.error_hint(
+                    group,
+                    "mixed step groups and steps: every entry of `steps` must be a list when one is",
+                    "wrap this step in a list of its own: `- [ { id: ..., component: ... } ]`",
+                ),
+            }
+        }
+    } else {
+        out.extend(seq.iter().filter_map(|n| step(cx, n, None)));
+    }
+    out
+}
+
+fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn step(cx: &mut Cx, node: &Node, group: Option<usize>) -> Option<StepDecl> {
+    let map = cx.mapping(node, "a step", STEP_KEYS)?;
+    let step_at = cx.at(node);
+    let Some(id_node) = map.get_node("id") else {
+        cx.diags.push(Diagnostic::new(&step_at, "a step has no `id`").with_hint("add `id: some-name` (lowercase letters, digits, `_`, `-`)"));
+        return None;
+    };
+    let id = cx.string(id_node, "a step `id`")?;
+    let at = cx.at(id_node);
+    if !is_valid_id(&id) {
+        cx.error_hint(id_node, format!("invalid step id `{id}`"), "ids use lowercase letters, digits, `_` and `-`");
+    }
+    let what = format!("step `{id}`");
+    let target = match (map.get_node("component"), map.get_node("workflow")) {
+        (Some(c), None) => cx.string(c, "`component`").map(|s| (component_target(cx, c, &s), cx.at(c))),
+        (None, Some(w)) => cx.string(w, "`workflow`").map(|s| (Target::Workflow(cx.resolve(&s)), cx.at(w))),
+        (Some(_), Some(w)) => {
+            cx.error(w, format!("{what} has both `component` and `workflow`; keep one"));
+            None
+        }
+        (None, None) => {
+            cx.diags.push(
+                Diagnostic::new(&at, format!("{what} has neither `component` nor `workflow`"))
+                    .with_hint("add `component: NAME` (from `components:`), a `.wasm` path, or `/builtin/NAME`"),
+            );
+            None
+        }
+    };
+    let input = map.get_node("input").map(|n| cx.template(n)).unwrap_or(Template::Const(Value::Null));
+    let needs = match map.get_node("needs") {
+        None => Vec::new(),
+        Some(Node::Sequence(seq)) => seq.iter().filter_map(|n| cx.string(n, "a `needs` entry").map(|s| (s, cx.at(n)))).collect(),
+        Some(n @ Node::Scalar(_)) => cx.string(n, "`needs`").map(|s| vec![(s, cx.at(n))]).unwrap_or_default(),
+        Some(n) => {
+            cx.error(n, "`needs` must be a list of step ids");
+            Vec::new()
+        }
+    };
+    let when = map.get_node("when").and_then(|n| {
+        let text = match n.as_scalar().map(scalar_value) {
+            Some(Value::String(s)) => s,
+            Some(Value::Bool(b)) => b.to_string(),
+            _ => {
+                cx.error(n, "`when` must be an expression such as `steps.check.output.ok`");
+                return None;
+            }
+        };
+        let at = cx.at(n);
+        expr::parse_condition(&text, &at).map_err(|d| cx.diags.push(d)).ok()
+    });
+    let skip_if = map.get_node("skipIf").map(|n| cx.template(n));
+    let for_each = map.get_node("forEach").map(|n| cx.template(n));
+    let concurrency = map.get_node("concurrency").and_then(|n| cx.uint(n, "`concurrency`", 1)).map(|n| n as usize);
+    if concurrency.is_some() && for_each.is_none() {
+        cx.error(map.get_node("concurrency").expect("checked"), format!("`concurrency` on {what} needs `forEach`"));
+    }
+    let settings = settings(cx, map);
+    let on_error = map.get_node("on_error").map(|n| on_error(cx, n)).unwrap_or_default();
+    let (target, target_at) = target?;
+    Some(StepDecl { id, at, target, target_at, input, needs, when, skip_if, for_each, concurrency, settings, on_error, group })
+}
+
+fn component_target(cx: &mut Cx, node: &Node, text: &str) -> Target {
+    if let Some(name) = text.strip_prefix("/builtin/") {
+        return match Builtin::ALL.iter().find(|(n, _)| *n == name) {
+            Some((_, b)) => Target::Builtin(*b),
+            None => {
+                let names = Builtin::ALL.map(|(n, _)| n);
+                let hint = match nearest(name, names) {
+                    Some(n) => format!("did you mean `/builtin/{n}`?"),
+                    None => format!("builtins: {}", names.map(|n| format!("/builtin/{n}")).join(", ")),
+                };
+                cx.error_hint(node, format!("unknown builtin `{text}`"), hint);
+                Target::Builtin(Builtin::Eval)
+            }
+        };
+    }
+    if text.ends_with(".wasm") {
+        return Target::Path(cx.resolve(text));
+    }
+    Target::Named(text.to_string())
+}
+
+fn on_error(cx: &mut Cx, node: &Node) -> OnError {
+    let Some(map) = cx.mapping(node, "`on_error`", ON_ERROR_KEYS) else { return OnError::default() };
+    let action = match map.get_node("action") {
+        None => ErrorAction::Fail,
+        Some(n) => match cx.string(n, "`action`").as_deref() {
+            Some("fail") => ErrorAction::Fail,
+            Some("continue") => ErrorAction::Continue,
+            Some("skip") => ErrorAction::Skip,
+            _ => {
+                cx.error(n, "`action` is `fail`, `continue` or `skip`");
+                ErrorAction::Fail
+            }
+        },
+    };
+    OnError { action, default_output: map.get_node("default_output").map(to_json) }
+}
+
+fn tests(cx: &mut Cx, node: &Node) -> Vec<TestCase> {
+    let Some(map) = cx.mapping(node, "`test`", TEST_KEYS) else { return Vec::new() };
+    let Some(cases) = map.get_node("cases") else { return Vec::new() };
+    let Some(seq) = cases.as_sequence() else {
+        cx.error(cases, "`cases` must be a list");
+        return Vec::new();
+    };
+    seq.iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            let m = cx.mapping(n, "a test case", CASE_KEYS)?;
+            let name = m.get_node("name").and_then(|v| cx.string(v, "`name`")).unwrap_or_else(|| format!("case {}", i + 1));
+            let input = m.get_node("input").map(to_json).unwrap_or(Value::Null);
+            let expect = match (m.get_node("output"), m.get_node("outcome"), m.get_node("error")) {
+                (Some(o), None, None) => Expectation::Output(to_json(o)),
+                (None, Some(o), None) => match cx.string(o, "`outcome`").as_deref() {
+                    Some("failed") => Expectation::Failed,
+                    _ => {
+                        cx.error_hint(o, "`outcome` can only be `failed`", "to expect success, give the expected `output`");
+                        return None;
+                    }
+                },
+                (None, None, Some(e)) => Expectation::Error(cx.string(e, "`error`")?),
+                _ => {
+                    cx.error_hint(n, format!("test case `{name}` needs exactly one of `output`, `outcome` and `error`"), "e.g. `output: { text: HI }`");
+                    return None;
+                }
+            };
+            Some(TestCase { name, input, expect, at: cx.at(n) })
+        })
+        .collect()
+}
