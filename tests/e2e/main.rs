@@ -4,4 +4,7 @@
 mod call;
 mod inspect;
 mod sandbox;
+mod scheduler;
 mod support;
+mod ui;
+mod workflows;

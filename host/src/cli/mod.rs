@@ -8,6 +8,7 @@ mod graph;
 mod inspect;
 mod render;
 mod run;
+mod test_cmd;
 mod validate;
 mod workflow_cmd;
 
@@ -69,6 +70,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Print a workflow's step graph (Mermaid or Graphviz DOT).
     Graph(graph::GraphArgs),
+    /// Run the `test.cases` of workflows; ends with a line `N passed, N failed`.
+    Test(test_cmd::TestArgs),
     /// Run one component once and print its output: the plugin author's inner loop.
     Call(call::CallArgs),
     /// Work with component files.
@@ -136,6 +139,7 @@ where
             Command::Run(args) => run::execute(args, &cli.global.state_dir, &out).await,
             Command::Validate(args) => validate::execute(args, &cli.global.state_dir, &out).await,
             Command::Graph(args) => graph::execute(args, &out),
+            Command::Test(args) => test_cmd::execute(args, &cli.global.state_dir, &out).await,
             Command::Call(args) => call::execute(args, &cli.global.state_dir, &out).await,
             Command::Component(ComponentCommand::Inspect(args)) => {
                 inspect::execute(args, &cli.global.state_dir, &out).await

@@ -134,12 +134,11 @@ pub(crate) fn sink(out: &Output) -> Arc<dyn EventSink> {
 pub(crate) async fn execute(args: RunArgs, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
     let cancel = CancellationToken::new();
     let watcher = tokio::spawn(cancel_on_signal(cancel.clone()));
-    let plan = workflow_cmd::plan(&args.file, out)?;
     let input = args.input.read()?;
-    check_input(&plan.workflow, &input).map_err(CliError::invalid)?;
     let secrets = read_secrets(args.secrets_file.as_deref())?;
     let sandbox = Arc::new(new_sandbox(state_dir)?);
-    let prepared = Arc::new(workflow_cmd::prepare_plan(plan, &sandbox, out).await?);
+    let prepared = Arc::new(workflow_cmd::load(&args.file, &sandbox, out).await?);
+    check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
     let options = RunOptions { concurrency: args.concurrency.map(|n| n as usize), secrets, ..RunOptions::default() };
     let report = Executor::new(sandbox, sink(out)).run(prepared, input, options, cancel).await;
     watcher.abort();

@@ -17,11 +17,7 @@ pub(crate) async fn execute(args: ValidateArgs, state_dir: &Path, out: &Output) 
     let sandbox = Arc::new(new_sandbox(state_dir)?);
     let mut worst = exit::OK;
     for file in &args.files {
-        let checked = async {
-            let plan = workflow_cmd::plan(file, out)?;
-            workflow_cmd::prepare_plan(plan, &sandbox, out).await
-        }
-        .await;
+        let checked = workflow_cmd::load(file, &sandbox, out).await;
         match checked {
             Ok(p) => {
                 let wf = &p.plan.workflow;

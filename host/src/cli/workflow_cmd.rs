@@ -2,10 +2,10 @@
 //! preparing a workflow, with every problem printed and exit code 2.
 
 use super::{CliError, Output, exit, render};
-use crate::exec::{Prepared, prepare};
+use crate::exec::Prepared;
 use crate::plan::Plan;
 use crate::sandbox::Sandbox;
-use crate::workflow::{self, Diagnostics};
+use crate::workflow::Diagnostics;
 use serde_json::json;
 use std::path::Path;
 
@@ -36,14 +36,14 @@ pub(crate) fn report(out: &Output, diags: Diagnostics) -> CliError {
 
 /// Loads and plans `file`: every static check that needs no component.
 pub(crate) fn plan(file: &Path, out: &Output) -> Result<Plan, CliError> {
-    let wf = workflow::load(file).map_err(|d| report(out, d))?;
-    Plan::new(wf).map_err(|d| report(out, d))
+    Plan::load(file).map_err(|d| report(out, d))
 }
 
-/// Loads every component and nested workflow (compiling off the async workers).
-pub(crate) async fn prepare_plan(plan: Plan, sandbox: &std::sync::Arc<Sandbox>, out: &Output) -> Result<Prepared, CliError> {
-    let sandbox = sandbox.clone();
-    let prepared = tokio::task::spawn_blocking(move || prepare(plan, &sandbox))
+/// Loads, plans and prepares `file`, compiling components off the async
+/// workers: every static check, all problems in one report.
+pub(crate) async fn load(file: &Path, sandbox: &std::sync::Arc<Sandbox>, out: &Output) -> Result<Prepared, CliError> {
+    let (sandbox, file) = (sandbox.clone(), file.to_path_buf());
+    let prepared = tokio::task::spawn_blocking(move || crate::exec::load(&file, &sandbox))
         .await
         .map_err(|e| CliError { code: exit::FAILED, message: format!("loading components failed: {e}") })?;
     prepared.map_err(|d| report(out, d))

@@ -27,7 +27,7 @@ mod prepare;
 
 pub use builtin::canonical_json;
 pub use event::{Event, EventSink, RunState, StepState};
-pub use prepare::{MAX_NESTING, Prepared, PreparedComponent, prepare};
+pub use prepare::{MAX_NESTING, Prepared, PreparedComponent, load, prepare};
 
 use crate::expr::{EvalError, Scope};
 use crate::failure::{FailureKind, StepFailure};

@@ -5,7 +5,7 @@
 
 use crate::plan::Plan;
 use crate::sandbox::{DirGrant, Grants, Sandbox, StepComponent, sha256_hex};
-use crate::workflow::{self, ComponentDecl, Diagnostic, Diagnostics, Location, Target};
+use crate::workflow::{self, ComponentDecl, Diagnostic, Diagnostics, Location, Target, Workflow};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,11 +42,53 @@ pub struct Prepared {
 
 /// Loads everything `plan` needs through `sandbox`.
 pub fn prepare(plan: Plan, sandbox: &Sandbox) -> Result<Prepared, Diagnostics> {
-    prepare_nested(plan, sandbox, &mut Vec::new())
+    let mut stack = vec![canonical(&plan.workflow.file)];
+    let (resolved, problems) = resolve(&plan.workflow, sandbox, &mut stack);
+    if !problems.is_empty() {
+        return Err(Diagnostics { file: plan.workflow.file.to_path_buf(), problems }.sorted());
+    }
+    Ok(Prepared { plan: Arc::new(plan), components: resolved.components, nested: resolved.nested })
 }
 
-fn prepare_nested(plan: Plan, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> Result<Prepared, Diagnostics> {
-    let wf = plan.workflow.clone();
+/// Reads, plans and prepares the workflow at `path`: every problem of
+/// every stage (the file, the plan, the components, nested workflows) in
+/// one report.
+pub fn load(path: &Path, sandbox: &Sandbox) -> Result<Prepared, Diagnostics> {
+    load_nested(path, sandbox, &mut Vec::new())
+}
+
+fn load_nested(path: &Path, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> Result<Prepared, Diagnostics> {
+    let fail = |problems| Diagnostics { file: path.to_path_buf(), problems }.sorted();
+    let (wf, mut problems) = workflow::load_partial(path);
+    let Some(wf) = wf else { return Err(fail(problems)) };
+    stack.push(canonical(path));
+    let (resolved, more) = resolve(&wf, sandbox, stack);
+    stack.pop();
+    problems.extend(more);
+    match Plan::new(wf) {
+        Ok(plan) if problems.is_empty() => {
+            Ok(Prepared { plan: Arc::new(plan), components: resolved.components, nested: resolved.nested })
+        }
+        Ok(_) => Err(fail(problems)),
+        Err(d) => {
+            problems.extend(d.problems);
+            Err(fail(problems))
+        }
+    }
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// What `resolve` loads for each step.
+struct Resolved {
+    components: Vec<Option<Arc<PreparedComponent>>>,
+    nested: Vec<Option<Arc<Prepared>>>,
+}
+
+/// Loads the components and nested workflows of `wf`'s steps.
+fn resolve(wf: &Workflow, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> (Resolved, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut named: HashMap<&str, Arc<PreparedComponent>> = HashMap::new();
     for (name, decl) in &wf.components {
@@ -98,32 +140,23 @@ fn prepare_nested(plan: Plan, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> Re
         components.push(component);
         nested.push(sub);
     }
-    if !diags.is_empty() {
-        return Err(Diagnostics { file: wf.file.to_path_buf(), problems: diags }.sorted());
-    }
-    Ok(Prepared { plan: Arc::new(plan), components, nested })
+    (Resolved { components, nested }, diags)
 }
 
 /// Loads and prepares a nested workflow, refusing cycles and deep nesting.
-pub fn nested_workflow(path: &Path, at: &Location, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> Result<Prepared, Vec<Diagnostic>> {
-    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    if stack.contains(&canonical) {
+fn nested_workflow(path: &Path, at: &Location, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> Result<Prepared, Vec<Diagnostic>> {
+    if stack.contains(&canonical(path)) {
         return Err(vec![Diagnostic::new(at, format!("workflow {} runs itself (through `workflow:` steps)", path.display()))]);
     }
-    if stack.len() >= MAX_NESTING {
+    if stack.len() > MAX_NESTING {
         return Err(vec![Diagnostic::new(at, format!("`workflow:` steps nest more than {MAX_NESTING} deep"))]);
     }
-    let nested_err = |d: Diagnostics| {
-        let mut out = vec![Diagnostic::new(at, format!("nested workflow {} is invalid:", path.display()))];
+    load_nested(path, sandbox, stack).map_err(|d| {
+        let n = d.problems.len();
+        let mut out = vec![Diagnostic::new(at, format!("nested workflow {} has {n} problem{}, listed with its own file", path.display(), if n == 1 { "" } else { "s" }))];
         out.extend(d.problems);
         out
-    };
-    let wf = workflow::load(path).map_err(nested_err)?;
-    let plan = Plan::new(wf).map_err(nested_err)?;
-    stack.push(canonical);
-    let prepared = prepare_nested(plan, sandbox, stack).map_err(nested_err);
-    stack.pop();
-    prepared
+    })
 }
 
 fn load_component(path: &Path, decl: &ComponentDecl, sandbox: &Sandbox) -> Result<PreparedComponent, Diagnostic> {

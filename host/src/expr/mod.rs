@@ -90,9 +90,7 @@ impl CelExpr {
     /// Compiles `text`; the error is a diagnostic at `at`.
     pub fn compile(text: &str, at: &Location) -> Result<Self, Diagnostic> {
         let program = cel::Program::compile(text).map_err(|e| {
-            let first = e.to_string();
-            let first = first.lines().next().unwrap_or("").trim().to_string();
-            Diagnostic::new(at, format!("invalid expression `{text}`: {first}"))
+            Diagnostic::new(at, format!("invalid expression `{text}`: {}", tidy_parse_error(&e.to_string())))
                 .with_hint("expressions are CEL, e.g. `steps.load.output.count > 3`")
         })?;
         let mut steps = BTreeSet::new();
@@ -135,6 +133,23 @@ impl CelExpr {
         result
             .json()
             .map_err(|e| EvalError::Expression(format!("`{}` gave a value that is not JSON: {e}", self.text)))
+    }
+}
+
+/// The first line of a CEL parse error, without the parser's list of
+/// expected tokens: `syntax error at column 11: mismatched input '<EOF>'`.
+fn tidy_parse_error(raw: &str) -> String {
+    let first = raw.lines().next().unwrap_or("").trim();
+    let first = first.strip_prefix("ERROR: ").unwrap_or(first);
+    let (column, rest) = match first.strip_prefix("<input>:").and_then(|r| r.split_once(": ")) {
+        Some((pos, rest)) => (pos.split(':').nth(1).map(str::to_string), rest),
+        None => (None, first),
+    };
+    let rest = rest.strip_prefix("Syntax error: ").unwrap_or(rest);
+    let rest = rest.split(" expecting ").next().unwrap_or(rest).trim();
+    match column {
+        Some(c) => format!("syntax error at column {c}: {rest}"),
+        None => format!("syntax error: {rest}"),
     }
 }
 

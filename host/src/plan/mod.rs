@@ -136,6 +136,22 @@ impl Plan {
         Ok(Plan { workflow: Arc::new(workflow), deps, dependents, index, graph })
     }
 
+    /// Reads and plans the workflow at `path`, the file's problems and the
+    /// plan's in one report.
+    pub fn load(path: &std::path::Path) -> Result<Plan, Diagnostics> {
+        let (wf, mut problems) = crate::workflow::load_partial(path);
+        let fail = |problems| Diagnostics { file: path.to_path_buf(), problems }.sorted();
+        let Some(wf) = wf else { return Err(fail(problems)) };
+        match Plan::new(wf) {
+            Ok(plan) if problems.is_empty() => Ok(plan),
+            Ok(_) => Err(fail(problems)),
+            Err(d) => {
+                problems.extend(d.problems);
+                Err(fail(problems))
+            }
+        }
+    }
+
     /// The steps nothing depends on: together, the default run output.
     pub fn sinks(&self) -> Vec<usize> {
         (0..self.deps.len()).filter(|&i| self.dependents[i].is_empty()).collect()

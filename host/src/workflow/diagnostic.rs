@@ -64,10 +64,13 @@ pub struct Diagnostics {
 }
 
 impl Diagnostics {
-    /// Sorts problems by position and drops exact repeats.
+    /// Sorts problems by file (this workflow's first, then nested ones)
+    /// and position, and drops exact repeats.
     pub fn sorted(mut self) -> Self {
+        let main = self.file.clone();
         self.problems.sort_by(|a, b| {
-            (a.location.line, a.location.column, &a.message).cmp(&(b.location.line, b.location.column, &b.message))
+            let key = |d: &Diagnostic| (*d.location.file != *main, d.location.file.clone(), d.location.line, d.location.column);
+            key(a).cmp(&key(b)).then_with(|| a.message.cmp(&b.message))
         });
         self.problems.dedup();
         self

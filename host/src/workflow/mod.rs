@@ -20,24 +20,40 @@ use std::sync::Arc;
 
 /// Reads and parses a workflow file.
 pub fn load(path: &Path) -> Result<Workflow, Diagnostics> {
-    let file: Arc<Path> = Arc::from(path);
-    let text = std::fs::read_to_string(path).map_err(|e| Diagnostics {
-        file: path.to_path_buf(),
-        problems: vec![Diagnostic::new(&Location::file_start(&file), format!("cannot read the workflow: {e}"))],
-    })?;
-    load_str(path, &text)
+    into_result(path, load_partial(path))
 }
 
 /// Parses workflow text; `path` names it in messages and anchors relative paths.
 pub fn load_str(path: &Path, text: &str) -> Result<Workflow, Diagnostics> {
+    into_result(path, load_str_partial(path, text))
+}
+
+fn into_result(path: &Path, (wf, problems): (Option<Workflow>, Vec<Diagnostic>)) -> Result<Workflow, Diagnostics> {
+    match wf {
+        Some(wf) if problems.is_empty() => Ok(wf),
+        _ => Err(Diagnostics { file: path.to_path_buf(), problems }.sorted()),
+    }
+}
+
+/// Like [`load`], but also returns what could be parsed of a workflow with
+/// problems, so later checks (the plan, the components) can report theirs
+/// in the same report. A workflow with problems must not be run.
+pub fn load_partial(path: &Path) -> (Option<Workflow>, Vec<Diagnostic>) {
+    let file: Arc<Path> = Arc::from(path);
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_str_partial(path, &text),
+        Err(e) => (None, vec![Diagnostic::new(&Location::file_start(&file), format!("cannot read the workflow: {e}"))]),
+    }
+}
+
+fn load_str_partial(path: &Path, text: &str) -> (Option<Workflow>, Vec<Diagnostic>) {
     let file: Arc<Path> = Arc::from(path);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let fail = |problems| Diagnostics { file: path.to_path_buf(), problems }.sorted();
-    let root = yaml::parse(&file, text).map_err(|d| fail(vec![d]))?;
+    let root = match yaml::parse(&file, text) {
+        Ok(root) => root,
+        Err(d) => return (None, vec![d]),
+    };
     let mut cx = parse::Cx { file: file.clone(), dir, diags: Vec::new() };
     let wf = parse::workflow(&mut cx, &root, crate::sandbox::sha256_hex(text.as_bytes()));
-    match wf {
-        Some(wf) if cx.diags.is_empty() => Ok(wf),
-        _ => Err(fail(cx.diags)),
-    }
+    (wf, cx.diags)
 }

@@ -227,7 +227,11 @@ fn components(cx: &mut Cx, node: &Node) -> BTreeMap<String, ComponentDecl> {
             continue;
         };
         let sha256 = c.get_node("sha256").and_then(|n| {
-            let s = cx.string(n, "`sha256`")?.to_lowercase();
+            // Raw text: an all-digit hash must not be read as a number.
+            let Some(s) = n.as_scalar().map(|s| s.as_str().to_lowercase()) else {
+                cx.error(n, "`sha256` must be 64 hex digits (see `sandflow component inspect`)");
+                return None;
+            };
             if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
                 Some(s)
             } else {
@@ -381,7 +385,9 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>) -> Option<StepDecl> {
     }
     let settings = settings(cx, map);
     let on_error = map.get_node("on_error").map(|n| on_error(cx, n)).unwrap_or_default();
-    let (target, target_at) = target?;
+    // A step whose target is broken is kept (the problem is already
+    // reported) so that references to it are not reported as unknown.
+    let (target, target_at) = target.unwrap_or((Target::Builtin(Builtin::Eval), at.clone()));
     Some(StepDecl { id, at, target, target_at, input, needs, when, skip_if, for_each, concurrency, settings, on_error, group })
 }
 

@@ -1,0 +1,85 @@
+//! `sandflow test FILE...`: runs each workflow's `test.cases` and prints a
+//! line per case and a summary line `N passed, N failed`.
+
+use super::{CliError, Output, exit, new_sandbox, render, workflow_cmd};
+use crate::exec::{Executor, NoEvents, RunOptions, RunReport, RunState, check_input};
+use crate::sandbox::CancellationToken;
+use crate::workflow::Expectation;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TestArgs {
+    /// Workflow files whose `test.cases` to run.
+    #[arg(value_name = "FILE", required = true)]
+    files: Vec<PathBuf>,
+}
+
+/// Whether a case's run matched its expectation; the message says how not.
+fn judge(expect: &Expectation, input_error: Option<&str>, report: Option<&RunReport>) -> Result<(), String> {
+    let error = input_error.map(str::to_string).or_else(|| report.and_then(|r| r.error.clone()));
+    let state = report.map_or(RunState::Failed, |r| r.state);
+    match expect {
+        Expectation::Output(want) => match (state, report.and_then(|r| r.output.as_ref())) {
+            (RunState::Completed, Some(got)) if got == want => Ok(()),
+            (RunState::Completed, got) => Err(format!(
+                "output differs\n      expected: {}\n      got:      {}",
+                want,
+                got.map_or("nothing".into(), Value::to_string)
+            )),
+            (state, _) => Err(format!("expected output {want}, but the run {}: {}", state.as_str(), error.unwrap_or_default())),
+        },
+        Expectation::Failed => match state {
+            RunState::Failed => Ok(()),
+            other => Err(format!("expected the run to fail, but it {}", other.as_str())),
+        },
+        Expectation::Error(text) => match (state, &error) {
+            (RunState::Failed, Some(e)) if e.contains(text.as_str()) => Ok(()),
+            (RunState::Failed, e) => Err(format!("expected an error containing {text:?}, got {:?}", e.clone().unwrap_or_default())),
+            (other, _) => Err(format!("expected an error containing {text:?}, but the run {}", other.as_str())),
+        },
+    }
+}
+
+pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
+    let sandbox = Arc::new(new_sandbox(state_dir)?);
+    let executor = Executor::new(sandbox.clone(), Arc::new(NoEvents));
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for file in &args.files {
+        let prepared = match workflow_cmd::load(file, &sandbox, out).await {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                render::error_line(out, &e.message);
+                failed += 1;
+                continue;
+            }
+        };
+        let cases = prepared.plan.workflow.tests.clone();
+        if cases.is_empty() && !out.json {
+            eprintln!("{}: no test cases", file.display());
+        }
+        for case in cases {
+            let input_error = check_input(&prepared.plan.workflow, &case.input).err();
+            let report = match input_error {
+                Some(_) => None,
+                None => Some(executor.run(prepared.clone(), case.input.clone(), RunOptions::default(), CancellationToken::new()).await),
+            };
+            let verdict = judge(&case.expect, input_error.as_deref(), report.as_ref());
+            if out.json {
+                render::event(
+                    "test_case",
+                    json!({ "file": file.display().to_string(), "case": case.name, "passed": verdict.is_ok(), "error": verdict.as_ref().err() }),
+                );
+            } else {
+                match &verdict {
+                    Ok(()) => println!("  ✓ {}: {}", file.display(), case.name),
+                    Err(why) => println!("  ✗ {}: {}: {why}", file.display(), case.name),
+                }
+            }
+            if verdict.is_ok() { passed += 1 } else { failed += 1 }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 { exit::OK } else { exit::FAILED })
+}

@@ -1,0 +1,46 @@
+//! Golden files: the exact error output of `sandflow validate` for each bad
+//! workflow in `tests/ui/invalid/` is pinned in the `.err` beside it.
+//! `SANDFLOW_BLESS=1 cargo test ui::` rewrites them after a deliberate change.
+
+use crate::support::{root, run, sandflow};
+
+#[test]
+fn invalid_workflows_report_every_problem_with_file_line_and_column() {
+    let dir = root().join("tests/ui/invalid");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "at least ten kinds of bad workflow: {files:?}");
+    let state = tempfile::tempdir().unwrap();
+    let bless = std::env::var_os("SANDFLOW_BLESS").is_some();
+    let mut mismatches = Vec::new();
+    for file in files {
+        let relative = file.strip_prefix(root()).unwrap();
+        let (code, out, err) = run(sandflow(&state).arg("validate").arg(relative));
+        assert_eq!(code, 2, "{}: {err}", relative.display());
+        assert!(out.is_empty());
+        let golden = file.with_extension("err");
+        if bless {
+            std::fs::write(&golden, &err).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&golden).unwrap_or_default();
+        if want != err {
+            mismatches.push(format!("{}:\n--- expected\n{want}--- got\n{err}", relative.display()));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}\n(run with SANDFLOW_BLESS=1 to accept)", mismatches.join("\n"));
+}
+
+#[test]
+fn run_refuses_an_invalid_workflow_with_the_same_report() {
+    let state = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(sandflow(&state).args(["run", "tests/ui/invalid/cycle.yaml"]));
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    let want = std::fs::read_to_string(root().join("tests/ui/invalid/cycle.err")).unwrap();
+    assert_eq!(err, want);
+}

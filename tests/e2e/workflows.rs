@@ -1,0 +1,83 @@
+//! The example workflows in `workflows/`: every one has test cases, and
+//! they all pass through `sandflow test`.
+
+use crate::support::{root, run, sandflow};
+use serde_json::{Value, json};
+
+fn workflow_files() -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(root().join("workflows"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| p.strip_prefix(root()).unwrap().to_path_buf())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_example_workflow_passes_its_test_cases() {
+    let files = workflow_files();
+    assert!(files.len() >= 4, "{files:?}");
+    let state = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(sandflow(&state).arg("test").args(&files));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("no test cases"), "every workflow has test cases: {err}");
+    let summary = out.lines().last().unwrap();
+    let passed: usize = summary.split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(summary, format!("{passed} passed, 0 failed"));
+    assert!(passed >= files.len(), "{out}");
+}
+
+#[test]
+fn a_failing_case_is_reported_and_exits_1() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("wrong.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "components: {{ text: {{ path: {} }} }}\nsteps:\n  - {{ id: up, component: text, input: {{ op: upper, text: hi }} }}\n\
+             test:\n  cases:\n    - {{ name: right, output: {{ text: HI }} }}\n    - {{ name: wrong, output: {{ text: hi }} }}\n",
+            root().join("components/dist/text.wasm").display()
+        ),
+    )
+    .unwrap();
+    let (code, out, _) = run(sandflow(&state).arg("test").arg(&file));
+    assert_eq!(code, 1);
+    assert!(out.contains("✓") && out.contains(": right"), "{out}");
+    assert!(out.contains("✗") && out.contains(": wrong: output differs"), "{out}");
+    assert_eq!(out.lines().last(), Some("1 passed, 1 failed"));
+}
+
+#[test]
+fn run_prints_the_output_and_set_builds_the_input() {
+    let state = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(sandflow(&state).args(["run", "workflows/diamond.yaml", "--set", "text= Hi There "]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"text": "HI THERE / hi there"}));
+    assert!(err.lines().last().unwrap().contains(" completed in "), "{err}");
+}
+
+#[test]
+fn an_input_that_fails_the_schema_is_exit_2_before_anything_runs() {
+    let state = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(sandflow(&state).args(["--json", "run", "workflows/text-pipeline.yaml", "--input", "{\"text\": 5}"]));
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    assert!(!err.contains("run_started"), "nothing ran: {err}");
+    assert!(err.contains("/text: 5 is not of type"), "{err}");
+}
+
+#[test]
+fn graph_prints_mermaid_and_dot() {
+    let state = tempfile::tempdir().unwrap();
+    let (code, out, _) = run(sandflow(&state).args(["graph", "workflows/diamond.yaml"]));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("flowchart TD\n"), "{out}");
+    for edge in ["s_split --> s_upper", "s_split --> s_lower", "s_upper --> s_join", "s_lower --> s_join"] {
+        assert!(out.contains(edge), "{edge}: {out}");
+    }
+    let (code, out, _) = run(sandflow(&state).args(["graph", "--format", "dot", "workflows/diamond.yaml"]));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("digraph \"diamond\" {") && out.contains("\"split\" -> \"upper\";"), "{out}");
+}
