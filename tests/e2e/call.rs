@@ -185,3 +185,37 @@ fn sigint_cancels_a_spinning_step_with_exit_130() {
     assert_eq!((last["state"].as_str(), last["error"]["kind"].as_str()), (Some("cancelled"), Some("cancelled")));
     assert!(waited < std::time::Duration::from_secs(2), "took {waited:?} to stop");
 }
+
+#[test]
+fn sigint_cancels_a_running_workflow_with_exit_130_and_cancelled_states() {
+    let s = state();
+    let file = s.path().join("spin.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "components: {{ spin: {{ path: '{}' }} }}\nsteps:\n  - {{ id: spin, component: spin, fuel: 1000000000000, timeout: 60s }}\n  - {{ id: after, component: spin, needs: [spin] }}\n",
+            hostile("spin").display()
+        ),
+    )
+    .unwrap();
+    let mut child = sandflow(&s).args(["--json", "run"]).arg(&file).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("\"step_started\"") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "no step_started event");
+    }
+    let sent = std::time::Instant::now();
+    assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(sent.elapsed() < std::time::Duration::from_secs(2), "took {:?}", sent.elapsed());
+    assert_eq!(status.code(), Some(130));
+    let events: Vec<Value> = std::io::read_to_string(stderr).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let state_of = |step: &str| {
+        events.iter().find(|e| e["event"] == "step_finished" && e["step"] == step).map(|e| e["state"].clone())
+    };
+    assert_eq!(state_of("spin"), Some(json!("cancelled")));
+    assert_eq!(state_of("after"), Some(json!("cancelled")));
+    let last = events.last().unwrap();
+    assert_eq!((last["event"].as_str(), last["state"].as_str()), (Some("run_finished"), Some("cancelled")));
+}

@@ -121,3 +121,136 @@ async fn builtins_store_and_fetch_blobs_and_output_defaults_to_the_sinks() {
     let id = state_of(&report, "put").output.as_ref().unwrap()["blob_id"].clone();
     assert_eq!(id, json!(sandflow::sandbox::sha256_hex(br#"{"a":1,"b":2}"#)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_over_its_timeout_fails_with_kind_timeout_while_its_siblings_succeed() {
+    let (report, _) = run_yaml(
+        "components: { sleep: { path: '{sleep}' }, echo: { path: '{echo}' } }\nsteps:\n  \
+         - { id: slow, component: sleep, timeout: 300ms, input: { secs: 30 } }\n  \
+         - { id: one, component: echo, input: 1 }\n  - { id: two, component: echo, input: 2 }\n",
+        json!({}),
+    )
+    .await;
+    let slow = state_of(&report, "slow");
+    assert_eq!((slow.state, slow.error.as_ref().unwrap().kind), (StepState::Failed, FailureKind::Timeout));
+    assert!(slow.duration < std::time::Duration::from_millis(600), "{:?}", slow.duration);
+    for id in ["one", "two"] {
+        assert_eq!(state_of(&report, id).state, StepState::Succeeded, "{id}");
+    }
+    assert_eq!(report.state, RunState::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_timeout_interrupts_running_steps_and_cancels_the_rest() {
+    let (report, _) = run_yaml(
+        "timeout: 400ms\ncomponents: { spin: { path: '{spin}' }, echo: { path: '{echo}' } }\nsteps:\n  \
+         - { id: spin, component: spin, fuel: 1000000000000 }\n  - { id: after, component: echo, needs: [spin] }\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(report.state, RunState::Failed);
+    assert_eq!(report.error.as_deref(), Some("the run's 400ms timeout passed"));
+    let spin = state_of(&report, "spin");
+    assert_eq!((spin.state, spin.error.as_ref().unwrap().kind), (StepState::Failed, FailureKind::Timeout));
+    assert_eq!(state_of(&report, "after").state, StepState::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_events_with_attempt_numbers_and_only_retryable_kinds_retry() {
+    let (report, events) = run_yaml(
+        "components: { fatal: { path: '{fatal}' }, panic: { path: '{panic}' } }\nsteps:\n  \
+         - { id: fatal, component: fatal, retry: { max_attempts: 4 }, on_error: { action: continue } }\n  \
+         - { id: crash, component: panic, retry: { max_attempts: 3, backoff: linear, delay: 10ms }, on_error: { action: continue } }\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(report.state, RunState::Completed, "continue keeps the run going");
+    assert_eq!(state_of(&report, "fatal").attempts, 1, "a non-retryable component error is not retried");
+    let crash = state_of(&report, "crash");
+    assert_eq!((crash.state, crash.attempts, crash.output.clone()), (StepState::Failed, 3, Some(Value::Null)));
+    let retries: Vec<(u32, u128)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepRetrying { step, attempt, delay, error, .. } if step == "crash" => {
+                assert_eq!(error.kind, FailureKind::Trap);
+                Some((*attempt, delay.as_millis()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retries, [(1, 10), (2, 20)]);
+    let starts: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted { step, attempt, .. } if step == "crash" => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts, [1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn for_each_items_fail_fast_or_continue_per_item() {
+    let yaml = "components: { text: { path: '{text}' } }\nsteps:\n  \
+        - id: each\n    component: text\n    forEach: '{{ inputs.items }}'\n    concurrency: 1\n    \
+          input: { op: ACTION, text: '{{ item }}' }\n    on_error: ON_ERROR\n";
+    // `text` with op `upper` needs a string: the number 2 fails that item.
+    let continued = yaml.replace("ACTION", "upper").replace("ON_ERROR", "{ action: continue, default_output: { text: '?' } }");
+    let (report, _) = run_yaml(&continued, json!({"items": ["a", 2, "c"]})).await;
+    assert_eq!(report.state, RunState::Completed);
+    assert_eq!(report.output, Some(json!([{"text": "A"}, {"text": "?"}, {"text": "C"}])));
+
+    let failing = yaml.replace("ACTION", "upper").replace("ON_ERROR", "{ action: fail }");
+    let (report, events) = run_yaml(&failing, json!({"items": ["a", 2, "c", "d"]})).await;
+    assert_eq!(report.state, RunState::Failed);
+    let each = state_of(&report, "each");
+    assert!(each.error.as_ref().unwrap().message.starts_with("item 1: invalid input"), "{:?}", each.error);
+    let started_items: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted { item, .. } => *item,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started_items, [0, 1], "items after the failure are not started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_when_that_is_not_boolean_skips_with_a_warning() {
+    let (report, events) = run_yaml(
+        "components: { echo: { path: '{echo}' } }\nsteps:\n  - { id: a, component: echo, input: 1 }\n  \
+         - { id: b, component: echo, when: 'steps.a.output + 1', input: 2 }\n  \
+         - { id: c, component: echo, needs: [b], input: 3 }\n",
+        json!({}),
+    )
+    .await;
+    let b = state_of(&report, "b");
+    assert_eq!(b.state, StepState::Skipped);
+    let warning = events.iter().find_map(|e| match e {
+        Event::StepWarning { step, message, .. } if step == "b" => Some(message.clone()),
+        _ => None,
+    });
+    assert_eq!(warning.as_deref(), Some("`when` of step `b` could not be evaluated, so it is skipped: `steps.a.output + 1` gave 2, not true or false"));
+    assert_eq!(state_of(&report, "c").state, StepState::Succeeded, "`needs` on a skipped step does not skip");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_are_masked_in_events_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wf.yaml");
+    std::fs::write(
+        &file,
+        "steps:\n  - { id: leak, component: /builtin/get_blob, input: { blob_id: 'id-{{ secrets.TOKEN }}' } }\n",
+    )
+    .unwrap();
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+    let prepared = Arc::new(exec::load(&file, &sandbox).unwrap());
+    let recorder = Arc::new(Recorder::default());
+    let secrets = std::collections::BTreeMap::from([("TOKEN".to_string(), "tok-12345".to_string())]);
+    let report = Executor::new(sandbox, recorder.clone())
+        .run(prepared, json!({}), RunOptions { secrets, ..RunOptions::default() }, CancellationToken::new())
+        .await;
+    assert_eq!(report.error.as_deref(), Some("step `leak` failed (component): /builtin/get_blob: no blob with id id-***"));
+    let all = serde_json::to_string(&recorder.events()).unwrap();
+    assert!(!all.contains("tok-12345") && all.contains("id-***"), "{all}");
+}

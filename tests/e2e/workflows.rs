@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 fn workflow_files() -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(root().join("workflows"))
         .unwrap()
+        .chain(std::fs::read_dir(root().join("workflows/lib")).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .map(|p| p.strip_prefix(root()).unwrap().to_path_buf())
@@ -20,7 +21,8 @@ fn every_example_workflow_passes_its_test_cases() {
     let files = workflow_files();
     assert!(files.len() >= 4, "{files:?}");
     let state = tempfile::tempdir().unwrap();
-    let (code, out, err) = run(sandflow(&state).arg("test").args(&files));
+    // workflows/secrets.yaml reads secrets.GREETING.
+    let (code, out, err) = run(sandflow(&state).arg("test").args(&files).env("SANDFLOW_SECRET_GREETING", "s3cr3t-hello"));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(!err.contains("no test cases"), "every workflow has test cases: {err}");
     let summary = out.lines().last().unwrap();

@@ -4,7 +4,7 @@
 use super::call::cancel_on_signal;
 use super::display::{JsonLines, LiveView, PlainLines};
 use super::{CliError, Output, exit, new_sandbox, workflow_cmd};
-use crate::exec::{EventSink, Executor, RunOptions, RunState, check_input};
+use crate::exec::{EventSink, Executor, Redactor, RunOptions, RunState, check_input, check_secrets};
 use crate::sandbox::CancellationToken;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -139,11 +139,14 @@ pub(crate) async fn execute(args: RunArgs, state_dir: &Path, out: &Output) -> Re
     let sandbox = Arc::new(new_sandbox(state_dir)?);
     let prepared = Arc::new(workflow_cmd::load(&args.file, &sandbox, out).await?);
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
+    check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
+    let redactor = Redactor::new(&secrets);
     let options = RunOptions { concurrency: args.concurrency.map(|n| n as usize), secrets, ..RunOptions::default() };
     let report = Executor::new(sandbox, sink(out)).run(prepared, input, options, cancel).await;
     watcher.abort();
     if let Some(output) = &report.output {
-        println!("{}", serde_json::to_string_pretty(output).expect("a Value always serializes"));
+        // What is printed is a log too: secret values are masked here as well.
+        println!("{}", serde_json::to_string_pretty(&redactor.value(output)).expect("a Value always serializes"));
     }
     Ok(match report.state {
         RunState::Completed => exit::OK,

@@ -2,7 +2,7 @@
 //! line per case and a summary line `N passed, N failed`.
 
 use super::{CliError, Output, exit, new_sandbox, render, workflow_cmd};
-use crate::exec::{Executor, NoEvents, RunOptions, RunReport, RunState, check_input};
+use crate::exec::{Executor, NoEvents, Redactor, RunOptions, RunReport, RunState, check_input, check_secrets};
 use crate::sandbox::CancellationToken;
 use crate::workflow::Expectation;
 use serde_json::{Value, json};
@@ -14,6 +14,9 @@ pub(crate) struct TestArgs {
     /// Workflow files whose `test.cases` to run.
     #[arg(value_name = "FILE", required = true)]
     files: Vec<PathBuf>,
+    /// Secrets as `NAME=value` lines; also read from `SANDFLOW_SECRET_<NAME>`.
+    #[arg(long, value_name = "FILE")]
+    secrets_file: Option<PathBuf>,
 }
 
 /// Whether a case's run matched its expectation; the message says how not.
@@ -43,6 +46,8 @@ fn judge(expect: &Expectation, input_error: Option<&str>, report: Option<&RunRep
 }
 
 pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
+    let secrets = super::run::read_secrets(args.secrets_file.as_deref())?;
+    let redactor = Redactor::new(&secrets);
     let sandbox = Arc::new(new_sandbox(state_dir)?);
     let executor = Executor::new(sandbox.clone(), Arc::new(NoEvents));
     let (mut passed, mut failed) = (0usize, 0usize);
@@ -55,6 +60,12 @@ pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> R
                 continue;
             }
         };
+        if let Err(d) = check_secrets(&prepared.plan, &secrets) {
+            let e = workflow_cmd::report(out, d);
+            render::error_line(out, &e.message);
+            failed += 1;
+            continue;
+        }
         let cases = prepared.plan.workflow.tests.clone();
         if cases.is_empty() && !out.json {
             eprintln!("{}: no test cases", file.display());
@@ -63,7 +74,13 @@ pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> R
             let input_error = check_input(&prepared.plan.workflow, &case.input).err();
             let report = match input_error {
                 Some(_) => None,
-                None => Some(executor.run(prepared.clone(), case.input.clone(), RunOptions::default(), CancellationToken::new()).await),
+                None => {
+                    let options = RunOptions { secrets: secrets.clone(), ..RunOptions::default() };
+                    let mut report = executor.run(prepared.clone(), case.input.clone(), options, CancellationToken::new()).await;
+                    // Expected outputs are compared as a user sees them: masked.
+                    report.output = report.output.map(|o| redactor.value(&o));
+                    Some(report)
+                }
             };
             let verdict = judge(&case.expect, input_error.as_deref(), report.as_ref());
             if out.json {

@@ -24,10 +24,12 @@
 mod builtin;
 mod event;
 mod prepare;
+mod redact;
 
 pub use builtin::canonical_json;
 pub use event::{Event, EventSink, RunState, StepState};
 pub use prepare::{MAX_NESTING, Prepared, PreparedComponent, load, prepare};
+pub use redact::Redactor;
 
 use crate::expr::{EvalError, Scope};
 use crate::failure::{FailureKind, StepFailure};
@@ -124,6 +126,24 @@ pub fn check_input(workflow: &Workflow, input: &Value) -> Result<(), String> {
     }
 }
 
+/// Checks that every `secrets.NAME` the workflow reads is set.
+pub fn check_secrets(plan: &crate::plan::Plan, secrets: &BTreeMap<String, String>) -> Result<(), crate::workflow::Diagnostics> {
+    let problems: Vec<crate::workflow::Diagnostic> = plan
+        .secret_refs()
+        .into_iter()
+        .filter(|(name, _)| !secrets.contains_key(name))
+        .map(|(name, at)| {
+            crate::workflow::Diagnostic::new(&at, format!("secret `{name}` is not set"))
+                .with_hint(format!("set SANDFLOW_SECRET_{name}, or add `{name}=...` to a --secrets-file"))
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::workflow::Diagnostics { file: plan.workflow.file.to_path_buf(), problems }.sorted())
+    }
+}
+
 /// Runs prepared plans.
 pub struct Executor {
     sandbox: Arc<Sandbox>,
@@ -182,8 +202,17 @@ impl Executor {
         Executor { sandbox, sink }
     }
 
-    /// Runs `prepared` with `input` until it completes, fails or `cancel` fires.
+    /// Runs `prepared` with `input` until it completes, fails or `cancel`
+    /// fires. Secret values are masked in every event and in the report's
+    /// errors; outputs in the report are the run's data and are left as
+    /// they are.
     pub async fn run(&self, prepared: Arc<Prepared>, input: Value, options: RunOptions, cancel: CancellationToken) -> RunReport {
+        let redactor = Redactor::new(&options.secrets);
+        let sink: Arc<dyn EventSink> = if redactor.is_empty() {
+            self.sink.clone()
+        } else {
+            Arc::new(redact::RedactingSink { inner: self.sink.clone(), redactor: redactor.clone() })
+        };
         let ctx = Arc::new(Ctx {
             sandbox: self.sandbox.clone(),
             prepared,
@@ -192,7 +221,20 @@ impl Executor {
             run_id: options.run_id.clone(),
             depth: 0,
         });
-        dispatch(ctx, input, options.concurrency, self.sink.clone(), cancel).await
+        // The dispatcher runs as a task of its own, so the step tasks it
+        // spawns start on its worker (tokio's LIFO slot) and report back
+        // without a thread hand-off per step.
+        let mut report = tokio::spawn(dispatch(ctx, input, options.concurrency, sink, cancel))
+            .await
+            .expect("the dispatcher does not panic");
+        if !redactor.is_empty() {
+            report.error = report.error.map(|e| redactor.text(&e));
+            for s in &mut report.steps {
+                s.error = s.error.as_ref().map(|f| redactor.failure(f));
+                s.reason = s.reason.as_ref().map(|r| redactor.text(r));
+            }
+        }
+        report
     }
 }
 

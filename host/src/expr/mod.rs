@@ -74,6 +74,8 @@ pub struct CelExpr {
     pub text: String,
     program: Arc<cel::Program>,
     pub steps: BTreeSet<String>,
+    /// Names read as `secrets.NAME`.
+    pub secrets: BTreeSet<String>,
     pub at: Location,
 }
 
@@ -94,8 +96,10 @@ impl CelExpr {
                 .with_hint("expressions are CEL, e.g. `steps.load.output.count > 3`")
         })?;
         let mut steps = BTreeSet::new();
-        collect_step_refs(&program.expression().expr, &mut steps);
-        Ok(CelExpr { text: text.to_string(), program: Arc::new(program), steps, at: at.clone() })
+        collect_refs(&program.expression().expr, "steps", &mut steps);
+        let mut secrets = BTreeSet::new();
+        collect_refs(&program.expression().expr, "secrets", &mut secrets);
+        Ok(CelExpr { text: text.to_string(), program: Arc::new(program), steps, secrets, at: at.clone() })
     }
 
     fn eval(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
@@ -173,51 +177,52 @@ fn to_cel(v: &Value) -> cel::Value {
     }
 }
 
-/// Finds `steps.ID` (and `steps["ID"]`) in an expression.
-fn collect_step_refs(expr: &Expr, out: &mut BTreeSet<String>) {
+/// Finds `ROOT.NAME` (and `ROOT["NAME"]`) in an expression, e.g. the
+/// steps (`steps.load`) or secrets (`secrets.TOKEN`) it reads.
+fn collect_refs(expr: &Expr, root: &str, out: &mut BTreeSet<String>) {
     match expr {
         Expr::Select(sel) => {
             if let Expr::Ident(name) = &sel.operand.expr
-                && name == "steps"
+                && name == root
             {
                 out.insert(sel.field.clone());
             }
-            collect_step_refs(&sel.operand.expr, out);
+            collect_refs(&sel.operand.expr, root, out);
         }
         Expr::Call(call) => {
             if call.func_name == "_[_]"
                 && let [target, key] = call.args.as_slice()
                 && let (Expr::Ident(name), Expr::Literal(cel::common::ast::LiteralValue::String(id))) =
                     (&target.expr, &key.expr)
-                && name == "steps"
+                && name == root
             {
                 out.insert(id.to_string());
             }
             if let Some(t) = &call.target {
-                collect_step_refs(&t.expr, out);
+                collect_refs(&t.expr, root, out);
             }
             for a in &call.args {
-                collect_step_refs(&a.expr, out);
+                collect_refs(&a.expr, root, out);
             }
         }
         Expr::Comprehension(c) => {
             for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
-                collect_step_refs(&e.expr, out);
+                collect_refs(&e.expr, root, out);
             }
         }
-        Expr::List(list) => list.elements.iter().for_each(|e| collect_step_refs(&e.expr, out)),
+        Expr::List(list) => list.elements.iter().for_each(|e| collect_refs(&e.expr, root, out)),
         Expr::Map(map) => {
             for entry in &map.entries {
                 if let cel::common::ast::EntryExpr::MapEntry(e) = &entry.expr {
-                    collect_step_refs(&e.key.expr, out);
-                    collect_step_refs(&e.value.expr, out);
+                    collect_refs(&e.key.expr, root, out);
+                    collect_refs(&e.value.expr, root, out);
                 }
             }
         }
         Expr::Struct(s) => {
             for entry in &s.entries {
                 if let cel::common::ast::EntryExpr::StructField(f) = &entry.expr {
-                    collect_step_refs(&f.value.expr, out);
+                    collect_refs(&f.value.expr, root, out);
                 }
             }
         }
@@ -327,6 +332,26 @@ impl Template {
                     e.collect(out)
                 }
             }),
+        }
+    }
+
+    /// Every CEL expression in this template.
+    pub fn expressions(&self) -> Vec<&CelExpr> {
+        let mut out = Vec::new();
+        self.collect_exprs(&mut out);
+        out
+    }
+
+    fn collect_exprs<'a>(&'a self, out: &mut Vec<&'a CelExpr>) {
+        match self {
+            Template::Const(_) | Template::From(_) => {}
+            Template::Array(items) => items.iter().for_each(|t| t.collect_exprs(out)),
+            Template::Object(entries) => entries.iter().for_each(|(_, t)| t.collect_exprs(out)),
+            Template::Cel(e) => out.push(e),
+            Template::Interpolate(pieces) => out.extend(pieces.iter().filter_map(|p| match p {
+                Piece::Expr(e) => Some(e),
+                Piece::Text(_) => None,
+            })),
         }
     }
 
@@ -633,6 +658,13 @@ mod tests {
         let t = template("{ a: [ '{{ steps.x.output }}', { $from: { step: y } } ], b: 'n={{ size(steps[\"z\"].output) }}', c: '{{ [1].map(v, steps.w.output + v) }}' }");
         let ids: BTreeSet<String> = t.step_refs().into_iter().map(|r| r.id).collect();
         assert_eq!(ids, BTreeSet::from(["w".into(), "x".into(), "y".into(), "z".into()]));
+    }
+
+    #[test]
+    fn secret_references_are_found() {
+        let t = template("{ a: '{{ secrets.TOKEN }}', b: 'x {{ secrets[\"API_KEY\"] + inputs.name }}' }");
+        let names: BTreeSet<&String> = t.expressions().into_iter().flat_map(|e| e.secrets.iter()).collect();
+        assert_eq!(names, BTreeSet::from([&"API_KEY".to_string(), &"TOKEN".to_string()]));
     }
 
     #[test]

@@ -152,6 +152,23 @@ impl Plan {
         }
     }
 
+    /// Every `secrets.NAME` the workflow's values read, with where.
+    pub fn secret_refs(&self) -> Vec<(String, crate::workflow::Location)> {
+        let wf = &self.workflow;
+        let mut exprs: Vec<&crate::expr::CelExpr> = Vec::new();
+        for s in &wf.steps {
+            exprs.extend(s.input.expressions());
+            exprs.extend(s.when.iter());
+            for t in [&s.skip_if, &s.for_each].into_iter().flatten() {
+                exprs.extend(t.expressions());
+            }
+        }
+        if let Some(o) = &wf.output {
+            exprs.extend(o.expressions());
+        }
+        exprs.into_iter().flat_map(|e| e.secrets.iter().map(|n| (n.clone(), e.at.clone()))).collect()
+    }
+
     /// The steps nothing depends on: together, the default run output.
     pub fn sinks(&self) -> Vec<usize> {
         (0..self.deps.len()).filter(|&i| self.dependents[i].is_empty()).collect()

@@ -70,7 +70,15 @@ fn pooling_config(instances: u32) -> PoolingAllocationConfig {
         .total_stacks(instances)
         // Any memory cap up to the wasm32 limit fits a slot; the per-step
         // cap is enforced by the store's limiter.
-        .max_memory_size(4 << 30);
+        .max_memory_size(4 << 30)
+        // Freeing a slot decommits its pages with madvise, which in a
+        // multi-threaded process costs TLB-shootdown interrupts on every
+        // other core. Batch the decommits, and reset the hottest first
+        // pages with memset instead (measured in BENCHMARKS.md).
+        .decommit_batch_size(32)
+        .linear_memory_keep_resident(128 << 10)
+        .table_keep_resident(16 << 10)
+        .async_stack_keep_resident(64 << 10);
     pool
 }
 
@@ -82,6 +90,10 @@ pub(crate) fn new_engine(
     if choice != AllocatorChoice::OnDemand {
         let mut config = base_config();
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(instances)));
+        // Copy data segments into the slot's (resident) pages instead of
+        // mapping the image copy-on-write: each CoW fault would flush the
+        // TLB on every core running a step.
+        config.memory_init_cow(false);
         match Engine::new(&config) {
             Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),
             Err(e) if choice == AllocatorChoice::Pooling => return Err(e),

@@ -306,7 +306,11 @@ impl Sandbox {
 
     async fn described(&self, component: &StepComponent) -> Result<Option<Arc<Described>>, StepFailure> {
         let Some(export) = component.describe else { return Ok(None) };
-        let cell = lock(&self.described).entry(component.sha256.clone()).or_default().clone();
+        let known = lock(&self.described).get(&component.sha256).cloned();
+        let cell = match known {
+            Some(cell) => cell,
+            None => lock(&self.described).entry(component.sha256.clone()).or_default().clone(),
+        };
         cell.get_or_init(|| async {
             let request = StepRequest { limits: describe_limits(), ..StepRequest::new(Value::Null) };
             let sink = LogSink::new(request.limits.max_log);

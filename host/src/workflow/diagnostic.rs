@@ -93,11 +93,23 @@ impl fmt::Display for Diagnostics {
 }
 
 /// The known name nearest to `unknown`, if one is close enough to be a typo.
+/// A typo is a small edit distance, or a known name that starts with what
+/// was written (`default` for `default_output`).
 pub fn nearest<'a>(unknown: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let unknown = unknown.to_lowercase();
     known
         .into_iter()
-        .map(|k| (strsim::damerau_levenshtein(&unknown.to_lowercase(), &k.to_lowercase()), k))
-        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
+        .filter_map(|k| {
+            let lower = k.to_lowercase();
+            let d = strsim::damerau_levenshtein(&unknown, &lower);
+            if d <= (k.len() / 3).max(2) {
+                Some((d, k))
+            } else if unknown.len() >= 4 && lower.starts_with(&unknown) {
+                Some((k.len() - unknown.len(), k))
+            } else {
+                None
+            }
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }
@@ -114,5 +126,6 @@ mod tests {
         assert_eq!(nearest("foreach", keys), Some("forEach"));
         assert_eq!(nearest("compnent", keys), Some("component"));
         assert_eq!(nearest("banana", keys), None);
+        assert_eq!(nearest("default", ["action", "default_output"]), Some("default_output"));
     }
 }
