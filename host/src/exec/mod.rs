@@ -291,6 +291,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, concurrency: Option<usize>, sink:
         stop: None,
     };
     let mut running = 0usize;
+    let mut inline: Option<Pin<Box<dyn Future<Output = (usize, StepEnd)> + Send>>> = None;
     let child = cancel.child_token();
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -304,11 +305,21 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, concurrency: Option<usize>, sink:
                 Decision::Fail(f) => book.finish(i, StepState::Failed, None, Some(f), None, None),
                 Decision::Run(work) => {
                     running += 1;
-                    let (ctx, tx, cancel) = (ctx.clone(), tx.clone(), child.clone());
-                    tokio::spawn(async move {
-                        let end = run_step(&ctx, i, work, &tx, &cancel).await;
-                        let _ = tx.send(Msg::Done { step: i, end });
-                    });
+                    let (ctx, step_tx, cancel) = (ctx.clone(), tx.clone(), child.clone());
+                    let step = async move { (i, run_step(&ctx, i, work, &step_tx, &cancel).await) };
+                    // The dispatcher drives one step itself and spawns only
+                    // the others: no task hand-off at all when steps run one
+                    // at a time. (The inline step yields at every epoch tick,
+                    // so other completions are seen within one tick.)
+                    if inline.is_none() {
+                        inline = Some(Box::pin(step));
+                    } else {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let (step, end) = step.await;
+                            let _ = tx.send(Msg::Done { step, end });
+                        });
+                    }
                 }
             }
         }
@@ -316,6 +327,10 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, concurrency: Option<usize>, sink:
             break;
         }
         tokio::select! {
+            (step, end) = async { inline.as_mut().expect("guarded").await }, if inline.is_some() => {
+                inline = None;
+                let _ = tx.send(Msg::Done { step, end });
+            }
             msg = rx.recv() => match msg.expect("the dispatcher holds a sender") {
                 Msg::Started { step, attempt, item } => sink.emit(&Event::StepStarted {
                     run_id: run_id.clone(), step: wf.steps[step].id.clone(), attempt, item,
