@@ -137,8 +137,58 @@ fn throughput() {
     println!();
 }
 
+/// Peak resident memory of this process (`VmHWM`), in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn for_each() {
+    let n = 10_000;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("each.yaml");
+    let yaml = format!(
+        "components:\n  echo: {{ path: '{}' }}\nsteps:\n  - {{ id: each, component: echo, forEach: '{{{{ inputs.items }}}}', input: {{ n: '{{{{ item }}}}', i: '{{{{ index }}}}' }} }}\n",
+        echo().display()
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let prepared = Arc::new(exec::load(&file, &sandbox).unwrap());
+    let executor = Executor::new(sandbox.clone(), Arc::new(NoEvents));
+    let items: Vec<u64> = (0..n as u64).collect();
+    let before = peak_rss_mib();
+    let t = Instant::now();
+    let report = runtime.block_on(executor.run(
+        prepared,
+        serde_json::json!({ "items": items }),
+        RunOptions::default(),
+        CancellationToken::new(),
+    ));
+    let elapsed = t.elapsed();
+    assert_eq!(report.state, RunState::Completed);
+    assert_eq!(report.output.as_ref().and_then(|o| o.as_array()).map(Vec::len), Some(n));
+    println!("## forEach over {n} items of `echo` (default item concurrency: the CPU count)\n");
+    println!("| run time | items/s | peak RSS of the process | before the run |");
+    println!("| ---: | ---: | ---: | ---: |");
+    println!(
+        "| {} | {:.0} | {:.0} MiB | {:.0} MiB |\n",
+        ms(elapsed),
+        n as f64 / elapsed.as_secs_f64(),
+        peak_rss_mib(),
+        before
+    );
+}
+
 fn main() {
     println!("# sandflow workflow benchmarks\n");
+    // First, so the process's peak memory is the forEach run's.
+    for_each();
     plan_times();
     throughput();
 }

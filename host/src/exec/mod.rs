@@ -195,6 +195,9 @@ struct Ctx {
     secrets: Arc<BTreeMap<String, String>>,
     run_id: String,
     depth: usize,
+    /// Most steps (and, by default, `forEach` items) running at once.
+    limit: usize,
+    cel: crate::expr::CelCache,
 }
 
 impl Executor {
@@ -215,16 +218,22 @@ impl Executor {
         };
         let ctx = Arc::new(Ctx {
             sandbox: self.sandbox.clone(),
-            prepared,
+            prepared: prepared.clone(),
             services: options.services.clone(),
             secrets: Arc::new(options.secrets.clone()),
             run_id: options.run_id.clone(),
             depth: 0,
+            limit: options
+                .concurrency
+                .or(prepared.plan.workflow.concurrency)
+                .unwrap_or_else(default_concurrency)
+                .max(1),
+            cel: Default::default(),
         });
         // The dispatcher runs as a task of its own, so the step tasks it
         // spawns start on its worker (tokio's LIFO slot) and report back
         // without a thread hand-off per step.
-        let mut report = tokio::spawn(dispatch(ctx, input, options.concurrency, sink, cancel))
+        let mut report = tokio::spawn(dispatch(ctx, input, sink, cancel))
             .await
             .expect("the dispatcher does not panic");
         if !redactor.is_empty() {
@@ -243,17 +252,24 @@ impl Executor {
 fn nested_run(parent: &Ctx, prepared: Arc<Prepared>, input: Value, cancel: CancellationToken) -> Pin<Box<dyn Future<Output = RunReport> + Send>> {
     let ctx = Arc::new(Ctx {
         sandbox: parent.sandbox.clone(),
-        prepared,
+        prepared: prepared.clone(),
         services: parent.services.clone(),
         secrets: parent.secrets.clone(),
         run_id: format!("{}.{}", parent.run_id, parent.depth + 1),
         depth: parent.depth + 1,
+        limit: prepared_limit(&prepared),
+        cel: Default::default(),
     });
-    Box::pin(dispatch(ctx, input, None, Arc::new(NoEvents), cancel))
+    Box::pin(dispatch(ctx, input, Arc::new(NoEvents), cancel))
 }
 
 fn default_concurrency() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get())
+}
+
+/// A nested run's limit: its own `concurrency`, else the CPU count.
+fn prepared_limit(prepared: &Prepared) -> usize {
+    prepared.plan.workflow.concurrency.unwrap_or_else(default_concurrency).max(1)
 }
 
 fn truthy(v: &Value) -> bool {
@@ -267,7 +283,7 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
-async fn dispatch(ctx: Arc<Ctx>, input: Value, concurrency: Option<usize>, sink: Arc<dyn EventSink>, cancel: CancellationToken) -> RunReport {
+async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel: CancellationToken) -> RunReport {
     let started = Instant::now();
     let plan = ctx.prepared.plan.clone();
     let wf = &plan.workflow;
@@ -275,7 +291,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, concurrency: Option<usize>, sink:
     let run_id = ctx.run_id.clone();
     sink.emit(&Event::RunStarted { run_id: run_id.clone(), workflow: wf.name.clone(), steps: n });
 
-    let limit = concurrency.or(wf.concurrency).unwrap_or_else(default_concurrency).max(1);
+    let limit = ctx.limit;
     let waiting: Vec<usize> = plan.deps.iter().map(Vec::len).collect();
     let ready: VecDeque<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
     let mut book = Book {
@@ -520,6 +536,7 @@ impl Book<'_> {
 fn scope<'a>(ctx: &'a Ctx, input: &'a Value, outputs: &'a BTreeMap<String, Option<Value>>, item: Option<(&'a Value, usize)>) -> Scope<'a> {
     Scope {
         inputs: input,
+        cache: &ctx.cel,
         outputs,
         item: item.map(|(v, _)| v),
         index: item.map(|(_, i)| i),
@@ -582,7 +599,9 @@ fn decide(ctx: &Ctx, decl: &StepDecl, input: &Value, outputs: &BTreeMap<String, 
             Err(e) => return reference(e),
         }
     }
-    Decision::Run(Work::Each { inputs, concurrency: decl.concurrency.unwrap_or(usize::MAX) })
+    // Items run at most `concurrency` at a time; by default as many as
+    // steps may (the run's limit).
+    Decision::Run(Work::Each { inputs, concurrency: decl.concurrency.unwrap_or(ctx.limit) })
 }
 
 /// The run output (SPEC §2.6).

@@ -76,7 +76,40 @@ pub struct CelExpr {
     pub steps: BTreeSet<String>,
     /// Names read as `secrets.NAME`.
     pub secrets: BTreeSet<String>,
+    /// Which of the names in scope the expression reads: only those are
+    /// passed to CEL.
+    vars: Vars,
     pub at: Location,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Vars {
+    inputs: bool,
+    steps: bool,
+    item: bool,
+    index: bool,
+    run: bool,
+    secrets: bool,
+}
+
+/// CEL values of a run's data, converted once per run: the run input and
+/// finished steps' outputs never change, and converting a large input for
+/// every `forEach` item would make the items quadratic.
+#[derive(Default)]
+pub struct CelCache {
+    inputs: std::sync::OnceLock<cel::Value>,
+    steps: std::sync::Mutex<std::collections::HashMap<String, cel::Value>>,
+}
+
+impl CelCache {
+    fn inputs(&self, v: &Value) -> cel::Value {
+        self.inputs.get_or_init(|| to_cel(v)).clone()
+    }
+
+    fn step(&self, id: &str, v: &Value) -> cel::Value {
+        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        steps.entry(id.to_string()).or_insert_with(|| to_cel(v)).clone()
+    }
 }
 
 /// A step ID referenced by a template, and where.
@@ -99,37 +132,58 @@ impl CelExpr {
         collect_refs(&program.expression().expr, "steps", &mut steps);
         let mut secrets = BTreeSet::new();
         collect_refs(&program.expression().expr, "secrets", &mut secrets);
-        Ok(CelExpr { text: text.to_string(), program: Arc::new(program), steps, secrets, at: at.clone() })
+        let refs = program.references();
+        let vars = Vars {
+            inputs: refs.has_variable("inputs"),
+            steps: refs.has_variable("steps"),
+            item: refs.has_variable("item"),
+            index: refs.has_variable("index"),
+            run: refs.has_variable("run"),
+            secrets: refs.has_variable("secrets"),
+        };
+        Ok(CelExpr { text: text.to_string(), program: Arc::new(program), steps, secrets, vars, at: at.clone() })
     }
 
     fn eval(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
         let mut ctx = cel::Context::default();
-        let mut steps = Map::new();
-        for id in &self.steps {
-            match scope.outputs.lookup(id) {
-                Lookup::Done(v) => {
-                    steps.insert(id.clone(), serde_json::json!({ "output": v, "result": v }));
-                }
-                Lookup::Skipped => return Err(EvalError::Skipped(id.clone())),
-                Lookup::Unknown => {
-                    return Err(EvalError::Reference(format!("`{}` reads step `{id}`, which has no output", self.text)));
+        let v = self.vars;
+        if v.steps {
+            let mut steps = std::collections::HashMap::new();
+            for id in &self.steps {
+                match scope.outputs.lookup(id) {
+                    Lookup::Done(out) => {
+                        let value = scope.cache.step(id, out);
+                        let entry: std::collections::HashMap<String, cel::Value> =
+                            [("output".to_string(), value.clone()), ("result".to_string(), value)].into();
+                        steps.insert(id.clone(), cel::Value::Map(entry.into()));
+                    }
+                    Lookup::Skipped => return Err(EvalError::Skipped(id.clone())),
+                    Lookup::Unknown => {
+                        return Err(EvalError::Reference(format!("`{}` reads step `{id}`, which has no output", self.text)));
+                    }
                 }
             }
+            ctx.add_variable_from_value("steps", cel::Value::Map(steps.into()));
         }
-        let add = |ctx: &mut cel::Context, name: &str, value: &Value| -> Result<(), EvalError> {
-            ctx.add_variable_from_value(name, to_cel(value));
-            Ok(())
-        };
-        add(&mut ctx, "inputs", scope.inputs)?;
-        add(&mut ctx, "steps", &Value::Object(steps))?;
-        add(&mut ctx, "run", &serde_json::json!({ "id": scope.run_id, "attempt": scope.attempt }))?;
+        if v.inputs {
+            ctx.add_variable_from_value("inputs", scope.cache.inputs(scope.inputs));
+        }
+        if v.run {
+            ctx.add_variable_from_value("run", to_cel(&serde_json::json!({ "id": scope.run_id, "attempt": scope.attempt })));
+        }
         if let Some(item) = scope.item {
-            add(&mut ctx, "item", item)?;
-            add(&mut ctx, "index", &Value::from(scope.index.unwrap_or(0)))?;
+            if v.item {
+                ctx.add_variable_from_value("item", to_cel(item));
+            }
+            if v.index {
+                ctx.add_variable_from_value("index", cel::Value::Int(scope.index.unwrap_or(0) as i64));
+            }
         }
-        let secrets: Map<String, Value> =
-            scope.secrets.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-        add(&mut ctx, "secrets", &Value::Object(secrets))?;
+        if v.secrets {
+            let secrets: std::collections::HashMap<String, cel::Value> =
+                scope.secrets.iter().map(|(k, val)| (k.clone(), cel::Value::String(Arc::new(val.clone())))).collect();
+            ctx.add_variable_from_value("secrets", cel::Value::Map(secrets.into()));
+        }
         let result = self
             .program
             .execute(&ctx)
@@ -255,6 +309,8 @@ impl Outputs for BTreeMap<String, Option<Value>> {
 /// Everything a template may read.
 pub struct Scope<'a> {
     pub inputs: &'a Value,
+    /// CEL conversions shared by the run's evaluations.
+    pub cache: &'a CelCache,
     pub outputs: &'a dyn Outputs,
     pub item: Option<&'a Value>,
     pub index: Option<usize>,
@@ -610,7 +666,7 @@ mod tests {
     fn eval(t: &Template, outputs: &BTreeMap<String, Option<Value>>) -> Result<Value, EvalError> {
         let inputs = json!({"user_id": "u1", "n": 3, "name": "Ada"});
         let secrets = BTreeMap::from([("TOKEN".to_string(), "s3cr3t".to_string())]);
-        t.eval(&Scope { inputs: &inputs, outputs, item: None, index: None, run_id: "r1", attempt: 1, secrets: &secrets })
+        t.eval(&Scope { inputs: &inputs, cache: &CelCache::default(), outputs, item: None, index: None, run_id: "r1", attempt: 1, secrets: &secrets })
     }
 
     fn outputs() -> BTreeMap<String, Option<Value>> {
@@ -674,7 +730,8 @@ mod tests {
         let o = BTreeMap::from([("classify".to_string(), Some(json!({"content": "urgent' || true || '"})))]);
         let secrets = BTreeMap::new();
         let inputs = json!({});
-        let scope = Scope { inputs: &inputs, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets };
+        let cache = CelCache::default();
+        let scope = Scope { inputs: &inputs, cache: &cache, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets };
         // An injection attempt in the value stays a value.
         let c = parse_condition("'{{steps.classify.result.content}}' == 'urgent'", &at).unwrap();
         assert_eq!(c.eval_bool(&scope), Ok(false));
