@@ -82,6 +82,7 @@ impl EventSink for PlainLines {
                 out
             }
             Event::StepWarning { message, .. } => format!("  warning: {message}"),
+            Event::StepRestored { step, .. } => format!("  ↺ {step} restored from the earlier attempt"),
             Event::RunFinished { run_id, state, duration, error, .. } => match error {
                 Some(e) => format!("run {run_id} {} in {}: {e}", state.as_str(), render::duration(*duration)),
                 None => format!("run {run_id} {} in {}", state.as_str(), render::duration(*duration)),
@@ -176,6 +177,10 @@ impl EventSink for LiveView {
             }
             Event::StepFinished { step, state, duration, fuel_used, error, reason, .. } => {
                 live.set(step, *state, finished_line(step, *state, *duration, *fuel_used, error.as_ref(), reason.as_deref()));
+                live.redraw(None);
+            }
+            Event::StepRestored { step, .. } => {
+                live.set(step, StepState::Succeeded, format!("↺ {step} restored from the earlier attempt"));
                 live.redraw(None);
             }
             Event::StepWarning { message, .. } => {

@@ -104,6 +104,12 @@ pub enum Event {
         #[serde(skip)]
         log: StepLog,
     },
+    /// A step that succeeded in an earlier attempt of this run (before a
+    /// `sandflow resume`): its recorded output is used, it does not run.
+    StepRestored {
+        run_id: String,
+        step: String,
+    },
     /// A warning about a step, e.g. a `when` that did not give a boolean.
     StepWarning {
         run_id: String,

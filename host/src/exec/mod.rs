@@ -61,6 +61,11 @@ pub struct RunOptions {
     pub secrets: BTreeMap<String, String>,
     /// Where the run's key-value state and blobs live.
     pub services: Arc<dyn HostServices>,
+    /// Outputs of steps that succeeded in an earlier attempt of this run
+    /// (`sandflow resume`): they are not run again.
+    pub restored: BTreeMap<String, Value>,
+    /// This attempt of the run: 1, plus one per resume (`run.attempt`).
+    pub attempt: u32,
 }
 
 impl Default for RunOptions {
@@ -70,6 +75,8 @@ impl Default for RunOptions {
             concurrency: None,
             secrets: BTreeMap::new(),
             services: Arc::new(MemoryServices::new()),
+            restored: BTreeMap::new(),
+            attempt: 1,
         }
     }
 }
@@ -198,6 +205,8 @@ struct Ctx {
     /// Most steps (and, by default, `forEach` items) running at once.
     limit: usize,
     cel: crate::expr::CelCache,
+    restored: BTreeMap<String, Value>,
+    attempt: u32,
 }
 
 impl Executor {
@@ -229,6 +238,8 @@ impl Executor {
                 .unwrap_or_else(default_concurrency)
                 .max(1),
             cel: Default::default(),
+            restored: options.restored.clone(),
+            attempt: options.attempt,
         });
         // The dispatcher runs as a task of its own, so the step tasks it
         // spawns start on its worker (tokio's LIFO slot) and report back
@@ -259,6 +270,8 @@ fn nested_run(parent: &Ctx, prepared: Arc<Prepared>, input: Value, cancel: Cance
         depth: parent.depth + 1,
         limit: prepared_limit(&prepared),
         cel: Default::default(),
+        restored: BTreeMap::new(),
+        attempt: 1,
     });
     Box::pin(dispatch(ctx, input, Arc::new(NoEvents), cancel))
 }
@@ -316,6 +329,11 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         while book.stop.is_none() && running < limit {
             let Some(i) = book.ready.pop_front() else { break };
             let decl = &wf.steps[i];
+            if let Some(output) = ctx.restored.get(&decl.id) {
+                sink.emit(&Event::StepRestored { run_id: run_id.clone(), step: decl.id.clone() });
+                book.restore(i, output.clone());
+                continue;
+            }
             match decide(&ctx, decl, &input, &book.outputs, &sink) {
                 Decision::Skip(reason) => book.finish(i, StepState::Skipped, None, None, Some(reason), None),
                 Decision::Fail(f) => book.finish(i, StepState::Failed, None, Some(f), None, None),
@@ -368,6 +386,12 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                     };
                     if state == StepState::Cancelled {
                         book.failed[step] = true;
+                        // Only the run's token cancels a step; the step may
+                        // see it before this loop does.
+                        if !matches!(book.stop, Some(Stop::Cancelled | Stop::TimedOut)) {
+                            book.stop = Some(Stop::Cancelled);
+                            child.cancel();
+                        }
                     }
                     book.finish(step, state, Some(&end), error, None, output);
                 }
@@ -470,6 +494,29 @@ struct Book<'a> {
 }
 
 impl Book<'_> {
+    /// A step that succeeded before a resume: its recorded output, no event
+    /// of its own beyond `StepRestored`, its dependents released.
+    fn restore(&mut self, i: usize, output: Value) {
+        let decl = &self.wf.steps[i];
+        self.outputs.insert(decl.id.clone(), Some(output.clone()));
+        self.reports[i] = Some(StepReport {
+            id: decl.id.clone(),
+            state: StepState::Succeeded,
+            attempts: 0,
+            output: Some(output),
+            error: None,
+            reason: Some("restored: it succeeded in an earlier attempt of this run".into()),
+            fuel_used: 0,
+            duration: Duration::ZERO,
+        });
+        for &d in &self.plan.dependents[i] {
+            self.waiting[d] -= 1;
+            if self.waiting[d] == 0 {
+                self.ready.push_back(d);
+            }
+        }
+    }
+
     /// Records a finished step, applies `on_error`, emits `StepFinished`,
     /// and makes its dependents ready.
     fn finish(&mut self, i: usize, state: StepState, end: Option<&StepEnd>, error: Option<StepFailure>, reason: Option<String>, output: Option<Value>) {
@@ -541,7 +588,7 @@ fn scope<'a>(ctx: &'a Ctx, input: &'a Value, outputs: &'a BTreeMap<String, Optio
         item: item.map(|(v, _)| v),
         index: item.map(|(_, i)| i),
         run_id: &ctx.run_id,
-        attempt: 1,
+        attempt: ctx.attempt,
         secrets: &ctx.secrets,
     }
 }

@@ -53,7 +53,7 @@ impl Redactor {
     pub fn event(&self, e: &Event) -> Event {
         let mut e = e.clone();
         match &mut e {
-            Event::RunStarted { .. } | Event::StepStarted { .. } => {}
+            Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepRestored { .. } => {}
             Event::StepRetrying { error, .. } => *error = self.failure(error),
             Event::StepFinished { error, reason, output, log, .. } => {
                 *error = error.as_ref().map(|f| self.failure(f));
