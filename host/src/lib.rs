@@ -12,5 +12,6 @@ pub mod exec;
 pub mod failure;
 pub mod plan;
 pub mod sandbox;
+pub mod store;
 pub mod units;
 pub mod workflow;

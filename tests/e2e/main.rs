@@ -5,6 +5,7 @@ mod call;
 mod inspect;
 mod sandbox;
 mod scheduler;
+mod store;
 mod support;
 mod ui;
 mod workflows;

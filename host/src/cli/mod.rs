@@ -8,6 +8,7 @@ mod graph;
 mod inspect;
 mod render;
 mod run;
+mod runs;
 mod test_cmd;
 mod validate;
 mod workflow_cmd;
@@ -72,6 +73,11 @@ enum Command {
     Graph(graph::GraphArgs),
     /// Run the `test.cases` of workflows; ends with a line `N passed, N failed`.
     Test(test_cmd::TestArgs),
+    /// Run history from the run store.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
+    /// Continue an interrupted or failed run; steps that succeeded are not run again.
+    Resume(runs::ResumeArgs),
     /// Run one component once and print its output: the plugin author's inner loop.
     Call(call::CallArgs),
     /// Work with component files.
@@ -140,6 +146,8 @@ where
             Command::Validate(args) => validate::execute(args, &cli.global.state_dir, &out).await,
             Command::Graph(args) => graph::execute(args, &out),
             Command::Test(args) => test_cmd::execute(args, &cli.global.state_dir, &out).await,
+            Command::Runs(command) => runs::execute(command, &cli.global.state_dir, &out),
+            Command::Resume(args) => runs::resume(args, &cli.global.state_dir, &out).await,
             Command::Call(args) => call::execute(args, &cli.global.state_dir, &out).await,
             Command::Component(ComponentCommand::Inspect(args)) => {
                 inspect::execute(args, &cli.global.state_dir, &out).await

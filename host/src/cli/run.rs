@@ -141,8 +141,20 @@ pub(crate) async fn execute(args: RunArgs, state_dir: &Path, out: &Output) -> Re
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
-    let options = RunOptions { concurrency: args.concurrency.map(|n| n as usize), secrets, ..RunOptions::default() };
-    let report = Executor::new(sandbox, sink(out)).run(prepared, input, options, cancel).await;
+    let store = super::runs::open_store(state_dir)?;
+    let run_id = crate::exec::new_run_id();
+    let wf = &prepared.plan.workflow;
+    let record = crate::store::NewRun { id: &run_id, workflow: &wf.name, file: &args.file, sha256: &wf.sha256, input: &input };
+    store.begin_run(&record).map_err(super::runs::store_error)?;
+    let options = RunOptions {
+        run_id: run_id.clone(),
+        concurrency: args.concurrency.map(|n| n as usize),
+        secrets,
+        services: Arc::new(crate::store::StoreServices { store: store.clone(), run_id }),
+        ..RunOptions::default()
+    };
+    let sink = Arc::new(super::runs::Tee(vec![Arc::new(crate::store::StoreSink { store }), sink(out)]));
+    let report = Executor::new(sandbox, sink).run(prepared, input, options, cancel).await;
     watcher.abort();
     if let Some(output) = &report.output {
         // What is printed is a log too: secret values are masked here as well.

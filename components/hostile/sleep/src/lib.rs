@@ -1,5 +1,6 @@
-//! Hostile: blocks in a WASI sleep for `input.secs` (default an hour).
-//! Expected: kind `timeout` at the step's deadline, though no wasm runs.
+//! Hostile: blocks in a WASI sleep for `input.ms` milliseconds, or
+//! `input.secs` seconds (default an hour). Expected: kind `timeout` at the
+//! step's deadline, though no wasm runs. Also a slow step for tests.
 use sandflow_sdk::{Error, Step};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -7,6 +8,7 @@ use serde_json::{Value, json};
 #[derive(Deserialize, Default)]
 struct Input {
     secs: Option<u64>,
+    ms: Option<u64>,
 }
 
 struct Sleep;
@@ -16,6 +18,10 @@ impl Step for Sleep {
     type Output = Value;
     fn run(input: Option<Input>) -> Result<Value, Error> {
         let input = input.unwrap_or_default();
+        if let Some(ms) = input.ms {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            return Ok(json!({ "slept_ms": ms }));
+        }
         let secs = input.secs.unwrap_or(3600);
         std::thread::sleep(std::time::Duration::from_secs(secs));
         Ok(json!({ "slept_secs": secs }))

@@ -1,0 +1,234 @@
+//! The run store: history, resume after SIGKILL or failure, state that
+//! outlives a process, and a store that is unusable.
+
+use crate::support::{example, hostile, run, sandflow};
+use serde_json::{Value, json};
+use std::io::BufRead;
+use std::process::Stdio;
+
+/// A chain of five slow steps: each waits 300 ms, then appends to a text.
+fn chain(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut y = format!(
+        "name: chain\ncomponents:\n  sleep: {{ path: '{}' }}\n  text: {{ path: '{}' }}\nsteps:\n  - {{ id: t0, component: text, input: {{ op: trim, text: {{ $from: {{ workflow: input }}, path: start }} }} }}\n",
+        hostile("sleep").display(),
+        example("text").display()
+    );
+    for i in 1..=5 {
+        y.push_str(&format!(
+            "  - {{ id: s{i}, component: sleep, needs: [t{p}], input: {{ ms: 300 }} }}\n  - {{ id: t{i}, component: text, needs: [s{i}], input: {{ op: template, template: '{{p}}+{i}', vars: {{ p: '{{{{ steps.t{p}.output.text }}}}' }} }} }}\n",
+            p = i - 1
+        ));
+    }
+    let file = dir.join("chain.yaml");
+    std::fs::write(&file, y).unwrap();
+    file
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+#[test]
+fn a_run_killed_at_several_points_resumes_to_the_same_output_without_rerunning_steps() {
+    let state = tempfile::tempdir().unwrap();
+    let file = chain(state.path());
+    let input = r#"{"start": " go "}"#;
+
+    // The uninterrupted output, in a state dir of its own.
+    let clean = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(sandflow(&clean).arg("run").arg(&file).args(["--input", input]));
+    assert_eq!(code, 0, "{err}");
+    let expected: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(expected, json!({"text": "go+1+2+3+4+5"}));
+
+    // Kill after 2 steps finished, resume and kill after 2 more, ..., then finish.
+    let mut child = sandflow(&state).args(["--json", "run"]).arg(&file).args(["--input", input]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut run_id = String::new();
+    let mut kills = 0;
+    loop {
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut finished = 0;
+        let mut line = String::new();
+        let mut ended = false;
+        while finished < 3 {
+            line.clear();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                ended = true;
+                break;
+            }
+            let e: Value = serde_json::from_str(&line).unwrap();
+            if run_id.is_empty() {
+                run_id = e["run_id"].as_str().unwrap().to_string();
+            }
+            if e["event"] == "step_finished" {
+                finished += 1;
+            }
+        }
+        if ended {
+            assert!(child.wait().unwrap().success());
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        child = sandflow(&state).args(["--json", "resume", &run_id]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        if kills == 3 {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), expected);
+            let restored = json_lines(&String::from_utf8_lossy(&out.stderr)).iter().filter(|e| e["event"] == "step_restored").count();
+            assert!(restored >= 6, "the steps that succeeded before are restored: {restored}");
+            break;
+        }
+    }
+    assert_eq!(kills, 3);
+
+    // Counted from the store: every step succeeded exactly once.
+    let (code, out, _) = run(sandflow(&state).args(["--json", "runs", "show", &run_id]));
+    assert_eq!(code, 0);
+    let record: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(record["status"], "completed");
+    assert_eq!(record["attempt"], 4);
+    assert_eq!(record["output"], expected);
+    let steps = record["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 11);
+    for s in steps {
+        assert_eq!((s["state"].as_str(), s["attempts"].as_u64()), (Some("succeeded"), Some(1)), "{s}");
+    }
+    let db = rusqlite_count(state.path(), &run_id);
+    assert_eq!(db, 11, "succeeded attempts recorded, one per step");
+}
+
+/// Succeeded attempts recorded for a run, read straight from the database.
+fn rusqlite_count(state_dir: &std::path::Path, run_id: &str) -> i64 {
+    let conn = rusqlite::Connection::open(state_dir.join("sandflow.db")).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM attempts WHERE run_id = ?1 AND state = 'succeeded'", [run_id], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn a_failed_run_resumes_with_its_state_and_a_completed_one_says_so() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("flaky.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "components: {{ flaky: {{ path: '{}' }}, text: {{ path: '{}' }} }}\nsteps:\n  \
+             - {{ id: first, component: text, input: {{ op: upper, text: a }} }}\n  \
+             - {{ id: flaky, component: flaky, needs: [first], input: {{ succeed_on: 2 }} }}\n",
+            hostile("flaky").display(),
+            example("text").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["--json", "run"]).arg(&file));
+    assert_eq!(code, 1, "{err}");
+    let run_id = json_lines(&err)[0]["run_id"].as_str().unwrap().to_string();
+    // The flaky step's call count lives in the run's state in the store, so
+    // the resumed attempt is its second call, and it succeeds.
+    let (code, out, err) = run(sandflow(&state).args(["--json", "resume", &run_id]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"calls": 2}));
+    let events = json_lines(&err);
+    assert!(events.iter().any(|e| e["event"] == "step_restored" && e["step"] == "first"));
+    assert!(!events.iter().any(|e| e["event"] == "step_started" && e["step"] == "first"), "first is not run again");
+
+    let (code, out, err) = run(sandflow(&state).args(["resume", &run_id]));
+    assert_eq!(code, 0);
+    assert!(err.contains("already completed"), "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"calls": 2}));
+}
+
+#[test]
+fn history_lists_shows_and_logs_runs() {
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["run", "workflows/errors.yaml"]));
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = run(sandflow(&state).args(["--json", "runs", "list"]));
+    let runs: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs[0]["workflow"], "errors");
+    assert_eq!(runs[0]["status"], "completed");
+    let id = runs[0]["id"].as_str().unwrap().to_string();
+    let (_, out, _) = run(sandflow(&state).args(["--json", "runs", "show", &id]));
+    let record: Value = serde_json::from_str(&out).unwrap();
+    let fetch = record["steps"].as_array().unwrap().iter().find(|s| s["step"] == "fetch").unwrap();
+    assert_eq!((fetch["state"].as_str(), fetch["attempts"].as_u64()), (Some("succeeded"), Some(3)));
+    let enrich = record["steps"].as_array().unwrap().iter().find(|s| s["step"] == "enrich").unwrap();
+    assert_eq!((enrich["error_kind"].as_str(), enrich["error_message"].as_str()), (Some("component"), Some("the input can never be processed")));
+    let (code, out, _) = run(sandflow(&state).args(["runs", "show", &id]));
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("run {id} (completed, attempt 1)")), "{out}");
+    // The flaky step's failed attempts are recorded one by one.
+    let conn = rusqlite::Connection::open(state.path().join("sandflow.db")).unwrap();
+    let failed: i64 = conn
+        .query_row("SELECT COUNT(*) FROM attempts WHERE run_id = ?1 AND step = 'fetch' AND state = 'failed'", [&id], |r| r.get(0))
+        .unwrap();
+    assert_eq!(failed, 2);
+
+    let (code, out, _) = run(sandflow(&state).args(["run", "workflows/groups.yaml", "--input", "{\"values\": [1]}"]));
+    assert_eq!(code, 0, "{out}");
+    let (_, out, _) = run(sandflow(&state).args(["--json", "runs", "list"]));
+    let id = serde_json::from_str::<Value>(&out).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let (code, out, _) = run(sandflow(&state).args(["runs", "logs", &id, "save-values"]));
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "save-values   info | set values");
+}
+
+#[test]
+fn two_processes_share_one_state_dir() {
+    let state = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|i| {
+            sandflow(&state)
+                .args(["run", "workflows/diamond.yaml", "--set"])
+                .arg(format!("text=run {i}"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (_, out, _) = run(sandflow(&state).args(["--json", "runs", "list"]));
+    let runs: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(runs.iter().all(|r| r["status"] == "completed" && r["succeeded_steps"] == 4), "{runs:?}");
+}
+
+#[test]
+fn an_unusable_store_is_a_one_line_exit_2_and_is_left_as_it_was() {
+    let state = tempfile::tempdir().unwrap();
+    // A state dir that is a file.
+    let file = state.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let (code, _, err) = run(std::process::Command::new(env!("CARGO_BIN_EXE_sandflow")).arg("--state-dir").arg(&file).args(["runs", "list"]));
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: cannot use the state dir") && err.lines().count() == 1, "{err}");
+
+    // A corrupt database.
+    let db = state.path().join("sandflow.db");
+    std::fs::write(&db, b"this is not sqlite, but it is someone's data").unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["runs", "list"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("is not a sandflow run store or is corrupt") && err.lines().count() == 1, "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), b"this is not sqlite, but it is someone's data");
+
+    // A database from a newer sandflow.
+    std::fs::remove_file(&db).unwrap();
+    rusqlite::Connection::open(&db).unwrap().execute_batch("PRAGMA user_version = 99; CREATE TABLE future (x);").unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["run", "workflows/diamond.yaml", "--set", "text=x"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("has schema version 99, newer than this sandflow knows (1)"), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+
+    // An unknown run.
+    let fresh = tempfile::tempdir().unwrap();
+    for args in [&["runs", "show", "nope"][..], &["runs", "logs", "nope"][..], &["resume", "nope"][..]] {
+        let (code, _, err) = run(sandflow(&fresh).args(args));
+        assert_eq!(code, 2, "{args:?}");
+        assert_eq!(err.trim(), "error: no run with id `nope` (see `sandflow runs list`)");
+    }
+}
