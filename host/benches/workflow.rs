@@ -185,10 +185,62 @@ fn for_each() {
     );
 }
 
+fn store_cost() {
+    use sandflow::store::{NewRun, Store, StoreServices, StoreSink};
+    let n = 2000;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wide.yaml");
+    std::fs::write(&file, workflow(n, false)).unwrap();
+    let prepared = Arc::new(exec::load(&file, &sandbox).unwrap());
+    let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+    let mut memory = Vec::new();
+    let mut sqlite = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let report = runtime.block_on(Executor::new(sandbox.clone(), Arc::new(NoEvents)).run(
+            prepared.clone(),
+            serde_json::json!({}),
+            RunOptions::default(),
+            CancellationToken::new(),
+        ));
+        memory.push(t.elapsed());
+        assert_eq!(report.state, RunState::Completed);
+
+        let options = RunOptions::default();
+        let input = serde_json::json!({});
+        let t = Instant::now();
+        store
+            .begin_run(&NewRun { id: &options.run_id, workflow: "wide", file: &file, sha256: "-", input: &input })
+            .unwrap();
+        let options = RunOptions {
+            services: Arc::new(StoreServices { store: store.clone(), run_id: options.run_id.clone() }),
+            ..options
+        };
+        let report = runtime.block_on(Executor::new(sandbox.clone(), Arc::new(StoreSink::new(store.clone()))).run(
+            prepared.clone(),
+            input,
+            options,
+            CancellationToken::new(),
+        ));
+        sqlite.push(t.elapsed());
+        assert_eq!(report.state, RunState::Completed);
+    }
+    let (memory, sqlite) = (median(memory), median(sqlite));
+    println!("## The run store: a {n}-step wide workflow of `echo` (median of 3)\n");
+    println!("| store | run time | steps/s |");
+    println!("| --- | ---: | ---: |");
+    println!("| in memory (no events kept) | {} | {:.0} |", ms(memory), n as f64 / memory.as_secs_f64());
+    println!("| SQLite, group commit, barrier before dependents | {} | {:.0} |", ms(sqlite), n as f64 / sqlite.as_secs_f64());
+    println!("\nThe store costs {:+.0}%.\n", (sqlite.as_secs_f64() / memory.as_secs_f64() - 1.0) * 100.0);
+}
+
 fn main() {
     println!("# sandflow workflow benchmarks\n");
     // First, so the process's peak memory is the forEach run's.
     for_each();
     plan_times();
     throughput();
+    store_cost();
 }

@@ -254,3 +254,50 @@ async fn secret_values_are_masked_in_events_and_errors() {
     let all = serde_json::to_string(&recorder.events()).unwrap();
     assert!(!all.contains("tok-12345") && all.contains("id-***"), "{all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_and_limits_in_the_workflow_reach_the_sandbox() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("note.txt"), "granted line\n").unwrap();
+    // SAFETY of the test: the variable is this test's own.
+    unsafe_env_set("SANDFLOW_TEST_GRANTED", "yes");
+    let yaml = format!(
+        "defaults: {{ memory: 16MiB }}\ncomponents:\n  \
+           env: {{ path: '{env}', grants: {{ env: [SANDFLOW_TEST_GRANTED] }} }}\n  \
+           noenv: {{ path: '{env}' }}\n  \
+           files: {{ path: '{file}', grants: {{ dirs: [ {{ host: '{dir}', guest: /data }} ] }} }}\n  \
+           bomb: {{ path: '{bomb}' }}\n  \
+           spin: {{ path: '{{spin}}' }}\n\
+         steps:\n  \
+           - {{ id: env, component: env, input: {{ name: SANDFLOW_TEST_GRANTED }} }}\n  \
+           - {{ id: noenv, component: noenv, input: {{ name: SANDFLOW_TEST_GRANTED }}, on_error: {{ action: continue }} }}\n  \
+           - {{ id: file, component: files, input: {{ path: /data/note.txt }} }}\n  \
+           - {{ id: bomb, component: bomb, on_error: {{ action: continue }} }}\n  \
+           - {{ id: spin, component: spin, fuel: 1000000, on_error: {{ action: continue }} }}\n",
+        env = hostile("read-env").display(),
+        file = hostile("read-file").display(),
+        dir = data.path().display(),
+        bomb = hostile("memory-bomb").display(),
+    );
+    let (report, _) = run_yaml(&yaml, json!({})).await;
+    assert_eq!(report.state, RunState::Completed, "{report:?}");
+    let out = |id| state_of(&report, id).output.clone().unwrap();
+    assert_eq!(out("env")["value"], "yes");
+    assert_eq!(out("env")["visible"], json!(["SANDFLOW_TEST_GRANTED"]));
+    assert_eq!(out("file")["first_line"], "granted line");
+    let kind = |id| state_of(&report, id).error.as_ref().map(|e| e.kind);
+    assert_eq!(kind("noenv"), Some(FailureKind::Component), "no grant, no variable");
+    assert_eq!(kind("bomb"), Some(FailureKind::Memory), "defaults.memory applies");
+    assert!(state_of(&report, "bomb").error.as_ref().unwrap().message.contains("memory cap of 16MiB"));
+    assert_eq!(kind("spin"), Some(FailureKind::Fuel), "the step's fuel applies");
+}
+
+/// Sets a variable for this test process; no other test reads it.
+fn unsafe_env_set(name: &str, value: &str) {
+    // `set_var` is unsafe in edition 2024 because other threads may read
+    // the environment; only the sandbox reads this name, after this call.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var(name, value)
+    };
+}

@@ -153,7 +153,7 @@ pub(crate) async fn execute(args: RunArgs, state_dir: &Path, out: &Output) -> Re
         services: Arc::new(crate::store::StoreServices { store: store.clone(), run_id }),
         ..RunOptions::default()
     };
-    let sink = Arc::new(super::runs::Tee(vec![Arc::new(crate::store::StoreSink { store }), sink(out)]));
+    let sink = Arc::new(super::runs::Tee(vec![Arc::new(crate::store::StoreSink::new(store)), sink(out)]));
     let report = Executor::new(sandbox, sink).run(prepared, input, options, cancel).await;
     watcher.abort();
     if let Some(output) = &report.output {

@@ -65,6 +65,12 @@ impl EventSink for Tee {
             sink.emit(event);
         }
     }
+
+    fn barrier(&self) {
+        for sink in &self.0 {
+            sink.barrier();
+        }
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) {
@@ -81,7 +87,7 @@ pub(crate) fn execute(command: RunsCommand, state_dir: &Path, out: &Output) -> R
             } else if runs.is_empty() {
                 eprintln!("no runs yet in {}", store.path().display());
             } else {
-                println!("{:<22} {:<20} {:<10} {:>5} {:>6}  {}", "RUN", "WORKFLOW", "STATUS", "OK", "FAILED", "STARTED");
+                println!("{:<22} {:<20} {:<10} {:>5} {:>6}  STARTED", "RUN", "WORKFLOW", "STATUS", "OK", "FAILED");
                 for r in runs {
                     println!(
                         "{:<22} {:<20} {:<10} {:>5} {:>6}  {}",
@@ -180,7 +186,7 @@ pub(crate) async fn resume(args: ResumeArgs, state_dir: &Path, out: &Output) -> 
         restored,
         attempt,
     };
-    let sink = Arc::new(Tee(vec![Arc::new(StoreSink { store }), run::sink(out)]));
+    let sink = Arc::new(Tee(vec![Arc::new(StoreSink::new(store)), run::sink(out)]));
     let report = Executor::new(sandbox, sink).run(prepared, record.input, options, cancel).await;
     watcher.abort();
     if let Some(output) = &report.output {

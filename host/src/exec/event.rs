@@ -133,6 +133,12 @@ pub enum Event {
 /// any dependent step starts.
 pub trait EventSink: Send + Sync {
     fn emit(&self, event: &Event);
+
+    /// Returns once everything emitted so far is durable. The scheduler
+    /// calls it before starting a step whose dependencies finished since
+    /// the last barrier, and when the run ends, so a sink may write in the
+    /// background and batch. The default has nothing to wait for.
+    fn barrier(&self) {}
 }
 
 mod millis {

@@ -179,6 +179,9 @@ enum Work {
     Each { inputs: Vec<Value>, concurrency: usize },
 }
 
+/// A running step: its index and how it ended.
+type StepFuture = Pin<Box<dyn Future<Output = (usize, StepEnd)> + Send>>;
+
 /// What the dispatcher decided for a ready step.
 enum Decision {
     Run(Work),
@@ -318,9 +321,10 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         reports: vec![None; n],
         failed: vec![false; n],
         stop: None,
+        unflushed: false,
     };
     let mut running = 0usize;
-    let mut inline: Option<Pin<Box<dyn Future<Output = (usize, StepEnd)> + Send>>> = None;
+    let mut inline: Option<StepFuture> = None;
     let child = cancel.child_token();
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -329,6 +333,11 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         while book.stop.is_none() && running < limit {
             let Some(i) = book.ready.pop_front() else { break };
             let decl = &wf.steps[i];
+            // A step's dependencies are durable before it starts.
+            if book.unflushed && !plan.deps[i].is_empty() {
+                sink.barrier();
+                book.unflushed = false;
+            }
             if let Some(output) = ctx.restored.get(&decl.id) {
                 sink.emit(&Event::StepRestored { run_id: run_id.clone(), step: decl.id.clone() });
                 book.restore(i, output.clone());
@@ -472,6 +481,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         }
     }
     sink.emit(&Event::RunFinished { run_id: run_id.clone(), state, duration: started.elapsed(), output: output.clone(), error: error.clone() });
+    sink.barrier();
     RunReport { run_id, state, output, error, steps: reports.into_iter().map(|r| r.expect("every step has a report")).collect() }
 }
 
@@ -491,6 +501,8 @@ struct Book<'a> {
     /// are skipped with reason `dependency failed`.
     failed: Vec<bool>,
     stop: Option<Stop>,
+    /// A step finished since the sink's last barrier.
+    unflushed: bool,
 }
 
 impl Book<'_> {
@@ -554,6 +566,7 @@ impl Book<'_> {
             fuel_used: end.map_or(0, |e| e.fuel_used),
             duration: end.map_or(Duration::ZERO, |e| e.duration),
         };
+        self.unflushed = true;
         self.sink.emit(&Event::StepFinished {
             run_id: self.run_id.to_string(),
             step: decl.id.clone(),

@@ -83,6 +83,10 @@ impl EventSink for RedactingSink {
     fn emit(&self, event: &Event) {
         self.inner.emit(&self.redactor.event(event));
     }
+
+    fn barrier(&self) {
+        self.inner.barrier();
+    }
 }
 
 #[cfg(test)]

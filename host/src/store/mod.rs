@@ -108,6 +108,8 @@ pub enum StoreError {
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// Each run's attempt number, as this process set it (saves a query per step).
+    attempts: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 fn now() -> String {
@@ -149,7 +151,7 @@ impl Store {
         if version < SCHEMA_VERSION {
             migrate(&conn, version).map_err(|e| StoreError::Open { path: path.clone(), message: e.to_string() })?;
         }
-        Ok(Store { conn: Mutex::new(conn), path })
+        Ok(Store { conn: Mutex::new(conn), path, attempts: Mutex::default() })
     }
 
     /// Where the database file is.
@@ -161,8 +163,20 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn set_attempt(&self, id: &str, attempt: u32) {
+        self.attempts.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), attempt);
+    }
+
+    fn attempt_of(&self, conn: &Connection, id: &str) -> u32 {
+        if let Some(a) = self.attempts.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return *a;
+        }
+        conn.query_row("SELECT attempt FROM runs WHERE id = ?1", params![id], |r| r.get(0)).unwrap_or(1)
+    }
+
     /// Records a new run, before its first event.
     pub fn begin_run(&self, run: &NewRun<'_>) -> Result<(), StoreError> {
+        self.set_attempt(run.id, 1);
         self.conn().execute(
             "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at) VALUES (?1, ?2, ?3, ?4, ?5, 'running', 1, ?6)",
             params![run.id, run.workflow, run.file.display().to_string(), run.sha256, json_text(run.input), now()],
@@ -180,27 +194,44 @@ impl Store {
         if n == 0 {
             return Err(StoreError::UnknownRun(id.to_string()));
         }
-        Ok(conn.query_row("SELECT attempt FROM runs WHERE id = ?1", params![id], |r| r.get(0))?)
+        let attempt: u32 = conn.query_row("SELECT attempt FROM runs WHERE id = ?1", params![id], |r| r.get(0))?;
+        self.set_attempt(id, attempt);
+        Ok(attempt)
     }
 
-    /// Writes one event. Each call is its own transaction.
-    pub fn record(&self, event: &Event) -> Result<(), StoreError> {
+    /// Writes events in one transaction.
+    pub fn record_all(&self, events: &[Event]) -> Result<(), StoreError> {
         let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        for event in events {
+            self.write(&tx, event)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes one event in its own transaction.
+    pub fn record(&self, event: &Event) -> Result<(), StoreError> {
+        self.record_all(std::slice::from_ref(event))
+    }
+
+    fn write(&self, conn: &Connection, event: &Event) -> Result<(), StoreError> {
         match event {
             Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => {}
             Event::StepRetrying { run_id, step, attempt, item, error, .. } => {
-                conn.execute(
+                conn.prepare_cached(
                     "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message) VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6, ?7)",
-                    params![run_id, step, attempt, item.map(|i| i as i64), now(), error.kind.as_str(), error.message],
-                )?;
+                )?
+                .execute(params![run_id, step, attempt, item.map(|i| i as i64), now(), error.kind.as_str(), error.message])?;
             }
             Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, log } => {
-                let tx = conn.unchecked_transaction()?;
-                let run_attempt: i64 = tx.query_row("SELECT attempt FROM runs WHERE id = ?1", params![run_id], |r| r.get(0)).unwrap_or(1);
-                tx.execute(
+                let run_attempt = self.attempt_of(conn, run_id);
+                let tx = conn;
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                    params![
+                )?
+                .execute(params![
                         run_id,
                         step,
                         state.as_str(),
@@ -213,15 +244,17 @@ impl Store {
                         reason,
                         output.as_ref().map(json_text),
                         run_attempt,
-                    ],
-                )?;
+                    ])?;
                 if *attempt > 0 {
-                    tx.execute(
+                    tx.prepare_cached(
                         "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message) VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, ?7)",
-                        params![run_id, step, attempt, state.as_str(), now(), error.as_ref().map(|e| e.kind.as_str()), error.as_ref().map(|e| e.message.as_str())],
-                    )?;
+                    )?
+                    .execute(params![run_id, step, attempt, state.as_str(), now(), error.as_ref().map(|e| e.kind.as_str()), error.as_ref().map(|e| e.message.as_str())])?;
                 }
-                tx.execute("DELETE FROM logs WHERE run_id = ?1 AND step = ?2", params![run_id, step])?;
+                // A step run again after a resume replaces its old log.
+                if run_attempt > 1 {
+                    tx.prepare_cached("DELETE FROM logs WHERE run_id = ?1 AND step = ?2")?.execute(params![run_id, step])?;
+                }
                 {
                     let mut insert = tx.prepare_cached("INSERT INTO logs (run_id, step, seq, source, text) VALUES (?1, ?2, ?3, ?4, ?5)")?;
                     for (seq, line) in log.lines.iter().enumerate() {
@@ -232,13 +265,10 @@ impl Store {
                         insert.execute(params![run_id, step, log.lines.len() as i64, "note", note])?;
                     }
                 }
-                tx.commit()?;
             }
             Event::RunFinished { run_id, state, output, error, .. } => {
-                conn.execute(
-                    "UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, error = ?5 WHERE id = ?1",
-                    params![run_id, state.as_str(), now(), output.as_ref().map(json_text), error],
-                )?;
+                conn.prepare_cached("UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, error = ?5 WHERE id = ?1")?
+                    .execute(params![run_id, state.as_str(), now(), output.as_ref().map(json_text), error])?;
             }
         }
         Ok(())
@@ -423,29 +453,76 @@ pub struct StepRecord {
     pub run_attempt: u32,
 }
 
-/// Writes every event to the store, synchronously, as it is emitted.
+/// Writes every event to the store on a writer thread of its own, which
+/// commits whatever has queued up in one transaction (group commit).
+/// [`EventSink::barrier`] waits until all emitted events are committed;
+/// the scheduler calls it before a dependent step starts.
 pub struct StoreSink {
-    pub store: Arc<Store>,
+    queue: Mutex<Option<std::sync::mpsc::Sender<Event>>>,
+    progress: Arc<(Mutex<Progress>, std::sync::Condvar)>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Progress {
+    sent: u64,
+    committed: u64,
+}
+
+impl StoreSink {
+    pub fn new(store: Arc<Store>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        let progress: Arc<(Mutex<Progress>, std::sync::Condvar)> = Arc::default();
+        let shared = progress.clone();
+        let writer = std::thread::Builder::new()
+            .name("sandflow-store".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    if let Err(e) = store.record_all(&batch) {
+                        // The run goes on; what could not be recorded is reported.
+                        tracing::error!("could not record {} events: {e}", batch.len());
+                    }
+                    let (lock, done) = &*shared;
+                    lock.lock().unwrap_or_else(|e| e.into_inner()).committed += batch.len() as u64;
+                    done.notify_all();
+                }
+            })
+            .expect("a thread for the run store");
+        StoreSink { queue: Mutex::new(Some(tx)), progress, writer: Mutex::new(Some(writer)) }
+    }
 }
 
 impl EventSink for StoreSink {
     fn emit(&self, event: &Event) {
-        if let Err(e) = self.store.record(event) {
-            // The run goes on; what could not be recorded is reported.
-            tracing::error!("could not record a {} event: {e}", event_name(event));
+        if matches!(event, Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. }) {
+            return;
+        }
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = queue.as_ref()
+            && tx.send(event.clone()).is_ok()
+        {
+            self.progress.0.lock().unwrap_or_else(|e| e.into_inner()).sent += 1;
+        }
+    }
+
+    fn barrier(&self) {
+        let (lock, done) = &*self.progress;
+        let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while p.committed < p.sent {
+            p = done.wait(p).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
 
-fn event_name(e: &Event) -> &'static str {
-    match e {
-        Event::RunStarted { .. } => "run_started",
-        Event::StepStarted { .. } => "step_started",
-        Event::StepRetrying { .. } => "step_retrying",
-        Event::StepFinished { .. } => "step_finished",
-        Event::StepRestored { .. } => "step_restored",
-        Event::StepWarning { .. } => "step_warning",
-        Event::RunFinished { .. } => "run_finished",
+impl Drop for StoreSink {
+    fn drop(&mut self) {
+        // Close the queue, then let the writer commit what is left.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = w.join();
+        }
     }
 }
 
