@@ -153,18 +153,36 @@ pub(crate) async fn execute(args: RunArgs, state_dir: &Path, out: &Output) -> Re
         services: Arc::new(crate::store::StoreServices { store: store.clone(), run_id }),
         ..RunOptions::default()
     };
-    let sink = Arc::new(super::runs::Tee(vec![Arc::new(crate::store::StoreSink::new(store)), sink(out)]));
-    let report = Executor::new(sandbox, sink).run(prepared, input, options, cancel).await;
+    let code = execute_recorded(Recorded { sandbox, prepared, input, options, store, redactor, cancel }, out).await;
     watcher.abort();
+    Ok(code)
+}
+
+/// A run to execute with the store recording it.
+pub(crate) struct Recorded {
+    pub sandbox: Arc<crate::sandbox::Sandbox>,
+    pub prepared: Arc<crate::exec::Prepared>,
+    pub input: Value,
+    pub options: RunOptions,
+    pub store: Arc<crate::store::Store>,
+    pub redactor: Redactor,
+    pub cancel: CancellationToken,
+}
+
+/// Runs with the store and the display as sinks, prints the output (masked)
+/// and returns the exit code. Shared by `run` and `resume`.
+pub(crate) async fn execute_recorded(r: Recorded, out: &Output) -> u8 {
+    let sink = Arc::new(super::runs::Tee(vec![Arc::new(crate::store::StoreSink::new(r.store)), sink(out)]));
+    let report = Executor::new(r.sandbox, sink).run(r.prepared, r.input, r.options, r.cancel).await;
     if let Some(output) = &report.output {
         // What is printed is a log too: secret values are masked here as well.
-        println!("{}", serde_json::to_string_pretty(&redactor.value(output)).expect("a Value always serializes"));
+        println!("{}", serde_json::to_string_pretty(&r.redactor.value(output)).expect("a Value always serializes"));
     }
-    Ok(match report.state {
+    match report.state {
         RunState::Completed => exit::OK,
         RunState::Cancelled => exit::CANCELLED,
         _ => exit::FAILED,
-    })
+    }
 }
 
 #[cfg(test)]

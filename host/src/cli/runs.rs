@@ -2,9 +2,9 @@
 //! run history from the run store.
 
 use super::{CliError, Output, exit, new_sandbox, render, run, workflow_cmd};
-use crate::exec::{EventSink, Executor, Redactor, RunOptions, RunState, check_input, check_secrets};
+use crate::exec::{EventSink, Redactor, RunOptions, RunState, check_input, check_secrets};
 use crate::sandbox::CancellationToken;
-use crate::store::{Store, StoreError, StoreServices, StoreSink};
+use crate::store::{Store, StoreError, StoreServices};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -186,15 +186,8 @@ pub(crate) async fn resume(args: ResumeArgs, state_dir: &Path, out: &Output) -> 
         restored,
         attempt,
     };
-    let sink = Arc::new(Tee(vec![Arc::new(StoreSink::new(store)), run::sink(out)]));
-    let report = Executor::new(sandbox, sink).run(prepared, record.input, options, cancel).await;
+    let recorded = run::Recorded { sandbox, prepared, input: record.input, options, store, redactor, cancel };
+    let code = run::execute_recorded(recorded, out).await;
     watcher.abort();
-    if let Some(output) = &report.output {
-        println!("{}", serde_json::to_string_pretty(&redactor.value(output)).expect("a Value always serializes"));
-    }
-    Ok(match report.state {
-        RunState::Completed => exit::OK,
-        RunState::Cancelled => exit::CANCELLED,
-        _ => exit::FAILED,
-    })
+    Ok(code)
 }

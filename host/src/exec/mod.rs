@@ -118,18 +118,9 @@ pub struct RunReport {
 pub fn check_input(workflow: &Workflow, input: &Value) -> Result<(), String> {
     let Some(schema) = &workflow.input_schema else { return Ok(()) };
     let validator = jsonschema::validator_for(schema).map_err(|e| format!("the workflow's `input` schema is invalid: {e}"))?;
-    let problems: Vec<String> = validator
-        .iter_errors(input)
-        .take(10)
-        .map(|e| {
-            let at = e.instance_path().to_string();
-            format!("{}: {e}", if at.is_empty() { "(root)" } else { &at })
-        })
-        .collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("the run input does not match the workflow's `input` schema: {}", problems.join("; ")))
+    match crate::sandbox::schema_problems(&validator, input, 10) {
+        None => Ok(()),
+        Some(problems) => Err(format!("the run input does not match the workflow's `input` schema: {problems}")),
     }
 }
 

@@ -345,7 +345,7 @@ impl Sandbox {
             Err(f) => return (Err(f), 0),
         };
         if let Some(schema) = described.as_ref().and_then(|d| d.input.as_ref())
-            && let Some(problems) = schema_problems(schema, &request.input)
+            && let Some(problems) = schema_problems(schema, &request.input, 5)
         {
             let message = format!("input does not match the component's input schema: {problems}");
             return (Err(StepFailure::component(message, false)), 0);
@@ -546,7 +546,7 @@ fn check_output(json: &str, limits: &Limits, described: Option<&Described>) -> R
     let value: Value = serde_json::from_str(json).map_err(|e| {
         StepFailure::new(FailureKind::Output, format!("output is not valid JSON: {e}"))
     })?;
-    if let Some(problems) = described.and_then(|d| d.output.as_ref()).and_then(|s| schema_problems(s, &value)) {
+    if let Some(problems) = described.and_then(|d| d.output.as_ref()).and_then(|s| schema_problems(s, &value, 5)) {
         return Err(StepFailure::new(
             FailureKind::Output,
             format!("output does not match the component's output schema: {problems}"),
@@ -555,11 +555,12 @@ fn check_output(json: &str, limits: &Limits, described: Option<&Described>) -> R
     Ok(value)
 }
 
-/// The schema violations of `value`, joined, or `None` if it is valid.
-fn schema_problems(schema: &jsonschema::Validator, value: &Value) -> Option<String> {
+/// The first `max` JSON Schema violations of `value` (`/path: what`),
+/// joined, or `None` if it is valid.
+pub fn schema_problems(schema: &jsonschema::Validator, value: &Value, max: usize) -> Option<String> {
     let problems: Vec<String> = schema
         .iter_errors(value)
-        .take(5)
+        .take(max)
         .map(|e| {
             let at = e.instance_path().to_string();
             format!("{}: {e}", if at.is_empty() { "(root)" } else { &at })
