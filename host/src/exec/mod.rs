@@ -774,12 +774,14 @@ async fn execute(ctx: &Ctx, step: usize, input: &Value, settings: &crate::workfl
             (outcome.result, outcome.fuel_used, outcome.log)
         }
         Target::Builtin(b) => {
-            let granted: Vec<std::path::PathBuf> =
-                wf.components.values().flat_map(|c| c.grants.dirs.iter().map(|d| d.host.clone())).collect();
             let result = match b {
                 Builtin::PutBlob => builtin::put_blob(input, ctx.services.as_ref()),
                 Builtin::GetBlob => builtin::get_blob(input, ctx.services.as_ref()),
-                Builtin::LoadFile => builtin::load_file(input, &wf.dir, &granted),
+                Builtin::LoadFile => {
+                    let granted: Vec<std::path::PathBuf> =
+                        wf.components.values().flat_map(|c| c.grants.dirs.iter().map(|d| d.host.clone())).collect();
+                    builtin::load_file(input, &wf.dir, &granted)
+                }
                 Builtin::Eval => eval_builtin(ctx, decl, input, cancel).await,
             };
             (result, 0, StepLog::default())

@@ -63,7 +63,6 @@ CREATE TABLE attempts (
     error_kind    TEXT,
     error_message TEXT
 );
-CREATE INDEX attempts_by_step ON attempts (run_id, step);
 CREATE TABLE logs (
     run_id TEXT NOT NULL REFERENCES runs(id),
     step   TEXT NOT NULL,
