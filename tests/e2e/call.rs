@@ -67,6 +67,7 @@ fn json_events_carry_state_and_typed_error() {
     assert_eq!(last["state"], "failed");
     assert_eq!(last["error"], json!({"kind": "component", "message": "the input can never be processed", "retryable": false}));
     assert!(last["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(events.iter().all(|e| e["run_id"].is_string() && e["run_id"] == events[0]["run_id"]), "{events:?}");
 }
 
 #[test]

@@ -131,19 +131,21 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
         // `instantiate`), not a usage error.
         Err(e) if e.kind.is_ungranted() => {
             let failure = StepFailure::new(FailureKind::Instantiate, e.kind.to_string());
-            return Ok(report_failure(out, &name, &failure, None));
+            return Ok(report_failure(out, &crate::exec::new_run_id(), &name, &failure, None));
         }
         Err(e) => return Err(CliError::invalid(e.to_string())),
     };
 
     let max_log = request.limits.max_log;
+    // A call is a one-step run: its --json lines carry a run id like any run's.
+    let run_id = crate::exec::new_run_id();
     if out.json {
-        render::event("step_started", json!({ "step": name, "state": "running", "attempt": 1 }));
+        render::event("step_started", json!({ "run_id": run_id, "step": name, "state": "running", "attempt": 1 }));
     }
     let outcome = sandbox.run(&component, request, &cancel).await;
     watcher.abort();
 
-    render::step_log(out, &name, &outcome.log, max_log);
+    render::step_log(out, &run_id, &name, &outcome.log, max_log);
     match &outcome.result {
         Ok(output) => {
             println!("{}", serde_json::to_string_pretty(output).expect("a Value always serializes"));
@@ -151,7 +153,7 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
                 render::event(
                     "step_finished",
                     json!({
-                        "step": name, "state": "succeeded", "attempt": 1,
+                        "run_id": run_id, "step": name, "state": "succeeded", "attempt": 1,
                         "duration_ms": outcome.duration.as_secs_f64() * 1000.0,
                         "fuel_used": outcome.fuel_used,
                     }),
@@ -165,12 +167,13 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
             }
             Ok(exit::OK)
         }
-        Err(failure) => Ok(report_failure(out, &name, failure, Some(&outcome))),
+        Err(failure) => Ok(report_failure(out, &run_id, &name, failure, Some(&outcome))),
     }
 }
 
 fn report_failure(
     out: &Output,
+    run_id: &str,
     name: &str,
     failure: &StepFailure,
     outcome: Option<&crate::sandbox::StepOutcome>,
@@ -180,6 +183,7 @@ fn report_failure(
         render::event(
             "step_finished",
             json!({
+                "run_id": run_id,
                 "step": name,
                 "state": if cancelled { "cancelled" } else { "failed" },
                 "attempt": 1,

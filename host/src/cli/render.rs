@@ -30,13 +30,13 @@ pub(crate) fn error_line(out: &Output, message: &str) {
 }
 
 /// The step's captured log, one line per entry.
-pub(crate) fn step_log(out: &Output, step: &str, log: &StepLog, max_log: usize) {
+pub(crate) fn step_log(out: &Output, run_id: &str, step: &str, log: &StepLog, max_log: usize) {
     if out.json {
         for line in &log.lines {
-            event("log", json!({ "step": step, "source": line.source, "text": line.text }));
+            event("log", json!({ "run_id": run_id, "step": step, "source": line.source, "text": line.text }));
         }
         if log.dropped_bytes > 0 {
-            event("log_truncated", json!({ "step": step, "dropped_bytes": log.dropped_bytes }));
+            event("log_truncated", json!({ "run_id": run_id, "step": step, "dropped_bytes": log.dropped_bytes }));
         }
         return;
     }
