@@ -95,14 +95,18 @@ impl EventSink for PlainLines {
 /// A table of steps redrawn in place on a terminal: running steps with
 /// their elapsed time, finished ones with duration and fuel, and a summary.
 pub(crate) struct LiveView {
-    state: Mutex<Live>,
+    state: std::sync::Arc<Mutex<Live>>,
 }
 
 struct Live {
     header: String,
     /// Every step seen so far: id, state, display line.
     rows: Vec<(String, StepState, String)>,
+    /// When each running step started, for its elapsed time.
+    started: std::collections::HashMap<String, std::time::Instant>,
     drawn: usize,
+    /// Set while a run is going: the ticker redraws elapsed times.
+    active: bool,
 }
 
 /// Most step rows shown; older finished ones scroll into the summary.
@@ -110,7 +114,28 @@ const MAX_ROWS: usize = 15;
 
 impl LiveView {
     pub(crate) fn new() -> Self {
-        LiveView { state: Mutex::new(Live { header: String::new(), rows: Vec::new(), drawn: 0 }) }
+        let state = std::sync::Arc::new(Mutex::new(Live {
+            header: String::new(),
+            rows: Vec::new(),
+            started: Default::default(),
+            drawn: 0,
+            active: false,
+        }));
+        // Redraw twice a second so running steps show their elapsed time.
+        let weak = std::sync::Arc::downgrade(&state);
+        let _ = std::thread::Builder::new().name("sandflow-live".into()).spawn(move || {
+            while let Some(state) = weak.upgrade() {
+                {
+                    let mut live = state.lock().unwrap_or_else(|e| e.into_inner());
+                    if live.active {
+                        live.redraw(None);
+                    }
+                }
+                drop(state);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        LiveView { state }
     }
 }
 
@@ -128,10 +153,18 @@ impl Live {
             let _ = write!(err, "\x1b[{}A", self.drawn);
         }
         let is_running = |st: &StepState| *st == StepState::Running;
-        let running: Vec<&String> = self.rows.iter().filter(|r| is_running(&r.1)).map(|r| &r.2).collect();
+        let running: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|r| is_running(&r.1))
+            .map(|r| match self.started.get(&r.0) {
+                Some(t) => format!("{} {}", r.2, render::duration(t.elapsed())),
+                None => r.2.clone(),
+            })
+            .collect();
         let done: Vec<&String> = self.rows.iter().filter(|r| !is_running(&r.1)).map(|r| &r.2).collect();
         let room = MAX_ROWS.saturating_sub(running.len());
-        let shown = done[done.len().saturating_sub(room)..].iter().chain(running.iter());
+        let shown = done[done.len().saturating_sub(room)..].iter().copied().chain(running.iter());
         let mut lines = vec![self.header.clone()];
         lines.extend(shown.map(|l| format!("  {l}")));
         let count = |st: StepState| self.rows.iter().filter(|r| r.1 == st).count();
@@ -163,11 +196,13 @@ impl EventSink for LiveView {
         match event {
             Event::RunStarted { run_id, workflow, steps } => {
                 live.header = format!("run {run_id}: {workflow} ({steps} steps)");
+                live.active = true;
                 live.redraw(None);
             }
             Event::StepStarted { step, attempt, item, .. } => {
                 let item = item.map(|i| format!(" item {i}")).unwrap_or_default();
                 let again = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+                live.started.entry(step.clone()).or_insert_with(std::time::Instant::now);
                 live.set(step, StepState::Running, format!("▸ {step}{item} running{again}"));
                 live.redraw(None);
             }
@@ -194,6 +229,7 @@ impl EventSink for LiveView {
                     Some(e) => format!("run {run_id} {} in {}: {e}", state.as_str(), render::duration(*duration)),
                     None => format!("run {run_id} {} in {}", state.as_str(), render::duration(*duration)),
                 };
+                live.active = false;
                 live.redraw(Some(footer));
             }
         }
