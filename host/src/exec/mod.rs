@@ -226,11 +226,7 @@ impl Executor {
             secrets: Arc::new(options.secrets.clone()),
             run_id: options.run_id.clone(),
             depth: 0,
-            limit: options
-                .concurrency
-                .or(prepared.plan.workflow.concurrency)
-                .unwrap_or_else(default_concurrency)
-                .max(1),
+            limit: options.concurrency.map_or_else(|| prepared_limit(&prepared), |n| n.max(1)),
             cel: Default::default(),
             restored: options.restored.clone(),
             attempt: options.attempt,
@@ -274,7 +270,7 @@ fn default_concurrency() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get())
 }
 
-/// A nested run's limit: its own `concurrency`, else the CPU count.
+/// A run's limit unless overridden: the workflow's `concurrency`, else the CPU count.
 fn prepared_limit(prepared: &Prepared) -> usize {
     prepared.plan.workflow.concurrency.unwrap_or_else(default_concurrency).max(1)
 }
@@ -406,47 +402,24 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             }
         }
     }
-    let Book { outputs, mut reports, mut failed, stop, .. } = book;
-
     // Steps that never started.
     for i in 0..n {
-        if reports[i].is_some() {
+        if book.reports[i].is_some() {
             continue;
         }
-        let decl = &wf.steps[i];
-        let blocked_by_failure = plan.deps[i].iter().any(|&d| failed[d] || reports[d].is_none());
-        let (state, reason) = match stop {
-            Some(Stop::Cancelled) => (StepState::Cancelled, "the run was cancelled before it started".to_string()),
-            Some(Stop::TimedOut) => (StepState::Cancelled, "the run's timeout passed before it started".to_string()),
-            _ if blocked_by_failure => (StepState::Skipped, "dependency failed".to_string()),
-            _ => (StepState::Skipped, "not started: the run failed".to_string()),
+        let blocked_by_failure = plan.deps[i].iter().any(|&d| book.failed[d] || book.reports[d].is_none());
+        let (state, reason) = match book.stop {
+            Some(Stop::Cancelled) => (StepState::Cancelled, "the run was cancelled before it started"),
+            Some(Stop::TimedOut) => (StepState::Cancelled, "the run's timeout passed before it started"),
+            _ if blocked_by_failure => (StepState::Skipped, "dependency failed"),
+            _ => (StepState::Skipped, "not started: the run failed"),
         };
         if blocked_by_failure {
-            failed[i] = true;
+            book.failed[i] = true;
         }
-        sink.emit(&Event::StepFinished {
-            run_id: run_id.clone(),
-            step: decl.id.clone(),
-            state,
-            attempt: 0,
-            duration: Duration::ZERO,
-            fuel_used: 0,
-            error: None,
-            reason: Some(reason.clone()),
-            output: None,
-            log: StepLog::default(),
-        });
-        reports[i] = Some(StepReport {
-            id: decl.id.clone(),
-            state,
-            attempts: 0,
-            output: None,
-            error: None,
-            reason: Some(reason),
-            fuel_used: 0,
-            duration: Duration::ZERO,
-        });
+        book.finish(i, state, None, None, Some(reason.to_string()), None);
     }
+    let Book { outputs, reports, stop, .. } = book;
 
     let (mut state, mut error) = match stop {
         None => (RunState::Completed, None),
@@ -512,12 +485,7 @@ impl Book<'_> {
             fuel_used: 0,
             duration: Duration::ZERO,
         });
-        for &d in &self.plan.dependents[i] {
-            self.waiting[d] -= 1;
-            if self.waiting[d] == 0 {
-                self.ready.push_back(d);
-            }
-        }
+        self.release(i);
     }
 
     /// Records a finished step, applies `on_error`, emits `StepFinished`,
@@ -574,11 +542,16 @@ impl Book<'_> {
         let continues = matches!(state, StepState::Succeeded | StepState::Skipped)
             || (state == StepState::Failed && decl.on_error.action == ErrorAction::Continue);
         if continues {
-            for &d in &self.plan.dependents[i] {
-                self.waiting[d] -= 1;
-                if self.waiting[d] == 0 {
-                    self.ready.push_back(d);
-                }
+            self.release(i);
+        }
+    }
+
+    /// Step `i` is done: dependents whose dependencies are all done are ready.
+    fn release(&mut self, i: usize) {
+        for &d in &self.plan.dependents[i] {
+            self.waiting[d] -= 1;
+            if self.waiting[d] == 0 {
+                self.ready.push_back(d);
             }
         }
     }
