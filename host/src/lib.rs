@@ -15,3 +15,10 @@ pub mod sandbox;
 pub mod store;
 pub mod units;
 pub mod workflow;
+
+/// Locks `m`, also when another thread panicked while holding it: every
+/// value sandflow guards stays valid between statements (a log, a map, a
+/// connection), so a poisoned lock is still safe to use.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

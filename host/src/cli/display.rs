@@ -52,6 +52,15 @@ fn finished_line(step: &str, state: StepState, duration: Duration, fuel: u64, er
     }
 }
 
+/// The last line of a run: `run ID completed in 1.2s`, with the error if any.
+fn run_finished_line(run_id: &str, state: crate::exec::RunState, duration: Duration, error: Option<&str>) -> String {
+    let line = format!("run {run_id} {} in {}", state.as_str(), render::duration(duration));
+    match error {
+        Some(e) => format!("{line}: {e}"),
+        None => line,
+    }
+}
+
 /// Plain lines, one per event that matters; for logs and CI.
 pub(crate) struct PlainLines {
     pub verbose: bool,
@@ -83,10 +92,7 @@ impl EventSink for PlainLines {
             }
             Event::StepWarning { message, .. } => format!("  warning: {message}"),
             Event::StepRestored { step, .. } => format!("  ↺ {step} restored from the earlier attempt"),
-            Event::RunFinished { run_id, state, duration, error, .. } => match error {
-                Some(e) => format!("run {run_id} {} in {}: {e}", state.as_str(), render::duration(*duration)),
-                None => format!("run {run_id} {} in {}", state.as_str(), render::duration(*duration)),
-            },
+            Event::RunFinished { run_id, state, duration, error, .. } => run_finished_line(run_id, *state, *duration, error.as_deref()),
         };
         eprintln!("{line}");
     }
@@ -126,7 +132,7 @@ impl LiveView {
         let _ = std::thread::Builder::new().name("sandflow-live".into()).spawn(move || {
             while let Some(state) = weak.upgrade() {
                 {
-                    let mut live = state.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut live = crate::lock(&state);
                     if live.active {
                         live.redraw(None);
                     }
@@ -192,7 +198,7 @@ impl Live {
 
 impl EventSink for LiveView {
     fn emit(&self, event: &Event) {
-        let mut live = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = crate::lock(&self.state);
         match event {
             Event::RunStarted { run_id, workflow, steps } => {
                 live.header = format!("run {run_id}: {workflow} ({steps} steps)");
@@ -222,13 +228,10 @@ impl EventSink for LiveView {
                 live.redraw(None);
                 drop(live);
                 eprintln!("warning: {message}");
-                self.state.lock().unwrap_or_else(|e| e.into_inner()).drawn = 0;
+                crate::lock(&self.state).drawn = 0;
             }
             Event::RunFinished { run_id, state, duration, error, .. } => {
-                let footer = match error {
-                    Some(e) => format!("run {run_id} {} in {}: {e}", state.as_str(), render::duration(*duration)),
-                    None => format!("run {run_id} {} in {}", state.as_str(), render::duration(*duration)),
-                };
+                let footer = run_finished_line(run_id, *state, *duration, error.as_deref());
                 live.active = false;
                 live.redraw(Some(footer));
             }

@@ -107,7 +107,7 @@ impl CelCache {
     }
 
     fn step(&self, id: &str, v: &Value) -> cel::Value {
-        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut steps = crate::lock(&self.steps);
         steps.entry(id.to_string()).or_insert_with(|| to_cel(v)).clone()
     }
 }

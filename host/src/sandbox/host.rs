@@ -45,24 +45,20 @@ impl MemoryServices {
     }
 }
 
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl HostServices for MemoryServices {
     fn state_get(&self, key: &str) -> Option<String> {
-        locked(&self.state).get(key).cloned()
+        crate::lock(&self.state).get(key).cloned()
     }
     fn state_set(&self, key: &str, json: &str) -> Result<(), String> {
-        locked(&self.state).insert(key.to_string(), json.to_string());
+        crate::lock(&self.state).insert(key.to_string(), json.to_string());
         Ok(())
     }
     fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), String> {
-        locked(&self.blobs).entry(id.to_string()).or_insert_with(|| data.to_vec());
+        crate::lock(&self.blobs).entry(id.to_string()).or_insert_with(|| data.to_vec());
         Ok(())
     }
     fn blob_get(&self, id: &str) -> Option<Vec<u8>> {
-        locked(&self.blobs).get(id).cloned()
+        crate::lock(&self.blobs).get(id).cloned()
     }
 }
 

@@ -101,7 +101,7 @@ impl LogSink {
     fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
         // A poisoned lock only means another writer panicked mid-append; the
         // log is still a valid (if shorter) log.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.0)
     }
 
     /// Appends a whole line from the `log` import.

@@ -52,6 +52,7 @@ use self::engine::EpochTicker;
 use self::host::{MemoryCap, StepState};
 use self::log::{CapturedStream, LogSink, Stream};
 use crate::failure::{FailureKind, StepFailure};
+use crate::lock;
 use crate::units::format_size;
 use serde::Serialize;
 use serde_json::Value;
@@ -482,10 +483,6 @@ impl Call {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn cancelled() -> StepFailure {

@@ -159,15 +159,15 @@ impl Store {
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.conn)
     }
 
     fn set_attempt(&self, id: &str, attempt: u32) {
-        self.attempts.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), attempt);
+        crate::lock(&self.attempts).insert(id.to_string(), attempt);
     }
 
     fn attempt_of(&self, conn: &Connection, id: &str) -> u32 {
-        if let Some(a) = self.attempts.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+        if let Some(a) = crate::lock(&self.attempts).get(id) {
             return *a;
         }
         conn.query_row("SELECT attempt FROM runs WHERE id = ?1", params![id], |r| r.get(0)).unwrap_or(1)
@@ -484,7 +484,7 @@ impl StoreSink {
                         tracing::error!("could not record {} events: {e}", batch.len());
                     }
                     let (lock, done) = &*shared;
-                    lock.lock().unwrap_or_else(|e| e.into_inner()).committed += batch.len() as u64;
+                    crate::lock(lock).committed += batch.len() as u64;
                     done.notify_all();
                 }
             })
@@ -498,17 +498,17 @@ impl EventSink for StoreSink {
         if matches!(event, Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. }) {
             return;
         }
-        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = crate::lock(&self.queue);
         if let Some(tx) = queue.as_ref()
             && tx.send(event.clone()).is_ok()
         {
-            self.progress.0.lock().unwrap_or_else(|e| e.into_inner()).sent += 1;
+            crate::lock(&self.progress.0).sent += 1;
         }
     }
 
     fn barrier(&self) {
         let (lock, done) = &*self.progress;
-        let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = crate::lock(lock);
         while p.committed < p.sent {
             p = done.wait(p).unwrap_or_else(|e| e.into_inner());
         }
@@ -518,8 +518,8 @@ impl EventSink for StoreSink {
 impl Drop for StoreSink {
     fn drop(&mut self) {
         // Close the queue, then let the writer commit what is left.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(w) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        crate::lock(&self.queue).take();
+        if let Some(w) = crate::lock(&self.writer).take() {
             let _ = w.join();
         }
     }
