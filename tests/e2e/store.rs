@@ -221,7 +221,8 @@ fn an_unusable_store_is_a_one_line_exit_2_and_is_left_as_it_was() {
     let before = std::fs::read(&db).unwrap();
     let (code, _, err) = run(sandflow(&state).args(["run", "workflows/diamond.yaml", "--set", "text=x"]));
     assert_eq!(code, 2);
-    assert!(err.contains("has schema version 99, newer than this sandflow knows (1)"), "{err}");
+    let known = format!("has schema version 99, newer than this sandflow knows ({})", sandflow::store::SCHEMA_VERSION);
+    assert!(err.contains(&known), "{err}");
     assert_eq!(std::fs::read(&db).unwrap(), before);
 
     // An unknown run.
@@ -231,4 +232,66 @@ fn an_unusable_store_is_a_one_line_exit_2_and_is_left_as_it_was() {
         assert_eq!(code, 2, "{args:?}");
         assert_eq!(err.trim(), "error: no run with id `nope` (see `sandflow runs list`)");
     }
+}
+
+/// CI jobs start in parallel on a clean runner: several processes create
+/// the same new state dir at once.
+#[test]
+fn runs_started_four_at_a_time_on_fresh_state_dirs_all_complete() {
+    // Builtin steps only: no compiling, so the four processes reach the
+    // store within a few milliseconds of each other.
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("blobs.yaml");
+    std::fs::write(
+        &flow,
+        "steps:\n  - { id: put, component: /builtin/put_blob, input: { data: [1, 2] } }\n  - { id: get, component: /builtin/get_blob, input: { blob_id: \"{{ steps.put.output.blob_id }}\" } }\n",
+    )
+    .unwrap();
+    for round in 0..5 {
+        let parent = tempfile::tempdir().unwrap();
+        let state = parent.path().join("fresh").join("state");
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_sandflow"))
+                    .arg("--state-dir")
+                    .arg(&state)
+                    .args(["-q", "run"])
+                    .arg(&flow)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let (code, out, err) = run(std::process::Command::new(env!("CARGO_BIN_EXE_sandflow")).arg("--state-dir").arg(&state).args(["--json", "runs", "list"]));
+        assert_eq!(code, 0, "{err}");
+        let runs: Vec<Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(runs.len(), 4, "round {round}: every run is recorded");
+        assert!(runs.iter().all(|r| r["status"] == "completed"), "{runs:?}");
+    }
+}
+
+#[test]
+fn a_store_of_schema_version_1_is_migrated_and_keeps_its_runs() {
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["-q", "run", "workflows/diamond.yaml", "--set", "text=x"]));
+    assert_eq!(code, 0, "{err}");
+    // Take the store back to what sandflow wrote before version 2.
+    let db = state.path().join("sandflow.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("ALTER TABLE steps DROP COLUMN output_secrets; PRAGMA user_version = 1;")
+        .unwrap();
+    let (code, out, err) = run(sandflow(&state).args(["--json", "runs", "list"]));
+    assert_eq!(code, 0, "{err}");
+    let runs: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs.len(), 1);
+    let version: i64 = rusqlite::Connection::open(&db).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, sandflow::store::SCHEMA_VERSION);
+    let (code, _, err) = run(sandflow(&state).args(["-q", "run", "workflows/diamond.yaml", "--set", "text=y"]));
+    assert_eq!(code, 0, "a migrated store records new runs: {err}");
 }

@@ -83,3 +83,32 @@ fn graph_prints_mermaid_and_dot() {
     assert_eq!(code, 0);
     assert!(out.starts_with("digraph \"diamond\" {") && out.contains("\"split\" -> \"upper\";"), "{out}");
 }
+
+/// `cd project && sandflow run flow.yaml` is the most common way to run a
+/// workflow; `/builtin/load_file` must find `data.json` beside it whatever
+/// way the file is named.
+#[test]
+fn load_file_finds_files_beside_the_workflow_however_it_is_named() {
+    let project = tempfile::tempdir().unwrap();
+    let dir = project.path().join("proj");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("data.json"), r#"{"answer": 42}"#).unwrap();
+    std::fs::write(
+        dir.join("flow.yaml"),
+        "steps:\n  - id: load\n    component: /builtin/load_file\n    input: { path: data.json }\noutput: \"{{ steps.load.output.data.answer }}\"\n",
+    )
+    .unwrap();
+    let absolute = dir.join("flow.yaml").display().to_string();
+    for (cwd, file) in [
+        (dir.clone(), "flow.yaml"),
+        (dir.clone(), "./flow.yaml"),
+        (dir.clone(), absolute.as_str()),
+        (project.path().to_path_buf(), "proj/flow.yaml"),
+        (project.path().to_path_buf(), "./proj/flow.yaml"),
+        (dir.join("sub"), "../flow.yaml"),
+    ] {
+        let state = tempfile::tempdir().unwrap();
+        let (code, out, err) = run(sandflow(&state).current_dir(&cwd).args(["-q", "run", file]));
+        assert_eq!((code, out.trim()), (0, "42"), "run {file} from {}: {err}", cwd.display());
+    }
+}

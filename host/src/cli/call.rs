@@ -1,6 +1,7 @@
 //! `sandflow call FILE.wasm --input JSON`: run one component once, print
 //! its output on stdout, its log and a summary on stderr.
 
+use super::render::say;
 use super::{CliError, Output, exit, new_sandbox, render};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, DirGrant, Grants, Limits, StepRequest};
@@ -159,7 +160,7 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
                     }),
                 );
             } else if !out.quiet {
-                eprintln!(
+                say!(
                     "succeeded in {} (fuel used: {})",
                     render::duration(outcome.duration),
                     outcome.fuel_used
@@ -194,7 +195,7 @@ fn report_failure(
         );
     } else {
         let after = outcome.map(|o| format!(" after {}", render::duration(o.duration))).unwrap_or_default();
-        eprintln!("error: {name} failed ({}){after}: {}", failure.kind, failure.message);
+        say!("error: {name} failed ({}){after}: {}", failure.kind, failure.message);
     }
     if cancelled { exit::CANCELLED } else { exit::FAILED }
 }

@@ -2,6 +2,7 @@
 //! stderr is not a terminal, and a live view of the steps that redraws in
 //! place when it is.
 
+use super::render::say;
 use super::render;
 use crate::exec::{Event, EventSink, StepState};
 use serde_json::{Value, json};
@@ -94,7 +95,7 @@ impl EventSink for PlainLines {
             Event::StepRestored { step, .. } => format!("  ↺ {step} restored from the earlier attempt"),
             Event::RunFinished { run_id, state, duration, error, .. } => run_finished_line(run_id, *state, *duration, error.as_deref()),
         };
-        eprintln!("{line}");
+        say!("{line}");
     }
 }
 
@@ -154,9 +155,11 @@ impl Live {
     }
 
     fn redraw(&mut self, footer: Option<String>) {
-        let mut err = std::io::stderr().lock();
+        // The whole frame is built first and written at once: a kill never
+        // leaves half a frame, and the terminal never shows one.
+        let mut frame = String::new();
         if self.drawn > 0 {
-            let _ = write!(err, "\x1b[{}A", self.drawn);
+            frame.push_str(&format!("\x1b[{}A", self.drawn));
         }
         let is_running = |st: &StepState| *st == StepState::Running;
         let running: Vec<String> = self
@@ -186,13 +189,16 @@ impl Live {
             lines.push(f);
         }
         for l in &lines {
-            let _ = writeln!(err, "\x1b[2K{l}");
+            frame.push_str("\x1b[2K");
+            frame.push_str(l);
+            frame.push('\n');
         }
         // Lines left over from a taller previous frame.
         for _ in lines.len()..self.drawn {
-            let _ = writeln!(err, "\x1b[2K");
+            frame.push_str("\x1b[2K\n");
         }
         self.drawn = lines.len().max(self.drawn);
+        let _ = std::io::stderr().lock().write_all(frame.as_bytes());
     }
 }
 
@@ -227,7 +233,7 @@ impl EventSink for LiveView {
             Event::StepWarning { message, .. } => {
                 live.redraw(None);
                 drop(live);
-                eprintln!("warning: {message}");
+                say!("warning: {message}");
                 crate::lock(&self.state).drawn = 0;
             }
             Event::RunFinished { run_id, state, duration, error, .. } => {

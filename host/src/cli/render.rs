@@ -5,7 +5,30 @@ use super::Output;
 use crate::failure::StepFailure;
 use crate::sandbox::StepLog;
 use serde_json::{Value, json};
+use std::io::Write;
 use std::time::{Duration, SystemTime};
+
+/// Writes `text` and a newline to stderr with a single `write(2)`, so a
+/// line is never torn by a kill nor interleaved with another writer's
+/// (`eprintln!` writes a formatted line in many small pieces).
+pub(crate) fn stderr_line(text: &str) {
+    let _ = write_whole(&mut std::io::stderr().lock(), text);
+}
+
+/// `text` and a newline, handed to `w` in one `write_all`: one system
+/// call for an unbuffered writer.
+pub(crate) fn write_whole(w: &mut impl Write, text: &str) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(text.len() + 1);
+    buf.extend_from_slice(text.as_bytes());
+    buf.push(b'\n');
+    w.write_all(&buf)
+}
+
+/// `eprintln!`, as one whole line (see [`stderr_line`]).
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::cli::render::stderr_line(&format!($($arg)*)) };
+}
+pub(crate) use say;
 
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
@@ -17,7 +40,7 @@ pub(crate) fn event(name: &str, fields: Value) {
     if let (Some(line), Value::Object(fields)) = (line.as_object_mut(), fields) {
         line.extend(fields);
     }
-    eprintln!("{line}");
+    stderr_line(&line.to_string());
 }
 
 /// `error: ...`, or an `error` event with `--json`.
@@ -25,7 +48,7 @@ pub(crate) fn error_line(out: &Output, message: &str) {
     if out.json {
         event("error", json!({ "error": { "message": message } }));
     } else {
-        eprintln!("error: {message}");
+        say!("error: {message}");
     }
 }
 
@@ -44,10 +67,10 @@ pub(crate) fn step_log(out: &Output, run_id: &str, step: &str, log: &StepLog, ma
         return;
     }
     for line in &log.lines {
-        eprintln!("{:>6} | {}", line.source.as_str(), line.text);
+        say!("{:>6} | {}", line.source.as_str(), line.text);
     }
     if log.dropped_bytes > 0 {
-        eprintln!(
+        say!(
             "  note | {} more bytes of log were dropped (the log cap is {})",
             log.dropped_bytes,
             crate::units::format_size(max_log as u64)
@@ -70,4 +93,33 @@ pub(crate) fn duration(d: Duration) -> String {
 /// A failure as a JSON object.
 pub(crate) fn failure_json(f: &StepFailure) -> Value {
     json!({ "kind": f.kind, "message": f.message, "retryable": f.retryable })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_whole;
+
+    /// Counts the `write` calls it gets, like `write(2)` on an unbuffered fd.
+    struct Calls(Vec<Vec<u8>>);
+
+    impl std::io::Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_is_one_write_with_its_newline() {
+        let mut w = Calls(Vec::new());
+        let event = serde_json::json!({"event": "step_finished", "run_id": "r1", "output": {"text": "x".repeat(10_000)}});
+        write_whole(&mut w, &event.to_string()).unwrap();
+        assert_eq!(w.0.len(), 1, "one write for the whole line");
+        assert_eq!(w.0[0].last(), Some(&b'\n'));
+        let back: serde_json::Value = serde_json::from_slice(&w.0[0]).unwrap();
+        assert_eq!(back, event);
+    }
 }

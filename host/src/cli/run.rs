@@ -174,6 +174,10 @@ pub(crate) struct Recorded {
 pub(crate) async fn execute_recorded(r: Recorded, out: &Output) -> u8 {
     let sink = Arc::new(super::runs::Tee(vec![Arc::new(crate::store::StoreSink::new(r.store)), sink(out)]));
     let report = Executor::new(r.sandbox, sink).run(r.prepared, r.input, r.options, r.cancel).await;
+    if let Some(message) = &report.unrecorded {
+        // The display has shown the run's end; this says it is not on disk.
+        super::render::error_line(out, message);
+    }
     if let Some(output) = &report.output {
         // What is printed is a log too: secret values are masked here as well.
         println!("{}", serde_json::to_string_pretty(&r.redactor.value(output)).expect("a Value always serializes"));

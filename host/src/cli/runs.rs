@@ -1,6 +1,7 @@
 //! `sandflow runs list | show ID | logs ID [STEP]` and `sandflow resume ID`:
 //! run history from the run store.
 
+use super::render::say;
 use super::{CliError, Output, exit, new_sandbox, render, run, workflow_cmd};
 use crate::exec::{EventSink, Redactor, RunOptions, RunState, check_input, check_secrets};
 use crate::sandbox::CancellationToken;
@@ -66,10 +67,8 @@ impl EventSink for Tee {
         }
     }
 
-    fn barrier(&self) {
-        for sink in &self.0 {
-            sink.barrier();
-        }
+    fn barrier(&self) -> Result<(), crate::exec::SinkError> {
+        self.0.iter().try_for_each(|sink| sink.barrier())
     }
 }
 
@@ -85,7 +84,7 @@ pub(crate) fn execute(command: RunsCommand, state_dir: &Path, out: &Output) -> R
             if out.json {
                 print_json(&runs);
             } else if runs.is_empty() {
-                eprintln!("no runs yet in {}", store.path().display());
+                say!("no runs yet in {}", store.path().display());
             } else {
                 println!("{:<22} {:<20} {:<10} {:>5} {:>6}  STARTED", "RUN", "WORKFLOW", "STATUS", "OK", "FAILED");
                 for r in runs {
@@ -158,7 +157,7 @@ pub(crate) async fn resume(args: ResumeArgs, state_dir: &Path, out: &Output) -> 
     let record = store.run(&args.id).map_err(store_error)?;
     if record.status == RunState::Completed.as_str() {
         if !out.quiet {
-            eprintln!("run {} already completed; its output:", record.id);
+            say!("run {} already completed; its output:", record.id);
         }
         println!("{}", serde_json::to_string_pretty(&record.output.unwrap_or_default()).expect("a Value always serializes"));
         return Ok(exit::OK);

@@ -1,6 +1,7 @@
 //! `sandflow test FILE...`: runs each workflow's `test.cases` and prints a
 //! line per case and a summary line `N passed, N failed`.
 
+use super::render::say;
 use super::{CliError, Output, exit, new_sandbox, render, workflow_cmd};
 use crate::exec::{Executor, NoEvents, Redactor, RunOptions, RunReport, RunState, check_input, check_secrets};
 use crate::sandbox::CancellationToken;
@@ -68,7 +69,7 @@ pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> R
         }
         let cases = prepared.plan.workflow.tests.clone();
         if cases.is_empty() && !out.json {
-            eprintln!("{}: no test cases", file.display());
+            say!("{}: no test cases", file.display());
         }
         for case in cases {
             let input_error = check_input(&prepared.plan.workflow, &case.input).err();

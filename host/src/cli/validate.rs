@@ -1,6 +1,7 @@
 //! `sandflow validate FILE`: every static check, components loaded and
 //! their imports checked; nothing runs.
 
+use super::render::say;
 use super::{CliError, Output, exit, new_sandbox, render, workflow_cmd};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ pub(crate) async fn execute(args: ValidateArgs, state_dir: &Path, out: &Output) 
                     render::event("valid", json!({ "file": file.display().to_string(), "workflow": wf.name, "steps": wf.steps.len() }));
                 } else if !out.quiet {
                     let components = p.components.iter().flatten().map(|c| c.component.sha256()).collect::<std::collections::BTreeSet<_>>().len();
-                    eprintln!("{}: valid ({} steps, {components} components)", file.display(), wf.steps.len());
+                    say!("{}: valid ({} steps, {components} components)", file.display(), wf.steps.len());
                 }
             }
             Err(e) => {

@@ -1,6 +1,7 @@
 //! What `run`, `validate` and `graph` share: loading, planning and
 //! preparing a workflow, with every problem printed and exit code 2.
 
+use super::render::say;
 use super::{CliError, Output, exit, render};
 use crate::exec::Prepared;
 use crate::plan::Plan;
@@ -27,7 +28,7 @@ pub(crate) fn report(out: &Output, diags: Diagnostics) -> CliError {
         }
     } else {
         for p in &diags.problems {
-            eprintln!("error: {p}");
+            say!("error: {p}");
         }
     }
     let n = diags.problems.len();

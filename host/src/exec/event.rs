@@ -138,8 +138,19 @@ pub trait EventSink: Send + Sync {
     /// calls it before starting a step whose dependencies finished since
     /// the last barrier, and when the run ends, so a sink may write in the
     /// background and batch. The default has nothing to wait for.
-    fn barrier(&self) {}
+    ///
+    /// An error means some events could not be made durable: the run stops
+    /// starting steps and ends `failed` with this message, because a step
+    /// must never start on a result that is not recorded.
+    fn barrier(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
+
+/// A sink could not make events durable (a full disk, a lost database).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
 
 mod millis {
     use serde::Serializer;

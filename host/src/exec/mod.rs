@@ -27,7 +27,7 @@ mod prepare;
 mod redact;
 
 pub use builtin::canonical_json;
-pub use event::{Event, EventSink, RunState, StepState};
+pub use event::{Event, EventSink, RunState, SinkError, StepState};
 pub use prepare::{MAX_NESTING, Prepared, PreparedComponent, load, prepare};
 pub use redact::Redactor;
 
@@ -110,6 +110,9 @@ pub struct RunReport {
     pub state: RunState,
     pub output: Option<Value>,
     pub error: Option<String>,
+    /// Set when the end of the run could not be recorded (the record says
+    /// it is still running): the run is `failed` with this message.
+    pub unrecorded: Option<String>,
     /// Every step, in file order.
     pub steps: Vec<StepReport>,
 }
@@ -186,6 +189,8 @@ enum Stop {
     Failed(usize),
     Cancelled,
     TimedOut,
+    /// The sink could not make the run's record durable (`Book::unrecorded`).
+    Unrecorded,
 }
 
 /// Shared by a run's step tasks.
@@ -308,6 +313,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         reports: vec![None; n],
         failed: vec![false; n],
         stop: None,
+        unrecorded: None,
         unflushed: false,
     };
     let mut running = 0usize;
@@ -322,8 +328,13 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             let decl = &wf.steps[i];
             // A step's dependencies are durable before it starts.
             if book.unflushed && !plan.deps[i].is_empty() {
-                sink.barrier();
                 book.unflushed = false;
+                if let Err(e) = sink.barrier() {
+                    book.ready.push_front(i);
+                    book.lose_record(e);
+                    child.cancel();
+                    break;
+                }
             }
             if let Some(output) = ctx.restored.get(&decl.id) {
                 sink.emit(&Event::StepRestored { run_id: run_id.clone(), step: decl.id.clone() });
@@ -384,7 +395,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                         book.failed[step] = true;
                         // Only the run's token cancels a step; the step may
                         // see it before this loop does.
-                        if !matches!(book.stop, Some(Stop::Cancelled | Stop::TimedOut)) {
+                        if !matches!(book.stop, Some(Stop::Cancelled | Stop::TimedOut | Stop::Unrecorded)) {
                             book.stop = Some(Stop::Cancelled);
                             child.cancel();
                         }
@@ -411,6 +422,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         let (state, reason) = match book.stop {
             Some(Stop::Cancelled) => (StepState::Cancelled, "the run was cancelled before it started"),
             Some(Stop::TimedOut) => (StepState::Cancelled, "the run's timeout passed before it started"),
+            Some(Stop::Unrecorded) => (StepState::Cancelled, "not started: the run could not be recorded"),
             _ if blocked_by_failure => (StepState::Skipped, "dependency failed"),
             _ => (StepState::Skipped, "not started: the run failed"),
         };
@@ -419,7 +431,11 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         }
         book.finish(i, state, None, None, Some(reason.to_string()), None);
     }
-    let Book { outputs, reports, stop, .. } = book;
+    // Every step's result is durable before the run's end is decided.
+    if let Err(e) = sink.barrier() {
+        book.lose_record(e);
+    }
+    let Book { outputs, reports, stop, unrecorded, .. } = book;
 
     let (mut state, mut error) = match stop {
         None => (RunState::Completed, None),
@@ -433,6 +449,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             let what = f.map(|f| format!(" ({}): {}", f.kind, f.message)).unwrap_or_default();
             (RunState::Failed, Some(format!("step `{}` failed{what}", wf.steps[i].id)))
         }
+        Some(Stop::Unrecorded) => (RunState::Failed, unrecorded.map(|e| unrecorded_message(&e, &run_id))),
     };
     let mut output = None;
     if state == RunState::Completed {
@@ -445,8 +462,19 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         }
     }
     sink.emit(&Event::RunFinished { run_id: run_id.clone(), state, duration: started.elapsed(), output: output.clone(), error: error.clone() });
-    sink.barrier();
-    RunReport { run_id, state, output, error, steps: reports.into_iter().map(|r| r.expect("every step has a report")).collect() }
+    // The end itself could not be recorded: the run's result stands, but
+    // its record says `running` (a resume finishes it), so the run fails.
+    let unrecorded = sink.barrier().err().map(|e| unrecorded_message(&e, &run_id));
+    if let Some(message) = &unrecorded {
+        state = RunState::Failed;
+        error = Some(message.clone());
+    }
+    RunReport { run_id, state, output, error, unrecorded, steps: reports.into_iter().map(|r| r.expect("every step has a report")).collect() }
+}
+
+/// What a user reads when the run's record could not be made durable.
+fn unrecorded_message(e: &SinkError, run_id: &str) -> String {
+    format!("{e}; what it recorded before is intact: fix the problem, then `sandflow resume {run_id}`")
 }
 
 /// The dispatcher's record of a run in progress.
@@ -465,11 +493,19 @@ struct Book<'a> {
     /// are skipped with reason `dependency failed`.
     failed: Vec<bool>,
     stop: Option<Stop>,
+    /// Why the run's record could not be made durable.
+    unrecorded: Option<SinkError>,
     /// A step finished since the sink's last barrier.
     unflushed: bool,
 }
 
 impl Book<'_> {
+    /// The sink failed: no step starts any more, and the run fails.
+    fn lose_record(&mut self, e: SinkError) {
+        self.unrecorded.get_or_insert(e);
+        self.stop = Some(Stop::Unrecorded);
+    }
+
     /// A step that succeeded before a resume: its recorded output, no event
     /// of its own beyond `StepRestored`, its dependents released.
     fn restore(&mut self, i: usize, output: Value) {

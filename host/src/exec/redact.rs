@@ -2,7 +2,7 @@
 //! (log lines, errors, outputs), the report's errors, and what the CLI
 //! prints have them replaced by `***`.
 
-use super::event::{Event, EventSink};
+use super::event::{Event, EventSink, SinkError};
 use crate::failure::StepFailure;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -84,8 +84,8 @@ impl EventSink for RedactingSink {
         self.inner.emit(&self.redactor.event(event));
     }
 
-    fn barrier(&self) {
-        self.inner.barrier();
+    fn barrier(&self) -> Result<(), SinkError> {
+        self.inner.barrier()
     }
 }
 

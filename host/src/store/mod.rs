@@ -11,7 +11,7 @@
 //! killed (not the machine losing power). Several `sandflow` processes may
 //! share one state dir: writers wait for each other (busy timeout).
 
-use crate::exec::{Event, EventSink};
+use crate::exec::{Event, EventSink, SinkError};
 use crate::sandbox::{HostServices, LogLine};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -21,10 +21,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-/// The schema this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema this build reads and writes: the number of [`MIGRATIONS`].
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const SCHEMA: &str = "
+/// `MIGRATIONS[n]` takes a store from schema version `n` to `n + 1`. Only
+/// ever append: a released migration is never changed.
+const MIGRATIONS: &[&str] = &[
+    // 1: runs, steps, attempts, logs, state, blobs.
+    "
 CREATE TABLE runs (
     id          TEXT PRIMARY KEY,
     workflow    TEXT NOT NULL,
@@ -81,7 +85,11 @@ CREATE TABLE blobs (
     id   TEXT PRIMARY KEY,
     data BLOB NOT NULL
 );
-";
+",
+    // 2: where secrets were masked in a step's recorded output, so that a
+    // resume can put them back (see `SecretSpans`).
+    "ALTER TABLE steps ADD COLUMN output_secrets TEXT;",
+];
 
 /// Why the store could not be used. Each is a one-line message.
 #[derive(Debug, thiserror::Error)]
@@ -147,8 +155,14 @@ impl Store {
         })?;
         tracing::debug!("run store {} in {mode} mode", path.display());
         conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;").map_err(corrupt)?;
+        // Bound the WAL file: without this it keeps the size of the largest
+        // transaction (a step's big output or log) after every checkpoint.
+        conn.execute_batch("PRAGMA journal_size_limit = 67108864;").map_err(corrupt)?;
         if version < SCHEMA_VERSION {
-            migrate(&conn, version).map_err(|e| StoreError::Open { path: path.clone(), message: e.to_string() })?;
+            migrate(&conn).map_err(|e| match e {
+                MigrateError::Newer(found) => StoreError::NewerSchema { path: path.clone(), found, known: SCHEMA_VERSION },
+                MigrateError::Sql(e) => StoreError::Open { path: path.clone(), message: e.to_string() },
+            })?;
         }
         Ok(Store { conn: Mutex::new(conn), path, attempts: Mutex::default() })
     }
@@ -384,13 +398,35 @@ impl Store {
     }
 }
 
-fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
-    let tx = conn.unchecked_transaction()?;
-    if from < 1 {
-        tx.execute_batch(SCHEMA)?;
+enum MigrateError {
+    Newer(i64),
+    Sql(rusqlite::Error),
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`]. Several processes may open a
+/// new state dir at once: `BEGIN IMMEDIATE` takes the write lock first (the
+/// others wait, busy timeout), and the version is read again under it, so
+/// exactly one process applies each migration and the rest see it done.
+fn migrate(conn: &Connection) -> Result<(), MigrateError> {
+    let sql = MigrateError::Sql;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+    let result = (|| {
+        let from: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql)?;
+        if from > SCHEMA_VERSION {
+            return Err(MigrateError::Newer(from));
+        }
+        for step in &MIGRATIONS[from as usize..] {
+            conn.execute_batch(step).map_err(sql)?;
+        }
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(sql)
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(sql),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
     }
-    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
-    tx.commit()
 }
 
 /// What `begin_run` records.
@@ -465,7 +501,11 @@ pub struct StoreSink {
 #[derive(Default)]
 struct Progress {
     sent: u64,
+    /// Events the writer is done with: committed, or dropped after a failure.
     committed: u64,
+    /// The first commit that failed. Nothing is written after it: a later
+    /// commit would record steps whose dependencies were lost.
+    failed: Option<String>,
 }
 
 impl StoreSink {
@@ -479,12 +519,16 @@ impl StoreSink {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    if let Err(e) = store.record_all(&batch) {
-                        // The run goes on; what could not be recorded is reported.
-                        tracing::error!("could not record {} events: {e}", batch.len());
-                    }
                     let (lock, done) = &*shared;
-                    crate::lock(lock).committed += batch.len() as u64;
+                    let poisoned = crate::lock(lock).failed.is_some();
+                    // A failed transaction is rolled back whole: what it
+                    // held is not recorded at all, never half.
+                    let result = if poisoned { Ok(()) } else { store.record_all(&batch) };
+                    let mut progress = crate::lock(lock);
+                    if let Err(e) = result {
+                        progress.failed = Some(format!("the run store {} could not record the run: {e}", store.path().display()));
+                    }
+                    progress.committed += batch.len() as u64;
                     done.notify_all();
                 }
             })
@@ -506,11 +550,15 @@ impl EventSink for StoreSink {
         }
     }
 
-    fn barrier(&self) {
+    fn barrier(&self) -> Result<(), SinkError> {
         let (lock, done) = &*self.progress;
         let mut p = crate::lock(lock);
         while p.committed < p.sent {
             p = done.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        match &p.failed {
+            Some(message) => Err(SinkError(message.clone())),
+            None => Ok(()),
         }
     }
 }

@@ -46,9 +46,19 @@ pub fn load_partial(path: &Path) -> (Option<Workflow>, Vec<Diagnostic>) {
     }
 }
 
+/// The directory relative paths in a workflow file are resolved against.
+/// `flow.yaml` has the empty path as its parent, which names no directory
+/// (it cannot be canonicalized, joined paths lose their anchor): it is `.`.
+fn workflow_dir(path: &Path) -> std::path::PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
 fn load_str_partial(path: &Path, text: &str) -> (Option<Workflow>, Vec<Diagnostic>) {
     let file: Arc<Path> = Arc::from(path);
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = workflow_dir(path);
     let root = match yaml::parse(&file, text) {
         Ok(root) => root,
         Err(d) => return (None, vec![d]),
