@@ -31,6 +31,9 @@ pub enum FailureKind {
     Instantiate,
     /// The run was cancelled while the attempt was running.
     Cancelled,
+    /// The step went over a quota on what it may make the host hold (blobs,
+    /// state, host handles), per attempt or per run. Never retried.
+    Quota,
 }
 
 impl FailureKind {
@@ -46,6 +49,7 @@ impl FailureKind {
             FailureKind::Reference => "reference",
             FailureKind::Instantiate => "instantiate",
             FailureKind::Cancelled => "cancelled",
+            FailureKind::Quota => "quota",
         }
     }
 }

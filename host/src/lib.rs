@@ -10,6 +10,8 @@ pub mod cli;
 pub mod expr;
 pub mod exec;
 pub mod failure;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod plan;
 pub mod sandbox;
 pub mod store;

@@ -31,11 +31,48 @@ fn json_form_has_describe_schemas() {
 }
 
 #[test]
-fn a_component_needing_the_network_is_shown_then_refused() {
+fn a_step_needing_the_network_is_shown_with_the_reason_it_cannot_run() {
     let s = tempfile::tempdir().unwrap();
     let (code, out, err) = run(sandflow(&s).args(["component", "inspect"]).arg(hostile("net")));
-    assert_eq!(code, 2);
+    assert_eq!(code, 0, "inspect shows any valid component: {err}");
     assert!(out.contains("step:    no: imports `wasi:sockets/"), "{out}");
-    assert!(out.contains("import wasi:sockets/tcp"), "the WIT world is still shown: {out}");
-    assert!(err.contains("network access is never granted"), "{err}");
+    assert!(out.contains("network access is never granted"), "{out}");
+    assert!(out.contains("  imports:\n") && out.contains("    wasi:sockets/tcp@"), "imports are listed: {out}");
+    assert!(out.contains("  exports:\n    describe\n    run\n"), "{out}");
+    assert!(out.contains("import wasi:sockets/tcp"), "the WIT world is shown: {out}");
+    assert!(err.contains("is not a sandflow step (it imports `wasi:sockets/"), "{err}");
+}
+
+/// A component of another world: inspect is where its author finds out why
+/// it does not fit; `call` and `run` refuse it as invalid (exit 2).
+#[test]
+fn a_component_of_a_foreign_world_is_described_then_refused_by_call_and_run() {
+    let s = tempfile::tempdir().unwrap();
+    let file = hostile("foreign");
+    let (code, out, err) = run(sandflow(&s).args(["component", "inspect"]).arg(&file));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("step:    no: not a sandflow step: it does not export `run` (expected the world sandflow:step/step@0.1.0, see wit/step.wit); it also imports `acme:greeter/clock@1.0.0`, which sandflow does not provide"),
+        "{out}"
+    );
+    assert!(out.contains("  imports:\n    acme:greeter/clock@1.0.0\n"), "{out}");
+    assert!(out.contains("  exports:\n    greet\n"), "{out}");
+    assert!(out.contains("export greet: func(name: string) -> string;"), "the WIT world is shown: {out}");
+    assert!(err.contains("is not a sandflow step (it does not export `run`; it also imports `acme:greeter/clock@1.0.0`"), "{err}");
+
+    let (code, out, err) = run(sandflow(&s).args(["--json", "component", "inspect"]).arg(&file));
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((doc["step"].clone(), doc["exports"].clone()), (Value::Bool(false), serde_json::json!(["greet"])));
+
+    let (code, _, err) = run(sandflow(&s).arg("call").arg(&file).args(["--input", "1"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a sandflow step: it does not export `run`"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("greet.yaml");
+    std::fs::write(&flow, format!("steps:\n  - {{ id: greet, component: {} }}\n", file.display())).unwrap();
+    let (code, _, err) = run(sandflow(&s).arg("run").arg(&flow));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a sandflow step: it does not export `run`"), "{err}");
 }

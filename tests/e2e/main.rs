@@ -2,7 +2,10 @@
 //! real components in `components/dist/`.
 
 mod call;
+mod chaos;
+mod fuzz;
 mod inspect;
+mod quota;
 mod sandbox;
 mod scheduler;
 mod store;

@@ -3,7 +3,7 @@
 
 use crate::support::{example, hostile};
 use sandflow::failure::FailureKind;
-use sandflow::sandbox::{CancellationToken, Limits, MemoryServices, Sandbox, SandboxConfig, StepOutcome, StepRequest};
+use sandflow::sandbox::{CancellationToken, Limits, MemoryServices, Quota, Sandbox, SandboxConfig, StepOutcome, StepRequest};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +34,10 @@ async fn hostile_steps_fail_cleanly_while_good_steps_succeed() {
         (hostile("read-env"), json!(null), limits(), Some(FailureKind::Component)),
         (hostile("fatal"), json!(null), limits(), Some(FailureKind::Component)),
         (hostile("flood"), json!({"mib": 2}), limits(), None),
+        (hostile("host-bomb"), json!({"bomb": "blobs"}), Limits { quota: Quota { blob_bytes: 32 << 20, ..Quota::ATTEMPT }, ..limits() }, Some(FailureKind::Quota)),
+        (hostile("host-bomb"), json!({"bomb": "state"}), limits(), Some(FailureKind::Quota)),
+        (hostile("host-bomb"), json!({"bomb": "handles"}), limits(), Some(FailureKind::Quota)),
+        (hostile("host-bomb"), json!({"bomb": "log", "lines": 100000}), limits(), None),
         (example("echo"), json!({"a": [1, 2, 3]}), limits(), None),
         (example("text"), json!({"op": "count", "text": "one two three"}), limits(), None),
         (example("math"), json!({"values": [1, 2, 3, 4]}), limits(), None),
@@ -78,7 +82,7 @@ async fn hostile_steps_fail_cleanly_while_good_steps_succeed() {
         }
         if name == "flood.wasm" {
             let logged: usize = outcome.log.lines.iter().map(|l| l.text.len()).sum();
-            assert!(logged <= Limits::default().max_log, "{logged}");
+            assert!(logged <= Limits::default().quota.log as usize, "{logged}");
             assert!(outcome.log.dropped_bytes > 2 << 20, "{}", outcome.log.dropped_bytes);
         }
     }
@@ -88,6 +92,7 @@ async fn hostile_steps_fail_cleanly_while_good_steps_succeed() {
         vec![
             ("echo.wasm".into(), json!({"a": [1, 2, 3]})),
             ("flood.wasm".into(), json!({"wrote_mib": 2})),
+            ("host-bomb.wasm".into(), json!({"logged": 100000})),
             ("json.wasm".into(), json!({"a": 1, "b": 2})),
             ("math.wasm".into(), json!({"count": 4, "sum": 10.0, "mean": 2.5, "min": 1.0, "max": 4.0, "median": 2.5, "stddev": 1.118033988749895})),
             ("text.wasm".into(), json!({"chars": 13, "words": 3, "lines": 1})),
@@ -174,12 +179,28 @@ async fn compiled_components_are_cached_on_disk_and_a_corrupt_artifact_is_replac
     let artifact = &artifacts[0];
     assert!(artifact.file_name().unwrap().to_string_lossy().starts_with(&sha));
 
-    std::fs::write(artifact, b"garbage").unwrap();
-    let sandbox = Sandbox::new(config()).unwrap();
-    let echo = sandbox.load_bytes("echo", &echo_bytes).unwrap();
-    let out = sandbox.run(&echo, StepRequest::new(json!("still works")), &CancellationToken::new()).await;
-    assert_eq!(out.result.unwrap(), json!("still works"));
-    assert!(std::fs::metadata(artifact).unwrap().len() > 1000, "the artifact was written again");
+    let good = std::fs::read(artifact).unwrap();
+    let flipped = |at: usize| {
+        let mut b = good.clone();
+        b[at] ^= 0x40;
+        b
+    };
+    // Each corruption is caught before the file is mapped as code: the
+    // artifact is compiled again (and so written again, as it was).
+    for (what, bytes) in [
+        ("garbage", b"garbage".to_vec()),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("a flipped byte in the code", flipped(good.len() / 2)),
+        ("a flipped byte in the checksum", flipped(10)),
+        ("empty", Vec::new()),
+    ] {
+        std::fs::write(artifact, &bytes).unwrap();
+        let sandbox = Sandbox::new(config()).unwrap();
+        let echo = sandbox.load_bytes("echo", &echo_bytes).unwrap();
+        let out = sandbox.run(&echo, StepRequest::new(json!("still works")), &CancellationToken::new()).await;
+        assert_eq!(out.result.unwrap(), json!("still works"), "{what}");
+        assert_eq!(std::fs::read(artifact).unwrap(), good, "{what}: the artifact was compiled and written again");
+    }
 }
 
 #[tokio::test]

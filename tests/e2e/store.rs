@@ -295,3 +295,63 @@ fn a_store_of_schema_version_1_is_migrated_and_keeps_its_runs() {
     let (code, _, err) = run(sandflow(&state).args(["-q", "run", "workflows/diamond.yaml", "--set", "text=y"]));
     assert_eq!(code, 0, "a migrated store records new runs: {err}");
 }
+
+/// A step's output carried a secret; a later step failed; the resumed run
+/// must feed the real value on (not `***`), exactly as an uninterrupted
+/// run does, while the store's records of the run hold no secret.
+#[test]
+fn a_resumed_run_gets_the_secret_bearing_output_an_uninterrupted_run_gets() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("token.yaml");
+    std::fs::write(
+        &flow,
+        format!(
+            "components:
+  echo: {{ path: {echo} }}
+steps:
+  - {{ id: echo, component: echo, input: {{ token: \"{{{{ secrets.TOKEN }}}}\", note: \"for {{{{ secrets.TOKEN }}}}!\" }} }}
+  - {{ id: gate, component: /builtin/load_file, input: {{ path: gate.json }}, needs: [echo] }}
+  - {{ id: put, component: /builtin/put_blob, input: {{ data: \"{{{{ steps.echo.output }}}}\" }}, needs: [gate] }}
+output: {{ blob: \"{{{{ steps.put.output.blob_id }}}}\", echoed: \"{{{{ steps.echo.output.note }}}}\" }}
+",
+            echo = example("echo").display()
+        ),
+    )
+    .unwrap();
+    let secret = "tok-9f8e7d";
+    let state = tempfile::tempdir().unwrap();
+    let sf = |args: &[&str]| {
+        let mut cmd = sandflow(&state);
+        cmd.env("SANDFLOW_SECRET_TOKEN", secret).args(args);
+        run(&mut cmd)
+    };
+    let (code, _, err) = sf(&["--json", "run", flow.to_str().unwrap()]);
+    assert_eq!(code, 1, "the gate is missing: {err}");
+    let run_id = json_lines(&err)[0]["run_id"].as_str().unwrap().to_string();
+
+    std::fs::write(dir.path().join("gate.json"), "{}").unwrap();
+    let (code, resumed, err) = sf(&["-q", "resume", &run_id]);
+    assert_eq!(code, 0, "{err}");
+    let (code, fresh, err) = sf(&["-q", "run", flow.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(resumed, fresh, "a resume gives what an uninterrupted run gives");
+    let data = json!({"token": secret, "note": format!("for {secret}!")});
+    let expected = sandflow::sandbox::sha256_hex(sandflow::exec::canonical_json(&data).as_bytes());
+    let resumed: Value = serde_json::from_str(&resumed).unwrap();
+    assert_eq!(resumed, json!({"blob": expected, "echoed": "for ***!"}), "printed output is masked");
+
+    let db = rusqlite::Connection::open(state.path().join("sandflow.db")).unwrap();
+    for table in ["runs", "steps", "attempts", "logs"] {
+        let rows: Vec<String> = db
+            .prepare(&format!("SELECT * FROM {table}"))
+            .unwrap()
+            .query_map([], |r| {
+                let n = r.as_ref().column_count();
+                Ok((0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect::<Vec<_>>().join("|"))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(rows.iter().all(|r| !r.contains(secret)), "{table} holds the secret: {rows:?}");
+    }
+}

@@ -4,17 +4,14 @@
 use super::render::say;
 use super::{CliError, Output, exit, new_sandbox, render};
 use crate::failure::{FailureKind, StepFailure};
-use crate::sandbox::{CancellationToken, DirGrant, Grants, Limits, StepRequest};
+use crate::sandbox::{CancellationToken, DirGrant, Grants, Limits, QuotaKind, StepRequest};
 use crate::units::{parse_duration, parse_size};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  \
-    sandflow call components/dist/text.wasm --input '{\"op\":\"upper\",\"text\":\"hi\"}'\n  \
-    sandflow call my.wasm --input-file in.json --fuel 1000000 --timeout 2s --memory 32MiB\n  \
-    sandflow call my.wasm --dir ./data:/data --allow-env LANG")]
+#[command(after_help = after_help())]
 pub(crate) struct CallArgs {
     /// The component (.wasm) to run.
     #[arg(value_name = "FILE.wasm")]
@@ -40,12 +37,38 @@ pub(crate) struct CallArgs {
     /// Output size cap, e.g. `1MiB` [default: 4MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_output: Option<u64>,
+    /// Set a quota on what the component may make the host hold, e.g.
+    /// `blob_bytes=16MiB` or `state_keys=100` (repeatable; see below).
+    #[arg(long = "quota", value_name = "KEY=VALUE", value_parser = parse_quota)]
+    quotas: Vec<(QuotaKind, u64)>,
     /// Pass this host environment variable through (repeatable).
     #[arg(long = "allow-env", value_name = "NAME")]
     allow_env: Vec<String>,
     /// Grant a host directory: `HOST:GUEST` (read-only) or `HOST:GUEST:rw` (repeatable).
     #[arg(long = "dir", value_name = "HOST:GUEST[:rw]", value_parser = parse_dir_grant)]
     dirs: Vec<DirGrant>,
+}
+
+fn after_help() -> String {
+    let quotas: Vec<String> =
+        QuotaKind::ALL.iter().map(|&k| format!("{} [{}]", k.key(), k.format(crate::sandbox::Quota::ATTEMPT.get(k)))).collect();
+    format!(
+        "Examples:\n  \
+        sandflow call components/dist/text.wasm --input '{{\"op\":\"upper\",\"text\":\"hi\"}}'\n  \
+        sandflow call my.wasm --input-file in.json --fuel 1000000 --timeout 2s --memory 32MiB\n  \
+        sandflow call my.wasm --dir ./data:/data --allow-env LANG\n  \
+        sandflow call my.wasm --quota blob_bytes=16MiB --quota state_keys=100\n\n\
+        Quotas, with their defaults (as a workflow step's `quota:`): {}.",
+        quotas.join(", ")
+    )
+}
+
+/// Reads `KEY=VALUE` of `--quota`.
+pub(crate) fn parse_quota(text: &str) -> Result<(QuotaKind, u64), String> {
+    let keys = || QuotaKind::ALL.map(QuotaKind::key).join(", ");
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("`{text}`: write KEY=VALUE, e.g. `blob_bytes=16MiB`"))?;
+    let kind = QuotaKind::from_key(key.trim()).ok_or_else(|| format!("unknown quota `{key}`; known: {}", keys()))?;
+    Ok((kind, kind.parse_value(value)?))
 }
 
 /// Reads `HOST:GUEST`, `HOST:GUEST:ro` or `HOST:GUEST:rw`.
@@ -90,7 +113,10 @@ fn limits(args: &CallArgs) -> Limits {
         timeout: args.timeout.unwrap_or(d.timeout),
         memory: args.memory.unwrap_or(d.memory),
         max_output: args.max_output.map_or(d.max_output, |s| usize::try_from(s).unwrap_or(usize::MAX)),
-        max_log: d.max_log,
+        quota: args.quotas.iter().fold(d.quota, |mut q, &(kind, value)| {
+            q.set(kind, value);
+            q
+        }),
     }
 }
 
@@ -137,7 +163,7 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
         Err(e) => return Err(CliError::invalid(e.to_string())),
     };
 
-    let max_log = request.limits.max_log;
+    let max_log = request.limits.quota.log;
     // A call is a one-step run: its --json lines carry a run id like any run's.
     let run_id = crate::exec::new_run_id();
     if out.json {
@@ -231,6 +257,15 @@ mod tests {
         assert_eq!((g.host, g.guest.as_str(), g.writable), (PathBuf::from("./data"), "/data", false));
         assert!(parse_dir_grant("/tmp/x:/out:rw").unwrap().writable);
         assert!(!parse_dir_grant("/tmp/x:/out:ro").unwrap().writable);
+    }
+
+    #[test]
+    fn quotas_are_key_value_with_sizes_or_counts() {
+        assert_eq!(parse_quota("blob_bytes=16MiB"), Ok((QuotaKind::BlobBytes, 16 << 20)));
+        assert_eq!(parse_quota("state_keys=100"), Ok((QuotaKind::StateKeys, 100)));
+        assert!(parse_quota("blob=1").unwrap_err().contains("known: blob_bytes, blobs"));
+        assert!(parse_quota("blobs").unwrap_err().contains("KEY=VALUE"));
+        assert!(parse_quota("blobs=many").is_err());
     }
 
     #[test]

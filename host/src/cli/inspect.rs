@@ -1,6 +1,7 @@
 //! `sandflow component inspect FILE.wasm`: what a component is, what it
 //! needs and what it offers, without running its `run`.
 
+use super::render::say;
 use super::{CliError, Output, exit, new_sandbox};
 use crate::sandbox::{ComponentInfo, sha256_hex};
 use serde_json::json;
@@ -13,8 +14,19 @@ pub(crate) struct InspectArgs {
     file: PathBuf,
 }
 
-/// The component's WIT world, decoded from its binary.
-fn wit_world(bytes: &[u8]) -> Result<String, String> {
+/// What the component's binary says about itself, without running it.
+pub(crate) struct Decoded {
+    /// Its WIT world, printed.
+    wit: String,
+    /// Names of its imports and exports: interfaces (`ns:pkg/iface@v`) and
+    /// freestanding functions.
+    imports: Vec<String>,
+    exports: Vec<String>,
+}
+
+/// The component's WIT world, decoded from its binary: any valid
+/// component has one, whether or not it is a sandflow step.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded, String> {
     let decoded = wit_component::decode(bytes).map_err(|e| format!("{e:#}"))?;
     let wit_parser::decoding::DecodedWasm::Component(resolve, world) = decoded else {
         return Err("a WIT package, not a component".into());
@@ -23,7 +35,15 @@ fn wit_world(bytes: &[u8]) -> Result<String, String> {
     let mut printer = wit_component::WitPrinter::default();
     printer.emit_docs(false);
     printer.print(&resolve, package, &[]).map_err(|e| format!("{e:#}"))?;
-    Ok(printer.output.to_string())
+    let names = |items: &wit_parser::IndexMap<wit_parser::WorldKey, wit_parser::WorldItem>| -> Vec<String> {
+        items
+            .iter()
+            .filter(|(_, item)| !matches!(item, wit_parser::WorldItem::Type { .. }))
+            .map(|(key, _)| resolve.name_world_key(key))
+            .collect()
+    };
+    let w = &resolve.worlds[world];
+    Ok(Decoded { wit: printer.output.to_string(), imports: names(&w.imports), exports: names(&w.exports) })
 }
 
 pub(crate) async fn execute(args: InspectArgs, state_dir: &std::path::Path, out: &Output) -> Result<u8, CliError> {
@@ -32,13 +52,15 @@ pub(crate) async fn execute(args: InspectArgs, state_dir: &std::path::Path, out:
     if let Err(kind) = crate::sandbox::check_component_header(&bytes) {
         return Err(CliError::invalid(format!("{origin}: {kind}")));
     }
-    let wit = wit_world(&bytes).map_err(|e| CliError::invalid(format!("{origin}: cannot decode its WIT world: {e}")))?;
+    let decoded = decode(&bytes).map_err(|e| CliError::invalid(format!("{origin}: cannot decode its WIT world: {e}")))?;
     let sandbox = new_sandbox(state_dir)?;
 
-    // A component that is not a usable step is still shown, then reported.
+    // Any valid component is shown; one that is not a usable step is shown
+    // with the reason, which is what an author came to find out.
     let (step, problem) = match sandbox.load_bytes(&origin, &bytes) {
         Ok(c) => (Some(c), None),
-        Err(e) => (None, Some(e)),
+        Err(e) if e.kind.is_not_a_step() => (None, Some(e)),
+        Err(e) => return Err(CliError::invalid(e.to_string())),
     };
     let info: Option<ComponentInfo> = match &step {
         Some(c) => sandbox.describe(c).await.map_err(|f| CliError {
@@ -55,10 +77,10 @@ pub(crate) async fn execute(args: InspectArgs, state_dir: &std::path::Path, out:
             "sha256": sha256_hex(&bytes),
             "step": problem.is_none(),
             "problem": problem.as_ref().map(|p| p.kind.to_string()),
-            "imports": step.as_ref().map(|c| c.imports().to_vec()),
-            "exports": step.as_ref().map(|c| c.exports().to_vec()),
+            "imports": decoded.imports,
+            "exports": decoded.exports,
             "describe": info,
-            "wit": wit,
+            "wit": decoded.wit,
         });
         println!("{}", serde_json::to_string_pretty(&doc).expect("a Value always serializes"));
     } else {
@@ -69,13 +91,17 @@ pub(crate) async fn execute(args: InspectArgs, state_dir: &std::path::Path, out:
             (Some(c), _) => {
                 let describe = if c.has_describe() { "run, describe" } else { "run" };
                 println!("  step:    yes (exports {describe})");
-                println!("  imports:");
-                for name in c.imports() {
-                    println!("    {name}");
-                }
             }
             (None, Some(p)) => println!("  step:    no: {}", p.kind),
             (None, None) => unreachable!("either loaded or failed"),
+        }
+        println!("  imports:");
+        for name in &decoded.imports {
+            println!("    {name}");
+        }
+        println!("  exports:");
+        for name in &decoded.exports {
+            println!("    {name}");
         }
         if let Some(info) = &info {
             println!("  name:    {} {}", info.name, info.version);
@@ -90,12 +116,14 @@ pub(crate) async fn execute(args: InspectArgs, state_dir: &std::path::Path, out:
             }
         }
         println!("\nWIT world:\n");
-        for line in wit.lines() {
+        for line in decoded.wit.lines() {
             println!("  {line}");
         }
     }
-    match problem {
-        Some(p) => Err(CliError::invalid(p.to_string())),
-        None => Ok(exit::OK),
+    if let Some(p) = problem
+        && !out.quiet
+    {
+        say!("note: {origin} is not a sandflow step ({}), so `sandflow call` and `run` refuse it", p.kind.reason());
     }
+    Ok(exit::OK)
 }

@@ -5,9 +5,9 @@
 mod call;
 mod display;
 mod graph;
-mod inspect;
+pub(crate) mod inspect;
 mod render;
-mod run;
+pub(crate) mod run;
 mod runs;
 mod test_cmd;
 mod validate;

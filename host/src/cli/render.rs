@@ -53,7 +53,7 @@ pub(crate) fn error_line(out: &Output, message: &str) {
 }
 
 /// The step's captured log, one line per entry.
-pub(crate) fn step_log(out: &Output, run_id: &str, step: &str, log: &StepLog, max_log: usize) {
+pub(crate) fn step_log(out: &Output, run_id: &str, step: &str, log: &StepLog, max_log: u64) {
     if out.json {
         for line in &log.lines {
             event("log", json!({ "run_id": run_id, "step": step, "source": line.source, "text": line.text }));
@@ -73,7 +73,7 @@ pub(crate) fn step_log(out: &Output, run_id: &str, step: &str, log: &StepLog, ma
         say!(
             "  note | {} more bytes of log were dropped (the log cap is {})",
             log.dropped_bytes,
-            crate::units::format_size(max_log as u64)
+            crate::units::format_size(max_log)
         );
     }
 }

@@ -156,7 +156,10 @@ pub(crate) async fn resume(args: ResumeArgs, state_dir: &Path, out: &Output) -> 
     let store = open_store(state_dir)?;
     let record = store.run(&args.id).map_err(store_error)?;
     if record.status == RunState::Completed.as_str() {
-        if !out.quiet {
+        if out.json {
+            // `--json` stderr is JSON lines only.
+            super::render::event("run_already_completed", serde_json::json!({ "run_id": record.id }));
+        } else if !out.quiet {
             say!("run {} already completed; its output:", record.id);
         }
         println!("{}", serde_json::to_string_pretty(&record.output.unwrap_or_default()).expect("a Value always serializes"));
@@ -174,7 +177,17 @@ pub(crate) async fn resume(args: ResumeArgs, state_dir: &Path, out: &Output) -> 
     let secrets = run::read_secrets(args.secrets_file.as_deref())?;
     check_input(&prepared.plan.workflow, &record.input).map_err(CliError::invalid)?;
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
-    let restored = store.succeeded_outputs(&record.id).map_err(store_error)?;
+    // Outputs were recorded with secrets masked: put the current values
+    // back, or run again a step whose output cannot be rebuilt exactly.
+    let restored = store
+        .succeeded_outputs(&record.id)
+        .map_err(store_error)?
+        .into_iter()
+        .filter_map(|(step, recorded)| match &recorded.secrets {
+            None => Some((step, recorded.output)),
+            Some(spans) => crate::exec::unmask(&recorded.output, spans, &secrets).map(|v| (step, v)),
+        })
+        .collect();
     let attempt = store.resume_run(&record.id).map_err(store_error)?;
     let redactor = Redactor::new(&secrets);
     let options = RunOptions {

@@ -2,8 +2,8 @@
 //! `get_blob`. (`eval`, a nested run, lives with the scheduler.) A
 //! builtin's failure is a retryable `component` failure.
 
-use crate::failure::StepFailure;
-use crate::sandbox::{HostServices, sha256_hex};
+use crate::failure::{FailureKind, StepFailure};
+use crate::sandbox::{HostError, HostServices, sha256_hex};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 
@@ -35,7 +35,10 @@ pub fn canonical_json(v: &Value) -> String {
 pub fn put_blob(input: &Value, services: &dyn HostServices) -> Result<Value, StepFailure> {
     let text = canonical_json(field(input, "data", "put_blob")?);
     let id = sha256_hex(text.as_bytes());
-    services.blob_put(&id, text.as_bytes()).map_err(fail)?;
+    services.blob_put(&id, text.as_bytes()).map_err(|e| match e {
+        HostError::Quota(q) => StepFailure::new(FailureKind::Quota, q.to_string()),
+        HostError::Failed(m) => fail(m),
+    })?;
     Ok(json!({ "blob_id": id }))
 }
 

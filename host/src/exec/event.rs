@@ -101,6 +101,10 @@ pub enum Event {
         reason: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         output: Option<Value>,
+        /// Where secrets were masked in `output` (set by the masking sink),
+        /// so a resume can put them back.
+        #[serde(skip)]
+        output_secrets: Option<super::redact::SecretSpans>,
         #[serde(skip)]
         log: StepLog,
     },

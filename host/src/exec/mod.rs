@@ -29,11 +29,11 @@ mod redact;
 pub use builtin::canonical_json;
 pub use event::{Event, EventSink, RunState, SinkError, StepState};
 pub use prepare::{MAX_NESTING, Prepared, PreparedComponent, load, prepare};
-pub use redact::Redactor;
+pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
 
 use crate::expr::{EvalError, Scope};
 use crate::failure::{FailureKind, StepFailure};
-use crate::sandbox::{CancellationToken, HostServices, Limits, MemoryServices, Sandbox, StepLog, StepRequest};
+use crate::sandbox::{CancellationToken, HostServices, Limits, MemoryServices, Quota, RunMeter, Sandbox, StepLog, StepRequest};
 use crate::units::format_duration;
 use crate::workflow::{Builtin, ErrorAction, StepDecl, Target, Workflow};
 use serde_json::{Map, Value};
@@ -197,7 +197,8 @@ enum Stop {
 struct Ctx {
     sandbox: Arc<Sandbox>,
     prepared: Arc<Prepared>,
-    services: Arc<dyn HostServices>,
+    /// The run's state and blobs, counted against the run's quotas.
+    services: Arc<RunMeter>,
     secrets: Arc<BTreeMap<String, String>>,
     run_id: String,
     depth: usize,
@@ -224,10 +225,11 @@ impl Executor {
         } else {
             Arc::new(redact::RedactingSink { inner: self.sink.clone(), redactor: redactor.clone() })
         };
+        let run_quota = prepared.plan.workflow.quota.resolve(Quota::RUN);
         let ctx = Arc::new(Ctx {
             sandbox: self.sandbox.clone(),
             prepared: prepared.clone(),
-            services: options.services.clone(),
+            services: Arc::new(RunMeter::new(options.services.clone(), run_quota)),
             secrets: Arc::new(options.secrets.clone()),
             run_id: options.run_id.clone(),
             depth: 0,
@@ -464,7 +466,9 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     sink.emit(&Event::RunFinished { run_id: run_id.clone(), state, duration: started.elapsed(), output: output.clone(), error: error.clone() });
     // The end itself could not be recorded: the run's result stands, but
     // its record says `running` (a resume finishes it), so the run fails.
-    let unrecorded = sink.barrier().err().map(|e| unrecorded_message(&e, &run_id));
+    // (A record lost earlier is already the run's error.)
+    let end = sink.barrier();
+    let unrecorded = end.err().filter(|_| stop != Some(Stop::Unrecorded)).map(|e| unrecorded_message(&e, &run_id));
     if let Some(message) = &unrecorded {
         state = RunState::Failed;
         error = Some(message.clone());
@@ -572,6 +576,7 @@ impl Book<'_> {
             error,
             reason,
             output,
+            output_secrets: None,
             log: end.map(|e| e.log.clone()).unwrap_or_default(),
         });
         self.reports[i] = Some(report);
@@ -747,7 +752,8 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx:
         let _ = tx.send(Msg::Started { step, attempt, item });
         let (result, fuel, log) = execute(ctx, step, &input, &settings, cancel).await;
         fuel_used += fuel;
-        let end = |result| StepEnd { result, attempts: attempt, fuel_used, duration: started.elapsed(), log };
+        // Only the last attempt's log is kept, and counted against the run's `log` quota.
+        let end = |result| StepEnd { result, attempts: attempt, fuel_used, duration: started.elapsed(), log: ctx.services.keep_log(log) };
         match result {
             Err(f) if f.retryable && attempt < policy.max_attempts.max(1) && !cancel.is_cancelled() => {
                 let delay = policy.delay_after(attempt);
@@ -776,6 +782,7 @@ async fn execute(ctx: &Ctx, step: usize, input: &Value, settings: &crate::workfl
                 fuel: settings.fuel.unwrap_or(d.fuel),
                 timeout: settings.timeout.unwrap_or(d.timeout),
                 memory: settings.memory.unwrap_or(d.memory),
+                quota: settings.quota.resolve(d.quota),
                 ..d
             };
             let request = StepRequest { input: input.clone(), config: c.config.clone(), limits, grants: c.grants(), services: ctx.services.clone() };

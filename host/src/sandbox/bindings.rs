@@ -7,6 +7,8 @@ wasmtime::component::bindgen!({
     world: "step",
     // Guests run on fibers so a deadline or a cancellation can stop them.
     exports: { default: async },
+    // Host imports may trap: a step over a quota is stopped in the call.
+    imports: { default: trappable },
 });
 
 pub use self::sandflow::step::types::Metadata;

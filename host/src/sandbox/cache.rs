@@ -6,10 +6,16 @@
 //! a temporary file renamed into place, so concurrent processes never see a
 //! half-written artifact.
 //!
+//! wasmtime checks an artifact's header and compatibility, not its code, so
+//! each file starts with a magic and the SHA-256 of the rest: a truncated
+//! or corrupted artifact (a bad disk, a bit flip, a partial copy) fails the
+//! check and is compiled again, never mapped as code.
+//!
 //! Loading an artifact maps native code into the process: the cache
 //! directory must be as trusted as the sandflow binary (it lives under the
 //! state dir, which only the user writes).
 
+use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
@@ -36,15 +42,25 @@ impl ArtifactCache {
     /// The cached compiled component, if there is a usable one.
     pub(crate) fn load(&self, engine: &Engine, sha256: &str) -> Option<Component> {
         let path = self.path_for(sha256);
-        if !path.exists() {
+        let file = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!("ignoring unreadable cached artifact {}: {e}", path.display());
+                return None;
+            }
+        };
+        let Some(code) = checked(&file) else {
+            tracing::warn!("ignoring corrupt cached artifact {} (its checksum does not match); compiling again", path.display());
             return None;
-        }
-        // SAFETY: the file was written by `store` below from
-        // `Component::serialize` for an engine with the same compatibility
-        // hash, under a state dir only the user can write (see module docs).
-        // wasmtime validates the header and rejects incompatible artifacts.
+        };
+        // SAFETY: the bytes are exactly what `store` below wrote from
+        // `Component::serialize` (their SHA-256 matches), for an engine with
+        // the same compatibility hash, under a state dir only the user can
+        // write (see module docs). wasmtime also validates the header and
+        // rejects incompatible artifacts.
         #[allow(unsafe_code)]
-        let loaded = unsafe { Component::deserialize_file(engine, &path) };
+        let loaded = unsafe { Component::deserialize(engine, code) };
         match loaded {
             Ok(c) => Some(c),
             Err(e) => {
@@ -63,14 +79,30 @@ impl ArtifactCache {
     }
 
     fn try_store(&self, sha256: &str, component: &Component) -> Result<(), Box<dyn std::error::Error>> {
-        let bytes = component.serialize().map_err(|e| e.to_string())?;
+        let code = component.serialize().map_err(|e| e.to_string())?;
+        let mut file = Vec::with_capacity(HEADER + code.len());
+        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&Sha256::digest(&code));
+        file.extend_from_slice(&code);
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path_for(sha256);
         let tmp = tmp_path(&path);
-        std::fs::write(&tmp, &bytes)?;
+        std::fs::write(&tmp, &file)?;
         std::fs::rename(&tmp, &path)?;
         Ok(())
     }
+}
+
+/// The first bytes of every artifact this build writes.
+const MAGIC: &[u8; 8] = b"sfcwasm1";
+/// The magic, then the SHA-256 of the code.
+const HEADER: usize = MAGIC.len() + 32;
+
+/// The code of an artifact file whose checksum matches.
+fn checked(file: &[u8]) -> Option<&[u8]> {
+    let rest = file.strip_prefix(MAGIC)?;
+    let (digest, code) = rest.split_at_checked(32)?;
+    (Sha256::digest(code).as_slice() == digest).then_some(code)
 }
 
 fn tmp_path(path: &Path) -> PathBuf {

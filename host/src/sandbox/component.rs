@@ -87,10 +87,12 @@ pub enum LoadErrorKind {
     CoreModule,
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
+    /// It does not export `run`; also lists the imports sandflow does not link.
     #[error(
-        "not a sandflow step: it does not export `run` (expected the world {STEP_WORLD}, see wit/step.wit)"
+        "not a sandflow step: it does not export `run` (expected the world {STEP_WORLD}, see wit/step.wit){}",
+        also_imports(.0)
     )]
-    NotAStep,
+    NotAStep(Vec<String>),
     #[error("not a sandflow step: {0} (expected the world {STEP_WORLD}, see wit/step.wit)")]
     WrongWorld(String),
     /// Imports that are neither linked nor granted. A step failure of kind
@@ -106,6 +108,32 @@ impl LoadErrorKind {
     pub fn is_ungranted(&self) -> bool {
         matches!(self, LoadErrorKind::UngrantedImports(_))
     }
+
+    /// Whether the file is a valid component that is not a sandflow step:
+    /// another world, missing `run`, or imports sandflow does not link.
+    pub fn is_not_a_step(&self) -> bool {
+        matches!(self, LoadErrorKind::UngrantedImports(_) | LoadErrorKind::NotAStep(_) | LoadErrorKind::WrongWorld(_))
+    }
+
+    /// The short reason a component is not a step, for a one-line note.
+    pub fn reason(&self) -> String {
+        match self {
+            LoadErrorKind::UngrantedImports(imports) => {
+                let names: Vec<String> = imports.iter().map(|n| format!("`{n}`")).collect();
+                format!("it imports {}", names.join(", "))
+            }
+            LoadErrorKind::NotAStep(imports) => format!("it does not export `run`{}", also_imports(imports)),
+            other => other.to_string(),
+        }
+    }
+}
+
+fn also_imports(imports: &[String]) -> String {
+    if imports.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = imports.iter().map(|n| format!("`{n}`")).collect();
+    format!("; it also imports {}, which sandflow does not provide", names.join(", "))
 }
 
 fn ungranted_message(imports: &[String]) -> String {

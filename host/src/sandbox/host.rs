@@ -5,6 +5,7 @@
 
 use super::bindings::sandflow::step::{blobs, config, log, state, types};
 use super::log::{LogSink, LogSource};
+use super::quota::{AttemptMeter, QuotaExceeded};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,11 +25,26 @@ pub trait HostServices: Send + Sync {
     /// The JSON text stored under `key`.
     fn state_get(&self, key: &str) -> Option<String>;
     /// Stores JSON text (already checked to be valid JSON) under `key`.
-    fn state_set(&self, key: &str, json: &str) -> Result<(), String>;
+    fn state_set(&self, key: &str, json: &str) -> Result<(), HostError>;
     /// Stores `data` under `id` (its hex SHA-256, computed by the caller).
-    fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), String>;
+    fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError>;
     /// The bytes stored under `id`.
     fn blob_get(&self, id: &str) -> Option<Vec<u8>>;
+    /// How many state keys there are and their bytes (keys and values):
+    /// what a run's state quota starts from.
+    fn state_usage(&self) -> (u64, u64);
+}
+
+/// Why state or a blob was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// Over a quota: the step fails with kind `quota`.
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
+    /// The host could not store it (e.g. the run store failed); the guest
+    /// gets this message as the import's error.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// State and blobs in memory, for one process. Used by `sandflow call` and tests.
@@ -49,16 +65,20 @@ impl HostServices for MemoryServices {
     fn state_get(&self, key: &str) -> Option<String> {
         crate::lock(&self.state).get(key).cloned()
     }
-    fn state_set(&self, key: &str, json: &str) -> Result<(), String> {
+    fn state_set(&self, key: &str, json: &str) -> Result<(), HostError> {
         crate::lock(&self.state).insert(key.to_string(), json.to_string());
         Ok(())
     }
-    fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), String> {
+    fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError> {
         crate::lock(&self.blobs).entry(id.to_string()).or_insert_with(|| data.to_vec());
         Ok(())
     }
     fn blob_get(&self, id: &str) -> Option<Vec<u8>> {
         crate::lock(&self.blobs).get(id).cloned()
+    }
+    fn state_usage(&self) -> (u64, u64) {
+        let state = crate::lock(&self.state);
+        (state.len() as u64, state.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())
     }
 }
 
@@ -80,6 +100,8 @@ pub(crate) struct StepState {
     pub(crate) log: LogSink,
     pub(crate) config_json: Arc<str>,
     pub(crate) services: Arc<dyn HostServices>,
+    /// This attempt's use of its quota.
+    pub(crate) meter: AttemptMeter,
 }
 
 impl WasiView for StepState {
@@ -115,8 +137,12 @@ impl wasmtime::ResourceLimiter for MemoryCap {
 
 impl types::Host for StepState {}
 
+// Every import is trappable: going over a quota returns a `QuotaExceeded`
+// error, which ends the call (kind `quota`) whether or not the guest would
+// have looked at an error result.
+
 impl log::Host for StepState {
-    fn log(&mut self, level: log::Level, message: String) {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         let source = match level {
             log::Level::Trace => LogSource::Trace,
             log::Level::Debug => LogSource::Debug,
@@ -125,51 +151,62 @@ impl log::Host for StepState {
             log::Level::Error => LogSource::Error,
         };
         self.log.line(source, &message);
+        Ok(())
+    }
+}
+
+/// A store's answer to the guest: a quota trap, or a result it sees.
+fn to_guest(result: Result<(), HostError>) -> wasmtime::Result<Result<(), String>> {
+    match result {
+        Ok(()) => Ok(Ok(())),
+        Err(HostError::Quota(q)) => Err(q.into()),
+        Err(HostError::Failed(message)) => Ok(Err(message)),
     }
 }
 
 impl state::Host for StepState {
-    fn get(&mut self, key: String) -> Option<String> {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
         if key.len() > MAX_STATE_KEY {
-            return None;
+            return Ok(None);
         }
-        self.services.state_get(&key)
+        Ok(self.services.state_get(&key))
     }
 
-    fn set(&mut self, key: String, value: String) -> Result<(), String> {
+    fn set(&mut self, key: String, value: String) -> wasmtime::Result<Result<(), String>> {
         if key.len() > MAX_STATE_KEY {
-            return Err(format!("state key is {} bytes; the limit is {MAX_STATE_KEY}", key.len()));
+            return Ok(Err(format!("state key is {} bytes; the limit is {MAX_STATE_KEY}", key.len())));
         }
         if value.len() > MAX_STATE_VALUE {
-            return Err(format!(
+            return Ok(Err(format!(
                 "state value for `{key}` is {} bytes; the limit is {MAX_STATE_VALUE}",
                 value.len()
-            ));
+            )));
         }
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&value) {
-            return Err(format!("state value for `{key}` is not valid JSON: {e}"));
+            return Ok(Err(format!("state value for `{key}` is not valid JSON: {e}")));
         }
-        self.services.state_set(&key, &value)
+        self.meter.set_state(&key, value.len())?;
+        to_guest(self.services.state_set(&key, &value))
     }
 }
 
 impl blobs::Host for StepState {
-    fn put(&mut self, data: Vec<u8>) -> Result<String, String> {
+    fn put(&mut self, data: Vec<u8>) -> wasmtime::Result<Result<String, String>> {
         if data.len() > MAX_BLOB {
-            return Err(format!("blob is {} bytes; the limit is {MAX_BLOB}", data.len()));
+            return Ok(Err(format!("blob is {} bytes; the limit is {MAX_BLOB}", data.len())));
         }
         let id = sha256_hex(&data);
-        self.services.blob_put(&id, &data)?;
-        Ok(id)
+        self.meter.put_blob(&id, data.len())?;
+        Ok(to_guest(self.services.blob_put(&id, &data))?.map(|()| id))
     }
 
-    fn get(&mut self, id: String) -> Option<Vec<u8>> {
-        self.services.blob_get(&id)
+    fn get(&mut self, id: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.services.blob_get(&id))
     }
 }
 
 impl config::Host for StepState {
-    fn get(&mut self) -> String {
-        self.config_json.to_string()
+    fn get(&mut self) -> wasmtime::Result<String> {
+        Ok(self.config_json.to_string())
     }
 }

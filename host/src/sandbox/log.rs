@@ -1,7 +1,8 @@
 //! The step log: the guest's stdout, stderr and `log` lines, in the order
-//! they were written, up to a byte cap. Past the cap, bytes are dropped and
-//! counted, and the guest never notices: a flood cannot fail a step or
-//! exhaust the host.
+//! they were written, up to the `log` quota: its bytes (each line counts a
+//! newline) and one line per 16 of them. Past either, bytes are dropped and
+//! counted, and the guest never notices: a flood, even of empty lines,
+//! cannot fail a step or exhaust the host.
 
 use serde::{Deserialize, Serialize};
 use std::pin::Pin;
@@ -84,16 +85,22 @@ struct SinkState {
     log: StepLog,
     cap: usize,
     used: usize,
+    max_lines: usize,
     /// Bytes of an unfinished stdout / stderr line.
     partial: [Vec<u8>; 2],
 }
 
 impl LogSink {
-    pub(crate) fn new(cap: usize) -> Self {
+    pub(crate) fn new(quota: &super::Quota) -> Self {
+        Self::with_caps(usize::try_from(quota.log).unwrap_or(usize::MAX), usize::try_from(quota.log_lines()).unwrap_or(usize::MAX))
+    }
+
+    fn with_caps(cap: usize, max_lines: usize) -> Self {
         LogSink(Arc::new(Mutex::new(SinkState {
             log: StepLog::default(),
             cap,
             used: 0,
+            max_lines,
             partial: [Vec::new(), Vec::new()],
         })))
     }
@@ -107,12 +114,12 @@ impl LogSink {
     /// Appends a whole line from the `log` import.
     pub(crate) fn line(&self, source: LogSource, text: &str) {
         let mut s = self.lock();
-        let room = s.cap - s.used;
-        if text.len() > room {
-            s.log.dropped_bytes += text.len() as u64;
+        let cost = text.len() + 1;
+        if cost > s.cap - s.used || s.log.lines.len() >= s.max_lines {
+            s.log.dropped_bytes += cost as u64;
             return;
         }
-        s.used += text.len();
+        s.used += cost;
         s.log.lines.push(LogLine { source, text: text.to_string() });
     }
 
@@ -128,7 +135,11 @@ impl LogSink {
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             let mut line = std::mem::take(&mut s.partial[idx]);
             line.extend_from_slice(&rest[..nl]);
-            s.log.lines.push(LogLine { source: stream.source(), text: lossy(line) });
+            if s.log.lines.len() < s.max_lines {
+                s.log.lines.push(LogLine { source: stream.source(), text: lossy(line) });
+            } else {
+                s.log.dropped_bytes += line.len() as u64 + 1;
+            }
             rest = &rest[nl + 1..];
         }
         s.partial[idx].extend_from_slice(rest);
@@ -234,7 +245,7 @@ mod tests {
 
     #[test]
     fn lines_are_split_across_writes_and_interleaved_in_order() {
-        let sink = LogSink::new(1024);
+        let sink = LogSink::with_caps(1024, 64);
         sink.write(Stream::Stdout, b"hel");
         sink.line(LogSource::Info, "from log");
         sink.write(Stream::Stdout, b"lo\nwor");
@@ -255,26 +266,38 @@ mod tests {
 
     #[test]
     fn crash_hint_is_the_rust_panic_message() {
-        let sink = LogSink::new(1024);
+        let sink = LogSink::with_caps(1024, 64);
         sink.write(Stream::Stdout, b"working\n");
         sink.write(
             Stream::Stderr,
             b"\nthread '<unnamed>' panicked at src/lib.rs:13:9:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
         );
         assert_eq!(sink.finish().crash_hint().as_deref(), Some("panicked at src/lib.rs:13:9: boom"));
-        let plain = LogSink::new(1024);
+        let plain = LogSink::with_caps(1024, 64);
         plain.write(Stream::Stderr, b"fatal: out of widgets\n");
         assert_eq!(plain.finish().crash_hint().as_deref(), Some("fatal: out of widgets"));
-        assert_eq!(LogSink::new(1024).finish().crash_hint(), None);
+        assert_eq!(LogSink::with_caps(1024, 64).finish().crash_hint(), None);
     }
 
     #[test]
     fn bytes_past_the_cap_are_dropped_and_counted() {
-        let sink = LogSink::new(10);
+        let sink = LogSink::with_caps(10, 64);
         sink.write(Stream::Stdout, b"0123456789abcdef\n");
         sink.line(LogSource::Warn, "more");
         let log = sink.finish();
         assert_eq!(log.lines, [LogLine { source: LogSource::Stdout, text: "0123456789".into() }]);
-        assert_eq!(log.dropped_bytes, 7 + 4);
+        assert_eq!(log.dropped_bytes, 7 + 5);
+    }
+
+    #[test]
+    fn a_flood_of_empty_lines_keeps_at_most_the_line_cap() {
+        let sink = LogSink::with_caps(1 << 20, 100);
+        for _ in 0..10_000 {
+            sink.line(LogSource::Info, "");
+        }
+        sink.write(Stream::Stdout, &[b'\n'; 1000]);
+        let log = sink.finish();
+        assert_eq!(log.lines.len(), 100);
+        assert_eq!(log.dropped_bytes, 9_900 + 1000);
     }
 }

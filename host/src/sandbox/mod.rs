@@ -24,8 +24,11 @@
 //!   after a refused growth is kind `memory`;
 //! - **output**: at most [`Limits::max_output`] bytes of valid JSON, else kind
 //!   `output`;
-//! - **log**: stdout, stderr and `log` lines share [`Limits::max_log`] bytes;
-//!   the rest is dropped and counted, never an error;
+//! - **log**: stdout, stderr and `log` lines share the `log` quota
+//!   ([`Quota::log`]); the rest is dropped and counted, never an error;
+//! - **quotas**: blobs, state and host handles are counted per attempt
+//!   ([`Limits::quota`]) and, through a [`RunMeter`], per run; past one the
+//!   call traps and the step fails with kind `quota`;
 //! - **WASI**: clocks and random; no environment variables, no preopened
 //!   directories, empty stdin, no network, unless [`Grants`] says otherwise.
 //!
@@ -38,10 +41,12 @@ mod component;
 mod engine;
 mod host;
 mod log;
+mod quota;
 
 pub use self::component::{LoadError, LoadErrorKind, STEP_WORLD, StepComponent, check_header as check_component_header};
 pub use self::engine::{AllocatorChoice, AllocatorKind, EPOCH_TICK, MAX_WASM_STACK};
-pub use self::host::{HostServices, MAX_BLOB, MAX_STATE_KEY, MAX_STATE_VALUE, MemoryServices, sha256_hex};
+pub use self::host::{HostError, HostServices, MAX_BLOB, MAX_STATE_KEY, MAX_STATE_VALUE, MemoryServices, sha256_hex};
+pub use self::quota::{Quota, QuotaExceeded, QuotaKind, QuotaScope, RunMeter};
 pub use self::log::{LogLine, LogSource, StepLog};
 pub use tokio_util::sync::CancellationToken;
 
@@ -50,6 +55,7 @@ use self::cache::ArtifactCache;
 use self::component::{check_header, origin_of, read_file, ungranted_imports};
 use self::engine::EpochTicker;
 use self::host::{MemoryCap, StepState};
+use self::quota::AttemptMeter;
 use self::log::{CapturedStream, LogSink, Stream};
 use crate::failure::{FailureKind, StepFailure};
 use crate::lock;
@@ -76,8 +82,9 @@ pub struct Limits {
     pub memory: u64,
     /// Most bytes of output JSON. Default 4 MiB.
     pub max_output: usize,
-    /// Most bytes of log (stdout, stderr and `log` lines). Default 1 MiB.
-    pub max_log: usize,
+    /// What the attempt may make the host hold: blobs, state, log, handles.
+    /// Default [`Quota::ATTEMPT`].
+    pub quota: Quota,
 }
 
 impl Default for Limits {
@@ -87,7 +94,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             memory: 128 << 20,
             max_output: 4 << 20,
-            max_log: 1 << 20,
+            quota: Quota::ATTEMPT,
         }
     }
 }
@@ -254,12 +261,14 @@ impl Sandbox {
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
         let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        // Not a step at all (another world) comes before a step asking
+        // for more than it may have (an `instantiate` failure of the step).
         let ungranted = ungranted_imports(&imports);
+        if component.get_export_index(None, "run").is_none() {
+            return Err(fail(LoadErrorKind::NotAStep(ungranted)));
+        }
         if !ungranted.is_empty() {
             return Err(fail(LoadErrorKind::UngrantedImports(ungranted)));
-        }
-        if component.get_export_index(None, "run").is_none() {
-            return Err(fail(LoadErrorKind::NotAStep));
         }
         let instance_pre = self
             .linker
@@ -314,7 +323,7 @@ impl Sandbox {
         };
         cell.get_or_init(|| async {
             let request = StepRequest { limits: describe_limits(), ..StepRequest::new(Value::Null) };
-            let sink = LogSink::new(request.limits.max_log);
+            let sink = LogSink::new(&request.limits.quota);
             let meta = match self.in_fresh_store(component, &request, &sink, &CancellationToken::new(), Call::Describe(export)).await.0 {
                 Ok(Returned::Describe(meta)) => meta,
                 Ok(Returned::Run(_)) => unreachable!("describe returns metadata"),
@@ -329,7 +338,7 @@ impl Sandbox {
     /// Runs one attempt of a step: a fresh instance, `run(input)`, checks.
     pub async fn run(&self, component: &StepComponent, request: StepRequest, cancel: &CancellationToken) -> StepOutcome {
         let started = Instant::now();
-        let sink = LogSink::new(request.limits.max_log);
+        let sink = LogSink::new(&request.limits.quota);
         let (result, fuel_used) = self.attempt(component, &request, &sink, cancel).await;
         StepOutcome { result, fuel_used, duration: started.elapsed(), log: sink.finish() }
     }
@@ -435,13 +444,16 @@ impl Sandbox {
                 )
             })?;
         }
+        let mut table = wasmtime::component::ResourceTable::new();
+        table.set_max_capacity(usize::try_from(request.limits.quota.handles).unwrap_or(usize::MAX));
         let state = StepState {
             wasi: wasi.build(),
-            table: Default::default(),
+            table,
             limiter: MemoryCap { cap: usize::try_from(request.limits.memory).unwrap_or(usize::MAX), denied: None },
             log: sink.clone(),
             config_json: request.config.to_string().into(),
             services: request.services.clone(),
+            meter: AttemptMeter::new(request.limits.quota),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -491,6 +503,13 @@ fn cancelled() -> StepFailure {
 
 /// Turns a wasmtime error into a typed step failure.
 fn classify(err: wasmtime::Error, instantiating: bool, state: &StepState, limits: &Limits, sink: &LogSink) -> StepFailure {
+    if let Some(q) = err.downcast_ref::<QuotaExceeded>() {
+        return StepFailure::new(FailureKind::Quota, q.to_string());
+    }
+    if let Some(wasmtime::component::ResourceTableError::Full) = err.downcast_ref() {
+        let q = QuotaExceeded { kind: QuotaKind::Handles, scope: QuotaScope::Attempt, limit: limits.quota.handles };
+        return StepFailure::new(FailureKind::Quota, q.to_string());
+    }
     if let Some(asked) = state.limiter.denied {
         return StepFailure::new(
             FailureKind::Memory,

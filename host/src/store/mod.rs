@@ -11,8 +11,8 @@
 //! killed (not the machine losing power). Several `sandflow` processes may
 //! share one state dir: writers wait for each other (busy timeout).
 
-use crate::exec::{Event, EventSink, SinkError};
-use crate::sandbox::{HostServices, LogLine};
+use crate::exec::{Event, EventSink, SecretSpans, SinkError};
+use crate::sandbox::{HostError, HostServices, LogLine};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value;
@@ -237,12 +237,12 @@ impl Store {
                 )?
                 .execute(params![run_id, step, attempt, item.map(|i| i as i64), now(), error.kind.as_str(), error.message])?;
             }
-            Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, log } => {
+            Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, output_secrets, log } => {
                 let run_attempt = self.attempt_of(conn, run_id);
                 let tx = conn;
                 tx.prepare_cached(
-                    "INSERT OR REPLACE INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    "INSERT OR REPLACE INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )?
                 .execute(params![
                         run_id,
@@ -257,6 +257,7 @@ impl Store {
                         reason,
                         output.as_ref().map(json_text),
                         run_attempt,
+                        output_secrets.as_ref().map(|s| serde_json::to_string(s).expect("spans serialize")),
                     ])?;
                 if *attempt > 0 {
                     tx.prepare_cached(
@@ -384,15 +385,23 @@ impl Store {
         Ok(out)
     }
 
-    /// The outputs of a run's succeeded steps: what a resume keeps.
-    pub fn succeeded_outputs(&self, id: &str) -> Result<BTreeMap<String, Value>, StoreError> {
+    /// The outputs of a run's succeeded steps, as recorded (secrets
+    /// masked, with where): what a resume keeps.
+    pub fn succeeded_outputs(&self, id: &str) -> Result<BTreeMap<String, RecordedOutput>, StoreError> {
         let conn = self.conn();
-        let mut q = conn.prepare("SELECT step, output FROM steps WHERE run_id = ?1 AND state = 'succeeded'")?;
-        let rows = q.query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?;
+        let mut q = conn.prepare("SELECT step, output, output_secrets FROM steps WHERE run_id = ?1 AND state = 'succeeded'")?;
+        let rows = q.query_map(params![id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<String>>(2)?))
+        })?;
         let mut out = BTreeMap::new();
         for row in rows {
-            let (step, output) = row?;
-            out.insert(step, parse_json(output).unwrap_or(Value::Null));
+            let (step, output, secrets) = row?;
+            let secrets = match secrets {
+                None => None,
+                // Spans this sandflow cannot read: treated as unrestorable.
+                Some(text) => Some(serde_json::from_str(&text).unwrap_or(SecretSpans { strings: Vec::new(), in_keys: true })),
+            };
+            out.insert(step, RecordedOutput { output: parse_json(output).unwrap_or(Value::Null), secrets });
         }
         Ok(out)
     }
@@ -427,6 +436,15 @@ fn migrate(conn: &Connection) -> Result<(), MigrateError> {
             Err(e)
         }
     }
+}
+
+/// A succeeded step's output as the store has it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedOutput {
+    /// With every secret value masked.
+    pub output: Value,
+    /// Where, if any secret was (see [`crate::exec::unmask`]).
+    pub secrets: Option<SecretSpans>,
 }
 
 /// What `begin_run` records.
@@ -592,20 +610,34 @@ impl HostServices for StoreServices {
             })
     }
 
-    fn state_set(&self, key: &str, json: &str) -> Result<(), String> {
+    fn state_set(&self, key: &str, json: &str) -> Result<(), HostError> {
         self.store
             .conn()
             .execute("INSERT OR REPLACE INTO state (run_id, key, value) VALUES (?1, ?2, ?3)", params![self.run_id, key, json])
             .map(drop)
-            .map_err(|e| format!("the run store could not save state `{key}`: {e}"))
+            .map_err(|e| HostError::Failed(format!("the run store could not save state `{key}`: {e}")))
     }
 
-    fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), String> {
+    fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError> {
         self.store
             .conn()
             .execute("INSERT OR IGNORE INTO blobs (id, data) VALUES (?1, ?2)", params![id, data])
             .map(drop)
-            .map_err(|e| format!("the run store could not save blob {id}: {e}"))
+            .map_err(|e| HostError::Failed(format!("the run store could not save blob {id}: {e}")))
+    }
+
+    fn state_usage(&self) -> (u64, u64) {
+        self.store
+            .conn()
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0) FROM state WHERE run_id = ?1",
+                params![self.run_id],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .unwrap_or_else(|e| {
+                tracing::error!("run store: reading the state's size: {e}");
+                (0, 0)
+            })
     }
 
     fn blob_get(&self, id: &str) -> Option<Vec<u8>> {

@@ -3,6 +3,7 @@
 
 use super::diagnostic::Location;
 use crate::expr::{CelExpr, Template};
+use crate::sandbox::{Quota, QuotaKind};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub struct Workflow {
     pub timeout: Option<Duration>,
     /// Most steps running at once.
     pub concurrency: Option<usize>,
+    /// The run's quotas (top-level `quota:`), over all its steps.
+    pub quota: QuotaSettings,
     pub components: BTreeMap<String, ComponentDecl>,
     pub steps: Vec<StepDecl>,
     /// How the run output is built; `None`: SPEC §2.6's default.
@@ -42,6 +45,8 @@ pub struct StepSettings {
     pub fuel: Option<u64>,
     pub memory: Option<u64>,
     pub retry: Option<RetryPolicy>,
+    /// Per-attempt quotas (`quota:`), key by key.
+    pub quota: QuotaSettings,
 }
 
 impl StepSettings {
@@ -52,7 +57,38 @@ impl StepSettings {
             fuel: self.fuel.or(defaults.fuel),
             memory: self.memory.or(defaults.memory),
             retry: self.retry.clone().or_else(|| defaults.retry.clone()),
+            quota: self.quota.or(&defaults.quota),
         }
+    }
+}
+
+/// `quota:` as written: the keys that are set. Per attempt under
+/// `defaults` or a step, per run at the top level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaSettings([Option<u64>; QuotaKind::ALL.len()]);
+
+impl QuotaSettings {
+    pub fn get(&self, kind: QuotaKind) -> Option<u64> {
+        self.0[kind as usize]
+    }
+
+    pub fn set(&mut self, kind: QuotaKind, value: u64) {
+        self.0[kind as usize] = Some(value);
+    }
+
+    /// `self`, with unset keys taken from `defaults`.
+    pub fn or(&self, defaults: &QuotaSettings) -> QuotaSettings {
+        QuotaSettings(std::array::from_fn(|i| self.0[i].or(defaults.0[i])))
+    }
+
+    /// `base` with the keys that are set here replaced.
+    pub fn resolve(&self, mut base: Quota) -> Quota {
+        for kind in QuotaKind::ALL {
+            if let Some(v) = self.get(kind) {
+                base.set(kind, v);
+            }
+        }
+        base
     }
 }
 

@@ -5,6 +5,7 @@ use super::diagnostic::{Diagnostic, Location, nearest};
 use super::model::*;
 use super::yaml::{location, node_location, scalar_value, to_json};
 use crate::expr::{self, Template};
+use crate::sandbox::QuotaKind;
 use crate::units::{parse_duration, parse_size};
 use marked_yaml::Node;
 use marked_yaml::types::MarkedMappingNode;
@@ -15,15 +16,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const WORKFLOW_KEYS: &[&str] =
-    &["name", "description", "input", "defaults", "timeout", "concurrency", "components", "steps", "output", "test"];
-const DEFAULTS_KEYS: &[&str] = &["timeout", "fuel", "memory", "retry"];
+    &["name", "description", "input", "defaults", "timeout", "concurrency", "quota", "components", "steps", "output", "test"];
+const DEFAULTS_KEYS: &[&str] = &["timeout", "fuel", "memory", "retry", "quota"];
 const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "delay", "max_delay"];
 const COMPONENT_KEYS: &[&str] = &["path", "sha256", "config", "grants"];
 const GRANTS_KEYS: &[&str] = &["env", "dirs"];
 const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
 const STEP_KEYS: &[&str] = &[
     "id", "component", "workflow", "input", "needs", "when", "skipIf", "forEach", "concurrency", "retry",
-    "timeout", "fuel", "memory", "on_error",
+    "timeout", "fuel", "memory", "quota", "on_error",
 ];
 const ON_ERROR_KEYS: &[&str] = &["action", "default_output"];
 const TEST_KEYS: &[&str] = &["cases"];
@@ -147,6 +148,7 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String) -> Option<Workf
         .unwrap_or_default();
     let timeout = get("timeout").and_then(|n| cx.duration(n, "`timeout`"));
     let concurrency = get("concurrency").and_then(|n| cx.uint(n, "`concurrency`", 1)).map(|n| n as usize);
+    let run_quota = get("quota").map(|n| quota(cx, n, true)).unwrap_or_default();
     let components = get("components").map(|n| components(cx, n)).unwrap_or_default();
     let steps = match get("steps") {
         Some(n) => steps(cx, n),
@@ -170,6 +172,7 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String) -> Option<Workf
         defaults,
         timeout,
         concurrency,
+        quota: run_quota,
         components,
         steps,
         output,
@@ -183,7 +186,34 @@ fn settings(cx: &mut Cx, map: &MarkedMappingNode) -> StepSettings {
         fuel: map.get_node("fuel").and_then(|n| cx.uint(n, "`fuel`", 1)),
         memory: map.get_node("memory").and_then(|n| cx.size(n, "`memory`")),
         retry: map.get_node("retry").and_then(|n| retry(cx, n)),
+        quota: map.get_node("quota").map(|n| quota(cx, n, false)).unwrap_or_default(),
     }
+}
+
+/// `quota: { blob_bytes: 64MiB, state_keys: 100, ... }`: per attempt, or
+/// (`per_run`) the whole run's at the top level.
+fn quota(cx: &mut Cx, node: &Node, per_run: bool) -> QuotaSettings {
+    let mut q = QuotaSettings::default();
+    let keys: Vec<&str> = QuotaKind::ALL.iter().map(|k| k.key()).collect();
+    let what = if per_run { "the run's `quota`" } else { "`quota`" };
+    let Some(map) = cx.mapping(node, what, &keys) else { return q };
+    for (key, value) in map.iter() {
+        let Some(kind) = QuotaKind::from_key(key.as_str()) else { continue };
+        if per_run && !kind.per_run() {
+            let at = location(&cx.file, key.span());
+            cx.diags.push(
+                Diagnostic::new(&at, format!("`{}` is a quota per attempt, not per run", kind.key()))
+                    .with_hint("set it under `defaults.quota` or on a step"),
+            );
+            continue;
+        }
+        let name = format!("`quota.{}`", kind.key());
+        let v = if kind.is_size() { cx.size(value, &name) } else { cx.uint(value, &name, 0) };
+        if let Some(v) = v {
+            q.set(kind, v);
+        }
+    }
+    q
 }
 
 fn retry(cx: &mut Cx, node: &Node) -> Option<RetryPolicy> {
