@@ -182,18 +182,46 @@ impl QuotaExceeded {
     }
 }
 
+/// Distinct blobs put, and their bytes: the same tally per attempt and per run.
+#[derive(Default)]
+struct BlobTally {
+    bytes: u64,
+    ids: HashSet<String>,
+}
+
+impl BlobTally {
+    /// Whether blob `id` of `len` bytes fits under `quota`, and is new; a
+    /// blob already counted always fits (content-addressed: nothing more is held).
+    fn admit(&self, id: &str, len: usize, quota: &Quota) -> Result<bool, QuotaKind> {
+        if self.ids.contains(id) {
+            return Ok(false);
+        }
+        if self.ids.len() as u64 >= quota.blobs {
+            return Err(QuotaKind::Blobs);
+        }
+        if self.bytes + len as u64 > quota.blob_bytes {
+            return Err(QuotaKind::BlobBytes);
+        }
+        Ok(true)
+    }
+
+    fn add(&mut self, id: &str, len: usize) {
+        self.bytes += len as u64;
+        self.ids.insert(id.to_string());
+    }
+}
+
 /// One attempt's use of its quota, kept in the attempt's store.
 pub(crate) struct AttemptMeter {
     quota: Quota,
-    blob_bytes: u64,
-    blob_ids: HashSet<String>,
+    blobs: BlobTally,
     state_bytes: u64,
     state_keys: HashSet<String>,
 }
 
 impl AttemptMeter {
     pub(crate) fn new(quota: Quota) -> Self {
-        AttemptMeter { quota, blob_bytes: 0, blob_ids: HashSet::new(), state_bytes: 0, state_keys: HashSet::new() }
+        AttemptMeter { quota, blobs: BlobTally::default(), state_bytes: 0, state_keys: HashSet::new() }
     }
 
     fn over(&self, kind: QuotaKind) -> QuotaExceeded {
@@ -202,18 +230,9 @@ impl AttemptMeter {
 
     /// Counts a blob put; a blob this attempt already put is free.
     pub(crate) fn put_blob(&mut self, id: &str, len: usize) -> Result<(), QuotaExceeded> {
-        if self.blob_ids.contains(id) {
-            return Ok(());
+        if self.blobs.admit(id, len, &self.quota).map_err(|k| self.over(k))? {
+            self.blobs.add(id, len);
         }
-        if self.blob_ids.len() as u64 >= self.quota.blobs {
-            return Err(self.over(QuotaKind::Blobs));
-        }
-        let bytes = self.blob_bytes + len as u64;
-        if bytes > self.quota.blob_bytes {
-            return Err(self.over(QuotaKind::BlobBytes));
-        }
-        self.blob_bytes = bytes;
-        self.blob_ids.insert(id.to_string());
         Ok(())
     }
 
@@ -243,8 +262,7 @@ pub struct RunMeter {
 
 #[derive(Default)]
 struct RunUsage {
-    blob_bytes: u64,
-    blob_ids: HashSet<String>,
+    blobs: BlobTally,
     /// Keys and bytes of the run's state held now, read from the services
     /// on first use (a resumed run starts with what it had).
     state: Option<(u64, u64)>,
@@ -307,19 +325,10 @@ impl HostServices for RunMeter {
 
     fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError> {
         let mut used = crate::lock(&self.used);
-        let new = !used.blob_ids.contains(id);
-        if new {
-            if used.blob_ids.len() as u64 >= self.quota.blobs {
-                return Err(self.over(QuotaKind::Blobs));
-            }
-            if used.blob_bytes + data.len() as u64 > self.quota.blob_bytes {
-                return Err(self.over(QuotaKind::BlobBytes));
-            }
-        }
+        let new = used.blobs.admit(id, data.len(), &self.quota).map_err(|k| self.over(k))?;
         self.inner.blob_put(id, data)?;
         if new {
-            used.blob_bytes += data.len() as u64;
-            used.blob_ids.insert(id.to_string());
+            used.blobs.add(id, data.len());
         }
         Ok(())
     }

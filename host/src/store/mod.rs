@@ -396,10 +396,14 @@ impl Store {
         let mut out = BTreeMap::new();
         for row in rows {
             let (step, output, secrets) = row?;
-            let secrets = match secrets {
+            let secrets = match secrets.map(|text| serde_json::from_str::<SecretSpans>(&text)) {
                 None => None,
-                // Spans this sandflow cannot read: treated as unrestorable.
-                Some(text) => Some(serde_json::from_str(&text).unwrap_or(SecretSpans { strings: Vec::new(), in_keys: true })),
+                Some(Ok(spans)) => Some(spans),
+                // Its masked output cannot be rebuilt: the step runs again.
+                Some(Err(e)) => {
+                    tracing::warn!("run {id}: step `{step}`: unreadable record of masked secrets ({e}); it will run again");
+                    continue;
+                }
             };
             out.insert(step, RecordedOutput { output: parse_json(output).unwrap_or(Value::Null), secrets });
         }
