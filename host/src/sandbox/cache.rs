@@ -7,15 +7,16 @@
 //! half-written artifact.
 //!
 //! wasmtime checks an artifact's header and compatibility, not its code, so
-//! each file starts with a magic and the SHA-256 of the rest: a truncated
-//! or corrupted artifact (a bad disk, a bit flip, a partial copy) fails the
-//! check and is compiled again, never mapped as code.
+//! each file starts with a magic, the code's length and its CRC-32: a
+//! truncated or corrupted artifact (a bad disk, a bit flip, a partial copy)
+//! fails the check and is compiled again, never mapped as code. (A checksum
+//! against accidents, not an attacker: whoever can write the state dir can
+//! write the binary too.)
 //!
 //! Loading an artifact maps native code into the process: the cache
 //! directory must be as trusted as the sandflow binary (it lives under the
 //! state dir, which only the user writes).
 
-use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
@@ -54,8 +55,8 @@ impl ArtifactCache {
             tracing::warn!("ignoring corrupt cached artifact {} (its checksum does not match); compiling again", path.display());
             return None;
         };
-        // SAFETY: the bytes are exactly what `store` below wrote from
-        // `Component::serialize` (their SHA-256 matches), for an engine with
+        // SAFETY: the bytes are what `store` below wrote from
+        // `Component::serialize` (length and CRC-32 match), for an engine with
         // the same compatibility hash, under a state dir only the user can
         // write (see module docs). wasmtime also validates the header and
         // rejects incompatible artifacts.
@@ -82,7 +83,8 @@ impl ArtifactCache {
         let code = component.serialize().map_err(|e| e.to_string())?;
         let mut file = Vec::with_capacity(HEADER + code.len());
         file.extend_from_slice(MAGIC);
-        file.extend_from_slice(&Sha256::digest(&code));
+        file.extend_from_slice(&(code.len() as u64).to_le_bytes());
+        file.extend_from_slice(&crc32fast::hash(&code).to_le_bytes());
         file.extend_from_slice(&code);
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path_for(sha256);
@@ -94,15 +96,17 @@ impl ArtifactCache {
 }
 
 /// The first bytes of every artifact this build writes.
-const MAGIC: &[u8; 8] = b"sfcwasm1";
-/// The magic, then the SHA-256 of the code.
-const HEADER: usize = MAGIC.len() + 32;
+const MAGIC: &[u8; 8] = b"sfcwasm2";
+/// The magic, the code's length (u64) and its CRC-32 (u32), little-endian.
+const HEADER: usize = MAGIC.len() + 8 + 4;
 
-/// The code of an artifact file whose checksum matches.
+/// The code of an artifact file whose length and checksum match.
 fn checked(file: &[u8]) -> Option<&[u8]> {
     let rest = file.strip_prefix(MAGIC)?;
-    let (digest, code) = rest.split_at_checked(32)?;
-    (Sha256::digest(code).as_slice() == digest).then_some(code)
+    let (len, rest) = rest.split_first_chunk::<8>()?;
+    let (crc, code) = rest.split_first_chunk::<4>()?;
+    let whole = u64::from_le_bytes(*len) == code.len() as u64;
+    (whole && u32::from_le_bytes(*crc) == crc32fast::hash(code)).then_some(code)
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
