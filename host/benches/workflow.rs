@@ -186,7 +186,8 @@ fn for_each() {
 }
 
 fn store_cost() {
-    use sandflow::store::{NewRun, Store, StoreServices, StoreSink};
+    use sandflow::runs::{Recorder, Settings};
+    use sandflow::store::{StoreUrl, open};
     let n = 2000;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
@@ -194,7 +195,8 @@ fn store_cost() {
     let file = dir.path().join("wide.yaml");
     std::fs::write(&file, workflow(n, false)).unwrap();
     let prepared = Arc::new(exec::load(&file, &sandbox).unwrap());
-    let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+    let store = runtime.block_on(open(&StoreUrl::default_for(&dir.path().join("state")))).unwrap();
+    let recorder = Recorder { store, runner: sandbox.clone() };
     let mut memory = Vec::new();
     let mut sqlite = Vec::new();
     for _ in 0..3 {
@@ -208,22 +210,10 @@ fn store_cost() {
         memory.push(t.elapsed());
         assert_eq!(report.state, RunState::Completed);
 
-        let options = RunOptions::default();
-        let input = serde_json::json!({});
         let t = Instant::now();
-        store
-            .begin_run(&NewRun { id: &options.run_id, workflow: "wide", file: &file, sha256: "-", input: &input })
+        let report = runtime
+            .block_on(recorder.start(prepared.clone(), &file, serde_json::json!({}), Settings::default(), Arc::new(NoEvents), CancellationToken::new()))
             .unwrap();
-        let options = RunOptions {
-            services: Arc::new(StoreServices { store: store.clone(), run_id: options.run_id.clone() }),
-            ..options
-        };
-        let report = runtime.block_on(Executor::new(sandbox.clone(), Arc::new(StoreSink::new(store.clone()))).run(
-            prepared.clone(),
-            input,
-            options,
-            CancellationToken::new(),
-        ));
         sqlite.push(t.elapsed());
         assert_eq!(report.state, RunState::Completed);
     }

@@ -4,6 +4,9 @@
 //! - [`sandbox`]: runs one step component once, in a fresh, isolated store
 //!   with a fuel budget, a deadline and a memory cap.
 //! - [`failure`]: the typed ways a step attempt fails.
+//! - [`exec`]: the scheduler, over a [`exec::StepRunner`].
+//! - [`store`]: the run store (SQLite or PostgreSQL).
+//! - [`runs`]: runs recorded in a store: start and resume.
 //! - [`cli`]: the `sandflow` command line, testable in-process.
 
 pub mod cli;
@@ -13,6 +16,7 @@ pub mod failure;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod plan;
+pub mod runs;
 pub mod sandbox;
 pub mod store;
 pub mod units;

@@ -1,8 +1,10 @@
 //! End-to-end tests: the real `sandflow` binary and library against the
 //! real components in `components/dist/`.
 
+mod backends;
 mod call;
 mod chaos;
+mod fake;
 mod fuzz;
 mod inspect;
 mod quota;

@@ -1,7 +1,7 @@
 //! The run store: history, resume after SIGKILL or failure, state that
 //! outlives a process, and a store that is unusable.
 
-use crate::support::{example, hostile, run, sandflow};
+use crate::support::{Backend, backends, example, hostile, run, sandflow};
 use serde_json::{Value, json};
 use std::io::BufRead;
 use std::process::Stdio;
@@ -30,6 +30,12 @@ fn json_lines(text: &str) -> Vec<Value> {
 
 #[test]
 fn a_run_killed_at_several_points_resumes_to_the_same_output_without_rerunning_steps() {
+    for backend in backends() {
+        killed_and_resumed(&backend);
+    }
+}
+
+fn killed_and_resumed(backend: &Backend) {
     let state = tempfile::tempdir().unwrap();
     let file = chain(state.path());
     let input = r#"{"start": " go "}"#;
@@ -42,7 +48,7 @@ fn a_run_killed_at_several_points_resumes_to_the_same_output_without_rerunning_s
     assert_eq!(expected, json!({"text": "go+1+2+3+4+5"}));
 
     // Kill after 2 steps finished, resume and kill after 2 more, ..., then finish.
-    let mut child = sandflow(&state).args(["--json", "run"]).arg(&file).args(["--input", input]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = backend.sandflow(&state).args(["--json", "run"]).arg(&file).args(["--input", input]).stderr(Stdio::piped()).spawn().unwrap();
     let mut run_id = String::new();
     let mut kills = 0;
     loop {
@@ -71,7 +77,7 @@ fn a_run_killed_at_several_points_resumes_to_the_same_output_without_rerunning_s
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
-        child = sandflow(&state).args(["--json", "resume", &run_id]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        child = backend.sandflow(&state).args(["--json", "resume", &run_id]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         if kills == 3 {
             let out = child.wait_with_output().unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -84,7 +90,7 @@ fn a_run_killed_at_several_points_resumes_to_the_same_output_without_rerunning_s
     assert_eq!(kills, 3);
 
     // Counted from the store: every step succeeded exactly once.
-    let (code, out, _) = run(sandflow(&state).args(["--json", "runs", "show", &run_id]));
+    let (code, out, _) = run(backend.sandflow(&state).args(["--json", "runs", "show", &run_id]));
     assert_eq!(code, 0);
     let record: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(record["status"], "completed");
@@ -95,18 +101,18 @@ fn a_run_killed_at_several_points_resumes_to_the_same_output_without_rerunning_s
     for s in steps {
         assert_eq!((s["state"].as_str(), s["attempts"].as_u64()), (Some("succeeded"), Some(1)), "{s}");
     }
-    let db = rusqlite_count(state.path(), &run_id);
+    let db = backend.count(state.path(), "SELECT COUNT(*) FROM attempts WHERE run_id = $1 AND state = 'succeeded'", &run_id);
     assert_eq!(db, 11, "succeeded attempts recorded, one per step");
-}
-
-/// Succeeded attempts recorded for a run, read straight from the database.
-fn rusqlite_count(state_dir: &std::path::Path, run_id: &str) -> i64 {
-    let conn = rusqlite::Connection::open(state_dir.join("sandflow.db")).unwrap();
-    conn.query_row("SELECT COUNT(*) FROM attempts WHERE run_id = ?1 AND state = 'succeeded'", [run_id], |r| r.get(0)).unwrap()
 }
 
 #[test]
 fn a_failed_run_resumes_with_its_state_and_a_completed_one_says_so() {
+    for backend in backends() {
+        failed_and_resumed(&backend);
+    }
+}
+
+fn failed_and_resumed(backend: &Backend) {
     let state = tempfile::tempdir().unwrap();
     let file = state.path().join("flaky.yaml");
     std::fs::write(
@@ -120,19 +126,19 @@ fn a_failed_run_resumes_with_its_state_and_a_completed_one_says_so() {
         ),
     )
     .unwrap();
-    let (code, _, err) = run(sandflow(&state).args(["--json", "run"]).arg(&file));
+    let (code, _, err) = run(backend.sandflow(&state).args(["--json", "run"]).arg(&file));
     assert_eq!(code, 1, "{err}");
     let run_id = json_lines(&err)[0]["run_id"].as_str().unwrap().to_string();
     // The flaky step's call count lives in the run's state in the store, so
     // the resumed attempt is its second call, and it succeeds.
-    let (code, out, err) = run(sandflow(&state).args(["--json", "resume", &run_id]));
+    let (code, out, err) = run(backend.sandflow(&state).args(["--json", "resume", &run_id]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"calls": 2}));
     let events = json_lines(&err);
     assert!(events.iter().any(|e| e["event"] == "step_restored" && e["step"] == "first"));
     assert!(!events.iter().any(|e| e["event"] == "step_started" && e["step"] == "first"), "first is not run again");
 
-    let (code, out, err) = run(sandflow(&state).args(["resume", &run_id]));
+    let (code, out, err) = run(backend.sandflow(&state).args(["resume", &run_id]));
     assert_eq!(code, 0);
     assert!(err.contains("already completed"), "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"calls": 2}));
@@ -140,45 +146,55 @@ fn a_failed_run_resumes_with_its_state_and_a_completed_one_says_so() {
 
 #[test]
 fn history_lists_shows_and_logs_runs() {
+    for backend in backends() {
+        history(&backend);
+    }
+}
+
+fn history(backend: &Backend) {
     let state = tempfile::tempdir().unwrap();
-    let (code, _, err) = run(sandflow(&state).args(["run", "workflows/errors.yaml"]));
+    let (code, _, err) = run(backend.sandflow(&state).args(["run", "workflows/errors.yaml"]));
     assert_eq!(code, 0, "{err}");
-    let (_, out, _) = run(sandflow(&state).args(["--json", "runs", "list"]));
+    let (_, out, _) = run(backend.sandflow(&state).args(["--json", "runs", "list"]));
     let runs: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(runs[0]["workflow"], "errors");
     assert_eq!(runs[0]["status"], "completed");
     let id = runs[0]["id"].as_str().unwrap().to_string();
-    let (_, out, _) = run(sandflow(&state).args(["--json", "runs", "show", &id]));
+    let (_, out, _) = run(backend.sandflow(&state).args(["--json", "runs", "show", &id]));
     let record: Value = serde_json::from_str(&out).unwrap();
     let fetch = record["steps"].as_array().unwrap().iter().find(|s| s["step"] == "fetch").unwrap();
     assert_eq!((fetch["state"].as_str(), fetch["attempts"].as_u64()), (Some("succeeded"), Some(3)));
     let enrich = record["steps"].as_array().unwrap().iter().find(|s| s["step"] == "enrich").unwrap();
     assert_eq!((enrich["error_kind"].as_str(), enrich["error_message"].as_str()), (Some("component"), Some("the input can never be processed")));
-    let (code, out, _) = run(sandflow(&state).args(["runs", "show", &id]));
+    let (code, out, _) = run(backend.sandflow(&state).args(["runs", "show", &id]));
     assert_eq!(code, 0);
     assert!(out.contains(&format!("run {id} (completed, attempt 1)")), "{out}");
     // The flaky step's failed attempts are recorded one by one.
-    let conn = rusqlite::Connection::open(state.path().join("sandflow.db")).unwrap();
-    let failed: i64 = conn
-        .query_row("SELECT COUNT(*) FROM attempts WHERE run_id = ?1 AND step = 'fetch' AND state = 'failed'", [&id], |r| r.get(0))
-        .unwrap();
+    let failed = backend.count(state.path(), "SELECT COUNT(*) FROM attempts WHERE run_id = $1 AND step = 'fetch' AND state = 'failed'", &id);
     assert_eq!(failed, 2);
 
-    let (code, out, _) = run(sandflow(&state).args(["run", "workflows/groups.yaml", "--input", "{\"values\": [1]}"]));
+    let (code, out, _) = run(backend.sandflow(&state).args(["run", "workflows/groups.yaml", "--input", "{\"values\": [1]}"]));
     assert_eq!(code, 0, "{out}");
-    let (_, out, _) = run(sandflow(&state).args(["--json", "runs", "list"]));
+    let (_, out, _) = run(backend.sandflow(&state).args(["--json", "runs", "list"]));
     let id = serde_json::from_str::<Value>(&out).unwrap()[0]["id"].as_str().unwrap().to_string();
-    let (code, out, _) = run(sandflow(&state).args(["runs", "logs", &id, "save-values"]));
+    let (code, out, _) = run(backend.sandflow(&state).args(["runs", "logs", &id, "save-values"]));
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "save-values   info | set values");
 }
 
 #[test]
-fn two_processes_share_one_state_dir() {
+fn two_processes_share_one_store() {
+    for backend in backends() {
+        shared(&backend);
+    }
+}
+
+fn shared(backend: &Backend) {
     let state = tempfile::tempdir().unwrap();
     let children: Vec<_> = (0..2)
         .map(|i| {
-            sandflow(&state)
+            backend
+                .sandflow(&state)
                 .args(["run", "workflows/diamond.yaml", "--set"])
                 .arg(format!("text=run {i}"))
                 .stdout(Stdio::piped())
@@ -191,10 +207,24 @@ fn two_processes_share_one_state_dir() {
         let out = c.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    let (_, out, _) = run(sandflow(&state).args(["--json", "runs", "list"]));
+    let (_, out, _) = run(backend.sandflow(&state).args(["--json", "runs", "list"]));
     let runs: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(runs.len(), 2);
     assert!(runs.iter().all(|r| r["status"] == "completed" && r["succeeded_steps"] == 4), "{runs:?}");
+}
+
+#[test]
+fn a_postgres_server_that_does_not_answer_is_a_one_line_exit_2() {
+    let state = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let (code, _, err) = run(sandflow(&state).args(["--store", "postgres://postgres@127.0.0.1:1/test", "runs", "list"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: cannot open the run store postgres://postgres@127.0.0.1:1/test: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "a refused connection fails at once");
+    let (code, _, err) = run(sandflow(&state).args(["--store", "redis://x", "runs", "list"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a run store URL"), "{err}");
 }
 
 #[test]

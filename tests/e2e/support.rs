@@ -34,3 +34,111 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
         String::from_utf8(stderr).expect("utf-8 stderr"),
     )
 }
+
+/// A run store to test against: the embedded SQLite store under the test's
+/// state dir, or a fresh schema of its own on the PostgreSQL server named
+/// by `SANDFLOW_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`).
+pub enum Backend {
+    Sqlite,
+    Postgres(PgSchema),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The `--store` URL for a state dir.
+    pub fn url(&self, state: &Path) -> String {
+        match self {
+            Backend::Sqlite => format!("sqlite:{}", state.join("sandflow.db").display()),
+            Backend::Postgres(schema) => schema.url.clone(),
+        }
+    }
+
+    /// A `sandflow` command with its own state dir, recording in this store.
+    pub fn sandflow(&self, state: &tempfile::TempDir) -> Command {
+        let mut cmd = sandflow(state);
+        cmd.arg("--store").arg(self.url(state.path()));
+        cmd
+    }
+
+    /// Runs one SQL query that returns a single integer.
+    pub fn count(&self, state: &Path, query: &str, run_id: &str) -> i64 {
+        match self {
+            Backend::Sqlite => {
+                let conn = rusqlite::Connection::open(state.join("sandflow.db")).unwrap();
+                conn.query_row(&query.replace("$1", "?1"), [run_id], |r| r.get(0)).unwrap()
+            }
+            Backend::Postgres(schema) => blocking(async {
+                let (client, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(conn);
+                client.query_one(query, &[&run_id]).await.unwrap().get::<_, i64>(0)
+            }),
+        }
+    }
+}
+
+/// Every backend the tests can reach: SQLite always, PostgreSQL when a
+/// server answers. With `SANDFLOW_REQUIRE_POSTGRES=1` (CI sets it) a
+/// missing server fails the test instead of skipping its PostgreSQL half.
+pub fn backends() -> Vec<Backend> {
+    let mut all = vec![Backend::Sqlite];
+    if let Some(schema) = PgSchema::create() {
+        all.push(Backend::Postgres(schema));
+    }
+    all
+}
+
+/// A schema of its own on the test server, dropped at the end of the test.
+pub struct PgSchema {
+    /// A URL whose connections use the schema (`options=-csearch_path=…`).
+    pub url: String,
+    base: String,
+    name: String,
+}
+
+fn blocking<T: Send>(f: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)).join().unwrap()
+    })
+}
+
+impl PgSchema {
+    pub fn create() -> Option<PgSchema> {
+        let base = std::env::var("SANDFLOW_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+        let created = blocking(async {
+            let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            client.batch_execute(&format!("CREATE SCHEMA {name}")).await
+        });
+        match created {
+            Ok(()) => {
+                let sep = if base.contains('?') { '&' } else { '?' };
+                Some(PgSchema { url: format!("{base}{sep}options=-csearch_path%3D{name}"), base, name })
+            }
+            Err(e) if std::env::var_os("SANDFLOW_REQUIRE_POSTGRES").is_some() => {
+                panic!("SANDFLOW_REQUIRE_POSTGRES is set but PostgreSQL at {base} cannot be used: {e}")
+            }
+            Err(e) => {
+                eprintln!("notice: skipping the PostgreSQL half of this test: {base}: {e} (set SANDFLOW_TEST_POSTGRES)");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        let _ = blocking(async move {
+            let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await
+        });
+    }
+}

@@ -49,10 +49,14 @@ struct Cli {
 
 /// Flags every subcommand takes.
 #[derive(Debug, clap::Args)]
-struct GlobalArgs {
-    /// Where runs, logs and compiled components are kept.
+pub(crate) struct GlobalArgs {
+    /// Where compiled components are cached, and runs are recorded unless --store says otherwise.
     #[arg(long, global = true, value_name = "DIR", default_value = ".sandflow")]
     state_dir: PathBuf,
+    /// The run store: `sqlite:PATH`, or `postgres://USER@HOST[:PORT]/DATABASE` to share runs
+    /// between machines [default: sqlite:DIR/sandflow.db under --state-dir].
+    #[arg(long, global = true, value_name = "URL", env = "SANDFLOW_STORE", hide_env_values = true)]
+    store: Option<String>,
     /// Events as JSON lines on stderr instead of the human display.
     #[arg(long, global = true)]
     json: bool,
@@ -143,12 +147,12 @@ where
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::execute(args, &cli.global.state_dir, &out).await,
+            Command::Run(args) => run::execute(args, &cli.global, &out).await,
             Command::Validate(args) => validate::execute(args, &cli.global.state_dir, &out).await,
             Command::Graph(args) => graph::execute(args, &out),
             Command::Test(args) => test_cmd::execute(args, &cli.global.state_dir, &out).await,
-            Command::Runs(command) => runs::execute(command, &cli.global.state_dir, &out),
-            Command::Resume(args) => runs::resume(args, &cli.global.state_dir, &out).await,
+            Command::Runs(command) => runs::execute(command, &cli.global, &out).await,
+            Command::Resume(args) => runs::resume(args, &cli.global, &out).await,
             Command::Call(args) => call::execute(args, &cli.global.state_dir, &out).await,
             Command::Component(ComponentCommand::Inspect(args)) => {
                 inspect::execute(args, &cli.global.state_dir, &out).await
@@ -178,6 +182,27 @@ fn init_tracing(global: &GlobalArgs) {
         .with_target(false)
         .without_time()
         .try_init();
+}
+
+impl GlobalArgs {
+    /// Opens the run store `--store` names (every problem with it is exit 2,
+    /// but a query that fails later is exit 1).
+    pub(crate) async fn open_store(&self) -> Result<std::sync::Arc<dyn crate::store::RunStore>, CliError> {
+        let url = match &self.store {
+            Some(text) => crate::store::StoreUrl::parse(text).map_err(|e| CliError::invalid(e.to_string()))?,
+            None => crate::store::StoreUrl::default_for(&self.state_dir),
+        };
+        crate::store::open(&url).await.map_err(store_error)
+    }
+}
+
+/// A store error as a CLI failure: a query that failed is exit 1; a store
+/// that cannot be used, or an unknown run, is exit 2.
+pub(crate) fn store_error(e: crate::store::StoreError) -> CliError {
+    match e {
+        crate::store::StoreError::Backend(_) => CliError { code: exit::FAILED, message: e.to_string() },
+        other => CliError::invalid(other.to_string()),
+    }
 }
 
 /// The process-wide sandbox, with the artifact cache under the state dir.

@@ -3,8 +3,9 @@
 
 use super::call::cancel_on_signal;
 use super::display::{JsonLines, LiveView, PlainLines};
-use super::{CliError, Output, exit, new_sandbox, workflow_cmd};
-use crate::exec::{EventSink, Executor, Redactor, RunOptions, RunState, check_input, check_secrets};
+use super::{CliError, Output, exit, new_sandbox, store_error, workflow_cmd};
+use crate::exec::{EventSink, Redactor, RunReport, RunState, check_input, check_secrets};
+use crate::runs::{Recorder, Settings};
 use crate::sandbox::CancellationToken;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -131,56 +132,33 @@ pub(crate) fn sink(out: &Output) -> Arc<dyn EventSink> {
     }
 }
 
-pub(crate) async fn execute(args: RunArgs, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
+pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let cancel = CancellationToken::new();
     let watcher = tokio::spawn(cancel_on_signal(cancel.clone()));
     let input = args.input.read()?;
     let secrets = read_secrets(args.secrets_file.as_deref())?;
-    let sandbox = Arc::new(new_sandbox(state_dir)?);
+    let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
     let prepared = Arc::new(workflow_cmd::load(&args.file, &sandbox, out).await?);
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
-    let store = super::runs::open_store(state_dir)?;
-    let run_id = crate::exec::new_run_id();
-    let wf = &prepared.plan.workflow;
-    let record = crate::store::NewRun { id: &run_id, workflow: &wf.name, file: &args.file, sha256: &wf.sha256, input: &input };
-    store.begin_run(&record).map_err(super::runs::store_error)?;
-    let options = RunOptions {
-        run_id: run_id.clone(),
-        concurrency: args.concurrency.map(|n| n as usize),
-        secrets,
-        services: Arc::new(crate::store::StoreServices { store: store.clone(), run_id }),
-        ..RunOptions::default()
-    };
-    let code = execute_recorded(Recorded { sandbox, prepared, input, options, store, redactor, cancel }, out).await;
+    let recorder = Recorder { store: global.open_store().await?, runner: sandbox };
+    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets };
+    let report = recorder.start(prepared, &args.file, input, settings, sink(out), cancel).await.map_err(store_error)?;
     watcher.abort();
-    Ok(code)
+    Ok(finish(&report, &redactor, out))
 }
 
-/// A run to execute with the store recording it.
-pub(crate) struct Recorded {
-    pub sandbox: Arc<crate::sandbox::Sandbox>,
-    pub prepared: Arc<crate::exec::Prepared>,
-    pub input: Value,
-    pub options: RunOptions,
-    pub store: Arc<crate::store::Store>,
-    pub redactor: Redactor,
-    pub cancel: CancellationToken,
-}
-
-/// Runs with the store and the display as sinks, prints the output (masked)
-/// and returns the exit code. Shared by `run` and `resume`.
-pub(crate) async fn execute_recorded(r: Recorded, out: &Output) -> u8 {
-    let sink = Arc::new(super::runs::Tee(vec![Arc::new(crate::store::StoreSink::new(r.store)), sink(out)]));
-    let report = Executor::new(r.sandbox, sink).run(r.prepared, r.input, r.options, r.cancel).await;
+/// Prints a finished run's output (masked) and returns the exit code.
+/// Shared by `run` and `resume`.
+pub(crate) fn finish(report: &RunReport, redactor: &Redactor, out: &Output) -> u8 {
     if let Some(message) = &report.unrecorded {
         // The display has shown the run's end; this says it is not on disk.
         super::render::error_line(out, message);
     }
     if let Some(output) = &report.output {
         // What is printed is a log too: secret values are masked here as well.
-        println!("{}", serde_json::to_string_pretty(&r.redactor.value(output)).expect("a Value always serializes"));
+        println!("{}", serde_json::to_string_pretty(&redactor.value(output)).expect("a Value always serializes"));
     }
     match report.state {
         RunState::Completed => exit::OK,

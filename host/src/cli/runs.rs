@@ -2,10 +2,10 @@
 //! run history from the run store.
 
 use super::render::say;
-use super::{CliError, Output, exit, new_sandbox, render, run, workflow_cmd};
-use crate::exec::{EventSink, Redactor, RunOptions, RunState, check_input, check_secrets};
+use super::{CliError, GlobalArgs, Output, exit, new_sandbox, render, run, store_error, workflow_cmd};
+use crate::exec::{Redactor, RunState, check_input, check_secrets};
+use crate::runs::{Recorder, ResumeError, Settings};
 use crate::sandbox::CancellationToken;
-use crate::store::{Store, StoreError, StoreServices};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -44,59 +44,31 @@ pub(crate) struct ResumeArgs {
     concurrency: Option<u64>,
 }
 
-/// Opens the store; every problem with it is exit 2.
-pub(crate) fn open_store(state_dir: &Path) -> Result<Arc<Store>, CliError> {
-    Store::open(state_dir).map(Arc::new).map_err(store_error)
-}
-
-pub(crate) fn store_error(e: StoreError) -> CliError {
-    match e {
-        StoreError::Sql(_) => CliError { code: exit::FAILED, message: e.to_string() },
-        other => CliError::invalid(other.to_string()),
-    }
-}
-
-/// Sends every event to each sink in turn (the store first, so a step is
-/// committed before it is shown).
-pub(crate) struct Tee(pub Vec<Arc<dyn EventSink>>);
-
-impl EventSink for Tee {
-    fn emit(&self, event: &crate::exec::Event) {
-        for sink in &self.0 {
-            sink.emit(event);
-        }
-    }
-
-    fn barrier(&self) -> Result<(), crate::exec::SinkError> {
-        self.0.iter().try_for_each(|sink| sink.barrier())
-    }
-}
-
 fn print_json(value: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(value).expect("records serialize"));
 }
 
-pub(crate) fn execute(command: RunsCommand, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
-    let store = open_store(state_dir)?;
+pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let store = global.open_store().await?;
     match command {
         RunsCommand::List { limit } => {
-            let runs = store.runs(limit).map_err(store_error)?;
+            let runs = store.runs(limit).await.map_err(store_error)?;
             if out.json {
                 print_json(&runs);
             } else if runs.is_empty() {
-                say!("no runs yet in {}", store.path().display());
+                say!("no runs yet in {}", store.location());
             } else {
-                println!("{:<22} {:<20} {:<10} {:>5} {:>6}  STARTED", "RUN", "WORKFLOW", "STATUS", "OK", "FAILED");
+                println!("{:<36} {:<20} {:<10} {:>5} {:>6}  STARTED", "RUN", "WORKFLOW", "STATUS", "OK", "FAILED");
                 for r in runs {
                     println!(
-                        "{:<22} {:<20} {:<10} {:>5} {:>6}  {}",
+                        "{:<36} {:<20} {:<10} {:>5} {:>6}  {}",
                         r.id, r.workflow, r.status, r.succeeded_steps, r.failed_steps, r.started_at
                     );
                 }
             }
         }
         RunsCommand::Show { id } => {
-            let run = store.run(&id).map_err(store_error)?;
+            let run = store.run(&id).await.map_err(store_error)?;
             if out.json {
                 print_json(&run);
             } else {
@@ -132,7 +104,7 @@ pub(crate) fn execute(command: RunsCommand, state_dir: &Path, out: &Output) -> R
             }
         }
         RunsCommand::Logs { id, step } => {
-            let lines = store.logs(&id, step.as_deref()).map_err(store_error)?;
+            let lines = store.logs(&id, step.as_deref()).await.map_err(store_error)?;
             if out.json {
                 let rows: Vec<serde_json::Value> = lines
                     .iter()
@@ -150,11 +122,11 @@ pub(crate) fn execute(command: RunsCommand, state_dir: &Path, out: &Output) -> R
 }
 
 /// `sandflow resume ID`.
-pub(crate) async fn resume(args: ResumeArgs, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
+pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let cancel = CancellationToken::new();
     let watcher = tokio::spawn(super::call::cancel_on_signal(cancel.clone()));
-    let store = open_store(state_dir)?;
-    let record = store.run(&args.id).map_err(store_error)?;
+    let store = global.open_store().await?;
+    let record = store.run(&args.id).await.map_err(store_error)?;
     if record.status == RunState::Completed.as_str() {
         if out.json {
             // `--json` stderr is JSON lines only.
@@ -165,41 +137,18 @@ pub(crate) async fn resume(args: ResumeArgs, state_dir: &Path, out: &Output) -> 
         println!("{}", serde_json::to_string_pretty(&record.output.unwrap_or_default()).expect("a Value always serializes"));
         return Ok(exit::OK);
     }
-    let file = PathBuf::from(&record.file);
-    let sandbox = Arc::new(new_sandbox(state_dir)?);
-    let prepared = Arc::new(workflow_cmd::load(&file, &sandbox, out).await?);
-    if prepared.plan.workflow.sha256 != record.sha256 {
-        return Err(CliError::invalid(format!(
-            "{} changed since run {} started (its SHA-256 was {}); resuming would mix two versions of the workflow: start a new run instead",
-            record.file, record.id, record.sha256
-        )));
-    }
+    let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
+    let prepared = Arc::new(workflow_cmd::load(Path::new(&record.file), &sandbox, out).await?);
     let secrets = run::read_secrets(args.secrets_file.as_deref())?;
     check_input(&prepared.plan.workflow, &record.input).map_err(CliError::invalid)?;
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
-    // Outputs were recorded with secrets masked: put the current values
-    // back, or run again a step whose output cannot be rebuilt exactly.
-    let restored = store
-        .succeeded_outputs(&record.id)
-        .map_err(store_error)?
-        .into_iter()
-        .filter_map(|(step, recorded)| match &recorded.secrets {
-            None => Some((step, recorded.output)),
-            Some(spans) => crate::exec::unmask(&recorded.output, spans, &secrets).map(|v| (step, v)),
-        })
-        .collect();
-    let attempt = store.resume_run(&record.id).map_err(store_error)?;
     let redactor = Redactor::new(&secrets);
-    let options = RunOptions {
-        run_id: record.id.clone(),
-        concurrency: args.concurrency.map(|n| n as usize),
-        secrets,
-        services: Arc::new(StoreServices { store: store.clone(), run_id: record.id.clone() }),
-        restored,
-        attempt,
-    };
-    let recorded = run::Recorded { sandbox, prepared, input: record.input, options, store, redactor, cancel };
-    let code = run::execute_recorded(recorded, out).await;
+    let recorder = Recorder { store, runner: sandbox };
+    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets };
+    let report = recorder.resume(prepared, &record, settings, run::sink(out), cancel).await.map_err(|e| match e {
+        ResumeError::Store(e) => store_error(e),
+        changed @ ResumeError::Changed { .. } => CliError::invalid(changed.to_string()),
+    })?;
     watcher.abort();
-    Ok(code)
+    Ok(run::finish(&report, &redactor, out))
 }

@@ -25,7 +25,7 @@ pub(crate) async fn execute(args: ValidateArgs, state_dir: &Path, out: &Output) 
                 if out.json {
                     render::event("valid", json!({ "file": file.display().to_string(), "workflow": wf.name, "steps": wf.steps.len() }));
                 } else if !out.quiet {
-                    let components = p.components.iter().flatten().map(|c| c.component.sha256()).collect::<std::collections::BTreeSet<_>>().len();
+                    let components = p.components.iter().flatten().map(|c| c.sha256.as_str()).collect::<std::collections::BTreeSet<_>>().len();
                     say!("{}: valid ({} steps, {components} components)", file.display(), wf.steps.len());
                 }
             }

@@ -32,10 +32,10 @@ pub fn canonical_json(v: &Value) -> String {
 }
 
 /// `{data}` → `{blob_id}`: the hex SHA-256 of the data's canonical JSON.
-pub fn put_blob(input: &Value, services: &dyn HostServices) -> Result<Value, StepFailure> {
+pub async fn put_blob(input: &Value, services: &dyn HostServices) -> Result<Value, StepFailure> {
     let text = canonical_json(field(input, "data", "put_blob")?);
     let id = sha256_hex(text.as_bytes());
-    services.blob_put(&id, text.as_bytes()).map_err(|e| match e {
+    services.blob_put(&id, text.as_bytes()).await.map_err(|e| match e {
         HostError::Quota(q) => StepFailure::new(FailureKind::Quota, q.to_string()),
         HostError::Failed(m) => fail(m),
     })?;
@@ -43,11 +43,15 @@ pub fn put_blob(input: &Value, services: &dyn HostServices) -> Result<Value, Ste
 }
 
 /// `{blob_id}` → `{data}`.
-pub fn get_blob(input: &Value, services: &dyn HostServices) -> Result<Value, StepFailure> {
+pub async fn get_blob(input: &Value, services: &dyn HostServices) -> Result<Value, StepFailure> {
     let id = field(input, "blob_id", "get_blob")?
         .as_str()
         .ok_or_else(|| fail("/builtin/get_blob: `blob_id` must be a string"))?;
-    let bytes = services.blob_get(id).ok_or_else(|| fail(format!("/builtin/get_blob: no blob with id {id}")))?;
+    let bytes = services
+        .blob_get(id)
+        .await
+        .map_err(|e| fail(format!("/builtin/get_blob: {e}")))?
+        .ok_or_else(|| fail(format!("/builtin/get_blob: no blob with id {id}")))?;
     let data: Value = serde_json::from_slice(&bytes)
         .map_err(|_| fail(format!("/builtin/get_blob: blob {id} does not hold JSON (it was not stored by put_blob)")))?;
     Ok(json!({ "data": data }))
@@ -93,15 +97,15 @@ mod tests {
     use super::*;
     use crate::sandbox::MemoryServices;
 
-    #[test]
-    fn equal_data_gets_one_blob_id_whatever_the_key_order() {
+    #[tokio::test]
+    async fn equal_data_gets_one_blob_id_whatever_the_key_order() {
         let s = MemoryServices::new();
-        let a = put_blob(&json!({"data": {"b": 1, "a": [1, {"y": 2, "x": 1}]}}), &s).unwrap();
-        let b = put_blob(&json!({"data": {"a": [1, {"x": 1, "y": 2}], "b": 1}}), &s).unwrap();
+        let a = put_blob(&json!({"data": {"b": 1, "a": [1, {"y": 2, "x": 1}]}}), &s).await.unwrap();
+        let b = put_blob(&json!({"data": {"a": [1, {"x": 1, "y": 2}], "b": 1}}), &s).await.unwrap();
         assert_eq!(a, b);
-        let back = get_blob(&json!({"blob_id": a["blob_id"]}), &s).unwrap();
+        let back = get_blob(&json!({"blob_id": a["blob_id"]}), &s).await.unwrap();
         assert_eq!(back["data"], json!({"a": [1, {"x": 1, "y": 2}], "b": 1}));
-        let missing = get_blob(&json!({"blob_id": "nope"}), &s).unwrap_err();
+        let missing = get_blob(&json!({"blob_id": "nope"}), &s).await.unwrap_err();
         assert!(missing.retryable && missing.message.contains("no blob with id nope"));
     }
 

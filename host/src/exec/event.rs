@@ -135,6 +135,7 @@ pub enum Event {
 /// Receives a run's events. Called by the scheduler, in order, before it
 /// goes on: a sink that persists a step's result has it committed before
 /// any dependent step starts.
+#[async_trait::async_trait]
 pub trait EventSink: Send + Sync {
     fn emit(&self, event: &Event);
 
@@ -146,7 +147,7 @@ pub trait EventSink: Send + Sync {
     /// An error means some events could not be made durable: the run stops
     /// starting steps and ends `failed` with this message, because a step
     /// must never start on a result that is not recorded.
-    fn barrier(&self) -> Result<(), SinkError> {
+    async fn barrier(&self) -> Result<(), SinkError> {
         Ok(())
     }
 }

@@ -25,15 +25,17 @@ mod builtin;
 mod event;
 mod prepare;
 mod redact;
+mod runner;
 
 pub use builtin::canonical_json;
 pub use event::{Event, EventSink, RunState, SinkError, StepState};
 pub use prepare::{MAX_NESTING, Prepared, PreparedComponent, load, prepare};
 pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
+pub use runner::{Job, StepRunner};
 
 use crate::expr::{EvalError, Scope};
 use crate::failure::{FailureKind, StepFailure};
-use crate::sandbox::{CancellationToken, HostServices, Limits, MemoryServices, Quota, RunMeter, Sandbox, StepLog, StepRequest};
+use crate::sandbox::{CancellationToken, HostServices, Limits, MemoryServices, Quota, RunMeter, StepLog};
 use crate::units::format_duration;
 use crate::workflow::{Builtin, ErrorAction, StepDecl, Target, Workflow};
 use serde_json::{Map, Value};
@@ -81,13 +83,9 @@ impl Default for RunOptions {
     }
 }
 
-/// A fresh run id: time-ordered, unique within a machine.
+/// A fresh run id: a UUIDv7, time-ordered and unique across machines.
 pub fn new_run_id() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("{:x}{:04x}{:04x}", now.as_millis(), std::process::id() & 0xffff, seq & 0xffff)
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// How a step ended.
@@ -147,7 +145,7 @@ pub fn check_secrets(plan: &crate::plan::Plan, secrets: &BTreeMap<String, String
 
 /// Runs prepared plans.
 pub struct Executor {
-    sandbox: Arc<Sandbox>,
+    runner: Arc<dyn StepRunner>,
     sink: Arc<dyn EventSink>,
 }
 
@@ -195,7 +193,7 @@ enum Stop {
 
 /// Shared by a run's step tasks.
 struct Ctx {
-    sandbox: Arc<Sandbox>,
+    runner: Arc<dyn StepRunner>,
     prepared: Arc<Prepared>,
     /// The run's state and blobs, counted against the run's quotas.
     services: Arc<RunMeter>,
@@ -210,8 +208,10 @@ struct Ctx {
 }
 
 impl Executor {
-    pub fn new(sandbox: Arc<Sandbox>, sink: Arc<dyn EventSink>) -> Self {
-        Executor { sandbox, sink }
+    /// Runs steps with `runner` (the [`Sandbox`](crate::sandbox::Sandbox)
+    /// runs them in this process) and tells `sink` what happens.
+    pub fn new(runner: Arc<dyn StepRunner>, sink: Arc<dyn EventSink>) -> Self {
+        Executor { runner, sink }
     }
 
     /// Runs `prepared` with `input` until it completes, fails or `cancel`
@@ -227,7 +227,7 @@ impl Executor {
         };
         let run_quota = prepared.plan.workflow.quota.resolve(Quota::RUN);
         let ctx = Arc::new(Ctx {
-            sandbox: self.sandbox.clone(),
+            runner: self.runner.clone(),
             prepared: prepared.clone(),
             services: Arc::new(RunMeter::new(options.services.clone(), run_quota)),
             secrets: Arc::new(options.secrets.clone()),
@@ -259,7 +259,7 @@ impl Executor {
 /// without events, sharing the parent's services and secrets.
 fn nested_run(parent: &Ctx, prepared: Arc<Prepared>, input: Value, cancel: CancellationToken) -> Pin<Box<dyn Future<Output = RunReport> + Send>> {
     let ctx = Arc::new(Ctx {
-        sandbox: parent.sandbox.clone(),
+        runner: parent.runner.clone(),
         prepared: prepared.clone(),
         services: parent.services.clone(),
         secrets: parent.secrets.clone(),
@@ -331,7 +331,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             // A step's dependencies are durable before it starts.
             if book.unflushed && !plan.deps[i].is_empty() {
                 book.unflushed = false;
-                if let Err(e) = sink.barrier() {
+                if let Err(e) = sink.barrier().await {
                     book.ready.push_front(i);
                     book.lose_record(e);
                     child.cancel();
@@ -434,7 +434,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         book.finish(i, state, None, None, Some(reason.to_string()), None);
     }
     // Every step's result is durable before the run's end is decided.
-    if let Err(e) = sink.barrier() {
+    if let Err(e) = sink.barrier().await {
         book.lose_record(e);
     }
     let Book { outputs, reports, stop, unrecorded, .. } = book;
@@ -467,7 +467,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     // The end itself could not be recorded: the run's result stands, but
     // its record says `running` (a resume finishes it), so the run fails.
     // (A record lost earlier is already the run's error.)
-    let end = sink.barrier();
+    let end = sink.barrier().await;
     let unrecorded = end.err().filter(|_| stop != Some(Stop::Unrecorded)).map(|e| unrecorded_message(&e, &run_id));
     if let Some(message) = &unrecorded {
         state = RunState::Failed;
@@ -785,14 +785,14 @@ async fn execute(ctx: &Ctx, step: usize, input: &Value, settings: &crate::workfl
                 quota: settings.quota.resolve(d.quota),
                 ..d
             };
-            let request = StepRequest { input: input.clone(), config: c.config.clone(), limits, grants: c.grants(), services: ctx.services.clone() };
-            let outcome = ctx.sandbox.run(&c.component, request, cancel).await;
+            let job = Job { component: c.sha256.clone(), input: input.clone(), config: c.config.clone(), limits, grants: c.grants() };
+            let outcome = ctx.runner.run(job, ctx.services.clone(), cancel).await;
             (outcome.result, outcome.fuel_used, outcome.log)
         }
         Target::Builtin(b) => {
             let result = match b {
-                Builtin::PutBlob => builtin::put_blob(input, ctx.services.as_ref()),
-                Builtin::GetBlob => builtin::get_blob(input, ctx.services.as_ref()),
+                Builtin::PutBlob => builtin::put_blob(input, ctx.services.as_ref()).await,
+                Builtin::GetBlob => builtin::get_blob(input, ctx.services.as_ref()).await,
                 Builtin::LoadFile => {
                     let granted: Vec<std::path::PathBuf> =
                         wf.components.values().flat_map(|c| c.grants.dirs.iter().map(|d| d.host.clone())).collect();
@@ -832,7 +832,12 @@ async fn eval_builtin(ctx: &Ctx, decl: &StepDecl, input: &Value, cancel: &Cancel
     }
     let definition = match input.get("workflow") {
         Some(Value::String(id)) => {
-            let bytes = ctx.services.blob_get(id).ok_or_else(|| fail(format!("/builtin/eval: no blob with id {id}")))?;
+            let bytes = ctx
+                .services
+                .blob_get(id)
+                .await
+                .map_err(|e| fail(format!("/builtin/eval: {e}")))?
+                .ok_or_else(|| fail(format!("/builtin/eval: no blob with id {id}")))?;
             serde_json::from_slice::<Value>(&bytes).map_err(|e| fail(format!("/builtin/eval: blob {id} is not a workflow: {e}")))?
         }
         Some(v @ Value::Object(_)) => v.clone(),
@@ -840,11 +845,11 @@ async fn eval_builtin(ctx: &Ctx, decl: &StepDecl, input: &Value, cancel: &Cancel
     };
     let text = serde_yaml::to_string(&definition).map_err(|e| fail(format!("/builtin/eval: {e}")))?;
     let path = ctx.prepared.plan.workflow.dir.join(format!("<eval in step {}>.yaml", decl.id));
-    let sandbox = ctx.sandbox.clone();
+    let runner = ctx.runner.clone();
     let prepared = tokio::task::block_in_place(|| {
         let wf = crate::workflow::load_str(&path, &text)?;
         let plan = crate::plan::Plan::new(wf)?;
-        prepare(plan, &sandbox)
+        prepare(plan, runner.as_ref())
     })
     .map_err(|d| fail(format!("/builtin/eval: the workflow is invalid: {}", d.problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>().join("; "))))?;
     let nested_input = input.get("input").cloned().unwrap_or(Value::Null);

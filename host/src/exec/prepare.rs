@@ -4,7 +4,8 @@
 //! the place the component or workflow is named.
 
 use crate::plan::Plan;
-use crate::sandbox::{DirGrant, Grants, Sandbox, StepComponent, sha256_hex};
+use super::StepRunner;
+use crate::sandbox::{DirGrant, Grants, sha256_hex};
 use crate::workflow::{self, ComponentDecl, Diagnostic, Diagnostics, Location, Target, Workflow};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -16,7 +17,8 @@ pub const MAX_NESTING: usize = 8;
 
 /// A component ready to run, with its config and grants.
 pub struct PreparedComponent {
-    pub component: Arc<StepComponent>,
+    /// Its SHA-256: how the step runner knows it.
+    pub sha256: String,
     pub config: Value,
     /// Env grants hold names; values are read from the host when a step starts.
     pub env: Vec<String>,
@@ -40,10 +42,10 @@ pub struct Prepared {
     pub nested: Vec<Option<Arc<Prepared>>>,
 }
 
-/// Loads everything `plan` needs through `sandbox`.
-pub fn prepare(plan: Plan, sandbox: &Sandbox) -> Result<Prepared, Diagnostics> {
+/// Loads everything `plan` needs through `runner`.
+pub fn prepare(plan: Plan, runner: &dyn StepRunner) -> Result<Prepared, Diagnostics> {
     let mut stack = vec![canonical(&plan.workflow.file)];
-    let (resolved, problems) = resolve(&plan.workflow, sandbox, &mut stack);
+    let (resolved, problems) = resolve(&plan.workflow, runner, &mut stack);
     if !problems.is_empty() {
         return Err(Diagnostics { file: plan.workflow.file.to_path_buf(), problems }.sorted());
     }
@@ -53,16 +55,16 @@ pub fn prepare(plan: Plan, sandbox: &Sandbox) -> Result<Prepared, Diagnostics> {
 /// Reads, plans and prepares the workflow at `path`: every problem of
 /// every stage (the file, the plan, the components, nested workflows) in
 /// one report.
-pub fn load(path: &Path, sandbox: &Sandbox) -> Result<Prepared, Diagnostics> {
-    load_nested(path, sandbox, &mut Vec::new())
+pub fn load(path: &Path, runner: &dyn StepRunner) -> Result<Prepared, Diagnostics> {
+    load_nested(path, runner, &mut Vec::new())
 }
 
-fn load_nested(path: &Path, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> Result<Prepared, Diagnostics> {
+fn load_nested(path: &Path, runner: &dyn StepRunner, stack: &mut Vec<PathBuf>) -> Result<Prepared, Diagnostics> {
     let fail = |problems| Diagnostics { file: path.to_path_buf(), problems }.sorted();
     let (wf, mut problems) = workflow::load_partial(path);
     let Some(wf) = wf else { return Err(fail(problems)) };
     stack.push(canonical(path));
-    let (resolved, more) = resolve(&wf, sandbox, stack);
+    let (resolved, more) = resolve(&wf, runner, stack);
     stack.pop();
     problems.extend(more);
     match Plan::new(wf) {
@@ -88,13 +90,13 @@ struct Resolved {
 }
 
 /// Loads the components and nested workflows of `wf`'s steps.
-fn resolve(wf: &Workflow, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> (Resolved, Vec<Diagnostic>) {
+fn resolve(wf: &Workflow, runner: &dyn StepRunner, stack: &mut Vec<PathBuf>) -> (Resolved, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut named: HashMap<&str, Arc<PreparedComponent>> = HashMap::new();
     for (name, decl) in &wf.components {
         // Declared but unused components are still checked: a typo'd path
         // is worth knowing about before it is used.
-        match load_component(decl.path.as_path(), decl, sandbox) {
+        match load_component(decl.path.as_path(), decl, runner) {
             Ok(c) => {
                 named.insert(name.as_str(), Arc::new(c));
             }
@@ -121,7 +123,7 @@ fn resolve(wf: &Workflow, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> (Resol
                         grants: Default::default(),
                         at: step.target_at.clone(),
                     };
-                    match load_component(path, &decl, sandbox) {
+                    match load_component(path, &decl, runner) {
                         Ok(c) => {
                             let c = Arc::new(c);
                             by_path.insert(path.clone(), c.clone());
@@ -132,7 +134,7 @@ fn resolve(wf: &Workflow, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> (Resol
                 }
             }
             Target::Builtin(_) => {}
-            Target::Workflow(path) => match nested_workflow(path, &step.target_at, sandbox, stack) {
+            Target::Workflow(path) => match nested_workflow(path, &step.target_at, runner, stack) {
                 Ok(p) => sub = Some(Arc::new(p)),
                 Err(d) => diags.extend(d),
             },
@@ -144,14 +146,14 @@ fn resolve(wf: &Workflow, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> (Resol
 }
 
 /// Loads and prepares a nested workflow, refusing cycles and deep nesting.
-fn nested_workflow(path: &Path, at: &Location, sandbox: &Sandbox, stack: &mut Vec<PathBuf>) -> Result<Prepared, Vec<Diagnostic>> {
+fn nested_workflow(path: &Path, at: &Location, runner: &dyn StepRunner, stack: &mut Vec<PathBuf>) -> Result<Prepared, Vec<Diagnostic>> {
     if stack.contains(&canonical(path)) {
         return Err(vec![Diagnostic::new(at, format!("workflow {} runs itself (through `workflow:` steps)", path.display()))]);
     }
     if stack.len() > MAX_NESTING {
         return Err(vec![Diagnostic::new(at, format!("`workflow:` steps nest more than {MAX_NESTING} deep"))]);
     }
-    load_nested(path, sandbox, stack).map_err(|d| {
+    load_nested(path, runner, stack).map_err(|d| {
         let n = d.problems.len();
         let mut out = vec![Diagnostic::new(at, format!("nested workflow {} has {n} problem{}, listed with its own file", path.display(), if n == 1 { "" } else { "s" }))];
         out.extend(d.problems);
@@ -159,7 +161,7 @@ fn nested_workflow(path: &Path, at: &Location, sandbox: &Sandbox, stack: &mut Ve
     })
 }
 
-fn load_component(path: &Path, decl: &ComponentDecl, sandbox: &Sandbox) -> Result<PreparedComponent, Diagnostic> {
+fn load_component(path: &Path, decl: &ComponentDecl, runner: &dyn StepRunner) -> Result<PreparedComponent, Diagnostic> {
     let bytes = std::fs::read(path).map_err(|e| {
         Diagnostic::new(&decl.at, format!("component `{}`: cannot read {}: {e}", decl.name, path.display()))
             .with_hint("paths are relative to the workflow file; build components with components/build.sh")
@@ -174,8 +176,8 @@ fn load_component(path: &Path, decl: &ComponentDecl, sandbox: &Sandbox) -> Resul
             .with_hint("update the pin if the component changed on purpose"));
         }
     }
-    let component = sandbox
-        .load_bytes(&path.display().to_string(), &bytes)
+    let sha256 = runner
+        .load(&path.display().to_string(), &bytes)
         .map_err(|e| Diagnostic::new(&decl.at, format!("component `{}`: {e}", decl.name)))?;
     for dir in &decl.grants.dirs {
         if !dir.host.is_dir() {
@@ -183,7 +185,7 @@ fn load_component(path: &Path, decl: &ComponentDecl, sandbox: &Sandbox) -> Resul
         }
     }
     Ok(PreparedComponent {
-        component,
+        sha256,
         config: decl.config.clone(),
         env: decl.grants.env.clone(),
         dirs: decl

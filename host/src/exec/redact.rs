@@ -39,6 +39,13 @@ pub struct SecretSpans {
     pub in_keys: bool,
 }
 
+impl SecretSpans {
+    /// The JSON text the run store keeps.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("spans serialize")
+    }
+}
+
 /// One masked string of a value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MaskedString {
@@ -205,13 +212,14 @@ pub(crate) struct RedactingSink {
     pub(crate) redactor: Redactor,
 }
 
+#[async_trait::async_trait]
 impl EventSink for RedactingSink {
     fn emit(&self, event: &Event) {
         self.inner.emit(&self.redactor.event(event));
     }
 
-    fn barrier(&self) -> Result<(), SinkError> {
-        self.inner.barrier()
+    async fn barrier(&self) -> Result<(), SinkError> {
+        self.inner.barrier().await
     }
 }
 

@@ -8,7 +8,15 @@ wasmtime::component::bindgen!({
     // Guests run on fibers so a deadline or a cancellation can stop them.
     exports: { default: async },
     // Host imports may trap: a step over a quota is stopped in the call.
-    imports: { default: trappable },
+    // `state` and `blobs` reach the run store, which may be a server: they
+    // are async so a slow store never blocks a runtime thread.
+    imports: {
+        "sandflow:step/state.get": async | trappable,
+        "sandflow:step/state.set": async | trappable,
+        "sandflow:step/blobs.put": async | trappable,
+        "sandflow:step/blobs.get": async | trappable,
+        default: trappable,
+    },
 });
 
 pub use self::sandflow::step::types::Metadata;

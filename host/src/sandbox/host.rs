@@ -19,20 +19,22 @@ pub const MAX_STATE_KEY: usize = 1024;
 /// Largest blob `blobs.put` accepts, in bytes.
 pub const MAX_BLOB: usize = 64 << 20;
 
-/// Where run-scoped key-value state and blobs live. Implementations must be
-/// cheap to call from inside a running guest.
+/// Where run-scoped key-value state and blobs live: in memory, or in the
+/// run store (which may be a server on another machine, so every call is
+/// async and may fail).
+#[async_trait::async_trait]
 pub trait HostServices: Send + Sync {
     /// The JSON text stored under `key`.
-    fn state_get(&self, key: &str) -> Option<String>;
+    async fn state_get(&self, key: &str) -> Result<Option<String>, HostError>;
     /// Stores JSON text (already checked to be valid JSON) under `key`.
-    fn state_set(&self, key: &str, json: &str) -> Result<(), HostError>;
+    async fn state_set(&self, key: &str, json: &str) -> Result<(), HostError>;
     /// Stores `data` under `id` (its hex SHA-256, computed by the caller).
-    fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError>;
+    async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError>;
     /// The bytes stored under `id`.
-    fn blob_get(&self, id: &str) -> Option<Vec<u8>>;
+    async fn blob_get(&self, id: &str) -> Result<Option<Vec<u8>>, HostError>;
     /// How many state keys there are and their bytes (keys and values):
     /// what a run's state quota starts from.
-    fn state_usage(&self) -> (u64, u64);
+    async fn state_usage(&self) -> Result<(u64, u64), HostError>;
 }
 
 /// Why state or a blob was not stored.
@@ -61,24 +63,25 @@ impl MemoryServices {
     }
 }
 
+#[async_trait::async_trait]
 impl HostServices for MemoryServices {
-    fn state_get(&self, key: &str) -> Option<String> {
-        crate::lock(&self.state).get(key).cloned()
+    async fn state_get(&self, key: &str) -> Result<Option<String>, HostError> {
+        Ok(crate::lock(&self.state).get(key).cloned())
     }
-    fn state_set(&self, key: &str, json: &str) -> Result<(), HostError> {
+    async fn state_set(&self, key: &str, json: &str) -> Result<(), HostError> {
         crate::lock(&self.state).insert(key.to_string(), json.to_string());
         Ok(())
     }
-    fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError> {
+    async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError> {
         crate::lock(&self.blobs).entry(id.to_string()).or_insert_with(|| data.to_vec());
         Ok(())
     }
-    fn blob_get(&self, id: &str) -> Option<Vec<u8>> {
-        crate::lock(&self.blobs).get(id).cloned()
+    async fn blob_get(&self, id: &str) -> Result<Option<Vec<u8>>, HostError> {
+        Ok(crate::lock(&self.blobs).get(id).cloned())
     }
-    fn state_usage(&self) -> (u64, u64) {
+    async fn state_usage(&self) -> Result<(u64, u64), HostError> {
         let state = crate::lock(&self.state);
-        (state.len() as u64, state.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())
+        Ok((state.len() as u64, state.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()))
     }
 }
 
@@ -164,15 +167,20 @@ fn to_guest(result: Result<(), HostError>) -> wasmtime::Result<Result<(), String
     }
 }
 
+// `state` and `blobs` are async imports: the run store may be a server.
+// A store that cannot answer a `get` traps the call (the step fails, and
+// may be retried) rather than telling the guest the key is absent.
+
 impl state::Host for StepState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
         if key.len() > MAX_STATE_KEY {
             return Ok(None);
         }
-        Ok(self.services.state_get(&key))
+        let services = self.services.clone();
+        services.state_get(&key).await.map_err(unreadable)
     }
 
-    fn set(&mut self, key: String, value: String) -> wasmtime::Result<Result<(), String>> {
+    async fn set(&mut self, key: String, value: String) -> wasmtime::Result<Result<(), String>> {
         if key.len() > MAX_STATE_KEY {
             return Ok(Err(format!("state key is {} bytes; the limit is {MAX_STATE_KEY}", key.len())));
         }
@@ -186,24 +194,40 @@ impl state::Host for StepState {
             return Ok(Err(format!("state value for `{key}` is not valid JSON: {e}")));
         }
         self.meter.set_state(&key, value.len())?;
-        to_guest(self.services.state_set(&key, &value))
+        let services = self.services.clone();
+        to_guest(services.state_set(&key, &value).await)
     }
 }
 
 impl blobs::Host for StepState {
-    fn put(&mut self, data: Vec<u8>) -> wasmtime::Result<Result<String, String>> {
+    async fn put(&mut self, data: Vec<u8>) -> wasmtime::Result<Result<String, String>> {
         if data.len() > MAX_BLOB {
             return Ok(Err(format!("blob is {} bytes; the limit is {MAX_BLOB}", data.len())));
         }
         let id = sha256_hex(&data);
         self.meter.put_blob(&id, data.len())?;
-        Ok(to_guest(self.services.blob_put(&id, &data))?.map(|()| id))
+        let services = self.services.clone();
+        Ok(to_guest(services.blob_put(&id, &data).await)?.map(|()| id))
     }
 
-    fn get(&mut self, id: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self.services.blob_get(&id))
+    async fn get(&mut self, id: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        let services = self.services.clone();
+        services.blob_get(&id).await.map_err(unreadable)
     }
 }
+
+/// A read the store could not answer, as a trap that ends the attempt.
+fn unreadable(e: HostError) -> wasmtime::Error {
+    match e {
+        HostError::Quota(q) => q.into(),
+        HostError::Failed(message) => wasmtime::Error::msg(StoreUnavailable(message)),
+    }
+}
+
+/// The run store failed under a `state` or `blobs` import.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct StoreUnavailable(pub(crate) String);
 
 impl config::Host for StepState {
     fn get(&mut self) -> wasmtime::Result<String> {

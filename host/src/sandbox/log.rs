@@ -37,6 +37,11 @@ impl LogSource {
             LogSource::Error => "error",
         }
     }
+
+    /// The source named `name`; the store's own notes (`note`) read as `info`.
+    pub fn parse(name: &str) -> LogSource {
+        serde_json::from_value(serde_json::Value::String(name.to_string())).unwrap_or(LogSource::Info)
+    }
 }
 
 /// One line of a step's log.

@@ -290,6 +290,11 @@ impl Sandbox {
         Ok(loaded)
     }
 
+    /// A component this sandbox loaded, by its SHA-256.
+    pub fn loaded(&self, sha256: &str) -> Option<Arc<StepComponent>> {
+        lock(&self.loaded).get(sha256).cloned()
+    }
+
     fn compile(&self, sha256: &str, bytes: &[u8]) -> Result<Component, LoadErrorKind> {
         if let Some(c) = self.cache.as_ref().and_then(|c| c.load(&self.engine, sha256)) {
             return Ok(c);
@@ -505,6 +510,10 @@ fn cancelled() -> StepFailure {
 fn classify(err: wasmtime::Error, instantiating: bool, state: &StepState, limits: &Limits, sink: &LogSink) -> StepFailure {
     if let Some(q) = err.downcast_ref::<QuotaExceeded>() {
         return StepFailure::new(FailureKind::Quota, q.to_string());
+    }
+    if let Some(e) = err.downcast_ref::<host::StoreUnavailable>() {
+        // The host's fault, not the guest's: worth another attempt.
+        return StepFailure::component(format!("the run store could not answer: {e}"), true);
     }
     if let Some(wasmtime::component::ResourceTableError::Full) = err.downcast_ref() {
         let q = QuotaExceeded { kind: QuotaKind::Handles, scope: QuotaScope::Attempt, limit: limits.quota.handles };

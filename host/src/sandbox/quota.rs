@@ -257,7 +257,9 @@ impl AttemptMeter {
 pub struct RunMeter {
     inner: std::sync::Arc<dyn HostServices>,
     quota: Quota,
-    used: Mutex<RunUsage>,
+    /// Held across the store's calls: read, check and write are one step.
+    used: tokio::sync::Mutex<RunUsage>,
+    log: Mutex<LogUsage>,
 }
 
 #[derive(Default)]
@@ -266,13 +268,17 @@ struct RunUsage {
     /// Keys and bytes of the run's state held now, read from the services
     /// on first use (a resumed run starts with what it had).
     state: Option<(u64, u64)>,
-    log_bytes: u64,
-    log_lines: u64,
+}
+
+#[derive(Default)]
+struct LogUsage {
+    bytes: u64,
+    lines: u64,
 }
 
 impl RunMeter {
     pub fn new(inner: std::sync::Arc<dyn HostServices>, quota: Quota) -> Self {
-        RunMeter { inner, quota, used: Mutex::default() }
+        RunMeter { inner, quota, used: Default::default(), log: Mutex::default() }
     }
 
     fn over(&self, kind: QuotaKind) -> HostError {
@@ -282,15 +288,15 @@ impl RunMeter {
     /// What of a finished attempt's log the run keeps: lines past the run's
     /// `log` quota are dropped and counted, as past an attempt's.
     pub fn keep_log(&self, mut log: StepLog) -> StepLog {
-        let mut used = crate::lock(&self.used);
+        let mut used = crate::lock(&self.log);
         let mut kept = 0;
         for line in &log.lines {
             let cost = line.text.len() as u64 + 1;
-            if used.log_bytes + cost > self.quota.log || used.log_lines + 1 > self.quota.log_lines() {
+            if used.bytes + cost > self.quota.log || used.lines + 1 > self.quota.log_lines() {
                 break;
             }
-            used.log_bytes += cost;
-            used.log_lines += 1;
+            used.bytes += cost;
+            used.lines += 1;
             kept += 1;
         }
         let dropped: u64 = log.lines.drain(kept..).map(|l| l.text.len() as u64 + 1).sum();
@@ -299,17 +305,21 @@ impl RunMeter {
     }
 }
 
+#[async_trait::async_trait]
 impl HostServices for RunMeter {
-    fn state_get(&self, key: &str) -> Option<String> {
-        self.inner.state_get(key)
+    async fn state_get(&self, key: &str) -> Result<Option<String>, HostError> {
+        self.inner.state_get(key).await
     }
 
-    fn state_set(&self, key: &str, json: &str) -> Result<(), HostError> {
+    async fn state_set(&self, key: &str, json: &str) -> Result<(), HostError> {
         // One lock over read, check and write: concurrent steps of the run
         // cannot both fit under the quota with what only one of them may.
-        let mut used = crate::lock(&self.used);
-        let (keys, bytes) = *used.state.get_or_insert_with(|| self.inner.state_usage());
-        let old = self.inner.state_get(key).map(|v| (key.len() + v.len()) as u64);
+        let mut used = self.used.lock().await;
+        let (keys, bytes) = match used.state {
+            Some(usage) => usage,
+            None => self.inner.state_usage().await?,
+        };
+        let old = self.inner.state_get(key).await?.map(|v| (key.len() + v.len()) as u64);
         let keys_after = keys + u64::from(old.is_none());
         let bytes_after = bytes - old.unwrap_or(0).min(bytes) + (key.len() + json.len()) as u64;
         if keys_after > self.quota.state_keys {
@@ -318,27 +328,27 @@ impl HostServices for RunMeter {
         if bytes_after > self.quota.state_bytes {
             return Err(self.over(QuotaKind::StateBytes));
         }
-        self.inner.state_set(key, json)?;
+        self.inner.state_set(key, json).await?;
         used.state = Some((keys_after, bytes_after));
         Ok(())
     }
 
-    fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError> {
-        let mut used = crate::lock(&self.used);
+    async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError> {
+        let mut used = self.used.lock().await;
         let new = used.blobs.admit(id, data.len(), &self.quota).map_err(|k| self.over(k))?;
-        self.inner.blob_put(id, data)?;
+        self.inner.blob_put(id, data).await?;
         if new {
             used.blobs.add(id, data.len());
         }
         Ok(())
     }
 
-    fn blob_get(&self, id: &str) -> Option<Vec<u8>> {
-        self.inner.blob_get(id)
+    async fn blob_get(&self, id: &str) -> Result<Option<Vec<u8>>, HostError> {
+        self.inner.blob_get(id).await
     }
 
-    fn state_usage(&self) -> (u64, u64) {
-        self.inner.state_usage()
+    async fn state_usage(&self) -> Result<(u64, u64), HostError> {
+        self.inner.state_usage().await
     }
 }
 
@@ -364,18 +374,18 @@ mod tests {
         assert_eq!(m.set_state("x", 0).unwrap_err().kind, QuotaKind::StateKeys);
     }
 
-    #[test]
-    fn a_run_counts_state_held_so_replacing_a_value_frees_its_bytes() {
+    #[tokio::test]
+    async fn a_run_counts_state_held_so_replacing_a_value_frees_its_bytes() {
         let inner = Arc::new(MemoryServices::new());
-        inner.state_set("old", "123").unwrap(); // from before a resume
+        inner.state_set("old", "123").await.unwrap(); // from before a resume
         let run = RunMeter::new(inner, Quota { state_bytes: 20, state_keys: 2, ..Quota::RUN });
-        run.state_set("k", "\"123456\"").unwrap(); // 4 + 9 = 13 held
-        run.state_set("k", "\"1234567890\"").unwrap(); // 4 + 13 = 17 held
-        let err = run.state_set("k", "\"12345678901234567\"").unwrap_err();
+        run.state_set("k", "\"123456\"").await.unwrap(); // 4 + 9 = 13 held
+        run.state_set("k", "\"1234567890\"").await.unwrap(); // 4 + 13 = 17 held
+        let err = run.state_set("k", "\"12345678901234567\"").await.unwrap_err();
         assert!(matches!(err, HostError::Quota(QuotaExceeded { kind: QuotaKind::StateBytes, scope: QuotaScope::Run, .. })));
-        let err = run.state_set("z", "1").unwrap_err();
+        let err = run.state_set("z", "1").await.unwrap_err();
         assert!(matches!(err, HostError::Quota(QuotaExceeded { kind: QuotaKind::StateKeys, .. })));
-        assert_eq!(run.state_get("k").as_deref(), Some("\"1234567890\""), "a refused write changes nothing");
+        assert_eq!(run.state_get("k").await.unwrap().as_deref(), Some("\"1234567890\""), "a refused write changes nothing");
     }
 
     #[test]

@@ -1,95 +1,29 @@
-//! The run store: an embedded SQLite database under the state dir
-//! (`sandflow.db`) holding every run, step, attempt, log, the runs'
-//! key-value state and blobs (SPEC §5).
+//! The run store: every run, step, attempt, log, the runs' key-value state
+//! and blobs (SPEC §5), behind one async, fallible interface
+//! ([`RunStore`]) with two backends: embedded SQLite under the state dir
+//! (the default; [`SqliteStore`]) and a PostgreSQL server shared by many
+//! machines ([`PgStore`]). [`open`] picks one from a `--store` URL.
 //!
-//! It consumes scheduler events ([`StoreSink`]) and never drives execution.
-//! Each step's result is committed as its `StepFinished` event is emitted,
-//! which the scheduler does before any dependent starts: a host killed at
-//! any moment loses at most the steps that were running.
-//!
-//! WAL mode with `synchronous=NORMAL`: a commit survives the process being
-//! killed (not the machine losing power). Several `sandflow` processes may
-//! share one state dir: writers wait for each other (busy timeout).
+//! The store consumes scheduler events ([`StoreSink`]) and never drives
+//! execution. Each step's result is committed before any of its dependents
+//! starts (the scheduler waits on [`EventSink::barrier`]), so a host killed
+//! at any moment loses at most the steps that were running.
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 
 use crate::exec::{Event, EventSink, SecretSpans, SinkError};
-use crate::sandbox::{HostError, HostServices, LogLine};
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::sandbox::{HostError, HostServices, LogLine, StepLog};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
-
-/// The schema this build reads and writes: the number of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
-
-/// `MIGRATIONS[n]` takes a store from schema version `n` to `n + 1`. Only
-/// ever append: a released migration is never changed.
-const MIGRATIONS: &[&str] = &[
-    // 1: runs, steps, attempts, logs, state, blobs.
-    "
-CREATE TABLE runs (
-    id          TEXT PRIMARY KEY,
-    workflow    TEXT NOT NULL,
-    file        TEXT NOT NULL,
-    sha256      TEXT NOT NULL,
-    input       TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    attempt     INTEGER NOT NULL DEFAULT 1,
-    started_at  TEXT NOT NULL,
-    finished_at TEXT,
-    output      TEXT,
-    error       TEXT
-);
-CREATE TABLE steps (
-    run_id        TEXT NOT NULL REFERENCES runs(id),
-    step          TEXT NOT NULL,
-    state         TEXT NOT NULL,
-    attempts      INTEGER NOT NULL,
-    finished_at   TEXT,
-    duration_ms   REAL NOT NULL,
-    fuel_used     INTEGER NOT NULL,
-    error_kind    TEXT,
-    error_message TEXT,
-    reason        TEXT,
-    output        TEXT,
-    run_attempt   INTEGER NOT NULL,
-    PRIMARY KEY (run_id, step)
-);
-CREATE TABLE attempts (
-    run_id        TEXT NOT NULL REFERENCES runs(id),
-    step          TEXT NOT NULL,
-    attempt       INTEGER NOT NULL,
-    item          INTEGER,
-    state         TEXT NOT NULL,
-    recorded_at   TEXT NOT NULL,
-    error_kind    TEXT,
-    error_message TEXT
-);
-CREATE TABLE logs (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    step   TEXT NOT NULL,
-    seq    INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    text   TEXT NOT NULL
-);
-CREATE INDEX logs_by_step ON logs (run_id, step, seq);
-CREATE TABLE state (
-    run_id TEXT NOT NULL,
-    key    TEXT NOT NULL,
-    value  TEXT NOT NULL,
-    PRIMARY KEY (run_id, key)
-);
-CREATE TABLE blobs (
-    id   TEXT PRIMARY KEY,
-    data BLOB NOT NULL
-);
-",
-    // 2: where secrets were masked in a step's recorded output, so that a
-    // resume can put them back (see `SecretSpans`).
-    "ALTER TABLE steps ADD COLUMN output_secrets TEXT;",
-];
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 /// Why the store could not be used. Each is a one-line message.
 #[derive(Debug, thiserror::Error)]
@@ -97,349 +31,133 @@ CREATE TABLE blobs (
 pub enum StoreError {
     #[error("cannot use the state dir {path}: {source}")]
     StateDir { path: PathBuf, source: std::io::Error },
-    #[error("cannot open the run store {path}: {message}")]
-    Open { path: PathBuf, message: String },
+    #[error("cannot open the run store {location}: {message}")]
+    Open { location: String, message: String },
     #[error(
-        "the run store {path} has schema version {found}, newer than this sandflow knows ({known}); use a newer sandflow, or another --state-dir"
+        "the run store {location} has schema version {found}, newer than this sandflow knows ({known}); use a newer sandflow, or another store"
     )]
-    NewerSchema { path: PathBuf, found: i64, known: i64 },
-    #[error("{path} is not a sandflow run store or is corrupt ({message}); move it away or use another --state-dir")]
-    Corrupt { path: PathBuf, message: String },
+    NewerSchema { location: String, found: i64, known: i64 },
+    #[error("{location} is not a sandflow run store or is corrupt ({message}); move it away or use another --state-dir")]
+    Corrupt { location: String, message: String },
+    #[error("`{0}` is not a run store URL: use sqlite:PATH or postgres://USER@HOST[:PORT]/DATABASE")]
+    BadUrl(String),
     #[error("no run with id `{0}` (see `sandflow runs list`)")]
     UnknownRun(String),
+    /// A query or a transaction failed (a full disk, a lost connection).
     #[error("run store error: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Backend(String),
 }
 
-/// The open run store.
-pub struct Store {
-    conn: Mutex<Connection>,
-    path: PathBuf,
-    /// Each run's attempt number, as this process set it (saves a query per step).
-    attempts: Mutex<std::collections::HashMap<String, u32>>,
+/// Where runs are recorded. Every method may wait on a disk or a server,
+/// and may fail; none blocks a runtime worker thread.
+#[async_trait::async_trait]
+pub trait RunStore: Send + Sync {
+    /// Where it is, for messages: a file path, or a URL without a password.
+    fn location(&self) -> &str;
+    /// Records a new run as `running`, before its first event.
+    async fn begin_run(&self, run: &NewRun) -> Result<(), StoreError>;
+    /// Marks a run as running again for `sandflow resume`; returns its new
+    /// attempt number.
+    async fn resume_run(&self, id: &str) -> Result<u32, StoreError>;
+    /// Writes events in one transaction: all of them, or none.
+    async fn record(&self, events: Vec<Event>) -> Result<(), StoreError>;
+    /// The most recent runs, newest first.
+    async fn runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError>;
+    /// One run with its steps.
+    async fn run(&self, id: &str) -> Result<RunRecord, StoreError>;
+    /// A run's captured log lines, of one step or all, in order.
+    async fn logs(&self, id: &str, step: Option<&str>) -> Result<Vec<(String, LogLine)>, StoreError>;
+    /// The outputs of a run's succeeded steps, as recorded (secrets
+    /// masked, with where): what a resume keeps. A step whose record of
+    /// masked secrets is unreadable is left out, so it runs again.
+    async fn succeeded_outputs(&self, id: &str) -> Result<BTreeMap<String, RecordedOutput>, StoreError>;
+    /// The JSON text a run's state holds under `key`.
+    async fn state_get(&self, run_id: &str, key: &str) -> Result<Option<String>, StoreError>;
+    /// Sets a run's state `key` to JSON text.
+    async fn state_set(&self, run_id: &str, key: &str, json: &str) -> Result<(), StoreError>;
+    /// How many state keys a run has, and their bytes (keys and values).
+    async fn state_usage(&self, run_id: &str) -> Result<(u64, u64), StoreError>;
+    /// Stores a blob under its id (the hex SHA-256 of `data`); storing it
+    /// again changes nothing.
+    async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), StoreError>;
+    /// The bytes of a blob.
+    async fn blob_get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
-fn now() -> String {
+/// Which store a `--store` value names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite:PATH`: the database file (`sandflow.db` under the state dir by default).
+    Sqlite(PathBuf),
+    /// `postgres://…` or `postgresql://…`, as libpq reads it.
+    Postgres(String),
+}
+
+impl StoreUrl {
+    /// Reads a `--store` value.
+    pub fn parse(text: &str) -> Result<StoreUrl, StoreError> {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(StoreUrl::Postgres(text.to_string()));
+        }
+        match text.strip_prefix("sqlite:") {
+            Some(path) if !path.is_empty() => Ok(StoreUrl::Sqlite(PathBuf::from(path.strip_prefix("//").unwrap_or(path)))),
+            _ => Err(StoreError::BadUrl(text.to_string())),
+        }
+    }
+
+    /// The default: `sandflow.db` under the state dir.
+    pub fn default_for(state_dir: &Path) -> StoreUrl {
+        StoreUrl::Sqlite(state_dir.join("sandflow.db"))
+    }
+}
+
+/// Opens (creating and migrating as needed) the store at `url`.
+pub async fn open(url: &StoreUrl) -> Result<Arc<dyn RunStore>, StoreError> {
+    match url {
+        StoreUrl::Sqlite(path) => {
+            let path = path.clone();
+            let store = tokio::task::spawn_blocking(move || {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::StateDir { path: dir.to_path_buf(), source })?;
+                }
+                SqliteStore::open_file(&path)
+            })
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??;
+            Ok(Arc::new(store))
+        }
+        StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::connect(url).await?)),
+    }
+}
+
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn json_text(v: &Value) -> String {
-    v.to_string()
+/// A step's log as the store's rows: (source, text), with a note when
+/// bytes were dropped.
+pub(crate) fn log_rows(log: &StepLog) -> impl Iterator<Item = (&str, String)> {
+    let note = (log.dropped_bytes > 0).then(|| ("note", format!("{} more bytes of log were dropped (log cap)", log.dropped_bytes)));
+    log.lines.iter().map(|l| (l.source.as_str(), l.text.clone())).chain(note)
 }
 
-fn parse_json(text: Option<String>) -> Option<Value> {
-    text.and_then(|t| serde_json::from_str(&t).ok())
-}
-
-impl Store {
-    /// Opens (creating if needed) `state_dir/sandflow.db`, migrating an
-    /// older schema and refusing a newer one or a file that is not a store.
-    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir { path: state_dir.to_path_buf(), source })?;
-        let path = state_dir.join("sandflow.db");
-        let conn = Connection::open(&path).map_err(|e| StoreError::Open { path: path.clone(), message: e.to_string() })?;
-        let corrupt = |e: rusqlite::Error| StoreError::Corrupt { path: path.clone(), message: e.to_string() };
-        conn.busy_timeout(Duration::from_secs(30)).map_err(corrupt)?;
-        // Reading the version first touches the file: a file that is not a
-        // database fails here, before anything is written to it.
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(corrupt)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema { path, found: version, known: SCHEMA_VERSION });
-        }
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| {
-            if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)) {
-                StoreError::Open { path: path.clone(), message: e.to_string() }
-            } else {
-                corrupt(e)
+/// Rows of (step, output, output_secrets) as a resume reads them.
+pub(crate) fn recorded_outputs(run_id: &str, rows: Vec<(String, Option<String>, Option<String>)>) -> BTreeMap<String, RecordedOutput> {
+    let mut out = BTreeMap::new();
+    for (step, output, secrets) in rows {
+        let secrets = match secrets.map(|text| serde_json::from_str::<SecretSpans>(&text)) {
+            None => None,
+            Some(Ok(spans)) => Some(spans),
+            // Its masked output cannot be rebuilt: the step runs again.
+            Some(Err(e)) => {
+                tracing::warn!("run {run_id}: step `{step}`: unreadable record of masked secrets ({e}); it will run again");
+                continue;
             }
-        })?;
-        tracing::debug!("run store {} in {mode} mode", path.display());
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;").map_err(corrupt)?;
-        // Bound the WAL file: without this it keeps the size of the largest
-        // transaction (a step's big output or log) after every checkpoint.
-        conn.execute_batch("PRAGMA journal_size_limit = 67108864;").map_err(corrupt)?;
-        if version < SCHEMA_VERSION {
-            migrate(&conn).map_err(|e| match e {
-                MigrateError::Newer(found) => StoreError::NewerSchema { path: path.clone(), found, known: SCHEMA_VERSION },
-                MigrateError::Sql(e) => StoreError::Open { path: path.clone(), message: e.to_string() },
-            })?;
-        }
-        Ok(Store { conn: Mutex::new(conn), path, attempts: Mutex::default() })
+        };
+        let output = output.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
+        out.insert(step, RecordedOutput { output, secrets });
     }
-
-    /// Where the database file is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        crate::lock(&self.conn)
-    }
-
-    fn set_attempt(&self, id: &str, attempt: u32) {
-        crate::lock(&self.attempts).insert(id.to_string(), attempt);
-    }
-
-    fn attempt_of(&self, conn: &Connection, id: &str) -> u32 {
-        if let Some(a) = crate::lock(&self.attempts).get(id) {
-            return *a;
-        }
-        conn.query_row("SELECT attempt FROM runs WHERE id = ?1", params![id], |r| r.get(0)).unwrap_or(1)
-    }
-
-    /// Records a new run, before its first event.
-    pub fn begin_run(&self, run: &NewRun<'_>) -> Result<(), StoreError> {
-        self.set_attempt(run.id, 1);
-        self.conn().execute(
-            "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at) VALUES (?1, ?2, ?3, ?4, ?5, 'running', 1, ?6)",
-            params![run.id, run.workflow, run.file.display().to_string(), run.sha256, json_text(run.input), now()],
-        )?;
-        Ok(())
-    }
-
-    /// Marks a run as running again for `sandflow resume`; returns its new attempt number.
-    pub fn resume_run(&self, id: &str) -> Result<u32, StoreError> {
-        let conn = self.conn();
-        let n = conn.execute(
-            "UPDATE runs SET status = 'running', attempt = attempt + 1, finished_at = NULL, error = NULL, output = NULL WHERE id = ?1",
-            params![id],
-        )?;
-        if n == 0 {
-            return Err(StoreError::UnknownRun(id.to_string()));
-        }
-        let attempt: u32 = conn.query_row("SELECT attempt FROM runs WHERE id = ?1", params![id], |r| r.get(0))?;
-        self.set_attempt(id, attempt);
-        Ok(attempt)
-    }
-
-    /// Writes events in one transaction.
-    pub fn record_all(&self, events: &[Event]) -> Result<(), StoreError> {
-        let conn = self.conn();
-        let tx = conn.unchecked_transaction()?;
-        for event in events {
-            self.write(&tx, event)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Writes one event in its own transaction.
-    pub fn record(&self, event: &Event) -> Result<(), StoreError> {
-        self.record_all(std::slice::from_ref(event))
-    }
-
-    fn write(&self, conn: &Connection, event: &Event) -> Result<(), StoreError> {
-        match event {
-            Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => {}
-            Event::StepRetrying { run_id, step, attempt, item, error, .. } => {
-                conn.prepare_cached(
-                    "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message) VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6, ?7)",
-                )?
-                .execute(params![run_id, step, attempt, item.map(|i| i as i64), now(), error.kind.as_str(), error.message])?;
-            }
-            Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, output_secrets, log } => {
-                let run_attempt = self.attempt_of(conn, run_id);
-                let tx = conn;
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                )?
-                .execute(params![
-                        run_id,
-                        step,
-                        state.as_str(),
-                        attempt,
-                        now(),
-                        duration.as_secs_f64() * 1000.0,
-                        *fuel_used as i64,
-                        error.as_ref().map(|e| e.kind.as_str()),
-                        error.as_ref().map(|e| e.message.as_str()),
-                        reason,
-                        output.as_ref().map(json_text),
-                        run_attempt,
-                        output_secrets.as_ref().map(|s| serde_json::to_string(s).expect("spans serialize")),
-                    ])?;
-                if *attempt > 0 {
-                    tx.prepare_cached(
-                        "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message) VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![run_id, step, attempt, state.as_str(), now(), error.as_ref().map(|e| e.kind.as_str()), error.as_ref().map(|e| e.message.as_str())])?;
-                }
-                // A step run again after a resume replaces its old log.
-                if run_attempt > 1 {
-                    tx.prepare_cached("DELETE FROM logs WHERE run_id = ?1 AND step = ?2")?.execute(params![run_id, step])?;
-                }
-                {
-                    let mut insert = tx.prepare_cached("INSERT INTO logs (run_id, step, seq, source, text) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-                    for (seq, line) in log.lines.iter().enumerate() {
-                        insert.execute(params![run_id, step, seq as i64, line.source.as_str(), line.text])?;
-                    }
-                    if log.dropped_bytes > 0 {
-                        let note = format!("{} more bytes of log were dropped (log cap)", log.dropped_bytes);
-                        insert.execute(params![run_id, step, log.lines.len() as i64, "note", note])?;
-                    }
-                }
-            }
-            Event::RunFinished { run_id, state, output, error, .. } => {
-                conn.prepare_cached("UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, error = ?5 WHERE id = ?1")?
-                    .execute(params![run_id, state.as_str(), now(), output.as_ref().map(json_text), error])?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The most recent runs, newest first.
-    pub fn runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
-        let conn = self.conn();
-        let mut q = conn.prepare(
-            "SELECT r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error,
-                    (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'succeeded'),
-                    (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'failed')
-             FROM runs r ORDER BY r.started_at DESC, r.rowid DESC LIMIT ?1",
-        )?;
-        let rows = q.query_map(params![limit as i64], |r| {
-            Ok(RunSummary {
-                id: r.get(0)?,
-                workflow: r.get(1)?,
-                file: r.get(2)?,
-                status: r.get(3)?,
-                attempt: r.get(4)?,
-                started_at: r.get(5)?,
-                finished_at: r.get(6)?,
-                error: r.get(7)?,
-                succeeded_steps: r.get(8)?,
-                failed_steps: r.get(9)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// One run with its steps and attempts.
-    pub fn run(&self, id: &str) -> Result<RunRecord, StoreError> {
-        let conn = self.conn();
-        let run = conn
-            .query_row(
-                "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error FROM runs WHERE id = ?1",
-                params![id],
-                |r| {
-                    Ok(RunRecord {
-                        id: r.get(0)?,
-                        workflow: r.get(1)?,
-                        file: r.get(2)?,
-                        sha256: r.get(3)?,
-                        input: parse_json(r.get(4)?).unwrap_or(Value::Null),
-                        status: r.get(5)?,
-                        attempt: r.get(6)?,
-                        started_at: r.get(7)?,
-                        finished_at: r.get(8)?,
-                        output: parse_json(r.get(9)?),
-                        error: r.get(10)?,
-                        steps: Vec::new(),
-                    })
-                },
-            )
-            .optional()?;
-        let mut run = run.ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
-        let mut q = conn.prepare(
-            "SELECT step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt
-             FROM steps WHERE run_id = ?1 ORDER BY rowid",
-        )?;
-        run.steps = q
-            .query_map(params![id], |r| {
-                Ok(StepRecord {
-                    step: r.get(0)?,
-                    state: r.get(1)?,
-                    attempts: r.get(2)?,
-                    finished_at: r.get(3)?,
-                    duration_ms: r.get(4)?,
-                    fuel_used: r.get(5)?,
-                    error_kind: r.get(6)?,
-                    error_message: r.get(7)?,
-                    reason: r.get(8)?,
-                    output: parse_json(r.get(9)?),
-                    run_attempt: r.get(10)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(run)
-    }
-
-    /// A run's captured log lines, of one step or all, in order.
-    pub fn logs(&self, id: &str, step: Option<&str>) -> Result<Vec<(String, LogLine)>, StoreError> {
-        self.run(id)?;
-        let conn = self.conn();
-        let mut q = conn.prepare(
-            "SELECT l.step, l.source, l.text FROM logs l JOIN steps s ON s.run_id = l.run_id AND s.step = l.step
-             WHERE l.run_id = ?1 AND (?2 IS NULL OR l.step = ?2) ORDER BY s.rowid, l.seq",
-        )?;
-        let rows = q.query_map(params![id, step], |r| {
-            let source: String = r.get(1)?;
-            Ok((r.get::<_, String>(0)?, source, r.get::<_, String>(2)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (step, source, text) = row?;
-            let source = serde_json::from_value(Value::String(source)).unwrap_or(crate::sandbox::LogSource::Info);
-            out.push((step, LogLine { source, text }));
-        }
-        Ok(out)
-    }
-
-    /// The outputs of a run's succeeded steps, as recorded (secrets
-    /// masked, with where): what a resume keeps.
-    pub fn succeeded_outputs(&self, id: &str) -> Result<BTreeMap<String, RecordedOutput>, StoreError> {
-        let conn = self.conn();
-        let mut q = conn.prepare("SELECT step, output, output_secrets FROM steps WHERE run_id = ?1 AND state = 'succeeded'")?;
-        let rows = q.query_map(params![id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<String>>(2)?))
-        })?;
-        let mut out = BTreeMap::new();
-        for row in rows {
-            let (step, output, secrets) = row?;
-            let secrets = match secrets.map(|text| serde_json::from_str::<SecretSpans>(&text)) {
-                None => None,
-                Some(Ok(spans)) => Some(spans),
-                // Its masked output cannot be rebuilt: the step runs again.
-                Some(Err(e)) => {
-                    tracing::warn!("run {id}: step `{step}`: unreadable record of masked secrets ({e}); it will run again");
-                    continue;
-                }
-            };
-            out.insert(step, RecordedOutput { output: parse_json(output).unwrap_or(Value::Null), secrets });
-        }
-        Ok(out)
-    }
-}
-
-enum MigrateError {
-    Newer(i64),
-    Sql(rusqlite::Error),
-}
-
-/// Brings the schema up to [`SCHEMA_VERSION`]. Several processes may open a
-/// new state dir at once: `BEGIN IMMEDIATE` takes the write lock first (the
-/// others wait, busy timeout), and the version is read again under it, so
-/// exactly one process applies each migration and the rest see it done.
-fn migrate(conn: &Connection) -> Result<(), MigrateError> {
-    let sql = MigrateError::Sql;
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
-    let result = (|| {
-        let from: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql)?;
-        if from > SCHEMA_VERSION {
-            return Err(MigrateError::Newer(from));
-        }
-        for step in &MIGRATIONS[from as usize..] {
-            conn.execute_batch(step).map_err(sql)?;
-        }
-        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(sql)
-    })();
-    match result {
-        Ok(()) => conn.execute_batch("COMMIT").map_err(sql),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
-    }
+    out
 }
 
 /// A succeeded step's output as the store has it.
@@ -452,12 +170,14 @@ pub struct RecordedOutput {
 }
 
 /// What `begin_run` records.
-pub struct NewRun<'a> {
-    pub id: &'a str,
-    pub workflow: &'a str,
-    pub file: &'a Path,
-    pub sha256: &'a str,
-    pub input: &'a Value,
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: String,
+    pub workflow: String,
+    /// The workflow file, as given (a resume reads it again).
+    pub file: String,
+    pub sha256: String,
+    pub input: Value,
 }
 
 /// A line of `sandflow runs list`.
@@ -510,19 +230,19 @@ pub struct StepRecord {
     pub run_attempt: u32,
 }
 
-/// Writes every event to the store on a writer thread of its own, which
-/// commits whatever has queued up in one transaction (group commit).
-/// [`EventSink::barrier`] waits until all emitted events are committed;
-/// the scheduler calls it before a dependent step starts.
+/// Writes every event to the store from a task of its own, which commits
+/// whatever has queued up in one transaction (group commit).
+/// [`EventSink::barrier`] waits, without blocking a thread, until all
+/// emitted events are committed; the scheduler calls it before a dependent
+/// step starts.
 pub struct StoreSink {
-    queue: Mutex<Option<std::sync::mpsc::Sender<Event>>>,
-    progress: Arc<(Mutex<Progress>, std::sync::Condvar)>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    queue: tokio::sync::mpsc::UnboundedSender<Event>,
+    sent: AtomicU64,
+    progress: tokio::sync::watch::Receiver<Progress>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Progress {
-    sent: u64,
     /// Events the writer is done with: committed, or dropped after a failure.
     committed: u64,
     /// The first commit that failed. Nothing is written after it: a later
@@ -531,66 +251,54 @@ struct Progress {
 }
 
 impl StoreSink {
-    pub fn new(store: Arc<Store>) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<Event>();
-        let progress: Arc<(Mutex<Progress>, std::sync::Condvar)> = Arc::default();
-        let shared = progress.clone();
-        let writer = std::thread::Builder::new()
-            .name("sandflow-store".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
-                    let (lock, done) = &*shared;
-                    let poisoned = crate::lock(lock).failed.is_some();
-                    // A failed transaction is rolled back whole: what it
-                    // held is not recorded at all, never half.
-                    let result = if poisoned { Ok(()) } else { store.record_all(&batch) };
-                    let mut progress = crate::lock(lock);
-                    if let Err(e) = result {
-                        progress.failed = Some(format!("the run store {} could not record the run: {e}", store.path().display()));
-                    }
-                    progress.committed += batch.len() as u64;
-                    done.notify_all();
+    /// Starts the writer task; must be called within a tokio runtime.
+    pub fn new(store: Arc<dyn RunStore>) -> Self {
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let (report, progress) = tokio::sync::watch::channel(Progress::default());
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
                 }
-            })
-            .expect("a thread for the run store");
-        StoreSink { queue: Mutex::new(Some(tx)), progress, writer: Mutex::new(Some(writer)) }
+                let n = batch.len() as u64;
+                let poisoned = report.borrow().failed.is_some();
+                // A failed transaction is rolled back whole: what it held
+                // is not recorded at all, never half.
+                let result = if poisoned { Ok(()) } else { store.record(batch).await };
+                report.send_modify(|p| {
+                    if let Err(e) = result {
+                        p.failed = Some(format!("the run store {} could not record the run: {e}", store.location()));
+                    }
+                    p.committed += n;
+                });
+            }
+        });
+        StoreSink { queue, sent: AtomicU64::new(0), progress }
     }
 }
 
+#[async_trait::async_trait]
 impl EventSink for StoreSink {
     fn emit(&self, event: &Event) {
         if matches!(event, Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. }) {
             return;
         }
-        let queue = crate::lock(&self.queue);
-        if let Some(tx) = queue.as_ref()
-            && tx.send(event.clone()).is_ok()
-        {
-            crate::lock(&self.progress.0).sent += 1;
+        if self.queue.send(event.clone()).is_ok() {
+            self.sent.fetch_add(1, Ordering::SeqCst);
         }
     }
 
-    fn barrier(&self) -> Result<(), SinkError> {
-        let (lock, done) = &*self.progress;
-        let mut p = crate::lock(lock);
-        while p.committed < p.sent {
-            p = done.wait(p).unwrap_or_else(|e| e.into_inner());
-        }
-        match &p.failed {
-            Some(message) => Err(SinkError(message.clone())),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for StoreSink {
-    fn drop(&mut self) {
-        // Close the queue, then let the writer commit what is left.
-        crate::lock(&self.queue).take();
-        if let Some(w) = crate::lock(&self.writer).take() {
-            let _ = w.join();
+    async fn barrier(&self) -> Result<(), SinkError> {
+        let target = self.sent.load(Ordering::SeqCst);
+        let mut progress = self.progress.clone();
+        let seen = progress.wait_for(|p| p.committed >= target || p.failed.is_some()).await;
+        match seen {
+            Ok(p) => match &p.failed {
+                Some(message) => Err(SinkError(message.clone())),
+                None => Ok(()),
+            },
+            Err(_) => Err(SinkError("the run store's writer stopped".into())),
         }
     }
 }
@@ -598,60 +306,33 @@ impl Drop for StoreSink {
 /// Run-scoped state and blobs in the store: state set by one step is seen
 /// by later steps of the run (and by a resume); blobs outlive the process.
 pub struct StoreServices {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn RunStore>,
     pub run_id: String,
 }
 
+fn failed(what: &str) -> impl Fn(StoreError) -> HostError + '_ {
+    move |e| HostError::Failed(format!("the run store could not {what}: {e}"))
+}
+
+#[async_trait::async_trait]
 impl HostServices for StoreServices {
-    fn state_get(&self, key: &str) -> Option<String> {
-        self.store
-            .conn()
-            .query_row("SELECT value FROM state WHERE run_id = ?1 AND key = ?2", params![self.run_id, key], |r| r.get(0))
-            .optional()
-            .unwrap_or_else(|e| {
-                tracing::error!("run store: reading state `{key}`: {e}");
-                None
-            })
+    async fn state_get(&self, key: &str) -> Result<Option<String>, HostError> {
+        self.store.state_get(&self.run_id, key).await.map_err(failed("read the state"))
     }
 
-    fn state_set(&self, key: &str, json: &str) -> Result<(), HostError> {
-        self.store
-            .conn()
-            .execute("INSERT OR REPLACE INTO state (run_id, key, value) VALUES (?1, ?2, ?3)", params![self.run_id, key, json])
-            .map(drop)
-            .map_err(|e| HostError::Failed(format!("the run store could not save state `{key}`: {e}")))
+    async fn state_set(&self, key: &str, json: &str) -> Result<(), HostError> {
+        self.store.state_set(&self.run_id, key, json).await.map_err(failed("save the state"))
     }
 
-    fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError> {
-        self.store
-            .conn()
-            .execute("INSERT OR IGNORE INTO blobs (id, data) VALUES (?1, ?2)", params![id, data])
-            .map(drop)
-            .map_err(|e| HostError::Failed(format!("the run store could not save blob {id}: {e}")))
+    async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError> {
+        self.store.blob_put(id, data).await.map_err(failed("save a blob"))
     }
 
-    fn state_usage(&self) -> (u64, u64) {
-        self.store
-            .conn()
-            .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0) FROM state WHERE run_id = ?1",
-                params![self.run_id],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-            )
-            .unwrap_or_else(|e| {
-                tracing::error!("run store: reading the state's size: {e}");
-                (0, 0)
-            })
+    async fn blob_get(&self, id: &str) -> Result<Option<Vec<u8>>, HostError> {
+        self.store.blob_get(id).await.map_err(failed("read a blob"))
     }
 
-    fn blob_get(&self, id: &str) -> Option<Vec<u8>> {
-        self.store
-            .conn()
-            .query_row("SELECT data FROM blobs WHERE id = ?1", params![id], |r| r.get(0))
-            .optional()
-            .unwrap_or_else(|e| {
-                tracing::error!("run store: reading blob {id}: {e}");
-                None
-            })
+    async fn state_usage(&self) -> Result<(u64, u64), HostError> {
+        self.store.state_usage(&self.run_id).await.map_err(failed("read the state's size"))
     }
 }

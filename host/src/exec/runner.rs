@@ -1,0 +1,69 @@
+//! The scheduler's one way to run a component: a [`StepRunner`]. A step
+//! attempt is a [`Job`], plain data (the component's SHA-256, the input,
+//! the limits and grants), so a runner may run it in this process (the
+//! [`Sandbox`] is the local runner) or hand it to another machine; tests
+//! use a fake runner and no wasm at all.
+
+use crate::failure::{FailureKind, StepFailure};
+use crate::sandbox::{CancellationToken, Grants, HostServices, Limits, LoadError, Sandbox, StepLog, StepOutcome, StepRequest};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One attempt of a component step, as data.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The component's lowercase hex SHA-256, as [`StepRunner::load`] returned it.
+    pub component: String,
+    pub input: Value,
+    /// The component's static config (`config.get()`).
+    pub config: Value,
+    pub limits: Limits,
+    pub grants: Grants,
+}
+
+/// Loads components and runs step attempts.
+#[async_trait::async_trait]
+pub trait StepRunner: Send + Sync {
+    /// Checks a component (it must be a step the runner can run) and makes
+    /// it runnable by its SHA-256, which it returns. `origin` names it in
+    /// messages.
+    fn load(&self, origin: &str, bytes: &[u8]) -> Result<String, LoadError>;
+
+    /// Runs one attempt. State and blobs go through `services`; `cancel`
+    /// stops the attempt (kind `cancelled`).
+    async fn run(&self, job: Job, services: Arc<dyn HostServices>, cancel: &CancellationToken) -> StepOutcome;
+}
+
+#[async_trait::async_trait]
+impl StepRunner for Sandbox {
+    fn load(&self, origin: &str, bytes: &[u8]) -> Result<String, LoadError> {
+        self.load_bytes(origin, bytes).map(|c| c.sha256().to_string())
+    }
+
+    async fn run(&self, job: Job, services: Arc<dyn HostServices>, cancel: &CancellationToken) -> StepOutcome {
+        let Some(component) = self.loaded(&job.component) else {
+            let message = format!("component {} is not loaded in this process", job.component);
+            return StepOutcome {
+                result: Err(StepFailure::new(FailureKind::Instantiate, message)),
+                fuel_used: 0,
+                duration: Duration::ZERO,
+                log: StepLog::default(),
+            };
+        };
+        let request = StepRequest { input: job.input, config: job.config, limits: job.limits, grants: job.grants, services };
+        Sandbox::run(self, &component, request, cancel).await
+    }
+}
+
+/// A shared runner is a runner: `exec::load(path, &Arc::new(sandbox))`.
+#[async_trait::async_trait]
+impl<T: StepRunner + ?Sized> StepRunner for Arc<T> {
+    fn load(&self, origin: &str, bytes: &[u8]) -> Result<String, LoadError> {
+        (**self).load(origin, bytes)
+    }
+
+    async fn run(&self, job: Job, services: Arc<dyn HostServices>, cancel: &CancellationToken) -> StepOutcome {
+        (**self).run(job, services, cancel).await
+    }
+}

@@ -1,0 +1,135 @@
+//! Runs recorded in a run store: start one, resume one. The command line,
+//! `serve` and workers all go through here; the scheduler
+//! ([`crate::exec`]) knows nothing of the store beyond its events.
+
+use crate::exec::{Event, EventSink, Executor, Prepared, RunOptions, RunReport, SinkError, StepRunner, new_run_id, unmask};
+use crate::sandbox::CancellationToken;
+use crate::store::{NewRun, RunRecord, RunStore, StoreError, StoreServices, StoreSink};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// How a recorded run is run.
+#[derive(Clone, Default)]
+pub struct Settings {
+    /// Overrides the workflow's `concurrency`.
+    pub concurrency: Option<usize>,
+    /// Values for `secrets.NAME`. Never written to the store.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Where runs are recorded and how their steps run.
+#[derive(Clone)]
+pub struct Recorder {
+    pub store: Arc<dyn RunStore>,
+    pub runner: Arc<dyn StepRunner>,
+}
+
+/// Why a run could not be resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "{file} changed since run {run} started (its SHA-256 was {sha256}); resuming would mix two versions of the workflow: start a new run instead"
+    )]
+    Changed { file: String, run: String, sha256: String },
+}
+
+impl Recorder {
+    /// Records a new run of `prepared` (read from `file`) and runs it to
+    /// its end; `display` sees every event after the store has it.
+    pub async fn start(
+        &self,
+        prepared: Arc<Prepared>,
+        file: &Path,
+        input: Value,
+        settings: Settings,
+        display: Arc<dyn EventSink>,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, StoreError> {
+        let wf = &prepared.plan.workflow;
+        let run_id = new_run_id();
+        let record = NewRun {
+            id: run_id.clone(),
+            workflow: wf.name.clone(),
+            file: file.display().to_string(),
+            sha256: wf.sha256.clone(),
+            input: input.clone(),
+        };
+        self.store.begin_run(&record).await?;
+        let options = RunOptions {
+            run_id: run_id.clone(),
+            concurrency: settings.concurrency,
+            secrets: settings.secrets,
+            services: Arc::new(StoreServices { store: self.store.clone(), run_id }),
+            ..RunOptions::default()
+        };
+        Ok(self.execute(prepared, input, options, display, cancel).await)
+    }
+
+    /// Continues a recorded run that did not complete: steps that
+    /// succeeded keep their recorded outputs (with the current values of
+    /// the secrets put back where they were masked) and do not run again.
+    /// `prepared` must be the workflow the run started with.
+    pub async fn resume(
+        &self,
+        prepared: Arc<Prepared>,
+        record: &RunRecord,
+        settings: Settings,
+        display: Arc<dyn EventSink>,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, ResumeError> {
+        if prepared.plan.workflow.sha256 != record.sha256 {
+            return Err(ResumeError::Changed { file: record.file.clone(), run: record.id.clone(), sha256: record.sha256.clone() });
+        }
+        // Outputs were recorded with secrets masked: put the current values
+        // back, or run again a step whose output cannot be rebuilt exactly.
+        let restored = self
+            .store
+            .succeeded_outputs(&record.id)
+            .await?
+            .into_iter()
+            .filter_map(|(step, recorded)| match &recorded.secrets {
+                None => Some((step, recorded.output)),
+                Some(spans) => unmask(&recorded.output, spans, &settings.secrets).map(|v| (step, v)),
+            })
+            .collect();
+        let attempt = self.store.resume_run(&record.id).await?;
+        let options = RunOptions {
+            run_id: record.id.clone(),
+            concurrency: settings.concurrency,
+            secrets: settings.secrets,
+            services: Arc::new(StoreServices { store: self.store.clone(), run_id: record.id.clone() }),
+            restored,
+            attempt,
+        };
+        Ok(self.execute(prepared, record.input.clone(), options, display, cancel).await)
+    }
+
+    async fn execute(&self, prepared: Arc<Prepared>, input: Value, options: RunOptions, display: Arc<dyn EventSink>, cancel: CancellationToken) -> RunReport {
+        let sink = Arc::new(Tee(vec![Arc::new(StoreSink::new(self.store.clone())), display]));
+        Executor::new(self.runner.clone(), sink).run(prepared, input, options, cancel).await
+    }
+}
+
+/// Sends every event to each sink in turn (the store first, so a step is
+/// committed before it is shown).
+pub struct Tee(pub Vec<Arc<dyn EventSink>>);
+
+#[async_trait::async_trait]
+impl EventSink for Tee {
+    fn emit(&self, event: &Event) {
+        for sink in &self.0 {
+            sink.emit(event);
+        }
+    }
+
+    async fn barrier(&self) -> Result<(), SinkError> {
+        for sink in &self.0 {
+            sink.barrier().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,522 @@
+//! The shared store: a PostgreSQL server (`--store postgres://…`), for
+//! runs recorded by many processes on many machines.
+//!
+//! The same tables as the SQLite store, plus a `sandflow_schema` table with
+//! the schema version. Migrations run in one transaction under an advisory
+//! lock, so any number of processes may open a fresh database at once.
+//! Connections come from a pool; a pool that cannot connect (the server is
+//! restarting) is retried with backoff for up to [`CONNECT_PATIENCE`].
+
+use super::{NewRun, RecordedOutput, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
+use crate::exec::{Event, SecretSpans};
+use crate::sandbox::{LogLine, LogSource};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+/// The schema this build reads and writes: the number of [`MIGRATIONS`].
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long an operation waits for the server to accept a connection.
+pub const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// `MIGRATIONS[n]` takes a database from schema version `n` to `n + 1`.
+/// Only ever append. JSON is kept as text, exactly as written (`jsonb`
+/// would reorder keys), and times as RFC 3339 text, as in SQLite.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE runs (
+    id          TEXT PRIMARY KEY,
+    seq         BIGSERIAL NOT NULL,
+    workflow    TEXT NOT NULL,
+    file        TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    input       TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempt     INTEGER NOT NULL DEFAULT 1,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    output      TEXT,
+    error       TEXT
+);
+CREATE INDEX runs_newest ON runs (started_at DESC, seq DESC);
+CREATE TABLE steps (
+    run_id         TEXT NOT NULL REFERENCES runs(id),
+    step           TEXT NOT NULL,
+    pos            BIGSERIAL NOT NULL,
+    state          TEXT NOT NULL,
+    attempts       INTEGER NOT NULL,
+    finished_at    TEXT,
+    duration_ms    DOUBLE PRECISION NOT NULL,
+    fuel_used      BIGINT NOT NULL,
+    error_kind     TEXT,
+    error_message  TEXT,
+    reason         TEXT,
+    output         TEXT,
+    output_secrets TEXT,
+    run_attempt    INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE attempts (
+    run_id        TEXT NOT NULL REFERENCES runs(id),
+    step          TEXT NOT NULL,
+    attempt       INTEGER NOT NULL,
+    item          BIGINT,
+    state         TEXT NOT NULL,
+    recorded_at   TEXT NOT NULL,
+    error_kind    TEXT,
+    error_message TEXT
+);
+CREATE INDEX attempts_by_step ON attempts (run_id, step);
+CREATE TABLE logs (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step   TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    text   TEXT NOT NULL
+);
+CREATE INDEX logs_by_step ON logs (run_id, step, seq);
+CREATE TABLE state (
+    run_id TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
+CREATE TABLE blobs (
+    id   TEXT PRIMARY KEY,
+    data BYTEA NOT NULL
+);
+"];
+
+/// Serializes migrations across every process using the server.
+const MIGRATION_LOCK: i64 = 0x5341_4e44_464c_4f57; // "SANDFLOW"
+
+/// The PostgreSQL run store.
+pub struct PgStore {
+    pool: Pool,
+    location: String,
+}
+
+fn db(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(message(&e))
+}
+
+/// The server's own words when it refused (tokio-postgres' `Display` says
+/// only "db error"), else the error and its causes.
+fn message(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut source = Some(e);
+    while let Some(e) = source {
+        if let Some(db) = e.downcast_ref::<tokio_postgres::error::DbError>() {
+            return db.message().to_string();
+        }
+        source = e.source();
+    }
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// PostgreSQL text cannot hold NUL; a guest's log or message may.
+fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') { Cow::Owned(s.replace('\0', "\u{fffd}")) } else { Cow::Borrowed(s) }
+}
+
+fn parse_json(text: Option<String>) -> Option<Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+impl PgStore {
+    /// Connects to the server at `url` (libpq's URL form) and brings the
+    /// schema up to date.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
+            location: redact_url(url),
+            message: message(&e),
+        })?;
+        if config.get_user().is_none() {
+            // As libpq does: the login name.
+            let user = std::env::var("PGUSER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "postgres".into());
+            config.user(&user);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.application_name("sandflow");
+        let location = describe(&config);
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_PATIENCE))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| StoreError::Open { location: location.clone(), message: e.to_string() })?;
+        let store = PgStore { pool, location };
+        // The first connection is not retried: a wrong URL fails at once.
+        let mut client = store.pool.get().await.map_err(|e| StoreError::Open { location: store.location.clone(), message: pool_error(e) })?;
+        migrate(&mut client).await.map_err(|e| match e {
+            MigrateError::Newer(found) => StoreError::NewerSchema { location: store.location.clone(), found, known: SCHEMA_VERSION },
+            MigrateError::Db(e) => StoreError::Open { location: store.location.clone(), message: message(&e) },
+        })?;
+        Ok(store)
+    }
+
+    /// A pooled connection, waiting (with backoff) while the server is
+    /// unreachable, e.g. restarting.
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.pool.get().await {
+                Ok(client) => return Ok(client),
+                Err(e) if started.elapsed() < CONNECT_PATIENCE => {
+                    tracing::warn!("run store {}: {}; retrying in {delay:?}", self.location, pool_error(e));
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(StoreError::Backend(format!("cannot reach {}: {}", self.location, pool_error(e)))),
+            }
+        }
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => message(&e),
+        other => message(&other),
+    }
+}
+
+/// `postgres://user@host:port/db`, never the password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("postgres://{}@{host}:{port}/{}", config.get_user().unwrap_or(""), config.get_dbname().unwrap_or(""))
+}
+
+/// A URL that did not parse, with anything that may be a password cut.
+fn redact_url(url: &str) -> String {
+    match url.split_once('@') {
+        Some((_, rest)) => format!("postgres://…@{rest}"),
+        None => url.to_string(),
+    }
+}
+
+enum MigrateError {
+    Newer(i64),
+    Db(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for MigrateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        MigrateError::Db(e)
+    }
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`] in one transaction, under an
+/// advisory lock: concurrent openers wait, then see the work done.
+async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), MigrateError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS sandflow_schema (version BIGINT NOT NULL)").await?;
+    let from: i64 = match tx.query_opt("SELECT version FROM sandflow_schema", &[]).await? {
+        Some(row) => row.get(0),
+        None => {
+            tx.execute("INSERT INTO sandflow_schema (version) VALUES (0)", &[]).await?;
+            0
+        }
+    };
+    if from > SCHEMA_VERSION {
+        return Err(MigrateError::Newer(from));
+    }
+    for step in &MIGRATIONS[from as usize..] {
+        tx.batch_execute(step).await?;
+    }
+    tx.execute("UPDATE sandflow_schema SET version = $1", &[&SCHEMA_VERSION]).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl RunStore for PgStore {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn begin_run(&self, run: &NewRun) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at) VALUES ($1, $2, $3, $4, $5, 'running', 1, $6)",
+                &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn resume_run(&self, id: &str) -> Result<u32, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE runs SET status = 'running', attempt = attempt + 1, finished_at = NULL, error = NULL, output = NULL WHERE id = $1 RETURNING attempt",
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        let row = row.ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
+        Ok(row.get::<_, i32>(0) as u32)
+    }
+
+    async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        for event in &events {
+            write(&tx, event).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error,
+                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'succeeded'),
+                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'failed')
+                 FROM runs r ORDER BY r.started_at DESC, r.seq DESC LIMIT $1",
+                &[&(limit.min(i64::MAX as usize) as i64)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| RunSummary {
+                id: r.get(0),
+                workflow: r.get(1),
+                file: r.get(2),
+                status: r.get(3),
+                attempt: r.get::<_, i32>(4) as u32,
+                started_at: r.get(5),
+                finished_at: r.get(6),
+                error: r.get(7),
+                succeeded_steps: r.get::<_, i64>(8) as u32,
+                failed_steps: r.get::<_, i64>(9) as u32,
+            })
+            .collect())
+    }
+
+    async fn run(&self, id: &str) -> Result<RunRecord, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error FROM runs WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
+        let steps = client
+            .query(
+                "SELECT step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt
+                 FROM steps WHERE run_id = $1 ORDER BY pos",
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        Ok(RunRecord {
+            id: row.get(0),
+            workflow: row.get(1),
+            file: row.get(2),
+            sha256: row.get(3),
+            input: parse_json(row.get(4)).unwrap_or(Value::Null),
+            status: row.get(5),
+            attempt: row.get::<_, i32>(6) as u32,
+            started_at: row.get(7),
+            finished_at: row.get(8),
+            output: parse_json(row.get(9)),
+            error: row.get(10),
+            steps: steps
+                .iter()
+                .map(|r| StepRecord {
+                    step: r.get(0),
+                    state: r.get(1),
+                    attempts: r.get::<_, i32>(2) as u32,
+                    finished_at: r.get(3),
+                    duration_ms: r.get(4),
+                    fuel_used: r.get(5),
+                    error_kind: r.get(6),
+                    error_message: r.get(7),
+                    reason: r.get(8),
+                    output: parse_json(r.get(9)),
+                    run_attempt: r.get::<_, i32>(10) as u32,
+                })
+                .collect(),
+        })
+    }
+
+    async fn logs(&self, id: &str, step: Option<&str>) -> Result<Vec<(String, LogLine)>, StoreError> {
+        self.run(id).await?;
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT l.step, l.source, l.text FROM logs l JOIN steps s ON s.run_id = l.run_id AND s.step = l.step
+                 WHERE l.run_id = $1 AND ($2::text IS NULL OR l.step = $2) ORDER BY s.pos, l.seq",
+                &[&id, &step],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| (r.get(0), LogLine { source: LogSource::parse(r.get(1)), text: r.get(2) })).collect())
+    }
+
+    async fn succeeded_outputs(&self, id: &str) -> Result<BTreeMap<String, RecordedOutput>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT step, output, output_secrets FROM steps WHERE run_id = $1 AND state = 'succeeded'", &[&id])
+            .await
+            .map_err(db)?;
+        Ok(super::recorded_outputs(id, rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()))
+    }
+
+    async fn state_get(&self, run_id: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached("SELECT value FROM state WHERE run_id = $1 AND key = $2").await.map_err(db)?;
+        Ok(client.query_opt(&stmt, &[&run_id, &key]).await.map_err(db)?.map(|r| r.get(0)))
+    }
+
+    async fn state_set(&self, run_id: &str, key: &str, json: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("INSERT INTO state (run_id, key, value) VALUES ($1, $2, $3) ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value")
+            .await
+            .map_err(db)?;
+        client.execute(&stmt, &[&run_id, &key, &json]).await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn state_usage(&self, run_id: &str) -> Result<(u64, u64), StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT COUNT(*), COALESCE(SUM(octet_length(key) + octet_length(value)), 0)::BIGINT FROM state WHERE run_id = $1",
+                &[&run_id],
+            )
+            .await
+            .map_err(db)?;
+        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+    }
+
+    async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached("INSERT INTO blobs (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING").await.map_err(db)?;
+        client.execute(&stmt, &[&id, &data]).await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn blob_get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached("SELECT data FROM blobs WHERE id = $1").await.map_err(db)?;
+        Ok(client.query_opt(&stmt, &[&id]).await.map_err(db)?.map(|r| r.get(0)))
+    }
+}
+
+/// Writes one event inside the caller's transaction.
+async fn write(tx: &deadpool_postgres::Transaction<'_>, event: &Event) -> Result<(), tokio_postgres::Error> {
+    match event {
+        Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => {}
+        Event::StepRetrying { run_id, step, attempt, item, error, .. } => {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message) VALUES ($1, $2, $3, $4, 'failed', $5, $6, $7)",
+                )
+                .await?;
+            let item = item.map(|i| i as i64);
+            tx.execute(&stmt, &[run_id, step, &(*attempt as i32), &item, &now(), &error.kind.as_str(), &text(&error.message)]).await?;
+        }
+        Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, output_secrets, log } => {
+            // The run's attempt comes from the store: another process may
+            // have resumed the run. A step recorded again (after a resume)
+            // moves to the end of the run's order, as in SQLite.
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, (SELECT attempt FROM runs WHERE id = $1), $12)
+                     ON CONFLICT (run_id, step) DO UPDATE SET
+                        pos = EXCLUDED.pos, state = EXCLUDED.state, attempts = EXCLUDED.attempts, finished_at = EXCLUDED.finished_at,
+                        duration_ms = EXCLUDED.duration_ms, fuel_used = EXCLUDED.fuel_used, error_kind = EXCLUDED.error_kind,
+                        error_message = EXCLUDED.error_message, reason = EXCLUDED.reason, output = EXCLUDED.output,
+                        run_attempt = EXCLUDED.run_attempt, output_secrets = EXCLUDED.output_secrets",
+                )
+                .await?;
+            let kind = error.as_ref().map(|e| e.kind.as_str());
+            let message = error.as_ref().map(|e| text(&e.message).into_owned());
+            let reason = reason.as_deref().map(|r| text(r).into_owned());
+            let output = output.as_ref().map(Value::to_string);
+            let secrets = output_secrets.as_ref().map(SecretSpans::to_json);
+            tx.execute(
+                &stmt,
+                &[
+                    run_id,
+                    step,
+                    &state.as_str(),
+                    &(*attempt as i32),
+                    &now(),
+                    &(duration.as_secs_f64() * 1000.0),
+                    &(*fuel_used as i64),
+                    &kind,
+                    &message,
+                    &reason,
+                    &output,
+                    &secrets,
+                ],
+            )
+            .await?;
+            if *attempt > 0 {
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message) VALUES ($1, $2, $3, NULL, $4, $5, $6, $7)",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[run_id, step, &(*attempt as i32), &state.as_str(), &now(), &kind, &message]).await?;
+            }
+            // A step run again after a resume replaces its old log.
+            let stmt = tx.prepare_cached("DELETE FROM logs WHERE run_id = $1 AND step = $2").await?;
+            tx.execute(&stmt, &[run_id, step]).await?;
+            let (mut seqs, mut sources, mut texts) = (Vec::new(), Vec::new(), Vec::new());
+            for (seq, (source, line)) in super::log_rows(log).enumerate() {
+                seqs.push(seq as i32);
+                sources.push(source);
+                texts.push(text(&line).into_owned());
+            }
+            if !seqs.is_empty() {
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO logs (run_id, step, seq, source, text)
+                         SELECT $1, $2, l.seq, l.source, l.text FROM unnest($3::int[], $4::text[], $5::text[]) AS l(seq, source, text)",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[run_id, step, &seqs, &sources, &texts]).await?;
+            }
+        }
+        Event::RunFinished { run_id, state, output, error, .. } => {
+            let stmt = tx.prepare_cached("UPDATE runs SET status = $2, finished_at = $3, output = $4, error = $5 WHERE id = $1").await?;
+            let output = output.as_ref().map(Value::to_string);
+            let error = error.as_deref().map(|e| text(e).into_owned());
+            tx.execute(&stmt, &[run_id, &state.as_str(), &now(), &output, &error]).await?;
+        }
+    }
+    Ok(())
+}

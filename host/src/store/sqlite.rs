@@ -1,0 +1,451 @@
+//! The embedded store: one SQLite file under the state dir
+//! (`sandflow.db`). The default; one machine, no server.
+//!
+//! WAL mode with `synchronous=NORMAL`: a commit survives the process being
+//! killed (not the machine losing power). Several `sandflow` processes may
+//! share one state dir: writers wait for each other (busy timeout). Every
+//! call runs on tokio's blocking pool, never on a runtime worker.
+
+use super::{NewRun, RecordedOutput, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
+use crate::exec::{Event, SecretSpans};
+use crate::sandbox::{LogLine, LogSource};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The schema this build reads and writes: the number of [`MIGRATIONS`].
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// `MIGRATIONS[n]` takes a store from schema version `n` to `n + 1`. Only
+/// ever append: a released migration is never changed.
+const MIGRATIONS: &[&str] = &[
+    // 1: runs, steps, attempts, logs, state, blobs.
+    "
+CREATE TABLE runs (
+    id          TEXT PRIMARY KEY,
+    workflow    TEXT NOT NULL,
+    file        TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    input       TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempt     INTEGER NOT NULL DEFAULT 1,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    output      TEXT,
+    error       TEXT
+);
+CREATE TABLE steps (
+    run_id        TEXT NOT NULL REFERENCES runs(id),
+    step          TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    attempts      INTEGER NOT NULL,
+    finished_at   TEXT,
+    duration_ms   REAL NOT NULL,
+    fuel_used     INTEGER NOT NULL,
+    error_kind    TEXT,
+    error_message TEXT,
+    reason        TEXT,
+    output        TEXT,
+    run_attempt   INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE attempts (
+    run_id        TEXT NOT NULL REFERENCES runs(id),
+    step          TEXT NOT NULL,
+    attempt       INTEGER NOT NULL,
+    item          INTEGER,
+    state         TEXT NOT NULL,
+    recorded_at   TEXT NOT NULL,
+    error_kind    TEXT,
+    error_message TEXT
+);
+CREATE TABLE logs (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step   TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    text   TEXT NOT NULL
+);
+CREATE INDEX logs_by_step ON logs (run_id, step, seq);
+CREATE TABLE state (
+    run_id TEXT NOT NULL,
+    key    TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
+CREATE TABLE blobs (
+    id   TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+);
+",
+    // 2: where secrets were masked in a step's recorded output, so that a
+    // resume can put them back (see `SecretSpans`).
+    "ALTER TABLE steps ADD COLUMN output_secrets TEXT;",
+];
+
+/// The SQLite run store.
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+    location: String,
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+}
+
+fn sql(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn json_text(v: &Value) -> String {
+    v.to_string()
+}
+
+fn parse_json(text: Option<String>) -> Option<Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `state_dir/sandflow.db`, migrating an
+    /// older schema and refusing a newer one or a file that is not a store.
+    pub fn open(state_dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir { path: state_dir.to_path_buf(), source })?;
+        Self::open_file(&state_dir.join("sandflow.db"))
+    }
+
+    /// Opens (creating if needed) the store in the file `path`.
+    pub fn open_file(path: &Path) -> Result<SqliteStore, StoreError> {
+        let location = path.display().to_string();
+        let conn = Connection::open(path).map_err(|e| StoreError::Open { location: location.clone(), message: e.to_string() })?;
+        let corrupt = |e: rusqlite::Error| StoreError::Corrupt { location: location.clone(), message: e.to_string() };
+        conn.busy_timeout(Duration::from_secs(30)).map_err(corrupt)?;
+        // Reading the version first touches the file: a file that is not a
+        // database fails here, before anything is written to it.
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(corrupt)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema { location, found: version, known: SCHEMA_VERSION });
+        }
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| {
+            if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)) {
+                StoreError::Open { location: location.clone(), message: e.to_string() }
+            } else {
+                corrupt(e)
+            }
+        })?;
+        tracing::debug!("run store {location} in {mode} mode");
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;").map_err(corrupt)?;
+        // Bound the WAL file: without this it keeps the size of the largest
+        // transaction (a step's big output or log) after every checkpoint.
+        conn.execute_batch("PRAGMA journal_size_limit = 67108864;").map_err(corrupt)?;
+        if version < SCHEMA_VERSION {
+            migrate(&conn).map_err(|e| match e {
+                MigrateError::Newer(found) => StoreError::NewerSchema { location: location.clone(), found, known: SCHEMA_VERSION },
+                MigrateError::Sql(e) => StoreError::Open { location: location.clone(), message: e.to_string() },
+            })?;
+        }
+        Ok(SqliteStore { inner: Arc::new(Inner { conn: Mutex::new(conn) }), location })
+    }
+
+    /// Where the database file is.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(&self.location)
+    }
+
+    /// Runs `f` with the connection on tokio's blocking pool.
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&crate::lock(&inner.conn)))
+            .await
+            .map_err(|e| StoreError::Backend(format!("the store's thread failed: {e}")))?
+            .map_err(sql)
+    }
+}
+
+#[async_trait::async_trait]
+impl RunStore for SqliteStore {
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn begin_run(&self, run: &NewRun) -> Result<(), StoreError> {
+        let run = run.clone();
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at) VALUES (?1, ?2, ?3, ?4, ?5, 'running', 1, ?6)",
+                params![run.id, run.workflow, run.file, run.sha256, json_text(&run.input), now()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn resume_run(&self, id: &str) -> Result<u32, StoreError> {
+        let id = id.to_string();
+        let found = self
+            .with(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                let n = tx.execute(
+                    "UPDATE runs SET status = 'running', attempt = attempt + 1, finished_at = NULL, error = NULL, output = NULL WHERE id = ?1",
+                    params![id],
+                )?;
+                if n == 0 {
+                    return Ok(Err(id));
+                }
+                let attempt: u32 = tx.query_row("SELECT attempt FROM runs WHERE id = ?1", params![id], |r| r.get(0))?;
+                tx.commit()?;
+                Ok(Ok(attempt))
+            })
+            .await?;
+        found.map_err(StoreError::UnknownRun)
+    }
+
+    async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            for event in &events {
+                write(&tx, event)?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
+        self.with(move |conn| {
+            let mut q = conn.prepare(
+                "SELECT r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error,
+                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'succeeded'),
+                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'failed')
+                 FROM runs r ORDER BY r.started_at DESC, r.rowid DESC LIMIT ?1",
+            )?;
+            let rows = q.query_map(params![limit as i64], |r| {
+                Ok(RunSummary {
+                    id: r.get(0)?,
+                    workflow: r.get(1)?,
+                    file: r.get(2)?,
+                    status: r.get(3)?,
+                    attempt: r.get(4)?,
+                    started_at: r.get(5)?,
+                    finished_at: r.get(6)?,
+                    error: r.get(7)?,
+                    succeeded_steps: r.get(8)?,
+                    failed_steps: r.get(9)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn run(&self, id: &str) -> Result<RunRecord, StoreError> {
+        let key = id.to_string();
+        let run = self
+            .with(move |conn| {
+                let run = conn
+                    .query_row(
+                        "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error FROM runs WHERE id = ?1",
+                        params![key],
+                        |r| {
+                            Ok(RunRecord {
+                                id: r.get(0)?,
+                                workflow: r.get(1)?,
+                                file: r.get(2)?,
+                                sha256: r.get(3)?,
+                                input: parse_json(r.get(4)?).unwrap_or(Value::Null),
+                                status: r.get(5)?,
+                                attempt: r.get(6)?,
+                                started_at: r.get(7)?,
+                                finished_at: r.get(8)?,
+                                output: parse_json(r.get(9)?),
+                                error: r.get(10)?,
+                                steps: Vec::new(),
+                            })
+                        },
+                    )
+                    .optional()?;
+                let Some(mut run) = run else { return Ok(None) };
+                let mut q = conn.prepare(
+                    "SELECT step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt
+                     FROM steps WHERE run_id = ?1 ORDER BY rowid",
+                )?;
+                run.steps = q
+                    .query_map(params![key], |r| {
+                        Ok(StepRecord {
+                            step: r.get(0)?,
+                            state: r.get(1)?,
+                            attempts: r.get(2)?,
+                            finished_at: r.get(3)?,
+                            duration_ms: r.get(4)?,
+                            fuel_used: r.get(5)?,
+                            error_kind: r.get(6)?,
+                            error_message: r.get(7)?,
+                            reason: r.get(8)?,
+                            output: parse_json(r.get(9)?),
+                            run_attempt: r.get(10)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                Ok(Some(run))
+            })
+            .await?;
+        run.ok_or_else(|| StoreError::UnknownRun(id.to_string()))
+    }
+
+    async fn logs(&self, id: &str, step: Option<&str>) -> Result<Vec<(String, LogLine)>, StoreError> {
+        self.run(id).await?;
+        let (id, step) = (id.to_string(), step.map(str::to_string));
+        self.with(move |conn| {
+            let mut q = conn.prepare(
+                "SELECT l.step, l.source, l.text FROM logs l JOIN steps s ON s.run_id = l.run_id AND s.step = l.step
+                 WHERE l.run_id = ?1 AND (?2 IS NULL OR l.step = ?2) ORDER BY s.rowid, l.seq",
+            )?;
+            let rows = q.query_map(params![id, step], |r| {
+                Ok((r.get::<_, String>(0)?, LogLine { source: LogSource::parse(&r.get::<_, String>(1)?), text: r.get(2)? }))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn succeeded_outputs(&self, id: &str) -> Result<BTreeMap<String, RecordedOutput>, StoreError> {
+        let key = id.to_string();
+        let rows = self
+            .with(move |conn| {
+                let mut q = conn.prepare("SELECT step, output, output_secrets FROM steps WHERE run_id = ?1 AND state = 'succeeded'")?;
+                let rows = q.query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        Ok(super::recorded_outputs(id, rows))
+    }
+
+    async fn state_get(&self, run_id: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let (run_id, key) = (run_id.to_string(), key.to_string());
+        self.with(move |conn| {
+            conn.query_row("SELECT value FROM state WHERE run_id = ?1 AND key = ?2", params![run_id, key], |r| r.get(0)).optional()
+        })
+        .await
+    }
+
+    async fn state_set(&self, run_id: &str, key: &str, json: &str) -> Result<(), StoreError> {
+        let (run_id, key, json) = (run_id.to_string(), key.to_string(), json.to_string());
+        self.with(move |conn| {
+            conn.execute("INSERT OR REPLACE INTO state (run_id, key, value) VALUES (?1, ?2, ?3)", params![run_id, key, json]).map(drop)
+        })
+        .await
+    }
+
+    async fn state_usage(&self, run_id: &str) -> Result<(u64, u64), StoreError> {
+        let run_id = run_id.to_string();
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0) FROM state WHERE run_id = ?1",
+                params![run_id],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+        })
+        .await
+    }
+
+    async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), StoreError> {
+        let (id, data) = (id.to_string(), data.to_vec());
+        self.with(move |conn| conn.execute("INSERT OR IGNORE INTO blobs (id, data) VALUES (?1, ?2)", params![id, data]).map(drop))
+            .await
+    }
+
+    async fn blob_get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let id = id.to_string();
+        self.with(move |conn| conn.query_row("SELECT data FROM blobs WHERE id = ?1", params![id], |r| r.get(0)).optional())
+            .await
+    }
+}
+
+/// Writes one event inside the caller's transaction.
+fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
+    match event {
+        Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => {}
+        Event::StepRetrying { run_id, step, attempt, item, error, .. } => {
+            conn.prepare_cached(
+                "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message) VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6, ?7)",
+            )?
+            .execute(params![run_id, step, attempt, item.map(|i| i as i64), now(), error.kind.as_str(), error.message])?;
+        }
+        Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, output_secrets, log } => {
+            // The run's attempt comes from the store: another process may
+            // have resumed the run.
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, (SELECT attempt FROM runs WHERE id = ?1), ?12)",
+            )?
+            .execute(params![
+                run_id,
+                step,
+                state.as_str(),
+                attempt,
+                now(),
+                duration.as_secs_f64() * 1000.0,
+                *fuel_used as i64,
+                error.as_ref().map(|e| e.kind.as_str()),
+                error.as_ref().map(|e| e.message.as_str()),
+                reason,
+                output.as_ref().map(json_text),
+                output_secrets.as_ref().map(SecretSpans::to_json),
+            ])?;
+            if *attempt > 0 {
+                conn.prepare_cached(
+                    "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message) VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![run_id, step, attempt, state.as_str(), now(), error.as_ref().map(|e| e.kind.as_str()), error.as_ref().map(|e| e.message.as_str())])?;
+            }
+            // A step run again after a resume replaces its old log.
+            conn.prepare_cached("DELETE FROM logs WHERE run_id = ?1 AND step = ?2")?.execute(params![run_id, step])?;
+            let mut insert = conn.prepare_cached("INSERT INTO logs (run_id, step, seq, source, text) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for (seq, (source, text)) in super::log_rows(log).enumerate() {
+                insert.execute(params![run_id, step, seq as i64, source, text])?;
+            }
+        }
+        Event::RunFinished { run_id, state, output, error, .. } => {
+            conn.prepare_cached("UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, error = ?5 WHERE id = ?1")?
+                .execute(params![run_id, state.as_str(), now(), output.as_ref().map(json_text), error])?;
+        }
+    }
+    Ok(())
+}
+
+enum MigrateError {
+    Newer(i64),
+    Sql(rusqlite::Error),
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`]. Several processes may open a
+/// new state dir at once: `BEGIN IMMEDIATE` takes the write lock first (the
+/// others wait, busy timeout), and the version is read again under it, so
+/// exactly one process applies each migration and the rest see it done.
+fn migrate(conn: &Connection) -> Result<(), MigrateError> {
+    let sql = MigrateError::Sql;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+    let result = (|| {
+        let from: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql)?;
+        if from > SCHEMA_VERSION {
+            return Err(MigrateError::Newer(from));
+        }
+        for step in &MIGRATIONS[from as usize..] {
+            conn.execute_batch(step).map_err(sql)?;
+        }
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(sql)
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(sql),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}

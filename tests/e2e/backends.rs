@@ -1,0 +1,162 @@
+//! The run store's behaviour, the same tests against both backends: SQLite
+//! and PostgreSQL (a fresh schema per test; see `support::backends`).
+
+use crate::support::{Backend, backends};
+use sandflow::exec::{Event, MaskedString, RunState, SecretSpans, StepState};
+use sandflow::failure::{FailureKind, StepFailure};
+use sandflow::sandbox::{LogLine, LogSource, StepLog};
+use sandflow::store::{NewRun, RunStore, StoreError, StoreUrl, open};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn store(backend: &Backend, dir: &tempfile::TempDir) -> Arc<dyn RunStore> {
+    open(&StoreUrl::parse(&backend.url(dir.path())).unwrap()).await.unwrap_or_else(|e| panic!("{}: {e}", backend.name()))
+}
+
+fn new_run(id: &str) -> NewRun {
+    NewRun { id: id.into(), workflow: "wf".into(), file: "wf.yaml".into(), sha256: "abc".into(), input: json!({"n": 1}) }
+}
+
+fn finished(run: &str, step: &str, state: StepState, output: Option<Value>, log: &[&str]) -> Event {
+    Event::StepFinished {
+        run_id: run.into(),
+        step: step.into(),
+        state,
+        attempt: 1,
+        duration: Duration::from_millis(12),
+        fuel_used: 345,
+        error: (state == StepState::Failed).then(|| StepFailure::new(FailureKind::Component, "it broke")),
+        reason: None,
+        output,
+        output_secrets: None,
+        log: StepLog {
+            lines: log.iter().map(|t| LogLine { source: LogSource::Info, text: t.to_string() }).collect(),
+            dropped_bytes: 0,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_recorded_listed_shown_and_logged() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&backend, &dir).await;
+        let name = backend.name();
+        s.begin_run(&new_run("r1")).await.unwrap();
+        s.record(vec![
+            Event::StepRetrying {
+                run_id: "r1".into(),
+                step: "a".into(),
+                attempt: 1,
+                item: None,
+                error: StepFailure::new(FailureKind::Trap, "crashed"),
+                delay: Duration::from_millis(5),
+            },
+            finished("r1", "a", StepState::Succeeded, Some(json!({"b": 2, "a": 1})), &["one", "two\0nul"]),
+            finished("r1", "b", StepState::Failed, None, &[]),
+            Event::RunFinished { run_id: "r1".into(), state: RunState::Failed, duration: Duration::ZERO, output: None, error: Some("step `b` failed".into()) },
+        ])
+        .await
+        .unwrap();
+        let runs = s.runs(10).await.unwrap();
+        assert_eq!(runs.len(), 1, "{name}");
+        assert_eq!((runs[0].status.as_str(), runs[0].succeeded_steps, runs[0].failed_steps), ("failed", 1, 1), "{name}");
+        let run = s.run("r1").await.unwrap();
+        assert_eq!(run.input, json!({"n": 1}), "{name}");
+        assert_eq!(run.error.as_deref(), Some("step `b` failed"), "{name}");
+        let steps: Vec<(&str, &str)> = run.steps.iter().map(|x| (x.step.as_str(), x.state.as_str())).collect();
+        assert_eq!(steps, [("a", "succeeded"), ("b", "failed")], "{name}: in the order they finished");
+        assert_eq!(run.steps[0].output, Some(json!({"a": 1, "b": 2})), "{name}");
+        assert_eq!((run.steps[0].fuel_used, run.steps[0].run_attempt), (345, 1), "{name}");
+        assert_eq!(run.steps[1].error_message.as_deref(), Some("it broke"), "{name}");
+        let logs = s.logs("r1", Some("a")).await.unwrap();
+        let texts: Vec<&str> = logs.iter().map(|(_, l)| l.text.as_str()).collect();
+        // PostgreSQL text cannot hold NUL: it is replaced, not lost.
+        let nul = if name == "postgres" { "two\u{fffd}nul" } else { "two\0nul" };
+        assert_eq!(texts, ["one", nul], "{name}");
+        assert_eq!(backend.count(dir.path(), "SELECT COUNT(*) FROM attempts WHERE run_id = $1", "r1"), 3, "{name}");
+        assert!(matches!(s.run("nope").await, Err(StoreError::UnknownRun(_))), "{name}");
+        assert!(matches!(s.logs("nope", None).await, Err(StoreError::UnknownRun(_))), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_counts_attempts_in_the_store_and_keeps_masked_outputs() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&backend, &dir).await;
+        let name = backend.name();
+        s.begin_run(&new_run("r2")).await.unwrap();
+        let spans = SecretSpans { strings: vec![MaskedString { at: "/token".into(), spans: vec![(0, "TOKEN".into())] }], in_keys: false };
+        let Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, log, .. } =
+            finished("r2", "a", StepState::Succeeded, Some(json!({"token": "***"})), &["first log"])
+        else {
+            unreachable!()
+        };
+        let masked = Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, output_secrets: Some(spans.clone()), log };
+        s.record(vec![masked, finished("r2", "b", StepState::Failed, None, &["old"])]).await.unwrap();
+
+        // A second process resumes: the attempt number comes from the store.
+        let other = store(&backend, &dir).await;
+        assert_eq!(other.resume_run("r2").await.unwrap(), 2, "{name}");
+        assert_eq!(s.resume_run("r2").await.unwrap(), 3, "{name}");
+        let outputs = s.succeeded_outputs("r2").await.unwrap();
+        assert_eq!(outputs.keys().collect::<Vec<_>>(), ["a"], "{name}");
+        assert_eq!((&outputs["a"].output, &outputs["a"].secrets), (&json!({"token": "***"}), &Some(spans)), "{name}");
+        other.record(vec![finished("r2", "b", StepState::Succeeded, Some(json!(1)), &["new"])]).await.unwrap();
+        let run = s.run("r2").await.unwrap();
+        assert_eq!((run.status.as_str(), run.attempt), ("running", 3), "{name}");
+        let b = run.steps.iter().find(|x| x.step == "b").unwrap();
+        assert_eq!((b.state.as_str(), b.run_attempt), ("succeeded", 3), "{name}");
+        let logs: Vec<String> = s.logs("r2", Some("b")).await.unwrap().into_iter().map(|(_, l)| l.text).collect();
+        assert_eq!(logs, ["new"], "{name}: a step run again replaces its log");
+        assert!(matches!(s.resume_run("nope").await, Err(StoreError::UnknownRun(_))), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_blobs_are_per_run_and_per_content() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&backend, &dir).await;
+        let name = backend.name();
+        assert_eq!(s.state_get("r", "k").await.unwrap(), None, "{name}");
+        s.state_set("r", "k", "[1,2]").await.unwrap();
+        s.state_set("r", "k", "\"é\"").await.unwrap();
+        s.state_set("other", "k", "1").await.unwrap();
+        assert_eq!(s.state_get("r", "k").await.unwrap().as_deref(), Some("\"é\""), "{name}");
+        // Bytes, not characters: "k" + "\"é\"" is 1 + 4.
+        assert_eq!(s.state_usage("r").await.unwrap(), (1, 5), "{name}");
+        assert_eq!(s.state_usage("empty").await.unwrap(), (0, 0), "{name}");
+        let data = vec![0u8, 255, 7];
+        s.blob_put("id1", &data).await.unwrap();
+        s.blob_put("id1", &data).await.unwrap();
+        assert_eq!(s.blob_get("id1").await.unwrap(), Some(data), "{name}");
+        assert_eq!(s.blob_get("id2").await.unwrap(), None, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_processes_may_open_a_new_store_at_once() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = StoreUrl::parse(&backend.url(dir.path())).unwrap();
+        let opens: Vec<_> = (0..6).map(|_| tokio::spawn({
+            let url = url.clone();
+            async move { open(&url).await.map(drop) }
+        })).collect();
+        for o in opens {
+            o.await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", backend.name()));
+        }
+    }
+}
+
+#[test]
+fn store_urls_name_a_backend_or_say_what_is_wrong() {
+    assert_eq!(StoreUrl::parse("sqlite:runs.db").unwrap(), StoreUrl::Sqlite("runs.db".into()));
+    assert_eq!(StoreUrl::parse("sqlite:///tmp/x.db").unwrap(), StoreUrl::Sqlite("/tmp/x.db".into()));
+    assert!(matches!(StoreUrl::parse("postgresql://u@h/db").unwrap(), StoreUrl::Postgres(_)));
+    let e = StoreUrl::parse("mysql://h/db").unwrap_err().to_string();
+    assert_eq!(e, "`mysql://h/db` is not a run store URL: use sqlite:PATH or postgres://USER@HOST[:PORT]/DATABASE");
+}
