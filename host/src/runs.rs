@@ -110,7 +110,33 @@ impl Recorder {
 
     async fn execute(&self, prepared: Arc<Prepared>, input: Value, options: RunOptions, display: Arc<dyn EventSink>, cancel: CancellationToken) -> RunReport {
         let sink = Arc::new(Tee(vec![Arc::new(StoreSink::new(self.store.clone())), display]));
-        Executor::new(self.runner.clone(), sink).run(prepared, input, options, cancel).await
+        let watcher = tokio::spawn(watch_cancel(self.store.clone(), options.run_id.clone(), cancel.clone()));
+        let report = Executor::new(self.runner.clone(), sink).run(prepared, input, options, cancel).await;
+        watcher.abort();
+        report
+    }
+}
+
+/// How often a running run looks for `sandflow cancel`.
+pub const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Cancels the run when the store says someone asked to (`sandflow
+/// cancel`, from any process or machine). A store that cannot answer is
+/// asked again at the next tick: it does not stop the run.
+async fn watch_cancel(store: Arc<dyn RunStore>, run_id: String, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(CANCEL_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.cancel_requested(&run_id).await {
+            Ok(true) => {
+                tracing::info!("run {run_id}: cancel requested through the run store");
+                cancel.cancel();
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::debug!("run {run_id}: cannot read the cancel flag: {e}"),
+        }
     }
 }
 

@@ -160,3 +160,25 @@ fn store_urls_name_a_backend_or_say_what_is_wrong() {
     let e = StoreUrl::parse("mysql://h/db").unwrap_err().to_string();
     assert_eq!(e, "`mysql://h/db` is not a run store URL: use sqlite:PATH or postgres://USER@HOST[:PORT]/DATABASE");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
+    let Some(schema) = crate::support::PgSchema::create() else { return };
+    let url = StoreUrl::parse(&schema.url).unwrap();
+    let s = open(&url).await.unwrap();
+    s.begin_run(&new_run("old")).await.unwrap();
+    drop(s);
+    let (client, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    // Back to what schema version 1 was.
+    client.batch_execute("ALTER TABLE runs DROP COLUMN cancel_requested; UPDATE sandflow_schema SET version = 1").await.unwrap();
+    let s = open(&url).await.unwrap();
+    assert_eq!(s.run("old").await.unwrap().status, "running", "kept its runs");
+    assert_eq!(s.request_cancel("old").await.unwrap(), "running");
+    assert!(s.cancel_requested("old").await.unwrap());
+    let version: i64 = client.query_one("SELECT version FROM sandflow_schema", &[]).await.unwrap().get(0);
+    assert_eq!(version, sandflow::store::PgStore::SCHEMA_VERSION);
+    client.batch_execute("UPDATE sandflow_schema SET version = 99").await.unwrap();
+    let e = open(&url).await.err().expect("a newer schema is refused").to_string();
+    assert!(e.contains("has schema version 99, newer than this sandflow knows"), "{e}");
+}

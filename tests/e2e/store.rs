@@ -314,7 +314,7 @@ fn a_store_of_schema_version_1_is_migrated_and_keeps_its_runs() {
     let db = state.path().join("sandflow.db");
     rusqlite::Connection::open(&db)
         .unwrap()
-        .execute_batch("ALTER TABLE steps DROP COLUMN output_secrets; PRAGMA user_version = 1;")
+        .execute_batch("ALTER TABLE steps DROP COLUMN output_secrets; ALTER TABLE runs DROP COLUMN cancel_requested; PRAGMA user_version = 1;")
         .unwrap();
     let (code, out, err) = run(sandflow(&state).args(["--json", "runs", "list"]));
     assert_eq!(code, 0, "{err}");
@@ -384,4 +384,57 @@ output: {{ blob: \"{{{{ steps.put.output.blob_id }}}}\", echoed: \"{{{{ steps.ec
             .collect();
         assert!(rows.iter().all(|r| !r.contains(secret)), "{table} holds the secret: {rows:?}");
     }
+}
+
+#[test]
+fn cancel_stops_a_run_from_another_process() {
+    for backend in backends() {
+        cancelled_from_outside(&backend);
+    }
+}
+
+fn cancelled_from_outside(backend: &Backend) {
+    let state = tempfile::tempdir().unwrap();
+    let file = chain(state.path());
+    let mut child = backend
+        .sandflow(&state)
+        .args(["--json", "run"])
+        .arg(&file)
+        .args(["--input", r#"{"start": "x"}"#])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let run_id = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the run ended before a sleep step started");
+        let e: Value = serde_json::from_str(&line).unwrap();
+        if e["event"] == "step_started" && e["step"] == "s1" {
+            break e["run_id"].as_str().unwrap().to_string();
+        }
+    };
+    let asked = std::time::Instant::now();
+    let (code, _, err) = run(backend.sandflow(&state).args(["cancel", &run_id]));
+    assert_eq!(code, 0, "{}: {err}", backend.name());
+    assert_eq!(err.trim(), format!("run {run_id} is cancelled"));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{}", backend.name());
+    assert!(asked.elapsed() < std::time::Duration::from_secs(3), "cancelled within a second or so: {:?}", asked.elapsed());
+    let (_, out, _) = run(backend.sandflow(&state).args(["--json", "runs", "show", &run_id]));
+    let record: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(record["status"], "cancelled");
+    let s1 = record["steps"].as_array().unwrap().iter().find(|s| s["step"] == "s1").unwrap();
+    assert_eq!(s1["state"], "cancelled", "{s1}");
+
+    // A run that is not running cannot be cancelled; an unknown one is named.
+    let (code, _, err) = run(backend.sandflow(&state).args(["cancel", &run_id]));
+    assert_eq!((code, err.trim()), (2, format!("error: run {run_id} is not running: it is cancelled").as_str()));
+    let (code, _, err) = run(backend.sandflow(&state).args(["cancel", "nope"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no run with id `nope`"), "{err}");
+    // A resume clears the request and finishes the run.
+    let (code, out, err) = run(backend.sandflow(&state).args(["resume", &run_id]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"text": "x+1+2+3+4+5"}));
 }

@@ -83,6 +83,8 @@ enum Command {
     Runs(runs::RunsCommand),
     /// Continue an interrupted or failed run; steps that succeeded are not run again.
     Resume(runs::ResumeArgs),
+    /// Cancel a running run, from any process that shares its run store.
+    Cancel(runs::CancelArgs),
     /// Run one component once and print its output: the plugin author's inner loop.
     Call(call::CallArgs),
     /// Work with component files.
@@ -153,6 +155,7 @@ where
             Command::Test(args) => test_cmd::execute(args, &cli.global.state_dir, &out).await,
             Command::Runs(command) => runs::execute(command, &cli.global, &out).await,
             Command::Resume(args) => runs::resume(args, &cli.global, &out).await,
+            Command::Cancel(args) => runs::cancel(args, &cli.global, &out).await,
             Command::Call(args) => call::execute(args, &cli.global.state_dir, &out).await,
             Command::Component(ComponentCommand::Inspect(args)) => {
                 inspect::execute(args, &cli.global.state_dir, &out).await

@@ -121,6 +121,48 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
     Ok(exit::OK)
 }
 
+#[derive(Debug, clap::Args)]
+#[command(after_help = "The process running the run sees the request within a second, cancels its running steps \
+    (state `cancelled`) and exits 130; the run can be resumed later.")]
+pub(crate) struct CancelArgs {
+    /// The run to cancel.
+    id: String,
+    /// How long to wait for the run to end.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration)]
+    wait: std::time::Duration,
+}
+
+/// `sandflow cancel ID`: asks through the store, then waits for the run's end.
+pub(crate) async fn cancel(args: CancelArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let store = global.open_store().await?;
+    let status = store.request_cancel(&args.id).await.map_err(store_error)?;
+    if status != RunState::Running.as_str() {
+        return Err(CliError::invalid(format!("run {} is not running: it is {status}", args.id)));
+    }
+    let deadline = tokio::time::Instant::now() + args.wait;
+    loop {
+        let status = store.run(&args.id).await.map_err(store_error)?.status;
+        if status != RunState::Running.as_str() {
+            if !out.quiet {
+                say!("run {} is {status}", args.id);
+            }
+            return Ok(exit::OK);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError {
+                code: exit::FAILED,
+                message: format!(
+                    "run {} was asked to cancel but is still running after {}; if the process that ran it was killed, the run stays `running` until `sandflow resume {}` takes it over",
+                    args.id,
+                    crate::units::format_duration(args.wait),
+                    args.id
+                ),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// `sandflow resume ID`.
 pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let cancel = CancellationToken::new();

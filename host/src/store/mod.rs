@@ -59,6 +59,11 @@ pub trait RunStore: Send + Sync {
     /// Marks a run as running again for `sandflow resume`; returns its new
     /// attempt number.
     async fn resume_run(&self, id: &str) -> Result<u32, StoreError>;
+    /// Asks the process running `id` to cancel it (`sandflow cancel`);
+    /// returns the run's status when asked.
+    async fn request_cancel(&self, id: &str) -> Result<String, StoreError>;
+    /// Whether someone asked to cancel the run since it (last) started.
+    async fn cancel_requested(&self, id: &str) -> Result<bool, StoreError>;
     /// Writes events in one transaction: all of them, or none.
     async fn record(&self, events: Vec<Event>) -> Result<(), StoreError>;
     /// The most recent runs, newest first.

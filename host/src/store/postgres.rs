@@ -17,8 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_postgres::NoTls;
 
-/// The schema this build reads and writes: the number of [`MIGRATIONS`].
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How long an operation waits for the server to accept a connection.
 pub const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
@@ -26,7 +25,9 @@ pub const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 /// `MIGRATIONS[n]` takes a database from schema version `n` to `n + 1`.
 /// Only ever append. JSON is kept as text, exactly as written (`jsonb`
 /// would reorder keys), and times as RFC 3339 text, as in SQLite.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    // 1: runs, steps, attempts, logs, state, blobs.
+    "
 CREATE TABLE runs (
     id          TEXT PRIMARY KEY,
     seq         BIGSERIAL NOT NULL,
@@ -88,7 +89,10 @@ CREATE TABLE blobs (
     id   TEXT PRIMARY KEY,
     data BYTEA NOT NULL
 );
-"];
+",
+    // 2: `sandflow cancel ID` from any machine.
+    "ALTER TABLE runs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false;",
+];
 
 /// Serializes migrations across every process using the server.
 const MIGRATION_LOCK: i64 = 0x5341_4e44_464c_4f57; // "SANDFLOW"
@@ -135,6 +139,9 @@ fn parse_json(text: Option<String>) -> Option<Value> {
 }
 
 impl PgStore {
+    /// The schema this build reads and writes: the number of migrations.
+    pub const SCHEMA_VERSION: i64 = SCHEMA_VERSION;
+
     /// Connects to the server at `url` (libpq's URL form) and brings the
     /// schema up to date.
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
@@ -272,13 +279,26 @@ impl RunStore for PgStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "UPDATE runs SET status = 'running', attempt = attempt + 1, finished_at = NULL, error = NULL, output = NULL WHERE id = $1 RETURNING attempt",
+                "UPDATE runs SET status = 'running', attempt = attempt + 1, finished_at = NULL, error = NULL, output = NULL, cancel_requested = false WHERE id = $1 RETURNING attempt",
                 &[&id],
             )
             .await
             .map_err(db)?;
         let row = row.ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
         Ok(row.get::<_, i32>(0) as u32)
+    }
+
+    async fn request_cancel(&self, id: &str) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        client.execute("UPDATE runs SET cancel_requested = true WHERE id = $1 AND status = 'running'", &[&id]).await.map_err(db)?;
+        let row = client.query_opt("SELECT status FROM runs WHERE id = $1", &[&id]).await.map_err(db)?;
+        row.map(|r| r.get(0)).ok_or_else(|| StoreError::UnknownRun(id.to_string()))
+    }
+
+    async fn cancel_requested(&self, id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached("SELECT cancel_requested FROM runs WHERE id = $1").await.map_err(db)?;
+        Ok(client.query_opt(&stmt, &[&id]).await.map_err(db)?.is_some_and(|r| r.get(0)))
     }
 
     async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {

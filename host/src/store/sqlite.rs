@@ -84,6 +84,8 @@ CREATE TABLE blobs (
     // 2: where secrets were masked in a step's recorded output, so that a
     // resume can put them back (see `SecretSpans`).
     "ALTER TABLE steps ADD COLUMN output_secrets TEXT;",
+    // 3: `sandflow cancel ID` from another process.
+    "ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The SQLite run store.
@@ -192,7 +194,7 @@ impl RunStore for SqliteStore {
             .with(move |conn| {
                 let tx = conn.unchecked_transaction()?;
                 let n = tx.execute(
-                    "UPDATE runs SET status = 'running', attempt = attempt + 1, finished_at = NULL, error = NULL, output = NULL WHERE id = ?1",
+                    "UPDATE runs SET status = 'running', attempt = attempt + 1, finished_at = NULL, error = NULL, output = NULL, cancel_requested = 0 WHERE id = ?1",
                     params![id],
                 )?;
                 if n == 0 {
@@ -204,6 +206,26 @@ impl RunStore for SqliteStore {
             })
             .await?;
         found.map_err(StoreError::UnknownRun)
+    }
+
+    async fn request_cancel(&self, id: &str) -> Result<String, StoreError> {
+        let key = id.to_string();
+        let status = self
+            .with(move |conn| {
+                conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?1 AND status = 'running'", params![key])?;
+                conn.query_row("SELECT status FROM runs WHERE id = ?1", params![key], |r| r.get::<_, String>(0)).optional()
+            })
+            .await?;
+        status.ok_or_else(|| StoreError::UnknownRun(id.to_string()))
+    }
+
+    async fn cancel_requested(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            conn.query_row("SELECT cancel_requested FROM runs WHERE id = ?1", params![id], |r| r.get::<_, i64>(0)).optional()
+        })
+        .await
+        .map(|v| v.unwrap_or(0) != 0)
     }
 
     async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {
