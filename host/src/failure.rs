@@ -34,6 +34,10 @@ pub enum FailureKind {
     /// The step went over a quota on what it may make the host hold (blobs,
     /// state, host handles), per attempt or per run. Never retried.
     Quota,
+    /// The worker running the attempt stopped (its lease expired): the
+    /// attempt is run again by another worker, without counting against
+    /// `max_attempts`, until it has been lost too often.
+    Lost,
 }
 
 impl FailureKind {
@@ -50,7 +54,14 @@ impl FailureKind {
             FailureKind::Instantiate => "instantiate",
             FailureKind::Cancelled => "cancelled",
             FailureKind::Quota => "quota",
+            FailureKind::Lost => "lost",
         }
+    }
+
+    /// The kind named by [`FailureKind::as_str`].
+    pub fn from_name(name: &str) -> Option<FailureKind> {
+        use FailureKind::*;
+        [Component, Trap, Fuel, Timeout, Memory, Output, Reference, Instantiate, Cancelled, Quota, Lost].into_iter().find(|k| k.as_str() == name)
     }
 }
 
@@ -77,6 +88,11 @@ impl StepFailure {
     /// A failure of `kind`; retryable unless the kind is one a retry cannot fix.
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         StepFailure { kind, message: message.into(), retryable: kind.is_retryable() }
+    }
+
+    /// The same failure, never retried.
+    pub fn not_retryable(self) -> Self {
+        StepFailure { retryable: false, ..self }
     }
 
     /// A `component` failure with the guest's own retry flag.

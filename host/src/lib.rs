@@ -17,6 +17,7 @@ pub mod failure;
 pub mod fuzzing;
 pub mod plan;
 pub mod runs;
+pub mod worker;
 pub mod sandbox;
 pub mod store;
 pub mod units;

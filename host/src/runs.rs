@@ -159,3 +159,86 @@ impl EventSink for Tee {
         Ok(())
     }
 }
+
+/// Queues a run of `prepared` (read from `file`, with `files` as read) in a
+/// PostgreSQL store for workers; returns its id at once.
+pub async fn submit(
+    store: &crate::store::PgStore,
+    prepared: &Prepared,
+    file: &Path,
+    files: &crate::store::queue::RunFiles,
+    input: Value,
+    concurrency: Option<usize>,
+) -> Result<String, StoreError> {
+    let wf = &prepared.plan.workflow;
+    let record = NewRun {
+        id: new_run_id(),
+        workflow: wf.name.clone(),
+        file: file.display().to_string(),
+        sha256: wf.sha256.clone(),
+        input,
+    };
+    store.submit(&record, files, concurrency).await?;
+    Ok(record.id)
+}
+
+/// How a followed run ended.
+#[derive(Debug, Clone)]
+pub struct Followed {
+    pub state: crate::exec::RunState,
+    /// Secrets masked, as recorded.
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// Shows a queued run's events to `display` as workers record them, from
+/// the first, until the run ends (or `stop` fires: `None`). Any process may
+/// follow any run; a store that cannot be reached is retried.
+pub async fn follow(
+    store: Arc<crate::store::PgStore>,
+    run_id: &str,
+    display: Arc<dyn EventSink>,
+    stop: CancellationToken,
+) -> Result<Option<Followed>, StoreError> {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let listening = CancellationToken::new();
+    let notify = wake.clone();
+    let listener = tokio::spawn(crate::worker::listen_with(
+        store.clone(),
+        crate::store::queue::EVENTS_CHANNEL,
+        move || notify.notify_one(),
+        listening.clone(),
+    ));
+    let _stop_listening = listening.drop_guard();
+    store.run(run_id).await?;
+    let mut last = 0;
+    let mut failures = 0u32;
+    loop {
+        match store.events_after(run_id, last).await {
+            Ok(events) => {
+                failures = 0;
+                for (seq, event) in events {
+                    last = seq;
+                    display.emit(&event);
+                    if let Event::RunFinished { state, output, error, .. } = event {
+                        listener.abort();
+                        return Ok(Some(Followed { state, output, error }));
+                    }
+                }
+            }
+            Err(e @ StoreError::Backend(_)) if failures < 30 => {
+                failures += 1;
+                tracing::warn!("following run {run_id}: {e}; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = stop.cancelled() => {
+                listener.abort();
+                return Ok(None);
+            }
+        }
+    }
+}

@@ -11,6 +11,7 @@ pub(crate) mod run;
 mod runs;
 mod test_cmd;
 mod validate;
+mod worker;
 mod workflow_cmd;
 
 use render::say;
@@ -85,6 +86,10 @@ enum Command {
     Resume(runs::ResumeArgs),
     /// Cancel a running run, from any process that shares its run store.
     Cancel(runs::CancelArgs),
+    /// Queue a run in a PostgreSQL run store for workers; print its id and return.
+    Submit(worker::SubmitArgs),
+    /// Run steps of queued runs from a PostgreSQL run store, until interrupted.
+    Worker(worker::WorkerArgs),
     /// Run one component once and print its output: the plugin author's inner loop.
     Call(call::CallArgs),
     /// Work with component files.
@@ -156,6 +161,8 @@ where
             Command::Runs(command) => runs::execute(command, &cli.global, &out).await,
             Command::Resume(args) => runs::resume(args, &cli.global, &out).await,
             Command::Cancel(args) => runs::cancel(args, &cli.global, &out).await,
+            Command::Submit(args) => worker::submit_cmd(args, &cli.global, &out).await,
+            Command::Worker(args) => worker::worker_cmd(args, &cli.global, &out).await,
             Command::Call(args) => call::execute(args, &cli.global.state_dir, &out).await,
             Command::Component(ComponentCommand::Inspect(args)) => {
                 inspect::execute(args, &cli.global.state_dir, &out).await
@@ -191,11 +198,15 @@ impl GlobalArgs {
     /// Opens the run store `--store` names (every problem with it is exit 2,
     /// but a query that fails later is exit 1).
     pub(crate) async fn open_store(&self) -> Result<std::sync::Arc<dyn crate::store::RunStore>, CliError> {
-        let url = match &self.store {
-            Some(text) => crate::store::StoreUrl::parse(text).map_err(|e| CliError::invalid(e.to_string()))?,
-            None => crate::store::StoreUrl::default_for(&self.state_dir),
-        };
-        crate::store::open(&url).await.map_err(store_error)
+        crate::store::open(&self.store_url()?).await.map_err(store_error)
+    }
+
+    /// The store `--store` names (the SQLite file under the state dir by default).
+    pub(crate) fn store_url(&self) -> Result<crate::store::StoreUrl, CliError> {
+        match &self.store {
+            Some(text) => crate::store::StoreUrl::parse(text).map_err(|e| CliError::invalid(e.to_string())),
+            None => Ok(crate::store::StoreUrl::default_for(&self.state_dir)),
+        }
     }
 }
 

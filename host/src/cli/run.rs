@@ -31,6 +31,14 @@ pub(crate) struct RunArgs {
     /// `SANDFLOW_SECRET_<NAME>` environment variables.
     #[arg(long, value_name = "FILE")]
     secrets_file: Option<PathBuf>,
+    /// With a PostgreSQL store: queue the run, print its id and return
+    /// (as `sandflow submit`); workers run it.
+    #[arg(long)]
+    detach: bool,
+    /// With a PostgreSQL store: only follow the run; leave its steps to
+    /// `sandflow worker` processes (by default this process works on it too).
+    #[arg(long = "no-work")]
+    no_work: bool,
 }
 
 /// The run input, from flags.
@@ -133,6 +141,28 @@ pub(crate) fn sink(out: &Output) -> Arc<dyn EventSink> {
 }
 
 pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    match global.store_url()? {
+        crate::store::StoreUrl::Postgres(_) => {
+            return super::worker::run_queued(
+                &args.file,
+                &args.input,
+                args.concurrency,
+                args.secrets_file.as_deref(),
+                args.detach,
+                !args.no_work,
+                global,
+                out,
+            )
+            .await;
+        }
+        crate::store::StoreUrl::Sqlite(_) if args.detach || args.no_work => {
+            let flag = if args.detach { "--detach" } else { "--no-work" };
+            return Err(CliError::invalid(format!(
+                "{flag} needs a PostgreSQL run store that workers share: pass --store postgres://USER@HOST/DATABASE (or set SANDFLOW_STORE)"
+            )));
+        }
+        crate::store::StoreUrl::Sqlite(_) => {}
+    }
     let cancel = CancellationToken::new();
     let watcher = tokio::spawn(cancel_on_signal(cancel.clone()));
     let input = args.input.read()?;

@@ -23,6 +23,12 @@ pub(crate) enum RunsCommand {
         /// The run id (from `runs list`).
         id: String,
     },
+    /// Show a run's progress as workers record it, until it ends (PostgreSQL
+    /// store; exit code as `run`'s).
+    Follow {
+        /// The run id (from `submit` or `runs list`).
+        id: String,
+    },
     /// The captured logs of a run, or of one of its steps.
     Logs {
         /// The run id.
@@ -49,6 +55,9 @@ fn print_json(value: &impl serde::Serialize) {
 }
 
 pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    if let RunsCommand::Follow { id } = command {
+        return super::worker::follow_cmd(id, global, out).await;
+    }
     let store = global.open_store().await?;
     match command {
         RunsCommand::List { limit } => {
@@ -103,6 +112,7 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                 }
             }
         }
+        RunsCommand::Follow { .. } => unreachable!("handled above"),
         RunsCommand::Logs { id, step } => {
             let lines = store.logs(&id, step.as_deref()).await.map_err(store_error)?;
             if out.json {

@@ -4,12 +4,12 @@
 
 use crate::failure::StepFailure;
 use crate::sandbox::StepLog;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Duration;
 
 /// A step's state (SPEC §2.7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepState {
     Pending,
@@ -34,7 +34,7 @@ impl StepState {
 }
 
 /// A run's state (SPEC §2.7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
     Pending,
@@ -57,7 +57,9 @@ impl RunState {
 }
 
 /// Something that happened in a run, in the order it happened.
-#[derive(Debug, Clone, Serialize)]
+/// Events deserialize from their JSON lines (the distributed store keeps
+/// them so `runs follow` can replay them), without the step's log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     RunStarted {
@@ -103,9 +105,9 @@ pub enum Event {
         output: Option<Value>,
         /// Where secrets were masked in `output` (set by the masking sink),
         /// so a resume can put them back.
-        #[serde(skip)]
+        #[serde(skip, default)]
         output_secrets: Option<super::redact::SecretSpans>,
-        #[serde(skip)]
+        #[serde(skip, default)]
         log: StepLog,
     },
     /// A step that succeeded in an earlier attempt of this run (before a
@@ -158,10 +160,15 @@ pub trait EventSink: Send + Sync {
 pub struct SinkError(pub String);
 
 mod millis {
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms = f64::deserialize(d)?;
+        Ok(Duration::try_from_secs_f64(ms.max(0.0) / 1e3).unwrap_or_default())
     }
 }

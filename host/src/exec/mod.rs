@@ -22,6 +22,7 @@
 //! ```
 
 mod builtin;
+pub mod core;
 mod event;
 mod prepare;
 mod redact;
@@ -29,16 +30,16 @@ mod runner;
 
 pub use builtin::canonical_json;
 pub use event::{Event, EventSink, RunState, SinkError, StepState};
-pub use prepare::{MAX_NESTING, Prepared, PreparedComponent, load, prepare};
+pub use prepare::{Disk, Files, MAX_NESTING, Prepared, PreparedComponent, Recording, load, load_from, prepare};
 pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
 pub use runner::{Job, StepRunner};
 
-use crate::expr::{EvalError, Scope};
+use self::core::{Decision, Ending, Items, RunFacts, Stop, Verdict, Work};
+
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, HostServices, Limits, MemoryServices, Quota, RunMeter, StepLog};
-use crate::units::format_duration;
-use crate::workflow::{Builtin, ErrorAction, StepDecl, Target, Workflow};
-use serde_json::{Map, Value};
+use crate::workflow::{Builtin, StepDecl, Target, Workflow};
+use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -165,31 +166,8 @@ struct StepEnd {
     log: StepLog,
 }
 
-/// What a step runs with, decided by the dispatcher before it starts.
-enum Work {
-    One(Value),
-    Each { inputs: Vec<Value>, concurrency: usize },
-}
-
 /// A running step: its index and how it ended.
 type StepFuture = Pin<Box<dyn Future<Output = (usize, StepEnd)> + Send>>;
-
-/// What the dispatcher decided for a ready step.
-enum Decision {
-    Run(Work),
-    Skip(String),
-    Fail(StepFailure),
-}
-
-/// Why the dispatcher stopped starting steps.
-#[derive(Clone, Copy, PartialEq)]
-enum Stop {
-    Failed(usize),
-    Cancelled,
-    TimedOut,
-    /// The sink could not make the run's record durable (`Book::unrecorded`).
-    Unrecorded,
-}
 
 /// Shared by a run's step tasks.
 struct Ctx {
@@ -255,6 +233,61 @@ impl Executor {
     }
 }
 
+/// What the steps of one run need to run outside this process's
+/// dispatcher: a distributed worker runs each claimed attempt through one.
+/// Builtins and `workflow:` steps run in the worker, as they would here.
+pub struct RunContext(Arc<Ctx>);
+
+impl RunContext {
+    /// `limit` is the run's step concurrency (a `forEach` step's default
+    /// item concurrency).
+    pub fn new(
+        runner: Arc<dyn StepRunner>,
+        prepared: Arc<Prepared>,
+        services: Arc<dyn HostServices>,
+        secrets: BTreeMap<String, String>,
+        run_id: String,
+        attempt: u32,
+        limit: Option<usize>,
+    ) -> RunContext {
+        let run_quota = prepared.plan.workflow.quota.resolve(Quota::RUN);
+        RunContext(Arc::new(Ctx {
+            runner,
+            limit: limit.map_or_else(|| prepared_limit(&prepared), |n| n.max(1)),
+            services: Arc::new(RunMeter::new(services, run_quota)),
+            prepared,
+            secrets: Arc::new(secrets),
+            run_id,
+            depth: 0,
+            cel: Default::default(),
+            restored: BTreeMap::new(),
+            attempt,
+        }))
+    }
+
+    pub fn prepared(&self) -> &Arc<Prepared> {
+        &self.0.prepared
+    }
+
+    pub fn secrets(&self) -> &BTreeMap<String, String> {
+        &self.0.secrets
+    }
+
+    /// What the run's decisions read, for the run's `input`.
+    pub fn facts<'a>(&'a self, input: &'a Value) -> RunFacts<'a> {
+        self.0.facts(input)
+    }
+
+    /// One attempt of step `step` with `input`: its result, fuel and log
+    /// (counted against the run's log quota).
+    pub async fn attempt(&self, step: usize, input: &Value, cancel: &CancellationToken) -> (Result<Value, StepFailure>, u64, StepLog) {
+        let wf = &self.0.prepared.plan.workflow;
+        let settings = wf.steps[step].settings.or(&wf.defaults);
+        let (result, fuel, log) = execute(&self.0, step, input, &settings, cancel).await;
+        (result, fuel, self.0.services.keep_log(log))
+    }
+}
+
 /// A nested run (`workflow:` steps, `/builtin/eval`): the same dispatcher,
 /// without events, sharing the parent's services and secrets.
 fn nested_run(parent: &Ctx, prepared: Arc<Prepared>, input: Value, cancel: CancellationToken) -> Pin<Box<dyn Future<Output = RunReport> + Send>> {
@@ -282,14 +315,10 @@ fn prepared_limit(prepared: &Prepared) -> usize {
     prepared.plan.workflow.concurrency.unwrap_or_else(default_concurrency).max(1)
 }
 
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
+impl Ctx {
+    /// What this run's decisions read, for a run with `input`.
+    fn facts<'a>(&'a self, input: &'a Value) -> RunFacts<'a> {
+        RunFacts { input, run_id: &self.run_id, attempt: self.attempt, secrets: &self.secrets, cel: &self.cel, limit: self.limit }
     }
 }
 
@@ -299,6 +328,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     let wf = &plan.workflow;
     let n = wf.steps.len();
     let run_id = ctx.run_id.clone();
+    let facts = ctx.facts(&input);
     sink.emit(&Event::RunStarted { run_id: run_id.clone(), workflow: wf.name.clone(), steps: n });
 
     let limit = ctx.limit;
@@ -343,9 +373,16 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 book.restore(i, output.clone());
                 continue;
             }
-            match decide(&ctx, decl, &input, &book.outputs, &sink) {
-                Decision::Skip(reason) => book.finish(i, StepState::Skipped, None, None, Some(reason), None),
-                Decision::Fail(f) => book.finish(i, StepState::Failed, None, Some(f), None, None),
+            match core::decide(&facts, decl, &book.outputs) {
+                Decision::Skip { reason, warning } => {
+                    if let Some(message) = warning {
+                        sink.emit(&Event::StepWarning { run_id: run_id.clone(), step: decl.id.clone(), message });
+                    }
+                    book.finish(i, Ending::Skipped(reason), None);
+                }
+                Decision::Fail(f) => {
+                    book.finish(i, Ending::Refused(f), None);
+                }
                 Decision::Run(work) => {
                     running += 1;
                     let (ctx, step_tx, cancel) = (ctx.clone(), tx.clone(), child.clone());
@@ -383,29 +420,13 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 }),
                 Msg::Done { step, end } => {
                     running -= 1;
-                    let (state, error, output) = match &end.result {
-                        Ok(v) => (StepState::Succeeded, None, Some(v.clone())),
-                        Err(f) if f.kind == FailureKind::Cancelled && book.stop == Some(Stop::TimedOut) => {
-                            let timeout = wf.timeout.map(format_duration).unwrap_or_default();
-                            let f = StepFailure::new(FailureKind::Timeout, format!("interrupted: the run's {timeout} timeout passed"));
-                            (StepState::Failed, Some(f), None)
-                        }
-                        Err(f) if f.kind == FailureKind::Cancelled => (StepState::Cancelled, Some(f.clone()), None),
-                        Err(f) => (StepState::Failed, Some(f.clone()), None),
-                    };
-                    if state == StepState::Cancelled {
-                        book.failed[step] = true;
-                        // Only the run's token cancels a step; the step may
-                        // see it before this loop does.
-                        if !matches!(book.stop, Some(Stop::Cancelled | Stop::TimedOut | Stop::Unrecorded)) {
-                            book.stop = Some(Stop::Cancelled);
-                            child.cancel();
-                        }
+                    let verdict = book.finish(step, Ending::Ran(end.result.clone()), Some(&end));
+                    if verdict.stop == Some(Stop::Cancelled) {
+                        child.cancel();
                     }
-                    book.finish(step, state, Some(&end), error, None, output);
                 }
             },
-            _ = cancel.cancelled(), if book.stop.is_none() || book.stop.is_some_and(|s| matches!(s, Stop::Failed(_))) => {
+            _ = cancel.cancelled(), if Stop::cancel_applies(book.stop) => {
                 book.stop = Some(Stop::Cancelled);
                 child.cancel();
             }
@@ -420,18 +441,10 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         if book.reports[i].is_some() {
             continue;
         }
-        let blocked_by_failure = plan.deps[i].iter().any(|&d| book.failed[d] || book.reports[d].is_none());
-        let (state, reason) = match book.stop {
-            Some(Stop::Cancelled) => (StepState::Cancelled, "the run was cancelled before it started"),
-            Some(Stop::TimedOut) => (StepState::Cancelled, "the run's timeout passed before it started"),
-            Some(Stop::Unrecorded) => (StepState::Cancelled, "not started: the run could not be recorded"),
-            _ if blocked_by_failure => (StepState::Skipped, "dependency failed"),
-            _ => (StepState::Skipped, "not started: the run failed"),
-        };
-        if blocked_by_failure {
-            book.failed[i] = true;
-        }
-        book.finish(i, state, None, None, Some(reason.to_string()), None);
+        let blocked = plan.deps[i].iter().any(|&d| book.failed[d] || book.reports[d].is_none());
+        let (state, reason) = core::unstarted(book.stop, blocked);
+        let verdict = Verdict { state, output: None, error: None, reason: Some(reason.to_string()), releases: !blocked, stop: None };
+        book.settle(i, verdict, None);
     }
     // Every step's result is durable before the run's end is decided.
     if let Err(e) = sink.barrier().await {
@@ -439,23 +452,13 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     }
     let Book { outputs, reports, stop, unrecorded, .. } = book;
 
-    let (mut state, mut error) = match stop {
-        None => (RunState::Completed, None),
-        Some(Stop::Cancelled) => (RunState::Cancelled, Some("cancelled".to_string())),
-        Some(Stop::TimedOut) => (
-            RunState::Failed,
-            Some(format!("the run's {} timeout passed", wf.timeout.map(format_duration).unwrap_or_default())),
-        ),
-        Some(Stop::Failed(i)) => {
-            let f = reports[i].as_ref().and_then(|r| r.error.clone());
-            let what = f.map(|f| format!(" ({}): {}", f.kind, f.message)).unwrap_or_default();
-            (RunState::Failed, Some(format!("step `{}` failed{what}", wf.steps[i].id)))
-        }
-        Some(Stop::Unrecorded) => (RunState::Failed, unrecorded.map(|e| unrecorded_message(&e, &run_id))),
-    };
+    let (mut state, mut error) = core::run_end(wf, stop, |i| reports[i].as_ref().and_then(|r| r.error.clone()));
+    if stop == Some(Stop::Unrecorded) {
+        error = unrecorded.map(|e| unrecorded_message(&e, &run_id));
+    }
     let mut output = None;
     if state == RunState::Completed {
-        match run_output(&ctx, &input, &outputs) {
+        match core::run_output(&facts, &plan, &outputs) {
             Ok(v) => output = Some(v),
             Err(e) => {
                 state = RunState::Failed;
@@ -481,7 +484,8 @@ fn unrecorded_message(e: &SinkError, run_id: &str) -> String {
     format!("{e}; what it recorded before is intact: fix the problem, then `sandflow resume {run_id}`")
 }
 
-/// The dispatcher's record of a run in progress.
+/// The dispatcher's record of a run in progress: the bookkeeping, in
+/// memory. What each event means is decided by [`core`].
 struct Book<'a> {
     wf: &'a Workflow,
     plan: &'a crate::plan::Plan,
@@ -528,32 +532,34 @@ impl Book<'_> {
         self.release(i);
     }
 
-    /// Records a finished step, applies `on_error`, emits `StepFinished`,
-    /// and makes its dependents ready.
-    fn finish(&mut self, i: usize, state: StepState, end: Option<&StepEnd>, error: Option<StepFailure>, reason: Option<String>, output: Option<Value>) {
-        let decl = &self.wf.steps[i];
-        let (state, output, reason) = match (state, &error) {
-            (StepState::Failed, Some(_)) => match decl.on_error.action {
-                ErrorAction::Fail => {
-                    self.failed[i] = true;
-                    self.stop.get_or_insert(Stop::Failed(i));
-                    (StepState::Failed, None, reason)
-                }
-                ErrorAction::Continue => {
-                    (StepState::Failed, Some(decl.on_error.default_output.clone().unwrap_or(Value::Null)), reason)
-                }
-                ErrorAction::Skip => (StepState::Skipped, None, Some("it failed and `on_error` is `skip`".to_string())),
-            },
-            _ => (state, output, reason),
-        };
-        match (state, &output) {
-            (StepState::Succeeded | StepState::Failed, Some(v)) => {
-                self.outputs.insert(decl.id.clone(), Some(v.clone()));
+    /// Step `i` ended: the verdict of [`core::verdict`], recorded.
+    fn finish(&mut self, i: usize, ending: Ending, end: Option<&StepEnd>) -> Verdict {
+        let verdict = core::verdict(self.wf, i, &self.wf.steps[i], ending, self.stop);
+        match verdict.stop {
+            Some(Stop::Cancelled) => self.stop = Some(Stop::Cancelled),
+            Some(stop) => {
+                self.stop.get_or_insert(stop);
             }
-            (StepState::Skipped, _) => {
+            None => {}
+        }
+        self.settle(i, verdict.clone(), end);
+        verdict
+    }
+
+    /// Records a step's final state, emits `StepFinished`, and makes its
+    /// dependents ready when it releases them.
+    fn settle(&mut self, i: usize, verdict: Verdict, end: Option<&StepEnd>) {
+        let decl = &self.wf.steps[i];
+        let Verdict { state, output, error, reason, releases, .. } = verdict;
+        match state {
+            StepState::Skipped => {
                 self.outputs.insert(decl.id.clone(), None);
             }
-            _ => {}
+            _ => {
+                if let Some(v) = &output {
+                    self.outputs.insert(decl.id.clone(), Some(v.clone()));
+                }
+            }
         }
         let report = StepReport {
             id: decl.id.clone(),
@@ -580,9 +586,8 @@ impl Book<'_> {
             log: end.map(|e| e.log.clone()).unwrap_or_default(),
         });
         self.reports[i] = Some(report);
-        let continues = matches!(state, StepState::Succeeded | StepState::Skipped)
-            || (state == StepState::Failed && decl.on_error.action == ErrorAction::Continue);
-        if continues {
+        self.failed[i] = !releases;
+        if releases {
             self.release(i);
         }
     }
@@ -593,97 +598,6 @@ impl Book<'_> {
             self.waiting[d] -= 1;
             if self.waiting[d] == 0 {
                 self.ready.push_back(d);
-            }
-        }
-    }
-}
-
-fn scope<'a>(ctx: &'a Ctx, input: &'a Value, outputs: &'a BTreeMap<String, Option<Value>>, item: Option<(&'a Value, usize)>) -> Scope<'a> {
-    Scope {
-        inputs: input,
-        cache: &ctx.cel,
-        outputs,
-        item: item.map(|(v, _)| v),
-        index: item.map(|(_, i)| i),
-        run_id: &ctx.run_id,
-        attempt: ctx.attempt,
-        secrets: &ctx.secrets,
-    }
-}
-
-/// Evaluates `when`, `skipIf`, `forEach` and the input of a ready step.
-fn decide(ctx: &Ctx, decl: &StepDecl, input: &Value, outputs: &BTreeMap<String, Option<Value>>, sink: &Arc<dyn EventSink>) -> Decision {
-    let reference = |e: EvalError| match e {
-        EvalError::Skipped(id) => Decision::Skip(format!("step `{id}` was skipped")),
-        other => Decision::Fail(StepFailure::new(FailureKind::Reference, other.to_string())),
-    };
-    let s = scope(ctx, input, outputs, None);
-    if let Some(when) = &decl.when {
-        match when.eval_bool(&s) {
-            Ok(true) => {}
-            Ok(false) => return Decision::Skip("`when` is false".into()),
-            Err(EvalError::Skipped(id)) => return Decision::Skip(format!("step `{id}` was skipped")),
-            Err(e) => {
-                let message = format!("`when` of step `{}` could not be evaluated, so it is skipped: {e}", decl.id);
-                sink.emit(&Event::StepWarning { run_id: ctx.run_id.clone(), step: decl.id.clone(), message: message.clone() });
-                return Decision::Skip(message);
-            }
-        }
-    }
-    if let Some(skip_if) = &decl.skip_if {
-        match skip_if.eval(&s) {
-            Ok(v) if truthy(&v) => return Decision::Skip("`skipIf` is true".into()),
-            Ok(_) => {}
-            Err(e) => return reference(e),
-        }
-    }
-    let Some(for_each) = &decl.for_each else {
-        return match decl.input.eval(&s) {
-            Ok(v) => Decision::Run(Work::One(v)),
-            Err(e) => reference(e),
-        };
-    };
-    let items = match for_each.eval(&s) {
-        Ok(Value::Array(items)) => items,
-        Ok(other) => {
-            let kind = match other {
-                Value::Object(_) => "an object",
-                Value::String(_) => "a string",
-                Value::Number(_) => "a number",
-                Value::Bool(_) => "a boolean",
-                _ => "null",
-            };
-            return Decision::Fail(StepFailure::new(FailureKind::Reference, format!("`forEach` gave {kind}, not an array")));
-        }
-        Err(e) => return reference(e),
-    };
-    let mut inputs = Vec::with_capacity(items.len());
-    for (index, item) in items.iter().enumerate() {
-        match decl.input.eval(&scope(ctx, input, outputs, Some((item, index)))) {
-            Ok(v) => inputs.push(v),
-            Err(e) => return reference(e),
-        }
-    }
-    // Items run at most `concurrency` at a time; by default as many as
-    // steps may (the run's limit).
-    Decision::Run(Work::Each { inputs, concurrency: decl.concurrency.unwrap_or(ctx.limit) })
-}
-
-/// The run output (SPEC §2.6).
-fn run_output(ctx: &Ctx, input: &Value, outputs: &BTreeMap<String, Option<Value>>) -> Result<Value, EvalError> {
-    let plan = &ctx.prepared.plan;
-    let value_of = |i: usize| outputs.get(&plan.workflow.steps[i].id).cloned().flatten().unwrap_or(Value::Null);
-    match &plan.workflow.output {
-        Some(t) => match t.eval(&scope(ctx, input, outputs, None)) {
-            Err(EvalError::Skipped(_)) => Ok(Value::Null),
-            other => other,
-        },
-        None => {
-            let sinks = plan.sinks();
-            if let [only] = sinks.as_slice() {
-                Ok(value_of(*only))
-            } else {
-                Ok(Value::Object(sinks.into_iter().map(|i| (plan.workflow.steps[i].id.clone(), value_of(i))).collect::<Map<_, _>>()))
             }
         }
     }
@@ -700,13 +614,12 @@ async fn run_step(ctx: &Arc<Ctx>, step: usize, work: Work, tx: &mpsc::UnboundedS
 async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: Vec<Value>, concurrency: usize, tx: &mpsc::UnboundedSender<Msg>, cancel: &CancellationToken) -> StepEnd {
     let decl = &ctx.prepared.plan.workflow.steps[step];
     let started = Instant::now();
-    let mut results: Vec<Value> = vec![Value::Null; inputs.len()];
+    let mut items = Items::new(inputs.len());
     let mut total = StepEnd { result: Ok(Value::Null), attempts: 0, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
-    let mut failure: Option<StepFailure> = None;
     let mut set = tokio::task::JoinSet::new();
     let mut pending = inputs.into_iter().enumerate();
     loop {
-        while failure.is_none() && set.len() < concurrency.max(1) {
+        while items.may_start() && set.len() < concurrency.max(1) {
             let Some((index, input)) = pending.next() else { break };
             let (ctx, tx, cancel) = (ctx.clone(), tx.clone(), cancel.clone());
             set.spawn(async move { (index, attempts(&ctx, step, input, Some(index), &tx, &cancel).await) });
@@ -717,23 +630,10 @@ async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: Vec<Value>, concurrency: 
         total.fuel_used += end.fuel_used;
         total.log.lines.extend(end.log.lines);
         total.log.dropped_bytes += end.log.dropped_bytes;
-        match end.result {
-            Ok(v) => results[index] = v,
-            Err(f) if decl.on_error.action == ErrorAction::Continue && f.kind != FailureKind::Cancelled => {
-                results[index] = decl.on_error.default_output.clone().unwrap_or(Value::Null);
-            }
-            Err(f) => {
-                if failure.is_none() {
-                    failure = Some(StepFailure { message: format!("item {index}: {}", f.message), ..f });
-                }
-            }
-        }
+        items.record(decl, index, end.result);
     }
     total.duration = started.elapsed();
-    total.result = match failure {
-        Some(f) => Err(f),
-        None => Ok(Value::Array(results)),
-    };
+    total.result = items.result();
     total
 }
 
@@ -743,7 +643,6 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx:
     let wf = &ctx.prepared.plan.workflow;
     let decl = &wf.steps[step];
     let settings = decl.settings.or(&wf.defaults);
-    let policy = settings.retry.clone().unwrap_or_default();
     let started = Instant::now();
     let mut fuel_used = 0;
     let mut attempt = 0;
@@ -754,9 +653,12 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx:
         fuel_used += fuel;
         // Only the last attempt's log is kept, and counted against the run's `log` quota.
         let end = |result| StepEnd { result, attempts: attempt, fuel_used, duration: started.elapsed(), log: ctx.services.keep_log(log) };
-        match result {
-            Err(f) if f.retryable && attempt < policy.max_attempts.max(1) && !cancel.is_cancelled() => {
-                let delay = policy.delay_after(attempt);
+        let retry = match &result {
+            Err(f) => core::retry_after(decl, wf, f, attempt, cancel.is_cancelled()),
+            Ok(_) => None,
+        };
+        match (result, retry) {
+            (Err(f), Some(delay)) => {
                 let _ = tx.send(Msg::Retrying { step, attempt, item, error: f, delay });
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -765,7 +667,7 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx:
                     }
                 }
             }
-            result => return end(result),
+            (result, _) => return end(result),
         }
     }
 }
@@ -856,20 +758,4 @@ async fn eval_builtin(ctx: &Ctx, decl: &StepDecl, input: &Value, cancel: &Cancel
     check_input(&prepared.plan.workflow, &nested_input).map_err(|e| fail(format!("/builtin/eval: {e}")))?;
     let report = nested_run(ctx, Arc::new(prepared), nested_input, cancel.clone()).await;
     nested_result("(eval)", report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::truthy;
-    use serde_json::json;
-
-    #[test]
-    fn truthiness_of_skip_if_values() {
-        for v in [json!(null), json!(false), json!(0), json!(""), json!([]), json!({})] {
-            assert!(!truthy(&v), "{v}");
-        }
-        for v in [json!(true), json!(1), json!("no"), json!([0]), json!({"a": null})] {
-            assert!(truthy(&v), "{v}");
-        }
-    }
 }

@@ -42,10 +42,48 @@ pub struct Prepared {
     pub nested: Vec<Option<Arc<Prepared>>>,
 }
 
+/// Where preparing reads workflow files and components: the local disk, or
+/// (on a worker) the files a submitted run was recorded with.
+pub trait Files: Sync {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+}
+
+/// The local file system.
+pub struct Disk;
+
+impl Files for Disk {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+}
+
+/// Reads through another [`Files`] and keeps what was read, by path: the
+/// files a run needs, for the store.
+#[derive(Default)]
+pub struct Recording<F> {
+    pub inner: F,
+    pub seen: std::sync::Mutex<std::collections::BTreeMap<PathBuf, Vec<u8>>>,
+}
+
+impl<F: Files> Files for Recording<F> {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let bytes = self.inner.read(path)?;
+        self.seen.lock().expect("not poisoned").insert(path.to_path_buf(), bytes.clone());
+        Ok(bytes)
+    }
+}
+
+/// Files by path, held in memory.
+impl Files for std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.get(path).cloned().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "not among the run's recorded files"))
+    }
+}
+
 /// Loads everything `plan` needs through `runner`.
 pub fn prepare(plan: Plan, runner: &dyn StepRunner) -> Result<Prepared, Diagnostics> {
     let mut stack = vec![canonical(&plan.workflow.file)];
-    let (resolved, problems) = resolve(&plan.workflow, runner, &mut stack);
+    let (resolved, problems) = resolve(&plan.workflow, runner, &Disk, &mut stack);
     if !problems.is_empty() {
         return Err(Diagnostics { file: plan.workflow.file.to_path_buf(), problems }.sorted());
     }
@@ -56,15 +94,26 @@ pub fn prepare(plan: Plan, runner: &dyn StepRunner) -> Result<Prepared, Diagnost
 /// every stage (the file, the plan, the components, nested workflows) in
 /// one report.
 pub fn load(path: &Path, runner: &dyn StepRunner) -> Result<Prepared, Diagnostics> {
-    load_nested(path, runner, &mut Vec::new())
+    load_nested(path, runner, &Disk, &mut Vec::new())
 }
 
-fn load_nested(path: &Path, runner: &dyn StepRunner, stack: &mut Vec<PathBuf>) -> Result<Prepared, Diagnostics> {
+/// [`load`], reading files through `files`.
+pub fn load_from(path: &Path, runner: &dyn StepRunner, files: &dyn Files) -> Result<Prepared, Diagnostics> {
+    load_nested(path, runner, files, &mut Vec::new())
+}
+
+fn load_nested(path: &Path, runner: &dyn StepRunner, files: &dyn Files, stack: &mut Vec<PathBuf>) -> Result<Prepared, Diagnostics> {
     let fail = |problems| Diagnostics { file: path.to_path_buf(), problems }.sorted();
-    let (wf, mut problems) = workflow::load_partial(path);
+    let (wf, mut problems) = match files.read(path) {
+        Ok(bytes) => workflow::load_str_partial(path, &String::from_utf8_lossy(&bytes)),
+        Err(e) => {
+            let file: Arc<Path> = Arc::from(path);
+            (None, vec![Diagnostic::new(&Location::file_start(&file), format!("cannot read the workflow: {e}"))])
+        }
+    };
     let Some(wf) = wf else { return Err(fail(problems)) };
     stack.push(canonical(path));
-    let (resolved, more) = resolve(&wf, runner, stack);
+    let (resolved, more) = resolve(&wf, runner, files, stack);
     stack.pop();
     problems.extend(more);
     match Plan::new(wf) {
@@ -90,13 +139,13 @@ struct Resolved {
 }
 
 /// Loads the components and nested workflows of `wf`'s steps.
-fn resolve(wf: &Workflow, runner: &dyn StepRunner, stack: &mut Vec<PathBuf>) -> (Resolved, Vec<Diagnostic>) {
+fn resolve(wf: &Workflow, runner: &dyn StepRunner, files: &dyn Files, stack: &mut Vec<PathBuf>) -> (Resolved, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut named: HashMap<&str, Arc<PreparedComponent>> = HashMap::new();
     for (name, decl) in &wf.components {
         // Declared but unused components are still checked: a typo'd path
         // is worth knowing about before it is used.
-        match load_component(decl.path.as_path(), decl, runner) {
+        match load_component(decl.path.as_path(), decl, runner, files) {
             Ok(c) => {
                 named.insert(name.as_str(), Arc::new(c));
             }
@@ -123,7 +172,7 @@ fn resolve(wf: &Workflow, runner: &dyn StepRunner, stack: &mut Vec<PathBuf>) -> 
                         grants: Default::default(),
                         at: step.target_at.clone(),
                     };
-                    match load_component(path, &decl, runner) {
+                    match load_component(path, &decl, runner, files) {
                         Ok(c) => {
                             let c = Arc::new(c);
                             by_path.insert(path.clone(), c.clone());
@@ -134,7 +183,7 @@ fn resolve(wf: &Workflow, runner: &dyn StepRunner, stack: &mut Vec<PathBuf>) -> 
                 }
             }
             Target::Builtin(_) => {}
-            Target::Workflow(path) => match nested_workflow(path, &step.target_at, runner, stack) {
+            Target::Workflow(path) => match nested_workflow(path, &step.target_at, runner, files, stack) {
                 Ok(p) => sub = Some(Arc::new(p)),
                 Err(d) => diags.extend(d),
             },
@@ -146,14 +195,14 @@ fn resolve(wf: &Workflow, runner: &dyn StepRunner, stack: &mut Vec<PathBuf>) -> 
 }
 
 /// Loads and prepares a nested workflow, refusing cycles and deep nesting.
-fn nested_workflow(path: &Path, at: &Location, runner: &dyn StepRunner, stack: &mut Vec<PathBuf>) -> Result<Prepared, Vec<Diagnostic>> {
+fn nested_workflow(path: &Path, at: &Location, runner: &dyn StepRunner, files: &dyn Files, stack: &mut Vec<PathBuf>) -> Result<Prepared, Vec<Diagnostic>> {
     if stack.contains(&canonical(path)) {
         return Err(vec![Diagnostic::new(at, format!("workflow {} runs itself (through `workflow:` steps)", path.display()))]);
     }
     if stack.len() > MAX_NESTING {
         return Err(vec![Diagnostic::new(at, format!("`workflow:` steps nest more than {MAX_NESTING} deep"))]);
     }
-    load_nested(path, runner, stack).map_err(|d| {
+    load_nested(path, runner, files, stack).map_err(|d| {
         let n = d.problems.len();
         let mut out = vec![Diagnostic::new(at, format!("nested workflow {} has {n} problem{}, listed with its own file", path.display(), if n == 1 { "" } else { "s" }))];
         out.extend(d.problems);
@@ -161,8 +210,8 @@ fn nested_workflow(path: &Path, at: &Location, runner: &dyn StepRunner, stack: &
     })
 }
 
-fn load_component(path: &Path, decl: &ComponentDecl, runner: &dyn StepRunner) -> Result<PreparedComponent, Diagnostic> {
-    let bytes = std::fs::read(path).map_err(|e| {
+fn load_component(path: &Path, decl: &ComponentDecl, runner: &dyn StepRunner, files: &dyn Files) -> Result<PreparedComponent, Diagnostic> {
+    let bytes = files.read(path).map_err(|e| {
         Diagnostic::new(&decl.at, format!("component `{}`: cannot read {}: {e}", decl.name, path.display()))
             .with_hint("paths are relative to the workflow file; build components with components/build.sh")
     })?;

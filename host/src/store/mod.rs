@@ -10,6 +10,7 @@
 //! at any moment loses at most the steps that were running.
 
 mod postgres;
+pub mod queue;
 mod sqlite;
 
 pub use postgres::PgStore;

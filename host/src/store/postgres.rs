@@ -92,6 +92,71 @@ CREATE TABLE blobs (
 ",
     // 2: `sandflow cancel ID` from any machine.
     "ALTER TABLE runs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false;",
+    // 3: work distribution (see `queue.rs`): queued runs, their files, DAG
+    // bookkeeping, jobs with leases, and each run's event stream.
+    "
+ALTER TABLE runs ADD COLUMN queued BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE runs ADD COLUMN run_started BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE runs ADD COLUMN stop TEXT;
+ALTER TABLE runs ADD COLUMN open_steps INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN deadline TIMESTAMPTZ;
+ALTER TABLE runs ADD COLUMN concurrency INTEGER;
+ALTER TABLE runs ADD COLUMN events INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN began TIMESTAMPTZ NOT NULL DEFAULT now();
+CREATE INDEX runs_to_start ON runs (seq) WHERE queued AND NOT run_started;
+CREATE INDEX runs_running_queued ON runs (seq) WHERE queued AND run_started AND status = 'running';
+CREATE TABLE files (
+    sha256 TEXT PRIMARY KEY,
+    bytes  BYTEA NOT NULL
+);
+CREATE TABLE run_files (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    path   TEXT NOT NULL,
+    sha256 TEXT NOT NULL REFERENCES files(sha256),
+    PRIMARY KEY (run_id, path)
+);
+CREATE TABLE dag (
+    run_id        TEXT NOT NULL REFERENCES runs(id),
+    idx           INTEGER NOT NULL,
+    step          TEXT NOT NULL,
+    waiting       INTEGER NOT NULL,
+    finished      BOOLEAN NOT NULL DEFAULT false,
+    blocks        BOOLEAN NOT NULL DEFAULT false,
+    items         INTEGER NOT NULL DEFAULT 0,
+    items_left    INTEGER NOT NULL DEFAULT 0,
+    first_started TIMESTAMPTZ,
+    PRIMARY KEY (run_id, idx)
+);
+CREATE TABLE jobs (
+    id             BIGSERIAL PRIMARY KEY,
+    run_id         TEXT NOT NULL REFERENCES runs(id),
+    idx            INTEGER NOT NULL,
+    item           INTEGER,
+    state          TEXT NOT NULL,
+    attempt        INTEGER NOT NULL DEFAULT 1,
+    lost           INTEGER NOT NULL DEFAULT 0,
+    input          TEXT NOT NULL,
+    input_secrets  TEXT,
+    not_before     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    worker         TEXT,
+    claim          BIGINT NOT NULL DEFAULT 0,
+    lease_until    TIMESTAMPTZ,
+    fuel_used      BIGINT NOT NULL DEFAULT 0,
+    result         TEXT,
+    result_secrets TEXT,
+    error          TEXT,
+    log            TEXT
+);
+CREATE INDEX jobs_ready ON jobs (id) WHERE state = 'ready';
+CREATE INDEX jobs_claimed ON jobs (lease_until) WHERE state = 'claimed';
+CREATE INDEX jobs_by_step ON jobs (run_id, idx, item);
+CREATE TABLE events (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    seq    INTEGER NOT NULL,
+    body   TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+",
 ];
 
 /// Serializes migrations across every process using the server.
@@ -101,9 +166,11 @@ const MIGRATION_LOCK: i64 = 0x5341_4e44_464c_4f57; // "SANDFLOW"
 pub struct PgStore {
     pool: Pool,
     location: String,
+    /// For connections of their own (`LISTEN`).
+    pub(super) config: tokio_postgres::Config,
 }
 
-fn db(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn db(e: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(message(&e))
 }
 
@@ -130,7 +197,7 @@ fn message(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// PostgreSQL text cannot hold NUL; a guest's log or message may.
-fn text(s: &str) -> Cow<'_, str> {
+pub(super) fn text(s: &str) -> Cow<'_, str> {
     if s.contains('\0') { Cow::Owned(s.replace('\0', "\u{fffd}")) } else { Cow::Borrowed(s) }
 }
 
@@ -159,7 +226,7 @@ impl PgStore {
         }
         config.application_name("sandflow");
         let location = describe(&config);
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(16)
             .runtime(Runtime::Tokio1)
@@ -167,7 +234,7 @@ impl PgStore {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|e| StoreError::Open { location: location.clone(), message: e.to_string() })?;
-        let store = PgStore { pool, location };
+        let store = PgStore { pool, location, config };
         // The first connection is not retried: a wrong URL fails at once.
         let mut client = store.pool.get().await.map_err(|e| StoreError::Open { location: store.location.clone(), message: pool_error(e) })?;
         migrate(&mut client).await.map_err(|e| match e {
@@ -179,7 +246,7 @@ impl PgStore {
 
     /// A pooled connection, waiting (with backoff) while the server is
     /// unreachable, e.g. restarting.
-    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(50);
         loop {
@@ -454,7 +521,7 @@ impl RunStore for PgStore {
 }
 
 /// Writes one event inside the caller's transaction.
-async fn write(tx: &deadpool_postgres::Transaction<'_>, event: &Event) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn write(tx: &deadpool_postgres::Transaction<'_>, event: &Event) -> Result<(), tokio_postgres::Error> {
     match event {
         Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => {}
         Event::StepRetrying { run_id, step, attempt, item, error, .. } => {

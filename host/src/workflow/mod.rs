@@ -56,7 +56,8 @@ fn workflow_dir(path: &Path) -> std::path::PathBuf {
     }
 }
 
-fn load_str_partial(path: &Path, text: &str) -> (Option<Workflow>, Vec<Diagnostic>) {
+/// Like [`load_str`], with what could be parsed (see [`load_partial`]).
+pub fn load_str_partial(path: &Path, text: &str) -> (Option<Workflow>, Vec<Diagnostic>) {
     let file: Arc<Path> = Arc::from(path);
     let dir = workflow_dir(path);
     let root = match yaml::parse(&file, text) {

@@ -1,0 +1,228 @@
+//! Running across machines with a PostgreSQL run store: `sandflow submit`,
+//! `sandflow worker`, `sandflow runs follow`, and `sandflow run` when
+//! `--store` is a PostgreSQL URL.
+
+use super::call::cancel_on_signal;
+use super::render::say;
+use super::run::{InputArgs, read_secrets, sink};
+use super::{CliError, GlobalArgs, Output, exit, new_sandbox, store_error, workflow_cmd};
+use crate::exec::{EventSink, Redactor, RunState, check_input};
+use crate::runs::{Followed, follow, submit};
+use crate::sandbox::{CancellationToken, Sandbox};
+use crate::store::{PgStore, StoreUrl};
+use crate::worker::{Worker, WorkerConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Needs a PostgreSQL run store (--store or SANDFLOW_STORE). Prints the run id and returns; \
+    workers run it. Follow it with `sandflow runs follow ID`.\n\nExample:\n  \
+    sandflow --store postgres://postgres@127.0.0.1/sandflow submit workflows/etl.yaml --input-file users.json")]
+pub(crate) struct SubmitArgs {
+    /// The workflow file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Most `forEach` items running at once, by default [default: the workflow's `concurrency`].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Claims ready steps of runs in a PostgreSQL run store and runs them in its own sandbox, \
+    until SIGINT or SIGTERM (it then finishes the steps it holds; a second signal exits at once). \
+    Start as many as you like, on any machine that reaches the server.\n\n\
+    Secrets come from this worker's SANDFLOW_SECRET_<NAME> variables and --secrets-file, never from the store; \
+    `dirs` grants and /builtin/load_file read this machine's paths.\n\nExample:\n  \
+    sandflow --store postgres://postgres@127.0.0.1/sandflow worker --concurrency 4")]
+pub(crate) struct WorkerArgs {
+    /// Most steps running at once [default: the CPU count].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: Option<u64>,
+    /// The worker's name in the store [default: HOST-PID-RANDOM].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// How long a claimed step stays this worker's without a heartbeat;
+    /// after it, another worker runs the step again.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration)]
+    lease: Duration,
+    /// Secrets as `NAME=value` lines; also read from `SANDFLOW_SECRET_<NAME>`.
+    #[arg(long, value_name = "FILE")]
+    secrets_file: Option<PathBuf>,
+}
+
+/// The PostgreSQL store `--store` names, or why this command needs one.
+pub(crate) async fn pg_store(global: &GlobalArgs, what: &str) -> Result<Arc<PgStore>, CliError> {
+    match global.store_url()? {
+        StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::connect(&url).await.map_err(store_error)?)),
+        StoreUrl::Sqlite(path) => Err(CliError::invalid(format!(
+            "{what} needs a PostgreSQL run store shared by the workers, and the store is {}: pass --store postgres://USER@HOST/DATABASE (or set SANDFLOW_STORE)",
+            path.display()
+        ))),
+    }
+}
+
+fn worker_config(concurrency: Option<u64>, name: Option<String>, lease: Duration, secrets_file: Option<&Path>) -> Result<WorkerConfig, CliError> {
+    if lease < Duration::from_millis(300) {
+        return Err(CliError::invalid("--lease must be at least 300ms"));
+    }
+    Ok(WorkerConfig {
+        name: name.unwrap_or_else(WorkerConfig::default_name),
+        concurrency: concurrency.map_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()), |n| n as usize),
+        lease,
+        secrets: read_secrets(secrets_file)?,
+        care_every: (lease / 3).min(Duration::from_secs(1)),
+    })
+}
+
+/// Loads a workflow as `run` does, keeping every file it read for the store.
+async fn load_for_submit(
+    file: &Path,
+    sandbox: &Arc<Sandbox>,
+    out: &Output,
+) -> Result<(crate::exec::Prepared, crate::store::queue::RunFiles), CliError> {
+    let (sandbox, path) = (sandbox.clone(), file.to_path_buf());
+    let (prepared, files) = tokio::task::spawn_blocking(move || {
+        let files = crate::exec::Recording { inner: crate::exec::Disk, seen: Default::default() };
+        let prepared = crate::exec::load_from(&path, sandbox.as_ref(), &files);
+        (prepared, files.seen.into_inner().expect("not poisoned"))
+    })
+    .await
+    .map_err(|e| CliError { code: exit::FAILED, message: format!("loading components failed: {e}") })?;
+    Ok((prepared.map_err(|d| workflow_cmd::report(out, d))?, files))
+}
+
+/// `sandflow submit FILE`.
+pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let store = pg_store(global, "`sandflow submit`").await?;
+    let input = args.input.read()?;
+    let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
+    let (prepared, files) = load_for_submit(&args.file, &sandbox, out).await?;
+    check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
+    let id = submit(&store, &prepared, &args.file, &files, input, args.concurrency.map(|n| n as usize)).await.map_err(store_error)?;
+    println!("{id}");
+    Ok(exit::OK)
+}
+
+/// `sandflow worker`.
+pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let store = pg_store(global, "`sandflow worker`").await?;
+    let config = worker_config(args.concurrency, args.name, args.lease, args.secrets_file.as_deref())?;
+    let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
+    let worker = Worker::new(store.clone(), sandbox, config);
+    if !out.quiet {
+        say!("worker {} is waiting for steps in {}", worker.name(), crate::store::RunStore::location(store.as_ref()));
+    }
+    let stop = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(stop.clone()));
+    let graceful = worker.run(stop.clone());
+    // A second signal stops at once: leases of held steps then expire.
+    tokio::select! {
+        _ = graceful => {}
+        _ = async { stop.cancelled().await; tokio::signal::ctrl_c().await.ok() } => {
+            say!("worker {} stopped without finishing its steps; other workers take them over when their leases expire", worker.name());
+        }
+    }
+    signals.abort();
+    Ok(exit::OK)
+}
+
+/// `sandflow run FILE` with a PostgreSQL store: the run is queued, this
+/// process works on it too unless `--no-work`, and follows it to its end.
+pub(crate) async fn run_queued(
+    file: &Path,
+    input: &InputArgs,
+    concurrency: Option<u64>,
+    secrets_file: Option<&Path>,
+    detach: bool,
+    work: bool,
+    global: &GlobalArgs,
+    out: &Output,
+) -> Result<u8, CliError> {
+    let store = pg_store(global, "`sandflow run --detach`").await?;
+    let input = input.read()?;
+    let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
+    let (prepared, files) = load_for_submit(file, &sandbox, out).await?;
+    check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
+    let config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file)?;
+    if work {
+        // This process runs steps: it needs the secrets, as a local run does.
+        crate::exec::check_secrets(&prepared.plan, &config.secrets).map_err(|d| workflow_cmd::report(out, d))?;
+    }
+    let redactor = Redactor::new(&config.secrets);
+    let id = submit(&store, &prepared, file, &files, input, concurrency.map(|n| n as usize)).await.map_err(store_error)?;
+    if detach {
+        println!("{id}");
+        return Ok(exit::OK);
+    }
+    let stop_work = CancellationToken::new();
+    let worker = work.then(|| {
+        let worker = Worker::new(store.clone(), sandbox, config);
+        let stop = stop_work.clone();
+        tokio::spawn(async move { worker.run(stop).await })
+    });
+    let followed = follow_to_end(&store, &id, sink(out), out).await;
+    stop_work.cancel();
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
+    let followed = followed?;
+    Ok(print_end(&followed, &redactor))
+}
+
+/// Follows a run until it ends; the first SIGINT/SIGTERM asks (through
+/// the store) to cancel it and goes on following, a second stops following.
+async fn follow_to_end(store: &Arc<PgStore>, id: &str, display: Arc<dyn EventSink>, out: &Output) -> Result<Followed, CliError> {
+    let interrupted = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(interrupted.clone()));
+    let give_up = CancellationToken::new();
+    let asker = {
+        let (store, id, interrupted, give_up) = (store.clone(), id.to_string(), interrupted.clone(), give_up.clone());
+        let quiet = out.quiet;
+        tokio::spawn(async move {
+            interrupted.cancelled().await;
+            if !quiet {
+                say!("cancelling run {id} (interrupt again to stop following it)");
+            }
+            if let Err(e) = crate::store::RunStore::request_cancel(store.as_ref(), &id).await {
+                say!("error: {e}");
+            }
+            let _ = tokio::signal::ctrl_c().await;
+            give_up.cancel();
+        })
+    };
+    let result = follow(store.clone(), id, display, give_up).await;
+    signals.abort();
+    asker.abort();
+    match result.map_err(store_error)? {
+        Some(followed) => Ok(followed),
+        None => Err(CliError { code: exit::CANCELLED, message: format!("stopped following run {id}; it goes on in the store") }),
+    }
+}
+
+/// Prints a followed run's output and returns the exit code.
+fn print_end(followed: &Followed, redactor: &Redactor) -> u8 {
+    if let Some(output) = &followed.output {
+        println!("{}", serde_json::to_string_pretty(&redactor.value(output)).expect("a Value always serializes"));
+    }
+    match followed.state {
+        RunState::Completed => exit::OK,
+        RunState::Cancelled => exit::CANCELLED,
+        _ => exit::FAILED,
+    }
+}
+
+/// `sandflow runs follow ID`.
+pub(crate) async fn follow_cmd(id: String, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let store = pg_store(global, "`sandflow runs follow`").await?;
+    if !store.is_queued(&id).await.map_err(store_error)? {
+        let status = crate::store::RunStore::run(store.as_ref(), &id).await.map_err(store_error)?.status;
+        return Err(CliError::invalid(format!(
+            "run {id} was run by a `sandflow run` process, not by workers, so it has no event stream to follow (it is {status}); see `sandflow runs show {id}`"
+        )));
+    }
+    let followed = follow_to_end(&store, &id, sink(out), out).await?;
+    Ok(print_end(&followed, &Redactor::default()))
+}

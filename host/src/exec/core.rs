@@ -1,0 +1,480 @@
+//! The decisions of a run, in one place.
+//!
+//! A run is a DAG of steps; what happens to a step when its dependencies
+//! are done, how a step's attempts end it, when the run stops starting
+//! steps and how it ends are decided here, by pure functions of the
+//! workflow and what is known of the run so far. Two bookkeepers ask them:
+//! the in-process dispatcher ([`super::dispatch`]), which keeps the run in
+//! memory, and distributed workers, which keep it in PostgreSQL rows and
+//! apply these decisions inside the transaction that records a result.
+//! Neither makes a scheduling decision of its own.
+
+use crate::expr::{CelCache, EvalError, Outputs, Scope};
+use crate::failure::{FailureKind, StepFailure};
+use crate::units::format_duration;
+use crate::workflow::{ErrorAction, StepDecl, Workflow};
+use super::{RunState, StepState};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What a run's decisions read besides the step outputs: the same for
+/// every step of the run.
+pub struct RunFacts<'a> {
+    pub input: &'a Value,
+    pub run_id: &'a str,
+    /// `run.attempt`: 1, plus one per resume.
+    pub attempt: u32,
+    pub secrets: &'a BTreeMap<String, String>,
+    pub cel: &'a CelCache,
+    /// The run's step concurrency: a `forEach` step's default item concurrency.
+    pub limit: usize,
+}
+
+impl<'a> RunFacts<'a> {
+    /// The scope templates of this run are evaluated in.
+    pub fn scope(&'a self, outputs: &'a dyn Outputs, item: Option<(&'a Value, usize)>) -> Scope<'a> {
+        Scope {
+            inputs: self.input,
+            cache: self.cel,
+            outputs,
+            item: item.map(|(v, _)| v),
+            index: item.map(|(_, i)| i),
+            run_id: self.run_id,
+            attempt: self.attempt,
+            secrets: self.secrets,
+        }
+    }
+}
+
+/// What a step runs with, once it is ready.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    One(Value),
+    /// A `forEach` step: one input per item, at most `concurrency` at once.
+    Each { inputs: Vec<Value>, concurrency: usize },
+}
+
+/// What happens to a step whose dependencies are all done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Run(Work),
+    /// It is skipped, with this reason; `warning` is worth telling the user.
+    Skip { reason: String, warning: Option<String> },
+    /// It fails without running (a reference it reads cannot be resolved).
+    Fail(StepFailure),
+}
+
+/// Why a run stopped starting steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A step failed under `on_error: fail`.
+    Failed(usize),
+    Cancelled,
+    TimedOut,
+    /// The run's record could not be made durable.
+    Unrecorded,
+}
+
+impl Stop {
+    /// Whether a cancel request still changes the run: a failure does not
+    /// stop running steps, a cancel does.
+    pub fn cancel_applies(stop: Option<Stop>) -> bool {
+        matches!(stop, None | Some(Stop::Failed(_)))
+    }
+
+    /// How a stop is written down (the distributed store keeps it in a column).
+    pub fn encode(self) -> String {
+        match self {
+            Stop::Failed(i) => format!("failed:{i}"),
+            Stop::Cancelled => "cancelled".into(),
+            Stop::TimedOut => "timed_out".into(),
+            Stop::Unrecorded => "unrecorded".into(),
+        }
+    }
+
+    pub fn decode(text: &str) -> Option<Stop> {
+        match text {
+            "cancelled" => Some(Stop::Cancelled),
+            "timed_out" => Some(Stop::TimedOut),
+            "unrecorded" => Some(Stop::Unrecorded),
+            other => other.strip_prefix("failed:")?.parse().ok().map(Stop::Failed),
+        }
+    }
+}
+
+/// Evaluates `when`, `skipIf`, `forEach` and the input of a ready step.
+pub fn decide(facts: &RunFacts<'_>, decl: &StepDecl, outputs: &dyn Outputs) -> Decision {
+    let skip = |reason: String| Decision::Skip { reason, warning: None };
+    let reference = |e: EvalError| match e {
+        EvalError::Skipped(id) => skip(format!("step `{id}` was skipped")),
+        other => Decision::Fail(StepFailure::new(FailureKind::Reference, other.to_string())),
+    };
+    let s = facts.scope(outputs, None);
+    if let Some(when) = &decl.when {
+        match when.eval_bool(&s) {
+            Ok(true) => {}
+            Ok(false) => return skip("`when` is false".into()),
+            Err(EvalError::Skipped(id)) => return skip(format!("step `{id}` was skipped")),
+            Err(e) => {
+                let message = format!("`when` of step `{}` could not be evaluated, so it is skipped: {e}", decl.id);
+                return Decision::Skip { reason: message.clone(), warning: Some(message) };
+            }
+        }
+    }
+    if let Some(skip_if) = &decl.skip_if {
+        match skip_if.eval(&s) {
+            Ok(v) if truthy(&v) => return skip("`skipIf` is true".into()),
+            Ok(_) => {}
+            Err(e) => return reference(e),
+        }
+    }
+    let Some(for_each) = &decl.for_each else {
+        return match decl.input.eval(&s) {
+            Ok(v) => Decision::Run(Work::One(v)),
+            Err(e) => reference(e),
+        };
+    };
+    let items = match for_each.eval(&s) {
+        Ok(Value::Array(items)) => items,
+        Ok(other) => {
+            let kind = match other {
+                Value::Object(_) => "an object",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            };
+            return Decision::Fail(StepFailure::new(FailureKind::Reference, format!("`forEach` gave {kind}, not an array")));
+        }
+        Err(e) => return reference(e),
+    };
+    let mut inputs = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        match decl.input.eval(&facts.scope(outputs, Some((item, index)))) {
+            Ok(v) => inputs.push(v),
+            Err(e) => return reference(e),
+        }
+    }
+    // Items run at most `concurrency` at a time; by default as many as
+    // steps may (the run's limit).
+    Decision::Run(Work::Each { inputs, concurrency: decl.concurrency.unwrap_or(facts.limit).max(1) })
+}
+
+/// `skipIf` truthiness.
+pub fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// How a step ended, with `on_error` applied, and what that does to the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub state: StepState,
+    /// What later steps read: its output, or `on_error: continue`'s default.
+    pub output: Option<Value>,
+    pub error: Option<StepFailure>,
+    pub reason: Option<String>,
+    /// Its dependents may start. When false they are skipped with reason
+    /// `dependency failed` (or cancelled, if the run is).
+    pub releases: bool,
+    /// The run stops starting steps (unless it already stopped).
+    pub stop: Option<Stop>,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// Its attempts (or items) gave this.
+    Ran(Result<Value, StepFailure>),
+    /// [`decide`] skipped it.
+    Skipped(String),
+    /// [`decide`] failed it before it ran.
+    Refused(StepFailure),
+}
+
+/// The verdict on step `i` (`decl`) that ended as `ending` while the run
+/// is stopped for `stop` (if at all).
+pub fn verdict(wf: &Workflow, i: usize, decl: &StepDecl, ending: Ending, stop: Option<Stop>) -> Verdict {
+    let (state, error, output, reason) = match ending {
+        Ending::Ran(Ok(v)) => (StepState::Succeeded, None, Some(v), None),
+        Ending::Ran(Err(f)) if f.kind == FailureKind::Cancelled && stop == Some(Stop::TimedOut) => {
+            let timeout = wf.timeout.map(format_duration).unwrap_or_default();
+            let f = StepFailure::new(FailureKind::Timeout, format!("interrupted: the run's {timeout} timeout passed"));
+            (StepState::Failed, Some(f), None, None)
+        }
+        Ending::Ran(Err(f)) if f.kind == FailureKind::Cancelled => {
+            // Only the run's token cancels a step; the step may see it
+            // before the bookkeeper does.
+            let stop = Stop::cancel_applies(stop).then_some(Stop::Cancelled);
+            return Verdict { state: StepState::Cancelled, output: None, error: Some(f), reason: None, releases: false, stop };
+        }
+        Ending::Ran(Err(f)) | Ending::Refused(f) => (StepState::Failed, Some(f), None, None),
+        Ending::Skipped(reason) => (StepState::Skipped, None, None, Some(reason)),
+    };
+    if state != StepState::Failed {
+        return Verdict { state, output, error, reason, releases: true, stop: None };
+    }
+    match decl.on_error.action {
+        ErrorAction::Fail => Verdict { state, output: None, error, reason, releases: false, stop: Some(Stop::Failed(i)) },
+        ErrorAction::Continue => Verdict {
+            state,
+            output: Some(decl.on_error.default_output.clone().unwrap_or(Value::Null)),
+            error,
+            reason,
+            releases: true,
+            stop: None,
+        },
+        ErrorAction::Skip => Verdict {
+            state: StepState::Skipped,
+            output: None,
+            error,
+            reason: Some("it failed and `on_error` is `skip`".to_string()),
+            releases: true,
+            stop: None,
+        },
+    }
+}
+
+/// A step that never started, once nothing else can run: its state and
+/// reason. `blocked` is true when a dependency failed, was cancelled or
+/// never started.
+pub fn unstarted(stop: Option<Stop>, blocked: bool) -> (StepState, &'static str) {
+    match stop {
+        Some(Stop::Cancelled) => (StepState::Cancelled, "the run was cancelled before it started"),
+        Some(Stop::TimedOut) => (StepState::Cancelled, "the run's timeout passed before it started"),
+        Some(Stop::Unrecorded) => (StepState::Cancelled, "not started: the run could not be recorded"),
+        _ if blocked => (StepState::Skipped, "dependency failed"),
+        _ => (StepState::Skipped, "not started: the run failed"),
+    }
+}
+
+/// Whether an attempt that failed with `failure` is tried again, and after
+/// how long: `attempt` is the number of the one that failed.
+pub fn retry_after(decl: &StepDecl, wf: &Workflow, failure: &StepFailure, attempt: u32, cancelled: bool) -> Option<Duration> {
+    let policy = decl.settings.or(&wf.defaults).retry.unwrap_or_default();
+    (failure.retryable && attempt < policy.max_attempts.max(1) && !cancelled).then(|| policy.delay_after(attempt))
+}
+
+/// The results of a `forEach` step's items, gathered in item order.
+#[derive(Debug, Clone, Default)]
+pub struct Items {
+    results: Vec<Value>,
+    failure: Option<StepFailure>,
+}
+
+impl Items {
+    pub fn new(count: usize) -> Items {
+        Items { results: vec![Value::Null; count], failure: None }
+    }
+
+    /// Item `index` ended with `result`.
+    pub fn record(&mut self, decl: &StepDecl, index: usize, result: Result<Value, StepFailure>) {
+        match result {
+            Ok(v) => self.results[index] = v,
+            Err(f) if decl.on_error.action == ErrorAction::Continue && f.kind != FailureKind::Cancelled => {
+                self.results[index] = decl.on_error.default_output.clone().unwrap_or(Value::Null);
+            }
+            Err(f) => {
+                if self.failure.is_none() {
+                    self.failure = Some(StepFailure { message: format!("item {index}: {}", f.message), ..f });
+                }
+            }
+        }
+    }
+
+    /// Whether more items may start: not after one failed the step.
+    pub fn may_start(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    /// The step's result once every started item has ended.
+    pub fn result(self) -> Result<Value, StepFailure> {
+        match self.failure {
+            Some(f) => Err(f),
+            None => Ok(Value::Array(self.results)),
+        }
+    }
+}
+
+/// How the run ends, before its output is built: its state and error.
+/// `failure` gives the error of a step that stopped it.
+pub fn run_end(wf: &Workflow, stop: Option<Stop>, failure: impl Fn(usize) -> Option<StepFailure>) -> (RunState, Option<String>) {
+    match stop {
+        None => (RunState::Completed, None),
+        Some(Stop::Cancelled) => (RunState::Cancelled, Some("cancelled".to_string())),
+        Some(Stop::TimedOut) => (RunState::Failed, Some(format!("the run's {} timeout passed", wf.timeout.map(format_duration).unwrap_or_default()))),
+        Some(Stop::Failed(i)) => {
+            let what = failure(i).map(|f| format!(" ({}): {}", f.kind, f.message)).unwrap_or_default();
+            (RunState::Failed, Some(format!("step `{}` failed{what}", wf.steps[i].id)))
+        }
+        Some(Stop::Unrecorded) => (RunState::Failed, None),
+    }
+}
+
+/// The run output (SPEC §2.6): the `output` template, or the outputs of
+/// the steps nothing depends on.
+pub fn run_output(facts: &RunFacts<'_>, plan: &crate::plan::Plan, outputs: &BTreeMap<String, Option<Value>>) -> Result<Value, EvalError> {
+    let value_of = |i: usize| outputs.get(&plan.workflow.steps[i].id).cloned().flatten().unwrap_or(Value::Null);
+    match &plan.workflow.output {
+        Some(t) => match t.eval(&facts.scope(outputs, None)) {
+            Err(EvalError::Skipped(_)) => Ok(Value::Null),
+            other => other,
+        },
+        None => {
+            let sinks = plan.sinks();
+            if let [only] = sinks.as_slice() {
+                Ok(value_of(*only))
+            } else {
+                Ok(Value::Object(sinks.into_iter().map(|i| (plan.workflow.steps[i].id.clone(), value_of(i))).collect::<Map<_, _>>()))
+            }
+        }
+    }
+}
+
+/// The steps whose outputs [`run_output`] reads.
+pub fn output_reads(plan: &crate::plan::Plan) -> Vec<usize> {
+    match &plan.workflow.output {
+        Some(t) => t.step_refs().into_iter().filter_map(|r| plan.index.get(&r.id).copied()).collect(),
+        None => plan.sinks(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn workflow(text: &str) -> crate::plan::Plan {
+        let wf = crate::workflow::load_str("core.yaml".as_ref(), text).expect("valid");
+        crate::plan::Plan::new(wf).expect("plans")
+    }
+
+    const FLOW: &str = r#"
+name: core
+steps:
+  - id: a
+    component: /builtin/eval
+  - id: keep
+    component: /builtin/eval
+    on_error: { action: continue, default_output: { fallback: true } }
+  - id: drop
+    component: /builtin/eval
+    on_error: { action: skip }
+  - id: each
+    component: /builtin/eval
+    forEach: "{{ inputs.items }}"
+    input: { n: "{{ item }}" }
+    concurrency: 3
+  - id: gated
+    component: /builtin/eval
+    when: "inputs.go == true"
+    input: { x: "{{ steps.a.output }}" }
+"#;
+
+    fn facts<'a>(input: &'a Value, secrets: &'a BTreeMap<String, String>, cel: &'a CelCache) -> RunFacts<'a> {
+        RunFacts { input, run_id: "r", attempt: 1, secrets, cel, limit: 4 }
+    }
+
+    #[test]
+    fn truthiness_of_skip_if_values() {
+        for v in [json!(null), json!(false), json!(0), json!(""), json!([]), json!({})] {
+            assert!(!truthy(&v), "{v}");
+        }
+        for v in [json!(true), json!(1), json!("no"), json!([0]), json!({"a": null})] {
+            assert!(truthy(&v), "{v}");
+        }
+    }
+
+    #[test]
+    fn on_error_decides_what_a_failure_does_to_the_run() {
+        let plan = workflow(FLOW);
+        let wf = &plan.workflow;
+        let boom = || Ending::Ran(Err(StepFailure::new(FailureKind::Trap, "boom")));
+        let v = verdict(wf, 0, &wf.steps[0], boom(), None);
+        assert_eq!((v.state, v.releases, v.stop), (StepState::Failed, false, Some(Stop::Failed(0))));
+        let v = verdict(wf, 1, &wf.steps[1], boom(), None);
+        assert_eq!((v.state, v.releases, v.stop, v.output), (StepState::Failed, true, None, Some(json!({"fallback": true}))));
+        let v = verdict(wf, 2, &wf.steps[2], boom(), None);
+        assert_eq!((v.state, v.releases, v.reason.as_deref()), (StepState::Skipped, true, Some("it failed and `on_error` is `skip`")));
+        let v = verdict(wf, 0, &wf.steps[0], Ending::Ran(Ok(json!(1))), Some(Stop::Failed(3)));
+        assert_eq!((v.state, v.releases, v.stop, v.output), (StepState::Succeeded, true, None, Some(json!(1))));
+    }
+
+    #[test]
+    fn a_cancelled_attempt_cancels_the_run_unless_it_already_stopped() {
+        let plan = workflow(FLOW);
+        let wf = &plan.workflow;
+        let cancelled = || Ending::Ran(Err(StepFailure::new(FailureKind::Cancelled, "cancelled")));
+        let v = verdict(wf, 0, &wf.steps[0], cancelled(), None);
+        assert_eq!((v.state, v.stop), (StepState::Cancelled, Some(Stop::Cancelled)));
+        let v = verdict(wf, 0, &wf.steps[0], cancelled(), Some(Stop::Unrecorded));
+        assert_eq!((v.state, v.stop), (StepState::Cancelled, None));
+        let v = verdict(wf, 0, &wf.steps[0], cancelled(), Some(Stop::TimedOut));
+        assert_eq!(v.state, StepState::Failed);
+        assert_eq!(v.error.map(|e| e.kind), Some(FailureKind::Timeout));
+    }
+
+    #[test]
+    fn ready_steps_are_decided_from_the_outputs_they_read() {
+        let plan = workflow(FLOW);
+        let wf = &plan.workflow;
+        let (secrets, cel) = (BTreeMap::new(), CelCache::default());
+        let input = json!({"items": [1, 2], "go": false});
+        let f = facts(&input, &secrets, &cel);
+        let mut outputs: BTreeMap<String, Option<Value>> = BTreeMap::new();
+        outputs.insert("a".into(), Some(json!("A")));
+        assert_eq!(
+            decide(&f, &wf.steps[3], &outputs),
+            Decision::Run(Work::Each { inputs: vec![json!({"n": 1}), json!({"n": 2})], concurrency: 3 })
+        );
+        assert!(matches!(decide(&f, &wf.steps[4], &outputs), Decision::Skip { ref reason, warning: None } if reason == "`when` is false"));
+        let input = json!({"items": "no", "go": true});
+        let f = facts(&input, &secrets, &cel);
+        assert_eq!(decide(&f, &wf.steps[4], &outputs), Decision::Run(Work::One(json!({"x": "A"}))));
+        assert!(matches!(decide(&f, &wf.steps[3], &outputs), Decision::Fail(ref e) if e.message == "`forEach` gave a string, not an array"));
+        outputs.insert("a".into(), None);
+        assert!(matches!(decide(&f, &wf.steps[4], &outputs), Decision::Skip { ref reason, .. } if reason == "step `a` was skipped"));
+    }
+
+    #[test]
+    fn items_keep_their_order_and_the_first_failure() {
+        let plan = workflow(FLOW);
+        let decl = &plan.workflow.steps[3];
+        let mut items = Items::new(3);
+        items.record(decl, 2, Ok(json!("c")));
+        items.record(decl, 0, Ok(json!("a")));
+        assert!(items.may_start());
+        items.record(decl, 1, Ok(json!("b")));
+        assert_eq!(items.result(), Ok(json!(["a", "b", "c"])));
+        let mut items = Items::new(2);
+        items.record(decl, 1, Err(StepFailure::new(FailureKind::Trap, "x")));
+        items.record(decl, 0, Err(StepFailure::new(FailureKind::Fuel, "y")));
+        assert!(!items.may_start());
+        assert_eq!(items.result().map_err(|e| e.message), Err("item 1: x".to_string()));
+    }
+
+    #[test]
+    fn stops_round_trip_through_their_encoding() {
+        for stop in [Stop::Failed(12), Stop::Cancelled, Stop::TimedOut, Stop::Unrecorded] {
+            assert_eq!(Stop::decode(&stop.encode()), Some(stop));
+        }
+        assert_eq!(Stop::decode("nonsense"), None);
+    }
+
+    #[test]
+    fn the_run_end_names_the_step_that_stopped_it() {
+        let plan = workflow(FLOW);
+        let wf = &plan.workflow;
+        let (state, error) = run_end(wf, Some(Stop::Failed(0)), |_| Some(StepFailure::new(FailureKind::Trap, "boom")));
+        assert_eq!((state, error.as_deref()), (RunState::Failed, Some("step `a` failed (trap): boom")));
+        assert_eq!(run_end(wf, None, |_| None), (RunState::Completed, None));
+        assert_eq!(run_end(wf, Some(Stop::Cancelled), |_| None).0, RunState::Cancelled);
+    }
+}

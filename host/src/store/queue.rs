@@ -1,0 +1,1039 @@
+//! Work distribution over PostgreSQL: the run is the queue.
+//!
+//! A submitted run is a `runs` row with `queued` set, the files it needs
+//! (workflow files and components, content-addressed in `files`), and,
+//! once a worker starts it, a `dag` row per step (how many dependencies it
+//! still waits for) and a `jobs` row per ready step attempt or `forEach`
+//! item. Workers claim ready jobs with `FOR UPDATE SKIP LOCKED`, run them
+//! in their own sandbox, and commit each result together with what it
+//! decides (the step's end, retries, newly ready steps, the run's end) in
+//! one transaction. Every transaction that changes a run first locks its
+//! `runs` row, so decisions about one run never race, and its events get
+//! gap-free sequence numbers (`runs follow` reads them in order).
+//!
+//! The decisions themselves are [`crate::exec::core`]'s, the same the
+//! in-process dispatcher makes; this module is bookkeeping only.
+//!
+//! Delivery: a claimed job carries a lease (`lease_until`) its worker's
+//! heartbeat extends. When a worker dies its leases expire and any worker
+//! puts the job back (a new attempt, failure kind `lost`, not counted
+//! against `max_attempts`; after [`MAX_LOST`] losses the step fails). A
+//! result is committed only by the claim that is still current, so a late
+//! result from a worker whose lease was taken is discarded: steps *run*
+//! at least once, their *results* are recorded exactly once.
+
+use super::postgres::{PgStore, db, text, write};
+use super::{NewRun, StoreError, now};
+use crate::exec::core::{self, Decision, Ending, Items, Stop, Verdict, Work};
+use crate::exec::{Event, Redactor, RunContext, RunState, SecretSpans, unmask};
+use crate::failure::{FailureKind, StepFailure};
+use crate::sandbox::{StepLog, sha256_hex};
+use deadpool_postgres::{GenericClient, Transaction};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The channel idle workers listen on: a job became ready, or a run was submitted.
+pub const JOBS_CHANNEL: &str = "sandflow_jobs";
+/// The channel followers listen on; the payload is the run id.
+pub const EVENTS_CHANNEL: &str = "sandflow_events";
+
+/// How many times a step attempt may lose its worker before the step fails.
+pub const MAX_LOST: i32 = 3;
+
+type PgResult<T> = Result<T, tokio_postgres::Error>;
+
+/// A run's files: its workflow files and components, by path as the
+/// workflow names them.
+pub type RunFiles = BTreeMap<PathBuf, Vec<u8>>;
+
+/// A job a worker claimed.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub run_id: String,
+    pub step: usize,
+    pub item: Option<usize>,
+    /// The attempt number this claim runs (shown in events).
+    pub attempt: u32,
+    /// The claim's token: its result is recorded only while it is current.
+    pub claim: i64,
+    /// The input, with secrets masked, and where.
+    pub input: Value,
+    pub input_secrets: Option<SecretSpans>,
+}
+
+/// How a claimed job's attempt ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub job: Claimed,
+    pub result: Result<Value, StepFailure>,
+    pub fuel_used: u64,
+    pub log: StepLog,
+}
+
+/// What a worker knows of a run it works on: loaded once per run.
+pub struct RunCtx {
+    pub ctx: RunContext,
+    pub input: Value,
+    pub redactor: Redactor,
+    /// Set when this worker lacks secrets the workflow reads: why.
+    pub missing_secrets: Option<String>,
+}
+
+impl RunCtx {
+    /// Puts this worker's secret values back into a masked value.
+    pub fn unmask(&self, value: Value, spans: Option<SecretSpans>) -> Result<Value, StepFailure> {
+        match spans {
+            None => Ok(value),
+            Some(spans) => unmask(&value, &spans, self.ctx.secrets()).ok_or_else(|| {
+                let names: BTreeSet<&str> = spans.strings.iter().flat_map(|s| s.spans.iter().map(|(_, n)| n.as_str())).collect();
+                let names: Vec<String> = names.into_iter().map(|n| format!("`{n}`")).collect();
+                StepFailure::new(
+                    FailureKind::Reference,
+                    format!(
+                        "this worker does not have secret {}: set SANDFLOW_SECRET_NAME in its environment or give it a --secrets-file",
+                        names.join(", ")
+                    ),
+                )
+                .not_retryable()
+            }),
+        }
+    }
+}
+
+/// A run a worker must look at: how to load it.
+pub struct RunHead {
+    pub file: String,
+    pub input: Value,
+    pub attempt: u32,
+    pub concurrency: Option<usize>,
+    pub files: RunFiles,
+}
+
+impl PgStore {
+    /// Records a run for workers to run: the run, and every file it needs
+    /// (each file's bytes once per content, shared by runs). A worker
+    /// starts it; `concurrency` overrides the workflow's for `forEach` items.
+    pub async fn submit(&self, run: &NewRun, files: &RunFiles, concurrency: Option<usize>) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let hashes: Vec<(String, &PathBuf, &Vec<u8>)> = files.iter().map(|(p, b)| (sha256_hex(b), p, b)).collect();
+        let wanted: Vec<&str> = hashes.iter().map(|(h, _, _)| h.as_str()).collect();
+        let have: BTreeSet<String> =
+            tx.query("SELECT sha256 FROM files WHERE sha256 = ANY($1)", &[&wanted]).await.map_err(db)?.iter().map(|r| r.get(0)).collect();
+        let mut stored = BTreeSet::new();
+        for (hash, _, bytes) in &hashes {
+            if !have.contains(hash) && stored.insert(hash.clone()) {
+                tx.execute("INSERT INTO files (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[hash, bytes]).await.map_err(db)?;
+            }
+        }
+        let concurrency = concurrency.map(|n| n.min(i32::MAX as usize) as i32);
+        tx.execute(
+            "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency)
+             VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7)",
+            &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now(), &concurrency],
+        )
+        .await
+        .map_err(db)?;
+        for (hash, path, _) in &hashes {
+            let path = path.display().to_string();
+            tx.execute("INSERT INTO run_files (run_id, path, sha256) VALUES ($1, $2, $3)", &[&run.id, &path, hash]).await.map_err(db)?;
+        }
+        tx.execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL]).await.map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// What a worker needs to load a queued run: its file, input and files,
+    /// each checked against its SHA-256.
+    pub async fn run_head(&self, run_id: &str) -> Result<RunHead, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT file, input, attempt, concurrency FROM runs WHERE id = $1", &[&run_id])
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
+        let rows = client
+            .query("SELECT rf.path, rf.sha256, f.bytes FROM run_files rf JOIN files f ON f.sha256 = rf.sha256 WHERE rf.run_id = $1", &[&run_id])
+            .await
+            .map_err(db)?;
+        let mut files = RunFiles::new();
+        for r in &rows {
+            let (path, hash, bytes): (String, String, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
+            if sha256_hex(&bytes) != hash {
+                return Err(StoreError::Backend(format!("run {run_id}: the stored copy of {path} does not match its SHA-256 {hash}")));
+            }
+            files.insert(PathBuf::from(path), bytes);
+        }
+        Ok(RunHead {
+            file: row.get(0),
+            input: row.get::<_, Option<String>>(1).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null),
+            attempt: row.get::<_, i32>(2) as u32,
+            concurrency: row.get::<_, Option<i32>>(3).map(|n| n.max(1) as usize),
+            files,
+        })
+    }
+
+    /// Queued runs no worker has started yet (oldest first).
+    pub async fn runs_to_start(&self, limit: i64) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT id FROM runs WHERE queued AND NOT run_started AND status = 'running' ORDER BY seq LIMIT $1", &[&limit])
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Starts a queued run: its DAG rows, its first ready steps. Does
+    /// nothing if another worker started it first.
+    pub async fn start_run(&self, run_id: &str, run: &RunCtx) -> Result<bool, StoreError> {
+        self.in_run(run_id, run, |t| Box::pin(async move { t.start().await })).await
+    }
+
+    /// Claims up to `limit` ready jobs for `worker`, leased for `lease`.
+    pub async fn claim(&self, worker: &str, limit: i64, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let rows = tx
+            .query(
+                "UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $3)
+                 WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND not_before <= now() ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets",
+                &[&worker, &limit, &lease.as_secs_f64()],
+            )
+            .await
+            .map_err(db)?;
+        let mut claimed: Vec<Claimed> = rows
+            .iter()
+            .map(|r| Claimed {
+                id: r.get(0),
+                run_id: r.get(1),
+                step: r.get::<_, i32>(2) as usize,
+                item: r.get::<_, Option<i32>>(3).map(|i| i as usize),
+                attempt: r.get::<_, i32>(4) as u32,
+                claim: r.get(5),
+                input: serde_json::from_str(r.get::<_, &str>(6)).unwrap_or(Value::Null),
+                input_secrets: r.get::<_, Option<String>>(7).and_then(|t| serde_json::from_str(&t).ok()),
+            })
+            .collect();
+        claimed.sort_by(|a, b| (&a.run_id, a.id).cmp(&(&b.run_id, b.id)));
+        // `StepStarted` events, in each run's order: the run's row is
+        // locked for its sequence numbers.
+        let mut i = 0;
+        while i < claimed.len() {
+            let run_id = claimed[i].run_id.clone();
+            let j = claimed[i..].iter().position(|c| c.run_id != run_id).map_or(claimed.len(), |k| i + k);
+            let ids: Vec<i32> = claimed[i..j].iter().map(|c| c.step as i32).collect();
+            let row = tx
+                .query_one("UPDATE runs SET events = events + $2 WHERE id = $1 RETURNING events, workflow", &[&run_id, &((j - i) as i32)])
+                .await
+                .map_err(db)?;
+            let mut seq = row.get::<_, i32>(0) - (j - i) as i32;
+            tx.execute("UPDATE dag SET first_started = COALESCE(first_started, now()) WHERE run_id = $1 AND idx = ANY($2)", &[&run_id, &ids])
+                .await
+                .map_err(db)?;
+            let names = step_names(&tx, &run_id, &ids).await.map_err(db)?;
+            for c in &claimed[i..j] {
+                seq += 1;
+                let event = Event::StepStarted {
+                    run_id: run_id.clone(),
+                    step: names.get(&(c.step as i32)).cloned().unwrap_or_default(),
+                    attempt: c.attempt,
+                    item: c.item,
+                };
+                append(&tx, &run_id, seq, &event).await.map_err(db)?;
+            }
+            tx.execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &run_id]).await.map_err(db)?;
+            i = j;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(claimed)
+    }
+
+    /// Extends the leases of `jobs` still claimed by `worker`.
+    pub async fn heartbeat(&self, worker: &str, jobs: &[i64], lease: Duration) -> Result<u64, StoreError> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE jobs SET lease_until = now() + make_interval(secs => $3) WHERE id = ANY($1) AND worker = $2 AND state = 'claimed'",
+                &[&jobs, &worker, &lease.as_secs_f64()],
+            )
+            .await
+            .map_err(db)
+    }
+
+    /// Records finished attempts of one run and everything they decide, in
+    /// one transaction. A result whose claim is no longer current (its lease
+    /// expired and the job was given to another worker) is discarded.
+    pub async fn commit(&self, run_id: &str, run: &RunCtx, finished: Vec<Finished>) -> Result<bool, StoreError> {
+        self.in_run(run_id, run, move |t| {
+            Box::pin(async move {
+                let mut any = false;
+                for f in finished {
+                    any |= t.finished(f).await?;
+                }
+                t.settle().await?;
+                Ok(any)
+            })
+        })
+        .await
+    }
+
+    /// Runs whose claimed jobs' leases expired, whose cancel was asked for,
+    /// or whose timeout passed: each needs a look by some worker.
+    pub async fn runs_needing_care(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT DISTINCT run_id FROM jobs WHERE state = 'claimed' AND lease_until < now()
+                 UNION SELECT id FROM runs WHERE queued AND run_started AND status = 'running'
+                   AND ((stop IS NULL OR stop LIKE 'failed:%') AND (cancel_requested OR deadline < now()))",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Looks after one run: puts back jobs whose worker was lost, stops it
+    /// when cancelled or out of time, ends it if nothing is left to run.
+    pub async fn care(&self, run_id: &str, run: &RunCtx) -> Result<bool, StoreError> {
+        self.in_run(run_id, run, |t| {
+            Box::pin(async move {
+                t.reap().await?;
+                t.check_stop().await?;
+                t.settle().await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    /// Of `runs`, those whose running steps must be cancelled (`sandflow
+    /// cancel`, the run's timeout).
+    pub async fn runs_to_interrupt(&self, runs: &[String]) -> Result<Vec<String>, StoreError> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id FROM runs WHERE id = ANY($1) AND (cancel_requested OR deadline < now() OR stop IN ('cancelled', 'timed_out') OR status <> 'running')",
+                &[&runs],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// A run's events after `after`, in order, and whether it has finished.
+    pub async fn events_after(&self, run_id: &str, after: i32) -> Result<Vec<(i32, Event)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT seq, body FROM events WHERE run_id = $1 AND seq > $2 ORDER BY seq", &[&run_id, &after])
+            .await
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let body: &str = r.get(1);
+            match serde_json::from_str::<Event>(body) {
+                Ok(e) => out.push((r.get(0), e)),
+                Err(e) => return Err(StoreError::Backend(format!("run {run_id}: unreadable event {}: {e}", r.get::<_, i32>(0)))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks a queued run failed with `message`: its workflow cannot be
+    /// loaded (a worker reports why).
+    pub async fn abandon(&self, run_id: &str, message: &str) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let row = tx.query_opt("SELECT events FROM runs WHERE id = $1 AND status = 'running' FOR UPDATE", &[&run_id]).await.map_err(db)?;
+        if let Some(row) = row {
+            let seq: i32 = row.get::<_, i32>(0) + 1;
+            let event = Event::RunFinished {
+                run_id: run_id.to_string(),
+                state: RunState::Failed,
+                duration: Duration::ZERO,
+                output: None,
+                error: Some(message.to_string()),
+            };
+            write(&tx, &event).await.map_err(db)?;
+            append(&tx, run_id, seq, &event).await.map_err(db)?;
+            tx.execute("UPDATE runs SET events = $2, run_started = true WHERE id = $1", &[&run_id, &seq]).await.map_err(db)?;
+            tx.execute("DELETE FROM jobs WHERE run_id = $1 AND state <> 'claimed'", &[&run_id]).await.map_err(db)?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &run_id]).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// A connection listening on `channel`: a message for each notification,
+    /// until the connection is lost.
+    pub async fn listen(&self, channel: &str) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<()>), StoreError> {
+        let (client, mut connection) = self.config.connect(tokio_postgres::NoTls).await.map_err(db)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                        if tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!("notification connection: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {channel}")).await.map_err(db)?;
+        Ok((client, rx))
+    }
+
+    /// Whether a run is run by workers.
+    pub async fn is_queued(&self, run_id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT queued FROM runs WHERE id = $1", &[&run_id]).await.map_err(db)?;
+        row.map(|r| r.get(0)).ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))
+    }
+
+    /// Runs `body` in a transaction that holds the run's row lock.
+    async fn in_run<F>(&self, run_id: &str, run: &RunCtx, body: F) -> Result<bool, StoreError>
+    where
+        F: for<'t> FnOnce(&'t mut RunTx<'_, '_>) -> std::pin::Pin<Box<dyn std::future::Future<Output = PgResult<bool>> + Send + 't>>,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let Some(row) = tx
+            .query_opt("SELECT status, stop, open_steps, events, run_started FROM runs WHERE id = $1 FOR UPDATE", &[&run_id])
+            .await
+            .map_err(db)?
+        else {
+            return Err(StoreError::UnknownRun(run_id.to_string()));
+        };
+        let status: String = row.get(0);
+        let mut t = RunTx {
+            tx: &tx,
+            run,
+            run_id,
+            running: status == "running",
+            started: row.get(4),
+            stop: row.get::<_, Option<String>>(1).as_deref().and_then(Stop::decode),
+            open_steps: row.get(2),
+            seq: row.get(3),
+            notify_jobs: false,
+            verdicts: BTreeMap::new(),
+        };
+        let result = body(&mut t).await.map_err(db)?;
+        t.save().await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(result)
+    }
+}
+
+/// Step ids by index, for events (a claim comes before the worker has
+/// loaded the run's workflow, so `dag` keeps them).
+async fn step_names(tx: &Transaction<'_>, run_id: &str, idx: &[i32]) -> PgResult<BTreeMap<i32, String>> {
+    let rows = tx.query("SELECT idx, step FROM dag WHERE run_id = $1 AND idx = ANY($2)", &[&run_id, &idx]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Appends one event to a run's stream.
+async fn append(tx: &Transaction<'_>, run_id: &str, seq: i32, event: &Event) -> PgResult<()> {
+    let body = serde_json::to_string(event).expect("events serialize");
+    let stmt = tx.prepare_cached("INSERT INTO events (run_id, seq, body) VALUES ($1, $2, $3)").await?;
+    tx.execute(&stmt, &[&run_id, &seq, &text(&body)]).await?;
+    Ok(())
+}
+
+/// One run's bookkeeping inside a transaction holding its row lock.
+struct RunTx<'a, 'c> {
+    tx: &'a Transaction<'c>,
+    run: &'a RunCtx,
+    run_id: &'a str,
+    /// The run has not ended.
+    running: bool,
+    started: bool,
+    stop: Option<Stop>,
+    open_steps: i32,
+    /// The run's last event sequence number.
+    seq: i32,
+    notify_jobs: bool,
+    /// Failures of steps that ended in this transaction (for the run's error).
+    verdicts: BTreeMap<usize, Option<StepFailure>>,
+}
+
+/// A step's end as counted over its attempts or items.
+#[derive(Default)]
+struct Tally {
+    attempts: u32,
+    fuel_used: u64,
+    log: StepLog,
+    ran: bool,
+}
+
+impl<'a> RunTx<'a, '_> {
+    fn wf(&self) -> &'a crate::workflow::Workflow {
+        &self.run.ctx.prepared().plan.workflow
+    }
+
+    fn plan(&self) -> &'a crate::plan::Plan {
+        &self.run.ctx.prepared().plan
+    }
+
+    /// Emits an event: recorded in the run's tables and appended to its stream.
+    async fn emit(&mut self, event: Event) -> PgResult<()> {
+        let event = if self.run.redactor.is_empty() { event } else { self.run.redactor.event(&event) };
+        write(self.tx, &event).await?;
+        self.seq += 1;
+        let mut stream = event;
+        if let Event::StepFinished { log, .. } = &mut stream {
+            *log = StepLog::default();
+        }
+        append(self.tx, self.run_id, self.seq, &stream).await
+    }
+
+    async fn save(&mut self) -> PgResult<()> {
+        let stop = self.stop.map(Stop::encode);
+        self.tx
+            .execute(
+                "UPDATE runs SET stop = $2, open_steps = $3, events = $4, run_started = $5 WHERE id = $1",
+                &[&self.run_id, &stop, &self.open_steps, &self.seq, &self.started],
+            )
+            .await?;
+        self.tx.execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &self.run_id]).await?;
+        if self.notify_jobs {
+            self.tx.execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL]).await?;
+        }
+        Ok(())
+    }
+
+    /// The run's first transaction: its DAG, then its root steps decided.
+    async fn start(&mut self) -> PgResult<bool> {
+        if self.started || !self.running {
+            return Ok(false);
+        }
+        self.started = true;
+        let plan = self.plan();
+        let n = plan.workflow.steps.len();
+        let idx: Vec<i32> = (0..n as i32).collect();
+        let waiting: Vec<i32> = plan.deps.iter().map(|d| d.len() as i32).collect();
+        let ids: Vec<String> = plan.workflow.steps.iter().map(|s| s.id.clone()).collect();
+        let roots: Vec<usize> = (0..n).filter(|&i| plan.deps[i].is_empty()).collect();
+        let timeout = plan.workflow.timeout.map(|t| t.as_secs_f64());
+        self.tx
+            .execute(
+                "INSERT INTO dag (run_id, idx, step, waiting) SELECT $1, d.idx, d.step, d.waiting FROM unnest($2::int[], $3::text[], $4::int[]) AS d(idx, step, waiting)",
+                &[&self.run_id, &idx, &ids, &waiting],
+            )
+            .await?;
+        self.tx
+            .execute("UPDATE runs SET deadline = now() + make_interval(secs => $2) WHERE id = $1 AND $2::float8 IS NOT NULL", &[&self.run_id, &timeout])
+            .await?;
+        let name = plan.workflow.name.clone();
+        self.open_steps = n as i32;
+        self.emit(Event::RunStarted { run_id: self.run_id.to_string(), workflow: name, steps: n }).await?;
+        self.ready(roots).await?;
+        self.settle().await?;
+        Ok(true)
+    }
+
+    /// Steps whose dependencies are all done: decided, and queued, skipped
+    /// or failed.
+    async fn ready(&mut self, mut ready: Vec<usize>) -> PgResult<()> {
+        while !ready.is_empty() {
+            if self.stop.is_some() {
+                // Not started; ended when the run settles.
+                return Ok(());
+            }
+            let outputs = self.outputs_of(ready.iter().flat_map(|&i| self.plan().deps[i].clone()).collect()).await?;
+            let mut next = Vec::new();
+            for i in std::mem::take(&mut ready) {
+                if self.stop.is_some() {
+                    break;
+                }
+                let decl = &self.wf().steps[i];
+                let decision = core::decide(&self.run.ctx.facts(&self.run.input), decl, &outputs);
+                match decision {
+                    Decision::Run(Work::One(input)) => self.queue(i, None, &input, "ready").await?,
+                    Decision::Run(Work::Each { inputs, .. }) if inputs.is_empty() => {
+                        next.extend(self.finish(i, Ending::Ran(Ok(Value::Array(Vec::new()))), Tally::default()).await?);
+                    }
+                    Decision::Run(Work::Each { inputs, concurrency }) => {
+                        let count = inputs.len() as i32;
+                        self.tx
+                            .execute("UPDATE dag SET items = $3, items_left = $3 WHERE run_id = $1 AND idx = $2", &[&self.run_id, &(i as i32), &count])
+                            .await?;
+                        for (k, input) in inputs.iter().enumerate() {
+                            self.queue(i, Some(k), input, if k < concurrency { "ready" } else { "held" }).await?;
+                        }
+                    }
+                    Decision::Skip { reason, warning } => {
+                        if let Some(message) = warning {
+                            let step = decl.id.clone();
+                            self.emit(Event::StepWarning { run_id: self.run_id.to_string(), step, message }).await?;
+                        }
+                        next.extend(self.finish(i, Ending::Skipped(reason), Tally::default()).await?);
+                    }
+                    Decision::Fail(f) => {
+                        // A secret this worker lacks reads as a missing key: say so.
+                        let f = match &self.run.missing_secrets {
+                            Some(why) if f.kind == FailureKind::Reference && f.message.contains("secrets.") => {
+                                StepFailure::new(FailureKind::Reference, why.clone()).not_retryable()
+                            }
+                            _ => f,
+                        };
+                        next.extend(self.finish(i, Ending::Refused(f), Tally::default()).await?)
+                    }
+                }
+            }
+            ready = next;
+        }
+        Ok(())
+    }
+
+    /// The outputs of finished steps, as templates read them (secrets put back).
+    async fn outputs_of(&self, steps: Vec<usize>) -> PgResult<BTreeMap<String, Option<Value>>> {
+        let ids: Vec<&str> = steps.iter().map(|&i| self.wf().steps[i].id.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+        let mut out = BTreeMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let stmt = self.tx.prepare_cached("SELECT step, state, output, output_secrets FROM steps WHERE run_id = $1 AND step = ANY($2)").await?;
+        for r in self.tx.query(&stmt, &[&self.run_id, &ids]).await? {
+            let (step, state): (String, String) = (r.get(0), r.get(1));
+            if state == "skipped" {
+                out.insert(step, None);
+                continue;
+            }
+            let Some(output) = r.get::<_, Option<String>>(2).and_then(|t| serde_json::from_str::<Value>(&t).ok()) else { continue };
+            let spans = r.get::<_, Option<String>>(3).and_then(|t| serde_json::from_str::<SecretSpans>(&t).ok());
+            // A value this worker cannot rebuild reads as missing: the step
+            // reading it fails with a reference error naming it.
+            if let Ok(v) = self.run.unmask(output, spans) {
+                out.insert(step, Some(v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Queues an attempt of step `i` (or one of its items).
+    async fn queue(&mut self, i: usize, item: Option<usize>, input: &Value, state: &str) -> PgResult<()> {
+        let (masked, spans) = self.run.redactor.value_spans(input);
+        let spans = spans.as_ref().map(SecretSpans::to_json);
+        let stmt = self
+            .tx
+            .prepare_cached("INSERT INTO jobs (run_id, idx, item, state, input, input_secrets) VALUES ($1, $2, $3, $4, $5, $6)")
+            .await?;
+        let item = item.map(|k| k as i32);
+        self.tx.execute(&stmt, &[&self.run_id, &(i as i32), &item, &state, &text(&masked.to_string()), &spans]).await?;
+        self.notify_jobs |= state == "ready";
+        Ok(())
+    }
+
+    /// A claimed attempt ended. Returns whether its result was recorded.
+    async fn finished(&mut self, f: Finished) -> PgResult<bool> {
+        let Finished { job, result, fuel_used, log } = f;
+        let current = self
+            .tx
+            .query_opt(
+                "SELECT attempt, lost FROM jobs WHERE id = $1 AND claim = $2 AND state = 'claimed' FOR UPDATE",
+                &[&job.id, &job.claim],
+            )
+            .await?;
+        let Some(row) = current else {
+            tracing::info!("run {}: a late result of job {} (claim {}) is discarded", self.run_id, job.id, job.claim);
+            return Ok(false);
+        };
+        let (attempt, lost): (i32, i32) = (row.get(0), row.get(1));
+        let decl = &self.wf().steps[job.step];
+        let step_id = decl.id.clone();
+        if let Err(failure) = &result {
+            let cancelled = matches!(self.stop, Some(Stop::Cancelled | Stop::TimedOut)) || !self.running;
+            if let Some(delay) = core::retry_after(decl, self.wf(), failure, (attempt - lost) as u32, cancelled) {
+                self.tx
+                    .execute(
+                        "UPDATE jobs SET state = 'ready', attempt = attempt + 1, worker = NULL, lease_until = NULL,
+                         fuel_used = fuel_used + $2, not_before = now() + make_interval(secs => $3) WHERE id = $1",
+                        &[&job.id, &(fuel_used as i64), &delay.as_secs_f64()],
+                    )
+                    .await?;
+                let event = Event::StepRetrying { run_id: self.run_id.to_string(), step: step_id, attempt: job.attempt, item: job.item, error: failure.clone(), delay };
+                self.emit(event).await?;
+                self.notify_jobs = true;
+                return Ok(true);
+            }
+        }
+        let total_fuel: i64 = self
+            .tx
+            .query_one("SELECT fuel_used FROM jobs WHERE id = $1", &[&job.id])
+            .await?
+            .get::<_, i64>(0)
+            + fuel_used as i64;
+        let Some(item) = job.item else {
+            self.tx.execute("DELETE FROM jobs WHERE id = $1", &[&job.id]).await?;
+            let tally = Tally { attempts: attempt as u32, fuel_used: total_fuel as u64, log, ran: true };
+            let next = self.finish(job.step, Ending::Ran(result), tally).await?;
+            self.ready(next).await?;
+            return Ok(true);
+        };
+        // A `forEach` item: kept until every started item has ended.
+        let (value, error) = match &result {
+            Ok(v) => {
+                let (masked, spans) = self.run.redactor.value_spans(v);
+                (Some((masked.to_string(), spans.map(|s| s.to_json()))), None)
+            }
+            Err(e) => (None, Some(serde_json::to_string(&self.run.redactor.failure(e)).expect("failures serialize"))),
+        };
+        let log_json = serde_json::to_string(&log).expect("logs serialize");
+        let (result_text, result_secrets) = value.unzip();
+        self.tx
+            .execute(
+                "UPDATE jobs SET state = 'done', worker = NULL, lease_until = NULL, fuel_used = $2, result = $3, result_secrets = $4, error = $5, log = $6 WHERE id = $1",
+                &[&job.id, &total_fuel, &result_text, &result_secrets.flatten(), &error, &text(&log_json)],
+            )
+            .await?;
+        let idx = job.step as i32;
+        // Would this result stop further items? Then the held ones never start.
+        let stops_items = {
+            let mut one = Items::new(item + 1);
+            one.record(decl, item, result.clone());
+            !one.may_start()
+        };
+        if stops_items {
+            let dropped = self.tx.execute("DELETE FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'held'", &[&self.run_id, &idx]).await?;
+            self.tx
+                .execute("UPDATE dag SET items_left = items_left - $3 WHERE run_id = $1 AND idx = $2", &[&self.run_id, &idx, &(dropped as i32)])
+                .await?;
+        } else {
+            let promoted = self
+                .tx
+                .execute(
+                    "UPDATE jobs SET state = 'ready' WHERE id = (SELECT id FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'held' ORDER BY item LIMIT 1)",
+                    &[&self.run_id, &idx],
+                )
+                .await?;
+            self.notify_jobs |= promoted > 0;
+        }
+        self.item_ended(job.step, 1, None).await.map(|()| true)
+    }
+
+    /// `count` items of `forEach` step `i` ended (`extra`: how those that
+    /// never ran ended). When none is left the step ends, its items'
+    /// results gathered in item order.
+    async fn item_ended(&mut self, i: usize, count: i32, extra: Option<(usize, StepFailure)>) -> PgResult<()> {
+        let idx = i as i32;
+        let row = self
+            .tx
+            .query_one("UPDATE dag SET items_left = items_left - $3 WHERE run_id = $1 AND idx = $2 RETURNING items_left, items", &[&self.run_id, &idx, &count])
+            .await?;
+        let (left, total): (i32, i32) = (row.get(0), row.get(1));
+        if left > 0 {
+            return Ok(());
+        }
+        let decl = &self.wf().steps[i];
+        let mut items = Items::new(total as usize);
+        let rows = self
+            .tx
+            .query(
+                "SELECT item, attempt, fuel_used, result, result_secrets, error, log FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'done' ORDER BY item",
+                &[&self.run_id, &idx],
+            )
+            .await?;
+        let mut tally = Tally { ran: true, ..Tally::default() };
+        for r in &rows {
+            let k = r.get::<_, i32>(0) as usize;
+            tally.attempts += r.get::<_, i32>(1) as u32;
+            tally.fuel_used += r.get::<_, i64>(2) as u64;
+            if let Some(l) = r.get::<_, Option<String>>(6).and_then(|t| serde_json::from_str::<StepLog>(&t).ok()) {
+                tally.log.lines.extend(l.lines);
+                tally.log.dropped_bytes += l.dropped_bytes;
+            }
+            let result = match (r.get::<_, Option<String>>(3), r.get::<_, Option<String>>(5)) {
+                (Some(v), _) => {
+                    let spans = r.get::<_, Option<String>>(4).and_then(|t| serde_json::from_str::<SecretSpans>(&t).ok());
+                    self.run.unmask(serde_json::from_str(&v).unwrap_or(Value::Null), spans)
+                }
+                (None, Some(e)) => Err(serde_json::from_str::<StepFailure>(&e).unwrap_or_else(|e| StepFailure::new(FailureKind::Component, e.to_string()))),
+                (None, None) => Ok(Value::Null),
+            };
+            items.record(decl, k, result);
+        }
+        if let Some((k, failure)) = extra {
+            items.record(decl, k, Err(failure));
+        }
+        self.tx.execute("DELETE FROM jobs WHERE run_id = $1 AND idx = $2", &[&self.run_id, &idx]).await?;
+        let next = self.finish(i, Ending::Ran(items.result()), tally).await?;
+        self.ready(next).await
+    }
+
+    /// Step `i` ended: the verdict recorded, its dependents released.
+    /// Returns the dependents that became ready.
+    async fn finish(&mut self, i: usize, ending: Ending, tally: Tally) -> PgResult<Vec<usize>> {
+        let verdict = core::verdict(self.wf(), i, &self.wf().steps[i], ending, self.stop);
+        match verdict.stop {
+            Some(Stop::Cancelled) => self.stop = Some(Stop::Cancelled),
+            Some(stop) => {
+                self.stop.get_or_insert(stop);
+            }
+            None => {}
+        }
+        self.settle_step(i, verdict, tally).await
+    }
+
+    /// Records a step's final state and releases its dependents if it may.
+    async fn settle_step(&mut self, i: usize, verdict: Verdict, tally: Tally) -> PgResult<Vec<usize>> {
+        let Verdict { state, output, error, reason, releases, .. } = verdict;
+        let duration: f64 = if tally.ran {
+            self.tx
+                .query_one(
+                    "SELECT COALESCE(EXTRACT(EPOCH FROM now() - first_started), 0)::float8 FROM dag WHERE run_id = $1 AND idx = $2",
+                    &[&self.run_id, &(i as i32)],
+                )
+                .await?
+                .get(0)
+        } else {
+            0.0
+        };
+        self.verdicts.insert(i, error.clone());
+        self.tx
+            .execute("UPDATE dag SET finished = true, blocks = $3 WHERE run_id = $1 AND idx = $2", &[&self.run_id, &(i as i32), &!releases])
+            .await?;
+        self.open_steps -= 1;
+        let event = Event::StepFinished {
+            run_id: self.run_id.to_string(),
+            step: self.wf().steps[i].id.clone(),
+            state,
+            attempt: tally.attempts,
+            duration: Duration::from_secs_f64(duration.max(0.0)),
+            fuel_used: tally.fuel_used,
+            error,
+            reason,
+            output,
+            output_secrets: None,
+            log: tally.log,
+        };
+        self.emit(event).await?;
+        let dependents: Vec<i32> = self.plan().dependents[i].iter().map(|&d| d as i32).collect();
+        if !releases || dependents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .tx
+            .query(
+                "UPDATE dag SET waiting = waiting - 1 WHERE run_id = $1 AND idx = ANY($2) RETURNING idx, waiting",
+                &[&self.run_id, &dependents],
+            )
+            .await?;
+        let mut ready: Vec<usize> = rows.iter().filter(|r| r.get::<_, i32>(1) == 0).map(|r| r.get::<_, i32>(0) as usize).collect();
+        ready.sort_unstable();
+        Ok(ready)
+    }
+
+    /// Jobs whose worker stopped heartbeating go back to the queue as a new
+    /// attempt (not counted against `max_attempts`), or fail the step after
+    /// [`MAX_LOST`] losses.
+    async fn reap(&mut self) -> PgResult<()> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT id, idx, item, attempt, lost, worker, claim FROM jobs WHERE run_id = $1 AND state = 'claimed' AND lease_until < now() ORDER BY id FOR UPDATE",
+                &[&self.run_id],
+            )
+            .await?;
+        for r in rows {
+            let (id, idx, item, attempt, lost, worker, claim): (i64, i32, Option<i32>, i32, i32, Option<String>, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6));
+            let worker = worker.unwrap_or_default();
+            let step = self.wf().steps[idx as usize].id.clone();
+            let message = format!("worker lost: {worker} stopped renewing its lease on this attempt");
+            if lost + 1 >= MAX_LOST {
+                let failure = StepFailure::new(
+                    FailureKind::Lost,
+                    format!("{message}; {} attempts lost their worker, so the step fails (it may be what stops them)", lost + 1),
+                )
+                .not_retryable();
+                let job = Claimed {
+                    id,
+                    run_id: self.run_id.to_string(),
+                    step: idx as usize,
+                    item: item.map(|k| k as usize),
+                    attempt: attempt as u32,
+                    claim,
+                    input: Value::Null,
+                    input_secrets: None,
+                };
+                self.finished(Finished { job, result: Err(failure), fuel_used: 0, log: StepLog::default() }).await?;
+                continue;
+            }
+            self.tx
+                .execute(
+                    "UPDATE jobs SET state = 'ready', attempt = attempt + 1, lost = lost + 1, worker = NULL, lease_until = NULL, not_before = now() WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            let error = StepFailure::new(FailureKind::Lost, message);
+            let event = Event::StepRetrying {
+                run_id: self.run_id.to_string(),
+                step,
+                attempt: attempt as u32,
+                item: item.map(|k| k as usize),
+                error,
+                delay: Duration::ZERO,
+            };
+            self.emit(event).await?;
+            self.notify_jobs = true;
+        }
+        Ok(())
+    }
+
+    /// A cancel request or a passed deadline stops the run: no step starts
+    /// any more and queued ones are dropped (running ones are interrupted
+    /// by their workers).
+    async fn check_stop(&mut self) -> PgResult<()> {
+        if !self.running || !Stop::cancel_applies(self.stop) {
+            return Ok(());
+        }
+        let row = self
+            .tx
+            .query_one("SELECT cancel_requested, COALESCE(deadline < now(), false) FROM runs WHERE id = $1", &[&self.run_id])
+            .await?;
+        let (cancel, late): (bool, bool) = (row.get(0), row.get(1));
+        if late && self.stop.is_none() {
+            self.stop = Some(Stop::TimedOut);
+        } else if cancel {
+            self.stop = Some(Stop::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Ends the run when nothing of it can run any more: steps that never
+    /// started get their state, then the run its end.
+    async fn settle(&mut self) -> PgResult<()> {
+        if !self.running || !self.started {
+            return Ok(());
+        }
+        if matches!(self.stop, Some(Stop::Cancelled | Stop::TimedOut)) {
+            // Queued work of a cancelled run never starts: a step waiting
+            // to retry ends cancelled, as do `forEach` items not started.
+            let dropped = self
+                .tx
+                .query(
+                    // Jobs a worker is claiming right now are left to it: it
+                    // sees the run stopped and interrupts them.
+                    "WITH d AS (DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE run_id = $1 AND state IN ('ready', 'held') FOR UPDATE SKIP LOCKED)
+                     RETURNING idx, item, attempt) SELECT idx, item, attempt FROM d ORDER BY idx, item",
+                    &[&self.run_id],
+                )
+                .await?;
+            let mut by_step: BTreeMap<usize, (i32, Option<usize>, i32)> = BTreeMap::new();
+            for r in &dropped {
+                let (idx, item, attempt): (i32, Option<i32>, i32) = (r.get(0), r.get(1), r.get(2));
+                let e = by_step.entry(idx as usize).or_insert((0, item.map(|k| k as usize), attempt));
+                e.0 += 1;
+            }
+            for (i, (count, first_item, attempt)) in by_step {
+                match first_item {
+                    Some(k) => {
+                        let failure = StepFailure::new(FailureKind::Cancelled, "the run was cancelled before this item started");
+                        self.item_ended(i, count, Some((k, failure))).await?;
+                    }
+                    None if attempt > 1 => {
+                        let failure = StepFailure::new(FailureKind::Cancelled, "cancelled while waiting to retry");
+                        let next = self.finish(i, Ending::Ran(Err(failure)), Tally { attempts: (attempt - 1) as u32, ran: true, ..Tally::default() }).await?;
+                        self.ready(next).await?;
+                    }
+                    // Never started: ended below with the other unstarted steps.
+                    None => {}
+                }
+            }
+        }
+        if self.stop.is_some() {
+            let active: i64 = self
+                .tx
+                .query_one("SELECT COUNT(*) FROM jobs WHERE run_id = $1 AND state <> 'done'", &[&self.run_id])
+                .await?
+                .get(0);
+            // Running steps (and, after a failure, `forEach` items still
+            // to run) end first.
+            if active > 0 {
+                return Ok(());
+            }
+            let rows = self.tx.query("SELECT idx, finished, blocks FROM dag WHERE run_id = $1 ORDER BY idx", &[&self.run_id]).await?;
+            let n = self.wf().steps.len();
+            let mut done = vec![false; n];
+            let mut blocks = vec![false; n];
+            for r in &rows {
+                let i = r.get::<_, i32>(0) as usize;
+                done[i] = r.get(1);
+                blocks[i] = r.get(2);
+            }
+            // As the dispatcher does: in file order, each step blocked by a
+            // dependency that failed or never started.
+            for i in (0..n).filter(|&i| !done[i]).collect::<Vec<_>>() {
+                let blocked = self.plan().deps[i].iter().any(|&d| blocks[d] || !done[d]);
+                let (state, reason) = core::unstarted(self.stop, blocked);
+                let verdict = Verdict { state, output: None, error: None, reason: Some(reason.to_string()), releases: !blocked, stop: None };
+                blocks[i] = blocked;
+                done[i] = true;
+                self.settle_step(i, verdict, Tally::default()).await?;
+            }
+        }
+        if self.open_steps > 0 {
+            return Ok(());
+        }
+        self.end_run().await
+    }
+
+    /// Every step has ended: the run's state, error and output.
+    async fn end_run(&mut self) -> PgResult<()> {
+        let stop = self.stop;
+        let failure = match stop {
+            Some(Stop::Failed(i)) => match self.verdicts.get(&i) {
+                Some(f) => f.clone(),
+                None => {
+                    let row = self
+                        .tx
+                        .query_opt("SELECT error_kind, error_message FROM steps WHERE run_id = $1 AND step = $2", &[&self.run_id, &self.wf().steps[i].id])
+                        .await?;
+                    row.and_then(|r| {
+                        let kind = r.get::<_, Option<String>>(0).and_then(|k| FailureKind::from_name(&k))?;
+                        Some(StepFailure::new(kind, r.get::<_, Option<String>>(1).unwrap_or_default()))
+                    })
+                }
+            },
+            _ => None,
+        };
+        let (mut state, mut error) = core::run_end(self.wf(), stop, |_| failure.clone());
+        let mut output = None;
+        if state == RunState::Completed {
+            let outputs = self.outputs_of(core::output_reads(self.plan())).await?;
+            match core::run_output(&self.run.ctx.facts(&self.run.input), self.plan(), &outputs) {
+                Ok(v) => output = Some(v),
+                Err(e) => {
+                    state = RunState::Failed;
+                    error = Some(format!("the run output could not be built: {e}"));
+                }
+            }
+        }
+        let began: f64 = self
+            .tx
+            .query_one("SELECT EXTRACT(EPOCH FROM now() - began)::float8 FROM runs WHERE id = $1", &[&self.run_id])
+            .await?
+            .get(0);
+        let event = Event::RunFinished { run_id: self.run_id.to_string(), state, duration: Duration::from_secs_f64(began.max(0.0)), output, error };
+        self.emit(event).await?;
+        self.running = false;
+        Ok(())
+    }
+}

@@ -1,0 +1,365 @@
+//! `sandflow worker`: a stateless process that runs steps of runs queued
+//! in a PostgreSQL run store ([`crate::store::queue`]).
+//!
+//! A worker claims ready jobs up to its concurrency, runs each attempt in
+//! its own sandbox (components fetched from the store by SHA-256, checked,
+//! compiled and cached on its own disk), and commits each result with what
+//! it decides in one transaction. It heartbeats the leases of the jobs it
+//! holds, interrupts them within [`INTERRUPT_POLL`] when their run is
+//! cancelled or out of time, looks after runs whose workers were lost, and
+//! waits on `LISTEN` when there is nothing to do.
+//!
+//! Secrets come from the worker's own environment or secrets file and are
+//! never written to the store; `dirs` grants and `/builtin/load_file` name
+//! paths on the worker's machine.
+
+use crate::exec::{self, Redactor, RunContext, StepRunner, check_secrets};
+use crate::failure::{FailureKind, StepFailure};
+use crate::sandbox::{CancellationToken, StepLog};
+use crate::store::queue::{Claimed, Finished, JOBS_CHANNEL, RunCtx};
+use crate::store::{PgStore, StoreError, StoreServices};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+
+/// How often a worker checks whether the runs it works on were cancelled.
+pub const INTERRUPT_POLL: Duration = Duration::from_millis(250);
+
+/// How a worker is set up.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    /// Names the worker in the store (leases, `worker lost` messages).
+    pub name: String,
+    /// Most attempts running at once.
+    pub concurrency: usize,
+    /// How long a claim lasts without a heartbeat; heartbeats come three
+    /// times per lease.
+    pub lease: Duration,
+    /// Values for `secrets.NAME`.
+    pub secrets: BTreeMap<String, String>,
+    /// How often runs whose workers were lost are looked after.
+    pub care_every: Duration,
+}
+
+impl WorkerConfig {
+    /// A unique default name: host, process id and a random suffix.
+    pub fn default_name() -> String {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into());
+        let tail = uuid::Uuid::now_v7().simple().to_string();
+        format!("{host}-{}-{}", std::process::id(), &tail[tail.len() - 6..])
+    }
+}
+
+/// A worker over one store, with a runner for its steps.
+pub struct Worker {
+    store: Arc<PgStore>,
+    runner: Arc<dyn StepRunner>,
+    config: WorkerConfig,
+    /// Runs this worker has loaded, by id.
+    runs: Mutex<HashMap<String, Arc<RunCtx>>>,
+    /// Jobs running here: id → (run, token).
+    active: Mutex<HashMap<i64, (String, CancellationToken)>>,
+    /// Something may be claimable: a notification, or a local commit.
+    wake: Notify,
+}
+
+/// Loaded runs kept per worker; the oldest are dropped beyond this.
+const RUN_CACHE: usize = 256;
+
+impl Worker {
+    pub fn new(store: Arc<PgStore>, runner: Arc<dyn StepRunner>, config: WorkerConfig) -> Arc<Worker> {
+        Arc::new(Worker { store, runner, config, runs: Mutex::new(HashMap::new()), active: Mutex::new(HashMap::new()), wake: Notify::new() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Works until `stop` fires, then lets the attempts it holds finish and
+    /// commits them. Store errors are retried with backoff; they never end
+    /// the worker.
+    pub async fn run(self: &Arc<Self>, stop: CancellationToken) {
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
+        let committer = tokio::spawn(self.clone().commit_loop(done_rx));
+        let listener = tokio::spawn(listen(self.store.clone(), JOBS_CHANNEL, self.clone(), stop.clone()));
+        let heartbeat = tokio::spawn(self.clone().heartbeat_loop(stop.clone()));
+        let interrupts = tokio::spawn(self.clone().interrupt_loop(stop.clone()));
+        let mut last_care = tokio::time::Instant::now() - self.config.care_every;
+        let mut backoff = Duration::from_millis(50);
+        tracing::info!("worker {} started (concurrency {})", self.config.name, self.config.concurrency);
+        while !stop.is_cancelled() {
+            let result: Result<bool, StoreError> = async {
+                let mut busy = false;
+                for run_id in self.store.runs_to_start(8).await? {
+                    match self.context(&run_id).await {
+                        Ok(run) => busy |= self.store.start_run(&run_id, &run).await?,
+                        Err(e) => self.abandon(&run_id, e).await?,
+                    }
+                }
+                let free = self.config.concurrency.saturating_sub(self.active.lock().expect("not poisoned").len());
+                let claimed = self.store.claim(&self.config.name, free as i64, self.config.lease).await?;
+                busy |= !claimed.is_empty() && claimed.len() == free;
+                for job in claimed {
+                    self.spawn_job(job, done_tx.clone());
+                }
+                if last_care.elapsed() >= self.config.care_every {
+                    last_care = tokio::time::Instant::now();
+                    for run_id in self.store.runs_needing_care().await? {
+                        match self.context(&run_id).await {
+                            Ok(run) => {
+                                self.store.care(&run_id, &run).await?;
+                            }
+                            Err(e) => self.abandon(&run_id, e).await?,
+                        }
+                    }
+                }
+                Ok(busy)
+            }
+            .await;
+            match result {
+                Ok(true) => {
+                    backoff = Duration::from_millis(50);
+                    tokio::task::yield_now().await;
+                }
+                Ok(false) => {
+                    backoff = Duration::from_millis(50);
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(self.config.care_every.min(Duration::from_secs(1))) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("worker {}: {e}; retrying in {backoff:?}", self.config.name);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        // Attempts in hand finish and are committed; nothing new is claimed.
+        drop(done_tx);
+        let _ = committer.await;
+        listener.abort();
+        heartbeat.abort();
+        interrupts.abort();
+        tracing::info!("worker {} stopped", self.config.name);
+    }
+
+    /// A run whose workflow cannot be loaded here is marked failed: no
+    /// worker with the same files could run it either.
+    async fn abandon(&self, run_id: &str, e: String) -> Result<(), StoreError> {
+        tracing::error!("run {run_id}: {e}");
+        self.store.abandon(run_id, &e).await
+    }
+
+    /// The run's context, loaded once: its files from the store, its
+    /// workflow prepared (components compiled or read from this worker's cache).
+    async fn context(&self, run_id: &str) -> Result<Arc<RunCtx>, String> {
+        if let Some(run) = self.runs.lock().expect("not poisoned").get(run_id) {
+            return Ok(run.clone());
+        }
+        let head = self.store.run_head(run_id).await.map_err(|e| e.to_string())?;
+        let runner = self.runner.clone();
+        let file = PathBuf::from(&head.file);
+        let files = head.files;
+        let prepared = tokio::task::spawn_blocking(move || exec::load_from(&file, runner.as_ref(), &files))
+            .await
+            .map_err(|e| format!("loading the run's workflow failed: {e}"))?
+            .map_err(|d| {
+                let problems: Vec<String> = d.problems.iter().map(|p| p.to_string()).collect();
+                format!("worker {} cannot load the run's workflow {}: {}", self.config.name, head.file, problems.join("; "))
+            })?;
+        let prepared = Arc::new(prepared);
+        let services = Arc::new(StoreServices { store: self.store.clone(), run_id: run_id.to_string() });
+        let ctx = RunContext::new(
+            self.runner.clone(),
+            prepared,
+            services,
+            self.config.secrets.clone(),
+            run_id.to_string(),
+            head.attempt,
+            head.concurrency,
+        );
+        let missing_secrets = check_secrets(&ctx.prepared().plan, &self.config.secrets).err().map(|d| {
+            let missing: Vec<String> = d.problems.iter().map(|p| p.message.clone()).collect();
+            format!(
+                "worker {}: {}; give the worker SANDFLOW_SECRET_NAME in its environment or a --secrets-file",
+                self.config.name,
+                missing.join(", ")
+            )
+        });
+        let run = Arc::new(RunCtx { ctx, input: head.input, redactor: Redactor::new(&self.config.secrets), missing_secrets });
+        let mut runs = self.runs.lock().expect("not poisoned");
+        if runs.len() >= RUN_CACHE {
+            let active: Vec<String> = self.active.lock().expect("not poisoned").values().map(|(r, _)| r.clone()).collect();
+            runs.retain(|id, _| active.contains(id));
+        }
+        Ok(runs.entry(run_id.to_string()).or_insert(run).clone())
+    }
+
+    fn spawn_job(self: &Arc<Self>, job: Claimed, done: mpsc::UnboundedSender<Finished>) {
+        let token = CancellationToken::new();
+        self.active.lock().expect("not poisoned").insert(job.id, (job.run_id.clone(), token.clone()));
+        let worker = self.clone();
+        tokio::spawn(async move {
+            let (result, fuel_used, log) = worker.attempt(&job, &token).await;
+            let _ = done.send(Finished { job, result, fuel_used, log });
+        });
+    }
+
+    /// Runs one claimed attempt.
+    async fn attempt(&self, job: &Claimed, cancel: &CancellationToken) -> (Result<serde_json::Value, StepFailure>, u64, StepLog) {
+        let fail = |f: StepFailure| (Err(f), 0, StepLog::default());
+        let run = match self.context(&job.run_id).await {
+            Ok(run) => run,
+            Err(e) => return fail(StepFailure::new(FailureKind::Instantiate, e).not_retryable()),
+        };
+        if let Some(why) = &run.missing_secrets {
+            return fail(StepFailure::new(FailureKind::Reference, why.clone()).not_retryable());
+        }
+        let input = match run.unmask(job.input.clone(), job.input_secrets.clone()) {
+            Ok(v) => v,
+            Err(f) => return fail(f),
+        };
+        run.ctx.attempt(job.step, &input, cancel).await
+    }
+
+    /// Commits finished attempts in batches, one transaction per run, and
+    /// retries a commit that failed (a lost connection, a deadlock) until
+    /// the store takes it: a result whose claim is no longer current is
+    /// discarded there, so retrying never records twice.
+    async fn commit_loop(self: Arc<Self>, mut done: mpsc::UnboundedReceiver<Finished>) {
+        while let Some(first) = done.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = done.try_recv() {
+                batch.push(more);
+            }
+            let mut by_run: BTreeMap<String, Vec<Finished>> = BTreeMap::new();
+            for f in batch {
+                by_run.entry(f.job.run_id.clone()).or_default().push(f);
+            }
+            for (run_id, finished) in by_run {
+                let ids: Vec<i64> = finished.iter().map(|f| f.job.id).collect();
+                let mut pending = Some(finished);
+                let mut backoff = Duration::from_millis(20);
+                while let Some(finished) = pending.take() {
+                    let run = match self.context(&run_id).await {
+                        Ok(run) => run,
+                        Err(e) => {
+                            tracing::error!("run {run_id}: cannot commit results: {e}");
+                            break;
+                        }
+                    };
+                    let copy: Vec<Finished> = finished.iter().map(Finished::duplicate).collect();
+                    if let Err(e) = self.store.commit(&run_id, &run, finished).await {
+                        tracing::warn!("worker {}: committing results of run {run_id} failed: {e}; retrying in {backoff:?}", self.config.name);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        pending = Some(copy);
+                    }
+                }
+                let mut active = self.active.lock().expect("not poisoned");
+                for id in ids {
+                    active.remove(&id);
+                }
+            }
+            self.wake.notify_one();
+        }
+    }
+
+    /// Extends the leases of every job held, three times per lease.
+    async fn heartbeat_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Held attempts keep their leases while they finish after `stop`.
+            tick.tick().await;
+            let ids: Vec<i64> = self.active.lock().expect("not poisoned").keys().copied().collect();
+            if stop.is_cancelled() && ids.is_empty() {
+                return;
+            }
+            if let Err(e) = self.store.heartbeat(&self.config.name, &ids, self.config.lease).await {
+                tracing::warn!("worker {}: heartbeat failed: {e}", self.config.name);
+            }
+        }
+    }
+
+    /// Cancels the attempts of runs that were cancelled or ran out of time.
+    async fn interrupt_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(INTERRUPT_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let runs: Vec<String> = {
+                let active = self.active.lock().expect("not poisoned");
+                let mut runs: Vec<String> = active.values().map(|(r, _)| r.clone()).collect();
+                runs.sort();
+                runs.dedup();
+                runs
+            };
+            match self.store.runs_to_interrupt(&runs).await {
+                Ok(stopped) if !stopped.is_empty() => {
+                    for (run, token) in self.active.lock().expect("not poisoned").values() {
+                        if stopped.contains(run) {
+                            token.cancel();
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!("worker {}: cannot read cancel requests: {e}", self.config.name),
+            }
+            if stop.is_cancelled() && self.active.lock().expect("not poisoned").is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+impl Finished {
+    /// A copy to retry a commit with.
+    fn duplicate(&self) -> Finished {
+        Finished { job: self.job.clone(), result: self.result.clone(), fuel_used: self.fuel_used, log: self.log.clone() }
+    }
+}
+
+/// Listens on `channel` and wakes `worker` on each notification.
+async fn listen(store: Arc<PgStore>, channel: &'static str, worker: Arc<Worker>, stop: CancellationToken) {
+    listen_with(store, channel, move || worker.wake.notify_one(), stop).await
+}
+
+/// Calls `wake` on each notification on `channel` (and once after each
+/// reconnect, since notifications may have been missed), over a connection
+/// of its own that is re-established with backoff when lost, until `stop`.
+pub async fn listen_with(store: Arc<PgStore>, channel: &'static str, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        match store.listen(channel).await {
+            Ok((client, mut notifications)) => {
+                backoff = Duration::from_millis(100);
+                wake();
+                loop {
+                    tokio::select! {
+                        n = notifications.recv() => match n {
+                            Some(()) => wake(),
+                            None => break,
+                        },
+                        _ = stop.cancelled() => return,
+                    }
+                }
+                drop(client);
+                tracing::warn!("LISTEN {channel}: the connection was lost; reconnecting");
+            }
+            Err(e) => tracing::warn!("LISTEN {channel}: {e}; retrying in {backoff:?}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
