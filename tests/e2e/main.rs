@@ -4,6 +4,7 @@
 mod backends;
 mod call;
 mod chaos;
+mod distributed;
 mod fake;
 mod fuzz;
 mod inspect;

@@ -132,6 +132,17 @@ impl PgSchema {
     }
 }
 
+impl PgSchema {
+    /// Runs one query with `$1` bound to `arg`; the first column of each row, as text.
+    pub fn strings(&self, query: &str, arg: &str) -> Vec<String> {
+        blocking(async {
+            let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.query(query, &[&arg]).await.unwrap().iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()).collect()
+        })
+    }
+}
+
 impl Drop for PgSchema {
     fn drop(&mut self) {
         let (base, name) = (self.base.clone(), self.name.clone());

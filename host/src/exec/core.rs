@@ -374,7 +374,7 @@ steps:
     concurrency: 3
   - id: gated
     component: /builtin/eval
-    when: "inputs.go == true"
+    when: "{{ inputs.go }} == true"
     input: { x: "{{ steps.a.output }}" }
 "#;
 
@@ -435,7 +435,8 @@ steps:
             Decision::Run(Work::Each { inputs: vec![json!({"n": 1}), json!({"n": 2})], concurrency: 3 })
         );
         assert!(matches!(decide(&f, &wf.steps[4], &outputs), Decision::Skip { ref reason, warning: None } if reason == "`when` is false"));
-        let input = json!({"items": "no", "go": true});
+        // A run's CEL conversions are cached per run: a new input is a new cache.
+        let (input, cel) = (json!({"items": "no", "go": true}), CelCache::default());
         let f = facts(&input, &secrets, &cel);
         assert_eq!(decide(&f, &wf.steps[4], &outputs), Decision::Run(Work::One(json!({"x": "A"}))));
         assert!(matches!(decide(&f, &wf.steps[3], &outputs), Decision::Fail(ref e) if e.message == "`forEach` gave a string, not an array"));

@@ -1,0 +1,284 @@
+//! Runs across machines, with the real binary on a real PostgreSQL server:
+//! `submit`, `worker` processes, `runs follow`, `cancel`, workers killed
+//! mid-step, and the same results as an in-process run.
+
+use crate::support::{PgSchema, hostile, root, run, sandflow};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `sandflow` against the test's PostgreSQL schema.
+fn pg(schema: &PgSchema, state: &tempfile::TempDir) -> Command {
+    let mut cmd = sandflow(state);
+    cmd.arg("--store").arg(&schema.url);
+    cmd
+}
+
+/// Worker processes, killed when dropped.
+struct Workers {
+    children: Vec<Child>,
+    schema_url: String,
+    state: PathBuf,
+    lease: &'static str,
+}
+
+impl Workers {
+    fn start(schema: &PgSchema, state: &tempfile::TempDir, n: usize, lease: &'static str) -> Workers {
+        let mut w = Workers { children: Vec::new(), schema_url: schema.url.clone(), state: state.path().to_path_buf(), lease };
+        for _ in 0..n {
+            w.add();
+        }
+        w
+    }
+
+    fn add(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_sandflow"))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--store")
+            .arg(&self.schema_url)
+            .args(["-q", "worker", "--concurrency", "2", "--lease", self.lease])
+            .current_dir(root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("a worker starts");
+        self.children.push(child);
+    }
+
+    /// SIGKILLs worker `i` and starts a fresh one in its place.
+    fn kill_and_replace(&mut self, i: usize) {
+        let mut old = self.children.remove(i);
+        let _ = old.kill();
+        let _ = old.wait();
+        self.add();
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn show(schema: &PgSchema, state: &tempfile::TempDir, id: &str) -> Value {
+    let (code, out, err) = run(pg(schema, state).args(["--json", "runs", "show", id]));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Polls `runs show` until the run is no longer running.
+fn wait_end(schema: &PgSchema, state: &tempfile::TempDir, id: &str, limit: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let record = show(schema, state, id);
+        if record["status"] != "running" {
+            return record;
+        }
+        assert!(started.elapsed() < limit, "run {id} still running after {limit:?}: {record:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every test case of every example workflow: the same exit code, output,
+/// run error and step states, failure kinds, reasons and attempts whether
+/// the run is in-process on SQLite or queued for workers on PostgreSQL.
+#[test]
+fn every_example_case_ends_the_same_on_workers_as_in_process() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("workflows"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut compared = 0;
+    for file in files {
+        let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let Some(cases) = doc.get("test").and_then(|t| t.get("cases")).and_then(|c| c.as_sequence()) else { continue };
+        for case in cases {
+            let input: Value = serde_json::to_value(case.get("input").cloned().unwrap_or_default()).unwrap();
+            let input = if input.is_null() { json!({}) } else { input };
+            let name = case.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+            let sqlite = format!("sqlite:{}", state.path().join("local.db").display());
+            let mut ends = Vec::new();
+            for store in [sqlite.as_str(), schema.url.as_str()] {
+                let (code, out, err) = run(sandflow(&state)
+                    .args(["-q", "--store", store, "run"])
+                    .arg(&file)
+                    .args(["--input", &input.to_string()])
+                    .env("SANDFLOW_SECRET_GREETING", "s3cr3t-hello"));
+                let (_, list, _) = run(sandflow(&state).args(["--json", "--store", store, "runs", "list", "--limit", "1"]));
+                let id = serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+                let (_, record, _) = run(sandflow(&state).args(["--json", "--store", store, "runs", "show", &id]));
+                let record: Value = serde_json::from_str(&record).unwrap();
+                let mut steps: Vec<Value> = record["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| json!([s["step"], s["state"], s["error_kind"], s["reason"], s["attempts"]]))
+                    .collect();
+                steps.sort_by_key(|s| s[0].to_string());
+                ends.push((code, out, record["status"].clone(), record["error"].clone(), steps, err));
+            }
+            let (a, b) = (&ends[0], &ends[1]);
+            assert_eq!(
+                (&a.0, &a.1, &a.2, &a.3, &a.4),
+                (&b.0, &b.1, &b.2, &b.3, &b.4),
+                "{}: {name}: in-process (left) and on workers (right) differ\nstderr: {}\n---\n{}",
+                file.display(),
+                a.5,
+                b.5
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 15, "only {compared} cases compared");
+}
+
+/// Two clients submit at once; three workers run both; the submitters are
+/// long gone, and `runs follow` shows each run to its end.
+#[test]
+fn submitted_runs_are_finished_by_workers_and_followed_from_anywhere() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let diamond = std::thread::spawn({
+        let (url, dir) = (schema.url.clone(), state.path().to_path_buf());
+        move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_sandflow"))
+                .arg("--state-dir")
+                .arg(&dir)
+                .args(["--store", &url, "submit", "workflows/diamond.yaml", "--input", r#"{"text": " Hello World "}"#])
+                .current_dir(root())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        }
+    });
+    let (code, foreach, err) =
+        run(pg(&schema, &state).args(["submit", "workflows/foreach.yaml", "--input", r#"{"words": ["alpha", "beta", "gamma"]}"#]));
+    assert_eq!(code, 0, "{err}");
+    let foreach = foreach.trim().to_string();
+    let diamond = diamond.join().unwrap();
+    assert_ne!(foreach, diamond);
+    // Nothing runs them yet.
+    assert_eq!(show(&schema, &state, &diamond)["status"], "running");
+
+    let _workers = Workers::start(&schema, &state, 3, "5s");
+    let (code, out, err) = run(pg(&schema, &state).args(["runs", "follow", &diamond]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"text": "HELLO WORLD / hello world"}));
+    assert!(err.contains("✓ join succeeded"), "{err}");
+    let (code, out, err) = run(pg(&schema, &state).args(["--json", "runs", "follow", &foreach]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["lines"], json!(["0: alpha!", "1: beta!", "2: gamma!"]));
+    let events: Vec<Value> = err.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.first().unwrap()["event"], "run_started");
+    assert_eq!(events.last().unwrap()["event"], "run_finished");
+    let items = events.iter().filter(|e| e["event"] == "step_started" && e["item"].is_number()).count();
+    assert_eq!(items, 6, "each item of both forEach steps is an attempt of its own: {err}");
+    let record = show(&schema, &state, &foreach);
+    assert_eq!(record["status"], "completed");
+}
+
+/// A worker SIGKILLed while it runs a step: its lease expires, another
+/// worker runs the step again (failure kind `lost`, not counted as an
+/// attempt of the retry policy), and the run completes.
+#[test]
+fn a_step_of_a_killed_worker_is_run_again_by_another() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let flow = state.path().join("slow.yaml");
+    std::fs::write(
+        &flow,
+        format!(
+            "name: slow\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {{ id: nap, component: sleep, input: {{ ms: 1500 }}, retry: {{ max_attempts: 1 }} }}\n",
+            hostile("sleep").display()
+        ),
+    )
+    .unwrap();
+    let (code, id, err) = run(pg(&schema, &state).arg("submit").arg(&flow));
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    let mut workers = Workers::start(&schema, &state, 1, "1s");
+    // Wait for the step to start on the first worker, then kill it.
+    let started = Instant::now();
+    while claimed_jobs(&schema, &id) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the step never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    workers.kill_and_replace(0);
+    let record = wait_end(&schema, &state, &id, Duration::from_secs(30));
+    assert_eq!(record["status"], "completed", "{record:#}");
+    let nap = &record["steps"][0];
+    assert_eq!(nap["state"], "succeeded");
+    assert_eq!(nap["attempts"], 2, "{nap}");
+    assert_eq!(attempt_kinds(&schema, &id), vec!["lost".to_string()]);
+}
+
+/// `sandflow cancel` reaches a step running on a worker within a second.
+#[test]
+fn cancel_stops_a_run_on_workers() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let flow = state.path().join("slow.yaml");
+    std::fs::write(
+        &flow,
+        format!(
+            "name: slow\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {{ id: nap, component: sleep, input: {{ ms: 20000 }}, timeout: 60s }}\n  - {{ id: after, component: sleep, needs: [nap], input: {{ ms: 1 }} }}\n",
+            hostile("sleep").display()
+        ),
+    )
+    .unwrap();
+    let (code, id, err) = run(pg(&schema, &state).arg("submit").arg(&flow));
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    let _workers = Workers::start(&schema, &state, 1, "5s");
+    let started = Instant::now();
+    while claimed_jobs(&schema, &id) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the step never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let asked = Instant::now();
+    let (code, out, err) = run(pg(&schema, &state).args(["cancel", &id, "--wait", "5s"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(asked.elapsed() < Duration::from_secs(3), "cancel took {:?}", asked.elapsed());
+    let record = show(&schema, &state, &id);
+    assert_eq!(record["status"], "cancelled");
+    let states: Vec<&str> = record["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["cancelled", "cancelled"], "{record:#}");
+    let (code, _, _) = run(pg(&schema, &state).args(["runs", "follow", &id]));
+    assert_eq!(code, 130);
+}
+
+/// `sandflow run` with a PostgreSQL store works on its own run, so one
+/// machine needs no worker; `--detach` and `--no-work` need PostgreSQL.
+#[test]
+fn run_with_a_postgres_store_needs_no_separate_worker() {
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["run", "workflows/diamond.yaml", "--detach"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--detach needs a PostgreSQL run store"), "{err}");
+    let (code, _, err) = run(sandflow(&state).args(["worker"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("`sandflow worker` needs a PostgreSQL run store"), "{err}");
+    let Some(schema) = PgSchema::create() else { return };
+    let (code, out, err) = run(pg(&schema, &state).args(["run", "workflows/diamond.yaml", "--input", r#"{"text": "Ab"}"#]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"text": "AB / ab"}));
+}
+
+fn claimed_jobs(schema: &PgSchema, id: &str) -> i64 {
+    schema.strings("SELECT COUNT(*)::text FROM jobs WHERE run_id = $1 AND state = 'claimed'", id)[0].parse().unwrap()
+}
+
+fn attempt_kinds(schema: &PgSchema, id: &str) -> Vec<String> {
+    schema.strings("SELECT error_kind FROM attempts WHERE run_id = $1 AND state = 'failed' ORDER BY attempt", id)
+}
