@@ -171,7 +171,15 @@ async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
     let (client, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     // Back to what schema version 1 was.
-    client.batch_execute("ALTER TABLE runs DROP COLUMN cancel_requested; UPDATE sandflow_schema SET version = 1").await.unwrap();
+    client
+        .batch_execute(
+            "DROP TABLE events, jobs, dag, run_files, files;
+             ALTER TABLE runs DROP COLUMN queued, DROP COLUMN run_started, DROP COLUMN stop, DROP COLUMN open_steps,
+                 DROP COLUMN deadline, DROP COLUMN concurrency, DROP COLUMN events, DROP COLUMN began;
+             ALTER TABLE runs DROP COLUMN cancel_requested; UPDATE sandflow_schema SET version = 1",
+        )
+        .await
+        .unwrap();
     let s = open(&url).await.unwrap();
     assert_eq!(s.run("old").await.unwrap().status, "running", "kept its runs");
     assert_eq!(s.request_cancel("old").await.unwrap(), "running");

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 /// A small xorshift generator: the seed is printed, so a failing sequence
 /// of kill times can be replayed with `SANDFLOW_CHAOS_SEED`.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn from_env() -> Rng {
+    pub(crate) fn from_env() -> Rng {
         let seed = std::env::var("SANDFLOW_CHAOS_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -21,7 +21,7 @@ impl Rng {
         Rng(seed)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

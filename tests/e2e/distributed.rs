@@ -282,3 +282,90 @@ fn claimed_jobs(schema: &PgSchema, id: &str) -> i64 {
 fn attempt_kinds(schema: &PgSchema, id: &str) -> Vec<String> {
     schema.strings("SELECT error_kind FROM attempts WHERE run_id = $1 AND state = 'failed' ORDER BY attempt", id)
 }
+
+/// About 500 steps: a 100-layer chain two steps wide (text and sleeping
+/// steps), 100 independent steps, a 60-item `forEach`, flaky steps that
+/// succeed on their second call, and state written then read. Its output
+/// depends only on what steps compute, not on how often they ran.
+fn chaos_flow(dir: &std::path::Path) -> PathBuf {
+    let mut y = format!(
+        "name: chaos\ncomponents:\n  sleep: {{ path: '{}' }}\n  text: {{ path: '{}' }}\n  kv: {{ path: '{}' }}\n  flaky: {{ path: '{}' }}\nsteps:\n  - {{ id: t0, component: text, input: {{ op: trim, text: ' go ' }} }}\n",
+        hostile("sleep").display(),
+        crate::support::example("text").display(),
+        crate::support::example("kv").display(),
+        hostile("flaky").display(),
+    );
+    for i in 1..=100 {
+        let p = i - 1;
+        y.push_str(&format!(
+            "  - {{ id: a{i}, component: sleep, needs: [t{p}], input: {{ ms: 5 }} }}\n  - {{ id: b{i}, component: text, input: {{ op: upper, text: '{{{{ steps.t{p}.output.text }}}}' }} }}\n  - {{ id: t{i}, component: text, needs: [a{i}], input: {{ op: template, template: '{{p}}{}', vars: {{ p: '{{{{ steps.b{i}.output.text }}}}' }} }} }}\n",
+            if i % 10 == 0 { format!("-{i}") } else { String::new() }
+        ));
+    }
+    for i in 0..100 {
+        y.push_str(&format!("  - {{ id: w{i}, component: text, input: {{ op: count, text: 'word {i} of a hundred' }} }}\n"));
+    }
+    for i in 0..10 {
+        y.push_str(&format!(
+            "  - {{ id: f{i}, component: flaky, input: {{ key: f{i}, succeed_on: 2 }}, retry: {{ max_attempts: 5, backoff: none }} }}\n"
+        ));
+    }
+    let words: Vec<String> = (0..60).map(|i| format!("w{i}")).collect();
+    y.push_str(&format!(
+        "  - {{ id: each, component: text, forEach: [{}], concurrency: 4, input: {{ op: upper, text: '{{{{ item }}}}' }} }}\n",
+        words.join(", ")
+    ));
+    y.push_str(
+        "  - { id: keep, component: kv, needs: [t100], input: { op: set, key: last, value: '{{ steps.t100.output.text }}' } }\n  - { id: read, component: kv, needs: [keep], input: { op: get, key: last } }\n",
+    );
+    y.push_str("output: { text: '{{ steps.t100.output.text }}', kept: '{{ steps.read.output.value }}', items: '{{ steps.each.output.map(o, o.text) }}', words: '{{ steps.w99.output.words }}' }\n");
+    let file = dir.join("chaos.yaml");
+    std::fs::write(&file, y).unwrap();
+    file
+}
+
+/// Three workers, one SIGKILLed at random every second and replaced, and
+/// the process that submitted the run killed too: the run completes with
+/// the output of an uninterrupted in-process run, and every step has
+/// exactly one recorded success.
+#[test]
+fn chaos_workers_killed_every_second_still_finish_the_run_exactly_once() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let flow = chaos_flow(state.path());
+    let (code, expected, err) = run(sandflow(&state).arg("-q").arg("run").arg(&flow));
+    assert_eq!(code, 0, "{err}");
+    let expected: Value = serde_json::from_str(&expected).unwrap();
+
+    let mut rng = crate::chaos::Rng::from_env();
+    // The submitter works on the run too, until it is killed.
+    let mut submitter = pg(&schema, &state).args(["-q", "run"]).arg(&flow).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut workers = Workers::start(&schema, &state, 3, "1s");
+    std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
+    let _ = submitter.kill();
+    let _ = submitter.wait();
+    let (_, list, _) = run(pg(&schema, &state).args(["--json", "runs", "list", "--limit", "1"]));
+    let id = serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let mut kills = 0;
+    let record = loop {
+        let record = show(&schema, &state, &id);
+        if record["status"] != "running" {
+            break record;
+        }
+        assert!(started.elapsed() < Duration::from_secs(240), "the run did not finish: {record:#}");
+        std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
+        workers.kill_and_replace(rng.below(3) as usize);
+        kills += 1;
+    };
+    eprintln!("chaos: {kills} workers killed; the run took {:?}", started.elapsed());
+    assert_eq!(record["status"], "completed", "{:#}", record["error"]);
+    assert_eq!(record["output"], expected);
+    let steps = record["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1 + 300 + 100 + 10 + 3);
+    assert!(steps.iter().all(|s| s["state"] == "succeeded"), "{record:#}");
+    let successes = schema.strings("SELECT COUNT(*)::text FROM attempts WHERE run_id = $1 AND state = 'succeeded'", &id);
+    assert_eq!(successes, [steps.len().to_string()], "one recorded success per step");
+    let jobs = schema.strings("SELECT COUNT(*)::text FROM jobs WHERE run_id = $1", &id);
+    assert_eq!(jobs, ["0"], "no job is left behind");
+}

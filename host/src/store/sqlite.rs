@@ -130,7 +130,22 @@ impl SqliteStore {
         if version > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema { location, found: version, known: SCHEMA_VERSION });
         }
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| {
+        // Switching a fresh file to WAL takes an exclusive lock, and SQLite
+        // answers "database is locked" at once (no busy handler) while
+        // another process opening the same new store holds one: wait.
+        let started = std::time::Instant::now();
+        let wal = loop {
+            match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+                Err(e)
+                    if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+                        && started.elapsed() < Duration::from_secs(30) =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        let mode: String = wal.map_err(|e| {
             if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)) {
                 StoreError::Open { location: location.clone(), message: e.to_string() }
             } else {
