@@ -369,3 +369,51 @@ fn chaos_workers_killed_every_second_still_finish_the_run_exactly_once() {
     let jobs = schema.strings("SELECT COUNT(*)::text FROM jobs WHERE run_id = $1", &id);
     assert_eq!(jobs, ["0"], "no job is left behind");
 }
+
+/// The command that restarts the test's PostgreSQL server
+/// (`SANDFLOW_TEST_PG_RESTART`, default: the Debian cluster's `pg_ctlcluster`).
+fn restart_postgres() {
+    let command = std::env::var("SANDFLOW_TEST_PG_RESTART").unwrap_or_else(|_| {
+        let version = std::fs::read_dir("/etc/postgresql")
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .unwrap_or_else(|| "15".into());
+        format!("pg_ctlcluster --skip-systemctl-redirect {version} main restart")
+    });
+    let status = Command::new("sh").args(["-c", &command]).status().expect("the restart command runs");
+    assert!(status.success(), "`{command}` failed");
+}
+
+/// The PostgreSQL server restarts in the middle of a run: workers and the
+/// follower reconnect with backoff and the run completes, exactly once.
+/// It restarts the shared server, so it is run alone:
+/// `cargo test -p sandflow --test e2e -- --ignored` (CI does).
+#[test]
+#[ignore = "restarts the PostgreSQL server; run alone with --ignored"]
+fn a_postgres_restart_mid_run_does_not_lose_the_run() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let flow = chaos_flow(state.path());
+    let (code, expected, err) = run(sandflow(&state).arg("-q").arg("run").arg(&flow));
+    assert_eq!(code, 0, "{err}");
+    let expected: Value = serde_json::from_str(&expected).unwrap();
+    let (code, id, err) = run(pg(&schema, &state).arg("submit").arg(&flow));
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    let follower = pg(&schema, &state).args(["-q", "runs", "follow", &id]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let _workers = Workers::start(&schema, &state, 3, "5s");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(show(&schema, &state, &id)["status"], "running", "the restart must come mid-run");
+    restart_postgres();
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success(), "follow: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), expected);
+    let record = show(&schema, &state, &id);
+    assert_eq!(record["status"], "completed");
+    assert_eq!(record["output"], expected);
+    let steps = record["steps"].as_array().unwrap().len();
+    let successes = schema.strings("SELECT COUNT(*)::text FROM attempts WHERE run_id = $1 AND state = 'succeeded'", &id);
+    assert_eq!(successes, [steps.to_string()], "one recorded success per step");
+}
