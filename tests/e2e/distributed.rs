@@ -170,6 +170,9 @@ fn submitted_runs_are_finished_by_workers_and_followed_from_anywhere() {
     assert_ne!(foreach, diamond);
     // Nothing runs them yet.
     assert_eq!(show(&schema, &state, &diamond)["status"], "running");
+    let (code, _, err) = run(pg(&schema, &state).args(["resume", &diamond]));
+    assert_eq!(code, 2);
+    assert!(err.contains("is being run by workers; follow it with `sandflow runs follow"), "{err}");
 
     let _workers = Workers::start(&schema, &state, 3, "5s");
     let (code, out, err) = run(pg(&schema, &state).args(["runs", "follow", &diamond]));
@@ -188,6 +191,24 @@ fn submitted_runs_are_finished_by_workers_and_followed_from_anywhere() {
     assert_eq!(record["status"], "completed");
 }
 
+/// Submits a workflow of `steps` (YAML flow mappings) over the `sleep`
+/// component, starts one worker, and returns once a step is claimed.
+fn submit_sleeper(schema: &PgSchema, state: &tempfile::TempDir, steps: &str, lease: &'static str) -> (String, Workers) {
+    let flow = state.path().join("slow.yaml");
+    let text = format!("name: slow\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {steps}\n", hostile("sleep").display());
+    std::fs::write(&flow, text).unwrap();
+    let (code, id, err) = run(pg(schema, state).arg("submit").arg(&flow));
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    let workers = Workers::start(schema, state, 1, lease);
+    let started = Instant::now();
+    while claimed_jobs(schema, &id) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the step never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (id, workers)
+}
+
 /// A worker SIGKILLed while it runs a step: its lease expires, another
 /// worker runs the step again (failure kind `lost`, not counted as an
 /// attempt of the retry policy), and the run completes.
@@ -195,25 +216,7 @@ fn submitted_runs_are_finished_by_workers_and_followed_from_anywhere() {
 fn a_step_of_a_killed_worker_is_run_again_by_another() {
     let Some(schema) = PgSchema::create() else { return };
     let state = tempfile::tempdir().unwrap();
-    let flow = state.path().join("slow.yaml");
-    std::fs::write(
-        &flow,
-        format!(
-            "name: slow\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {{ id: nap, component: sleep, input: {{ ms: 1500 }}, retry: {{ max_attempts: 1 }} }}\n",
-            hostile("sleep").display()
-        ),
-    )
-    .unwrap();
-    let (code, id, err) = run(pg(&schema, &state).arg("submit").arg(&flow));
-    assert_eq!(code, 0, "{err}");
-    let id = id.trim().to_string();
-    let mut workers = Workers::start(&schema, &state, 1, "1s");
-    // Wait for the step to start on the first worker, then kill it.
-    let started = Instant::now();
-    while claimed_jobs(&schema, &id) == 0 {
-        assert!(started.elapsed() < Duration::from_secs(20), "the step never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (id, mut workers) = submit_sleeper(&schema, &state, "{ id: nap, component: sleep, input: { ms: 1500 }, retry: { max_attempts: 1 } }", "1s");
     workers.kill_and_replace(0);
     let record = wait_end(&schema, &state, &id, Duration::from_secs(30));
     assert_eq!(record["status"], "completed", "{record:#}");
@@ -228,24 +231,12 @@ fn a_step_of_a_killed_worker_is_run_again_by_another() {
 fn cancel_stops_a_run_on_workers() {
     let Some(schema) = PgSchema::create() else { return };
     let state = tempfile::tempdir().unwrap();
-    let flow = state.path().join("slow.yaml");
-    std::fs::write(
-        &flow,
-        format!(
-            "name: slow\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {{ id: nap, component: sleep, input: {{ ms: 20000 }}, timeout: 60s }}\n  - {{ id: after, component: sleep, needs: [nap], input: {{ ms: 1 }} }}\n",
-            hostile("sleep").display()
-        ),
-    )
-    .unwrap();
-    let (code, id, err) = run(pg(&schema, &state).arg("submit").arg(&flow));
-    assert_eq!(code, 0, "{err}");
-    let id = id.trim().to_string();
-    let _workers = Workers::start(&schema, &state, 1, "5s");
-    let started = Instant::now();
-    while claimed_jobs(&schema, &id) == 0 {
-        assert!(started.elapsed() < Duration::from_secs(20), "the step never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (id, _workers) = submit_sleeper(
+        &schema,
+        &state,
+        "{ id: nap, component: sleep, input: { ms: 20000 }, timeout: 60s }\n  - { id: after, component: sleep, needs: [nap], input: { ms: 1 } }",
+        "5s",
+    );
     let asked = Instant::now();
     let (code, out, err) = run(pg(&schema, &state).args(["cancel", &id, "--wait", "5s"]));
     assert_eq!(code, 0, "{out}{err}");

@@ -179,6 +179,15 @@ pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) 
     let watcher = tokio::spawn(super::call::cancel_on_signal(cancel.clone()));
     let store = global.open_store().await?;
     let record = store.run(&args.id).await.map_err(store_error)?;
+    if record.status == RunState::Running.as_str()
+        && let crate::store::StoreUrl::Postgres(_) = global.store_url()?
+        && super::worker::pg_store(global, "resume").await?.is_queued(&record.id).await.map_err(store_error)?
+    {
+        return Err(CliError::invalid(format!(
+            "run {} is being run by workers; follow it with `sandflow runs follow {}`, or stop it with `sandflow cancel {}`",
+            record.id, record.id, record.id
+        )));
+    }
     if record.status == RunState::Completed.as_str() {
         if out.json {
             // `--json` stderr is JSON lines only.

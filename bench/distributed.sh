@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Throughput and latency of runs on PostgreSQL workers against the embedded
+# SQLite store, side by side in one run (BENCHMARKS.md, "Distributed runs").
+#
+#   bench/distributed.sh [postgres://USER@HOST/DATABASE]
+#
+# Uses a fresh schema on the server (dropped at the end) and the release
+# binary. Prints one line per configuration: wall time, steps per second,
+# time per step, and PostgreSQL transactions per step.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+base="${1:-${SANDFLOW_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}}"
+cargo build -q --release -p sandflow
+bin="$PWD/target/release/sandflow"
+work="$(mktemp -d)"
+schema="bench_$$"
+psql -q "$base" -c "CREATE SCHEMA $schema"
+cleanup() {
+  jobs -p | xargs -r kill 2>/dev/null || true
+  psql -q "$base" -c "DROP SCHEMA IF EXISTS $schema CASCADE" || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+sep='?'; [[ "$base" == *\?* ]] && sep='&'
+url="${base}${sep}options=-csearch_path%3D${schema}"
+echo_wasm="$PWD/components/dist/echo.wasm"
+
+{ echo "name: wide"; echo "components: { echo: { path: '$echo_wasm' } }"; echo "steps:";
+  for i in $(seq 1 2000); do echo "  - { id: s$i, component: echo, input: { n: $i } }"; done; } > "$work/wide.yaml"
+{ echo "name: chain"; echo "components: { echo: { path: '$echo_wasm' } }"; echo "steps:";
+  echo "  - { id: s1, component: echo, input: { n: 1 } }";
+  for i in $(seq 2 500); do echo "  - { id: s$i, component: echo, input: { n: '{{ steps.s$((i-1)).output.n }}' } }"; done; } > "$work/chain.yaml"
+
+state="$work/state"
+"$bin" -q --state-dir "$state" validate "$work/wide.yaml" >/dev/null   # compile once: caches are warm
+commits() { psql -tAq "$base" -c "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
+line() { # name steps seconds transactions
+  awk -v n="$1" -v s="$2" -v t="$3" -v x="$4" 'BEGIN { printf "| %-34s | %5d | %7.2f s | %7.0f | %8.0f µs | %s |\n", n, s, t, s / t, t / s * 1e6, x }'
+}
+now() { date +%s.%N; }
+
+echo "| configuration | steps | wall | steps/s | per step | PG transactions per step |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+for flow in wide chain; do
+  steps=$([ $flow = wide ] && echo 2000 || echo 500)
+  t0=$(now); "$bin" -q --state-dir "$state" --store "sqlite:$work/local.db" run "$work/$flow.yaml" >/dev/null; t1=$(now)
+  line "$flow, SQLite, in-process" "$steps" "$(echo "$t1 - $t0" | bc)" "-"
+  for n in 1 2 4; do
+    pids=()
+    for _ in $(seq 1 "$n"); do
+      "$bin" -q --state-dir "$state" --store "$url" worker --concurrency 2 & pids+=($!)
+    done
+    sleep 1
+    c0=$(commits); t0=$(now)
+    "$bin" -q --state-dir "$state" --store "$url" run --no-work "$work/$flow.yaml" >/dev/null
+    t1=$(now); c1=$(commits)
+    kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+    line "$flow, PostgreSQL, $n worker(s) × 2" "$steps" "$(echo "$t1 - $t0" | bc)" "$(awk -v a="$c0" -v b="$c1" -v s="$steps" 'BEGIN { printf "%.1f", (b - a) / s }')"
+  done
+done
