@@ -21,24 +21,24 @@ use std::sync::Arc;
 pub(crate) struct RunArgs {
     /// The workflow file.
     #[arg(value_name = "FILE")]
-    file: PathBuf,
+    pub(crate) file: PathBuf,
     #[command(flatten)]
-    input: InputArgs,
+    pub(crate) input: InputArgs,
     /// Most steps running at once [default: the workflow's `concurrency`, else the CPU count].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    concurrency: Option<u64>,
+    pub(crate) concurrency: Option<u64>,
     /// Secrets as `NAME=value` lines (`#` comments allowed); also read from
     /// `SANDFLOW_SECRET_<NAME>` environment variables.
     #[arg(long, value_name = "FILE")]
-    secrets_file: Option<PathBuf>,
+    pub(crate) secrets_file: Option<PathBuf>,
     /// With a PostgreSQL store: queue the run, print its id and return
     /// (as `sandflow submit`); workers run it.
     #[arg(long)]
-    detach: bool,
+    pub(crate) detach: bool,
     /// With a PostgreSQL store: only follow the run; leave its steps to
     /// `sandflow worker` processes (by default this process works on it too).
     #[arg(long = "no-work")]
-    no_work: bool,
+    pub(crate) no_work: bool,
 }
 
 /// The run input, from flags.
@@ -143,17 +143,7 @@ pub(crate) fn sink(out: &Output) -> Arc<dyn EventSink> {
 pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Output) -> Result<u8, CliError> {
     match global.store_url()? {
         crate::store::StoreUrl::Postgres(_) => {
-            return super::worker::run_queued(
-                &args.file,
-                &args.input,
-                args.concurrency,
-                args.secrets_file.as_deref(),
-                args.detach,
-                !args.no_work,
-                global,
-                out,
-            )
-            .await;
+            return super::worker::run_queued(&args, global, out).await;
         }
         crate::store::StoreUrl::Sqlite(_) if args.detach || args.no_work => {
             let flag = if args.detach { "--detach" } else { "--no-work" };

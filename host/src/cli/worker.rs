@@ -131,16 +131,9 @@ pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Outp
 
 /// `sandflow run FILE` with a PostgreSQL store: the run is queued, this
 /// process works on it too unless `--no-work`, and follows it to its end.
-pub(crate) async fn run_queued(
-    file: &Path,
-    input: &InputArgs,
-    concurrency: Option<u64>,
-    secrets_file: Option<&Path>,
-    detach: bool,
-    work: bool,
-    global: &GlobalArgs,
-    out: &Output,
-) -> Result<u8, CliError> {
+pub(crate) async fn run_queued(args: &super::run::RunArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let (file, input, concurrency, secrets_file) = (&args.file, &args.input, args.concurrency, args.secrets_file.as_deref());
+    let (detach, work) = (args.detach, !args.no_work);
     let store = pg_store(global, "`sandflow run --detach`").await?;
     let input = input.read()?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
