@@ -233,7 +233,8 @@ pub async fn follow(
             Err(e) => return Err(e),
         }
         tokio::select! {
-            _ = wake.notified() => {}
+            // Events come in bursts: read them together.
+            _ = wake.notified() => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
             _ = stop.cancelled() => {
                 listener.abort();

@@ -20,6 +20,7 @@ use crate::store::queue::{Claimed, Finished, JOBS_CHANNEL, RunCtx};
 use crate::store::{PgStore, StoreError, StoreServices};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -63,6 +64,9 @@ pub struct Worker {
     active: Mutex<HashMap<i64, (String, CancellationToken)>>,
     /// Something may be claimable: a notification, or a local commit.
     wake: Notify,
+    /// A notification or the timer came: look for new runs too (a local
+    /// commit only makes jobs of runs already started).
+    look_for_runs: std::sync::atomic::AtomicBool,
 }
 
 /// Loaded runs kept per worker; the oldest are dropped beyond this.
@@ -70,7 +74,15 @@ const RUN_CACHE: usize = 256;
 
 impl Worker {
     pub fn new(store: Arc<PgStore>, runner: Arc<dyn StepRunner>, config: WorkerConfig) -> Arc<Worker> {
-        Arc::new(Worker { store, runner, config, runs: Mutex::new(HashMap::new()), active: Mutex::new(HashMap::new()), wake: Notify::new() })
+        Arc::new(Worker {
+            store,
+            runner,
+            config,
+            runs: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            look_for_runs: std::sync::atomic::AtomicBool::new(true),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -92,13 +104,15 @@ impl Worker {
         while !stop.is_cancelled() {
             let result: Result<bool, StoreError> = async {
                 let mut busy = false;
-                for run_id in self.store.runs_to_start(8).await? {
-                    match self.context(&run_id).await {
-                        Ok(run) => busy |= self.store.start_run(&run_id, &run).await?,
-                        Err(e) => self.abandon(&run_id, e).await?,
+                if self.look_for_runs.swap(false, Ordering::SeqCst) {
+                    for run_id in self.store.runs_to_start(8).await? {
+                        match self.context(&run_id).await {
+                            Ok(run) => busy |= self.store.start_run(&run_id, &run, self.free()).await?.done,
+                            Err(e) => self.abandon(&run_id, e).await?,
+                        }
                     }
                 }
-                let free = self.config.concurrency.saturating_sub(self.active.lock().expect("not poisoned").len());
+                let free = self.free();
                 let claimed = self.store.claim(&self.config.name, free as i64, self.config.lease).await?;
                 busy |= !claimed.is_empty() && claimed.len() == free;
                 for job in claimed {
@@ -127,7 +141,9 @@ impl Worker {
                     backoff = Duration::from_millis(50);
                     tokio::select! {
                         _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(self.config.care_every.min(Duration::from_secs(1))) => {}
+                        _ = tokio::time::sleep(self.config.care_every.min(Duration::from_secs(1))) => {
+                            self.look_for_runs.store(true, Ordering::SeqCst);
+                        }
                         _ = stop.cancelled() => {}
                     }
                 }
@@ -148,6 +164,11 @@ impl Worker {
         heartbeat.abort();
         interrupts.abort();
         tracing::info!("worker {} stopped", self.config.name);
+    }
+
+    /// Slots free for more attempts.
+    fn free(&self) -> usize {
+        self.config.concurrency.saturating_sub(self.active.lock().expect("not poisoned").len())
     }
 
     /// A run whose workflow cannot be loaded here is marked failed: no
@@ -256,11 +277,24 @@ impl Worker {
                         }
                     };
                     let copy: Vec<Finished> = finished.iter().map(Finished::duplicate).collect();
-                    if let Err(e) = self.store.commit(&run_id, &run, finished).await {
-                        tracing::warn!("worker {}: committing results of run {run_id} failed: {e}; retrying in {backoff:?}", self.config.name);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                        pending = Some(copy);
+                    // The slots these attempts free are this worker's to fill.
+                    let capacity = self.free() + copy.len();
+                    match self.store.commit(&run_id, &run, finished, capacity).await {
+                        Ok(outcome) => {
+                            if let Some(delay) = outcome.retry_in.filter(|d| !d.is_zero()) {
+                                let worker = self.clone();
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(delay).await;
+                                    worker.wake.notify_one();
+                                });
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("worker {}: committing results of run {run_id} failed: {e}; retrying in {backoff:?}", self.config.name);
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            pending = Some(copy);
+                        }
                     }
                 }
                 let mut active = self.active.lock().expect("not poisoned");
@@ -329,7 +363,11 @@ impl Finished {
 
 /// Listens on `channel` and wakes `worker` on each notification.
 async fn listen(store: Arc<PgStore>, channel: &'static str, worker: Arc<Worker>, stop: CancellationToken) {
-    listen_with(store, channel, move || worker.wake.notify_one(), stop).await
+    let wake = move || {
+        worker.look_for_runs.store(true, Ordering::SeqCst);
+        worker.wake.notify_one();
+    };
+    listen_with(store, channel, wake, stop).await
 }
 
 /// Calls `wake` on each notification on `channel` (and once after each

@@ -48,6 +48,17 @@ type PgResult<T> = Result<T, tokio_postgres::Error>;
 /// workflow names them.
 pub type RunFiles = BTreeMap<PathBuf, Vec<u8>>;
 
+/// What a transaction on a run did.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// It changed the run (started it, recorded a result).
+    pub done: bool,
+    /// Jobs it made claimable now.
+    pub new_jobs: usize,
+    /// The soonest a retried job becomes claimable, if one was retried.
+    pub retry_in: Option<Duration>,
+}
+
 /// A job a worker claimed.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -187,8 +198,8 @@ impl PgStore {
 
     /// Starts a queued run: its DAG rows, its first ready steps. Does
     /// nothing if another worker started it first.
-    pub async fn start_run(&self, run_id: &str, run: &RunCtx) -> Result<bool, StoreError> {
-        self.in_run(run_id, run, |t| Box::pin(async move { t.start().await })).await
+    pub async fn start_run(&self, run_id: &str, run: &RunCtx, capacity: usize) -> Result<Outcome, StoreError> {
+        self.in_run(run_id, run, capacity, |t| Box::pin(async move { t.start().await })).await
     }
 
     /// Claims up to `limit` ready jobs for `worker`, leased for `lease`.
@@ -272,8 +283,8 @@ impl PgStore {
     /// Records finished attempts of one run and everything they decide, in
     /// one transaction. A result whose claim is no longer current (its lease
     /// expired and the job was given to another worker) is discarded.
-    pub async fn commit(&self, run_id: &str, run: &RunCtx, finished: Vec<Finished>) -> Result<bool, StoreError> {
-        self.in_run(run_id, run, move |t| {
+    pub async fn commit(&self, run_id: &str, run: &RunCtx, finished: Vec<Finished>, capacity: usize) -> Result<Outcome, StoreError> {
+        self.in_run(run_id, run, capacity, move |t| {
             Box::pin(async move {
                 let mut any = false;
                 for f in finished {
@@ -304,8 +315,8 @@ impl PgStore {
 
     /// Looks after one run: puts back jobs whose worker was lost, stops it
     /// when cancelled or out of time, ends it if nothing is left to run.
-    pub async fn care(&self, run_id: &str, run: &RunCtx) -> Result<bool, StoreError> {
-        self.in_run(run_id, run, |t| {
+    pub async fn care(&self, run_id: &str, run: &RunCtx) -> Result<Outcome, StoreError> {
+        self.in_run(run_id, run, 0, |t| {
             Box::pin(async move {
                 t.reap().await?;
                 t.check_stop().await?;
@@ -408,7 +419,7 @@ impl PgStore {
     }
 
     /// Runs `body` in a transaction that holds the run's row lock.
-    async fn in_run<F>(&self, run_id: &str, run: &RunCtx, body: F) -> Result<bool, StoreError>
+    async fn in_run<F>(&self, run_id: &str, run: &RunCtx, capacity: usize, body: F) -> Result<Outcome, StoreError>
     where
         F: for<'t> FnOnce(&'t mut RunTx<'_, '_>) -> std::pin::Pin<Box<dyn std::future::Future<Output = PgResult<bool>> + Send + 't>>,
     {
@@ -431,13 +442,17 @@ impl PgStore {
             stop: row.get::<_, Option<String>>(1).as_deref().and_then(Stop::decode),
             open_steps: row.get(2),
             seq: row.get(3),
-            notify_jobs: false,
+            new_jobs: 0,
+            capacity,
+            retry_in: None,
             verdicts: BTreeMap::new(),
         };
-        let result = body(&mut t).await.map_err(db)?;
+        let done = body(&mut t).await.map_err(db)?;
         t.save().await.map_err(db)?;
+        let outcome = Outcome { done, new_jobs: t.new_jobs, retry_in: t.retry_in };
+        drop(t);
         tx.commit().await.map_err(db)?;
-        Ok(result)
+        Ok(outcome)
     }
 }
 
@@ -468,7 +483,13 @@ struct RunTx<'a, 'c> {
     open_steps: i32,
     /// The run's last event sequence number.
     seq: i32,
-    notify_jobs: bool,
+    /// Jobs this transaction made claimable.
+    new_jobs: usize,
+    /// How many of them the committing worker will claim itself: other
+    /// workers are woken only for the rest.
+    capacity: usize,
+    /// The soonest a retried job becomes claimable.
+    retry_in: Option<Duration>,
     /// Failures of steps that ended in this transaction (for the run's error).
     verdicts: BTreeMap<usize, Option<StepFailure>>,
 }
@@ -512,7 +533,7 @@ impl<'a> RunTx<'a, '_> {
             )
             .await?;
         self.tx.execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &self.run_id]).await?;
-        if self.notify_jobs {
+        if self.new_jobs > self.capacity {
             self.tx.execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL]).await?;
         }
         Ok(())
@@ -637,7 +658,7 @@ impl<'a> RunTx<'a, '_> {
             .await?;
         let item = item.map(|k| k as i32);
         self.tx.execute(&stmt, &[&self.run_id, &(i as i32), &item, &state, &text(&masked.to_string()), &spans]).await?;
-        self.notify_jobs |= state == "ready";
+        self.new_jobs += usize::from(state == "ready");
         Ok(())
     }
 
@@ -647,7 +668,7 @@ impl<'a> RunTx<'a, '_> {
         let current = self
             .tx
             .query_opt(
-                "SELECT attempt, lost FROM jobs WHERE id = $1 AND claim = $2 AND state = 'claimed' FOR UPDATE",
+                "SELECT attempt, lost, fuel_used FROM jobs WHERE id = $1 AND claim = $2 AND state = 'claimed' FOR UPDATE",
                 &[&job.id, &job.claim],
             )
             .await?;
@@ -655,7 +676,7 @@ impl<'a> RunTx<'a, '_> {
             tracing::info!("run {}: a late result of job {} (claim {}) is discarded", self.run_id, job.id, job.claim);
             return Ok(false);
         };
-        let (attempt, lost): (i32, i32) = (row.get(0), row.get(1));
+        let (attempt, lost, fuel_before): (i32, i32, i64) = (row.get(0), row.get(1), row.get(2));
         let decl = &self.wf().steps[job.step];
         let step_id = decl.id.clone();
         if let Err(failure) = &result {
@@ -670,16 +691,14 @@ impl<'a> RunTx<'a, '_> {
                     .await?;
                 let event = Event::StepRetrying { run_id: self.run_id.to_string(), step: step_id, attempt: job.attempt, item: job.item, error: failure.clone(), delay };
                 self.emit(event).await?;
-                self.notify_jobs = true;
+                self.retry_in = Some(self.retry_in.map_or(delay, |d| d.min(delay)));
+                if delay.is_zero() {
+                    self.new_jobs += 1;
+                }
                 return Ok(true);
             }
         }
-        let total_fuel: i64 = self
-            .tx
-            .query_one("SELECT fuel_used FROM jobs WHERE id = $1", &[&job.id])
-            .await?
-            .get::<_, i64>(0)
-            + fuel_used as i64;
+        let total_fuel = fuel_before + fuel_used as i64;
         let Some(item) = job.item else {
             self.tx.execute("DELETE FROM jobs WHERE id = $1", &[&job.id]).await?;
             let tally = Tally { attempts: attempt as u32, fuel_used: total_fuel as u64, log, ran: true };
@@ -723,7 +742,7 @@ impl<'a> RunTx<'a, '_> {
                     &[&self.run_id, &idx],
                 )
                 .await?;
-            self.notify_jobs |= promoted > 0;
+            self.new_jobs += promoted as usize;
         }
         self.item_ended(job.step, 1, None).await.map(|()| true)
     }
@@ -794,21 +813,16 @@ impl<'a> RunTx<'a, '_> {
     /// Records a step's final state and releases its dependents if it may.
     async fn settle_step(&mut self, i: usize, verdict: Verdict, tally: Tally) -> PgResult<Vec<usize>> {
         let Verdict { state, output, error, reason, releases, .. } = verdict;
-        let duration: f64 = if tally.ran {
-            self.tx
-                .query_one(
-                    "SELECT COALESCE(EXTRACT(EPOCH FROM now() - first_started), 0)::float8 FROM dag WHERE run_id = $1 AND idx = $2",
-                    &[&self.run_id, &(i as i32)],
-                )
-                .await?
-                .get(0)
-        } else {
-            0.0
-        };
         self.verdicts.insert(i, error.clone());
-        self.tx
-            .execute("UPDATE dag SET finished = true, blocks = $3 WHERE run_id = $1 AND idx = $2", &[&self.run_id, &(i as i32), &!releases])
-            .await?;
+        let elapsed: Option<f64> = self
+            .tx
+            .query_one(
+                "UPDATE dag SET finished = true, blocks = $3 WHERE run_id = $1 AND idx = $2 RETURNING EXTRACT(EPOCH FROM now() - first_started)::float8",
+                &[&self.run_id, &(i as i32), &!releases],
+            )
+            .await?
+            .get(0);
+        let duration = if tally.ran { elapsed.unwrap_or(0.0) } else { 0.0 };
         self.open_steps -= 1;
         let event = Event::StepFinished {
             run_id: self.run_id.to_string(),
@@ -892,7 +906,7 @@ impl<'a> RunTx<'a, '_> {
                 delay: Duration::ZERO,
             };
             self.emit(event).await?;
-            self.notify_jobs = true;
+            self.new_jobs += 1;
         }
         Ok(())
     }
