@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     pub lease: Duration,
     /// Values for `secrets.NAME`.
     pub secrets: BTreeMap<String, String>,
+    /// What this worker offers: it runs steps whose `runs_on` labels are all here.
+    pub labels: Vec<String>,
     /// How often runs whose workers were lost are looked after.
     pub care_every: Duration,
 }
@@ -113,7 +115,7 @@ impl Worker {
                     }
                 }
                 let free = self.free();
-                let claimed = self.store.claim(&self.config.name, free as i64, self.config.lease).await?;
+                let claimed = self.store.claim(&self.config.name, &self.config.labels, free as i64, self.config.lease).await?;
                 busy |= !claimed.is_empty() && claimed.len() == free;
                 for job in claimed {
                     self.spawn_job(job, done_tx.clone());

@@ -21,11 +21,16 @@ struct Workers {
     schema_url: String,
     state: PathBuf,
     lease: &'static str,
+    labels: Vec<&'static str>,
 }
 
 impl Workers {
     fn start(schema: &PgSchema, state: &tempfile::TempDir, n: usize, lease: &'static str) -> Workers {
-        let mut w = Workers { children: Vec::new(), schema_url: schema.url.clone(), state: state.path().to_path_buf(), lease };
+        Workers::labelled(schema, state, n, lease, &[])
+    }
+
+    fn labelled(schema: &PgSchema, state: &tempfile::TempDir, n: usize, lease: &'static str, labels: &[&'static str]) -> Workers {
+        let mut w = Workers { children: Vec::new(), schema_url: schema.url.clone(), state: state.path().to_path_buf(), lease, labels: labels.to_vec() };
         for _ in 0..n {
             w.add();
         }
@@ -33,12 +38,14 @@ impl Workers {
     }
 
     fn add(&mut self) {
+        let labels = self.labels.iter().flat_map(|l| ["--label", l]);
         let child = Command::new(env!("CARGO_BIN_EXE_sandflow"))
             .arg("--state-dir")
             .arg(&self.state)
             .arg("--store")
             .arg(&self.schema_url)
             .args(["-q", "worker", "--concurrency", "2", "--lease", self.lease])
+            .args(labels)
             .current_dir(root())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -170,9 +177,6 @@ fn submitted_runs_are_finished_by_workers_and_followed_from_anywhere() {
     assert_ne!(foreach, diamond);
     // Nothing runs them yet.
     assert_eq!(show(&schema, &state, &diamond)["status"], "running");
-    let (code, _, err) = run(pg(&schema, &state).args(["resume", &diamond]));
-    assert_eq!(code, 2);
-    assert!(err.contains("is being run by workers; follow it with `sandflow runs follow"), "{err}");
 
     let _workers = Workers::start(&schema, &state, 3, "5s");
     let (code, out, err) = run(pg(&schema, &state).args(["runs", "follow", &diamond]));
@@ -407,4 +411,54 @@ fn a_postgres_restart_mid_run_does_not_lose_the_run() {
     let steps = record["steps"].as_array().unwrap().len();
     let successes = schema.strings("SELECT COUNT(*)::text FROM attempts WHERE run_id = $1 AND state = 'succeeded'", &id);
     assert_eq!(successes, [steps.to_string()], "one recorded success per step");
+}
+
+/// A step with `runs_on: [gpu]` waits for a worker labelled `gpu`; the
+/// other steps run on any worker.
+#[test]
+fn runs_on_pins_a_step_to_workers_with_its_labels() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let flow = state.path().join("pinned.yaml");
+    let text = format!(
+        "name: pinned\ncomponents:\n  text: {{ path: '{}' }}\nsteps:\n  - {{ id: anywhere, component: text, input: {{ op: upper, text: a }} }}\n  - {{ id: pinned, component: text, runs_on: [gpu], input: {{ op: upper, text: b }} }}\n",
+        crate::support::example("text").display()
+    );
+    std::fs::write(&flow, text).unwrap();
+    let (code, id, err) = run(pg(&schema, &state).arg("submit").arg(&flow));
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    let _plain = Workers::start(&schema, &state, 1, "5s");
+    let started = Instant::now();
+    loop {
+        let record = show(&schema, &state, &id);
+        if record["steps"].as_array().unwrap().iter().any(|s| s["step"] == "anywhere") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the unpinned step never ran: {record:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let record = show(&schema, &state, &id);
+    assert_eq!(record["status"], "running", "the pinned step waits for a gpu worker: {record:#}");
+    let _gpu = Workers::labelled(&schema, &state, 1, "5s", &["gpu", "big"]);
+    let record = wait_end(&schema, &state, &id, Duration::from_secs(20));
+    assert_eq!(record["status"], "completed", "{record:#}");
+    assert_eq!(record["output"], json!({"anywhere": {"text": "A"}, "pinned": {"text": "B"}}));
+}
+
+/// `sandflow resume ID` of a queued run nobody works on: the resuming
+/// process works on it and follows it to its end.
+#[test]
+fn resume_of_a_queued_run_works_on_it() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let (code, id, err) = run(pg(&schema, &state).args(["run", "--detach", "workflows/diamond.yaml", "--input", r#"{"text": "Hi"}"#]));
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    assert_eq!(show(&schema, &state, &id)["status"], "running");
+    let (code, out, err) = run(pg(&schema, &state).args(["resume", &id]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"text": "HI / hi"}));
+    assert_eq!(show(&schema, &state, &id)["status"], "completed");
 }

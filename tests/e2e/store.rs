@@ -28,11 +28,11 @@ fn json_lines(text: &str) -> Vec<Value> {
     text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
+/// An in-process run (SQLite) killed and resumed. (A run on PostgreSQL is
+/// run by workers: see `distributed::chaos_…` for kills there.)
 #[test]
 fn a_run_killed_at_several_points_resumes_to_the_same_output_without_rerunning_steps() {
-    for backend in backends() {
-        killed_and_resumed(&backend);
-    }
+    killed_and_resumed(&Backend::Sqlite);
 }
 
 fn killed_and_resumed(backend: &Backend) {

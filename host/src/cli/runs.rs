@@ -183,10 +183,8 @@ pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) 
         && let crate::store::StoreUrl::Postgres(_) = global.store_url()?
         && super::worker::pg_store(global, "resume").await?.is_queued(&record.id).await.map_err(store_error)?
     {
-        return Err(CliError::invalid(format!(
-            "run {} is being run by workers; follow it with `sandflow runs follow {}`, or stop it with `sandflow cancel {}`",
-            record.id, record.id, record.id
-        )));
+        watcher.abort();
+        return super::worker::resume_queued(&record.id, args.secrets_file.as_deref(), args.concurrency, global, out).await;
     }
     if record.status == RunState::Completed.as_str() {
         if out.json {

@@ -51,6 +51,10 @@ pub(crate) struct WorkerArgs {
     /// Secrets as `NAME=value` lines; also read from `SANDFLOW_SECRET_<NAME>`.
     #[arg(long, value_name = "FILE")]
     secrets_file: Option<PathBuf>,
+    /// A label this worker offers (repeatable): steps with `runs_on: [LABEL, …]`
+    /// run only on workers that have every label they name.
+    #[arg(long = "label", value_name = "LABEL")]
+    labels: Vec<String>,
 }
 
 /// The PostgreSQL store `--store` names, or why this command needs one.
@@ -64,7 +68,13 @@ pub(crate) async fn pg_store(global: &GlobalArgs, what: &str) -> Result<Arc<PgSt
     }
 }
 
-fn worker_config(concurrency: Option<u64>, name: Option<String>, lease: Duration, secrets_file: Option<&Path>) -> Result<WorkerConfig, CliError> {
+fn worker_config(
+    concurrency: Option<u64>,
+    name: Option<String>,
+    lease: Duration,
+    secrets_file: Option<&Path>,
+    labels: Vec<String>,
+) -> Result<WorkerConfig, CliError> {
     if lease < Duration::from_millis(300) {
         return Err(CliError::invalid("--lease must be at least 300ms"));
     }
@@ -73,6 +83,7 @@ fn worker_config(concurrency: Option<u64>, name: Option<String>, lease: Duration
         concurrency: concurrency.map_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()), |n| n as usize),
         lease,
         secrets: read_secrets(secrets_file)?,
+        labels,
         care_every: (lease / 3).min(Duration::from_secs(1)),
     })
 }
@@ -109,7 +120,7 @@ pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Outp
 /// `sandflow worker`.
 pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let store = pg_store(global, "`sandflow worker`").await?;
-    let config = worker_config(args.concurrency, args.name, args.lease, args.secrets_file.as_deref())?;
+    let config = worker_config(args.concurrency, args.name, args.lease, args.secrets_file.as_deref(), args.labels)?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
     let worker = Worker::new(store.clone(), sandbox, config);
     if !out.quiet {
@@ -139,7 +150,7 @@ pub(crate) async fn run_queued(args: &super::run::RunArgs, global: &GlobalArgs, 
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
     let (prepared, files) = load_for_submit(file, &sandbox, out).await?;
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
-    let config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file)?;
+    let config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file, Vec::new())?;
     if work {
         // This process runs steps: it needs the secrets, as a local run does.
         crate::exec::check_secrets(&prepared.plan, &config.secrets).map_err(|d| workflow_cmd::report(out, d))?;
@@ -150,19 +161,42 @@ pub(crate) async fn run_queued(args: &super::run::RunArgs, global: &GlobalArgs, 
         println!("{id}");
         return Ok(exit::OK);
     }
+    work_and_follow(&store, sandbox, work.then_some(config), &id, out, &redactor).await
+}
+
+/// Follows run `id` to its end, working on its steps (and any other
+/// queued run's) meanwhile when `worker` is given; the output is printed.
+async fn work_and_follow(
+    store: &Arc<PgStore>,
+    sandbox: Arc<Sandbox>,
+    worker: Option<WorkerConfig>,
+    id: &str,
+    out: &Output,
+    redactor: &Redactor,
+) -> Result<u8, CliError> {
     let stop_work = CancellationToken::new();
-    let worker = work.then(|| {
+    let worker = worker.map(|config| {
         let worker = Worker::new(store.clone(), sandbox, config);
         let stop = stop_work.clone();
         tokio::spawn(async move { worker.run(stop).await })
     });
-    let followed = follow_to_end(&store, &id, sink(out), out).await;
+    let followed = follow_to_end(store, id, sink(out), out).await;
     stop_work.cancel();
     if let Some(worker) = worker {
         let _ = worker.await;
     }
-    let followed = followed?;
-    Ok(print_end(&followed, &redactor))
+    Ok(print_end(&followed?, redactor))
+}
+
+/// `sandflow resume ID` of a run workers are running: this process works
+/// on it too and follows it (steps its killed predecessor held run again
+/// once their leases expire).
+pub(crate) async fn resume_queued(id: &str, secrets_file: Option<&Path>, concurrency: Option<u64>, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let store = pg_store(global, "resume").await?;
+    let config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file, Vec::new())?;
+    let redactor = Redactor::new(&config.secrets);
+    let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
+    work_and_follow(&store, sandbox, Some(config), id, out, &redactor).await
 }
 
 /// Follows a run until it ends; the first SIGINT/SIGTERM asks (through

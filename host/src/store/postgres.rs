@@ -137,6 +137,7 @@ CREATE TABLE jobs (
     lost           INTEGER NOT NULL DEFAULT 0,
     input          TEXT NOT NULL,
     input_secrets  TEXT,
+    runs_on        TEXT[] NOT NULL DEFAULT '{}',
     not_before     TIMESTAMPTZ NOT NULL DEFAULT now(),
     worker         TEXT,
     claim          BIGINT NOT NULL DEFAULT 0,

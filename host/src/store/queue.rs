@@ -202,8 +202,9 @@ impl PgStore {
         self.in_run(run_id, run, capacity, |t| Box::pin(async move { t.start().await })).await
     }
 
-    /// Claims up to `limit` ready jobs for `worker`, leased for `lease`.
-    pub async fn claim(&self, worker: &str, limit: i64, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+    /// Claims up to `limit` ready jobs for `worker`, leased for `lease`:
+    /// those whose `runs_on` labels are all among `labels`.
+    pub async fn claim(&self, worker: &str, labels: &[String], limit: i64, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
         if limit <= 0 {
             return Ok(Vec::new());
         }
@@ -212,9 +213,10 @@ impl PgStore {
         let rows = tx
             .query(
                 "UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $3)
-                 WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND not_before <= now() ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND not_before <= now() AND runs_on <@ $4::text[]
+                              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
                  RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets",
-                &[&worker, &limit, &lease.as_secs_f64()],
+                &[&worker, &limit, &lease.as_secs_f64(), &labels],
             )
             .await
             .map_err(db)?;
@@ -654,10 +656,11 @@ impl<'a> RunTx<'a, '_> {
         let spans = spans.as_ref().map(SecretSpans::to_json);
         let stmt = self
             .tx
-            .prepare_cached("INSERT INTO jobs (run_id, idx, item, state, input, input_secrets) VALUES ($1, $2, $3, $4, $5, $6)")
+            .prepare_cached("INSERT INTO jobs (run_id, idx, item, state, input, input_secrets, runs_on) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .await?;
         let item = item.map(|k| k as i32);
-        self.tx.execute(&stmt, &[&self.run_id, &(i as i32), &item, &state, &text(&masked.to_string()), &spans]).await?;
+        let runs_on = &self.wf().steps[i].runs_on;
+        self.tx.execute(&stmt, &[&self.run_id, &(i as i32), &item, &state, &text(&masked.to_string()), &spans, runs_on]).await?;
         self.new_jobs += usize::from(state == "ready");
         Ok(())
     }

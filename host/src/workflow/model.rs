@@ -235,6 +235,9 @@ pub struct StepDecl {
     pub concurrency: Option<usize>,
     pub settings: StepSettings,
     pub on_error: OnError,
+    /// `runs_on`: labels a worker must have to run the step (distributed
+    /// runs only; a run in one process runs every step itself).
+    pub runs_on: Vec<String>,
     /// With Argo-style groups: the index of the step's group.
     pub group: Option<usize>,
 }

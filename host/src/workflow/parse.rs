@@ -24,7 +24,7 @@ const GRANTS_KEYS: &[&str] = &["env", "dirs"];
 const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
 const STEP_KEYS: &[&str] = &[
     "id", "component", "workflow", "input", "needs", "when", "skipIf", "forEach", "concurrency", "retry",
-    "timeout", "fuel", "memory", "quota", "on_error",
+    "timeout", "fuel", "memory", "quota", "on_error", "runs_on",
 ];
 const ON_ERROR_KEYS: &[&str] = &["action", "default_output"];
 const TEST_KEYS: &[&str] = &["cases"];
@@ -415,10 +415,23 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>) -> Option<StepDecl> {
     }
     let settings = settings(cx, map);
     let on_error = map.get_node("on_error").map(|n| on_error(cx, n)).unwrap_or_default();
+    let runs_on = match map.get_node("runs_on") {
+        None => Vec::new(),
+        Some(n @ Node::Scalar(_)) => cx.string(n, "`runs_on`").into_iter().collect(),
+        Some(Node::Sequence(seq)) => seq.iter().filter_map(|n| cx.string(n, "a `runs_on` label")).collect(),
+        Some(n) => {
+            cx.error(n, "`runs_on` must be a worker label or a list of them, such as `[gpu]`");
+            Vec::new()
+        }
+    };
+    if let Some(bad) = runs_on.iter().find(|l| !is_valid_id(l)) {
+        let n = map.get_node("runs_on").expect("checked");
+        cx.error_hint(n, format!("invalid worker label `{bad}`"), "labels use lowercase letters, digits, `_` and `-`");
+    }
     // A step whose target is broken is kept (the problem is already
     // reported) so that references to it are not reported as unknown.
     let (target, target_at) = target.unwrap_or((Target::Builtin(Builtin::Eval), at.clone()));
-    Some(StepDecl { id, at, target, target_at, input, needs, when, skip_if, for_each, concurrency, settings, on_error, group })
+    Some(StepDecl { id, at, target, target_at, input, needs, when, skip_if, for_each, concurrency, settings, on_error, runs_on, group })
 }
 
 fn component_target(cx: &mut Cx, node: &Node, text: &str) -> Target {
