@@ -16,7 +16,7 @@
 use crate::exec::{self, Redactor, RunContext, StepRunner, check_secrets};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, StepLog};
-use crate::store::queue::{Claimed, Finished, JOBS_CHANNEL, RunCtx};
+use crate::store::queue::{Claimed, Claimer, Finished, JOBS_CHANNEL, RunCtx};
 use crate::store::{PgStore, StoreError, StoreServices};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -96,7 +96,7 @@ impl Worker {
     /// the worker.
     pub async fn run(self: &Arc<Self>, stop: CancellationToken) {
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
-        let committer = tokio::spawn(self.clone().commit_loop(done_rx));
+        let committer = tokio::spawn(self.clone().commit_loop(done_rx, done_tx.downgrade(), stop.clone()));
         let listener = tokio::spawn(listen(self.store.clone(), JOBS_CHANNEL, self.clone(), stop.clone()));
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(stop.clone()));
         let interrupts = tokio::spawn(self.clone().interrupt_loop(stop.clone()));
@@ -256,7 +256,7 @@ impl Worker {
     /// retries a commit that failed (a lost connection, a deadlock) until
     /// the store takes it: a result whose claim is no longer current is
     /// discarded there, so retrying never records twice.
-    async fn commit_loop(self: Arc<Self>, mut done: mpsc::UnboundedReceiver<Finished>) {
+    async fn commit_loop(self: Arc<Self>, mut done: mpsc::UnboundedReceiver<Finished>, more: mpsc::WeakUnboundedSender<Finished>, stop: CancellationToken) {
         while let Some(first) = done.recv().await {
             let mut batch = vec![first];
             while let Ok(more) = done.try_recv() {
@@ -279,10 +279,23 @@ impl Worker {
                         }
                     };
                     let copy: Vec<Finished> = finished.iter().map(Finished::duplicate).collect();
-                    // The slots these attempts free are this worker's to fill.
-                    let capacity = self.free() + copy.len();
-                    match self.store.commit(&run_id, &run, finished, capacity).await {
+                    // The slots these attempts free are this worker's to fill,
+                    // from the jobs the results make ready, in the same transaction.
+                    let slots = if stop.is_cancelled() { 0 } else { self.free() + copy.len() };
+                    let claimer = Claimer { worker: self.config.name.clone(), labels: self.config.labels.clone(), slots, lease: self.config.lease };
+                    match self.store.commit(&run_id, &run, finished, claimer).await {
                         Ok(outcome) => {
+                            // Freed now, so the claimed ones fit.
+                            let mut active = self.active.lock().expect("not poisoned");
+                            for id in &ids {
+                                active.remove(id);
+                            }
+                            drop(active);
+                            if let Some(sender) = more.upgrade() {
+                                for job in outcome.claimed {
+                                    self.spawn_job(job, sender.clone());
+                                }
+                            }
                             if let Some(delay) = outcome.retry_in.filter(|d| !d.is_zero()) {
                                 let worker = self.clone();
                                 tokio::spawn(async move {

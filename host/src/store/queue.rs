@@ -49,7 +49,7 @@ type PgResult<T> = Result<T, tokio_postgres::Error>;
 pub type RunFiles = BTreeMap<PathBuf, Vec<u8>>;
 
 /// What a transaction on a run did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     /// It changed the run (started it, recorded a result).
     pub done: bool,
@@ -57,6 +57,8 @@ pub struct Outcome {
     pub new_jobs: usize,
     /// The soonest a retried job becomes claimable, if one was retried.
     pub retry_in: Option<Duration>,
+    /// Jobs claimed for the committing worker in the same transaction.
+    pub claimed: Vec<Claimed>,
 }
 
 /// A job a worker claimed.
@@ -220,19 +222,7 @@ impl PgStore {
             )
             .await
             .map_err(db)?;
-        let mut claimed: Vec<Claimed> = rows
-            .iter()
-            .map(|r| Claimed {
-                id: r.get(0),
-                run_id: r.get(1),
-                step: r.get::<_, i32>(2) as usize,
-                item: r.get::<_, Option<i32>>(3).map(|i| i as usize),
-                attempt: r.get::<_, i32>(4) as u32,
-                claim: r.get(5),
-                input: serde_json::from_str(r.get::<_, &str>(6)).unwrap_or(Value::Null),
-                input_secrets: r.get::<_, Option<String>>(7).and_then(|t| serde_json::from_str(&t).ok()),
-            })
-            .collect();
+        let mut claimed: Vec<Claimed> = rows.iter().map(claimed_row).collect();
         claimed.sort_by(|a, b| (&a.run_id, a.id).cmp(&(&b.run_id, b.id)));
         // `StepStarted` events, in each run's order: the run's row is
         // locked for its sequence numbers.
@@ -285,14 +275,18 @@ impl PgStore {
     /// Records finished attempts of one run and everything they decide, in
     /// one transaction. A result whose claim is no longer current (its lease
     /// expired and the job was given to another worker) is discarded.
-    pub async fn commit(&self, run_id: &str, run: &RunCtx, finished: Vec<Finished>, capacity: usize) -> Result<Outcome, StoreError> {
-        self.in_run(run_id, run, capacity, move |t| {
+    /// `claimer`'s free slots are filled from the run's ready jobs in the
+    /// same transaction (no claim round trip for the steps a result makes
+    /// ready); other workers are woken only for the jobs left.
+    pub async fn commit(&self, run_id: &str, run: &RunCtx, finished: Vec<Finished>, claimer: Claimer) -> Result<Outcome, StoreError> {
+        self.in_run(run_id, run, 0, move |t| {
             Box::pin(async move {
                 let mut any = false;
                 for f in finished {
                     any |= t.finished(f).await?;
                 }
                 t.settle().await?;
+                t.claim_own(&claimer).await?;
                 Ok(any)
             })
         })
@@ -447,15 +441,40 @@ impl PgStore {
             new_jobs: 0,
             capacity,
             retry_in: None,
+            claimed: Vec::new(),
             verdicts: BTreeMap::new(),
         };
         let done = body(&mut t).await.map_err(db)?;
         t.save().await.map_err(db)?;
-        let outcome = Outcome { done, new_jobs: t.new_jobs, retry_in: t.retry_in };
+        let outcome = Outcome { done, new_jobs: t.new_jobs, retry_in: t.retry_in, claimed: std::mem::take(&mut t.claimed) };
         drop(t);
         tx.commit().await.map_err(db)?;
         Ok(outcome)
     }
+}
+
+/// A claimed job from `… RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets`.
+fn claimed_row(r: &tokio_postgres::Row) -> Claimed {
+    Claimed {
+        id: r.get(0),
+        run_id: r.get(1),
+        step: r.get::<_, i32>(2) as usize,
+        item: r.get::<_, Option<i32>>(3).map(|i| i as usize),
+        attempt: r.get::<_, i32>(4) as u32,
+        claim: r.get(5),
+        input: serde_json::from_str(r.get::<_, &str>(6)).unwrap_or(Value::Null),
+        input_secrets: r.get::<_, Option<String>>(7).and_then(|t| serde_json::from_str(&t).ok()),
+    }
+}
+
+/// What a committing worker offers to claim in the same transaction.
+#[derive(Debug, Clone)]
+pub struct Claimer {
+    pub worker: String,
+    pub labels: Vec<String>,
+    /// Its free slots (after the attempts being committed).
+    pub slots: usize,
+    pub lease: Duration,
 }
 
 /// Step ids by index, for events (a claim comes before the worker has
@@ -492,6 +511,8 @@ struct RunTx<'a, 'c> {
     capacity: usize,
     /// The soonest a retried job becomes claimable.
     retry_in: Option<Duration>,
+    /// Jobs claimed in this transaction for the committing worker.
+    claimed: Vec<Claimed>,
     /// Failures of steps that ended in this transaction (for the run's error).
     verdicts: BTreeMap<usize, Option<StepFailure>>,
 }
@@ -535,7 +556,7 @@ impl<'a> RunTx<'a, '_> {
             )
             .await?;
         self.tx.execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &self.run_id]).await?;
-        if self.new_jobs > self.capacity {
+        if self.new_jobs > self.capacity + self.claimed.len() {
             self.tx.execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL]).await?;
         }
         Ok(())
@@ -569,6 +590,39 @@ impl<'a> RunTx<'a, '_> {
         self.ready(roots).await?;
         self.settle().await?;
         Ok(true)
+    }
+
+    /// Claims this run's ready jobs for the committing worker, as
+    /// [`PgStore::claim`] does, under the run lock already held.
+    async fn claim_own(&mut self, claimer: &Claimer) -> PgResult<()> {
+        if claimer.slots == 0 || !self.running {
+            return Ok(());
+        }
+        let rows = self
+            .tx
+            .query(
+                "UPDATE jobs SET state = 'claimed', worker = $2, claim = claim + 1, lease_until = now() + make_interval(secs => $4)
+                 WHERE id IN (SELECT id FROM jobs WHERE run_id = $1 AND state = 'ready' AND not_before <= now() AND runs_on <@ $5::text[]
+                              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets",
+                &[&self.run_id, &claimer.worker, &(claimer.slots as i64), &claimer.lease.as_secs_f64(), &claimer.labels],
+            )
+            .await?;
+        let mut claimed: Vec<Claimed> = rows.iter().map(claimed_row).collect();
+        claimed.sort_by_key(|c| c.id);
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i32> = claimed.iter().map(|c| c.step as i32).collect();
+        self.tx
+            .execute("UPDATE dag SET first_started = COALESCE(first_started, now()) WHERE run_id = $1 AND idx = ANY($2)", &[&self.run_id, &ids])
+            .await?;
+        for c in &claimed {
+            let event = Event::StepStarted { run_id: self.run_id.to_string(), step: self.wf().steps[c.step].id.clone(), attempt: c.attempt, item: c.item };
+            self.emit(event).await?;
+        }
+        self.claimed = claimed;
+        Ok(())
     }
 
     /// Steps whose dependencies are all done: decided, and queued, skipped
