@@ -71,6 +71,14 @@ pub struct Worker {
     look_for_runs: std::sync::atomic::AtomicBool,
 }
 
+/// Why a run's context could not be loaded.
+enum ContextError {
+    /// The store did not answer: try again.
+    Store(StoreError),
+    /// The run cannot be loaded (its workflow or files): it never will be.
+    Load(String),
+}
+
 /// Loaded runs kept per worker; the oldest are dropped beyond this.
 const RUN_CACHE: usize = 256;
 
@@ -110,7 +118,8 @@ impl Worker {
                     for run_id in self.store.runs_to_start(8).await? {
                         match self.context(&run_id).await {
                             Ok(run) => busy |= self.store.start_run(&run_id, &run, self.free()).await?.done,
-                            Err(e) => self.abandon(&run_id, e).await?,
+                            Err(ContextError::Store(e)) => return Err(e),
+                            Err(ContextError::Load(e)) => self.abandon(&run_id, e).await?,
                         }
                     }
                 }
@@ -127,7 +136,8 @@ impl Worker {
                             Ok(run) => {
                                 self.store.care(&run_id, &run).await?;
                             }
-                            Err(e) => self.abandon(&run_id, e).await?,
+                            Err(ContextError::Store(e)) => return Err(e),
+                            Err(ContextError::Load(e)) => self.abandon(&run_id, e).await?,
                         }
                     }
                 }
@@ -182,20 +192,23 @@ impl Worker {
 
     /// The run's context, loaded once: its files from the store, its
     /// workflow prepared (components compiled or read from this worker's cache).
-    async fn context(&self, run_id: &str) -> Result<Arc<RunCtx>, String> {
+    async fn context(&self, run_id: &str) -> Result<Arc<RunCtx>, ContextError> {
         if let Some(run) = self.runs.lock().expect("not poisoned").get(run_id) {
             return Ok(run.clone());
         }
-        let head = self.store.run_head(run_id).await.map_err(|e| e.to_string())?;
+        let head = self.store.run_head(run_id).await.map_err(|e| match e {
+            e @ StoreError::Backend(_) => ContextError::Store(e),
+            other => ContextError::Load(other.to_string()),
+        })?;
         let runner = self.runner.clone();
         let file = PathBuf::from(&head.file);
         let files = head.files;
         let prepared = tokio::task::spawn_blocking(move || exec::load_from(&file, runner.as_ref(), &files))
             .await
-            .map_err(|e| format!("loading the run's workflow failed: {e}"))?
+            .map_err(|e| ContextError::Load(format!("loading the run's workflow failed: {e}")))?
             .map_err(|d| {
                 let problems: Vec<String> = d.problems.iter().map(|p| p.to_string()).collect();
-                format!("worker {} cannot load the run's workflow {}: {}", self.config.name, head.file, problems.join("; "))
+                ContextError::Load(format!("worker {} cannot load the run's workflow {}: {}", self.config.name, head.file, problems.join("; ")))
             })?;
         let prepared = Arc::new(prepared);
         let services = Arc::new(StoreServices { store: self.store.clone(), run_id: run_id.to_string() });
@@ -238,9 +251,22 @@ impl Worker {
     /// Runs one claimed attempt.
     async fn attempt(&self, job: &Claimed, cancel: &CancellationToken) -> (Result<serde_json::Value, StepFailure>, u64, StepLog) {
         let fail = |f: StepFailure| (Err(f), 0, StepLog::default());
-        let run = match self.context(&job.run_id).await {
-            Ok(run) => run,
-            Err(e) => return fail(StepFailure::new(FailureKind::Instantiate, e).not_retryable()),
+        let mut backoff = Duration::from_millis(50);
+        let run = loop {
+            match self.context(&job.run_id).await {
+                Ok(run) => break run,
+                Err(ContextError::Load(e)) => return fail(StepFailure::new(FailureKind::Instantiate, e).not_retryable()),
+                // The store is unreachable (restarting): wait for it, as the
+                // lease allows; a cancel still ends the attempt.
+                Err(ContextError::Store(e)) => {
+                    tracing::warn!("worker {}: cannot load run {}: {e}; retrying in {backoff:?}", self.config.name, job.run_id);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = cancel.cancelled() => return fail(StepFailure::new(FailureKind::Cancelled, "cancelled before it started")),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
         };
         if let Some(why) = &run.missing_secrets {
             return fail(StepFailure::new(FailureKind::Reference, why.clone()).not_retryable());
@@ -273,7 +299,14 @@ impl Worker {
                 while let Some(finished) = pending.take() {
                     let run = match self.context(&run_id).await {
                         Ok(run) => run,
-                        Err(e) => {
+                        Err(ContextError::Store(e)) => {
+                            tracing::warn!("worker {}: cannot load run {run_id} to commit: {e}; retrying in {backoff:?}", self.config.name);
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            pending = Some(finished);
+                            continue;
+                        }
+                        Err(ContextError::Load(e)) => {
                             tracing::error!("run {run_id}: cannot commit results: {e}");
                             break;
                         }
