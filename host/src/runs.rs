@@ -203,7 +203,7 @@ pub async fn follow(
     let wake = Arc::new(tokio::sync::Notify::new());
     let listening = CancellationToken::new();
     let notify = wake.clone();
-    let listener = tokio::spawn(crate::worker::listen_with(
+    let listener = tokio::spawn(crate::store::queue::listen_with(
         store.clone(),
         crate::store::queue::EVENTS_CHANNEL,
         move || notify.notify_one(),

@@ -117,7 +117,13 @@ impl Worker {
                 if self.look_for_runs.swap(false, Ordering::SeqCst) {
                     for run_id in self.store.runs_to_start(8).await? {
                         match self.context(&run_id).await {
-                            Ok(run) => busy |= self.store.start_run(&run_id, &run, self.free()).await?.done,
+                            Ok(run) => {
+                                let outcome = self.store.start_run(&run_id, &run, self.claimer(self.free())).await?;
+                                busy |= outcome.done;
+                                for job in outcome.claimed {
+                                    self.spawn_job(job, done_tx.clone());
+                                }
+                            }
                             Err(ContextError::Store(e)) => return Err(e),
                             Err(ContextError::Load(e)) => self.abandon(&run_id, e).await?,
                         }
@@ -176,6 +182,11 @@ impl Worker {
         heartbeat.abort();
         interrupts.abort();
         tracing::info!("worker {} stopped", self.config.name);
+    }
+
+    /// This worker, offering `slots` to claim into.
+    fn claimer(&self, slots: usize) -> Claimer {
+        Claimer { worker: self.config.name.clone(), labels: self.config.labels.clone(), slots, lease: self.config.lease }
     }
 
     /// Slots free for more attempts.
@@ -311,19 +322,12 @@ impl Worker {
                             break;
                         }
                     };
-                    let copy: Vec<Finished> = finished.iter().map(Finished::duplicate).collect();
+                    let copy = finished.clone();
                     // The slots these attempts free are this worker's to fill,
                     // from the jobs the results make ready, in the same transaction.
                     let slots = if stop.is_cancelled() { 0 } else { self.free() + copy.len() };
-                    let claimer = Claimer { worker: self.config.name.clone(), labels: self.config.labels.clone(), slots, lease: self.config.lease };
-                    match self.store.commit(&run_id, &run, finished, claimer).await {
+                    match self.store.commit(&run_id, &run, finished, self.claimer(slots)).await {
                         Ok(outcome) => {
-                            // Freed now, so the claimed ones fit.
-                            let mut active = self.active.lock().expect("not poisoned");
-                            for id in &ids {
-                                active.remove(id);
-                            }
-                            drop(active);
                             if let Some(sender) = more.upgrade() {
                                 for job in outcome.claimed {
                                     self.spawn_job(job, sender.clone());
@@ -402,50 +406,11 @@ impl Worker {
     }
 }
 
-impl Finished {
-    /// A copy to retry a commit with.
-    fn duplicate(&self) -> Finished {
-        Finished { job: self.job.clone(), result: self.result.clone(), fuel_used: self.fuel_used, log: self.log.clone() }
-    }
-}
-
 /// Listens on `channel` and wakes `worker` on each notification.
 async fn listen(store: Arc<PgStore>, channel: &'static str, worker: Arc<Worker>, stop: CancellationToken) {
     let wake = move || {
         worker.look_for_runs.store(true, Ordering::SeqCst);
         worker.wake.notify_one();
     };
-    listen_with(store, channel, wake, stop).await
-}
-
-/// Calls `wake` on each notification on `channel` (and once after each
-/// reconnect, since notifications may have been missed), over a connection
-/// of its own that is re-established with backoff when lost, until `stop`.
-pub async fn listen_with(store: Arc<PgStore>, channel: &'static str, wake: impl Fn() + Send + 'static, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
-    while !stop.is_cancelled() {
-        match store.listen(channel).await {
-            Ok((client, mut notifications)) => {
-                backoff = Duration::from_millis(100);
-                wake();
-                loop {
-                    tokio::select! {
-                        n = notifications.recv() => match n {
-                            Some(()) => wake(),
-                            None => break,
-                        },
-                        _ = stop.cancelled() => return,
-                    }
-                }
-                drop(client);
-                tracing::warn!("LISTEN {channel}: the connection was lost; reconnecting");
-            }
-            Err(e) => tracing::warn!("LISTEN {channel}: {e}; retrying in {backoff:?}"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.cancelled() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
+    crate::store::queue::listen_with(store, channel, wake, stop).await
 }

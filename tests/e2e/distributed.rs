@@ -201,9 +201,7 @@ fn submit_sleeper(schema: &PgSchema, state: &tempfile::TempDir, steps: &str, lea
     let flow = state.path().join("slow.yaml");
     let text = format!("name: slow\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {steps}\n", hostile("sleep").display());
     std::fs::write(&flow, text).unwrap();
-    let (code, id, err) = run(pg(schema, state).arg("submit").arg(&flow));
-    assert_eq!(code, 0, "{err}");
-    let id = id.trim().to_string();
+    let id = submit(schema, state, &flow);
     let workers = Workers::start(schema, state, 1, lease);
     let started = Instant::now();
     while claimed_jobs(schema, &id) == 0 {
@@ -270,6 +268,19 @@ fn run_with_a_postgres_store_needs_no_separate_worker() {
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"text": "AB / ab"}));
 }
 
+/// `sandflow submit FLOW`: the run id.
+fn submit(schema: &PgSchema, state: &tempfile::TempDir, flow: &std::path::Path) -> String {
+    let (code, id, err) = run(pg(schema, state).arg("submit").arg(flow));
+    assert_eq!(code, 0, "{err}");
+    id.trim().to_string()
+}
+
+/// Exactly one recorded success per step, however often steps ran.
+fn assert_one_success_per_step(schema: &PgSchema, id: &str, steps: usize) {
+    let successes = schema.strings("SELECT COUNT(*)::text FROM attempts WHERE run_id = $1 AND state = 'succeeded'", id);
+    assert_eq!(successes, [steps.to_string()], "one recorded success per step");
+}
+
 fn claimed_jobs(schema: &PgSchema, id: &str) -> i64 {
     schema.strings("SELECT COUNT(*)::text FROM jobs WHERE run_id = $1 AND state = 'claimed'", id)[0].parse().unwrap()
 }
@@ -278,11 +289,20 @@ fn attempt_kinds(schema: &PgSchema, id: &str) -> Vec<String> {
     schema.strings("SELECT error_kind FROM attempts WHERE run_id = $1 AND state = 'failed' ORDER BY attempt", id)
 }
 
+/// [`chaos_flow_file`] in the state dir, and its output from an
+/// uninterrupted in-process run.
+fn chaos_flow(state: &tempfile::TempDir) -> (PathBuf, Value) {
+    let flow = chaos_flow_file(state.path());
+    let (code, expected, err) = run(sandflow(state).arg("-q").arg("run").arg(&flow));
+    assert_eq!(code, 0, "{err}");
+    (flow, serde_json::from_str(&expected).unwrap())
+}
+
 /// About 500 steps: a 100-layer chain two steps wide (text and sleeping
 /// steps), 100 independent steps, a 60-item `forEach`, flaky steps that
 /// succeed on their second call, and state written then read. Its output
 /// depends only on what steps compute, not on how often they ran.
-fn chaos_flow(dir: &std::path::Path) -> PathBuf {
+fn chaos_flow_file(dir: &std::path::Path) -> PathBuf {
     let mut y = format!(
         "name: chaos\ncomponents:\n  sleep: {{ path: '{}' }}\n  text: {{ path: '{}' }}\n  kv: {{ path: '{}' }}\n  flaky: {{ path: '{}' }}\nsteps:\n  - {{ id: t0, component: text, input: {{ op: trim, text: ' go ' }} }}\n",
         hostile("sleep").display(),
@@ -327,10 +347,7 @@ fn chaos_flow(dir: &std::path::Path) -> PathBuf {
 fn chaos_workers_killed_every_second_still_finish_the_run_exactly_once() {
     let Some(schema) = PgSchema::create() else { return };
     let state = tempfile::tempdir().unwrap();
-    let flow = chaos_flow(state.path());
-    let (code, expected, err) = run(sandflow(&state).arg("-q").arg("run").arg(&flow));
-    assert_eq!(code, 0, "{err}");
-    let expected: Value = serde_json::from_str(&expected).unwrap();
+    let (flow, expected) = chaos_flow(&state);
 
     let mut rng = crate::chaos::Rng::from_env();
     // The submitter works on the run too, until it is killed.
@@ -359,8 +376,7 @@ fn chaos_workers_killed_every_second_still_finish_the_run_exactly_once() {
     let steps = record["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 1 + 300 + 100 + 10 + 3);
     assert!(steps.iter().all(|s| s["state"] == "succeeded"), "{record:#}");
-    let successes = schema.strings("SELECT COUNT(*)::text FROM attempts WHERE run_id = $1 AND state = 'succeeded'", &id);
-    assert_eq!(successes, [steps.len().to_string()], "one recorded success per step");
+    assert_one_success_per_step(&schema, &id, steps.len());
     let jobs = schema.strings("SELECT COUNT(*)::text FROM jobs WHERE run_id = $1", &id);
     assert_eq!(jobs, ["0"], "no job is left behind");
 }
@@ -390,13 +406,8 @@ fn restart_postgres() {
 fn a_postgres_restart_mid_run_does_not_lose_the_run() {
     let Some(schema) = PgSchema::create() else { return };
     let state = tempfile::tempdir().unwrap();
-    let flow = chaos_flow(state.path());
-    let (code, expected, err) = run(sandflow(&state).arg("-q").arg("run").arg(&flow));
-    assert_eq!(code, 0, "{err}");
-    let expected: Value = serde_json::from_str(&expected).unwrap();
-    let (code, id, err) = run(pg(&schema, &state).arg("submit").arg(&flow));
-    assert_eq!(code, 0, "{err}");
-    let id = id.trim().to_string();
+    let (flow, expected) = chaos_flow(&state);
+    let id = submit(&schema, &state, &flow);
     let follower = pg(&schema, &state).args(["-q", "runs", "follow", &id]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let _workers = Workers::start(&schema, &state, 3, "5s");
     std::thread::sleep(Duration::from_millis(1000));
@@ -409,8 +420,7 @@ fn a_postgres_restart_mid_run_does_not_lose_the_run() {
     assert_eq!(record["status"], "completed");
     assert_eq!(record["output"], expected);
     let steps = record["steps"].as_array().unwrap().len();
-    let successes = schema.strings("SELECT COUNT(*)::text FROM attempts WHERE run_id = $1 AND state = 'succeeded'", &id);
-    assert_eq!(successes, [steps.to_string()], "one recorded success per step");
+    assert_one_success_per_step(&schema, &id, steps);
 }
 
 /// A step with `runs_on: [gpu]` waits for a worker labelled `gpu`; the
@@ -425,9 +435,7 @@ fn runs_on_pins_a_step_to_workers_with_its_labels() {
         crate::support::example("text").display()
     );
     std::fs::write(&flow, text).unwrap();
-    let (code, id, err) = run(pg(&schema, &state).arg("submit").arg(&flow));
-    assert_eq!(code, 0, "{err}");
-    let id = id.trim().to_string();
+    let id = submit(&schema, &state, &flow);
     let _plain = Workers::start(&schema, &state, 1, "5s");
     let started = Instant::now();
     loop {

@@ -176,11 +176,17 @@ pub(crate) fn finish(report: &RunReport, redactor: &Redactor, out: &Output) -> u
         // The display has shown the run's end; this says it is not on disk.
         super::render::error_line(out, message);
     }
-    if let Some(output) = &report.output {
+    print_end(report.state, report.output.as_ref(), redactor)
+}
+
+/// Prints a run's output (masked) and returns the exit code of its state.
+/// Shared by every command that ends with a run's end.
+pub(crate) fn print_end(state: RunState, output: Option<&Value>, redactor: &Redactor) -> u8 {
+    if let Some(output) = output {
         // What is printed is a log too: secret values are masked here as well.
         println!("{}", serde_json::to_string_pretty(&redactor.value(output)).expect("a Value always serializes"));
     }
-    match report.state {
+    match state {
         RunState::Completed => exit::OK,
         RunState::Cancelled => exit::CANCELLED,
         _ => exit::FAILED,

@@ -4,9 +4,9 @@
 
 use super::call::cancel_on_signal;
 use super::render::say;
-use super::run::{InputArgs, read_secrets, sink};
+use super::run::{InputArgs, print_end, read_secrets, sink};
 use super::{CliError, GlobalArgs, Output, exit, new_sandbox, store_error, workflow_cmd};
-use crate::exec::{EventSink, Redactor, RunState, check_input};
+use crate::exec::{EventSink, Redactor, check_input};
 use crate::runs::{Followed, follow, submit};
 use crate::sandbox::{CancellationToken, Sandbox};
 use crate::store::{PgStore, StoreUrl};
@@ -185,7 +185,8 @@ async fn work_and_follow(
     if let Some(worker) = worker {
         let _ = worker.await;
     }
-    Ok(print_end(&followed?, redactor))
+    let followed = followed?;
+    Ok(print_end(followed.state, followed.output.as_ref(), redactor))
 }
 
 /// `sandflow resume ID` of a run workers are running: this process works
@@ -229,18 +230,6 @@ async fn follow_to_end(store: &Arc<PgStore>, id: &str, display: Arc<dyn EventSin
     }
 }
 
-/// Prints a followed run's output and returns the exit code.
-fn print_end(followed: &Followed, redactor: &Redactor) -> u8 {
-    if let Some(output) = &followed.output {
-        println!("{}", serde_json::to_string_pretty(&redactor.value(output)).expect("a Value always serializes"));
-    }
-    match followed.state {
-        RunState::Completed => exit::OK,
-        RunState::Cancelled => exit::CANCELLED,
-        _ => exit::FAILED,
-    }
-}
-
 /// `sandflow runs follow ID`.
 pub(crate) async fn follow_cmd(id: String, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let store = pg_store(global, "`sandflow runs follow`").await?;
@@ -251,5 +240,5 @@ pub(crate) async fn follow_cmd(id: String, global: &GlobalArgs, out: &Output) ->
         )));
     }
     let followed = follow_to_end(&store, &id, sink(out), out).await?;
-    Ok(print_end(&followed, &Redactor::default()))
+    Ok(print_end(followed.state, followed.output.as_ref(), &Redactor::default()))
 }

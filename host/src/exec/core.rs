@@ -199,9 +199,10 @@ pub enum Ending {
     Refused(StepFailure),
 }
 
-/// The verdict on step `i` (`decl`) that ended as `ending` while the run
-/// is stopped for `stop` (if at all).
-pub fn verdict(wf: &Workflow, i: usize, decl: &StepDecl, ending: Ending, stop: Option<Stop>) -> Verdict {
+/// The verdict on step `i` that ended as `ending` while the run is stopped
+/// for `stop` (if at all).
+pub fn verdict(wf: &Workflow, i: usize, ending: Ending, stop: Option<Stop>) -> Verdict {
+    let decl = &wf.steps[i];
     let (state, error, output, reason) = match ending {
         Ending::Ran(Ok(v)) => (StepState::Succeeded, None, Some(v), None),
         Ending::Ran(Err(f)) if f.kind == FailureKind::Cancelled && stop == Some(Stop::TimedOut) => {
@@ -274,18 +275,26 @@ impl Items {
         Items { results: vec![Value::Null; count], failure: None }
     }
 
+    /// Whether an item that ended with `result` fails the step (so no
+    /// further item starts), rather than giving a value.
+    pub fn fails_step(decl: &StepDecl, result: &Result<Value, StepFailure>) -> bool {
+        match result {
+            Ok(_) => false,
+            Err(f) => decl.on_error.action != ErrorAction::Continue || f.kind == FailureKind::Cancelled,
+        }
+    }
+
     /// Item `index` ended with `result`.
     pub fn record(&mut self, decl: &StepDecl, index: usize, result: Result<Value, StepFailure>) {
+        let fails = Items::fails_step(decl, &result);
         match result {
             Ok(v) => self.results[index] = v,
-            Err(f) if decl.on_error.action == ErrorAction::Continue && f.kind != FailureKind::Cancelled => {
-                self.results[index] = decl.on_error.default_output.clone().unwrap_or(Value::Null);
-            }
-            Err(f) => {
+            Err(f) if fails => {
                 if self.failure.is_none() {
                     self.failure = Some(StepFailure { message: format!("item {index}: {}", f.message), ..f });
                 }
             }
+            Err(_) => self.results[index] = decl.on_error.default_output.clone().unwrap_or(Value::Null),
         }
     }
 
@@ -397,13 +406,13 @@ steps:
         let plan = workflow(FLOW);
         let wf = &plan.workflow;
         let boom = || Ending::Ran(Err(StepFailure::new(FailureKind::Trap, "boom")));
-        let v = verdict(wf, 0, &wf.steps[0], boom(), None);
+        let v = verdict(wf, 0, boom(), None);
         assert_eq!((v.state, v.releases, v.stop), (StepState::Failed, false, Some(Stop::Failed(0))));
-        let v = verdict(wf, 1, &wf.steps[1], boom(), None);
+        let v = verdict(wf, 1, boom(), None);
         assert_eq!((v.state, v.releases, v.stop, v.output), (StepState::Failed, true, None, Some(json!({"fallback": true}))));
-        let v = verdict(wf, 2, &wf.steps[2], boom(), None);
+        let v = verdict(wf, 2, boom(), None);
         assert_eq!((v.state, v.releases, v.reason.as_deref()), (StepState::Skipped, true, Some("it failed and `on_error` is `skip`")));
-        let v = verdict(wf, 0, &wf.steps[0], Ending::Ran(Ok(json!(1))), Some(Stop::Failed(3)));
+        let v = verdict(wf, 0, Ending::Ran(Ok(json!(1))), Some(Stop::Failed(3)));
         assert_eq!((v.state, v.releases, v.stop, v.output), (StepState::Succeeded, true, None, Some(json!(1))));
     }
 
@@ -412,11 +421,11 @@ steps:
         let plan = workflow(FLOW);
         let wf = &plan.workflow;
         let cancelled = || Ending::Ran(Err(StepFailure::new(FailureKind::Cancelled, "cancelled")));
-        let v = verdict(wf, 0, &wf.steps[0], cancelled(), None);
+        let v = verdict(wf, 0, cancelled(), None);
         assert_eq!((v.state, v.stop), (StepState::Cancelled, Some(Stop::Cancelled)));
-        let v = verdict(wf, 0, &wf.steps[0], cancelled(), Some(Stop::Unrecorded));
+        let v = verdict(wf, 0, cancelled(), Some(Stop::Unrecorded));
         assert_eq!((v.state, v.stop), (StepState::Cancelled, None));
-        let v = verdict(wf, 0, &wf.steps[0], cancelled(), Some(Stop::TimedOut));
+        let v = verdict(wf, 0, cancelled(), Some(Stop::TimedOut));
         assert_eq!(v.state, StepState::Failed);
         assert_eq!(v.error.map(|e| e.kind), Some(FailureKind::Timeout));
     }

@@ -534,7 +534,7 @@ impl Book<'_> {
 
     /// Step `i` ended: the verdict of [`core::verdict`], recorded.
     fn finish(&mut self, i: usize, ending: Ending, end: Option<&StepEnd>) -> Verdict {
-        let verdict = core::verdict(self.wf, i, &self.wf.steps[i], ending, self.stop);
+        let verdict = core::verdict(self.wf, i, ending, self.stop);
         match verdict.stop {
             Some(Stop::Cancelled) => self.stop = Some(Stop::Cancelled),
             Some(stop) => {

@@ -78,7 +78,7 @@ pub struct Claimed {
 }
 
 /// How a claimed job's attempt ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Finished {
     pub job: Claimed,
     pub result: Result<Value, StepFailure>,
@@ -198,10 +198,18 @@ impl PgStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Starts a queued run: its DAG rows, its first ready steps. Does
-    /// nothing if another worker started it first.
-    pub async fn start_run(&self, run_id: &str, run: &RunCtx, capacity: usize) -> Result<Outcome, StoreError> {
-        self.in_run(run_id, run, capacity, |t| Box::pin(async move { t.start().await })).await
+    /// Starts a queued run: its DAG rows, its first ready steps, of which
+    /// `claimer` takes what fits its slots. Does nothing if another worker
+    /// started it first.
+    pub async fn start_run(&self, run_id: &str, run: &RunCtx, claimer: Claimer) -> Result<Outcome, StoreError> {
+        self.in_run(run_id, run, |t| {
+            Box::pin(async move {
+                let started = t.start().await?;
+                t.claim_own(&claimer).await?;
+                Ok(started)
+            })
+        })
+        .await
     }
 
     /// Claims up to `limit` ready jobs for `worker`, leased for `lease`:
@@ -212,16 +220,7 @@ impl PgStore {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let rows = tx
-            .query(
-                "UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $3)
-                 WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND not_before <= now() AND runs_on <@ $4::text[]
-                              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-                 RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets",
-                &[&worker, &limit, &lease.as_secs_f64(), &labels],
-            )
-            .await
-            .map_err(db)?;
+        let rows = tx.query(CLAIM, &[&worker, &limit, &lease.as_secs_f64(), &labels, &None::<&str>]).await.map_err(db)?;
         let mut claimed: Vec<Claimed> = rows.iter().map(claimed_row).collect();
         claimed.sort_by(|a, b| (&a.run_id, a.id).cmp(&(&b.run_id, b.id)));
         // `StepStarted` events, in each run's order: the run's row is
@@ -236,9 +235,7 @@ impl PgStore {
                 .await
                 .map_err(db)?;
             let mut seq = row.get::<_, i32>(0) - (j - i) as i32;
-            tx.execute("UPDATE dag SET first_started = COALESCE(first_started, now()) WHERE run_id = $1 AND idx = ANY($2)", &[&run_id, &ids])
-                .await
-                .map_err(db)?;
+            mark_started(&tx, &run_id, &ids).await.map_err(db)?;
             let names = step_names(&tx, &run_id, &ids).await.map_err(db)?;
             for c in &claimed[i..j] {
                 seq += 1;
@@ -279,7 +276,7 @@ impl PgStore {
     /// same transaction (no claim round trip for the steps a result makes
     /// ready); other workers are woken only for the jobs left.
     pub async fn commit(&self, run_id: &str, run: &RunCtx, finished: Vec<Finished>, claimer: Claimer) -> Result<Outcome, StoreError> {
-        self.in_run(run_id, run, 0, move |t| {
+        self.in_run(run_id, run, move |t| {
             Box::pin(async move {
                 let mut any = false;
                 for f in finished {
@@ -312,7 +309,7 @@ impl PgStore {
     /// Looks after one run: puts back jobs whose worker was lost, stops it
     /// when cancelled or out of time, ends it if nothing is left to run.
     pub async fn care(&self, run_id: &str, run: &RunCtx) -> Result<Outcome, StoreError> {
-        self.in_run(run_id, run, 0, |t| {
+        self.in_run(run_id, run, |t| {
             Box::pin(async move {
                 t.reap().await?;
                 t.check_stop().await?;
@@ -415,7 +412,7 @@ impl PgStore {
     }
 
     /// Runs `body` in a transaction that holds the run's row lock.
-    async fn in_run<F>(&self, run_id: &str, run: &RunCtx, capacity: usize, body: F) -> Result<Outcome, StoreError>
+    async fn in_run<F>(&self, run_id: &str, run: &RunCtx, body: F) -> Result<Outcome, StoreError>
     where
         F: for<'t> FnOnce(&'t mut RunTx<'_, '_>) -> std::pin::Pin<Box<dyn std::future::Future<Output = PgResult<bool>> + Send + 't>>,
     {
@@ -439,7 +436,6 @@ impl PgStore {
             open_steps: row.get(2),
             seq: row.get(3),
             new_jobs: 0,
-            capacity,
             retry_in: None,
             claimed: Vec::new(),
             verdicts: BTreeMap::new(),
@@ -451,6 +447,20 @@ impl PgStore {
         tx.commit().await.map_err(db)?;
         Ok(outcome)
     }
+}
+
+/// Claims up to `$2` ready jobs (of run `$5`, or any) whose `runs_on`
+/// labels are all among `$4`, for worker `$1`, leased for `$3` seconds.
+const CLAIM: &str = "UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $3)
+    WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND not_before <= now() AND runs_on <@ $4::text[]
+                   AND ($5::text IS NULL OR run_id = $5)
+                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+    RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets";
+
+/// Steps of a run that started: the first claim of any of their jobs.
+async fn mark_started(tx: &Transaction<'_>, run_id: &str, idx: &[i32]) -> PgResult<()> {
+    tx.execute("UPDATE dag SET first_started = COALESCE(first_started, now()) WHERE run_id = $1 AND idx = ANY($2)", &[&run_id, &idx]).await?;
+    Ok(())
 }
 
 /// A claimed job from `… RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets`.
@@ -504,11 +514,9 @@ struct RunTx<'a, 'c> {
     open_steps: i32,
     /// The run's last event sequence number.
     seq: i32,
-    /// Jobs this transaction made claimable.
+    /// Jobs this transaction made claimable: other workers are woken for
+    /// those the transaction's own worker did not claim.
     new_jobs: usize,
-    /// How many of them the committing worker will claim itself: other
-    /// workers are woken only for the rest.
-    capacity: usize,
     /// The soonest a retried job becomes claimable.
     retry_in: Option<Duration>,
     /// Jobs claimed in this transaction for the committing worker.
@@ -556,7 +564,7 @@ impl<'a> RunTx<'a, '_> {
             )
             .await?;
         self.tx.execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &self.run_id]).await?;
-        if self.new_jobs > self.capacity + self.claimed.len() {
+        if self.new_jobs > self.claimed.len() {
             self.tx.execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL]).await?;
         }
         Ok(())
@@ -598,25 +606,15 @@ impl<'a> RunTx<'a, '_> {
         if claimer.slots == 0 || !self.running {
             return Ok(());
         }
-        let rows = self
-            .tx
-            .query(
-                "UPDATE jobs SET state = 'claimed', worker = $2, claim = claim + 1, lease_until = now() + make_interval(secs => $4)
-                 WHERE id IN (SELECT id FROM jobs WHERE run_id = $1 AND state = 'ready' AND not_before <= now() AND runs_on <@ $5::text[]
-                              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
-                 RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets",
-                &[&self.run_id, &claimer.worker, &(claimer.slots as i64), &claimer.lease.as_secs_f64(), &claimer.labels],
-            )
-            .await?;
+        let limit = claimer.slots as i64;
+        let rows = self.tx.query(CLAIM, &[&claimer.worker, &limit, &claimer.lease.as_secs_f64(), &claimer.labels, &Some(self.run_id)]).await?;
         let mut claimed: Vec<Claimed> = rows.iter().map(claimed_row).collect();
         claimed.sort_by_key(|c| c.id);
         if claimed.is_empty() {
             return Ok(());
         }
         let ids: Vec<i32> = claimed.iter().map(|c| c.step as i32).collect();
-        self.tx
-            .execute("UPDATE dag SET first_started = COALESCE(first_started, now()) WHERE run_id = $1 AND idx = ANY($2)", &[&self.run_id, &ids])
-            .await?;
+        mark_started(self.tx, self.run_id, &ids).await?;
         for c in &claimed {
             let event = Event::StepStarted { run_id: self.run_id.to_string(), step: self.wf().steps[c.step].id.clone(), attempt: c.attempt, item: c.item };
             self.emit(event).await?;
@@ -756,13 +754,13 @@ impl<'a> RunTx<'a, '_> {
             }
         }
         let total_fuel = fuel_before + fuel_used as i64;
-        let Some(item) = job.item else {
+        if job.item.is_none() {
             self.tx.execute("DELETE FROM jobs WHERE id = $1", &[&job.id]).await?;
             let tally = Tally { attempts: attempt as u32, fuel_used: total_fuel as u64, log, ran: true };
             let next = self.finish(job.step, Ending::Ran(result), tally).await?;
             self.ready(next).await?;
             return Ok(true);
-        };
+        }
         // A `forEach` item: kept until every started item has ended.
         let (value, error) = match &result {
             Ok(v) => {
@@ -780,17 +778,11 @@ impl<'a> RunTx<'a, '_> {
             )
             .await?;
         let idx = job.step as i32;
-        // Would this result stop further items? Then the held ones never start.
-        let stops_items = {
-            let mut one = Items::new(item + 1);
-            one.record(decl, item, result.clone());
-            !one.may_start()
-        };
-        if stops_items {
-            let dropped = self.tx.execute("DELETE FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'held'", &[&self.run_id, &idx]).await?;
-            self.tx
-                .execute("UPDATE dag SET items_left = items_left - $3 WHERE run_id = $1 AND idx = $2", &[&self.run_id, &idx, &(dropped as i32)])
-                .await?;
+        // An item that fails the step: the held ones never start, and end
+        // with it.
+        let mut ended = 1;
+        if Items::fails_step(decl, &result) {
+            ended += self.tx.execute("DELETE FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'held'", &[&self.run_id, &idx]).await? as i32;
         } else {
             let promoted = self
                 .tx
@@ -801,7 +793,7 @@ impl<'a> RunTx<'a, '_> {
                 .await?;
             self.new_jobs += promoted as usize;
         }
-        self.item_ended(job.step, 1, None).await.map(|()| true)
+        self.item_ended(job.step, ended, None).await.map(|()| true)
     }
 
     /// `count` items of `forEach` step `i` ended (`extra`: how those that
@@ -856,7 +848,7 @@ impl<'a> RunTx<'a, '_> {
     /// Step `i` ended: the verdict recorded, its dependents released.
     /// Returns the dependents that became ready.
     async fn finish(&mut self, i: usize, ending: Ending, tally: Tally) -> PgResult<Vec<usize>> {
-        let verdict = core::verdict(self.wf(), i, &self.wf().steps[i], ending, self.stop);
+        let verdict = core::verdict(self.wf(), i, ending, self.stop);
         match verdict.stop {
             Some(Stop::Cancelled) => self.stop = Some(Stop::Cancelled),
             Some(stop) => {
@@ -1106,5 +1098,37 @@ impl<'a> RunTx<'a, '_> {
         self.emit(event).await?;
         self.running = false;
         Ok(())
+    }
+}
+
+/// Calls `wake` on each notification on `channel` (and once after each
+/// reconnect, since notifications may have been missed), over a connection
+/// of its own that is re-established with backoff when lost, until `stop`.
+pub async fn listen_with(store: std::sync::Arc<PgStore>, channel: &'static str, wake: impl Fn() + Send + 'static, stop: crate::sandbox::CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        match store.listen(channel).await {
+            Ok((client, mut notifications)) => {
+                backoff = Duration::from_millis(100);
+                wake();
+                loop {
+                    tokio::select! {
+                        n = notifications.recv() => match n {
+                            Some(()) => wake(),
+                            None => break,
+                        },
+                        _ = stop.cancelled() => return,
+                    }
+                }
+                drop(client);
+                tracing::warn!("LISTEN {channel}: the connection was lost; reconnecting");
+            }
+            Err(e) => tracing::warn!("LISTEN {channel}: {e}; retrying in {backoff:?}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
