@@ -6,7 +6,12 @@
 #
 # Uses a fresh schema on the server (dropped at the end) and the release
 # binary. Prints one line per configuration: wall time, steps per second,
-# time per step, and PostgreSQL transactions per step.
+# time per step, and PostgreSQL transactions per step; then latencies from
+# the events' timestamps: chain step to step (a step's end to the next
+# one's end) and pick-up (a run submitted to idle workers, to its first
+# step's start), p50 and p99.
+#
+#   SLOTS="2 16"   worker --concurrency values to compare (default "2 16")
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 base="${1:-${SANDFLOW_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}}"
@@ -17,7 +22,7 @@ schema="bench_$$"
 psql -q "$base" -c "CREATE SCHEMA $schema"
 cleanup() {
   jobs -p | xargs -r kill 2>/dev/null || true
-  psql -q "$base" -c "DROP SCHEMA IF EXISTS $schema CASCADE" || true
+  psql -q "$base" -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $schema CASCADE" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -45,16 +50,47 @@ for flow in wide chain; do
   steps=$([ $flow = wide ] && echo 2000 || echo 500)
   t0=$(now); "$bin" -q --state-dir "$state" --store "sqlite:$work/local.db" run "$work/$flow.yaml" >/dev/null; t1=$(now)
   line "$flow, SQLite, in-process" "$steps" "$(echo "$t1 - $t0" | bc)" "-"
-  for n in 1 2 4; do
-    pids=()
-    for _ in $(seq 1 "$n"); do
-      "$bin" -q --state-dir "$state" --store "$url" worker --concurrency 2 & pids+=($!)
+  for slots in ${SLOTS:-2 16}; do
+    for n in 1 2 4; do
+      pids=()
+      for _ in $(seq 1 "$n"); do
+        "$bin" -q --state-dir "$state" --store "$url" worker --concurrency "$slots" & pids+=($!)
+      done
+      sleep 1
+      c0=$(commits); t0=$(now)
+      "$bin" -q --state-dir "$state" --store "$url" run --no-work "$work/$flow.yaml" >/dev/null
+      t1=$(now); c1=$(commits)
+      kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+      line "$flow, PostgreSQL, $n worker(s) × $slots" "$steps" "$(echo "$t1 - $t0" | bc)" "$(awk -v a="$c0" -v b="$c1" -v s="$steps" 'BEGIN { printf "%.1f", (b - a) / s }')"
     done
-    sleep 1
-    c0=$(commits); t0=$(now)
-    "$bin" -q --state-dir "$state" --store "$url" run --no-work "$work/$flow.yaml" >/dev/null
-    t1=$(now); c1=$(commits)
-    kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
-    line "$flow, PostgreSQL, $n worker(s) × 2" "$steps" "$(echo "$t1 - $t0" | bc)" "$(awk -v a="$c0" -v b="$c1" -v s="$steps" 'BEGIN { printf "%.1f", (b - a) / s }')"
   done
 done
+
+# Latencies, from the events' own timestamps, with 2 workers of the last SLOTS.
+pids=()
+for _ in 1 2; do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency "$slots" & pids+=($!); done
+sleep 1
+chain_id=$("$bin" -q --state-dir "$state" --store "$url" submit "$work/chain.yaml")
+"$bin" -q --state-dir "$state" --store "$url" runs follow "$chain_id" >/dev/null
+{ echo "name: one"; echo "components: { echo: { path: '$echo_wasm' } }"; echo "steps:";
+  echo "  - { id: s1, component: echo, input: { n: 1 } }"; } > "$work/one.yaml"
+ids=()
+for _ in $(seq 1 50); do
+  id=$("$bin" -q --state-dir "$state" --store "$url" submit "$work/one.yaml"); ids+=("'$id'")
+  "$bin" -q --state-dir "$state" --store "$url" runs follow "$id" >/dev/null
+done
+kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+echo
+echo "| latency (2 workers × $slots) | p50 | p99 |"
+echo "| --- | ---: | ---: |"
+psql -tAq "$url" -F ' ' -c "
+  WITH f AS (SELECT at, lag(at) OVER (ORDER BY seq) AS prev FROM events
+             WHERE run_id = '$chain_id' AND body LIKE '{\"event\":\"step_finished\"%')
+  SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d)
+  FROM (SELECT EXTRACT(EPOCH FROM at - prev) * 1e6 AS d FROM f WHERE prev IS NOT NULL) x" |
+  awk '{ printf "| chain, a step'"'"'s end to the next one'"'"'s end | %.0f µs | %.0f µs |\n", $1, $2 }'
+psql -tAq "$url" -F ' ' -c "
+  SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d)
+  FROM (SELECT EXTRACT(EPOCH FROM min(e.at) - r.began) * 1e6 AS d FROM runs r JOIN events e ON e.run_id = r.id
+        WHERE r.id IN ($(IFS=,; echo "${ids[*]}")) AND e.body LIKE '{\"event\":\"step_started\"%' GROUP BY r.id, r.began) x" |
+  awk '{ printf "| pick-up, a run submitted to idle workers to its step'"'"'s start | %.0f µs | %.0f µs |\n", $1, $2 }'

@@ -254,7 +254,9 @@ impl Worker {
         self.active.lock().expect("not poisoned").insert(job.id, (job.run_id.clone(), token.clone()));
         let worker = self.clone();
         tokio::spawn(async move {
+            let began = std::time::Instant::now();
             let (result, fuel_used, log) = worker.attempt(&job, &token).await;
+            tracing::debug!("worker {}: job {} ran in {:?}", worker.config.name, job.id, began.elapsed());
             let _ = done.send(Finished { job, result, fuel_used, log });
         });
     }
@@ -326,8 +328,10 @@ impl Worker {
                     // The slots these attempts free are this worker's to fill,
                     // from the jobs the results make ready, in the same transaction.
                     let slots = if stop.is_cancelled() { 0 } else { self.free() + copy.len() };
+                    let began = std::time::Instant::now();
                     match self.store.commit(&run_id, &run, finished, self.claimer(slots)).await {
                         Ok(outcome) => {
+                            tracing::debug!("worker {}: committed {} result(s) of run {run_id} in {:?}, claimed {}", self.config.name, copy.len(), began.elapsed(), outcome.claimed.len());
                             if let Some(sender) = more.upgrade() {
                                 for job in outcome.claimed {
                                     self.spawn_job(job, sender.clone());

@@ -9,6 +9,7 @@
 //! starts (the scheduler waits on [`EventSink::barrier`]), so a host killed
 //! at any moment loses at most the steps that were running.
 
+mod pipe;
 mod postgres;
 pub mod queue;
 mod sqlite;

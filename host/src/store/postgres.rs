@@ -8,7 +8,7 @@
 //! restarting) is retried with backoff for up to [`CONNECT_PATIENCE`].
 
 use super::{NewRun, RecordedOutput, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
-use crate::exec::{Event, SecretSpans};
+use crate::exec::Event;
 use crate::sandbox::{LogLine, LogSource};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde_json::Value;
@@ -158,6 +158,8 @@ CREATE TABLE events (
     PRIMARY KEY (run_id, seq)
 );
 ",
+    // 4: when each event was recorded (latency, timelines).
+    "ALTER TABLE events ADD COLUMN at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp();",
 ];
 
 /// Serializes migrations across every process using the server.
@@ -372,9 +374,11 @@ impl RunStore for PgStore {
     async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
+        let mut pipe = super::pipe::Pipe::default();
         for event in &events {
-            write(&tx, event).await.map_err(db)?;
+            pipe.record(event);
         }
+        pipe.send(&tx).await.map_err(db)?;
         tx.commit().await.map_err(db)
     }
 
@@ -521,90 +525,3 @@ impl RunStore for PgStore {
     }
 }
 
-/// Writes one event inside the caller's transaction.
-pub(super) async fn write(tx: &deadpool_postgres::Transaction<'_>, event: &Event) -> Result<(), tokio_postgres::Error> {
-    match event {
-        Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => {}
-        Event::StepRetrying { run_id, step, attempt, item, error, .. } => {
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message) VALUES ($1, $2, $3, $4, 'failed', $5, $6, $7)",
-                )
-                .await?;
-            let item = item.map(|i| i as i64);
-            tx.execute(&stmt, &[run_id, step, &(*attempt as i32), &item, &now(), &error.kind.as_str(), &text(&error.message)]).await?;
-        }
-        Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, output_secrets, log } => {
-            // The run's attempt comes from the store: another process may
-            // have resumed the run. A step recorded again (after a resume)
-            // moves to the end of the run's order, as in SQLite.
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, (SELECT attempt FROM runs WHERE id = $1), $12)
-                     ON CONFLICT (run_id, step) DO UPDATE SET
-                        pos = EXCLUDED.pos, state = EXCLUDED.state, attempts = EXCLUDED.attempts, finished_at = EXCLUDED.finished_at,
-                        duration_ms = EXCLUDED.duration_ms, fuel_used = EXCLUDED.fuel_used, error_kind = EXCLUDED.error_kind,
-                        error_message = EXCLUDED.error_message, reason = EXCLUDED.reason, output = EXCLUDED.output,
-                        run_attempt = EXCLUDED.run_attempt, output_secrets = EXCLUDED.output_secrets",
-                )
-                .await?;
-            let kind = error.as_ref().map(|e| e.kind.as_str());
-            let message = error.as_ref().map(|e| text(&e.message).into_owned());
-            let reason = reason.as_deref().map(|r| text(r).into_owned());
-            let output = output.as_ref().map(Value::to_string);
-            let secrets = output_secrets.as_ref().map(SecretSpans::to_json);
-            tx.execute(
-                &stmt,
-                &[
-                    run_id,
-                    step,
-                    &state.as_str(),
-                    &(*attempt as i32),
-                    &now(),
-                    &(duration.as_secs_f64() * 1000.0),
-                    &(*fuel_used as i64),
-                    &kind,
-                    &message,
-                    &reason,
-                    &output,
-                    &secrets,
-                ],
-            )
-            .await?;
-            if *attempt > 0 {
-                let stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message) VALUES ($1, $2, $3, NULL, $4, $5, $6, $7)",
-                    )
-                    .await?;
-                tx.execute(&stmt, &[run_id, step, &(*attempt as i32), &state.as_str(), &now(), &kind, &message]).await?;
-            }
-            // A step run again after a resume replaces its old log.
-            let stmt = tx.prepare_cached("DELETE FROM logs WHERE run_id = $1 AND step = $2").await?;
-            tx.execute(&stmt, &[run_id, step]).await?;
-            let (mut seqs, mut sources, mut texts) = (Vec::new(), Vec::new(), Vec::new());
-            for (seq, (source, line)) in super::log_rows(log).enumerate() {
-                seqs.push(seq as i32);
-                sources.push(source);
-                texts.push(text(&line).into_owned());
-            }
-            if !seqs.is_empty() {
-                let stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO logs (run_id, step, seq, source, text)
-                         SELECT $1, $2, l.seq, l.source, l.text FROM unnest($3::int[], $4::text[], $5::text[]) AS l(seq, source, text)",
-                    )
-                    .await?;
-                tx.execute(&stmt, &[run_id, step, &seqs, &sources, &texts]).await?;
-            }
-        }
-        Event::RunFinished { run_id, state, output, error, .. } => {
-            let stmt = tx.prepare_cached("UPDATE runs SET status = $2, finished_at = $3, output = $4, error = $5 WHERE id = $1").await?;
-            let output = output.as_ref().map(Value::to_string);
-            let error = error.as_deref().map(|e| text(e).into_owned());
-            tx.execute(&stmt, &[run_id, &state.as_str(), &now(), &output, &error]).await?;
-        }
-    }
-    Ok(())
-}

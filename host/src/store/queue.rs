@@ -22,15 +22,16 @@
 //! result from a worker whose lease was taken is discarded: steps *run*
 //! at least once, their *results* are recorded exactly once.
 
-use super::postgres::{PgStore, db, text, write};
+use super::pipe::{Pipe, params};
+use super::postgres::{PgStore, db, text};
 use super::{NewRun, StoreError, now};
 use crate::exec::core::{self, Decision, Ending, Items, Stop, Verdict, Work};
-use crate::exec::{Event, Redactor, RunContext, RunState, SecretSpans, unmask};
+use crate::exec::{Event, Redactor, RunContext, RunState, SecretSpans, StepState, unmask};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{StepLog, sha256_hex};
 use deadpool_postgres::{GenericClient, Transaction};
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -220,37 +221,27 @@ impl PgStore {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let rows = tx.query(CLAIM, &[&worker, &limit, &lease.as_secs_f64(), &labels, &None::<&str>]).await.map_err(db)?;
-        let mut claimed: Vec<Claimed> = rows.iter().map(claimed_row).collect();
-        claimed.sort_by(|a, b| (&a.run_id, a.id).cmp(&(&b.run_id, b.id)));
-        // `StepStarted` events, in each run's order: the run's row is
-        // locked for its sequence numbers.
-        let mut i = 0;
-        while i < claimed.len() {
-            let run_id = claimed[i].run_id.clone();
-            let j = claimed[i..].iter().position(|c| c.run_id != run_id).map_or(claimed.len(), |k| i + k);
-            let ids: Vec<i32> = claimed[i..j].iter().map(|c| c.step as i32).collect();
-            let row = tx
-                .query_one("UPDATE runs SET events = events + $2 WHERE id = $1 RETURNING events, workflow", &[&run_id, &((j - i) as i32)])
-                .await
-                .map_err(db)?;
-            let mut seq = row.get::<_, i32>(0) - (j - i) as i32;
-            mark_started(&tx, &run_id, &ids).await.map_err(db)?;
-            let names = step_names(&tx, &run_id, &ids).await.map_err(db)?;
-            for c in &claimed[i..j] {
-                seq += 1;
-                let event = Event::StepStarted {
-                    run_id: run_id.clone(),
-                    step: names.get(&(c.step as i32)).cloned().unwrap_or_default(),
-                    attempt: c.attempt,
-                    item: c.item,
-                };
-                append(&tx, &run_id, seq, &event).await.map_err(db)?;
-            }
-            tx.execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &run_id]).await.map_err(db)?;
-            i = j;
+        let mut pipe = Pipe::default();
+        let rows = pipe.query(&tx, CLAIM, &[&worker, &limit, &lease.as_secs_f64(), &labels, &None::<&str>]).await.map_err(db)?;
+        let mut claimed: Vec<(Claimed, String)> = rows.iter().map(|r| (claimed_row(r), r.get(8))).collect();
+        claimed.sort_by(|(a, _), (b, _)| (&a.run_id, a.id).cmp(&(&b.run_id, b.id)));
+        // `StepStarted` events, numbered in each run's order, runs in id
+        // order (the order their rows are locked in).
+        for group in claimed.chunk_by(|(a, _), (b, _)| a.run_id == b.run_id) {
+            let run_id = group[0].0.run_id.clone();
+            let bodies: Vec<String> = group
+                .iter()
+                .map(|(c, step)| {
+                    let event = Event::StepStarted { run_id: run_id.clone(), step: step.clone(), attempt: c.attempt, item: c.item };
+                    text(&serde_json::to_string(&event).expect("events serialize")).into_owned()
+                })
+                .collect();
+            pipe.push(APPEND_EVENTS, params![run_id.clone(), bodies]);
+            pipe.push(NOTIFY, params![EVENTS_CHANNEL, run_id]);
         }
+        pipe.send(&tx).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
+        let claimed = claimed.into_iter().map(|(c, _)| c).collect();
         Ok(claimed)
     }
 
@@ -278,6 +269,7 @@ impl PgStore {
     pub async fn commit(&self, run_id: &str, run: &RunCtx, finished: Vec<Finished>, claimer: Claimer) -> Result<Outcome, StoreError> {
         self.in_run(run_id, run, move |t| {
             Box::pin(async move {
+                t.hold(&finished).await?;
                 let mut any = false;
                 for f in finished {
                     any |= t.finished(f).await?;
@@ -370,11 +362,13 @@ impl PgStore {
                 output: None,
                 error: Some(message.to_string()),
             };
-            write(&tx, &event).await.map_err(db)?;
-            append(&tx, run_id, seq, &event).await.map_err(db)?;
-            tx.execute("UPDATE runs SET events = $2, run_started = true WHERE id = $1", &[&run_id, &seq]).await.map_err(db)?;
-            tx.execute("DELETE FROM jobs WHERE run_id = $1 AND state <> 'claimed'", &[&run_id]).await.map_err(db)?;
-            tx.execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &run_id]).await.map_err(db)?;
+            let mut pipe = Pipe::default();
+            pipe.record(&event);
+            pipe.append(run_id, seq, &event);
+            pipe.push("UPDATE runs SET events = $2, run_started = true WHERE id = $1", params![run_id.to_string(), seq]);
+            pipe.push("DELETE FROM jobs WHERE run_id = $1 AND state <> 'claimed'", params![run_id.to_string()]);
+            pipe.push(NOTIFY, params![EVENTS_CHANNEL, run_id.to_string()]);
+            pipe.send(&tx).await.map_err(db)?;
         }
         tx.commit().await.map_err(db)
     }
@@ -418,11 +412,9 @@ impl PgStore {
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let Some(row) = tx
-            .query_opt("SELECT status, stop, open_steps, events, run_started FROM runs WHERE id = $1 FOR UPDATE", &[&run_id])
-            .await
-            .map_err(db)?
-        else {
+        let mut pipe = Pipe::default();
+        let rows = pipe.query(&tx, "SELECT status, stop, open_steps, events, run_started FROM runs WHERE id = $1 FOR UPDATE", &[&run_id]).await.map_err(db)?;
+        let Some(row) = rows.first() else {
             return Err(StoreError::UnknownRun(run_id.to_string()));
         };
         let status: String = row.get(0);
@@ -439,9 +431,14 @@ impl PgStore {
             retry_in: None,
             claimed: Vec::new(),
             verdicts: BTreeMap::new(),
+            pipe,
+            held: HashMap::new(),
+            elapsed: HashMap::new(),
+            outputs: HashMap::new(),
         };
         let done = body(&mut t).await.map_err(db)?;
-        t.save().await.map_err(db)?;
+        t.save();
+        t.pipe.send(&tx).await.map_err(db)?;
         let outcome = Outcome { done, new_jobs: t.new_jobs, retry_in: t.retry_in, claimed: std::mem::take(&mut t.claimed) };
         drop(t);
         tx.commit().await.map_err(db)?;
@@ -450,18 +447,26 @@ impl PgStore {
 }
 
 /// Claims up to `$2` ready jobs (of run `$5`, or any) whose `runs_on`
-/// labels are all among `$4`, for worker `$1`, leased for `$3` seconds.
-const CLAIM: &str = "UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $3)
-    WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND not_before <= now() AND runs_on <@ $4::text[]
-                   AND ($5::text IS NULL OR run_id = $5)
-                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-    RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets";
+/// labels are all among `$4`, for worker `$1`, leased for `$3` seconds,
+/// and marks their steps started. Returns the jobs and their step ids.
+const CLAIM: &str = "WITH c AS (
+        UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $3)
+        WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND not_before <= now() AND runs_on <@ $4::text[]
+                       AND ($5::text IS NULL OR run_id = $5)
+                     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+        RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets),
+    s AS (UPDATE dag SET first_started = now() FROM (SELECT DISTINCT run_id, idx FROM c) x
+          WHERE dag.run_id = x.run_id AND dag.idx = x.idx AND dag.first_started IS NULL)
+    SELECT c.id, c.run_id, c.idx, c.item, c.attempt, c.claim, c.input, c.input_secrets, d.step
+    FROM c JOIN dag d ON d.run_id = c.run_id AND d.idx = c.idx";
 
-/// Steps of a run that started: the first claim of any of their jobs.
-async fn mark_started(tx: &Transaction<'_>, run_id: &str, idx: &[i32]) -> PgResult<()> {
-    tx.execute("UPDATE dag SET first_started = COALESCE(first_started, now()) WHERE run_id = $1 AND idx = ANY($2)", &[&run_id, &idx]).await?;
-    Ok(())
-}
+/// Appends events `$2` (JSON bodies) to run `$1`'s stream, numbered after
+/// its last.
+const APPEND_EVENTS: &str = "WITH r AS (UPDATE runs SET events = events + cardinality($2::text[]) WHERE id = $1 RETURNING events)
+    INSERT INTO events (run_id, seq, body)
+    SELECT $1, r.events - cardinality($2::text[]) + e.ord::int, e.body FROM r, unnest($2::text[]) WITH ORDINALITY AS e(body, ord)";
+
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// A claimed job from `… RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets`.
 fn claimed_row(r: &tokio_postgres::Row) -> Claimed {
@@ -487,21 +492,6 @@ pub struct Claimer {
     pub lease: Duration,
 }
 
-/// Step ids by index, for events (a claim comes before the worker has
-/// loaded the run's workflow, so `dag` keeps them).
-async fn step_names(tx: &Transaction<'_>, run_id: &str, idx: &[i32]) -> PgResult<BTreeMap<i32, String>> {
-    let rows = tx.query("SELECT idx, step FROM dag WHERE run_id = $1 AND idx = ANY($2)", &[&run_id, &idx]).await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-/// Appends one event to a run's stream.
-async fn append(tx: &Transaction<'_>, run_id: &str, seq: i32, event: &Event) -> PgResult<()> {
-    let body = serde_json::to_string(event).expect("events serialize");
-    let stmt = tx.prepare_cached("INSERT INTO events (run_id, seq, body) VALUES ($1, $2, $3)").await?;
-    tx.execute(&stmt, &[&run_id, &seq, &text(&body)]).await?;
-    Ok(())
-}
-
 /// One run's bookkeeping inside a transaction holding its row lock.
 struct RunTx<'a, 'c> {
     tx: &'a Transaction<'c>,
@@ -523,6 +513,23 @@ struct RunTx<'a, 'c> {
     claimed: Vec<Claimed>,
     /// Failures of steps that ended in this transaction (for the run's error).
     verdicts: BTreeMap<usize, Option<StepFailure>>,
+    /// Writes not sent yet.
+    pipe: Pipe,
+    /// Jobs whose results this transaction records, locked: by id.
+    held: HashMap<i64, Held>,
+    /// Seconds since a step first started, as read with its jobs: by step.
+    elapsed: HashMap<usize, Option<f64>>,
+    /// What `outputs_of` reads for steps that ended in this transaction:
+    /// `Some(None)` skipped, `Some(Some(v))` an output, `None` neither.
+    outputs: HashMap<usize, Option<Option<Value>>>,
+}
+
+/// A claimed job as the store has it, locked by the committing transaction.
+struct Held {
+    claim: i64,
+    attempt: i32,
+    lost: i32,
+    fuel_used: i64,
 }
 
 /// A step's end as counted over its attempts or items.
@@ -544,28 +551,51 @@ impl<'a> RunTx<'a, '_> {
     }
 
     /// Emits an event: recorded in the run's tables and appended to its stream.
-    async fn emit(&mut self, event: Event) -> PgResult<()> {
+    fn emit(&mut self, event: Event) {
         let event = if self.run.redactor.is_empty() { event } else { self.run.redactor.event(&event) };
-        write(self.tx, &event).await?;
+        self.pipe.record(&event);
         self.seq += 1;
         let mut stream = event;
         if let Event::StepFinished { log, .. } = &mut stream {
             *log = StepLog::default();
         }
-        append(self.tx, self.run_id, self.seq, &stream).await
+        self.pipe.append(self.run_id, self.seq, &stream);
     }
 
-    async fn save(&mut self) -> PgResult<()> {
+    /// The run row's bookkeeping, and notifications: followers, and other
+    /// workers for jobs this transaction's worker did not take.
+    fn save(&mut self) {
         let stop = self.stop.map(Stop::encode);
-        self.tx
-            .execute(
-                "UPDATE runs SET stop = $2, open_steps = $3, events = $4, run_started = $5 WHERE id = $1",
-                &[&self.run_id, &stop, &self.open_steps, &self.seq, &self.started],
+        self.pipe.push(
+            "UPDATE runs SET stop = $2, open_steps = $3, events = $4, run_started = $5 WHERE id = $1",
+            params![self.run_id.to_string(), stop, self.open_steps, self.seq, self.started],
+        );
+        self.pipe.push(NOTIFY, params![EVENTS_CHANNEL, self.run_id.to_string()]);
+        if self.new_jobs > self.claimed.len() {
+            self.pipe.push(NOTIFY, params![JOBS_CHANNEL, ""]);
+        }
+    }
+
+    /// Locks the jobs whose results are about to be recorded and reads
+    /// what recording needs, in one statement. A job whose claim is no
+    /// longer current is not held: its result is discarded.
+    async fn hold(&mut self, finished: &[Finished]) -> PgResult<()> {
+        let ids: Vec<i64> = finished.iter().map(|f| f.job.id).collect();
+        let claims: Vec<i64> = finished.iter().map(|f| f.job.claim).collect();
+        let rows = self
+            .pipe
+            .query(
+                self.tx,
+                "SELECT j.id, j.claim, j.attempt, j.lost, j.fuel_used, j.idx, EXTRACT(EPOCH FROM now() - d.first_started)::float8
+                 FROM jobs j JOIN unnest($1::int8[], $2::int8[]) AS c(id, claim) ON j.id = c.id AND j.claim = c.claim
+                 JOIN dag d ON d.run_id = j.run_id AND d.idx = j.idx
+                 WHERE j.state = 'claimed' ORDER BY j.id FOR UPDATE OF j",
+                &[&ids, &claims],
             )
             .await?;
-        self.tx.execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &self.run_id]).await?;
-        if self.new_jobs > self.claimed.len() {
-            self.tx.execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL]).await?;
+        for r in rows {
+            self.held.insert(r.get(0), Held { claim: r.get(1), attempt: r.get(2), lost: r.get(3), fuel_used: r.get(4) });
+            self.elapsed.insert(r.get::<_, i32>(5) as usize, r.get(6));
         }
         Ok(())
     }
@@ -583,18 +613,17 @@ impl<'a> RunTx<'a, '_> {
         let ids: Vec<String> = plan.workflow.steps.iter().map(|s| s.id.clone()).collect();
         let roots: Vec<usize> = (0..n).filter(|&i| plan.deps[i].is_empty()).collect();
         let timeout = plan.workflow.timeout.map(|t| t.as_secs_f64());
-        self.tx
-            .execute(
-                "INSERT INTO dag (run_id, idx, step, waiting) SELECT $1, d.idx, d.step, d.waiting FROM unnest($2::int[], $3::text[], $4::int[]) AS d(idx, step, waiting)",
-                &[&self.run_id, &idx, &ids, &waiting],
-            )
-            .await?;
-        self.tx
-            .execute("UPDATE runs SET deadline = now() + make_interval(secs => $2) WHERE id = $1 AND $2::float8 IS NOT NULL", &[&self.run_id, &timeout])
-            .await?;
+        self.pipe.push(
+            "INSERT INTO dag (run_id, idx, step, waiting) SELECT $1, d.idx, d.step, d.waiting FROM unnest($2::int[], $3::text[], $4::int[]) AS d(idx, step, waiting)",
+            params![self.run_id.to_string(), idx, ids, waiting],
+        );
+        self.pipe.push(
+            "UPDATE runs SET deadline = now() + make_interval(secs => $2) WHERE id = $1 AND $2::float8 IS NOT NULL",
+            params![self.run_id.to_string(), timeout],
+        );
         let name = plan.workflow.name.clone();
         self.open_steps = n as i32;
-        self.emit(Event::RunStarted { run_id: self.run_id.to_string(), workflow: name, steps: n }).await?;
+        self.emit(Event::RunStarted { run_id: self.run_id.to_string(), workflow: name, steps: n });
         self.ready(roots).await?;
         self.settle().await?;
         Ok(true)
@@ -607,17 +636,12 @@ impl<'a> RunTx<'a, '_> {
             return Ok(());
         }
         let limit = claimer.slots as i64;
-        let rows = self.tx.query(CLAIM, &[&claimer.worker, &limit, &claimer.lease.as_secs_f64(), &claimer.labels, &Some(self.run_id)]).await?;
+        let rows = self.pipe.query(self.tx, CLAIM, &[&claimer.worker, &limit, &claimer.lease.as_secs_f64(), &claimer.labels, &Some(self.run_id)]).await?;
         let mut claimed: Vec<Claimed> = rows.iter().map(claimed_row).collect();
         claimed.sort_by_key(|c| c.id);
-        if claimed.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<i32> = claimed.iter().map(|c| c.step as i32).collect();
-        mark_started(self.tx, self.run_id, &ids).await?;
         for c in &claimed {
             let event = Event::StepStarted { run_id: self.run_id.to_string(), step: self.wf().steps[c.step].id.clone(), attempt: c.attempt, item: c.item };
-            self.emit(event).await?;
+            self.emit(event);
         }
         self.claimed = claimed;
         Ok(())
@@ -640,23 +664,22 @@ impl<'a> RunTx<'a, '_> {
                 let decl = &self.wf().steps[i];
                 let decision = core::decide(&self.run.ctx.facts(&self.run.input), decl, &outputs);
                 match decision {
-                    Decision::Run(Work::One(input)) => self.queue(i, None, &input, "ready").await?,
+                    Decision::Run(Work::One(input)) => self.queue(i, None, &input, "ready"),
                     Decision::Run(Work::Each { inputs, .. }) if inputs.is_empty() => {
                         next.extend(self.finish(i, Ending::Ran(Ok(Value::Array(Vec::new()))), Tally::default()).await?);
                     }
                     Decision::Run(Work::Each { inputs, concurrency }) => {
                         let count = inputs.len() as i32;
-                        self.tx
-                            .execute("UPDATE dag SET items = $3, items_left = $3 WHERE run_id = $1 AND idx = $2", &[&self.run_id, &(i as i32), &count])
-                            .await?;
+                        self.pipe
+                            .push("UPDATE dag SET items = $3, items_left = $3 WHERE run_id = $1 AND idx = $2", params![self.run_id.to_string(), i as i32, count]);
                         for (k, input) in inputs.iter().enumerate() {
-                            self.queue(i, Some(k), input, if k < concurrency { "ready" } else { "held" }).await?;
+                            self.queue(i, Some(k), input, if k < concurrency { "ready" } else { "held" });
                         }
                     }
                     Decision::Skip { reason, warning } => {
                         if let Some(message) = warning {
                             let step = decl.id.clone();
-                            self.emit(Event::StepWarning { run_id: self.run_id.to_string(), step, message }).await?;
+                            self.emit(Event::StepWarning { run_id: self.run_id.to_string(), step, message });
                         }
                         next.extend(self.finish(i, Ending::Skipped(reason), Tally::default()).await?);
                     }
@@ -678,14 +701,28 @@ impl<'a> RunTx<'a, '_> {
     }
 
     /// The outputs of finished steps, as templates read them (secrets put back).
-    async fn outputs_of(&self, steps: Vec<usize>) -> PgResult<BTreeMap<String, Option<Value>>> {
-        let ids: Vec<&str> = steps.iter().map(|&i| self.wf().steps[i].id.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+    /// Steps that ended in this transaction are answered from memory.
+    async fn outputs_of(&mut self, steps: Vec<usize>) -> PgResult<BTreeMap<String, Option<Value>>> {
+        let wf = self.wf();
         let mut out = BTreeMap::new();
+        let mut ids = BTreeSet::new();
+        for i in steps {
+            match self.outputs.get(&i) {
+                Some(Some(output)) => {
+                    out.insert(wf.steps[i].id.clone(), output.clone());
+                }
+                Some(None) => {}
+                None => {
+                    ids.insert(wf.steps[i].id.as_str());
+                }
+            }
+        }
         if ids.is_empty() {
             return Ok(out);
         }
-        let stmt = self.tx.prepare_cached("SELECT step, state, output, output_secrets FROM steps WHERE run_id = $1 AND step = ANY($2)").await?;
-        for r in self.tx.query(&stmt, &[&self.run_id, &ids]).await? {
+        let ids: Vec<&str> = ids.into_iter().collect();
+        let rows = self.pipe.query(self.tx, "SELECT step, state, output, output_secrets FROM steps WHERE run_id = $1 AND step = ANY($2)", &[&self.run_id, &ids]).await?;
+        for r in rows {
             let (step, state): (String, String) = (r.get(0), r.get(1));
             if state == "skipped" {
                 out.insert(step, None);
@@ -703,49 +740,37 @@ impl<'a> RunTx<'a, '_> {
     }
 
     /// Queues an attempt of step `i` (or one of its items).
-    async fn queue(&mut self, i: usize, item: Option<usize>, input: &Value, state: &str) -> PgResult<()> {
+    fn queue(&mut self, i: usize, item: Option<usize>, input: &Value, state: &'static str) {
         let (masked, spans) = self.run.redactor.value_spans(input);
         let spans = spans.as_ref().map(SecretSpans::to_json);
-        let stmt = self
-            .tx
-            .prepare_cached("INSERT INTO jobs (run_id, idx, item, state, input, input_secrets, runs_on) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .await?;
         let item = item.map(|k| k as i32);
-        let runs_on = &self.wf().steps[i].runs_on;
-        self.tx.execute(&stmt, &[&self.run_id, &(i as i32), &item, &state, &text(&masked.to_string()), &spans, runs_on]).await?;
+        let runs_on = self.wf().steps[i].runs_on.clone();
+        self.pipe.push(
+            "INSERT INTO jobs (run_id, idx, item, state, input, input_secrets, runs_on) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            params![self.run_id.to_string(), i as i32, item, state, text(&masked.to_string()).into_owned(), spans, runs_on],
+        );
         self.new_jobs += usize::from(state == "ready");
-        Ok(())
     }
 
     /// A claimed attempt ended. Returns whether its result was recorded.
     async fn finished(&mut self, f: Finished) -> PgResult<bool> {
         let Finished { job, result, fuel_used, log } = f;
-        let current = self
-            .tx
-            .query_opt(
-                "SELECT attempt, lost, fuel_used FROM jobs WHERE id = $1 AND claim = $2 AND state = 'claimed' FOR UPDATE",
-                &[&job.id, &job.claim],
-            )
-            .await?;
-        let Some(row) = current else {
+        let Some(Held { attempt, lost, fuel_used: fuel_before, .. }) = self.held.remove(&job.id).filter(|h| h.claim == job.claim) else {
             tracing::info!("run {}: a late result of job {} (claim {}) is discarded", self.run_id, job.id, job.claim);
             return Ok(false);
         };
-        let (attempt, lost, fuel_before): (i32, i32, i64) = (row.get(0), row.get(1), row.get(2));
         let decl = &self.wf().steps[job.step];
         let step_id = decl.id.clone();
         if let Err(failure) = &result {
             let cancelled = matches!(self.stop, Some(Stop::Cancelled | Stop::TimedOut)) || !self.running;
             if let Some(delay) = core::retry_after(decl, self.wf(), failure, (attempt - lost) as u32, cancelled) {
-                self.tx
-                    .execute(
-                        "UPDATE jobs SET state = 'ready', attempt = attempt + 1, worker = NULL, lease_until = NULL,
-                         fuel_used = fuel_used + $2, not_before = now() + make_interval(secs => $3) WHERE id = $1",
-                        &[&job.id, &(fuel_used as i64), &delay.as_secs_f64()],
-                    )
-                    .await?;
+                self.pipe.push(
+                    "UPDATE jobs SET state = 'ready', attempt = attempt + 1, worker = NULL, lease_until = NULL,
+                     fuel_used = fuel_used + $2, not_before = now() + make_interval(secs => $3) WHERE id = $1",
+                    params![job.id, fuel_used as i64, delay.as_secs_f64()],
+                );
                 let event = Event::StepRetrying { run_id: self.run_id.to_string(), step: step_id, attempt: job.attempt, item: job.item, error: failure.clone(), delay };
-                self.emit(event).await?;
+                self.emit(event);
                 self.retry_in = Some(self.retry_in.map_or(delay, |d| d.min(delay)));
                 if delay.is_zero() {
                     self.new_jobs += 1;
@@ -755,7 +780,7 @@ impl<'a> RunTx<'a, '_> {
         }
         let total_fuel = fuel_before + fuel_used as i64;
         if job.item.is_none() {
-            self.tx.execute("DELETE FROM jobs WHERE id = $1", &[&job.id]).await?;
+            self.pipe.push("DELETE FROM jobs WHERE id = $1", params![job.id]);
             let tally = Tally { attempts: attempt as u32, fuel_used: total_fuel as u64, log, ran: true };
             let next = self.finish(job.step, Ending::Ran(result), tally).await?;
             self.ready(next).await?;
@@ -771,27 +796,27 @@ impl<'a> RunTx<'a, '_> {
         };
         let log_json = serde_json::to_string(&log).expect("logs serialize");
         let (result_text, result_secrets) = value.unzip();
-        self.tx
-            .execute(
-                "UPDATE jobs SET state = 'done', worker = NULL, lease_until = NULL, fuel_used = $2, result = $3, result_secrets = $4, error = $5, log = $6 WHERE id = $1",
-                &[&job.id, &total_fuel, &result_text, &result_secrets.flatten(), &error, &text(&log_json)],
-            )
-            .await?;
+        self.pipe.push(
+            "UPDATE jobs SET state = 'done', worker = NULL, lease_until = NULL, fuel_used = $2, result = $3, result_secrets = $4, error = $5, log = $6 WHERE id = $1",
+            params![job.id, total_fuel, result_text, result_secrets.flatten(), error, text(&log_json).into_owned()],
+        );
         let idx = job.step as i32;
         // An item that fails the step: the held ones never start, and end
         // with it.
         let mut ended = 1;
         if Items::fails_step(decl, &result) {
-            ended += self.tx.execute("DELETE FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'held'", &[&self.run_id, &idx]).await? as i32;
+            let dropped = self.pipe.query(self.tx, "DELETE FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'held' RETURNING id", &[&self.run_id, &idx]).await?;
+            ended += dropped.len() as i32;
         } else {
             let promoted = self
-                .tx
-                .execute(
-                    "UPDATE jobs SET state = 'ready' WHERE id = (SELECT id FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'held' ORDER BY item LIMIT 1)",
+                .pipe
+                .query(
+                    self.tx,
+                    "UPDATE jobs SET state = 'ready' WHERE id = (SELECT id FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'held' ORDER BY item LIMIT 1) RETURNING id",
                     &[&self.run_id, &idx],
                 )
                 .await?;
-            self.new_jobs += promoted as usize;
+            self.new_jobs += promoted.len();
         }
         self.item_ended(job.step, ended, None).await.map(|()| true)
     }
@@ -801,10 +826,11 @@ impl<'a> RunTx<'a, '_> {
     /// results gathered in item order.
     async fn item_ended(&mut self, i: usize, count: i32, extra: Option<(usize, StepFailure)>) -> PgResult<()> {
         let idx = i as i32;
-        let row = self
-            .tx
-            .query_one("UPDATE dag SET items_left = items_left - $3 WHERE run_id = $1 AND idx = $2 RETURNING items_left, items", &[&self.run_id, &idx, &count])
+        let rows = self
+            .pipe
+            .query(self.tx, "UPDATE dag SET items_left = items_left - $3 WHERE run_id = $1 AND idx = $2 RETURNING items_left, items", &[&self.run_id, &idx, &count])
             .await?;
+        let Some(row) = rows.first() else { return Ok(()) };
         let (left, total): (i32, i32) = (row.get(0), row.get(1));
         if left > 0 {
             return Ok(());
@@ -812,8 +838,9 @@ impl<'a> RunTx<'a, '_> {
         let decl = &self.wf().steps[i];
         let mut items = Items::new(total as usize);
         let rows = self
-            .tx
+            .pipe
             .query(
+                self.tx,
                 "SELECT item, attempt, fuel_used, result, result_secrets, error, log FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'done' ORDER BY item",
                 &[&self.run_id, &idx],
             )
@@ -840,7 +867,7 @@ impl<'a> RunTx<'a, '_> {
         if let Some((k, failure)) = extra {
             items.record(decl, k, Err(failure));
         }
-        self.tx.execute("DELETE FROM jobs WHERE run_id = $1 AND idx = $2", &[&self.run_id, &idx]).await?;
+        self.pipe.push("DELETE FROM jobs WHERE run_id = $1 AND idx = $2", params![self.run_id.to_string(), idx]);
         let next = self.finish(i, Ending::Ran(items.result()), tally).await?;
         self.ready(next).await
     }
@@ -863,16 +890,26 @@ impl<'a> RunTx<'a, '_> {
     async fn settle_step(&mut self, i: usize, verdict: Verdict, tally: Tally) -> PgResult<Vec<usize>> {
         let Verdict { state, output, error, reason, releases, .. } = verdict;
         self.verdicts.insert(i, error.clone());
-        let elapsed: Option<f64> = self
-            .tx
-            .query_one(
-                "UPDATE dag SET finished = true, blocks = $3 WHERE run_id = $1 AND idx = $2 RETURNING EXTRACT(EPOCH FROM now() - first_started)::float8",
-                &[&self.run_id, &(i as i32), &!releases],
-            )
-            .await?
-            .get(0);
+        let elapsed: Option<f64> = match self.elapsed.get(&i) {
+            Some(&elapsed) => {
+                self.pipe.push("UPDATE dag SET finished = true, blocks = $3 WHERE run_id = $1 AND idx = $2", params![self.run_id.to_string(), i as i32, !releases]);
+                elapsed
+            }
+            None => self
+                .pipe
+                .query(
+                    self.tx,
+                    "UPDATE dag SET finished = true, blocks = $3 WHERE run_id = $1 AND idx = $2 RETURNING EXTRACT(EPOCH FROM now() - first_started)::float8",
+                    &[&self.run_id, &(i as i32), &!releases],
+                )
+                .await?
+                .first()
+                .and_then(|r| r.get(0)),
+        };
         let duration = if tally.ran { elapsed.unwrap_or(0.0) } else { 0.0 };
         self.open_steps -= 1;
+        let recorded = if state == StepState::Skipped { Some(None) } else { output.clone().map(Some) };
+        self.outputs.insert(i, recorded);
         let event = Event::StepFinished {
             run_id: self.run_id.to_string(),
             step: self.wf().steps[i].id.clone(),
@@ -886,17 +923,14 @@ impl<'a> RunTx<'a, '_> {
             output_secrets: None,
             log: tally.log,
         };
-        self.emit(event).await?;
+        self.emit(event);
         let dependents: Vec<i32> = self.plan().dependents[i].iter().map(|&d| d as i32).collect();
         if !releases || dependents.is_empty() {
             return Ok(Vec::new());
         }
         let rows = self
-            .tx
-            .query(
-                "UPDATE dag SET waiting = waiting - 1 WHERE run_id = $1 AND idx = ANY($2) RETURNING idx, waiting",
-                &[&self.run_id, &dependents],
-            )
+            .pipe
+            .query(self.tx, "UPDATE dag SET waiting = waiting - 1 WHERE run_id = $1 AND idx = ANY($2) RETURNING idx, waiting", &[&self.run_id, &dependents])
             .await?;
         let mut ready: Vec<usize> = rows.iter().filter(|r| r.get::<_, i32>(1) == 0).map(|r| r.get::<_, i32>(0) as usize).collect();
         ready.sort_unstable();
@@ -908,15 +942,17 @@ impl<'a> RunTx<'a, '_> {
     /// [`MAX_LOST`] losses.
     async fn reap(&mut self) -> PgResult<()> {
         let rows = self
-            .tx
+            .pipe
             .query(
-                "SELECT id, idx, item, attempt, lost, worker, claim FROM jobs WHERE run_id = $1 AND state = 'claimed' AND lease_until < now() ORDER BY id FOR UPDATE",
+                self.tx,
+                "SELECT id, idx, item, attempt, lost, worker, claim, fuel_used FROM jobs WHERE run_id = $1 AND state = 'claimed' AND lease_until < now() ORDER BY id FOR UPDATE",
                 &[&self.run_id],
             )
             .await?;
         for r in rows {
             let (id, idx, item, attempt, lost, worker, claim): (i64, i32, Option<i32>, i32, i32, Option<String>, i64) =
                 (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6));
+            self.held.insert(id, Held { claim, attempt, lost, fuel_used: r.get(7) });
             let worker = worker.unwrap_or_default();
             let step = self.wf().steps[idx as usize].id.clone();
             let message = format!("worker lost: {worker} stopped renewing its lease on this attempt");
@@ -939,12 +975,11 @@ impl<'a> RunTx<'a, '_> {
                 self.finished(Finished { job, result: Err(failure), fuel_used: 0, log: StepLog::default() }).await?;
                 continue;
             }
-            self.tx
-                .execute(
-                    "UPDATE jobs SET state = 'ready', attempt = attempt + 1, lost = lost + 1, worker = NULL, lease_until = NULL, not_before = now() WHERE id = $1",
-                    &[&id],
-                )
-                .await?;
+            self.held.remove(&id);
+            self.pipe.push(
+                "UPDATE jobs SET state = 'ready', attempt = attempt + 1, lost = lost + 1, worker = NULL, lease_until = NULL, not_before = now() WHERE id = $1",
+                params![id],
+            );
             let error = StepFailure::new(FailureKind::Lost, message);
             let event = Event::StepRetrying {
                 run_id: self.run_id.to_string(),
@@ -954,7 +989,7 @@ impl<'a> RunTx<'a, '_> {
                 error,
                 delay: Duration::ZERO,
             };
-            self.emit(event).await?;
+            self.emit(event);
             self.new_jobs += 1;
         }
         Ok(())
@@ -967,10 +1002,8 @@ impl<'a> RunTx<'a, '_> {
         if !self.running || !Stop::cancel_applies(self.stop) {
             return Ok(());
         }
-        let row = self
-            .tx
-            .query_one("SELECT cancel_requested, COALESCE(deadline < now(), false) FROM runs WHERE id = $1", &[&self.run_id])
-            .await?;
+        let rows = self.pipe.query(self.tx, "SELECT cancel_requested, COALESCE(deadline < now(), false) FROM runs WHERE id = $1", &[&self.run_id]).await?;
+        let Some(row) = rows.first() else { return Ok(()) };
         let (cancel, late): (bool, bool) = (row.get(0), row.get(1));
         if late && self.stop.is_none() {
             self.stop = Some(Stop::TimedOut);
@@ -990,8 +1023,9 @@ impl<'a> RunTx<'a, '_> {
             // Queued work of a cancelled run never starts: a step waiting
             // to retry ends cancelled, as do `forEach` items not started.
             let dropped = self
-                .tx
+                .pipe
                 .query(
+                    self.tx,
                     // Jobs a worker is claiming right now are left to it: it
                     // sees the run stopped and interrupts them.
                     "WITH d AS (DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE run_id = $1 AND state IN ('ready', 'held') FOR UPDATE SKIP LOCKED)
@@ -1023,16 +1057,17 @@ impl<'a> RunTx<'a, '_> {
         }
         if self.stop.is_some() {
             let active: i64 = self
-                .tx
-                .query_one("SELECT COUNT(*) FROM jobs WHERE run_id = $1 AND state <> 'done'", &[&self.run_id])
+                .pipe
+                .query(self.tx, "SELECT COUNT(*) FROM jobs WHERE run_id = $1 AND state <> 'done'", &[&self.run_id])
                 .await?
-                .get(0);
+                .first()
+                .map_or(0, |r| r.get(0));
             // Running steps (and, after a failure, `forEach` items still
             // to run) end first.
             if active > 0 {
                 return Ok(());
             }
-            let rows = self.tx.query("SELECT idx, finished, blocks FROM dag WHERE run_id = $1 ORDER BY idx", &[&self.run_id]).await?;
+            let rows = self.pipe.query(self.tx, "SELECT idx, finished, blocks FROM dag WHERE run_id = $1 ORDER BY idx", &[&self.run_id]).await?;
             let n = self.wf().steps.len();
             let mut done = vec![false; n];
             let mut blocks = vec![false; n];
@@ -1065,11 +1100,9 @@ impl<'a> RunTx<'a, '_> {
             Some(Stop::Failed(i)) => match self.verdicts.get(&i) {
                 Some(f) => f.clone(),
                 None => {
-                    let row = self
-                        .tx
-                        .query_opt("SELECT error_kind, error_message FROM steps WHERE run_id = $1 AND step = $2", &[&self.run_id, &self.wf().steps[i].id])
-                        .await?;
-                    row.and_then(|r| {
+                    let step = self.wf().steps[i].id.as_str();
+                    let rows = self.pipe.query(self.tx, "SELECT error_kind, error_message FROM steps WHERE run_id = $1 AND step = $2", &[&self.run_id, &step]).await?;
+                    rows.first().and_then(|r| {
                         let kind = r.get::<_, Option<String>>(0).and_then(|k| FailureKind::from_name(&k))?;
                         Some(StepFailure::new(kind, r.get::<_, Option<String>>(1).unwrap_or_default()))
                     })
@@ -1090,12 +1123,13 @@ impl<'a> RunTx<'a, '_> {
             }
         }
         let began: f64 = self
-            .tx
-            .query_one("SELECT EXTRACT(EPOCH FROM now() - began)::float8 FROM runs WHERE id = $1", &[&self.run_id])
+            .pipe
+            .query(self.tx, "SELECT EXTRACT(EPOCH FROM now() - began)::float8 FROM runs WHERE id = $1", &[&self.run_id])
             .await?
-            .get(0);
+            .first()
+            .map_or(0.0, |r| r.get(0));
         let event = Event::RunFinished { run_id: self.run_id.to_string(), state, duration: Duration::from_secs_f64(began.max(0.0)), output, error };
-        self.emit(event).await?;
+        self.emit(event);
         self.running = false;
         Ok(())
     }

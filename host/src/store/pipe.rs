@@ -1,0 +1,406 @@
+//! Statements sent to PostgreSQL together.
+//!
+//! A transaction that records a batch of results would otherwise pay one
+//! round trip (two, for an unprepared statement) per statement, and a
+//! dozen statements per result. A [`Pipe`] gathers the writes instead:
+//! rows an event writes are grouped per table into one `unnest` statement
+//! each, other statements are kept in order, and everything pending goes
+//! out in one burst, with the read that needed it, when something must be
+//! read ([`Pipe::query`]) or the transaction ends ([`Pipe::send`]).
+//!
+//! tokio-postgres sends a prepared statement's request when its future is
+//! first polled and the server runs requests of one connection in the
+//! order they arrive, so statements polled in order run in order: the
+//! burst costs one round trip, and a read sees every write before it.
+
+use super::postgres::text;
+use super::{log_rows, now};
+use crate::exec::{Event, SecretSpans};
+use deadpool_postgres::Transaction;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+type PgResult<T> = Result<T, tokio_postgres::Error>;
+/// A statement's execution in flight.
+type Pending<'a, T> = Pin<Box<dyn Future<Output = PgResult<T>> + Send + 'a>>;
+
+/// An owned statement parameter.
+pub(super) type Param = Box<dyn ToSql + Sync + Send>;
+
+/// Owned parameters: `params![a, b]`.
+macro_rules! params {
+    ($($p:expr),* $(,)?) => { vec![$(Box::new($p) as $crate::store::pipe::Param),*] };
+}
+pub(super) use params;
+
+/// Writes waiting to be sent, in the order they must run.
+#[derive(Default)]
+pub(super) struct Pipe {
+    ops: Vec<(&'static str, Vec<Param>)>,
+    /// Table rows of recorded events, batched per table.
+    rows: Vec<EventRows>,
+    /// Events appended to run streams: (run, seq, body).
+    stream: Vec<(String, i32, String)>,
+}
+
+impl Pipe {
+    /// A statement to run, after every write pushed before it.
+    pub fn push(&mut self, sql: &'static str, params: Vec<Param>) {
+        self.flush_rows();
+        self.ops.push((sql, params));
+    }
+
+    /// The rows `event` writes to the run's tables (runs, steps, attempts, logs).
+    pub fn record(&mut self, event: &Event) {
+        let fits = self.rows.last().is_some_and(|r| r.fits(event));
+        if !fits {
+            self.rows.push(EventRows::default());
+        }
+        self.rows.last_mut().expect("just pushed").add(event);
+    }
+
+    /// `event` appended to run `run_id`'s stream as number `seq`.
+    pub fn append(&mut self, run_id: &str, seq: i32, event: &Event) {
+        let body = serde_json::to_string(event).expect("events serialize");
+        self.stream
+            .push((run_id.to_string(), seq, text(&body).into_owned()));
+    }
+
+    /// Gathered event rows become statements, in order with later pushes.
+    fn flush_rows(&mut self) {
+        for rows in std::mem::take(&mut self.rows) {
+            rows.into_ops(&mut self.ops);
+        }
+        if !self.stream.is_empty() {
+            let (mut runs, mut seqs, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+            for (run, seq, body) in std::mem::take(&mut self.stream) {
+                runs.push(run);
+                seqs.push(seq);
+                bodies.push(body);
+            }
+            self.ops.push((
+                "INSERT INTO events (run_id, seq, body) SELECT * FROM unnest($1::text[], $2::int[], $3::text[])",
+                params![runs, seqs, bodies],
+            ));
+        }
+    }
+
+    /// Sends every pending write.
+    pub async fn send(&mut self, tx: &Transaction<'_>) -> PgResult<()> {
+        self.run(tx, None).await.map(|_| ())
+    }
+
+    /// Sends every pending write, then `sql`, in one round trip; returns its rows.
+    pub async fn query(
+        &mut self,
+        tx: &Transaction<'_>,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> PgResult<Vec<Row>> {
+        self.run(tx, Some((sql, params))).await
+    }
+
+    async fn run(
+        &mut self,
+        tx: &Transaction<'_>,
+        read: Option<(&str, &[&(dyn ToSql + Sync)])>,
+    ) -> PgResult<Vec<Row>> {
+        self.flush_rows();
+        let ops = std::mem::take(&mut self.ops);
+        // Prepared first (cached per connection after the first time), so
+        // that each request goes out whole on its future's first poll.
+        let mut statements = Vec::with_capacity(ops.len() + 1);
+        for (sql, _) in &ops {
+            statements.push(tx.prepare_cached(sql).await?);
+        }
+        let read_statement = match read {
+            Some((sql, _)) => Some(tx.prepare_cached(sql).await?),
+            None => None,
+        };
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = ops
+            .iter()
+            .map(|(_, p)| {
+                p.iter()
+                    .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+                    .collect()
+            })
+            .collect();
+        let mut futures: Vec<Pending<'_, Vec<Row>>> = Vec::with_capacity(statements.len() + 1);
+        for (statement, params) in statements.iter().zip(&params) {
+            futures.push(Box::pin(async move {
+                tx.execute(statement, params).await.map(|_| Vec::new())
+            }));
+        }
+        if let (Some(statement), Some((_, params))) = (&read_statement, read) {
+            futures.push(Box::pin(async move { tx.query(statement, params).await }));
+        }
+        let mut results = in_order(futures).await?;
+        Ok(results.pop().filter(|_| read.is_some()).unwrap_or_default())
+    }
+}
+
+/// Polls `futures` in order until all are done; the first error ends it.
+async fn in_order<T>(mut futures: Vec<Pending<'_, T>>) -> PgResult<Vec<T>> {
+    let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futures.iter_mut().zip(out.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
+            match f.as_mut().poll(cx) {
+                Poll::Ready(Ok(v)) => *slot = Some(v),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => pending = true,
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    })
+    .await?;
+    Ok(out
+        .into_iter()
+        .map(|v| v.expect("every future finished"))
+        .collect())
+}
+
+/// The rows some events write, one column per vector.
+#[derive(Default)]
+struct EventRows {
+    /// (run, step) of the steps recorded here: a step recorded twice starts
+    /// a new batch, so that the later record wins as it would one by one.
+    keys: BTreeSet<(String, String)>,
+    steps: StepRows,
+    attempts: AttemptRows,
+    runs: Vec<RunRow>,
+}
+
+/// A run's end: (run, state, finished at, output, error).
+type RunRow = (String, String, String, Option<String>, Option<String>);
+
+/// Log lines: (run, step, seq, source, text).
+#[derive(Default)]
+struct LogRows(Vec<String>, Vec<String>, Vec<i32>, Vec<String>, Vec<String>);
+
+#[derive(Default)]
+struct StepRows {
+    run: Vec<String>,
+    step: Vec<String>,
+    state: Vec<String>,
+    attempts: Vec<i32>,
+    finished_at: Vec<String>,
+    duration_ms: Vec<f64>,
+    fuel_used: Vec<i64>,
+    error_kind: Vec<Option<String>>,
+    error_message: Vec<Option<String>>,
+    reason: Vec<Option<String>>,
+    output: Vec<Option<String>>,
+    output_secrets: Vec<Option<String>>,
+    /// Logs of the steps recorded.
+    logs: LogRows,
+}
+
+#[derive(Default)]
+struct AttemptRows {
+    run: Vec<String>,
+    step: Vec<String>,
+    attempt: Vec<i32>,
+    item: Vec<Option<i64>>,
+    state: Vec<String>,
+    recorded_at: Vec<String>,
+    error_kind: Vec<Option<String>>,
+    error_message: Vec<Option<String>>,
+}
+
+impl AttemptRows {
+    fn push(
+        &mut self,
+        run: &str,
+        step: &str,
+        attempt: u32,
+        item: Option<usize>,
+        state: &str,
+        error: Option<(&str, &str)>,
+    ) {
+        self.run.push(run.to_string());
+        self.step.push(step.to_string());
+        self.attempt.push(attempt as i32);
+        self.item.push(item.map(|i| i as i64));
+        self.state.push(state.to_string());
+        self.recorded_at.push(now());
+        self.error_kind.push(error.map(|(k, _)| k.to_string()));
+        self.error_message
+            .push(error.map(|(_, m)| text(m).into_owned()));
+    }
+}
+
+impl EventRows {
+    fn fits(&self, event: &Event) -> bool {
+        match event {
+            Event::StepFinished { run_id, step, .. } => {
+                !self.keys.contains(&(run_id.clone(), step.clone()))
+            }
+            _ => true,
+        }
+    }
+
+    fn add(&mut self, event: &Event) {
+        match event {
+            Event::RunStarted { .. }
+            | Event::StepStarted { .. }
+            | Event::StepWarning { .. }
+            | Event::StepRestored { .. } => {}
+            Event::StepRetrying {
+                run_id,
+                step,
+                attempt,
+                item,
+                error,
+                ..
+            } => {
+                self.attempts.push(
+                    run_id,
+                    step,
+                    *attempt,
+                    *item,
+                    "failed",
+                    Some((error.kind.as_str(), &error.message)),
+                );
+            }
+            Event::StepFinished {
+                run_id,
+                step,
+                state,
+                attempt,
+                duration,
+                fuel_used,
+                error,
+                reason,
+                output,
+                output_secrets,
+                log,
+            } => {
+                self.keys.insert((run_id.clone(), step.clone()));
+                let s = &mut self.steps;
+                s.run.push(run_id.clone());
+                s.step.push(step.clone());
+                s.state.push(state.as_str().to_string());
+                s.attempts.push(*attempt as i32);
+                s.finished_at.push(now());
+                s.duration_ms.push(duration.as_secs_f64() * 1000.0);
+                s.fuel_used.push(*fuel_used as i64);
+                s.error_kind
+                    .push(error.as_ref().map(|e| e.kind.as_str().to_string()));
+                s.error_message
+                    .push(error.as_ref().map(|e| text(&e.message).into_owned()));
+                s.reason
+                    .push(reason.as_deref().map(|r| text(r).into_owned()));
+                s.output.push(output.as_ref().map(Value::to_string));
+                s.output_secrets
+                    .push(output_secrets.as_ref().map(SecretSpans::to_json));
+                for (seq, (source, line)) in log_rows(log).enumerate() {
+                    s.logs.0.push(run_id.clone());
+                    s.logs.1.push(step.clone());
+                    s.logs.2.push(seq as i32);
+                    s.logs.3.push(source.to_string());
+                    s.logs.4.push(text(&line).into_owned());
+                }
+                if *attempt > 0 {
+                    let error = error
+                        .as_ref()
+                        .map(|e| (e.kind.as_str(), e.message.as_str()));
+                    self.attempts
+                        .push(run_id, step, *attempt, None, state.as_str(), error);
+                }
+            }
+            Event::RunFinished {
+                run_id,
+                state,
+                output,
+                error,
+                ..
+            } => {
+                let output = output.as_ref().map(Value::to_string);
+                let error = error.as_deref().map(|e| text(e).into_owned());
+                self.runs.push((
+                    run_id.clone(),
+                    state.as_str().to_string(),
+                    now(),
+                    output,
+                    error,
+                ));
+            }
+        }
+    }
+
+    fn into_ops(self, ops: &mut Vec<(&'static str, Vec<Param>)>) {
+        let EventRows {
+            steps: s,
+            attempts: a,
+            runs,
+            ..
+        } = self;
+        if !s.run.is_empty() {
+            // The run's attempt comes from the store: another process may
+            // have resumed the run. A step recorded again (after a resume)
+            // moves to the end of the run's order, as in SQLite.
+            ops.push((
+                "INSERT INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets)
+                 SELECT s.run_id, s.step, s.state, s.attempts, s.finished_at, s.duration_ms, s.fuel_used, s.error_kind, s.error_message, s.reason, s.output,
+                        (SELECT attempt FROM runs WHERE id = s.run_id), s.output_secrets
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::float8[], $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+                      WITH ORDINALITY AS s(run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, output_secrets, ord)
+                 ORDER BY s.ord
+                 ON CONFLICT (run_id, step) DO UPDATE SET
+                    pos = EXCLUDED.pos, state = EXCLUDED.state, attempts = EXCLUDED.attempts, finished_at = EXCLUDED.finished_at,
+                    duration_ms = EXCLUDED.duration_ms, fuel_used = EXCLUDED.fuel_used, error_kind = EXCLUDED.error_kind,
+                    error_message = EXCLUDED.error_message, reason = EXCLUDED.reason, output = EXCLUDED.output,
+                    run_attempt = EXCLUDED.run_attempt, output_secrets = EXCLUDED.output_secrets",
+                params![
+                    s.run.clone(),
+                    s.step.clone(),
+                    s.state,
+                    s.attempts,
+                    s.finished_at,
+                    s.duration_ms,
+                    s.fuel_used,
+                    s.error_kind,
+                    s.error_message,
+                    s.reason,
+                    s.output,
+                    s.output_secrets
+                ],
+            ));
+            // A step run again after a resume replaces its old log.
+            ops.push((
+                "DELETE FROM logs l USING unnest($1::text[], $2::text[]) AS s(run_id, step) WHERE l.run_id = s.run_id AND l.step = s.step",
+                params![s.run, s.step],
+            ));
+            if !s.logs.0.is_empty() {
+                let LogRows(run, step, seq, source, line) = s.logs;
+                ops.push((
+                    "INSERT INTO logs (run_id, step, seq, source, text) SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[])",
+                    params![run, step, seq, source, line],
+                ));
+            }
+        }
+        if !a.run.is_empty() {
+            ops.push((
+                "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[])",
+                params![a.run, a.step, a.attempt, a.item, a.state, a.recorded_at, a.error_kind, a.error_message],
+            ));
+        }
+        for (run, state, at, output, error) in runs {
+            ops.push(("UPDATE runs SET status = $2, finished_at = $3, output = $4, error = $5 WHERE id = $1", params![run, state, at, output, error]));
+        }
+    }
+}
