@@ -25,6 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 
+/// How often a worker looks for new runs and claimable jobs without being told.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
 /// How often a worker checks whether the runs it works on were cancelled.
 pub const INTERRUPT_POLL: Duration = Duration::from_millis(250);
 
@@ -69,6 +72,10 @@ pub struct Worker {
     /// A notification or the timer came: look for new runs too (a local
     /// commit only makes jobs of runs already started).
     look_for_runs: std::sync::atomic::AtomicBool,
+    /// Jobs this worker could claim may be ready: a notification, the timer,
+    /// a retry's delay passed, or the last claim filled every free slot.
+    /// Without it a worker with free slots does not ask the store.
+    claimable: std::sync::atomic::AtomicBool,
 }
 
 /// Why a run's context could not be loaded.
@@ -92,6 +99,7 @@ impl Worker {
             active: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             look_for_runs: std::sync::atomic::AtomicBool::new(true),
+            claimable: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -109,11 +117,19 @@ impl Worker {
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(stop.clone()));
         let interrupts = tokio::spawn(self.clone().interrupt_loop(stop.clone()));
         let mut last_care = tokio::time::Instant::now() - self.config.care_every;
+        let mut last_look = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(50);
         tracing::info!("worker {} started (concurrency {})", self.config.name, self.config.concurrency);
         while !stop.is_cancelled() {
             let result: Result<bool, StoreError> = async {
                 let mut busy = false;
+                // A delayed retry becomes claimable with no notification:
+                // ask at least this often, however busy.
+                if last_look.elapsed() >= LOOK_EVERY {
+                    last_look = tokio::time::Instant::now();
+                    self.look_for_runs.store(true, Ordering::SeqCst);
+                    self.claimable.store(true, Ordering::SeqCst);
+                }
                 if self.look_for_runs.swap(false, Ordering::SeqCst) {
                     for run_id in self.store.runs_to_start(8).await? {
                         match self.context(&run_id).await {
@@ -130,10 +146,17 @@ impl Worker {
                     }
                 }
                 let free = self.free();
-                let claimed = self.store.claim(&self.config.name, &self.config.labels, free as i64, self.config.lease).await?;
-                busy |= !claimed.is_empty() && claimed.len() == free;
-                for job in claimed {
-                    self.spawn_job(job, done_tx.clone());
+                if free > 0 && self.claimable.swap(false, Ordering::SeqCst) {
+                    let claimed = self.store.claim(&self.config.name, &self.config.labels, free as i64, self.config.lease).await;
+                    let claimed = claimed.inspect_err(|_| self.claimable.store(true, Ordering::SeqCst))?;
+                    if claimed.len() == free {
+                        // More may be ready.
+                        busy = true;
+                        self.claimable.store(true, Ordering::SeqCst);
+                    }
+                    for job in claimed {
+                        self.spawn_job(job, done_tx.clone());
+                    }
                 }
                 if last_care.elapsed() >= self.config.care_every {
                     last_care = tokio::time::Instant::now();
@@ -159,9 +182,7 @@ impl Worker {
                     backoff = Duration::from_millis(50);
                     tokio::select! {
                         _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(self.config.care_every.min(Duration::from_secs(1))) => {
-                            self.look_for_runs.store(true, Ordering::SeqCst);
-                        }
+                        _ = tokio::time::sleep(self.config.care_every.min(LOOK_EVERY)) => {}
                         _ = stop.cancelled() => {}
                     }
                 }
@@ -341,6 +362,7 @@ impl Worker {
                                 let worker = self.clone();
                                 tokio::spawn(async move {
                                     tokio::time::sleep(delay).await;
+                                    worker.claimable.store(true, Ordering::SeqCst);
                                     worker.wake.notify_one();
                                 });
                             }
@@ -414,6 +436,7 @@ impl Worker {
 async fn listen(store: Arc<PgStore>, channel: &'static str, worker: Arc<Worker>, stop: CancellationToken) {
     let wake = move || {
         worker.look_for_runs.store(true, Ordering::SeqCst);
+        worker.claimable.store(true, Ordering::SeqCst);
         worker.wake.notify_one();
     };
     crate::store::queue::listen_with(store, channel, wake, stop).await

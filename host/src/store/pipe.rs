@@ -16,7 +16,7 @@
 use super::postgres::text;
 use super::{log_rows, now};
 use crate::exec::{Event, SecretSpans};
-use deadpool_postgres::Transaction;
+use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -32,13 +32,24 @@ type Pending<'a, T> = Pin<Box<dyn Future<Output = PgResult<T>> + Send + 'a>>;
 /// An owned statement parameter.
 pub(super) type Param = Box<dyn ToSql + Sync + Send>;
 
+/// A statement that returns rows, and its parameters.
+pub(super) type Read<'a> = (&'a str, &'a [&'a (dyn ToSql + Sync)]);
+
 /// Owned parameters: `params![a, b]`.
 macro_rules! params {
     ($($p:expr),* $(,)?) => { vec![$(Box::new($p) as $crate::store::pipe::Param),*] };
 }
 pub(super) use params;
 
-/// Writes waiting to be sent, in the order they must run.
+/// Writes waiting to be sent (over a transaction, or a connection whose
+/// transaction control is itself pushed: `BEGIN` and `COMMIT` then travel
+/// with the statements around them).
+///
+/// Statements pushed run in the order pushed; then the gathered rows, one
+/// statement per table. Gathered rows and pushed statements of one burst
+/// must not depend on each other's order (they touch other rows, or other
+/// columns); anything that must see a write is a read, which comes after
+/// every write before it.
 #[derive(Default)]
 pub(super) struct Pipe {
     ops: Vec<(&'static str, Vec<Param>)>,
@@ -46,13 +57,72 @@ pub(super) struct Pipe {
     rows: Vec<EventRows>,
     /// Events appended to run streams: (run, seq, body).
     stream: Vec<(String, i32, String)>,
+    /// The queue's rows: jobs done, jobs queued, steps ended.
+    jobs: JobRows,
+}
+
+/// Rows of the work queue's tables (see `queue.rs`), batched.
+#[derive(Default)]
+struct JobRows {
+    done: Vec<i64>,
+    queued: QueuedJobs,
+    /// Steps ended: (run, step index, whether it blocks its dependents).
+    ended: (Vec<String>, Vec<i32>, Vec<bool>),
+}
+
+/// Jobs to insert, one column per vector.
+#[derive(Default)]
+struct QueuedJobs {
+    run: Vec<String>,
+    idx: Vec<i32>,
+    item: Vec<Option<i32>>,
+    state: Vec<String>,
+    input: Vec<String>,
+    input_secrets: Vec<Option<String>>,
+    /// Each job's `runs_on` labels as a JSON array (arrays of arrays do not unnest).
+    runs_on: Vec<String>,
+}
+
+/// A job to queue: its run, step index, item, state, input (secrets
+/// masked), where the secrets were, and the labels it needs.
+pub(super) struct NewJob<'a> {
+    pub run: &'a str,
+    pub idx: i32,
+    pub item: Option<i32>,
+    pub state: &'a str,
+    pub input: String,
+    pub input_secrets: Option<String>,
+    pub runs_on: &'a [String],
 }
 
 impl Pipe {
-    /// A statement to run, after every write pushed before it.
+    /// A statement to run, after every statement pushed before it.
     pub fn push(&mut self, sql: &'static str, params: Vec<Param>) {
-        self.flush_rows();
         self.ops.push((sql, params));
+    }
+
+    /// A claimed job whose result is recorded: it is deleted.
+    pub fn delete_job(&mut self, id: i64) {
+        self.jobs.done.push(id);
+    }
+
+    /// A job inserted (ids in the order queued).
+    pub fn queue_job(&mut self, job: NewJob<'_>) {
+        let q = &mut self.jobs.queued;
+        q.run.push(job.run.to_string());
+        q.idx.push(job.idx);
+        q.item.push(job.item);
+        q.state.push(job.state.to_string());
+        q.input.push(job.input);
+        q.input_secrets.push(job.input_secrets);
+        q.runs_on.push(serde_json::to_string(job.runs_on).expect("labels serialize"));
+    }
+
+    /// Step `idx` of run `run` ended; `blocks`: its dependents may not run.
+    pub fn step_ended(&mut self, run: &str, idx: i32, blocks: bool) {
+        self.jobs.ended.0.push(run.to_string());
+        self.jobs.ended.1.push(idx);
+        self.jobs.ended.2.push(blocks);
     }
 
     /// The rows `event` writes to the run's tables (runs, steps, attempts, logs).
@@ -71,7 +141,7 @@ impl Pipe {
             .push((run_id.to_string(), seq, text(&body).into_owned()));
     }
 
-    /// Gathered event rows become statements, in order with later pushes.
+    /// Gathered rows become statements, after those pushed.
     fn flush_rows(&mut self) {
         for rows in std::mem::take(&mut self.rows) {
             rows.into_ops(&mut self.ops);
@@ -88,59 +158,68 @@ impl Pipe {
                 params![runs, seqs, bodies],
             ));
         }
+        let JobRows { done, queued: q, ended } = std::mem::take(&mut self.jobs);
+        if !done.is_empty() {
+            self.ops.push(("DELETE FROM jobs WHERE id = ANY($1)", params![done]));
+        }
+        if !q.run.is_empty() {
+            self.ops.push((
+                "INSERT INTO jobs (run_id, idx, item, state, input, input_secrets, runs_on)
+                 SELECT j.run_id, j.idx, j.item, j.state, j.input, j.input_secrets, ARRAY(SELECT jsonb_array_elements_text(j.runs_on::jsonb))
+                 FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[])
+                      WITH ORDINALITY AS j(run_id, idx, item, state, input, input_secrets, runs_on, ord)
+                 ORDER BY j.ord",
+                params![q.run, q.idx, q.item, q.state, q.input, q.input_secrets, q.runs_on],
+            ));
+        }
+        if !ended.0.is_empty() {
+            self.ops.push((
+                "UPDATE dag SET finished = true, blocks = e.blocks FROM unnest($1::text[], $2::int[], $3::bool[]) AS e(run_id, idx, blocks)
+                 WHERE dag.run_id = e.run_id AND dag.idx = e.idx",
+                params![ended.0, ended.1, ended.2],
+            ));
+        }
     }
 
     /// Sends every pending write.
-    pub async fn send(&mut self, tx: &Transaction<'_>) -> PgResult<()> {
-        self.run(tx, None).await.map(|_| ())
+    pub async fn send(&mut self, tx: &impl GenericClient) -> PgResult<()> {
+        self.run(tx, &[]).await.map(|_| ())
     }
 
     /// Sends every pending write, then `sql`, in one round trip; returns its rows.
-    pub async fn query(
-        &mut self,
-        tx: &Transaction<'_>,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> PgResult<Vec<Row>> {
-        self.run(tx, Some((sql, params))).await
+    pub async fn query(&mut self, tx: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> PgResult<Vec<Row>> {
+        Ok(self.run(tx, &[(sql, params)]).await?.pop().unwrap_or_default())
     }
 
-    async fn run(
-        &mut self,
-        tx: &Transaction<'_>,
-        read: Option<(&str, &[&(dyn ToSql + Sync)])>,
-    ) -> PgResult<Vec<Row>> {
+    /// Sends every pending write, then each of `reads` in order, in one
+    /// round trip; returns their rows.
+    pub async fn queries(&mut self, tx: &impl GenericClient, reads: &[Read<'_>]) -> PgResult<Vec<Vec<Row>>> {
+        self.run(tx, reads).await
+    }
+
+    async fn run(&mut self, tx: &impl GenericClient, reads: &[Read<'_>]) -> PgResult<Vec<Vec<Row>>> {
         self.flush_rows();
         let ops = std::mem::take(&mut self.ops);
         // Prepared first (cached per connection after the first time), so
         // that each request goes out whole on its future's first poll.
-        let mut statements = Vec::with_capacity(ops.len() + 1);
+        let mut writes = Vec::with_capacity(ops.len());
         for (sql, _) in &ops {
-            statements.push(tx.prepare_cached(sql).await?);
+            writes.push(tx.prepare_cached(sql).await?);
         }
-        let read_statement = match read {
-            Some((sql, _)) => Some(tx.prepare_cached(sql).await?),
-            None => None,
-        };
-        let params: Vec<Vec<&(dyn ToSql + Sync)>> = ops
-            .iter()
-            .map(|(_, p)| {
-                p.iter()
-                    .map(|b| b.as_ref() as &(dyn ToSql + Sync))
-                    .collect()
-            })
-            .collect();
-        let mut futures: Vec<Pending<'_, Vec<Row>>> = Vec::with_capacity(statements.len() + 1);
-        for (statement, params) in statements.iter().zip(&params) {
-            futures.push(Box::pin(async move {
-                tx.execute(statement, params).await.map(|_| Vec::new())
-            }));
+        let mut queries = Vec::with_capacity(reads.len());
+        for (sql, _) in reads {
+            queries.push(tx.prepare_cached(sql).await?);
         }
-        if let (Some(statement), Some((_, params))) = (&read_statement, read) {
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = ops.iter().map(|(_, p)| p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect()).collect();
+        let mut futures: Vec<Pending<'_, Vec<Row>>> = Vec::with_capacity(writes.len() + reads.len());
+        for (statement, params) in writes.iter().zip(&params) {
+            futures.push(Box::pin(async move { tx.execute(statement, params).await.map(|_| Vec::new()) }));
+        }
+        for (statement, (_, params)) in queries.iter().zip(reads) {
             futures.push(Box::pin(async move { tx.query(statement, params).await }));
         }
         let mut results = in_order(futures).await?;
-        Ok(results.pop().filter(|_| read.is_some()).unwrap_or_default())
+        Ok(results.split_off(writes.len()))
     }
 }
 

@@ -22,14 +22,15 @@
 //! result from a worker whose lease was taken is discarded: steps *run*
 //! at least once, their *results* are recorded exactly once.
 
-use super::pipe::{Pipe, params};
+use super::pipe::{NewJob, Pipe, Read, params};
+use tokio_postgres::types::ToSql;
 use super::postgres::{PgStore, db, text};
 use super::{NewRun, StoreError, now};
 use crate::exec::core::{self, Decision, Ending, Items, Stop, Verdict, Work};
 use crate::exec::{Event, Redactor, RunContext, RunState, SecretSpans, StepState, unmask};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{StepLog, sha256_hex};
-use deadpool_postgres::{GenericClient, Transaction};
+use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -203,7 +204,7 @@ impl PgStore {
     /// `claimer` takes what fits its slots. Does nothing if another worker
     /// started it first.
     pub async fn start_run(&self, run_id: &str, run: &RunCtx, claimer: Claimer) -> Result<Outcome, StoreError> {
-        self.in_run(run_id, run, |t| {
+        self.in_run(run_id, run, &Holding::default(), |t| {
             Box::pin(async move {
                 let started = t.start().await?;
                 t.claim_own(&claimer).await?;
@@ -267,9 +268,10 @@ impl PgStore {
     /// same transaction (no claim round trip for the steps a result makes
     /// ready); other workers are woken only for the jobs left.
     pub async fn commit(&self, run_id: &str, run: &RunCtx, finished: Vec<Finished>, claimer: Claimer) -> Result<Outcome, StoreError> {
-        self.in_run(run_id, run, move |t| {
+        let jobs: Vec<&Claimed> = finished.iter().map(|f| &f.job).collect();
+        let held = Holding::new(&jobs, run);
+        self.in_run(run_id, run, &held, move |t| {
             Box::pin(async move {
-                t.hold(&finished).await?;
                 let mut any = false;
                 for f in finished {
                     any |= t.finished(f).await?;
@@ -301,7 +303,7 @@ impl PgStore {
     /// Looks after one run: puts back jobs whose worker was lost, stops it
     /// when cancelled or out of time, ends it if nothing is left to run.
     pub async fn care(&self, run_id: &str, run: &RunCtx) -> Result<Outcome, StoreError> {
-        self.in_run(run_id, run, |t| {
+        self.in_run(run_id, run, &Holding::default(), |t| {
             Box::pin(async move {
                 t.reap().await?;
                 t.check_stop().await?;
@@ -405,21 +407,34 @@ impl PgStore {
         row.map(|r| r.get(0)).ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))
     }
 
-    /// Runs `body` in a transaction that holds the run's row lock.
-    async fn in_run<F>(&self, run_id: &str, run: &RunCtx, body: F) -> Result<Outcome, StoreError>
+    /// Runs `body` in a transaction that holds the run's row lock (and
+    /// the rows of the jobs in `held`, whose results it records).
+    async fn in_run<F>(&self, run_id: &str, run: &RunCtx, held: &Holding, body: F) -> Result<Outcome, StoreError>
     where
-        F: for<'t> FnOnce(&'t mut RunTx<'_, '_>) -> std::pin::Pin<Box<dyn std::future::Future<Output = PgResult<bool>> + Send + 't>>,
+        F: for<'t> FnOnce(&'t mut RunTx<'_>) -> std::pin::Pin<Box<dyn std::future::Future<Output = PgResult<bool>> + Send + 't>>,
     {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
+        // BEGIN and COMMIT travel with the statements around them: two
+        // round trips for a commit that needs no other read.
+        let conn = InTx::new(self.client().await?);
+        let tx = conn.client();
         let mut pipe = Pipe::default();
-        let rows = pipe.query(&tx, "SELECT status, stop, open_steps, events, run_started FROM runs WHERE id = $1 FOR UPDATE", &[&run_id]).await.map_err(db)?;
+        pipe.push("BEGIN", params![]);
+        let lock: [&(dyn ToSql + Sync); 1] = [&run_id];
+        let jobs: [&(dyn ToSql + Sync); 2] = [&held.ids, &held.claims];
+        let waiting: [&(dyn ToSql + Sync); 2] = [&run_id, &held.dependents];
+        let mut reads: Vec<Read> = vec![(LOCK_RUN, &lock)];
+        if !held.ids.is_empty() {
+            reads.push((HOLD_JOBS, &jobs));
+            reads.push((WAITING, &waiting));
+        }
+        let mut reads = pipe.queries(tx, &reads).await.map_err(db)?.into_iter();
+        let rows = reads.next().unwrap_or_default();
         let Some(row) = rows.first() else {
             return Err(StoreError::UnknownRun(run_id.to_string()));
         };
         let status: String = row.get(0);
         let mut t = RunTx {
-            tx: &tx,
+            tx,
             run,
             run_id,
             running: status == "running",
@@ -435,14 +450,48 @@ impl PgStore {
             held: HashMap::new(),
             elapsed: HashMap::new(),
             outputs: HashMap::new(),
+            waiting: HashMap::new(),
         };
+        t.hold(reads.next().unwrap_or_default(), reads.next().unwrap_or_default());
         let done = body(&mut t).await.map_err(db)?;
         t.save();
-        t.pipe.send(&tx).await.map_err(db)?;
+        t.pipe.push("COMMIT", params![]);
+        t.pipe.send(tx).await.map_err(db)?;
         let outcome = Outcome { done, new_jobs: t.new_jobs, retry_in: t.retry_in, claimed: std::mem::take(&mut t.claimed) };
         drop(t);
-        tx.commit().await.map_err(db)?;
+        conn.finished();
         Ok(outcome)
+    }
+}
+
+/// A pooled connection in a transaction begun by a pushed `BEGIN`. Unless
+/// [`InTx::finished`] (committed), it is taken out of the pool when
+/// dropped, on an error or a cancelled future, and closed: the server
+/// rolls the transaction back, and no one else gets the connection mid-way.
+struct InTx {
+    client: Option<deadpool_postgres::Client>,
+}
+
+impl InTx {
+    fn new(client: deadpool_postgres::Client) -> InTx {
+        InTx { client: Some(client) }
+    }
+
+    fn client(&self) -> &deadpool_postgres::Client {
+        self.client.as_ref().expect("held until finished or dropped")
+    }
+
+    /// Committed: the connection goes back to the pool.
+    fn finished(mut self) {
+        self.client.take();
+    }
+}
+
+impl Drop for InTx {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Client::take(client));
+        }
     }
 }
 
@@ -467,6 +516,19 @@ const APPEND_EVENTS: &str = "WITH r AS (UPDATE runs SET events = events + cardin
     SELECT $1, r.events - cardinality($2::text[]) + e.ord::int, e.body FROM r, unnest($2::text[]) WITH ORDINALITY AS e(body, ord)";
 
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// Locks run `$1`'s row: every transaction that changes a run takes it first.
+const LOCK_RUN: &str = "SELECT status, stop, open_steps, events, run_started FROM runs WHERE id = $1 FOR UPDATE";
+
+/// Locks the jobs `$1` whose claim is still `$2` (a result is recorded only
+/// by the current claim), with how long ago their steps first started.
+const HOLD_JOBS: &str = "SELECT j.id, j.claim, j.attempt, j.lost, j.fuel_used, j.idx, EXTRACT(EPOCH FROM now() - d.first_started)::float8
+    FROM jobs j JOIN unnest($1::int8[], $2::int8[]) AS c(id, claim) ON j.id = c.id AND j.claim = c.claim
+    JOIN dag d ON d.run_id = j.run_id AND d.idx = j.idx
+    WHERE j.state = 'claimed' ORDER BY j.id FOR UPDATE OF j";
+
+/// How many dependencies steps `$2` of run `$1` still wait for.
+const WAITING: &str = "SELECT idx, waiting FROM dag WHERE run_id = $1 AND idx = ANY($2)";
 
 /// A claimed job from `… RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets`.
 fn claimed_row(r: &tokio_postgres::Row) -> Claimed {
@@ -493,8 +555,8 @@ pub struct Claimer {
 }
 
 /// One run's bookkeeping inside a transaction holding its row lock.
-struct RunTx<'a, 'c> {
-    tx: &'a Transaction<'c>,
+struct RunTx<'a> {
+    tx: &'a deadpool_postgres::Client,
     run: &'a RunCtx,
     run_id: &'a str,
     /// The run has not ended.
@@ -522,6 +584,31 @@ struct RunTx<'a, 'c> {
     /// What `outputs_of` reads for steps that ended in this transaction:
     /// `Some(None)` skipped, `Some(Some(v))` an output, `None` neither.
     outputs: HashMap<usize, Option<Option<Value>>>,
+    /// Dependencies steps still wait for, as read under the run lock and
+    /// counted down since: by step. (Only this run's transactions change them.)
+    waiting: HashMap<usize, i32>,
+}
+
+/// The jobs a transaction records results of: it locks them, and reads
+/// what recording needs, with the run's lock in one round trip.
+#[derive(Default)]
+struct Holding {
+    ids: Vec<i64>,
+    claims: Vec<i64>,
+    /// Steps that results may release.
+    dependents: Vec<i32>,
+}
+
+impl Holding {
+    fn new(jobs: &[&Claimed], run: &RunCtx) -> Holding {
+        let plan = &run.ctx.prepared().plan;
+        let dependents: BTreeSet<i32> = jobs.iter().flat_map(|j| plan.dependents[j.step].iter().map(|&d| d as i32)).collect();
+        Holding {
+            ids: jobs.iter().map(|j| j.id).collect(),
+            claims: jobs.iter().map(|j| j.claim).collect(),
+            dependents: dependents.into_iter().collect(),
+        }
+    }
 }
 
 /// A claimed job as the store has it, locked by the committing transaction.
@@ -541,7 +628,7 @@ struct Tally {
     ran: bool,
 }
 
-impl<'a> RunTx<'a, '_> {
+impl<'a> RunTx<'a> {
     fn wf(&self) -> &'a crate::workflow::Workflow {
         &self.run.ctx.prepared().plan.workflow
     }
@@ -576,28 +663,17 @@ impl<'a> RunTx<'a, '_> {
         }
     }
 
-    /// Locks the jobs whose results are about to be recorded and reads
-    /// what recording needs, in one statement. A job whose claim is no
-    /// longer current is not held: its result is discarded.
-    async fn hold(&mut self, finished: &[Finished]) -> PgResult<()> {
-        let ids: Vec<i64> = finished.iter().map(|f| f.job.id).collect();
-        let claims: Vec<i64> = finished.iter().map(|f| f.job.claim).collect();
-        let rows = self
-            .pipe
-            .query(
-                self.tx,
-                "SELECT j.id, j.claim, j.attempt, j.lost, j.fuel_used, j.idx, EXTRACT(EPOCH FROM now() - d.first_started)::float8
-                 FROM jobs j JOIN unnest($1::int8[], $2::int8[]) AS c(id, claim) ON j.id = c.id AND j.claim = c.claim
-                 JOIN dag d ON d.run_id = j.run_id AND d.idx = j.idx
-                 WHERE j.state = 'claimed' ORDER BY j.id FOR UPDATE OF j",
-                &[&ids, &claims],
-            )
-            .await?;
-        for r in rows {
+    /// What [`Holding::reads`] read: the jobs whose results this
+    /// transaction records (a job whose claim is no longer current is not
+    /// there: its result is discarded), and their dependents' counters.
+    fn hold(&mut self, jobs: Vec<tokio_postgres::Row>, waiting: Vec<tokio_postgres::Row>) {
+        for r in jobs {
             self.held.insert(r.get(0), Held { claim: r.get(1), attempt: r.get(2), lost: r.get(3), fuel_used: r.get(4) });
             self.elapsed.insert(r.get::<_, i32>(5) as usize, r.get(6));
         }
-        Ok(())
+        for r in waiting {
+            self.waiting.insert(r.get::<_, i32>(0) as usize, r.get(1));
+        }
     }
 
     /// The run's first transaction: its DAG, then its root steps decided.
@@ -743,12 +819,15 @@ impl<'a> RunTx<'a, '_> {
     fn queue(&mut self, i: usize, item: Option<usize>, input: &Value, state: &'static str) {
         let (masked, spans) = self.run.redactor.value_spans(input);
         let spans = spans.as_ref().map(SecretSpans::to_json);
-        let item = item.map(|k| k as i32);
-        let runs_on = self.wf().steps[i].runs_on.clone();
-        self.pipe.push(
-            "INSERT INTO jobs (run_id, idx, item, state, input, input_secrets, runs_on) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            params![self.run_id.to_string(), i as i32, item, state, text(&masked.to_string()).into_owned(), spans, runs_on],
-        );
+        self.pipe.queue_job(NewJob {
+            run: self.run_id,
+            idx: i as i32,
+            item: item.map(|k| k as i32),
+            state,
+            input: text(&masked.to_string()).into_owned(),
+            input_secrets: spans,
+            runs_on: &self.run.ctx.prepared().plan.workflow.steps[i].runs_on,
+        });
         self.new_jobs += usize::from(state == "ready");
     }
 
@@ -780,7 +859,7 @@ impl<'a> RunTx<'a, '_> {
         }
         let total_fuel = fuel_before + fuel_used as i64;
         if job.item.is_none() {
-            self.pipe.push("DELETE FROM jobs WHERE id = $1", params![job.id]);
+            self.pipe.delete_job(job.id);
             let tally = Tally { attempts: attempt as u32, fuel_used: total_fuel as u64, log, ran: true };
             let next = self.finish(job.step, Ending::Ran(result), tally).await?;
             self.ready(next).await?;
@@ -892,7 +971,7 @@ impl<'a> RunTx<'a, '_> {
         self.verdicts.insert(i, error.clone());
         let elapsed: Option<f64> = match self.elapsed.get(&i) {
             Some(&elapsed) => {
-                self.pipe.push("UPDATE dag SET finished = true, blocks = $3 WHERE run_id = $1 AND idx = $2", params![self.run_id.to_string(), i as i32, !releases]);
+                self.pipe.step_ended(self.run_id, i as i32, !releases);
                 elapsed
             }
             None => self
@@ -924,15 +1003,36 @@ impl<'a> RunTx<'a, '_> {
             log: tally.log,
         };
         self.emit(event);
-        let dependents: Vec<i32> = self.plan().dependents[i].iter().map(|&d| d as i32).collect();
+        let dependents: BTreeSet<usize> = self.plan().dependents[i].iter().copied().collect();
         if !releases || dependents.is_empty() {
             return Ok(Vec::new());
         }
+        let idx: Vec<i32> = dependents.iter().map(|&d| d as i32).collect();
+        if dependents.iter().all(|d| self.waiting.contains_key(d)) {
+            // Counted here: the run's lock keeps the counters as read.
+            self.pipe.push("UPDATE dag SET waiting = waiting - 1 WHERE run_id = $1 AND idx = ANY($2)", params![self.run_id.to_string(), idx]);
+            let mut ready = Vec::new();
+            for d in dependents {
+                let waiting = self.waiting.get_mut(&d).expect("checked above");
+                *waiting -= 1;
+                if *waiting == 0 {
+                    ready.push(d);
+                }
+            }
+            return Ok(ready);
+        }
         let rows = self
             .pipe
-            .query(self.tx, "UPDATE dag SET waiting = waiting - 1 WHERE run_id = $1 AND idx = ANY($2) RETURNING idx, waiting", &[&self.run_id, &dependents])
+            .query(self.tx, "UPDATE dag SET waiting = waiting - 1 WHERE run_id = $1 AND idx = ANY($2) RETURNING idx, waiting", &[&self.run_id, &idx])
             .await?;
-        let mut ready: Vec<usize> = rows.iter().filter(|r| r.get::<_, i32>(1) == 0).map(|r| r.get::<_, i32>(0) as usize).collect();
+        let mut ready = Vec::new();
+        for r in &rows {
+            let (d, waiting): (i32, i32) = (r.get(0), r.get(1));
+            self.waiting.insert(d as usize, waiting);
+            if waiting == 0 {
+                ready.push(d as usize);
+            }
+        }
         ready.sort_unstable();
         Ok(ready)
     }
