@@ -207,7 +207,8 @@ impl Worker {
 
     /// This worker, offering `slots` to claim into.
     fn claimer(&self, slots: usize) -> Claimer {
-        Claimer { worker: self.config.name.clone(), labels: self.config.labels.clone(), slots, lease: self.config.lease }
+        let others = self.claimable.load(Ordering::SeqCst);
+        Claimer { worker: self.config.name.clone(), labels: self.config.labels.clone(), slots, lease: self.config.lease, others }
     }
 
     /// Slots free for more attempts.

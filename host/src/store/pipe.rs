@@ -18,7 +18,7 @@ use super::{log_rows, now};
 use crate::exec::{Event, SecretSpans};
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -59,6 +59,12 @@ pub(super) struct Pipe {
     stream: Vec<(String, i32, String)>,
     /// The queue's rows: jobs done, jobs queued, steps ended.
     jobs: JobRows,
+    /// Ids of the jobs inserted so far: by (run, step index, item).
+    inserted: HashMap<(String, i32, Option<i32>), i64>,
+    /// Jobs queued ready have been sent (a claim query would see them).
+    sent_ready: bool,
+    /// Which of `ops` inserts jobs (its rows are their ids).
+    insert_op: Option<usize>,
 }
 
 /// Rows of the work queue's tables (see `queue.rs`), batched.
@@ -81,6 +87,17 @@ struct QueuedJobs {
     input_secrets: Vec<Option<String>>,
     /// Each job's `runs_on` labels as a JSON array (arrays of arrays do not unnest).
     runs_on: Vec<String>,
+    /// Claimed as it is inserted: by whom, and the lease in seconds.
+    worker: Vec<Option<String>>,
+    lease: Vec<Option<f64>>,
+}
+
+/// A job queued in this transaction and claimed before it was sent.
+pub(super) struct ClaimedAtInsert {
+    pub idx: i32,
+    pub item: Option<i32>,
+    pub input: String,
+    pub input_secrets: Option<String>,
 }
 
 /// A job to queue: its run, step index, item, state, input (secrets
@@ -116,6 +133,41 @@ impl Pipe {
         q.input.push(job.input);
         q.input_secrets.push(job.input_secrets);
         q.runs_on.push(serde_json::to_string(job.runs_on).expect("labels serialize"));
+        q.worker.push(None);
+        q.lease.push(None);
+    }
+
+    /// Claims for `worker`, leased for `lease`, up to `limit` of the ready
+    /// jobs queued and not yet sent whose step `may_run`: they are inserted
+    /// claimed. Nothing else can see them before this transaction commits,
+    /// so no claim query is needed; their ids are known once sent
+    /// ([`Pipe::inserted_id`]).
+    pub fn claim_queued(&mut self, worker: &str, lease: f64, limit: usize, may_run: impl Fn(i32) -> bool) -> Vec<ClaimedAtInsert> {
+        let q = &mut self.jobs.queued;
+        let mut out = Vec::new();
+        for k in 0..q.run.len() {
+            if out.len() == limit {
+                break;
+            }
+            if q.state[k] != "ready" || q.worker[k].is_some() || !may_run(q.idx[k]) {
+                continue;
+            }
+            q.state[k] = "claimed".into();
+            q.worker[k] = Some(worker.to_string());
+            q.lease[k] = Some(lease);
+            out.push(ClaimedAtInsert { idx: q.idx[k], item: q.item[k], input: q.input[k].clone(), input_secrets: q.input_secrets[k].clone() });
+        }
+        out
+    }
+
+    /// The id of a job inserted by this pipe.
+    pub fn inserted_id(&self, run: &str, idx: i32, item: Option<i32>) -> Option<i64> {
+        self.inserted.get(&(run.to_string(), idx, item)).copied()
+    }
+
+    /// Whether jobs queued ready were sent already (only a claim query finds them).
+    pub fn sent_ready(&self) -> bool {
+        self.sent_ready
     }
 
     /// Step `idx` of run `run` ended; `blocks`: its dependents may not run.
@@ -163,13 +215,17 @@ impl Pipe {
             self.ops.push(("DELETE FROM jobs WHERE id = ANY($1)", params![done]));
         }
         if !q.run.is_empty() {
+            self.sent_ready |= q.state.iter().any(|s| s == "ready");
+            self.insert_op = Some(self.ops.len());
             self.ops.push((
-                "INSERT INTO jobs (run_id, idx, item, state, input, input_secrets, runs_on)
-                 SELECT j.run_id, j.idx, j.item, j.state, j.input, j.input_secrets, ARRAY(SELECT jsonb_array_elements_text(j.runs_on::jsonb))
-                 FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[])
-                      WITH ORDINALITY AS j(run_id, idx, item, state, input, input_secrets, runs_on, ord)
-                 ORDER BY j.ord",
-                params![q.run, q.idx, q.item, q.state, q.input, q.input_secrets, q.runs_on],
+                "INSERT INTO jobs (run_id, idx, item, state, input, input_secrets, runs_on, worker, claim, lease_until)
+                 SELECT j.run_id, j.idx, j.item, j.state, j.input, j.input_secrets, ARRAY(SELECT jsonb_array_elements_text(j.runs_on::jsonb)),
+                        j.worker, CASE WHEN j.worker IS NULL THEN 0 ELSE 1 END, now() + make_interval(secs => j.lease)
+                 FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[])
+                      WITH ORDINALITY AS j(run_id, idx, item, state, input, input_secrets, runs_on, worker, lease, ord)
+                 ORDER BY j.ord
+                 RETURNING id, run_id, idx, item",
+                params![q.run, q.idx, q.item, q.state, q.input, q.input_secrets, q.runs_on, q.worker, q.lease],
             ));
         }
         if !ended.0.is_empty() {
@@ -212,14 +268,23 @@ impl Pipe {
         }
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = ops.iter().map(|(_, p)| p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect()).collect();
         let mut futures: Vec<Pending<'_, Vec<Row>>> = Vec::with_capacity(writes.len() + reads.len());
-        for (statement, params) in writes.iter().zip(&params) {
-            futures.push(Box::pin(async move { tx.execute(statement, params).await.map(|_| Vec::new()) }));
+        let insert_op = self.insert_op.take();
+        for (k, (statement, params)) in writes.iter().zip(&params).enumerate() {
+            if Some(k) == insert_op {
+                futures.push(Box::pin(async move { tx.query(statement, params).await }));
+            } else {
+                futures.push(Box::pin(async move { tx.execute(statement, params).await.map(|_| Vec::new()) }));
+            }
         }
         for (statement, (_, params)) in queries.iter().zip(reads) {
             futures.push(Box::pin(async move { tx.query(statement, params).await }));
         }
         let mut results = in_order(futures).await?;
-        Ok(results.split_off(writes.len()))
+        let reads = results.split_off(writes.len());
+        for r in results.iter().flatten() {
+            self.inserted.insert((r.get(1), r.get(2), r.get(3)), r.get(0));
+        }
+        Ok(reads)
     }
 }
 

@@ -457,6 +457,18 @@ impl PgStore {
         t.save();
         t.pipe.push("COMMIT", params![]);
         t.pipe.send(tx).await.map_err(db)?;
+        let pipe = &t.pipe;
+        t.claimed.retain_mut(|c| {
+            if c.id == 0 {
+                match pipe.inserted_id(&c.run_id, c.step as i32, c.item.map(|k| k as i32)) {
+                    Some(id) => c.id = id,
+                    // Cannot happen; if it did, the lease would expire and
+                    // another worker run the job.
+                    None => tracing::error!("run {}: the id of a job claimed as it was inserted is unknown", c.run_id),
+                }
+            }
+            c.id != 0
+        });
         let outcome = Outcome { done, new_jobs: t.new_jobs, retry_in: t.retry_in, claimed: std::mem::take(&mut t.claimed) };
         drop(t);
         conn.finished();
@@ -552,6 +564,9 @@ pub struct Claimer {
     /// Its free slots (after the attempts being committed).
     pub slots: usize,
     pub lease: Duration,
+    /// Jobs of the run that this transaction did not queue may be ready
+    /// (the worker was told so): look for them too.
+    pub others: bool,
 }
 
 /// One run's bookkeeping inside a transaction holding its row lock.
@@ -711,10 +726,37 @@ impl<'a> RunTx<'a> {
         if claimer.slots == 0 || !self.running {
             return Ok(());
         }
-        let limit = claimer.slots as i64;
-        let rows = self.pipe.query(self.tx, CLAIM, &[&claimer.worker, &limit, &claimer.lease.as_secs_f64(), &claimer.labels, &Some(self.run_id)]).await?;
-        let mut claimed: Vec<Claimed> = rows.iter().map(claimed_row).collect();
-        claimed.sort_by_key(|c| c.id);
+        // Jobs this transaction queued are taken as they are inserted;
+        // older ones only if some may be ready (`claimer.others`).
+        let wf = self.wf();
+        let mine = self.pipe.claim_queued(&claimer.worker, claimer.lease.as_secs_f64(), claimer.slots, |idx| {
+            wf.steps[idx as usize].runs_on.iter().all(|l| claimer.labels.contains(l))
+        });
+        let mut claimed = Vec::new();
+        let left = claimer.slots - mine.len();
+        if left > 0 && (claimer.others || self.pipe.sent_ready()) {
+            let limit = left as i64;
+            let rows = self.pipe.query(self.tx, CLAIM, &[&claimer.worker, &limit, &claimer.lease.as_secs_f64(), &claimer.labels, &Some(self.run_id)]).await?;
+            claimed = rows.iter().map(claimed_row).collect();
+            claimed.sort_by_key(|c| c.id);
+        }
+        if !mine.is_empty() {
+            let idx: Vec<i32> = mine.iter().map(|m| m.idx).collect();
+            self.pipe.push("UPDATE dag SET first_started = COALESCE(first_started, now()) WHERE run_id = $1 AND idx = ANY($2)", params![self.run_id.to_string(), idx]);
+        }
+        for m in mine {
+            claimed.push(Claimed {
+                // Known once the insert is sent: see `in_run`.
+                id: 0,
+                run_id: self.run_id.to_string(),
+                step: m.idx as usize,
+                item: m.item.map(|k| k as usize),
+                attempt: 1,
+                claim: 1,
+                input: serde_json::from_str(&m.input).unwrap_or(Value::Null),
+                input_secrets: m.input_secrets.and_then(|t| serde_json::from_str(&t).ok()),
+            });
+        }
         for c in &claimed {
             let event = Event::StepStarted { run_id: self.run_id.to_string(), step: self.wf().steps[c.step].id.clone(), attempt: c.attempt, item: c.item };
             self.emit(event);
