@@ -59,8 +59,10 @@ for flow in wide chain; do
       sleep 1
       c0=$(commits); t0=$(now)
       "$bin" -q --state-dir "$state" --store "$url" run --no-work "$work/$flow.yaml" >/dev/null
-      t1=$(now); c1=$(commits)
+      t1=$(now)
+      # Server backends report their counts when they end (or once a second).
       kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+      sleep 1.5; c1=$(commits)
       line "$flow, PostgreSQL, $n worker(s) × $slots" "$steps" "$(echo "$t1 - $t0" | bc)" "$(awk -v a="$c0" -v b="$c1" -v s="$steps" 'BEGIN { printf "%.1f", (b - a) / s }')"
     done
   done

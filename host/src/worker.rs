@@ -50,6 +50,14 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// Slots by default: 16, or the CPU count if more. A worker commits the
+    /// results it holds together, so slots beyond the CPUs buy throughput
+    /// (BENCHMARKS.md: 2,000 `echo` steps on 2 workers, 2 slots each against
+    /// 16 each) at the price of memory: each step may use its limit.
+    pub fn default_concurrency() -> usize {
+        std::thread::available_parallelism().map_or(16, |n| n.get().max(16))
+    }
+
     /// A unique default name: host, process id and a random suffix.
     pub fn default_name() -> String {
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into());

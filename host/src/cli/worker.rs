@@ -38,7 +38,9 @@ pub(crate) struct SubmitArgs {
     `dirs` grants and /builtin/load_file read this machine's paths.\n\nExample:\n  \
     sandflow --store postgres://postgres@127.0.0.1/sandflow worker --concurrency 4")]
 pub(crate) struct WorkerArgs {
-    /// Most steps running at once [default: the CPU count].
+    /// Most steps running at once [default: 16, or the CPU count if more].
+    /// Steps share the CPUs (they yield at every epoch tick), so more slots
+    /// than CPUs hide the store's round trips; each may use its memory limit.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: Option<u64>,
     /// The worker's name in the store [default: HOST-PID-RANDOM].
@@ -80,7 +82,7 @@ fn worker_config(
     }
     Ok(WorkerConfig {
         name: name.unwrap_or_else(WorkerConfig::default_name),
-        concurrency: concurrency.map_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()), |n| n as usize),
+        concurrency: concurrency.map_or_else(WorkerConfig::default_concurrency, |n| n as usize),
         lease,
         secrets: read_secrets(secrets_file)?,
         labels,

@@ -42,8 +42,7 @@ macro_rules! params {
 pub(super) use params;
 
 /// Writes waiting to be sent (over a transaction, or a connection whose
-/// transaction control is itself pushed: `BEGIN` and `COMMIT` then travel
-/// with the statements around them).
+/// `BEGIN` is itself pushed, to travel with the statements after it).
 ///
 /// Statements pushed run in the order pushed; then the gathered rows, one
 /// statement per table. Gathered rows and pushed statements of one burst
