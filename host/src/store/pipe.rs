@@ -187,9 +187,7 @@ impl Pipe {
 
     /// `event` appended to run `run_id`'s stream as number `seq`.
     pub fn append(&mut self, run_id: &str, seq: i32, event: &Event) {
-        let body = serde_json::to_string(event).expect("events serialize");
-        self.stream
-            .push((run_id.to_string(), seq, text(&body).into_owned()));
+        self.stream.push((run_id.to_string(), seq, event_body(event)));
     }
 
     /// Gathered rows become statements, after those pushed.
@@ -285,6 +283,11 @@ impl Pipe {
         }
         Ok(reads)
     }
+}
+
+/// An event as a run's stream keeps it: its JSON line.
+pub(super) fn event_body(event: &Event) -> String {
+    text(&serde_json::to_string(event).expect("events serialize")).into_owned()
 }
 
 /// Polls `futures` in order until all are done; the first error ends it.

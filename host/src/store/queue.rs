@@ -22,7 +22,7 @@
 //! result from a worker whose lease was taken is discarded: steps *run*
 //! at least once, their *results* are recorded exactly once.
 
-use super::pipe::{NewJob, Pipe, Read, params};
+use super::pipe::{NewJob, Pipe, Read, event_body, params};
 use tokio_postgres::types::ToSql;
 use super::postgres::{PgStore, db, text};
 use super::{NewRun, StoreError, now};
@@ -232,10 +232,7 @@ impl PgStore {
             let run_id = group[0].0.run_id.clone();
             let bodies: Vec<String> = group
                 .iter()
-                .map(|(c, step)| {
-                    let event = Event::StepStarted { run_id: run_id.clone(), step: step.clone(), attempt: c.attempt, item: c.item };
-                    text(&serde_json::to_string(&event).expect("events serialize")).into_owned()
-                })
+                .map(|(c, step)| event_body(&Event::StepStarted { run_id: run_id.clone(), step: step.clone(), attempt: c.attempt, item: c.item }))
                 .collect();
             pipe.push(APPEND_EVENTS, params![run_id.clone(), bodies]);
             pipe.push(NOTIFY, params![EVENTS_CHANNEL, run_id]);
@@ -552,9 +549,19 @@ fn claimed_row(r: &tokio_postgres::Row) -> Claimed {
         item: r.get::<_, Option<i32>>(3).map(|i| i as usize),
         attempt: r.get::<_, i32>(4) as u32,
         claim: r.get(5),
-        input: serde_json::from_str(r.get::<_, &str>(6)).unwrap_or(Value::Null),
-        input_secrets: r.get::<_, Option<String>>(7).and_then(|t| serde_json::from_str(&t).ok()),
+        input: job_input(r.get(6)),
+        input_secrets: job_input_secrets(r.get(7)),
     }
+}
+
+/// A job's stored input (secrets masked).
+fn job_input(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+/// Where a job's stored input has masked secrets.
+fn job_input_secrets(text: Option<String>) -> Option<SecretSpans> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
 /// What a committing worker offers to claim in the same transaction.
@@ -754,8 +761,8 @@ impl<'a> RunTx<'a> {
                 item: m.item.map(|k| k as usize),
                 attempt: 1,
                 claim: 1,
-                input: serde_json::from_str(&m.input).unwrap_or(Value::Null),
-                input_secrets: m.input_secrets.and_then(|t| serde_json::from_str(&t).ok()),
+                input: job_input(&m.input),
+                input_secrets: job_input_secrets(m.input_secrets),
             });
         }
         for c in &claimed {
