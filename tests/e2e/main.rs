@@ -8,6 +8,7 @@ mod distributed;
 mod fake;
 mod fuzz;
 mod inspect;
+mod language;
 mod quota;
 mod sandbox;
 mod scheduler;

@@ -12,7 +12,8 @@
 use crate::expr::{CelCache, EvalError, Outputs, Scope};
 use crate::failure::{FailureKind, StepFailure};
 use crate::units::format_duration;
-use crate::workflow::{ErrorAction, StepDecl, Workflow};
+use crate::plan::Plan;
+use crate::workflow::{Cond, ErrorAction, StepDecl, Workflow};
 use super::{RunState, StepState};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -63,6 +64,85 @@ pub enum Decision {
     Skip { reason: String, warning: Option<String> },
     /// It fails without running (a reference it reads cannot be resolved).
     Fail(StepFailure),
+    /// A dependency failed (or was cancelled, or skipped because one of
+    /// its own did) and its `depends` does not name it: skipped, and its
+    /// own dependents are blocked in turn.
+    Blocked,
+}
+
+/// How an ended step turned out, as `depends` reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub state: StepState,
+    /// It does not let steps that merely need it run (see [`Verdict::releases`]).
+    pub blocks: bool,
+    /// A `forEach` step's items: how many succeeded and failed, of how many.
+    pub items: Option<ItemCounts>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ItemCounts {
+    pub succeeded: u32,
+    pub failed: u32,
+    pub total: u32,
+}
+
+impl Outcome {
+    /// Whether the step meets `cond` of a `depends` expression.
+    pub fn meets(&self, cond: Cond) -> bool {
+        match cond {
+            Cond::Allows => !self.blocks,
+            Cond::Succeeded => self.state == StepState::Succeeded,
+            Cond::Failed => self.state == StepState::Failed,
+            Cond::Skipped => self.state == StepState::Skipped,
+            Cond::Cancelled => self.state == StepState::Cancelled,
+            Cond::AnySucceeded => self.items.map_or(self.state == StepState::Succeeded, |n| n.succeeded > 0),
+            Cond::AllFailed => self.items.map_or(self.state == StepState::Failed, |n| n.total > 0 && n.failed == n.total),
+        }
+    }
+
+    /// How an outcome is written down (the distributed store keeps it in a
+    /// column beside `blocks`): the state, then the item counts.
+    pub fn encode(&self) -> String {
+        match self.items {
+            None => self.state.as_str().to_string(),
+            Some(n) => format!("{}/{}/{}/{}", self.state.as_str(), n.succeeded, n.failed, n.total),
+        }
+    }
+
+    pub fn decode(text: &str, blocks: bool) -> Option<Outcome> {
+        let mut parts = text.split('/');
+        let state = match parts.next()? {
+            "succeeded" => StepState::Succeeded,
+            "failed" => StepState::Failed,
+            "skipped" => StepState::Skipped,
+            "cancelled" => StepState::Cancelled,
+            _ => return None,
+        };
+        let mut n = || parts.next().and_then(|p| p.parse::<u32>().ok());
+        let items = match n() {
+            None => None,
+            Some(succeeded) => Some(ItemCounts { succeeded, failed: n()?, total: n()? }),
+        };
+        Some(Outcome { state, blocks, items })
+    }
+}
+
+/// Whether a step whose dependencies have all ended may go on to
+/// [`decide`]: `outcome` gives each dependency's. A dependency that blocks
+/// blocks the step unless its `depends` names it; then `depends` must hold.
+pub fn gate(plan: &Plan, i: usize, outcome: &dyn Fn(usize) -> Option<Outcome>) -> Option<Decision> {
+    let decl = &plan.workflow.steps[i];
+    let named: Vec<(&str, Cond)> = decl.depends.as_ref().map(|d| d.refs()).unwrap_or_default();
+    let blocked = plan.deps[i]
+        .iter()
+        .any(|&d| outcome(d).is_some_and(|o| o.blocks) && !named.iter().any(|(id, _)| *id == plan.workflow.steps[d].id));
+    if blocked {
+        return Some(Decision::Blocked);
+    }
+    let depends = decl.depends.as_ref()?;
+    let holds = depends.eval(&|id, cond| plan.index.get(id).and_then(|&d| outcome(d)).is_some_and(|o| o.meets(cond)));
+    (!holds).then(|| Decision::Skip { reason: format!("depends not met: {}", depends.text), warning: None })
 }
 
 /// Why a run stopped starting steps.
@@ -70,6 +150,10 @@ pub enum Decision {
 pub enum Stop {
     /// A step failed under `on_error: fail`.
     Failed(usize),
+    /// A step failed under `on_error: fail` in a workflow with
+    /// `fail_fast: false`: the run will fail, but steps that do not depend
+    /// on it still start.
+    Failing(usize),
     Cancelled,
     TimedOut,
     /// The run's record could not be made durable.
@@ -80,13 +164,19 @@ impl Stop {
     /// Whether a cancel request still changes the run: a failure does not
     /// stop running steps, a cancel does.
     pub fn cancel_applies(stop: Option<Stop>) -> bool {
-        matches!(stop, None | Some(Stop::Failed(_)))
+        matches!(stop, None | Some(Stop::Failed(_) | Stop::Failing(_)))
+    }
+
+    /// Whether no new step may start.
+    pub fn halts(stop: Option<Stop>) -> bool {
+        matches!(stop, Some(s) if !matches!(s, Stop::Failing(_)))
     }
 
     /// How a stop is written down (the distributed store keeps it in a column).
     pub fn encode(self) -> String {
         match self {
             Stop::Failed(i) => format!("failed:{i}"),
+            Stop::Failing(i) => format!("failing:{i}"),
             Stop::Cancelled => "cancelled".into(),
             Stop::TimedOut => "timed_out".into(),
             Stop::Unrecorded => "unrecorded".into(),
@@ -98,9 +188,19 @@ impl Stop {
             "cancelled" => Some(Stop::Cancelled),
             "timed_out" => Some(Stop::TimedOut),
             "unrecorded" => Some(Stop::Unrecorded),
-            other => other.strip_prefix("failed:")?.parse().ok().map(Stop::Failed),
+            other => match other.split_once(':')? {
+                ("failed", i) => i.parse().ok().map(Stop::Failed),
+                ("failing", i) => i.parse().ok().map(Stop::Failing),
+                _ => None,
+            },
         }
     }
+}
+
+/// What happens to step `i` once its dependencies have all ended: [`gate`],
+/// then [`decide`].
+pub fn decide_ready(facts: &RunFacts<'_>, plan: &Plan, i: usize, outputs: &dyn Outputs, outcome: &dyn Fn(usize) -> Option<Outcome>) -> Decision {
+    gate(plan, i, outcome).unwrap_or_else(|| decide(facts, &plan.workflow.steps[i], outputs))
 }
 
 /// Evaluates `when`, `skipIf`, `forEach` and the input of a ready step.
@@ -197,11 +297,14 @@ pub enum Ending {
     Skipped(String),
     /// [`decide`] failed it before it ran.
     Refused(StepFailure),
+    /// [`gate`] found a dependency that blocks it.
+    Blocked,
 }
 
 /// The verdict on step `i` that ended as `ending` while the run is stopped
 /// for `stop` (if at all).
-pub fn verdict(wf: &Workflow, i: usize, ending: Ending, stop: Option<Stop>) -> Verdict {
+pub fn verdict(plan: &Plan, i: usize, ending: Ending, stop: Option<Stop>) -> Verdict {
+    let wf = &plan.workflow;
     let decl = &wf.steps[i];
     let (state, error, output, reason) = match ending {
         Ending::Ran(Ok(v)) => (StepState::Succeeded, None, Some(v), None),
@@ -218,12 +321,25 @@ pub fn verdict(wf: &Workflow, i: usize, ending: Ending, stop: Option<Stop>) -> V
         }
         Ending::Ran(Err(f)) | Ending::Refused(f) => (StepState::Failed, Some(f), None, None),
         Ending::Skipped(reason) => (StepState::Skipped, None, None, Some(reason)),
+        Ending::Blocked => {
+            let reason = Some("dependency failed".to_string());
+            return Verdict { state: StepState::Skipped, output: None, error: None, reason, releases: false, stop: None };
+        }
     };
     if state != StepState::Failed {
         return Verdict { state, output, error, reason, releases: true, stop: None };
     }
     match decl.on_error.action {
-        ErrorAction::Fail => Verdict { state, output: None, error, reason, releases: false, stop: Some(Stop::Failed(i)) },
+        ErrorAction::Fail => {
+            // A failure some `depends` names is handled there; with
+            // `fail_fast: false` the run fails but goes on.
+            let stop = match () {
+                _ if plan.handled[i] => None,
+                _ if wf.fail_fast => Some(Stop::Failed(i)),
+                _ => Some(Stop::Failing(i)),
+            };
+            Verdict { state, output: None, error, reason, releases: false, stop }
+        }
         ErrorAction::Continue => Verdict {
             state,
             output: Some(decl.on_error.default_output.clone().unwrap_or(Value::Null)),
@@ -268,11 +384,12 @@ pub fn retry_after(decl: &StepDecl, wf: &Workflow, failure: &StepFailure, attemp
 pub struct Items {
     results: Vec<Value>,
     failure: Option<StepFailure>,
+    counts: ItemCounts,
 }
 
 impl Items {
     pub fn new(count: usize) -> Items {
-        Items { results: vec![Value::Null; count], failure: None }
+        Items { results: vec![Value::Null; count], failure: None, counts: ItemCounts { total: count as u32, ..ItemCounts::default() } }
     }
 
     /// Whether an item that ended with `result` fails the step (so no
@@ -287,6 +404,10 @@ impl Items {
     /// Item `index` ended with `result`.
     pub fn record(&mut self, decl: &StepDecl, index: usize, result: Result<Value, StepFailure>) {
         let fails = Items::fails_step(decl, &result);
+        match &result {
+            Ok(_) => self.counts.succeeded += 1,
+            Err(_) => self.counts.failed += 1,
+        }
         match result {
             Ok(v) => self.results[index] = v,
             Err(f) if fails => {
@@ -301,6 +422,11 @@ impl Items {
     /// Whether more items may start: not after one failed the step.
     pub fn may_start(&self) -> bool {
         self.failure.is_none()
+    }
+
+    /// How many items succeeded and failed so far.
+    pub fn counts(&self) -> ItemCounts {
+        self.counts
     }
 
     /// The step's result once every started item has ended.
@@ -319,7 +445,7 @@ pub fn run_end(wf: &Workflow, stop: Option<Stop>, failure: impl Fn(usize) -> Opt
         None => (RunState::Completed, None),
         Some(Stop::Cancelled) => (RunState::Cancelled, Some("cancelled".to_string())),
         Some(Stop::TimedOut) => (RunState::Failed, Some(format!("the run's {} timeout passed", wf.timeout.map(format_duration).unwrap_or_default()))),
-        Some(Stop::Failed(i)) => {
+        Some(Stop::Failed(i) | Stop::Failing(i)) => {
             let what = failure(i).map(|f| format!(" ({}): {}", f.kind, f.message)).unwrap_or_default();
             (RunState::Failed, Some(format!("step `{}` failed{what}", wf.steps[i].id)))
         }
@@ -404,28 +530,26 @@ steps:
     #[test]
     fn on_error_decides_what_a_failure_does_to_the_run() {
         let plan = workflow(FLOW);
-        let wf = &plan.workflow;
         let boom = || Ending::Ran(Err(StepFailure::new(FailureKind::Trap, "boom")));
-        let v = verdict(wf, 0, boom(), None);
+        let v = verdict(&plan, 0, boom(), None);
         assert_eq!((v.state, v.releases, v.stop), (StepState::Failed, false, Some(Stop::Failed(0))));
-        let v = verdict(wf, 1, boom(), None);
+        let v = verdict(&plan, 1, boom(), None);
         assert_eq!((v.state, v.releases, v.stop, v.output), (StepState::Failed, true, None, Some(json!({"fallback": true}))));
-        let v = verdict(wf, 2, boom(), None);
+        let v = verdict(&plan, 2, boom(), None);
         assert_eq!((v.state, v.releases, v.reason.as_deref()), (StepState::Skipped, true, Some("it failed and `on_error` is `skip`")));
-        let v = verdict(wf, 0, Ending::Ran(Ok(json!(1))), Some(Stop::Failed(3)));
+        let v = verdict(&plan, 0, Ending::Ran(Ok(json!(1))), Some(Stop::Failed(3)));
         assert_eq!((v.state, v.releases, v.stop, v.output), (StepState::Succeeded, true, None, Some(json!(1))));
     }
 
     #[test]
     fn a_cancelled_attempt_cancels_the_run_unless_it_already_stopped() {
         let plan = workflow(FLOW);
-        let wf = &plan.workflow;
         let cancelled = || Ending::Ran(Err(StepFailure::new(FailureKind::Cancelled, "cancelled")));
-        let v = verdict(wf, 0, cancelled(), None);
+        let v = verdict(&plan, 0, cancelled(), None);
         assert_eq!((v.state, v.stop), (StepState::Cancelled, Some(Stop::Cancelled)));
-        let v = verdict(wf, 0, cancelled(), Some(Stop::Unrecorded));
+        let v = verdict(&plan, 0, cancelled(), Some(Stop::Unrecorded));
         assert_eq!((v.state, v.stop), (StepState::Cancelled, None));
-        let v = verdict(wf, 0, cancelled(), Some(Stop::TimedOut));
+        let v = verdict(&plan, 0, cancelled(), Some(Stop::TimedOut));
         assert_eq!(v.state, StepState::Failed);
         assert_eq!(v.error.map(|e| e.kind), Some(FailureKind::Timeout));
     }
@@ -470,9 +594,74 @@ steps:
         assert_eq!(items.result().map_err(|e| e.message), Err("item 1: x".to_string()));
     }
 
+    const DEPENDS: &str = r#"
+name: depends
+steps:
+  - { id: build, component: /builtin/eval }
+  - { id: test, component: /builtin/eval, needs: [build] }
+  - { id: cleanup, component: /builtin/eval, depends: "build && (test.failed || test.Skipped)" }
+  - { id: report, component: /builtin/eval, needs: [test] }
+  - { id: each, component: /builtin/eval, forEach: "{{ inputs.items }}" }
+  - { id: any, component: /builtin/eval, depends: "each.any_succeeded && !each.AllFailed" }
+"#;
+
+    fn ended(state: StepState, blocks: bool) -> Option<Outcome> {
+        Some(Outcome { state, blocks, items: None })
+    }
+
+    #[test]
+    fn depends_gates_on_outcomes_and_a_blocking_dependency_blocks_the_rest() {
+        let plan = workflow(DEPENDS);
+        let failed = |i| match i {
+            0 => ended(StepState::Succeeded, false),
+            1 => ended(StepState::Failed, true),
+            _ => None,
+        };
+        // `cleanup` names the failure: it runs, and never `dependency failed`.
+        assert_eq!(gate(&plan, 2, &failed), None);
+        // `report` only needs `test`: blocked, skipped as `dependency failed`.
+        assert_eq!(gate(&plan, 3, &failed), Some(Decision::Blocked));
+        let passed = |i| ended(StepState::Succeeded, false).filter(|_| i < 2);
+        assert_eq!(
+            gate(&plan, 2, &passed),
+            Some(Decision::Skip { reason: "depends not met: build && (test.failed || test.Skipped)".into(), warning: None })
+        );
+        assert_eq!(gate(&plan, 3, &passed), None);
+        // A failure `depends` names is handled: it does not stop the run.
+        assert!(plan.handled[1] && !plan.handled[0]);
+        let v = verdict(&plan, 1, Ending::Ran(Err(StepFailure::new(FailureKind::Trap, "boom"))), None);
+        assert_eq!((v.state, v.releases, v.stop), (StepState::Failed, false, None));
+        let v = verdict(&plan, 0, Ending::Blocked, None);
+        assert_eq!((v.state, v.releases, v.reason.as_deref()), (StepState::Skipped, false, Some("dependency failed")));
+    }
+
+    #[test]
+    fn for_each_outcomes_count_items() {
+        let plan = workflow(DEPENDS);
+        let each = |succeeded, failed| {
+            move |i| (i == 4).then_some(Outcome { state: StepState::Succeeded, blocks: false, items: Some(ItemCounts { succeeded, failed, total: 3 }) })
+        };
+        assert_eq!(gate(&plan, 5, &each(1, 2)), None);
+        assert!(matches!(gate(&plan, 5, &each(0, 3)), Some(Decision::Skip { .. })));
+        let o = Outcome { state: StepState::Failed, blocks: true, items: Some(ItemCounts { succeeded: 1, failed: 2, total: 3 }) };
+        assert_eq!(Outcome::decode(&o.encode(), true), Some(o));
+        let o = Outcome { state: StepState::Skipped, blocks: false, items: None };
+        assert_eq!(Outcome::decode(&o.encode(), false), Some(o));
+    }
+
+    #[test]
+    fn without_fail_fast_a_failure_fails_the_run_but_does_not_halt_it() {
+        let plan = workflow(&FLOW.replace("name: core", "name: core\nfail_fast: false"));
+        let v = verdict(&plan, 0, Ending::Ran(Err(StepFailure::new(FailureKind::Trap, "boom"))), None);
+        assert_eq!(v.stop, Some(Stop::Failing(0)));
+        assert!(!Stop::halts(v.stop) && Stop::halts(Some(Stop::Failed(0))) && Stop::cancel_applies(v.stop));
+        let (state, error) = run_end(&plan.workflow, v.stop, |_| Some(StepFailure::new(FailureKind::Trap, "boom")));
+        assert_eq!((state, error.as_deref()), (RunState::Failed, Some("step `a` failed (trap): boom")));
+    }
+
     #[test]
     fn stops_round_trip_through_their_encoding() {
-        for stop in [Stop::Failed(12), Stop::Cancelled, Stop::TimedOut, Stop::Unrecorded] {
+        for stop in [Stop::Failed(12), Stop::Failing(3), Stop::Cancelled, Stop::TimedOut, Stop::Unrecorded] {
             assert_eq!(Stop::decode(&stop.encode()), Some(stop));
         }
         assert_eq!(Stop::decode("nonsense"), None);

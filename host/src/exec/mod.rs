@@ -34,7 +34,7 @@ pub use prepare::{Disk, Files, MAX_NESTING, Prepared, PreparedComponent, Recordi
 pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
 pub use runner::{Job, StepRunner};
 
-use self::core::{Decision, Ending, Items, RunFacts, Stop, Verdict, Work};
+use self::core::{Decision, Ending, ItemCounts, Items, Outcome, RunFacts, Stop, Verdict, Work};
 
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, HostServices, Limits, MemoryServices, Quota, RunMeter, StepLog};
@@ -160,6 +160,8 @@ enum Msg {
 /// The result of all of a step's attempts (and items).
 struct StepEnd {
     result: Result<Value, StepFailure>,
+    /// A `forEach` step's item counts.
+    items: Option<ItemCounts>,
     attempts: u32,
     fuel_used: u64,
     duration: Duration,
@@ -343,6 +345,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         ready,
         outputs: BTreeMap::new(),
         reports: vec![None; n],
+        outcomes: vec![None; n],
         failed: vec![false; n],
         stop: None,
         unrecorded: None,
@@ -355,7 +358,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     let deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
 
     loop {
-        while book.stop.is_none() && running < limit {
+        while !Stop::halts(book.stop) && running < limit {
             let Some(i) = book.ready.pop_front() else { break };
             let decl = &wf.steps[i];
             // A step's dependencies are durable before it starts.
@@ -373,7 +376,11 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 book.restore(i, output.clone());
                 continue;
             }
-            match core::decide(&facts, decl, &book.outputs) {
+            let outcomes = &book.outcomes;
+            match core::decide_ready(&facts, &plan, i, &book.outputs, &|d| outcomes[d]) {
+                Decision::Blocked => {
+                    book.finish(i, Ending::Blocked, None);
+                }
                 Decision::Skip { reason, warning } => {
                     if let Some(message) = warning {
                         sink.emit(&Event::StepWarning { run_id: run_id.clone(), step: decl.id.clone(), message });
@@ -430,7 +437,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 book.stop = Some(Stop::Cancelled);
                 child.cancel();
             }
-            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && book.stop.is_none() => {
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && !Stop::halts(book.stop) => {
                 book.stop = Some(Stop::TimedOut);
                 child.cancel();
             }
@@ -497,6 +504,8 @@ struct Book<'a> {
     /// Outputs of finished steps (`None`: skipped), for templates.
     outputs: BTreeMap<String, Option<Value>>,
     reports: Vec<Option<StepReport>>,
+    /// How each ended step turned out, for `depends`.
+    outcomes: Vec<Option<Outcome>>,
     /// Steps that failed (under `fail`) or were cancelled: their dependents
     /// are skipped with reason `dependency failed`.
     failed: Vec<bool>,
@@ -529,12 +538,13 @@ impl Book<'_> {
             fuel_used: 0,
             duration: Duration::ZERO,
         });
+        self.outcomes[i] = Some(Outcome { state: StepState::Succeeded, blocks: false, items: None });
         self.release(i);
     }
 
     /// Step `i` ended: the verdict of [`core::verdict`], recorded.
     fn finish(&mut self, i: usize, ending: Ending, end: Option<&StepEnd>) -> Verdict {
-        let verdict = core::verdict(self.wf, i, ending, self.stop);
+        let verdict = core::verdict(self.plan, i, ending, self.stop);
         match verdict.stop {
             Some(Stop::Cancelled) => self.stop = Some(Stop::Cancelled),
             Some(stop) => {
@@ -547,7 +557,8 @@ impl Book<'_> {
     }
 
     /// Records a step's final state, emits `StepFinished`, and makes its
-    /// dependents ready when it releases them.
+    /// dependents whose dependencies have all ended ready (whether they
+    /// may run is [`core::gate`]'s to say).
     fn settle(&mut self, i: usize, verdict: Verdict, end: Option<&StepEnd>) {
         let decl = &self.wf.steps[i];
         let Verdict { state, output, error, reason, releases, .. } = verdict;
@@ -587,9 +598,8 @@ impl Book<'_> {
         });
         self.reports[i] = Some(report);
         self.failed[i] = !releases;
-        if releases {
-            self.release(i);
-        }
+        self.outcomes[i] = Some(Outcome { state, blocks: !releases, items: end.and_then(|e| e.items) });
+        self.release(i);
     }
 
     /// Step `i` is done: dependents whose dependencies are all done are ready.
@@ -615,7 +625,7 @@ async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: Vec<Value>, concurrency: 
     let decl = &ctx.prepared.plan.workflow.steps[step];
     let started = Instant::now();
     let mut items = Items::new(inputs.len());
-    let mut total = StepEnd { result: Ok(Value::Null), attempts: 0, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
+    let mut total = StepEnd { result: Ok(Value::Null), items: None, attempts: 0, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
     let mut set = tokio::task::JoinSet::new();
     let mut pending = inputs.into_iter().enumerate();
     loop {
@@ -633,6 +643,7 @@ async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: Vec<Value>, concurrency: 
         items.record(decl, index, end.result);
     }
     total.duration = started.elapsed();
+    total.items = Some(items.counts());
     total.result = items.result();
     total
 }
@@ -652,7 +663,7 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx:
         let (result, fuel, log) = execute(ctx, step, &input, &settings, cancel).await;
         fuel_used += fuel;
         // Only the last attempt's log is kept, and counted against the run's `log` quota.
-        let end = |result| StepEnd { result, attempts: attempt, fuel_used, duration: started.elapsed(), log: ctx.services.keep_log(log) };
+        let end = |result| StepEnd { result, items: None, attempts: attempt, fuel_used, duration: started.elapsed(), log: ctx.services.keep_log(log) };
         let retry = match &result {
             Err(f) => core::retry_after(decl, wf, f, attempt, cancel.is_cancelled()),
             Ok(_) => None,

@@ -24,6 +24,12 @@ pub struct Plan {
     pub index: HashMap<String, usize>,
     /// Edges from each dependency to its dependents.
     pub graph: DiGraph<usize, ()>,
+    /// Steps whose failure some `depends` names (`X.failed`,
+    /// `X.all_failed`): the failure is handled, so it neither stops new
+    /// steps from starting nor fails the run by itself.
+    pub handled: Vec<bool>,
+    /// The number of steps of `steps`; those of `finally` follow them.
+    pub main: usize,
 }
 
 impl Plan {
@@ -51,18 +57,36 @@ impl Plan {
             d
         };
 
+        let main = steps.iter().position(|s| s.finally).unwrap_or(steps.len());
         let mut deps: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+        let mut handled = vec![false; steps.len()];
         for (i, s) in steps.iter().enumerate() {
+            // A `finally` step runs after every step of `steps` has ended:
+            // what it reads of them is no dependency. A step of `steps`
+            // cannot read a `finally` step, which runs after it.
+            let mut depend = |what: &str, id: &str, at: &crate::workflow::Location| match index.get(id) {
+                Some(&d) if d >= main && i < main => diags.push(
+                    Diagnostic::new(at, format!("step `{}` {what} `finally` step `{id}`, which runs after every step of `steps`", s.id))
+                        .with_hint("only a `finally` step may depend on a `finally` step"),
+                ),
+                Some(&d) if d < main && i >= main => {}
+                Some(&d) => deps[i].push(d),
+                None => diags.push(unknown_step(format!("step `{}` {what}", s.id), id, at)),
+            };
             for r in step_refs(s) {
-                match index.get(&r.id) {
-                    Some(&d) => deps[i].push(d),
-                    None => diags.push(unknown_step(format!("step `{}` reads", s.id), &r.id, &r.at)),
-                }
+                depend("reads", &r.id, &r.at);
             }
             for (id, at) in &s.needs {
-                match index.get(id) {
-                    Some(&d) => deps[i].push(d),
-                    None => diags.push(unknown_step(format!("step `{}` needs", s.id), id, at)),
+                depend("needs", id, at);
+            }
+            if let Some(dep) = &s.depends {
+                for (id, cond) in dep.refs() {
+                    depend("depends on", id, &dep.at);
+                    if cond.handles_failure()
+                        && let Some(&d) = index.get(id)
+                    {
+                        handled[d] = true;
+                    }
                 }
             }
             if let Target::Named(name) = &s.target
@@ -86,7 +110,7 @@ impl Plan {
         // Argo-style groups: each group waits for the whole group before it.
         if steps.iter().any(|s| s.group.is_some()) {
             let mut by_group: Vec<Vec<usize>> = Vec::new();
-            for (i, s) in steps.iter().enumerate() {
+            for (i, s) in steps.iter().enumerate().take(main) {
                 let g = s.group.unwrap_or(0);
                 if by_group.len() <= g {
                     by_group.resize(g + 1, Vec::new());
@@ -133,7 +157,7 @@ impl Plan {
         if !diags.is_empty() {
             return Err(Diagnostics { file: workflow.file.to_path_buf(), problems: diags }.sorted());
         }
-        Ok(Plan { workflow: Arc::new(workflow), deps, dependents, index, graph })
+        Ok(Plan { workflow: Arc::new(workflow), deps, dependents, index, graph, handled, main })
     }
 
     /// Reads and plans the workflow at `path`, the file's problems and the
@@ -169,9 +193,10 @@ impl Plan {
         exprs.into_iter().flat_map(|e| e.secrets.iter().map(|n| (n.clone(), e.at.clone()))).collect()
     }
 
-    /// The steps nothing depends on: together, the default run output.
+    /// The steps of `steps` nothing depends on: together, the default run
+    /// output.
     pub fn sinks(&self) -> Vec<usize> {
-        (0..self.deps.len()).filter(|&i| self.dependents[i].is_empty()).collect()
+        (0..self.main).filter(|&i| self.dependents[i].is_empty()).collect()
     }
 
     /// The DAG as a Mermaid flowchart.
@@ -205,7 +230,7 @@ impl Plan {
 }
 
 /// Every step a step's values read.
-fn step_refs(s: &StepDecl) -> Vec<crate::expr::StepRef> {
+pub fn step_refs(s: &StepDecl) -> Vec<crate::expr::StepRef> {
     let mut refs = s.input.step_refs();
     if let Some(w) = &s.when {
         refs.extend(w.steps.iter().map(|id| crate::expr::StepRef { id: id.clone(), at: w.at.clone(), tolerates_skip: false }));

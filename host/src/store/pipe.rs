@@ -71,8 +71,9 @@ pub(super) struct Pipe {
 struct JobRows {
     done: Vec<i64>,
     queued: QueuedJobs,
-    /// Steps ended: (run, step index, whether it blocks its dependents).
-    ended: (Vec<String>, Vec<i32>, Vec<bool>),
+    /// Steps ended: (run, step index, whether it blocks its dependents,
+    /// its encoded outcome).
+    ended: (Vec<String>, Vec<i32>, Vec<bool>, Vec<String>),
 }
 
 /// Jobs to insert, one column per vector.
@@ -169,11 +170,13 @@ impl Pipe {
         self.sent_ready
     }
 
-    /// Step `idx` of run `run` ended; `blocks`: its dependents may not run.
-    pub fn step_ended(&mut self, run: &str, idx: i32, blocks: bool) {
+    /// Step `idx` of run `run` ended; `blocks`: steps that merely need it
+    /// may not run; `outcome`: what `depends` reads of it.
+    pub fn step_ended(&mut self, run: &str, idx: i32, blocks: bool, outcome: String) {
         self.jobs.ended.0.push(run.to_string());
         self.jobs.ended.1.push(idx);
         self.jobs.ended.2.push(blocks);
+        self.jobs.ended.3.push(outcome);
     }
 
     /// The rows `event` writes to the run's tables (runs, steps, attempts, logs).
@@ -227,9 +230,10 @@ impl Pipe {
         }
         if !ended.0.is_empty() {
             self.ops.push((
-                "UPDATE dag SET finished = true, blocks = e.blocks FROM unnest($1::text[], $2::int[], $3::bool[]) AS e(run_id, idx, blocks)
+                "UPDATE dag SET finished = true, blocks = e.blocks, outcome = e.outcome
+                 FROM unnest($1::text[], $2::int[], $3::bool[], $4::text[]) AS e(run_id, idx, blocks, outcome)
                  WHERE dag.run_id = e.run_id AND dag.idx = e.idx",
-                params![ended.0, ended.1, ended.2],
+                params![ended.0, ended.1, ended.2, ended.3],
             ));
         }
     }

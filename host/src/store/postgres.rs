@@ -160,6 +160,8 @@ CREATE TABLE events (
 ",
     // 4: when each event was recorded (latency, timelines).
     "ALTER TABLE events ADD COLUMN at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp();",
+    // 5: how each ended step turned out, for `depends` (exec::core::Outcome).
+    "ALTER TABLE dag ADD COLUMN outcome TEXT;",
 ];
 
 /// Serializes migrations across every process using the server.

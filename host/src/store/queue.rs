@@ -26,7 +26,7 @@ use super::pipe::{NewJob, Pipe, Read, event_body, params};
 use tokio_postgres::types::ToSql;
 use super::postgres::{PgStore, db, text};
 use super::{NewRun, StoreError, now};
-use crate::exec::core::{self, Decision, Ending, Items, Stop, Verdict, Work};
+use crate::exec::core::{self, Decision, Ending, ItemCounts, Items, Stop, Verdict, Work};
 use crate::exec::{Event, Redactor, RunContext, RunState, SecretSpans, StepState, unmask};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{StepLog, sha256_hex};
@@ -446,6 +446,7 @@ impl PgStore {
             held: HashMap::new(),
             elapsed: HashMap::new(),
             outputs: HashMap::new(),
+            outcomes: HashMap::new(),
             waiting: HashMap::new(),
         };
         t.hold(reads.next().unwrap_or_default(), reads.next().unwrap_or_default());
@@ -607,6 +608,8 @@ struct RunTx<'a> {
     /// What `outputs_of` reads for steps that ended in this transaction:
     /// `Some(None)` skipped, `Some(Some(v))` an output, `None` neither.
     outputs: HashMap<usize, Option<Option<Value>>>,
+    /// How steps turned out, as read or as ended in this transaction: by step.
+    outcomes: HashMap<usize, core::Outcome>,
     /// Dependencies steps still wait for, as read under the run lock and
     /// counted down since: by step. (Only this run's transactions change them.)
     waiting: HashMap<usize, i32>,
@@ -649,6 +652,8 @@ struct Tally {
     fuel_used: u64,
     log: StepLog,
     ran: bool,
+    /// A `forEach` step's item counts.
+    items: Option<ItemCounts>,
 }
 
 impl<'a> RunTx<'a> {
@@ -777,19 +782,21 @@ impl<'a> RunTx<'a> {
     /// or failed.
     async fn ready(&mut self, mut ready: Vec<usize>) -> PgResult<()> {
         while !ready.is_empty() {
-            if self.stop.is_some() {
+            if Stop::halts(self.stop) {
                 // Not started; ended when the run settles.
                 return Ok(());
             }
             let outputs = self.outputs_of(ready.iter().flat_map(|&i| self.plan().deps[i].clone()).collect()).await?;
+
             let mut next = Vec::new();
             for i in std::mem::take(&mut ready) {
-                if self.stop.is_some() {
+                if Stop::halts(self.stop) {
                     break;
                 }
                 let decl = &self.wf().steps[i];
-                let decision = core::decide(&self.run.ctx.facts(&self.run.input), decl, &outputs);
+                let decision = core::decide_ready(&self.run.ctx.facts(&self.run.input), self.plan(), i, &outputs, &|d| self.outcomes.get(&d).copied());
                 match decision {
+                    Decision::Blocked => next.extend(self.finish(i, Ending::Blocked, Tally::default()).await?),
                     Decision::Run(Work::One(input)) => self.queue(i, None, &input, "ready"),
                     Decision::Run(Work::Each { inputs, .. }) if inputs.is_empty() => {
                         next.extend(self.finish(i, Ending::Ran(Ok(Value::Array(Vec::new()))), Tally::default()).await?);
@@ -826,8 +833,9 @@ impl<'a> RunTx<'a> {
         Ok(())
     }
 
-    /// The outputs of finished steps, as templates read them (secrets put back).
-    /// Steps that ended in this transaction are answered from memory.
+    /// The outputs of finished steps, as templates read them (secrets put
+    /// back); their outcomes go to `self.outcomes`. Steps that ended in
+    /// this transaction are answered from memory.
     async fn outputs_of(&mut self, steps: Vec<usize>) -> PgResult<BTreeMap<String, Option<Value>>> {
         let wf = self.wf();
         let mut out = BTreeMap::new();
@@ -847,9 +855,20 @@ impl<'a> RunTx<'a> {
             return Ok(out);
         }
         let ids: Vec<&str> = ids.into_iter().collect();
-        let rows = self.pipe.query(self.tx, "SELECT step, state, output, output_secrets FROM steps WHERE run_id = $1 AND step = ANY($2)", &[&self.run_id, &ids]).await?;
+        let rows = self
+            .pipe
+            .query(
+                self.tx,
+                "SELECT s.step, s.state, s.output, s.output_secrets, d.idx, d.blocks, d.outcome FROM steps s
+                 JOIN dag d ON d.run_id = s.run_id AND d.step = s.step WHERE s.run_id = $1 AND s.step = ANY($2)",
+                &[&self.run_id, &ids],
+            )
+            .await?;
         for r in rows {
             let (step, state): (String, String) = (r.get(0), r.get(1));
+            if let Some(o) = r.get::<_, Option<String>>(6).and_then(|t| core::Outcome::decode(&t, r.get(5))) {
+                self.outcomes.insert(r.get::<_, i32>(4) as usize, o);
+            }
             if state == "skipped" {
                 out.insert(step, None);
                 continue;
@@ -910,7 +929,7 @@ impl<'a> RunTx<'a> {
         let total_fuel = fuel_before + fuel_used as i64;
         if job.item.is_none() {
             self.pipe.delete_job(job.id);
-            let tally = Tally { attempts: attempt as u32, fuel_used: total_fuel as u64, log, ran: true };
+            let tally = Tally { attempts: attempt as u32, fuel_used: total_fuel as u64, log, ran: true, items: None };
             let next = self.finish(job.step, Ending::Ran(result), tally).await?;
             self.ready(next).await?;
             return Ok(true);
@@ -997,6 +1016,7 @@ impl<'a> RunTx<'a> {
             items.record(decl, k, Err(failure));
         }
         self.pipe.push("DELETE FROM jobs WHERE run_id = $1 AND idx = $2", params![self.run_id.to_string(), idx]);
+        tally.items = Some(items.counts());
         let next = self.finish(i, Ending::Ran(items.result()), tally).await?;
         self.ready(next).await
     }
@@ -1004,7 +1024,7 @@ impl<'a> RunTx<'a> {
     /// Step `i` ended: the verdict recorded, its dependents released.
     /// Returns the dependents that became ready.
     async fn finish(&mut self, i: usize, ending: Ending, tally: Tally) -> PgResult<Vec<usize>> {
-        let verdict = core::verdict(self.wf(), i, ending, self.stop);
+        let verdict = core::verdict(self.plan(), i, ending, self.stop);
         match verdict.stop {
             Some(Stop::Cancelled) => self.stop = Some(Stop::Cancelled),
             Some(stop) => {
@@ -1019,17 +1039,19 @@ impl<'a> RunTx<'a> {
     async fn settle_step(&mut self, i: usize, verdict: Verdict, tally: Tally) -> PgResult<Vec<usize>> {
         let Verdict { state, output, error, reason, releases, .. } = verdict;
         self.verdicts.insert(i, error.clone());
+        let outcome = core::Outcome { state, blocks: !releases, items: tally.items };
+        self.outcomes.insert(i, outcome);
         let elapsed: Option<f64> = match self.elapsed.get(&i) {
             Some(&elapsed) => {
-                self.pipe.step_ended(self.run_id, i as i32, !releases);
+                self.pipe.step_ended(self.run_id, i as i32, !releases, outcome.encode());
                 elapsed
             }
             None => self
                 .pipe
                 .query(
                     self.tx,
-                    "UPDATE dag SET finished = true, blocks = $3 WHERE run_id = $1 AND idx = $2 RETURNING EXTRACT(EPOCH FROM now() - first_started)::float8",
-                    &[&self.run_id, &(i as i32), &!releases],
+                    "UPDATE dag SET finished = true, blocks = $3, outcome = $4 WHERE run_id = $1 AND idx = $2 RETURNING EXTRACT(EPOCH FROM now() - first_started)::float8",
+                    &[&self.run_id, &(i as i32), &!releases, &outcome.encode()],
                 )
                 .await?
                 .first()
@@ -1054,7 +1076,9 @@ impl<'a> RunTx<'a> {
         };
         self.emit(event);
         let dependents: BTreeSet<usize> = self.plan().dependents[i].iter().copied().collect();
-        if !releases || dependents.is_empty() {
+        // Dependents are counted down whatever the step's end: whether they
+        // may run is `core::gate`'s to say once they are ready.
+        if dependents.is_empty() {
             return Ok(Vec::new());
         }
         let idx: Vec<i32> = dependents.iter().map(|&d| d as i32).collect();
@@ -1155,7 +1179,7 @@ impl<'a> RunTx<'a> {
         let rows = self.pipe.query(self.tx, "SELECT cancel_requested, COALESCE(deadline < now(), false) FROM runs WHERE id = $1", &[&self.run_id]).await?;
         let Some(row) = rows.first() else { return Ok(()) };
         let (cancel, late): (bool, bool) = (row.get(0), row.get(1));
-        if late && self.stop.is_none() {
+        if late && !Stop::halts(self.stop) {
             self.stop = Some(Stop::TimedOut);
         } else if cancel {
             self.stop = Some(Stop::Cancelled);
@@ -1205,7 +1229,7 @@ impl<'a> RunTx<'a> {
                 }
             }
         }
-        if self.stop.is_some() {
+        if Stop::halts(self.stop) {
             let active: i64 = self
                 .pipe
                 .query(self.tx, "SELECT COUNT(*) FROM jobs WHERE run_id = $1 AND state <> 'done'", &[&self.run_id])
@@ -1247,7 +1271,7 @@ impl<'a> RunTx<'a> {
     async fn end_run(&mut self) -> PgResult<()> {
         let stop = self.stop;
         let failure = match stop {
-            Some(Stop::Failed(i)) => match self.verdicts.get(&i) {
+            Some(Stop::Failed(i) | Stop::Failing(i)) => match self.verdicts.get(&i) {
                 Some(f) => f.clone(),
                 None => {
                     let step = self.wf().steps[i].id.as_str();

@@ -7,11 +7,13 @@
 //! # Ok::<(), sandflow::workflow::Diagnostics>(())
 //! ```
 
+pub mod depends;
 pub mod diagnostic;
 pub mod model;
 mod parse;
 pub mod yaml;
 
+pub use depends::{Cond, Depends};
 pub use diagnostic::{Diagnostic, Diagnostics, Location};
 pub use model::*;
 

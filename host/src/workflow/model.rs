@@ -1,6 +1,7 @@
 //! The typed workflow: every key of SPEC §2, with where it was written.
 //! Built by [`super::load`]; read by the planner.
 
+use super::depends::Depends;
 use super::diagnostic::Location;
 use crate::expr::{CelExpr, Template};
 use crate::sandbox::{Quota, QuotaKind};
@@ -29,9 +30,16 @@ pub struct Workflow {
     pub timeout: Option<Duration>,
     /// Most steps running at once.
     pub concurrency: Option<usize>,
+    /// `fail_fast` (default true): a failure under `on_error: fail` stops
+    /// new steps from starting. When false, independent branches still
+    /// start and finish; the run still ends `failed`.
+    pub fail_fast: bool,
+    /// The time `finally` steps have, from when they start (default 60s).
+    pub finally_timeout: Duration,
     /// The run's quotas (top-level `quota:`), over all its steps.
     pub quota: QuotaSettings,
     pub components: BTreeMap<String, ComponentDecl>,
+    /// The steps of `steps`, then those of `finally` (flagged `finally`).
     pub steps: Vec<StepDecl>,
     /// How the run output is built; `None`: SPEC §2.6's default.
     pub output: Option<Template>,
@@ -229,6 +237,8 @@ pub struct StepDecl {
     pub input: Template,
     /// `needs:`, each with where it is written.
     pub needs: Vec<(String, Location)>,
+    /// `depends:`: the outcomes of the steps it names that let it run.
+    pub depends: Option<Depends>,
     pub when: Option<CelExpr>,
     pub skip_if: Option<Template>,
     pub for_each: Option<Template>,
@@ -240,6 +250,8 @@ pub struct StepDecl {
     pub runs_on: Vec<String>,
     /// With Argo-style groups: the index of the step's group.
     pub group: Option<usize>,
+    /// A step of `finally`: it starts once every step of `steps` has ended.
+    pub finally: bool,
 }
 
 /// One case of `test.cases`.

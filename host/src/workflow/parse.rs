@@ -2,6 +2,7 @@
 //! Unknown keys are errors that name the nearest known key.
 
 use super::diagnostic::{Diagnostic, Location, nearest};
+use super::depends::Depends;
 use super::model::*;
 use super::yaml::{location, node_location, scalar_value, to_json};
 use crate::expr::{self, Template};
@@ -16,16 +17,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const WORKFLOW_KEYS: &[&str] =
-    &["name", "description", "input", "defaults", "timeout", "concurrency", "quota", "components", "steps", "output", "test"];
+    &[
+    "name", "description", "input", "defaults", "timeout", "concurrency", "fail_fast", "quota", "components", "steps", "finally",
+    "finally_timeout", "output", "test",
+];
 const DEFAULTS_KEYS: &[&str] = &["timeout", "fuel", "memory", "retry", "quota"];
 const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "delay", "max_delay"];
 const COMPONENT_KEYS: &[&str] = &["path", "sha256", "config", "grants"];
 const GRANTS_KEYS: &[&str] = &["env", "dirs"];
 const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
 const STEP_KEYS: &[&str] = &[
-    "id", "component", "workflow", "input", "needs", "when", "skipIf", "forEach", "concurrency", "retry",
+    "id", "component", "workflow", "input", "needs", "depends", "when", "skipIf", "forEach", "concurrency", "retry",
     "timeout", "fuel", "memory", "quota", "on_error", "runs_on",
 ];
+/// How long `finally` steps may take unless `finally_timeout` says.
+pub const DEFAULT_FINALLY_TIMEOUT: Duration = Duration::from_secs(60);
 const ON_ERROR_KEYS: &[&str] = &["action", "default_output"];
 const TEST_KEYS: &[&str] = &["cases"];
 const CASE_KEYS: &[&str] = &["name", "input", "output", "outcome", "error"];
@@ -150,8 +156,19 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String) -> Option<Workf
     let concurrency = get("concurrency").and_then(|n| cx.uint(n, "`concurrency`", 1)).map(|n| n as usize);
     let run_quota = get("quota").map(|n| quota(cx, n, true)).unwrap_or_default();
     let components = get("components").map(|n| components(cx, n)).unwrap_or_default();
-    let steps = match get("steps") {
-        Some(n) => steps(cx, n),
+    let fail_fast = match get("fail_fast") {
+        None => true,
+        Some(n) => match n.as_scalar().map(scalar_value) {
+            Some(Value::Bool(b)) => b,
+            _ => {
+                cx.error(n, "`fail_fast` must be true or false");
+                true
+            }
+        },
+    };
+    let finally_timeout = get("finally_timeout").and_then(|n| cx.duration(n, "`finally_timeout`")).unwrap_or(DEFAULT_FINALLY_TIMEOUT);
+    let mut steps = match get("steps") {
+        Some(n) => steps(cx, n, false),
         None => {
             cx.diags.push(
                 Diagnostic::new(&Location::file_start(&cx.file), "the workflow has no `steps`")
@@ -160,6 +177,9 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String) -> Option<Workf
             Vec::new()
         }
     };
+    if let Some(n) = get("finally") {
+        steps.extend(self::steps(cx, n, true));
+    }
     let output = get("output").map(|n| cx.template(n));
     let tests = get("test").map(|n| tests(cx, n)).unwrap_or_default();
     Some(Workflow {
@@ -172,6 +192,8 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String) -> Option<Workf
         defaults,
         timeout,
         concurrency,
+        fail_fast,
+        finally_timeout,
         quota: run_quota,
         components,
         steps,
@@ -329,17 +351,24 @@ fn grants(cx: &mut Cx, node: &Node, what: &str) -> GrantsDecl {
     GrantsDecl { env, dirs }
 }
 
-fn steps(cx: &mut Cx, node: &Node) -> Vec<StepDecl> {
+/// `steps:` (or, `finally`, the steps of `finally:`).
+fn steps(cx: &mut Cx, node: &Node, finally: bool) -> Vec<StepDecl> {
     let Some(seq) = node.as_sequence() else {
-        cx.error(node, "`steps` must be a list of steps (or a list of lists of steps)");
+        match finally {
+            false => cx.error(node, "`steps` must be a list of steps (or a list of lists of steps)"),
+            true => cx.error(node, "`finally` must be a list of steps"),
+        }
         return Vec::new();
     };
+    if finally {
+        return seq.iter().filter_map(|n| step(cx, n, None, true)).collect();
+    }
     let grouped = seq.iter().any(|n| n.as_sequence().is_some());
     let mut out = Vec::new();
     if grouped {
         for (g, group) in seq.iter().enumerate() {
             match group.as_sequence() {
-                Some(inner) => out.extend(inner.iter().filter_map(|n| step(cx, n, Some(g)))),
+                Some(inner) => out.extend(inner.iter().filter_map(|n| step(cx, n, Some(g), false))),
                 None => cx.error_hint(
                     group,
                     "mixed step groups and steps: every entry of `steps` must be a list when one is",
@@ -348,7 +377,7 @@ fn steps(cx: &mut Cx, node: &Node) -> Vec<StepDecl> {
             }
         }
     } else {
-        out.extend(seq.iter().filter_map(|n| step(cx, n, None)));
+        out.extend(seq.iter().filter_map(|n| step(cx, n, None, false)));
     }
     out
 }
@@ -357,7 +386,7 @@ fn is_valid_id(id: &str) -> bool {
     !id.is_empty() && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn step(cx: &mut Cx, node: &Node, group: Option<usize>) -> Option<StepDecl> {
+fn step(cx: &mut Cx, node: &Node, group: Option<usize>, finally: bool) -> Option<StepDecl> {
     let map = cx.mapping(node, "a step", STEP_KEYS)?;
     let step_at = cx.at(node);
     let Some(id_node) = map.get_node("id") else {
@@ -395,6 +424,14 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>) -> Option<StepDecl> {
             Vec::new()
         }
     };
+    let depends = map.get_node("depends").and_then(|n| {
+        let Some(Value::String(text)) = n.as_scalar().map(scalar_value) else {
+            cx.error(n, "`depends` must be an expression over step ids, such as `build && (test.failed || test.skipped)`");
+            return None;
+        };
+        let at = cx.at(n);
+        Depends::parse(&text, &at).map_err(|d| cx.diags.push(d)).ok()
+    });
     let when = map.get_node("when").and_then(|n| {
         let text = match n.as_scalar().map(scalar_value) {
             Some(Value::String(s)) => s,
@@ -431,7 +468,7 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>) -> Option<StepDecl> {
     // A step whose target is broken is kept (the problem is already
     // reported) so that references to it are not reported as unknown.
     let (target, target_at) = target.unwrap_or((Target::Builtin(Builtin::Eval), at.clone()));
-    Some(StepDecl { id, at, target, target_at, input, needs, when, skip_if, for_each, concurrency, settings, on_error, runs_on, group })
+    Some(StepDecl { id, at, target, target_at, input, needs, depends, when, skip_if, for_each, concurrency, settings, on_error, runs_on, group, finally })
 }
 
 fn component_target(cx: &mut Cx, node: &Node, text: &str) -> Target {
