@@ -52,6 +52,7 @@ fn with_scope(f: impl FnOnce(&Scope<'_>)) {
         run_id: "fuzz",
         attempt: 1,
         secrets: &secrets,
+        ending: None,
     };
     f(&scope)
 }

@@ -17,6 +17,8 @@ pub struct Settings {
     pub concurrency: Option<usize>,
     /// Values for `secrets.NAME`. Never written to the store.
     pub secrets: BTreeMap<String, String>,
+    /// Interrupts the `finally` steps (see [`RunOptions::skip_finally`]).
+    pub skip_finally: CancellationToken,
 }
 
 /// Where runs are recorded and how their steps run.
@@ -64,6 +66,7 @@ impl Recorder {
             concurrency: settings.concurrency,
             secrets: settings.secrets,
             services: Arc::new(StoreServices { store: self.store.clone(), run_id }),
+            skip_finally: settings.skip_finally,
             ..RunOptions::default()
         };
         Ok(self.execute(prepared, input, options, display, cancel).await)
@@ -104,6 +107,7 @@ impl Recorder {
             services: Arc::new(StoreServices { store: self.store.clone(), run_id: record.id.clone() }),
             restored,
             attempt,
+            skip_finally: settings.skip_finally,
         };
         Ok(self.execute(prepared, record.input.clone(), options, display, cancel).await)
     }

@@ -113,3 +113,141 @@ fn depends_problems_are_reported_at_their_place_all_at_once() {
     assert!(err.contains("bad.yaml:4:49: step `c` depends on step `nope`, which does not exist"), "{err}");
     assert!(err.contains("bad.yaml:5:49: invalid `depends` `(a` at character 3: the `(` at character 1 is not closed"), "{err}");
 }
+
+#[test]
+fn argo_exit_handler_ends_as_argo_documents() {
+    let (code, steps, end) = states(&Backend::Sqlite, "workflows/argo-exit-handler.yaml", &[]);
+    for (id, want) in [("intentional-fail", "failed"), ("send-email", "succeeded"), ("celebrate", "skipped"), ("cry", "succeeded")] {
+        assert_eq!(state_of(&steps, id), want, "{id}");
+    }
+    assert_eq!((code, end["state"].as_str()), (1, Some("failed")));
+    assert_eq!(end["error"], "step `intentional-fail` failed (component): the input can never be processed");
+}
+
+#[test]
+fn finally_is_refused_on_workers_until_they_run_it() {
+    let Some(schema) = crate::support::PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["--store", &schema.url, "submit", "workflows/argo-exit-handler.yaml"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`finally` steps (`send-email` at line 15) run only on the embedded SQLite store for now"), "{err}");
+}
+
+/// A flow whose main step sleeps `main_ms` and whose `finally` step
+/// reports the run's status after sleeping `finally_ms`.
+fn finally_flow(dir: &std::path::Path, top: &str, main_ms: u64, finally_ms: u64) -> std::path::PathBuf {
+    let file = dir.join("finally.yaml");
+    let text = format!(
+        "{top}components:\n  slow: {{ path: {sleep} }}\n  pass: {{ path: {echo} }}\n\
+         steps:\n  - {{ id: work, component: slow, input: {{ ms: {main_ms} }}, timeout: 60s }}\n\
+         finally:\n  - {{ id: wait, component: slow, input: {{ ms: {finally_ms} }}, timeout: 60s }}\n\
+         \x20 - id: report\n    component: pass\n    needs: [wait]\n\
+         \x20   input: {{ status: \"{{{{ run.status }}}}\", failures: \"{{{{ run.failures }}}}\", work: \"{{{{ steps.work.status }}}}\" }}\n",
+        sleep = root().join("components/dist/hostile/sleep.wasm").display(),
+        echo = root().join("components/dist/echo.wasm").display(),
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// Runs `file` with `--json`, sends SIGINT `signals` times (after the
+/// first step starts, then after the first `finally` step starts), and
+/// returns the exit code and the events.
+fn interrupted(file: &std::path::Path, signals: usize) -> (i32, Vec<Value>) {
+    let state = tempfile::tempdir().unwrap();
+    let mut child = sandflow(&state).args(["--json", "run"]).arg(file).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    for (n, wait_for) in ["\"step\":\"work\"", "\"step\":\"wait\""].iter().enumerate().take(signals) {
+        let mut line = String::new();
+        while !(line.contains("\"step_started\"") && line.contains(wait_for)) {
+            line.clear();
+            assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "no start of {wait_for} before signal {n}: {seen}");
+            seen.push_str(&line);
+        }
+        assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    }
+    let status = child.wait().unwrap();
+    seen.push_str(&std::io::read_to_string(stderr).unwrap());
+    (status.code().unwrap(), seen.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+fn finished<'e>(events: &'e [Value], step: &str) -> &'e Value {
+    events.iter().find(|e| e["event"] == "step_finished" && e["step"] == step).unwrap_or_else(|| panic!("{step} did not finish: {events:?}"))
+}
+
+#[test]
+fn finally_steps_run_after_a_cancel_and_a_second_interrupt_skips_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = finally_flow(dir.path(), "", 30_000, 200);
+    let (code, events) = interrupted(&file, 1);
+    assert_eq!(code, 130);
+    assert_eq!(finished(&events, "work")["state"], "cancelled");
+    let report = finished(&events, "report");
+    assert_eq!(report["state"], "succeeded", "{report}");
+    assert_eq!(report["output"], serde_json::json!({"status": "cancelled", "failures": [], "work": "cancelled"}));
+    assert_eq!(events.last().unwrap()["state"], "cancelled");
+
+    let file = finally_flow(dir.path(), "", 30_000, 30_000);
+    let started = std::time::Instant::now();
+    let (code, events) = interrupted(&file, 2);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the second interrupt stops the finally steps");
+    assert_eq!(code, 130);
+    assert_eq!(finished(&events, "wait")["state"], "cancelled");
+    assert_eq!(finished(&events, "report")["state"], "cancelled");
+}
+
+#[test]
+fn finally_steps_run_after_the_run_timeout_within_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = finally_flow(dir.path(), "timeout: 300ms\nfinally_timeout: 5s\n", 30_000, 10);
+    let (code, steps, end) = states(&Backend::Sqlite, file.to_str().unwrap(), &[]);
+    assert_eq!(code, 1);
+    assert_eq!(state_of(&steps, "work"), "failed");
+    assert_eq!(state_of(&steps, "report"), "succeeded");
+    assert_eq!(end["error"], "the run's 300ms timeout passed");
+    // Their own timeout: a `finally` step that overruns it fails the run.
+    let file = finally_flow(dir.path(), "finally_timeout: 300ms\n", 10, 30_000);
+    let (code, steps, end) = states(&Backend::Sqlite, file.to_str().unwrap(), &[]);
+    assert_eq!(code, 1);
+    assert_eq!((state_of(&steps, "work"), state_of(&steps, "wait")), ("succeeded".into(), "failed".into()));
+    assert_eq!(end["error"], "the `finally` steps' 300ms `finally_timeout` passed");
+}
+
+#[test]
+fn a_failing_finally_step_fails_a_run_that_completed_and_keeps_its_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "components:\n  fail: {{ path: {} }}\n  pass: {{ path: {} }}\nsteps:\n  - {{ id: main, component: pass, input: 42 }}\n\
+             finally:\n  - {{ id: notify, component: fail }}\n  - {{ id: also, component: pass, input: x }}\n",
+            root().join("components/dist/hostile/fatal.wasm").display(),
+            root().join("components/dist/echo.wasm").display()
+        ),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(sandflow(&state).args(["run"]).arg(&file));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(out.trim(), "42", "the run output is the main steps'");
+    assert!(err.contains("`finally` step `notify` failed (component): the input can never be processed"), "{err}");
+    let (_, steps, _) = states(&Backend::Sqlite, file.to_str().unwrap(), &[]);
+    assert_eq!(state_of(&steps, "also"), "succeeded", "one failing finally step stops none of the others");
+}
+
+#[test]
+fn a_step_cannot_read_a_finally_step() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "steps:\n  - { id: a, component: /builtin/eval, input: { x: { $from: { step: z } } } }\n\
+         finally:\n  - { id: z, component: /builtin/eval, needs: [a] }\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(sandflow(&state).arg("validate").arg(&file));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("step `a` reads `finally` step `z`, which runs after every step of `steps`"), "{err}");
+}

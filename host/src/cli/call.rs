@@ -228,6 +228,12 @@ fn report_failure(
 
 /// Cancels `token` on SIGINT or SIGTERM.
 pub(crate) async fn cancel_on_signal(token: CancellationToken) {
+    cancel_on_signals(&[token]).await
+}
+
+/// Cancels each token of `tokens` on a SIGINT or SIGTERM of its own: the
+/// first signal the first token, the second the second, and so on.
+pub(crate) async fn cancel_on_signals(tokens: &[CancellationToken]) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -235,16 +241,21 @@ pub(crate) async fn cancel_on_signal(token: CancellationToken) {
         else {
             return;
         };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
+        for token in tokens {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            token.cancel();
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        for token in tokens {
+            let _ = tokio::signal::ctrl_c().await;
+            token.cancel();
+        }
     }
-    token.cancel();
 }
 
 #[cfg(test)]

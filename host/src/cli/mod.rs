@@ -72,6 +72,9 @@ pub(crate) struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a workflow: its output as JSON on stdout, progress on stderr.
+    ///
+    /// Ctrl-C (SIGINT) or SIGTERM cancels the run; its `finally` steps still
+    /// run, within `finally_timeout`, and a second signal interrupts them.
     Run(run::RunArgs),
     /// Check workflows without running them: every static check, components loaded.
     Validate(validate::ValidateArgs),

@@ -1,7 +1,6 @@
 //! `sandflow run FILE`: run a workflow; its output as JSON on stdout,
 //! progress on stderr.
 
-use super::call::cancel_on_signal;
 use super::display::{JsonLines, LiveView, PlainLines};
 use super::{CliError, Output, exit, new_sandbox, store_error, workflow_cmd};
 use crate::exec::{EventSink, Redactor, RunReport, RunState, check_input, check_secrets};
@@ -154,7 +153,10 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
         crate::store::StoreUrl::Sqlite(_) => {}
     }
     let cancel = CancellationToken::new();
-    let watcher = tokio::spawn(cancel_on_signal(cancel.clone()));
+    // The first signal cancels the run; a second skips its `finally` steps.
+    let skip_finally = CancellationToken::new();
+    let tokens = [cancel.clone(), skip_finally.clone()];
+    let watcher = tokio::spawn(async move { super::call::cancel_on_signals(&tokens).await });
     let input = args.input.read()?;
     let secrets = read_secrets(args.secrets_file.as_deref())?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
@@ -163,7 +165,7 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
     let recorder = Recorder { store: global.open_store().await?, runner: sandbox };
-    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets };
+    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets, skip_finally };
     let report = recorder.start(prepared, &args.file, input, settings, sink(out), cancel).await.map_err(store_error)?;
     watcher.abort();
     Ok(finish(&report, &redactor, out))

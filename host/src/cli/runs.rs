@@ -176,7 +176,10 @@ pub(crate) async fn cancel(args: CancelArgs, global: &GlobalArgs, out: &Output) 
 /// `sandflow resume ID`.
 pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let cancel = CancellationToken::new();
-    let watcher = tokio::spawn(super::call::cancel_on_signal(cancel.clone()));
+    // The first signal cancels the run; a second skips its `finally` steps.
+    let skip_finally = CancellationToken::new();
+    let tokens = [cancel.clone(), skip_finally.clone()];
+    let watcher = tokio::spawn(async move { super::call::cancel_on_signals(&tokens).await });
     let store = global.open_store().await?;
     let record = store.run(&args.id).await.map_err(store_error)?;
     if record.status == RunState::Running.as_str()
@@ -203,7 +206,7 @@ pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) 
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
     let recorder = Recorder { store, runner: sandbox };
-    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets };
+    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets, skip_finally };
     let report = recorder.resume(prepared, &record, settings, run::sink(out), cancel).await.map_err(|e| match e {
         ResumeError::Store(e) => store_error(e),
         changed @ ResumeError::Changed { .. } => CliError::invalid(changed.to_string()),

@@ -104,7 +104,17 @@ async fn load_for_submit(
     })
     .await
     .map_err(|e| CliError { code: exit::FAILED, message: format!("loading components failed: {e}") })?;
-    Ok((prepared.map_err(|d| workflow_cmd::report(out, d))?, files))
+    let prepared = prepared.map_err(|d| workflow_cmd::report(out, d))?;
+    let plan = &prepared.plan;
+    if let Some(first) = plan.workflow.steps.get(plan.main) {
+        return Err(CliError::invalid(format!(
+            "{}: `finally` steps (`{}` at line {}) run only on the embedded SQLite store for now, not on workers: run it without a PostgreSQL --store",
+            file.display(),
+            first.id,
+            first.at.line
+        )));
+    }
+    Ok((prepared, files))
 }
 
 /// `sandflow submit FILE`.

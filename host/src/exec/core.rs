@@ -30,6 +30,9 @@ pub struct RunFacts<'a> {
     pub cel: &'a CelCache,
     /// The run's step concurrency: a `forEach` step's default item concurrency.
     pub limit: usize,
+    /// Once every step of `steps` has ended: `{status, failures}` for the
+    /// `finally` steps (see [`ending`]).
+    pub ending: Option<&'a Value>,
 }
 
 impl<'a> RunFacts<'a> {
@@ -44,6 +47,7 @@ impl<'a> RunFacts<'a> {
             run_id: self.run_id,
             attempt: self.attempt,
             secrets: self.secrets,
+            ending: self.ending,
         }
     }
 }
@@ -197,6 +201,58 @@ impl Stop {
     }
 }
 
+/// The outputs of ended steps with how each ended (`steps.ID.status`). For
+/// a `finally` step, a step of `steps` that ended without an output (it
+/// failed, or was cancelled) reads as skipped, so `$on_skip` applies.
+pub struct Ended<'a> {
+    pub outputs: &'a BTreeMap<String, Option<Value>>,
+    pub states: &'a BTreeMap<String, StepState>,
+    pub finally: bool,
+}
+
+impl Outputs for Ended<'_> {
+    fn lookup(&self, id: &str) -> crate::expr::Lookup<'_> {
+        match self.outputs.lookup(id) {
+            crate::expr::Lookup::Unknown if self.finally && self.states.contains_key(id) => crate::expr::Lookup::Skipped,
+            found => found,
+        }
+    }
+
+    fn status(&self, id: &str) -> Option<&str> {
+        self.states.get(id).map(|s| s.as_str())
+    }
+}
+
+/// What `finally` steps read as `run.status` and `run.failures`: the state
+/// the run would have without them and each failed step's `{step, kind,
+/// message}`, in file order.
+pub fn ending(state: RunState, failures: impl IntoIterator<Item = (String, StepFailure)>) -> Value {
+    let failures: Vec<Value> = failures
+        .into_iter()
+        .map(|(step, f)| serde_json::json!({ "step": step, "kind": f.kind.to_string(), "message": f.message }))
+        .collect();
+    serde_json::json!({ "status": state.as_str(), "failures": failures })
+}
+
+/// The run's end once its `finally` steps have ended: a `finally` step that
+/// failed (or their timeout) fails a run that would have completed, and is
+/// added to the error of one that failed; a cancelled run stays cancelled.
+pub fn with_finally(wf: &Workflow, main: (RunState, Option<String>), stop: Option<Stop>, failure: impl Fn(usize) -> Option<StepFailure>) -> (RunState, Option<String>) {
+    let problem = match stop {
+        Some(Stop::Failed(i) | Stop::Failing(i)) => {
+            let what = failure(i).map(|f| format!(" ({}): {}", f.kind, f.message)).unwrap_or_default();
+            format!("`finally` step `{}` failed{what}", wf.steps[i].id)
+        }
+        Some(Stop::TimedOut) => format!("the `finally` steps' {} `finally_timeout` passed", format_duration(wf.finally_timeout)),
+        _ => return main,
+    };
+    match main {
+        (RunState::Completed, _) => (RunState::Failed, Some(problem)),
+        (RunState::Failed, error) => (RunState::Failed, Some(error.map_or(problem.clone(), |e| format!("{e}; {problem}")))),
+        other => other,
+    }
+}
+
 /// What happens to step `i` once its dependencies have all ended: [`gate`],
 /// then [`decide`].
 pub fn decide_ready(facts: &RunFacts<'_>, plan: &Plan, i: usize, outputs: &dyn Outputs, outcome: &dyn Fn(usize) -> Option<Outcome>) -> Decision {
@@ -309,8 +365,10 @@ pub fn verdict(plan: &Plan, i: usize, ending: Ending, stop: Option<Stop>) -> Ver
     let (state, error, output, reason) = match ending {
         Ending::Ran(Ok(v)) => (StepState::Succeeded, None, Some(v), None),
         Ending::Ran(Err(f)) if f.kind == FailureKind::Cancelled && stop == Some(Stop::TimedOut) => {
-            let timeout = wf.timeout.map(format_duration).unwrap_or_default();
-            let f = StepFailure::new(FailureKind::Timeout, format!("interrupted: the run's {timeout} timeout passed"));
+            let f = match decl.finally {
+                false => StepFailure::new(FailureKind::Timeout, format!("interrupted: the run's {} timeout passed", wf.timeout.map(format_duration).unwrap_or_default())),
+                true => StepFailure::new(FailureKind::Timeout, format!("interrupted: the {} `finally_timeout` passed", format_duration(wf.finally_timeout))),
+            };
             (StepState::Failed, Some(f), None, None)
         }
         Ending::Ran(Err(f)) if f.kind == FailureKind::Cancelled => {
@@ -333,9 +391,10 @@ pub fn verdict(plan: &Plan, i: usize, ending: Ending, stop: Option<Stop>) -> Ver
         ErrorAction::Fail => {
             // A failure some `depends` names is handled there; with
             // `fail_fast: false` the run fails but goes on.
+            // `finally` steps all run: one failing stops none of the others.
             let stop = match () {
                 _ if plan.handled[i] => None,
-                _ if wf.fail_fast => Some(Stop::Failed(i)),
+                _ if wf.fail_fast && !decl.finally => Some(Stop::Failed(i)),
                 _ => Some(Stop::Failing(i)),
             };
             Verdict { state, output: None, error, reason, releases: false, stop }
@@ -514,7 +573,7 @@ steps:
 "#;
 
     fn facts<'a>(input: &'a Value, secrets: &'a BTreeMap<String, String>, cel: &'a CelCache) -> RunFacts<'a> {
-        RunFacts { input, run_id: "r", attempt: 1, secrets, cel, limit: 4 }
+        RunFacts { input, run_id: "r", attempt: 1, secrets, cel, limit: 4, ending: None }
     }
 
     #[test]

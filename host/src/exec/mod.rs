@@ -69,6 +69,9 @@ pub struct RunOptions {
     pub restored: BTreeMap<String, Value>,
     /// This attempt of the run: 1, plus one per resume (`run.attempt`).
     pub attempt: u32,
+    /// Interrupts the `finally` steps, which the run's cancel does not
+    /// (the CLI cancels it on a second SIGINT).
+    pub skip_finally: CancellationToken,
 }
 
 impl Default for RunOptions {
@@ -80,6 +83,7 @@ impl Default for RunOptions {
             services: Arc::new(MemoryServices::new()),
             restored: BTreeMap::new(),
             attempt: 1,
+            skip_finally: CancellationToken::new(),
         }
     }
 }
@@ -185,6 +189,8 @@ struct Ctx {
     cel: crate::expr::CelCache,
     restored: BTreeMap<String, Value>,
     attempt: u32,
+    /// See [`RunOptions::skip_finally`].
+    skip_finally: CancellationToken,
 }
 
 impl Executor {
@@ -217,6 +223,7 @@ impl Executor {
             cel: Default::default(),
             restored: options.restored.clone(),
             attempt: options.attempt,
+            skip_finally: options.skip_finally.clone(),
         });
         // The dispatcher runs as a task of its own, so the step tasks it
         // spawns start on its worker (tokio's LIFO slot) and report back
@@ -264,6 +271,7 @@ impl RunContext {
             cel: Default::default(),
             restored: BTreeMap::new(),
             attempt,
+            skip_finally: CancellationToken::new(),
         }))
     }
 
@@ -304,6 +312,7 @@ fn nested_run(parent: &Ctx, prepared: Arc<Prepared>, input: Value, cancel: Cance
         cel: Default::default(),
         restored: BTreeMap::new(),
         attempt: 1,
+        skip_finally: parent.skip_finally.clone(),
     });
     Box::pin(dispatch(ctx, input, Arc::new(NoEvents), cancel))
 }
@@ -320,22 +329,24 @@ fn prepared_limit(prepared: &Prepared) -> usize {
 impl Ctx {
     /// What this run's decisions read, for a run with `input`.
     fn facts<'a>(&'a self, input: &'a Value) -> RunFacts<'a> {
-        RunFacts { input, run_id: &self.run_id, attempt: self.attempt, secrets: &self.secrets, cel: &self.cel, limit: self.limit }
+        RunFacts { input, run_id: &self.run_id, attempt: self.attempt, secrets: &self.secrets, cel: &self.cel, limit: self.limit, ending: None }
     }
 }
 
 async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel: CancellationToken) -> RunReport {
+    let skip_finally = ctx.skip_finally.clone();
     let started = Instant::now();
     let plan = ctx.prepared.plan.clone();
     let wf = &plan.workflow;
     let n = wf.steps.len();
     let run_id = ctx.run_id.clone();
-    let facts = ctx.facts(&input);
+    // Set once every step of `steps` has ended: what `finally` steps read.
+    let mut ending: Option<Value> = None;
     sink.emit(&Event::RunStarted { run_id: run_id.clone(), workflow: wf.name.clone(), steps: n });
 
     let limit = ctx.limit;
     let waiting: Vec<usize> = plan.deps.iter().map(Vec::len).collect();
-    let ready: VecDeque<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let ready: VecDeque<usize> = (0..plan.main).filter(|&i| waiting[i] == 0).collect();
     let mut book = Book {
         wf,
         plan: &plan,
@@ -344,6 +355,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         waiting,
         ready,
         outputs: BTreeMap::new(),
+        states: BTreeMap::new(),
         reports: vec![None; n],
         outcomes: vec![None; n],
         failed: vec![false; n],
@@ -353,9 +365,14 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     };
     let mut running = 0usize;
     let mut inline: Option<StepFuture> = None;
-    let child = cancel.child_token();
+    // The steps of `steps` stop on `cancel` and the run's timeout; those of
+    // `finally` only on `skip_finally` and their own timeout.
+    let mut phase_cancel = cancel.clone();
+    let mut child = cancel.child_token();
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-    let deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
+    // How the steps of `steps` stopped, once the `finally` steps run.
+    let mut main_stop: Option<Option<Stop>> = None;
 
     loop {
         while !Stop::halts(book.stop) && running < limit {
@@ -377,7 +394,9 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 continue;
             }
             let outcomes = &book.outcomes;
-            match core::decide_ready(&facts, &plan, i, &book.outputs, &|d| outcomes[d]) {
+            let facts = RunFacts { ending: ending.as_ref(), ..ctx.facts(&input) };
+            let ended = core::Ended { outputs: &book.outputs, states: &book.states, finally: decl.finally };
+            match core::decide_ready(&facts, &plan, i, &ended, &|d| outcomes[d]) {
                 Decision::Blocked => {
                     book.finish(i, Ending::Blocked, None);
                 }
@@ -411,7 +430,29 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             }
         }
         if running == 0 {
-            break;
+            if main_stop.is_some() || plan.main == n || book.stop == Some(Stop::Unrecorded) {
+                break;
+            }
+            // Every step of `steps` has ended, or never will: those not
+            // started get their state, and the `finally` steps start.
+            book.settle_unstarted(0..plan.main);
+            let (state, _) = core::run_end(wf, book.stop, |i| book.reports[i].as_ref().and_then(|r| r.error.clone()));
+            let failures = book.reports[..plan.main]
+                .iter()
+                .flatten()
+                .filter(|r| r.state == StepState::Failed)
+                .filter_map(|r| Some((r.id.clone(), r.error.clone()?)));
+            ending = Some(core::ending(state, failures));
+            main_stop = Some(book.stop.take());
+            phase_cancel = skip_finally.clone();
+            child = skip_finally.child_token();
+            if skip_finally.is_cancelled() {
+                book.stop = Some(Stop::Cancelled);
+            }
+            deadline = Some(tokio::time::Instant::now() + wf.finally_timeout);
+            book.unflushed = true;
+            book.ready.extend((plan.main..n).filter(|&i| plan.deps[i].is_empty()));
+            continue;
         }
         tokio::select! {
             (step, end) = async { inline.as_mut().expect("guarded").await }, if inline.is_some() => {
@@ -433,7 +474,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                     }
                 }
             },
-            _ = cancel.cancelled(), if Stop::cancel_applies(book.stop) => {
+            _ = phase_cancel.cancelled(), if Stop::cancel_applies(book.stop) => {
                 book.stop = Some(Stop::Cancelled);
                 child.cancel();
             }
@@ -443,29 +484,26 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             }
         }
     }
-    // Steps that never started.
-    for i in 0..n {
-        if book.reports[i].is_some() {
-            continue;
-        }
-        let blocked = plan.deps[i].iter().any(|&d| book.failed[d] || book.reports[d].is_none());
-        let (state, reason) = core::unstarted(book.stop, blocked);
-        let verdict = Verdict { state, output: None, error: None, reason: Some(reason.to_string()), releases: !blocked, stop: None };
-        book.settle(i, verdict, None);
-    }
+    book.settle_unstarted(0..n);
     // Every step's result is durable before the run's end is decided.
     if let Err(e) = sink.barrier().await {
         book.lose_record(e);
     }
     let Book { outputs, reports, stop, unrecorded, .. } = book;
-
-    let (mut state, mut error) = core::run_end(wf, stop, |i| reports[i].as_ref().and_then(|r| r.error.clone()));
+    // With `finally` steps run: how the steps of `steps` stopped, and how
+    // the `finally` ones did.
+    let (stop, finally_stop) = match main_stop {
+        Some(main) if stop != Some(Stop::Unrecorded) => (main, stop),
+        _ => (stop, None),
+    };
+    let failure = |i: usize| reports[i].as_ref().and_then(|r| r.error.clone());
+    let (mut state, mut error) = core::run_end(wf, stop, failure);
     if stop == Some(Stop::Unrecorded) {
         error = unrecorded.map(|e| unrecorded_message(&e, &run_id));
     }
     let mut output = None;
     if state == RunState::Completed {
-        match core::run_output(&facts, &plan, &outputs) {
+        match core::run_output(&ctx.facts(&input), &plan, &outputs) {
             Ok(v) => output = Some(v),
             Err(e) => {
                 state = RunState::Failed;
@@ -473,6 +511,9 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             }
         }
     }
+    // The run output is the steps' of `steps`; a `finally` step that
+    // failed fails the run all the same.
+    (state, error) = core::with_finally(wf, (state, error), finally_stop, failure);
     sink.emit(&Event::RunFinished { run_id: run_id.clone(), state, duration: started.elapsed(), output: output.clone(), error: error.clone() });
     // The end itself could not be recorded: the run's result stands, but
     // its record says `running` (a resume finishes it), so the run fails.
@@ -503,6 +544,8 @@ struct Book<'a> {
     ready: VecDeque<usize>,
     /// Outputs of finished steps (`None`: skipped), for templates.
     outputs: BTreeMap<String, Option<Value>>,
+    /// How each finished step ended (`steps.ID.status`).
+    states: BTreeMap<String, StepState>,
     reports: Vec<Option<StepReport>>,
     /// How each ended step turned out, for `depends`.
     outcomes: Vec<Option<Outcome>>,
@@ -517,6 +560,20 @@ struct Book<'a> {
 }
 
 impl Book<'_> {
+    /// Steps of `range` that never started: their state, in file order, each
+    /// blocked by a dependency that failed or never started.
+    fn settle_unstarted(&mut self, range: std::ops::Range<usize>) {
+        for i in range {
+            if self.reports[i].is_some() {
+                continue;
+            }
+            let blocked = self.plan.deps[i].iter().any(|&d| self.failed[d] || self.reports[d].is_none());
+            let (state, reason) = core::unstarted(self.stop, blocked);
+            let verdict = Verdict { state, output: None, error: None, reason: Some(reason.to_string()), releases: !blocked, stop: None };
+            self.settle(i, verdict, None);
+        }
+    }
+
     /// The sink failed: no step starts any more, and the run fails.
     fn lose_record(&mut self, e: SinkError) {
         self.unrecorded.get_or_insert(e);
@@ -539,6 +596,7 @@ impl Book<'_> {
             duration: Duration::ZERO,
         });
         self.outcomes[i] = Some(Outcome { state: StepState::Succeeded, blocks: false, items: None });
+        self.states.insert(decl.id.clone(), StepState::Succeeded);
         self.release(i);
     }
 
@@ -599,6 +657,7 @@ impl Book<'_> {
         self.reports[i] = Some(report);
         self.failed[i] = !releases;
         self.outcomes[i] = Some(Outcome { state, blocks: !releases, items: end.and_then(|e| e.items) });
+        self.states.insert(decl.id.clone(), state);
         self.release(i);
     }
 

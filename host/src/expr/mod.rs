@@ -13,8 +13,9 @@
 //! | `"{{ EXPR }}"` | the typed result of the CEL expression |
 //! | `"Hello {{ EXPR }}!"` | a string; strings inserted as they are, other values as JSON |
 //!
-//! CEL sees `inputs`, `steps.ID.output` (or `.result`), `item` and `index`
-//! in a `forEach`, `secrets.NAME`, `run.id` and `run.attempt`.
+//! CEL sees `inputs`, `steps.ID.output` (or `.result`) and `steps.ID.status`,
+//! `item` and `index` in a `forEach`, `secrets.NAME`, `run.id` and
+//! `run.attempt`, and in `finally` steps `run.status` and `run.failures`.
 
 pub mod path;
 
@@ -74,6 +75,8 @@ pub struct CelExpr {
     pub text: String,
     program: Arc<cel::Program>,
     pub steps: BTreeSet<String>,
+    /// Steps read only as `steps.ID.status`.
+    status_only: BTreeSet<String>,
     /// Names read as `secrets.NAME`.
     pub secrets: BTreeSet<String>,
     /// Which of the names in scope the expression reads: only those are
@@ -130,6 +133,7 @@ impl CelExpr {
         })?;
         let mut steps = BTreeSet::new();
         collect_refs(&program.expression().expr, "steps", &mut steps);
+        let status_only = status_only(&program.expression().expr, &steps);
         let mut secrets = BTreeSet::new();
         collect_refs(&program.expression().expr, "secrets", &mut secrets);
         let refs = program.references();
@@ -141,7 +145,7 @@ impl CelExpr {
             run: refs.has_variable("run"),
             secrets: refs.has_variable("secrets"),
         };
-        Ok(CelExpr { text: text.to_string(), program: Arc::new(program), steps, secrets, vars, at: at.clone() })
+        Ok(CelExpr { text: text.to_string(), program: Arc::new(program), steps, status_only, secrets, vars, at: at.clone() })
     }
 
     fn eval(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
@@ -150,11 +154,18 @@ impl CelExpr {
         if v.steps {
             let mut steps = std::collections::HashMap::new();
             for id in &self.steps {
+                let status = scope.outputs.status(id).map(|s| ("status".to_string(), cel::Value::String(Arc::new(s.to_string()))));
                 match scope.outputs.lookup(id) {
                     Lookup::Done(out) => {
                         let value = scope.cache.step(id, out);
-                        let entry: std::collections::HashMap<String, cel::Value> =
+                        let mut entry: std::collections::HashMap<String, cel::Value> =
                             [("output".to_string(), value.clone()), ("result".to_string(), value)].into();
+                        entry.extend(status);
+                        steps.insert(id.clone(), cel::Value::Map(entry.into()));
+                    }
+                    // Only its status is read: no output needed.
+                    _ if status.is_some() && self.status_only.contains(id) => {
+                        let entry: std::collections::HashMap<String, cel::Value> = status.into_iter().collect();
                         steps.insert(id.clone(), cel::Value::Map(entry.into()));
                     }
                     Lookup::Skipped => return Err(EvalError::Skipped(id.clone())),
@@ -169,7 +180,11 @@ impl CelExpr {
             ctx.add_variable_from_value("inputs", scope.cache.inputs(scope.inputs));
         }
         if v.run {
-            ctx.add_variable_from_value("run", to_cel(&serde_json::json!({ "id": scope.run_id, "attempt": scope.attempt })));
+            let mut run = serde_json::json!({ "id": scope.run_id, "attempt": scope.attempt });
+            if let (Some(Value::Object(ending)), Value::Object(run)) = (scope.ending, &mut run) {
+                run.extend(ending.clone());
+            }
+            ctx.add_variable_from_value("run", to_cel(&run));
         }
         if let Some(item) = scope.item {
             if v.item {
@@ -234,49 +249,80 @@ fn to_cel(v: &Value) -> cel::Value {
 /// Finds `ROOT.NAME` (and `ROOT["NAME"]`) in an expression, e.g. the
 /// steps (`steps.load`) or secrets (`secrets.TOKEN`) it reads.
 fn collect_refs(expr: &Expr, root: &str, out: &mut BTreeSet<String>) {
-    match expr {
-        Expr::Select(sel) => {
-            if let Expr::Ident(name) = &sel.operand.expr
-                && name == root
-            {
-                out.insert(sel.field.clone());
-            }
-            collect_refs(&sel.operand.expr, root, out);
+    visit(expr, &mut |e| {
+        if let Some(id) = root_field(e, root) {
+            out.insert(id.to_string());
         }
+    });
+}
+
+/// `NAME` when `e` is `ROOT.NAME` or `ROOT["NAME"]`.
+fn root_field<'e>(e: &'e Expr, root: &str) -> Option<&'e str> {
+    match e {
+        Expr::Select(sel) => match &sel.operand.expr {
+            Expr::Ident(name) if name == root => Some(&sel.field),
+            _ => None,
+        },
+        Expr::Call(call) if call.func_name == "_[_]" => match call.args.as_slice() {
+            [target, key] => match (&target.expr, &key.expr) {
+                (Expr::Ident(name), Expr::Literal(cel::common::ast::LiteralValue::String(id))) if name == root => Some(&**id),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Steps the expression reads only as `steps.ID.status`: it may read
+/// them whether or not they have an output.
+fn status_only(expr: &Expr, steps: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut reads: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    visit(expr, &mut |e| {
+        if let Some(id) = root_field(e, "steps") {
+            reads.entry(id).or_default().0 += 1;
+        }
+        if let Expr::Select(sel) = e
+            && sel.field == "status"
+            && let Some(id) = root_field(&sel.operand.expr, "steps")
+        {
+            reads.entry(id).or_default().1 += 1;
+        }
+    });
+    steps.iter().filter(|id| reads.get(id.as_str()).is_some_and(|(all, status)| all == status)).cloned().collect()
+}
+
+/// Calls `f` on `expr` and every expression inside it.
+fn visit<'e>(expr: &'e Expr, f: &mut dyn FnMut(&'e Expr)) {
+    f(expr);
+    match expr {
+        Expr::Select(sel) => visit(&sel.operand.expr, f),
         Expr::Call(call) => {
-            if call.func_name == "_[_]"
-                && let [target, key] = call.args.as_slice()
-                && let (Expr::Ident(name), Expr::Literal(cel::common::ast::LiteralValue::String(id))) =
-                    (&target.expr, &key.expr)
-                && name == root
-            {
-                out.insert(id.to_string());
-            }
             if let Some(t) = &call.target {
-                collect_refs(&t.expr, root, out);
+                visit(&t.expr, f);
             }
             for a in &call.args {
-                collect_refs(&a.expr, root, out);
+                visit(&a.expr, f);
             }
         }
         Expr::Comprehension(c) => {
             for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
-                collect_refs(&e.expr, root, out);
+                visit(&e.expr, f);
             }
         }
-        Expr::List(list) => list.elements.iter().for_each(|e| collect_refs(&e.expr, root, out)),
+        Expr::List(list) => list.elements.iter().for_each(|e| visit(&e.expr, f)),
         Expr::Map(map) => {
             for entry in &map.entries {
                 if let cel::common::ast::EntryExpr::MapEntry(e) = &entry.expr {
-                    collect_refs(&e.key.expr, root, out);
-                    collect_refs(&e.value.expr, root, out);
+                    visit(&e.key.expr, f);
+                    visit(&e.value.expr, f);
                 }
             }
         }
-        Expr::Struct(s) => {
-            for entry in &s.entries {
-                if let cel::common::ast::EntryExpr::StructField(f) = &entry.expr {
-                    collect_refs(&f.value.expr, root, out);
+        Expr::Struct(st) => {
+            for entry in &st.entries {
+                if let cel::common::ast::EntryExpr::StructField(fl) = &entry.expr {
+                    visit(&fl.value.expr, f);
                 }
             }
         }
@@ -294,6 +340,11 @@ pub enum Lookup<'a> {
 /// The outputs of the steps that have finished.
 pub trait Outputs {
     fn lookup(&self, id: &str) -> Lookup<'_>;
+
+    /// How step `id` ended (`steps.ID.status`), where that is known.
+    fn status(&self, _id: &str) -> Option<&str> {
+        None
+    }
 }
 
 impl Outputs for BTreeMap<String, Option<Value>> {
@@ -317,6 +368,8 @@ pub struct Scope<'a> {
     pub run_id: &'a str,
     pub attempt: u32,
     pub secrets: &'a BTreeMap<String, String>,
+    /// For `finally` steps: `{status, failures}`, merged into `run`.
+    pub ending: Option<&'a Value>,
 }
 
 /// Why a template could not be evaluated.
@@ -666,7 +719,7 @@ mod tests {
     fn eval(t: &Template, outputs: &BTreeMap<String, Option<Value>>) -> Result<Value, EvalError> {
         let inputs = json!({"user_id": "u1", "n": 3, "name": "Ada"});
         let secrets = BTreeMap::from([("TOKEN".to_string(), "s3cr3t".to_string())]);
-        t.eval(&Scope { inputs: &inputs, cache: &CelCache::default(), outputs, item: None, index: None, run_id: "r1", attempt: 1, secrets: &secrets })
+        t.eval(&Scope { inputs: &inputs, cache: &CelCache::default(), outputs, item: None, index: None, run_id: "r1", attempt: 1, secrets: &secrets, ending: None })
     }
 
     fn outputs() -> BTreeMap<String, Option<Value>> {
@@ -731,7 +784,7 @@ mod tests {
         let secrets = BTreeMap::new();
         let inputs = json!({});
         let cache = CelCache::default();
-        let scope = Scope { inputs: &inputs, cache: &cache, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets };
+        let scope = Scope { inputs: &inputs, cache: &cache, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets, ending: None };
         // An injection attempt in the value stays a value.
         let c = parse_condition("'{{steps.classify.result.content}}' == 'urgent'", &at).unwrap();
         assert_eq!(c.eval_bool(&scope), Ok(false));
