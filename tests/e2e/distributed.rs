@@ -109,10 +109,6 @@ fn every_example_case_ends_the_same_on_workers_as_in_process() {
     for file in files {
         let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         let Some(cases) = doc.get("test").and_then(|t| t.get("cases")).and_then(|c| c.as_sequence()) else { continue };
-        // Workers do not run `finally` steps yet (see language::finally_is_refused_on_workers_until_they_run_it).
-        if doc.get("finally").is_some() {
-            continue;
-        }
         for case in cases {
             let input: Value = serde_json::to_value(case.get("input").cloned().unwrap_or_default()).unwrap();
             let input = if input.is_null() { json!({}) } else { input };

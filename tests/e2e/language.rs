@@ -116,21 +116,15 @@ fn depends_problems_are_reported_at_their_place_all_at_once() {
 
 #[test]
 fn argo_exit_handler_ends_as_argo_documents() {
-    let (code, steps, end) = states(&Backend::Sqlite, "workflows/argo-exit-handler.yaml", &[]);
-    for (id, want) in [("intentional-fail", "failed"), ("send-email", "succeeded"), ("celebrate", "skipped"), ("cry", "succeeded")] {
-        assert_eq!(state_of(&steps, id), want, "{id}");
+    for backend in backends() {
+        let name = backend.name();
+        let (code, steps, end) = states(&backend, "workflows/argo-exit-handler.yaml", &[]);
+        for (id, want) in [("intentional-fail", "failed"), ("send-email", "succeeded"), ("celebrate", "skipped"), ("cry", "succeeded")] {
+            assert_eq!(state_of(&steps, id), want, "{name}: {id}");
+        }
+        assert_eq!((code, end["state"].as_str()), (1, Some("failed")), "{name}");
+        assert_eq!(end["error"], "step `intentional-fail` failed (component): the input can never be processed", "{name}");
     }
-    assert_eq!((code, end["state"].as_str()), (1, Some("failed")));
-    assert_eq!(end["error"], "step `intentional-fail` failed (component): the input can never be processed");
-}
-
-#[test]
-fn finally_is_refused_on_workers_until_they_run_it() {
-    let Some(schema) = crate::support::PgSchema::create() else { return };
-    let state = tempfile::tempdir().unwrap();
-    let (code, _, err) = run(sandflow(&state).args(["--store", &schema.url, "submit", "workflows/argo-exit-handler.yaml"]));
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("`finally` steps (`send-email` at line 15) run only on the embedded SQLite store for now"), "{err}");
 }
 
 /// A flow whose main step sleeps `main_ms` and whose `finally` step
@@ -200,18 +194,21 @@ fn finally_steps_run_after_a_cancel_and_a_second_interrupt_skips_them() {
 #[test]
 fn finally_steps_run_after_the_run_timeout_within_their_own() {
     let dir = tempfile::tempdir().unwrap();
-    let file = finally_flow(dir.path(), "timeout: 300ms\nfinally_timeout: 5s\n", 30_000, 10);
-    let (code, steps, end) = states(&Backend::Sqlite, file.to_str().unwrap(), &[]);
-    assert_eq!(code, 1);
-    assert_eq!(state_of(&steps, "work"), "failed");
-    assert_eq!(state_of(&steps, "report"), "succeeded");
-    assert_eq!(end["error"], "the run's 300ms timeout passed");
-    // Their own timeout: a `finally` step that overruns it fails the run.
-    let file = finally_flow(dir.path(), "finally_timeout: 300ms\n", 10, 30_000);
-    let (code, steps, end) = states(&Backend::Sqlite, file.to_str().unwrap(), &[]);
-    assert_eq!(code, 1);
-    assert_eq!((state_of(&steps, "work"), state_of(&steps, "wait")), ("succeeded".into(), "failed".into()));
-    assert_eq!(end["error"], "the `finally` steps' 300ms `finally_timeout` passed");
+    for backend in backends() {
+        let name = backend.name();
+        let file = finally_flow(dir.path(), "timeout: 300ms\nfinally_timeout: 5s\n", 30_000, 10);
+        let (code, steps, end) = states(&backend, file.to_str().unwrap(), &[]);
+        assert_eq!(code, 1, "{name}");
+        assert_eq!(state_of(&steps, "work"), "failed", "{name}");
+        assert_eq!(state_of(&steps, "report"), "succeeded", "{name}");
+        assert_eq!(end["error"], "the run's 300ms timeout passed", "{name}");
+        // Their own timeout: a `finally` step that overruns it fails the run.
+        let file = finally_flow(dir.path(), "finally_timeout: 300ms\n", 10, 30_000);
+        let (code, steps, end) = states(&backend, file.to_str().unwrap(), &[]);
+        assert_eq!(code, 1, "{name}");
+        assert_eq!((state_of(&steps, "work"), state_of(&steps, "wait")), ("succeeded".into(), "failed".into()), "{name}");
+        assert_eq!(end["error"], "the `finally` steps' 300ms `finally_timeout` passed", "{name}");
+    }
 }
 
 #[test]
@@ -228,13 +225,69 @@ fn a_failing_finally_step_fails_a_run_that_completed_and_keeps_its_output() {
         ),
     )
     .unwrap();
+    for backend in backends() {
+        let name = backend.name();
+        let state = tempfile::tempdir().unwrap();
+        let store = backend.url(state.path());
+        let (code, out, err) = run(sandflow(&state).args(["--store", &store, "run"]).arg(&file));
+        assert_eq!(code, 1, "{name}: {err}");
+        assert_eq!(out.trim(), "42", "{name}: the run output is the main steps'");
+        assert!(err.contains("`finally` step `notify` failed (component): the input can never be processed"), "{name}: {err}");
+        let (_, steps, _) = states(&backend, file.to_str().unwrap(), &[]);
+        assert_eq!(state_of(&steps, "also"), "succeeded", "{name}: one failing finally step stops none of the others");
+    }
+}
+
+#[test]
+fn on_workers_finally_steps_run_after_a_cancel_and_a_second_cancel_interrupts_them() {
+    let Some(schema) = crate::support::PgSchema::create() else { return };
+    let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let (code, out, err) = run(sandflow(&state).args(["run"]).arg(&file));
-    assert_eq!(code, 1, "{err}");
-    assert_eq!(out.trim(), "42", "the run output is the main steps'");
-    assert!(err.contains("`finally` step `notify` failed (component): the input can never be processed"), "{err}");
-    let (_, steps, _) = states(&Backend::Sqlite, file.to_str().unwrap(), &[]);
-    assert_eq!(state_of(&steps, "also"), "succeeded", "one failing finally step stops none of the others");
+    let mut worker = sandflow(&state).args(["--store", &schema.url, "worker"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    // Submits `file`, follows its run, and `sandflow cancel`s it once the
+    // step of each of `cancel_at` has started; returns the followed events.
+    let cancelled = |file: &std::path::Path, cancel_at: &[&str]| -> (i32, Vec<Value>, Vec<(i32, String)>) {
+        let (code, out, err) = run(sandflow(&state).args(["--store", &schema.url, "submit"]).arg(file));
+        assert_eq!(code, 0, "{err}");
+        let id = out.trim().to_string();
+        let mut follower =
+            sandflow(&state).args(["--json", "--store", &schema.url, "runs", "follow", &id]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut stderr = std::io::BufReader::new(follower.stderr.take().unwrap());
+        let mut seen = String::new();
+        let mut asked = Vec::new();
+        for step in cancel_at {
+            let mut line = String::new();
+            while !(line.contains("\"step_started\"") && line.contains(&format!("\"step\":\"{step}\""))) {
+                line.clear();
+                assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "{step} did not start: {seen}");
+                seen.push_str(&line);
+            }
+            let (code, _, err) = run(sandflow(&state).args(["--store", &schema.url, "cancel", "--wait", "2s", &id]));
+            asked.push((code, err));
+        }
+        let code = follower.wait().unwrap().code().unwrap();
+        seen.push_str(&std::io::read_to_string(stderr).unwrap());
+        (code, seen.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(), asked)
+    };
+
+    let (code, events, asked) = cancelled(&finally_flow(dir.path(), "", 30_000, 200), &["work"]);
+    assert_eq!(code, 130);
+    assert_eq!(asked[0].0, 0, "{asked:?}");
+    assert_eq!(finished(&events, "work")["state"], "cancelled");
+    let report = finished(&events, "report");
+    assert_eq!(report["state"], "succeeded", "{report}");
+    assert_eq!(report["output"], serde_json::json!({"status": "cancelled", "failures": [], "work": "cancelled"}));
+
+    // On workers a cancel asked for while the `finally` steps run interrupts them.
+    let (code, events, asked) = cancelled(&finally_flow(dir.path(), "", 30_000, 30_000), &["work", "wait"]);
+    assert_eq!(code, 130);
+    assert_eq!(asked[0].0, 1, "the run is still running its `finally` steps");
+    assert!(asked[0].1.contains("its `finally` steps may be running (cancel it again to interrupt them)"), "{asked:?}");
+    assert_eq!(asked[1].0, 0, "{asked:?}");
+    assert_eq!(finished(&events, "wait")["state"], "cancelled");
+    assert_eq!(finished(&events, "report")["state"], "cancelled");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
 }
 
 #[test]

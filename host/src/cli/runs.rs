@@ -162,7 +162,7 @@ pub(crate) async fn cancel(args: CancelArgs, global: &GlobalArgs, out: &Output) 
             return Err(CliError {
                 code: exit::FAILED,
                 message: format!(
-                    "run {} was asked to cancel but is still running after {}; if the process that ran it was killed, the run stays `running` until `sandflow resume {}` takes it over",
+                    "run {} was asked to cancel but is still running after {}: its `finally` steps may be running (cancel it again to interrupt them); if the process that ran it was killed, the run stays `running` until `sandflow resume {}` takes it over",
                     args.id,
                     crate::units::format_duration(args.wait),
                     args.id

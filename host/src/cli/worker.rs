@@ -104,17 +104,7 @@ async fn load_for_submit(
     })
     .await
     .map_err(|e| CliError { code: exit::FAILED, message: format!("loading components failed: {e}") })?;
-    let prepared = prepared.map_err(|d| workflow_cmd::report(out, d))?;
-    let plan = &prepared.plan;
-    if let Some(first) = plan.workflow.steps.get(plan.main) {
-        return Err(CliError::invalid(format!(
-            "{}: `finally` steps (`{}` at line {}) run only on the embedded SQLite store for now, not on workers: run it without a PostgreSQL --store",
-            file.display(),
-            first.id,
-            first.at.line
-        )));
-    }
-    Ok((prepared, files))
+    Ok((prepared.map_err(|d| workflow_cmd::report(out, d))?, files))
 }
 
 /// `sandflow submit FILE`.
@@ -213,7 +203,8 @@ pub(crate) async fn resume_queued(id: &str, secrets_file: Option<&Path>, concurr
 }
 
 /// Follows a run until it ends; the first SIGINT/SIGTERM asks (through
-/// the store) to cancel it and goes on following, a second stops following.
+/// the store) to cancel it and goes on following, a second asks again (it
+/// interrupts the run's `finally` steps), a third stops following.
 async fn follow_to_end(store: &Arc<PgStore>, id: &str, display: Arc<dyn EventSink>, out: &Output) -> Result<Followed, CliError> {
     let interrupted = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(interrupted.clone()));
@@ -224,7 +215,14 @@ async fn follow_to_end(store: &Arc<PgStore>, id: &str, display: Arc<dyn EventSin
         tokio::spawn(async move {
             interrupted.cancelled().await;
             if !quiet {
-                say!("cancelling run {id} (interrupt again to stop following it)");
+                say!("cancelling run {id} (interrupt again to interrupt its `finally` steps too)");
+            }
+            if let Err(e) = crate::store::RunStore::request_cancel(store.as_ref(), &id).await {
+                say!("error: {e}");
+            }
+            let _ = tokio::signal::ctrl_c().await;
+            if !quiet {
+                say!("interrupting the `finally` steps of run {id} (interrupt again to stop following it)");
             }
             if let Err(e) = crate::store::RunStore::request_cancel(store.as_ref(), &id).await {
                 say!("error: {e}");

@@ -30,6 +30,9 @@ pub struct Plan {
     pub handled: Vec<bool>,
     /// The number of steps of `steps`; those of `finally` follow them.
     pub main: usize,
+    /// The steps of `steps` each `finally` step names (outputs, statuses,
+    /// `depends`): no dependencies, but read when it is decided.
+    pub reads_before: Vec<Vec<usize>>,
 }
 
 impl Plan {
@@ -60,6 +63,7 @@ impl Plan {
         let main = steps.iter().position(|s| s.finally).unwrap_or(steps.len());
         let mut deps: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
         let mut handled = vec![false; steps.len()];
+        let mut reads_before: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
         for (i, s) in steps.iter().enumerate() {
             // A `finally` step runs after every step of `steps` has ended:
             // what it reads of them is no dependency. A step of `steps`
@@ -69,7 +73,7 @@ impl Plan {
                     Diagnostic::new(at, format!("step `{}` {what} `finally` step `{id}`, which runs after every step of `steps`", s.id))
                         .with_hint("only a `finally` step may depend on a `finally` step"),
                 ),
-                Some(&d) if d < main && i >= main => {}
+                Some(&d) if d < main && i >= main => reads_before[i].push(d),
                 Some(&d) => deps[i].push(d),
                 None => diags.push(unknown_step(format!("step `{}` {what}", s.id), id, at)),
             };
@@ -124,7 +128,7 @@ impl Plan {
                 }
             }
         }
-        for d in &mut deps {
+        for d in deps.iter_mut().chain(reads_before.iter_mut()) {
             d.sort_unstable();
             d.dedup();
         }
@@ -157,7 +161,7 @@ impl Plan {
         if !diags.is_empty() {
             return Err(Diagnostics { file: workflow.file.to_path_buf(), problems: diags }.sorted());
         }
-        Ok(Plan { workflow: Arc::new(workflow), deps, dependents, index, graph, handled, main })
+        Ok(Plan { workflow: Arc::new(workflow), deps, dependents, index, graph, handled, main, reads_before })
     }
 
     /// Reads and plans the workflow at `path`, the file's problems and the

@@ -160,8 +160,12 @@ CREATE TABLE events (
 ",
     // 4: when each event was recorded (latency, timelines).
     "ALTER TABLE events ADD COLUMN at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp();",
-    // 5: how each ended step turned out, for `depends` (exec::core::Outcome).
-    "ALTER TABLE dag ADD COLUMN outcome TEXT;",
+    // 5: how each ended step turned out, for `depends` (exec::core::Outcome);
+    // once every step of `steps` has ended, how they stopped and what the
+    // `finally` steps read (`run.status`, `run.failures`).
+    "ALTER TABLE dag ADD COLUMN outcome TEXT;
+     ALTER TABLE runs ADD COLUMN main_stop TEXT;
+     ALTER TABLE runs ADD COLUMN ending TEXT;",
 ];
 
 /// Serializes migrations across every process using the server.

@@ -289,7 +289,7 @@ impl PgStore {
             .query(
                 "SELECT DISTINCT run_id FROM jobs WHERE state = 'claimed' AND lease_until < now()
                  UNION SELECT id FROM runs WHERE queued AND run_started AND status = 'running'
-                   AND ((stop IS NULL OR stop LIKE 'failed:%') AND (cancel_requested OR deadline < now()))",
+                   AND ((stop IS NULL OR stop LIKE 'failed:%' OR stop LIKE 'failing:%') AND (cancel_requested OR deadline < now()))",
                 &[],
             )
             .await
@@ -436,6 +436,8 @@ impl PgStore {
             running: status == "running",
             started: row.get(4),
             stop: row.get::<_, Option<String>>(1).as_deref().and_then(Stop::decode),
+            ending: row.get::<_, Option<String>>(5).and_then(|t| serde_json::from_str(&t).ok()),
+            main_stop: row.get::<_, Option<String>>(6).as_deref().and_then(Stop::decode),
             open_steps: row.get(2),
             seq: row.get(3),
             new_jobs: 0,
@@ -529,7 +531,7 @@ const APPEND_EVENTS: &str = "WITH r AS (UPDATE runs SET events = events + cardin
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// Locks run `$1`'s row: every transaction that changes a run takes it first.
-const LOCK_RUN: &str = "SELECT status, stop, open_steps, events, run_started FROM runs WHERE id = $1 FOR UPDATE";
+const LOCK_RUN: &str = "SELECT status, stop, open_steps, events, run_started, ending, main_stop FROM runs WHERE id = $1 FOR UPDATE";
 
 /// Locks the jobs `$1` whose claim is still `$2` (a result is recorded only
 /// by the current claim), with how long ago their steps first started.
@@ -587,6 +589,12 @@ struct RunTx<'a> {
     running: bool,
     started: bool,
     stop: Option<Stop>,
+    /// Set once every step of `steps` has ended and the `finally` steps
+    /// may run: what they read as `run.status` and `run.failures`.
+    ending: Option<Value>,
+    /// With `ending`: how the steps of `steps` stopped (`stop` is then the
+    /// `finally` steps').
+    main_stop: Option<Stop>,
     open_steps: i32,
     /// The run's last event sequence number.
     seq: i32,
@@ -715,7 +723,7 @@ impl<'a> RunTx<'a> {
         let idx: Vec<i32> = (0..n as i32).collect();
         let waiting: Vec<i32> = plan.deps.iter().map(|d| d.len() as i32).collect();
         let ids: Vec<String> = plan.workflow.steps.iter().map(|s| s.id.clone()).collect();
-        let roots: Vec<usize> = (0..n).filter(|&i| plan.deps[i].is_empty()).collect();
+        let roots: Vec<usize> = (0..plan.main).filter(|&i| plan.deps[i].is_empty()).collect();
         let timeout = plan.workflow.timeout.map(|t| t.as_secs_f64());
         self.pipe.push(
             "INSERT INTO dag (run_id, idx, step, waiting) SELECT $1, d.idx, d.step, d.waiting FROM unnest($2::int[], $3::text[], $4::int[]) AS d(idx, step, waiting)",
@@ -786,7 +794,10 @@ impl<'a> RunTx<'a> {
                 // Not started; ended when the run settles.
                 return Ok(());
             }
-            let outputs = self.outputs_of(ready.iter().flat_map(|&i| self.plan().deps[i].clone()).collect()).await?;
+            let plan = self.plan();
+            let outputs = self.outputs_of(ready.iter().flat_map(|&i| plan.deps[i].iter().chain(&plan.reads_before[i]).copied()).collect()).await?;
+            let states: BTreeMap<String, StepState> =
+                self.outcomes.iter().map(|(&d, o)| (plan.workflow.steps[d].id.clone(), o.state)).collect();
 
             let mut next = Vec::new();
             for i in std::mem::take(&mut ready) {
@@ -794,7 +805,9 @@ impl<'a> RunTx<'a> {
                     break;
                 }
                 let decl = &self.wf().steps[i];
-                let decision = core::decide_ready(&self.run.ctx.facts(&self.run.input), self.plan(), i, &outputs, &|d| self.outcomes.get(&d).copied());
+                let facts = core::RunFacts { ending: self.ending.as_ref(), ..self.run.ctx.facts(&self.run.input) };
+                let ended = core::Ended { outputs: &outputs, states: &states, finally: decl.finally };
+                let decision = core::decide_ready(&facts, self.plan(), i, &ended, &|d| self.outcomes.get(&d).copied());
                 match decision {
                     Decision::Blocked => next.extend(self.finish(i, Ending::Blocked, Tally::default()).await?),
                     Decision::Run(Work::One(input)) => self.queue(i, None, &input, "ready"),
@@ -909,6 +922,12 @@ impl<'a> RunTx<'a> {
         };
         let decl = &self.wf().steps[job.step];
         let step_id = decl.id.clone();
+        // A worker interrupts its steps when it sees the run cancelled or
+        // out of time, possibly before any transaction said which: ask now,
+        // so a timeout is not taken for a cancel.
+        if matches!(&result, Err(f) if f.kind == FailureKind::Cancelled) {
+            self.check_stop().await?;
+        }
         if let Err(failure) = &result {
             let cancelled = matches!(self.stop, Some(Stop::Cancelled | Stop::TimedOut)) || !self.running;
             if let Some(delay) = core::retry_after(decl, self.wf(), failure, (attempt - lost) as u32, cancelled) {
@@ -1250,9 +1269,10 @@ impl<'a> RunTx<'a> {
                 done[i] = r.get(1);
                 blocks[i] = r.get(2);
             }
-            // As the dispatcher does: in file order, each step blocked by a
-            // dependency that failed or never started.
-            for i in (0..n).filter(|&i| !done[i]).collect::<Vec<_>>() {
+            // As the dispatcher does: in file order, each step of this
+            // phase blocked by a dependency that failed or never started.
+            let phase = if self.ending.is_some() { self.plan().main..n } else { 0..self.plan().main };
+            for i in phase.filter(|&i| !done[i]).collect::<Vec<_>>() {
                 let blocked = self.plan().deps[i].iter().any(|&d| blocks[d] || !done[d]);
                 let (state, reason) = core::unstarted(self.stop, blocked);
                 let verdict = Verdict { state, output: None, error: None, reason: Some(reason.to_string()), releases: !blocked, stop: None };
@@ -1261,29 +1281,72 @@ impl<'a> RunTx<'a> {
                 self.settle_step(i, verdict, Tally::default()).await?;
             }
         }
+        let plan = self.plan();
+        let finally_left = (plan.workflow.steps.len() - plan.main) as i32;
+        if self.ending.is_none() && finally_left > 0 && self.open_steps == finally_left && self.stop != Some(Stop::Unrecorded) {
+            return self.begin_finally().await;
+        }
         if self.open_steps > 0 {
             return Ok(());
         }
         self.end_run().await
     }
 
+    /// Every step of `steps` has ended: the `finally` steps start, with
+    /// their own deadline, and a cancel asked for before no longer applies
+    /// (one asked for from now on interrupts them).
+    async fn begin_finally(&mut self) -> PgResult<()> {
+        let failure = self.failure_of(self.stop).await?;
+        let (state, _) = core::run_end(self.wf(), self.stop, |_| failure.clone());
+        let rows = self
+            .pipe
+            .query(
+                self.tx,
+                "SELECT s.step, s.error_kind, s.error_message FROM steps s JOIN dag d ON d.run_id = s.run_id AND d.step = s.step
+                 WHERE s.run_id = $1 AND s.state = 'failed' AND d.idx < $2 ORDER BY d.idx",
+                &[&self.run_id, &(self.plan().main as i32)],
+            )
+            .await?;
+        let failures = rows.iter().map(|r| {
+            let kind = r.get::<_, Option<String>>(1).and_then(|k| FailureKind::from_name(&k)).unwrap_or(FailureKind::Component);
+            (r.get::<_, String>(0), StepFailure::new(kind, r.get::<_, Option<String>>(2).unwrap_or_default()))
+        });
+        let ending = core::ending(state, failures);
+        self.main_stop = self.stop.take();
+        let timeout = self.wf().finally_timeout.as_secs_f64();
+        self.pipe.push(
+            "UPDATE runs SET main_stop = $2, ending = $3, cancel_requested = false, deadline = now() + make_interval(secs => $4) WHERE id = $1",
+            params![self.run_id.to_string(), self.main_stop.map(Stop::encode), ending.to_string(), timeout],
+        );
+        self.ending = Some(ending);
+        let plan = self.plan();
+        let roots: Vec<usize> = (plan.main..plan.workflow.steps.len()).filter(|&i| plan.deps[i].is_empty()).collect();
+        self.ready(roots).await?;
+        // Every `finally` step may have ended already (skipped).
+        Box::pin(self.settle()).await
+    }
+
+    /// The failure of the step that stopped the run, if one did.
+    async fn failure_of(&mut self, stop: Option<Stop>) -> PgResult<Option<StepFailure>> {
+        let Some(Stop::Failed(i) | Stop::Failing(i)) = stop else { return Ok(None) };
+        if let Some(f) = self.verdicts.get(&i) {
+            return Ok(f.clone());
+        }
+        let step = self.wf().steps[i].id.as_str();
+        let rows = self.pipe.query(self.tx, "SELECT error_kind, error_message FROM steps WHERE run_id = $1 AND step = $2", &[&self.run_id, &step]).await?;
+        Ok(rows.first().and_then(|r| {
+            let kind = r.get::<_, Option<String>>(0).and_then(|k| FailureKind::from_name(&k))?;
+            Some(StepFailure::new(kind, r.get::<_, Option<String>>(1).unwrap_or_default()))
+        }))
+    }
+
     /// Every step has ended: the run's state, error and output.
     async fn end_run(&mut self) -> PgResult<()> {
-        let stop = self.stop;
-        let failure = match stop {
-            Some(Stop::Failed(i) | Stop::Failing(i)) => match self.verdicts.get(&i) {
-                Some(f) => f.clone(),
-                None => {
-                    let step = self.wf().steps[i].id.as_str();
-                    let rows = self.pipe.query(self.tx, "SELECT error_kind, error_message FROM steps WHERE run_id = $1 AND step = $2", &[&self.run_id, &step]).await?;
-                    rows.first().and_then(|r| {
-                        let kind = r.get::<_, Option<String>>(0).and_then(|k| FailureKind::from_name(&k))?;
-                        Some(StepFailure::new(kind, r.get::<_, Option<String>>(1).unwrap_or_default()))
-                    })
-                }
-            },
-            _ => None,
-        };
+        // With `finally` steps run: how the steps of `steps` stopped, and how
+        // the `finally` ones did.
+        let (stop, finally_stop) = if self.ending.is_some() { (self.main_stop, self.stop) } else { (self.stop, None) };
+        let failure = self.failure_of(stop).await?;
+        let finally_failure = self.failure_of(finally_stop).await?;
         let (mut state, mut error) = core::run_end(self.wf(), stop, |_| failure.clone());
         let mut output = None;
         if state == RunState::Completed {
@@ -1296,6 +1359,9 @@ impl<'a> RunTx<'a> {
                 }
             }
         }
+        // The run output is the steps' of `steps`; a `finally` step that
+        // failed fails the run all the same.
+        (state, error) = core::with_finally(self.wf(), (state, error), finally_stop, |_| finally_failure.clone());
         let began: f64 = self
             .pipe
             .query(self.tx, "SELECT EXTRACT(EPOCH FROM now() - began)::float8 FROM runs WHERE id = $1", &[&self.run_id])
