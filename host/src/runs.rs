@@ -19,6 +19,9 @@ pub struct Settings {
     pub secrets: BTreeMap<String, String>,
     /// Interrupts the `finally` steps (see [`RunOptions::skip_finally`]).
     pub skip_finally: CancellationToken,
+    /// `--target`, recorded with a new run (the prepared plan is already
+    /// limited to them: see [`Prepared::target`]).
+    pub targets: Vec<String>,
 }
 
 /// Where runs are recorded and how their steps run.
@@ -59,6 +62,7 @@ impl Recorder {
             file: file.display().to_string(),
             sha256: wf.sha256.clone(),
             input: input.clone(),
+            targets: settings.targets.clone(),
         };
         self.store.begin_run(&record).await?;
         let options = RunOptions {
@@ -173,6 +177,7 @@ pub async fn submit(
     files: &crate::store::queue::RunFiles,
     input: Value,
     concurrency: Option<usize>,
+    targets: &[String],
 ) -> Result<String, StoreError> {
     let wf = &prepared.plan.workflow;
     let record = NewRun {
@@ -181,6 +186,7 @@ pub async fn submit(
         file: file.display().to_string(),
         sha256: wf.sha256.clone(),
         input,
+        targets: targets.to_vec(),
     };
     store.submit(&record, files, concurrency).await?;
     Ok(record.id)

@@ -251,7 +251,7 @@ impl Worker {
                 let problems: Vec<String> = d.problems.iter().map(|p| p.to_string()).collect();
                 ContextError::Load(format!("worker {} cannot load the run's workflow {}: {}", self.config.name, head.file, problems.join("; ")))
             })?;
-        let prepared = Arc::new(prepared);
+        let prepared = Arc::new(prepared.target(&head.targets).map_err(ContextError::Load)?);
         let services = Arc::new(StoreServices { store: self.store.clone(), run_id: run_id.to_string() });
         let ctx = RunContext::new(
             self.runner.clone(),

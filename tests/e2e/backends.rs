@@ -15,7 +15,7 @@ async fn store(backend: &Backend, dir: &tempfile::TempDir) -> Arc<dyn RunStore> 
 }
 
 fn new_run(id: &str) -> NewRun {
-    NewRun { id: id.into(), workflow: "wf".into(), file: "wf.yaml".into(), sha256: "abc".into(), input: json!({"n": 1}) }
+    NewRun { id: id.into(), workflow: "wf".into(), file: "wf.yaml".into(), sha256: "abc".into(), input: json!({"n": 1}), targets: Vec::new() }
 }
 
 fn finished(run: &str, step: &str, state: StepState, output: Option<Value>, log: &[&str]) -> Event {
@@ -175,7 +175,8 @@ async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
         .batch_execute(
             "DROP TABLE events, jobs, dag, run_files, files;
              ALTER TABLE runs DROP COLUMN queued, DROP COLUMN run_started, DROP COLUMN stop, DROP COLUMN open_steps,
-                 DROP COLUMN deadline, DROP COLUMN concurrency, DROP COLUMN events, DROP COLUMN began;
+                 DROP COLUMN deadline, DROP COLUMN concurrency, DROP COLUMN events, DROP COLUMN began,
+                 DROP COLUMN main_stop, DROP COLUMN ending, DROP COLUMN targets;
              ALTER TABLE runs DROP COLUMN cancel_requested; UPDATE sandflow_schema SET version = 1",
         )
         .await

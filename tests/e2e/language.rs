@@ -304,3 +304,59 @@ fn a_step_cannot_read_a_finally_step() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("step `a` reads `finally` step `z`, which runs after every step of `steps`"), "{err}");
 }
+
+#[test]
+fn target_runs_only_the_named_steps_and_their_dependencies() {
+    for backend in backends() {
+        let name = backend.name();
+        let (code, steps, end) = states(&backend, "workflows/argo-targets.yaml", &["--target", "e"]);
+        assert_eq!(code, 0, "{name}: {end}");
+        // Argo's documented run: A, C and E; the others are not shown at all.
+        assert_eq!(steps.keys().collect::<Vec<_>>(), ["a", "c", "e"], "{name}");
+        assert!(steps.values().all(|(s, _)| s == "succeeded"), "{name}: {steps:?}");
+        assert_eq!(end["output"], "E", "{name}");
+        let (code, steps, end) = states(&backend, "workflows/argo-targets.yaml", &["--target", "b,e"]);
+        assert_eq!(code, 0, "{name}");
+        assert_eq!(steps.keys().collect::<Vec<_>>(), ["a", "b", "c", "e"], "{name}");
+        assert_eq!(end["output"], serde_json::json!({"b": "B", "e": "E"}), "{name}");
+    }
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["run", "workflows/argo-targets.yaml", "--target", "f"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--target: the workflow has no step `f`"), "{err}");
+    let (code, out, _) = run(sandflow(&state).args(["graph", "workflows/argo-targets.yaml", "--target", "e", "--format", "dot"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("\"c\" -> \"e\"") && !out.contains("\"b\""), "{out}");
+}
+
+#[test]
+fn a_targeted_run_resumes_with_the_same_targets() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("t.yaml");
+    // `c` fails on the first attempt of the run (it reads `run.attempt`).
+    std::fs::write(
+        &file,
+        format!(
+            "components:\n  pass: {{ path: {} }}\n  fail: {{ path: {} }}\nsteps:\n  - {{ id: a, component: pass, input: A }}\n\
+             \x20 - {{ id: b, component: pass, needs: [a], input: B }}\n\
+             \x20 - {{ id: c, component: pass, needs: [a], when: \"run.attempt > 1\", input: C }}\n\
+             \x20 - {{ id: gate, component: fail, needs: [a], when: \"run.attempt == 1\" }}\n\
+             \x20 - {{ id: e, component: pass, needs: [c, gate], input: E }}\n",
+            root().join("components/dist/echo.wasm").display(),
+            root().join("components/dist/hostile/fatal.wasm").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, _) = run(sandflow(&state).args(["run"]).arg(&file).args(["--target", "e"]));
+    assert_eq!(code, 1);
+    let (_, list, _) = run(sandflow(&state).args(["--json", "runs", "list", "--limit", "1"]));
+    let id = serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let (code, out, err) = run(sandflow(&state).args(["resume", &id]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "\"E\"");
+    let (_, record, _) = run(sandflow(&state).args(["--json", "runs", "show", &id]));
+    let record: Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["targets"], serde_json::json!(["e"]));
+    let shown: Vec<&str> = record["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert!(!shown.contains(&"b"), "b is outside the target, in the resume too: {shown:?}");
+}

@@ -17,10 +17,16 @@ pub(crate) struct GraphArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "mermaid")]
     format: Format,
+    /// Only these steps and every step they depend on, as `run --target`.
+    #[arg(long, value_name = "STEP[,STEP...]", value_delimiter = ',')]
+    target: Vec<String>,
 }
 
 pub(crate) fn execute(args: GraphArgs, out: &Output) -> Result<u8, CliError> {
-    let plan = workflow_cmd::plan(&args.file, out)?;
+    let mut plan = workflow_cmd::plan(&args.file, out)?;
+    if !args.target.is_empty() {
+        plan = plan.targeted(&args.target).map_err(CliError::invalid)?.0;
+    }
     match args.format {
         Format::Mermaid => print!("{}", plan.to_mermaid()),
         Format::Dot => print!("{}", plan.to_dot()),

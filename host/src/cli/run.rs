@@ -38,6 +38,10 @@ pub(crate) struct RunArgs {
     /// `sandflow worker` processes (by default this process works on it too).
     #[arg(long = "no-work")]
     pub(crate) no_work: bool,
+    /// Run only these steps and every step they depend on (Argo's
+    /// `target`); the others are left out. `finally` steps still run.
+    #[arg(long, value_name = "STEP[,STEP...]", value_delimiter = ',')]
+    pub(crate) target: Vec<String>,
 }
 
 /// The run input, from flags.
@@ -160,12 +164,13 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
     let input = args.input.read()?;
     let secrets = read_secrets(args.secrets_file.as_deref())?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
-    let prepared = Arc::new(workflow_cmd::load(&args.file, &sandbox, out).await?);
+    let prepared = workflow_cmd::load(&args.file, &sandbox, out).await?;
+    let prepared = Arc::new(prepared.target(&args.target).map_err(CliError::invalid)?);
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
     let recorder = Recorder { store: global.open_store().await?, runner: sandbox };
-    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets, skip_finally };
+    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets, skip_finally, targets: args.target.clone() };
     let report = recorder.start(prepared, &args.file, input, settings, sink(out), cancel).await.map_err(store_error)?;
     watcher.abort();
     Ok(finish(&report, &redactor, out))

@@ -200,13 +200,15 @@ pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) 
         return Ok(exit::OK);
     }
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
-    let prepared = Arc::new(workflow_cmd::load(Path::new(&record.file), &sandbox, out).await?);
+    let prepared = workflow_cmd::load(Path::new(&record.file), &sandbox, out).await?;
+    // A run limited by `--target` goes on limited the same way.
+    let prepared = Arc::new(prepared.target(&record.targets).map_err(CliError::invalid)?);
     let secrets = run::read_secrets(args.secrets_file.as_deref())?;
     check_input(&prepared.plan.workflow, &record.input).map_err(CliError::invalid)?;
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
     let recorder = Recorder { store, runner: sandbox };
-    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets, skip_finally };
+    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets, skip_finally, targets: record.targets.clone() };
     let report = recorder.resume(prepared, &record, settings, run::sink(out), cancel).await.map_err(|e| match e {
         ResumeError::Store(e) => store_error(e),
         changed @ ResumeError::Changed { .. } => CliError::invalid(changed.to_string()),

@@ -72,12 +72,14 @@ pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> R
             say!("{}: no test cases", file.display());
         }
         for case in cases {
+            let targets: Vec<String> = case.target.iter().map(|(id, _)| id.clone()).collect();
             let input_error = check_input(&prepared.plan.workflow, &case.input).err();
             let report = match input_error {
                 Some(_) => None,
                 None => {
                     let options = RunOptions { secrets: secrets.clone(), ..RunOptions::default() };
-                    let mut report = executor.run(prepared.clone(), case.input.clone(), options, CancellationToken::new()).await;
+                    let targeted = if targets.is_empty() { prepared.clone() } else { Arc::new(prepared.target(&targets).map_err(CliError::invalid)?) };
+                    let mut report = executor.run(targeted, case.input.clone(), options, CancellationToken::new()).await;
                     // Expected outputs are compared as a user sees them: masked.
                     report.output = report.output.map(|o| redactor.value(&o));
                     Some(report)

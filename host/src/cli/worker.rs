@@ -28,6 +28,10 @@ pub(crate) struct SubmitArgs {
     /// Most `forEach` items running at once, by default [default: the workflow's `concurrency`].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: Option<u64>,
+    /// Run only these steps and every step they depend on (Argo's
+    /// `target`); the others are left out. `finally` steps still run.
+    #[arg(long, value_name = "STEP[,STEP...]", value_delimiter = ',')]
+    target: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,7 +118,8 @@ pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Outp
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
     let (prepared, files) = load_for_submit(&args.file, &sandbox, out).await?;
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
-    let id = submit(&store, &prepared, &args.file, &files, input, args.concurrency.map(|n| n as usize)).await.map_err(store_error)?;
+    prepared.target(&args.target).map_err(CliError::invalid)?;
+    let id = submit(&store, &prepared, &args.file, &files, input, args.concurrency.map(|n| n as usize), &args.target).await.map_err(store_error)?;
     println!("{id}");
     Ok(exit::OK)
 }
@@ -152,13 +157,15 @@ pub(crate) async fn run_queued(args: &super::run::RunArgs, global: &GlobalArgs, 
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
     let (prepared, files) = load_for_submit(file, &sandbox, out).await?;
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
+    // Workers limit the run to its targets as they load it: check them here.
+    let targeted = prepared.target(&args.target).map_err(CliError::invalid)?;
     let config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file, Vec::new())?;
     if work {
         // This process runs steps: it needs the secrets, as a local run does.
-        crate::exec::check_secrets(&prepared.plan, &config.secrets).map_err(|d| workflow_cmd::report(out, d))?;
+        crate::exec::check_secrets(&targeted.plan, &config.secrets).map_err(|d| workflow_cmd::report(out, d))?;
     }
     let redactor = Redactor::new(&config.secrets);
-    let id = submit(&store, &prepared, file, &files, input, concurrency.map(|n| n as usize)).await.map_err(store_error)?;
+    let id = submit(&store, &prepared, file, &files, input, concurrency.map(|n| n as usize), &args.target).await.map_err(store_error)?;
     if detach {
         println!("{id}");
         return Ok(exit::OK);

@@ -42,6 +42,21 @@ pub struct Prepared {
     pub nested: Vec<Option<Arc<Prepared>>>,
 }
 
+impl Prepared {
+    /// Only the steps `targets` name and everything they depend on: see
+    /// [`Plan::targeted`]. No targets: the whole workflow.
+    pub fn target(&self, targets: &[String]) -> Result<Prepared, String> {
+        if targets.is_empty() {
+            return Ok(Prepared { plan: self.plan.clone(), components: self.components.clone(), nested: self.nested.clone() });
+        }
+        let (plan, keep) = self.plan.targeted(targets)?;
+        fn pick<T: Clone>(v: &[T], keep: &[bool]) -> Vec<T> {
+            v.iter().zip(keep).filter(|(_, k)| **k).map(|(c, _)| c.clone()).collect()
+        }
+        Ok(Prepared { plan: Arc::new(plan), components: pick(&self.components, &keep), nested: pick(&self.nested, &keep) })
+    }
+}
+
 /// Where preparing reads workflow files and components: the local disk, or
 /// (on a worker) the files a submitted run was recorded with.
 pub trait Files: Sync {

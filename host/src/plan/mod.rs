@@ -104,6 +104,15 @@ impl Plan {
                 diags.push(d);
             }
         }
+        for case in &workflow.tests {
+            for (id, at) in &case.target {
+                match index.get(id) {
+                    Some(&i) if i >= main => diags.push(Diagnostic::new(at, format!("test case `{}` targets `finally` step `{id}`; targets are steps of `steps`", case.name))),
+                    Some(_) => {}
+                    None => diags.push(unknown_step(format!("test case `{}` targets", case.name), id, at)),
+                }
+            }
+        }
         if let Some(output) = &workflow.output {
             for r in output.step_refs() {
                 if !index.contains_key(&r.id) {
@@ -178,6 +187,49 @@ impl Plan {
                 Err(fail(problems))
             }
         }
+    }
+
+    /// The plan of only the steps `targets` name and every step they
+    /// depend on (Argo's `target`; `sandflow run --target`), and which steps
+    /// it keeps: the others are left out, not skipped. `finally` steps stay,
+    /// except those that read a step left out (and those that depend on
+    /// them). The workflow's `output:` may read steps left out, so the run
+    /// output is that of the kept steps nothing depends on.
+    pub fn targeted(&self, targets: &[String]) -> Result<(Plan, Vec<bool>), String> {
+        let steps = &self.workflow.steps;
+        let mut keep = vec![false; steps.len()];
+        let mut stack = Vec::new();
+        for t in targets {
+            match self.index.get(t.as_str()) {
+                Some(&i) if i < self.main => stack.push(i),
+                Some(_) => return Err(format!("--target: `{t}` is a `finally` step; targets are steps of `steps` (`finally` steps run anyway)")),
+                None => {
+                    let hint = nearest(t, steps[..self.main].iter().map(|s| s.id.as_str())).map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default();
+                    return Err(format!("--target: the workflow has no step `{t}`{hint}"));
+                }
+            }
+        }
+        while let Some(i) = stack.pop() {
+            if !std::mem::replace(&mut keep[i], true) {
+                stack.extend(&self.deps[i]);
+            }
+        }
+        // Until nothing changes: a `finally` step may need one written after it.
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for i in self.main..steps.len() {
+                if !keep[i] && self.reads_before[i].iter().chain(&self.deps[i]).all(|&d| keep[d]) {
+                    keep[i] = true;
+                    changed = true;
+                }
+            }
+        }
+        let mut wf = Workflow::clone(&self.workflow);
+        wf.steps = steps.iter().zip(&keep).filter(|(_, k)| **k).map(|(s, _)| s.clone()).collect();
+        wf.output = None;
+        let plan = Plan::new(wf).map_err(|d| format!("--target: {d}"))?;
+        Ok((plan, keep))
     }
 
     /// Every `secrets.NAME` the workflow's values read, with where.

@@ -185,6 +185,8 @@ pub struct NewRun {
     pub file: String,
     pub sha256: String,
     pub input: Value,
+    /// `--target`: the steps the run is limited to (none: every step).
+    pub targets: Vec<String>,
 }
 
 /// A line of `sandflow runs list`.
@@ -217,6 +219,9 @@ pub struct RunRecord {
     pub finished_at: Option<String>,
     pub output: Option<Value>,
     pub error: Option<String>,
+    /// `--target`: the steps the run is limited to (none: every step).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
     pub steps: Vec<StepRecord>,
 }
 
@@ -342,4 +347,14 @@ impl HostServices for StoreServices {
     async fn state_usage(&self) -> Result<(u64, u64), HostError> {
         self.store.state_usage(&self.run_id).await.map_err(failed("read the state's size"))
     }
+}
+
+/// How a run's `--target` steps are stored: a JSON list, or nothing.
+pub(crate) fn targets_text(targets: &[String]) -> Option<String> {
+    (!targets.is_empty()).then(|| serde_json::to_string(targets).expect("strings serialize"))
+}
+
+/// A run's `--target` steps as stored.
+pub(crate) fn targets_of(text: Option<String>) -> Vec<String> {
+    text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
 }

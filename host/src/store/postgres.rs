@@ -165,7 +165,8 @@ CREATE TABLE events (
     // `finally` steps read (`run.status`, `run.failures`).
     "ALTER TABLE dag ADD COLUMN outcome TEXT;
      ALTER TABLE runs ADD COLUMN main_stop TEXT;
-     ALTER TABLE runs ADD COLUMN ending TEXT;",
+     ALTER TABLE runs ADD COLUMN ending TEXT;
+     ALTER TABLE runs ADD COLUMN targets TEXT;",
 ];
 
 /// Serializes migrations across every process using the server.
@@ -343,8 +344,8 @@ impl RunStore for PgStore {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at) VALUES ($1, $2, $3, $4, $5, 'running', 1, $6)",
-                &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now()],
+                "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, targets) VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, $7)",
+                &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now(), &super::targets_text(&run.targets)],
             )
             .await
             .map_err(db)?;
@@ -421,7 +422,7 @@ impl RunStore for PgStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error FROM runs WHERE id = $1",
+                "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error, targets FROM runs WHERE id = $1",
                 &[&id],
             )
             .await
@@ -447,6 +448,7 @@ impl RunStore for PgStore {
             finished_at: row.get(8),
             output: parse_json(row.get(9)),
             error: row.get(10),
+            targets: super::targets_of(row.get(11)),
             steps: steps
                 .iter()
                 .map(|r| StepRecord {

@@ -124,6 +124,8 @@ pub struct RunHead {
     pub input: Value,
     pub attempt: u32,
     pub concurrency: Option<usize>,
+    /// `--target`: the steps the run is limited to.
+    pub targets: Vec<String>,
     pub files: RunFiles,
 }
 
@@ -146,9 +148,9 @@ impl PgStore {
         }
         let concurrency = concurrency.map(|n| n.min(i32::MAX as usize) as i32);
         tx.execute(
-            "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency)
-             VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7)",
-            &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now(), &concurrency],
+            "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets)
+             VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7, $8)",
+            &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now(), &concurrency, &super::targets_text(&run.targets)],
         )
         .await
         .map_err(db)?;
@@ -165,7 +167,7 @@ impl PgStore {
     pub async fn run_head(&self, run_id: &str) -> Result<RunHead, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT file, input, attempt, concurrency FROM runs WHERE id = $1", &[&run_id])
+            .query_opt("SELECT file, input, attempt, concurrency, targets FROM runs WHERE id = $1", &[&run_id])
             .await
             .map_err(db)?
             .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
@@ -186,6 +188,7 @@ impl PgStore {
             input: row.get::<_, Option<String>>(1).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null),
             attempt: row.get::<_, i32>(2) as u32,
             concurrency: row.get::<_, Option<i32>>(3).map(|n| n.max(1) as usize),
+            targets: super::targets_of(row.get(4)),
             files,
         })
     }

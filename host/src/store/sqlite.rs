@@ -86,6 +86,8 @@ CREATE TABLE blobs (
     "ALTER TABLE steps ADD COLUMN output_secrets TEXT;",
     // 3: `sandflow cancel ID` from another process.
     "ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;",
+    // 4: `sandflow run --target`: the steps a run is limited to (JSON list).
+    "ALTER TABLE runs ADD COLUMN targets TEXT;",
 ];
 
 /// The SQLite run store.
@@ -195,8 +197,8 @@ impl RunStore for SqliteStore {
         let run = run.clone();
         self.with(move |conn| {
             conn.execute(
-                "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at) VALUES (?1, ?2, ?3, ?4, ?5, 'running', 1, ?6)",
-                params![run.id, run.workflow, run.file, run.sha256, json_text(&run.input), now()],
+                "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, targets) VALUES (?1, ?2, ?3, ?4, ?5, 'running', 1, ?6, ?7)",
+                params![run.id, run.workflow, run.file, run.sha256, json_text(&run.input), now(), super::targets_text(&run.targets)],
             )
             .map(drop)
         })
@@ -287,7 +289,7 @@ impl RunStore for SqliteStore {
             .with(move |conn| {
                 let run = conn
                     .query_row(
-                        "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error FROM runs WHERE id = ?1",
+                        "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error, targets FROM runs WHERE id = ?1",
                         params![key],
                         |r| {
                             Ok(RunRecord {
@@ -302,6 +304,7 @@ impl RunStore for SqliteStore {
                                 finished_at: r.get(8)?,
                                 output: parse_json(r.get(9)?),
                                 error: r.get(10)?,
+                                targets: super::targets_of(r.get(11)?),
                                 steps: Vec::new(),
                             })
                         },

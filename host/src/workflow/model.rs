@@ -259,6 +259,8 @@ pub struct StepDecl {
 pub struct TestCase {
     pub name: String,
     pub input: Value,
+    /// `target`: run only these steps and their dependencies (`run --target`).
+    pub target: Vec<(String, Location)>,
     pub expect: Expectation,
     pub at: Location,
 }

@@ -34,7 +34,7 @@ const STEP_KEYS: &[&str] = &[
 pub const DEFAULT_FINALLY_TIMEOUT: Duration = Duration::from_secs(60);
 const ON_ERROR_KEYS: &[&str] = &["action", "default_output"];
 const TEST_KEYS: &[&str] = &["cases"];
-const CASE_KEYS: &[&str] = &["name", "input", "output", "outcome", "error"];
+const CASE_KEYS: &[&str] = &["name", "input", "target", "output", "outcome", "error"];
 
 /// The parsing context: the file, and the problems found so far.
 pub(super) struct Cx {
@@ -522,6 +522,15 @@ fn tests(cx: &mut Cx, node: &Node) -> Vec<TestCase> {
             let m = cx.mapping(n, "a test case", CASE_KEYS)?;
             let name = m.get_node("name").and_then(|v| cx.string(v, "`name`")).unwrap_or_else(|| format!("case {}", i + 1));
             let input = m.get_node("input").map(to_json).unwrap_or(Value::Null);
+            let target = match m.get_node("target") {
+                None => Vec::new(),
+                Some(n @ Node::Scalar(_)) => cx.string(n, "`target`").map(|s| vec![(s, cx.at(n))]).unwrap_or_default(),
+                Some(Node::Sequence(seq)) => seq.iter().filter_map(|n| cx.string(n, "a `target` step").map(|s| (s, cx.at(n)))).collect(),
+                Some(n) => {
+                    cx.error(n, "`target` must be a step id or a list of them");
+                    Vec::new()
+                }
+            };
             let expect = match (m.get_node("output"), m.get_node("outcome"), m.get_node("error")) {
                 (Some(o), None, None) => Expectation::Output(to_json(o)),
                 (None, Some(o), None) => match cx.string(o, "`outcome`").as_deref() {
@@ -537,7 +546,7 @@ fn tests(cx: &mut Cx, node: &Node) -> Vec<TestCase> {
                     return None;
                 }
             };
-            Some(TestCase { name, input, expect, at: cx.at(n) })
+            Some(TestCase { name, input, target, expect, at: cx.at(n) })
         })
         .collect()
 }
