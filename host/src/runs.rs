@@ -22,6 +22,19 @@ pub struct Settings {
     /// `--target`, recorded with a new run (the prepared plan is already
     /// limited to them: see [`Prepared::target`]).
     pub targets: Vec<String>,
+    /// For [`Recorder::resume`]: which recorded outputs are kept.
+    pub rerun: Rerun,
+}
+
+/// What a new attempt of a recorded run runs again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Rerun {
+    /// `sandflow resume`: every step that did not succeed.
+    #[default]
+    Resume,
+    /// `sandflow retry [--from STEP]`: as `Resume`, and also `STEP` and
+    /// every step downstream of it; `finally` steps always run again.
+    Retry { from: Option<String> },
 }
 
 /// Where runs are recorded and how their steps run.
@@ -40,6 +53,8 @@ pub enum ResumeError {
         "{file} changed since run {run} started (its SHA-256 was {sha256}); resuming would mix two versions of the workflow: start a new run instead"
     )]
     Changed { file: String, run: String, sha256: String },
+    #[error("--from: {0}")]
+    From(String),
 }
 
 impl Recorder {
@@ -93,11 +108,13 @@ impl Recorder {
         }
         // Outputs were recorded with secrets masked: put the current values
         // back, or run again a step whose output cannot be rebuilt exactly.
+        let again = rerun_steps(&prepared.plan, &settings.rerun).map_err(ResumeError::From)?;
         let restored = self
             .store
             .succeeded_outputs(&record.id)
             .await?
             .into_iter()
+            .filter(|(step, _)| !again.contains(step))
             .filter_map(|(step, recorded)| match &recorded.secrets {
                 None => Some((step, recorded.output)),
                 Some(spans) => unmask(&recorded.output, spans, &settings.secrets).map(|v| (step, v)),
@@ -166,6 +183,29 @@ impl EventSink for Tee {
         }
         Ok(())
     }
+}
+
+/// The steps `rerun` runs again even if they succeeded: for a retry, the
+/// `finally` steps, and `--from` STEP with every step downstream of it.
+fn rerun_steps(plan: &crate::plan::Plan, rerun: &Rerun) -> Result<std::collections::BTreeSet<String>, String> {
+    let Rerun::Retry { from } = rerun else { return Ok(Default::default()) };
+    let steps = &plan.workflow.steps;
+    let mut again: std::collections::BTreeSet<String> = steps[plan.main..].iter().map(|s| s.id.clone()).collect();
+    if let Some(from) = from {
+        let Some(&start) = plan.index.get(from.as_str()) else {
+            let hint = crate::workflow::diagnostic::nearest(from, steps.iter().map(|s| s.id.as_str()))
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
+            return Err(format!("the run's workflow has no step `{from}`{hint}"));
+        };
+        let mut stack = vec![start];
+        while let Some(i) = stack.pop() {
+            if again.insert(steps[i].id.clone()) || i == start {
+                stack.extend(&plan.dependents[i]);
+            }
+        }
+    }
+    Ok(again)
 }
 
 /// Queues a run of `prepared` (read from `file`, with `files` as read) in a

@@ -360,3 +360,62 @@ fn a_targeted_run_resumes_with_the_same_targets() {
     let shown: Vec<&str> = record["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
     assert!(!shown.contains(&"b"), "b is outside the target, in the resume too: {shown:?}");
 }
+
+#[test]
+fn retry_from_a_step_runs_it_and_everything_downstream_again() {
+    for backend in backends() {
+        let name = backend.name();
+        let state = tempfile::tempdir().unwrap();
+        let store = backend.url(state.path());
+        let (code, first, err) = run(sandflow(&state).args(["--store", &store, "run", "workflows/diamond.yaml", "--set", "text=Hi"]));
+        assert_eq!(code, 0, "{name}: {err}");
+        let (_, list, _) = run(sandflow(&state).args(["--json", "--store", &store, "runs", "list", "--limit", "1"]));
+        let id = serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+        let (code, out, err) = run(sandflow(&state).args(["--json", "--store", &store, "retry", &id, "--from", "upper"]));
+        assert_eq!(code, 0, "{name}: {err}");
+        assert_eq!(out, first, "{name}: the same output");
+        let events: Vec<Value> = err.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let of = |kind: &str| -> Vec<String> {
+            let mut v: Vec<String> = events.iter().filter(|e| e["event"] == kind).map(|e| e["step"].as_str().unwrap().to_string()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(of("step_restored"), ["lower", "split"], "{name}");
+        assert_eq!(of("step_started"), ["join", "upper"], "{name}");
+        let (_, record, _) = run(sandflow(&state).args(["--json", "--store", &store, "runs", "show", &id]));
+        let record: Value = serde_json::from_str(&record).unwrap();
+        assert_eq!((record["attempt"].as_u64(), record["status"].as_str()), (Some(2), Some("completed")), "{name}");
+        let (code, _, err) = run(sandflow(&state).args(["--store", &store, "retry", &id, "--from", "uper"]));
+        assert_eq!(code, 2, "{name}");
+        assert!(err.contains("--from: the run's workflow has no step `uper` (did you mean `upper`?)"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn retry_without_from_runs_what_failed_and_the_finally_steps_again() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("r.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "components:\n  pass: {{ path: {} }}\n  fail: {{ path: {} }}\nsteps:\n  - {{ id: ok, component: pass, input: 1 }}\n\
+             \x20 - {{ id: flaky, component: fail, needs: [ok], when: \"run.attempt == 1\" }}\n\
+             \x20 - {{ id: last, component: pass, needs: [flaky], input: 2 }}\n\
+             finally:\n  - {{ id: tell, component: pass, input: \"{{{{ run.attempt }}}}\" }}\n",
+            root().join("components/dist/echo.wasm").display(),
+            root().join("components/dist/hostile/fatal.wasm").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, _) = run(sandflow(&state).arg("run").arg(&file));
+    assert_eq!(code, 1);
+    let (_, list, _) = run(sandflow(&state).args(["--json", "runs", "list", "--limit", "1"]));
+    let id = serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let (code, out, err) = run(sandflow(&state).args(["--json", "retry", &id]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "2");
+    let events: Vec<Value> = err.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let restored: Vec<&str> = events.iter().filter(|e| e["event"] == "step_restored").map(|e| e["step"].as_str().unwrap()).collect();
+    assert_eq!(restored, ["ok"]);
+    assert_eq!(finished(&events, "tell")["output"], 2, "the finally step ran again, in attempt 2");
+}

@@ -87,6 +87,8 @@ enum Command {
     Runs(runs::RunsCommand),
     /// Continue an interrupted or failed run; steps that succeeded are not run again.
     Resume(runs::ResumeArgs),
+    /// Run a finished run again as a new attempt: what failed, or `--from STEP` and everything downstream.
+    Retry(runs::RetryArgs),
     /// Cancel a running run, from any process that shares its run store.
     Cancel(runs::CancelArgs),
     /// Queue a run in a PostgreSQL run store for workers; print its id and return.
@@ -163,6 +165,7 @@ where
             Command::Test(args) => test_cmd::execute(args, &cli.global.state_dir, &out).await,
             Command::Runs(command) => runs::execute(command, &cli.global, &out).await,
             Command::Resume(args) => runs::resume(args, &cli.global, &out).await,
+            Command::Retry(args) => runs::retry(args, &cli.global, &out).await,
             Command::Cancel(args) => runs::cancel(args, &cli.global, &out).await,
             Command::Submit(args) => worker::submit_cmd(args, &cli.global, &out).await,
             Command::Worker(args) => worker::worker_cmd(args, &cli.global, &out).await,

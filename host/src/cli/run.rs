@@ -170,7 +170,7 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
     let recorder = Recorder { store: global.open_store().await?, runner: sandbox };
-    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets, skip_finally, targets: args.target.clone() };
+    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets, skip_finally, targets: args.target.clone(), rerun: Default::default() };
     let report = recorder.start(prepared, &args.file, input, settings, sink(out), cancel).await.map_err(store_error)?;
     watcher.abort();
     Ok(finish(&report, &redactor, out))

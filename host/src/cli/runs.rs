@@ -4,7 +4,7 @@
 use super::render::say;
 use super::{CliError, GlobalArgs, Output, exit, new_sandbox, render, run, store_error, workflow_cmd};
 use crate::exec::{Redactor, RunState, check_input, check_secrets};
-use crate::runs::{Recorder, ResumeError, Settings};
+use crate::runs::{Recorder, ResumeError, Rerun, Settings};
 use crate::sandbox::CancellationToken;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +36,25 @@ pub(crate) enum RunsCommand {
         /// Only this step.
         step: Option<String>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    sandflow retry 01a2... --from load     # `load` and everything downstream run again\n  \
+    sandflow retry 01a2...                 # what failed, was cancelled or skipped by a failure")]
+pub(crate) struct RetryArgs {
+    /// The finished run (completed, failed or cancelled) to run again.
+    id: String,
+    /// Run this step and every step downstream of it again; the others
+    /// keep their recorded outputs.
+    #[arg(long, value_name = "STEP")]
+    from: Option<String>,
+    /// Secrets as `NAME=value` lines; also read from `SANDFLOW_SECRET_<NAME>`.
+    #[arg(long, value_name = "FILE")]
+    secrets_file: Option<PathBuf>,
+    /// Most steps running at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,8 +192,28 @@ pub(crate) async fn cancel(args: CancelArgs, global: &GlobalArgs, out: &Output) 
     }
 }
 
+/// `sandflow retry ID [--from STEP]`: a new attempt of a finished run.
+pub(crate) async fn retry(args: RetryArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let store = global.open_store().await?;
+    let record = store.run(&args.id).await.map_err(store_error)?;
+    if record.status == RunState::Running.as_str() {
+        return Err(CliError::invalid(format!(
+            "run {} is running: `sandflow cancel {}` it first, or `sandflow resume {}` it if the process that ran it died",
+            record.id, record.id, record.id
+        )));
+    }
+    let from = args.from;
+    let args = ResumeArgs { id: args.id, secrets_file: args.secrets_file, concurrency: args.concurrency };
+    rerun(args, Rerun::Retry { from }, global, out).await
+}
+
 /// `sandflow resume ID`.
 pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    rerun(args, Rerun::Resume, global, out).await
+}
+
+/// A new attempt of a recorded run: `resume` or `retry`.
+async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let cancel = CancellationToken::new();
     // The first signal cancels the run; a second skips its `finally` steps.
     let skip_finally = CancellationToken::new();
@@ -189,7 +228,7 @@ pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) 
         watcher.abort();
         return super::worker::resume_queued(&record.id, args.secrets_file.as_deref(), args.concurrency, global, out).await;
     }
-    if record.status == RunState::Completed.as_str() {
+    if record.status == RunState::Completed.as_str() && rerun == Rerun::Resume {
         if out.json {
             // `--json` stderr is JSON lines only.
             super::render::event("run_already_completed", serde_json::json!({ "run_id": record.id }));
@@ -208,10 +247,11 @@ pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) 
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
     let recorder = Recorder { store, runner: sandbox };
-    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets, skip_finally, targets: record.targets.clone() };
+    let settings =
+        Settings { concurrency: args.concurrency.map(|n| n as usize), secrets, skip_finally, targets: record.targets.clone(), rerun };
     let report = recorder.resume(prepared, &record, settings, run::sink(out), cancel).await.map_err(|e| match e {
         ResumeError::Store(e) => store_error(e),
-        changed @ ResumeError::Changed { .. } => CliError::invalid(changed.to_string()),
+        e @ (ResumeError::Changed { .. } | ResumeError::From(_)) => CliError::invalid(e.to_string()),
     })?;
     watcher.abort();
     Ok(run::finish(&report, &redactor, out))
