@@ -86,6 +86,7 @@ impl Recorder {
             secrets: settings.secrets,
             services: Arc::new(StoreServices { store: self.store.clone(), run_id }),
             skip_finally: settings.skip_finally,
+            memo: Some(self.store.clone()),
             ..RunOptions::default()
         };
         Ok(self.execute(prepared, input, options, display, cancel).await)
@@ -129,6 +130,7 @@ impl Recorder {
             restored,
             attempt,
             skip_finally: settings.skip_finally,
+            memo: Some(self.store.clone()),
         };
         Ok(self.execute(prepared, record.input.clone(), options, display, cancel).await)
     }

@@ -253,15 +253,16 @@ impl Worker {
             })?;
         let prepared = Arc::new(prepared.target(&head.targets).map_err(ContextError::Load)?);
         let services = Arc::new(StoreServices { store: self.store.clone(), run_id: run_id.to_string() });
-        let ctx = RunContext::new(
-            self.runner.clone(),
-            prepared,
+        let options = exec::RunOptions {
+            run_id: run_id.to_string(),
+            concurrency: head.concurrency,
+            secrets: self.config.secrets.clone(),
             services,
-            self.config.secrets.clone(),
-            run_id.to_string(),
-            head.attempt,
-            head.concurrency,
-        );
+            attempt: head.attempt,
+            memo: Some(self.store.clone()),
+            ..exec::RunOptions::default()
+        };
+        let ctx = RunContext::new(self.runner.clone(), prepared, options);
         let missing_secrets = check_secrets(&ctx.prepared().plan, &self.config.secrets).err().map(|d| {
             let missing: Vec<String> = d.problems.iter().map(|p| p.message.clone()).collect();
             format!(
@@ -285,15 +286,16 @@ impl Worker {
         let worker = self.clone();
         tokio::spawn(async move {
             let began = std::time::Instant::now();
-            let (result, fuel_used, log) = worker.attempt(&job, &token).await;
+            let attempted = worker.attempt(&job, &token).await;
             tracing::debug!("worker {}: job {} ran in {:?}", worker.config.name, job.id, began.elapsed());
-            let _ = done.send(Finished { job, result, fuel_used, log });
+            let exec::Attempted { result, fuel_used, log, cached } = attempted;
+            let _ = done.send(Finished { job, result, fuel_used, log, cached });
         });
     }
 
     /// Runs one claimed attempt.
-    async fn attempt(&self, job: &Claimed, cancel: &CancellationToken) -> (Result<serde_json::Value, StepFailure>, u64, StepLog) {
-        let fail = |f: StepFailure| (Err(f), 0, StepLog::default());
+    async fn attempt(&self, job: &Claimed, cancel: &CancellationToken) -> exec::Attempted {
+        let fail = |f: StepFailure| exec::Attempted { result: Err(f), fuel_used: 0, log: StepLog::default(), cached: None };
         let mut backoff = Duration::from_millis(50);
         let run = loop {
             match self.context(&job.run_id).await {

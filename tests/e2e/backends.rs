@@ -34,6 +34,7 @@ fn finished(run: &str, step: &str, state: StepState, output: Option<Value>, log:
             lines: log.iter().map(|t| LogLine { source: LogSource::Info, text: t.to_string() }).collect(),
             dropped_bytes: 0,
         },
+        cached: false,
     }
 }
 
@@ -94,7 +95,7 @@ async fn a_resume_counts_attempts_in_the_store_and_keeps_masked_outputs() {
         else {
             unreachable!()
         };
-        let masked = Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, output_secrets: Some(spans.clone()), log };
+        let masked = Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, output_secrets: Some(spans.clone()), log, cached: false };
         s.record(vec![masked, finished("r2", "b", StepState::Failed, None, &["old"])]).await.unwrap();
 
         // A second process resumes: the attempt number comes from the store.

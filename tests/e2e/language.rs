@@ -419,3 +419,85 @@ fn retry_without_from_runs_what_failed_and_the_finally_steps_again() {
     assert_eq!(restored, ["ok"]);
     assert_eq!(finished(&events, "tell")["output"], 2, "the finally step ran again, in attempt 2");
 }
+
+/// A workflow whose `up` step is cached and whose `broken` step (cached
+/// too) fails.
+fn cached_flow(dir: &std::path::Path, ttl: &str) -> std::path::PathBuf {
+    let file = dir.join("cached.yaml");
+    let text = format!(
+        "components:\n  text: {{ path: {text} }}\n  fail: {{ path: {fatal} }}\ndefaults:\n  cache: {{ ttl: {ttl} }}\n\
+         steps:\n  - {{ id: up, component: text, input: {{ op: lower, text: \"{{{{ inputs.t }}}} {{{{ secrets.TOKEN }}}}\" }} }}\n\
+         \x20 - {{ id: broken, component: fail, on_error: {{ action: continue }} }}\n\
+         \x20 - {{ id: always, component: /builtin/eval, input: {{ workflow: {{ $literal: {{ steps: [] }} }} }}, on_error: {{ action: continue }} }}\n",
+        text = root().join("components/dist/text.wasm").display(),
+        fatal = root().join("components/dist/hostile/fatal.wasm").display(),
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn a_cached_result_is_reused_by_later_runs_until_its_ttl_passes() {
+    for backend in backends() {
+        let name = backend.name();
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let store = backend.url(state.path());
+        let file = cached_flow(dir.path(), "2s");
+        let run_it = |t: &str| -> BTreeMap<String, Value> {
+            let (code, out, err) = run(sandflow(&state)
+                .args(["--json", "--store", &store, "run"])
+                .arg(&file)
+                .args(["--set", &format!("t={t}")])
+                .env("SANDFLOW_SECRET_TOKEN", "tok-3141"));
+            assert_eq!(code, 0, "{name}: {err}");
+            // The reused output has the secret's value back: the run's output is as fresh.
+            let output: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(output["up"]["text"], format!("{} ***", t.to_lowercase()), "{name}: printed masked");
+            err.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|e| e["event"] == "step_finished")
+                .map(|e| (e["step"].as_str().unwrap().to_string(), e))
+                .collect()
+        };
+        let first = run_it("hi");
+        assert!(first["up"].get("cached").is_none(), "{name}: {}", first["up"]);
+        assert_eq!(first["up"]["output"]["text"], "hi ***", "{name}: masked in events");
+        let second = run_it("hi");
+        let up = &second["up"];
+        assert_eq!((up["state"].as_str(), up["cached"].as_bool(), up["fuel_used"].as_u64()), (Some("succeeded"), Some(true), Some(0)), "{name}: {up}");
+        assert!(up["reason"].as_str().unwrap().starts_with("cached: the result of run "), "{name}: {up}");
+        assert_eq!(up["output"]["text"], "hi ***", "{name}");
+        // Failures are never stored; builtins never cached.
+        assert_eq!(second["broken"]["state"], "failed", "{name}");
+        assert!(second["broken"].get("cached").is_none() && second["always"].get("cached").is_none(), "{name}");
+        // Another input is another key.
+        assert!(run_it("ho")["up"].get("cached").is_none(), "{name}");
+        // `cache list` shows the entries; no secret is stored in clear text.
+        let (code, list, _) = run(sandflow(&state).args(["--json", "--store", &store, "cache", "list"]));
+        assert_eq!(code, 0);
+        let entries: Vec<Value> = serde_json::from_str(&list).unwrap();
+        assert_eq!(entries.len(), 2, "{name}: {list}");
+        assert!(entries.iter().all(|e| e["step"] == "up" && e["expired"] == false), "{name}: {list}");
+        if let Backend::Sqlite = backend {
+            let db = std::fs::read(state.path().join("sandflow.db")).unwrap();
+            assert!(!db.windows(8).any(|w| w == b"tok-3141"), "a secret reached the store in clear text");
+        }
+        // After the ttl the step runs again.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(run_it("hi")["up"].get("cached").is_none(), "{name}: expired");
+        let (_, out, err) = run(sandflow(&state).args(["--store", &store, "cache", "clear"]));
+        assert!(err.contains("dropped 2 cached results"), "{name}: {out}{err}");
+    }
+}
+
+#[test]
+fn cache_on_a_builtin_step_is_refused_where_it_is_written() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("bad.yaml");
+    std::fs::write(&file, "steps:\n  - { id: b, component: /builtin/put_blob, cache: { ttl: 1h } }\n  - { id: c, component: /builtin/eval, cache: {} }\n").unwrap();
+    let (code, _, err) = run(sandflow(&state).arg("validate").arg(&file));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.yaml:2:51: step `b` cannot be cached: only component steps are"), "{err}");
+    assert!(err.contains("bad.yaml:3:47: `cache` needs `ttl`"), "{err}");
+}

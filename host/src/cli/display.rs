@@ -47,6 +47,10 @@ fn symbol(state: StepState) -> &'static str {
 /// One line for a finished step.
 fn finished_line(step: &str, state: StepState, duration: Duration, fuel: u64, error: Option<&crate::failure::StepFailure>, reason: Option<&str>) -> String {
     match (state, error) {
+        // A result reused from the cache says whose.
+        (StepState::Succeeded, _) if reason.is_some_and(|r| r.starts_with("cached")) => {
+            format!("{} {step} succeeded, {}", symbol(state), reason.unwrap_or_default())
+        }
         (StepState::Succeeded, _) => format!("{} {step} succeeded in {} (fuel {fuel})", symbol(state), render::duration(duration)),
         (_, Some(e)) => format!("{} {step} {} ({}) after {}: {}", symbol(state), state.as_str(), e.kind, render::duration(duration), e.message),
         (_, None) => format!("{} {step} {}: {}", symbol(state), state.as_str(), reason.unwrap_or("")),

@@ -2,6 +2,7 @@
 //! types here and nowhere else; each subcommand has its own file.
 //! [`run_with_args`] runs the whole CLI in-process, for tests.
 
+mod cache;
 mod call;
 mod display;
 mod graph;
@@ -89,6 +90,9 @@ enum Command {
     Resume(runs::ResumeArgs),
     /// Run a finished run again as a new attempt: what failed, or `--from STEP` and everything downstream.
     Retry(runs::RetryArgs),
+    /// The memoized step results (`cache:`) in the run store: list or clear them.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Cancel a running run, from any process that shares its run store.
     Cancel(runs::CancelArgs),
     /// Queue a run in a PostgreSQL run store for workers; print its id and return.
@@ -166,6 +170,7 @@ where
             Command::Runs(command) => runs::execute(command, &cli.global, &out).await,
             Command::Resume(args) => runs::resume(args, &cli.global, &out).await,
             Command::Retry(args) => runs::retry(args, &cli.global, &out).await,
+            Command::Cache(command) => cache::execute(command, &cli.global, &out).await,
             Command::Cancel(args) => runs::cancel(args, &cli.global, &out).await,
             Command::Submit(args) => worker::submit_cmd(args, &cli.global, &out).await,
             Command::Worker(args) => worker::worker_cmd(args, &cli.global, &out).await,

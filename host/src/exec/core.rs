@@ -74,6 +74,15 @@ pub enum Decision {
     Blocked,
 }
 
+/// Whether a step that ended as `state` reused a stored result (`cache:`)
+/// of run `from`, and the reason it then shows.
+pub fn cached(state: StepState, reason: Option<String>, from: Option<&str>) -> (bool, Option<String>) {
+    match from {
+        Some(run) if state == StepState::Succeeded => (true, Some(super::memo::cached_reason(run))),
+        _ => (false, reason),
+    }
+}
+
 /// How an ended step turned out, as `depends` reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {

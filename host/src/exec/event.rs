@@ -109,6 +109,9 @@ pub enum Event {
         output_secrets: Option<super::redact::SecretSpans>,
         #[serde(skip, default)]
         log: StepLog,
+        /// Its result is one a run stored before (`cache:`): it did not run.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cached: bool,
     },
     /// A step that succeeded in an earlier attempt of this run (before a
     /// `sandflow resume`): its recorded output is used, it does not run.

@@ -24,6 +24,7 @@
 mod builtin;
 pub mod core;
 mod event;
+mod memo;
 mod prepare;
 mod redact;
 mod runner;
@@ -32,6 +33,7 @@ pub use builtin::canonical_json;
 pub use event::{Event, EventSink, RunState, SinkError, StepState};
 pub use prepare::{Disk, Files, MAX_NESTING, Prepared, PreparedComponent, Recording, load, load_from, prepare};
 pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
+pub use memo::memo_key;
 pub use runner::{Job, StepRunner};
 
 use self::core::{Decision, Ending, ItemCounts, Items, Outcome, RunFacts, Stop, Verdict, Work};
@@ -72,6 +74,8 @@ pub struct RunOptions {
     /// Interrupts the `finally` steps, which the run's cancel does not
     /// (the CLI cancels it on a second SIGINT).
     pub skip_finally: CancellationToken,
+    /// Where `cache:` results are kept and looked up (none: never cached).
+    pub memo: Option<Arc<dyn crate::store::RunStore>>,
 }
 
 impl Default for RunOptions {
@@ -84,6 +88,7 @@ impl Default for RunOptions {
             restored: BTreeMap::new(),
             attempt: 1,
             skip_finally: CancellationToken::new(),
+            memo: None,
         }
     }
 }
@@ -166,6 +171,8 @@ struct StepEnd {
     result: Result<Value, StepFailure>,
     /// A `forEach` step's item counts.
     items: Option<ItemCounts>,
+    /// The run whose stored result it reused (`cache:`).
+    cached: Option<String>,
     attempts: u32,
     fuel_used: u64,
     duration: Duration,
@@ -191,6 +198,8 @@ struct Ctx {
     attempt: u32,
     /// See [`RunOptions::skip_finally`].
     skip_finally: CancellationToken,
+    /// See [`RunOptions::memo`].
+    memo: Option<Arc<dyn crate::store::RunStore>>,
 }
 
 impl Executor {
@@ -224,6 +233,7 @@ impl Executor {
             restored: options.restored.clone(),
             attempt: options.attempt,
             skip_finally: options.skip_finally.clone(),
+            memo: options.memo.clone(),
         });
         // The dispatcher runs as a task of its own, so the step tasks it
         // spawns start on its worker (tokio's LIFO slot) and report back
@@ -248,30 +258,23 @@ impl Executor {
 pub struct RunContext(Arc<Ctx>);
 
 impl RunContext {
-    /// `limit` is the run's step concurrency (a `forEach` step's default
-    /// item concurrency).
-    pub fn new(
-        runner: Arc<dyn StepRunner>,
-        prepared: Arc<Prepared>,
-        services: Arc<dyn HostServices>,
-        secrets: BTreeMap<String, String>,
-        run_id: String,
-        attempt: u32,
-        limit: Option<usize>,
-    ) -> RunContext {
+    /// The run as `options` describe it (`concurrency` is the run's step
+    /// concurrency: a `forEach` step's default item concurrency).
+    pub fn new(runner: Arc<dyn StepRunner>, prepared: Arc<Prepared>, options: RunOptions) -> RunContext {
         let run_quota = prepared.plan.workflow.quota.resolve(Quota::RUN);
         RunContext(Arc::new(Ctx {
             runner,
-            limit: limit.map_or_else(|| prepared_limit(&prepared), |n| n.max(1)),
-            services: Arc::new(RunMeter::new(services, run_quota)),
+            limit: options.concurrency.map_or_else(|| prepared_limit(&prepared), |n| n.max(1)),
+            services: Arc::new(RunMeter::new(options.services, run_quota)),
             prepared,
-            secrets: Arc::new(secrets),
-            run_id,
+            secrets: Arc::new(options.secrets),
+            run_id: options.run_id,
             depth: 0,
             cel: Default::default(),
-            restored: BTreeMap::new(),
-            attempt,
-            skip_finally: CancellationToken::new(),
+            restored: options.restored,
+            attempt: options.attempt,
+            skip_finally: options.skip_finally,
+            memo: options.memo,
         }))
     }
 
@@ -289,12 +292,13 @@ impl RunContext {
     }
 
     /// One attempt of step `step` with `input`: its result, fuel and log
-    /// (counted against the run's log quota).
-    pub async fn attempt(&self, step: usize, input: &Value, cancel: &CancellationToken) -> (Result<Value, StepFailure>, u64, StepLog) {
+    /// (counted against the run's log quota), or a result reused.
+    pub async fn attempt(&self, step: usize, input: &Value, cancel: &CancellationToken) -> Attempted {
         let wf = &self.0.prepared.plan.workflow;
         let settings = wf.steps[step].settings.or(&wf.defaults);
-        let (result, fuel, log) = execute(&self.0, step, input, &settings, cancel).await;
-        (result, fuel, self.0.services.keep_log(log))
+        let mut attempted = execute(&self.0, step, input, &settings, cancel).await;
+        attempted.log = self.0.services.keep_log(attempted.log);
+        attempted
     }
 }
 
@@ -313,6 +317,7 @@ fn nested_run(parent: &Ctx, prepared: Arc<Prepared>, input: Value, cancel: Cance
         restored: BTreeMap::new(),
         attempt: 1,
         skip_finally: parent.skip_finally.clone(),
+        memo: parent.memo.clone(),
     });
     Box::pin(dispatch(ctx, input, Arc::new(NoEvents), cancel))
 }
@@ -620,6 +625,7 @@ impl Book<'_> {
     fn settle(&mut self, i: usize, verdict: Verdict, end: Option<&StepEnd>) {
         let decl = &self.wf.steps[i];
         let Verdict { state, output, error, reason, releases, .. } = verdict;
+        let (cached, reason) = core::cached(state, reason, end.and_then(|e| e.cached.as_deref()));
         match state {
             StepState::Skipped => {
                 self.outputs.insert(decl.id.clone(), None);
@@ -653,6 +659,7 @@ impl Book<'_> {
             output,
             output_secrets: None,
             log: end.map(|e| e.log.clone()).unwrap_or_default(),
+            cached,
         });
         self.reports[i] = Some(report);
         self.failed[i] = !releases;
@@ -684,7 +691,7 @@ async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: Vec<Value>, concurrency: 
     let decl = &ctx.prepared.plan.workflow.steps[step];
     let started = Instant::now();
     let mut items = Items::new(inputs.len());
-    let mut total = StepEnd { result: Ok(Value::Null), items: None, attempts: 0, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
+    let mut total = StepEnd { result: Ok(Value::Null), items: None, cached: None, attempts: 0, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
     let mut set = tokio::task::JoinSet::new();
     let mut pending = inputs.into_iter().enumerate();
     loop {
@@ -719,10 +726,10 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx:
     loop {
         attempt += 1;
         let _ = tx.send(Msg::Started { step, attempt, item });
-        let (result, fuel, log) = execute(ctx, step, &input, &settings, cancel).await;
+        let Attempted { result, fuel_used: fuel, log, cached } = execute(ctx, step, &input, &settings, cancel).await;
         fuel_used += fuel;
         // Only the last attempt's log is kept, and counted against the run's `log` quota.
-        let end = |result| StepEnd { result, items: None, attempts: attempt, fuel_used, duration: started.elapsed(), log: ctx.services.keep_log(log) };
+        let end = |result| StepEnd { result, items: None, cached: cached.clone().filter(|_| item.is_none()), attempts: attempt, fuel_used, duration: started.elapsed(), log: ctx.services.keep_log(log) };
         let retry = match &result {
             Err(f) => core::retry_after(decl, wf, f, attempt, cancel.is_cancelled()),
             Ok(_) => None,
@@ -742,13 +749,30 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx:
     }
 }
 
-/// One attempt of a step's target.
-async fn execute(ctx: &Ctx, step: usize, input: &Value, settings: &crate::workflow::StepSettings, cancel: &CancellationToken) -> (Result<Value, StepFailure>, u64, StepLog) {
+/// How one attempt of a step ended.
+pub struct Attempted {
+    pub result: Result<Value, StepFailure>,
+    pub fuel_used: u64,
+    pub log: StepLog,
+    /// Set when a stored result was reused (`cache:`): the run that stored it.
+    pub cached: Option<String>,
+}
+
+/// One attempt of a step's target; with `cache:`, a stored result when
+/// there is one.
+async fn execute(ctx: &Ctx, step: usize, input: &Value, settings: &crate::workflow::StepSettings, cancel: &CancellationToken) -> Attempted {
+    let ran = |(result, fuel_used, log)| Attempted { result, fuel_used, log, cached: None };
     let wf = &ctx.prepared.plan.workflow;
     let decl = &wf.steps[step];
     match &decl.target {
         Target::Named(_) | Target::Path(_) => {
             let c = ctx.prepared.components[step].as_ref().expect("prepare loads every component step");
+            let memo = settings.cache.zip(ctx.memo.as_ref()).map(|(spec, store)| (spec, store, memo::memo_key(c, input)));
+            if let Some((_, store, key)) = &memo
+                && let Some((output, run)) = memo::recall(store.as_ref(), key, &ctx.secrets).await
+            {
+                return Attempted { result: Ok(output), fuel_used: 0, log: StepLog::default(), cached: Some(run) };
+            }
             let d = Limits::default();
             let limits = Limits {
                 fuel: settings.fuel.unwrap_or(d.fuel),
@@ -759,7 +783,11 @@ async fn execute(ctx: &Ctx, step: usize, input: &Value, settings: &crate::workfl
             };
             let job = Job { component: c.sha256.clone(), input: input.clone(), config: c.config.clone(), limits, grants: c.grants() };
             let outcome = ctx.runner.run(job, ctx.services.clone(), cancel).await;
-            (outcome.result, outcome.fuel_used, outcome.log)
+            if let (Some((spec, store, key)), Ok(output)) = (memo, &outcome.result) {
+                let kept = memo::Kept { key, workflow: &wf.name, step: &decl.id, component: &c.sha256, run_id: &ctx.run_id, ttl: spec.ttl };
+                memo::keep(store.as_ref(), kept, output, &ctx.secrets).await;
+            }
+            ran((outcome.result, outcome.fuel_used, outcome.log))
         }
         Target::Builtin(b) => {
             let result = match b {
@@ -772,12 +800,12 @@ async fn execute(ctx: &Ctx, step: usize, input: &Value, settings: &crate::workfl
                 }
                 Builtin::Eval => eval_builtin(ctx, decl, input, cancel).await,
             };
-            (result, 0, StepLog::default())
+            ran((result, 0, StepLog::default()))
         }
         Target::Workflow(path) => {
             let nested = ctx.prepared.nested[step].clone().expect("prepare loads every nested workflow");
             let report = nested_run(ctx, nested, input.clone(), cancel.clone()).await;
-            (nested_result(&path.display().to_string(), report), 0, StepLog::default())
+            ran((nested_result(&path.display().to_string(), report), 0, StepLog::default()))
         }
     }
 }

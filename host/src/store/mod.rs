@@ -89,6 +89,64 @@ pub trait RunStore: Send + Sync {
     async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), StoreError>;
     /// The bytes of a blob.
     async fn blob_get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The stored result under a memoization key, unless it expired.
+    async fn memo_get(&self, key: &str) -> Result<Option<MemoHit>, StoreError>;
+    /// Stores (or replaces) a memoized result.
+    async fn memo_put(&self, entry: &MemoEntry) -> Result<(), StoreError>;
+    /// Every memoized result, newest first (`sandflow cache list`).
+    async fn memo_list(&self) -> Result<Vec<MemoInfo>, StoreError>;
+    /// Drops memoized results: all, or only the expired ones. Returns how many.
+    async fn memo_clear(&self, expired_only: bool) -> Result<u64, StoreError>;
+}
+
+/// A memoized step result (`cache:`), as stored: its output with secrets
+/// masked, and where.
+#[derive(Debug, Clone)]
+pub struct MemoHit {
+    pub output: Value,
+    pub secrets: Option<SecretSpans>,
+    /// The run that stored it.
+    pub run_id: String,
+}
+
+/// What a succeeded step stores for later runs.
+#[derive(Debug, Clone)]
+pub struct MemoEntry {
+    /// The SHA-256 of what the result depends on (see `exec::memo_key`):
+    /// never a secret in clear text.
+    pub key: String,
+    pub workflow: String,
+    pub step: String,
+    pub component: String,
+    pub run_id: String,
+    pub output: Value,
+    pub secrets: Option<SecretSpans>,
+    /// Seconds since the Unix epoch after which it is not reused.
+    pub expires_at: f64,
+}
+
+/// A line of `sandflow cache list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoInfo {
+    pub key: String,
+    pub workflow: String,
+    pub step: String,
+    pub component: String,
+    pub run_id: String,
+    pub stored_at: String,
+    pub expires_at: String,
+    pub expired: bool,
+    pub output_bytes: usize,
+}
+
+/// Seconds since the Unix epoch, now.
+pub(crate) fn epoch_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// RFC 3339 of seconds since the Unix epoch.
+pub(crate) fn rfc3339(secs: f64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs.max(0.0))).to_string()
 }
 
 /// Which store a `--store` value names.

@@ -437,6 +437,7 @@ impl EventRows {
                 output,
                 output_secrets,
                 log,
+                ..
             } => {
                 self.keys.insert((run_id.clone(), step.clone()));
                 let s = &mut self.steps;

@@ -166,7 +166,18 @@ CREATE TABLE events (
     "ALTER TABLE dag ADD COLUMN outcome TEXT;
      ALTER TABLE runs ADD COLUMN main_stop TEXT;
      ALTER TABLE runs ADD COLUMN ending TEXT;
-     ALTER TABLE runs ADD COLUMN targets TEXT;",
+     ALTER TABLE runs ADD COLUMN targets TEXT;
+     CREATE TABLE memo (
+         key            TEXT PRIMARY KEY,
+         workflow       TEXT NOT NULL,
+         step           TEXT NOT NULL,
+         component      TEXT NOT NULL,
+         run_id         TEXT NOT NULL,
+         output         TEXT NOT NULL,
+         output_secrets TEXT,
+         stored_at      DOUBLE PRECISION NOT NULL,
+         expires_at     DOUBLE PRECISION NOT NULL
+     );",
 ];
 
 /// Serializes migrations across every process using the server.
@@ -530,6 +541,78 @@ impl RunStore for PgStore {
         let client = self.client().await?;
         let stmt = client.prepare_cached("SELECT data FROM blobs WHERE id = $1").await.map_err(db)?;
         Ok(client.query_opt(&stmt, &[&id]).await.map_err(db)?.map(|r| r.get(0)))
+    }
+
+    async fn memo_get(&self, key: &str) -> Result<Option<super::MemoHit>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT output, output_secrets, run_id FROM memo WHERE key = $1 AND expires_at > $2", &[&key, &super::epoch_now()])
+            .await
+            .map_err(db)?;
+        Ok(row.and_then(|r| {
+            Some(super::MemoHit {
+                output: parse_json(Some(r.get(0)))?,
+                secrets: r.get::<_, Option<String>>(1).and_then(|t| serde_json::from_str(&t).ok()),
+                run_id: r.get(2),
+            })
+        }))
+    }
+
+    async fn memo_put(&self, e: &super::MemoEntry) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO memo (key, workflow, step, component, run_id, output, output_secrets, stored_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (key) DO UPDATE SET workflow = $2, step = $3, component = $4, run_id = $5, output = $6,
+                   output_secrets = $7, stored_at = $8, expires_at = $9",
+                &[
+                    &e.key,
+                    &e.workflow,
+                    &e.step,
+                    &e.component,
+                    &e.run_id,
+                    &e.output.to_string(),
+                    &e.secrets.as_ref().map(crate::exec::SecretSpans::to_json),
+                    &super::epoch_now(),
+                    &e.expires_at,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn memo_list(&self) -> Result<Vec<super::MemoInfo>, StoreError> {
+        let client = self.client().await?;
+        let now = super::epoch_now();
+        let rows = client
+            .query("SELECT key, workflow, step, component, run_id, stored_at, expires_at, length(output) FROM memo ORDER BY stored_at DESC", &[])
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let expires: f64 = r.get(6);
+                super::MemoInfo {
+                    key: r.get(0),
+                    workflow: r.get(1),
+                    step: r.get(2),
+                    component: r.get(3),
+                    run_id: r.get(4),
+                    stored_at: super::rfc3339(r.get(5)),
+                    expires_at: super::rfc3339(expires),
+                    expired: expires <= now,
+                    output_bytes: r.get::<_, i32>(7) as usize,
+                }
+            })
+            .collect())
+    }
+
+    async fn memo_clear(&self, expired_only: bool) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let limit = if expired_only { super::epoch_now() } else { f64::INFINITY };
+        client.execute("DELETE FROM memo WHERE expires_at <= $1", &[&limit]).await.map_err(db)
     }
 }
 

@@ -86,6 +86,8 @@ pub struct Finished {
     pub result: Result<Value, StepFailure>,
     pub fuel_used: u64,
     pub log: StepLog,
+    /// The run whose stored result was reused (`cache:`).
+    pub cached: Option<String>,
 }
 
 /// What a worker knows of a run it works on: loaded once per run.
@@ -665,6 +667,8 @@ struct Tally {
     ran: bool,
     /// A `forEach` step's item counts.
     items: Option<ItemCounts>,
+    /// The run whose stored result it reused (`cache:`).
+    cached: Option<String>,
 }
 
 impl<'a> RunTx<'a> {
@@ -918,7 +922,7 @@ impl<'a> RunTx<'a> {
 
     /// A claimed attempt ended. Returns whether its result was recorded.
     async fn finished(&mut self, f: Finished) -> PgResult<bool> {
-        let Finished { job, result, fuel_used, log } = f;
+        let Finished { job, result, fuel_used, log, cached } = f;
         let Some(Held { attempt, lost, fuel_used: fuel_before, .. }) = self.held.remove(&job.id).filter(|h| h.claim == job.claim) else {
             tracing::info!("run {}: a late result of job {} (claim {}) is discarded", self.run_id, job.id, job.claim);
             return Ok(false);
@@ -951,7 +955,7 @@ impl<'a> RunTx<'a> {
         let total_fuel = fuel_before + fuel_used as i64;
         if job.item.is_none() {
             self.pipe.delete_job(job.id);
-            let tally = Tally { attempts: attempt as u32, fuel_used: total_fuel as u64, log, ran: true, items: None };
+            let tally = Tally { attempts: attempt as u32, fuel_used: total_fuel as u64, log, ran: true, items: None, cached };
             let next = self.finish(job.step, Ending::Ran(result), tally).await?;
             self.ready(next).await?;
             return Ok(true);
@@ -1060,6 +1064,7 @@ impl<'a> RunTx<'a> {
     /// Records a step's final state and releases its dependents if it may.
     async fn settle_step(&mut self, i: usize, verdict: Verdict, tally: Tally) -> PgResult<Vec<usize>> {
         let Verdict { state, output, error, reason, releases, .. } = verdict;
+        let (cached, reason) = core::cached(state, reason, tally.cached.as_deref());
         self.verdicts.insert(i, error.clone());
         let outcome = core::Outcome { state, blocks: !releases, items: tally.items };
         self.outcomes.insert(i, outcome);
@@ -1095,6 +1100,7 @@ impl<'a> RunTx<'a> {
             output,
             output_secrets: None,
             log: tally.log,
+            cached,
         };
         self.emit(event);
         let dependents: BTreeSet<usize> = self.plan().dependents[i].iter().copied().collect();
@@ -1168,7 +1174,7 @@ impl<'a> RunTx<'a> {
                     input: Value::Null,
                     input_secrets: None,
                 };
-                self.finished(Finished { job, result: Err(failure), fuel_used: 0, log: StepLog::default() }).await?;
+                self.finished(Finished { job, result: Err(failure), fuel_used: 0, log: StepLog::default(), cached: None }).await?;
                 continue;
             }
             self.held.remove(&id);

@@ -88,6 +88,18 @@ CREATE TABLE blobs (
     "ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;",
     // 4: `sandflow run --target`: the steps a run is limited to (JSON list).
     "ALTER TABLE runs ADD COLUMN targets TEXT;",
+    // 5: memoized step results (`cache:`), by key; times in Unix seconds.
+    "CREATE TABLE memo (
+        key            TEXT PRIMARY KEY,
+        workflow       TEXT NOT NULL,
+        step           TEXT NOT NULL,
+        component      TEXT NOT NULL,
+        run_id         TEXT NOT NULL,
+        output         TEXT NOT NULL,
+        output_secrets TEXT,
+        stored_at      REAL NOT NULL,
+        expires_at     REAL NOT NULL
+    );",
 ];
 
 /// The SQLite run store.
@@ -405,6 +417,78 @@ impl RunStore for SqliteStore {
         self.with(move |conn| conn.query_row("SELECT data FROM blobs WHERE id = ?1", params![id], |r| r.get(0)).optional())
             .await
     }
+
+    async fn memo_get(&self, key: &str) -> Result<Option<super::MemoHit>, StoreError> {
+        let (key, now) = (key.to_string(), super::epoch_now());
+        let row: Option<(String, Option<String>, String)> = self
+            .with(move |conn| {
+                conn.query_row("SELECT output, output_secrets, run_id FROM memo WHERE key = ?1 AND expires_at > ?2", params![key, now], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+            })
+            .await?;
+        Ok(row.and_then(|(output, secrets, run_id)| {
+            Some(super::MemoHit { output: parse_json(Some(output))?, secrets: secrets.and_then(|t| serde_json::from_str(&t).ok()), run_id })
+        }))
+    }
+
+    async fn memo_put(&self, e: &super::MemoEntry) -> Result<(), StoreError> {
+        let e = e.clone();
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO memo (key, workflow, step, component, run_id, output, output_secrets, stored_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    e.key,
+                    e.workflow,
+                    e.step,
+                    e.component,
+                    e.run_id,
+                    json_text(&e.output),
+                    e.secrets.as_ref().map(SecretSpans::to_json),
+                    super::epoch_now(),
+                    e.expires_at
+                ],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn memo_list(&self) -> Result<Vec<super::MemoInfo>, StoreError> {
+        let now = super::epoch_now();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT key, workflow, step, component, run_id, stored_at, expires_at, length(output) FROM memo ORDER BY stored_at DESC",
+            )?;
+            stmt.query_map([], |r| {
+                let expires: f64 = r.get(6)?;
+                Ok(super::MemoInfo {
+                    key: r.get(0)?,
+                    workflow: r.get(1)?,
+                    step: r.get(2)?,
+                    component: r.get(3)?,
+                    run_id: r.get(4)?,
+                    stored_at: super::rfc3339(r.get(5)?),
+                    expires_at: super::rfc3339(expires),
+                    expired: expires <= now,
+                    output_bytes: r.get::<_, i64>(7)? as usize,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn memo_clear(&self, expired_only: bool) -> Result<u64, StoreError> {
+        let now = super::epoch_now();
+        self.with(move |conn| {
+            let limit = if expired_only { now } else { f64::INFINITY };
+            conn.execute("DELETE FROM memo WHERE expires_at <= ?1", params![limit]).map(|n| n as u64)
+        })
+        .await
+    }
 }
 
 /// Writes one event inside the caller's transaction.
@@ -417,7 +501,7 @@ fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
             )?
             .execute(params![run_id, step, attempt, item.map(|i| i as i64), now(), error.kind.as_str(), error.message])?;
         }
-        Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, output_secrets, log } => {
+        Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, output_secrets, log, .. } => {
             // The run's attempt comes from the store: another process may
             // have resumed the run.
             conn.prepare_cached(

@@ -55,6 +55,15 @@ pub struct StepSettings {
     pub retry: Option<RetryPolicy>,
     /// Per-attempt quotas (`quota:`), key by key.
     pub quota: QuotaSettings,
+    /// `cache:`: a succeeded result is reused by later runs (memoization).
+    pub cache: Option<CacheSpec>,
+}
+
+/// `cache: { ttl: 24h }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSpec {
+    /// How long an entry is reused after it is stored.
+    pub ttl: Duration,
 }
 
 impl StepSettings {
@@ -66,6 +75,7 @@ impl StepSettings {
             memory: self.memory.or(defaults.memory),
             retry: self.retry.clone().or_else(|| defaults.retry.clone()),
             quota: self.quota.or(&defaults.quota),
+            cache: self.cache.or(defaults.cache),
         }
     }
 }

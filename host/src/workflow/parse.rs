@@ -21,14 +21,15 @@ const WORKFLOW_KEYS: &[&str] =
     "name", "description", "input", "defaults", "timeout", "concurrency", "fail_fast", "quota", "components", "steps", "finally",
     "finally_timeout", "output", "test",
 ];
-const DEFAULTS_KEYS: &[&str] = &["timeout", "fuel", "memory", "retry", "quota"];
+const DEFAULTS_KEYS: &[&str] = &["timeout", "fuel", "memory", "retry", "quota", "cache"];
+const CACHE_KEYS: &[&str] = &["ttl"];
 const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "delay", "max_delay"];
 const COMPONENT_KEYS: &[&str] = &["path", "sha256", "config", "grants"];
 const GRANTS_KEYS: &[&str] = &["env", "dirs"];
 const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
 const STEP_KEYS: &[&str] = &[
     "id", "component", "workflow", "input", "needs", "depends", "when", "skipIf", "forEach", "concurrency", "retry",
-    "timeout", "fuel", "memory", "quota", "on_error", "runs_on",
+    "timeout", "fuel", "memory", "quota", "cache", "on_error", "runs_on",
 ];
 /// How long `finally` steps may take unless `finally_timeout` says.
 pub const DEFAULT_FINALLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -209,6 +210,14 @@ fn settings(cx: &mut Cx, map: &MarkedMappingNode) -> StepSettings {
         memory: map.get_node("memory").and_then(|n| cx.size(n, "`memory`")),
         retry: map.get_node("retry").and_then(|n| retry(cx, n)),
         quota: map.get_node("quota").map(|n| quota(cx, n, false)).unwrap_or_default(),
+        cache: map.get_node("cache").and_then(|n| {
+            let m = cx.mapping(n, "`cache`", CACHE_KEYS)?;
+            let Some(ttl) = m.get_node("ttl") else {
+                cx.error_hint(n, "`cache` needs `ttl`: how long a stored result is reused", "e.g. `cache: { ttl: 24h }`");
+                return None;
+            };
+            cx.duration(ttl, "`cache.ttl`").map(|ttl| CacheSpec { ttl })
+        }),
     }
 }
 
@@ -464,6 +473,15 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>, finally: bool) -> Option
     if let Some(bad) = runs_on.iter().find(|l| !is_valid_id(l)) {
         let n = map.get_node("runs_on").expect("checked");
         cx.error_hint(n, format!("invalid worker label `{bad}`"), "labels use lowercase letters, digits, `_` and `-`");
+    }
+    if let Some(n) = map.get_node("cache")
+        && let Some((Target::Builtin(_) | Target::Workflow(_), _)) = &target
+    {
+        cx.error_hint(
+            n,
+            format!("{what} cannot be cached: only component steps are (builtins and nested workflows run every time)"),
+            "remove `cache`, or set it under `defaults` (where it applies to component steps only)",
+        );
     }
     // A step whose target is broken is kept (the problem is already
     // reported) so that references to it are not reported as unknown.

@@ -1,0 +1,82 @@
+//! Memoization (`cache: { ttl }`, Argo's `memoize`): a component step's
+//! succeeded result, stored in the run store under a key of everything it
+//! depends on, is reused by later runs on the same store instead of
+//! running the component again.
+
+use super::redact::{Redactor, unmask};
+use super::PreparedComponent;
+use crate::store::{MemoEntry, RunStore};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The key a result is stored under: the SHA-256 of the component's
+/// SHA-256, its config, the step's resolved input and its grants (names of
+/// granted variables, granted directories). A secret in the input is part
+/// of the key only through the hash, never in clear text.
+pub fn memo_key(component: &PreparedComponent, input: &Value) -> String {
+    let dirs: Vec<Value> = component.dirs.iter().map(|d| json!([d.host.display().to_string(), d.guest, d.writable])).collect();
+    let material = json!({
+        "v": 1,
+        "component": component.sha256,
+        "config": component.config,
+        "input": input,
+        "env": component.env,
+        "dirs": dirs,
+    });
+    crate::sandbox::sha256_hex(super::canonical_json(&material).as_bytes())
+}
+
+/// A stored result for `key`, with this run's secret values put back; a
+/// result that cannot be rebuilt (a secret it held is not set now), or a
+/// store that cannot answer, is a miss.
+pub async fn recall(store: &dyn RunStore, key: &str, secrets: &BTreeMap<String, String>) -> Option<(Value, String)> {
+    match store.memo_get(key).await {
+        Ok(Some(hit)) => {
+            let output = match &hit.secrets {
+                None => hit.output,
+                Some(spans) => unmask(&hit.output, spans, secrets)?,
+            };
+            Some((output, hit.run_id))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("the run store could not look up a cached result, so the step runs: {e}");
+            None
+        }
+    }
+}
+
+/// What [`keep`] stores.
+pub struct Kept<'a> {
+    pub key: String,
+    pub workflow: &'a str,
+    pub step: &'a str,
+    pub component: &'a str,
+    pub run_id: &'a str,
+    pub ttl: Duration,
+}
+
+/// Stores a succeeded result (secrets masked, and where) for `ttl`. A
+/// store that fails only loses the reuse: the step's result stands.
+pub async fn keep(store: &dyn RunStore, kept: Kept<'_>, output: &Value, secrets: &BTreeMap<String, String>) {
+    let (masked, spans) = Redactor::new(secrets).value_spans(output);
+    let entry = MemoEntry {
+        key: kept.key,
+        workflow: kept.workflow.to_string(),
+        step: kept.step.to_string(),
+        component: kept.component.to_string(),
+        run_id: kept.run_id.to_string(),
+        output: masked,
+        secrets: spans,
+        expires_at: crate::store::epoch_now() + kept.ttl.as_secs_f64(),
+    };
+    if let Err(e) = store.memo_put(&entry).await {
+        tracing::warn!("the run store could not keep step `{}`'s result for reuse: {e}", kept.step);
+    }
+}
+
+/// The reason a step whose result was reused shows.
+pub fn cached_reason(run_id: &str) -> String {
+    format!("cached: the result of run {run_id}")
+}
