@@ -125,6 +125,11 @@ fn argo_exit_handler_ends_as_argo_documents() {
         assert_eq!((code, end["state"].as_str()), (1, Some("failed")), "{name}");
         assert_eq!(end["error"], "step `intentional-fail` failed (component): the input can never be processed", "{name}");
     }
+    // `graph` draws the `finally` steps apart.
+    let state = tempfile::tempdir().unwrap();
+    let (code, out, _) = run(sandflow(&state).args(["graph", "workflows/argo-exit-handler.yaml"]));
+    assert_eq!(code, 0);
+    assert!(out.contains("    subgraph finally\n        s_send_h_email[") && out.ends_with("    end\n"), "{out}");
 }
 
 /// A flow whose main step sleeps `main_ms` and whose `finally` step

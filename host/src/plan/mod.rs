@@ -255,11 +255,20 @@ impl Plan {
         (0..self.main).filter(|&i| self.dependents[i].is_empty()).collect()
     }
 
-    /// The DAG as a Mermaid flowchart.
+    /// The DAG as a Mermaid flowchart; `finally` steps in a box of their
+    /// own, after the others.
     pub fn to_mermaid(&self) -> String {
         let mut out = String::from("flowchart TD\n");
-        for s in &self.workflow.steps {
-            let _ = writeln!(out, "    {}[\"{}<br/><small>{}</small>\"]", node_id(&s.id), s.id, target_label(s).replace('"', "'"));
+        let node = |s: &StepDecl| format!("{}[\"{}<br/><small>{}</small>\"]", node_id(&s.id), s.id, target_label(s).replace('"', "'"));
+        for s in &self.workflow.steps[..self.main] {
+            let _ = writeln!(out, "    {}", node(s));
+        }
+        if self.main < self.workflow.steps.len() {
+            out.push_str("    subgraph finally\n");
+            for s in &self.workflow.steps[self.main..] {
+                let _ = writeln!(out, "        {}", node(s));
+            }
+            out.push_str("    end\n");
         }
         for (i, ds) in self.deps.iter().enumerate() {
             for &d in ds {
@@ -272,8 +281,16 @@ impl Plan {
     /// The DAG in Graphviz DOT.
     pub fn to_dot(&self) -> String {
         let mut out = format!("digraph {:?} {{\n    rankdir=TB;\n    node [shape=box];\n", self.workflow.name);
-        for s in &self.workflow.steps {
-            let _ = writeln!(out, "    {:?} [label={:?}];", s.id, format!("{}\n{}", s.id, target_label(s)));
+        let node = |s: &StepDecl| format!("{:?} [label={:?}];", s.id, format!("{}\n{}", s.id, target_label(s)));
+        for s in &self.workflow.steps[..self.main] {
+            let _ = writeln!(out, "    {}", node(s));
+        }
+        if self.main < self.workflow.steps.len() {
+            out.push_str("    subgraph cluster_finally {\n        label=\"finally\";\n");
+            for s in &self.workflow.steps[self.main..] {
+                let _ = writeln!(out, "        {}", node(s));
+            }
+            out.push_str("    }\n");
         }
         for (i, ds) in self.deps.iter().enumerate() {
             for &d in ds {
