@@ -23,6 +23,28 @@ fn states(backend: &Backend, file: &str, extra: &[&str]) -> (i32, BTreeMap<Strin
     (code, steps, end)
 }
 
+/// A child process killed when dropped (a failing assertion must not leave
+/// a worker or a follower behind).
+struct Reaped(std::process::Child);
+
+impl Reaped {
+    fn spawn(cmd: &mut std::process::Command) -> Reaped {
+        Reaped(cmd.spawn().unwrap())
+    }
+
+    /// Waits for it to exit; returns its exit code.
+    fn wait(&mut self) -> i32 {
+        self.0.wait().unwrap().code().unwrap()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn state_of(steps: &BTreeMap<String, (String, String)>, id: &str) -> String {
     steps.get(id).map(|(s, _)| s.clone()).unwrap_or_else(|| format!("absent from {steps:?}"))
 }
@@ -154,8 +176,8 @@ fn finally_flow(dir: &std::path::Path, top: &str, main_ms: u64, finally_ms: u64)
 /// returns the exit code and the events.
 fn interrupted(file: &std::path::Path, signals: usize) -> (i32, Vec<Value>) {
     let state = tempfile::tempdir().unwrap();
-    let mut child = sandflow(&state).args(["--json", "run"]).arg(file).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut child = Reaped::spawn(sandflow(&state).args(["--json", "run"]).arg(file).stderr(std::process::Stdio::piped()));
+    let mut stderr = std::io::BufReader::new(child.0.stderr.take().unwrap());
     let mut seen = String::new();
     for (n, wait_for) in ["\"step\":\"work\"", "\"step\":\"wait\""].iter().enumerate().take(signals) {
         let mut line = String::new();
@@ -164,11 +186,11 @@ fn interrupted(file: &std::path::Path, signals: usize) -> (i32, Vec<Value>) {
             assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "no start of {wait_for} before signal {n}: {seen}");
             seen.push_str(&line);
         }
-        assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+        assert!(std::process::Command::new("kill").args(["-INT", &child.0.id().to_string()]).status().unwrap().success());
     }
-    let status = child.wait().unwrap();
+    let code = child.wait();
     seen.push_str(&std::io::read_to_string(stderr).unwrap());
-    (status.code().unwrap(), seen.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    (code, seen.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
 }
 
 fn finished<'e>(events: &'e [Value], step: &str) -> &'e Value {
@@ -248,16 +270,15 @@ fn on_workers_finally_steps_run_after_a_cancel_and_a_second_cancel_interrupts_th
     let Some(schema) = crate::support::PgSchema::create() else { return };
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let mut worker = sandflow(&state).args(["--store", &schema.url, "worker"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let _worker = Reaped::spawn(sandflow(&state).args(["--store", &schema.url, "worker"]).stderr(std::process::Stdio::null()));
     // Submits `file`, follows its run, and `sandflow cancel`s it once the
     // step of each of `cancel_at` has started; returns the followed events.
     let cancelled = |file: &std::path::Path, cancel_at: &[&str]| -> (i32, Vec<Value>, Vec<(i32, String)>) {
         let (code, out, err) = run(sandflow(&state).args(["--store", &schema.url, "submit"]).arg(file));
         assert_eq!(code, 0, "{err}");
         let id = out.trim().to_string();
-        let mut follower =
-            sandflow(&state).args(["--json", "--store", &schema.url, "runs", "follow", &id]).stderr(std::process::Stdio::piped()).spawn().unwrap();
-        let mut stderr = std::io::BufReader::new(follower.stderr.take().unwrap());
+        let mut follower = Reaped::spawn(sandflow(&state).args(["--json", "--store", &schema.url, "runs", "follow", &id]).stderr(std::process::Stdio::piped()));
+        let mut stderr = std::io::BufReader::new(follower.0.stderr.take().unwrap());
         let mut seen = String::new();
         let mut asked = Vec::new();
         for step in cancel_at {
@@ -270,7 +291,7 @@ fn on_workers_finally_steps_run_after_a_cancel_and_a_second_cancel_interrupts_th
             let (code, _, err) = run(sandflow(&state).args(["--store", &schema.url, "cancel", "--wait", "2s", &id]));
             asked.push((code, err));
         }
-        let code = follower.wait().unwrap().code().unwrap();
+        let code = follower.wait();
         seen.push_str(&std::io::read_to_string(stderr).unwrap());
         (code, seen.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(), asked)
     };
@@ -291,8 +312,6 @@ fn on_workers_finally_steps_run_after_a_cancel_and_a_second_cancel_interrupts_th
     assert_eq!(asked[1].0, 0, "{asked:?}");
     assert_eq!(finished(&events, "wait")["state"], "cancelled");
     assert_eq!(finished(&events, "report")["state"], "cancelled");
-    worker.kill().unwrap();
-    worker.wait().unwrap();
 }
 
 #[test]
