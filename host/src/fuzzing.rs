@@ -53,6 +53,7 @@ fn with_scope(f: impl FnOnce(&Scope<'_>)) {
         attempt: 1,
         secrets: &secrets,
         ending: None,
+        step_input: None,
     };
     f(&scope)
 }

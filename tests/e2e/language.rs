@@ -525,3 +525,38 @@ fn cache_on_a_builtin_step_is_refused_where_it_is_written() {
     assert!(err.contains("bad.yaml:2:51: step `b` cannot be cached: only component steps are"), "{err}");
     assert!(err.contains("bad.yaml:3:47: `cache` needs `ttl`"), "{err}");
 }
+
+#[test]
+fn a_cache_key_chooses_what_the_result_depends_on() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("k.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "components:\n  echo: {{ path: {} }}\nsteps:\n  - id: fetch\n    component: echo\n    cache: {{ ttl: 1h, key: \"{{{{ input.url }}}}\" }}\n\
+             \x20   input: {{ url: \"{{{{ inputs.url }}}}\", trace: \"{{{{ inputs.trace }}}}\" }}\n",
+            root().join("components/dist/echo.wasm").display()
+        ),
+    )
+    .unwrap();
+    let out = |url: &str, trace: &str| -> Value {
+        let (code, out, err) = run(sandflow(&state).arg("run").arg(&file).args(["--set", &format!("url={url}"), "--set", &format!("trace={trace}")]));
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    assert_eq!(out("a", "t1"), serde_json::json!({"url": "a", "trace": "t1"}));
+    // `trace` is not part of the key: the first result is reused.
+    assert_eq!(out("a", "t2"), serde_json::json!({"url": "a", "trace": "t1"}));
+    assert_eq!(out("b", "t3"), serde_json::json!({"url": "b", "trace": "t3"}));
+
+    let bad = state.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "components:\n  echo: { path: x.wasm }\nsteps:\n  - { id: a, component: /builtin/eval }\n\
+         \x20 - { id: b, component: echo, cache: { ttl: 1h, key: \"{{ steps.a.output }}\" } }\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(sandflow(&state).arg("validate").arg(&bad));
+    assert_eq!(code, 2);
+    assert!(err.contains("`cache.key` of step `b` reads step `a` (a key reads `input`, the step's resolved input"), "{err}");
+}

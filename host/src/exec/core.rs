@@ -48,6 +48,7 @@ impl<'a> RunFacts<'a> {
             attempt: self.attempt,
             secrets: self.secrets,
             ending: self.ending,
+            step_input: None,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! running the component again.
 
 use super::redact::{Redactor, unmask};
+use crate::failure::{FailureKind, StepFailure};
+use crate::workflow::CacheSpec;
 use super::PreparedComponent;
 use crate::store::{MemoEntry, RunStore};
 use serde_json::{Value, json};
@@ -11,20 +13,43 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The key a result is stored under: the SHA-256 of the component's
-/// SHA-256, its config, the step's resolved input and its grants (names of
-/// granted variables, granted directories). A secret in the input is part
-/// of the key only through the hash, never in clear text.
-pub fn memo_key(component: &PreparedComponent, input: &Value) -> String {
+/// SHA-256, its config, the step's resolved input (or, with `cache.key`,
+/// that value, which reads the input as `input`) and its grants (names of
+/// granted variables, granted directories). A secret is part of the key
+/// only through the hash, never in clear text.
+pub fn memo_key(component: &PreparedComponent, input: &Value, spec: &CacheSpec, secrets: &BTreeMap<String, String>) -> Result<String, StepFailure> {
     let dirs: Vec<Value> = component.dirs.iter().map(|d| json!([d.host.display().to_string(), d.guest, d.writable])).collect();
+    let (what, value) = match &spec.key {
+        None => ("input", input.clone()),
+        Some(key) => {
+            let (cache, outputs) = (crate::expr::CelCache::default(), BTreeMap::<String, Option<Value>>::new());
+            let scope = crate::expr::Scope {
+                inputs: &Value::Null,
+                cache: &cache,
+                outputs: &outputs,
+                item: None,
+                index: None,
+                run_id: "",
+                attempt: 0,
+                secrets,
+                ending: None,
+                step_input: Some(input),
+            };
+            let value = key
+                .eval(&scope)
+                .map_err(|e| StepFailure::new(FailureKind::Reference, format!("`cache.key` could not be evaluated: {e}")).not_retryable())?;
+            ("key", value)
+        }
+    };
     let material = json!({
         "v": 1,
         "component": component.sha256,
         "config": component.config,
-        "input": input,
+        what: value,
         "env": component.env,
         "dirs": dirs,
     });
-    crate::sandbox::sha256_hex(super::canonical_json(&material).as_bytes())
+    Ok(crate::sandbox::sha256_hex(super::canonical_json(&material).as_bytes()))
 }
 
 /// A stored result for `key`, with this run's secret values put back; a

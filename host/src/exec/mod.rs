@@ -767,7 +767,13 @@ async fn execute(ctx: &Ctx, step: usize, input: &Value, settings: &crate::workfl
     match &decl.target {
         Target::Named(_) | Target::Path(_) => {
             let c = ctx.prepared.components[step].as_ref().expect("prepare loads every component step");
-            let memo = settings.cache.zip(ctx.memo.as_ref()).map(|(spec, store)| (spec, store, memo::memo_key(c, input)));
+            let memo = match settings.cache.as_ref().zip(ctx.memo.as_ref()) {
+                None => None,
+                Some((spec, store)) => match memo::memo_key(c, input, spec, &ctx.secrets) {
+                    Ok(key) => Some((spec, store, key)),
+                    Err(f) => return ran((Err(f), 0, StepLog::default())),
+                },
+            };
             if let Some((_, store, key)) = &memo
                 && let Some((output, run)) = memo::recall(store.as_ref(), key, &ctx.secrets).await
             {

@@ -88,6 +88,8 @@ pub struct CelExpr {
 #[derive(Debug, Clone, Copy)]
 struct Vars {
     inputs: bool,
+    /// `input`: a step's own resolved input (only `cache.key` sees it).
+    input: bool,
     steps: bool,
     item: bool,
     index: bool,
@@ -139,6 +141,7 @@ impl CelExpr {
         let refs = program.references();
         let vars = Vars {
             inputs: refs.has_variable("inputs"),
+            input: refs.has_variable("input"),
             steps: refs.has_variable("steps"),
             item: refs.has_variable("item"),
             index: refs.has_variable("index"),
@@ -178,6 +181,11 @@ impl CelExpr {
         }
         if v.inputs {
             ctx.add_variable_from_value("inputs", scope.cache.inputs(scope.inputs));
+        }
+        if v.input
+            && let Some(input) = scope.step_input
+        {
+            ctx.add_variable_from_value("input", to_cel(input));
         }
         if v.run {
             let mut run = serde_json::json!({ "id": scope.run_id, "attempt": scope.attempt });
@@ -370,6 +378,8 @@ pub struct Scope<'a> {
     pub secrets: &'a BTreeMap<String, String>,
     /// For `finally` steps: `{status, failures}`, merged into `run`.
     pub ending: Option<&'a Value>,
+    /// For `cache.key`: the step's resolved input, as `input`.
+    pub step_input: Option<&'a Value>,
 }
 
 /// Why a template could not be evaluated.
@@ -719,7 +729,7 @@ mod tests {
     fn eval(t: &Template, outputs: &BTreeMap<String, Option<Value>>) -> Result<Value, EvalError> {
         let inputs = json!({"user_id": "u1", "n": 3, "name": "Ada"});
         let secrets = BTreeMap::from([("TOKEN".to_string(), "s3cr3t".to_string())]);
-        t.eval(&Scope { inputs: &inputs, cache: &CelCache::default(), outputs, item: None, index: None, run_id: "r1", attempt: 1, secrets: &secrets, ending: None })
+        t.eval(&Scope { inputs: &inputs, cache: &CelCache::default(), outputs, item: None, index: None, run_id: "r1", attempt: 1, secrets: &secrets, ending: None, step_input: None })
     }
 
     fn outputs() -> BTreeMap<String, Option<Value>> {
@@ -784,7 +794,7 @@ mod tests {
         let secrets = BTreeMap::new();
         let inputs = json!({});
         let cache = CelCache::default();
-        let scope = Scope { inputs: &inputs, cache: &cache, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets, ending: None };
+        let scope = Scope { inputs: &inputs, cache: &cache, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets, ending: None, step_input: None };
         // An injection attempt in the value stays a value.
         let c = parse_condition("'{{steps.classify.result.content}}' == 'urgent'", &at).unwrap();
         assert_eq!(c.eval_bool(&scope), Ok(false));

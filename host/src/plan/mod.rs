@@ -68,6 +68,14 @@ impl Plan {
             // A `finally` step runs after every step of `steps` has ended:
             // what it reads of them is no dependency. A step of `steps`
             // cannot read a `finally` step, which runs after it.
+            if let Some(key) = s.settings.cache.as_ref().and_then(|c| c.key.as_ref()) {
+                for r in key.step_refs() {
+                    diags.push(
+                        Diagnostic::new(&r.at, format!("`cache.key` of step `{}` reads step `{}`", s.id, r.id))
+                            .with_hint("a key reads `input`, the step's resolved input (put what it needs of other steps there), and `secrets`"),
+                    );
+                }
+            }
             let mut depend = |what: &str, id: &str, at: &crate::workflow::Location| match index.get(id) {
                 Some(&d) if d >= main && i < main => diags.push(
                     Diagnostic::new(at, format!("step `{}` {what} `finally` step `{id}`, which runs after every step of `steps`", s.id))

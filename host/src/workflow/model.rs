@@ -59,11 +59,21 @@ pub struct StepSettings {
     pub cache: Option<CacheSpec>,
 }
 
-/// `cache: { ttl: 24h }`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `cache: { ttl: 24h, key: "{{ input.url }}" }`.
+#[derive(Debug, Clone)]
 pub struct CacheSpec {
     /// How long an entry is reused after it is stored.
     pub ttl: Duration,
+    /// What the result depends on instead of the whole resolved input: a
+    /// value that may read `input` (the step's resolved input) and `secrets`.
+    pub key: Option<Template>,
+}
+
+impl PartialEq for CacheSpec {
+    /// Settings compare by what is written; a key by its text.
+    fn eq(&self, other: &Self) -> bool {
+        self.ttl == other.ttl && self.key.is_some() == other.key.is_some()
+    }
 }
 
 impl StepSettings {
@@ -75,7 +85,7 @@ impl StepSettings {
             memory: self.memory.or(defaults.memory),
             retry: self.retry.clone().or_else(|| defaults.retry.clone()),
             quota: self.quota.or(&defaults.quota),
-            cache: self.cache.or(defaults.cache),
+            cache: self.cache.clone().or_else(|| defaults.cache.clone()),
         }
     }
 }

@@ -22,7 +22,7 @@ const WORKFLOW_KEYS: &[&str] =
     "finally_timeout", "output", "test",
 ];
 const DEFAULTS_KEYS: &[&str] = &["timeout", "fuel", "memory", "retry", "quota", "cache"];
-const CACHE_KEYS: &[&str] = &["ttl"];
+const CACHE_KEYS: &[&str] = &["ttl", "key"];
 const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "delay", "max_delay"];
 const COMPONENT_KEYS: &[&str] = &["path", "sha256", "config", "grants"];
 const GRANTS_KEYS: &[&str] = &["env", "dirs"];
@@ -216,7 +216,8 @@ fn settings(cx: &mut Cx, map: &MarkedMappingNode) -> StepSettings {
                 cx.error_hint(n, "`cache` needs `ttl`: how long a stored result is reused", "e.g. `cache: { ttl: 24h }`");
                 return None;
             };
-            cx.duration(ttl, "`cache.ttl`").map(|ttl| CacheSpec { ttl })
+            let key = m.get_node("key").map(|k| cx.template(k));
+            cx.duration(ttl, "`cache.ttl`").map(|ttl| CacheSpec { ttl, key })
         }),
     }
 }
