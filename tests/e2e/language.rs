@@ -560,3 +560,33 @@ fn a_cache_key_chooses_what_the_result_depends_on() {
     assert_eq!(code, 2);
     assert!(err.contains("`cache.key` of step `b` reads step `a` (a key reads `input`, the step's resolved input"), "{err}");
 }
+
+#[test]
+fn depends_reads_the_items_of_a_for_each_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("items.yaml");
+    // Every item of `some` fails (under `on_error: continue` the step goes
+    // on); every item of `none` succeeds.
+    std::fs::write(
+        &file,
+        format!(
+            "components:\n  pass: {{ path: {echo} }}\n  fail: {{ path: {fatal} }}\n\
+             steps:\n  - {{ id: some, component: fail, forEach: \"{{{{ [1, 2, 3] }}}}\", on_error: {{ action: continue }} }}\n\
+             \x20 - {{ id: none, component: pass, forEach: \"{{{{ [1, 2] }}}}\", input: \"{{{{ item }}}}\" }}\n\
+             \x20 - {{ id: all-failed, component: pass, depends: \"some.all_failed\", input: yes }}\n\
+             \x20 - {{ id: any-ok, component: pass, depends: \"none.AnySucceeded && !none.all_failed\", input: yes }}\n\
+             \x20 - {{ id: not-any, component: pass, depends: \"some.any_succeeded\", input: no }}\n",
+            echo = root().join("components/dist/echo.wasm").display(),
+            fatal = root().join("components/dist/hostile/fatal.wasm").display(),
+        ),
+    )
+    .unwrap();
+    for backend in backends() {
+        let name = backend.name();
+        let (code, steps, _) = states(&backend, file.to_str().unwrap(), &[]);
+        assert_eq!(code, 0, "{name}: {steps:?}");
+        assert_eq!(state_of(&steps, "all-failed"), "succeeded", "{name}");
+        assert_eq!(state_of(&steps, "any-ok"), "succeeded", "{name}");
+        assert_eq!(steps["not-any"], ("skipped".into(), "depends not met: some.any_succeeded".into()), "{name}");
+    }
+}
