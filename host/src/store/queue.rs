@@ -859,7 +859,7 @@ impl<'a> RunTx<'a> {
     async fn outputs_of(&mut self, steps: Vec<usize>) -> PgResult<BTreeMap<String, Option<Value>>> {
         let wf = self.wf();
         let mut out = BTreeMap::new();
-        let mut ids = BTreeSet::new();
+        let mut wanted = BTreeSet::new();
         for i in steps {
             match self.outputs.get(&i) {
                 Some(Some(output)) => {
@@ -867,21 +867,24 @@ impl<'a> RunTx<'a> {
                 }
                 Some(None) => {}
                 None => {
-                    ids.insert(wf.steps[i].id.as_str());
+                    wanted.insert(i);
                 }
             }
         }
-        if ids.is_empty() {
+        if wanted.is_empty() {
             return Ok(out);
         }
-        let ids: Vec<&str> = ids.into_iter().collect();
+        // Both rows by their primary keys: steps by name, dag by index.
+        let ids: Vec<&str> = wanted.iter().map(|&i| wf.steps[i].id.as_str()).collect();
+        let idx: Vec<i32> = wanted.iter().map(|&i| i as i32).collect();
         let rows = self
             .pipe
             .query(
                 self.tx,
-                "SELECT s.step, s.state, s.output, s.output_secrets, d.idx, d.blocks, d.outcome FROM steps s
-                 JOIN dag d ON d.run_id = s.run_id AND d.step = s.step WHERE s.run_id = $1 AND s.step = ANY($2)",
-                &[&self.run_id, &ids],
+                "SELECT s.step, s.state, s.output, s.output_secrets, d.idx, d.blocks, d.outcome
+                 FROM unnest($2::text[], $3::int[]) AS x(step, idx)
+                 JOIN steps s ON s.run_id = $1 AND s.step = x.step JOIN dag d ON d.run_id = $1 AND d.idx = x.idx",
+                &[&self.run_id, &ids, &idx],
             )
             .await?;
         for r in rows {
