@@ -219,6 +219,34 @@ fn finally_steps_run_after_a_cancel_and_a_second_interrupt_skips_them() {
 }
 
 #[test]
+fn a_cancel_that_comes_while_finally_steps_run_interrupts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = finally_flow(dir.path(), "", 10, 30_000);
+    // Wait for `wait` (a `finally` step) to start, then one SIGINT.
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Reaped::spawn(sandflow(&state).args(["--json", "run"]).arg(&file).stderr(std::process::Stdio::piped()));
+    let mut stderr = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !(line.contains("\"step_started\"") && line.contains("\"step\":\"wait\"")) {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "wait did not start: {seen}");
+        seen.push_str(&line);
+    }
+    let sent = std::time::Instant::now();
+    assert!(std::process::Command::new("kill").args(["-INT", &child.0.id().to_string()]).status().unwrap().success());
+    let code = child.wait();
+    assert!(sent.elapsed() < std::time::Duration::from_secs(10), "took {:?}", sent.elapsed());
+    seen.push_str(&std::io::read_to_string(stderr).unwrap());
+    let events: Vec<Value> = seen.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(code, 130);
+    assert_eq!(finished(&events, "work")["state"], "succeeded");
+    assert_eq!(finished(&events, "wait")["state"], "cancelled");
+    let end = events.last().unwrap();
+    assert_eq!((end["state"].as_str(), end["error"].as_str()), (Some("cancelled"), Some("cancelled while its `finally` steps ran")));
+}
+
+#[test]
 fn finally_steps_run_after_the_run_timeout_within_their_own() {
     let dir = tempfile::tempdir().unwrap();
     for backend in backends() {

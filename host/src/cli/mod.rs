@@ -75,7 +75,8 @@ enum Command {
     /// Run a workflow: its output as JSON on stdout, progress on stderr.
     ///
     /// Ctrl-C (SIGINT) or SIGTERM cancels the run; its `finally` steps still
-    /// run, within `finally_timeout`, and a second signal interrupts them.
+    /// run, within `finally_timeout`, and a signal while they run (a second
+    /// one, after a cancel) interrupts them.
     Run(run::RunArgs),
     /// Check workflows without running them: every static check, components loaded.
     Validate(validate::ValidateArgs),

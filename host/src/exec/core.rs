@@ -246,7 +246,8 @@ pub fn ending(state: RunState, failures: impl IntoIterator<Item = (String, StepF
 
 /// The run's end once its `finally` steps have ended: a `finally` step that
 /// failed (or their timeout) fails a run that would have completed, and is
-/// added to the error of one that failed; a cancelled run stays cancelled.
+/// added to the error of one that failed; a cancelled run stays cancelled,
+/// and a run that would have completed is cancelled when they are.
 pub fn with_finally(wf: &Workflow, main: (RunState, Option<String>), stop: Option<Stop>, failure: impl Fn(usize) -> Option<StepFailure>) -> (RunState, Option<String>) {
     let problem = match stop {
         Some(Stop::Failed(i) | Stop::Failing(i)) => {
@@ -254,6 +255,9 @@ pub fn with_finally(wf: &Workflow, main: (RunState, Option<String>), stop: Optio
             format!("`finally` step `{}` failed{what}", wf.steps[i].id)
         }
         Some(Stop::TimedOut) => format!("the `finally` steps' {} `finally_timeout` passed", format_duration(wf.finally_timeout)),
+        Some(Stop::Cancelled) if main.0 == RunState::Completed => {
+            return (RunState::Cancelled, Some("cancelled while its `finally` steps ran".to_string()));
+        }
         _ => return main,
     };
     match main {

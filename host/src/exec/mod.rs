@@ -378,6 +378,8 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     let mut deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
     // How the steps of `steps` stopped, once the `finally` steps run.
     let mut main_stop: Option<Option<Stop>> = None;
+    // A token of this run's own, cancelled when it ends (see `either`).
+    let mut ours: Option<CancellationToken> = None;
 
     loop {
         while !Stop::halts(book.stop) && running < limit {
@@ -449,9 +451,14 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 .filter_map(|r| Some((r.id.clone(), r.error.clone()?)));
             ending = Some(core::ending(state, failures));
             main_stop = Some(book.stop.take());
-            phase_cancel = skip_finally.clone();
-            child = skip_finally.child_token();
-            if skip_finally.is_cancelled() {
+            // A cancel that came before does not reach them; one that
+            // comes while they run does, as does `skip_finally`.
+            phase_cancel = match cancel.is_cancelled() {
+                true => skip_finally.clone(),
+                false => ours.insert(either(&cancel, &skip_finally)).clone(),
+            };
+            child = phase_cancel.child_token();
+            if phase_cancel.is_cancelled() {
                 book.stop = Some(Stop::Cancelled);
             }
             deadline = Some(tokio::time::Instant::now() + wf.finally_timeout);
@@ -490,6 +497,9 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         }
     }
     book.settle_unstarted(0..n);
+    if let Some(token) = ours {
+        token.cancel();
+    }
     // Every step's result is durable before the run's end is decided.
     if let Err(e) = sink.barrier().await {
         book.lose_record(e);
@@ -530,6 +540,20 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         error = Some(message.clone());
     }
     RunReport { run_id, state, output, error, unrecorded, steps: reports.into_iter().map(|r| r.expect("every step has a report")).collect() }
+}
+
+/// A token cancelled when `a` or `b` is (or when it is cancelled itself,
+/// which ends the task that watches `a`).
+fn either(a: &CancellationToken, b: &CancellationToken) -> CancellationToken {
+    let token = b.child_token();
+    let (a, done) = (a.clone(), token.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = a.cancelled() => done.cancel(),
+            _ = done.cancelled() => {}
+        }
+    });
+    token
 }
 
 /// What a user reads when the run's record could not be made durable.
