@@ -211,25 +211,34 @@ impl Stop {
     }
 }
 
-/// The outputs of ended steps with how each ended (`steps.ID.status`). For
-/// a `finally` step, a step of `steps` that ended without an output (it
-/// failed, or was cancelled) reads as skipped, so `$on_skip` applies.
+/// What a ready step is decided from: the outputs of ended steps and how
+/// each ended (`steps.ID.status`, `depends`). For a `finally` step, a step
+/// of `steps` that ended without an output (it failed, or was cancelled)
+/// reads as skipped, so `$on_skip` applies.
 pub struct Ended<'a> {
+    pub plan: &'a Plan,
     pub outputs: &'a BTreeMap<String, Option<Value>>,
-    pub states: &'a BTreeMap<String, StepState>,
+    /// Each ended step's outcome, by index.
+    pub outcome: &'a dyn Fn(usize) -> Option<Outcome>,
     pub finally: bool,
+}
+
+impl Ended<'_> {
+    fn state(&self, id: &str) -> Option<StepState> {
+        self.plan.index.get(id).and_then(|&d| (self.outcome)(d)).map(|o| o.state)
+    }
 }
 
 impl Outputs for Ended<'_> {
     fn lookup(&self, id: &str) -> crate::expr::Lookup<'_> {
         match self.outputs.lookup(id) {
-            crate::expr::Lookup::Unknown if self.finally && self.states.contains_key(id) => crate::expr::Lookup::Skipped,
+            crate::expr::Lookup::Unknown if self.finally && self.state(id).is_some() => crate::expr::Lookup::Skipped,
             found => found,
         }
     }
 
     fn status(&self, id: &str) -> Option<&str> {
-        self.states.get(id).map(|s| s.as_str())
+        self.state(id).map(StepState::as_str)
     }
 }
 
@@ -269,8 +278,8 @@ pub fn with_finally(wf: &Workflow, main: (RunState, Option<String>), stop: Optio
 
 /// What happens to step `i` once its dependencies have all ended: [`gate`],
 /// then [`decide`].
-pub fn decide_ready(facts: &RunFacts<'_>, plan: &Plan, i: usize, outputs: &dyn Outputs, outcome: &dyn Fn(usize) -> Option<Outcome>) -> Decision {
-    gate(plan, i, outcome).unwrap_or_else(|| decide(facts, &plan.workflow.steps[i], outputs))
+pub fn decide_ready(facts: &RunFacts<'_>, i: usize, ended: &Ended<'_>) -> Decision {
+    gate(ended.plan, i, ended.outcome).unwrap_or_else(|| decide(facts, &ended.plan.workflow.steps[i], ended))
 }
 
 /// Evaluates `when`, `skipIf`, `forEach` and the input of a ready step.

@@ -360,10 +360,8 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         waiting,
         ready,
         outputs: BTreeMap::new(),
-        states: BTreeMap::new(),
         reports: vec![None; n],
         outcomes: vec![None; n],
-        failed: vec![false; n],
         stop: None,
         unrecorded: None,
         unflushed: false,
@@ -402,8 +400,8 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             }
             let outcomes = &book.outcomes;
             let facts = RunFacts { ending: ending.as_ref(), ..ctx.facts(&input) };
-            let ended = core::Ended { outputs: &book.outputs, states: &book.states, finally: decl.finally };
-            match core::decide_ready(&facts, &plan, i, &ended, &|d| outcomes[d]) {
+            let ended = core::Ended { plan: &plan, outputs: &book.outputs, outcome: &|d| outcomes[d], finally: decl.finally };
+            match core::decide_ready(&facts, i, &ended) {
                 Decision::Blocked => {
                     book.finish(i, Ending::Blocked, None);
                 }
@@ -573,14 +571,11 @@ struct Book<'a> {
     ready: VecDeque<usize>,
     /// Outputs of finished steps (`None`: skipped), for templates.
     outputs: BTreeMap<String, Option<Value>>,
-    /// How each finished step ended (`steps.ID.status`).
-    states: BTreeMap<String, StepState>,
     reports: Vec<Option<StepReport>>,
-    /// How each ended step turned out, for `depends`.
+    /// How each ended step turned out (`depends`, `steps.ID.status`); one
+    /// that blocks (it failed under `fail`, was cancelled, or was skipped
+    /// because of such a step) skips its dependents as `dependency failed`.
     outcomes: Vec<Option<Outcome>>,
-    /// Steps that failed (under `fail`) or were cancelled: their dependents
-    /// are skipped with reason `dependency failed`.
-    failed: Vec<bool>,
     stop: Option<Stop>,
     /// Why the run's record could not be made durable.
     unrecorded: Option<SinkError>,
@@ -596,7 +591,7 @@ impl Book<'_> {
             if self.reports[i].is_some() {
                 continue;
             }
-            let blocked = self.plan.deps[i].iter().any(|&d| self.failed[d] || self.reports[d].is_none());
+            let blocked = self.plan.deps[i].iter().any(|&d| self.outcomes[d].is_none_or(|o| o.blocks));
             let (state, reason) = core::unstarted(self.stop, blocked);
             let verdict = Verdict { state, output: None, error: None, reason: Some(reason.to_string()), releases: !blocked, stop: None };
             self.settle(i, verdict, None);
@@ -625,7 +620,6 @@ impl Book<'_> {
             duration: Duration::ZERO,
         });
         self.outcomes[i] = Some(Outcome { state: StepState::Succeeded, blocks: false, items: None });
-        self.states.insert(decl.id.clone(), StepState::Succeeded);
         self.release(i);
     }
 
@@ -686,9 +680,7 @@ impl Book<'_> {
             cached,
         });
         self.reports[i] = Some(report);
-        self.failed[i] = !releases;
         self.outcomes[i] = Some(Outcome { state, blocks: !releases, items: end.and_then(|e| e.items) });
-        self.states.insert(decl.id.clone(), state);
         self.release(i);
     }
 

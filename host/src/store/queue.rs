@@ -803,8 +803,6 @@ impl<'a> RunTx<'a> {
             }
             let plan = self.plan();
             let outputs = self.outputs_of(ready.iter().flat_map(|&i| plan.deps[i].iter().chain(&plan.reads_before[i]).copied()).collect()).await?;
-            let states: BTreeMap<String, StepState> =
-                self.outcomes.iter().map(|(&d, o)| (plan.workflow.steps[d].id.clone(), o.state)).collect();
 
             let mut next = Vec::new();
             for i in std::mem::take(&mut ready) {
@@ -813,8 +811,11 @@ impl<'a> RunTx<'a> {
                 }
                 let decl = &self.wf().steps[i];
                 let facts = core::RunFacts { ending: self.ending.as_ref(), ..self.run.ctx.facts(&self.run.input) };
-                let ended = core::Ended { outputs: &outputs, states: &states, finally: decl.finally };
-                let decision = core::decide_ready(&facts, self.plan(), i, &ended, &|d| self.outcomes.get(&d).copied());
+                let decision = {
+                    let outcomes = &self.outcomes;
+                    let ended = core::Ended { plan, outputs: &outputs, outcome: &|d| outcomes.get(&d).copied(), finally: decl.finally };
+                    core::decide_ready(&facts, i, &ended)
+                };
                 match decision {
                     Decision::Blocked => next.extend(self.finish(i, Ending::Blocked, Tally::default()).await?),
                     Decision::Run(Work::One(input)) => self.queue(i, None, &input, "ready"),
