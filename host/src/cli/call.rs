@@ -231,9 +231,20 @@ pub(crate) async fn cancel_on_signal(token: CancellationToken) {
     cancel_on_signals(&[token]).await
 }
 
+/// How an in-process run is interrupted: the first SIGINT or SIGTERM
+/// cancels the run (its `finally` steps still run, and a signal while they
+/// run interrupts them), a second interrupts the `finally` steps. Returns
+/// the run's token, the `finally` steps' token, and the watching task.
+pub(crate) fn run_interrupts() -> (CancellationToken, CancellationToken, tokio::task::JoinHandle<()>) {
+    let (cancel, skip_finally) = (CancellationToken::new(), CancellationToken::new());
+    let tokens = [cancel.clone(), skip_finally.clone()];
+    let watcher = tokio::spawn(async move { cancel_on_signals(&tokens).await });
+    (cancel, skip_finally, watcher)
+}
+
 /// Cancels each token of `tokens` on a SIGINT or SIGTERM of its own: the
 /// first signal the first token, the second the second, and so on.
-pub(crate) async fn cancel_on_signals(tokens: &[CancellationToken]) {
+async fn cancel_on_signals(tokens: &[CancellationToken]) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -45,10 +45,10 @@ fn symbol(state: StepState) -> &'static str {
 }
 
 /// One line for a finished step.
-fn finished_line(step: &str, state: StepState, duration: Duration, fuel: u64, error: Option<&crate::failure::StepFailure>, reason: Option<&str>) -> String {
+fn finished_line(step: &str, state: StepState, duration: Duration, fuel: u64, error: Option<&crate::failure::StepFailure>, reason: Option<&str>, cached: bool) -> String {
     match (state, error) {
-        // A result reused from the cache says whose.
-        (StepState::Succeeded, _) if reason.is_some_and(|r| r.starts_with("cached")) => {
+        // A result reused from the cache says whose (its reason).
+        (StepState::Succeeded, _) if cached => {
             format!("{} {step} succeeded, {}", symbol(state), reason.unwrap_or_default())
         }
         (StepState::Succeeded, _) => format!("{} {step} succeeded in {} (fuel {fuel})", symbol(state), render::duration(duration)),
@@ -86,8 +86,8 @@ impl EventSink for PlainLines {
                 let item = item.map(|i| format!(" item {i}")).unwrap_or_default();
                 format!("  ↻ {step}{item} attempt {attempt} failed ({}): {}; retrying in {}", error.kind, error.message, render::duration(*delay))
             }
-            Event::StepFinished { step, state, duration, fuel_used, error, reason, log, .. } => {
-                let mut out = format!("  {}", finished_line(step, *state, *duration, *fuel_used, error.as_ref(), reason.as_deref()));
+            Event::StepFinished { step, state, duration, fuel_used, error, reason, log, cached, .. } => {
+                let mut out = format!("  {}", finished_line(step, *state, *duration, *fuel_used, error.as_ref(), reason.as_deref(), *cached));
                 if self.verbose {
                     for l in &log.lines {
                         out.push_str(&format!("\n      {} | {}", l.source.as_str(), l.text));
@@ -226,8 +226,8 @@ impl EventSink for LiveView {
                 live.set(step, StepState::Running, format!("▸ {step} attempt {attempt} failed ({}); retrying in {}", error.kind, render::duration(*delay)));
                 live.redraw(None);
             }
-            Event::StepFinished { step, state, duration, fuel_used, error, reason, .. } => {
-                live.set(step, *state, finished_line(step, *state, *duration, *fuel_used, error.as_ref(), reason.as_deref()));
+            Event::StepFinished { step, state, duration, fuel_used, error, reason, cached, .. } => {
+                live.set(step, *state, finished_line(step, *state, *duration, *fuel_used, error.as_ref(), reason.as_deref(), *cached));
                 live.redraw(None);
             }
             Event::StepRestored { step, .. } => {

@@ -5,7 +5,6 @@ use super::display::{JsonLines, LiveView, PlainLines};
 use super::{CliError, Output, exit, new_sandbox, store_error, workflow_cmd};
 use crate::exec::{EventSink, Redactor, RunReport, RunState, check_input, check_secrets};
 use crate::runs::{Recorder, Settings};
-use crate::sandbox::CancellationToken;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -156,11 +155,7 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
         }
         crate::store::StoreUrl::Sqlite(_) => {}
     }
-    let cancel = CancellationToken::new();
-    // The first signal cancels the run; a second skips its `finally` steps.
-    let skip_finally = CancellationToken::new();
-    let tokens = [cancel.clone(), skip_finally.clone()];
-    let watcher = tokio::spawn(async move { super::call::cancel_on_signals(&tokens).await });
+    let (cancel, skip_finally, watcher) = super::call::run_interrupts();
     let input = args.input.read()?;
     let secrets = read_secrets(args.secrets_file.as_deref())?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);

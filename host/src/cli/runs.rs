@@ -5,7 +5,6 @@ use super::render::say;
 use super::{CliError, GlobalArgs, Output, exit, new_sandbox, render, run, store_error, workflow_cmd};
 use crate::exec::{Redactor, RunState, check_input, check_secrets};
 use crate::runs::{Recorder, ResumeError, Rerun, Settings};
-use crate::sandbox::CancellationToken;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -214,11 +213,7 @@ pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) 
 
 /// A new attempt of a recorded run: `resume` or `retry`.
 async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
-    let cancel = CancellationToken::new();
-    // The first signal cancels the run; a second skips its `finally` steps.
-    let skip_finally = CancellationToken::new();
-    let tokens = [cancel.clone(), skip_finally.clone()];
-    let watcher = tokio::spawn(async move { super::call::cancel_on_signals(&tokens).await });
+    let (cancel, skip_finally, watcher) = super::call::run_interrupts();
     let store = global.open_store().await?;
     let record = store.run(&args.id).await.map_err(store_error)?;
     if record.status == RunState::Running.as_str()

@@ -259,10 +259,7 @@ pub fn ending(state: RunState, failures: impl IntoIterator<Item = (String, StepF
 /// and a run that would have completed is cancelled when they are.
 pub fn with_finally(wf: &Workflow, main: (RunState, Option<String>), stop: Option<Stop>, failure: impl Fn(usize) -> Option<StepFailure>) -> (RunState, Option<String>) {
     let problem = match stop {
-        Some(Stop::Failed(i) | Stop::Failing(i)) => {
-            let what = failure(i).map(|f| format!(" ({}): {}", f.kind, f.message)).unwrap_or_default();
-            format!("`finally` step `{}` failed{what}", wf.steps[i].id)
-        }
+        Some(Stop::Failed(i) | Stop::Failing(i)) => format!("`finally` {}", step_failed(wf, i, failure(i))),
         Some(Stop::TimedOut) => format!("the `finally` steps' {} `finally_timeout` passed", format_duration(wf.finally_timeout)),
         Some(Stop::Cancelled) if main.0 == RunState::Completed => {
             return (RunState::Cancelled, Some("cancelled while its `finally` steps ran".to_string()));
@@ -527,12 +524,15 @@ pub fn run_end(wf: &Workflow, stop: Option<Stop>, failure: impl Fn(usize) -> Opt
         None => (RunState::Completed, None),
         Some(Stop::Cancelled) => (RunState::Cancelled, Some("cancelled".to_string())),
         Some(Stop::TimedOut) => (RunState::Failed, Some(format!("the run's {} timeout passed", wf.timeout.map(format_duration).unwrap_or_default()))),
-        Some(Stop::Failed(i) | Stop::Failing(i)) => {
-            let what = failure(i).map(|f| format!(" ({}): {}", f.kind, f.message)).unwrap_or_default();
-            (RunState::Failed, Some(format!("step `{}` failed{what}", wf.steps[i].id)))
-        }
+        Some(Stop::Failed(i) | Stop::Failing(i)) => (RunState::Failed, Some(step_failed(wf, i, failure(i)))),
         Some(Stop::Unrecorded) => (RunState::Failed, None),
     }
+}
+
+/// `step `ID` failed (kind): message`: the run's error when a step stopped it.
+fn step_failed(wf: &Workflow, i: usize, failure: Option<StepFailure>) -> String {
+    let what = failure.map(|f| format!(" ({}): {}", f.kind, f.message)).unwrap_or_default();
+    format!("step `{}` failed{what}", wf.steps[i].id)
 }
 
 /// The run output (SPEC §2.6): the `output` template, or the outputs of
