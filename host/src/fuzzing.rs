@@ -54,6 +54,7 @@ fn with_scope(f: impl FnOnce(&Scope<'_>)) {
         secrets: &secrets,
         ending: None,
         step_input: None,
+        variables: &serde_json::Value::Null,
     };
     f(&scope)
 }

@@ -24,6 +24,8 @@ pub struct Settings {
     pub targets: Vec<String>,
     /// For [`Recorder::resume`]: which recorded outputs are kept.
     pub rerun: Rerun,
+    /// The run's variables (`$variable`). Not recorded, like secrets.
+    pub variables: Value,
 }
 
 /// What a new attempt of a recorded run runs again.
@@ -87,6 +89,7 @@ impl Recorder {
             services: Arc::new(StoreServices { store: self.store.clone(), run_id }),
             skip_finally: settings.skip_finally,
             memo: Some(self.store.clone()),
+            variables: settings.variables,
             ..RunOptions::default()
         };
         Ok(self.execute(prepared, input, options, display, cancel).await)
@@ -131,6 +134,7 @@ impl Recorder {
             attempt,
             skip_finally: settings.skip_finally,
             memo: Some(self.store.clone()),
+            variables: settings.variables,
         };
         Ok(self.execute(prepared, record.input.clone(), options, display, cancel).await)
     }

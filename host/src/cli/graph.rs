@@ -20,10 +20,12 @@ pub(crate) struct GraphArgs {
     /// Only these steps and every step they depend on, as `run --target`.
     #[arg(long, value_name = "STEP[,STEP...]", value_delimiter = ',')]
     target: Vec<String>,
+    #[command(flatten)]
+    components: workflow_cmd::ComponentsArg,
 }
 
 pub(crate) fn execute(args: GraphArgs, out: &Output) -> Result<u8, CliError> {
-    let mut plan = workflow_cmd::plan(&args.file, out)?;
+    let mut plan = workflow_cmd::plan(&args.file, &args.components, out)?;
     if !args.target.is_empty() {
         plan = plan.targeted(&args.target).map_err(CliError::invalid)?.0;
     }

@@ -41,6 +41,45 @@ pub(crate) struct RunArgs {
     /// `target`); the others are left out. `finally` steps still run.
     #[arg(long, value_name = "STEP[,STEP...]", value_delimiter = ',')]
     pub(crate) target: Vec<String>,
+    #[command(flatten)]
+    pub(crate) components: workflow_cmd::ComponentsArg,
+    #[command(flatten)]
+    pub(crate) vars: VarArgs,
+}
+
+/// The run's variables (StepFlow's `$variable`), from flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct VarArgs {
+    /// Set a variable for `{ $variable: NAME }`: `NAME=value`, the value read
+    /// as JSON when it parses and as a string otherwise. Variables are not
+    /// recorded: give them again to `resume` and `retry`.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    var: Vec<String>,
+    /// Read variables from a JSON or YAML file of `name: value` (`--var` wins).
+    #[arg(long = "vars", value_name = "FILE")]
+    vars: Option<PathBuf>,
+}
+
+impl VarArgs {
+    pub(crate) fn read(&self) -> Result<Value, CliError> {
+        let mut vars = match &self.vars {
+            None => Value::Object(Map::new()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| CliError::invalid(format!("--vars {}: {e}", path.display())))?;
+                let v: Value = serde_json::from_str(&text)
+                    .or_else(|_| serde_yaml::from_str(&text))
+                    .map_err(|e| CliError::invalid(format!("--vars {}: not valid JSON or YAML: {e}", path.display())))?;
+                if !v.is_object() {
+                    return Err(CliError::invalid(format!("--vars {}: must be a mapping of names to values", path.display())));
+                }
+                v
+            }
+        };
+        for assignment in &self.var {
+            set_path(&mut vars, assignment).map_err(|e| CliError::invalid(e.replacen("--set", "--var", 1)))?;
+        }
+        Ok(vars)
+    }
 }
 
 /// The run input, from flags.
@@ -159,13 +198,21 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
     let input = args.input.read()?;
     let secrets = read_secrets(args.secrets_file.as_deref())?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
-    let prepared = workflow_cmd::load(&args.file, &sandbox, out).await?;
+    let variables = args.vars.read()?;
+    let prepared = workflow_cmd::load(&args.file, &args.components, &sandbox, out).await?;
     let prepared = Arc::new(prepared.target(&args.target).map_err(CliError::invalid)?);
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
     let recorder = Recorder { store: global.open_store().await?, runner: sandbox };
-    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets, skip_finally, targets: args.target.clone(), rerun: Default::default() };
+    let settings = Settings {
+        concurrency: args.concurrency.map(|n| n as usize),
+        secrets,
+        skip_finally,
+        targets: args.target.clone(),
+        rerun: Default::default(),
+        variables,
+    };
     let report = recorder.start(prepared, &args.file, input, settings, sink(out), cancel).await.map_err(store_error)?;
     watcher.abort();
     Ok(finish(&report, &redactor, out))

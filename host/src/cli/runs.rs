@@ -54,6 +54,10 @@ pub(crate) struct RetryArgs {
     /// Most steps running at once.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: Option<u64>,
+    #[command(flatten)]
+    components: workflow_cmd::ComponentsArg,
+    #[command(flatten)]
+    vars: run::VarArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,6 +70,10 @@ pub(crate) struct ResumeArgs {
     /// Most steps running at once.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: Option<u64>,
+    #[command(flatten)]
+    components: workflow_cmd::ComponentsArg,
+    #[command(flatten)]
+    vars: run::VarArgs,
 }
 
 fn print_json(value: &impl serde::Serialize) {
@@ -202,7 +210,7 @@ pub(crate) async fn retry(args: RetryArgs, global: &GlobalArgs, out: &Output) ->
         )));
     }
     let from = args.from;
-    let args = ResumeArgs { id: args.id, secrets_file: args.secrets_file, concurrency: args.concurrency };
+    let args = ResumeArgs { id: args.id, secrets_file: args.secrets_file, concurrency: args.concurrency, components: args.components, vars: args.vars };
     rerun(args, Rerun::Retry { from }, global, out).await
 }
 
@@ -234,7 +242,8 @@ async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output
         return Ok(exit::OK);
     }
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
-    let prepared = workflow_cmd::load(Path::new(&record.file), &sandbox, out).await?;
+    let variables = args.vars.read()?;
+    let prepared = workflow_cmd::load(Path::new(&record.file), &args.components, &sandbox, out).await?;
     // A run limited by `--target` goes on limited the same way.
     let prepared = Arc::new(prepared.target(&record.targets).map_err(CliError::invalid)?);
     let secrets = run::read_secrets(args.secrets_file.as_deref())?;
@@ -242,8 +251,14 @@ async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
     let recorder = Recorder { store, runner: sandbox };
-    let settings =
-        Settings { concurrency: args.concurrency.map(|n| n as usize), secrets, skip_finally, targets: record.targets.clone(), rerun };
+    let settings = Settings {
+        concurrency: args.concurrency.map(|n| n as usize),
+        secrets,
+        skip_finally,
+        targets: record.targets.clone(),
+        rerun,
+        variables,
+    };
     let report = recorder.resume(prepared, &record, settings, run::sink(out), cancel).await.map_err(|e| match e {
         ResumeError::Store(e) => store_error(e),
         e @ (ResumeError::Changed { .. } | ResumeError::From(_)) => CliError::invalid(e.to_string()),

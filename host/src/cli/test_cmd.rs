@@ -18,6 +18,10 @@ pub(crate) struct TestArgs {
     /// Secrets as `NAME=value` lines; also read from `SANDFLOW_SECRET_<NAME>`.
     #[arg(long, value_name = "FILE")]
     secrets_file: Option<PathBuf>,
+    #[command(flatten)]
+    components: workflow_cmd::ComponentsArg,
+    #[command(flatten)]
+    vars: super::run::VarArgs,
 }
 
 /// Whether a case's run matched its expectation; the message says how not.
@@ -48,12 +52,13 @@ fn judge(expect: &Expectation, input_error: Option<&str>, report: Option<&RunRep
 
 pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
     let secrets = super::run::read_secrets(args.secrets_file.as_deref())?;
+    let variables = args.vars.read()?;
     let redactor = Redactor::new(&secrets);
     let sandbox = Arc::new(new_sandbox(state_dir)?);
     let executor = Executor::new(sandbox.clone(), Arc::new(NoEvents));
     let (mut passed, mut failed) = (0usize, 0usize);
     for file in &args.files {
-        let prepared = match workflow_cmd::load(file, &sandbox, out).await {
+        let prepared = match workflow_cmd::load(file, &args.components, &sandbox, out).await {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 render::error_line(out, &e.message);
@@ -77,7 +82,7 @@ pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> R
             let report = match input_error {
                 Some(_) => None,
                 None => {
-                    let options = RunOptions { secrets: secrets.clone(), ..RunOptions::default() };
+                    let options = RunOptions { secrets: secrets.clone(), variables: variables.clone(), ..RunOptions::default() };
                     let targeted = if targets.is_empty() { prepared.clone() } else { Arc::new(prepared.target(&targets).map_err(CliError::invalid)?) };
                     let mut report = executor.run(targeted, case.input.clone(), options, CancellationToken::new()).await;
                     // Expected outputs are compared as a user sees them: masked.

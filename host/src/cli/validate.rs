@@ -12,13 +12,15 @@ pub(crate) struct ValidateArgs {
     /// The workflow file(s) to check.
     #[arg(value_name = "FILE", required = true)]
     files: Vec<PathBuf>,
+    #[command(flatten)]
+    components: workflow_cmd::ComponentsArg,
 }
 
 pub(crate) async fn execute(args: ValidateArgs, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
     let sandbox = Arc::new(new_sandbox(state_dir)?);
     let mut worst = exit::OK;
     for file in &args.files {
-        let checked = workflow_cmd::load(file, &sandbox, out).await;
+        let checked = workflow_cmd::load(file, &args.components, &sandbox, out).await;
         match checked {
             Ok(p) => {
                 let wf = &p.plan.workflow;

@@ -108,7 +108,14 @@ async fn load_for_submit(
     })
     .await
     .map_err(|e| CliError { code: exit::FAILED, message: format!("loading components failed: {e}") })?;
-    Ok((prepared.map_err(|d| workflow_cmd::report(out, d))?, files))
+    let prepared = prepared.map_err(|d| workflow_cmd::report(out, d))?;
+    if prepared.plan.workflow.lazy {
+        return Err(CliError::invalid(format!(
+            "{} is a StepFlow flow, whose steps run only when its output needs them; distributed runs do not apply that rule yet: run it in one process (`sandflow run` with a SQLite store)",
+            file.display()
+        )));
+    }
+    Ok((prepared, files))
 }
 
 /// `sandflow submit FILE`.
@@ -152,6 +159,12 @@ pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Outp
 pub(crate) async fn run_queued(args: &super::run::RunArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let (file, input, concurrency, secrets_file) = (&args.file, &args.input, args.concurrency, args.secrets_file.as_deref());
     let (detach, work) = (args.detach, !args.no_work);
+    if args.components.file.is_some() {
+        return Err(CliError::invalid("--components binds components for runs in one process; a distributed run's workers read only the workflow's own `components:`"));
+    }
+    if args.vars.read()?.as_object().is_some_and(|v| !v.is_empty()) {
+        return Err(CliError::invalid("--var and --vars are for runs in one process; workers of a distributed run are not given them"));
+    }
     let store = pg_store(global, "`sandflow run --detach`").await?;
     let input = input.read()?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);

@@ -8,7 +8,7 @@ use crate::plan::Plan;
 use crate::sandbox::Sandbox;
 use crate::workflow::Diagnostics;
 use serde_json::json;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Prints every problem (or `validation_error` events with `--json`) and
 /// returns the exit-2 error.
@@ -35,16 +35,27 @@ pub(crate) fn report(out: &Output, diags: Diagnostics) -> CliError {
     CliError::invalid(format!("{}: {n} problem{}; nothing was run", diags.file.display(), if n == 1 { "" } else { "s" }))
 }
 
+/// `--components FILE`: binds the component names a workflow uses and
+/// does not declare (StepFlow's `/plugin/name`) to `.wasm` files.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct ComponentsArg {
+    /// A components file: a `components:` section as in a workflow (paths
+    /// relative to it), binding names the workflow uses and does not
+    /// declare, such as StepFlow's `/mock/one_output`.
+    #[arg(long = "components", id = "components", value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
+}
+
 /// Loads and plans `file`: every static check that needs no component.
-pub(crate) fn plan(file: &Path, out: &Output) -> Result<Plan, CliError> {
-    Plan::load(file).map_err(|d| report(out, d))
+pub(crate) fn plan(file: &Path, components: &ComponentsArg, out: &Output) -> Result<Plan, CliError> {
+    Plan::load_with(file, components.file.as_deref()).map_err(|d| report(out, d))
 }
 
 /// Loads, plans and prepares `file`, compiling components off the async
 /// workers: every static check, all problems in one report.
-pub(crate) async fn load(file: &Path, sandbox: &std::sync::Arc<Sandbox>, out: &Output) -> Result<Prepared, CliError> {
-    let (sandbox, file) = (sandbox.clone(), file.to_path_buf());
-    let prepared = tokio::task::spawn_blocking(move || crate::exec::load(&file, &sandbox))
+pub(crate) async fn load(file: &Path, components: &ComponentsArg, sandbox: &std::sync::Arc<Sandbox>, out: &Output) -> Result<Prepared, CliError> {
+    let (sandbox, file, components) = (sandbox.clone(), file.to_path_buf(), components.file.clone());
+    let prepared = tokio::task::spawn_blocking(move || crate::exec::load_with(&file, &sandbox, components.as_deref()))
         .await
         .map_err(|e| CliError { code: exit::FAILED, message: format!("loading components failed: {e}") })?;
     prepared.map_err(|d| report(out, d))

@@ -33,6 +33,8 @@ pub struct RunFacts<'a> {
     /// Once every step of `steps` has ended: `{status, failures}` for the
     /// `finally` steps (see [`ending`]).
     pub ending: Option<&'a Value>,
+    /// The run's variables (`$variable`).
+    pub variables: &'a Value,
 }
 
 impl<'a> RunFacts<'a> {
@@ -49,6 +51,7 @@ impl<'a> RunFacts<'a> {
             secrets: self.secrets,
             ending: self.ending,
             step_input: None,
+            variables: self.variables,
         }
     }
 }
@@ -337,17 +340,7 @@ pub fn decide(facts: &RunFacts<'_>, decl: &StepDecl, outputs: &dyn Outputs) -> D
     Decision::Run(Work::Each { inputs, concurrency: decl.concurrency.unwrap_or(facts.limit).max(1) })
 }
 
-/// `skipIf` truthiness.
-pub fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
-}
+pub use crate::expr::truthy;
 
 /// How a step ended, with `on_error` applied, and what that does to the run.
 #[derive(Debug, Clone, PartialEq)]
@@ -596,7 +589,7 @@ steps:
 "#;
 
     fn facts<'a>(input: &'a Value, secrets: &'a BTreeMap<String, String>, cel: &'a CelCache) -> RunFacts<'a> {
-        RunFacts { input, run_id: "r", attempt: 1, secrets, cel, limit: 4, ending: None }
+        RunFacts { input, run_id: "r", attempt: 1, secrets, cel, limit: 4, ending: None, variables: &Value::Null }
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub fn memo_key(component: &PreparedComponent, input: &Value, spec: &CacheSpec, 
                 secrets,
                 ending: None,
                 step_input: Some(input),
+                variables: &serde_json::Value::Null,
             };
             let value = key
                 .eval(&scope)

@@ -23,6 +23,7 @@
 
 mod builtin;
 pub mod core;
+pub mod demand;
 mod event;
 mod memo;
 mod prepare;
@@ -31,7 +32,7 @@ mod runner;
 
 pub use builtin::canonical_json;
 pub use event::{Event, EventSink, RunState, SinkError, StepState};
-pub use prepare::{Disk, Files, MAX_NESTING, Prepared, PreparedComponent, Recording, load, load_from, prepare};
+pub use prepare::{Disk, Files, MAX_NESTING, Prepared, PreparedComponent, Recording, load, load_from, load_with, prepare};
 pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
 pub use memo::memo_key;
 pub use runner::{Job, StepRunner};
@@ -76,6 +77,8 @@ pub struct RunOptions {
     pub skip_finally: CancellationToken,
     /// Where `cache:` results are kept and looked up (none: never cached).
     pub memo: Option<Arc<dyn crate::store::RunStore>>,
+    /// The run's variables (`$variable`; `--var`, `--vars`): an object.
+    pub variables: Value,
 }
 
 impl Default for RunOptions {
@@ -89,6 +92,7 @@ impl Default for RunOptions {
             attempt: 1,
             skip_finally: CancellationToken::new(),
             memo: None,
+            variables: Value::Object(Default::default()),
         }
     }
 }
@@ -200,6 +204,8 @@ struct Ctx {
     skip_finally: CancellationToken,
     /// See [`RunOptions::memo`].
     memo: Option<Arc<dyn crate::store::RunStore>>,
+    /// See [`RunOptions::variables`].
+    variables: Value,
 }
 
 impl Executor {
@@ -234,6 +240,7 @@ impl Executor {
             attempt: options.attempt,
             skip_finally: options.skip_finally.clone(),
             memo: options.memo.clone(),
+            variables: options.variables.clone(),
         });
         // The dispatcher runs as a task of its own, so the step tasks it
         // spawns start on its worker (tokio's LIFO slot) and report back
@@ -275,6 +282,7 @@ impl RunContext {
             attempt: options.attempt,
             skip_finally: options.skip_finally,
             memo: options.memo,
+            variables: options.variables,
         }))
     }
 
@@ -318,6 +326,7 @@ fn nested_run(parent: &Ctx, prepared: Arc<Prepared>, input: Value, cancel: Cance
         attempt: 1,
         skip_finally: parent.skip_finally.clone(),
         memo: parent.memo.clone(),
+        variables: parent.variables.clone(),
     });
     Box::pin(dispatch(ctx, input, Arc::new(NoEvents), cancel))
 }
@@ -334,7 +343,7 @@ fn prepared_limit(prepared: &Prepared) -> usize {
 impl Ctx {
     /// What this run's decisions read, for a run with `input`.
     fn facts<'a>(&'a self, input: &'a Value) -> RunFacts<'a> {
-        RunFacts { input, run_id: &self.run_id, attempt: self.attempt, secrets: &self.secrets, cel: &self.cel, limit: self.limit, ending: None }
+        RunFacts { input, run_id: &self.run_id, attempt: self.attempt, secrets: &self.secrets, cel: &self.cel, limit: self.limit, ending: None, variables: &self.variables }
     }
 }
 
@@ -365,8 +374,14 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         stop: None,
         unrecorded: None,
         unflushed: false,
+        changed: true,
     };
     let mut running = 0usize;
+    // A StepFlow flow's steps run only when needed (see `demand`): ready
+    // steps not needed yet wait here, and steps started are never dropped.
+    let mut deferred: Vec<usize> = Vec::new();
+    let mut began = vec![false; n];
+    let mut needed = vec![true; n];
     let mut inline: Option<StepFuture> = None;
     // The steps of `steps` stop on `cancel` and the run's timeout; those of
     // `finally` only on `skip_finally` and their own timeout.
@@ -380,8 +395,35 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     let mut ours: Option<CancellationToken> = None;
 
     loop {
+        while wf.lazy && std::mem::take(&mut book.changed) {
+            let outcomes = &book.outcomes;
+            let facts = RunFacts { ending: ending.as_ref(), ..ctx.facts(&input) };
+            let ended = core::Ended { plan: &plan, outputs: &book.outputs, outcome: &|d| outcomes[d], finally: false };
+            let d = demand::demand(&facts, &ended);
+            for (i, possible) in d.possible.iter().enumerate() {
+                if !possible && !began[i] && book.reports[i].is_none() {
+                    book.drop_unneeded(i);
+                }
+            }
+            deferred.retain(|&i| match book.reports[i].is_none() && d.needed[i] {
+                true => {
+                    book.ready.push_back(i);
+                    false
+                }
+                false => book.reports[i].is_none(),
+            });
+            needed = d.needed;
+        }
         while !Stop::halts(book.stop) && running < limit {
             let Some(i) = book.ready.pop_front() else { break };
+            if book.reports[i].is_some() {
+                // A lazy run found it would never be needed.
+                continue;
+            }
+            if !needed[i] {
+                deferred.push(i);
+                continue;
+            }
             let decl = &wf.steps[i];
             // A step's dependencies are durable before it starts.
             if book.unflushed && !plan.deps[i].is_empty() {
@@ -416,6 +458,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 }
                 Decision::Run(work) => {
                     running += 1;
+                    began[i] = true;
                     let (ctx, step_tx, cancel) = (ctx.clone(), tx.clone(), child.clone());
                     let step = async move { (i, run_step(&ctx, i, work, &step_tx, &cancel).await) };
                     // The dispatcher drives one step itself and spawns only
@@ -581,6 +624,8 @@ struct Book<'a> {
     unrecorded: Option<SinkError>,
     /// A step finished since the sink's last barrier.
     unflushed: bool,
+    /// A step ended since a lazy run last asked what it needs.
+    changed: bool,
 }
 
 impl Book<'_> {
@@ -596,6 +641,14 @@ impl Book<'_> {
             let verdict = Verdict { state, output: None, error: None, reason: Some(reason.to_string()), releases: !blocked, stop: None };
             self.settle(i, verdict, None);
         }
+    }
+
+    /// A step a lazy run will never need ends skipped, releasing what
+    /// waits on it (which does not read it either).
+    fn drop_unneeded(&mut self, i: usize) {
+        let reason = Some(demand::NOT_NEEDED.to_string());
+        let verdict = Verdict { state: StepState::Skipped, output: None, error: None, reason, releases: true, stop: None };
+        self.settle(i, verdict, None);
     }
 
     /// The sink failed: no step starts any more, and the run fails.
@@ -665,6 +718,7 @@ impl Book<'_> {
             duration: end.map_or(Duration::ZERO, |e| e.duration),
         };
         self.unflushed = true;
+        self.changed = true;
         self.sink.emit(&Event::StepFinished {
             run_id: self.run_id.to_string(),
             step: decl.id.clone(),

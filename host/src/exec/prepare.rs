@@ -112,20 +112,42 @@ pub fn load(path: &Path, runner: &dyn StepRunner) -> Result<Prepared, Diagnostic
     load_nested(path, runner, &Disk, &mut Vec::new())
 }
 
+/// [`load`], with the components of a components file (`--components`)
+/// bound to the names the workflow uses and does not declare itself.
+pub fn load_with(path: &Path, runner: &dyn StepRunner, components: Option<&Path>) -> Result<Prepared, Diagnostics> {
+    if components.is_none() {
+        return load(path, runner);
+    }
+    let (wf, problems) = workflow::load_partial_with(path, components);
+    prepare_parsed(path, wf, problems, runner, &Disk, &mut Vec::new())
+}
+
 /// [`load`], reading files through `files`.
 pub fn load_from(path: &Path, runner: &dyn StepRunner, files: &dyn Files) -> Result<Prepared, Diagnostics> {
     load_nested(path, runner, files, &mut Vec::new())
 }
 
 fn load_nested(path: &Path, runner: &dyn StepRunner, files: &dyn Files, stack: &mut Vec<PathBuf>) -> Result<Prepared, Diagnostics> {
-    let fail = |problems| Diagnostics { file: path.to_path_buf(), problems }.sorted();
-    let (wf, mut problems) = match files.read(path) {
+    let (wf, problems) = match files.read(path) {
         Ok(bytes) => workflow::load_str_partial(path, &String::from_utf8_lossy(&bytes)),
         Err(e) => {
             let file: Arc<Path> = Arc::from(path);
             (None, vec![Diagnostic::new(&Location::file_start(&file), format!("cannot read the workflow: {e}"))])
         }
     };
+    prepare_parsed(path, wf, problems, runner, files, stack)
+}
+
+/// Plans and prepares a parsed workflow, adding to the problems found so far.
+fn prepare_parsed(
+    path: &Path,
+    wf: Option<Workflow>,
+    mut problems: Vec<Diagnostic>,
+    runner: &dyn StepRunner,
+    files: &dyn Files,
+    stack: &mut Vec<PathBuf>,
+) -> Result<Prepared, Diagnostics> {
+    let fail = |problems| Diagnostics { file: path.to_path_buf(), problems }.sorted();
     let Some(wf) = wf else { return Err(fail(problems)) };
     stack.push(canonical(path));
     let (resolved, more) = resolve(&wf, runner, files, stack);

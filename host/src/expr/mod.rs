@@ -10,6 +10,11 @@
 //! | `{ $from: { step: ID }, path: P }` | step `ID`'s output, or the part at `P` |
 //! | `..., $on_skip: use_default, $default: V` | `V` when `ID` was skipped (or `P` is missing) |
 //! | `{ $literal: V }` | `V`, unevaluated |
+//! | `{ $input: P }` | StepFlow's spelling of `$from: { workflow: input }, path: P` |
+//! | `{ $step: ID, path: P }` | StepFlow's spelling of `$from: { step: ID }, path: P` |
+//! | `{ $variable: P, default: V }` | the run variable at `P` (`--var`), or `V` |
+//! | `{ $if: C, then: A, else: B }` | `A` when `C` is truthy, else `B` (null if absent); only the branch taken is read |
+//! | `{ $coalesce: [A, B, …] }` | the first of them that is neither null nor a skipped step's |
 //! | `"{{ EXPR }}"` | the typed result of the CEL expression |
 //! | `"Hello {{ EXPR }}!"` | a string; strings inserted as they are, other values as JSON |
 //!
@@ -41,6 +46,20 @@ pub enum Template {
     Cel(CelExpr),
     /// A string with `{{ EXPR }}` parts.
     Interpolate(Vec<Piece>),
+    /// `{ $if: C, then: A, else: B }`: only the branch taken is evaluated.
+    If(Box<IfExpr>),
+    /// `{ $coalesce: [A, B, …] }`: the first value that is neither null nor
+    /// a skipped step's; items after it are not evaluated.
+    Coalesce(Vec<Template>),
+}
+
+/// `{ $if: cond, then: …, else: … }` (StepFlow).
+#[derive(Debug, Clone)]
+pub struct IfExpr {
+    pub cond: Template,
+    pub then: Template,
+    /// `else`, or null.
+    pub otherwise: Template,
 }
 
 /// One part of an interpolated string.
@@ -67,6 +86,9 @@ pub struct FromRef {
 pub enum Source {
     Input,
     Step(String),
+    /// `$variable`: the run's variables (`--var`, `--vars`); the path's
+    /// first name is the variable's.
+    Variables,
 }
 
 /// A compiled CEL expression and the steps it reads.
@@ -380,6 +402,8 @@ pub struct Scope<'a> {
     pub ending: Option<&'a Value>,
     /// For `cache.key`: the step's resolved input, as `input`.
     pub step_input: Option<&'a Value>,
+    /// The run's variables (`$variable`): an object, or null when none.
+    pub variables: &'a Value,
 }
 
 /// Why a template could not be evaluated.
@@ -425,6 +449,19 @@ impl Template {
                 }
                 Ok(Value::String(out))
             }
+            Template::If(e) => match truthy(&e.cond.eval(scope)?) {
+                true => e.then.eval(scope),
+                false => e.otherwise.eval(scope),
+            },
+            Template::Coalesce(items) => {
+                for item in items {
+                    match item.eval(scope) {
+                        Ok(Value::Null) | Err(EvalError::Skipped(_)) => {}
+                        other => return other,
+                    }
+                }
+                Ok(Value::Null)
+            }
         }
     }
 
@@ -451,6 +488,20 @@ impl Template {
                     e.collect(out)
                 }
             }),
+            Template::If(e) => {
+                e.cond.collect(out);
+                // A branch may never be read: what it reads being skipped
+                // matters only if it is (the evaluation says so then).
+                let start = out.len();
+                e.then.collect(out);
+                e.otherwise.collect(out);
+                out[start..].iter_mut().for_each(|r| r.tolerates_skip = true);
+            }
+            Template::Coalesce(items) => {
+                let start = out.len();
+                items.iter().for_each(|t| t.collect(out));
+                out[start..].iter_mut().for_each(|r| r.tolerates_skip = true);
+            }
         }
     }
 
@@ -471,6 +522,8 @@ impl Template {
                 Piece::Expr(e) => Some(e),
                 Piece::Text(_) => None,
             })),
+            Template::If(e) => [&e.cond, &e.then, &e.otherwise].into_iter().for_each(|t| t.collect_exprs(out)),
+            Template::Coalesce(items) => items.iter().for_each(|t| t.collect_exprs(out)),
         }
     }
 
@@ -498,6 +551,18 @@ impl FromRef {
     fn eval(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
         let (whole, what) = match &self.source {
             Source::Input => (scope.inputs, "the run input".to_string()),
+            Source::Variables => {
+                let path = self.path.as_ref().expect("a `$variable` has a path");
+                return match path.get(scope.variables) {
+                    Some(v) => Ok(v.clone()),
+                    None => self.default.clone().ok_or_else(|| {
+                        let name = path.first_key().unwrap_or_default();
+                        EvalError::Reference(format!(
+                            "variable `{path}` is not set: pass `--var {name}=VALUE` (or `--vars FILE`), or give the reference a `default`"
+                        ))
+                    }),
+                };
+            }
             Source::Step(id) => match scope.outputs.lookup(id) {
                 Lookup::Done(v) => (v, format!("the output of step `{id}`")),
                 Lookup::Skipped if self.use_default_on_skip => return Ok(self.default.clone().unwrap_or(Value::Null)),
@@ -513,6 +578,19 @@ impl FromRef {
                 None => Err(EvalError::Reference(format!("{what} has nothing at path `{path}`; add `$default` to allow that"))),
             },
         }
+    }
+}
+
+/// Whether a value counts as true (`skipIf`, `$if`): null, false, 0, and
+/// empty strings, lists and objects do not.
+pub fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
     }
 }
 
@@ -551,14 +629,19 @@ pub fn parse(node: &Node, file: &Arc<Path>, diags: &mut Vec<Diagnostic>) -> Temp
             if let Some(from) = map.get_node("$from") {
                 return parse_from(map, from, file, &at, diags);
             }
+            if let Some(t) = parse_stepflow(map, file, &at, diags) {
+                return t;
+            }
             for (k, _) in map.iter() {
                 if k.as_str().starts_with('$') {
-                    let known = ["$from", "$literal"];
                     let mut d = Diagnostic::new(&node_location(file, &Node::Scalar(k.clone())), format!("unknown key `{}`", k.as_str()));
-                    if let Some(n) = crate::workflow::diagnostic::nearest(k.as_str(), known) {
+                    if let Some(n) = crate::workflow::diagnostic::nearest(k.as_str(), REFERENCE_KEYS) {
                         d = d.with_hint(format!("did you mean `{n}`?"));
                     } else {
-                        d = d.with_hint("keys starting with `$` are `$from` and `$literal`; write `{ $literal: ... }` to pass one through");
+                        d = d.with_hint(format!(
+                            "keys starting with `$` are {}; write `{{ $literal: ... }}` to pass one through",
+                            REFERENCE_KEYS.map(|k| format!("`{k}`")).join(", ")
+                        ));
                     }
                     diags.push(d);
                 }
@@ -568,6 +651,83 @@ pub fn parse(node: &Node, file: &Arc<Path>, diags: &mut Vec<Diagnostic>) -> Temp
             collapse_object(entries)
         }
     }
+}
+
+/// The keys that make a mapping a reference or an expression.
+const REFERENCE_KEYS: [&str; 7] = ["$from", "$literal", "$input", "$step", "$variable", "$if", "$coalesce"];
+
+/// Reports keys of a reference mapping other than `allowed`.
+fn only_keys(map: &marked_yaml::types::MarkedMappingNode, allowed: &[&str], what: &str, file: &Arc<Path>, diags: &mut Vec<Diagnostic>) {
+    for (k, _) in map.iter() {
+        if !allowed.contains(&k.as_str()) {
+            let mut d = Diagnostic::new(&node_location(file, &Node::Scalar(k.clone())), format!("unknown key `{}` in {what}", k.as_str()));
+            d = match crate::workflow::diagnostic::nearest(k.as_str(), allowed.iter().copied()) {
+                Some(n) => d.with_hint(format!("did you mean `{n}`?")),
+                None => d.with_hint(format!("its keys are {}", allowed.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))),
+            };
+            diags.push(d);
+        }
+    }
+}
+
+/// A path written in a reference, or a diagnostic.
+fn parse_path(node: &Node, file: &Arc<Path>, diags: &mut Vec<Diagnostic>) -> Option<JsonPath> {
+    match node.as_scalar() {
+        Some(s) => JsonPath::parse(s.as_str()).map_err(|e| diags.push(Diagnostic::new(&node_location(file, node), e))).ok(),
+        None => {
+            diags.push(Diagnostic::new(&node_location(file, node), "a path must be a string such as `data.items[0].id`"));
+            None
+        }
+    }
+}
+
+/// StepFlow's value expressions: `$input`, `$step`, `$variable`, `$if`,
+/// `$coalesce` (its `schemas/flow.json`). `None`: the mapping is none of them.
+fn parse_stepflow(map: &marked_yaml::types::MarkedMappingNode, file: &Arc<Path>, at: &Location, diags: &mut Vec<Diagnostic>) -> Option<Template> {
+    let from = |source, path, default| Template::From(FromRef { source, path, use_default_on_skip: false, default, at: at.clone() });
+    if let Some(p) = map.get_node("$input") {
+        only_keys(map, &["$input"], "an `$input` reference", file, diags);
+        // `$input: "$"` (or "") is the whole input.
+        return Some(parse_path(p, file, diags).map_or(Template::Const(Value::Null), |path| from(Source::Input, Some(path), None)));
+    }
+    if let Some(id) = map.get_node("$step") {
+        only_keys(map, &["$step", "path"], "a `$step` reference", file, diags);
+        let Some(id) = id.as_scalar().map(|s| s.as_str().to_string()) else {
+            diags.push(Diagnostic::new(&node_location(file, id), "`$step` must be a step id, e.g. `$step: load`"));
+            return Some(Template::Const(Value::Null));
+        };
+        let path = map.get_node("path").and_then(|p| parse_path(p, file, diags));
+        return Some(from(Source::Step(id), path, None));
+    }
+    if let Some(p) = map.get_node("$variable") {
+        only_keys(map, &["$variable", "default"], "a `$variable` reference", file, diags);
+        let path = parse_path(p, file, diags)?;
+        if path.first_key().is_none() {
+            diags.push(Diagnostic::new(&node_location(file, p), "`$variable` must start with the variable's name, e.g. `$variable: api_key`"));
+            return Some(Template::Const(Value::Null));
+        }
+        return Some(from(Source::Variables, Some(path), map.get_node("default").map(to_json)));
+    }
+    if let Some(cond) = map.get_node("$if") {
+        only_keys(map, &["$if", "then", "else"], "an `$if` expression", file, diags);
+        let Some(then) = map.get_node("then") else {
+            diags.push(Diagnostic::new(at, "`$if` needs `then` (and may have `else`)").with_hint("e.g. `{ $if: { $input: fast }, then: a, else: b }`"));
+            return Some(Template::Const(Value::Null));
+        };
+        let cond = parse(cond, file, diags);
+        let then = parse(then, file, diags);
+        let otherwise = map.get_node("else").map_or(Template::Const(Value::Null), |n| parse(n, file, diags));
+        return Some(Template::If(Box::new(IfExpr { cond, then, otherwise })));
+    }
+    if let Some(items) = map.get_node("$coalesce") {
+        only_keys(map, &["$coalesce"], "a `$coalesce` expression", file, diags);
+        let Some(seq) = items.as_sequence() else {
+            diags.push(Diagnostic::new(&node_location(file, items), "`$coalesce` must be a list of values, the first not null is taken"));
+            return Some(Template::Const(Value::Null));
+        };
+        return Some(Template::Coalesce(seq.iter().map(|n| parse(n, file, diags)).collect()));
+    }
+    None
 }
 
 fn collapse_array(items: Vec<Template>) -> Template {
@@ -595,16 +755,8 @@ fn parse_from(
     at: &Location,
     diags: &mut Vec<Diagnostic>,
 ) -> Template {
-    const KEYS: [&str; 4] = ["$from", "path", "$on_skip", "$default"];
-    for (k, _) in map.iter() {
-        if !KEYS.contains(&k.as_str()) {
-            let mut d = Diagnostic::new(&node_location(file, &Node::Scalar(k.clone())), format!("unknown key `{}` in a `$from` reference", k.as_str()));
-            if let Some(n) = crate::workflow::diagnostic::nearest(k.as_str(), KEYS) {
-                d = d.with_hint(format!("did you mean `{n}`?"));
-            }
-            diags.push(d);
-        }
-    }
+    const KEYS: [&str; 6] = ["$from", "path", "$on_skip", "$default", "onSkip", "on_skip"];
+    only_keys(map, &KEYS, "a `$from` reference", file, diags);
     let from_at = node_location(file, from);
     let source = match from.as_mapping().map(|m| (m.get_scalar("workflow"), m.get_scalar("step"), m.len())) {
         Some((Some(w), None, 1)) if w.as_str() == "input" => Some(Source::Input),
@@ -617,14 +769,8 @@ fn parse_from(
             None
         }
     };
-    let path = map.get_node("path").and_then(|p| match p.as_scalar() {
-        Some(s) => JsonPath::parse(s.as_str()).map_err(|e| diags.push(Diagnostic::new(&node_location(file, p), e))).ok(),
-        None => {
-            diags.push(Diagnostic::new(&node_location(file, p), "`path` must be a string such as `data.items[0].id`"));
-            None
-        }
-    });
-    let use_default_on_skip = match map.get_node("$on_skip") {
+    let path = map.get_node("path").and_then(|p| parse_path(p, file, diags));
+    let mut use_default_on_skip = match map.get_node("$on_skip") {
         None => false,
         Some(Node::Scalar(s)) if s.as_str() == "use_default" => true,
         Some(other) => {
@@ -632,7 +778,27 @@ fn parse_from(
             false
         }
     };
-    let default = map.get_node("$default").map(to_json);
+    // StepFlow's older spelling: `onSkip: { action: useDefault, defaultValue: V }`
+    // (V null when absent) or `{ action: skip }`.
+    let mut stepflow_default = None;
+    if let Some(on_skip) = map.get_node("onSkip").or_else(|| map.get_node("on_skip")) {
+        let keys = ["action", "defaultValue", "default_value"];
+        match on_skip.as_mapping() {
+            Some(m) => {
+                only_keys(m, &keys, "`onSkip`", file, diags);
+                match m.get_scalar("action").map(|a| a.as_str()) {
+                    Some("useDefault" | "use_default") => {
+                        use_default_on_skip = true;
+                        stepflow_default = Some(m.get_node("defaultValue").or_else(|| m.get_node("default_value")).map_or(Value::Null, to_json));
+                    }
+                    Some("skip") => {}
+                    _ => diags.push(Diagnostic::new(&node_location(file, on_skip), "`onSkip` needs `action: useDefault` or `action: skip`")),
+                }
+            }
+            None => diags.push(Diagnostic::new(&node_location(file, on_skip), "`onSkip` must be a mapping such as `{ action: useDefault, defaultValue: null }`")),
+        }
+    }
+    let default = map.get_node("$default").map(to_json).or(stepflow_default);
     if use_default_on_skip && default.is_none() {
         diags.push(Diagnostic::new(at, "`$on_skip: use_default` needs a `$default` value"));
     }
@@ -729,7 +895,7 @@ mod tests {
     fn eval(t: &Template, outputs: &BTreeMap<String, Option<Value>>) -> Result<Value, EvalError> {
         let inputs = json!({"user_id": "u1", "n": 3, "name": "Ada"});
         let secrets = BTreeMap::from([("TOKEN".to_string(), "s3cr3t".to_string())]);
-        t.eval(&Scope { inputs: &inputs, cache: &CelCache::default(), outputs, item: None, index: None, run_id: "r1", attempt: 1, secrets: &secrets, ending: None, step_input: None })
+        t.eval(&Scope { inputs: &inputs, cache: &CelCache::default(), outputs, item: None, index: None, run_id: "r1", attempt: 1, secrets: &secrets, ending: None, step_input: None, variables: &Value::Null })
     }
 
     fn outputs() -> BTreeMap<String, Option<Value>> {
@@ -757,6 +923,70 @@ mod tests {
         let t = template("{ $from: { step: gone }, $on_skip: use_default, $default: [] }");
         assert_eq!(eval(&t, &o), Ok(json!([])));
         assert!(t.step_refs()[0].tolerates_skip);
+    }
+
+    #[test]
+    fn stepflow_references_read_input_steps_and_variables() {
+        let o = outputs();
+        assert_eq!(eval(&template("{ $input: user_id }"), &o), Ok(json!("u1")));
+        assert_eq!(eval(&template("{ $input: '$' }"), &o).unwrap()["n"], json!(3));
+        assert_eq!(eval(&template("{ $step: stats, path: '$.items[0].id' }"), &o), Ok(json!("a")));
+        assert_eq!(eval(&template("{ $step: stats }"), &o).unwrap()["count"], json!(36));
+        assert_eq!(eval(&template("{ $step: gone }"), &o), Err(EvalError::Skipped("gone".into())));
+        let vars = json!({"model": {"name": "m1"}});
+        let secrets = BTreeMap::new();
+        let (inputs, cache) = (json!({}), CelCache::default());
+        let scope = Scope { inputs: &inputs, cache: &cache, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets, ending: None, step_input: None, variables: &vars };
+        assert_eq!(template("{ $variable: model.name }").eval(&scope), Ok(json!("m1")));
+        assert_eq!(template("{ $variable: temperature, default: 0.5 }").eval(&scope), Ok(json!(0.5)));
+        let missing = template("{ $variable: api_key }").eval(&scope).unwrap_err();
+        assert!(matches!(&missing, EvalError::Reference(m) if m.contains("variable `api_key` is not set: pass `--var api_key=VALUE`")), "{missing:?}");
+    }
+
+    #[test]
+    fn if_and_coalesce_read_only_what_they_take() {
+        let o = outputs();
+        // The branch not taken reads a step that has no output: not an error.
+        let t = template("{ $if: { $input: n }, then: { $step: stats, path: count }, else: { $step: nowhere } }");
+        assert_eq!(eval(&t, &o), Ok(json!(36)));
+        let t = template("{ $if: '{{ inputs.n > 5 }}', then: 1 }");
+        assert_eq!(eval(&t, &o), Ok(Value::Null));
+        // Branches tolerate a skipped step: whether it matters is known only when read.
+        assert!(t.step_refs().iter().all(|r| r.tolerates_skip));
+        let t = template("{ $coalesce: [ { $step: gone }, { $input: missing_is_an_error_only_if_reached, }, 1 ] }");
+        assert!(matches!(eval(&t, &o), Err(EvalError::Reference(_))));
+        let t = template("{ $coalesce: [ { $step: gone }, null, { $step: stats, path: count }, { $step: nowhere } ] }");
+        assert_eq!(eval(&t, &o), Ok(json!(36)));
+        assert_eq!(eval(&template("{ $coalesce: [ null, { $step: gone } ] }"), &o), Ok(Value::Null));
+    }
+
+    #[test]
+    fn older_stepflow_on_skip_gives_a_default() {
+        let o = outputs();
+        let t = template("{ $from: { step: gone }, path: x, onSkip: { action: useDefault, defaultValue: it was skipped } }");
+        assert_eq!(eval(&t, &o), Ok(json!("it was skipped")));
+        let t = template("{ $from: { step: gone }, on_skip: { action: use_default } }");
+        assert_eq!(eval(&t, &o), Ok(Value::Null));
+        let t = template("{ $from: { step: gone }, onSkip: { action: skip } }");
+        assert_eq!(eval(&t, &o), Err(EvalError::Skipped("gone".into())));
+    }
+
+    #[test]
+    fn malformed_stepflow_forms_are_reported_where_written() {
+        let file: Arc<Path> = Arc::from(Path::new("t.yaml"));
+        for (yaml, want) in [
+            ("{ $if: true }", "`$if` needs `then`"),
+            ("{ $coalesce: 3 }", "`$coalesce` must be a list"),
+            ("{ $step: a, pth: x }", "unknown key `pth` in a `$step` reference"),
+            ("{ $variable: '[0]' }", "must start with the variable's name"),
+            ("{ $inptu: x }", "did you mean `$input`?"),
+        ] {
+            let node = crate::workflow::yaml::parse(&file, &format!("v: {yaml}\n")).unwrap();
+            let mut diags = Vec::new();
+            parse(node.as_mapping().unwrap().get_node("v").unwrap(), &file, &mut diags);
+            let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+            assert!(text.iter().any(|t| t.contains(want)), "{yaml}: {text:?}");
+        }
     }
 
     #[test]
@@ -794,7 +1024,7 @@ mod tests {
         let secrets = BTreeMap::new();
         let inputs = json!({});
         let cache = CelCache::default();
-        let scope = Scope { inputs: &inputs, cache: &cache, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets, ending: None, step_input: None };
+        let scope = Scope { inputs: &inputs, cache: &cache, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets, ending: None, step_input: None, variables: &Value::Null };
         // An injection attempt in the value stays a value.
         let c = parse_condition("'{{steps.classify.result.content}}' == 'urgent'", &at).unwrap();
         assert_eq!(c.eval_bool(&scope), Ok(false));

@@ -68,6 +68,14 @@ impl JsonPath {
         Ok(JsonPath { text: text.to_string(), segments })
     }
 
+    /// The first name of the path (`$variable`'s variable), if it starts with one.
+    pub fn first_key(&self) -> Option<&str> {
+        match self.segments.first() {
+            Some(Segment::Key(k)) => Some(k),
+            _ => None,
+        }
+    }
+
     /// The part of `value` at this path.
     pub fn get<'a>(&self, value: &'a Value) -> Option<&'a Value> {
         self.segments.iter().try_fold(value, |v, seg| match (seg, v) {

@@ -184,7 +184,13 @@ impl Plan {
     /// Reads and plans the workflow at `path`, the file's problems and the
     /// plan's in one report.
     pub fn load(path: &std::path::Path) -> Result<Plan, Diagnostics> {
-        let (wf, mut problems) = crate::workflow::load_partial(path);
+        Plan::load_with(path, None)
+    }
+
+    /// [`Plan::load`], with a components file's components bound
+    /// (`--components`; see [`Workflow::bind`]).
+    pub fn load_with(path: &std::path::Path, components: Option<&std::path::Path>) -> Result<Plan, Diagnostics> {
+        let (wf, mut problems) = crate::workflow::load_partial_with(path, components);
         let fail = |problems| Diagnostics { file: path.to_path_buf(), problems }.sorted();
         let Some(wf) = wf else { return Err(fail(problems)) };
         match Plan::new(wf) {

@@ -48,6 +48,21 @@ pub fn load_partial(path: &Path) -> (Option<Workflow>, Vec<Diagnostic>) {
     }
 }
 
+/// [`load_partial`], with the components of a components file
+/// (`--components`) bound to the names the workflow uses and does not
+/// declare itself (see [`Workflow::bind`]); the file's problems come first.
+pub fn load_partial_with(path: &Path, components: Option<&Path>) -> (Option<Workflow>, Vec<Diagnostic>) {
+    let Some(extra) = components else { return load_partial(path) };
+    let (bound, mut problems) = load_components(extra);
+    let (wf, more) = load_partial(path);
+    problems.extend(more);
+    let wf = wf.map(|mut wf| {
+        wf.bind(&bound);
+        wf
+    });
+    (wf, problems)
+}
+
 /// The directory relative paths in a workflow file are resolved against.
 /// `flow.yaml` has the empty path as its parent, which names no directory
 /// (it cannot be canonicalized, joined paths lose their anchor): it is `.`.
@@ -69,4 +84,21 @@ pub fn load_str_partial(path: &Path, text: &str) -> (Option<Workflow>, Vec<Diagn
     let mut cx = parse::Cx { file: file.clone(), dir, diags: Vec::new() };
     let wf = parse::workflow(&mut cx, &root, crate::sandbox::sha256_hex(text.as_bytes()));
     (wf, cx.diags)
+}
+
+/// Reads a components file (`--components FILE`): a `components:` section
+/// of the same shape as a workflow's, paths relative to the file.
+pub fn load_components(path: &Path) -> (std::collections::BTreeMap<String, ComponentDecl>, Vec<Diagnostic>) {
+    let file: Arc<Path> = Arc::from(path);
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => return (Default::default(), vec![Diagnostic::new(&Location::file_start(&file), format!("cannot read the components file: {e}"))]),
+    };
+    let root = match yaml::parse(&file, &text) {
+        Ok(root) => root,
+        Err(d) => return (Default::default(), vec![d]),
+    };
+    let mut cx = parse::Cx { file: file.clone(), dir: workflow_dir(path), diags: Vec::new() };
+    let components = parse::components_file(&mut cx, &root);
+    (components, cx.diags)
 }

@@ -44,6 +44,26 @@ pub struct Workflow {
     /// How the run output is built; `None`: SPEC §2.6's default.
     pub output: Option<Template>,
     pub tests: Vec<TestCase>,
+    /// A StepFlow flow (a StepFlow-only key or value form is written): a
+    /// step runs only when the output (or a step that runs) needs it, or
+    /// it has `mustExecute`; the branch an `$if` does not take never runs.
+    pub lazy: bool,
+}
+
+impl Workflow {
+    /// Binds the names its steps use and `components:` does not declare to
+    /// the components of a components file (`--components`): the
+    /// workflow's own declarations win.
+    pub fn bind(&mut self, bound: &BTreeMap<String, ComponentDecl>) {
+        for step in &self.steps {
+            if let Target::Named(name) = &step.target
+                && !self.components.contains_key(name)
+                && let Some(decl) = bound.get(name)
+            {
+                self.components.insert(name.clone(), decl.clone());
+            }
+        }
+    }
 }
 
 /// Per-attempt settings a step can take from `defaults` or override.
@@ -272,6 +292,9 @@ pub struct StepDecl {
     pub group: Option<usize>,
     /// A step of `finally`: it starts once every step of `steps` has ended.
     pub finally: bool,
+    /// StepFlow's `mustExecute`: in a StepFlow flow, it runs even when
+    /// nothing the output needs reads it.
+    pub must_execute: bool,
 }
 
 /// One case of `test.cases`.

@@ -16,11 +16,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-const WORKFLOW_KEYS: &[&str] =
-    &[
+const WORKFLOW_KEYS: &[&str] = &[
     "name", "description", "input", "defaults", "timeout", "concurrency", "fail_fast", "quota", "components", "steps", "finally",
     "finally_timeout", "output", "test",
+    // StepFlow's (its `schemas/flow.json`, and older spellings).
+    "schema", "schemas", "inputSchema", "outputSchema", "input_schema", "output_schema", "version", "examples", "metadata", "variables",
 ];
+/// Keys only StepFlow flows have: a file with one is read as a StepFlow
+/// flow, whose steps run only when the output needs them (see [`Workflow::lazy`]).
+const STEPFLOW_WORKFLOW_KEYS: &[&str] =
+    &["schema", "schemas", "inputSchema", "outputSchema", "input_schema", "output_schema", "version", "examples", "metadata", "variables"];
+const STEPFLOW_STEP_KEYS: &[&str] =
+    &["mustExecute", "must_execute", "onError", "skip_if", "inputSchema", "outputSchema", "input_schema", "output_schema", "metadata"];
+/// Value forms only StepFlow flows use.
+const STEPFLOW_VALUE_KEYS: &[&str] = &["$input", "$step", "$variable", "$if", "$coalesce"];
 const DEFAULTS_KEYS: &[&str] = &["timeout", "fuel", "memory", "retry", "quota", "cache"];
 const CACHE_KEYS: &[&str] = &["ttl", "key"];
 const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "delay", "max_delay"];
@@ -30,12 +39,18 @@ const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
 const STEP_KEYS: &[&str] = &[
     "id", "component", "workflow", "input", "needs", "depends", "when", "skipIf", "forEach", "concurrency", "retry",
     "timeout", "fuel", "memory", "quota", "cache", "on_error", "runs_on",
+    // StepFlow's; the schemas and metadata are read and ignored.
+    "skip_if", "mustExecute", "must_execute", "onError", "inputSchema", "outputSchema", "input_schema", "output_schema", "metadata",
 ];
 /// How long `finally` steps may take unless `finally_timeout` says.
 pub const DEFAULT_FINALLY_TIMEOUT: Duration = Duration::from_secs(60);
-const ON_ERROR_KEYS: &[&str] = &["action", "default_output"];
-const TEST_KEYS: &[&str] = &["cases"];
-const CASE_KEYS: &[&str] = &["name", "input", "target", "output", "outcome", "error"];
+const ON_ERROR_KEYS: &[&str] = &["action", "default_output", "defaultValue", "default_value", "maxRetries", "max_retries"];
+/// StepFlow's `onError: { action: retry }` without `maxRetries`.
+const STEPFLOW_DEFAULT_RETRIES: u64 = 3;
+/// `config`/`configFile` are StepFlow's test configuration; sandflow binds
+/// components with `--components FILE` instead.
+const TEST_KEYS: &[&str] = &["cases", "config", "configFile", "config_file"];
+const CASE_KEYS: &[&str] = &["name", "description", "input", "target", "output", "outcome", "error"];
 
 /// The parsing context: the file, and the problems found so far.
 pub(super) struct Cx {
@@ -143,7 +158,10 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String) -> Option<Workf
     let stem = cx.file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "workflow".into());
     let name = get("name").and_then(|n| cx.string(n, "`name`")).unwrap_or(stem);
     let description = get("description").and_then(|n| cx.string(n, "`description`"));
-    let input_schema = get("input").map(|n| {
+    // The run input's schema: `input`, or StepFlow's `inputSchema`,
+    // `input_schema` or `schemas.properties.input`.
+    let schemas_input = get("schemas").and_then(|n| n.as_mapping()).and_then(|m| m.get_mapping("properties")).and_then(|m| m.get_node("input"));
+    let input_schema = ["input", "inputSchema", "input_schema"].into_iter().find_map(get).or(schemas_input).filter(|n| !is_null(n)).map(|n| {
         let schema = to_json(n);
         if let Err(e) = jsonschema::validator_for(&schema) {
             cx.error(n, format!("`input` is not a valid JSON Schema: {e}"));
@@ -182,7 +200,9 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String) -> Option<Workf
         steps.extend(self::steps(cx, n, true));
     }
     let output = get("output").map(|n| cx.template(n));
-    let tests = get("test").map(|n| tests(cx, n)).unwrap_or_default();
+    let tests = get("test").filter(|n| !is_null(n)).map(|n| tests(cx, n)).unwrap_or_default();
+    let lazy = map.iter().any(|(k, _)| STEPFLOW_WORKFLOW_KEYS.contains(&k.as_str()))
+        || [get("steps"), get("output")].into_iter().flatten().any(has_stepflow_forms);
     Some(Workflow {
         file: cx.file.clone(),
         dir: cx.dir.clone(),
@@ -200,7 +220,23 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String) -> Option<Workf
         steps,
         output,
         tests,
+        lazy,
     })
+}
+
+fn is_null(node: &Node) -> bool {
+    node.as_scalar().is_some_and(|s| scalar_value(s) == Value::Null)
+}
+
+/// Whether a node is or holds a StepFlow-only step key or value form.
+fn has_stepflow_forms(node: &Node) -> bool {
+    match node {
+        Node::Scalar(_) => false,
+        Node::Sequence(seq) => seq.iter().any(has_stepflow_forms),
+        Node::Mapping(map) => map.iter().any(|(k, v)| {
+            STEPFLOW_VALUE_KEYS.contains(&k.as_str()) || STEPFLOW_STEP_KEYS.contains(&k.as_str()) || has_stepflow_forms(v)
+        }),
+    }
 }
 
 fn settings(cx: &mut Cx, map: &MarkedMappingNode) -> StepSettings {
@@ -270,6 +306,18 @@ fn retry(cx: &mut Cx, node: &Node) -> Option<RetryPolicy> {
         delay: map.get_node("delay").and_then(|n| cx.duration(n, "`delay`")).unwrap_or(d.delay),
         max_delay: map.get_node("max_delay").and_then(|n| cx.duration(n, "`max_delay`")).unwrap_or(d.max_delay),
     })
+}
+
+/// A components file: `components:` and nothing else.
+pub(super) fn components_file(cx: &mut Cx, root: &Node) -> BTreeMap<String, ComponentDecl> {
+    let Some(map) = cx.mapping(root, "a components file", &["components"]) else { return BTreeMap::new() };
+    match map.get_node("components") {
+        Some(n) => components(cx, n),
+        None => {
+            cx.error_hint(root, "the components file has no `components:`", "e.g. `components: { /mock/echo: { path: mock.wasm, config: {} } }`");
+            BTreeMap::new()
+        }
+    }
 }
 
 fn components(cx: &mut Cx, node: &Node) -> BTreeMap<String, ComponentDecl> {
@@ -454,14 +502,33 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>, finally: bool) -> Option
         let at = cx.at(n);
         expr::parse_condition(&text, &at).map_err(|d| cx.diags.push(d)).ok()
     });
-    let skip_if = map.get_node("skipIf").map(|n| cx.template(n));
+    let skip_if = map.get_node("skipIf").or_else(|| map.get_node("skip_if")).map(|n| cx.template(n));
+    let must_execute = match map.get_node("mustExecute").or_else(|| map.get_node("must_execute")) {
+        None => false,
+        Some(n) => match n.as_scalar().map(scalar_value) {
+            Some(Value::Bool(b)) => b,
+            Some(Value::Null) => false,
+            _ => {
+                cx.error(n, "`mustExecute` must be true or false");
+                false
+            }
+        },
+    };
     let for_each = map.get_node("forEach").map(|n| cx.template(n));
     let concurrency = map.get_node("concurrency").and_then(|n| cx.uint(n, "`concurrency`", 1)).map(|n| n as usize);
     if concurrency.is_some() && for_each.is_none() {
         cx.error(map.get_node("concurrency").expect("checked"), format!("`concurrency` on {what} needs `forEach`"));
     }
-    let settings = settings(cx, map);
-    let on_error = map.get_node("on_error").map(|n| on_error(cx, n)).unwrap_or_default();
+    let mut settings = settings(cx, map);
+    let (on_error, retries) = map.get_node("on_error").or_else(|| map.get_node("onError")).filter(|n| !is_null(n)).map(|n| on_error(cx, n)).unwrap_or_default();
+    if let Some(retries) = retries {
+        if settings.retry.is_some() {
+            let n = map.get_node("retry").expect("retry is set");
+            cx.error_hint(n, format!("{what} has both `retry` and `onError: {{ action: retry }}`"), "keep one");
+        }
+        let max_attempts = retries.saturating_add(1).min(u32::MAX as u64) as u32;
+        settings.retry = Some(RetryPolicy { max_attempts, ..RetryPolicy::default() });
+    }
     let runs_on = match map.get_node("runs_on") {
         None => Vec::new(),
         Some(n @ Node::Scalar(_)) => cx.string(n, "`runs_on`").into_iter().collect(),
@@ -487,7 +554,25 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>, finally: bool) -> Option
     // A step whose target is broken is kept (the problem is already
     // reported) so that references to it are not reported as unknown.
     let (target, target_at) = target.unwrap_or((Target::Builtin(Builtin::Eval), at.clone()));
-    Some(StepDecl { id, at, target, target_at, input, needs, depends, when, skip_if, for_each, concurrency, settings, on_error, runs_on, group, finally })
+    Some(StepDecl {
+        id,
+        at,
+        target,
+        target_at,
+        input,
+        needs,
+        depends,
+        when,
+        skip_if,
+        for_each,
+        concurrency,
+        settings,
+        on_error,
+        runs_on,
+        group,
+        finally,
+        must_execute,
+    })
 }
 
 fn component_target(cx: &mut Cx, node: &Node, text: &str) -> Target {
@@ -508,24 +593,66 @@ fn component_target(cx: &mut Cx, node: &Node, text: &str) -> Target {
     if text.ends_with(".wasm") {
         return Target::Path(cx.resolve(text));
     }
+    // StepFlow's older `plugin://component` is its `/plugin/component`.
+    if let Some((plugin, rest)) = text.split_once("://")
+        && !plugin.is_empty()
+        && !plugin.contains('/')
+    {
+        return Target::Named(format!("/{plugin}/{rest}"));
+    }
     Target::Named(text.to_string())
 }
 
-fn on_error(cx: &mut Cx, node: &Node) -> OnError {
-    let Some(map) = cx.mapping(node, "`on_error`", ON_ERROR_KEYS) else { return OnError::default() };
+/// `on_error` (or StepFlow's `onError`), and the retries StepFlow's
+/// `action: retry` asks for.
+fn on_error(cx: &mut Cx, node: &Node) -> (OnError, Option<u64>) {
+    let Some(map) = cx.mapping(node, "`on_error`", ON_ERROR_KEYS) else { return Default::default() };
+    let default = ["default_output", "defaultValue", "default_value"].into_iter().find_map(|k| map.get_node(k)).map(to_json);
+    let mut retries = None;
     let action = match map.get_node("action") {
         None => ErrorAction::Fail,
         Some(n) => match cx.string(n, "`action`").as_deref() {
             Some("fail") => ErrorAction::Fail,
-            Some("continue") => ErrorAction::Continue,
+            // StepFlow's `useDefault`: the step's output is `defaultValue` (or null).
+            Some("continue" | "useDefault" | "use_default") => ErrorAction::Continue,
             Some("skip") => ErrorAction::Skip,
+            // StepFlow's `retry`: `maxRetries` more attempts, then the step fails.
+            Some("retry") => {
+                let n = map.get_node("maxRetries").or_else(|| map.get_node("max_retries"));
+                retries = Some(n.and_then(|n| cx.uint(n, "`maxRetries`", 0)).unwrap_or(STEPFLOW_DEFAULT_RETRIES));
+                ErrorAction::Fail
+            }
             _ => {
-                cx.error(n, "`action` is `fail`, `continue` or `skip`");
+                cx.error_hint(n, "unknown `action`", "`action` is `fail`, `continue`, `skip`, or StepFlow's `useDefault` or `retry`");
                 ErrorAction::Fail
             }
         },
     };
-    OnError { action, default_output: map.get_node("default_output").map(to_json) }
+    (OnError { action, default_output: default }, retries)
+}
+
+/// StepFlow's expected result, `{ outcome: success, result: V }` or
+/// `{ outcome: failed, error: … }` (only the outcome of a failure is
+/// compared). `None`: `node` is an expected output of sandflow's own form.
+fn stepflow_result(cx: &mut Cx, node: &Node) -> Option<Option<Expectation>> {
+    let map = node.as_mapping()?;
+    let outcome = map.get_scalar("outcome")?.as_str().to_string();
+    let others: Vec<&str> = map.iter().map(|(k, _)| k.as_str()).filter(|k| *k != "outcome").collect();
+    let expect = match (outcome.as_str(), others.as_slice()) {
+        ("success", ["result"]) => Expectation::Output(to_json(map.get_node("result").expect("listed"))),
+        ("success", []) => Expectation::Output(Value::Null),
+        ("failed", [] | ["error"]) => Expectation::Failed,
+        ("skipped", []) => {
+            cx.error_hint(
+                node,
+                "`outcome: skipped` is an older StepFlow result sandflow does not have",
+                "a run whose output reads a skipped step fails in sandflow: expect `outcome: failed`, or give the reference a default",
+            );
+            return Some(None);
+        }
+        _ => return None,
+    };
+    Some(Some(expect))
 }
 
 fn tests(cx: &mut Cx, node: &Node) -> Vec<TestCase> {
@@ -551,7 +678,10 @@ fn tests(cx: &mut Cx, node: &Node) -> Vec<TestCase> {
                 }
             };
             let expect = match (m.get_node("output"), m.get_node("outcome"), m.get_node("error")) {
-                (Some(o), None, None) => Expectation::Output(to_json(o)),
+                (Some(o), None, None) => match stepflow_result(cx, o) {
+                    Some(expect) => expect?,
+                    None => Expectation::Output(to_json(o)),
+                },
                 (None, Some(o), None) => match cx.string(o, "`outcome`").as_deref() {
                     Some("failed") => Expectation::Failed,
                     _ => {
