@@ -12,6 +12,7 @@ mod language;
 mod quota;
 mod sandbox;
 mod scheduler;
+mod stepflow;
 mod store;
 mod support;
 mod ui;

@@ -38,6 +38,14 @@ fn judge(expect: &Expectation, input_error: Option<&str>, report: Option<&RunRep
             )),
             (state, _) => Err(format!("expected output {want}, but the run {}: {}", state.as_str(), error.unwrap_or_default())),
         },
+        Expectation::Skipped => match (state, report.and_then(|r| r.output.as_ref())) {
+            (RunState::Completed, Some(Value::Null)) => Ok(()),
+            (RunState::Completed, got) => Err(format!(
+                "expected the output to be skipped (null), got {}",
+                got.map_or("nothing".into(), Value::to_string)
+            )),
+            (state, _) => Err(format!("expected a skipped output, but the run {}: {}", state.as_str(), error.unwrap_or_default())),
+        },
         Expectation::Failed => match state {
             RunState::Failed => Ok(()),
             other => Err(format!("expected the run to fail, but it {}", other.as_str())),

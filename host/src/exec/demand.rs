@@ -184,3 +184,93 @@ impl Walk<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::StepState;
+    use crate::exec::core::Outcome;
+    use crate::expr::CelCache;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    const FLOW: &str = r#"
+schema: https://stepflow.org/schemas/v1/flow.json
+steps:
+  - id: cond
+    component: /builtin/eval
+  - id: yes
+    component: /builtin/eval
+  - id: no
+    component: /builtin/eval
+    input: { from: { $step: deep } }
+  - id: deep
+    component: /builtin/eval
+  - id: first
+    component: /builtin/eval
+  - id: second
+    component: /builtin/eval
+  - id: side
+    component: /builtin/eval
+    mustExecute: true
+    skipIf: { $input: quiet }
+    input: { x: { $step: side_input } }
+  - id: side_input
+    component: /builtin/eval
+  - id: unused
+    component: /builtin/eval
+output:
+  pick: { $if: { $step: cond, path: ok }, then: { $step: yes }, else: { $step: no } }
+  any: { $coalesce: [ { $step: first }, { $step: second } ] }
+"#;
+
+    /// The steps `needed` and `possible` (only) for run `input`, once the
+    /// steps in `ended` have ended with those outputs (`None`: skipped).
+    fn ask(input: Value, ended: &[(&str, Option<Value>)]) -> (Vec<String>, Vec<String>) {
+        let wf = crate::workflow::load_str(std::path::Path::new("flow.yaml"), FLOW).unwrap();
+        assert!(wf.lazy);
+        let plan = Plan::new(wf).unwrap();
+        let outputs: BTreeMap<String, Option<Value>> = ended.iter().map(|(id, v)| (id.to_string(), v.clone())).collect();
+        let outcome = |i: usize| {
+            let id = &plan.workflow.steps[i].id;
+            outputs.get(id).map(|v| Outcome { state: if v.is_some() { StepState::Succeeded } else { StepState::Skipped }, blocks: false, items: None })
+        };
+        let (secrets, cel) = (BTreeMap::new(), CelCache::default());
+        let facts = RunFacts { input: &input, run_id: "r", attempt: 1, secrets: &secrets, cel: &cel, limit: 4, ending: None, variables: &Value::Null };
+        let ended = Ended { plan: &plan, outputs: &outputs, outcome: &outcome, finally: false };
+        let d = demand(&facts, &ended);
+        let ids = |f: &dyn Fn(usize) -> bool| (0..d.needed.len()).filter(|&i| f(i)).map(|i| plan.workflow.steps[i].id.clone()).collect();
+        (ids(&|i| d.needed[i]), ids(&|i| d.possible[i] && !d.needed[i]))
+    }
+
+    #[test]
+    fn an_if_needs_its_condition_then_only_the_branch_it_takes() {
+        let (needed, maybe) = ask(json!({"quiet": false}), &[]);
+        assert_eq!(needed, ["cond", "first", "side", "side_input"]);
+        assert_eq!(maybe, ["yes", "no", "deep", "second"]);
+        // The condition is known: `no` (and `deep`, which only it reads) never will be.
+        let (needed, maybe) = ask(json!({"quiet": false}), &[("cond", Some(json!({"ok": true})))]);
+        assert_eq!(needed, ["cond", "yes", "first", "side", "side_input"]);
+        assert_eq!(maybe, ["second"]);
+        let (needed, _) = ask(json!({"quiet": false}), &[("cond", Some(json!({"ok": false})))]);
+        assert!(needed.contains(&"no".to_string()) && needed.contains(&"deep".to_string()), "{needed:?}");
+    }
+
+    #[test]
+    fn a_coalesce_needs_its_items_one_at_a_time() {
+        let (needed, maybe) = ask(json!({"quiet": false}), &[("first", Some(json!(1)))]);
+        assert!(!needed.contains(&"second".to_string()) && !maybe.contains(&"second".to_string()));
+        for first in [None, Some(Value::Null)] {
+            let (needed, _) = ask(json!({"quiet": false}), &[("first", first)]);
+            assert!(needed.contains(&"second".to_string()), "{needed:?}");
+        }
+    }
+
+    #[test]
+    fn a_step_skipped_by_skip_if_needs_nothing_its_input_reads() {
+        let (needed, maybe) = ask(json!({"quiet": true}), &[]);
+        assert!(needed.contains(&"side".to_string()));
+        assert!(!needed.contains(&"side_input".to_string()) && !maybe.contains(&"side_input".to_string()), "{needed:?} {maybe:?}");
+        assert!(!needed.contains(&"unused".to_string()) && !maybe.contains(&"unused".to_string()));
+    }
+}

@@ -250,7 +250,7 @@ fn nested_workflow(path: &Path, at: &Location, runner: &dyn StepRunner, files: &
 fn load_component(path: &Path, decl: &ComponentDecl, runner: &dyn StepRunner, files: &dyn Files) -> Result<PreparedComponent, Diagnostic> {
     let bytes = files.read(path).map_err(|e| {
         Diagnostic::new(&decl.at, format!("component `{}`: cannot read {}: {e}", decl.name, path.display()))
-            .with_hint("paths are relative to the workflow file; build components with components/build.sh")
+            .with_hint("paths are relative to the file that declares them; build components with components/build.sh")
     })?;
     if let Some(pin) = &decl.sha256 {
         let actual = sha256_hex(&bytes);

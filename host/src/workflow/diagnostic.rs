@@ -102,10 +102,11 @@ pub fn nearest<'a>(unknown: &str, known: impl IntoIterator<Item = &'a str>) -> O
         .filter_map(|k| {
             let lower = k.to_lowercase();
             let d = strsim::damerau_levenshtein(&unknown, &lower);
-            if d <= (k.len() / 3).max(2) {
-                Some((d, k))
-            } else if unknown.len() >= 4 && lower.starts_with(&unknown) {
-                Some((k.len() - unknown.len(), k))
+            // A key the text begins (`$lit` of `$literal`) beats a typo.
+            if unknown.len() >= 4 && lower.starts_with(&unknown) {
+                Some(((0, k.len() - unknown.len()), k))
+            } else if d <= (k.len() / 3).max(2) {
+                Some(((1, d), k))
             } else {
                 None
             }
