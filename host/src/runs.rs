@@ -2,7 +2,8 @@
 //! `serve` and workers all go through here; the scheduler
 //! ([`crate::exec`]) knows nothing of the store beyond its events.
 
-use crate::exec::{Event, EventSink, Executor, Prepared, RunOptions, RunReport, SinkError, StepRunner, new_run_id, unmask};
+use crate::exec::{Ending, Event, EventSink, Executor, Prepared, RunOptions, RunReport, RunState, SinkError, StepRunner, StepState, new_run_id, unmask};
+use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::CancellationToken;
 use crate::store::{NewRun, RunRecord, RunStore, StoreError, StoreServices, StoreSink};
 use serde_json::Value;
@@ -124,6 +125,7 @@ impl Recorder {
                 Some(spans) => unmask(&recorded.output, spans, &settings.secrets).map(|v| (step, v)),
             })
             .collect();
+        let ended = if settings.rerun == Rerun::Resume { ended_in_finally(&prepared.plan, record, &restored) } else { BTreeMap::new() };
         let attempt = self.store.resume_run(&record.id).await?;
         let options = RunOptions {
             run_id: record.id.clone(),
@@ -135,6 +137,7 @@ impl Recorder {
             skip_finally: settings.skip_finally,
             memo: Some(self.store.clone()),
             variables: settings.variables,
+            ended,
         };
         Ok(self.execute(prepared, record.input.clone(), options, display, cancel).await)
     }
@@ -193,6 +196,35 @@ impl EventSink for Tee {
 
 /// The steps `rerun` runs again even if they succeeded: for a retry, the
 /// `finally` steps, and `--from` STEP with every step downstream of it.
+/// For a run killed while its `finally` steps ran (every step of `steps`
+/// has ended, the run has not): how each step that ended without success
+/// ended, so that `resume` runs only what had not ended. Empty for any
+/// other run, or when a succeeded step of `steps` cannot be restored.
+fn ended_in_finally(plan: &crate::plan::Plan, record: &RunRecord, restored: &BTreeMap<String, Value>) -> BTreeMap<String, Ending> {
+    let steps = &plan.workflow.steps;
+    if record.status != RunState::Running.as_str() || plan.main == steps.len() {
+        return BTreeMap::new();
+    }
+    let recorded: BTreeMap<&str, Ending> = record
+        .steps
+        .iter()
+        .filter_map(|r| {
+            let state = StepState::from_name(&r.state)?;
+            let failure = r.error_kind.as_deref().and_then(FailureKind::from_name).map(|kind| StepFailure {
+                kind,
+                message: r.error_message.clone().unwrap_or_default(),
+                retryable: false,
+            });
+            Some((r.step.as_str(), Ending::recorded(state, failure, r.reason.clone())?))
+        })
+        .collect();
+    let main_ended = steps[..plan.main].iter().all(|s| restored.contains_key(&s.id) || recorded.contains_key(s.id.as_str()));
+    if !main_ended {
+        return BTreeMap::new();
+    }
+    recorded.into_iter().map(|(id, e)| (id.to_string(), e)).collect()
+}
+
 fn rerun_steps(plan: &crate::plan::Plan, rerun: &Rerun) -> Result<std::collections::BTreeSet<String>, String> {
     let Rerun::Retry { from } = rerun else { return Ok(Default::default()) };
     let steps = &plan.workflow.steps;

@@ -618,3 +618,59 @@ fn depends_reads_the_items_of_a_for_each_step() {
         assert_eq!(steps["not-any"], ("skipped".into(), "depends not met: some.any_succeeded".into()), "{name}");
     }
 }
+
+#[test]
+fn a_run_killed_while_its_finally_steps_run_resumes_only_what_had_not_ended() {
+    use std::io::BufRead;
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("k.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "components:\n  pass: {{ path: {} }}\n  fail: {{ path: {} }}\n  slow: {{ path: {} }}\n\
+             steps:\n  - {{ id: ok, component: pass, input: 1 }}\n\
+             \x20 - {{ id: broken, component: fail, needs: [ok], when: \"run.attempt == 1\" }}\n\
+             finally:\n  - {{ id: quick, component: pass, input: \"{{{{ run.attempt }}}}\" }}\n\
+             \x20 - {{ id: slow, component: slow, needs: [quick], input: {{ ms: \"{{{{ run.attempt == 1 ? 60000 : 10 }}}}\" }} }}\n\
+             \x20 - {{ id: report, component: pass, needs: [slow], input: {{ status: \"{{{{ run.status }}}}\", failed: \"{{{{ run.failures.map(f, f.step) }}}}\" }} }}\n",
+            root().join("components/dist/echo.wasm").display(),
+            root().join("components/dist/hostile/fatal.wasm").display(),
+            root().join("components/dist/hostile/sleep.wasm").display(),
+        ),
+    )
+    .unwrap();
+    let mut child = sandflow(&state)
+        .args(["--json", "run"])
+        .arg(&file)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut run_id = String::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let e: Value = serde_json::from_str(&line.unwrap()).unwrap_or_default();
+        if e["event"] == "run_started" {
+            run_id = e["run_id"].as_str().unwrap().to_string();
+        }
+        if e["event"] == "step_started" && e["step"] == "slow" {
+            break;
+        }
+    }
+    // Killed while `slow`, a `finally` step, runs: the record says `running`.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (code, _, err) = run(sandflow(&state).args(["--json", "resume", &run_id]));
+    let events: Vec<Value> = err.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let started: Vec<&str> = events.iter().filter(|e| e["event"] == "step_started").map(|e| e["step"].as_str().unwrap()).collect();
+    let restored: Vec<&str> = events.iter().filter(|e| e["event"] == "step_restored").map(|e| e["step"].as_str().unwrap()).collect();
+    // `broken` keeps its failure (decided again, its `when` would skip it),
+    // `quick` its output; only `slow` and `report` run.
+    assert_eq!(started, ["slow", "report"], "{err}");
+    assert_eq!(restored, ["ok", "quick"], "{err}");
+    assert_eq!(finished(&events, "broken")["state"], "failed");
+    assert_eq!(finished(&events, "report")["output"], serde_json::json!({"status": "failed", "failed": ["broken"]}));
+    let end = events.iter().find(|e| e["event"] == "run_finished").unwrap();
+    assert_eq!((code, end["state"].as_str()), (1, Some("failed")), "{err}");
+    assert!(end["error"].as_str().unwrap().contains("step `broken` failed"), "{end}");
+}

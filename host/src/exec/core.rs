@@ -129,13 +129,7 @@ impl Outcome {
 
     pub fn decode(text: &str, blocks: bool) -> Option<Outcome> {
         let mut parts = text.split('/');
-        let state = match parts.next()? {
-            "succeeded" => StepState::Succeeded,
-            "failed" => StepState::Failed,
-            "skipped" => StepState::Skipped,
-            "cancelled" => StepState::Cancelled,
-            _ => return None,
-        };
+        let state = StepState::from_name(parts.next()?).filter(|s| !matches!(s, StepState::Pending | StepState::Running))?;
         let mut n = || parts.next().and_then(|p| p.parse::<u32>().ok());
         let items = match n() {
             None => None,
@@ -370,6 +364,25 @@ pub enum Ending {
     Blocked,
 }
 
+impl Ending {
+    /// How a step that ended without success in an earlier attempt of the
+    /// run ended, from its record (see [`super::RunOptions::ended`]).
+    /// `None`: a state that is no end of a step.
+    pub fn recorded(state: StepState, failure: Option<StepFailure>, reason: Option<String>) -> Option<Ending> {
+        let failure = || failure.clone().unwrap_or_else(|| StepFailure::new(FailureKind::Lost, "failed in an earlier attempt of the run"));
+        match state {
+            StepState::Failed => Some(Ending::Ran(Err(failure()))),
+            StepState::Cancelled => Some(Ending::Ran(Err(StepFailure { kind: FailureKind::Cancelled, ..failure() }))),
+            StepState::Skipped if reason.as_deref() == Some(BLOCKED) => Some(Ending::Blocked),
+            StepState::Skipped => Some(Ending::Skipped(reason.unwrap_or_default())),
+            _ => None,
+        }
+    }
+}
+
+/// The reason of a step skipped because a dependency blocks it.
+pub const BLOCKED: &str = "dependency failed";
+
 /// The verdict on step `i` that ended as `ending` while the run is stopped
 /// for `stop` (if at all).
 pub fn verdict(plan: &Plan, i: usize, ending: Ending, stop: Option<Stop>) -> Verdict {
@@ -393,7 +406,7 @@ pub fn verdict(plan: &Plan, i: usize, ending: Ending, stop: Option<Stop>) -> Ver
         Ending::Ran(Err(f)) | Ending::Refused(f) => (StepState::Failed, Some(f), None, None),
         Ending::Skipped(reason) => (StepState::Skipped, None, None, Some(reason)),
         Ending::Blocked => {
-            let reason = Some("dependency failed".to_string());
+            let reason = Some(BLOCKED.to_string());
             return Verdict { state: StepState::Skipped, output: None, error: None, reason, releases: false, stop: None };
         }
     };
@@ -439,7 +452,7 @@ pub fn unstarted(stop: Option<Stop>, blocked: bool) -> (StepState, &'static str)
         Some(Stop::Cancelled) => (StepState::Cancelled, "the run was cancelled before it started"),
         Some(Stop::TimedOut) => (StepState::Cancelled, "the run's timeout passed before it started"),
         Some(Stop::Unrecorded) => (StepState::Cancelled, "not started: the run could not be recorded"),
-        _ if blocked => (StepState::Skipped, "dependency failed"),
+        _ if blocked => (StepState::Skipped, BLOCKED),
         _ => (StepState::Skipped, "not started: the run failed"),
     }
 }

@@ -31,6 +31,12 @@ impl StepState {
             StepState::Cancelled => "cancelled",
         }
     }
+
+    /// The state named by [`StepState::as_str`].
+    pub fn from_name(name: &str) -> Option<StepState> {
+        use StepState::*;
+        [Pending, Running, Succeeded, Failed, Skipped, Cancelled].into_iter().find(|s| s.as_str() == name)
+    }
 }
 
 /// A run's state (SPEC §2.7).

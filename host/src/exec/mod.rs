@@ -32,12 +32,13 @@ mod runner;
 
 pub use builtin::canonical_json;
 pub use event::{Event, EventSink, RunState, SinkError, StepState};
+pub use self::core::Ending;
 pub use prepare::{Disk, Files, MAX_NESTING, Prepared, PreparedComponent, Recording, load, load_from, load_with, prepare};
 pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
 pub use memo::memo_key;
 pub use runner::{Job, StepRunner};
 
-use self::core::{Decision, Ending, ItemCounts, Items, Outcome, RunFacts, Stop, Verdict, Work};
+use self::core::{Decision, ItemCounts, Items, Outcome, RunFacts, Stop, Verdict, Work};
 
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, HostServices, Limits, MemoryServices, Quota, RunMeter, StepLog};
@@ -79,6 +80,10 @@ pub struct RunOptions {
     pub memo: Option<Arc<dyn crate::store::RunStore>>,
     /// The run's variables (`$variable`; `--var`, `--vars`): an object.
     pub variables: Value,
+    /// Steps that ended without success in an earlier attempt of this run
+    /// and keep that end: a run killed while its `finally` steps ran goes
+    /// on with only the steps that had not ended (`sandflow resume`).
+    pub ended: BTreeMap<String, Ending>,
 }
 
 impl Default for RunOptions {
@@ -93,6 +98,7 @@ impl Default for RunOptions {
             skip_finally: CancellationToken::new(),
             memo: None,
             variables: Value::Object(Default::default()),
+            ended: BTreeMap::new(),
         }
     }
 }
@@ -206,6 +212,8 @@ struct Ctx {
     memo: Option<Arc<dyn crate::store::RunStore>>,
     /// See [`RunOptions::variables`].
     variables: Value,
+    /// See [`RunOptions::ended`].
+    ended: BTreeMap<String, Ending>,
 }
 
 impl Executor {
@@ -241,6 +249,7 @@ impl Executor {
             skip_finally: options.skip_finally.clone(),
             memo: options.memo.clone(),
             variables: options.variables.clone(),
+            ended: options.ended.clone(),
         });
         // The dispatcher runs as a task of its own, so the step tasks it
         // spawns start on its worker (tokio's LIFO slot) and report back
@@ -283,6 +292,7 @@ impl RunContext {
             skip_finally: options.skip_finally,
             memo: options.memo,
             variables: options.variables,
+            ended: options.ended,
         }))
     }
 
@@ -327,6 +337,7 @@ fn nested_run(parent: &Ctx, prepared: Arc<Prepared>, input: Value, cancel: Cance
         skip_finally: parent.skip_finally.clone(),
         memo: parent.memo.clone(),
         variables: parent.variables.clone(),
+        ended: BTreeMap::new(),
     });
     Box::pin(dispatch(ctx, input, Arc::new(NoEvents), cancel))
 }
@@ -394,6 +405,11 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     // A token of this run's own, cancelled when it ends (see `either`).
     let mut ours: Option<CancellationToken> = None;
 
+    // Resumed while its `finally` steps ran: the steps of `steps` keep how
+    // they ended.
+    if !ctx.ended.is_empty() {
+        book.settle_recorded(&ctx, 0..plan.main);
+    }
     loop {
         while wf.lazy && std::mem::take(&mut book.changed) {
             let outcomes = &book.outcomes;
@@ -435,9 +451,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                     break;
                 }
             }
-            if let Some(output) = ctx.restored.get(&decl.id) {
-                sink.emit(&Event::StepRestored { run_id: run_id.clone(), step: decl.id.clone() });
-                book.restore(i, output.clone());
+            if book.settle_recorded(&ctx, i..i + 1) {
                 continue;
             }
             let outcomes = &book.outcomes;
@@ -505,6 +519,9 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             deadline = Some(tokio::time::Instant::now() + wf.finally_timeout);
             book.unflushed = true;
             book.ready.extend((plan.main..n).filter(|&i| plan.deps[i].is_empty()));
+            if !ctx.ended.is_empty() {
+                book.settle_recorded(&ctx, plan.main..n);
+            }
             continue;
         }
         tokio::select! {
@@ -655,6 +672,29 @@ impl Book<'_> {
     fn lose_record(&mut self, e: SinkError) {
         self.unrecorded.get_or_insert(e);
         self.stop = Some(Stop::Unrecorded);
+    }
+
+    /// Settles the steps of `range` that keep what they did in an earlier
+    /// attempt of the run: a recorded output (`StepRestored`), or how they
+    /// ended ([`RunOptions::ended`]). Whether any was.
+    fn settle_recorded(&mut self, ctx: &Ctx, range: std::ops::Range<usize>) -> bool {
+        let mut any = false;
+        for i in range {
+            let id = &self.wf.steps[i].id;
+            if self.reports[i].is_some() {
+                continue;
+            }
+            if let Some(output) = ctx.restored.get(id) {
+                self.sink.emit(&Event::StepRestored { run_id: self.run_id.to_string(), step: id.clone() });
+                self.restore(i, output.clone());
+            } else if let Some(ending) = ctx.ended.get(id) {
+                self.finish(i, ending.clone(), None);
+            } else {
+                continue;
+            }
+            any = true;
+        }
+        any
     }
 
     /// A step that succeeded before a resume: its recorded output, no event
