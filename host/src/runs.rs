@@ -144,7 +144,7 @@ impl Recorder {
 
     async fn execute(&self, prepared: Arc<Prepared>, input: Value, options: RunOptions, display: Arc<dyn EventSink>, cancel: CancellationToken) -> RunReport {
         let sink = Arc::new(Tee(vec![Arc::new(StoreSink::new(self.store.clone())), display]));
-        let watcher = tokio::spawn(watch_cancel(self.store.clone(), options.run_id.clone(), cancel.clone()));
+        let watcher = tokio::spawn(watch_cancel(self.store.clone(), options.run_id.clone(), cancel.clone(), options.skip_finally.clone()));
         let report = Executor::new(self.runner.clone(), sink).run(prepared, input, options, cancel).await;
         watcher.abort();
         report
@@ -157,15 +157,21 @@ pub const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(25
 /// Cancels the run when the store says someone asked to (`sandflow
 /// cancel`, from any process or machine). A store that cannot answer is
 /// asked again at the next tick: it does not stop the run.
-async fn watch_cancel(store: Arc<dyn RunStore>, run_id: String, cancel: CancellationToken) {
+async fn watch_cancel(store: Arc<dyn RunStore>, run_id: String, cancel: CancellationToken, skip_finally: CancellationToken) {
     let mut tick = tokio::time::interval(CANCEL_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match store.cancel_requested(&run_id).await {
-            Ok(true) => {
+        match store.take_cancel_request(&run_id).await {
+            // The first request cancels the run (its `finally` steps still
+            // run); a second interrupts them, as a second Ctrl-C does.
+            Ok(true) if !cancel.is_cancelled() => {
                 tracing::info!("run {run_id}: cancel requested through the run store");
                 cancel.cancel();
+            }
+            Ok(true) => {
+                tracing::info!("run {run_id}: cancel requested again: its `finally` steps are interrupted");
+                skip_finally.cancel();
                 return;
             }
             Ok(false) => {}

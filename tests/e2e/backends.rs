@@ -185,7 +185,8 @@ async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
     let s = open(&url).await.unwrap();
     assert_eq!(s.run("old").await.unwrap().status, "running", "kept its runs");
     assert_eq!(s.request_cancel("old").await.unwrap(), "running");
-    assert!(s.cancel_requested("old").await.unwrap());
+    assert!(s.take_cancel_request("old").await.unwrap());
+    assert!(!s.take_cancel_request("old").await.unwrap(), "a request is taken once");
     let version: i64 = client.query_one("SELECT version FROM sandflow_schema", &[]).await.unwrap().get(0);
     assert_eq!(version, sandflow::store::PgStore::SCHEMA_VERSION);
     client.batch_execute("UPDATE sandflow_schema SET version = 99").await.unwrap();

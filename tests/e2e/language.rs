@@ -175,6 +175,13 @@ fn finally_flow(dir: &std::path::Path, top: &str, main_ms: u64, finally_ms: u64)
 /// first step starts, then after the first `finally` step starts), and
 /// returns the exit code and the events.
 fn interrupted(file: &std::path::Path, signals: usize) -> (i32, Vec<Value>) {
+    interrupted_by(file, signals, &|child, _, _| {
+        assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    })
+}
+
+/// [`interrupted`], interrupting with `send(process, state dir, run id)`.
+fn interrupted_by(file: &std::path::Path, signals: usize, send: &dyn Fn(&std::process::Child, &tempfile::TempDir, &str)) -> (i32, Vec<Value>) {
     let state = tempfile::tempdir().unwrap();
     let mut child = Reaped::spawn(sandflow(&state).args(["--json", "run"]).arg(file).stderr(std::process::Stdio::piped()));
     let mut stderr = std::io::BufReader::new(child.0.stderr.take().unwrap());
@@ -186,7 +193,8 @@ fn interrupted(file: &std::path::Path, signals: usize) -> (i32, Vec<Value>) {
             assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "no start of {wait_for} before signal {n}: {seen}");
             seen.push_str(&line);
         }
-        assert!(std::process::Command::new("kill").args(["-INT", &child.0.id().to_string()]).status().unwrap().success());
+        let started: Value = serde_json::from_str(seen.lines().next().unwrap()).unwrap();
+        send(&child.0, &state, started["run_id"].as_str().unwrap());
     }
     let code = child.wait();
     seen.push_str(&std::io::read_to_string(stderr).unwrap());
@@ -214,6 +222,23 @@ fn finally_steps_run_after_a_cancel_and_a_second_interrupt_skips_them() {
     let (code, events) = interrupted(&file, 2);
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "the second interrupt stops the finally steps");
     assert_eq!(code, 130);
+    assert_eq!(finished(&events, "wait")["state"], "cancelled");
+    assert_eq!(finished(&events, "report")["state"], "cancelled");
+}
+
+#[test]
+fn a_second_sandflow_cancel_interrupts_the_finally_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = finally_flow(dir.path(), "", 30_000, 30_000);
+    let started = std::time::Instant::now();
+    let (code, events) = interrupted_by(&file, 2, &|_, state, id| {
+        // `--wait 0s`: ask and return (exit 1 while the run goes on).
+        let (code, _, err) = run(sandflow(state).args(["cancel", id, "--wait", "0s"]));
+        assert!(code == 0 || err.contains("cancel it again to interrupt them"), "{code}: {err}");
+    });
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the second cancel stops the finally steps");
+    assert_eq!(code, 130);
+    assert_eq!(finished(&events, "work")["state"], "cancelled");
     assert_eq!(finished(&events, "wait")["state"], "cancelled");
     assert_eq!(finished(&events, "report")["state"], "cancelled");
 }

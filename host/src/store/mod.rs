@@ -64,8 +64,10 @@ pub trait RunStore: Send + Sync {
     /// Asks the process running `id` to cancel it (`sandflow cancel`);
     /// returns the run's status when asked.
     async fn request_cancel(&self, id: &str) -> Result<String, StoreError>;
-    /// Whether someone asked to cancel the run since it (last) started.
-    async fn cancel_requested(&self, id: &str) -> Result<bool, StoreError>;
+    /// Whether someone asked to cancel the run since this was last asked:
+    /// the request is taken, so a second `sandflow cancel` is seen again
+    /// (it interrupts the run's `finally` steps).
+    async fn take_cancel_request(&self, id: &str) -> Result<bool, StoreError>;
     /// Writes events in one transaction: all of them, or none.
     async fn record(&self, events: Vec<Event>) -> Result<(), StoreError>;
     /// The most recent runs, newest first.

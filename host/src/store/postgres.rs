@@ -383,10 +383,10 @@ impl RunStore for PgStore {
         row.map(|r| r.get(0)).ok_or_else(|| StoreError::UnknownRun(id.to_string()))
     }
 
-    async fn cancel_requested(&self, id: &str) -> Result<bool, StoreError> {
+    async fn take_cancel_request(&self, id: &str) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached("SELECT cancel_requested FROM runs WHERE id = $1").await.map_err(db)?;
-        Ok(client.query_opt(&stmt, &[&id]).await.map_err(db)?.is_some_and(|r| r.get(0)))
+        let stmt = client.prepare_cached("UPDATE runs SET cancel_requested = false WHERE id = $1 AND cancel_requested").await.map_err(db)?;
+        Ok(client.execute(&stmt, &[&id]).await.map_err(db)? > 0)
     }
 
     async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {

@@ -248,13 +248,11 @@ impl RunStore for SqliteStore {
         status.ok_or_else(|| StoreError::UnknownRun(id.to_string()))
     }
 
-    async fn cancel_requested(&self, id: &str) -> Result<bool, StoreError> {
+    async fn take_cancel_request(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.with(move |conn| {
-            conn.query_row("SELECT cancel_requested FROM runs WHERE id = ?1", params![id], |r| r.get::<_, i64>(0)).optional()
-        })
-        .await
-        .map(|v| v.unwrap_or(0) != 0)
+        self.with(move |conn| conn.execute("UPDATE runs SET cancel_requested = 0 WHERE id = ?1 AND cancel_requested <> 0", params![id]))
+            .await
+            .map(|changed| changed > 0)
     }
 
     async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {
