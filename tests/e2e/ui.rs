@@ -44,3 +44,47 @@ fn run_refuses_an_invalid_workflow_with_the_same_report() {
     let want = std::fs::read_to_string(root().join("tests/ui/invalid/cycle.err")).unwrap();
     assert_eq!(err, want);
 }
+
+/// Every example workflow file.
+fn example_workflows() -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for dir in ["workflows", "workflows/lib", "workflows/stepflow"] {
+        let Ok(entries) = std::fs::read_dir(root().join(dir)) else { continue };
+        files.extend(entries.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")));
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn the_committed_schema_is_the_cli_s_and_every_example_validates_against_it() {
+    let state = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(sandflow(&state).arg("schema"));
+    assert_eq!(code, 0, "{err}");
+    let committed = std::fs::read_to_string(root().join("workflow.schema.json")).unwrap();
+    assert!(
+        out == committed,
+        "workflow.schema.json is not what `sandflow schema` prints: run `cargo run -p sandflow -- schema > workflow.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&committed).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let files = example_workflows();
+    assert!(files.len() >= 15, "{files:?}");
+    let mut problems = Vec::new();
+    for file in &files {
+        let doc: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        problems.extend(validator.iter_errors(&doc).map(|e| format!("{}: {} at {}", file.display(), e, e.instance_path())));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // A misspelt key is refused, at the top level and in a step.
+    for bad in [
+        "steps: [ { id: a, component: x.wasm } ]\nstpes: []\n",
+        "steps: [ { id: a, component: x.wasm, nedds: [b] } ]\n",
+        "steps: [ { id: a, component: x.wasm, retry: { backoff: quadratic } } ]\n",
+        "steps: [ { id: a, component: x.wasm, timeout: 30 } ]\n",
+    ] {
+        let doc: serde_json::Value = serde_yaml::from_str(bad).unwrap();
+        assert!(!validator.is_valid(&doc), "accepted: {bad}");
+    }
+}

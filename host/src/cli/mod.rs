@@ -105,6 +105,10 @@ enum Command {
     /// Work with component files.
     #[command(subcommand)]
     Component(ComponentCommand),
+    /// Print a JSON Schema of workflow files, for editors (also committed as
+    /// workflow.schema.json): put `# yaml-language-server: $schema=PATH` at
+    /// the top of a workflow file.
+    Schema,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +182,11 @@ where
             Command::Call(args) => call::execute(args, &cli.global.state_dir, &out).await,
             Command::Component(ComponentCommand::Inspect(args)) => {
                 inspect::execute(args, &cli.global.state_dir, &out).await
+            }
+            Command::Schema => {
+                let schema = crate::workflow::schema::json_schema();
+                println!("{}", serde_json::to_string_pretty(&schema).expect("a Value always serializes"));
+                Ok(exit::OK)
             }
         }
     });

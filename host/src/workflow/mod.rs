@@ -11,6 +11,7 @@ pub mod depends;
 pub mod diagnostic;
 pub mod model;
 mod parse;
+pub mod schema;
 pub mod yaml;
 
 pub use depends::{Cond, Depends};

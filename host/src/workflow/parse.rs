@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-const WORKFLOW_KEYS: &[&str] = &[
+pub(super) const WORKFLOW_KEYS: &[&str] = &[
     "name", "description", "input", "defaults", "timeout", "concurrency", "fail_fast", "quota", "components", "steps", "finally",
     "finally_timeout", "output", "test",
     // StepFlow's (its `schemas/flow.json`, and older spellings).
@@ -30,13 +30,13 @@ const STEPFLOW_STEP_KEYS: &[&str] =
     &["mustExecute", "must_execute", "onError", "skip_if", "inputSchema", "outputSchema", "input_schema", "output_schema", "metadata"];
 /// Value forms only StepFlow flows use.
 const STEPFLOW_VALUE_KEYS: &[&str] = &["$input", "$step", "$variable", "$if", "$coalesce"];
-const DEFAULTS_KEYS: &[&str] = &["timeout", "fuel", "memory", "retry", "quota", "cache"];
-const CACHE_KEYS: &[&str] = &["ttl", "key"];
-const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "delay", "max_delay"];
-const COMPONENT_KEYS: &[&str] = &["path", "sha256", "config", "grants"];
-const GRANTS_KEYS: &[&str] = &["env", "dirs"];
-const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
-const STEP_KEYS: &[&str] = &[
+pub(super) const DEFAULTS_KEYS: &[&str] = &["timeout", "fuel", "memory", "retry", "quota", "cache"];
+pub(super) const CACHE_KEYS: &[&str] = &["ttl", "key"];
+pub(super) const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "delay", "max_delay"];
+pub(super) const COMPONENT_KEYS: &[&str] = &["path", "sha256", "config", "grants"];
+pub(super) const GRANTS_KEYS: &[&str] = &["env", "dirs"];
+pub(super) const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
+pub(super) const STEP_KEYS: &[&str] = &[
     "id", "component", "workflow", "input", "needs", "depends", "when", "skipIf", "forEach", "concurrency", "retry",
     "timeout", "fuel", "memory", "quota", "cache", "on_error", "runs_on",
     // StepFlow's; the schemas and metadata are read and ignored.
@@ -44,13 +44,13 @@ const STEP_KEYS: &[&str] = &[
 ];
 /// How long `finally` steps may take unless `finally_timeout` says.
 pub const DEFAULT_FINALLY_TIMEOUT: Duration = Duration::from_secs(60);
-const ON_ERROR_KEYS: &[&str] = &["action", "default_output", "defaultValue", "default_value", "maxRetries", "max_retries"];
+pub(super) const ON_ERROR_KEYS: &[&str] = &["action", "default_output", "defaultValue", "default_value", "maxRetries", "max_retries"];
 /// StepFlow's `onError: { action: retry }` without `maxRetries`.
 const STEPFLOW_DEFAULT_RETRIES: u64 = 3;
 /// `config`/`configFile` are StepFlow's test configuration; sandflow binds
 /// components with `--components FILE` instead.
-const TEST_KEYS: &[&str] = &["cases", "config", "configFile", "config_file"];
-const CASE_KEYS: &[&str] = &["name", "description", "input", "target", "output", "outcome", "error"];
+pub(super) const TEST_KEYS: &[&str] = &["cases", "config", "configFile", "config_file"];
+pub(super) const CASE_KEYS: &[&str] = &["name", "description", "input", "target", "output", "outcome", "error"];
 
 /// The parsing context: the file, and the problems found so far.
 pub(super) struct Cx {
