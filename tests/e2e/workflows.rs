@@ -112,3 +112,20 @@ fn load_file_finds_files_beside_the_workflow_however_it_is_named() {
         assert_eq!((code, out.trim()), (0, "42"), "run {file} from {}: {err}", cwd.display());
     }
 }
+
+#[test]
+fn runs_show_timeline_draws_a_bar_per_step() {
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["-q", "run", "workflows/diamond.yaml", "--input", r#"{"text": " Hello World "}"#]));
+    assert_eq!(code, 0, "{err}");
+    let (_, list, _) = run(sandflow(&state).args(["--json", "runs", "list", "--limit", "1"]));
+    let id = serde_json::from_str::<serde_json::Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let (code, out, err) = run(sandflow(&state).args(["runs", "show", &id, "--timeline"]));
+    assert_eq!(code, 0, "{err}");
+    let chart: Vec<&str> = out.lines().skip_while(|l| !l.starts_with(&format!("run {id} (completed, attempt 1): "))).collect();
+    assert!(chart[1].trim_start().starts_with("step  |0"), "{out}");
+    for step in ["split", "upper", "lower", "join"] {
+        let line = chart.iter().find(|l| l.split('|').next().unwrap().trim() == step).unwrap_or_else(|| panic!("no {step}: {out}"));
+        assert!(line.contains('█') && line.contains("| succeeded "), "{line}");
+    }
+}

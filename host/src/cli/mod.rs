@@ -11,6 +11,7 @@ mod render;
 pub(crate) mod run;
 mod runs;
 mod test_cmd;
+mod timeline;
 mod validate;
 mod worker;
 mod workflow_cmd;

@@ -21,6 +21,10 @@ pub(crate) enum RunsCommand {
     Show {
         /// The run id (from `runs list`).
         id: String,
+        /// Also draw the steps as a text Gantt chart: a bar per step from
+        /// its start to its end.
+        #[arg(long)]
+        timeline: bool,
     },
     /// Show a run's progress as workers record it, until it ends (PostgreSQL
     /// store; exit code as `run`'s).
@@ -102,7 +106,7 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                 }
             }
         }
-        RunsCommand::Show { id } => {
+        RunsCommand::Show { id, timeline } => {
             let run = store.run(&id).await.map_err(store_error)?;
             if out.json {
                 print_json(&run);
@@ -135,6 +139,9 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                         render::duration(std::time::Duration::from_secs_f64(s.duration_ms / 1000.0)),
                         s.fuel_used
                     );
+                }
+                if timeline {
+                    print!("\n{}", super::timeline::render(&run));
                 }
             }
         }
