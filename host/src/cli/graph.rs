@@ -1,4 +1,4 @@
-//! `sandflow graph FILE [--format mermaid|dot]`: the DAG, on stdout.
+//! `sandflow graph FILE [--format mermaid|dot|svg]`: the DAG, on stdout.
 
 use super::{CliError, Output, exit, workflow_cmd};
 use std::path::PathBuf;
@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub(crate) enum Format {
     Mermaid,
     Dot,
+    /// A standalone picture, drawn without external tools.
+    Svg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -32,6 +34,7 @@ pub(crate) fn execute(args: GraphArgs, out: &Output) -> Result<u8, CliError> {
     match args.format {
         Format::Mermaid => print!("{}", plan.to_mermaid()),
         Format::Dot => print!("{}", plan.to_dot()),
+        Format::Svg => print!("{}", plan.to_svg(&|_| None)),
     }
     Ok(exit::OK)
 }

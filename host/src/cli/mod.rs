@@ -81,7 +81,7 @@ enum Command {
     Run(run::RunArgs),
     /// Check workflows without running them: every static check, components loaded.
     Validate(validate::ValidateArgs),
-    /// Print a workflow's step graph (Mermaid or Graphviz DOT).
+    /// Print a workflow's step graph (Mermaid, Graphviz DOT, or an SVG picture).
     Graph(graph::GraphArgs),
     /// Run the `test.cases` of workflows; ends with a line `N passed, N failed`.
     Test(test_cmd::TestArgs),

@@ -6,6 +6,8 @@
 //! groups, on every step of the group before its own. Unknown steps and
 //! components, duplicate ids and cycles are all reported at once.
 
+mod svg;
+
 use crate::workflow::{Diagnostic, Diagnostics, StepDecl, Target, Workflow, diagnostic::nearest};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::HashMap;
