@@ -60,7 +60,7 @@ async fn a_run_is_recorded_listed_shown_and_logged() {
         ])
         .await
         .unwrap();
-        let runs = s.runs(10).await.unwrap();
+        let runs = s.runs(&sandflow::store::RunQuery::newest(10)).await.unwrap();
         assert_eq!(runs.len(), 1, "{name}");
         assert_eq!((runs[0].status.as_str(), runs[0].succeeded_steps, runs[0].failed_steps), ("failed", 1, 1), "{name}");
         let run = s.run("r1").await.unwrap();
@@ -192,4 +192,44 @@ async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
     client.batch_execute("UPDATE sandflow_schema SET version = 99").await.unwrap();
     let e = open(&url).await.err().expect("a newer schema is refused").to_string();
     assert!(e.contains("has schema version 99, newer than this sandflow knows"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_listed_newest_first_filtered_and_paged() {
+    use sandflow::store::RunQuery;
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&backend, &dir).await;
+        let name = backend.name();
+        // Seven runs, most in the same millisecond: the order still holds.
+        for i in 0..7 {
+            let id = format!("r{i}");
+            let workflow = if i % 2 == 0 { "even" } else { "odd" };
+            s.begin_run(&NewRun { workflow: workflow.into(), ..new_run(&id) }).await.unwrap();
+            if i % 3 == 0 {
+                let end = Event::RunFinished { run_id: id, state: RunState::Failed, duration: Duration::ZERO, output: None, error: None };
+                s.record(vec![end]).await.unwrap();
+            }
+        }
+        let ids = |runs: Vec<sandflow::store::RunSummary>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(s.runs(&RunQuery::newest(3)).await.unwrap()), ["r6", "r5", "r4"], "{name}");
+        let even = RunQuery { limit: 10, workflow: Some("even".into()), ..RunQuery::default() };
+        assert_eq!(ids(s.runs(&even).await.unwrap()), ["r6", "r4", "r2", "r0"], "{name}");
+        let failed_even = RunQuery { status: Some("failed".into()), ..even.clone() };
+        assert_eq!(ids(s.runs(&failed_even).await.unwrap()), ["r6", "r0"], "{name}");
+        // Pages of two, each after the last run of the one before.
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = ids(s.runs(&RunQuery { limit: 2, after: after.clone(), ..RunQuery::default() }).await.unwrap());
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().cloned();
+            all.extend(page);
+        }
+        assert_eq!(all, ["r6", "r5", "r4", "r3", "r2", "r1", "r0"], "{name}");
+        let page = RunQuery { limit: 10, after: Some("r4".into()), workflow: Some("odd".into()), ..RunQuery::default() };
+        assert_eq!(ids(s.runs(&page).await.unwrap()), ["r3", "r1"], "{name}");
+    }
 }

@@ -16,4 +16,5 @@ mod stepflow;
 mod store;
 mod support;
 mod ui;
+mod web;
 mod workflows;

@@ -10,6 +10,7 @@ pub(crate) mod inspect;
 mod render;
 pub(crate) mod run;
 mod runs;
+mod serve;
 mod test_cmd;
 mod timeline;
 mod validate;
@@ -106,6 +107,9 @@ enum Command {
     /// Work with component files.
     #[command(subcommand)]
     Component(ComponentCommand),
+    /// Serve a web view of the run store: runs, each run's graph, steps and
+    /// logs, live (http://127.0.0.1:7878 by default).
+    Serve(serve::ServeArgs),
     /// Print a JSON Schema of workflow files, for editors (also committed as
     /// workflow.schema.json): put `# yaml-language-server: $schema=PATH` at
     /// the top of a workflow file.
@@ -184,6 +188,7 @@ where
             Command::Component(ComponentCommand::Inspect(args)) => {
                 inspect::execute(args, &cli.global.state_dir, &out).await
             }
+            Command::Serve(args) => serve::execute(args, &cli.global, &out).await,
             Command::Schema => {
                 let schema = crate::workflow::schema::json_schema();
                 println!("{}", serde_json::to_string_pretty(&schema).expect("a Value always serializes"));

@@ -91,7 +91,7 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
     let store = global.open_store().await?;
     match command {
         RunsCommand::List { limit } => {
-            let runs = store.runs(limit).await.map_err(store_error)?;
+            let runs = store.runs(&crate::store::RunQuery::newest(limit)).await.map_err(store_error)?;
             if out.json {
                 print_json(&runs);
             } else if runs.is_empty() {

@@ -71,7 +71,7 @@ pub trait RunStore: Send + Sync {
     /// Writes events in one transaction: all of them, or none.
     async fn record(&self, events: Vec<Event>) -> Result<(), StoreError>;
     /// The most recent runs, newest first.
-    async fn runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError>;
+    async fn runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>, StoreError>;
     /// One run with its steps.
     async fn run(&self, id: &str) -> Result<RunRecord, StoreError>;
     /// A run's captured log lines, of one step or all, in order.
@@ -262,6 +262,26 @@ pub struct RunSummary {
     pub error: Option<String>,
     pub succeeded_steps: u32,
     pub failed_steps: u32,
+}
+
+/// Which runs [`RunStore::runs`] lists: newest first, a page at a time.
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    /// At most this many.
+    pub limit: usize,
+    /// Only runs of this workflow (its `name`).
+    pub workflow: Option<String>,
+    /// Only runs in this state (`running`, `completed`, `failed`, `cancelled`).
+    pub status: Option<String>,
+    /// The next page: only runs listed after this run (the last of a page).
+    pub after: Option<String>,
+}
+
+impl RunQuery {
+    /// The newest `limit` runs.
+    pub fn newest(limit: usize) -> RunQuery {
+        RunQuery { limit, ..RunQuery::default() }
+    }
 }
 
 /// A run as recorded.

@@ -7,7 +7,7 @@
 //! Connections come from a pool; a pool that cannot connect (the server is
 //! restarting) is retried with backoff for up to [`CONNECT_PATIENCE`].
 
-use super::{NewRun, RecordedOutput, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
+use super::{NewRun, RecordedOutput, RunQuery, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
 use crate::exec::Event;
 use crate::sandbox::{LogLine, LogSource};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -400,15 +400,18 @@ impl RunStore for PgStore {
         tx.commit().await.map_err(db)
     }
 
-    async fn runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
+    async fn runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error,
                         (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'succeeded'),
                         (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'failed')
-                 FROM runs r ORDER BY r.started_at DESC, r.seq DESC LIMIT $1",
-                &[&(limit.min(i64::MAX as usize) as i64)],
+                 FROM runs r
+                 WHERE ($2::TEXT IS NULL OR r.workflow = $2) AND ($3::TEXT IS NULL OR r.status = $3)
+                   AND ($4::TEXT IS NULL OR (r.started_at, r.seq) < (SELECT started_at, seq FROM runs WHERE id = $4))
+                 ORDER BY r.started_at DESC, r.seq DESC LIMIT $1",
+                &[&(query.limit.min(i64::MAX as usize) as i64), &query.workflow, &query.status, &query.after],
             )
             .await
             .map_err(db)?;

@@ -6,7 +6,7 @@
 //! share one state dir: writers wait for each other (busy timeout). Every
 //! call runs on tokio's blocking pool, never on a runtime worker.
 
-use super::{NewRun, RecordedOutput, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
+use super::{NewRun, RecordedOutput, RunQuery, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
 use crate::exec::{Event, SecretSpans};
 use crate::sandbox::{LogLine, LogSource};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -100,6 +100,8 @@ CREATE TABLE blobs (
         stored_at      REAL NOT NULL,
         expires_at     REAL NOT NULL
     );",
+    // 6: pages of the run list, newest first (`sandflow serve`).
+    "CREATE INDEX IF NOT EXISTS runs_newest ON runs (started_at DESC);",
 ];
 
 /// The SQLite run store.
@@ -266,15 +268,20 @@ impl RunStore for SqliteStore {
         .await
     }
 
-    async fn runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
+    async fn runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>, StoreError> {
+        let query = query.clone();
         self.with(move |conn| {
-            let mut q = conn.prepare(
+            // The page after a run: runs that sort after it, newest first.
+            let mut q = conn.prepare_cached(
                 "SELECT r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error,
                         (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'succeeded'),
                         (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'failed')
-                 FROM runs r ORDER BY r.started_at DESC, r.rowid DESC LIMIT ?1",
+                 FROM runs r
+                 WHERE (?2 IS NULL OR r.workflow = ?2) AND (?3 IS NULL OR r.status = ?3)
+                   AND (?4 IS NULL OR (r.started_at, r.rowid) < (SELECT started_at, rowid FROM runs WHERE id = ?4))
+                 ORDER BY r.started_at DESC, r.rowid DESC LIMIT ?1",
             )?;
-            let rows = q.query_map(params![limit as i64], |r| {
+            let rows = q.query_map(params![query.limit.min(i64::MAX as usize) as i64, query.workflow, query.status, query.after], |r| {
                 Ok(RunSummary {
                     id: r.get(0)?,
                     workflow: r.get(1)?,

@@ -1,0 +1,296 @@
+//! `sandflow serve`: a web view of the run store. Pages (shipped in the
+//! binary) read a small JSON API; a run's page follows it live over
+//! server-sent events fed by the store, so runs of any process or worker
+//! that shares the store are seen as they progress.
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `GET /`, `GET /runs/{id}` | the runs page, a run's page |
+//! | `GET /api/runs?workflow=&status=&after=&limit=` | a page of runs, newest first, and the cursor of the next |
+//! | `GET /api/runs/{id}` | the run with its steps |
+//! | `GET /api/runs/{id}/graph.svg` | its DAG, steps coloured by state |
+//! | `GET /api/runs/{id}/logs?step=` | its captured log lines |
+//! | `GET /api/runs/{id}/events` | the run again each time it changes, until it ends (SSE) |
+//! | `POST /api/runs/{id}/cancel`, `…/resume`, `…/retry` | with `--allow-actions` only |
+
+use super::{CliError, GlobalArgs, Output, exit};
+use crate::plan::Plan;
+use crate::store::{RunQuery, RunRecord, RunStore, StoreError};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    sandflow serve                                  # http://127.0.0.1:7878\n  \
+    sandflow --store postgres://u@db/runs serve      # the shared history of many machines\n  \
+    SANDFLOW_TOKEN=s3cret sandflow serve --listen 0.0.0.0:7878 --allow-actions")]
+pub(crate) struct ServeArgs {
+    /// Where to listen. Only loopback unless you say otherwise; any other
+    /// address is reachable by others, so set a token.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// Every request must carry this token (`Authorization: Bearer TOKEN`,
+    /// or `?token=TOKEN` in the address the browser opens).
+    #[arg(long, value_name = "TOKEN", env = "SANDFLOW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Let the pages cancel a running run and resume or retry a finished one
+    /// (off by default: the view only reads).
+    #[arg(long)]
+    allow_actions: bool,
+}
+
+struct App {
+    store: Arc<dyn RunStore>,
+    token: Option<String>,
+    allow_actions: bool,
+    /// To run `resume` and `retry` as processes of their own.
+    exe: std::path::PathBuf,
+    state_dir: std::path::PathBuf,
+    store_url: Option<String>,
+}
+
+/// One page for both views: the script shows the one the address names.
+const PAGE_HTML: &str = include_str!("web/page.html");
+const APP_JS: &str = include_str!("web/app.js");
+const STYLE_CSS: &str = include_str!("web/style.css");
+
+/// How often a live page's run is read again.
+const LIVE_POLL: Duration = Duration::from_millis(300);
+
+pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let store = global.open_store().await?;
+    if !args.listen.ip().is_loopback() && args.token.is_none() {
+        super::render::say!(
+            "warning: listening on {} with no authentication: anyone who can reach it reads every run{}; set --token (or SANDFLOW_TOKEN)",
+            args.listen,
+            if args.allow_actions { " and can cancel, resume and retry them" } else { "" }
+        );
+    }
+    let app = Arc::new(App {
+        store,
+        token: args.token,
+        allow_actions: args.allow_actions,
+        exe: std::env::current_exe().map_err(|e| CliError { code: exit::FAILED, message: format!("cannot find this program: {e}") })?,
+        state_dir: global.state_dir.clone(),
+        store_url: global.store.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| CliError::invalid(format!("--listen {}: {e}", args.listen)))?;
+    let bound = listener.local_addr().map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })?;
+    if !out.quiet {
+        // Tests and scripts read the address from this line (with `--listen 127.0.0.1:0`).
+        super::render::say!("serving {} on http://{bound}/", app.store.location());
+    }
+    let router = router(app);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| CliError { code: exit::FAILED, message: format!("the web view stopped: {e}") })?;
+    Ok(exit::OK)
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(|| async { page(PAGE_HTML) }))
+        .route("/runs/{id}", get(|| async { page(PAGE_HTML) }))
+        .route("/assets/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
+        .route("/assets/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
+        .route("/api/runs", get(list_runs))
+        .route("/api/runs/{id}", get(show_run))
+        .route("/api/runs/{id}/graph.svg", get(graph))
+        .route("/api/runs/{id}/logs", get(logs))
+        .route("/api/runs/{id}/events", get(events))
+        .route("/api/runs/{id}/{action}", post(act))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
+        .with_state(app)
+}
+
+fn page(html: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], html).into_response()
+}
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+/// Checks the token on every request, when one is set.
+async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let Some(token) = &app.token else { return next.run(request).await };
+    let bearer = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let query = request.uri().query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("token="));
+    let given = bearer.or(query).unwrap_or("");
+    // Constant-time: the comparison does not stop at the first difference.
+    let same = given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same {
+        next.run(request).await
+    } else {
+        let mut response = (StatusCode::UNAUTHORIZED, "a token is required: open the address with ?token=TOKEN\n").into_response();
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    }
+}
+
+/// A failure as an HTTP answer: an unknown run is 404, the rest 500.
+fn failure(e: StoreError) -> Response {
+    let status = match e {
+        StoreError::UnknownRun(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, Json(json!({ "error": e.to_string() }))).into_response()
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    workflow: Option<String>,
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_runs(State(app): State<Arc<App>>, Query(p): Query<ListParams>) -> Response {
+    let limit = p.limit.unwrap_or(50).clamp(1, 500);
+    let blank = |v: Option<String>| v.filter(|s| !s.is_empty());
+    // One more than a page tells whether there is a next one.
+    let query = RunQuery { limit: limit + 1, workflow: blank(p.workflow), status: blank(p.status), after: blank(p.after) };
+    match app.store.runs(&query).await {
+        Ok(mut runs) => {
+            let next = (runs.len() > limit).then(|| {
+                runs.truncate(limit);
+                runs.last().map(|r| r.id.clone())
+            });
+            Json(json!({ "runs": runs, "next": next.flatten() })).into_response()
+        }
+        Err(e) => failure(e),
+    }
+}
+
+async fn show_run(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match app.store.run(&id).await {
+        Ok(run) => Json(json!({ "run": run, "allow_actions": app.allow_actions })).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+/// The run's DAG from the workflow file it recorded, steps coloured by
+/// their recorded state.
+async fn graph(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let run = match app.store.run(&id).await {
+        Ok(run) => run,
+        Err(e) => return failure(e),
+    };
+    let drawn = tokio::task::spawn_blocking(move || draw(&run)).await;
+    match drawn {
+        Ok(Ok(svg)) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+        Ok(Err(why)) => (StatusCode::NOT_FOUND, why).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn draw(run: &RunRecord) -> Result<String, String> {
+    let file = std::path::Path::new(&run.file);
+    let plan = Plan::load(file).map_err(|_| format!("the graph cannot be drawn: {} cannot be read as it was", run.file))?;
+    if plan.workflow.sha256 != run.sha256 {
+        return Err(format!("the graph cannot be drawn: {} has changed since this run", run.file));
+    }
+    let plan = if run.targets.is_empty() { plan } else { plan.targeted(&run.targets)?.0 };
+    let states: std::collections::HashMap<&str, &str> = run.steps.iter().map(|s| (s.step.as_str(), s.state.as_str())).collect();
+    Ok(plan.to_svg(&|i| Some(states.get(plan.workflow.steps[i].id.as_str()).copied().unwrap_or("pending").to_string())))
+}
+
+#[derive(Deserialize)]
+struct LogParams {
+    step: Option<String>,
+}
+
+async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p): Query<LogParams>) -> Response {
+    match app.store.logs(&id, p.step.as_deref().filter(|s| !s.is_empty())).await {
+        Ok(lines) => {
+            let rows: Vec<serde_json::Value> =
+                lines.iter().map(|(s, l)| json!({ "step": s, "source": l.source, "text": l.text })).collect();
+            Json(rows).into_response()
+        }
+        Err(e) => failure(e),
+    }
+}
+
+/// The run each time its record changes, until it is no longer running.
+async fn events(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    if let Err(e) = app.store.run(&id).await {
+        return failure(e);
+    }
+    // (store, run id, what was last sent, whether the run had ended)
+    let start = (app.store.clone(), id, String::new(), false);
+    let stream = futures_util::stream::unfold(start, |(store, id, last, ended)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            let run = match store.run(&id).await {
+                Ok(run) => run,
+                Err(e) => {
+                    let event = Event::default().event("error").data(e.to_string());
+                    return Some((Ok::<_, std::convert::Infallible>(event), (store, id, last, true)));
+                }
+            };
+            let text = serde_json::to_string(&run).expect("records serialize");
+            if text != last {
+                let ended = run.status != crate::exec::RunState::Running.as_str();
+                return Some((Ok(Event::default().event("run").data(text.clone())), (store, id, text, ended)));
+            }
+            tokio::time::sleep(LIVE_POLL).await;
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// Cancels, resumes or retries a run (`--allow-actions`). Resume and retry
+/// run as `sandflow resume|retry ID` processes of their own, on the same
+/// store, so the run goes on if the view stops.
+async fn act(State(app): State<Arc<App>>, Path((id, action)): Path<(String, String)>) -> Response {
+    if !app.allow_actions {
+        return (StatusCode::FORBIDDEN, Json(json!({ "error": "actions are off: start `sandflow serve --allow-actions` to allow them" })))
+            .into_response();
+    }
+    match action.as_str() {
+        "cancel" => match app.store.request_cancel(&id).await {
+            Ok(status) if status == "running" => Json(json!({ "ok": true, "message": format!("run {id} was asked to cancel") })).into_response(),
+            Ok(status) => (StatusCode::CONFLICT, Json(json!({ "error": format!("run {id} is not running: it is {status}") }))).into_response(),
+            Err(e) => failure(e),
+        },
+        "resume" | "retry" => {
+            if let Err(e) = app.store.run(&id).await {
+                return failure(e);
+            }
+            let mut cmd = tokio::process::Command::new(&app.exe);
+            cmd.arg("--state-dir").arg(&app.state_dir).arg("-q");
+            if let Some(url) = &app.store_url {
+                cmd.arg("--store").arg(url);
+            }
+            // Its errors go to this server's stderr.
+            cmd.arg(&action).arg(&id).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+            match cmd.spawn() {
+                Ok(mut child) => {
+                    // Reaped in the background: its result is the run's record.
+                    tokio::spawn(async move { child.wait().await });
+                    Json(json!({ "ok": true, "message": format!("`sandflow {action} {id}` started") })).into_response()
+                }
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": format!("cannot start `sandflow {action}`: {e}") }))).into_response(),
+            }
+        }
+        other => (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no action `{other}`: cancel, resume or retry") }))).into_response(),
+    }
+}

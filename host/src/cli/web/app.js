@@ -1,0 +1,172 @@
+// The web view's pages: plain DOM, no build step. Every request carries the
+// token the page was opened with (`?token=`), if any.
+"use strict";
+const sandflow = (() => {
+  const token = new URLSearchParams(location.search).get("token");
+  const withToken = (url) => token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url;
+  const api = async (url, options) => {
+    const response = await fetch(withToken(url), options);
+    if (!response.ok) {
+      let why = response.statusText;
+      try { why = (await response.json()).error || why; } catch (_) { /* not JSON */ }
+      throw new Error(why);
+    }
+    return response;
+  };
+  const el = (tag, attrs = {}, ...children) => {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (k === "class") e.className = v; else if (k.startsWith("on")) e.addEventListener(k.slice(2), v); else e.setAttribute(k, v);
+    }
+    for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(c ?? ""));
+    return e;
+  };
+  const badge = (state) => el("span", { class: "badge s-" + state }, state);
+  const problem = (e) => { const p = document.getElementById("problem"); p.textContent = String(e.message || e); p.hidden = false; };
+  const took = (ms) => ms < 1 ? Math.round(ms * 1000) + "µs" : ms < 1000 ? ms.toFixed(1) + "ms" : (ms / 1000).toFixed(2) + "s";
+  const span = (from, to) => (from && to) ? took(Date.parse(to) - Date.parse(from)) : "";
+  const linkTokens = () => document.querySelectorAll("a[data-link]").forEach((a) => { a.href = withToken(a.getAttribute("href")); });
+
+  async function runsPage() {
+    linkTokens();
+    const form = document.getElementById("filters");
+    const params = new URLSearchParams(location.search);
+    form.workflow.value = params.get("workflow") || "";
+    form.status.value = params.get("status") || "";
+    const body = document.querySelector("#runs tbody");
+    const more = document.getElementById("more");
+    let next = null;
+    const load = async (after) => {
+      const q = new URLSearchParams({ workflow: form.workflow.value, status: form.status.value, limit: "50" });
+      if (after) q.set("after", after);
+      try {
+        const page = await (await api("/api/runs?" + q)).json();
+        for (const r of page.runs) {
+          body.append(el("tr", { "data-run": r.id, "data-status": r.status },
+            el("td", { class: "id" }, el("a", { href: withToken("/runs/" + r.id) }, r.id.slice(0, 13) + "…")),
+            el("td", {}, r.workflow),
+            el("td", {}, badge(r.status)),
+            el("td", {}, String(r.attempt)),
+            el("td", { class: "when" }, r.started_at.replace("T", " ").replace("Z", "")),
+            el("td", {}, span(r.started_at, r.finished_at)),
+            el("td", {}, `${r.succeeded_steps} ok` + (r.failed_steps ? `, ${r.failed_steps} failed` : "")),
+            el("td", { class: "muted" }, r.error || "")));
+        }
+        next = page.next;
+        more.hidden = !next;
+        document.getElementById("empty").hidden = body.children.length > 0;
+      } catch (e) { problem(e); }
+    };
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const q = new URLSearchParams({ workflow: form.workflow.value, status: form.status.value });
+      if (token) q.set("token", token);
+      history.replaceState(null, "", "/?" + q);
+      body.replaceChildren();
+      load(null);
+    });
+    more.addEventListener("click", () => load(next));
+    await load(null);
+  }
+
+  async function runPage() {
+    linkTokens();
+    const id = decodeURIComponent(location.pathname.split("/").pop());
+    const open = new Set();
+    let lastStates = "";
+    const graph = async (run) => {
+      const states = run.steps.map((s) => s.step + "=" + s.state).join(",");
+      if (states === lastStates) return;
+      lastStates = states;
+      try {
+        const svg = await (await api(`/api/runs/${id}/graph.svg`)).text();
+        document.getElementById("graph").innerHTML = svg;
+        document.getElementById("graph-problem").hidden = true;
+      } catch (e) {
+        const p = document.getElementById("graph-problem");
+        p.textContent = e.message; p.hidden = false;
+      }
+    };
+    const detail = async (step, row) => {
+      const cell = el("td", { colspan: "6" });
+      const tr = el("tr", { class: "detail", "data-detail": step.step }, cell);
+      row.after(tr);
+      if (step.output !== null && step.output !== undefined) cell.append(el("div", { class: "muted" }, "output"), el("pre", {}, JSON.stringify(step.output, null, 2)));
+      try {
+        const lines = await (await api(`/api/runs/${id}/logs?step=${encodeURIComponent(step.step)}`)).json();
+        cell.append(el("div", { class: "muted" }, `log (${lines.length} lines)`), el("pre", { class: "log" }, lines.map((l) => `${l.source.padStart(6)} | ${l.text}`).join("\n")));
+      } catch (e) { cell.append(el("p", { class: "problem" }, e.message)); }
+    };
+    const render = (run, allowActions) => {
+      document.title = `${run.workflow} ${run.status} · sandflow`;
+      const summary = document.getElementById("summary");
+      const dl = el("dl", {},
+        el("dt", {}, "workflow"), el("dd", {}, `${run.workflow} (${run.file})`),
+        el("dt", {}, "started"), el("dd", {}, run.started_at),
+        el("dt", {}, "finished"), el("dd", {}, run.finished_at || "—"),
+        el("dt", {}, "input"), el("dd", {}, el("code", {}, JSON.stringify(run.input))));
+      if (run.output !== null && run.output !== undefined) dl.append(el("dt", {}, "output"), el("dd", {}, el("code", {}, JSON.stringify(run.output))));
+      if (run.error) dl.append(el("dt", {}, "error"), el("dd", { class: "problem" }, run.error));
+      summary.replaceChildren(el("h1", { "data-status": run.status }, `run ${run.id} `, badge(run.status), ` attempt ${run.attempt}`), dl);
+      const actions = document.getElementById("actions");
+      actions.hidden = !allowActions;
+      actions.querySelector('[data-action="cancel"]').hidden = run.status !== "running";
+      actions.querySelector('[data-action="resume"]').hidden = run.status === "running" || run.status === "completed";
+      actions.querySelector('[data-action="retry"]').hidden = run.status === "running";
+      const body = document.querySelector("#steps tbody");
+      body.replaceChildren();
+      for (const s of run.steps) {
+        const why = s.error_kind ? `${s.error_kind}: ${s.error_message}` : (s.reason || "");
+        const row = el("tr", { class: "step", "data-step": s.step, "data-state": s.state },
+          el("td", { class: "id" }, s.step), el("td", {}, badge(s.state)), el("td", {}, String(s.attempts)),
+          el("td", {}, took(s.duration_ms)), el("td", {}, String(s.fuel_used)), el("td", { class: s.error_kind ? "problem" : "muted" }, why));
+        row.addEventListener("click", () => {
+          if (open.has(s.step)) { open.delete(s.step); body.querySelector(`[data-detail="${CSS.escape(s.step)}"]`)?.remove(); }
+          else { open.add(s.step); detail(s, row); }
+        });
+        body.append(row);
+        if (open.has(s.step)) detail(s, row);
+      }
+      graph(run);
+    };
+    let allowActions = false;
+    try {
+      const shown = await (await api(`/api/runs/${id}`)).json();
+      allowActions = shown.allow_actions;
+      render(shown.run, allowActions);
+      // `?live=0`: a snapshot that does not follow the run.
+      const follow = new URLSearchParams(location.search).get("live") !== "0";
+      if (shown.run.status === "running" && follow) {
+        const live = new EventSource(withToken(`/api/runs/${id}/events`));
+        live.addEventListener("run", (ev) => {
+          const run = JSON.parse(ev.data);
+          render(run, allowActions);
+          if (run.status !== "running") live.close();
+        });
+      }
+    } catch (e) { problem(e); }
+    document.querySelectorAll("#actions button").forEach((b) => b.addEventListener("click", async () => {
+      const out = document.getElementById("action-result");
+      try {
+        const r = await (await api(`/api/runs/${id}/${b.dataset.action}`, { method: "POST" })).json();
+        out.textContent = r.message;
+        setTimeout(() => location.reload(), 1200);
+      } catch (e) { out.textContent = e.message; }
+    }));
+  }
+
+  // The view the address names: `/` the runs, `/runs/ID` one run.
+  const view = (name) => {
+    document.getElementById("view").replaceChildren(document.getElementById(name + "-view").content.cloneNode(true));
+  };
+  if (location.pathname.startsWith("/runs/")) {
+    document.getElementById("where").textContent = "run";
+    view("run");
+    runPage();
+  } else {
+    document.getElementById("where").textContent = "runs";
+    view("runs");
+    runsPage();
+  }
+  return { runsPage, runPage };
+})();

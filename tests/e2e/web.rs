@@ -1,0 +1,257 @@
+//! `sandflow serve`: its JSON API and live feed over real HTTP, and its
+//! pages in a real browser (Debian's headless Chromium, which `.ci/run`
+//! installs; without it the browser half is skipped with a notice, unless
+//! `SANDFLOW_REQUIRE_BROWSER` is set, as CI sets it).
+
+use crate::support::{root, run, sandflow};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `sandflow serve` on a free loopback port; returns it and its address.
+fn serve(state: &tempfile::TempDir, extra: &[&str]) -> (Reaped, String) {
+    let mut child = Reaped(
+        sandflow(state).args(["serve", "--listen", "127.0.0.1:0"]).args(extra).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit("http://").next().unwrap().trim_end_matches('/').to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{line}");
+    (child, addr)
+}
+
+/// One HTTP/1.1 request; returns the status and the body.
+fn http(addr: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn get_json(addr: &str, path: &str) -> Value {
+    let (status, body) = http(addr, "GET", path, &[]);
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// A store with a completed, a failed and a running run; returns the
+/// running run's process and the three ids.
+fn three_runs(state: &tempfile::TempDir, wait_ms: u64) -> (Reaped, [String; 3]) {
+    let newest = |state: &tempfile::TempDir| {
+        let (_, list, _) = run(sandflow(state).args(["--json", "runs", "list", "--limit", "1"]));
+        serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string()
+    };
+    let (code, _, err) = run(sandflow(state).args(["-q", "run", "workflows/diamond.yaml", "--input", r#"{"text": " Hello World "}"#]));
+    assert_eq!(code, 0, "{err}");
+    let completed = newest(state);
+    let (code, _, _) = run(sandflow(state).args(["-q", "run", "workflows/argo-exit-handler.yaml"]));
+    assert_eq!(code, 1);
+    let failed = newest(state);
+    let flow = state.path().join("slow.yaml");
+    std::fs::write(
+        &flow,
+        format!(
+            "name: slow\ncomponents:\n  sleep: {{ path: {} }}\n  echo: {{ path: {} }}\nsteps:\n  - {{ id: first, component: echo, input: go }}\n  - {{ id: wait, component: sleep, needs: [first], input: {{ ms: {wait_ms} }}, timeout: 120s }}\n",
+            root().join("components/dist/hostile/sleep.wasm").display(),
+            root().join("components/dist/echo.wasm").display()
+        ),
+    )
+    .unwrap();
+    let mut running = Reaped(sandflow(state).args(["--json", "run"]).arg(&flow).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap());
+    let mut id = String::new();
+    for line in BufReader::new(running.0.stderr.take().unwrap()).lines() {
+        let e: Value = serde_json::from_str(&line.unwrap()).unwrap_or_default();
+        if e["event"] == "run_started" {
+            id = e["run_id"].as_str().unwrap().to_string();
+        }
+        if e["event"] == "step_started" && e["step"] == "wait" {
+            break;
+        }
+    }
+    (running, [completed, failed, id])
+}
+
+#[test]
+fn the_api_pages_filters_and_follows_runs_and_guards_actions_and_tokens() {
+    let state = tempfile::tempdir().unwrap();
+    let (_running, [completed, failed, running]) = three_runs(&state, 60_000);
+    let (_server, addr) = serve(&state, &[]);
+
+    let all = get_json(&addr, "/api/runs");
+    let ids: Vec<&str> = all["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [running.as_str(), failed.as_str(), completed.as_str()], "newest first");
+    assert_eq!(all["next"], Value::Null);
+    let failed_only = get_json(&addr, "/api/runs?status=failed");
+    assert_eq!(failed_only["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(failed_only["runs"][0]["id"], failed.as_str());
+    assert_eq!(get_json(&addr, "/api/runs?workflow=diamond")["runs"][0]["id"], completed.as_str());
+    // Pages of one, following the cursor, list every run once.
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = get_json(&addr, &format!("/api/runs?limit=1&after={after}"));
+        paged.extend(page["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(paged, ids);
+
+    let shown = get_json(&addr, &format!("/api/runs/{failed}"));
+    assert_eq!(shown["run"]["status"], "failed");
+    assert_eq!(shown["allow_actions"], false);
+    let (status, svg) = http(&addr, "GET", &format!("/api/runs/{failed}/graph.svg"), &[]);
+    assert_eq!(status, 200);
+    assert!(svg.contains(r#"<g class="step failed" data-step="intentional-fail">"#), "{svg}");
+    assert_eq!(http(&addr, "GET", "/api/runs/nope", &[]).0, 404);
+    let (status, body) = http(&addr, "POST", &format!("/api/runs/{running}/cancel"), &[]);
+    assert_eq!(status, 403, "actions are off by default: {body}");
+
+    // The live feed: the running run now, then again when it changes.
+    let mut feed = TcpStream::connect(&addr).unwrap();
+    write!(feed, "GET /api/runs/{running}/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut feed = BufReader::new(feed);
+    let next_run = |feed: &mut BufReader<TcpStream>| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut line = String::new();
+        while Instant::now() < deadline {
+            line.clear();
+            feed.read_line(&mut line).unwrap();
+            if let Some(data) = line.strip_prefix("data: ") {
+                return serde_json::from_str(data).unwrap();
+            }
+        }
+        panic!("no event in 20s");
+    };
+    assert_eq!(next_run(&mut feed)["status"], "running");
+    let (_actor, actor_addr) = serve(&state, &["--allow-actions"]);
+    let (status, body) = http(&actor_addr, "POST", &format!("/api/runs/{running}/cancel"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let mut seen = next_run(&mut feed);
+    while seen["status"] == "running" {
+        seen = next_run(&mut feed);
+    }
+    assert_eq!(seen["status"], "cancelled");
+
+    // With a token, every request must carry it.
+    let (_guarded, guarded) = serve(&state, &["--token", "s3cret"]);
+    assert_eq!(http(&guarded, "GET", "/api/runs", &[]).0, 401);
+    assert_eq!(http(&guarded, "GET", "/", &[]).0, 401);
+    assert_eq!(http(&guarded, "GET", "/api/runs", &["Authorization: Bearer s3cret"]).0, 200);
+    assert_eq!(http(&guarded, "GET", "/api/runs?token=s3cret", &[]).0, 200);
+    assert_eq!(http(&guarded, "GET", "/api/runs?token=s3creT", &[]).0, 401);
+}
+
+#[test]
+fn listening_beyond_loopback_without_a_token_warns() {
+    let state = tempfile::tempdir().unwrap();
+    let mut child =
+        Reaped(sandflow(&state).args(["serve", "--listen", "0.0.0.0:0"]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap());
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.starts_with("warning: listening on 0.0.0.0:0 with no authentication"), "{first}");
+    assert!(first.contains("set --token (or SANDFLOW_TOKEN)"), "{first}");
+}
+
+/// Debian's Chromium, if installed.
+fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("SANDFLOW_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("SANDFLOW_REQUIRE_BROWSER").is_some() {
+        panic!("SANDFLOW_REQUIRE_BROWSER is set but there is no Chromium at {} (install Debian's `chromium`)", path.display());
+    }
+    eprintln!("notice: skipping the browser test: no Chromium at {} (install Debian's `chromium`)", path.display());
+    None
+}
+
+/// Loads `url` in headless Chromium; returns the DOM once its scripts ran.
+fn dom(chromium: &Path, url: &str) -> String {
+    let out = std::process::Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=5000", "--dump-dom", url])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Saves a screenshot of `url` as `name` under target/screenshots/ (and
+/// under `SANDFLOW_SCREENSHOTS`, when set: the README's come from there).
+fn screenshot(chromium: &Path, url: &str, name: &str) {
+    let dir = std::env::var_os("SANDFLOW_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|| root().join("target/screenshots"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    let status = std::process::Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1200,760", "--virtual-time-budget=5000"])
+        .arg(format!("--screenshot={}", file.display()))
+        .arg(url)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success() && file.metadata().map(|m| m.len() > 1000).unwrap_or(false), "no screenshot at {}", file.display());
+}
+
+#[test]
+fn the_pages_show_runs_and_step_states_in_a_real_browser() {
+    let Some(chromium) = chromium() else { return };
+    let state = tempfile::tempdir().unwrap();
+    // `wait` runs long enough for the pages and screenshots below, then
+    // ends while a page follows it.
+    let (_running, [completed, failed, running]) = three_runs(&state, 15_000);
+    let (_server, addr) = serve(&state, &["--allow-actions"]);
+
+    let runs = dom(&chromium, &format!("http://{addr}/"));
+    for (id, status) in [(&completed, "completed"), (&failed, "failed"), (&running, "running")] {
+        assert!(runs.contains(&format!(r#"data-run="{id}" data-status="{status}""#)), "{id} {status}: {runs}");
+    }
+    let filtered = dom(&chromium, &format!("http://{addr}/?status=failed"));
+    assert!(filtered.contains(&format!(r#"data-run="{failed}""#)) && !filtered.contains(&format!(r#"data-run="{completed}""#)), "{filtered}");
+
+    let page = dom(&chromium, &format!("http://{addr}/runs/{failed}"));
+    assert!(page.contains(r#"data-status="failed""#), "{page}");
+    for (step, state) in [("intentional-fail", "failed"), ("send-email", "succeeded"), ("celebrate", "skipped"), ("cry", "succeeded")] {
+        assert!(page.contains(&format!(r#"data-step="{step}" data-state="{state}""#)), "{step} {state}: {page}");
+    }
+    assert!(page.contains(r#"<g class="step failed" data-step="intentional-fail">"#), "the graph is drawn, coloured by state: {page}");
+
+    // `?live=0`: the page as it is now (a followed page keeps loading).
+    let now = dom(&chromium, &format!("http://{addr}/runs/{running}?live=0"));
+    assert!(now.contains(r#"data-status="running""#), "{now}");
+    assert!(now.contains(r#"data-step="first" data-state="succeeded""#), "{now}");
+    assert!(now.contains(r#"data-action="cancel""#), "{now}");
+    assert!(now.contains(r#"<g class="step running" data-step="wait">"#) || now.contains(r#"<g class="step pending" data-step="wait">"#), "{now}");
+
+    screenshot(&chromium, &format!("http://{addr}/"), "runs.png");
+    screenshot(&chromium, &format!("http://{addr}/runs/{failed}"), "run-failed.png");
+    screenshot(&chromium, &format!("http://{addr}/runs/{running}?live=0"), "run-running.png");
+
+    // Opened while the run runs, the page follows it to its end without a
+    // reload (the DOM is read once the live feed closes).
+    let (status, _) = http(&addr, "GET", &format!("/api/runs/{running}"), &[]);
+    assert_eq!(status, 200);
+    assert_eq!(get_json(&addr, &format!("/api/runs/{running}"))["run"]["status"], "running", "the run ended too soon for this check");
+    let followed = dom(&chromium, &format!("http://{addr}/runs/{running}"));
+    assert!(followed.contains(r#"data-status="completed""#), "{followed}");
+    assert!(followed.contains(r#"data-step="wait" data-state="succeeded""#), "{followed}");
+}
