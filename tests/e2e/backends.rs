@@ -68,6 +68,18 @@ async fn a_run_is_recorded_listed_shown_and_logged() {
         assert_eq!(run.error.as_deref(), Some("step `b` failed"), "{name}");
         let steps: Vec<(&str, &str)> = run.steps.iter().map(|x| (x.step.as_str(), x.state.as_str())).collect();
         assert_eq!(steps, [("a", "succeeded"), ("b", "failed")], "{name}: in the order they finished");
+        let attempts: Vec<(String, u32, String, Option<String>)> =
+            s.attempts("r1", None).await.unwrap().into_iter().map(|a| (a.step, a.attempt, a.state, a.error_kind)).collect();
+        assert_eq!(
+            attempts,
+            [
+                ("a".into(), 1, "failed".into(), Some("trap".into())),
+                ("a".into(), 1, "succeeded".into(), None),
+                ("b".into(), 1, "failed".into(), Some("component".into()))
+            ],
+            "{name}"
+        );
+        assert_eq!(s.attempts("r1", Some("b")).await.unwrap().len(), 1, "{name}");
         assert_eq!(run.steps[0].output, Some(json!({"a": 1, "b": 2})), "{name}");
         assert_eq!((run.steps[0].fuel_used, run.steps[0].run_attempt), (345, 1), "{name}");
         assert_eq!(run.steps[1].error_message.as_deref(), Some("it broke"), "{name}");

@@ -10,6 +10,7 @@
 //! | `GET /api/runs/{id}` | the run with its steps |
 //! | `GET /api/runs/{id}/graph.svg` | its DAG, steps coloured by state |
 //! | `GET /api/runs/{id}/logs?step=` | its captured log lines |
+//! | `GET /api/runs/{id}/attempts?step=` | its recorded attempts |
 //! | `GET /api/runs/{id}/events` | the run again each time it changes, until it ends (SSE) |
 //! | `POST /api/runs/{id}/cancel`, `…/resume`, `…/retry` | with `--allow-actions` only |
 
@@ -113,6 +114,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/runs/{id}", get(show_run))
         .route("/api/runs/{id}/graph.svg", get(graph))
         .route("/api/runs/{id}/logs", get(logs))
+        .route("/api/runs/{id}/attempts", get(attempts))
         .route("/api/runs/{id}/events", get(events))
         .route("/api/runs/{id}/{action}", post(act))
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
@@ -211,6 +213,7 @@ fn draw(run: &RunRecord) -> Result<String, String> {
     Ok(plan.to_svg(&|i| Some(states.get(plan.workflow.steps[i].id.as_str()).copied().unwrap_or("pending").to_string())))
 }
 
+/// `?step=`: one step's, or all.
 #[derive(Deserialize)]
 struct LogParams {
     step: Option<String>,
@@ -223,6 +226,13 @@ async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p): Que
                 lines.iter().map(|(s, l)| json!({ "step": s, "source": l.source, "text": l.text })).collect();
             Json(rows).into_response()
         }
+        Err(e) => failure(e),
+    }
+}
+
+async fn attempts(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p): Query<LogParams>) -> Response {
+    match app.store.attempts(&id, p.step.as_deref().filter(|s| !s.is_empty())).await {
+        Ok(rows) => Json(rows).into_response(),
         Err(e) => failure(e),
     }
 }

@@ -74,6 +74,9 @@ pub trait RunStore: Send + Sync {
     async fn runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>, StoreError>;
     /// One run with its steps.
     async fn run(&self, id: &str) -> Result<RunRecord, StoreError>;
+    /// A run's recorded attempts, of one step or all, in the order recorded:
+    /// each failed attempt that was retried, and each step's last.
+    async fn attempts(&self, id: &str, step: Option<&str>) -> Result<Vec<AttemptRecord>, StoreError>;
     /// A run's captured log lines, of one step or all, in order.
     async fn logs(&self, id: &str, step: Option<&str>) -> Result<Vec<(String, LogLine)>, StoreError>;
     /// The outputs of a run's succeeded steps, as recorded (secrets
@@ -303,6 +306,19 @@ pub struct RunRecord {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
     pub steps: Vec<StepRecord>,
+}
+
+/// An attempt of a step (or of one `forEach` item) as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub step: String,
+    pub attempt: u32,
+    /// The `forEach` item, for an item's retried attempt.
+    pub item: Option<u64>,
+    pub state: String,
+    pub recorded_at: String,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
 }
 
 /// A step of a recorded run.

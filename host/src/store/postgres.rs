@@ -7,7 +7,7 @@
 //! Connections come from a pool; a pool that cannot connect (the server is
 //! restarting) is retried with backoff for up to [`CONNECT_PATIENCE`].
 
-use super::{NewRun, RecordedOutput, RunQuery, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
+use super::{AttemptRecord, NewRun, RecordedOutput, RunQuery, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
 use crate::exec::Event;
 use crate::sandbox::{LogLine, LogSource};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -428,6 +428,30 @@ impl RunStore for PgStore {
                 error: r.get(7),
                 succeeded_steps: r.get::<_, i64>(8) as u32,
                 failed_steps: r.get::<_, i64>(9) as u32,
+            })
+            .collect())
+    }
+
+    async fn attempts(&self, id: &str, step: Option<&str>) -> Result<Vec<AttemptRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT step, attempt, item, state, recorded_at, error_kind, error_message FROM attempts
+                 WHERE run_id = $1 AND ($2::TEXT IS NULL OR step = $2) ORDER BY recorded_at, attempt, ctid",
+                &[&id, &step],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| AttemptRecord {
+                step: r.get(0),
+                attempt: r.get::<_, i32>(1) as u32,
+                item: r.get::<_, Option<i64>>(2).map(|i| i as u64),
+                state: r.get(3),
+                recorded_at: r.get(4),
+                error_kind: r.get(5),
+                error_message: r.get(6),
             })
             .collect())
     }

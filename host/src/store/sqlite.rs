@@ -6,7 +6,7 @@
 //! share one state dir: writers wait for each other (busy timeout). Every
 //! call runs on tokio's blocking pool, never on a runtime worker.
 
-use super::{NewRun, RecordedOutput, RunQuery, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
+use super::{AttemptRecord, NewRun, RecordedOutput, RunQuery, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
 use crate::exec::{Event, SecretSpans};
 use crate::sandbox::{LogLine, LogSource};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -101,7 +101,8 @@ CREATE TABLE blobs (
         expires_at     REAL NOT NULL
     );",
     // 6: pages of the run list, newest first (`sandflow serve`).
-    "CREATE INDEX IF NOT EXISTS runs_newest ON runs (started_at DESC);",
+    "CREATE INDEX IF NOT EXISTS runs_newest ON runs (started_at DESC);
+     CREATE INDEX IF NOT EXISTS attempts_by_step ON attempts (run_id, step);",
 ];
 
 /// The SQLite run store.
@@ -293,6 +294,29 @@ impl RunStore for SqliteStore {
                     error: r.get(7)?,
                     succeeded_steps: r.get(8)?,
                     failed_steps: r.get(9)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn attempts(&self, id: &str, step: Option<&str>) -> Result<Vec<AttemptRecord>, StoreError> {
+        let (id, step) = (id.to_string(), step.map(str::to_string));
+        self.with(move |conn| {
+            let mut q = conn.prepare_cached(
+                "SELECT step, attempt, item, state, recorded_at, error_kind, error_message FROM attempts
+                 WHERE run_id = ?1 AND (?2 IS NULL OR step = ?2) ORDER BY rowid",
+            )?;
+            let rows = q.query_map(params![id, step], |r| {
+                Ok(AttemptRecord {
+                    step: r.get(0)?,
+                    attempt: r.get(1)?,
+                    item: r.get::<_, Option<i64>>(2)?.map(|i| i as u64),
+                    state: r.get(3)?,
+                    recorded_at: r.get(4)?,
+                    error_kind: r.get(5)?,
+                    error_message: r.get(6)?,
                 })
             })?;
             rows.collect()

@@ -91,6 +91,17 @@ const sandflow = (() => {
       const cell = el("td", { colspan: "6" });
       const tr = el("tr", { class: "detail", "data-detail": step.step }, cell);
       row.after(tr);
+      try {
+        const attempts = await (await api(`/api/runs/${id}/attempts?step=${encodeURIComponent(step.step)}`)).json();
+        if (attempts.length) {
+          const rows = attempts.map((a) => el("tr", { "data-attempt": String(a.attempt), "data-state": a.state },
+            el("td", {}, a.item === null ? String(a.attempt) : `item ${a.item}, ${a.attempt}`), el("td", {}, badge(a.state)),
+            el("td", { class: "when" }, a.recorded_at.replace("T", " ").replace("Z", "")),
+            el("td", { class: a.error_kind ? "problem" : "muted" }, a.error_kind ? `${a.error_kind}: ${a.error_message}` : "")));
+          cell.append(el("div", { class: "muted" }, "attempts"),
+            el("table", { class: "grid attempts" }, el("thead", {}, el("tr", {}, el("th", {}, "attempt"), el("th", {}, "state"), el("th", {}, "ended"), el("th", {}, "failure"))), el("tbody", {}, ...rows)));
+        }
+      } catch (e) { cell.append(el("p", { class: "problem" }, e.message)); }
       if (step.output !== null && step.output !== undefined) cell.append(el("div", { class: "muted" }, "output"), el("pre", {}, JSON.stringify(step.output, null, 2)));
       try {
         const lines = await (await api(`/api/runs/${id}/logs?step=${encodeURIComponent(step.step)}`)).json();
