@@ -7,6 +7,7 @@
 //! - [`exec`]: the scheduler, over a [`exec::StepRunner`].
 //! - [`store`]: the run store (SQLite or PostgreSQL).
 //! - [`runs`]: runs recorded in a store: start and resume.
+//! - [`trace`]: OpenTelemetry traces of runs (`--otlp`).
 //! - [`cli`]: the `sandflow` command line, testable in-process.
 
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod runs;
 pub mod worker;
 pub mod sandbox;
 pub mod store;
+pub mod trace;
 pub mod units;
 pub mod workflow;
 

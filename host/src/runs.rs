@@ -27,6 +27,8 @@ pub struct Settings {
     pub rerun: Rerun,
     /// The run's variables (`$variable`). Not recorded, like secrets.
     pub variables: Value,
+    /// `--otlp`: where the run's trace goes.
+    pub otlp: Option<crate::trace::Endpoint>,
 }
 
 /// What a new attempt of a recorded run runs again.
@@ -83,6 +85,7 @@ impl Recorder {
             targets: settings.targets.clone(),
         };
         self.store.begin_run(&record).await?;
+        let tracer = settings.otlp.clone().map(|e| Arc::new(crate::trace::TraceSink::new(prepared.clone(), e)) as Arc<dyn EventSink>);
         let options = RunOptions {
             run_id: run_id.clone(),
             concurrency: settings.concurrency,
@@ -91,9 +94,10 @@ impl Recorder {
             skip_finally: settings.skip_finally,
             memo: Some(self.store.clone()),
             variables: settings.variables,
+            nested_events: tracer.clone(),
             ..RunOptions::default()
         };
-        Ok(self.execute(prepared, input, options, display, cancel).await)
+        Ok(self.execute(prepared, input, options, display, tracer, cancel).await)
     }
 
     /// Continues a recorded run that did not complete: steps that
@@ -127,6 +131,7 @@ impl Recorder {
             .collect();
         let ended = if settings.rerun == Rerun::Resume { ended_in_finally(&prepared.plan, record, &restored) } else { BTreeMap::new() };
         let attempt = self.store.resume_run(&record.id).await?;
+        let tracer = settings.otlp.clone().map(|e| Arc::new(crate::trace::TraceSink::new(prepared.clone(), e)) as Arc<dyn EventSink>);
         let options = RunOptions {
             run_id: record.id.clone(),
             concurrency: settings.concurrency,
@@ -138,12 +143,23 @@ impl Recorder {
             memo: Some(self.store.clone()),
             variables: settings.variables,
             ended,
+            nested_events: tracer.clone(),
         };
-        Ok(self.execute(prepared, record.input.clone(), options, display, cancel).await)
+        Ok(self.execute(prepared, record.input.clone(), options, display, tracer, cancel).await)
     }
 
-    async fn execute(&self, prepared: Arc<Prepared>, input: Value, options: RunOptions, display: Arc<dyn EventSink>, cancel: CancellationToken) -> RunReport {
-        let sink = Arc::new(Tee(vec![Arc::new(StoreSink::new(self.store.clone())), display]));
+    async fn execute(
+        &self,
+        prepared: Arc<Prepared>,
+        input: Value,
+        options: RunOptions,
+        display: Arc<dyn EventSink>,
+        tracer: Option<Arc<dyn EventSink>>,
+        cancel: CancellationToken,
+    ) -> RunReport {
+        let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(StoreSink::new(self.store.clone())), display];
+        sinks.extend(tracer);
+        let sink = Arc::new(Tee(sinks));
         let watcher = tokio::spawn(watch_cancel(self.store.clone(), options.run_id.clone(), cancel.clone(), options.skip_finally.clone()));
         let report = Executor::new(self.runner.clone(), sink).run(prepared, input, options, cancel).await;
         watcher.abort();
@@ -200,8 +216,6 @@ impl EventSink for Tee {
     }
 }
 
-/// The steps `rerun` runs again even if they succeeded: for a retry, the
-/// `finally` steps, and `--from` STEP with every step downstream of it.
 /// For a run killed while its `finally` steps ran (every step of `steps`
 /// has ended, the run has not): how each step that ended without success
 /// ended, so that `resume` runs only what had not ended. Empty for any
@@ -231,6 +245,8 @@ fn ended_in_finally(plan: &crate::plan::Plan, record: &RunRecord, restored: &BTr
     recorded.into_iter().map(|(id, e)| (id.to_string(), e)).collect()
 }
 
+/// The steps `rerun` runs again even if they succeeded: for a retry, the
+/// `finally` steps, and `--from` STEP with every step downstream of it.
 fn rerun_steps(plan: &crate::plan::Plan, rerun: &Rerun) -> Result<std::collections::BTreeSet<String>, String> {
     let Rerun::Retry { from } = rerun else { return Ok(Default::default()) };
     let steps = &plan.workflow.steps;

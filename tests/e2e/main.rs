@@ -15,6 +15,7 @@ mod scheduler;
 mod stepflow;
 mod store;
 mod support;
+mod trace;
 mod ui;
 mod web;
 mod workflows;

@@ -70,6 +70,11 @@ pub(crate) struct GlobalArgs {
     /// Only errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// Export a trace of each run (`run`, `resume`, `retry`) to this
+    /// OpenTelemetry collector's OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318
+    /// [default: OTEL_EXPORTER_OTLP_ENDPOINT, if set].
+    #[arg(long, global = true, value_name = "URL")]
+    otlp: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +231,25 @@ impl GlobalArgs {
     /// but a query that fails later is exit 1).
     pub(crate) async fn open_store(&self) -> Result<std::sync::Arc<dyn crate::store::RunStore>, CliError> {
         crate::store::open(&self.store_url()?).await.map_err(store_error)
+    }
+
+    /// Where run traces go: `--otlp` (a bad URL is a usage error), else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (one sandflow cannot use is a warning:
+    /// the variable may be meant for other programs), else nowhere.
+    pub(crate) fn otlp(&self) -> Result<Option<crate::trace::Endpoint>, CliError> {
+        if let Some(url) = &self.otlp {
+            return crate::trace::Endpoint::parse(url).map(Some).map_err(CliError::invalid);
+        }
+        match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            Ok(url) if !url.is_empty() => match crate::trace::Endpoint::parse(&url) {
+                Ok(e) => Ok(Some(e)),
+                Err(why) => {
+                    tracing::warn!("OTEL_EXPORTER_OTLP_ENDPOINT is ignored: {}", why.replacen("--otlp", "", 1).trim_start());
+                    Ok(None)
+                }
+            },
+            _ => Ok(None),
+        }
     }
 
     /// The store `--store` names (the SQLite file under the state dir by default).

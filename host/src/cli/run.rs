@@ -212,6 +212,7 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
         targets: args.target.clone(),
         rerun: Default::default(),
         variables,
+        otlp: global.otlp()?,
     };
     let report = recorder.start(prepared, &args.file, input, settings, sink(out), cancel).await.map_err(store_error)?;
     watcher.abort();

@@ -265,6 +265,7 @@ async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output
         targets: record.targets.clone(),
         rerun,
         variables,
+        otlp: global.otlp()?,
     };
     let report = recorder.resume(prepared, &record, settings, run::sink(out), cancel).await.map_err(|e| match e {
         ResumeError::Store(e) => store_error(e),

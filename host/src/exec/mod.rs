@@ -84,6 +84,9 @@ pub struct RunOptions {
     /// and keep that end: a run killed while its `finally` steps ran goes
     /// on with only the steps that had not ended (`sandflow resume`).
     pub ended: BTreeMap<String, Ending>,
+    /// Where the events of nested runs go (a tracer, so a trace covers
+    /// them); by default nowhere: they are part of their step.
+    pub nested_events: Option<Arc<dyn EventSink>>,
 }
 
 impl Default for RunOptions {
@@ -99,6 +102,7 @@ impl Default for RunOptions {
             memo: None,
             variables: Value::Object(Default::default()),
             ended: BTreeMap::new(),
+            nested_events: None,
         }
     }
 }
@@ -214,6 +218,8 @@ struct Ctx {
     variables: Value,
     /// See [`RunOptions::ended`].
     ended: BTreeMap<String, Ending>,
+    /// See [`RunOptions::nested_events`].
+    nested_events: Option<Arc<dyn EventSink>>,
 }
 
 impl Executor {
@@ -250,6 +256,11 @@ impl Executor {
             memo: options.memo.clone(),
             variables: options.variables.clone(),
             ended: options.ended.clone(),
+            // Nested runs' events are masked as the run's own are.
+            nested_events: options.nested_events.clone().map(|inner| match redactor.is_empty() {
+                true => inner,
+                false => Arc::new(redact::RedactingSink { inner, redactor: redactor.clone() }) as Arc<dyn EventSink>,
+            }),
         });
         // The dispatcher runs as a task of its own, so the step tasks it
         // spawns start on its worker (tokio's LIFO slot) and report back
@@ -293,6 +304,7 @@ impl RunContext {
             memo: options.memo,
             variables: options.variables,
             ended: options.ended,
+            nested_events: options.nested_events,
         }))
     }
 
@@ -314,21 +326,50 @@ impl RunContext {
     pub async fn attempt(&self, step: usize, input: &Value, cancel: &CancellationToken) -> Attempted {
         let wf = &self.0.prepared.plan.workflow;
         let settings = wf.steps[step].settings.or(&wf.defaults);
-        let mut attempted = execute(&self.0, step, input, &settings, cancel).await;
+        let mut attempted = execute(&self.0, step, input, Which::default(), &settings, cancel).await;
         attempted.log = self.0.services.keep_log(attempted.log);
         attempted
     }
 }
 
-/// A nested run (`workflow:` steps, `/builtin/eval`): the same dispatcher,
-/// without events, sharing the parent's services and secrets.
-fn nested_run(parent: &Ctx, prepared: Arc<Prepared>, input: Value, cancel: CancellationToken) -> Pin<Box<dyn Future<Output = RunReport> + Send>> {
+/// The run id of the nested run of attempt `attempt` of step `step` (item
+/// `item`) of run `parent`: `PARENT/STEP@ATTEMPT`, or
+/// `PARENT/STEP#ITEM@ATTEMPT`. A tracer finds the attempt a nested run
+/// belongs to by it.
+pub fn nested_run_id(parent: &str, step: &str, item: Option<usize>, attempt: u32) -> String {
+    match item {
+        None => format!("{parent}/{step}@{attempt}"),
+        Some(i) => format!("{parent}/{step}#{i}@{attempt}"),
+    }
+}
+
+/// What [`nested_run_id`] says: the parent run, the step, item and attempt.
+pub fn parse_nested_run_id(id: &str) -> Option<(&str, &str, Option<usize>, u32)> {
+    let (parent, tail) = id.rsplit_once('/')?;
+    let (which, attempt) = tail.rsplit_once('@')?;
+    let attempt = attempt.parse().ok()?;
+    match which.split_once('#') {
+        Some((step, item)) => Some((parent, step, Some(item.parse().ok()?), attempt)),
+        None => Some((parent, which, None, attempt)),
+    }
+}
+
+/// A nested run (`workflow:` steps, `/builtin/eval`) of step `of` (and
+/// item): the same dispatcher, sharing the parent's services and secrets;
+/// its events go only to [`RunOptions::nested_events`] (a tracer), if any.
+fn nested_run(
+    parent: &Ctx,
+    of: (&str, Which),
+    prepared: Arc<Prepared>,
+    input: Value,
+    cancel: CancellationToken,
+) -> Pin<Box<dyn Future<Output = RunReport> + Send>> {
     let ctx = Arc::new(Ctx {
         runner: parent.runner.clone(),
         prepared: prepared.clone(),
         services: parent.services.clone(),
         secrets: parent.secrets.clone(),
-        run_id: format!("{}.{}", parent.run_id, parent.depth + 1),
+        run_id: nested_run_id(&parent.run_id, of.0, of.1.item, of.1.attempt),
         depth: parent.depth + 1,
         limit: prepared_limit(&prepared),
         cel: Default::default(),
@@ -338,8 +379,10 @@ fn nested_run(parent: &Ctx, prepared: Arc<Prepared>, input: Value, cancel: Cance
         memo: parent.memo.clone(),
         variables: parent.variables.clone(),
         ended: BTreeMap::new(),
+        nested_events: parent.nested_events.clone(),
     });
-    Box::pin(dispatch(ctx, input, Arc::new(NoEvents), cancel))
+    let sink = parent.nested_events.clone().unwrap_or_else(|| Arc::new(NoEvents));
+    Box::pin(dispatch(ctx, input, sink, cancel))
 }
 
 fn default_concurrency() -> usize {
@@ -836,7 +879,7 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx:
     loop {
         attempt += 1;
         let _ = tx.send(Msg::Started { step, attempt, item });
-        let Attempted { result, fuel_used: fuel, log, cached } = execute(ctx, step, &input, &settings, cancel).await;
+        let Attempted { result, fuel_used: fuel, log, cached } = execute(ctx, step, &input, Which { item, attempt }, &settings, cancel).await;
         fuel_used += fuel;
         // Only the last attempt's log is kept, and counted against the run's `log` quota.
         let end = |result| StepEnd { result, items: None, cached: cached.clone().filter(|_| item.is_none()), attempts: attempt, fuel_used, duration: started.elapsed(), log: ctx.services.keep_log(log) };
@@ -870,7 +913,16 @@ pub struct Attempted {
 
 /// One attempt of a step's target; with `cache:`, a stored result when
 /// there is one.
-async fn execute(ctx: &Ctx, step: usize, input: &Value, settings: &crate::workflow::StepSettings, cancel: &CancellationToken) -> Attempted {
+/// Which attempt of a step (of which `forEach` item) an execution is: a
+/// nested run's id says it, so a tracer puts it under that attempt. A
+/// worker's attempts do not say (item none, attempt 0).
+#[derive(Debug, Clone, Copy, Default)]
+struct Which {
+    item: Option<usize>,
+    attempt: u32,
+}
+
+async fn execute(ctx: &Ctx, step: usize, input: &Value, which: Which, settings: &crate::workflow::StepSettings, cancel: &CancellationToken) -> Attempted {
     let ran = |(result, fuel_used, log)| Attempted { result, fuel_used, log, cached: None };
     let wf = &ctx.prepared.plan.workflow;
     let decl = &wf.steps[step];
@@ -914,13 +966,13 @@ async fn execute(ctx: &Ctx, step: usize, input: &Value, settings: &crate::workfl
                         wf.components.values().flat_map(|c| c.grants.dirs.iter().map(|d| d.host.clone())).collect();
                     builtin::load_file(input, &wf.dir, &granted)
                 }
-                Builtin::Eval => eval_builtin(ctx, decl, input, cancel).await,
+                Builtin::Eval => eval_builtin(ctx, decl, input, which, cancel).await,
             };
             ran((result, 0, StepLog::default()))
         }
         Target::Workflow(path) => {
             let nested = ctx.prepared.nested[step].clone().expect("prepare loads every nested workflow");
-            let report = nested_run(ctx, nested, input.clone(), cancel.clone()).await;
+            let report = nested_run(ctx, (&decl.id, which), nested, input.clone(), cancel.clone()).await;
             ran((nested_result(&path.display().to_string(), report), 0, StepLog::default()))
         }
     }
@@ -941,7 +993,7 @@ fn nested_result(what: &str, report: RunReport) -> Result<Value, StepFailure> {
 }
 
 /// `/builtin/eval`: `{workflow, input}`, the workflow inline or as a blob id.
-async fn eval_builtin(ctx: &Ctx, decl: &StepDecl, input: &Value, cancel: &CancellationToken) -> Result<Value, StepFailure> {
+async fn eval_builtin(ctx: &Ctx, decl: &StepDecl, input: &Value, which: Which, cancel: &CancellationToken) -> Result<Value, StepFailure> {
     let fail = |m: String| StepFailure::component(m, false);
     if ctx.depth >= MAX_NESTING {
         return Err(fail(format!("/builtin/eval: nested runs go deeper than {MAX_NESTING}")));
@@ -970,6 +1022,6 @@ async fn eval_builtin(ctx: &Ctx, decl: &StepDecl, input: &Value, cancel: &Cancel
     .map_err(|d| fail(format!("/builtin/eval: the workflow is invalid: {}", d.problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>().join("; "))))?;
     let nested_input = input.get("input").cloned().unwrap_or(Value::Null);
     check_input(&prepared.plan.workflow, &nested_input).map_err(|e| fail(format!("/builtin/eval: {e}")))?;
-    let report = nested_run(ctx, Arc::new(prepared), nested_input, cancel.clone()).await;
+    let report = nested_run(ctx, (&decl.id, which), Arc::new(prepared), nested_input, cancel.clone()).await;
     nested_result("(eval)", report)
 }
