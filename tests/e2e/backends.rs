@@ -30,6 +30,7 @@ fn finished(run: &str, step: &str, state: StepState, output: Option<Value>, log:
         reason: None,
         output,
         output_secrets: None,
+        input: None,
         log: StepLog {
             lines: log.iter().map(|t| LogLine { source: LogSource::Info, text: t.to_string() }).collect(),
             dropped_bytes: 0,
@@ -107,7 +108,21 @@ async fn a_resume_counts_attempts_in_the_store_and_keeps_masked_outputs() {
         else {
             unreachable!()
         };
-        let masked = Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, output_secrets: Some(spans.clone()), log, cached: false };
+        let masked = Event::StepFinished {
+            run_id,
+            step,
+            state,
+            attempt,
+            duration,
+            fuel_used,
+            error,
+            reason,
+            input: None,
+            output,
+            output_secrets: Some(spans.clone()),
+            log,
+            cached: false,
+        };
         s.record(vec![masked, finished("r2", "b", StepState::Failed, None, &["old"])]).await.unwrap();
 
         // A second process resumes: the attempt number comes from the store.
@@ -190,7 +205,7 @@ async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
              ALTER TABLE runs DROP COLUMN queued, DROP COLUMN run_started, DROP COLUMN stop, DROP COLUMN open_steps,
                  DROP COLUMN deadline, DROP COLUMN concurrency, DROP COLUMN events, DROP COLUMN began,
                  DROP COLUMN main_stop, DROP COLUMN ending, DROP COLUMN targets;
-             ALTER TABLE runs DROP COLUMN cancel_requested; UPDATE sandflow_schema SET version = 1",
+             ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE steps DROP COLUMN input; UPDATE sandflow_schema SET version = 1",
         )
         .await
         .unwrap();

@@ -129,3 +129,21 @@ fn runs_show_timeline_draws_a_bar_per_step() {
         assert!(line.contains('█') && line.contains("| succeeded "), "{line}");
     }
 }
+
+#[test]
+fn each_step_s_input_is_recorded_with_secrets_masked() {
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(sandflow(&state).env("SANDFLOW_SECRET_GREETING", "s3cr3t-hello").args(["--json", "run", "workflows/secrets.yaml"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("s3cr3t-hello"), "events mask it: {err}");
+    let sign = err.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| e["event"] == "step_finished" && e["step"] == "sign").unwrap();
+    assert_eq!(sign["input"], json!({"op": "template", "template": "{g}, world", "vars": {"g": "***"}}));
+    let (_, list, _) = run(sandflow(&state).args(["--json", "runs", "list", "--limit", "1"]));
+    let id = serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let (_, shown, _) = run(sandflow(&state).args(["--json", "runs", "show", &id]));
+    assert!(!shown.contains("s3cr3t-hello"), "{shown}");
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    let input = |step: &str| shown["steps"].as_array().unwrap().iter().find(|s| s["step"] == step).unwrap()["input"].clone();
+    assert_eq!(input("sign")["vars"]["g"], "***");
+    assert_eq!(input("length"), json!({"op": "count", "text": "***, world"}));
+}

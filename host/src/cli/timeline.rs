@@ -73,6 +73,7 @@ mod tests {
             reason: None,
             output: None,
             run_attempt: 1,
+            input: None,
         }
     }
 

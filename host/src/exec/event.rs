@@ -107,6 +107,10 @@ pub enum Event {
         /// Why a skipped step was skipped.
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// The input it ran with (a `forEach` step: each item's); none if
+        /// it never ran.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        input: Option<Value>,
         #[serde(skip_serializing_if = "Option::is_none")]
         output: Option<Value>,
         /// Where secrets were masked in `output` (set by the masking sink),

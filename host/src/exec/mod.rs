@@ -191,6 +191,8 @@ struct StepEnd {
     fuel_used: u64,
     duration: Duration,
     log: StepLog,
+    /// The input it ran with (each item's, for a `forEach` step).
+    input: Option<Value>,
 }
 
 /// A running step: its index and how it ended.
@@ -811,6 +813,7 @@ impl Book<'_> {
             fuel_used: report.fuel_used,
             error,
             reason,
+            input: end.and_then(|e| e.input.clone()),
             output,
             output_secrets: None,
             log: end.map(|e| e.log.clone()).unwrap_or_default(),
@@ -834,17 +837,22 @@ impl Book<'_> {
 
 /// Runs a step: one input, or every `forEach` item.
 async fn run_step(ctx: &Arc<Ctx>, step: usize, work: Work, tx: &mpsc::UnboundedSender<Msg>, cancel: &CancellationToken) -> StepEnd {
-    match work {
-        Work::One(input) => attempts(ctx, step, input, None, tx, cancel).await,
-        Work::Each { inputs, concurrency } => for_each(ctx, step, inputs, concurrency, tx, cancel).await,
-    }
+    let (mut end, input) = match work {
+        Work::One(input) => (attempts(ctx, step, input.clone(), None, tx, cancel).await, input),
+        Work::Each { inputs, concurrency } => {
+            let all = Value::Array(inputs.clone());
+            (for_each(ctx, step, inputs, concurrency, tx, cancel).await, all)
+        }
+    };
+    end.input = Some(input);
+    end
 }
 
 async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: Vec<Value>, concurrency: usize, tx: &mpsc::UnboundedSender<Msg>, cancel: &CancellationToken) -> StepEnd {
     let decl = &ctx.prepared.plan.workflow.steps[step];
     let started = Instant::now();
     let mut items = Items::new(inputs.len());
-    let mut total = StepEnd { result: Ok(Value::Null), items: None, cached: None, attempts: 0, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
+    let mut total = StepEnd { input: None, result: Ok(Value::Null), items: None, cached: None, attempts: 0, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
     let mut set = tokio::task::JoinSet::new();
     let mut pending = inputs.into_iter().enumerate();
     loop {
@@ -882,7 +890,7 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx:
         let Attempted { result, fuel_used: fuel, log, cached } = execute(ctx, step, &input, Which { item, attempt }, &settings, cancel).await;
         fuel_used += fuel;
         // Only the last attempt's log is kept, and counted against the run's `log` quota.
-        let end = |result| StepEnd { result, items: None, cached: cached.clone().filter(|_| item.is_none()), attempts: attempt, fuel_used, duration: started.elapsed(), log: ctx.services.keep_log(log) };
+        let end = |result| StepEnd { input: None, result, items: None, cached: cached.clone().filter(|_| item.is_none()), attempts: attempt, fuel_used, duration: started.elapsed(), log: ctx.services.keep_log(log) };
         let retry = match &result {
             Err(f) => core::retry_after(decl, wf, f, attempt, cancel.is_cancelled()),
             Ok(_) => None,

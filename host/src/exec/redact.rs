@@ -158,9 +158,10 @@ impl Redactor {
         match &mut e {
             Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepRestored { .. } => {}
             Event::StepRetrying { error, .. } => *error = self.failure(error),
-            Event::StepFinished { error, reason, output, output_secrets, log, .. } => {
+            Event::StepFinished { error, reason, input, output, output_secrets, log, .. } => {
                 *error = error.as_ref().map(|f| self.failure(f));
                 *reason = reason.as_deref().map(|r| self.text(r));
+                *input = input.as_ref().map(|v| self.value(v));
                 if let Some(v) = output {
                     let (masked, spans) = self.value_spans(v);
                     *output = Some(masked);

@@ -336,6 +336,9 @@ pub struct StepRecord {
     pub output: Option<Value>,
     /// Which run attempt (1, or a resume) recorded it.
     pub run_attempt: u32,
+    /// The input it ran with (each item's, for `forEach`; secrets masked);
+    /// none if it did not run, or a worker ran it.
+    pub input: Option<Value>,
 }
 
 /// Writes every event to the store from a task of its own, which commits

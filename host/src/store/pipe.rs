@@ -354,6 +354,7 @@ struct StepRows {
     reason: Vec<Option<String>>,
     output: Vec<Option<String>>,
     output_secrets: Vec<Option<String>>,
+    input: Vec<Option<String>>,
     /// Logs of the steps recorded.
     logs: LogRows,
 }
@@ -434,6 +435,7 @@ impl EventRows {
                 fuel_used,
                 error,
                 reason,
+                input,
                 output,
                 output_secrets,
                 log,
@@ -457,6 +459,7 @@ impl EventRows {
                 s.output.push(output.as_ref().map(Value::to_string));
                 s.output_secrets
                     .push(output_secrets.as_ref().map(SecretSpans::to_json));
+                s.input.push(input.as_ref().map(Value::to_string));
                 for (seq, (source, line)) in log_rows(log).enumerate() {
                     s.logs.0.push(run_id.clone());
                     s.logs.1.push(step.clone());
@@ -504,17 +507,17 @@ impl EventRows {
             // have resumed the run. A step recorded again (after a resume)
             // moves to the end of the run's order, as in SQLite.
             ops.push((
-                "INSERT INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets)
+                "INSERT INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets, input)
                  SELECT s.run_id, s.step, s.state, s.attempts, s.finished_at, s.duration_ms, s.fuel_used, s.error_kind, s.error_message, s.reason, s.output,
-                        (SELECT attempt FROM runs WHERE id = s.run_id), s.output_secrets
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::float8[], $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
-                      WITH ORDINALITY AS s(run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, output_secrets, ord)
+                        (SELECT attempt FROM runs WHERE id = s.run_id), s.output_secrets, s.input
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::float8[], $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
+                      WITH ORDINALITY AS s(run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, output_secrets, input, ord)
                  ORDER BY s.ord
                  ON CONFLICT (run_id, step) DO UPDATE SET
                     pos = EXCLUDED.pos, state = EXCLUDED.state, attempts = EXCLUDED.attempts, finished_at = EXCLUDED.finished_at,
                     duration_ms = EXCLUDED.duration_ms, fuel_used = EXCLUDED.fuel_used, error_kind = EXCLUDED.error_kind,
                     error_message = EXCLUDED.error_message, reason = EXCLUDED.reason, output = EXCLUDED.output,
-                    run_attempt = EXCLUDED.run_attempt, output_secrets = EXCLUDED.output_secrets",
+                    run_attempt = EXCLUDED.run_attempt, output_secrets = EXCLUDED.output_secrets, input = EXCLUDED.input",
                 params![
                     s.run.clone(),
                     s.step.clone(),
@@ -527,7 +530,8 @@ impl EventRows {
                     s.error_message,
                     s.reason,
                     s.output,
-                    s.output_secrets
+                    s.output_secrets,
+                    s.input
                 ],
             ));
             // A step run again after a resume replaces its old log.

@@ -178,6 +178,8 @@ CREATE TABLE events (
          stored_at      DOUBLE PRECISION NOT NULL,
          expires_at     DOUBLE PRECISION NOT NULL
      );",
+    // 6: the input each step ran with (secrets masked), for `serve`.
+    "ALTER TABLE steps ADD COLUMN input TEXT;",
 ];
 
 /// Serializes migrations across every process using the server.
@@ -468,7 +470,7 @@ impl RunStore for PgStore {
             .ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
         let steps = client
             .query(
-                "SELECT step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt
+                "SELECT step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input
                  FROM steps WHERE run_id = $1 ORDER BY pos",
                 &[&id],
             )
@@ -501,6 +503,7 @@ impl RunStore for PgStore {
                     reason: r.get(8),
                     output: parse_json(r.get(9)),
                     run_attempt: r.get::<_, i32>(10) as u32,
+                    input: parse_json(r.get(11)),
                 })
                 .collect(),
         })

@@ -1101,6 +1101,8 @@ impl<'a> RunTx<'a> {
             fuel_used: tally.fuel_used,
             error,
             reason,
+            // Not kept by the distributed bookkeeper (yet): each job holds its own.
+            input: None,
             output,
             output_secrets: None,
             log: tally.log,

@@ -103,6 +103,8 @@ CREATE TABLE blobs (
     // 6: pages of the run list, newest first (`sandflow serve`).
     "CREATE INDEX IF NOT EXISTS runs_newest ON runs (started_at DESC);
      CREATE INDEX IF NOT EXISTS attempts_by_step ON attempts (run_id, step);",
+    // 7: the input each step ran with (secrets masked), for `serve`.
+    "ALTER TABLE steps ADD COLUMN input TEXT;",
 ];
 
 /// The SQLite run store.
@@ -353,7 +355,7 @@ impl RunStore for SqliteStore {
                     .optional()?;
                 let Some(mut run) = run else { return Ok(None) };
                 let mut q = conn.prepare(
-                    "SELECT step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt
+                    "SELECT step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input
                      FROM steps WHERE run_id = ?1 ORDER BY rowid",
                 )?;
                 run.steps = q
@@ -370,6 +372,7 @@ impl RunStore for SqliteStore {
                             reason: r.get(8)?,
                             output: parse_json(r.get(9)?),
                             run_attempt: r.get(10)?,
+                            input: parse_json(r.get(11)?),
                         })
                     })?
                     .collect::<Result<_, _>>()?;
@@ -530,12 +533,12 @@ fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
             )?
             .execute(params![run_id, step, attempt, item.map(|i| i as i64), now(), error.kind.as_str(), error.message])?;
         }
-        Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, output, output_secrets, log, .. } => {
+        Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, input, output, output_secrets, log, .. } => {
             // The run's attempt comes from the store: another process may
             // have resumed the run.
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, (SELECT attempt FROM runs WHERE id = ?1), ?12)",
+                "INSERT OR REPLACE INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets, input)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, (SELECT attempt FROM runs WHERE id = ?1), ?12, ?13)",
             )?
             .execute(params![
                 run_id,
@@ -550,6 +553,7 @@ fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
                 reason,
                 output.as_ref().map(json_text),
                 output_secrets.as_ref().map(SecretSpans::to_json),
+                input.as_ref().map(json_text),
             ])?;
             if *attempt > 0 {
                 conn.prepare_cached(

@@ -102,7 +102,8 @@ const sandflow = (() => {
             el("table", { class: "grid attempts" }, el("thead", {}, el("tr", {}, el("th", {}, "attempt"), el("th", {}, "state"), el("th", {}, "ended"), el("th", {}, "failure"))), el("tbody", {}, ...rows)));
         }
       } catch (e) { cell.append(el("p", { class: "problem" }, e.message)); }
-      if (step.output !== null && step.output !== undefined) cell.append(el("div", { class: "muted" }, "output"), el("pre", {}, JSON.stringify(step.output, null, 2)));
+      if (step.input !== null && step.input !== undefined) cell.append(el("div", { class: "muted" }, "input"), el("pre", { class: "input" }, JSON.stringify(step.input, null, 2)));
+      if (step.output !== null && step.output !== undefined) cell.append(el("div", { class: "muted" }, "output"), el("pre", { class: "output" }, JSON.stringify(step.output, null, 2)));
       try {
         const lines = await (await api(`/api/runs/${id}/logs?step=${encodeURIComponent(step.step)}`)).json();
         cell.append(el("div", { class: "muted" }, `log (${lines.length} lines)`), el("pre", { class: "log" }, lines.map((l) => `${l.source.padStart(6)} | ${l.text}`).join("\n")));
