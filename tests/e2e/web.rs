@@ -258,3 +258,37 @@ fn the_pages_show_runs_and_step_states_in_a_real_browser() {
     assert!(followed.contains(r#"data-status="completed""#), "{followed}");
     assert!(followed.contains(r#"data-step="wait" data-state="succeeded""#), "{followed}");
 }
+
+#[test]
+fn groups_finally_steps_and_for_each_items_fold_in_a_real_browser() {
+    let Some(chromium) = chromium() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let newest = || {
+        let (_, list, _) = run(sandflow(&state).args(["--json", "runs", "list", "--limit", "1"]));
+        serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string()
+    };
+    let (code, _, err) = run(sandflow(&state).args(["-q", "run", "workflows/foreach.yaml", "--input", r#"{"words": ["alpha", "beta", "gamma"]}"#]));
+    assert_eq!(code, 0, "{err}");
+    let foreach = newest();
+    let (code, _, err) = run(sandflow(&state).args(["-q", "run", "workflows/groups.yaml", "--input", r#"{"values": [3, 1, 2]}"#]));
+    assert_eq!(code, 0, "{err}");
+    let groups = newest();
+    run(sandflow(&state).args(["-q", "run", "workflows/argo-exit-handler.yaml"]));
+    let finally = newest();
+    let (_server, addr) = serve(&state, &[]);
+
+    // `#step=ID` opens a step: a `forEach` step lists its items, folded.
+    let page = dom(&chromium, &format!("http://{addr}/runs/{foreach}#step=shout"));
+    for i in 0..3 {
+        assert!(page.contains(&format!(r#"<details class="item" data-item="{i}"><summary>item {i}</summary>"#)), "item {i}: {page}");
+    }
+    assert!(page.contains("1: beta!"), "an item's output: {page}");
+    let page = dom(&chromium, &format!("http://{addr}/runs/{groups}"));
+    for (group, step) in [("group 1", "save-values"), ("group 2", "read-label"), ("group 3", "stats")] {
+        assert!(page.contains(&format!(r#"<tr class="group" data-group="{group}">"#)), "{group}: {page}");
+        assert!(page.contains(&format!(r#"data-step="{step}" data-state="succeeded" data-in-group="{group}""#)), "{step}: {page}");
+    }
+    let page = dom(&chromium, &format!("http://{addr}/runs/{finally}"));
+    assert!(page.contains(r#"<tr class="group" data-group="finally">"#), "{page}");
+    assert!(page.contains(r#"data-step="cry" data-state="succeeded" data-in-group="finally""#), "{page}");
+}

@@ -180,11 +180,38 @@ async fn list_runs(State(app): State<Arc<App>>, Query(p): Query<ListParams>) -> 
     }
 }
 
+/// The run, and the shape of its workflow where its file can be read:
+/// which steps are `forEach` steps, the Argo-style groups and the
+/// `finally` steps (the page collapses groups and items by them).
 async fn show_run(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    match app.store.run(&id).await {
-        Ok(run) => Json(json!({ "run": run, "allow_actions": app.allow_actions })).into_response(),
-        Err(e) => failure(e),
+    let run = match app.store.run(&id).await {
+        Ok(run) => run,
+        Err(e) => return failure(e),
+    };
+    let (run, shape) = tokio::task::spawn_blocking(move || {
+        let shape = run_plan(&run).ok().map(|plan| shape(&plan));
+        (run, shape)
+    })
+    .await
+    .expect("reading a workflow does not panic");
+    Json(json!({ "run": run, "shape": shape, "allow_actions": app.allow_actions })).into_response()
+}
+
+fn shape(plan: &Plan) -> serde_json::Value {
+    let steps = &plan.workflow.steps;
+    let ids = |range: std::ops::Range<usize>| steps[range].iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+    let for_each: Vec<&str> = steps.iter().filter(|s| s.for_each.is_some()).map(|s| s.id.as_str()).collect();
+    let mut groups: Vec<Vec<&str>> = Vec::new();
+    for s in &steps[..plan.main] {
+        if let Some(g) = s.group {
+            if groups.len() <= g {
+                groups.resize(g + 1, Vec::new());
+            }
+            groups[g].push(&s.id);
+        }
     }
+    groups.retain(|g| !g.is_empty());
+    json!({ "for_each": for_each, "groups": groups, "finally": ids(plan.main..steps.len()) })
 }
 
 /// The run's DAG from the workflow file it recorded, steps coloured by
@@ -202,13 +229,18 @@ async fn graph(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response 
     }
 }
 
-fn draw(run: &RunRecord) -> Result<String, String> {
+/// The plan of the workflow file a run recorded, as the run ran it.
+fn run_plan(run: &RunRecord) -> Result<Plan, String> {
     let file = std::path::Path::new(&run.file);
-    let plan = Plan::load(file).map_err(|_| format!("the graph cannot be drawn: {} cannot be read as it was", run.file))?;
+    let plan = Plan::load(file).map_err(|_| format!("{} cannot be read as it was", run.file))?;
     if plan.workflow.sha256 != run.sha256 {
-        return Err(format!("the graph cannot be drawn: {} has changed since this run", run.file));
+        return Err(format!("{} has changed since this run", run.file));
     }
-    let plan = if run.targets.is_empty() { plan } else { plan.targeted(&run.targets)?.0 };
+    if run.targets.is_empty() { Ok(plan) } else { Ok(plan.targeted(&run.targets)?.0) }
+}
+
+fn draw(run: &RunRecord) -> Result<String, String> {
+    let plan = run_plan(run).map_err(|why| format!("the graph cannot be drawn: {why}"))?;
     let states: std::collections::HashMap<&str, &str> = run.steps.iter().map(|s| (s.step.as_str(), s.state.as_str())).collect();
     Ok(plan.to_svg(&|i| Some(states.get(plan.workflow.steps[i].id.as_str()).copied().unwrap_or("pending").to_string())))
 }

@@ -87,10 +87,21 @@ const sandflow = (() => {
         p.textContent = e.message; p.hidden = false;
       }
     };
+    let shape = null;
     const detail = async (step, row) => {
       const cell = el("td", { colspan: "6" });
       const tr = el("tr", { class: "detail", "data-detail": step.step }, cell);
+      if (row.dataset.inGroup) tr.dataset.inGroup = row.dataset.inGroup;
       row.after(tr);
+      // A `forEach` step: each item's input and output, folded.
+      if (shape && shape.for_each.includes(step.step) && Array.isArray(step.input)) {
+        const outputs = Array.isArray(step.output) ? step.output : [];
+        cell.append(el("div", { class: "muted" }, `${step.input.length} items`),
+          ...step.input.map((input, i) => el("details", { class: "item", "data-item": String(i) },
+            el("summary", {}, `item ${i}`),
+            el("div", { class: "muted" }, "input"), el("pre", {}, JSON.stringify(input, null, 2)),
+            el("div", { class: "muted" }, "output"), el("pre", {}, JSON.stringify(outputs[i] ?? null, null, 2)))));
+      }
       try {
         const attempts = await (await api(`/api/runs/${id}/attempts?step=${encodeURIComponent(step.step)}`)).json();
         if (attempts.length) {
@@ -127,9 +138,27 @@ const sandflow = (() => {
       actions.querySelector('[data-action="retry"]').hidden = run.status === "running";
       const body = document.querySelector("#steps tbody");
       body.replaceChildren();
-      for (const s of run.steps) {
+      // With Argo-style groups and `finally` steps: a header row per group,
+      // which folds the group's rows.
+      const groupOf = new Map();
+      const groups = shape ? [...shape.groups.map((g, i) => [`group ${i + 1}`, g]), ...(shape.finally.length ? [["finally", shape.finally]] : [])] : [];
+      groups.forEach(([name, ids]) => ids.forEach((id) => groupOf.set(id, name)));
+      const ordered = groups.length ? [...run.steps].sort((a, b) => groups.findIndex(([, ids]) => ids.includes(a.step)) - groups.findIndex(([, ids]) => ids.includes(b.step))) : run.steps;
+      let header = null;
+      for (const s of ordered) {
+        const group = groupOf.get(s.step);
+        if (group && group !== header) {
+          header = group;
+          const head = el("tr", { class: "group", "data-group": group }, el("td", { colspan: "6" }, "▾ " + group));
+          head.addEventListener("click", () => {
+            const folded = head.classList.toggle("folded");
+            head.firstChild.textContent = (folded ? "▸ " : "▾ ") + group;
+            body.querySelectorAll(`tr[data-in-group="${CSS.escape(group)}"]`).forEach((r) => { r.hidden = folded; });
+          });
+          body.append(head);
+        }
         const why = s.error_kind ? `${s.error_kind}: ${s.error_message}` : (s.reason || "");
-        const row = el("tr", { class: "step", "data-step": s.step, "data-state": s.state },
+        const row = el("tr", { class: "step", "data-step": s.step, "data-state": s.state, ...(group ? { "data-in-group": group } : {}) },
           el("td", { class: "id" }, s.step), el("td", {}, badge(s.state)), el("td", {}, String(s.attempts)),
           el("td", {}, took(s.duration_ms)), el("td", {}, String(s.fuel_used)), el("td", { class: s.error_kind ? "problem" : "muted" }, why));
         row.addEventListener("click", () => {
@@ -145,6 +174,10 @@ const sandflow = (() => {
     try {
       const shown = await (await api(`/api/runs/${id}`)).json();
       allowActions = shown.allow_actions;
+      shape = shown.shape;
+      // `#step=ID` opens that step's detail.
+      const wanted = new URLSearchParams(location.hash.slice(1)).get("step");
+      if (wanted) open.add(wanted);
       render(shown.run, allowActions);
       // `?live=0`: a snapshot that does not follow the run.
       const follow = new URLSearchParams(location.search).get("live") !== "0";
