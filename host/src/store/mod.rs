@@ -285,6 +285,27 @@ impl RunQuery {
     pub fn newest(limit: usize) -> RunQuery {
         RunQuery { limit, ..RunQuery::default() }
     }
+
+    /// The conditions of the query on `runs r`, to follow `WHERE TRUE`, and
+    /// the values they bind: `param(n)` writes the n-th (from 2: the first
+    /// is the limit), `tiebreak` is the column ordering runs that started in
+    /// the same millisecond. Only the filters given are written, so the
+    /// store's indexes of workflow and state serve them.
+    pub(crate) fn conditions(&self, param: impl Fn(usize) -> String, tiebreak: &str) -> (String, Vec<&str>) {
+        let (mut sql, mut values) = (String::new(), Vec::new());
+        for (column, value) in [("r.workflow", &self.workflow), ("r.status", &self.status)] {
+            if let Some(v) = value {
+                values.push(v.as_str());
+                sql.push_str(&format!(" AND {column} = {}", param(values.len() + 1)));
+            }
+        }
+        if let Some(after) = &self.after {
+            values.push(after.as_str());
+            let p = param(values.len() + 1);
+            sql.push_str(&format!(" AND (r.started_at, r.{tiebreak}) < (SELECT started_at, {tiebreak} FROM runs WHERE id = {p})"));
+        }
+        (sql, values)
+    }
 }
 
 /// A run as recorded.

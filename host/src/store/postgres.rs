@@ -178,8 +178,11 @@ CREATE TABLE events (
          stored_at      DOUBLE PRECISION NOT NULL,
          expires_at     DOUBLE PRECISION NOT NULL
      );",
-    // 6: the input each step ran with (secrets masked), for `serve`.
-    "ALTER TABLE steps ADD COLUMN input TEXT;",
+    // 6: the input each step ran with (secrets masked), and pages of the
+    // run list filtered by workflow or state, for `serve`.
+    "ALTER TABLE steps ADD COLUMN input TEXT;
+     CREATE INDEX runs_by_workflow ON runs (workflow, started_at DESC, seq DESC);
+     CREATE INDEX runs_by_status ON runs (status, started_at DESC, seq DESC);",
 ];
 
 /// Serializes migrations across every process using the server.
@@ -404,16 +407,20 @@ impl RunStore for PgStore {
 
     async fn runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>, StoreError> {
         let client = self.client().await?;
+        let (conditions, values) = query.conditions(|n| format!("${n}"), "seq");
+        let limit = query.limit.min(i64::MAX as usize) as i64;
+        let mut bound: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&limit];
+        bound.extend(values.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)));
         let rows = client
             .query(
-                "SELECT r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error,
-                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'succeeded'),
-                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'failed')
-                 FROM runs r
-                 WHERE ($2::TEXT IS NULL OR r.workflow = $2) AND ($3::TEXT IS NULL OR r.status = $3)
-                   AND ($4::TEXT IS NULL OR (r.started_at, r.seq) < (SELECT started_at, seq FROM runs WHERE id = $4))
-                 ORDER BY r.started_at DESC, r.seq DESC LIMIT $1",
-                &[&(query.limit.min(i64::MAX as usize) as i64), &query.workflow, &query.status, &query.after],
+                &format!(
+                    "SELECT r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error,
+                            (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'succeeded'),
+                            (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'failed')
+                     FROM runs r WHERE TRUE{conditions}
+                     ORDER BY r.started_at DESC, r.seq DESC LIMIT $1"
+                ),
+                &bound,
             )
             .await
             .map_err(db)?;

@@ -100,8 +100,11 @@ CREATE TABLE blobs (
         stored_at      REAL NOT NULL,
         expires_at     REAL NOT NULL
     );",
-    // 6: pages of the run list, newest first (`sandflow serve`).
+    // 6: pages of the run list, newest first, filtered by workflow or
+    // state (`sandflow serve`); a step's attempts.
     "CREATE INDEX IF NOT EXISTS runs_newest ON runs (started_at DESC);
+     CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, started_at DESC);
+     CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, started_at DESC);
      CREATE INDEX IF NOT EXISTS attempts_by_step ON attempts (run_id, step);",
     // 7: the input each step ran with (secrets masked), for `serve`.
     "ALTER TABLE steps ADD COLUMN input TEXT;",
@@ -272,19 +275,21 @@ impl RunStore for SqliteStore {
     }
 
     async fn runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>, StoreError> {
-        let query = query.clone();
+        let (conditions, values) = query.conditions(|n| format!("?{n}"), "rowid");
+        let values: Vec<String> = values.into_iter().map(str::to_string).collect();
+        let limit = query.limit.min(i64::MAX as usize) as i64;
         self.with(move |conn| {
             // The page after a run: runs that sort after it, newest first.
-            let mut q = conn.prepare_cached(
+            let mut q = conn.prepare_cached(&format!(
                 "SELECT r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error,
                         (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'succeeded'),
                         (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'failed')
-                 FROM runs r
-                 WHERE (?2 IS NULL OR r.workflow = ?2) AND (?3 IS NULL OR r.status = ?3)
-                   AND (?4 IS NULL OR (r.started_at, r.rowid) < (SELECT started_at, rowid FROM runs WHERE id = ?4))
-                 ORDER BY r.started_at DESC, r.rowid DESC LIMIT ?1",
-            )?;
-            let rows = q.query_map(params![query.limit.min(i64::MAX as usize) as i64, query.workflow, query.status, query.after], |r| {
+                 FROM runs r WHERE TRUE{conditions}
+                 ORDER BY r.started_at DESC, r.rowid DESC LIMIT ?1"
+            ))?;
+            let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&limit];
+            bound.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+            let rows = q.query_map(bound.as_slice(), |r| {
                 Ok(RunSummary {
                     id: r.get(0)?,
                     workflow: r.get(1)?,
