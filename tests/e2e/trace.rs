@@ -133,3 +133,22 @@ fn a_nested_run_is_part_of_its_parent_s_trace() {
     let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s["spanId"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), spans.len(), "span ids are unique");
 }
+
+#[test]
+fn a_distributed_run_s_trace_comes_from_the_process_that_follows_it() {
+    let Some(schema) = crate::support::PgSchema::create() else { return };
+    let (addr, bodies) = receiver();
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) =
+        run(sandflow(&state).args(["-q", "--store", &schema.url, "--otlp", &format!("http://{addr}"), "run", "workflows/errors.yaml"]));
+    assert_eq!(code, 0, "{err}");
+    let (_, body) = bodies.recv_timeout(std::time::Duration::from_secs(10)).expect("a trace was posted");
+    let spans = body["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().unwrap().clone();
+    let by_name: HashMap<&str, &Value> = spans.iter().map(|s| (s["name"].as_str().unwrap(), s)).collect();
+    let root = by_name["run errors"];
+    assert_eq!(attr(root, "sandflow.run.state").unwrap()["stringValue"], "completed");
+    let fetch = by_name["step fetch"];
+    assert_eq!(fetch["parentSpanId"], root["spanId"]);
+    assert_eq!(attr(fetch, "sandflow.retries").unwrap()["intValue"], "2");
+    assert_eq!(spans.iter().filter(|s| s["parentSpanId"] == fetch["spanId"]).count(), 3, "three attempts of fetch");
+}

@@ -127,6 +127,9 @@ pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Outp
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
     prepared.target(&args.target).map_err(CliError::invalid)?;
     let id = submit(&store, &prepared, &args.file, &files, input, args.concurrency.map(|n| n as usize), &args.target).await.map_err(store_error)?;
+    if global.otlp()?.is_some() {
+        say!("warning: --otlp: no trace of run {id} is exported: a distributed run's trace comes from the process that follows it (`sandflow run` without --detach)");
+    }
     println!("{id}");
     Ok(exit::OK)
 }
@@ -178,12 +181,18 @@ pub(crate) async fn run_queued(args: &super::run::RunArgs, global: &GlobalArgs, 
         crate::exec::check_secrets(&targeted.plan, &config.secrets).map_err(|d| workflow_cmd::report(out, d))?;
     }
     let redactor = Redactor::new(&config.secrets);
+    let otlp = global.otlp()?;
     let id = submit(&store, &prepared, file, &files, input, concurrency.map(|n| n as usize), &args.target).await.map_err(store_error)?;
     if detach {
+        if otlp.is_some() {
+            say!("warning: --otlp: no trace of run {id} is exported: a distributed run's trace comes from the process that follows it (`sandflow run` without --detach)");
+        }
         println!("{id}");
         return Ok(exit::OK);
     }
-    work_and_follow(&store, sandbox, work.then_some(config), &id, out, &redactor).await
+    // The follower sees every event of the run, from every worker: it builds the trace.
+    let tracer = otlp.map(|e| Arc::new(crate::trace::TraceSink::new(Arc::new(targeted), e)));
+    work_and_follow(&store, sandbox, work.then_some(config), &id, out, &redactor, tracer).await
 }
 
 /// Follows run `id` to its end, working on its steps (and any other
@@ -195,6 +204,7 @@ async fn work_and_follow(
     id: &str,
     out: &Output,
     redactor: &Redactor,
+    tracer: Option<Arc<crate::trace::TraceSink>>,
 ) -> Result<u8, CliError> {
     let stop_work = CancellationToken::new();
     let worker = worker.map(|config| {
@@ -202,7 +212,15 @@ async fn work_and_follow(
         let stop = stop_work.clone();
         tokio::spawn(async move { worker.run(stop).await })
     });
-    let followed = follow_to_end(store, id, sink(out), out).await;
+    let display = match &tracer {
+        Some(t) => Arc::new(crate::runs::Tee(vec![sink(out), t.clone()])) as Arc<dyn EventSink>,
+        None => sink(out),
+    };
+    let followed = follow_to_end(store, id, display, out).await;
+    if let Some(t) = tracer {
+        // The trace is sent once the run has ended; never an error.
+        let _ = crate::exec::EventSink::barrier(t.as_ref()).await;
+    }
     stop_work.cancel();
     if let Some(worker) = worker {
         let _ = worker.await;
@@ -219,7 +237,10 @@ pub(crate) async fn resume_queued(id: &str, secrets_file: Option<&Path>, concurr
     let config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file, Vec::new())?;
     let redactor = Redactor::new(&config.secrets);
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
-    work_and_follow(&store, sandbox, Some(config), id, out, &redactor).await
+    if global.otlp()?.is_some() {
+        say!("warning: --otlp: a resumed distributed run's trace is not exported (its workflow is the workers')");
+    }
+    work_and_follow(&store, sandbox, Some(config), id, out, &redactor, None).await
 }
 
 /// Follows a run until it ends; the first SIGINT/SIGTERM asks (through
