@@ -31,6 +31,7 @@ fn finished(run: &str, step: &str, state: StepState, output: Option<Value>, log:
         output,
         output_secrets: None,
         input: None,
+        last_fuel: Some(246),
         log: StepLog {
             lines: log.iter().map(|t| LogLine { source: LogSource::Info, text: t.to_string() }).collect(),
             dropped_bytes: 0,
@@ -54,6 +55,7 @@ async fn a_run_is_recorded_listed_shown_and_logged() {
                 item: None,
                 error: StepFailure::new(FailureKind::Trap, "crashed"),
                 delay: Duration::from_millis(5),
+                fuel_used: 99,
             },
             finished("r1", "a", StepState::Succeeded, Some(json!({"b": 2, "a": 1})), &["one", "two\0nul"]),
             finished("r1", "b", StepState::Failed, None, &[]),
@@ -69,14 +71,19 @@ async fn a_run_is_recorded_listed_shown_and_logged() {
         assert_eq!(run.error.as_deref(), Some("step `b` failed"), "{name}");
         let steps: Vec<(&str, &str)> = run.steps.iter().map(|x| (x.step.as_str(), x.state.as_str())).collect();
         assert_eq!(steps, [("a", "succeeded"), ("b", "failed")], "{name}: in the order they finished");
-        let attempts: Vec<(String, u32, String, Option<String>)> =
-            s.attempts("r1", None).await.unwrap().into_iter().map(|a| (a.step, a.attempt, a.state, a.error_kind)).collect();
+        let attempts: Vec<String> = s
+            .attempts("r1", None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| format!("{} {} {} {:?} {:?}", a.step, a.attempt, a.state, a.error_kind, a.fuel_used))
+            .collect();
         assert_eq!(
             attempts,
             [
-                ("a".into(), 1, "failed".into(), Some("trap".into())),
-                ("a".into(), 1, "succeeded".into(), None),
-                ("b".into(), 1, "failed".into(), Some("component".into()))
+                r#"a 1 failed Some("trap") Some(99)"#,
+                "a 1 succeeded None Some(246)",
+                r#"b 1 failed Some("component") Some(246)"#
             ],
             "{name}"
         );
@@ -120,6 +127,7 @@ async fn a_resume_counts_attempts_in_the_store_and_keeps_masked_outputs() {
             input: None,
             output,
             output_secrets: Some(spans.clone()),
+            last_fuel: None,
             log,
             cached: false,
         };
@@ -205,7 +213,7 @@ async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
              ALTER TABLE runs DROP COLUMN queued, DROP COLUMN run_started, DROP COLUMN stop, DROP COLUMN open_steps,
                  DROP COLUMN deadline, DROP COLUMN concurrency, DROP COLUMN events, DROP COLUMN began,
                  DROP COLUMN main_stop, DROP COLUMN ending, DROP COLUMN targets;
-             ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE steps DROP COLUMN input;
+             ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE steps DROP COLUMN input; ALTER TABLE attempts DROP COLUMN fuel_used;
              DROP INDEX runs_by_workflow, runs_by_status; UPDATE sandflow_schema SET version = 1",
         )
         .await

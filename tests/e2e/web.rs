@@ -125,6 +125,7 @@ fn the_api_pages_filters_and_follows_runs_and_guards_actions_and_tokens() {
     let attempts = get_json(&addr, &format!("/api/runs/{failed}/attempts?step=intentional-fail"));
     assert_eq!(attempts.as_array().unwrap().len(), 1, "{attempts}");
     assert_eq!((attempts[0]["state"].as_str(), attempts[0]["error_kind"].as_str()), (Some("failed"), Some("component")), "{attempts}");
+    assert!(attempts[0]["fuel_used"].as_u64().is_some_and(|f| f > 0), "each attempt's fuel: {attempts}");
     let (status, body) = http(&addr, "POST", &format!("/api/runs/{running}/cancel"), &[]);
     assert_eq!(status, 403, "actions are off by default: {body}");
 

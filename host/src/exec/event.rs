@@ -91,6 +91,8 @@ pub enum Event {
         error: StepFailure,
         #[serde(rename = "delay_ms", with = "millis")]
         delay: Duration,
+        /// The fuel the failed attempt used.
+        fuel_used: u64,
     },
     /// A step reached its final state.
     StepFinished {
@@ -117,6 +119,10 @@ pub enum Event {
         /// so a resume can put them back.
         #[serde(skip, default)]
         output_secrets: Option<super::redact::SecretSpans>,
+        /// The fuel of its last attempt (`fuel_used` is all attempts'), for
+        /// the store's record of attempts; none for a `forEach` step.
+        #[serde(skip, default)]
+        last_fuel: Option<u64>,
         #[serde(skip, default)]
         log: StepLog,
         /// Its result is one a run stored before (`cache:`): it did not run.

@@ -176,7 +176,7 @@ pub struct Executor {
 /// What a step task reports to the dispatcher.
 enum Msg {
     Started { step: usize, attempt: u32, item: Option<usize> },
-    Retrying { step: usize, attempt: u32, item: Option<usize>, error: StepFailure, delay: Duration },
+    Retrying { step: usize, attempt: u32, item: Option<usize>, error: StepFailure, delay: Duration, fuel: u64 },
     Done { step: usize, end: StepEnd },
 }
 
@@ -193,6 +193,8 @@ struct StepEnd {
     log: StepLog,
     /// The input it ran with (each item's, for a `forEach` step).
     input: Option<Value>,
+    /// The fuel of its last attempt (none for a `forEach` step).
+    last_fuel: Option<u64>,
 }
 
 /// A running step: its index and how it ended.
@@ -578,8 +580,8 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 Msg::Started { step, attempt, item } => sink.emit(&Event::StepStarted {
                     run_id: run_id.clone(), step: wf.steps[step].id.clone(), attempt, item,
                 }),
-                Msg::Retrying { step, attempt, item, error, delay } => sink.emit(&Event::StepRetrying {
-                    run_id: run_id.clone(), step: wf.steps[step].id.clone(), attempt, item, error, delay,
+                Msg::Retrying { step, attempt, item, error, delay, fuel } => sink.emit(&Event::StepRetrying {
+                    run_id: run_id.clone(), step: wf.steps[step].id.clone(), attempt, item, error, delay, fuel_used: fuel,
                 }),
                 Msg::Done { step, end } => {
                     running -= 1;
@@ -816,6 +818,7 @@ impl Book<'_> {
             input: end.and_then(|e| e.input.clone()),
             output,
             output_secrets: None,
+            last_fuel: end.and_then(|e| e.last_fuel),
             log: end.map(|e| e.log.clone()).unwrap_or_default(),
             cached,
         });
@@ -852,7 +855,7 @@ async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: Vec<Value>, concurrency: 
     let decl = &ctx.prepared.plan.workflow.steps[step];
     let started = Instant::now();
     let mut items = Items::new(inputs.len());
-    let mut total = StepEnd { input: None, result: Ok(Value::Null), items: None, cached: None, attempts: 0, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
+    let mut total = StepEnd { last_fuel: None, input: None, result: Ok(Value::Null), items: None, cached: None, attempts: 0, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
     let mut set = tokio::task::JoinSet::new();
     let mut pending = inputs.into_iter().enumerate();
     loop {
@@ -890,14 +893,14 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx:
         let Attempted { result, fuel_used: fuel, log, cached } = execute(ctx, step, &input, Which { item, attempt }, &settings, cancel).await;
         fuel_used += fuel;
         // Only the last attempt's log is kept, and counted against the run's `log` quota.
-        let end = |result| StepEnd { input: None, result, items: None, cached: cached.clone().filter(|_| item.is_none()), attempts: attempt, fuel_used, duration: started.elapsed(), log: ctx.services.keep_log(log) };
+        let end = |result| StepEnd { last_fuel: Some(fuel), input: None, result, items: None, cached: cached.clone().filter(|_| item.is_none()), attempts: attempt, fuel_used, duration: started.elapsed(), log: ctx.services.keep_log(log) };
         let retry = match &result {
             Err(f) => core::retry_after(decl, wf, f, attempt, cancel.is_cancelled()),
             Ok(_) => None,
         };
         match (result, retry) {
             (Err(f), Some(delay)) => {
-                let _ = tx.send(Msg::Retrying { step, attempt, item, error: f, delay });
+                let _ = tx.send(Msg::Retrying { step, attempt, item, error: f, delay, fuel });
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = cancel.cancelled() => {

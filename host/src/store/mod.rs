@@ -340,6 +340,9 @@ pub struct AttemptRecord {
     pub recorded_at: String,
     pub error_kind: Option<String>,
     pub error_message: Option<String>,
+    /// The fuel it used (unknown for a `forEach` step's last attempt and in
+    /// stores older than the web view).
+    pub fuel_used: Option<u64>,
 }
 
 /// A step of a recorded run.

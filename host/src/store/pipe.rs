@@ -369,9 +369,11 @@ struct AttemptRows {
     recorded_at: Vec<String>,
     error_kind: Vec<Option<String>>,
     error_message: Vec<Option<String>>,
+    fuel_used: Vec<Option<i64>>,
 }
 
 impl AttemptRows {
+    #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
         run: &str,
@@ -380,7 +382,9 @@ impl AttemptRows {
         item: Option<usize>,
         state: &str,
         error: Option<(&str, &str)>,
+        fuel_used: Option<u64>,
     ) {
+        self.fuel_used.push(fuel_used.map(|f| f as i64));
         self.run.push(run.to_string());
         self.step.push(step.to_string());
         self.attempt.push(attempt as i32);
@@ -415,6 +419,7 @@ impl EventRows {
                 attempt,
                 item,
                 error,
+                fuel_used,
                 ..
             } => {
                 self.attempts.push(
@@ -424,6 +429,7 @@ impl EventRows {
                     *item,
                     "failed",
                     Some((error.kind.as_str(), &error.message)),
+                    Some(*fuel_used),
                 );
             }
             Event::StepFinished {
@@ -438,6 +444,7 @@ impl EventRows {
                 input,
                 output,
                 output_secrets,
+                last_fuel,
                 log,
                 ..
             } => {
@@ -472,7 +479,7 @@ impl EventRows {
                         .as_ref()
                         .map(|e| (e.kind.as_str(), e.message.as_str()));
                     self.attempts
-                        .push(run_id, step, *attempt, None, state.as_str(), error);
+                        .push(run_id, step, *attempt, None, state.as_str(), error, *last_fuel);
                 }
             }
             Event::RunFinished {
@@ -549,9 +556,9 @@ impl EventRows {
         }
         if !a.run.is_empty() {
             ops.push((
-                "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[])",
-                params![a.run, a.step, a.attempt, a.item, a.state, a.recorded_at, a.error_kind, a.error_message],
+                "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message, fuel_used)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int8[])",
+                params![a.run, a.step, a.attempt, a.item, a.state, a.recorded_at, a.error_kind, a.error_message, a.fuel_used],
             ));
         }
         for (run, state, at, output, error) in runs {

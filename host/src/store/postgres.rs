@@ -181,6 +181,7 @@ CREATE TABLE events (
     // 6: the input each step ran with (secrets masked), and pages of the
     // run list filtered by workflow or state, for `serve`.
     "ALTER TABLE steps ADD COLUMN input TEXT;
+     ALTER TABLE attempts ADD COLUMN fuel_used BIGINT;
      CREATE INDEX runs_by_workflow ON runs (workflow, started_at DESC, seq DESC);
      CREATE INDEX runs_by_status ON runs (status, started_at DESC, seq DESC);",
 ];
@@ -445,7 +446,7 @@ impl RunStore for PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT step, attempt, item, state, recorded_at, error_kind, error_message FROM attempts
+                "SELECT step, attempt, item, state, recorded_at, error_kind, error_message, fuel_used FROM attempts
                  WHERE run_id = $1 AND ($2::TEXT IS NULL OR step = $2) ORDER BY recorded_at, attempt, ctid",
                 &[&id, &step],
             )
@@ -461,6 +462,7 @@ impl RunStore for PgStore {
                 recorded_at: r.get(4),
                 error_kind: r.get(5),
                 error_message: r.get(6),
+                fuel_used: r.get::<_, Option<i64>>(7).map(|f| f as u64),
             })
             .collect())
     }

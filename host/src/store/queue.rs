@@ -947,7 +947,15 @@ impl<'a> RunTx<'a> {
                      fuel_used = fuel_used + $2, not_before = now() + make_interval(secs => $3) WHERE id = $1",
                     params![job.id, fuel_used as i64, delay.as_secs_f64()],
                 );
-                let event = Event::StepRetrying { run_id: self.run_id.to_string(), step: step_id, attempt: job.attempt, item: job.item, error: failure.clone(), delay };
+                let event = Event::StepRetrying {
+                    run_id: self.run_id.to_string(),
+                    step: step_id,
+                    attempt: job.attempt,
+                    item: job.item,
+                    error: failure.clone(),
+                    delay,
+                    fuel_used,
+                };
                 self.emit(event);
                 self.retry_in = Some(self.retry_in.map_or(delay, |d| d.min(delay)));
                 if delay.is_zero() {
@@ -1105,6 +1113,8 @@ impl<'a> RunTx<'a> {
             input: None,
             output,
             output_secrets: None,
+            // Per attempt, a job's fuel is summed: the last one's is not kept.
+            last_fuel: None,
             log: tally.log,
             cached,
         };
@@ -1196,6 +1206,8 @@ impl<'a> RunTx<'a> {
                 item: item.map(|k| k as usize),
                 error,
                 delay: Duration::ZERO,
+                // A lost attempt's fuel is not known.
+                fuel_used: 0,
             };
             self.emit(event);
             self.new_jobs += 1;

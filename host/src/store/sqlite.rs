@@ -106,8 +106,10 @@ CREATE TABLE blobs (
      CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, started_at DESC);
      CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, started_at DESC);
      CREATE INDEX IF NOT EXISTS attempts_by_step ON attempts (run_id, step);",
-    // 7: the input each step ran with (secrets masked), for `serve`.
-    "ALTER TABLE steps ADD COLUMN input TEXT;",
+    // 7: the input each step ran with (secrets masked), and each attempt's
+    // fuel, for `serve`.
+    "ALTER TABLE steps ADD COLUMN input TEXT;
+     ALTER TABLE attempts ADD COLUMN fuel_used INTEGER;",
 ];
 
 /// The SQLite run store.
@@ -312,7 +314,7 @@ impl RunStore for SqliteStore {
         let (id, step) = (id.to_string(), step.map(str::to_string));
         self.with(move |conn| {
             let mut q = conn.prepare_cached(
-                "SELECT step, attempt, item, state, recorded_at, error_kind, error_message FROM attempts
+                "SELECT step, attempt, item, state, recorded_at, error_kind, error_message, fuel_used FROM attempts
                  WHERE run_id = ?1 AND (?2 IS NULL OR step = ?2) ORDER BY rowid",
             )?;
             let rows = q.query_map(params![id, step], |r| {
@@ -324,6 +326,7 @@ impl RunStore for SqliteStore {
                     recorded_at: r.get(4)?,
                     error_kind: r.get(5)?,
                     error_message: r.get(6)?,
+                    fuel_used: r.get::<_, Option<i64>>(7)?.map(|f| f as u64),
                 })
             })?;
             rows.collect()
@@ -532,13 +535,13 @@ impl RunStore for SqliteStore {
 fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
     match event {
         Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => {}
-        Event::StepRetrying { run_id, step, attempt, item, error, .. } => {
+        Event::StepRetrying { run_id, step, attempt, item, error, fuel_used, .. } => {
             conn.prepare_cached(
-                "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message) VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6, ?7)",
+                "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message, fuel_used) VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6, ?7, ?8)",
             )?
-            .execute(params![run_id, step, attempt, item.map(|i| i as i64), now(), error.kind.as_str(), error.message])?;
+            .execute(params![run_id, step, attempt, item.map(|i| i as i64), now(), error.kind.as_str(), error.message, *fuel_used as i64])?;
         }
-        Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, input, output, output_secrets, log, .. } => {
+        Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, input, output, output_secrets, last_fuel, log, .. } => {
             // The run's attempt comes from the store: another process may
             // have resumed the run.
             conn.prepare_cached(
@@ -562,9 +565,18 @@ fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
             ])?;
             if *attempt > 0 {
                 conn.prepare_cached(
-                    "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message) VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message, fuel_used) VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, ?7, ?8)",
                 )?
-                .execute(params![run_id, step, attempt, state.as_str(), now(), error.as_ref().map(|e| e.kind.as_str()), error.as_ref().map(|e| e.message.as_str())])?;
+                .execute(params![
+                    run_id,
+                    step,
+                    attempt,
+                    state.as_str(),
+                    now(),
+                    error.as_ref().map(|e| e.kind.as_str()),
+                    error.as_ref().map(|e| e.message.as_str()),
+                    last_fuel.map(|f| f as i64)
+                ])?;
             }
             // A step run again after a resume replaces its old log.
             conn.prepare_cached("DELETE FROM logs WHERE run_id = ?1 AND step = ?2")?.execute(params![run_id, step])?;

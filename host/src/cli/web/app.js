@@ -108,9 +108,10 @@ const sandflow = (() => {
           const rows = attempts.map((a) => el("tr", { "data-attempt": String(a.attempt), "data-state": a.state },
             el("td", {}, a.item === null ? String(a.attempt) : `item ${a.item}, ${a.attempt}`), el("td", {}, badge(a.state)),
             el("td", { class: "when" }, a.recorded_at.replace("T", " ").replace("Z", "")),
+            el("td", {}, a.fuel_used === null ? "" : String(a.fuel_used)),
             el("td", { class: a.error_kind ? "problem" : "muted" }, a.error_kind ? `${a.error_kind}: ${a.error_message}` : "")));
           cell.append(el("div", { class: "muted" }, "attempts"),
-            el("table", { class: "grid attempts" }, el("thead", {}, el("tr", {}, el("th", {}, "attempt"), el("th", {}, "state"), el("th", {}, "ended"), el("th", {}, "failure"))), el("tbody", {}, ...rows)));
+            el("table", { class: "grid attempts" }, el("thead", {}, el("tr", {}, el("th", {}, "attempt"), el("th", {}, "state"), el("th", {}, "ended"), el("th", {}, "fuel"), el("th", {}, "failure"))), el("tbody", {}, ...rows)));
         }
       } catch (e) { cell.append(el("p", { class: "problem" }, e.message)); }
       if (step.input !== null && step.input !== undefined) cell.append(el("div", { class: "muted" }, "input"), el("pre", { class: "input" }, JSON.stringify(step.input, null, 2)));
