@@ -226,3 +226,33 @@ fn sigint_cancels_a_running_workflow_with_exit_130_and_cancelled_states() {
     let last = events.last().unwrap();
     assert_eq!((last["event"].as_str(), last["state"].as_str()), (Some("run_finished"), Some("cancelled")));
 }
+
+#[test]
+fn a_component_built_against_the_first_contract_still_runs() {
+    // Frozen in components/dist/compat/ (not rebuilt): the host must keep
+    // running components built against sandflow:step@0.1.0.
+    let state = state();
+    let frozen = "components/dist/compat/echo-step-0.1.0.wasm";
+    let (code, out, err) = run(sandflow(&state).args(["-q", "call", frozen, "--input", r#"{"kept": [1, 2]}"#]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), serde_json::json!({"kept": [1, 2]}));
+    let (code, out, err) = run(sandflow(&state).args(["component", "inspect", frozen]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sandflow:step/types@0.1.0"), "{out}");
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let state = state();
+    let mut child = sandflow(&state)
+        .arg("schema")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader closes its end before anything is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "as a process killed by SIGPIPE");
+    assert!(out.stderr.is_empty(), "no panic: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -150,7 +150,25 @@ pub(crate) struct Output {
 
 /// Runs the CLI on the process's arguments and exits with its code.
 pub fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     ExitCode::from(run_with_args(std::env::args_os()))
+}
+
+/// `sandflow runs list | head -1`: when the reader of stdout goes away,
+/// exit at once and quietly (status 141, as a process killed by SIGPIPE),
+/// as `cat` and `grep` do, instead of panicking on the failed print. The
+/// signal itself stays ignored: the server and the store's connections
+/// must see a closed socket as an error, not die of it.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info)
+    }));
 }
 
 /// Runs the CLI on `args` (the first is the program name) and returns the
