@@ -9,6 +9,7 @@ mod fake;
 mod fuzz;
 mod inspect;
 mod language;
+mod new;
 mod quota;
 mod sandbox;
 mod scheduler;

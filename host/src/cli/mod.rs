@@ -6,6 +6,7 @@ mod cache;
 mod call;
 mod display;
 mod graph;
+mod new;
 pub(crate) mod inspect;
 mod render;
 pub(crate) mod run;
@@ -112,6 +113,9 @@ enum Command {
     /// Work with component files.
     #[command(subcommand)]
     Component(ComponentCommand),
+    /// Start a new step component project from a template.
+    #[command(subcommand)]
+    New(new::NewCommand),
     /// Serve a web view of the run store: runs, each run's graph, steps and
     /// logs, live (http://127.0.0.1:7878 by default).
     Serve(serve::ServeArgs),
@@ -212,6 +216,7 @@ where
                 inspect::execute(args, &cli.global.state_dir, &out).await
             }
             Command::Serve(args) => serve::execute(args, &cli.global, &out).await,
+            Command::New(command) => new::execute(command, &out),
             Command::Schema => {
                 let schema = crate::workflow::schema::json_schema();
                 println!("{}", serde_json::to_string_pretty(&schema).expect("a Value always serializes"));
