@@ -228,9 +228,21 @@ fn store_cost() {
 
 fn main() {
     println!("# sandflow workflow benchmarks\n");
+    // `cargo bench --bench workflow -- plan` runs only the sections named
+    // (for a profile of one: `perf record` the bench binary with them).
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     // First, so the process's peak memory is the forEach run's.
-    for_each();
-    plan_times();
-    throughput();
-    store_cost();
+    if wanted("foreach") {
+        for_each();
+    }
+    if wanted("plan") {
+        plan_times();
+    }
+    if wanted("throughput") {
+        throughput();
+    }
+    if wanted("store") {
+        store_cost();
+    }
 }
