@@ -85,7 +85,6 @@ impl Recorder {
             targets: settings.targets.clone(),
         };
         self.store.begin_run(&record).await?;
-        let tracer = settings.otlp.clone().map(|e| Arc::new(crate::trace::TraceSink::new(prepared.clone(), e)) as Arc<dyn EventSink>);
         let options = RunOptions {
             run_id: run_id.clone(),
             concurrency: settings.concurrency,
@@ -94,10 +93,9 @@ impl Recorder {
             skip_finally: settings.skip_finally,
             memo: Some(self.store.clone()),
             variables: settings.variables,
-            nested_events: tracer.clone(),
             ..RunOptions::default()
         };
-        Ok(self.execute(prepared, input, options, display, tracer, cancel).await)
+        Ok(self.execute(prepared, input, options, display, settings.otlp, cancel).await)
     }
 
     /// Continues a recorded run that did not complete: steps that
@@ -131,7 +129,6 @@ impl Recorder {
             .collect();
         let ended = if settings.rerun == Rerun::Resume { ended_in_finally(&prepared.plan, record, &restored) } else { BTreeMap::new() };
         let attempt = self.store.resume_run(&record.id).await?;
-        let tracer = settings.otlp.clone().map(|e| Arc::new(crate::trace::TraceSink::new(prepared.clone(), e)) as Arc<dyn EventSink>);
         let options = RunOptions {
             run_id: record.id.clone(),
             concurrency: settings.concurrency,
@@ -143,22 +140,27 @@ impl Recorder {
             memo: Some(self.store.clone()),
             variables: settings.variables,
             ended,
-            nested_events: tracer.clone(),
+            nested_events: None,
         };
-        Ok(self.execute(prepared, record.input.clone(), options, display, tracer, cancel).await)
+        Ok(self.execute(prepared, record.input.clone(), options, display, settings.otlp, cancel).await)
     }
 
     async fn execute(
         &self,
         prepared: Arc<Prepared>,
         input: Value,
-        options: RunOptions,
+        mut options: RunOptions,
         display: Arc<dyn EventSink>,
-        tracer: Option<Arc<dyn EventSink>>,
+        otlp: Option<crate::trace::Endpoint>,
         cancel: CancellationToken,
     ) -> RunReport {
         let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(StoreSink::new(self.store.clone())), display];
-        sinks.extend(tracer);
+        // `--otlp`: the tracer sees the run's events and its nested runs'.
+        if let Some(endpoint) = otlp {
+            let tracer: Arc<dyn EventSink> = Arc::new(crate::trace::TraceSink::new(prepared.clone(), endpoint));
+            options.nested_events = Some(tracer.clone());
+            sinks.push(tracer);
+        }
         let sink = Arc::new(Tee(sinks));
         let watcher = tokio::spawn(watch_cancel(self.store.clone(), options.run_id.clone(), cancel.clone(), options.skip_finally.clone()));
         let report = Executor::new(self.runner.clone(), sink).run(prepared, input, options, cancel).await;
