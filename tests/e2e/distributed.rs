@@ -2,7 +2,7 @@
 //! `submit`, `worker` processes, `runs follow`, `cancel`, workers killed
 //! mid-step, and the same results as an in-process run.
 
-use crate::support::{PgSchema, hostile, root, run, sandflow};
+use crate::support::{PgSchema, hostile, newest_run, root, run, sandflow};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -121,8 +121,7 @@ fn every_example_case_ends_the_same_on_workers_as_in_process() {
                     .arg(&file)
                     .args(["--input", &input.to_string()])
                     .env("SANDFLOW_SECRET_GREETING", "s3cr3t-hello"));
-                let (_, list, _) = run(sandflow(&state).args(["--json", "--store", store, "runs", "list", "--limit", "1"]));
-                let id = serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+                let id = newest_run(sandflow(&state).args(["--store", store]));
                 let (_, record, _) = run(sandflow(&state).args(["--json", "--store", store, "runs", "show", &id]));
                 let record: Value = serde_json::from_str(&record).unwrap();
                 let mut steps: Vec<Value> = record["steps"]
@@ -356,8 +355,7 @@ fn chaos_workers_killed_every_second_still_finish_the_run_exactly_once() {
     std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
     let _ = submitter.kill();
     let _ = submitter.wait();
-    let (_, list, _) = run(pg(&schema, &state).args(["--json", "runs", "list", "--limit", "1"]));
-    let id = serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let id = newest_run(pg(&schema, &state));
     let started = Instant::now();
     let mut kills = 0;
     let record = loop {

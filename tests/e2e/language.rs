@@ -3,7 +3,7 @@
 //! store matters. Argo's own examples, translated in `workflows/argo-*`,
 //! must end with the step states Argo documents for them.
 
-use crate::support::{Backend, backends, root, run, sandflow};
+use crate::support::{Backend, backends, example, hostile, newest_run, run, sandflow};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -92,9 +92,9 @@ fn fail_fast_flow(dir: &std::path::Path, fail_fast: bool) -> std::path::PathBuf 
         "fail_fast: {fail_fast}\ncomponents:\n  fail: {{ path: {fatal} }}\n  pass: {{ path: {echo} }}\n  slow: {{ path: {sleep} }}\n\
          steps:\n  - {{ id: broken, component: fail }}\n  - {{ id: after, component: pass, needs: [broken] }}\n\
          \x20 - {{ id: other, component: slow, input: {{ ms: 700 }} }}\n  - {{ id: later, component: pass, needs: [other], input: 2 }}\n",
-        fatal = root().join("components/dist/hostile/fatal.wasm").display(),
-        sleep = root().join("components/dist/hostile/sleep.wasm").display(),
-        echo = root().join("components/dist/echo.wasm").display(),
+        fatal = hostile("fatal").display(),
+        sleep = hostile("sleep").display(),
+        echo = example("echo").display(),
     );
     std::fs::write(&file, text).unwrap();
     file
@@ -164,8 +164,8 @@ fn finally_flow(dir: &std::path::Path, top: &str, main_ms: u64, finally_ms: u64)
          finally:\n  - {{ id: wait, component: slow, input: {{ ms: {finally_ms} }}, timeout: 60s }}\n\
          \x20 - id: report\n    component: pass\n    needs: [wait]\n\
          \x20   input: {{ status: \"{{{{ run.status }}}}\", failures: \"{{{{ run.failures }}}}\", work: \"{{{{ steps.work.status }}}}\" }}\n",
-        sleep = root().join("components/dist/hostile/sleep.wasm").display(),
-        echo = root().join("components/dist/echo.wasm").display(),
+        sleep = hostile("sleep").display(),
+        echo = example("echo").display(),
     );
     std::fs::write(&file, text).unwrap();
     file
@@ -300,8 +300,8 @@ fn a_failing_finally_step_fails_a_run_that_completed_and_keeps_its_output() {
         format!(
             "components:\n  fail: {{ path: {} }}\n  pass: {{ path: {} }}\nsteps:\n  - {{ id: main, component: pass, input: 42 }}\n\
              finally:\n  - {{ id: notify, component: fail }}\n  - {{ id: also, component: pass, input: x }}\n",
-            root().join("components/dist/hostile/fatal.wasm").display(),
-            root().join("components/dist/echo.wasm").display()
+            hostile("fatal").display(),
+            example("echo").display()
         ),
     )
     .unwrap();
@@ -419,15 +419,14 @@ fn a_targeted_run_resumes_with_the_same_targets() {
              \x20 - {{ id: c, component: pass, needs: [a], when: \"run.attempt > 1\", input: C }}\n\
              \x20 - {{ id: gate, component: fail, needs: [a], when: \"run.attempt == 1\" }}\n\
              \x20 - {{ id: e, component: pass, needs: [c, gate], input: E }}\n",
-            root().join("components/dist/echo.wasm").display(),
-            root().join("components/dist/hostile/fatal.wasm").display()
+            example("echo").display(),
+            hostile("fatal").display()
         ),
     )
     .unwrap();
     let (code, _, _) = run(sandflow(&state).args(["run"]).arg(&file).args(["--target", "e"]));
     assert_eq!(code, 1);
-    let (_, list, _) = run(sandflow(&state).args(["--json", "runs", "list", "--limit", "1"]));
-    let id = serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let id = newest_run(sandflow(&state));
     let (code, out, err) = run(sandflow(&state).args(["resume", &id]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "\"E\"");
@@ -446,8 +445,7 @@ fn retry_from_a_step_runs_it_and_everything_downstream_again() {
         let store = backend.url(state.path());
         let (code, first, err) = run(sandflow(&state).args(["--store", &store, "run", "workflows/diamond.yaml", "--set", "text=Hi"]));
         assert_eq!(code, 0, "{name}: {err}");
-        let (_, list, _) = run(sandflow(&state).args(["--json", "--store", &store, "runs", "list", "--limit", "1"]));
-        let id = serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+        let id = newest_run(sandflow(&state).args(["--store", &store]));
         let (code, out, err) = run(sandflow(&state).args(["--json", "--store", &store, "retry", &id, "--from", "upper"]));
         assert_eq!(code, 0, "{name}: {err}");
         assert_eq!(out, first, "{name}: the same output");
@@ -479,15 +477,14 @@ fn retry_without_from_runs_what_failed_and_the_finally_steps_again() {
              \x20 - {{ id: flaky, component: fail, needs: [ok], when: \"run.attempt == 1\" }}\n\
              \x20 - {{ id: last, component: pass, needs: [flaky], input: 2 }}\n\
              finally:\n  - {{ id: tell, component: pass, input: \"{{{{ run.attempt }}}}\" }}\n",
-            root().join("components/dist/echo.wasm").display(),
-            root().join("components/dist/hostile/fatal.wasm").display()
+            example("echo").display(),
+            hostile("fatal").display()
         ),
     )
     .unwrap();
     let (code, _, _) = run(sandflow(&state).arg("run").arg(&file));
     assert_eq!(code, 1);
-    let (_, list, _) = run(sandflow(&state).args(["--json", "runs", "list", "--limit", "1"]));
-    let id = serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let id = newest_run(sandflow(&state));
     let (code, out, err) = run(sandflow(&state).args(["--json", "retry", &id]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "2");
@@ -506,8 +503,8 @@ fn cached_flow(dir: &std::path::Path, ttl: &str) -> std::path::PathBuf {
          steps:\n  - {{ id: up, component: text, input: {{ op: lower, text: \"{{{{ inputs.t }}}} {{{{ secrets.TOKEN }}}}\" }} }}\n\
          \x20 - {{ id: broken, component: fail, on_error: {{ action: continue }} }}\n\
          \x20 - {{ id: always, component: /builtin/eval, input: {{ workflow: {{ $literal: {{ steps: [] }} }} }}, on_error: {{ action: continue }} }}\n",
-        text = root().join("components/dist/text.wasm").display(),
-        fatal = root().join("components/dist/hostile/fatal.wasm").display(),
+        text = example("text").display(),
+        fatal = hostile("fatal").display(),
     );
     std::fs::write(&file, text).unwrap();
     file
@@ -588,7 +585,7 @@ fn a_cache_key_chooses_what_the_result_depends_on() {
         format!(
             "components:\n  echo: {{ path: {} }}\nsteps:\n  - id: fetch\n    component: echo\n    cache: {{ ttl: 1h, key: \"{{{{ input.url }}}}\" }}\n\
              \x20   input: {{ url: \"{{{{ inputs.url }}}}\", trace: \"{{{{ inputs.trace }}}}\" }}\n",
-            root().join("components/dist/echo.wasm").display()
+            example("echo").display()
         ),
     )
     .unwrap();
@@ -629,8 +626,8 @@ fn depends_reads_the_items_of_a_for_each_step() {
              \x20 - {{ id: all-failed, component: pass, depends: \"some.all_failed\", input: yes }}\n\
              \x20 - {{ id: any-ok, component: pass, depends: \"none.AnySucceeded && !none.all_failed\", input: yes }}\n\
              \x20 - {{ id: not-any, component: pass, depends: \"some.any_succeeded\", input: no }}\n",
-            echo = root().join("components/dist/echo.wasm").display(),
-            fatal = root().join("components/dist/hostile/fatal.wasm").display(),
+            echo = example("echo").display(),
+            fatal = hostile("fatal").display(),
         ),
     )
     .unwrap();
@@ -658,9 +655,9 @@ fn a_run_killed_while_its_finally_steps_run_resumes_only_what_had_not_ended() {
              finally:\n  - {{ id: quick, component: pass, input: \"{{{{ run.attempt }}}}\" }}\n\
              \x20 - {{ id: slow, component: slow, needs: [quick], input: {{ ms: \"{{{{ run.attempt == 1 ? 60000 : 10 }}}}\" }} }}\n\
              \x20 - {{ id: report, component: pass, needs: [slow], input: {{ status: \"{{{{ run.status }}}}\", failed: \"{{{{ run.failures.map(f, f.step) }}}}\" }} }}\n",
-            root().join("components/dist/echo.wasm").display(),
-            root().join("components/dist/hostile/fatal.wasm").display(),
-            root().join("components/dist/hostile/sleep.wasm").display(),
+            example("echo").display(),
+            hostile("fatal").display(),
+            hostile("sleep").display(),
         ),
     )
     .unwrap();

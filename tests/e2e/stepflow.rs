@@ -2,7 +2,7 @@
 //! its rule that only what the output needs runs, `--components` binding
 //! its `/plugin/name` components, and `--var` for `$variable`.
 
-use crate::support::{root, run, sandflow};
+use crate::support::{example, run, sandflow};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -81,8 +81,8 @@ fn only_the_steps_the_output_needs_run_and_an_untaken_branch_never_does() {
 fn a_components_file_binds_names_the_workflow_does_not_declare() {
     let state = tempfile::tempdir().unwrap();
     let dir = state.path();
-    let echo = root().join("components/dist/echo.wasm");
-    let mock = root().join("components/dist/mock.wasm");
+    let echo = example("echo");
+    let mock = example("mock");
     let components = write(
         dir,
         "components.yml",
@@ -121,7 +121,7 @@ fn a_components_file_binds_names_the_workflow_does_not_declare() {
 fn variables_come_from_var_and_vars_files() {
     let state = tempfile::tempdir().unwrap();
     let dir = state.path();
-    let echo = root().join("components/dist/echo.wasm");
+    let echo = example("echo");
     let flow = write(
         dir,
         "vars.yaml",

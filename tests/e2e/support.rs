@@ -25,6 +25,15 @@ pub fn sandflow(state: &tempfile::TempDir) -> Command {
     cmd
 }
 
+/// The id of the newest run in the store `cmd` (a `sandflow` command with
+/// its state dir and store) reads.
+pub fn newest_run(mut cmd: impl std::borrow::BorrowMut<Command>) -> String {
+    let (code, list, err) = run(cmd.borrow_mut().args(["--json", "runs", "list", "--limit", "1"]));
+    assert_eq!(code, 0, "runs list: {err}");
+    let runs: serde_json::Value = serde_json::from_str(&list).expect("runs list prints JSON");
+    runs[0]["id"].as_str().expect("a run in the store").to_string()
+}
+
 /// Runs `cmd`; returns (exit code, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
     let Output { status, stdout, stderr } = cmd.output().expect("sandflow runs");

@@ -3,7 +3,7 @@
 //! installs; without it the browser half is skipped with a notice, unless
 //! `SANDFLOW_REQUIRE_BROWSER` is set, as CI sets it).
 
-use crate::support::{root, run, sandflow};
+use crate::support::{example, hostile, newest_run, root, run, sandflow};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -54,23 +54,19 @@ fn get_json(addr: &str, path: &str) -> Value {
 /// A store with a completed, a failed and a running run; returns the
 /// running run's process and the three ids.
 fn three_runs(state: &tempfile::TempDir, wait_ms: u64) -> (Reaped, [String; 3]) {
-    let newest = |state: &tempfile::TempDir| {
-        let (_, list, _) = run(sandflow(state).args(["--json", "runs", "list", "--limit", "1"]));
-        serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string()
-    };
     let (code, _, err) = run(sandflow(state).args(["-q", "run", "workflows/diamond.yaml", "--input", r#"{"text": " Hello World "}"#]));
     assert_eq!(code, 0, "{err}");
-    let completed = newest(state);
+    let completed = newest_run(sandflow(state));
     let (code, _, _) = run(sandflow(state).args(["-q", "run", "workflows/argo-exit-handler.yaml"]));
     assert_eq!(code, 1);
-    let failed = newest(state);
+    let failed = newest_run(sandflow(state));
     let flow = state.path().join("slow.yaml");
     std::fs::write(
         &flow,
         format!(
             "name: slow\ncomponents:\n  sleep: {{ path: {} }}\n  echo: {{ path: {} }}\nsteps:\n  - {{ id: first, component: echo, input: go }}\n  - {{ id: wait, component: sleep, needs: [first], input: {{ ms: {wait_ms} }}, timeout: 120s }}\n",
-            root().join("components/dist/hostile/sleep.wasm").display(),
-            root().join("components/dist/echo.wasm").display()
+            hostile("sleep").display(),
+            example("echo").display()
         ),
     )
     .unwrap();
@@ -264,18 +260,14 @@ fn the_pages_show_runs_and_step_states_in_a_real_browser() {
 fn groups_finally_steps_and_for_each_items_fold_in_a_real_browser() {
     let Some(chromium) = chromium() else { return };
     let state = tempfile::tempdir().unwrap();
-    let newest = || {
-        let (_, list, _) = run(sandflow(&state).args(["--json", "runs", "list", "--limit", "1"]));
-        serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string()
-    };
     let (code, _, err) = run(sandflow(&state).args(["-q", "run", "workflows/foreach.yaml", "--input", r#"{"words": ["alpha", "beta", "gamma"]}"#]));
     assert_eq!(code, 0, "{err}");
-    let foreach = newest();
+    let foreach = newest_run(sandflow(&state));
     let (code, _, err) = run(sandflow(&state).args(["-q", "run", "workflows/groups.yaml", "--input", r#"{"values": [3, 1, 2]}"#]));
     assert_eq!(code, 0, "{err}");
-    let groups = newest();
+    let groups = newest_run(sandflow(&state));
     run(sandflow(&state).args(["-q", "run", "workflows/argo-exit-handler.yaml"]));
-    let finally = newest();
+    let finally = newest_run(sandflow(&state));
     let (_server, addr) = serve(&state, &[]);
 
     // `#step=ID` opens a step: a `forEach` step lists its items, folded.

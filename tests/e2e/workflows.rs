@@ -1,7 +1,7 @@
 //! The example workflows in `workflows/`: every one has test cases, and
 //! they all pass through `sandflow test`.
 
-use crate::support::{root, run, sandflow};
+use crate::support::{example, newest_run, root, run, sandflow};
 use serde_json::{Value, json};
 
 fn workflow_files() -> Vec<std::path::PathBuf> {
@@ -40,7 +40,7 @@ fn a_failing_case_is_reported_and_exits_1() {
         format!(
             "components: {{ text: {{ path: {} }} }}\nsteps:\n  - {{ id: up, component: text, input: {{ op: upper, text: hi }} }}\n\
              test:\n  cases:\n    - {{ name: right, output: {{ text: HI }} }}\n    - {{ name: wrong, output: {{ text: hi }} }}\n",
-            root().join("components/dist/text.wasm").display()
+            example("text").display()
         ),
     )
     .unwrap();
@@ -118,8 +118,7 @@ fn runs_show_timeline_draws_a_bar_per_step() {
     let state = tempfile::tempdir().unwrap();
     let (code, _, err) = run(sandflow(&state).args(["-q", "run", "workflows/diamond.yaml", "--input", r#"{"text": " Hello World "}"#]));
     assert_eq!(code, 0, "{err}");
-    let (_, list, _) = run(sandflow(&state).args(["--json", "runs", "list", "--limit", "1"]));
-    let id = serde_json::from_str::<serde_json::Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let id = newest_run(sandflow(&state));
     let (code, out, err) = run(sandflow(&state).args(["runs", "show", &id, "--timeline"]));
     assert_eq!(code, 0, "{err}");
     let chart: Vec<&str> = out.lines().skip_while(|l| !l.starts_with(&format!("run {id} (completed, attempt 1): "))).collect();
@@ -138,8 +137,7 @@ fn each_step_s_input_is_recorded_with_secrets_masked() {
     assert!(!err.contains("s3cr3t-hello"), "events mask it: {err}");
     let sign = err.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| e["event"] == "step_finished" && e["step"] == "sign").unwrap();
     assert_eq!(sign["input"], json!({"op": "template", "template": "{g}, world", "vars": {"g": "***"}}));
-    let (_, list, _) = run(sandflow(&state).args(["--json", "runs", "list", "--limit", "1"]));
-    let id = serde_json::from_str::<Value>(&list).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let id = newest_run(sandflow(&state));
     let (_, shown, _) = run(sandflow(&state).args(["--json", "runs", "show", &id]));
     assert!(!shown.contains("s3cr3t-hello"), "{shown}");
     let shown: Value = serde_json::from_str(&shown).unwrap();
