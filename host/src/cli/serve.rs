@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +59,16 @@ struct App {
     exe: std::path::PathBuf,
     state_dir: std::path::PathBuf,
     store_url: Option<String>,
+    /// Plans of the workflows runs recorded, by file, SHA-256 and targets: a
+    /// followed run's page asks for its graph each time a step ends.
+    plans: std::sync::Mutex<HashMap<PlanKey, Arc<Plan>>>,
 }
+
+/// A run's workflow file, its SHA-256 and its `--target` steps.
+type PlanKey = (String, String, Vec<String>);
+
+/// Plans kept at most; the cache starts over when it is full.
+const PLANS_KEPT: usize = 32;
 
 /// One page for both views: the script shows the one the address names.
 const PAGE_HTML: &str = include_str!("web/page.html");
@@ -84,6 +94,7 @@ pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) 
         exe: std::env::current_exe().map_err(|e| CliError { code: exit::FAILED, message: format!("cannot find this program: {e}") })?,
         state_dir: global.state_dir.clone(),
         store_url: global.store.clone(),
+        plans: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -188,8 +199,9 @@ async fn show_run(State(app): State<Arc<App>>, Path(id): Path<String>) -> Respon
         Ok(run) => run,
         Err(e) => return failure(e),
     };
+    let planner = app.clone();
     let (run, shape) = tokio::task::spawn_blocking(move || {
-        let shape = run_plan(&run).ok().map(|plan| shape(&plan));
+        let shape = planner.run_plan(&run).ok().map(|plan| shape(&plan));
         (run, shape)
     })
     .await
@@ -221,7 +233,7 @@ async fn graph(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response 
         Ok(run) => run,
         Err(e) => return failure(e),
     };
-    let drawn = tokio::task::spawn_blocking(move || draw(&run)).await;
+    let drawn = tokio::task::spawn_blocking(move || app.draw(&run)).await;
     match drawn {
         Ok(Ok(svg)) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
         Ok(Err(why)) => (StatusCode::NOT_FOUND, why).into_response(),
@@ -229,20 +241,32 @@ async fn graph(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response 
     }
 }
 
-/// The plan of the workflow file a run recorded, as the run ran it.
-fn run_plan(run: &RunRecord) -> Result<Plan, String> {
-    let file = std::path::Path::new(&run.file);
-    let plan = Plan::load(file).map_err(|_| format!("{} cannot be read as it was", run.file))?;
-    if plan.workflow.sha256 != run.sha256 {
-        return Err(format!("{} has changed since this run", run.file));
+impl App {
+    /// The plan of the workflow file a run recorded, as the run ran it.
+    fn run_plan(&self, run: &RunRecord) -> Result<Arc<Plan>, String> {
+        let key = (run.file.clone(), run.sha256.clone(), run.targets.clone());
+        if let Some(plan) = crate::lock(&self.plans).get(&key) {
+            return Ok(plan.clone());
+        }
+        let file = std::path::Path::new(&run.file);
+        let plan = Plan::load(file).map_err(|_| format!("{} cannot be read as it was", run.file))?;
+        if plan.workflow.sha256 != run.sha256 {
+            return Err(format!("{} has changed since this run", run.file));
+        }
+        let plan = Arc::new(if run.targets.is_empty() { plan } else { plan.targeted(&run.targets)?.0 });
+        let mut plans = crate::lock(&self.plans);
+        if plans.len() >= PLANS_KEPT {
+            plans.clear();
+        }
+        plans.insert(key, plan.clone());
+        Ok(plan)
     }
-    if run.targets.is_empty() { Ok(plan) } else { Ok(plan.targeted(&run.targets)?.0) }
-}
 
-fn draw(run: &RunRecord) -> Result<String, String> {
-    let plan = run_plan(run).map_err(|why| format!("the graph cannot be drawn: {why}"))?;
-    let states: std::collections::HashMap<&str, &str> = run.steps.iter().map(|s| (s.step.as_str(), s.state.as_str())).collect();
-    Ok(plan.to_svg(&|i| Some(states.get(plan.workflow.steps[i].id.as_str()).copied().unwrap_or("pending").to_string())))
+    fn draw(&self, run: &RunRecord) -> Result<String, String> {
+        let plan = self.run_plan(run).map_err(|why| format!("the graph cannot be drawn: {why}"))?;
+        let states: HashMap<&str, &str> = run.steps.iter().map(|s| (s.step.as_str(), s.state.as_str())).collect();
+        Ok(plan.to_svg(&|i| Some(states.get(plan.workflow.steps[i].id.as_str()).copied().unwrap_or("pending").to_string())))
+    }
 }
 
 /// `?step=`: one step's, or all.
