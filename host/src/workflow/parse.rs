@@ -114,6 +114,16 @@ impl Cx {
         }
     }
 
+    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match node.as_scalar().map(scalar_value) {
+            Some(Value::Bool(b)) => Some(b),
+            _ => {
+                self.error(node, format!("{what} must be true or false"));
+                None
+            }
+        }
+    }
+
     fn duration(&mut self, node: &Node, what: &str) -> Option<Duration> {
         let text = match node.as_scalar().map(scalar_value) {
             Some(Value::String(s)) => s,
@@ -175,16 +185,7 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String) -> Option<Workf
     let concurrency = get("concurrency").and_then(|n| cx.uint(n, "`concurrency`", 1)).map(|n| n as usize);
     let run_quota = get("quota").map(|n| quota(cx, n, true)).unwrap_or_default();
     let components = get("components").map(|n| components(cx, n)).unwrap_or_default();
-    let fail_fast = match get("fail_fast") {
-        None => true,
-        Some(n) => match n.as_scalar().map(scalar_value) {
-            Some(Value::Bool(b)) => b,
-            _ => {
-                cx.error(n, "`fail_fast` must be true or false");
-                true
-            }
-        },
-    };
+    let fail_fast = get("fail_fast").and_then(|n| cx.boolean(n, "`fail_fast`")).unwrap_or(true);
     let finally_timeout = get("finally_timeout").and_then(|n| cx.duration(n, "`finally_timeout`")).unwrap_or(DEFAULT_FINALLY_TIMEOUT);
     let mut steps = match get("steps") {
         Some(n) => steps(cx, n, false),
@@ -503,17 +504,9 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>, finally: bool) -> Option
         expr::parse_condition(&text, &at).map_err(|d| cx.diags.push(d)).ok()
     });
     let skip_if = map.get_node("skipIf").or_else(|| map.get_node("skip_if")).map(|n| cx.template(n));
-    let must_execute = match map.get_node("mustExecute").or_else(|| map.get_node("must_execute")) {
-        None => false,
-        Some(n) => match n.as_scalar().map(scalar_value) {
-            Some(Value::Bool(b)) => b,
-            Some(Value::Null) => false,
-            _ => {
-                cx.error(n, "`mustExecute` must be true or false");
-                false
-            }
-        },
-    };
+    // StepFlow writes `mustExecute: null` for the default.
+    let must_execute =
+        map.get_node("mustExecute").or_else(|| map.get_node("must_execute")).filter(|n| !is_null(n)).and_then(|n| cx.boolean(n, "`mustExecute`")).unwrap_or(false);
     let for_each = map.get_node("forEach").map(|n| cx.template(n));
     let concurrency = map.get_node("concurrency").and_then(|n| cx.uint(n, "`concurrency`", 1)).map(|n| n as usize);
     if concurrency.is_some() && for_each.is_none() {
