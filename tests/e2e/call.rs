@@ -43,7 +43,7 @@ fn hostile_components_exit_1_with_kind_and_reason() {
         ("read-file", &[], "component", "could not read /etc/passwd"),
         ("read-env", &[], "component", "could not read $HOME"),
         ("fatal", &[], "component", "can never be processed"),
-        ("net", &[], "instantiate", "network access is never granted"),
+        ("net", &[], "component", "connect failed: Permission denied"),
     ];
     let s = state();
     for (name, flags, kind, reason) in cases {

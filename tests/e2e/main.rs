@@ -7,6 +7,7 @@ mod chaos;
 mod distributed;
 mod fake;
 mod fuzz;
+mod http;
 mod inspect;
 mod language;
 mod new;

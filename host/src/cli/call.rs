@@ -4,7 +4,8 @@
 use super::render::say;
 use super::{CliError, Output, exit, new_sandbox, render};
 use crate::failure::{FailureKind, StepFailure};
-use crate::sandbox::{CancellationToken, DirGrant, Grants, Limits, QuotaKind, StepRequest};
+use crate::sandbox::{AllowedHost, CancellationToken, DirGrant, Grants, HttpGrant, Limits, QuotaKind, StepRequest};
+use std::sync::Arc;
 use crate::units::{parse_duration, parse_size};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -47,6 +48,18 @@ pub(crate) struct CallArgs {
     /// Grant a host directory: `HOST:GUEST` (read-only) or `HOST:GUEST:rw` (repeatable).
     #[arg(long = "dir", value_name = "HOST:GUEST[:rw]", value_parser = parse_dir_grant)]
     dirs: Vec<DirGrant>,
+    /// Let the component send HTTP requests to this host (wasi:http):
+    /// `HOST`, `HOST:PORT` or `https://HOST[:PORT]`; `*.example.com` for
+    /// subdomains (repeatable). Without it, a component that imports
+    /// wasi:http does not run.
+    #[arg(long = "allow-http", value_name = "HOST")]
+    allow_http: Vec<AllowedHost>,
+    /// Timeout of each HTTP request (connect, first byte, between bytes).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s", requires = "allow_http")]
+    http_timeout: Duration,
+    /// Most bytes of one HTTP response body.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4MiB", requires = "allow_http")]
+    http_max_response: u64,
 }
 
 fn after_help() -> String {
@@ -57,6 +70,7 @@ fn after_help() -> String {
         sandflow call components/dist/text.wasm --input '{{\"op\":\"upper\",\"text\":\"hi\"}}'\n  \
         sandflow call my.wasm --input-file in.json --fuel 1000000 --timeout 2s --memory 32MiB\n  \
         sandflow call my.wasm --dir ./data:/data --allow-env LANG\n  \
+        sandflow call fetch.wasm --allow-http api.example.com --allow-http 127.0.0.1:8080\n  \
         sandflow call my.wasm --quota blob_bytes=16MiB --quota state_keys=100\n\n\
         Quotas, with their defaults (as a workflow step's `quota:`): {}.",
         quotas.join(", ")
@@ -138,11 +152,14 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
             }
         })
         .collect();
+    let http = (!args.allow_http.is_empty()).then(|| {
+        Arc::new(HttpGrant { allow: args.allow_http.clone(), max_response: args.http_max_response, timeout: args.http_timeout })
+    });
     let request = StepRequest {
         input,
         config,
         limits: limits(&args),
-        grants: Grants { env, dirs: args.dirs.clone() },
+        grants: Grants { env, dirs: args.dirs.clone(), http },
         ..StepRequest::new(Value::Null)
     };
 

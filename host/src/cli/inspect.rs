@@ -77,6 +77,7 @@ pub(crate) async fn execute(args: InspectArgs, state_dir: &std::path::Path, out:
             "sha256": sha256_hex(&bytes),
             "step": problem.is_none(),
             "problem": problem.as_ref().map(|p| p.kind.to_string()),
+            "needs_http_grant": step.as_ref().is_some_and(|c| c.http_import().is_some()),
             "imports": decoded.imports,
             "exports": decoded.exports,
             "describe": info,
@@ -91,6 +92,9 @@ pub(crate) async fn execute(args: InspectArgs, state_dir: &std::path::Path, out:
             (Some(c), _) => {
                 let describe = if c.has_describe() { "run, describe" } else { "run" };
                 println!("  step:    yes (exports {describe})");
+                if let Some(import) = c.http_import() {
+                    println!("  needs:   an HTTP grant (it imports {import}): `grants.http.allow`, or `--allow-http HOST` with call");
+                }
             }
             (None, Some(p)) => println!("  step:    no: {}", p.kind),
             (None, None) => unreachable!("either loaded or failed"),

@@ -241,12 +241,23 @@ fn init_tracing(global: &GlobalArgs) {
         (false, 2) => tracing::Level::DEBUG,
         (false, _) => tracing::Level::TRACE,
     };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
+    // wasmtime's WASI crates warn about what guests do (a malformed HTTP
+    // request, say): a guest must not be able to fill the host's stderr,
+    // so those show only with -vv. What a step did is in its own log.
+    let guest_driven = if global.verbose >= 2 { level } else { tracing::Level::ERROR };
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(level)
+        .with_target("wasmtime_wasi_http", guest_driven)
+        .with_target("wasmtime_wasi", guest_driven);
+    use tracing_subscriber::layer::SubscriberExt;
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
-        .try_init();
+        .finish()
+        .with(filter);
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 impl GlobalArgs {

@@ -15,7 +15,7 @@ use std::time::Duration;
 /// The key a result is stored under: the SHA-256 of the component's
 /// SHA-256, its config, the step's resolved input (or, with `cache.key`,
 /// that value, which reads the input as `input`) and its grants (names of
-/// granted variables, granted directories). A secret is part of the key
+/// granted variables, granted directories, allowed HTTP hosts). A secret is part of the key
 /// only through the hash, never in clear text.
 pub fn memo_key(component: &PreparedComponent, input: &Value, spec: &CacheSpec, secrets: &BTreeMap<String, String>) -> Result<String, StepFailure> {
     let dirs: Vec<Value> = component.dirs.iter().map(|d| json!([d.host.display().to_string(), d.guest, d.writable])).collect();
@@ -42,7 +42,7 @@ pub fn memo_key(component: &PreparedComponent, input: &Value, spec: &CacheSpec, 
             ("key", value)
         }
     };
-    let material = json!({
+    let mut material = json!({
         "v": 1,
         "component": component.sha256,
         "config": component.config,
@@ -50,6 +50,10 @@ pub fn memo_key(component: &PreparedComponent, input: &Value, spec: &CacheSpec, 
         "env": component.env,
         "dirs": dirs,
     });
+    // Only with a grant, so keys made before HTTP existed stay valid.
+    if let Some(http) = &component.http {
+        material["http"] = json!(http.allow.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    }
     Ok(crate::sandbox::sha256_hex(super::canonical_json(&material).as_bytes()))
 }
 

@@ -5,7 +5,7 @@
 
 use crate::plan::Plan;
 use super::StepRunner;
-use crate::sandbox::{DirGrant, Grants, sha256_hex};
+use crate::sandbox::{DirGrant, Grants, HttpGrant, http_import, http_not_granted, imports_of, sha256_hex};
 use crate::workflow::{self, ComponentDecl, Diagnostic, Diagnostics, Location, Target, Workflow};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -23,13 +23,14 @@ pub struct PreparedComponent {
     /// Env grants hold names; values are read from the host when a step starts.
     pub env: Vec<String>,
     pub dirs: Vec<DirGrant>,
+    pub http: Option<Arc<HttpGrant>>,
 }
 
 impl PreparedComponent {
     /// The grants with the host's current values of the granted variables.
     pub fn grants(&self) -> Grants {
         let env = self.env.iter().filter_map(|n| std::env::var(n).ok().map(|v| (n.clone(), v))).collect();
-        Grants { env, dirs: self.dirs.clone() }
+        Grants { env, dirs: self.dirs.clone(), http: self.http.clone() }
     }
 }
 
@@ -265,6 +266,11 @@ fn load_component(path: &Path, decl: &ComponentDecl, runner: &dyn StepRunner, fi
     let sha256 = runner
         .load(&path.display().to_string(), &bytes)
         .map_err(|e| Diagnostic::new(&decl.at, format!("component `{}`: {e}", decl.name)))?;
+    if decl.grants.http.is_none()
+        && let Some(import) = http_import(&imports_of(&bytes))
+    {
+        return Err(Diagnostic::new(&decl.at, format!("component `{}`: {}", decl.name, http_not_granted(import))));
+    }
     for dir in &decl.grants.dirs {
         if !dir.host.is_dir() {
             return Err(Diagnostic::new(&dir.at, format!("granted directory {} does not exist", dir.host.display())));
@@ -280,5 +286,6 @@ fn load_component(path: &Path, decl: &ComponentDecl, runner: &dyn StepRunner, fi
             .iter()
             .map(|d| DirGrant { host: d.host.clone(), guest: d.guest.clone(), writable: d.writable })
             .collect(),
+        http: decl.grants.http.clone().map(Arc::new),
     })
 }

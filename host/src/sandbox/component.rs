@@ -16,8 +16,13 @@ const LINKED: &[&str] = &[
     "wasi:cli/",
     "wasi:clocks/",
     "wasi:filesystem/",
+    // Only with `grants.http`: checked before every attempt.
+    "wasi:http/",
     "wasi:io/",
     "wasi:random/",
+    // Linked so runtimes that import it (CPython) load; every socket,
+    // connection and lookup is denied (WasiCtx: no TCP, UDP or names).
+    "wasi:sockets/",
 ];
 
 /// A component ready to run.
@@ -56,6 +61,11 @@ impl StepComponent {
     /// Names of its exports.
     pub fn exports(&self) -> &[String] {
         &self.exports
+    }
+    /// Its first wasi:http import, if it imports wasi:http: it then needs
+    /// `grants.http` to run.
+    pub fn http_import(&self) -> Option<&str> {
+        http_import(&self.imports)
     }
     pub(crate) fn instance_pre(&self) -> &InstancePre<StepState> {
         self.pre.instance_pre()
@@ -168,6 +178,30 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadErrorKind> {
         return Err(LoadErrorKind::Invalid("unknown WebAssembly version or layer".into()));
     }
     Ok(())
+}
+
+/// The first wasi:http import in `imports`.
+pub fn http_import(imports: &[String]) -> Option<&str> {
+    imports.iter().find(|n| n.starts_with("wasi:http/")).map(String::as_str)
+}
+
+/// The names a component file imports, read from its bytes without
+/// compiling it (for checks before a run); empty if it cannot be read.
+pub fn imports_of(bytes: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(wasmparser::Payload::ComponentImportSection(reader)) if depth == 0 => {
+                names.extend(reader.into_iter().flatten().map(|i| i.name.name.to_string()));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    names
 }
 
 /// Every import the component needs that sandflow does not link.

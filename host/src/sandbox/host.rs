@@ -105,6 +105,15 @@ pub(crate) struct StepState {
     pub(crate) services: Arc<dyn HostServices>,
     /// This attempt's use of its quota.
     pub(crate) meter: AttemptMeter,
+    /// wasi:http: the context and the allow-list hooks of this attempt.
+    pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
+    pub(crate) http_hooks: super::http::HttpHooks,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for StepState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_hooks }
+    }
 }
 
 impl WasiView for StepState {

@@ -30,7 +30,12 @@
 //!   ([`Limits::quota`]) and, through a [`RunMeter`], per run; past one the
 //!   call traps and the step fails with kind `quota`;
 //! - **WASI**: clocks and random; no environment variables, no preopened
-//!   directories, empty stdin, no network, unless [`Grants`] says otherwise.
+//!   directories, empty stdin, unless [`Grants`] says otherwise. wasi:sockets
+//!   is linked (CPython and other runtimes import it) but every socket,
+//!   connection and name lookup is denied;
+//! - **HTTP**: a component that imports wasi:http runs only with
+//!   [`Grants::http`], and then reaches only the hosts it allows (see
+//!   [`HttpGrant`]), at most [`Quota::http_requests`] times.
 //!
 //! A component that imports anything else is refused at load time, naming
 //! the import.
@@ -40,11 +45,13 @@ mod cache;
 mod component;
 mod engine;
 mod host;
+mod http;
 mod log;
 mod quota;
 
-pub use self::component::{LoadError, LoadErrorKind, STEP_WORLD, StepComponent, check_header as check_component_header};
+pub use self::component::{LoadError, LoadErrorKind, STEP_WORLD, StepComponent, check_header as check_component_header, http_import, imports_of};
 pub use self::engine::{AllocatorChoice, AllocatorKind, EPOCH_TICK, MAX_WASM_STACK};
+pub use self::http::{AllowedHost, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_RESPONSE, HttpGrant};
 pub use self::host::{HostError, HostServices, MAX_BLOB, MAX_STATE_KEY, MAX_STATE_VALUE, MemoryServices, sha256_hex};
 pub use self::quota::{Quota, QuotaExceeded, QuotaKind, QuotaScope, RunMeter};
 pub use self::log::{LogLine, LogSource, StepLog};
@@ -106,6 +113,9 @@ pub struct Grants {
     pub env: Vec<(String, String)>,
     /// Host directories the guest sees.
     pub dirs: Vec<DirGrant>,
+    /// Outbound HTTP: where requests may go. `None`: a component that
+    /// imports wasi:http is refused before it is instantiated.
+    pub http: Option<Arc<HttpGrant>>,
 }
 
 /// One host directory made visible to the guest.
@@ -223,6 +233,7 @@ impl Sandbox {
         let (engine, allocator) = engine::new_engine(config.allocator, config.max_instances).map_err(err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(err)?;
         bindings::Step::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s).map_err(err)?;
         let ticker = EpochTicker::start(&engine).map_err(|e| SandboxError(e.to_string()))?;
         Ok(Sandbox {
@@ -365,6 +376,11 @@ impl Sandbox {
             let message = format!("input does not match the component's input schema: {problems}");
             return (Err(StepFailure::component(message, false)), 0);
         }
+        if request.grants.http.is_none()
+            && let Some(import) = component.http_import()
+        {
+            return (Err(StepFailure::new(FailureKind::Instantiate, http_not_granted(import))), 0);
+        }
         let call = Call::Run(request.input.to_string());
         let (raw, fuel_used) = self.in_fresh_store(component, request, sink, cancel, call).await;
         let result = raw.and_then(|r| match r {
@@ -417,7 +433,14 @@ impl Sandbox {
             }
         };
         let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let over_http_quota = store.data().http_hooks.over_quota.load(std::sync::atomic::Ordering::Relaxed);
         let result = match raw {
+            // Requests past the quota were refused; however the guest took
+            // that, flooding the host is the attempt's failure.
+            Raw::Done(_) if over_http_quota => Err(StepFailure::new(
+                FailureKind::Quota,
+                QuotaExceeded { kind: QuotaKind::HttpRequests, scope: QuotaScope::Attempt, limit: limits.quota.http_requests }.to_string(),
+            )),
             Raw::Done(Ok(r)) => Ok(r),
             Raw::Done(Err((e, instantiating))) => Err(classify(e, instantiating, store.data(), limits, sink)),
             Raw::TimedOut => Err(StepFailure::new(
@@ -459,14 +482,23 @@ impl Sandbox {
             config_json: request.config.to_string().into(),
             services: request.services.clone(),
             meter: AttemptMeter::new(request.limits.quota),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks: http::HttpHooks::new(request.grants.http.clone(), request.limits.quota.http_requests, sink.clone()),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_fuel(request.limits.fuel).expect("fuel is enabled in the engine config");
         // Yield to the executor at every epoch tick, so the deadline and
-        // cancellation (which drop the call) are seen within one tick.
+        // cancellation (which drop the call) are seen within one tick; a
+        // guest past its HTTP request quota is stopped there too.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store.epoch_deadline_callback(|cx| {
+            if cx.data().http_hooks.over_quota.load(std::sync::atomic::Ordering::Relaxed) {
+                let limit = cx.data().meter.quota().http_requests;
+                return Err(QuotaExceeded { kind: QuotaKind::HttpRequests, scope: QuotaScope::Attempt, limit }.into());
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
         Ok(store)
     }
 }
@@ -500,6 +532,13 @@ impl Call {
             }
         }
     }
+}
+
+/// Why a component that imports wasi:http may not run without a grant.
+pub fn http_not_granted(import: &str) -> String {
+    format!(
+        "imports `{import}`, but HTTP is not granted to it; allow the hosts it may reach with `grants: {{ http: {{ allow: [HOST] }} }}` on its component (`--allow-http HOST` with `sandflow call`)"
+    )
 }
 
 fn cancelled() -> StepFailure {

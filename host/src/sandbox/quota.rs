@@ -33,11 +33,20 @@ pub enum QuotaKind {
     Log,
     /// Host handles (streams, pollables, files) held at once; per attempt only.
     Handles,
+    /// Outbound HTTP requests sent (`grants.http`); per attempt only.
+    HttpRequests,
 }
 
 impl QuotaKind {
-    pub const ALL: [QuotaKind; 6] =
-        [QuotaKind::BlobBytes, QuotaKind::Blobs, QuotaKind::StateBytes, QuotaKind::StateKeys, QuotaKind::Log, QuotaKind::Handles];
+    pub const ALL: [QuotaKind; 7] = [
+        QuotaKind::BlobBytes,
+        QuotaKind::Blobs,
+        QuotaKind::StateBytes,
+        QuotaKind::StateKeys,
+        QuotaKind::Log,
+        QuotaKind::Handles,
+        QuotaKind::HttpRequests,
+    ];
 
     /// The name in workflow files and on the command line.
     pub fn key(self) -> &'static str {
@@ -48,6 +57,7 @@ impl QuotaKind {
             QuotaKind::StateKeys => "state_keys",
             QuotaKind::Log => "log",
             QuotaKind::Handles => "handles",
+            QuotaKind::HttpRequests => "http_requests",
         }
     }
 
@@ -62,7 +72,7 @@ impl QuotaKind {
 
     /// Whether a run-wide quota of this kind exists.
     pub fn per_run(self) -> bool {
-        self != QuotaKind::Handles
+        !matches!(self, QuotaKind::Handles | QuotaKind::HttpRequests)
     }
 
     /// What is counted, for messages.
@@ -74,6 +84,7 @@ impl QuotaKind {
             QuotaKind::StateKeys => "state keys",
             QuotaKind::Log => "of log",
             QuotaKind::Handles => "host handles (streams, pollables, files) at once",
+            QuotaKind::HttpRequests => "HTTP requests",
         }
     }
 
@@ -102,17 +113,18 @@ pub struct Quota {
     pub state_keys: u64,
     pub log: u64,
     pub handles: u64,
+    pub http_requests: u64,
 }
 
 impl Quota {
     /// Defaults for one attempt.
     pub const ATTEMPT: Quota =
-        Quota { blob_bytes: 128 << 20, blobs: 10_000, state_bytes: 64 << 20, state_keys: 10_000, log: 1 << 20, handles: 10_000 };
+        Quota { blob_bytes: 128 << 20, blobs: 10_000, state_bytes: 64 << 20, state_keys: 10_000, log: 1 << 20, handles: 10_000, http_requests: 100 };
 
     /// Defaults for a whole run (all steps, attempts and items); `handles`
     /// is per attempt only.
     pub const RUN: Quota =
-        Quota { blob_bytes: 1 << 30, blobs: 100_000, state_bytes: 256 << 20, state_keys: 100_000, log: 32 << 20, handles: u64::MAX };
+        Quota { blob_bytes: 1 << 30, blobs: 100_000, state_bytes: 256 << 20, state_keys: 100_000, log: 32 << 20, handles: u64::MAX, http_requests: u64::MAX };
 
     pub fn get(&self, kind: QuotaKind) -> u64 {
         match kind {
@@ -122,6 +134,7 @@ impl Quota {
             QuotaKind::StateKeys => self.state_keys,
             QuotaKind::Log => self.log,
             QuotaKind::Handles => self.handles,
+            QuotaKind::HttpRequests => self.http_requests,
         }
     }
 
@@ -133,6 +146,7 @@ impl Quota {
             QuotaKind::StateKeys => self.state_keys = value,
             QuotaKind::Log => self.log = value,
             QuotaKind::Handles => self.handles = value,
+            QuotaKind::HttpRequests => self.http_requests = value,
         }
     }
 
@@ -220,6 +234,11 @@ pub(crate) struct AttemptMeter {
 }
 
 impl AttemptMeter {
+    /// The attempt's quota.
+    pub(crate) fn quota(&self) -> &Quota {
+        &self.quota
+    }
+
     pub(crate) fn new(quota: Quota) -> Self {
         AttemptMeter { quota, blobs: BlobTally::default(), state_bytes: 0, state_keys: HashSet::new() }
     }

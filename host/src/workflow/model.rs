@@ -202,6 +202,8 @@ pub struct GrantsDecl {
     /// Environment variable names passed through.
     pub env: Vec<String>,
     pub dirs: Vec<DirDecl>,
+    /// `http`: outbound HTTP; `None` denies it.
+    pub http: Option<crate::sandbox::HttpGrant>,
 }
 
 /// One granted directory.

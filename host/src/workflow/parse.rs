@@ -6,7 +6,7 @@ use super::depends::Depends;
 use super::model::*;
 use super::yaml::{location, node_location, scalar_value, to_json};
 use crate::expr::{self, Template};
-use crate::sandbox::QuotaKind;
+use crate::sandbox::{AllowedHost, HttpGrant, QuotaKind};
 use crate::units::{parse_duration, parse_size};
 use marked_yaml::Node;
 use marked_yaml::types::MarkedMappingNode;
@@ -34,7 +34,8 @@ pub(super) const DEFAULTS_KEYS: &[&str] = &["timeout", "fuel", "memory", "retry"
 pub(super) const CACHE_KEYS: &[&str] = &["ttl", "key"];
 pub(super) const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "delay", "max_delay"];
 pub(super) const COMPONENT_KEYS: &[&str] = &["path", "sha256", "config", "grants"];
-pub(super) const GRANTS_KEYS: &[&str] = &["env", "dirs"];
+pub(super) const GRANTS_KEYS: &[&str] = &["env", "dirs", "http"];
+pub(super) const HTTP_KEYS: &[&str] = &["allow", "max_response", "timeout"];
 pub(super) const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
 pub(super) const STEP_KEYS: &[&str] = &[
     "id", "component", "workflow", "input", "needs", "depends", "when", "skipIf", "forEach", "concurrency", "retry",
@@ -407,7 +408,39 @@ fn grants(cx: &mut Cx, node: &Node, what: &str) -> GrantsDecl {
             Vec::new()
         }
     };
-    GrantsDecl { env, dirs }
+    let http = map.get_node("http").and_then(|n| http_grant(cx, n));
+    GrantsDecl { env, dirs, http }
+}
+
+/// `grants.http`: `{ allow: [HOST, ...], max_response?, timeout? }`.
+fn http_grant(cx: &mut Cx, node: &Node) -> Option<HttpGrant> {
+    let map = cx.mapping(node, "the `http` grant", HTTP_KEYS)?;
+    let hint = "e.g. `allow: [api.example.com, \"127.0.0.1:8080\"]`";
+    let allow = match map.get_node("allow") {
+        Some(Node::Sequence(seq)) => seq
+            .iter()
+            .filter_map(|n| {
+                let text = cx.string(n, "an allowed host")?;
+                text.parse::<AllowedHost>().map_err(|e| cx.error(n, e)).ok()
+            })
+            .collect(),
+        Some(n) => {
+            cx.error_hint(n, "`allow` must be a list of hosts", hint);
+            return None;
+        }
+        None => {
+            cx.error_hint(node, "the `http` grant needs `allow`: the hosts the component may reach", hint);
+            return None;
+        }
+    };
+    let mut grant = HttpGrant::new(allow);
+    if let Some(n) = map.get_node("max_response") {
+        grant.max_response = cx.size(n, "`max_response`")?;
+    }
+    if let Some(n) = map.get_node("timeout") {
+        grant.timeout = cx.duration(n, "`timeout`")?;
+    }
+    Some(grant)
 }
 
 /// `steps:` (or, `finally`, the steps of `finally:`).

@@ -8,7 +8,7 @@
 //! components, durations' units) stay the parser's.
 
 use super::parse::{
-    CACHE_KEYS, CASE_KEYS, COMPONENT_KEYS, DEFAULTS_KEYS, DIR_KEYS, GRANTS_KEYS, ON_ERROR_KEYS, RETRY_KEYS, STEP_KEYS, TEST_KEYS,
+    CACHE_KEYS, CASE_KEYS, COMPONENT_KEYS, DEFAULTS_KEYS, DIR_KEYS, GRANTS_KEYS, HTTP_KEYS, ON_ERROR_KEYS, RETRY_KEYS, STEP_KEYS, TEST_KEYS,
     WORKFLOW_KEYS,
 };
 use crate::sandbox::QuotaKind;
@@ -111,6 +111,19 @@ fn property(what: &str, key: &str) -> Value {
             "type": "array",
             "items": { "type": "object", "properties": properties("dir", DIR_KEYS), "required": ["host", "guest"], "additionalProperties": false },
         }),
+        ("grants", "http") => json!({
+            "type": "object",
+            "properties": properties("http", HTTP_KEYS),
+            "required": ["allow"],
+            "additionalProperties": false,
+            "description": "outbound HTTP (wasi:http): only to these hosts",
+        }),
+        ("http", "allow") => json!({
+            "type": "array",
+            "items": { "type": "string", "description": "[http|https://]HOST[:PORT]; HOST may be *.domain or *; PORT may be *" },
+        }),
+        ("http", "max_response") => r("size"),
+        ("http", "timeout") => r("duration"),
         ("dir", "host" | "guest") => string,
         ("dir", "mode") => json!({ "enum": ["ro", "rw"] }),
         ("step", "id") => json!({ "type": "string", "pattern": "^[a-z0-9_-]+$" }),

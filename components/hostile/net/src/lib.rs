@@ -1,6 +1,7 @@
-//! Hostile: opens a TCP connection, so it imports `wasi:sockets`, which no
-//! grant provides. Expected: refused before it runs, kind `instantiate`,
-//! naming the import.
+//! Hostile: opens a TCP connection through `wasi:sockets`. The host links
+//! sockets (CPython imports them) but denies every socket, connection and
+//! name lookup. Expected: the connect fails ("Permission denied"), so the
+//! step fails with its own error, kind `component`.
 use sandflow_sdk::{Error, Step};
 use serde_json::{Value, json};
 

@@ -1,0 +1,136 @@
+// sandflow's guest library for JavaScript steps (componentize-js).
+//
+// A step is a function from one JSON input to one JSON output. Write it
+// with `step`, and export what `step` returns as the component's `run` and
+// `describe`:
+//
+//   import { step, StepError, log } from '../../sandflow.js';
+//
+//   export const { run, describe } = step(
+//     { name: 'shout', version: '0.1.0', description: 'Shouts.',
+//       inputSchema: { type: 'object', required: ['text'] } },
+//     (input) => {
+//       if (!input.text) throw StepError.permanent('`text` is empty');
+//       log.info(`shouting ${input.text.length} characters`);
+//       return { text: input.text.toUpperCase() + '!' };
+//     });
+//
+// What the host gives a step, and nothing more: `log` lines, run-scoped
+// `state`, content-addressed `blobs`, its static `config`, clocks, random,
+// and `console.log` (captured into the step's log). `fetch` reaches only the
+// hosts the workflow grants (`grants.http.allow`) and is absent otherwise.
+
+import { log as hostLog } from 'sandflow:step/log@0.1.0';
+import { get as hostStateGet, set as hostStateSet } from 'sandflow:step/state@0.1.0';
+import { put as hostBlobPut, get as hostBlobGet } from 'sandflow:step/blobs@0.1.0';
+import { get as hostConfigGet } from 'sandflow:step/config@0.1.0';
+
+/// A step failure: a message for a person and whether a retry may help.
+export class StepError extends Error {
+  /// A failure a retry may fix (a busy or flaky resource).
+  constructor(message, { retryable = true } = {}) {
+    super(message);
+    this.name = 'StepError';
+    this.retryable = retryable;
+  }
+
+  /// A failure no retry can fix, such as bad input: the host does not retry.
+  static permanent(message) {
+    return new StepError(message, { retryable: false });
+  }
+}
+
+const level = (name) => (...parts) => hostLog(name, parts.map(String).join(' '));
+
+/// Lines in the step's log.
+export const log = {
+  trace: level('trace'),
+  debug: level('debug'),
+  info: level('info'),
+  warn: level('warn'),
+  error: level('error'),
+};
+
+/// JSON values shared by the steps of one run.
+export const state = {
+  /// The value stored under `key`, or `undefined`.
+  get(key) {
+    const text = hostStateGet(key);
+    return text === undefined ? undefined : JSON.parse(text);
+  },
+  /// Stores `value` (anything JSON.stringify accepts) under `key`.
+  set(key, value) {
+    try {
+      hostStateSet(key, JSON.stringify(value ?? null));
+    } catch (e) {
+      throw new StepError(`state.set(${JSON.stringify(key)}): ${errorText(e)}`, { retryable: false });
+    }
+  },
+};
+
+/// Content-addressed bytes, passed between steps by id.
+export const blobs = {
+  /// Stores bytes (a Uint8Array, or a string as UTF-8); returns the id.
+  put(data) {
+    const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+    try {
+      return hostBlobPut(bytes);
+    } catch (e) {
+      throw new StepError(`blobs.put: ${errorText(e)}`, { retryable: false });
+    }
+  },
+  /// The bytes stored under `id` as a Uint8Array, or `undefined`.
+  get(id) {
+    return hostBlobGet(id);
+  },
+};
+
+/// The component's static `config` from the workflow (or `call --config`);
+/// `null` when none was given.
+export function config() {
+  return JSON.parse(hostConfigGet());
+}
+
+/// Makes the component's exports from its metadata and its handler.
+///
+/// `meta`: `{ name, version, description?, inputSchema?, outputSchema? }`;
+/// the schemas are JSON Schema objects, which the host checks every input
+/// and output against. `handler(input)` gets the parsed input and returns
+/// the output (any JSON value). Throw a `StepError` to fail the step; any
+/// other exception fails it too, not retryable, with its message.
+export function step(meta, handler) {
+  const schema = (s) => (s === undefined || s === null ? undefined : JSON.stringify(s));
+  return {
+    run(input) {
+      let output;
+      try {
+        output = handler(JSON.parse(input));
+      } catch (e) {
+        // jco returns a thrown `payload` as the `step-error` record.
+        const err = new Error(errorText(e));
+        err.payload = {
+          message: errorText(e),
+          retryable: e instanceof StepError ? e.retryable : false,
+        };
+        throw err;
+      }
+      return JSON.stringify(output === undefined ? null : output);
+    },
+    describe() {
+      return {
+        name: meta.name,
+        version: meta.version,
+        description: meta.description ?? '',
+        inputSchema: schema(meta.inputSchema),
+        outputSchema: schema(meta.outputSchema),
+      };
+    },
+  };
+}
+
+function errorText(e) {
+  if (e instanceof Error) return e.message;
+  if (typeof e === 'string') return e;
+  if (e && typeof e.message === 'string') return e.message;
+  return String(e);
+}
