@@ -1,9 +1,11 @@
 //! Sandbox benchmarks: compile time per example component (cold, and from
-//! the on-disk artifact cache), and instantiate + call of a trivial
-//! component with the pooling and on-demand allocators.
+//! the on-disk artifact cache), instantiate + call of a trivial component
+//! with the pooling and on-demand allocators, and instantiate + call of a
+//! Rust, a JavaScript and a Python step.
 //!
 //! Run: `cargo bench -p sandflow --bench sandbox` (add `-- --quick` for a
-//! short run). Figures are recorded in BENCHMARKS.md.
+//! short run; name sections to run only them: `-- languages compile`).
+//! Figures are recorded in BENCHMARKS.md.
 
 use sandflow::sandbox::{AllocatorChoice, CancellationToken, Sandbox, SandboxConfig, StepRequest};
 use std::path::{Path, PathBuf};
@@ -110,11 +112,65 @@ fn instantiate_and_call(quick: bool) {
     println!();
 }
 
+/// Per-step cost of a step in each guest language: instantiate + call of a
+/// small real input, in a warm process (compiled, pooled).
+fn languages(quick: bool) {
+    let iterations = if quick { 30 } else { 300 };
+    println!("## Instantiate + call per guest language ({iterations} sequential calls after 5 warm-up, pooling)\n");
+    println!("| language | component | size | mean | p50 | p99 | fuel per call |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let cases = [
+        ("Rust", "text", serde_json::json!({"op": "template", "template": "Hi {name}", "vars": {"name": "Ada"}})),
+        ("JavaScript", "template", serde_json::json!({"template": "Hi {{ name }}", "data": {"name": "Ada"}})),
+        ("Python", "textstats", serde_json::json!({"text": "Hello there. Hi again!"})),
+    ];
+    for (language, name, input) in cases {
+        let path = dist().join(format!("{name}.wasm"));
+        let size = std::fs::metadata(&path).unwrap().len();
+        let component = sandbox.load_file(&path).unwrap();
+        let cancel = CancellationToken::new();
+        let (samples, fuel) = runtime.block_on(async {
+            let (mut samples, mut fuel) = (Vec::with_capacity(iterations), 0);
+            for i in 0..iterations + 5 {
+                let t = Instant::now();
+                let outcome = sandbox.run(&component, StepRequest::new(input.clone()), &cancel).await;
+                let elapsed = t.elapsed();
+                outcome.result.expect("the call succeeds");
+                fuel = outcome.fuel_used;
+                if i >= 5 {
+                    samples.push(elapsed);
+                }
+            }
+            (samples, fuel)
+        });
+        let s = stats(samples);
+        println!(
+            "| {language} | {name} | {:.1} MiB | {} | {} | {} | {fuel} |",
+            size as f64 / (1 << 20) as f64,
+            ms(s.mean),
+            ms(s.p50),
+            ms(s.p99)
+        );
+    }
+    println!();
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; anything else is ours.
     let quick = std::env::args().any(|a| a == "--quick");
     println!("# sandflow sandbox benchmarks\n");
     println!("{} cores; wasmtime 48; release build\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
-    instantiate_and_call(quick);
-    compile_times(quick);
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let run = |section: &str| only.is_empty() || only.iter().any(|o| o == section);
+    if run("call") {
+        instantiate_and_call(quick);
+    }
+    if run("languages") {
+        languages(quick);
+    }
+    if run("compile") {
+        compile_times(quick);
+    }
 }

@@ -1,4 +1,4 @@
-//! `sandflow new step NAME --lang rust`: the project it makes builds from a
+//! `sandflow new step NAME --lang rust|js|python`: the project it makes builds from a
 //! fresh directory with its own `build.sh` and passes `sandflow call` and
 //! its workflow's test cases with no edits.
 
@@ -32,4 +32,56 @@ fn a_new_rust_step_builds_and_runs_with_no_edits() {
     let (code, _, err) = run(sandflow(&state).args(["new", "step", "word-greeter", "--into"]).arg(dir.path()));
     assert_eq!(code, 2);
     assert!(err.contains("already exists"), "{err}");
+}
+
+/// The JS and Python templates need Node.js/npm and Python 3, which every
+/// machine this project is developed and tested on has; CI sets
+/// SANDFLOW_REQUIRE_TOOLCHAINS=1 so a missing one fails instead of skipping.
+fn toolchain(program: &str) -> bool {
+    let found = std::process::Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os("SANDFLOW_REQUIRE_TOOLCHAINS").is_none(), "{program} is required (SANDFLOW_REQUIRE_TOOLCHAINS is set)");
+        eprintln!("skipped: {program} is not installed");
+    }
+    found
+}
+
+/// `new step NAME --lang LANG`, its `build.sh`, `call` and its workflow's tests.
+fn builds_and_runs(lang: &str, expected_files: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(sandflow(&state).args(["new", "step", "hello-step", "--lang", lang, "--into"]).arg(dir.path()));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty(), "{out}");
+    let project = dir.path().join("hello-step");
+    for file in expected_files.iter().chain(&["wit/step.wit", "build.sh", "workflow.yaml", "README.md", ".gitignore"]) {
+        assert!(project.join(file).is_file(), "{lang}: {file}");
+    }
+    let build = std::process::Command::new("bash").arg(project.join("build.sh")).output().unwrap();
+    assert!(build.status.success(), "{lang}: build.sh failed:\n{}", String::from_utf8_lossy(&build.stderr));
+    let wasm = project.join("hello-step.wasm");
+    let (code, out, err) = run(sandflow(&state).args(["call"]).arg(&wasm).args(["--input", r#"{"name": "Ada"}"#]));
+    assert_eq!(code, 0, "{lang}: {err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), serde_json::json!({"greeting": "Hello, Ada!"}));
+    assert!(err.contains("info | greeting Ada"), "{lang}: the log line: {err}");
+    let (code, out, err) = run(sandflow(&state).args(["component", "inspect"]).arg(&wasm));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("name:    hello-step 0.1.0") && out.contains("input schema:"), "{lang}: {out}");
+    let (code, out, err) = run(sandflow(&state).arg("test").arg(project.join("workflow.yaml")));
+    assert_eq!(code, 0, "{lang}: {out}{err}");
+    assert!(out.ends_with("2 passed, 0 failed\n"), "{out}");
+}
+
+#[test]
+fn a_new_javascript_step_builds_and_runs_with_no_edits() {
+    if toolchain("npm") {
+        builds_and_runs("js", &["step.js", "sandflow.js", "package.json", "package-lock.json"]);
+    }
+}
+
+#[test]
+fn a_new_python_step_builds_and_runs_with_no_edits() {
+    if toolchain("python3") {
+        builds_and_runs("python", &["app.py", "sandflow.py", "requirements.txt"]);
+    }
 }

@@ -1,4 +1,4 @@
-//! `sandflow new step NAME --lang rust`: a ready component project that
+//! `sandflow new step NAME --lang rust|js|python`: a ready component project that
 //! builds with its `build.sh` and passes `sandflow call` with no edits.
 //! The templates are in `templates/`; the SDK, the WIT contract and the
 //! pinned dependency versions are this repository's own, so a new project
@@ -17,15 +17,29 @@ pub(crate) enum NewCommand {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum Lang {
     Rust,
+    /// JavaScript, built with componentize-js (needs Node.js and npm).
+    Js,
+    /// Python, built with componentize-py (needs Python 3).
+    Python,
+}
+
+impl Lang {
+    fn name(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Js => "JavaScript",
+            Lang::Python => "Python",
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  sandflow new step greet --lang rust && greet/build.sh && sandflow call greet/greet.wasm --input '{\"name\": \"Ada\"}'")]
+#[command(after_help = "Examples:\n  sandflow new step greet --lang rust && greet/build.sh && sandflow call greet/greet.wasm --input '{\"name\": \"Ada\"}'\n  sandflow new step greet --lang js      # step.js, built with componentize-js (Node.js and npm)\n  sandflow new step greet --lang python  # app.py, built with componentize-py (Python 3)")]
 pub(crate) struct NewStepArgs {
     /// The step's name: lowercase letters, digits, `-` and `_`, starting with
     /// a letter. The project is made in a new directory of that name.
     name: String,
-    /// The language of the step (JavaScript and Python are to come).
+    /// The language of the step.
     #[arg(long, value_enum, default_value = "rust")]
     lang: Lang,
     /// Make the directory here instead of in the current directory.
@@ -36,6 +50,10 @@ pub(crate) struct NewStepArgs {
 const SDK_LIB: &str = include_str!("../../../components/sdk/src/lib.rs");
 const WIT: &str = include_str!("../../../wit/step.wit");
 const LOCK: &str = include_str!("../../../components/Cargo.lock");
+const JS_LIB: &str = include_str!("../../../components/js/sandflow.js");
+const JS_LOCK: &str = include_str!("../../../components/js/package-lock.json");
+const PY_LIB: &str = include_str!("../../../components/python/sandflow.py");
+const PY_REQUIREMENTS: &str = include_str!("../../../components/python/requirements.txt");
 
 /// The files of a Rust step project named `name`: path and contents.
 fn rust_files(name: &str) -> Vec<(&'static str, String)> {
@@ -52,6 +70,39 @@ fn rust_files(name: &str) -> Vec<(&'static str, String)> {
         ("workflow.yaml", fill(include_str!("templates/rust/workflow.yaml.in"))),
         ("README.md", fill(include_str!("templates/rust/README.md.in"))),
         (".gitignore", include_str!("templates/rust/gitignore.in").to_string()),
+    ]
+}
+
+/// The files of a JavaScript step project: the repository's guest library
+/// and its pinned componentize-js (the lock file, renamed for the project).
+fn js_files(name: &str) -> Vec<(&'static str, String)> {
+    let fill = |t: &str| t.replace("@NAME@", name);
+    vec![
+        ("package.json", fill(include_str!("templates/js/package.json.in"))),
+        ("package-lock.json", JS_LOCK.replace(r#""name": "sandflow-js-steps""#, &format!(r#""name": "{name}""#))),
+        ("step.js", fill(include_str!("templates/js/step.js.in"))),
+        ("sandflow.js", JS_LIB.to_string()),
+        ("wit/step.wit", WIT.to_string()),
+        ("build.sh", fill(include_str!("templates/js/build.sh.in"))),
+        ("workflow.yaml", fill(include_str!("templates/js/workflow.yaml.in"))),
+        ("README.md", fill(include_str!("templates/js/README.md.in"))),
+        (".gitignore", include_str!("templates/js/gitignore.in").to_string()),
+    ]
+}
+
+/// The files of a Python step project: the repository's guest library and
+/// its pinned componentize-py.
+fn python_files(name: &str) -> Vec<(&'static str, String)> {
+    let fill = |t: &str| t.replace("@NAME@", name);
+    vec![
+        ("app.py", fill(include_str!("templates/python/app.py.in"))),
+        ("sandflow.py", PY_LIB.to_string()),
+        ("requirements.txt", PY_REQUIREMENTS.to_string()),
+        ("wit/step.wit", WIT.to_string()),
+        ("build.sh", fill(include_str!("templates/python/build.sh.in"))),
+        ("workflow.yaml", fill(include_str!("templates/python/workflow.yaml.in"))),
+        ("README.md", fill(include_str!("templates/python/README.md.in"))),
+        (".gitignore", include_str!("templates/python/gitignore.in").to_string()),
     ]
 }
 
@@ -73,10 +124,12 @@ pub(crate) fn execute(command: NewCommand, out: &Output) -> Result<u8, CliError>
     }
     let files = match args.lang {
         Lang::Rust => rust_files(&args.name),
+        Lang::Js => js_files(&args.name),
+        Lang::Python => python_files(&args.name),
     };
     write_all(&dir, &files).map_err(|e| CliError { code: exit::FAILED, message: format!("cannot write {}: {e}", dir.display()) })?;
     if !out.quiet {
-        say!("made {} (Rust): build it with {}/build.sh, then `sandflow call {}/{}.wasm --input '{{\"name\": \"Ada\"}}'`", dir.display(), dir.display(), dir.display(), args.name);
+        say!("made {} ({}): build it with {}/build.sh, then `sandflow call {}/{}.wasm --input '{{\"name\": \"Ada\"}}'`", dir.display(), args.lang.name(), dir.display(), dir.display(), args.name);
     }
     Ok(exit::OK)
 }
