@@ -21,6 +21,8 @@
 #   3. with SANDFLOW=path/to/sandflow set, the component's own test workflow
 #      (examples/NAME/workflow.yaml) passes with the fresh build and with the
 #      committed one.
+#   components/polyglot.sh --setup js|python
+#                                     only install that toolchain (tests use it)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
@@ -74,6 +76,15 @@ build_one() { # lang name out
   (cd "$stage" && PYTHONHASHSEED=0 $(build_command "$lang" "$name" "$out") >&2)
   rm -rf "$stage"
 }
+
+if [ "${1:-}" = "--setup" ]; then
+  case "${2:-}" in
+    js) setup_js ;;
+    python) setup_python ;;
+    *) echo "usage: polyglot.sh --setup js|python" >&2; exit 2 ;;
+  esac
+  exit 0
+fi
 
 status=0
 for lang in js python; do

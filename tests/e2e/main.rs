@@ -11,6 +11,7 @@ mod http;
 mod inspect;
 mod language;
 mod new;
+mod polyglot;
 mod quota;
 mod sandbox;
 mod scheduler;

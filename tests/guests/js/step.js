@@ -1,0 +1,34 @@
+// Exercises every part of the JavaScript guest library (components/js/
+// sandflow.js) for tests/e2e/polyglot.rs: state, blobs, config, log,
+// console, and both kinds of StepError.
+import { step, StepError, log, state, blobs, config } from './sandflow.js';
+
+export const { run, describe } = step({ name: 'libcheck-js', version: '0.1.0' }, (input) => {
+  switch (input.op) {
+    case 'put': {
+      state.set(input.key, input.value);
+      const id = blobs.put(input.text);
+      log.warn('stored', input.key);
+      console.log('a console line');
+      return { id };
+    }
+    case 'get': {
+      const bytes = blobs.get(input.id);
+      return {
+        value: state.get(input.key),
+        missing: state.get('never-set') === undefined ? 'absent' : 'present',
+        text: bytes === undefined ? null : new TextDecoder().decode(bytes),
+        unknown_blob: blobs.get('0'.repeat(64)) === undefined ? 'absent' : 'present',
+        config: config(),
+      };
+    }
+    case 'retryable':
+      throw new StepError('busy, try again');
+    case 'permanent':
+      throw StepError.permanent('this input can never work');
+    case 'crash':
+      return input.no.such.field;
+    default:
+      throw StepError.permanent(`unknown op ${input.op}`);
+  }
+});
