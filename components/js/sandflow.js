@@ -96,7 +96,8 @@ export function config() {
 /// `meta`: `{ name, version, description?, inputSchema?, outputSchema? }`;
 /// the schemas are JSON Schema objects, which the host checks every input
 /// and output against. `handler(input)` gets the parsed input and returns
-/// the output (any JSON value). Throw a `StepError` to fail the step; any
+/// the output (any JSON value), or a promise of it (an `async` handler that
+/// awaits `fetch`, for example). Throw a `StepError` to fail the step; any
 /// other exception fails it too, not retryable, with its message.
 export function step(meta, handler) {
   const schema = (s) => (s === undefined || s === null ? undefined : JSON.stringify(s));
@@ -106,15 +107,16 @@ export function step(meta, handler) {
       try {
         output = handler(JSON.parse(input));
       } catch (e) {
-        // jco returns a thrown `payload` as the `step-error` record.
-        const err = new Error(errorText(e));
-        err.payload = {
-          message: errorText(e),
-          retryable: e instanceof StepError ? e.retryable : false,
-        };
-        throw err;
+        throw stepError(e);
       }
-      return JSON.stringify(output === undefined ? null : output);
+      // An async handler (one that awaits `fetch`, say): componentize-js
+      // runs the event loop until the promise settles.
+      if (output !== null && typeof output === 'object' && typeof output.then === 'function') {
+        return output.then(toJson, (e) => {
+          throw stepError(e);
+        });
+      }
+      return toJson(output);
     },
     describe() {
       return {
@@ -126,6 +128,20 @@ export function step(meta, handler) {
       };
     },
   };
+}
+
+function toJson(output) {
+  return JSON.stringify(output === undefined ? null : output);
+}
+
+/// Any thrown value as the `step-error` record jco returns (its `payload`).
+function stepError(e) {
+  const err = new Error(errorText(e));
+  err.payload = {
+    message: errorText(e),
+    retryable: e instanceof StepError ? e.retryable : false,
+  };
+  return err;
 }
 
 function errorText(e) {

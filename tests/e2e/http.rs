@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// How a test server answers a request for a path.
 #[derive(Clone)]
-enum Reply {
+pub(super) enum Reply {
     /// 200 with a JSON body.
     Json(&'static str),
     /// 302 to this location.
@@ -24,13 +24,13 @@ enum Reply {
 
 /// An HTTP/1.1 server on 127.0.0.1 answering every request with `reply`,
 /// counting the requests it got.
-struct Server {
-    port: u16,
+pub(super) struct Server {
+    pub(super) port: u16,
     hits: Arc<AtomicUsize>,
 }
 
 impl Server {
-    fn start(reply: impl Fn(&str) -> Reply + Send + Sync + 'static) -> Server {
+    pub(super) fn start(reply: impl Fn(&str) -> Reply + Send + Sync + 'static) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -44,7 +44,7 @@ impl Server {
         Server { port, hits }
     }
 
-    fn hits(&self) -> usize {
+    pub(super) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 }

@@ -23,7 +23,8 @@ fn build(lang: &str, dir: &Path) -> PathBuf {
             std::fs::copy(guests.join("step.js"), dir.join("step.js")).unwrap();
             std::fs::copy(components.join("js/sandflow.js"), dir.join("sandflow.js")).unwrap();
             let mut c = Command::new(components.join("js/node_modules/.bin/componentize-js"));
-            c.arg("--wit").arg(&wit).args(["-n", "described-step", "-d", "http", "-d", "fetch-event", "-o"]).arg(&out).arg("step.js");
+            // With `fetch` (no `-d http`): the component needs an HTTP grant.
+            c.arg("--wit").arg(&wit).args(["-n", "described-step", "-d", "fetch-event", "-o"]).arg(&out).arg("step.js");
             c
         }
         _ => {
@@ -41,14 +42,27 @@ fn build(lang: &str, dir: &Path) -> PathBuf {
 fn check_library(lang: &str, line: &str) {
     let dir = tempfile::tempdir().unwrap();
     let wasm = build(lang, dir.path());
+    let server = super::http::Server::start(|_| super::http::Reply::Json(r#"{"pong": true}"#));
+    // JavaScript's `fetch` step, awaited by an async handler.
+    let fetch_step = match lang {
+        "js" => format!(
+            "  - id: fetch\n    component: lib\n    input: {{ op: fetch, url: \"http://127.0.0.1:{}/ping\" }}\n",
+            server.port
+        ),
+        _ => String::new(),
+    };
     let file = dir.path().join("libcheck.yaml");
     std::fs::write(
         &file,
         format!(
             r#"name: libcheck
 components:
-  lib: {{ path: {}, config: {{ mode: strict, limit: 3 }} }}
+  lib:
+    path: {}
+    config: {{ mode: strict, limit: 3 }}
+    grants: {{ http: {{ allow: ["127.0.0.1:{}"] }} }}
 steps:
+{fetch_step}
   - id: put
     component: lib
     input: {{ op: put, key: greeting, value: {{ words: [hello, world] }}, text: "blob text ✓" }}
@@ -71,7 +85,8 @@ steps:
     on_error: {{ action: continue }}
 output: {{ $from: {{ step: get }} }}
 "#,
-            wasm.display()
+            wasm.display(),
+            server.port
         ),
     )
     .unwrap();
@@ -99,6 +114,10 @@ output: {{ $from: {{ step: get }} }}
     assert_eq!((step("retryable")["attempts"].as_u64(), step("retryable")["error_message"].as_str()), (Some(2), Some("busy, try again")), "{lang}");
     assert_eq!((step("permanent")["attempts"].as_u64(), step("permanent")["error_message"].as_str()), (Some(1), Some("this input can never work")), "{lang}");
     assert_eq!(step("crash")["error_kind"], "component", "{lang}");
+    if lang == "js" {
+        assert_eq!(step("fetch")["output"], json!({ "status": 200, "json": { "pong": true } }));
+        assert_eq!(server.hits(), 1);
+    }
     let (_, logs, _) = run(sandflow(&s).args(["runs", "logs", &id, "put"]));
     assert!(logs.contains("warn") && logs.contains("stored greeting"), "{lang}: {logs}");
     assert!(logs.contains(line), "{lang}: {logs}");

@@ -1,10 +1,16 @@
 // Exercises every part of the JavaScript guest library (components/js/
 // sandflow.js) for tests/e2e/polyglot.rs: state, blobs, config, log,
-// console, and both kinds of StepError.
+// console, both kinds of StepError, and an async handler awaiting `fetch`
+// (built without `-d http`, so it needs an HTTP grant).
 import { step, StepError, log, state, blobs, config } from './sandflow.js';
 
 export const { run, describe } = step({ name: 'libcheck-js', version: '0.1.0' }, (input) => {
   switch (input.op) {
+    case 'fetch':
+      return (async () => {
+        const response = await fetch(input.url);
+        return { status: response.status, json: await response.json() };
+      })();
     case 'put': {
       state.set(input.key, input.value);
       const id = blobs.put(input.text);
