@@ -1,0 +1,144 @@
+"""The measurements of bench/peers.sh (see there), printed as one markdown
+table with ratios. Every figure is a median over --rounds rounds."""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+N = 2000
+
+p = argparse.ArgumentParser()
+for flag in ["--sandflow", "--wasmtime", "--stepflow", "--component", "--scratch"]:
+    p.add_argument(flag, required=True)
+p.add_argument("--rounds", type=int, default=5)
+args = p.parse_args()
+component = os.path.abspath(args.component)
+state = tempfile.mkdtemp(dir=args.scratch)
+
+
+def wall(cmd, **kw):
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    return time.perf_counter() - t
+
+
+def median(f, rounds=None):
+    return statistics.median(f() for _ in range(rounds or args.rounds))
+
+
+def workflow(n):
+    path = os.path.join(args.scratch, f"wide-{n}.yaml")
+    with open(path, "w") as out:
+        out.write(f"name: wide-{n}\ncomponents:\n  echo: {{ path: '{component}' }}\nsteps:\n")
+        for i in range(n):
+            out.write(f"  - {{ id: s{i}, component: echo, input: {{ n: {i} }} }}\n")
+    return path
+
+
+# --- sandflow run: per step, concurrency 1 and 2 ---
+one, wide = workflow(1), workflow(N)
+sandflow = [args.sandflow, "--state-dir", state]
+wall(sandflow + ["run", "-q", one])  # compile and cache the component
+per_step = {}
+for c in (1, 2):
+    t_one = median(lambda: wall(sandflow + ["run", "-q", "--concurrency", str(c), one]))
+    t_wide = median(lambda: wall(sandflow + ["run", "-q", "--concurrency", str(c), wide]))
+    per_step[c] = (t_wide - t_one) / (N - 1)
+startup = median(lambda: wall(sandflow + ["run", "-q", one]), max(args.rounds, 10))
+
+# --- the library's floor, from the in-process benchmark ---
+floor = float(os.environ["FLOOR_US"]) / 1e6
+
+# --- wasmtime-py: a Python loop, same work per step ---
+py_loop = """
+import json, sys, time, wasmtime
+from wasmtime import component as wc
+engine = wasmtime.Engine()
+comp = wc.Component.from_file(engine, sys.argv[1])
+linker = wc.Linker(engine)
+linker.add_wasip2()
+linker.define_unknown_imports_as_traps(comp)
+def one():
+    store = wasmtime.Store(engine)
+    store.set_wasi(wasmtime.WasiConfig())
+    run = linker.instantiate(store, comp).get_func(store, "run")
+    run(store, json.dumps({"n": 1}))
+    run.post_return(store)
+for _ in range(20):
+    one()
+n = int(sys.argv[2]); t = time.perf_counter()
+for _ in range(n):
+    one()
+print((time.perf_counter() - t) / n)
+"""
+py = median(lambda: float(subprocess.run([os.path.join(args.scratch, "venv/bin/python"), "-c", py_loop, component, "500"], check=True, capture_output=True, text=True).stdout))
+
+# --- StepFlow: its server, a wide flow of in-process mock steps ---
+config = os.path.join(args.scratch, "stepflow-config.yml")
+with open(config, "w") as out:
+    out.write(
+        "plugins:\n  mock:\n    type: mock\n    components:\n      /echo:\n        input_schema: {}\n        output_schema: {}\n"
+        "        behaviors:\n          x: { outcome: success, result: { output: x } }\nroutes:\n  \"/mock\":\n    - plugin: mock\n"
+    )
+port = 7849
+server = subprocess.Popen([args.stepflow, "--port", str(port), "--config", config, "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def post(path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1{path}", data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    return json.loads(urllib.request.urlopen(req).read())
+
+
+try:
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health")
+            break
+        except OSError:
+            time.sleep(0.1)
+
+    def flow(n):
+        steps = [{"id": f"s{i}", "component": "/mock/echo", "input": "x"} for i in range(n)]
+        body = {"schema": "https://stepflow.org/schemas/v1/flow.json", "name": f"wide-{n}", "steps": steps, "output": {s["id"]: {"$step": s["id"]} for s in steps}}
+        return post("/flows", {"flow": body})["flowId"]
+
+    def run_flow(flow_id):
+        t = time.perf_counter()
+        r = post("/runs", {"flowId": flow_id, "input": [{}], "wait": True})
+        assert r["results"][0]["status"] == 2, r
+        return time.perf_counter() - t
+
+    f_one, f_wide = flow(1), flow(N)
+    run_flow(f_one), run_flow(f_wide)
+    stepflow = (median(lambda: run_flow(f_wide)) - median(lambda: run_flow(f_one))) / (N - 1)
+finally:
+    server.terminate()
+
+# --- one process per step: sandflow call against wasmtime run --invoke ---
+invoke = 'run("{\\"n\\": 1}")'
+wall([args.wasmtime, "run", "--invoke", invoke, component])
+wall(sandflow + ["call", component, "--input", '{"n": 1}'])
+t_wasmtime = median(lambda: wall([args.wasmtime, "run", "--invoke", invoke, component]), max(args.rounds, 10))
+t_call = median(lambda: wall(sandflow + ["-q", "call", component, "--input", '{"n": 1}']), max(args.rounds, 10))
+
+us = lambda s: f"{s * 1e6:.1f} µs"
+ms = lambda s: f"{s * 1e3:.1f} ms"
+cpu = os.cpu_count()
+print(f"# sandflow beside its peers ({platform.machine()}, {cpu} cores, {platform.python_implementation()} {platform.python_version()}; medians of {args.rounds} rounds)\n")
+print("| figure | value | ratio | target |")
+print("| --- | ---: | ---: | --- |")
+print(f"| `sandflow run`, concurrency 1, per step | {us(per_step[1])} | {per_step[1] / floor:.2f}× the floor | ≤ 1.3× |")
+print(f"| `sandflow run`, concurrency 2, per step | {us(per_step[2])} | {per_step[1] / per_step[2]:.2f}× faster than 1 | ≥ 1.5× (trivial steps) |")
+print(f"| instantiate + call in-process (the floor) | {us(floor)} | 1 | |")
+print(f"| orchestration per step (`run` at concurrency 1 less the floor) | {us(max(per_step[1] - floor, 0))} | {max(per_step[1] - floor, 0) / stepflow:.1f}× StepFlow's per step | ≤ StepFlow's |")
+print(f"| StepFlow 0.13 server, in-process mock steps, per step | {us(stepflow)} | | |")
+print(f"| wasmtime-py 48, Python loop, per step | {us(py)} | {py / per_step[1]:.2f}× `sandflow run`'s | ≥ 5× |")
+print(f"| `sandflow call` of one step, wall | {ms(t_call)} | {t_call / t_wasmtime:.2f}× `wasmtime run --invoke` | ≤ 0.5× |")
+print(f"| `wasmtime run --invoke` 49, wall | {ms(t_wasmtime)} | | |")
+print(f"| `sandflow run` of a 1-step workflow, wall (startup) | {ms(startup)} | | ≤ 5 ms |")
