@@ -2,7 +2,7 @@
 //! its output on stdout, its log and a summary on stderr.
 
 use super::render::say;
-use super::{CliError, Output, exit, new_sandbox, render};
+use super::{CliError, Output, exit, new_sandbox_for, render};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{AllowedHost, CancellationToken, DirGrant, Grants, HttpGrant, Limits, QuotaKind, StepRequest};
 use std::sync::Arc;
@@ -167,7 +167,7 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
     // early Ctrl-C still ends with exit 130 rather than the default kill.
     let cancel = CancellationToken::new();
     let watcher = tokio::spawn(cancel_on_signal(cancel.clone()));
-    let sandbox = new_sandbox(state_dir)?;
+    let sandbox = new_sandbox_for(state_dir, 2)?;
     let name = args.file.display().to_string();
     let component = match sandbox.load_file(&args.file) {
         Ok(c) => c,

@@ -2,7 +2,7 @@
 //! needs and what it offers, without running its `run`.
 
 use super::render::say;
-use super::{CliError, Output, exit, new_sandbox};
+use super::{CliError, Output, exit, new_sandbox_for};
 use crate::sandbox::{ComponentInfo, sha256_hex};
 use serde_json::json;
 use std::path::PathBuf;
@@ -53,7 +53,7 @@ pub(crate) async fn execute(args: InspectArgs, state_dir: &std::path::Path, out:
         return Err(CliError::invalid(format!("{origin}: {kind}")));
     }
     let decoded = decode(&bytes).map_err(|e| CliError::invalid(format!("{origin}: cannot decode its WIT world: {e}")))?;
-    let sandbox = new_sandbox(state_dir)?;
+    let sandbox = new_sandbox_for(state_dir, 2)?;
 
     // Any valid component is shown; one that is not a usable step is shown
     // with the reason, which is what an author came to find out.

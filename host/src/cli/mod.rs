@@ -306,8 +306,17 @@ pub(crate) fn store_error(e: crate::store::StoreError) -> CliError {
 
 /// The process-wide sandbox, with the artifact cache under the state dir.
 pub(crate) fn new_sandbox(state_dir: &std::path::Path) -> Result<crate::sandbox::Sandbox, CliError> {
+    new_sandbox_for(state_dir, crate::sandbox::SandboxConfig::default().max_instances)
+}
+
+/// A sandbox whose instance pool holds `instances` slots: commands that run
+/// one component at a time (`call`, `component inspect`) ask for few, since
+/// setting up each slot (its async stack's guard pages above all) is most
+/// of a short process's start-up otherwise.
+pub(crate) fn new_sandbox_for(state_dir: &std::path::Path, instances: u32) -> Result<crate::sandbox::Sandbox, CliError> {
     let config = crate::sandbox::SandboxConfig {
         cache_dir: Some(state_dir.join("cache").join("components")),
+        max_instances: instances,
         ..Default::default()
     };
     crate::sandbox::Sandbox::new(config).map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })
