@@ -3,7 +3,7 @@
 //! one-word program in the file the workflow names (`echo`, `fail`,
 //! `flaky`, `sleep`); the runner interprets it on the job's input.
 
-use sandflow::exec::{self, Event, EventSink, Executor, Job, RunOptions, RunReport, RunState, StepRunner, StepState};
+use sandflow::exec::{self, Event, EventSink, Executor, Job, Loaded, RunOptions, RunReport, RunState, StepRunner, StepState};
 use sandflow::failure::{FailureKind, StepFailure};
 use sandflow::sandbox::{CancellationToken, HostServices, LoadError, StepLog, StepOutcome, sha256_hex};
 use serde_json::{Value, json};
@@ -21,10 +21,10 @@ struct Fake {
 
 #[async_trait::async_trait]
 impl StepRunner for Fake {
-    fn load(&self, _origin: &str, bytes: &[u8]) -> Result<String, LoadError> {
+    fn load(&self, _origin: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
         let sha = sha256_hex(bytes);
         self.programs.lock().unwrap().insert(sha.clone(), String::from_utf8_lossy(bytes).trim().to_string());
-        Ok(sha)
+        Ok(Loaded { sha256: sha, imports: Vec::new() })
     }
 
     async fn run(&self, job: Job, _services: Arc<dyn HostServices>, cancel: &CancellationToken) -> StepOutcome {

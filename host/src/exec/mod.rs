@@ -36,7 +36,7 @@ pub use self::core::Ending;
 pub use prepare::{Disk, Files, MAX_NESTING, Prepared, PreparedComponent, Recording, load, load_from, load_with, prepare};
 pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
 pub use memo::memo_key;
-pub use runner::{Job, StepRunner};
+pub use runner::{Job, Loaded, StepRunner};
 
 use self::core::{Decision, ItemCounts, Items, Outcome, RunFacts, Stop, Verdict, Work};
 

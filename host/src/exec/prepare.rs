@@ -5,7 +5,7 @@
 
 use crate::plan::Plan;
 use super::StepRunner;
-use crate::sandbox::{DirGrant, Grants, HttpGrant, http_import, http_not_granted, imports_of, sha256_hex};
+use crate::sandbox::{DirGrant, Grants, HttpGrant, http_import, http_not_granted, sha256_hex};
 use crate::workflow::{self, ComponentDecl, Diagnostic, Diagnostics, Location, Target, Workflow};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -263,11 +263,11 @@ fn load_component(path: &Path, decl: &ComponentDecl, runner: &dyn StepRunner, fi
             .with_hint("update the pin if the component changed on purpose"));
         }
     }
-    let sha256 = runner
+    let loaded = runner
         .load(&path.display().to_string(), &bytes)
         .map_err(|e| Diagnostic::new(&decl.at, format!("component `{}`: {e}", decl.name)))?;
     if decl.grants.http.is_none()
-        && let Some(import) = http_import(&imports_of(&bytes))
+        && let Some(import) = http_import(&loaded.imports)
     {
         return Err(Diagnostic::new(&decl.at, format!("component `{}`: {}", decl.name, http_not_granted(import))));
     }
@@ -277,7 +277,7 @@ fn load_component(path: &Path, decl: &ComponentDecl, runner: &dyn StepRunner, fi
         }
     }
     Ok(PreparedComponent {
-        sha256,
+        sha256: loaded.sha256,
         config: decl.config.clone(),
         env: decl.grants.env.clone(),
         dirs: decl

@@ -22,13 +22,23 @@ pub struct Job {
     pub grants: Grants,
 }
 
+/// What loading a component tells the scheduler.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Its lowercase hex SHA-256: how a [`Job`] names it.
+    pub sha256: String,
+    /// The interfaces it imports, with versions: checked against its grants
+    /// before a run (wasi:http needs `grants.http`).
+    pub imports: Vec<String>,
+}
+
 /// Loads components and runs step attempts.
 #[async_trait::async_trait]
 pub trait StepRunner: Send + Sync {
     /// Checks a component (it must be a step the runner can run) and makes
-    /// it runnable by its SHA-256, which it returns. `origin` names it in
-    /// messages.
-    fn load(&self, origin: &str, bytes: &[u8]) -> Result<String, LoadError>;
+    /// it runnable by its SHA-256, which it returns with its imports.
+    /// `origin` names it in messages.
+    fn load(&self, origin: &str, bytes: &[u8]) -> Result<Loaded, LoadError>;
 
     /// Runs one attempt. State and blobs go through `services`; `cancel`
     /// stops the attempt (kind `cancelled`).
@@ -37,8 +47,8 @@ pub trait StepRunner: Send + Sync {
 
 #[async_trait::async_trait]
 impl StepRunner for Sandbox {
-    fn load(&self, origin: &str, bytes: &[u8]) -> Result<String, LoadError> {
-        self.load_bytes(origin, bytes).map(|c| c.sha256().to_string())
+    fn load(&self, origin: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
+        self.load_bytes(origin, bytes).map(|c| Loaded { sha256: c.sha256().to_string(), imports: c.imports().to_vec() })
     }
 
     async fn run(&self, job: Job, services: Arc<dyn HostServices>, cancel: &CancellationToken) -> StepOutcome {
@@ -59,7 +69,7 @@ impl StepRunner for Sandbox {
 /// A shared runner is a runner: `exec::load(path, &Arc::new(sandbox))`.
 #[async_trait::async_trait]
 impl<T: StepRunner + ?Sized> StepRunner for Arc<T> {
-    fn load(&self, origin: &str, bytes: &[u8]) -> Result<String, LoadError> {
+    fn load(&self, origin: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
         (**self).load(origin, bytes)
     }
 

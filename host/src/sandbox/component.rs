@@ -185,25 +185,6 @@ pub fn http_import(imports: &[String]) -> Option<&str> {
     imports.iter().find(|n| n.starts_with("wasi:http/")).map(String::as_str)
 }
 
-/// The names a component file imports, read from its bytes without
-/// compiling it (for checks before a run); empty if it cannot be read.
-pub fn imports_of(bytes: &[u8]) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        match payload {
-            Ok(wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. }) => depth += 1,
-            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
-            Ok(wasmparser::Payload::ComponentImportSection(reader)) if depth == 0 => {
-                names.extend(reader.into_iter().flatten().map(|i| i.name.name.to_string()));
-            }
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    names
-}
-
 /// Every import the component needs that sandflow does not link.
 pub(crate) fn ungranted_imports(imports: &[String]) -> Vec<String> {
     imports.iter().filter(|name| !LINKED.iter().any(|p| name.starts_with(p))).cloned().collect()

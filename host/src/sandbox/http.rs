@@ -24,8 +24,8 @@ use http::uri::Scheme;
 use http_body::{Body, Frame, SizeHint};
 use std::fmt;
 use std::pin::Pin;
+use super::quota::{QuotaExceeded, QuotaKind, QuotaScope};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
@@ -212,17 +212,22 @@ fn refusal(grant: &HttpGrant, uri: &http::Uri) -> Option<String> {
 /// Per-attempt HTTP state: the grant, the request count and the log.
 pub(crate) struct HttpHooks {
     grant: Option<Arc<HttpGrant>>,
+    /// Requests the guest asked to send, refused ones included.
     sent: u64,
     limit: u64,
-    /// Set once the request quota is passed: the attempt then fails with
-    /// kind `quota` (see `Sandbox::in_fresh_store`).
-    pub(crate) over_quota: Arc<AtomicBool>,
     log: LogSink,
 }
 
 impl HttpHooks {
     pub(crate) fn new(grant: Option<Arc<HttpGrant>>, limit: u64, log: LogSink) -> Self {
-        HttpHooks { grant, sent: 0, limit, over_quota: Arc::new(AtomicBool::new(false)), log }
+        HttpHooks { grant, sent: 0, limit, log }
+    }
+
+    /// The quota the guest went past, once it asked for more requests than
+    /// it may send: the attempt then fails with kind `quota` (see
+    /// `Sandbox::in_fresh_store`).
+    pub(crate) fn exceeded(&self) -> Option<QuotaExceeded> {
+        (self.sent > self.limit).then_some(QuotaExceeded { kind: QuotaKind::HttpRequests, scope: QuotaScope::Attempt, limit: self.limit })
     }
 
     fn deny(&self, method: &http::Method, uri: &http::Uri, why: &str) {
@@ -255,7 +260,7 @@ impl WasiHttpHooks for HttpHooks {
         if self.sent > self.limit {
             // One line for the first refusal: the attempt ends at the next
             // epoch tick, and a flood must not fill its log meanwhile.
-            if !self.over_quota.swap(true, Ordering::Relaxed) {
+            if self.sent == self.limit + 1 {
                 self.deny(&method, &uri, &format!("past the quota of {} HTTP requests per attempt", self.limit));
             }
             return denied(Error::HttpRequestDenied);

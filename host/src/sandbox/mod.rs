@@ -49,7 +49,7 @@ mod http;
 mod log;
 mod quota;
 
-pub use self::component::{LoadError, LoadErrorKind, STEP_WORLD, StepComponent, check_header as check_component_header, http_import, imports_of};
+pub use self::component::{LoadError, LoadErrorKind, STEP_WORLD, StepComponent, check_header as check_component_header, http_import};
 pub use self::engine::{AllocatorChoice, AllocatorKind, EPOCH_TICK, MAX_WASM_STACK};
 pub use self::http::{AllowedHost, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_RESPONSE, HttpGrant};
 pub use self::host::{HostError, HostServices, MAX_BLOB, MAX_STATE_KEY, MAX_STATE_VALUE, MemoryServices, sha256_hex};
@@ -433,14 +433,11 @@ impl Sandbox {
             }
         };
         let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-        let over_http_quota = store.data().http_hooks.over_quota.load(std::sync::atomic::Ordering::Relaxed);
+        let over_http_quota = store.data().http_hooks.exceeded();
         let result = match raw {
             // Requests past the quota were refused; however the guest took
             // that, flooding the host is the attempt's failure.
-            Raw::Done(_) if over_http_quota => Err(StepFailure::new(
-                FailureKind::Quota,
-                QuotaExceeded { kind: QuotaKind::HttpRequests, scope: QuotaScope::Attempt, limit: limits.quota.http_requests }.to_string(),
-            )),
+            Raw::Done(_) if let Some(q) = over_http_quota => Err(StepFailure::new(FailureKind::Quota, q.to_string())),
             Raw::Done(Ok(r)) => Ok(r),
             Raw::Done(Err((e, instantiating))) => Err(classify(e, instantiating, store.data(), limits, sink)),
             Raw::TimedOut => Err(StepFailure::new(
@@ -493,9 +490,8 @@ impl Sandbox {
         // guest past its HTTP request quota is stopped there too.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|cx| {
-            if cx.data().http_hooks.over_quota.load(std::sync::atomic::Ordering::Relaxed) {
-                let limit = cx.data().meter.quota().http_requests;
-                return Err(QuotaExceeded { kind: QuotaKind::HttpRequests, scope: QuotaScope::Attempt, limit }.into());
+            if let Some(q) = cx.data().http_hooks.exceeded() {
+                return Err(q.into());
             }
             Ok(UpdateDeadline::Yield(1))
         });

@@ -234,11 +234,6 @@ pub(crate) struct AttemptMeter {
 }
 
 impl AttemptMeter {
-    /// The attempt's quota.
-    pub(crate) fn quota(&self) -> &Quota {
-        &self.quota
-    }
-
     pub(crate) fn new(quota: Quota) -> Self {
         AttemptMeter { quota, blobs: BlobTally::default(), state_bytes: 0, state_keys: HashSet::new() }
     }
