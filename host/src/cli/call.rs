@@ -5,10 +5,10 @@ use super::render::say;
 use super::{CliError, Output, exit, new_sandbox_for, render};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{AllowedHost, CancellationToken, DirGrant, Grants, HttpGrant, Limits, QuotaKind, StepRequest};
-use std::sync::Arc;
 use crate::units::{parse_duration, parse_size};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]

@@ -47,6 +47,9 @@ pub(crate) struct NewStepArgs {
     into: PathBuf,
 }
 
+/// The test workflow, one for every language: each template's step has the
+/// same input and output (`{name}` → `{greeting}`).
+const WORKFLOW: &str = include_str!("templates/workflow.yaml.in");
 const SDK_LIB: &str = include_str!("../../../components/sdk/src/lib.rs");
 const WIT: &str = include_str!("../../../wit/step.wit");
 const LOCK: &str = include_str!("../../../components/Cargo.lock");
@@ -67,7 +70,7 @@ fn rust_files(name: &str) -> Vec<(&'static str, String)> {
         ("sdk/src/lib.rs", SDK_LIB.replace(r#"path: "../../wit""#, r#"path: "../wit""#)),
         ("wit/step.wit", WIT.to_string()),
         ("build.sh", fill(include_str!("templates/rust/build.sh.in"))),
-        ("workflow.yaml", fill(include_str!("templates/rust/workflow.yaml.in"))),
+        ("workflow.yaml", fill(WORKFLOW)),
         ("README.md", fill(include_str!("templates/rust/README.md.in"))),
         (".gitignore", include_str!("templates/rust/gitignore.in").to_string()),
     ]
@@ -84,7 +87,7 @@ fn js_files(name: &str) -> Vec<(&'static str, String)> {
         ("sandflow.js", JS_LIB.to_string()),
         ("wit/step.wit", WIT.to_string()),
         ("build.sh", fill(include_str!("templates/js/build.sh.in"))),
-        ("workflow.yaml", fill(include_str!("templates/js/workflow.yaml.in"))),
+        ("workflow.yaml", fill(WORKFLOW)),
         ("README.md", fill(include_str!("templates/js/README.md.in"))),
         (".gitignore", include_str!("templates/js/gitignore.in").to_string()),
     ]
@@ -100,7 +103,7 @@ fn python_files(name: &str) -> Vec<(&'static str, String)> {
         ("requirements.txt", PY_REQUIREMENTS.to_string()),
         ("wit/step.wit", WIT.to_string()),
         ("build.sh", fill(include_str!("templates/python/build.sh.in"))),
-        ("workflow.yaml", fill(include_str!("templates/python/workflow.yaml.in"))),
+        ("workflow.yaml", fill(WORKFLOW)),
         ("README.md", fill(include_str!("templates/python/README.md.in"))),
         (".gitignore", include_str!("templates/python/gitignore.in").to_string()),
     ]
