@@ -214,3 +214,33 @@ async fn on_demand_and_pooling_allocators_both_run_steps() {
         assert_eq!(out.result.unwrap(), json!([1]));
     }
 }
+
+/// Pool slots are reused and only the pages a step wrote are reset (see
+/// `sandbox/engine.rs`). `snoop` checks that its data segment, its `.bss`,
+/// pages it grows and fresh heap hold nothing an earlier step wrote, then
+/// scribbles over all of them. Two slots shared with other components that
+/// dirty memory (`memory-bomb` fills it until it is stopped), one at a time
+/// and two at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_never_sees_what_an_earlier_step_left_in_its_slot() {
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig { max_instances: 2, ..SandboxConfig::default() }).unwrap());
+    let snoop = sandbox.load_file(&hostile("snoop")).unwrap();
+    let bomb = sandbox.load_file(&hostile("memory-bomb")).unwrap();
+    let clean = json!({"counter": 7, "bss_dirty": 0, "grown_dirty": 0, "heap_dirty": 0});
+    for round in 0..20 {
+        let out = sandbox.run(&snoop, request(json!(null), limits()), &CancellationToken::new()).await;
+        assert_eq!(out.result.unwrap(), clean, "round {round}, one at a time");
+        if round % 5 == 0 {
+            let out = sandbox.run(&bomb, request(json!(null), Limits { memory: 8 << 20, ..limits() }), &CancellationToken::new()).await;
+            assert_eq!(out.result.unwrap_err().kind, FailureKind::Memory);
+        }
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let (sandbox, snoop) = (sandbox.clone(), snoop.clone());
+        tasks.push(tokio::spawn(async move { sandbox.run(&snoop, request(json!(null), limits()), &CancellationToken::new()).await }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap().result.unwrap(), clean, "concurrent step {i}");
+    }
+}
