@@ -522,11 +522,14 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                     began[i] = true;
                     let (ctx, step_tx, cancel) = (ctx.clone(), tx.clone(), child.clone());
                     let step = async move { (i, run_step(&ctx, i, work, &step_tx, &cancel).await) };
-                    // The dispatcher drives one step itself and spawns only
-                    // the others: no task hand-off at all when steps run one
-                    // at a time. (The inline step yields at every epoch tick,
-                    // so other completions are seen within one tick.)
-                    if inline.is_none() {
+                    // When steps run one at a time, the dispatcher drives
+                    // the step itself: no task hand-off at all. (It yields at
+                    // every epoch tick, so a cancel is seen within one.)
+                    // Otherwise every step is a task of its own: a task
+                    // spawned while the dispatcher drove a step inline would
+                    // wait in its worker's LIFO slot, which other workers
+                    // cannot steal from, and the run would use one core.
+                    if limit == 1 && inline.is_none() {
                         inline = Some(Box::pin(step));
                     } else {
                         let tx = tx.clone();
