@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import statistics
 import subprocess
 import tempfile
@@ -51,6 +52,53 @@ for c in (1, 2):
     t_wide = median(lambda: wall(sandflow + ["run", "-q", "--concurrency", str(c), wide]))
     per_step[c] = (t_wide - t_one) / (N - 1)
 startup = median(lambda: wall(sandflow + ["run", "-q", one]), max(args.rounds, 10))
+
+# --- two cores on real work: CPU-bound steps, and what the machine allows ---
+# `spin` with {iterations: n} (components/dist/hostile/spin.wasm) burns about
+# 1 ms of CPU per step here. The machine's own ceiling: the same component
+# in two `wasmtime run` processes at once against one after the other.
+spin = os.path.join(os.path.dirname(component), "hostile", "spin.wasm")
+BUSY, ITERATIONS = 1000, 750_000
+busy = os.path.join(args.scratch, "busy.yaml")
+with open(busy, "w") as out:
+    out.write(f"name: busy\ncomponents:\n  spin: {{ path: '{spin}' }}\nsteps:\n")
+    for i in range(BUSY):
+        out.write(f"  - {{ id: s{i}, component: spin, input: {{ iterations: {ITERATIONS} }} }}\n")
+    out.write("output: { done: true }\n")
+wall(sandflow + ["run", "-q", busy])
+t_busy = {c: median(lambda: wall(sandflow + ["run", "-q", "--concurrency", str(c), busy])) for c in (1, 2)}
+long_spin = [args.wasmtime, "run", "--invoke", 'run("{\\"iterations\\": 400000000}")', spin]
+
+
+def pair():
+    t = time.perf_counter()
+    procs = [subprocess.Popen(long_spin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    assert all(p.wait() == 0 for p in procs)
+    return time.perf_counter() - t
+
+
+ceiling = 2 * median(lambda: wall(long_spin), 3) / median(pair, 3)
+
+# --- forEach over 100,000 items: peak memory; the store afterwards ---
+big = os.path.join(args.scratch, "foreach.yaml")
+with open(big, "w") as out:
+    out.write(f"name: foreach\ncomponents:\n  echo: {{ path: '{component}' }}\nsteps:\n")
+    out.write("  - { id: each, component: echo, forEach: '{{ inputs.items }}', input: { n: '{{ item }}', i: '{{ index }}' } }\n")
+    out.write("output: { done: true }\n")
+items = os.path.join(args.scratch, "items.json")
+with open(items, "w") as out:
+    json.dump({"items": list(range(100_000))}, out)
+rss_probe = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+t = time.perf_counter()
+foreach_rss = int(subprocess.run([sys.executable, "-c", rss_probe] + sandflow + ["run", "-q", big, "--input-file", items], check=True, capture_output=True, text=True).stdout) / 1024
+foreach_time = time.perf_counter() - t
+# A run of 100,000 steps in the store: `runs list` and `runs show` of it.
+wide_big = workflow(100_000)
+wall(sandflow + ["run", "-q", wide_big])
+newest = subprocess.run(sandflow + ["runs", "list", "--limit", "1"], check=True, capture_output=True, text=True).stdout
+big_run = newest.splitlines()[1].split()[0]
+t_list = median(lambda: wall(sandflow + ["runs", "list"]))
+t_show = median(lambda: wall(sandflow + ["runs", "show", big_run]))
 
 # --- the library's floor, from the in-process benchmark ---
 floor = float(os.environ["FLOOR_US"]) / 1e6
@@ -142,3 +190,9 @@ print(f"| wasmtime-py 48, Python loop, per step | {us(py)} | {py / per_step[1]:.
 print(f"| `sandflow call` of one step, wall | {ms(t_call)} | {t_call / t_wasmtime:.2f}× `wasmtime run --invoke` | ≤ 0.5× |")
 print(f"| `wasmtime run --invoke` 49, wall | {ms(t_wasmtime)} | | |")
 print(f"| `sandflow run` of a 1-step workflow, wall (startup) | {ms(startup)} | | ≤ 5 ms |")
+print(f"| 1,000 CPU-bound steps (~1 ms each), concurrency 1 | {ms(t_busy[1])} | | |")
+print(f"| the same, concurrency 2 | {ms(t_busy[2])} | {t_busy[1] / t_busy[2]:.2f}× faster than 1 | ≥ 1.8× |")
+print(f"| the machine's own ceiling: two `wasmtime run` of `spin` at once against one after the other | | {ceiling:.2f}× | |")
+print(f"| forEach over 100,000 items of `echo`: peak RSS | {foreach_rss:.0f} MiB | in {foreach_time:.1f} s | ≤ 200 MiB |")
+print(f"| `runs list` with a 100,000-step run in the store | {ms(t_list)} | | < 100 ms |")
+print(f"| `runs show` of that run | {ms(t_show)} | | < 100 ms |")

@@ -588,8 +588,11 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 }),
                 Msg::Done { step, end } => {
                     running -= 1;
-                    let verdict = book.finish(step, Ending::Ran(end.result.clone()), Some(&end));
-                    if verdict.stop == Some(Stop::Cancelled) {
+                    // The result moves on, never copied: a `forEach` step's
+                    // can hold every item's output.
+                    let mut end = end;
+                    let result = std::mem::replace(&mut end.result, Ok(Value::Null));
+                    if book.finish(step, Ending::Ran(result), Some(end)) == Some(Stop::Cancelled) {
                         child.cancel();
                     }
                 }
@@ -612,7 +615,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     if let Err(e) = sink.barrier().await {
         book.lose_record(e);
     }
-    let Book { outputs, reports, stop, unrecorded, .. } = book;
+    let Book { mut outputs, reports, stop, unrecorded, .. } = book;
     // With `finally` steps run: how the steps of `steps` stopped, and how
     // the `finally` ones did.
     let (stop, finally_stop) = match main_stop {
@@ -647,7 +650,15 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         state = RunState::Failed;
         error = Some(message.clone());
     }
-    RunReport { run_id, state, output, error, unrecorded, steps: reports.into_iter().map(|r| r.expect("every step has a report")).collect() }
+    let steps = reports
+        .into_iter()
+        .map(|r| {
+            let mut r = r.expect("every step has a report");
+            r.output = outputs.remove(&r.id).flatten();
+            r
+        })
+        .collect();
+    RunReport { run_id, state, output, error, unrecorded, steps }
 }
 
 /// A token cancelled when `a` or `b` is (or when it is cancelled itself,
@@ -751,12 +762,13 @@ impl Book<'_> {
     /// of its own beyond `StepRestored`, its dependents released.
     fn restore(&mut self, i: usize, output: Value) {
         let decl = &self.wf.steps[i];
-        self.outputs.insert(decl.id.clone(), Some(output.clone()));
+        self.outputs.insert(decl.id.clone(), Some(output));
         self.reports[i] = Some(StepReport {
             id: decl.id.clone(),
             state: StepState::Succeeded,
             attempts: 0,
-            output: Some(output),
+            // Filled from `outputs` when the run ends (see `dispatch`).
+            output: None,
             error: None,
             reason: Some("restored: it succeeded in an earlier attempt of this run".into()),
             fuel_used: 0,
@@ -766,27 +778,29 @@ impl Book<'_> {
         self.release(i);
     }
 
-    /// Step `i` ended: the verdict of [`core::verdict`], recorded.
-    fn finish(&mut self, i: usize, ending: Ending, end: Option<&StepEnd>) -> Verdict {
+    /// Step `i` ended: the verdict of [`core::verdict`], recorded. Whether
+    /// the run stops, and how.
+    fn finish(&mut self, i: usize, ending: Ending, end: Option<StepEnd>) -> Option<Stop> {
         let verdict = core::verdict(self.plan, i, ending, self.stop);
-        match verdict.stop {
+        let stop = verdict.stop;
+        match stop {
             Some(Stop::Cancelled) => self.stop = Some(Stop::Cancelled),
             Some(stop) => {
                 self.stop.get_or_insert(stop);
             }
             None => {}
         }
-        self.settle(i, verdict.clone(), end);
-        verdict
+        self.settle(i, verdict, end);
+        stop
     }
 
     /// Records a step's final state, emits `StepFinished`, and makes its
     /// dependents whose dependencies have all ended ready (whether they
     /// may run is [`core::gate`]'s to say).
-    fn settle(&mut self, i: usize, verdict: Verdict, end: Option<&StepEnd>) {
+    fn settle(&mut self, i: usize, verdict: Verdict, end: Option<StepEnd>) {
         let decl = &self.wf.steps[i];
         let Verdict { state, output, error, reason, releases, .. } = verdict;
-        let (cached, reason) = core::cached(state, reason, end.and_then(|e| e.cached.as_deref()));
+        let (cached, reason) = core::cached(state, reason, end.as_ref().and_then(|e| e.cached.as_deref()));
         match state {
             StepState::Skipped => {
                 self.outputs.insert(decl.id.clone(), None);
@@ -797,16 +811,14 @@ impl Book<'_> {
                 }
             }
         }
-        let report = StepReport {
-            id: decl.id.clone(),
-            state,
-            attempts: end.map_or(0, |e| e.attempts),
-            output: output.clone(),
-            error: error.clone(),
-            reason: reason.clone(),
-            fuel_used: end.map_or(0, |e| e.fuel_used),
-            duration: end.map_or(Duration::ZERO, |e| e.duration),
+        let (attempts, fuel_used, duration) = end.as_ref().map_or((0, 0, Duration::ZERO), |e| (e.attempts, e.fuel_used, e.duration));
+        let (input, log, last_fuel, items) = match end {
+            Some(e) => (e.input, e.log, e.last_fuel, e.items),
+            None => (None, StepLog::default(), None, None),
         };
+        // The report's output is filled from `outputs` when the run ends
+        // (see `dispatch`): one copy of each output lives through the run.
+        let report = StepReport { id: decl.id.clone(), state, attempts, output: None, error: error.clone(), reason: reason.clone(), fuel_used, duration };
         self.unflushed = true;
         self.changed = true;
         self.sink.emit(&Event::StepFinished {
@@ -818,15 +830,15 @@ impl Book<'_> {
             fuel_used: report.fuel_used,
             error,
             reason,
-            input: end.and_then(|e| e.input.clone()),
+            input,
             output,
             output_secrets: None,
-            last_fuel: end.and_then(|e| e.last_fuel),
-            log: end.map(|e| e.log.clone()).unwrap_or_default(),
+            last_fuel,
+            log,
             cached,
         });
         self.reports[i] = Some(report);
-        self.outcomes[i] = Some(Outcome { state, blocks: !releases, items: end.and_then(|e| e.items) });
+        self.outcomes[i] = Some(Outcome { state, blocks: !releases, items });
         self.release(i);
     }
 
@@ -846,21 +858,23 @@ async fn run_step(ctx: &Arc<Ctx>, step: usize, work: Work, tx: &mpsc::UnboundedS
     let (mut end, input) = match work {
         Work::One(input) => (attempts(ctx, step, input.clone(), None, tx, cancel).await, input),
         Work::Each { inputs, concurrency } => {
-            let all = Value::Array(inputs.clone());
-            (for_each(ctx, step, inputs, concurrency, tx, cancel).await, all)
+            // Each item's input is copied as it starts, and dropped when it
+            // ends: one copy of the list lives through the step, not two.
+            let end = for_each(ctx, step, &inputs, concurrency, tx, cancel).await;
+            (end, Value::Array(inputs))
         }
     };
     end.input = Some(input);
     end
 }
 
-async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: Vec<Value>, concurrency: usize, tx: &mpsc::UnboundedSender<Msg>, cancel: &CancellationToken) -> StepEnd {
+async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: &[Value], concurrency: usize, tx: &mpsc::UnboundedSender<Msg>, cancel: &CancellationToken) -> StepEnd {
     let decl = &ctx.prepared.plan.workflow.steps[step];
     let started = Instant::now();
     let mut items = Items::new(inputs.len());
     let mut total = StepEnd { last_fuel: None, input: None, result: Ok(Value::Null), items: None, cached: None, attempts: 0, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
     let mut set = tokio::task::JoinSet::new();
-    let mut pending = inputs.into_iter().enumerate();
+    let mut pending = inputs.iter().cloned().enumerate();
     loop {
         while items.may_start() && set.len() < concurrency.max(1) {
             let Some((index, input)) = pending.next() else { break };
