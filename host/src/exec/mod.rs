@@ -175,8 +175,6 @@ pub struct Executor {
 
 /// What a step task reports to the dispatcher.
 enum Msg {
-    Started { step: usize, attempt: u32, item: Option<usize> },
-    Retrying { step: usize, attempt: u32, item: Option<usize>, error: StepFailure, delay: Duration, fuel: u64 },
     Done { step: usize, end: StepEnd },
 }
 
@@ -520,8 +518,8 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 Decision::Run(work) => {
                     running += 1;
                     began[i] = true;
-                    let (ctx, step_tx, cancel) = (ctx.clone(), tx.clone(), child.clone());
-                    let step = async move { (i, run_step(&ctx, i, work, &step_tx, &cancel).await) };
+                    let (ctx, step_sink, cancel) = (ctx.clone(), sink.clone(), child.clone());
+                    let step = async move { (i, run_step(&ctx, i, work, &step_sink, &cancel).await) };
                     // When steps run one at a time, the dispatcher drives
                     // the step itself: no task hand-off at all. (It yields at
                     // every epoch tick, so a cancel is seen within one.)
@@ -580,12 +578,6 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 let _ = tx.send(Msg::Done { step, end });
             }
             msg = rx.recv() => match msg.expect("the dispatcher holds a sender") {
-                Msg::Started { step, attempt, item } => sink.emit(&Event::StepStarted {
-                    run_id: run_id.clone(), step: wf.steps[step].id.clone(), attempt, item,
-                }),
-                Msg::Retrying { step, attempt, item, error, delay, fuel } => sink.emit(&Event::StepRetrying {
-                    run_id: run_id.clone(), step: wf.steps[step].id.clone(), attempt, item, error, delay, fuel_used: fuel,
-                }),
                 Msg::Done { step, end } => {
                     running -= 1;
                     // The result moves on, never copied: a `forEach` step's
@@ -854,13 +846,13 @@ impl Book<'_> {
 }
 
 /// Runs a step: one input, or every `forEach` item.
-async fn run_step(ctx: &Arc<Ctx>, step: usize, work: Work, tx: &mpsc::UnboundedSender<Msg>, cancel: &CancellationToken) -> StepEnd {
+async fn run_step(ctx: &Arc<Ctx>, step: usize, work: Work, sink: &Arc<dyn EventSink>, cancel: &CancellationToken) -> StepEnd {
     let (mut end, input) = match work {
-        Work::One(input) => (attempts(ctx, step, input.clone(), None, tx, cancel).await, input),
+        Work::One(input) => (attempts(ctx, step, input.clone(), None, sink, cancel).await, input),
         Work::Each { inputs, concurrency } => {
             // Each item's input is copied as it starts, and dropped when it
             // ends: one copy of the list lives through the step, not two.
-            let end = for_each(ctx, step, &inputs, concurrency, tx, cancel).await;
+            let end = for_each(ctx, step, &inputs, concurrency, sink, cancel).await;
             (end, Value::Array(inputs))
         }
     };
@@ -868,7 +860,7 @@ async fn run_step(ctx: &Arc<Ctx>, step: usize, work: Work, tx: &mpsc::UnboundedS
     end
 }
 
-async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: &[Value], concurrency: usize, tx: &mpsc::UnboundedSender<Msg>, cancel: &CancellationToken) -> StepEnd {
+async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: &[Value], concurrency: usize, sink: &Arc<dyn EventSink>, cancel: &CancellationToken) -> StepEnd {
     let decl = &ctx.prepared.plan.workflow.steps[step];
     let started = Instant::now();
     let mut items = Items::new(inputs.len());
@@ -878,8 +870,8 @@ async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: &[Value], concurrency: us
     loop {
         while items.may_start() && set.len() < concurrency.max(1) {
             let Some((index, input)) = pending.next() else { break };
-            let (ctx, tx, cancel) = (ctx.clone(), tx.clone(), cancel.clone());
-            set.spawn(async move { (index, attempts(&ctx, step, input, Some(index), &tx, &cancel).await) });
+            let (ctx, sink, cancel) = (ctx.clone(), sink.clone(), cancel.clone());
+            set.spawn(async move { (index, attempts(&ctx, step, input, Some(index), &sink, &cancel).await) });
         }
         let Some(joined) = set.join_next().await else { break };
         let (index, end) = joined.expect("step tasks do not panic");
@@ -897,7 +889,11 @@ async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: &[Value], concurrency: us
 
 /// Runs attempts of one input until one succeeds, a failure is final, or
 /// the retry policy runs out.
-async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx: &mpsc::UnboundedSender<Msg>, cancel: &CancellationToken) -> StepEnd {
+/// A step's own task emits its `StepStarted` and `StepRetrying` events:
+/// a message to the dispatcher would wake it on this worker, where it
+/// would wait (in the worker's LIFO slot, which no other worker steals
+/// from) until this step yields, while the other core idles.
+async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, sink: &Arc<dyn EventSink>, cancel: &CancellationToken) -> StepEnd {
     let wf = &ctx.prepared.plan.workflow;
     let decl = &wf.steps[step];
     let settings = decl.settings.or(&wf.defaults);
@@ -906,7 +902,7 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx:
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let _ = tx.send(Msg::Started { step, attempt, item });
+        sink.emit(&Event::StepStarted { run_id: ctx.run_id.clone(), step: decl.id.clone(), attempt, item });
         let Attempted { result, fuel_used: fuel, log, cached } = execute(ctx, step, &input, Which { item, attempt }, &settings, cancel).await;
         fuel_used += fuel;
         // Only the last attempt's log is kept, and counted against the run's `log` quota.
@@ -917,7 +913,7 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, tx:
         };
         match (result, retry) {
             (Err(f), Some(delay)) => {
-                let _ = tx.send(Msg::Retrying { step, attempt, item, error: f, delay, fuel });
+                sink.emit(&Event::StepRetrying { run_id: ctx.run_id.clone(), step: decl.id.clone(), attempt, item, error: f, delay, fuel_used: fuel });
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = cancel.cancelled() => {
