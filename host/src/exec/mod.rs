@@ -173,10 +173,6 @@ pub struct Executor {
     sink: Arc<dyn EventSink>,
 }
 
-/// What a step task reports to the dispatcher.
-enum Msg {
-    Done { step: usize, end: StepEnd },
-}
 
 /// The result of all of a step's attempts (and items).
 struct StepEnd {
@@ -443,7 +439,8 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     // `finally` only on `skip_finally` and their own timeout.
     let mut phase_cancel = cancel.clone();
     let mut child = cancel.child_token();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    // Step tasks report here when they end: (step, how it ended).
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, StepEnd)>();
     let mut deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
     // How the steps of `steps` stopped, once the `finally` steps run.
     let mut main_stop: Option<Option<Stop>> = None;
@@ -533,7 +530,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                         let tx = tx.clone();
                         tokio::spawn(async move {
                             let (step, end) = step.await;
-                            let _ = tx.send(Msg::Done { step, end });
+                            let _ = tx.send((step, end));
                         });
                     }
                 }
@@ -575,20 +572,18 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         tokio::select! {
             (step, end) = async { inline.as_mut().expect("guarded").await }, if inline.is_some() => {
                 inline = None;
-                let _ = tx.send(Msg::Done { step, end });
+                let _ = tx.send((step, end));
             }
-            msg = rx.recv() => match msg.expect("the dispatcher holds a sender") {
-                Msg::Done { step, end } => {
-                    running -= 1;
-                    // The result moves on, never copied: a `forEach` step's
-                    // can hold every item's output.
-                    let mut end = end;
-                    let result = std::mem::replace(&mut end.result, Ok(Value::Null));
-                    if book.finish(step, Ending::Ran(result), Some(end)) == Some(Stop::Cancelled) {
-                        child.cancel();
-                    }
+            done = rx.recv() => {
+                let (step, mut end) = done.expect("the dispatcher holds a sender");
+                running -= 1;
+                // The result moves on, never copied: a `forEach` step's
+                // can hold every item's output.
+                let result = std::mem::replace(&mut end.result, Ok(Value::Null));
+                if book.finish(step, Ending::Ran(result), Some(end)) == Some(Stop::Cancelled) {
+                    child.cancel();
                 }
-            },
+            }
             _ = phase_cancel.cancelled(), if Stop::cancel_applies(book.stop) => {
                 book.stop = Some(Stop::Cancelled);
                 child.cancel();

@@ -58,7 +58,9 @@ fn base_config() -> Config {
 
 /// Pool slots: `instances` component instances at once, each with the core
 /// instances, memories and tables a wasi-p2 Rust component needs.
-fn pooling_config(instances: u32) -> PoolingAllocationConfig {
+/// `reset_dirty_pages`: whether the kernel tells which pages a step wrote
+/// (`PAGEMAP_SCAN`, Linux 6.7+).
+fn pooling_config(instances: u32, reset_dirty_pages: bool) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
         .total_core_instances(instances * 8)
@@ -78,10 +80,10 @@ fn pooling_config(instances: u32) -> PoolingAllocationConfig {
         // (measured in BENCHMARKS.md).
         .decommit_batch_size(32)
         .async_stack_keep_resident(64 << 10);
-    if reset_dirty_pages() {
-        // Linux 6.7+ tells which pages a step wrote (PAGEMAP_SCAN): only
-        // those are reset, by copy, and stay resident for the next step
-        // in the slot, up to a budget that holds an interpreter's heap.
+    if reset_dirty_pages {
+        // Only the pages a step wrote are reset, by copy, and stay
+        // resident for the next step in the slot, up to a budget that
+        // holds an interpreter's heap.
         pool.pagemap_scan(wasmtime::Enabled::Yes).linear_memory_keep_resident(32 << 20).table_keep_resident(1 << 20);
     } else {
         // Without it, the first pages of a slot are reset with memset
@@ -91,12 +93,6 @@ fn pooling_config(instances: u32) -> PoolingAllocationConfig {
     pool
 }
 
-/// Whether pool slots are reset page by page, only where a step wrote.
-fn reset_dirty_pages() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(PoolingAllocationConfig::is_pagemap_scan_available)
-}
-
 /// Builds the engine, falling back from pooling to on-demand under `Auto`.
 pub(crate) fn new_engine(
     choice: AllocatorChoice,
@@ -104,7 +100,8 @@ pub(crate) fn new_engine(
 ) -> wasmtime::Result<(Engine, AllocatorKind)> {
     if choice != AllocatorChoice::OnDemand {
         let mut config = base_config();
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(instances)));
+        let reset_dirty_pages = PoolingAllocationConfig::is_pagemap_scan_available();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(instances, reset_dirty_pages)));
         // With dirty pages reset in place, map a component's data
         // copy-on-write: a slot reused by the same component keeps the
         // pages it did not write mapped, and the written ones resident,
@@ -112,7 +109,7 @@ pub(crate) fn new_engine(
         // copied nor faulted in again (2× faster per call). Without it,
         // copy the data into the slot's resident pages instead: every CoW
         // fault would flush the TLB on every core running a step.
-        config.memory_init_cow(reset_dirty_pages());
+        config.memory_init_cow(reset_dirty_pages);
         match Engine::new(&config) {
             Ok(engine) => return Ok((engine, AllocatorKind::Pooling)),
             Err(e) if choice == AllocatorChoice::Pooling => return Err(e),
