@@ -322,7 +322,7 @@ pub async fn follow(
         listening.clone(),
     ));
     let _stop_listening = listening.drop_guard();
-    store.run(run_id).await?;
+    store.run(run_id, crate::store::RunDetail::Run).await?;
     let mut last = 0;
     let mut failures = 0u32;
     loop {

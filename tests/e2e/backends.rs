@@ -5,7 +5,7 @@ use crate::support::{Backend, backends};
 use sandflow::exec::{Event, MaskedString, RunState, SecretSpans, StepState};
 use sandflow::failure::{FailureKind, StepFailure};
 use sandflow::sandbox::{LogLine, LogSource, StepLog};
-use sandflow::store::{NewRun, RunStore, StoreError, StoreUrl, open};
+use sandflow::store::{NewRun, RunDetail, RunStore, StoreError, StoreUrl, open};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +28,7 @@ fn finished(run: &str, step: &str, state: StepState, output: Option<Value>, log:
         fuel_used: 345,
         error: (state == StepState::Failed).then(|| StepFailure::new(FailureKind::Component, "it broke")),
         reason: None,
-        output,
+        output: output.map(Arc::new),
         output_secrets: None,
         input: None,
         last_fuel: Some(246),
@@ -66,7 +66,7 @@ async fn a_run_is_recorded_listed_shown_and_logged() {
         let runs = s.runs(&sandflow::store::RunQuery::newest(10)).await.unwrap();
         assert_eq!(runs.len(), 1, "{name}");
         assert_eq!((runs[0].status.as_str(), runs[0].succeeded_steps, runs[0].failed_steps), ("failed", 1, 1), "{name}");
-        let run = s.run("r1").await.unwrap();
+        let run = s.run("r1", RunDetail::Full).await.unwrap();
         assert_eq!(run.input, json!({"n": 1}), "{name}");
         assert_eq!(run.error.as_deref(), Some("step `b` failed"), "{name}");
         let steps: Vec<(&str, &str)> = run.steps.iter().map(|x| (x.step.as_str(), x.state.as_str())).collect();
@@ -97,7 +97,7 @@ async fn a_run_is_recorded_listed_shown_and_logged() {
         let nul = if name == "postgres" { "two\u{fffd}nul" } else { "two\0nul" };
         assert_eq!(texts, ["one", nul], "{name}");
         assert_eq!(backend.count(dir.path(), "SELECT COUNT(*) FROM attempts WHERE run_id = $1", "r1"), 3, "{name}");
-        assert!(matches!(s.run("nope").await, Err(StoreError::UnknownRun(_))), "{name}");
+        assert!(matches!(s.run("nope", RunDetail::Full).await, Err(StoreError::UnknownRun(_))), "{name}");
         assert!(matches!(s.logs("nope", None).await, Err(StoreError::UnknownRun(_))), "{name}");
     }
 }
@@ -141,7 +141,7 @@ async fn a_resume_counts_attempts_in_the_store_and_keeps_masked_outputs() {
         assert_eq!(outputs.keys().collect::<Vec<_>>(), ["a"], "{name}");
         assert_eq!((&outputs["a"].output, &outputs["a"].secrets), (&json!({"token": "***"}), &Some(spans)), "{name}");
         other.record(vec![finished("r2", "b", StepState::Succeeded, Some(json!(1)), &["new"])]).await.unwrap();
-        let run = s.run("r2").await.unwrap();
+        let run = s.run("r2", RunDetail::Full).await.unwrap();
         assert_eq!((run.status.as_str(), run.attempt), ("running", 3), "{name}");
         let b = run.steps.iter().find(|x| x.step == "b").unwrap();
         assert_eq!((b.state.as_str(), b.run_attempt), ("succeeded", 3), "{name}");
@@ -219,7 +219,7 @@ async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
         .await
         .unwrap();
     let s = open(&url).await.unwrap();
-    assert_eq!(s.run("old").await.unwrap().status, "running", "kept its runs");
+    assert_eq!(s.run("old", RunDetail::Full).await.unwrap().status, "running", "kept its runs");
     assert_eq!(s.request_cancel("old").await.unwrap(), "running");
     assert!(s.take_cancel_request("old").await.unwrap());
     assert!(!s.take_cancel_request("old").await.unwrap(), "a request is taken once");

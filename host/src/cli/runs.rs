@@ -5,6 +5,8 @@ use super::render::say;
 use super::{CliError, GlobalArgs, Output, exit, new_sandbox, render, run, store_error, workflow_cmd};
 use crate::exec::{Redactor, RunState, check_input, check_secrets};
 use crate::runs::{Recorder, ResumeError, Rerun, Settings};
+use crate::store::RunDetail;
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -108,7 +110,8 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
             }
         }
         RunsCommand::Show { id, timeline } => {
-            let run = store.run(&id).await.map_err(store_error)?;
+            let detail = if out.json { RunDetail::Full } else { RunDetail::Steps };
+            let run = store.run(&id, detail).await.map_err(store_error)?;
             if out.json {
                 print_json(&run);
             } else {
@@ -129,21 +132,24 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                 // One write for all the steps, not one per line: a run of
                 // 100,000 steps is shown in a fraction of the time.
                 let mut lines = std::io::BufWriter::new(std::io::stdout().lock());
+                let mut line = String::new();
                 for s in &run.steps {
-                    let failure = match (&s.error_kind, &s.error_message, &s.reason) {
-                        (Some(k), Some(m), _) => format!("  {k}: {m}"),
-                        (_, _, Some(r)) => format!("  {r}"),
-                        _ => String::new(),
-                    };
-                    let _ = writeln!(
-                        lines,
-                        "    {:<20} {:<10} attempts {:<2} {:>10}  fuel {:<12}{failure}",
+                    line.clear();
+                    let _ = write!(
+                        line,
+                        "    {:<20} {:<10} attempts {:<2} {:>10}  fuel {:<12}",
                         s.step,
                         s.state,
                         s.attempts,
                         render::duration(std::time::Duration::from_secs_f64(s.duration_ms / 1000.0)),
                         s.fuel_used
                     );
+                    let _ = match (&s.error_kind, &s.error_message, &s.reason) {
+                        (Some(k), Some(m), _) => write!(line, "  {k}: {m}"),
+                        (_, _, Some(r)) => write!(line, "  {r}"),
+                        _ => Ok(()),
+                    };
+                    let _ = writeln!(lines, "{}", line.trim_end());
                 }
                 let _ = lines.flush();
                 drop(lines);
@@ -191,7 +197,7 @@ pub(crate) async fn cancel(args: CancelArgs, global: &GlobalArgs, out: &Output) 
     }
     let deadline = tokio::time::Instant::now() + args.wait;
     loop {
-        let status = store.run(&args.id).await.map_err(store_error)?.status;
+        let status = store.run(&args.id, RunDetail::Run).await.map_err(store_error)?.status;
         if status != RunState::Running.as_str() {
             if !out.quiet {
                 say!("run {} is {status}", args.id);
@@ -216,7 +222,7 @@ pub(crate) async fn cancel(args: CancelArgs, global: &GlobalArgs, out: &Output) 
 /// `sandflow retry ID [--from STEP]`: a new attempt of a finished run.
 pub(crate) async fn retry(args: RetryArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let store = global.open_store().await?;
-    let record = store.run(&args.id).await.map_err(store_error)?;
+    let record = store.run(&args.id, RunDetail::Run).await.map_err(store_error)?;
     if record.status == RunState::Running.as_str() {
         return Err(CliError::invalid(format!(
             "run {} is running: `sandflow cancel {}` it first, or `sandflow resume {}` it if the process that ran it died",
@@ -237,7 +243,7 @@ pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) 
 async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let (cancel, skip_finally, watcher) = super::call::run_interrupts();
     let store = global.open_store().await?;
-    let record = store.run(&args.id).await.map_err(store_error)?;
+    let record = store.run(&args.id, RunDetail::Full).await.map_err(store_error)?;
     if record.status == RunState::Running.as_str()
         && let crate::store::StoreUrl::Postgres(_) = global.store_url()?
         && super::worker::pg_store(global, "resume").await?.is_queued(&record.id).await.map_err(store_error)?

@@ -16,7 +16,7 @@
 
 use super::{CliError, GlobalArgs, Output, exit};
 use crate::plan::Plan;
-use crate::store::{RunQuery, RunRecord, RunStore, StoreError};
+use crate::store::{RunDetail, RunQuery, RunRecord, RunStore, StoreError};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -195,7 +195,7 @@ async fn list_runs(State(app): State<Arc<App>>, Query(p): Query<ListParams>) -> 
 /// which steps are `forEach` steps, the Argo-style groups and the
 /// `finally` steps (the page collapses groups and items by them).
 async fn show_run(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    let run = match app.store.run(&id).await {
+    let run = match app.store.run(&id, RunDetail::Full).await {
         Ok(run) => run,
         Err(e) => return failure(e),
     };
@@ -229,7 +229,7 @@ fn shape(plan: &Plan) -> serde_json::Value {
 /// The run's DAG from the workflow file it recorded, steps coloured by
 /// their recorded state.
 async fn graph(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    let run = match app.store.run(&id).await {
+    let run = match app.store.run(&id, RunDetail::Steps).await {
         Ok(run) => run,
         Err(e) => return failure(e),
     };
@@ -295,7 +295,7 @@ async fn attempts(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p):
 
 /// The run each time its record changes, until it is no longer running.
 async fn events(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    if let Err(e) = app.store.run(&id).await {
+    if let Err(e) = app.store.run(&id, RunDetail::Run).await {
         return failure(e);
     }
     // (store, run id, what was last sent, whether the run had ended)
@@ -305,7 +305,7 @@ async fn events(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response
             return None;
         }
         loop {
-            let run = match store.run(&id).await {
+            let run = match store.run(&id, RunDetail::Full).await {
                 Ok(run) => run,
                 Err(e) => {
                     let event = Event::default().event("error").data(e.to_string());
@@ -338,7 +338,7 @@ async fn act(State(app): State<Arc<App>>, Path((id, action)): Path<(String, Stri
             Err(e) => failure(e),
         },
         "resume" | "retry" => {
-            if let Err(e) = app.store.run(&id).await {
+            if let Err(e) = app.store.run(&id, RunDetail::Run).await {
                 return failure(e);
             }
             let mut cmd = tokio::process::Command::new(&app.exe);

@@ -214,7 +214,7 @@ impl Stop {
 /// reads as skipped, so `$on_skip` applies.
 pub struct Ended<'a> {
     pub plan: &'a Plan,
-    pub outputs: &'a BTreeMap<String, Option<Value>>,
+    pub outputs: &'a dyn Outputs,
     /// Each ended step's outcome, by index.
     pub outcome: &'a dyn Fn(usize) -> Option<Outcome>,
     pub finally: bool,
@@ -543,8 +543,11 @@ fn step_failed(wf: &Workflow, i: usize, failure: Option<StepFailure>) -> String 
 
 /// The run output (SPEC §2.6): the `output` template, or the outputs of
 /// the steps nothing depends on.
-pub fn run_output(facts: &RunFacts<'_>, plan: &crate::plan::Plan, outputs: &BTreeMap<String, Option<Value>>) -> Result<Value, EvalError> {
-    let value_of = |i: usize| outputs.get(&plan.workflow.steps[i].id).cloned().flatten().unwrap_or(Value::Null);
+pub fn run_output(facts: &RunFacts<'_>, plan: &crate::plan::Plan, outputs: &dyn Outputs) -> Result<Value, EvalError> {
+    let value_of = |i: usize| match outputs.lookup(&plan.workflow.steps[i].id) {
+        crate::expr::Lookup::Done(v) => v.clone(),
+        _ => Value::Null,
+    };
     match &plan.workflow.output {
         Some(t) => match t.eval(&facts.scope(outputs, None)) {
             Err(EvalError::Skipped(_)) => Ok(Value::Null),

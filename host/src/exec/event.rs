@@ -6,6 +6,7 @@ use crate::failure::StepFailure;
 use crate::sandbox::StepLog;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A step's state (SPEC §2.7).
@@ -110,11 +111,12 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
         /// The input it ran with (a `forEach` step: each item's); none if
-        /// it never ran.
+        /// it never ran. Shared, not copied, by the sinks that keep it (a
+        /// `forEach` step's may hold 100,000 items), as is `output`.
         #[serde(skip_serializing_if = "Option::is_none")]
-        input: Option<Value>,
+        input: Option<Arc<Value>>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        output: Option<Value>,
+        output: Option<Arc<Value>>,
         /// Where secrets were masked in `output` (set by the masking sink),
         /// so a resume can put them back.
         #[serde(skip, default)]

@@ -641,7 +641,9 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         .into_iter()
         .map(|r| {
             let mut r = r.expect("every step has a report");
-            r.output = outputs.remove(&r.id).flatten();
+            // The sinks are done with the run's events: the output is
+            // taken, not copied.
+            r.output = outputs.remove(&r.id).flatten().map(|v| Arc::try_unwrap(v).unwrap_or_else(|v| (*v).clone()));
             r
         })
         .collect();
@@ -678,7 +680,8 @@ struct Book<'a> {
     waiting: Vec<usize>,
     ready: VecDeque<usize>,
     /// Outputs of finished steps (`None`: skipped), for templates.
-    outputs: BTreeMap<String, Option<Value>>,
+    /// Shared with the `StepFinished` event that recorded each, not copied.
+    outputs: BTreeMap<String, Option<Arc<Value>>>,
     reports: Vec<Option<StepReport>>,
     /// How each ended step turned out (`depends`, `steps.ID.status`); one
     /// that blocks (it failed under `fail`, was cancelled, or was skipped
@@ -749,7 +752,7 @@ impl Book<'_> {
     /// of its own beyond `StepRestored`, its dependents released.
     fn restore(&mut self, i: usize, output: Value) {
         let decl = &self.wf.steps[i];
-        self.outputs.insert(decl.id.clone(), Some(output));
+        self.outputs.insert(decl.id.clone(), Some(Arc::new(output)));
         self.reports[i] = Some(StepReport {
             id: decl.id.clone(),
             state: StepState::Succeeded,
@@ -788,6 +791,7 @@ impl Book<'_> {
         let decl = &self.wf.steps[i];
         let Verdict { state, output, error, reason, releases, .. } = verdict;
         let (cached, reason) = core::cached(state, reason, end.as_ref().and_then(|e| e.cached.as_deref()));
+        let output = output.map(Arc::new);
         match state {
             StepState::Skipped => {
                 self.outputs.insert(decl.id.clone(), None);
@@ -800,7 +804,7 @@ impl Book<'_> {
         }
         let (attempts, fuel_used, duration) = end.as_ref().map_or((0, 0, Duration::ZERO), |e| (e.attempts, e.fuel_used, e.duration));
         let (input, log, last_fuel, items) = match end {
-            Some(e) => (e.input, e.log, e.last_fuel, e.items),
+            Some(e) => (e.input.map(Arc::new), e.log, e.last_fuel, e.items),
             None => (None, StepLog::default(), None, None),
         };
         // The report's output is filled from `outputs` when the run ends

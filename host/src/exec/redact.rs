@@ -161,10 +161,10 @@ impl Redactor {
             Event::StepFinished { error, reason, input, output, output_secrets, log, .. } => {
                 *error = error.as_ref().map(|f| self.failure(f));
                 *reason = reason.as_deref().map(|r| self.text(r));
-                *input = input.as_ref().map(|v| self.value(v));
+                *input = input.as_ref().map(|v| std::sync::Arc::new(self.value(v)));
                 if let Some(v) = output {
                     let (masked, spans) = self.value_spans(v);
-                    *output = Some(masked);
+                    *output = Some(std::sync::Arc::new(masked));
                     *output_secrets = spans;
                 }
                 for line in &mut log.lines {

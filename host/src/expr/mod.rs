@@ -381,10 +381,10 @@ pub trait Outputs {
     }
 }
 
-impl Outputs for BTreeMap<String, Option<Value>> {
+impl<V: std::borrow::Borrow<Value>> Outputs for BTreeMap<String, Option<V>> {
     fn lookup(&self, id: &str) -> Lookup<'_> {
         match self.get(id) {
-            Some(Some(v)) => Lookup::Done(v),
+            Some(Some(v)) => Lookup::Done(v.borrow()),
             Some(None) => Lookup::Skipped,
             None => Lookup::Unknown,
         }

@@ -72,8 +72,8 @@ pub trait RunStore: Send + Sync {
     async fn record(&self, events: Vec<Event>) -> Result<(), StoreError>;
     /// The most recent runs, newest first.
     async fn runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>, StoreError>;
-    /// One run with its steps.
-    async fn run(&self, id: &str) -> Result<RunRecord, StoreError>;
+    /// One run, with as much of its steps as `detail` asks for.
+    async fn run(&self, id: &str, detail: RunDetail) -> Result<RunRecord, StoreError>;
     /// A run's recorded attempts, of one step or all, in the order recorded:
     /// each failed attempt that was retried, and each step's last.
     async fn attempts(&self, id: &str, step: Option<&str>) -> Result<Vec<AttemptRecord>, StoreError>;
@@ -305,6 +305,32 @@ impl RunQuery {
             sql.push_str(&format!(" AND (r.started_at, r.{tiebreak}) < (SELECT started_at, {tiebreak} FROM runs WHERE id = {p})"));
         }
         (sql, values)
+    }
+}
+
+/// How much of a run [`RunStore::run`] reads: a run of 100,000 steps holds
+/// 100,000 inputs and outputs, which only some readers need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunDetail {
+    /// The run alone (status, input, output, error); no steps.
+    Run,
+    /// And each step's state, attempts, timing, fuel and failure, without
+    /// its input and output: what `runs show` prints.
+    Steps,
+    /// And each step's input and output.
+    Full,
+}
+
+impl RunDetail {
+    /// The columns of the steps query, in [`StepRecord`]'s order; input
+    /// and output are NULL unless asked for.
+    pub(crate) fn step_columns(self) -> &'static str {
+        match self {
+            RunDetail::Full => "step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input",
+            RunDetail::Run | RunDetail::Steps => {
+                "step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, NULL, run_attempt, NULL"
+            }
+        }
     }
 }
 

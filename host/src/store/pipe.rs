@@ -463,10 +463,10 @@ impl EventRows {
                     .push(error.as_ref().map(|e| text(&e.message).into_owned()));
                 s.reason
                     .push(reason.as_deref().map(|r| text(r).into_owned()));
-                s.output.push(output.as_ref().map(Value::to_string));
+                s.output.push(output.as_deref().map(Value::to_string));
                 s.output_secrets
                     .push(output_secrets.as_ref().map(SecretSpans::to_json));
-                s.input.push(input.as_ref().map(Value::to_string));
+                s.input.push(input.as_deref().map(Value::to_string));
                 for (seq, (source, line)) in log_rows(log).enumerate() {
                     s.logs.0.push(run_id.clone());
                     s.logs.1.push(step.clone());

@@ -7,7 +7,7 @@
 //! Connections come from a pool; a pool that cannot connect (the server is
 //! restarting) is retried with backoff for up to [`CONNECT_PATIENCE`].
 
-use super::{AttemptRecord, NewRun, RecordedOutput, RunQuery, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
+use super::{AttemptRecord, NewRun, RecordedOutput, RunDetail, RunQuery, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
 use crate::exec::Event;
 use crate::sandbox::{LogLine, LogSource};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -467,7 +467,7 @@ impl RunStore for PgStore {
             .collect())
     }
 
-    async fn run(&self, id: &str) -> Result<RunRecord, StoreError> {
+    async fn run(&self, id: &str, detail: RunDetail) -> Result<RunRecord, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -477,14 +477,13 @@ impl RunStore for PgStore {
             .await
             .map_err(db)?
             .ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
-        let steps = client
-            .query(
-                "SELECT step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input
-                 FROM steps WHERE run_id = $1 ORDER BY pos",
-                &[&id],
-            )
-            .await
-            .map_err(db)?;
+        let steps = match detail {
+            RunDetail::Run => Vec::new(),
+            _ => client
+                .query(&format!("SELECT {} FROM steps WHERE run_id = $1 ORDER BY pos", detail.step_columns()), &[&id])
+                .await
+                .map_err(db)?,
+        };
         Ok(RunRecord {
             id: row.get(0),
             workflow: row.get(1),
@@ -519,7 +518,7 @@ impl RunStore for PgStore {
     }
 
     async fn logs(&self, id: &str, step: Option<&str>) -> Result<Vec<(String, LogLine)>, StoreError> {
-        self.run(id).await?;
+        self.run(id, RunDetail::Run).await?;
         let client = self.client().await?;
         let rows = client
             .query(

@@ -1111,7 +1111,7 @@ impl<'a> RunTx<'a> {
             reason,
             // Not kept by the distributed bookkeeper (yet): each job holds its own.
             input: None,
-            output,
+            output: output.map(std::sync::Arc::new),
             output_secrets: None,
             // Per attempt, a job's fuel is summed: the last one's is not kept.
             last_fuel: None,
