@@ -25,9 +25,8 @@
 pub mod path;
 
 use crate::workflow::diagnostic::{Diagnostic, Location};
-use crate::workflow::yaml::{node_location, scalar_value, to_json};
+use crate::workflow::yaml::{Node, location, node_location, scalar_value, to_json};
 use cel::common::ast::Expr;
-use marked_yaml::Node;
 use path::JsonPath;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -638,7 +637,7 @@ pub fn parse(node: &Node, file: &Arc<Path>, diags: &mut Vec<Diagnostic>) -> Temp
             }
             for (k, _) in map.iter() {
                 if k.as_str().starts_with('$') {
-                    let mut d = Diagnostic::new(&node_location(file, &Node::Scalar(k.clone())), format!("unknown key `{}`", k.as_str()));
+                    let mut d = Diagnostic::new(&location(file, k.at()), format!("unknown key `{}`", k.as_str()));
                     if let Some(n) = crate::workflow::diagnostic::nearest(k.as_str(), REFERENCE_KEYS) {
                         d = d.with_hint(format!("did you mean `{n}`?"));
                     } else {
@@ -661,10 +660,10 @@ pub fn parse(node: &Node, file: &Arc<Path>, diags: &mut Vec<Diagnostic>) -> Temp
 const REFERENCE_KEYS: [&str; 7] = ["$from", "$literal", "$input", "$step", "$variable", "$if", "$coalesce"];
 
 /// Reports keys of a reference mapping other than `allowed`.
-fn only_keys(map: &marked_yaml::types::MarkedMappingNode, allowed: &[&str], what: &str, file: &Arc<Path>, diags: &mut Vec<Diagnostic>) {
+fn only_keys(map: &crate::workflow::yaml::Mapping, allowed: &[&str], what: &str, file: &Arc<Path>, diags: &mut Vec<Diagnostic>) {
     for (k, _) in map.iter() {
         if !allowed.contains(&k.as_str()) {
-            let mut d = Diagnostic::new(&node_location(file, &Node::Scalar(k.clone())), format!("unknown key `{}` in {what}", k.as_str()));
+            let mut d = Diagnostic::new(&location(file, k.at()), format!("unknown key `{}` in {what}", k.as_str()));
             d = match crate::workflow::diagnostic::nearest(k.as_str(), allowed.iter().copied()) {
                 Some(n) => d.with_hint(format!("did you mean `{n}`?")),
                 None => d.with_hint(format!("its keys are {}", allowed.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))),
@@ -687,7 +686,7 @@ fn parse_path(node: &Node, file: &Arc<Path>, diags: &mut Vec<Diagnostic>) -> Opt
 
 /// StepFlow's value expressions: `$input`, `$step`, `$variable`, `$if`,
 /// `$coalesce` (its `schemas/flow.json`). `None`: the mapping is none of them.
-fn parse_stepflow(map: &marked_yaml::types::MarkedMappingNode, file: &Arc<Path>, at: &Location, diags: &mut Vec<Diagnostic>) -> Option<Template> {
+fn parse_stepflow(map: &crate::workflow::yaml::Mapping, file: &Arc<Path>, at: &Location, diags: &mut Vec<Diagnostic>) -> Option<Template> {
     let from = |source, path, default| Template::From(FromRef { source, path, use_default_on_skip: false, default, at: at.clone() });
     if let Some(p) = map.get_node("$input") {
         only_keys(map, &["$input"], "an `$input` reference", file, diags);
@@ -753,7 +752,7 @@ fn collapse_object(entries: Vec<(String, Template)>) -> Template {
 }
 
 fn parse_from(
-    map: &marked_yaml::types::MarkedMappingNode,
+    map: &crate::workflow::yaml::Mapping,
     from: &Node,
     file: &Arc<Path>,
     at: &Location,

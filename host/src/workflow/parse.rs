@@ -8,8 +8,7 @@ use super::yaml::{location, node_location, scalar_value, to_json};
 use crate::expr::{self, Template};
 use crate::sandbox::{AllowedHost, HttpGrant, QuotaKind};
 use crate::units::{parse_duration, parse_size};
-use marked_yaml::Node;
-use marked_yaml::types::MarkedMappingNode;
+use super::yaml::{Mapping, Node};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -76,14 +75,14 @@ impl Cx {
     }
 
     /// `node` as a mapping whose keys are all in `known`.
-    fn mapping<'n>(&mut self, node: &'n Node, what: &str, known: &[&str]) -> Option<&'n MarkedMappingNode> {
+    fn mapping<'n>(&mut self, node: &'n Node, what: &str, known: &[&str]) -> Option<&'n Mapping> {
         let Some(map) = node.as_mapping() else {
             self.error(node, format!("{what} must be a mapping of keys"));
             return None;
         };
         for (key, _) in map.iter() {
             if !known.contains(&key.as_str()) {
-                let at = location(&self.file, key.span());
+                let at = location(&self.file, key.at());
                 let mut d = Diagnostic::new(&at, format!("unknown key `{}` in {what}", key.as_str()));
                 d = match nearest(key.as_str(), known.iter().copied()) {
                     Some(n) => d.with_hint(format!("did you mean `{n}`?")),
@@ -241,7 +240,7 @@ fn has_stepflow_forms(node: &Node) -> bool {
     }
 }
 
-fn settings(cx: &mut Cx, map: &MarkedMappingNode) -> StepSettings {
+fn settings(cx: &mut Cx, map: &Mapping) -> StepSettings {
     StepSettings {
         timeout: map.get_node("timeout").and_then(|n| cx.duration(n, "`timeout`")),
         fuel: map.get_node("fuel").and_then(|n| cx.uint(n, "`fuel`", 1)),
@@ -270,7 +269,7 @@ fn quota(cx: &mut Cx, node: &Node, per_run: bool) -> QuotaSettings {
     for (key, value) in map.iter() {
         let Some(kind) = QuotaKind::from_key(key.as_str()) else { continue };
         if per_run && !kind.per_run() {
-            let at = location(&cx.file, key.span());
+            let at = location(&cx.file, key.at());
             cx.diags.push(
                 Diagnostic::new(&at, format!("`{}` is a quota per attempt, not per run", kind.key()))
                     .with_hint("set it under `defaults.quota` or on a step"),
@@ -353,7 +352,7 @@ fn components(cx: &mut Cx, node: &Node) -> BTreeMap<String, ComponentDecl> {
         });
         let config = c.get_node("config").map(to_json).unwrap_or(Value::Null);
         let grants = c.get_node("grants").map(|n| grants(cx, n, &what)).unwrap_or_default();
-        let at = location(&cx.file, key.span());
+        let at = location(&cx.file, key.at());
         out.insert(name.clone(), ComponentDecl { name, path: cx.resolve(&path), sha256, config, grants, at });
     }
     out
