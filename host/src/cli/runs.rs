@@ -156,6 +156,9 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                 if timeline {
                     print!("\n{}", super::timeline::render(&run));
                 }
+                // The process ends next: freeing 100,000 step records one by
+                // one would take a tenth of the command's time.
+                std::mem::forget(run);
             }
         }
         RunsCommand::Follow { .. } => unreachable!("handled above"),
