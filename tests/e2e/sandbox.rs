@@ -244,3 +244,27 @@ async fn a_step_never_sees_what_an_earlier_step_left_in_its_slot() {
         assert_eq!(task.await.unwrap().result.unwrap(), clean, "concurrent step {i}");
     }
 }
+
+/// A full pool is never a step's failure: with the pool's slots all
+/// taken, a slot freed by a step that just ended may still be queued for
+/// reset, or being reset by another thread, when the next step asks for
+/// one. That step waits for it. (Run as the scheduler runs steps: a task
+/// each, two at a time, over a pool of four slots.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_that_fill_the_pool_wait_for_a_slot_being_reset_not_fail() {
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig { max_instances: 4, ..SandboxConfig::default() }).unwrap());
+    let echo = sandbox.load_file(&example("echo")).unwrap();
+    let mut running = tokio::task::JoinSet::new();
+    for i in 0..40_000 {
+        if running.len() == 2 {
+            let (step, out): (usize, StepOutcome) = running.join_next().await.unwrap().unwrap();
+            assert!(out.result.is_ok(), "step {step}: {:?}", out.result);
+        }
+        let (sandbox, echo) = (sandbox.clone(), echo.clone());
+        running.spawn(async move { (i, sandbox.run(&echo, request(json!({ "n": i }), limits()), &CancellationToken::new()).await) });
+    }
+    while let Some(joined) = running.join_next().await {
+        let (step, out) = joined.unwrap();
+        assert!(out.result.is_ok(), "step {step}: {:?}", out.result);
+    }
+}

@@ -391,6 +391,11 @@ impl Sandbox {
         (result, fuel_used)
     }
 
+    /// How long a step holding a slot waits for the pool to return one
+    /// being reset (see `in_fresh_store`), and how often it tries.
+    const POOL_WAIT: Duration = Duration::from_secs(1);
+    const POOL_RETRY: Duration = Duration::from_millis(1);
+
     /// Instantiates `component` in a new store set up from `request`, runs
     /// `call` on it under the deadline and `cancel`, and classifies failures.
     /// Returns the result and the fuel used.
@@ -408,48 +413,64 @@ impl Sandbox {
             _ = cancel.cancelled() => return (Err(cancelled()), 0),
             slot = self.slots.acquire() => slot.expect("the semaphore is never closed"),
         };
-        let mut store = match self.new_store(request, sink) {
-            Ok(s) => s,
-            Err(f) => return (Err(f), 0),
-        };
-        enum Raw {
-            Done(Result<Returned, (wasmtime::Error, bool)>),
-            TimedOut,
-            Cancelled,
-        }
-        let raw = {
-            let store = &mut store;
-            let work = async move {
-                let instance = component.instance_pre().instantiate_async(&mut *store).await.map_err(|e| (e, true))?;
-                call.invoke(store, &instance).await.map_err(|e| (e, false))
+        let mut waited = Duration::ZERO;
+        loop {
+            let mut store = match self.new_store(request, sink) {
+                Ok(s) => s,
+                Err(f) => return (Err(f), 0),
             };
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => Raw::Cancelled,
-                r = tokio::time::timeout(limits.timeout, work) => match r {
-                    Ok(r) => Raw::Done(r),
-                    Err(_) => Raw::TimedOut,
-                },
+            enum Raw {
+                Done(Result<Returned, (wasmtime::Error, bool)>),
+                TimedOut,
+                Cancelled,
             }
-        };
-        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-        let over_http_quota = store.data().http_hooks.exceeded();
-        let result = match raw {
-            // Requests past the quota were refused; however the guest took
-            // that, flooding the host is the attempt's failure.
-            Raw::Done(_) if let Some(q) = over_http_quota => Err(StepFailure::new(FailureKind::Quota, q.to_string())),
-            Raw::Done(Ok(r)) => Ok(r),
-            Raw::Done(Err((e, instantiating))) => Err(classify(e, instantiating, store.data(), limits, sink)),
-            Raw::TimedOut => Err(StepFailure::new(
-                FailureKind::Timeout,
-                format!(
-                    "did not finish within its {} timeout; raise `timeout` if it needs longer",
-                    crate::units::format_duration(limits.timeout)
-                ),
-            )),
-            Raw::Cancelled => Err(cancelled()),
-        };
-        (result, fuel_used)
+            let raw = {
+                let (store, call) = (&mut store, &call);
+                let work = async move {
+                    let instance = component.instance_pre().instantiate_async(&mut *store).await.map_err(|e| (e, true))?;
+                    call.invoke(store, &instance).await.map_err(|e| (e, false))
+                };
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Raw::Cancelled,
+                    r = tokio::time::timeout(limits.timeout, work) => match r {
+                        Ok(r) => Raw::Done(r),
+                        Err(_) => Raw::TimedOut,
+                    },
+                }
+            };
+            // The pool is full although this step holds one of its slots: a
+            // slot a step just freed is still queued for reset, or being reset
+            // by another thread (wasmtime resets slots in batches). It is back
+            // within microseconds: try again in a fresh store.
+            if let Raw::Done(Err((e, true))) = &raw
+                && e.is::<wasmtime::PoolConcurrencyLimitError>()
+                && waited < Self::POOL_WAIT
+            {
+                drop(store);
+                tokio::time::sleep(Self::POOL_RETRY).await;
+                waited += Self::POOL_RETRY;
+                continue;
+            }
+            let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+            let over_http_quota = store.data().http_hooks.exceeded();
+            let result = match raw {
+                // Requests past the quota were refused; however the guest took
+                // that, flooding the host is the attempt's failure.
+                Raw::Done(_) if let Some(q) = over_http_quota => Err(StepFailure::new(FailureKind::Quota, q.to_string())),
+                Raw::Done(Ok(r)) => Ok(r),
+                Raw::Done(Err((e, instantiating))) => Err(classify(e, instantiating, store.data(), limits, sink)),
+                Raw::TimedOut => Err(StepFailure::new(
+                    FailureKind::Timeout,
+                    format!(
+                        "did not finish within its {} timeout; raise `timeout` if it needs longer",
+                        crate::units::format_duration(limits.timeout)
+                    ),
+                )),
+                Raw::Cancelled => Err(cancelled()),
+            };
+            return (result, fuel_used);
+        }
     }
 
     fn new_store(&self, request: &StepRequest, sink: &LogSink) -> Result<Store<StepState>, StepFailure> {
@@ -513,17 +534,17 @@ enum Returned {
 
 impl Call {
     async fn invoke(
-        self,
+        &self,
         store: &mut Store<StepState>,
         instance: &wasmtime::component::Instance,
     ) -> wasmtime::Result<Returned> {
         match self {
             Call::Run(input) => {
                 let step = bindings::Step::new(&mut *store, instance)?;
-                Ok(Returned::Run(step.call_run(&mut *store, &input).await?))
+                Ok(Returned::Run(step.call_run(&mut *store, input).await?))
             }
             Call::Describe(export) => {
-                let func = instance.get_typed_func::<(), (Metadata,)>(&mut *store, &export)?;
+                let func = instance.get_typed_func::<(), (Metadata,)>(&mut *store, export)?;
                 Ok(Returned::Describe(func.call_async(&mut *store, ()).await?.0))
             }
         }
