@@ -142,6 +142,7 @@ fn failed_and_resumed(backend: &Backend) {
     assert_eq!(code, 0);
     assert!(err.contains("already completed"), "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"calls": 2}));
+    assert!(out.contains("{\n  \"calls\": 2\n}"), "printed as `run` prints it: {out}");
 }
 
 #[test]

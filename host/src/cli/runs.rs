@@ -261,7 +261,8 @@ async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output
         } else if !out.quiet {
             say!("run {} already completed; its output:", record.id);
         }
-        println!("{}", serde_json::to_string_pretty(&record.output.unwrap_or_default()).expect("a Value always serializes"));
+        let output: serde_json::Value = record.output.and_then(|o| serde_json::from_str(o.get()).ok()).unwrap_or_default();
+        println!("{}", serde_json::to_string_pretty(&output).expect("a Value always serializes"));
         return Ok(exit::OK);
     }
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);

@@ -21,6 +21,7 @@ use crate::exec::{Event, EventSink, SecretSpans, SinkError};
 use crate::sandbox::{HostError, HostServices, LogLine, StepLog};
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -347,7 +348,10 @@ pub struct RunRecord {
     pub attempt: u32,
     pub started_at: String,
     pub finished_at: Option<String>,
-    pub output: Option<Value>,
+    /// The run's output as recorded: JSON text, parsed only by whoever
+    /// needs its value (a run of 100,000 steps may output all of theirs,
+    /// which `runs show` prints as it is).
+    pub output: Option<Box<RawValue>>,
     pub error: Option<String>,
     /// `--target`: the steps the run is limited to (none: every step).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -496,6 +500,12 @@ impl HostServices for StoreServices {
     async fn state_usage(&self) -> Result<(u64, u64), HostError> {
         self.store.state_usage(&self.run_id).await.map_err(failed("read the state's size"))
     }
+}
+
+/// Recorded JSON text, checked but not parsed into a value; `None` if it
+/// is missing or not JSON.
+pub(crate) fn raw_json(text: Option<String>) -> Option<Box<RawValue>> {
+    text.and_then(|t| RawValue::from_string(t).ok())
 }
 
 /// How a run's `--target` steps are stored: a JSON list, or nothing.

@@ -494,7 +494,7 @@ impl RunStore for PgStore {
             attempt: row.get::<_, i32>(6) as u32,
             started_at: row.get(7),
             finished_at: row.get(8),
-            output: parse_json(row.get(9)),
+            output: super::raw_json(row.get(9)),
             error: row.get(10),
             targets: super::targets_of(row.get(11)),
             steps: steps

@@ -356,7 +356,7 @@ impl RunStore for SqliteStore {
                                 attempt: r.get(6)?,
                                 started_at: r.get(7)?,
                                 finished_at: r.get(8)?,
-                                output: parse_json(r.get(9)?),
+                                output: super::raw_json(r.get(9)?),
                                 error: r.get(10)?,
                                 targets: super::targets_of(r.get(11)?),
                                 steps: Vec::new(),
