@@ -173,7 +173,6 @@ pub struct Executor {
     sink: Arc<dyn EventSink>,
 }
 
-
 /// The result of all of a step's attempts (and items).
 struct StepEnd {
     result: Result<Value, StepFailure>,

@@ -323,14 +323,13 @@ pub enum RunDetail {
 }
 
 impl RunDetail {
-    /// The columns of the steps query, in [`StepRecord`]'s order; input
-    /// and output are NULL unless asked for.
-    pub(crate) fn step_columns(self) -> &'static str {
+    /// The columns of the steps query, in [`StepRecord`]'s order (input
+    /// and output NULL unless asked for); none when no step is read.
+    pub(crate) fn step_columns(self) -> Option<&'static str> {
         match self {
-            RunDetail::Full => "step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input",
-            RunDetail::Run | RunDetail::Steps => {
-                "step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, NULL, run_attempt, NULL"
-            }
+            RunDetail::Run => None,
+            RunDetail::Steps => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, NULL, run_attempt, NULL"),
+            RunDetail::Full => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input"),
         }
     }
 }

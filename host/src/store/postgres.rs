@@ -477,12 +477,9 @@ impl RunStore for PgStore {
             .await
             .map_err(db)?
             .ok_or_else(|| StoreError::UnknownRun(id.to_string()))?;
-        let steps = match detail {
-            RunDetail::Run => Vec::new(),
-            _ => client
-                .query(&format!("SELECT {} FROM steps WHERE run_id = $1 ORDER BY pos", detail.step_columns()), &[&id])
-                .await
-                .map_err(db)?,
+        let steps = match detail.step_columns() {
+            None => Vec::new(),
+            Some(columns) => client.query(&format!("SELECT {columns} FROM steps WHERE run_id = $1 ORDER BY pos"), &[&id]).await.map_err(db)?,
         };
         Ok(RunRecord {
             id: row.get(0),

@@ -365,10 +365,8 @@ impl RunStore for SqliteStore {
                     )
                     .optional()?;
                 let Some(mut run) = run else { return Ok(None) };
-                if detail == RunDetail::Run {
-                    return Ok(Some(run));
-                }
-                let mut q = conn.prepare(&format!("SELECT {} FROM steps WHERE run_id = ?1 ORDER BY rowid", detail.step_columns()))?;
+                let Some(columns) = detail.step_columns() else { return Ok(Some(run)) };
+                let mut q = conn.prepare(&format!("SELECT {columns} FROM steps WHERE run_id = ?1 ORDER BY rowid"))?;
                 run.steps = q
                     .query_map(params![key], |r| {
                         Ok(StepRecord {

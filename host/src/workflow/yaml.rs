@@ -187,6 +187,13 @@ enum Open {
     Sequence { at: Mark, items: Vec<Node> },
 }
 
+const NO_ANCHORS: &str = "YAML anchors and aliases (`&x`, `*x`) are not supported";
+
+/// Whether `entries` has the key `key`.
+fn has_key(entries: &[(Scalar, Node)], key: &str) -> bool {
+    entries.iter().any(|(k, _)| k.text == key)
+}
+
 /// Mappings up to this many keys are searched for a duplicate key; larger
 /// ones keep a set of their keys' hashes, so a file of 100,000 keys is not
 /// quadratic.
@@ -205,7 +212,7 @@ impl Loader {
     /// Anchors and tags are refused; a collection may not be a key.
     fn may_start(&mut self, at: Mark, anchor: usize, tag: bool, collection: bool) -> bool {
         if anchor != 0 {
-            self.fail(at, "YAML anchors and aliases (`&x`, `*x`) are not supported");
+            self.fail(at, NO_ANCHORS);
         } else if tag {
             self.fail(at, "YAML tags (`!tag`) are not supported");
         } else if collection && matches!(self.open.last(), Some(Open::Mapping { key: None, .. })) {
@@ -229,12 +236,12 @@ impl Loader {
             Some(Open::Mapping { entries, key, hashes, .. }) => {
                 let key = key.take().expect("matched above");
                 let found = if entries.len() < SEARCHED_KEYS {
-                    entries.iter().any(|(k, _)| k.text == key.text)
+                    has_key(entries, &key.text)
                 } else {
                     if hashes.is_empty() {
                         hashes.extend(entries.iter().map(|(k, _)| self.hasher.hash_one(&k.text)));
                     }
-                    !hashes.insert(self.hasher.hash_one(&key.text)) && entries.iter().any(|(k, _)| k.text == key.text)
+                    !hashes.insert(self.hasher.hash_one(&key.text)) && has_key(entries, &key.text)
                 };
                 if !found {
                     entries.push((key, node));
@@ -284,7 +291,7 @@ impl yaml_rust2::parser::MarkedEventReceiver for Loader {
                 };
                 self.add(node);
             }
-            Event::Alias(_) => self.fail(at, "YAML anchors and aliases (`&x`, `*x`) are not supported"),
+            Event::Alias(_) => self.fail(at, NO_ANCHORS),
             // An empty document is an empty mapping.
             Event::StreamEnd if self.root.is_none() => self.root = Some(Node::Mapping(Mapping { entries: Vec::new(), at })),
             _ => {}
