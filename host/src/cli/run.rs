@@ -2,7 +2,7 @@
 //! progress on stderr.
 
 use super::display::{JsonLines, LiveView, PlainLines};
-use super::{CliError, Output, exit, new_sandbox, store_error, workflow_cmd};
+use super::{CliError, Output, exit, new_sandbox_for, store_error, workflow_cmd};
 use crate::exec::{EventSink, Redactor, RunReport, RunState, check_input, check_secrets};
 use crate::runs::{Recorder, Settings};
 use serde_json::{Map, Value};
@@ -197,16 +197,22 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
     let (cancel, skip_finally, watcher) = super::call::run_interrupts();
     let input = args.input.read()?;
     let secrets = read_secrets(args.secrets_file.as_deref())?;
-    let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
     let variables = args.vars.read()?;
-    let prepared = workflow_cmd::load(&args.file, &args.components, &sandbox, out).await?;
+    let parsed = workflow_cmd::parse(&args.file, &args.components).await?;
+    // The pool holds what this run can use at once, not the 256 slots a
+    // server needs: fewer slots to set up and tear down.
+    let concurrency = args.concurrency.map(|n| n as usize);
+    let steps = parsed.workflow().and_then(|wf| crate::exec::steps_at_once(wf, concurrency));
+    let pool = steps.map_or(crate::sandbox::SandboxConfig::default().max_instances, crate::sandbox::SandboxConfig::pool_for);
+    let sandbox = Arc::new(new_sandbox_for(&global.state_dir, pool)?);
+    let prepared = workflow_cmd::prepare(parsed, &sandbox, out).await?;
     let prepared = Arc::new(prepared.target(&args.target).map_err(CliError::invalid)?);
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
     let recorder = Recorder { store: global.open_store().await?, runner: sandbox };
     let settings = Settings {
-        concurrency: args.concurrency.map(|n| n as usize),
+        concurrency,
         secrets,
         skip_finally,
         targets: args.target.clone(),

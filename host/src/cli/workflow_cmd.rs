@@ -3,7 +3,7 @@
 
 use super::render::say;
 use super::{CliError, Output, exit, render};
-use crate::exec::Prepared;
+use crate::exec::{Parsed, Prepared};
 use crate::plan::Plan;
 use crate::sandbox::Sandbox;
 use crate::workflow::Diagnostics;
@@ -54,8 +54,23 @@ pub(crate) fn plan(file: &Path, components: &ComponentsArg, out: &Output) -> Res
 /// Loads, plans and prepares `file`, compiling components off the async
 /// workers: every static check, all problems in one report.
 pub(crate) async fn load(file: &Path, components: &ComponentsArg, sandbox: &std::sync::Arc<Sandbox>, out: &Output) -> Result<Prepared, CliError> {
-    let (sandbox, file, components) = (sandbox.clone(), file.to_path_buf(), components.file.clone());
-    let prepared = tokio::task::spawn_blocking(move || crate::exec::load_with(&file, &sandbox, components.as_deref()))
+    prepare(parse(file, components).await?, sandbox, out).await
+}
+
+/// Reads and parses `file`, off the async workers; its problems are
+/// reported by [`prepare`], with everything else found.
+pub(crate) async fn parse(file: &Path, components: &ComponentsArg) -> Result<Parsed, CliError> {
+    let (file, components) = (file.to_path_buf(), components.file.clone());
+    tokio::task::spawn_blocking(move || Parsed::read(&file, components.as_deref()))
+        .await
+        .map_err(|e| CliError { code: exit::FAILED, message: format!("reading the workflow failed: {e}") })
+}
+
+/// Plans and prepares a parsed workflow, compiling components off the
+/// async workers: every static check, all problems in one report.
+pub(crate) async fn prepare(parsed: Parsed, sandbox: &std::sync::Arc<Sandbox>, out: &Output) -> Result<Prepared, CliError> {
+    let sandbox = sandbox.clone();
+    let prepared = tokio::task::spawn_blocking(move || parsed.prepare(&*sandbox))
         .await
         .map_err(|e| CliError { code: exit::FAILED, message: format!("loading components failed: {e}") })?;
     prepared.map_err(|d| report(out, d))

@@ -33,7 +33,7 @@ mod runner;
 pub use builtin::canonical_json;
 pub use event::{Event, EventSink, RunState, SinkError, StepState};
 pub use self::core::Ending;
-pub use prepare::{Disk, Files, MAX_NESTING, Prepared, PreparedComponent, Recording, load, load_from, load_with, prepare};
+pub use prepare::{Disk, Files, MAX_NESTING, Parsed, Prepared, PreparedComponent, Recording, load, load_from, load_with, prepare};
 pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
 pub use memo::memo_key;
 pub use runner::{Job, Loaded, StepRunner};
@@ -388,7 +388,32 @@ fn default_concurrency() -> usize {
 
 /// A run's limit unless overridden: the workflow's `concurrency`, else the CPU count.
 fn prepared_limit(prepared: &Prepared) -> usize {
-    prepared.plan.workflow.concurrency.unwrap_or_else(default_concurrency).max(1)
+    workflow_limit(&prepared.plan.workflow)
+}
+
+fn workflow_limit(workflow: &Workflow) -> usize {
+    workflow.concurrency.unwrap_or_else(default_concurrency).max(1)
+}
+
+/// Most component steps a run of `workflow` can have running at once (so
+/// most sandbox instances it holds): its limit (`concurrency` overrides the
+/// workflow's, as [`RunOptions::concurrency`] does) times the most one step
+/// holds, the items a `forEach` step runs at once (by default the run's
+/// limit). `None` when the file alone cannot tell: a nested workflow has a
+/// limit of its own.
+pub fn steps_at_once(workflow: &Workflow, concurrency: Option<usize>) -> Option<usize> {
+    let limit = concurrency.map_or_else(|| workflow_limit(workflow), |n| n.max(1));
+    let mut widest = 0;
+    for step in &workflow.steps {
+        let instances = match step.target {
+            Target::Workflow(_) => return None,
+            Target::Builtin(_) => 0,
+            Target::Named(_) | Target::Path(_) => 1,
+        };
+        let items = if step.for_each.is_some() { step.concurrency.unwrap_or(limit).max(1) } else { 1 };
+        widest = widest.max(instances * items);
+    }
+    Some(limit.saturating_mul(widest))
 }
 
 impl Ctx {
@@ -1046,4 +1071,46 @@ async fn eval_builtin(ctx: &Ctx, decl: &StepDecl, input: &Value, which: Which, c
     check_input(&prepared.plan.workflow, &nested_input).map_err(|e| fail(format!("/builtin/eval: {e}")))?;
     let report = nested_run(ctx, (&decl.id, which), Arc::new(prepared), nested_input, cancel.clone()).await;
     nested_result("(eval)", report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::steps_at_once;
+    use crate::sandbox::SandboxConfig;
+
+    fn workflow(text: &str) -> crate::workflow::Workflow {
+        crate::workflow::load_str(std::path::Path::new("w.yaml"), text).expect("a valid workflow")
+    }
+
+    #[test]
+    fn steps_at_once_is_the_limit_times_the_widest_step() {
+        let wide = "concurrency: 3\ncomponents: { c: { path: c.wasm } }\nsteps:\n  - { id: a, component: c }\n  - { id: b, component: c }\n";
+        assert_eq!(steps_at_once(&workflow(wide), None), Some(3));
+        assert_eq!(steps_at_once(&workflow(wide), Some(5)), Some(5), "--concurrency overrides the file");
+        assert_eq!(steps_at_once(&workflow(wide), Some(0)), Some(1));
+
+        // A forEach step runs its items `concurrency` at once, by default the run's limit.
+        let each = "concurrency: 3\ncomponents: { c: { path: c.wasm } }\nsteps:\n  - { id: a, component: c, forEach: '{{ input }}', concurrency: 10 }\n  - { id: b, component: c, forEach: '{{ input }}' }\n";
+        assert_eq!(steps_at_once(&workflow(each), None), Some(30));
+        let each = "concurrency: 4\ncomponents: { c: { path: c.wasm } }\nsteps:\n  - { id: b, component: c, forEach: '{{ input }}' }\n";
+        assert_eq!(steps_at_once(&workflow(each), None), Some(16));
+
+        // Builtins run in the host: no instance.
+        let builtins = "steps:\n  - { id: a, component: /builtin/eval, input: { expr: '1' } }\n";
+        assert_eq!(steps_at_once(&workflow(builtins), Some(8)), Some(0));
+
+        // A nested workflow has its own limit: the file alone cannot tell.
+        let nested = "steps:\n  - { id: a, workflow: other.yaml }\n";
+        assert_eq!(steps_at_once(&workflow(nested), Some(2)), None);
+    }
+
+    #[test]
+    fn the_pool_holds_twice_the_steps_between_4_and_256_slots() {
+        assert_eq!(SandboxConfig::pool_for(0), 4);
+        assert_eq!(SandboxConfig::pool_for(1), 4);
+        assert_eq!(SandboxConfig::pool_for(3), 6);
+        assert_eq!(SandboxConfig::pool_for(100), 200);
+        assert_eq!(SandboxConfig::pool_for(128), 256);
+        assert_eq!(SandboxConfig::pool_for(usize::MAX), 256);
+    }
 }

@@ -116,11 +116,38 @@ pub fn load(path: &Path, runner: &dyn StepRunner) -> Result<Prepared, Diagnostic
 /// [`load`], with the components of a components file (`--components`)
 /// bound to the names the workflow uses and does not declare itself.
 pub fn load_with(path: &Path, runner: &dyn StepRunner, components: Option<&Path>) -> Result<Prepared, Diagnostics> {
-    if components.is_none() {
-        return load(path, runner);
+    Parsed::read(path, components).prepare(runner)
+}
+
+/// A workflow file read and parsed (with what could be parsed, and its
+/// problems), not yet planned or prepared: what a caller can look at
+/// before it sets up the sandbox the components load into.
+pub struct Parsed {
+    path: PathBuf,
+    workflow: Option<Workflow>,
+    problems: Vec<Diagnostic>,
+}
+
+impl Parsed {
+    /// Reads and parses the workflow at `path`, with the components of a
+    /// components file (`--components`) bound as [`load_with`] does.
+    pub fn read(path: &Path, components: Option<&Path>) -> Parsed {
+        let (workflow, problems) = match components {
+            None => parse_file(path, &Disk),
+            Some(_) => workflow::load_partial_with(path, components),
+        };
+        Parsed { path: path.to_path_buf(), workflow, problems }
     }
-    let (wf, problems) = workflow::load_partial_with(path, components);
-    prepare_parsed(path, wf, problems, runner, &Disk, &mut Vec::new())
+
+    /// The workflow, if the file parsed far enough to have one.
+    pub fn workflow(&self) -> Option<&Workflow> {
+        self.workflow.as_ref()
+    }
+
+    /// Plans and prepares it: every problem of every stage in one report.
+    pub fn prepare(self, runner: &dyn StepRunner) -> Result<Prepared, Diagnostics> {
+        prepare_parsed(&self.path, self.workflow, self.problems, runner, &Disk, &mut Vec::new())
+    }
 }
 
 /// [`load`], reading files through `files`.
@@ -129,14 +156,18 @@ pub fn load_from(path: &Path, runner: &dyn StepRunner, files: &dyn Files) -> Res
 }
 
 fn load_nested(path: &Path, runner: &dyn StepRunner, files: &dyn Files, stack: &mut Vec<PathBuf>) -> Result<Prepared, Diagnostics> {
-    let (wf, problems) = match files.read(path) {
+    let (wf, problems) = parse_file(path, files);
+    prepare_parsed(path, wf, problems, runner, files, stack)
+}
+
+fn parse_file(path: &Path, files: &dyn Files) -> (Option<Workflow>, Vec<Diagnostic>) {
+    match files.read(path) {
         Ok(bytes) => workflow::load_str_partial(path, &String::from_utf8_lossy(&bytes)),
         Err(e) => {
             let file: Arc<Path> = Arc::from(path);
             (None, vec![Diagnostic::new(&Location::file_start(&file), format!("cannot read the workflow: {e}"))])
         }
-    };
-    prepare_parsed(path, wf, problems, runner, files, stack)
+    }
 }
 
 /// Plans and prepares a parsed workflow, adding to the problems found so far.

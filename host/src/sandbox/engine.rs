@@ -77,8 +77,9 @@ fn pooling_config(instances: u32, reset_dirty_pages: bool) -> PoolingAllocationC
         // multi-threaded process costs TLB-shootdown interrupts on every
         // other core, and the next step faults them back in. Batch the
         // decommits, and reset pages in place instead where possible
-        // (measured in BENCHMARKS.md).
-        .decommit_batch_size(32)
+        // (measured in BENCHMARKS.md). A batch is at most a quarter of the
+        // pool: slots waiting in it are slots no step can take.
+        .decommit_batch_size((instances as usize / 4).clamp(1, 32))
         .async_stack_keep_resident(64 << 10);
     if reset_dirty_pages {
         // Only the pages a step wrote are reset, by copy, and stay
