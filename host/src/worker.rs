@@ -55,7 +55,7 @@ impl WorkerConfig {
     /// (BENCHMARKS.md: 2,000 `echo` steps on 2 workers, 2 slots each against
     /// 16 each) at the price of memory: each step may use its limit.
     pub fn default_concurrency() -> usize {
-        std::thread::available_parallelism().map_or(16, |n| n.get().max(16))
+        crate::exec::cpu_count().max(16)
     }
 
     /// A unique default name: host, process id and a random suffix.

@@ -191,7 +191,7 @@ where
     };
     init_tracing(&cli.global);
     let out = Output { json: cli.global.json, quiet: cli.global.quiet, verbose: cli.global.verbose };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(crate::exec::cpu_count()).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             say!("error: cannot start the async runtime: {e}");

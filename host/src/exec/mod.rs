@@ -383,7 +383,14 @@ fn nested_run(
 }
 
 fn default_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(4, |n| n.get())
+    cpu_count()
+}
+
+/// The CPUs this process may use (its cgroup's quota counts), 4 when that
+/// cannot be told. Read once: each reading opens the cgroup's files.
+pub fn cpu_count() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(4, |n| n.get()))
 }
 
 /// A run's limit unless overridden: the workflow's `concurrency`, else the CPU count.
