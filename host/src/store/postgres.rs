@@ -415,11 +415,15 @@ impl RunStore for PgStore {
         let rows = client
             .query(
                 &format!(
-                    "SELECT r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error,
-                            (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'succeeded'),
-                            (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'failed')
-                     FROM runs r WHERE TRUE{conditions}
-                     ORDER BY r.started_at DESC, r.seq DESC LIMIT $1"
+                    // The page is chosen before its steps are counted (as in SQLite's).
+                    "WITH page AS MATERIALIZED (
+                         SELECT r.seq, r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error
+                         FROM runs r WHERE TRUE{conditions}
+                         ORDER BY r.started_at DESC, r.seq DESC LIMIT $1)
+                     SELECT p.id, p.workflow, p.file, p.status, p.attempt, p.started_at, p.finished_at, p.error,
+                            (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'succeeded'),
+                            (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'failed')
+                     FROM page p ORDER BY p.started_at DESC, p.seq DESC"
                 ),
                 &bound,
             )

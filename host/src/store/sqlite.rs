@@ -285,12 +285,18 @@ impl RunStore for SqliteStore {
         let limit = query.limit.min(i64::MAX as usize) as i64;
         self.with(move |conn| {
             // The page after a run: runs that sort after it, newest first.
+            // The page is chosen before its steps are counted: counted in
+            // the same query, every run's steps were (37 ms for one run
+            // among 264 with 124,000 steps).
             let mut q = conn.prepare_cached(&format!(
-                "SELECT r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error,
-                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'succeeded'),
-                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'failed')
-                 FROM runs r WHERE TRUE{conditions}
-                 ORDER BY r.started_at DESC, r.rowid DESC LIMIT ?1"
+                "WITH page AS MATERIALIZED (
+                     SELECT r.rowid AS seq, r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error
+                     FROM runs r WHERE TRUE{conditions}
+                     ORDER BY r.started_at DESC, r.rowid DESC LIMIT ?1)
+                 SELECT p.id, p.workflow, p.file, p.status, p.attempt, p.started_at, p.finished_at, p.error,
+                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'succeeded'),
+                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'failed')
+                 FROM page p ORDER BY p.started_at DESC, p.seq DESC"
             ))?;
             let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&limit];
             bound.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
