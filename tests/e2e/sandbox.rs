@@ -179,6 +179,18 @@ async fn compiled_components_are_cached_on_disk_and_a_corrupt_artifact_is_replac
     let artifact = &artifacts[0];
     assert!(artifact.file_name().unwrap().to_string_lossy().starts_with(&sha));
 
+    // A second process maps the artifact, it does not compile and write it again.
+    use std::os::unix::fs::MetadataExt;
+    let written = std::fs::metadata(artifact).unwrap();
+    {
+        let sandbox = Sandbox::new(config()).unwrap();
+        let echo = sandbox.load_bytes("echo", &echo_bytes).unwrap();
+        let out = sandbox.run(&echo, StepRequest::new(json!("from the cache")), &CancellationToken::new()).await;
+        assert_eq!(out.result.unwrap(), json!("from the cache"));
+    }
+    let read = std::fs::metadata(artifact).unwrap();
+    assert_eq!((read.ino(), read.mtime_nsec()), (written.ino(), written.mtime_nsec()), "the cached artifact was replaced");
+
     let good = std::fs::read(artifact).unwrap();
     let flipped = |at: usize| {
         let mut b = good.clone();
@@ -191,7 +203,10 @@ async fn compiled_components_are_cached_on_disk_and_a_corrupt_artifact_is_replac
         ("garbage", b"garbage".to_vec()),
         ("truncated", good[..good.len() / 2].to_vec()),
         ("a flipped byte in the code", flipped(good.len() / 2)),
-        ("a flipped byte in the checksum", flipped(10)),
+        ("a flipped byte in the checksum", flipped(good.len() - 2)),
+        ("a flipped byte in the length", flipped(good.len() - 10)),
+        ("a flipped byte in the magic", flipped(good.len() - 20)),
+        ("the code without its checksum", good[..good.len() - 20].to_vec()),
         ("empty", Vec::new()),
     ] {
         std::fs::write(artifact, &bytes).unwrap();
