@@ -203,8 +203,7 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
     // server needs: fewer slots to set up and tear down.
     let concurrency = args.concurrency.map(|n| n as usize);
     let steps = parsed.workflow().and_then(|wf| crate::exec::steps_at_once(wf, concurrency));
-    let pool = steps.map_or(crate::sandbox::SandboxConfig::default().max_instances, crate::sandbox::SandboxConfig::pool_for);
-    let sandbox = Arc::new(new_sandbox_for(&global.state_dir, pool)?);
+    let sandbox = Arc::new(new_sandbox_for(&global.state_dir, crate::sandbox::SandboxConfig::pool_for(steps))?);
     let prepared = workflow_cmd::prepare(parsed, &sandbox, out).await?;
     let prepared = Arc::new(prepared.target(&args.target).map_err(CliError::invalid)?);
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;

@@ -329,9 +329,13 @@ pub fn decide(facts: &RunFacts<'_>, decl: &StepDecl, outputs: &dyn Outputs) -> D
             Err(e) => return reference(e),
         }
     }
-    // Items run at most `concurrency` at a time; by default as many as
-    // steps may (the run's limit).
-    Decision::Run(Work::Each { inputs, concurrency: decl.concurrency.unwrap_or(facts.limit).max(1) })
+    Decision::Run(Work::Each { inputs, concurrency: item_concurrency(decl, facts.limit) })
+}
+
+/// How many of a `forEach` step's items run at once: its `concurrency`,
+/// by default as many as steps may (the run's `limit`); at least 1.
+pub(crate) fn item_concurrency(decl: &StepDecl, limit: usize) -> usize {
+    decl.concurrency.unwrap_or(limit).max(1)
 }
 
 pub use crate::expr::truthy;

@@ -245,7 +245,7 @@ impl Executor {
             secrets: Arc::new(options.secrets.clone()),
             run_id: options.run_id.clone(),
             depth: 0,
-            limit: options.concurrency.map_or_else(|| prepared_limit(&prepared), |n| n.max(1)),
+            limit: run_limit(&prepared.plan.workflow, options.concurrency),
             cel: Default::default(),
             restored: options.restored.clone(),
             attempt: options.attempt,
@@ -288,7 +288,7 @@ impl RunContext {
         let run_quota = prepared.plan.workflow.quota.resolve(Quota::RUN);
         RunContext(Arc::new(Ctx {
             runner,
-            limit: options.concurrency.map_or_else(|| prepared_limit(&prepared), |n| n.max(1)),
+            limit: run_limit(&prepared.plan.workflow, options.concurrency),
             services: Arc::new(RunMeter::new(options.services, run_quota)),
             prepared,
             secrets: Arc::new(options.secrets),
@@ -368,7 +368,7 @@ fn nested_run(
         secrets: parent.secrets.clone(),
         run_id: nested_run_id(&parent.run_id, of.0, of.1.item, of.1.attempt),
         depth: parent.depth + 1,
-        limit: prepared_limit(&prepared),
+        limit: run_limit(&prepared.plan.workflow, None),
         cel: Default::default(),
         restored: BTreeMap::new(),
         attempt: 1,
@@ -382,10 +382,6 @@ fn nested_run(
     Box::pin(dispatch(ctx, input, sink, cancel))
 }
 
-fn default_concurrency() -> usize {
-    cpu_count()
-}
-
 /// The CPUs this process may use (its cgroup's quota counts), 4 when that
 /// cannot be told. Read once: each reading opens the cgroup's files.
 pub fn cpu_count() -> usize {
@@ -393,13 +389,11 @@ pub fn cpu_count() -> usize {
     *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(4, |n| n.get()))
 }
 
-/// A run's limit unless overridden: the workflow's `concurrency`, else the CPU count.
-fn prepared_limit(prepared: &Prepared) -> usize {
-    workflow_limit(&prepared.plan.workflow)
-}
-
-fn workflow_limit(workflow: &Workflow) -> usize {
-    workflow.concurrency.unwrap_or_else(default_concurrency).max(1)
+/// Most steps a run of `workflow` runs at once: `concurrency` (the run's
+/// override, [`RunOptions::concurrency`]), else the workflow's, else the
+/// CPU count; at least 1.
+fn run_limit(workflow: &Workflow, concurrency: Option<usize>) -> usize {
+    concurrency.or(workflow.concurrency).unwrap_or_else(cpu_count).max(1)
 }
 
 /// Most component steps a run of `workflow` can have running at once (so
@@ -409,7 +403,7 @@ fn workflow_limit(workflow: &Workflow) -> usize {
 /// limit). `None` when the file alone cannot tell: a nested workflow has a
 /// limit of its own.
 pub fn steps_at_once(workflow: &Workflow, concurrency: Option<usize>) -> Option<usize> {
-    let limit = concurrency.map_or_else(|| workflow_limit(workflow), |n| n.max(1));
+    let limit = run_limit(workflow, concurrency);
     let mut widest = 0;
     for step in &workflow.steps {
         let instances = match step.target {
@@ -417,7 +411,7 @@ pub fn steps_at_once(workflow: &Workflow, concurrency: Option<usize>) -> Option<
             Target::Builtin(_) => 0,
             Target::Named(_) | Target::Path(_) => 1,
         };
-        let items = if step.for_each.is_some() { step.concurrency.unwrap_or(limit).max(1) } else { 1 };
+        let items = if step.for_each.is_some() { core::item_concurrency(step, limit) } else { 1 };
         widest = widest.max(instances * items);
     }
     Some(limit.saturating_mul(widest))
@@ -1113,11 +1107,12 @@ mod tests {
 
     #[test]
     fn the_pool_holds_twice_the_steps_between_4_and_256_slots() {
-        assert_eq!(SandboxConfig::pool_for(0), 4);
-        assert_eq!(SandboxConfig::pool_for(1), 4);
-        assert_eq!(SandboxConfig::pool_for(3), 6);
-        assert_eq!(SandboxConfig::pool_for(100), 200);
-        assert_eq!(SandboxConfig::pool_for(128), 256);
-        assert_eq!(SandboxConfig::pool_for(usize::MAX), 256);
+        assert_eq!(SandboxConfig::pool_for(Some(0)), 4);
+        assert_eq!(SandboxConfig::pool_for(Some(1)), 4);
+        assert_eq!(SandboxConfig::pool_for(Some(3)), 6);
+        assert_eq!(SandboxConfig::pool_for(Some(100)), 200);
+        assert_eq!(SandboxConfig::pool_for(Some(128)), 256);
+        assert_eq!(SandboxConfig::pool_for(Some(usize::MAX)), 256);
+        assert_eq!(SandboxConfig::pool_for(None), 256, "a run whose bound is not known gets the full pool");
     }
 }

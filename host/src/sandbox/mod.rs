@@ -199,15 +199,16 @@ pub struct SandboxConfig {
 }
 
 impl SandboxConfig {
-    /// The pool size for at most `steps` steps running at once: twice as
-    /// many slots, since a slot a step frees waits in wasmtime's decommit
-    /// queue before it can be reused (a full pool makes the next step flush
-    /// that queue first); at least 4, at most the default 256. A smaller
-    /// pool starts faster: every slot's fiber stack gets its own guard page
-    /// when the pool is made (256 slots cost a one-step run about 2 ms).
-    pub fn pool_for(steps: usize) -> u32 {
+    /// The pool size for at most `steps` steps running at once (`None`:
+    /// not known, the default 256): twice as many slots, since a slot a
+    /// step frees waits in wasmtime's decommit queue before it can be
+    /// reused (a full pool makes the next step flush that queue first); at
+    /// least 4, at most 256. A smaller pool starts faster: every slot's
+    /// fiber stack gets its own guard page when the pool is made (256
+    /// slots cost a one-step run about 2 ms).
+    pub fn pool_for(steps: Option<usize>) -> u32 {
         let most = SandboxConfig::default().max_instances;
-        u32::try_from(steps.saturating_mul(2)).unwrap_or(most).clamp(4, most)
+        steps.map_or(most, |n| u32::try_from(n.saturating_mul(2)).unwrap_or(most).clamp(4, most))
     }
 }
 
