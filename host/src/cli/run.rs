@@ -182,7 +182,8 @@ pub(crate) fn sink(out: &Output) -> Arc<dyn EventSink> {
 }
 
 pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Output) -> Result<u8, CliError> {
-    match global.store_url()? {
+    let url = global.store_url()?;
+    match &url {
         crate::store::StoreUrl::Postgres(_) => {
             return super::worker::run_queued(&args, global, out).await;
         }
@@ -194,6 +195,10 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
         }
         crate::store::StoreUrl::Sqlite(_) => {}
     }
+    // The store opens (SQLite reads its schema) while the workflow is read
+    // and its sandbox made; a problem with the workflow is still the one
+    // reported first.
+    let store = tokio::spawn(async move { crate::store::open(&url).await });
     let (cancel, skip_finally, watcher) = super::call::run_interrupts();
     let input = args.input.read()?;
     let secrets = read_secrets(args.secrets_file.as_deref())?;
@@ -209,7 +214,8 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
-    let recorder = Recorder { store: global.open_store().await?, runner: sandbox };
+    let store = store.await.map_err(|e| CliError { code: exit::FAILED, message: format!("opening the run store failed: {e}") })?;
+    let recorder = Recorder { store: store.map_err(store_error)?, runner: sandbox };
     let settings = Settings {
         concurrency,
         secrets,
@@ -239,7 +245,15 @@ pub(crate) fn finish(report: &RunReport, redactor: &Redactor, out: &Output) -> u
 pub(crate) fn print_end(state: RunState, output: Option<&Value>, redactor: &Redactor) -> u8 {
     if let Some(output) = output {
         // What is printed is a log too: secret values are masked here as well.
-        println!("{}", serde_json::to_string_pretty(&redactor.value(output)).expect("a Value always serializes"));
+        let masked;
+        let output = match redactor.is_empty() {
+            true => output,
+            false => {
+                masked = redactor.value(output);
+                &masked
+            }
+        };
+        println!("{}", serde_json::to_string_pretty(output).expect("a Value always serializes"));
     }
     match state {
         RunState::Completed => exit::OK,
