@@ -334,7 +334,7 @@ pub async fn follow(
                     display.emit(&event);
                     if let Event::RunFinished { state, output, error, .. } = event {
                         listener.abort();
-                        return Ok(Some(Followed { state, output, error }));
+                        return Ok(Some(Followed { state, output: output.map(Arc::unwrap_or_clone), error }));
                     }
                 }
             }

@@ -148,8 +148,10 @@ pub enum Event {
         state: RunState,
         #[serde(rename = "duration_ms", with = "millis")]
         duration: Duration,
+        /// Shared with the sinks that keep it, not copied: it can hold
+        /// every step's output.
         #[serde(skip_serializing_if = "Option::is_none")]
-        output: Option<Value>,
+        output: Option<Arc<Value>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },

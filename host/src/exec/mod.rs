@@ -652,6 +652,9 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     // The run output is the steps' of `steps`; a `finally` step that
     // failed fails the run all the same.
     (state, error) = core::with_finally(wf, (state, error), finally_stop, failure);
+    // The output is shared with the sinks, not copied: it can hold every
+    // step's output. It is the report's again once they let it go.
+    let output = output.map(Arc::new);
     sink.emit(&Event::RunFinished { run_id: run_id.clone(), state, duration: started.elapsed(), output: output.clone(), error: error.clone() });
     // The end itself could not be recorded: the run's result stands, but
     // its record says `running` (a resume finishes it), so the run fails.
@@ -672,7 +675,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             r
         })
         .collect();
-    RunReport { run_id, state, output, error, unrecorded, steps }
+    RunReport { run_id, state, output: output.map(Arc::unwrap_or_clone), error, unrecorded, steps }
 }
 
 /// A token cancelled when `a` or `b` is (or when it is cancelled itself,

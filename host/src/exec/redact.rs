@@ -173,7 +173,7 @@ impl Redactor {
             }
             Event::StepWarning { message, .. } => *message = self.text(message),
             Event::RunFinished { output, error, .. } => {
-                *output = output.as_ref().map(|v| self.value(v));
+                *output = output.as_ref().map(|v| std::sync::Arc::new(self.value(v)));
                 *error = error.as_deref().map(|m| self.text(m));
             }
         }

@@ -489,7 +489,7 @@ impl EventRows {
                 error,
                 ..
             } => {
-                let output = output.as_ref().map(Value::to_string);
+                let output = output.as_deref().map(Value::to_string);
                 let error = error.as_deref().map(|e| text(e).into_owned());
                 self.runs.push((
                     run_id.clone(),

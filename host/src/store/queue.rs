@@ -1395,7 +1395,7 @@ impl<'a> RunTx<'a> {
             .await?
             .first()
             .map_or(0.0, |r| r.get(0));
-        let event = Event::RunFinished { run_id: self.run_id.to_string(), state, duration: Duration::from_secs_f64(began.max(0.0)), output, error };
+        let event = Event::RunFinished { run_id: self.run_id.to_string(), state, duration: Duration::from_secs_f64(began.max(0.0)), output: output.map(std::sync::Arc::new), error };
         self.emit(event);
         self.running = false;
         Ok(())

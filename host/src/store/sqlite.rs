@@ -594,7 +594,7 @@ fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
         }
         Event::RunFinished { run_id, state, output, error, .. } => {
             conn.prepare_cached("UPDATE runs SET status = ?2, finished_at = ?3, output = ?4, error = ?5 WHERE id = ?1")?
-                .execute(params![run_id, state.as_str(), now(), output.as_ref().map(json_text), error])?;
+                .execute(params![run_id, state.as_str(), now(), output.as_deref().map(json_text), error])?;
         }
     }
     Ok(())
