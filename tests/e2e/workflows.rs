@@ -3,6 +3,7 @@
 
 use crate::support::{example, newest_run, root, run, sandflow};
 use serde_json::{Value, json};
+use std::process::Command;
 
 fn workflow_files() -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(root().join("workflows"))
@@ -68,6 +69,29 @@ fn an_input_that_fails_the_schema_is_exit_2_before_anything_runs() {
     assert!(out.is_empty());
     assert!(!err.contains("run_started"), "nothing ran: {err}");
     assert!(err.contains("/text: 5 is not of type"), "{err}");
+}
+
+#[test]
+fn a_run_of_a_file_that_is_not_there_leaves_no_store_behind() {
+    // A store is opened early only when it exists already (beside the
+    // workflow's reading): a mistyped name must not create one.
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("state");
+    let (code, out, err) = run(Command::new(env!("CARGO_BIN_EXE_sandflow")).arg("--state-dir").arg(&dir).args(["run", "workflows/no-such-file.yaml"]).current_dir(root()));
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("workflows/no-such-file.yaml:1:1: cannot read the workflow"), "{err}");
+    assert!(!dir.join("sandflow.db").exists(), "a failed run made a store");
+    // With a store there, a run of a good file after it is recorded as usual.
+    let (code, _, err) = run(Command::new(env!("CARGO_BIN_EXE_sandflow")).arg("--state-dir").arg(&dir).args(["run", "-q", "workflows/diamond.yaml", "--set", "text=Hello World"]).current_dir(root()));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(Command::new(env!("CARGO_BIN_EXE_sandflow")).arg("--state-dir").arg(&dir).args(["run", "workflows/no-such-file.yaml"]).current_dir(root()));
+    assert_eq!(code, 2, "{err}");
+    let mut list = Command::new(env!("CARGO_BIN_EXE_sandflow"));
+    list.arg("--state-dir").arg(&dir).current_dir(root());
+    let (_, runs, _) = run(list.args(["--json", "runs", "list"]));
+    let runs: Value = serde_json::from_str(&runs).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1, "only the good run is recorded: {runs}");
 }
 
 #[test]

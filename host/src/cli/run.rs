@@ -195,10 +195,17 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
         }
         crate::store::StoreUrl::Sqlite(_) => {}
     }
-    // The store opens (SQLite reads its schema) while the workflow is read
-    // and its sandbox made; a problem with the workflow is still the one
-    // reported first.
-    let store = tokio::spawn(async move { crate::store::open(&url).await });
+    // A store that exists opens (SQLite reads its schema) while the
+    // workflow is read and its sandbox made; a problem with the workflow is
+    // still the one reported first. A new one is made only for a run that
+    // starts: a mistyped file name leaves no state dir behind.
+    let early = match &url {
+        crate::store::StoreUrl::Sqlite(path) if path.exists() => {
+            let url = url.clone();
+            Some(tokio::spawn(async move { crate::store::open(&url).await }))
+        }
+        _ => None,
+    };
     let (cancel, skip_finally, watcher) = super::call::run_interrupts();
     let input = args.input.read()?;
     let secrets = read_secrets(args.secrets_file.as_deref())?;
@@ -214,7 +221,10 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
     check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
     let redactor = Redactor::new(&secrets);
-    let store = store.await.map_err(|e| CliError { code: exit::FAILED, message: format!("opening the run store failed: {e}") })?;
+    let store = match early {
+        Some(opening) => opening.await.map_err(|e| CliError { code: exit::FAILED, message: format!("opening the run store failed: {e}") })?,
+        None => crate::store::open(&url).await,
+    };
     let recorder = Recorder { store: store.map_err(store_error)?, runner: sandbox };
     let settings = Settings {
         concurrency,
