@@ -83,6 +83,11 @@ pub(crate) struct ResumeArgs {
     vars: run::VarArgs,
 }
 
+/// Spaces that make a `written`-character field `width` wide.
+fn pad(line: &mut String, written: usize, width: usize) {
+    line.extend(std::iter::repeat_n(' ', width.saturating_sub(written)));
+}
+
 fn print_json(value: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(value).expect("records serialize"));
 }
@@ -134,16 +139,30 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                 let mut lines = std::io::BufWriter::new(std::io::stdout().lock());
                 let mut line = String::new();
                 for s in &run.steps {
+                    // "    {step:<20} {state:<10} attempts {attempts:<2} {duration:>10}  fuel {fuel:<12}",
+                    // padded by hand: the formatter writes its fill one
+                    // character at a time (a tenth of the command's time).
                     line.clear();
-                    let _ = write!(
-                        line,
-                        "    {:<20} {:<10} attempts {:<2} {:>10}  fuel {:<12}",
-                        s.step,
-                        s.state,
-                        s.attempts,
-                        render::duration(std::time::Duration::from_secs_f64(s.duration_ms / 1000.0)),
-                        s.fuel_used
-                    );
+                    line.push_str("    ");
+                    line.push_str(&s.step);
+                    pad(&mut line, s.step.chars().count(), 20);
+                    line.push(' ');
+                    line.push_str(&s.state);
+                    pad(&mut line, s.state.chars().count(), 10);
+                    line.push_str(" attempts ");
+                    let at = line.len();
+                    let _ = write!(line, "{}", s.attempts);
+                    let written = line.len() - at;
+                    pad(&mut line, written, 2);
+                    line.push(' ');
+                    let took = render::duration(std::time::Duration::from_secs_f64(s.duration_ms / 1000.0));
+                    pad(&mut line, took.chars().count(), 10);
+                    line.push_str(&took);
+                    line.push_str("  fuel ");
+                    let at = line.len();
+                    let _ = write!(line, "{}", s.fuel_used);
+                    let written = line.len() - at;
+                    pad(&mut line, written, 12);
                     let _ = match (&s.error_kind, &s.error_message, &s.reason) {
                         (Some(k), Some(m), _) => write!(line, "  {k}: {m}"),
                         (_, _, Some(r)) => write!(line, "  {r}"),
