@@ -77,19 +77,23 @@ fn a_run_of_a_file_that_is_not_there_leaves_no_store_behind() {
     // workflow's reading): a mistyped name must not create one.
     let state = tempfile::tempdir().unwrap();
     let dir = state.path().join("state");
-    let (code, out, err) = run(Command::new(env!("CARGO_BIN_EXE_sandflow")).arg("--state-dir").arg(&dir).args(["run", "workflows/no-such-file.yaml"]).current_dir(root()));
+    // `sandflow` with a state dir that does not exist yet.
+    let sandflow_in = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandflow"));
+        cmd.arg("--state-dir").arg(&dir).current_dir(root());
+        cmd
+    };
+    let (code, out, err) = run(sandflow_in().args(["run", "workflows/no-such-file.yaml"]));
     assert_eq!(code, 2, "{err}");
     assert!(out.is_empty());
     assert!(err.contains("workflows/no-such-file.yaml:1:1: cannot read the workflow"), "{err}");
     assert!(!dir.join("sandflow.db").exists(), "a failed run made a store");
     // With a store there, a run of a good file after it is recorded as usual.
-    let (code, _, err) = run(Command::new(env!("CARGO_BIN_EXE_sandflow")).arg("--state-dir").arg(&dir).args(["run", "-q", "workflows/diamond.yaml", "--set", "text=Hello World"]).current_dir(root()));
+    let (code, _, err) = run(sandflow_in().args(["run", "-q", "workflows/diamond.yaml", "--set", "text=Hello World"]));
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run(Command::new(env!("CARGO_BIN_EXE_sandflow")).arg("--state-dir").arg(&dir).args(["run", "workflows/no-such-file.yaml"]).current_dir(root()));
+    let (code, _, err) = run(sandflow_in().args(["run", "workflows/no-such-file.yaml"]));
     assert_eq!(code, 2, "{err}");
-    let mut list = Command::new(env!("CARGO_BIN_EXE_sandflow"));
-    list.arg("--state-dir").arg(&dir).current_dir(root());
-    let (_, runs, _) = run(list.args(["--json", "runs", "list"]));
+    let (_, runs, _) = run(sandflow_in().args(["--json", "runs", "list"]));
     let runs: Value = serde_json::from_str(&runs).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 1, "only the good run is recorded: {runs}");
 }

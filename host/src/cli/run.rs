@@ -255,15 +255,7 @@ pub(crate) fn finish(report: &RunReport, redactor: &Redactor, out: &Output) -> u
 pub(crate) fn print_end(state: RunState, output: Option<&Value>, redactor: &Redactor) -> u8 {
     if let Some(output) = output {
         // What is printed is a log too: secret values are masked here as well.
-        let masked;
-        let output = match redactor.is_empty() {
-            true => output,
-            false => {
-                masked = redactor.value(output);
-                &masked
-            }
-        };
-        println!("{}", serde_json::to_string_pretty(output).expect("a Value always serializes"));
+        println!("{}", serde_json::to_string_pretty(&*redactor.value(output)).expect("a Value always serializes"));
     }
     match state {
         RunState::Completed => exit::OK,

@@ -94,7 +94,7 @@ pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> R
                     let targeted = if targets.is_empty() { prepared.clone() } else { Arc::new(prepared.target(&targets).map_err(CliError::invalid)?) };
                     let mut report = executor.run(targeted, case.input.clone(), options, CancellationToken::new()).await;
                     // Expected outputs are compared as a user sees them: masked.
-                    report.output = report.output.map(|o| redactor.value(&o));
+                    report.output = report.output.map(|o| redactor.value(&o).into_owned());
                     Some(report)
                 }
             };

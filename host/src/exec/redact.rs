@@ -98,12 +98,19 @@ impl Redactor {
         (out, spans)
     }
 
-    pub fn value(&self, v: &Value) -> Value {
-        self.value_spans(v).0
+    /// `v` masked; `v` itself when there are no secrets to mask.
+    pub fn value<'a>(&self, v: &'a Value) -> std::borrow::Cow<'a, Value> {
+        match self.is_empty() {
+            true => std::borrow::Cow::Borrowed(v),
+            false => std::borrow::Cow::Owned(self.value_spans(v).0),
+        }
     }
 
     /// `v` masked, and where (`None` if nothing was).
     pub fn value_spans(&self, v: &Value) -> (Value, Option<SecretSpans>) {
+        if self.is_empty() {
+            return (v.clone(), None);
+        }
         let mut spans = SecretSpans::default();
         let masked = self.mask_at(v, &mut String::new(), &mut spans);
         let any = !spans.strings.is_empty() || spans.in_keys;
@@ -161,7 +168,7 @@ impl Redactor {
             Event::StepFinished { error, reason, input, output, output_secrets, log, .. } => {
                 *error = error.as_ref().map(|f| self.failure(f));
                 *reason = reason.as_deref().map(|r| self.text(r));
-                *input = input.as_ref().map(|v| std::sync::Arc::new(self.value(v)));
+                *input = input.as_ref().map(|v| std::sync::Arc::new(self.value(v).into_owned()));
                 if let Some(v) = output {
                     let (masked, spans) = self.value_spans(v);
                     *output = Some(std::sync::Arc::new(masked));
@@ -173,7 +180,7 @@ impl Redactor {
             }
             Event::StepWarning { message, .. } => *message = self.text(message),
             Event::RunFinished { output, error, .. } => {
-                *output = output.as_ref().map(|v| std::sync::Arc::new(self.value(v)));
+                *output = output.as_ref().map(|v| std::sync::Arc::new(self.value(v).into_owned()));
                 *error = error.as_deref().map(|m| self.text(m));
             }
         }
@@ -255,7 +262,7 @@ mod tests {
             ("EMPTY".to_string(), String::new()),
         ]));
         assert_eq!(r.text("pw=hunter2 and hunter2-extra!"), "pw=*** and ***!");
-        assert_eq!(r.value(&json!({"k": ["x hunter2"], "hunter2": 1})), json!({"k": ["x ***"], "***": 1}));
+        assert_eq!(*r.value(&json!({"k": ["x hunter2"], "hunter2": 1})), json!({"k": ["x ***"], "***": 1}));
         assert!(Redactor::new(&BTreeMap::new()).is_empty());
     }
 }
