@@ -3,11 +3,11 @@
 //! A run is a DAG of steps; what happens to a step when its dependencies
 //! are done, how a step's attempts end it, when the run stops starting
 //! steps and how it ends are decided here, by pure functions of the
-//! workflow and what is known of the run so far. Two bookkeepers ask them:
-//! the in-process dispatcher ([`super::dispatch`]), which keeps the run in
-//! memory, and distributed workers, which keep it in PostgreSQL rows and
-//! apply these decisions inside the transaction that records a result.
-//! Neither makes a scheduling decision of its own.
+//! workflow and what is known of the run so far. One bookkeeper asks them,
+//! [`super::machine`], for both drivers: the in-process dispatcher, which
+//! keeps the run in memory, and distributed workers, which keep it in
+//! PostgreSQL rows and apply these decisions inside the transaction that
+//! records a result. No driver makes a scheduling decision of its own.
 
 use crate::expr::{CelCache, EvalError, Outputs, Scope};
 use crate::failure::{FailureKind, StepFailure};
@@ -21,6 +21,7 @@ use std::time::Duration;
 
 /// What a run's decisions read besides the step outputs: the same for
 /// every step of the run.
+#[derive(Clone, Copy)]
 pub struct RunFacts<'a> {
     pub input: &'a Value,
     pub run_id: &'a str,

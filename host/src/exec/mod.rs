@@ -25,6 +25,7 @@ mod builtin;
 pub mod core;
 pub mod demand;
 mod event;
+pub mod machine;
 mod memo;
 mod prepare;
 mod redact;
@@ -38,13 +39,15 @@ pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
 pub use memo::memo_key;
 pub use runner::{Job, Loaded, StepRunner};
 
-use self::core::{Decision, ItemCounts, Items, Outcome, RunFacts, Stop, Verdict, Work};
+use self::core::{Items, Outcome, RunFacts, Stop, Work};
+use self::machine::{Ledger, Progress, RunMachine, Settled, Tally};
 
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, HostServices, Limits, MemoryServices, Quota, RunMeter, StepLog};
 use crate::workflow::{Builtin, StepDecl, Target, Workflow};
 use serde_json::Value;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -173,21 +176,10 @@ pub struct Executor {
     sink: Arc<dyn EventSink>,
 }
 
-/// The result of all of a step's attempts (and items).
+/// The result of all of a step's attempts (and items), and what they add up to.
 struct StepEnd {
     result: Result<Value, StepFailure>,
-    /// A `forEach` step's item counts.
-    items: Option<ItemCounts>,
-    /// The run whose stored result it reused (`cache:`).
-    cached: Option<String>,
-    attempts: u32,
-    fuel_used: u64,
-    duration: Duration,
-    log: StepLog,
-    /// The input it ran with (each item's, for a `forEach` step).
-    input: Option<Value>,
-    /// The fuel of its last attempt (none for a `forEach` step).
-    last_fuel: Option<u64>,
+    tally: Tally,
 }
 
 /// A running step: its index and how it ended.
@@ -425,81 +417,74 @@ impl Ctx {
 }
 
 async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel: CancellationToken) -> RunReport {
-    let skip_finally = ctx.skip_finally.clone();
-    let started = Instant::now();
     let plan = ctx.prepared.plan.clone();
     let wf = &plan.workflow;
     let n = wf.steps.len();
     let run_id = ctx.run_id.clone();
-    // Set once every step of `steps` has ended: what `finally` steps read.
-    let mut ending: Option<Value> = None;
-    sink.emit(&Event::RunStarted { run_id: run_id.clone(), workflow: wf.name.clone(), steps: n });
-
     let limit = ctx.limit;
-    let waiting: Vec<usize> = plan.deps.iter().map(Vec::len).collect();
-    let ready: VecDeque<usize> = (0..plan.main).filter(|&i| waiting[i] == 0).collect();
-    let mut book = Book {
-        wf,
+    let book = Book {
         plan: &plan,
         sink: &sink,
-        run_id: &run_id,
-        waiting,
-        ready,
+        waiting: plan.deps.iter().map(Vec::len).collect(),
         outputs: BTreeMap::new(),
         reports: vec![None; n],
         outcomes: vec![None; n],
-        stop: None,
         unrecorded: None,
         unflushed: false,
         changed: true,
+        running: 0,
+        started: Instant::now(),
+        phase: Phase {
+            run: cancel.clone(),
+            skip_finally: ctx.skip_finally.clone(),
+            current: cancel.clone(),
+            steps: cancel.child_token(),
+            ours: None,
+            deadline: wf.timeout.map(|t| tokio::time::Instant::now() + t),
+            finally_timeout: wf.finally_timeout,
+        },
     };
-    let mut running = 0usize;
+    let mut m = RunMachine::new(&plan, ctx.facts(&input), Progress::default(), book);
+    m.start();
     // A StepFlow flow's steps run only when needed (see `demand`): ready
     // steps not needed yet wait here, and steps started are never dropped.
     let mut deferred: Vec<usize> = Vec::new();
     let mut began = vec![false; n];
     let mut needed = vec![true; n];
     let mut inline: Option<StepFuture> = None;
-    // The steps of `steps` stop on `cancel` and the run's timeout; those of
-    // `finally` only on `skip_finally` and their own timeout.
-    let mut phase_cancel = cancel.clone();
-    let mut child = cancel.child_token();
     // Step tasks report here when they end: (step, how it ended).
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, StepEnd)>();
-    let mut deadline = wf.timeout.map(|t| tokio::time::Instant::now() + t);
-    // How the steps of `steps` stopped, once the `finally` steps run.
-    let mut main_stop: Option<Option<Stop>> = None;
-    // A token of this run's own, cancelled when it ends (see `either`).
-    let mut ours: Option<CancellationToken> = None;
 
     // Resumed while its `finally` steps ran: the steps of `steps` keep how
     // they ended.
     if !ctx.ended.is_empty() {
-        book.settle_recorded(&ctx, 0..plan.main);
+        settle_recorded(&mut m, &ctx, 0..plan.main).await;
     }
     loop {
-        while wf.lazy && std::mem::take(&mut book.changed) {
-            let outcomes = &book.outcomes;
-            let facts = RunFacts { ending: ending.as_ref(), ..ctx.facts(&input) };
-            let ended = core::Ended { plan: &plan, outputs: &book.outputs, outcome: &|d| outcomes[d], finally: false };
-            let d = demand::demand(&facts, &ended);
+        while wf.lazy && std::mem::take(&mut m.ledger.changed) {
+            let d = {
+                let book = &m.ledger;
+                let facts = RunFacts { ending: m.progress.ending.as_ref(), ..m.facts };
+                let ended = core::Ended { plan: &plan, outputs: &book.outputs, outcome: &|d| book.outcomes[d], finally: false };
+                demand::demand(&facts, &ended)
+            };
             for (i, possible) in d.possible.iter().enumerate() {
-                if !possible && !began[i] && book.reports[i].is_none() {
-                    book.drop_unneeded(i);
+                if !possible && !began[i] && m.ledger.reports[i].is_none() {
+                    infallible(m.drop_unneeded(i).await);
                 }
             }
-            deferred.retain(|&i| match book.reports[i].is_none() && d.needed[i] {
+            deferred.retain(|&i| match m.ledger.reports[i].is_none() && d.needed[i] {
                 true => {
-                    book.ready.push_back(i);
+                    m.ready.push_back(i);
                     false
                 }
-                false => book.reports[i].is_none(),
+                false => m.ledger.reports[i].is_none(),
             });
             needed = d.needed;
         }
-        while !Stop::halts(book.stop) && running < limit {
-            let Some(i) = book.ready.pop_front() else { break };
-            if book.reports[i].is_some() {
+        while !m.halted() && m.ledger.running < limit {
+            let Some(i) = m.ready.pop_front() else { break };
+            if m.ledger.reports[i].is_some() {
                 // A lazy run found it would never be needed.
                 continue;
             }
@@ -507,160 +492,101 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 deferred.push(i);
                 continue;
             }
-            let decl = &wf.steps[i];
             // A step's dependencies are durable before it starts.
-            if book.unflushed && !plan.deps[i].is_empty() {
-                book.unflushed = false;
+            if m.ledger.unflushed && !plan.deps[i].is_empty() {
+                m.ledger.unflushed = false;
                 if let Err(e) = sink.barrier().await {
-                    book.ready.push_front(i);
-                    book.lose_record(e);
-                    child.cancel();
+                    m.ready.push_front(i);
+                    m.ledger.unrecorded.get_or_insert(e);
+                    m.unrecorded();
+                    m.ledger.phase.steps.cancel();
                     break;
                 }
             }
-            if book.settle_recorded(&ctx, i..i + 1) {
+            if settle_recorded(&mut m, &ctx, i..i + 1).await {
                 continue;
             }
-            let outcomes = &book.outcomes;
-            let facts = RunFacts { ending: ending.as_ref(), ..ctx.facts(&input) };
-            let ended = core::Ended { plan: &plan, outputs: &book.outputs, outcome: &|d| outcomes[d], finally: decl.finally };
-            match core::decide_ready(&facts, i, &ended) {
-                Decision::Blocked => {
-                    book.finish(i, Ending::Blocked, None);
-                }
-                Decision::Skip { reason, warning } => {
-                    if let Some(message) = warning {
-                        sink.emit(&Event::StepWarning { run_id: run_id.clone(), step: decl.id.clone(), message });
-                    }
-                    book.finish(i, Ending::Skipped(reason), None);
-                }
-                Decision::Fail(f) => {
-                    book.finish(i, Ending::Refused(f), None);
-                }
-                Decision::Run(work) => {
-                    running += 1;
-                    began[i] = true;
-                    let (ctx, step_sink, cancel) = (ctx.clone(), sink.clone(), child.clone());
-                    let step = async move { (i, run_step(&ctx, i, work, &step_sink, &cancel).await) };
-                    // When steps run one at a time, the dispatcher drives
-                    // the step itself: no task hand-off at all. (It yields at
-                    // every epoch tick, so a cancel is seen within one.)
-                    // Otherwise every step is a task of its own: a task
-                    // spawned while the dispatcher drove a step inline would
-                    // wait in its worker's LIFO slot, which other workers
-                    // cannot steal from, and the run would use one core.
-                    if limit == 1 && inline.is_none() {
-                        inline = Some(Box::pin(step));
-                    } else {
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            let (step, end) = step.await;
-                            let _ = tx.send((step, end));
-                        });
-                    }
-                }
+            let Some(work) = infallible(m.decide(i).await) else { continue };
+            m.ledger.running += 1;
+            began[i] = true;
+            let (ctx, step_sink, cancel) = (ctx.clone(), sink.clone(), m.ledger.phase.steps.clone());
+            let step = async move { (i, run_step(&ctx, i, work, &step_sink, &cancel).await) };
+            // When steps run one at a time, the dispatcher drives the step
+            // itself: no task hand-off at all. (It yields at every epoch
+            // tick, so a cancel is seen within one.) Otherwise every step
+            // is a task of its own: a task spawned while the dispatcher
+            // drove a step inline would wait in its worker's LIFO slot,
+            // which other workers cannot steal from, and the run would use
+            // one core.
+            if limit == 1 && inline.is_none() {
+                inline = Some(Box::pin(step));
+            } else {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let (step, end) = step.await;
+                    let _ = tx.send((step, end));
+                });
             }
         }
-        if running == 0 {
-            if main_stop.is_some() || plan.main == n || book.stop == Some(Stop::Unrecorded) {
-                break;
+        if m.ledger.running == 0 {
+            match infallible(m.settle().await) {
+                Settled::FinallyBegan => {
+                    if !ctx.ended.is_empty() {
+                        settle_recorded(&mut m, &ctx, plan.main..n).await;
+                    }
+                    continue;
+                }
+                // Nothing runs and nothing can start: every step has ended.
+                Settled::Ended | Settled::Waiting => break,
             }
-            // Every step of `steps` has ended, or never will: those not
-            // started get their state, and the `finally` steps start.
-            book.settle_unstarted(0..plan.main);
-            let (state, _) = core::run_end(wf, book.stop, |i| book.reports[i].as_ref().and_then(|r| r.error.clone()));
-            let failures = book.reports[..plan.main]
-                .iter()
-                .flatten()
-                .filter(|r| r.state == StepState::Failed)
-                .filter_map(|r| Some((r.id.clone(), r.error.clone()?)));
-            ending = Some(core::ending(state, failures));
-            main_stop = Some(book.stop.take());
-            // A cancel that came before does not reach them; one that
-            // comes while they run does, as does `skip_finally`.
-            phase_cancel = match cancel.is_cancelled() {
-                true => skip_finally.clone(),
-                false => ours.insert(either(&cancel, &skip_finally)).clone(),
-            };
-            child = phase_cancel.child_token();
-            if phase_cancel.is_cancelled() {
-                book.stop = Some(Stop::Cancelled);
-            }
-            deadline = Some(tokio::time::Instant::now() + wf.finally_timeout);
-            book.unflushed = true;
-            book.ready.extend((plan.main..n).filter(|&i| plan.deps[i].is_empty()));
-            if !ctx.ended.is_empty() {
-                book.settle_recorded(&ctx, plan.main..n);
-            }
-            continue;
         }
+        let (phase_cancel, deadline) = (m.ledger.phase.current.clone(), m.ledger.phase.deadline);
         tokio::select! {
             (step, end) = async { inline.as_mut().expect("guarded").await }, if inline.is_some() => {
                 inline = None;
                 let _ = tx.send((step, end));
             }
             done = rx.recv() => {
-                let (step, mut end) = done.expect("the dispatcher holds a sender");
-                running -= 1;
-                // The result moves on, never copied: a `forEach` step's
-                // can hold every item's output.
-                let result = std::mem::replace(&mut end.result, Ok(Value::Null));
-                if book.finish(step, Ending::Ran(result), Some(end)) == Some(Stop::Cancelled) {
-                    child.cancel();
+                let (step, StepEnd { result, tally }) = done.expect("the dispatcher holds a sender");
+                m.ledger.running -= 1;
+                if infallible(m.finish(step, Ending::Ran(result), tally).await) == Some(Stop::Cancelled) {
+                    m.ledger.phase.steps.cancel();
                 }
             }
-            _ = phase_cancel.cancelled(), if Stop::cancel_applies(book.stop) => {
-                book.stop = Some(Stop::Cancelled);
-                child.cancel();
+            _ = phase_cancel.cancelled(), if Stop::cancel_applies(m.progress.stop) => {
+                m.cancel();
+                m.ledger.phase.steps.cancel();
             }
-            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && !Stop::halts(book.stop) => {
-                book.stop = Some(Stop::TimedOut);
-                child.cancel();
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && !m.halted() => {
+                m.time_out();
+                m.ledger.phase.steps.cancel();
             }
         }
     }
-    book.settle_unstarted(0..n);
-    if let Some(token) = ours {
+    infallible(m.settle_unstarted(0..n).await);
+    if let Some(token) = m.ledger.phase.ours.take() {
         token.cancel();
     }
     // Every step's result is durable before the run's end is decided.
     if let Err(e) = sink.barrier().await {
-        book.lose_record(e);
+        m.ledger.unrecorded.get_or_insert(e);
+        m.unrecorded();
     }
-    let Book { mut outputs, reports, stop, unrecorded, .. } = book;
-    // With `finally` steps run: how the steps of `steps` stopped, and how
-    // the `finally` ones did.
-    let (stop, finally_stop) = match main_stop {
-        Some(main) if stop != Some(Stop::Unrecorded) => (main, stop),
-        _ => (stop, None),
-    };
-    let failure = |i: usize| reports[i].as_ref().and_then(|r| r.error.clone());
-    let (mut state, mut error) = core::run_end(wf, stop, failure);
-    if stop == Some(Stop::Unrecorded) {
-        error = unrecorded.map(|e| unrecorded_message(&e, &run_id));
+    let mut end = infallible(m.end().await);
+    let lost = m.progress.stop == Some(Stop::Unrecorded);
+    if lost {
+        end.error = m.ledger.unrecorded.as_ref().map(|e| unrecorded_message(e, &run_id));
     }
-    let mut output = None;
-    if state == RunState::Completed {
-        match core::run_output(&ctx.facts(&input), &plan, &outputs) {
-            Ok(v) => output = Some(v),
-            Err(e) => {
-                state = RunState::Failed;
-                error = Some(format!("the run output could not be built: {e}"));
-            }
-        }
-    }
-    // The run output is the steps' of `steps`; a `finally` step that
-    // failed fails the run all the same.
-    (state, error) = core::with_finally(wf, (state, error), finally_stop, failure);
     // The output is shared with the sinks, not copied: it can hold every
     // step's output. It is the report's again once they let it go.
-    let output = output.map(Arc::new);
-    sink.emit(&Event::RunFinished { run_id: run_id.clone(), state, duration: started.elapsed(), output: output.clone(), error: error.clone() });
+    let (mut state, mut error) = (end.state, end.error.clone());
+    let output = infallible(m.finish_run(end).await);
+    let Book { mut outputs, reports, .. } = m.ledger;
     // The end itself could not be recorded: the run's result stands, but
     // its record says `running` (a resume finishes it), so the run fails.
     // (A record lost earlier is already the run's error.)
-    let end = sink.barrier().await;
-    let unrecorded = end.err().filter(|_| stop != Some(Stop::Unrecorded)).map(|e| unrecorded_message(&e, &run_id));
+    let recorded = sink.barrier().await;
+    let unrecorded = recorded.err().filter(|_| !lost).map(|e| unrecorded_message(&e, &run_id));
     if let Some(message) = &unrecorded {
         state = RunState::Failed;
         error = Some(message.clone());
@@ -676,6 +602,36 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         })
         .collect();
     RunReport { run_id, state, output: output.map(Arc::unwrap_or_clone), error, unrecorded, steps }
+}
+
+/// The value of a result that cannot fail.
+fn infallible<T>(result: Result<T, Infallible>) -> T {
+    match result {
+        Ok(v) => v,
+        Err(never) => match never {},
+    }
+}
+
+/// Settles the steps of `range` that keep what they did in an earlier
+/// attempt of the run: a recorded output (`StepRestored`), or how they
+/// ended ([`RunOptions::ended`]). Whether any was.
+async fn settle_recorded(m: &mut RunMachine<'_, Book<'_>>, ctx: &Ctx, range: std::ops::Range<usize>) -> bool {
+    let mut any = false;
+    for i in range {
+        let id = &m.plan.workflow.steps[i].id;
+        if m.ledger.reports[i].is_some() {
+            continue;
+        }
+        if let Some(output) = ctx.restored.get(id) {
+            infallible(m.restore(i, output.clone()).await);
+        } else if let Some(ending) = ctx.ended.get(id) {
+            infallible(m.finish(i, ending.clone(), Tally::default()).await);
+        } else {
+            continue;
+        }
+        any = true;
+    }
+    any
 }
 
 /// A token cancelled when `a` or `b` is (or when it is cancelled itself,
@@ -697,92 +653,98 @@ fn unrecorded_message(e: &SinkError, run_id: &str) -> String {
     format!("{e}; what it recorded before is intact: fix the problem, then `sandflow resume {run_id}`")
 }
 
-/// The dispatcher's record of a run in progress: the bookkeeping, in
-/// memory. What each event means is decided by [`core`].
+/// The dispatcher's [`Ledger`]: a run in progress, in memory.
 struct Book<'a> {
-    wf: &'a Workflow,
     plan: &'a crate::plan::Plan,
     sink: &'a Arc<dyn EventSink>,
-    run_id: &'a str,
     /// Dependencies of each step not yet finished.
     waiting: Vec<usize>,
-    ready: VecDeque<usize>,
     /// Outputs of finished steps (`None`: skipped), for templates.
     /// Shared with the `StepFinished` event that recorded each, not copied.
     outputs: BTreeMap<String, Option<Arc<Value>>>,
     reports: Vec<Option<StepReport>>,
-    /// How each ended step turned out (`depends`, `steps.ID.status`); one
-    /// that blocks (it failed under `fail`, was cancelled, or was skipped
-    /// because of such a step) skips its dependents as `dependency failed`.
+    /// How each ended step turned out (`depends`, `steps.ID.status`).
     outcomes: Vec<Option<Outcome>>,
-    stop: Option<Stop>,
     /// Why the run's record could not be made durable.
     unrecorded: Option<SinkError>,
     /// A step finished since the sink's last barrier.
     unflushed: bool,
     /// A step ended since a lazy run last asked what it needs.
     changed: bool,
+    /// Steps running now.
+    running: usize,
+    started: Instant,
+    phase: Phase,
 }
 
-impl Book<'_> {
-    /// Steps of `range` that never started: their state, in file order, each
-    /// blocked by a dependency that failed or never started.
-    fn settle_unstarted(&mut self, range: std::ops::Range<usize>) {
-        for i in range {
-            if self.reports[i].is_some() {
-                continue;
-            }
-            let blocked = self.plan.deps[i].iter().any(|&d| self.outcomes[d].is_none_or(|o| o.blocks));
-            let (state, reason) = core::unstarted(self.stop, blocked);
-            let verdict = Verdict { state, output: None, error: None, reason: Some(reason.to_string()), releases: !blocked, stop: None };
-            self.settle(i, verdict, None);
+/// What stops the steps of the current phase. Those of `steps` stop on
+/// the run's cancel and its timeout; those of `finally` only on
+/// `skip_finally` (or a cancel that comes while they run) and their own
+/// timeout.
+struct Phase {
+    run: CancellationToken,
+    skip_finally: CancellationToken,
+    /// Cancels the phase.
+    current: CancellationToken,
+    /// Cancels the phase's running steps (a child of `current`).
+    steps: CancellationToken,
+    /// A token of this run's own, cancelled when it ends (see `either`).
+    ours: Option<CancellationToken>,
+    deadline: Option<tokio::time::Instant>,
+    finally_timeout: Duration,
+}
+
+impl Ledger for Book<'_> {
+    type Error = Infallible;
+
+    async fn load(&mut self, _: Vec<usize>) -> Result<(), Infallible> {
+        Ok(())
+    }
+
+    async fn load_ended(&mut self) -> Result<(), Infallible> {
+        Ok(())
+    }
+
+    fn outputs(&self) -> &dyn crate::expr::Outputs {
+        &self.outputs
+    }
+
+    fn outcome(&self, i: usize) -> Option<Outcome> {
+        self.outcomes[i]
+    }
+
+    async fn failure(&mut self, i: usize) -> Result<Option<StepFailure>, Infallible> {
+        Ok(self.reports[i].as_ref().and_then(|r| r.error.clone()))
+    }
+
+    async fn failures(&mut self, range: std::ops::Range<usize>) -> Result<Vec<(String, StepFailure)>, Infallible> {
+        let failed = self.reports[range].iter().flatten().filter(|r| r.state == StepState::Failed);
+        Ok(failed.filter_map(|r| Some((r.id.clone(), r.error.clone()?))).collect())
+    }
+
+    fn step_ended(&mut self, i: usize, outcome: Outcome, output: Option<Option<Arc<Value>>>, event: Event) {
+        let id = &self.plan.workflow.steps[i].id;
+        if let Some(output) = output {
+            self.outputs.insert(id.clone(), output);
         }
-    }
-
-    /// A step a lazy run will never need ends skipped, releasing what
-    /// waits on it (which does not read it either).
-    fn drop_unneeded(&mut self, i: usize) {
-        let reason = Some(demand::NOT_NEEDED.to_string());
-        let verdict = Verdict { state: StepState::Skipped, output: None, error: None, reason, releases: true, stop: None };
-        self.settle(i, verdict, None);
-    }
-
-    /// The sink failed: no step starts any more, and the run fails.
-    fn lose_record(&mut self, e: SinkError) {
-        self.unrecorded.get_or_insert(e);
-        self.stop = Some(Stop::Unrecorded);
-    }
-
-    /// Settles the steps of `range` that keep what they did in an earlier
-    /// attempt of the run: a recorded output (`StepRestored`), or how they
-    /// ended ([`RunOptions::ended`]). Whether any was.
-    fn settle_recorded(&mut self, ctx: &Ctx, range: std::ops::Range<usize>) -> bool {
-        let mut any = false;
-        for i in range {
-            let id = &self.wf.steps[i].id;
-            if self.reports[i].is_some() {
-                continue;
-            }
-            if let Some(output) = ctx.restored.get(id) {
-                self.sink.emit(&Event::StepRestored { run_id: self.run_id.to_string(), step: id.clone() });
-                self.restore(i, output.clone());
-            } else if let Some(ending) = ctx.ended.get(id) {
-                self.finish(i, ending.clone(), None);
-            } else {
-                continue;
-            }
-            any = true;
+        if let Event::StepFinished { state, attempt, duration, fuel_used, error, reason, .. } = &event {
+            // The report's output is filled from `outputs` when the run
+            // ends (see `dispatch`): one copy of each output lives through
+            // the run.
+            let (state, attempts, duration, fuel_used) = (*state, *attempt, *duration, *fuel_used);
+            self.reports[i] = Some(StepReport { id: id.clone(), state, attempts, output: None, error: error.clone(), reason: reason.clone(), fuel_used, duration });
         }
-        any
+        self.unflushed = true;
+        self.changed = true;
+        self.sink.emit(&event);
+        self.outcomes[i] = Some(outcome);
     }
 
-    /// A step that succeeded before a resume: its recorded output, no event
-    /// of its own beyond `StepRestored`, its dependents released.
-    fn restore(&mut self, i: usize, output: Value) {
-        let decl = &self.wf.steps[i];
-        self.outputs.insert(decl.id.clone(), Some(Arc::new(output)));
+    fn step_restored(&mut self, i: usize, output: Arc<Value>) {
+        let id = &self.plan.workflow.steps[i].id;
+        self.outputs.insert(id.clone(), Some(output));
         self.reports[i] = Some(StepReport {
-            id: decl.id.clone(),
+            id: id.clone(),
             state: StepState::Succeeded,
             attempts: 0,
             // Filled from `outputs` when the run ends (see `dispatch`).
@@ -793,82 +755,43 @@ impl Book<'_> {
             duration: Duration::ZERO,
         });
         self.outcomes[i] = Some(Outcome { state: StepState::Succeeded, blocks: false, items: None });
-        self.release(i);
     }
 
-    /// Step `i` ended: the verdict of [`core::verdict`], recorded. Whether
-    /// the run stops, and how.
-    fn finish(&mut self, i: usize, ending: Ending, end: Option<StepEnd>) -> Option<Stop> {
-        let verdict = core::verdict(self.plan, i, ending, self.stop);
-        let stop = verdict.stop;
-        match stop {
-            Some(Stop::Cancelled) => self.stop = Some(Stop::Cancelled),
-            Some(stop) => {
-                self.stop.get_or_insert(stop);
-            }
-            None => {}
-        }
-        self.settle(i, verdict, end);
-        stop
-    }
-
-    /// Records a step's final state, emits `StepFinished`, and makes its
-    /// dependents whose dependencies have all ended ready (whether they
-    /// may run is [`core::gate`]'s to say).
-    fn settle(&mut self, i: usize, verdict: Verdict, end: Option<StepEnd>) {
-        let decl = &self.wf.steps[i];
-        let Verdict { state, output, error, reason, releases, .. } = verdict;
-        let (cached, reason) = core::cached(state, reason, end.as_ref().and_then(|e| e.cached.as_deref()));
-        let output = output.map(Arc::new);
-        match state {
-            StepState::Skipped => {
-                self.outputs.insert(decl.id.clone(), None);
-            }
-            _ => {
-                if let Some(v) = &output {
-                    self.outputs.insert(decl.id.clone(), Some(v.clone()));
-                }
-            }
-        }
-        let (attempts, fuel_used, duration) = end.as_ref().map_or((0, 0, Duration::ZERO), |e| (e.attempts, e.fuel_used, e.duration));
-        let (input, log, last_fuel, items) = match end {
-            Some(e) => (e.input.map(Arc::new), e.log, e.last_fuel, e.items),
-            None => (None, StepLog::default(), None, None),
-        };
-        // The report's output is filled from `outputs` when the run ends
-        // (see `dispatch`): one copy of each output lives through the run.
-        let report = StepReport { id: decl.id.clone(), state, attempts, output: None, error: error.clone(), reason: reason.clone(), fuel_used, duration };
-        self.unflushed = true;
-        self.changed = true;
-        self.sink.emit(&Event::StepFinished {
-            run_id: self.run_id.to_string(),
-            step: decl.id.clone(),
-            state,
-            attempt: report.attempts,
-            duration: report.duration,
-            fuel_used: report.fuel_used,
-            error,
-            reason,
-            input,
-            output,
-            output_secrets: None,
-            last_fuel,
-            log,
-            cached,
-        });
-        self.reports[i] = Some(report);
-        self.outcomes[i] = Some(Outcome { state, blocks: !releases, items });
-        self.release(i);
-    }
-
-    /// Step `i` is done: dependents whose dependencies are all done are ready.
-    fn release(&mut self, i: usize) {
+    async fn count_down(&mut self, i: usize) -> Result<Vec<usize>, Infallible> {
+        let mut ready = Vec::new();
         for &d in &self.plan.dependents[i] {
             self.waiting[d] -= 1;
             if self.waiting[d] == 0 {
-                self.ready.push_back(d);
+                ready.push(d);
             }
         }
+        Ok(ready)
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.sink.emit(&event);
+    }
+
+    async fn in_flight(&mut self) -> Result<bool, Infallible> {
+        Ok(self.running > 0)
+    }
+
+    fn finally_begins(&mut self, _: Option<Stop>, _: &Value) -> bool {
+        let p = &mut self.phase;
+        // A cancel that came before does not reach them; one that comes
+        // while they run does, as does `skip_finally`.
+        p.current = match p.run.is_cancelled() {
+            true => p.skip_finally.clone(),
+            false => p.ours.insert(either(&p.run, &p.skip_finally)).clone(),
+        };
+        p.steps = p.current.child_token();
+        p.deadline = Some(tokio::time::Instant::now() + p.finally_timeout);
+        self.unflushed = true;
+        p.current.is_cancelled()
+    }
+
+    async fn elapsed(&mut self) -> Result<Duration, Infallible> {
+        Ok(self.started.elapsed())
     }
 }
 
@@ -883,7 +806,7 @@ async fn run_step(ctx: &Arc<Ctx>, step: usize, work: Work, sink: &Arc<dyn EventS
             (end, Value::Array(inputs))
         }
     };
-    end.input = Some(input);
+    end.tally.input = Some(input);
     end
 }
 
@@ -891,7 +814,7 @@ async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: &[Value], concurrency: us
     let decl = &ctx.prepared.plan.workflow.steps[step];
     let started = Instant::now();
     let mut items = Items::new(inputs.len());
-    let mut total = StepEnd { last_fuel: None, input: None, result: Ok(Value::Null), items: None, cached: None, attempts: 0, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
+    let mut total = Tally::default();
     let mut set = tokio::task::JoinSet::new();
     let mut pending = inputs.iter().cloned().enumerate();
     loop {
@@ -901,17 +824,16 @@ async fn for_each(ctx: &Arc<Ctx>, step: usize, inputs: &[Value], concurrency: us
             set.spawn(async move { (index, attempts(&ctx, step, input, Some(index), &sink, &cancel).await) });
         }
         let Some(joined) = set.join_next().await else { break };
-        let (index, end) = joined.expect("step tasks do not panic");
-        total.attempts += end.attempts;
-        total.fuel_used += end.fuel_used;
-        total.log.lines.extend(end.log.lines);
-        total.log.dropped_bytes += end.log.dropped_bytes;
-        items.record(decl, index, end.result);
+        let (index, StepEnd { result, tally }) = joined.expect("step tasks do not panic");
+        total.attempts += tally.attempts;
+        total.fuel_used += tally.fuel_used;
+        total.log.lines.extend(tally.log.lines);
+        total.log.dropped_bytes += tally.log.dropped_bytes;
+        items.record(decl, index, result);
     }
     total.duration = started.elapsed();
     total.items = Some(items.counts());
-    total.result = items.result();
-    total
+    StepEnd { result: items.result(), tally: total }
 }
 
 /// Runs attempts of one input until one succeeds, a failure is final, or
@@ -933,7 +855,18 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, sin
         let Attempted { result, fuel_used: fuel, log, cached } = execute(ctx, step, &input, Which { item, attempt }, &settings, cancel).await;
         fuel_used += fuel;
         // Only the last attempt's log is kept, and counted against the run's `log` quota.
-        let end = |result| StepEnd { last_fuel: Some(fuel), input: None, result, items: None, cached: cached.clone().filter(|_| item.is_none()), attempts: attempt, fuel_used, duration: started.elapsed(), log: ctx.services.keep_log(log) };
+        let end = |result| StepEnd {
+            result,
+            tally: Tally {
+                last_fuel: Some(fuel),
+                cached: cached.clone().filter(|_| item.is_none()),
+                attempts: attempt,
+                fuel_used,
+                duration: started.elapsed(),
+                log: ctx.services.keep_log(log),
+                ..Tally::default()
+            },
+        };
         let retry = match &result {
             Err(f) => core::retry_after(decl, wf, f, attempt, cancel.is_cancelled()),
             Ok(_) => None,

@@ -11,8 +11,11 @@
 //! `runs` row, so decisions about one run never race, and its events get
 //! gap-free sequence numbers (`runs follow` reads them in order).
 //!
-//! The decisions themselves are [`crate::exec::core`]'s, the same the
-//! in-process dispatcher makes; this module is bookkeeping only.
+//! The run's bookkeeping is [`crate::exec::machine`]'s, the same state
+//! machine the in-process dispatcher drives: this module is its
+//! [`Ledger`] over the run's rows ([`PgLedger`]) and the queue's own
+//! mechanics (jobs, claims, leases, retries as jobs, `forEach` items as
+//! jobs), in SQL.
 //!
 //! Delivery: a claimed job carries a lease (`lease_until`) its worker's
 //! heartbeat extends. When a worker dies its leases expire and any worker
@@ -26,13 +29,15 @@ use super::pipe::{NewJob, Pipe, Read, event_body, params};
 use tokio_postgres::types::ToSql;
 use super::postgres::{PgStore, db, text};
 use super::{NewRun, StoreError, now};
-use crate::exec::core::{self, Decision, Ending, ItemCounts, Items, Stop, Verdict, Work};
+use crate::exec::core::{self, Ending, Items, Stop, Work};
+use crate::exec::machine::{Ledger, Progress, RunMachine, Settled, Tally};
 use crate::exec::{Event, Redactor, RunContext, RunState, SecretSpans, StepState, unmask};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{StepLog, sha256_hex};
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -211,7 +216,7 @@ impl PgStore {
     pub async fn start_run(&self, run_id: &str, run: &RunCtx, claimer: Claimer) -> Result<Outcome, StoreError> {
         self.in_run(run_id, run, &Holding::default(), |t| {
             Box::pin(async move {
-                let started = t.start().await?;
+                let started = t.begin().await?;
                 t.claim_own(&claimer).await?;
                 Ok(started)
             })
@@ -278,7 +283,7 @@ impl PgStore {
                 for f in finished {
                     any |= t.finished(f).await?;
                 }
-                t.settle().await?;
+                t.advance().await?;
                 t.claim_own(&claimer).await?;
                 Ok(any)
             })
@@ -309,7 +314,7 @@ impl PgStore {
             Box::pin(async move {
                 t.reap().await?;
                 t.check_stop().await?;
-                t.settle().await?;
+                t.advance().await?;
                 Ok(true)
             })
         })
@@ -434,16 +439,18 @@ impl PgStore {
             return Err(StoreError::UnknownRun(run_id.to_string()));
         };
         let status: String = row.get(0);
-        let mut t = RunTx {
-            tx,
-            run,
-            run_id,
-            running: status == "running",
+        let progress = Progress {
             started: row.get(4),
+            running: status == "running",
             stop: row.get::<_, Option<String>>(1).as_deref().and_then(Stop::decode),
             ending: row.get::<_, Option<String>>(5).and_then(|t| serde_json::from_str(&t).ok()),
             main_stop: row.get::<_, Option<String>>(6).as_deref().and_then(Stop::decode),
-            open_steps: row.get(2),
+            open: row.get::<_, i32>(2).max(0) as usize,
+        };
+        let ledger = PgLedger {
+            tx,
+            run,
+            run_id,
             seq: row.get(3),
             new_jobs: 0,
             retry_in: None,
@@ -452,19 +459,22 @@ impl PgStore {
             pipe,
             held: HashMap::new(),
             elapsed: HashMap::new(),
-            outputs: HashMap::new(),
+            loaded: HashSet::new(),
+            outputs: BTreeMap::new(),
             outcomes: HashMap::new(),
             waiting: HashMap::new(),
         };
-        t.hold(reads.next().unwrap_or_default(), reads.next().unwrap_or_default());
+        let mut t: RunTx<'_> = RunMachine::new(&run.ctx.prepared().plan, run.ctx.facts(&run.input), progress, ledger);
+        t.ledger.hold(reads.next().unwrap_or_default(), reads.next().unwrap_or_default());
         let done = body(&mut t).await.map_err(db)?;
-        t.save();
-        t.pipe.send(tx).await.map_err(db)?;
+        t.ledger.save(&t.progress);
+        t.ledger.pipe.send(tx).await.map_err(db)?;
         // COMMIT on its own: measured, it is faster than in the same burst
         // as the writes (1.3 ms against 2.2 ms for a chain step's commit).
         tx.batch_execute("COMMIT").await.map_err(db)?;
-        let pipe = &t.pipe;
-        t.claimed.retain_mut(|c| {
+        let l = &mut t.ledger;
+        let pipe = &l.pipe;
+        l.claimed.retain_mut(|c| {
             if c.id == 0 {
                 match pipe.inserted_id(&c.run_id, c.step as i32, c.item.map(|k| k as i32)) {
                     Some(id) => c.id = id,
@@ -475,7 +485,7 @@ impl PgStore {
             }
             c.id != 0
         });
-        let outcome = Outcome { done, new_jobs: t.new_jobs, retry_in: t.retry_in, claimed: std::mem::take(&mut t.claimed) };
+        let outcome = Outcome { done, new_jobs: l.new_jobs, retry_in: l.retry_in, claimed: std::mem::take(&mut l.claimed) };
         drop(t);
         conn.finished();
         Ok(outcome)
@@ -585,22 +595,16 @@ pub struct Claimer {
     pub others: bool,
 }
 
-/// One run's bookkeeping inside a transaction holding its row lock.
-struct RunTx<'a> {
+/// One run's bookkeeping inside a transaction holding its row lock: the
+/// run's state machine over the rows of the run.
+type RunTx<'a> = RunMachine<'a, PgLedger<'a>>;
+
+/// A run's facts in PostgreSQL rows, read and written inside the
+/// transaction that holds the run's row lock ([`Ledger`]).
+struct PgLedger<'a> {
     tx: &'a deadpool_postgres::Client,
     run: &'a RunCtx,
     run_id: &'a str,
-    /// The run has not ended.
-    running: bool,
-    started: bool,
-    stop: Option<Stop>,
-    /// Set once every step of `steps` has ended and the `finally` steps
-    /// may run: what they read as `run.status` and `run.failures`.
-    ending: Option<Value>,
-    /// With `ending`: how the steps of `steps` stopped (`stop` is then the
-    /// `finally` steps').
-    main_stop: Option<Stop>,
-    open_steps: i32,
     /// The run's last event sequence number.
     seq: i32,
     /// Jobs this transaction made claimable: other workers are woken for
@@ -618,9 +622,11 @@ struct RunTx<'a> {
     held: HashMap<i64, Held>,
     /// Seconds since a step first started, as read with its jobs: by step.
     elapsed: HashMap<usize, Option<f64>>,
-    /// What `outputs_of` reads for steps that ended in this transaction:
-    /// `Some(None)` skipped, `Some(Some(v))` an output, `None` neither.
-    outputs: HashMap<usize, Option<Option<Value>>>,
+    /// Steps whose outputs and outcomes were read or ended in this transaction.
+    loaded: HashSet<usize>,
+    /// Their outputs, as templates read them: `None` skipped (a step that
+    /// ended with neither an output nor skipped is absent).
+    outputs: BTreeMap<String, Option<Arc<Value>>>,
     /// How steps turned out, as read or as ended in this transaction: by step.
     outcomes: HashMap<usize, core::Outcome>,
     /// Dependencies steps still wait for, as read under the run lock and
@@ -658,55 +664,12 @@ struct Held {
     fuel_used: i64,
 }
 
-/// A step's end as counted over its attempts or items.
-#[derive(Default)]
-struct Tally {
-    attempts: u32,
-    fuel_used: u64,
-    log: StepLog,
-    ran: bool,
-    /// A `forEach` step's item counts.
-    items: Option<ItemCounts>,
-    /// The run whose stored result it reused (`cache:`).
-    cached: Option<String>,
-}
-
-impl<'a> RunTx<'a> {
+impl<'a> PgLedger<'a> {
     fn wf(&self) -> &'a crate::workflow::Workflow {
         &self.run.ctx.prepared().plan.workflow
     }
 
-    fn plan(&self) -> &'a crate::plan::Plan {
-        &self.run.ctx.prepared().plan
-    }
-
-    /// Emits an event: recorded in the run's tables and appended to its stream.
-    fn emit(&mut self, event: Event) {
-        let event = if self.run.redactor.is_empty() { event } else { self.run.redactor.event(&event) };
-        self.pipe.record(&event);
-        self.seq += 1;
-        let mut stream = event;
-        if let Event::StepFinished { log, .. } = &mut stream {
-            *log = StepLog::default();
-        }
-        self.pipe.append(self.run_id, self.seq, &stream);
-    }
-
-    /// The run row's bookkeeping, and notifications: followers, and other
-    /// workers for jobs this transaction's worker did not take.
-    fn save(&mut self) {
-        let stop = self.stop.map(Stop::encode);
-        self.pipe.push(
-            "UPDATE runs SET stop = $2, open_steps = $3, events = $4, run_started = $5 WHERE id = $1",
-            params![self.run_id.to_string(), stop, self.open_steps, self.seq, self.started],
-        );
-        self.pipe.push(NOTIFY, params![EVENTS_CHANNEL, self.run_id.to_string()]);
-        if self.new_jobs > self.claimed.len() {
-            self.pipe.push(NOTIFY, params![JOBS_CHANNEL, ""]);
-        }
-    }
-
-    /// What [`Holding::reads`] read: the jobs whose results this
+    /// What [`Holding`]'s reads read: the jobs whose results this
     /// transaction records (a job whose claim is no longer current is not
     /// there: its result is discarded), and their dependents' counters.
     fn hold(&mut self, jobs: Vec<tokio_postgres::Row>, waiting: Vec<tokio_postgres::Row>) {
@@ -719,162 +682,78 @@ impl<'a> RunTx<'a> {
         }
     }
 
-    /// The run's first transaction: its DAG, then its root steps decided.
-    async fn start(&mut self) -> PgResult<bool> {
-        if self.started || !self.running {
-            return Ok(false);
-        }
-        self.started = true;
-        let plan = self.plan();
-        let n = plan.workflow.steps.len();
-        let idx: Vec<i32> = (0..n as i32).collect();
-        let waiting: Vec<i32> = plan.deps.iter().map(|d| d.len() as i32).collect();
-        let ids: Vec<String> = plan.workflow.steps.iter().map(|s| s.id.clone()).collect();
-        let roots: Vec<usize> = (0..plan.main).filter(|&i| plan.deps[i].is_empty()).collect();
-        let timeout = plan.workflow.timeout.map(|t| t.as_secs_f64());
-        self.pipe.push(
-            "INSERT INTO dag (run_id, idx, step, waiting) SELECT $1, d.idx, d.step, d.waiting FROM unnest($2::int[], $3::text[], $4::int[]) AS d(idx, step, waiting)",
-            params![self.run_id.to_string(), idx, ids, waiting],
-        );
-        self.pipe.push(
-            "UPDATE runs SET deadline = now() + make_interval(secs => $2) WHERE id = $1 AND $2::float8 IS NOT NULL",
-            params![self.run_id.to_string(), timeout],
-        );
-        let name = plan.workflow.name.clone();
-        self.open_steps = n as i32;
-        self.emit(Event::RunStarted { run_id: self.run_id.to_string(), workflow: name, steps: n });
-        self.ready(roots).await?;
-        self.settle().await?;
-        Ok(true)
+    /// How long ago step `i` first started.
+    async fn duration_of(&mut self, i: usize) -> PgResult<Duration> {
+        let elapsed = match self.elapsed.get(&i) {
+            Some(&elapsed) => elapsed,
+            None => self
+                .pipe
+                .query(self.tx, "SELECT EXTRACT(EPOCH FROM now() - first_started)::float8 FROM dag WHERE run_id = $1 AND idx = $2", &[&self.run_id, &(i as i32)])
+                .await?
+                .first()
+                .and_then(|r| r.get(0)),
+        };
+        Ok(Duration::from_secs_f64(elapsed.unwrap_or(0.0).max(0.0)))
     }
 
-    /// Claims this run's ready jobs for the committing worker, as
-    /// [`PgStore::claim`] does, under the run lock already held.
-    async fn claim_own(&mut self, claimer: &Claimer) -> PgResult<()> {
-        if claimer.slots == 0 || !self.running {
+    /// Queues an attempt of step `i` (or one of its items).
+    fn queue(&mut self, i: usize, item: Option<usize>, input: &Value, state: &'static str) {
+        let (masked, spans) = self.run.redactor.value_spans(input);
+        let spans = spans.as_ref().map(SecretSpans::to_json);
+        self.pipe.queue_job(NewJob {
+            run: self.run_id,
+            idx: i as i32,
+            item: item.map(|k| k as i32),
+            state,
+            input: text(&masked.to_string()).into_owned(),
+            input_secrets: spans,
+            runs_on: &self.wf().steps[i].runs_on,
+        });
+        self.new_jobs += usize::from(state == "ready");
+    }
+
+    /// Runs `work` of step `i`: its jobs, queued (a `forEach` step's
+    /// items beyond its concurrency held until others end).
+    fn launch(&mut self, i: usize, work: Work) {
+        match work {
+            Work::One(input) => self.queue(i, None, &input, "ready"),
+            Work::Each { inputs, concurrency } => {
+                let count = inputs.len() as i32;
+                self.pipe.push("UPDATE dag SET items = $3, items_left = $3 WHERE run_id = $1 AND idx = $2", params![self.run_id.to_string(), i as i32, count]);
+                for (k, input) in inputs.iter().enumerate() {
+                    self.queue(i, Some(k), input, if k < concurrency { "ready" } else { "held" });
+                }
+            }
+        }
+    }
+
+    /// The run row's bookkeeping, and notifications: followers, and other
+    /// workers for jobs this transaction's worker did not take.
+    fn save(&mut self, progress: &Progress) {
+        let stop = progress.stop.map(Stop::encode);
+        self.pipe.push(
+            "UPDATE runs SET stop = $2, open_steps = $3, events = $4, run_started = $5 WHERE id = $1",
+            params![self.run_id.to_string(), stop, progress.open as i32, self.seq, progress.started],
+        );
+        self.pipe.push(NOTIFY, params![EVENTS_CHANNEL, self.run_id.to_string()]);
+        if self.new_jobs > self.claimed.len() {
+            self.pipe.push(NOTIFY, params![JOBS_CHANNEL, ""]);
+        }
+    }
+}
+
+impl Ledger for PgLedger<'_> {
+    type Error = tokio_postgres::Error;
+
+    /// Reads the outputs (secrets put back) and outcomes of the steps not
+    /// read or ended in this transaction yet.
+    async fn load(&mut self, steps: Vec<usize>) -> PgResult<()> {
+        let wanted: BTreeSet<usize> = steps.into_iter().filter(|i| !self.loaded.contains(i)).collect();
+        if wanted.is_empty() {
             return Ok(());
         }
-        // Jobs this transaction queued are taken as they are inserted;
-        // older ones only if some may be ready (`claimer.others`).
+        self.loaded.extend(&wanted);
         let wf = self.wf();
-        let mine = self.pipe.claim_queued(&claimer.worker, claimer.lease.as_secs_f64(), claimer.slots, |idx| {
-            wf.steps[idx as usize].runs_on.iter().all(|l| claimer.labels.contains(l))
-        });
-        let mut claimed = Vec::new();
-        let left = claimer.slots - mine.len();
-        if left > 0 && (claimer.others || self.pipe.sent_ready()) {
-            let limit = left as i64;
-            let rows = self.pipe.query(self.tx, CLAIM, &[&claimer.worker, &limit, &claimer.lease.as_secs_f64(), &claimer.labels, &Some(self.run_id)]).await?;
-            claimed = rows.iter().map(claimed_row).collect();
-            claimed.sort_by_key(|c| c.id);
-        }
-        if !mine.is_empty() {
-            let idx: Vec<i32> = mine.iter().map(|m| m.idx).collect();
-            self.pipe.push("UPDATE dag SET first_started = COALESCE(first_started, now()) WHERE run_id = $1 AND idx = ANY($2)", params![self.run_id.to_string(), idx]);
-        }
-        for m in mine {
-            claimed.push(Claimed {
-                // Known once the insert is sent: see `in_run`.
-                id: 0,
-                run_id: self.run_id.to_string(),
-                step: m.idx as usize,
-                item: m.item.map(|k| k as usize),
-                attempt: 1,
-                claim: 1,
-                input: job_input(&m.input),
-                input_secrets: job_input_secrets(m.input_secrets),
-            });
-        }
-        for c in &claimed {
-            let event = Event::StepStarted { run_id: self.run_id.to_string(), step: self.wf().steps[c.step].id.clone(), attempt: c.attempt, item: c.item };
-            self.emit(event);
-        }
-        self.claimed = claimed;
-        Ok(())
-    }
-
-    /// Steps whose dependencies are all done: decided, and queued, skipped
-    /// or failed.
-    async fn ready(&mut self, mut ready: Vec<usize>) -> PgResult<()> {
-        while !ready.is_empty() {
-            if Stop::halts(self.stop) {
-                // Not started; ended when the run settles.
-                return Ok(());
-            }
-            let plan = self.plan();
-            let outputs = self.outputs_of(ready.iter().flat_map(|&i| plan.deps[i].iter().chain(&plan.reads_before[i]).copied()).collect()).await?;
-
-            let mut next = Vec::new();
-            for i in std::mem::take(&mut ready) {
-                if Stop::halts(self.stop) {
-                    break;
-                }
-                let decl = &self.wf().steps[i];
-                let facts = core::RunFacts { ending: self.ending.as_ref(), ..self.run.ctx.facts(&self.run.input) };
-                let decision = {
-                    let outcomes = &self.outcomes;
-                    let ended = core::Ended { plan, outputs: &outputs, outcome: &|d| outcomes.get(&d).copied(), finally: decl.finally };
-                    core::decide_ready(&facts, i, &ended)
-                };
-                match decision {
-                    Decision::Blocked => next.extend(self.finish(i, Ending::Blocked, Tally::default()).await?),
-                    Decision::Run(Work::One(input)) => self.queue(i, None, &input, "ready"),
-                    Decision::Run(Work::Each { inputs, .. }) if inputs.is_empty() => {
-                        next.extend(self.finish(i, Ending::Ran(Ok(Value::Array(Vec::new()))), Tally::default()).await?);
-                    }
-                    Decision::Run(Work::Each { inputs, concurrency }) => {
-                        let count = inputs.len() as i32;
-                        self.pipe
-                            .push("UPDATE dag SET items = $3, items_left = $3 WHERE run_id = $1 AND idx = $2", params![self.run_id.to_string(), i as i32, count]);
-                        for (k, input) in inputs.iter().enumerate() {
-                            self.queue(i, Some(k), input, if k < concurrency { "ready" } else { "held" });
-                        }
-                    }
-                    Decision::Skip { reason, warning } => {
-                        if let Some(message) = warning {
-                            let step = decl.id.clone();
-                            self.emit(Event::StepWarning { run_id: self.run_id.to_string(), step, message });
-                        }
-                        next.extend(self.finish(i, Ending::Skipped(reason), Tally::default()).await?);
-                    }
-                    Decision::Fail(f) => {
-                        // A secret this worker lacks reads as a missing key: say so.
-                        let f = match &self.run.missing_secrets {
-                            Some(why) if f.kind == FailureKind::Reference && f.message.contains("secrets.") => {
-                                StepFailure::new(FailureKind::Reference, why.clone()).not_retryable()
-                            }
-                            _ => f,
-                        };
-                        next.extend(self.finish(i, Ending::Refused(f), Tally::default()).await?)
-                    }
-                }
-            }
-            ready = next;
-        }
-        Ok(())
-    }
-
-    /// The outputs of finished steps, as templates read them (secrets put
-    /// back); their outcomes go to `self.outcomes`. Steps that ended in
-    /// this transaction are answered from memory.
-    async fn outputs_of(&mut self, steps: Vec<usize>) -> PgResult<BTreeMap<String, Option<Value>>> {
-        let wf = self.wf();
-        let mut out = BTreeMap::new();
-        let mut wanted = BTreeSet::new();
-        for i in steps {
-            match self.outputs.get(&i) {
-                Some(Some(output)) => {
-                    out.insert(wf.steps[i].id.clone(), output.clone());
-                }
-                Some(None) => {}
-                None => {
-                    wanted.insert(i);
-                }
-            }
-        }
-        if wanted.is_empty() {
-            return Ok(out);
-        }
         // Both rows by their primary keys: steps by name, dag by index.
         let ids: Vec<&str> = wanted.iter().map(|&i| wf.steps[i].id.as_str()).collect();
         let idx: Vec<i32> = wanted.iter().map(|&i| i as i32).collect();
@@ -894,7 +773,7 @@ impl<'a> RunTx<'a> {
                 self.outcomes.insert(r.get::<_, i32>(4) as usize, o);
             }
             if state == "skipped" {
-                out.insert(step, None);
+                self.outputs.insert(step, None);
                 continue;
             }
             let Some(output) = r.get::<_, Option<String>>(2).and_then(|t| serde_json::from_str::<Value>(&t).ok()) else { continue };
@@ -902,226 +781,87 @@ impl<'a> RunTx<'a> {
             // A value this worker cannot rebuild reads as missing: the step
             // reading it fails with a reference error naming it.
             if let Ok(v) = self.run.unmask(output, spans) {
-                out.insert(step, Some(v));
+                self.outputs.insert(step, Some(Arc::new(v)));
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Queues an attempt of step `i` (or one of its items).
-    fn queue(&mut self, i: usize, item: Option<usize>, input: &Value, state: &'static str) {
-        let (masked, spans) = self.run.redactor.value_spans(input);
-        let spans = spans.as_ref().map(SecretSpans::to_json);
-        self.pipe.queue_job(NewJob {
-            run: self.run_id,
-            idx: i as i32,
-            item: item.map(|k| k as i32),
-            state,
-            input: text(&masked.to_string()).into_owned(),
-            input_secrets: spans,
-            runs_on: &self.run.ctx.prepared().plan.workflow.steps[i].runs_on,
-        });
-        self.new_jobs += usize::from(state == "ready");
-    }
-
-    /// A claimed attempt ended. Returns whether its result was recorded.
-    async fn finished(&mut self, f: Finished) -> PgResult<bool> {
-        let Finished { job, result, fuel_used, log, cached } = f;
-        let Some(Held { attempt, lost, fuel_used: fuel_before, .. }) = self.held.remove(&job.id).filter(|h| h.claim == job.claim) else {
-            tracing::info!("run {}: a late result of job {} (claim {}) is discarded", self.run_id, job.id, job.claim);
-            return Ok(false);
-        };
-        let decl = &self.wf().steps[job.step];
-        let step_id = decl.id.clone();
-        // A worker interrupts its steps when it sees the run cancelled or
-        // out of time, possibly before any transaction said which: ask now,
-        // so a timeout is not taken for a cancel.
-        if matches!(&result, Err(f) if f.kind == FailureKind::Cancelled) {
-            self.check_stop().await?;
-        }
-        if let Err(failure) = &result {
-            let cancelled = matches!(self.stop, Some(Stop::Cancelled | Stop::TimedOut)) || !self.running;
-            if let Some(delay) = core::retry_after(decl, self.wf(), failure, (attempt - lost) as u32, cancelled) {
-                self.pipe.push(
-                    "UPDATE jobs SET state = 'ready', attempt = attempt + 1, worker = NULL, lease_until = NULL,
-                     fuel_used = fuel_used + $2, not_before = now() + make_interval(secs => $3) WHERE id = $1",
-                    params![job.id, fuel_used as i64, delay.as_secs_f64()],
-                );
-                let event = Event::StepRetrying {
-                    run_id: self.run_id.to_string(),
-                    step: step_id,
-                    attempt: job.attempt,
-                    item: job.item,
-                    error: failure.clone(),
-                    delay,
-                    fuel_used,
-                };
-                self.emit(event);
-                self.retry_in = Some(self.retry_in.map_or(delay, |d| d.min(delay)));
-                if delay.is_zero() {
-                    self.new_jobs += 1;
-                }
-                return Ok(true);
+    async fn load_ended(&mut self) -> PgResult<()> {
+        let rows = self.pipe.query(self.tx, "SELECT idx, blocks, outcome FROM dag WHERE run_id = $1 AND finished", &[&self.run_id]).await?;
+        for r in rows {
+            let i = r.get::<_, i32>(0) as usize;
+            if let Some(o) = r.get::<_, Option<String>>(2).and_then(|t| core::Outcome::decode(&t, r.get(1))) {
+                self.outcomes.entry(i).or_insert(o);
             }
         }
-        let total_fuel = fuel_before + fuel_used as i64;
-        if job.item.is_none() {
-            self.pipe.delete_job(job.id);
-            let tally = Tally { attempts: attempt as u32, fuel_used: total_fuel as u64, log, ran: true, items: None, cached };
-            let next = self.finish(job.step, Ending::Ran(result), tally).await?;
-            self.ready(next).await?;
-            return Ok(true);
-        }
-        // A `forEach` item: kept until every started item has ended.
-        let (value, error) = match &result {
-            Ok(v) => {
-                let (masked, spans) = self.run.redactor.value_spans(v);
-                (Some((masked.to_string(), spans.map(|s| s.to_json()))), None)
-            }
-            Err(e) => (None, Some(serde_json::to_string(&self.run.redactor.failure(e)).expect("failures serialize"))),
-        };
-        let log_json = serde_json::to_string(&log).expect("logs serialize");
-        let (result_text, result_secrets) = value.unzip();
-        self.pipe.push(
-            "UPDATE jobs SET state = 'done', worker = NULL, lease_until = NULL, fuel_used = $2, result = $3, result_secrets = $4, error = $5, log = $6 WHERE id = $1",
-            params![job.id, total_fuel, result_text, result_secrets.flatten(), error, text(&log_json).into_owned()],
-        );
-        let idx = job.step as i32;
-        // An item that fails the step: the held ones never start, and end
-        // with it.
-        let mut ended = 1;
-        if Items::fails_step(decl, &result) {
-            let dropped = self.pipe.query(self.tx, "DELETE FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'held' RETURNING id", &[&self.run_id, &idx]).await?;
-            ended += dropped.len() as i32;
-        } else {
-            let promoted = self
-                .pipe
-                .query(
-                    self.tx,
-                    "UPDATE jobs SET state = 'ready' WHERE id = (SELECT id FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'held' ORDER BY item LIMIT 1) RETURNING id",
-                    &[&self.run_id, &idx],
-                )
-                .await?;
-            self.new_jobs += promoted.len();
-        }
-        self.item_ended(job.step, ended, None).await.map(|()| true)
+        Ok(())
     }
 
-    /// `count` items of `forEach` step `i` ended (`extra`: how those that
-    /// never ran ended). When none is left the step ends, its items'
-    /// results gathered in item order.
-    async fn item_ended(&mut self, i: usize, count: i32, extra: Option<(usize, StepFailure)>) -> PgResult<()> {
-        let idx = i as i32;
-        let rows = self
-            .pipe
-            .query(self.tx, "UPDATE dag SET items_left = items_left - $3 WHERE run_id = $1 AND idx = $2 RETURNING items_left, items", &[&self.run_id, &idx, &count])
-            .await?;
-        let Some(row) = rows.first() else { return Ok(()) };
-        let (left, total): (i32, i32) = (row.get(0), row.get(1));
-        if left > 0 {
-            return Ok(());
+    fn outputs(&self) -> &dyn crate::expr::Outputs {
+        &self.outputs
+    }
+
+    fn outcome(&self, i: usize) -> Option<core::Outcome> {
+        self.outcomes.get(&i).copied()
+    }
+
+    async fn failure(&mut self, i: usize) -> PgResult<Option<StepFailure>> {
+        if let Some(f) = self.verdicts.get(&i) {
+            return Ok(f.clone());
         }
-        let decl = &self.wf().steps[i];
-        let mut items = Items::new(total as usize);
+        let step = self.wf().steps[i].id.as_str();
+        let rows = self.pipe.query(self.tx, "SELECT error_kind, error_message FROM steps WHERE run_id = $1 AND step = $2", &[&self.run_id, &step]).await?;
+        Ok(rows.first().and_then(|r| {
+            let kind = r.get::<_, Option<String>>(0).and_then(|k| FailureKind::from_name(&k))?;
+            Some(StepFailure::new(kind, r.get::<_, Option<String>>(1).unwrap_or_default()))
+        }))
+    }
+
+    async fn failures(&mut self, range: std::ops::Range<usize>) -> PgResult<Vec<(String, StepFailure)>> {
         let rows = self
             .pipe
             .query(
                 self.tx,
-                "SELECT item, attempt, fuel_used, result, result_secrets, error, log FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'done' ORDER BY item",
-                &[&self.run_id, &idx],
+                "SELECT s.step, s.error_kind, s.error_message FROM steps s JOIN dag d ON d.run_id = s.run_id AND d.step = s.step
+                 WHERE s.run_id = $1 AND s.state = 'failed' AND d.idx >= $2 AND d.idx < $3 ORDER BY d.idx",
+                &[&self.run_id, &(range.start as i32), &(range.end as i32)],
             )
             .await?;
-        let mut tally = Tally { ran: true, ..Tally::default() };
-        for r in &rows {
-            let k = r.get::<_, i32>(0) as usize;
-            tally.attempts += r.get::<_, i32>(1) as u32;
-            tally.fuel_used += r.get::<_, i64>(2) as u64;
-            if let Some(l) = r.get::<_, Option<String>>(6).and_then(|t| serde_json::from_str::<StepLog>(&t).ok()) {
-                tally.log.lines.extend(l.lines);
-                tally.log.dropped_bytes += l.dropped_bytes;
-            }
-            let result = match (r.get::<_, Option<String>>(3), r.get::<_, Option<String>>(5)) {
-                (Some(v), _) => {
-                    let spans = r.get::<_, Option<String>>(4).and_then(|t| serde_json::from_str::<SecretSpans>(&t).ok());
-                    self.run.unmask(serde_json::from_str(&v).unwrap_or(Value::Null), spans)
-                }
-                (None, Some(e)) => Err(serde_json::from_str::<StepFailure>(&e).unwrap_or_else(|e| StepFailure::new(FailureKind::Component, e.to_string()))),
-                (None, None) => Ok(Value::Null),
-            };
-            items.record(decl, k, result);
-        }
-        if let Some((k, failure)) = extra {
-            items.record(decl, k, Err(failure));
-        }
-        self.pipe.push("DELETE FROM jobs WHERE run_id = $1 AND idx = $2", params![self.run_id.to_string(), idx]);
-        tally.items = Some(items.counts());
-        let next = self.finish(i, Ending::Ran(items.result()), tally).await?;
-        self.ready(next).await
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let kind = r.get::<_, Option<String>>(1).and_then(|k| FailureKind::from_name(&k)).unwrap_or(FailureKind::Component);
+                (r.get::<_, String>(0), StepFailure::new(kind, r.get::<_, Option<String>>(2).unwrap_or_default()))
+            })
+            .collect())
     }
 
-    /// Step `i` ended: the verdict recorded, its dependents released.
-    /// Returns the dependents that became ready.
-    async fn finish(&mut self, i: usize, ending: Ending, tally: Tally) -> PgResult<Vec<usize>> {
-        let verdict = core::verdict(self.plan(), i, ending, self.stop);
-        match verdict.stop {
-            Some(Stop::Cancelled) => self.stop = Some(Stop::Cancelled),
-            Some(stop) => {
-                self.stop.get_or_insert(stop);
-            }
-            None => {}
+    fn step_ended(&mut self, i: usize, outcome: core::Outcome, output: Option<Option<Arc<Value>>>, event: Event) {
+        if let Event::StepFinished { error, .. } = &event {
+            self.verdicts.insert(i, error.clone());
         }
-        self.settle_step(i, verdict, tally).await
-    }
-
-    /// Records a step's final state and releases its dependents if it may.
-    async fn settle_step(&mut self, i: usize, verdict: Verdict, tally: Tally) -> PgResult<Vec<usize>> {
-        let Verdict { state, output, error, reason, releases, .. } = verdict;
-        let (cached, reason) = core::cached(state, reason, tally.cached.as_deref());
-        self.verdicts.insert(i, error.clone());
-        let outcome = core::Outcome { state, blocks: !releases, items: tally.items };
         self.outcomes.insert(i, outcome);
-        let elapsed: Option<f64> = match self.elapsed.get(&i) {
-            Some(&elapsed) => {
-                self.pipe.step_ended(self.run_id, i as i32, !releases, outcome.encode());
-                elapsed
-            }
-            None => self
-                .pipe
-                .query(
-                    self.tx,
-                    "UPDATE dag SET finished = true, blocks = $3, outcome = $4 WHERE run_id = $1 AND idx = $2 RETURNING EXTRACT(EPOCH FROM now() - first_started)::float8",
-                    &[&self.run_id, &(i as i32), &!releases, &outcome.encode()],
-                )
-                .await?
-                .first()
-                .and_then(|r| r.get(0)),
-        };
-        let duration = if tally.ran { elapsed.unwrap_or(0.0) } else { 0.0 };
-        self.open_steps -= 1;
-        let recorded = if state == StepState::Skipped { Some(None) } else { output.clone().map(Some) };
-        self.outputs.insert(i, recorded);
-        let event = Event::StepFinished {
-            run_id: self.run_id.to_string(),
-            step: self.wf().steps[i].id.clone(),
-            state,
-            attempt: tally.attempts,
-            duration: Duration::from_secs_f64(duration.max(0.0)),
-            fuel_used: tally.fuel_used,
-            error,
-            reason,
-            // Not kept by the distributed bookkeeper (yet): each job holds its own.
-            input: None,
-            output: output.map(std::sync::Arc::new),
-            output_secrets: None,
-            // Per attempt, a job's fuel is summed: the last one's is not kept.
-            last_fuel: None,
-            log: tally.log,
-            cached,
-        };
+        self.loaded.insert(i);
+        if let Some(output) = output {
+            self.outputs.insert(self.wf().steps[i].id.clone(), output);
+        }
+        self.pipe.step_ended(self.run_id, i as i32, outcome.blocks, outcome.encode());
         self.emit(event);
-        let dependents: BTreeSet<usize> = self.plan().dependents[i].iter().copied().collect();
-        // Dependents are counted down whatever the step's end: whether they
-        // may run is `core::gate`'s to say once they are ready.
+    }
+
+    fn step_restored(&mut self, i: usize, output: Arc<Value>) {
+        // Not reached yet: a run on workers is resumed by its workers,
+        // whose rows keep what ended.
+        let outcome = core::Outcome { state: StepState::Succeeded, blocks: false, items: None };
+        self.outcomes.insert(i, outcome);
+        self.loaded.insert(i);
+        self.outputs.insert(self.wf().steps[i].id.clone(), Some(output));
+        self.pipe.step_ended(self.run_id, i as i32, false, outcome.encode());
+    }
+
+    async fn count_down(&mut self, i: usize) -> PgResult<Vec<usize>> {
+        let dependents: BTreeSet<usize> = self.run.ctx.prepared().plan.dependents[i].iter().copied().collect();
         if dependents.is_empty() {
             return Ok(Vec::new());
         }
@@ -1155,24 +895,341 @@ impl<'a> RunTx<'a> {
         Ok(ready)
     }
 
+    /// Recorded in the run's tables and appended to its stream (without
+    /// the log, which is in its own table).
+    fn emit(&mut self, event: Event) {
+        let event = if self.run.redactor.is_empty() { event } else { self.run.redactor.event(&event) };
+        self.pipe.record(&event);
+        self.seq += 1;
+        let mut stream = event;
+        if let Event::StepFinished { log, .. } = &mut stream {
+            *log = StepLog::default();
+        }
+        self.pipe.append(self.run_id, self.seq, &stream);
+    }
+
+    async fn in_flight(&mut self) -> PgResult<bool> {
+        let rows = self.pipe.query(self.tx, "SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = $1 AND state <> 'done')", &[&self.run_id]).await?;
+        Ok(rows.first().is_some_and(|r| r.get(0)))
+    }
+
+    /// Their deadline is kept in the run's row; a cancel asked for before
+    /// no longer applies (one asked for from now on interrupts them).
+    fn finally_begins(&mut self, main_stop: Option<Stop>, ending: &Value) -> bool {
+        let timeout = self.wf().finally_timeout.as_secs_f64();
+        self.pipe.push(
+            "UPDATE runs SET main_stop = $2, ending = $3, cancel_requested = false, deadline = now() + make_interval(secs => $4) WHERE id = $1",
+            params![self.run_id.to_string(), main_stop.map(Stop::encode), ending.to_string(), timeout],
+        );
+        false
+    }
+
+    async fn elapsed(&mut self) -> PgResult<Duration> {
+        let began: f64 = self
+            .pipe
+            .query(self.tx, "SELECT EXTRACT(EPOCH FROM now() - began)::float8 FROM runs WHERE id = $1", &[&self.run_id])
+            .await?
+            .first()
+            .map_or(0.0, |r| r.get(0));
+        Ok(Duration::from_secs_f64(began.max(0.0)))
+    }
+
+    /// A secret this worker lacks reads as a missing key: say so.
+    fn refused(&self, f: StepFailure) -> StepFailure {
+        match &self.run.missing_secrets {
+            Some(why) if f.kind == FailureKind::Reference && f.message.contains("secrets.") => StepFailure::new(FailureKind::Reference, why.clone()).not_retryable(),
+            _ => f,
+        }
+    }
+}
+
+impl<'a> RunMachine<'a, PgLedger<'a>> {
+    /// The run's first transaction: its DAG, then its root steps decided.
+    async fn begin(&mut self) -> PgResult<bool> {
+        if self.progress.started || !self.progress.running {
+            return Ok(false);
+        }
+        let plan = self.plan;
+        let n = plan.workflow.steps.len();
+        let idx: Vec<i32> = (0..n as i32).collect();
+        let waiting: Vec<i32> = plan.deps.iter().map(|d| d.len() as i32).collect();
+        let ids: Vec<String> = plan.workflow.steps.iter().map(|s| s.id.clone()).collect();
+        let timeout = plan.workflow.timeout.map(|t| t.as_secs_f64());
+        let run_id = self.ledger.run_id.to_string();
+        self.ledger.pipe.push(
+            "INSERT INTO dag (run_id, idx, step, waiting) SELECT $1, d.idx, d.step, d.waiting FROM unnest($2::int[], $3::text[], $4::int[]) AS d(idx, step, waiting)",
+            params![run_id.clone(), idx, ids, waiting],
+        );
+        self.ledger.pipe.push("UPDATE runs SET deadline = now() + make_interval(secs => $2) WHERE id = $1 AND $2::float8 IS NOT NULL", params![run_id, timeout]);
+        self.start();
+        self.advance().await?;
+        Ok(true)
+    }
+
+    /// Claims this run's ready jobs for the committing worker, as
+    /// [`PgStore::claim`] does, under the run lock already held.
+    async fn claim_own(&mut self, claimer: &Claimer) -> PgResult<()> {
+        if claimer.slots == 0 || !self.progress.running {
+            return Ok(());
+        }
+        let l = &mut self.ledger;
+        let wf = l.wf();
+        // Jobs this transaction queued are taken as they are inserted;
+        // older ones only if some may be ready (`claimer.others`).
+        let mine = l.pipe.claim_queued(&claimer.worker, claimer.lease.as_secs_f64(), claimer.slots, |idx| {
+            wf.steps[idx as usize].runs_on.iter().all(|label| claimer.labels.contains(label))
+        });
+        let mut claimed = Vec::new();
+        let left = claimer.slots - mine.len();
+        if left > 0 && (claimer.others || l.pipe.sent_ready()) {
+            let limit = left as i64;
+            let rows = l.pipe.query(l.tx, CLAIM, &[&claimer.worker, &limit, &claimer.lease.as_secs_f64(), &claimer.labels, &Some(l.run_id)]).await?;
+            claimed = rows.iter().map(claimed_row).collect();
+            claimed.sort_by_key(|c| c.id);
+        }
+        if !mine.is_empty() {
+            let idx: Vec<i32> = mine.iter().map(|m| m.idx).collect();
+            l.pipe.push("UPDATE dag SET first_started = COALESCE(first_started, now()) WHERE run_id = $1 AND idx = ANY($2)", params![l.run_id.to_string(), idx]);
+        }
+        for m in mine {
+            claimed.push(Claimed {
+                // Known once the insert is sent: see `in_run`.
+                id: 0,
+                run_id: l.run_id.to_string(),
+                step: m.idx as usize,
+                item: m.item.map(|k| k as usize),
+                attempt: 1,
+                claim: 1,
+                input: job_input(&m.input),
+                input_secrets: job_input_secrets(m.input_secrets),
+            });
+        }
+        for c in &claimed {
+            let event = Event::StepStarted { run_id: l.run_id.to_string(), step: wf.steps[c.step].id.clone(), attempt: c.attempt, item: c.item };
+            l.emit(event);
+        }
+        l.claimed = claimed;
+        Ok(())
+    }
+
+    /// Decides the ready steps (reading what they need in one round trip)
+    /// and queues the work of those that run. Steps left when the run
+    /// halts end when it settles.
+    async fn drain(&mut self) -> PgResult<()> {
+        while !self.ready.is_empty() {
+            if self.halted() {
+                return Ok(());
+            }
+            self.prefetch().await?;
+            for i in std::mem::take(&mut self.ready) {
+                if self.halted() {
+                    break;
+                }
+                if let Some(work) = self.decide(i).await? {
+                    self.ledger.launch(i, work);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the run on as far as it goes: ready steps decided, queued
+    /// work of a stopped run dropped, steps that never start settled, the
+    /// `finally` steps begun, the run ended.
+    async fn advance(&mut self) -> PgResult<()> {
+        loop {
+            self.drain().await?;
+            if self.progress.running && self.progress.started && matches!(self.progress.stop, Some(Stop::Cancelled | Stop::TimedOut)) {
+                self.drop_queued().await?;
+                self.drain().await?;
+            }
+            match self.settle().await? {
+                Settled::FinallyBegan => continue,
+                Settled::Waiting => return Ok(()),
+                Settled::Ended => {
+                    let end = self.end().await?;
+                    self.finish_run(end).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// A claimed attempt ended. Returns whether its result was recorded.
+    async fn finished(&mut self, f: Finished) -> PgResult<bool> {
+        let Finished { job, result, fuel_used, log, cached } = f;
+        let Some(Held { attempt, lost, fuel_used: fuel_before, .. }) = self.ledger.held.remove(&job.id).filter(|h| h.claim == job.claim) else {
+            tracing::info!("run {}: a late result of job {} (claim {}) is discarded", self.ledger.run_id, job.id, job.claim);
+            return Ok(false);
+        };
+        let wf = &self.plan.workflow;
+        let decl = &wf.steps[job.step];
+        // A worker interrupts its steps when it sees the run cancelled or
+        // out of time, possibly before any transaction said which: ask now,
+        // so a timeout is not taken for a cancel.
+        if matches!(&result, Err(f) if f.kind == FailureKind::Cancelled) {
+            self.check_stop().await?;
+        }
+        if let Err(failure) = &result {
+            let cancelled = matches!(self.progress.stop, Some(Stop::Cancelled | Stop::TimedOut)) || !self.progress.running;
+            if let Some(delay) = core::retry_after(decl, wf, failure, (attempt - lost) as u32, cancelled) {
+                let l = &mut self.ledger;
+                l.pipe.push(
+                    "UPDATE jobs SET state = 'ready', attempt = attempt + 1, worker = NULL, lease_until = NULL,
+                     fuel_used = fuel_used + $2, not_before = now() + make_interval(secs => $3) WHERE id = $1",
+                    params![job.id, fuel_used as i64, delay.as_secs_f64()],
+                );
+                let event = Event::StepRetrying {
+                    run_id: l.run_id.to_string(),
+                    step: decl.id.clone(),
+                    attempt: job.attempt,
+                    item: job.item,
+                    error: failure.clone(),
+                    delay,
+                    fuel_used,
+                };
+                l.emit(event);
+                l.retry_in = Some(l.retry_in.map_or(delay, |d| d.min(delay)));
+                if delay.is_zero() {
+                    l.new_jobs += 1;
+                }
+                return Ok(true);
+            }
+        }
+        let total_fuel = fuel_before + fuel_used as i64;
+        if job.item.is_none() {
+            self.ledger.pipe.delete_job(job.id);
+            let duration = self.ledger.duration_of(job.step).await?;
+            let tally = Tally {
+                attempts: attempt as u32,
+                fuel_used: total_fuel as u64,
+                duration,
+                log,
+                input: Some(job.input),
+                last_fuel: Some(fuel_used),
+                items: None,
+                cached,
+            };
+            self.finish(job.step, Ending::Ran(result), tally).await?;
+            self.drain().await?;
+            return Ok(true);
+        }
+        // A `forEach` item: kept until every started item has ended.
+        let l = &mut self.ledger;
+        let (value, error) = match &result {
+            Ok(v) => {
+                let (masked, spans) = l.run.redactor.value_spans(v);
+                (Some((masked.to_string(), spans.map(|s| s.to_json()))), None)
+            }
+            Err(e) => (None, Some(serde_json::to_string(&l.run.redactor.failure(e)).expect("failures serialize"))),
+        };
+        let log_json = serde_json::to_string(&log).expect("logs serialize");
+        let (result_text, result_secrets) = value.unzip();
+        l.pipe.push(
+            "UPDATE jobs SET state = 'done', worker = NULL, lease_until = NULL, fuel_used = $2, result = $3, result_secrets = $4, error = $5, log = $6 WHERE id = $1",
+            params![job.id, total_fuel, result_text, result_secrets.flatten(), error, text(&log_json).into_owned()],
+        );
+        let idx = job.step as i32;
+        // An item that fails the step: the held ones never start, and end
+        // with it.
+        let mut ended = 1;
+        if Items::fails_step(decl, &result) {
+            let dropped = l.pipe.query(l.tx, "DELETE FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'held' RETURNING id", &[&l.run_id, &idx]).await?;
+            ended += dropped.len() as i32;
+        } else {
+            let promoted = l
+                .pipe
+                .query(
+                    l.tx,
+                    "UPDATE jobs SET state = 'ready' WHERE id = (SELECT id FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'held' ORDER BY item LIMIT 1) RETURNING id",
+                    &[&l.run_id, &idx],
+                )
+                .await?;
+            l.new_jobs += promoted.len();
+        }
+        self.item_ended(job.step, ended, None).await.map(|()| true)
+    }
+
+    /// `count` items of `forEach` step `i` ended (`extra`: how those that
+    /// never ran ended). When none is left the step ends, its items'
+    /// results gathered in item order.
+    async fn item_ended(&mut self, i: usize, count: i32, extra: Option<(usize, StepFailure)>) -> PgResult<()> {
+        let idx = i as i32;
+        let l = &mut self.ledger;
+        let rows = l
+            .pipe
+            .query(l.tx, "UPDATE dag SET items_left = items_left - $3 WHERE run_id = $1 AND idx = $2 RETURNING items_left, items", &[&l.run_id, &idx, &count])
+            .await?;
+        let Some(row) = rows.first() else { return Ok(()) };
+        let (left, total): (i32, i32) = (row.get(0), row.get(1));
+        if left > 0 {
+            return Ok(());
+        }
+        let decl = &self.plan.workflow.steps[i];
+        let mut items = Items::new(total as usize);
+        let rows = l
+            .pipe
+            .query(
+                l.tx,
+                "SELECT item, attempt, fuel_used, result, result_secrets, error, log, input, input_secrets FROM jobs WHERE run_id = $1 AND idx = $2 AND state = 'done' ORDER BY item",
+                &[&l.run_id, &idx],
+            )
+            .await?;
+        let mut tally = Tally::default();
+        // Each item's input, as it ran (the items that never ran: null).
+        let mut inputs = vec![Value::Null; total as usize];
+        for r in &rows {
+            let k = r.get::<_, i32>(0) as usize;
+            tally.attempts += r.get::<_, i32>(1) as u32;
+            tally.fuel_used += r.get::<_, i64>(2) as u64;
+            if let Some(l) = r.get::<_, Option<String>>(6).and_then(|t| serde_json::from_str::<StepLog>(&t).ok()) {
+                tally.log.lines.extend(l.lines);
+                tally.log.dropped_bytes += l.dropped_bytes;
+            }
+            if let Some(slot) = inputs.get_mut(k) {
+                let input = job_input(r.get(7));
+                *slot = l.run.unmask(input.clone(), job_input_secrets(r.get(8))).unwrap_or(input);
+            }
+            let result = match (r.get::<_, Option<String>>(3), r.get::<_, Option<String>>(5)) {
+                (Some(v), _) => {
+                    let spans = r.get::<_, Option<String>>(4).and_then(|t| serde_json::from_str::<SecretSpans>(&t).ok());
+                    l.run.unmask(serde_json::from_str(&v).unwrap_or(Value::Null), spans)
+                }
+                (None, Some(e)) => Err(serde_json::from_str::<StepFailure>(&e).unwrap_or_else(|e| StepFailure::new(FailureKind::Component, e.to_string()))),
+                (None, None) => Ok(Value::Null),
+            };
+            items.record(decl, k, result);
+        }
+        if let Some((k, failure)) = extra {
+            items.record(decl, k, Err(failure));
+        }
+        l.pipe.push("DELETE FROM jobs WHERE run_id = $1 AND idx = $2", params![l.run_id.to_string(), idx]);
+        tally.items = Some(items.counts());
+        tally.input = Some(Value::Array(inputs));
+        tally.duration = l.duration_of(i).await?;
+        self.finish(i, Ending::Ran(items.result()), tally).await?;
+        self.drain().await
+    }
+
     /// Jobs whose worker stopped heartbeating go back to the queue as a new
     /// attempt (not counted against `max_attempts`), or fail the step after
     /// [`MAX_LOST`] losses.
     async fn reap(&mut self) -> PgResult<()> {
-        let rows = self
+        let l = &mut self.ledger;
+        let rows = l
             .pipe
             .query(
-                self.tx,
-                "SELECT id, idx, item, attempt, lost, worker, claim, fuel_used FROM jobs WHERE run_id = $1 AND state = 'claimed' AND lease_until < now() ORDER BY id FOR UPDATE",
-                &[&self.run_id],
+                l.tx,
+                "SELECT id, idx, item, attempt, lost, worker, claim, fuel_used, input, input_secrets FROM jobs WHERE run_id = $1 AND state = 'claimed' AND lease_until < now() ORDER BY id FOR UPDATE",
+                &[&l.run_id],
             )
             .await?;
         for r in rows {
             let (id, idx, item, attempt, lost, worker, claim): (i64, i32, Option<i32>, i32, i32, Option<String>, i64) =
                 (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6));
-            self.held.insert(id, Held { claim, attempt, lost, fuel_used: r.get(7) });
+            self.ledger.held.insert(id, Held { claim, attempt, lost, fuel_used: r.get(7) });
             let worker = worker.unwrap_or_default();
-            let step = self.wf().steps[idx as usize].id.clone();
+            let step = self.plan.workflow.steps[idx as usize].id.clone();
             let message = format!("worker lost: {worker} stopped renewing its lease on this attempt");
             if lost + 1 >= MAX_LOST {
                 let failure = StepFailure::new(
@@ -1182,25 +1239,26 @@ impl<'a> RunTx<'a> {
                 .not_retryable();
                 let job = Claimed {
                     id,
-                    run_id: self.run_id.to_string(),
+                    run_id: self.ledger.run_id.to_string(),
                     step: idx as usize,
                     item: item.map(|k| k as usize),
                     attempt: attempt as u32,
                     claim,
-                    input: Value::Null,
-                    input_secrets: None,
+                    input: job_input(r.get(8)),
+                    input_secrets: job_input_secrets(r.get(9)),
                 };
                 self.finished(Finished { job, result: Err(failure), fuel_used: 0, log: StepLog::default(), cached: None }).await?;
                 continue;
             }
-            self.held.remove(&id);
-            self.pipe.push(
+            let l = &mut self.ledger;
+            l.held.remove(&id);
+            l.pipe.push(
                 "UPDATE jobs SET state = 'ready', attempt = attempt + 1, lost = lost + 1, worker = NULL, lease_until = NULL, not_before = now() WHERE id = $1",
                 params![id],
             );
             let error = StepFailure::new(FailureKind::Lost, message);
             let event = Event::StepRetrying {
-                run_id: self.run_id.to_string(),
+                run_id: l.run_id.to_string(),
                 step,
                 attempt: attempt as u32,
                 item: item.map(|k| k as usize),
@@ -1209,8 +1267,8 @@ impl<'a> RunTx<'a> {
                 // A lost attempt's fuel is not known.
                 fuel_used: 0,
             };
-            self.emit(event);
-            self.new_jobs += 1;
+            l.emit(event);
+            l.new_jobs += 1;
         }
         Ok(())
     }
@@ -1219,185 +1277,56 @@ impl<'a> RunTx<'a> {
     /// any more and queued ones are dropped (running ones are interrupted
     /// by their workers).
     async fn check_stop(&mut self) -> PgResult<()> {
-        if !self.running || !Stop::cancel_applies(self.stop) {
+        if !self.progress.running || !Stop::cancel_applies(self.progress.stop) {
             return Ok(());
         }
-        let rows = self.pipe.query(self.tx, "SELECT cancel_requested, COALESCE(deadline < now(), false) FROM runs WHERE id = $1", &[&self.run_id]).await?;
+        let l = &mut self.ledger;
+        let rows = l.pipe.query(l.tx, "SELECT cancel_requested, COALESCE(deadline < now(), false) FROM runs WHERE id = $1", &[&l.run_id]).await?;
         let Some(row) = rows.first() else { return Ok(()) };
         let (cancel, late): (bool, bool) = (row.get(0), row.get(1));
-        if late && !Stop::halts(self.stop) {
-            self.stop = Some(Stop::TimedOut);
-        } else if cancel {
-            self.stop = Some(Stop::Cancelled);
+        if !(late && self.time_out()) && cancel {
+            self.cancel();
         }
         Ok(())
     }
 
-    /// Ends the run when nothing of it can run any more: steps that never
-    /// started get their state, then the run its end.
-    async fn settle(&mut self) -> PgResult<()> {
-        if !self.running || !self.started {
-            return Ok(());
-        }
-        if matches!(self.stop, Some(Stop::Cancelled | Stop::TimedOut)) {
-            // Queued work of a cancelled run never starts: a step waiting
-            // to retry ends cancelled, as do `forEach` items not started.
-            let dropped = self
-                .pipe
-                .query(
-                    self.tx,
-                    // Jobs a worker is claiming right now are left to it: it
-                    // sees the run stopped and interrupts them.
-                    "WITH d AS (DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE run_id = $1 AND state IN ('ready', 'held') FOR UPDATE SKIP LOCKED)
-                     RETURNING idx, item, attempt) SELECT idx, item, attempt FROM d ORDER BY idx, item",
-                    &[&self.run_id],
-                )
-                .await?;
-            let mut by_step: BTreeMap<usize, (i32, Option<usize>, i32)> = BTreeMap::new();
-            for r in &dropped {
-                let (idx, item, attempt): (i32, Option<i32>, i32) = (r.get(0), r.get(1), r.get(2));
-                let e = by_step.entry(idx as usize).or_insert((0, item.map(|k| k as usize), attempt));
-                e.0 += 1;
-            }
-            for (i, (count, first_item, attempt)) in by_step {
-                match first_item {
-                    Some(k) => {
-                        let failure = StepFailure::new(FailureKind::Cancelled, "the run was cancelled before this item started");
-                        self.item_ended(i, count, Some((k, failure))).await?;
-                    }
-                    None if attempt > 1 => {
-                        let failure = StepFailure::new(FailureKind::Cancelled, "cancelled while waiting to retry");
-                        let next = self.finish(i, Ending::Ran(Err(failure)), Tally { attempts: (attempt - 1) as u32, ran: true, ..Tally::default() }).await?;
-                        self.ready(next).await?;
-                    }
-                    // Never started: ended below with the other unstarted steps.
-                    None => {}
-                }
-            }
-        }
-        if Stop::halts(self.stop) {
-            let active: i64 = self
-                .pipe
-                .query(self.tx, "SELECT COUNT(*) FROM jobs WHERE run_id = $1 AND state <> 'done'", &[&self.run_id])
-                .await?
-                .first()
-                .map_or(0, |r| r.get(0));
-            // Running steps (and, after a failure, `forEach` items still
-            // to run) end first.
-            if active > 0 {
-                return Ok(());
-            }
-            let rows = self.pipe.query(self.tx, "SELECT idx, finished, blocks FROM dag WHERE run_id = $1 ORDER BY idx", &[&self.run_id]).await?;
-            let n = self.wf().steps.len();
-            let mut done = vec![false; n];
-            let mut blocks = vec![false; n];
-            for r in &rows {
-                let i = r.get::<_, i32>(0) as usize;
-                done[i] = r.get(1);
-                blocks[i] = r.get(2);
-            }
-            // As the dispatcher does: in file order, each step of this
-            // phase blocked by a dependency that failed or never started.
-            let phase = if self.ending.is_some() { self.plan().main..n } else { 0..self.plan().main };
-            for i in phase.filter(|&i| !done[i]).collect::<Vec<_>>() {
-                let blocked = self.plan().deps[i].iter().any(|&d| blocks[d] || !done[d]);
-                let (state, reason) = core::unstarted(self.stop, blocked);
-                let verdict = Verdict { state, output: None, error: None, reason: Some(reason.to_string()), releases: !blocked, stop: None };
-                blocks[i] = blocked;
-                done[i] = true;
-                self.settle_step(i, verdict, Tally::default()).await?;
-            }
-        }
-        let plan = self.plan();
-        let finally_left = (plan.workflow.steps.len() - plan.main) as i32;
-        if self.ending.is_none() && finally_left > 0 && self.open_steps == finally_left && self.stop != Some(Stop::Unrecorded) {
-            return self.begin_finally().await;
-        }
-        if self.open_steps > 0 {
-            return Ok(());
-        }
-        self.end_run().await
-    }
-
-    /// Every step of `steps` has ended: the `finally` steps start, with
-    /// their own deadline, and a cancel asked for before no longer applies
-    /// (one asked for from now on interrupts them).
-    async fn begin_finally(&mut self) -> PgResult<()> {
-        let failure = self.failure_of(self.stop).await?;
-        let (state, _) = core::run_end(self.wf(), self.stop, |_| failure.clone());
-        let rows = self
+    /// Queued work of a cancelled run never starts: a step waiting to
+    /// retry ends cancelled, as do `forEach` items not started.
+    async fn drop_queued(&mut self) -> PgResult<()> {
+        let l = &mut self.ledger;
+        let dropped = l
             .pipe
             .query(
-                self.tx,
-                "SELECT s.step, s.error_kind, s.error_message FROM steps s JOIN dag d ON d.run_id = s.run_id AND d.step = s.step
-                 WHERE s.run_id = $1 AND s.state = 'failed' AND d.idx < $2 ORDER BY d.idx",
-                &[&self.run_id, &(self.plan().main as i32)],
+                l.tx,
+                // Jobs a worker is claiming right now are left to it: it
+                // sees the run stopped and interrupts them.
+                "WITH d AS (DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE run_id = $1 AND state IN ('ready', 'held') FOR UPDATE SKIP LOCKED)
+                 RETURNING idx, item, attempt) SELECT idx, item, attempt FROM d ORDER BY idx, item",
+                &[&l.run_id],
             )
             .await?;
-        let failures = rows.iter().map(|r| {
-            let kind = r.get::<_, Option<String>>(1).and_then(|k| FailureKind::from_name(&k)).unwrap_or(FailureKind::Component);
-            (r.get::<_, String>(0), StepFailure::new(kind, r.get::<_, Option<String>>(2).unwrap_or_default()))
-        });
-        let ending = core::ending(state, failures);
-        self.main_stop = self.stop.take();
-        let timeout = self.wf().finally_timeout.as_secs_f64();
-        self.pipe.push(
-            "UPDATE runs SET main_stop = $2, ending = $3, cancel_requested = false, deadline = now() + make_interval(secs => $4) WHERE id = $1",
-            params![self.run_id.to_string(), self.main_stop.map(Stop::encode), ending.to_string(), timeout],
-        );
-        self.ending = Some(ending);
-        let plan = self.plan();
-        let roots: Vec<usize> = (plan.main..plan.workflow.steps.len()).filter(|&i| plan.deps[i].is_empty()).collect();
-        self.ready(roots).await?;
-        // Every `finally` step may have ended already (skipped).
-        Box::pin(self.settle()).await
-    }
-
-    /// The failure of the step that stopped the run, if one did.
-    async fn failure_of(&mut self, stop: Option<Stop>) -> PgResult<Option<StepFailure>> {
-        let Some(Stop::Failed(i) | Stop::Failing(i)) = stop else { return Ok(None) };
-        if let Some(f) = self.verdicts.get(&i) {
-            return Ok(f.clone());
+        let mut by_step: BTreeMap<usize, (i32, Option<usize>, i32)> = BTreeMap::new();
+        for r in &dropped {
+            let (idx, item, attempt): (i32, Option<i32>, i32) = (r.get(0), r.get(1), r.get(2));
+            let e = by_step.entry(idx as usize).or_insert((0, item.map(|k| k as usize), attempt));
+            e.0 += 1;
         }
-        let step = self.wf().steps[i].id.as_str();
-        let rows = self.pipe.query(self.tx, "SELECT error_kind, error_message FROM steps WHERE run_id = $1 AND step = $2", &[&self.run_id, &step]).await?;
-        Ok(rows.first().and_then(|r| {
-            let kind = r.get::<_, Option<String>>(0).and_then(|k| FailureKind::from_name(&k))?;
-            Some(StepFailure::new(kind, r.get::<_, Option<String>>(1).unwrap_or_default()))
-        }))
-    }
-
-    /// Every step has ended: the run's state, error and output.
-    async fn end_run(&mut self) -> PgResult<()> {
-        // With `finally` steps run: how the steps of `steps` stopped, and how
-        // the `finally` ones did.
-        let (stop, finally_stop) = if self.ending.is_some() { (self.main_stop, self.stop) } else { (self.stop, None) };
-        let failure = self.failure_of(stop).await?;
-        let finally_failure = self.failure_of(finally_stop).await?;
-        let (mut state, mut error) = core::run_end(self.wf(), stop, |_| failure.clone());
-        let mut output = None;
-        if state == RunState::Completed {
-            let outputs = self.outputs_of(core::output_reads(self.plan())).await?;
-            match core::run_output(&self.run.ctx.facts(&self.run.input), self.plan(), &outputs) {
-                Ok(v) => output = Some(v),
-                Err(e) => {
-                    state = RunState::Failed;
-                    error = Some(format!("the run output could not be built: {e}"));
+        for (i, (count, first_item, attempt)) in by_step {
+            match first_item {
+                Some(k) => {
+                    let failure = StepFailure::new(FailureKind::Cancelled, "the run was cancelled before this item started");
+                    self.item_ended(i, count, Some((k, failure))).await?;
                 }
+                None if attempt > 1 => {
+                    let failure = StepFailure::new(FailureKind::Cancelled, "cancelled while waiting to retry");
+                    let duration = self.ledger.duration_of(i).await?;
+                    let tally = Tally { attempts: (attempt - 1) as u32, duration, ..Tally::default() };
+                    self.finish(i, Ending::Ran(Err(failure)), tally).await?;
+                }
+                // Never started: ended with the other unstarted steps.
+                None => {}
             }
         }
-        // The run output is the steps' of `steps`; a `finally` step that
-        // failed fails the run all the same.
-        (state, error) = core::with_finally(self.wf(), (state, error), finally_stop, |_| finally_failure.clone());
-        let began: f64 = self
-            .pipe
-            .query(self.tx, "SELECT EXTRACT(EPOCH FROM now() - began)::float8 FROM runs WHERE id = $1", &[&self.run_id])
-            .await?
-            .first()
-            .map_or(0.0, |r| r.get(0));
-        let event = Event::RunFinished { run_id: self.run_id.to_string(), state, duration: Duration::from_secs_f64(began.max(0.0)), output: output.map(std::sync::Arc::new), error };
-        self.emit(event);
-        self.running = false;
         Ok(())
     }
 }
