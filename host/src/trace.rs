@@ -202,7 +202,7 @@ impl TraceSink {
                 trace.run.attributes = vec![("sandflow.run.id", json!(run_id)), ("sandflow.workflow", json!(workflow))];
                 traces.insert(run_id.clone(), trace);
             }
-            Event::StepStarted { run_id, step, attempt, item } => {
+            Event::StepStarted { run_id, step, attempt, item, .. } => {
                 let Some(trace) = traces.get_mut(run_id) else { return };
                 let info = step_info(trace.prepared.as_deref(), step);
                 let s = trace.step(step, t, &info);

@@ -267,13 +267,17 @@ fn a_full_disk_fails_the_run_cleanly_and_resume_finishes_it_later() {
     assert!(!events.iter().any(|e| e["event"] == "step_started" && e["step"] == "after"), "nothing starts on an unrecorded result");
 
     // The database as the full disk left it: intact, the first step
-    // recorded, the unrecorded one absent, the run still `running`.
+    // recorded, the one whose result could not be recorded still
+    // `running` (as it started), the run still `running`.
     let db = rusqlite::Connection::open(copy.join("sandflow.db")).unwrap();
     let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
     let steps: Vec<(String, String)> =
         db.prepare("SELECT step, state FROM steps").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
-    assert_eq!(steps, [("small".to_string(), "succeeded".to_string())]);
+    // (Whether `big`'s start was committed before its end failed depends on
+    // how the writer grouped them.)
+    assert_eq!(steps[0], ("small".to_string(), "succeeded".to_string()), "{steps:?}");
+    assert!(steps[1..].iter().all(|s| s == &("big".to_string(), "running".to_string())), "{steps:?}");
     let status: String = db.query_row("SELECT status FROM runs", [], |r| r.get(0)).unwrap();
     assert_eq!(status, "running");
 

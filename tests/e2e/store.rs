@@ -315,7 +315,7 @@ fn a_store_of_schema_version_1_is_migrated_and_keeps_its_runs() {
     let db = state.path().join("sandflow.db");
     rusqlite::Connection::open(&db)
         .unwrap()
-        .execute_batch("ALTER TABLE steps DROP COLUMN output_secrets; ALTER TABLE steps DROP COLUMN input; ALTER TABLE attempts DROP COLUMN fuel_used; ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE runs DROP COLUMN targets; DROP TABLE memo; DROP INDEX steps_in_order; PRAGMA user_version = 1;")
+        .execute_batch("ALTER TABLE steps DROP COLUMN output_secrets; ALTER TABLE steps DROP COLUMN input; ALTER TABLE attempts DROP COLUMN fuel_used; ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE runs DROP COLUMN targets; DROP TABLE memo; DROP INDEX steps_in_order; ALTER TABLE steps DROP COLUMN started_at; ALTER TABLE steps DROP COLUMN worker; PRAGMA user_version = 1;")
         .unwrap();
     let (code, out, err) = run(sandflow(&state).args(["--json", "runs", "list"]));
     assert_eq!(code, 0, "{err}");
@@ -438,4 +438,78 @@ fn cancelled_from_outside(backend: &Backend) {
     let (code, out, err) = run(backend.sandflow(&state).args(["resume", &run_id]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"text": "x+1+2+3+4+5"}));
+}
+
+/// While a step runs, its record says so: `runs show` (table and JSON)
+/// lists it `running`, with its attempt, since when, and on a worker
+/// which worker holds it; the timeline draws its bar so far. Once it ends,
+/// the row is its end, as before. Both stores.
+#[test]
+fn a_running_step_is_shown_running_while_it_runs() {
+    for backend in backends() {
+        running_step_shown(&backend);
+    }
+}
+
+fn running_step_shown(backend: &Backend) {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("nap.yaml");
+    let text = format!(
+        "name: nap\ncomponents:\n  sleep: {{ path: '{}' }}\n  text: {{ path: '{}' }}\nsteps:\n  - {{ id: quick, component: text, input: {{ op: upper, text: a }} }}\n  - {{ id: nap, component: sleep, input: {{ ms: 60000 }}, timeout: 120s }}\n  - {{ id: after, component: text, needs: [nap], input: {{ op: upper, text: b }} }}\n",
+        hostile("sleep").display(),
+        example("text").display()
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut child = backend.sandflow(&state).args(["--json", "run"]).arg(&file).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let run_id = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{}: the run ended before its sleep step started", backend.name());
+        let e: Value = serde_json::from_str(&line).unwrap();
+        if e["event"] == "step_started" && e["step"] == "nap" {
+            break e["run_id"].as_str().unwrap().to_string();
+        }
+    };
+    // The start is recorded as it is told (SQLite: by the store's writer).
+    let started = std::time::Instant::now();
+    let nap = loop {
+        let (_, out, err) = run(backend.sandflow(&state).args(["--json", "runs", "show", &run_id]));
+        let record: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+        let nap = record["steps"].as_array().unwrap().iter().find(|s| s["step"] == "nap").cloned();
+        if let Some(nap) = nap.filter(|s| s["state"] == "running") {
+            assert_eq!(record["status"], "running");
+            break nap;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{}: nap was never shown running: {record:#}", backend.name());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(nap["attempts"], 1, "{nap}");
+    assert!(nap["started_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{nap}");
+    match backend {
+        Backend::Sqlite => assert!(nap.get("worker").is_none(), "{nap}"),
+        // `sandflow run` with a PostgreSQL store works on its run itself.
+        Backend::Postgres(_) => assert!(nap["worker"].as_str().is_some_and(|w| !w.is_empty()), "{nap}"),
+    }
+    let (code, out, err) = run(backend.sandflow(&state).args(["runs", "show", "--timeline", &run_id]));
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().find(|l| l.trim_start().starts_with("nap ")).unwrap_or_else(|| panic!("no line for nap: {out}"));
+    assert!(row.contains("running") && row.contains("since "), "{}: {row}", backend.name());
+    let bar = out.lines().rev().find(|l| l.trim_start().starts_with("nap ")).unwrap();
+    assert!(bar.contains('·') && bar.trim_end().ends_with(|c: char| c.is_ascii_digit() || c == 's'), "the timeline draws the running step so far: {bar}\n{out}");
+    // `after` waits for it and has no row yet; `quick` ended.
+    let (_, out, _) = run(backend.sandflow(&state).args(["--json", "runs", "show", &run_id]));
+    let record: Value = serde_json::from_str(&out).unwrap();
+    let steps: Vec<(String, String)> =
+        record["steps"].as_array().unwrap().iter().map(|s| (s["step"].as_str().unwrap().into(), s["state"].as_str().unwrap().into())).collect();
+    assert!(steps.contains(&("quick".into(), "succeeded".into())) && !steps.iter().any(|(s, _)| s == "after"), "{steps:?}");
+
+    let (code, _, err) = run(backend.sandflow(&state).args(["cancel", &run_id]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let (_, out, _) = run(backend.sandflow(&state).args(["--json", "runs", "show", &run_id]));
+    let record: Value = serde_json::from_str(&out).unwrap();
+    let nap = record["steps"].as_array().unwrap().iter().find(|s| s["step"] == "nap").unwrap();
+    assert_eq!(nap["state"], "cancelled", "{nap}");
+    assert!(nap.get("started_at").is_none() && nap.get("worker").is_none(), "an ended step's row is its end: {nap}");
 }

@@ -236,11 +236,20 @@ fn the_pages_show_runs_and_step_states_in_a_real_browser() {
     assert!(page.contains(r#"<g class="step failed" data-step="intentional-fail">"#), "the graph is drawn, coloured by state: {page}");
 
     // `?live=0`: the page as it is now (a followed page keeps loading).
+    // The running step is listed, in the table and the graph, once its
+    // start is recorded.
+    let since = std::time::Instant::now();
+    while !get_json(&addr, &format!("/api/runs/{running}"))["run"]["steps"].as_array().unwrap().iter().any(|s| s["step"] == "wait" && s["state"] == "running") {
+        assert!(since.elapsed() < std::time::Duration::from_secs(10), "`wait` was never recorded running");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let now = dom(&chromium, &format!("http://{addr}/runs/{running}?live=0"));
     assert!(now.contains(r#"data-status="running""#), "{now}");
     assert!(now.contains(r#"data-step="first" data-state="succeeded""#), "{now}");
     assert!(now.contains(r#"data-action="cancel""#), "{now}");
-    assert!(now.contains(r#"<g class="step running" data-step="wait">"#) || now.contains(r#"<g class="step pending" data-step="wait">"#), "{now}");
+    assert!(now.contains(r#"data-step="wait" data-state="running""#), "the running step is listed while it runs: {now}");
+    assert!(now.contains("data-since="), "with the time its attempt started: {now}");
+    assert!(now.contains(r#"<g class="step running" data-step="wait">"#), "{now}");
 
     screenshot(&chromium, &format!("http://{addr}/"), "runs.png");
     screenshot(&chromium, &format!("http://{addr}/runs/{failed}"), "run-failed.png");

@@ -164,7 +164,13 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                     line.push_str(" attempts ");
                     left_number(&mut line, s.attempts, 2);
                     line.push(' ');
-                    let took = render::duration(std::time::Duration::from_secs_f64(s.duration_ms / 1000.0));
+                    // A running step: how long its attempt has run so far.
+                    let running = s.started_at.as_deref().filter(|_| s.state == "running");
+                    let took = match running.and_then(|t| humantime::parse_rfc3339(t).ok()) {
+                        Some(since) => std::time::SystemTime::now().duration_since(since).unwrap_or_default(),
+                        None => std::time::Duration::from_secs_f64(s.duration_ms / 1000.0),
+                    };
+                    let took = render::duration(took);
                     pad(&mut line, took.chars().count(), 10);
                     line.push_str(&took);
                     line.push_str("  fuel ");
@@ -174,6 +180,12 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                         (_, _, Some(r)) => write!(line, "  {r}"),
                         _ => Ok(()),
                     };
+                    if let Some(since) = running {
+                        let _ = write!(line, "  since {since}");
+                        if let Some(worker) = &s.worker {
+                            let _ = write!(line, " on {worker}");
+                        }
+                    }
                     let _ = writeln!(lines, "{}", line.trim_end());
                 }
                 let _ = lines.flush();

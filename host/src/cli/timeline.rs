@@ -11,8 +11,9 @@ fn time(text: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).ok()
 }
 
-/// The chart; steps in the order the store lists them (a step that has
-/// not ended yet has no bar).
+/// The chart; steps in the order the store lists them (a running step's
+/// bar goes from its attempt's start to now; a step that has not started
+/// has none).
 pub(crate) fn render(run: &RunRecord) -> String {
     let Some(start) = time(&run.started_at) else { return format!("run {}: its start time `{}` cannot be read\n", run.id, run.started_at) };
     // Each ended step: its start (its end less its duration) and end.
@@ -20,6 +21,10 @@ pub(crate) fn render(run: &RunRecord) -> String {
         .steps
         .iter()
         .map(|s| {
+            if s.state == "running" {
+                let from = time(s.started_at.as_deref()?)?.duration_since(start).unwrap_or_default();
+                return Some((from, SystemTime::now().duration_since(start).unwrap_or_default()));
+            }
             let end = time(s.finished_at.as_deref()?)?.duration_since(start).unwrap_or_default();
             let took = Duration::from_secs_f64(s.duration_ms.max(0.0) / 1000.0);
             Some((end.saturating_sub(took), end))
@@ -47,6 +52,7 @@ pub(crate) fn render(run: &RunRecord) -> String {
             }
         }
         let took = match span {
+            Some((from, to)) if s.state == "running" => super::render::duration(to.saturating_sub(*from)),
             Some(_) => super::render::duration(Duration::from_secs_f64(s.duration_ms.max(0.0) / 1000.0)),
             None => String::new(),
         };
@@ -74,6 +80,8 @@ mod tests {
             output: None,
             run_attempt: 1,
             input: None,
+            started_at: None,
+            worker: None,
         }
     }
 

@@ -81,6 +81,9 @@ pub enum Event {
         attempt: u32,
         #[serde(skip_serializing_if = "Option::is_none")]
         item: Option<usize>,
+        /// The worker that runs it (runs on workers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
     },
     /// An attempt failed and will be retried after `delay`.
     StepRetrying {

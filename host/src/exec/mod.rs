@@ -851,7 +851,7 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, sin
     let mut attempt = 0;
     loop {
         attempt += 1;
-        sink.emit(&Event::StepStarted { run_id: ctx.run_id.clone(), step: decl.id.clone(), attempt, item });
+        sink.emit(&Event::StepStarted { run_id: ctx.run_id.clone(), step: decl.id.clone(), attempt, item, worker: None });
         let Attempted { result, fuel_used: fuel, log, cached } = execute(ctx, step, &input, Which { item, attempt }, &settings, cancel).await;
         fuel_used += fuel;
         // Only the last attempt's log is kept, and counted against the run's `log` quota.

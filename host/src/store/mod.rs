@@ -328,8 +328,8 @@ impl RunDetail {
     pub(crate) fn step_columns(self) -> Option<&'static str> {
         match self {
             RunDetail::Run => None,
-            RunDetail::Steps => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, NULL, run_attempt, NULL"),
-            RunDetail::Full => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input"),
+            RunDetail::Steps => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, NULL, run_attempt, NULL, started_at, worker"),
+            RunDetail::Full => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input, started_at, worker"),
         }
     }
 }
@@ -390,8 +390,25 @@ pub struct StepRecord {
     /// Which run attempt (1, or a resume) recorded it.
     pub run_attempt: u32,
     /// The input it ran with (each item's, for `forEach`; secrets masked);
-    /// none if it did not run, or a worker ran it.
+    /// none if it did not run.
     pub input: Option<Value>,
+    /// When a `running` step's current attempt started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// The worker a `running` step runs on (runs on workers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}
+
+/// Whether a store keeps anything of `event`: a step's end, a failed
+/// attempt, the run's end, and a step's start (its row says `running`
+/// while it runs; of a `forEach` step's items, the first one's start).
+pub(crate) fn records(event: &Event) -> bool {
+    match event {
+        Event::RunStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => false,
+        Event::StepStarted { item, .. } => matches!(item, None | Some(0)),
+        Event::StepRetrying { .. } | Event::StepFinished { .. } | Event::RunFinished { .. } => true,
+    }
 }
 
 /// Writes every event to the store from a task of its own, which commits
@@ -445,7 +462,7 @@ impl StoreSink {
 #[async_trait::async_trait]
 impl EventSink for StoreSink {
     fn emit(&self, event: &Event) {
-        if matches!(event, Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. }) {
+        if !records(event) {
             return;
         }
         if self.queue.send(event.clone()).is_ok() {

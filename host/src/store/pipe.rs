@@ -328,6 +328,8 @@ struct EventRows {
     /// (run, step) of the steps recorded here: a step recorded twice starts
     /// a new batch, so that the later record wins as it would one by one.
     keys: BTreeSet<(String, String)>,
+    /// Steps that started: (run, step, attempt, worker).
+    started: (Vec<String>, Vec<String>, Vec<i32>, Vec<Option<String>>),
     steps: StepRows,
     attempts: AttemptRows,
     runs: Vec<RunRow>,
@@ -400,7 +402,7 @@ impl AttemptRows {
 impl EventRows {
     fn fits(&self, event: &Event) -> bool {
         match event {
-            Event::StepFinished { run_id, step, .. } => {
+            Event::StepFinished { run_id, step, .. } | Event::StepStarted { run_id, step, .. } => {
                 !self.keys.contains(&(run_id.clone(), step.clone()))
             }
             _ => true,
@@ -409,8 +411,17 @@ impl EventRows {
 
     fn add(&mut self, event: &Event) {
         match event {
+            Event::StepStarted { run_id, step, attempt, worker, .. } => {
+                if !super::records(event) {
+                    return;
+                }
+                self.keys.insert((run_id.clone(), step.clone()));
+                self.started.0.push(run_id.clone());
+                self.started.1.push(step.clone());
+                self.started.2.push(*attempt as i32);
+                self.started.3.push(worker.clone());
+            }
             Event::RunStarted { .. }
-            | Event::StepStarted { .. }
             | Event::StepWarning { .. }
             | Event::StepRestored { .. } => {}
             Event::StepRetrying {
@@ -504,11 +515,25 @@ impl EventRows {
 
     fn into_ops(self, ops: &mut Vec<(&'static str, Vec<Param>)>) {
         let EventRows {
+            started,
             steps: s,
             attempts: a,
             runs,
             ..
         } = self;
+        if !started.0.is_empty() {
+            // A step whose row says it ended in an earlier attempt of the
+            // run is running again.
+            ops.push((
+                "INSERT INTO steps (run_id, step, state, attempts, duration_ms, fuel_used, run_attempt, started_at, worker)
+                 SELECT s.run_id, s.step, 'running', s.attempt, 0, 0, (SELECT attempt FROM runs WHERE id = s.run_id), $5, s.worker
+                 FROM unnest($1::text[], $2::text[], $3::int[], $4::text[]) WITH ORDINALITY AS s(run_id, step, attempt, worker, ord)
+                 ORDER BY s.ord
+                 ON CONFLICT (run_id, step) DO UPDATE SET state = 'running', attempts = EXCLUDED.attempts, started_at = EXCLUDED.started_at,
+                    worker = EXCLUDED.worker, run_attempt = EXCLUDED.run_attempt, finished_at = NULL, duration_ms = 0",
+                params![started.0, started.1, started.2, started.3, now()],
+            ));
+        }
         if !s.run.is_empty() {
             // The run's attempt comes from the store: another process may
             // have resumed the run. A step recorded again (after a resume)
@@ -524,7 +549,8 @@ impl EventRows {
                     pos = EXCLUDED.pos, state = EXCLUDED.state, attempts = EXCLUDED.attempts, finished_at = EXCLUDED.finished_at,
                     duration_ms = EXCLUDED.duration_ms, fuel_used = EXCLUDED.fuel_used, error_kind = EXCLUDED.error_kind,
                     error_message = EXCLUDED.error_message, reason = EXCLUDED.reason, output = EXCLUDED.output,
-                    run_attempt = EXCLUDED.run_attempt, output_secrets = EXCLUDED.output_secrets, input = EXCLUDED.input",
+                    run_attempt = EXCLUDED.run_attempt, output_secrets = EXCLUDED.output_secrets, input = EXCLUDED.input,
+                    started_at = NULL, worker = NULL",
                 params![
                     s.run.clone(),
                     s.step.clone(),

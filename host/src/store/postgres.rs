@@ -184,6 +184,9 @@ CREATE TABLE events (
      ALTER TABLE attempts ADD COLUMN fuel_used BIGINT;
      CREATE INDEX runs_by_workflow ON runs (workflow, started_at DESC, seq DESC);
      CREATE INDEX runs_by_status ON runs (status, started_at DESC, seq DESC);",
+    // 7: a step that runs has a row saying so, from when, and on which worker.
+    "ALTER TABLE steps ADD COLUMN started_at TEXT;
+     ALTER TABLE steps ADD COLUMN worker TEXT;",
 ];
 
 /// Serializes migrations across every process using the server.
@@ -513,6 +516,8 @@ impl RunStore for PgStore {
                     output: parse_json(r.get(9)),
                     run_attempt: r.get::<_, i32>(10) as u32,
                     input: parse_json(r.get(11)),
+                    started_at: r.get(12),
+                    worker: r.get(13),
                 })
                 .collect(),
         })

@@ -240,10 +240,13 @@ impl PgStore {
         // order (the order their rows are locked in).
         for group in claimed.chunk_by(|(a, _), (b, _)| a.run_id == b.run_id) {
             let run_id = group[0].0.run_id.clone();
-            let bodies: Vec<String> = group
-                .iter()
-                .map(|(c, step)| event_body(&Event::StepStarted { run_id: run_id.clone(), step: step.clone(), attempt: c.attempt, item: c.item }))
-                .collect();
+            let mut bodies = Vec::with_capacity(group.len());
+            for (c, step) in group {
+                let event = Event::StepStarted { run_id: run_id.clone(), step: step.clone(), attempt: c.attempt, item: c.item, worker: Some(worker.to_string()) };
+                // The step's row says `running`, and where.
+                pipe.record(&event);
+                bodies.push(event_body(&event));
+            }
             pipe.push(APPEND_EVENTS, params![run_id.clone(), bodies]);
             pipe.push(NOTIFY, params![EVENTS_CHANNEL, run_id]);
         }
@@ -1005,7 +1008,8 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
             });
         }
         for c in &claimed {
-            let event = Event::StepStarted { run_id: l.run_id.to_string(), step: wf.steps[c.step].id.clone(), attempt: c.attempt, item: c.item };
+            let worker = Some(claimer.worker.clone());
+            let event = Event::StepStarted { run_id: l.run_id.to_string(), step: wf.steps[c.step].id.clone(), attempt: c.attempt, item: c.item, worker };
             l.emit(event);
         }
         l.claimed = claimed;

@@ -113,6 +113,9 @@ CREATE TABLE blobs (
     // 8: a run's steps in the order they were recorded (an index ends with
     // the rowid), read without sorting: `runs show` of 100,000 steps.
     "CREATE INDEX IF NOT EXISTS steps_in_order ON steps (run_id);",
+    // 9: a step that runs has a row saying so, from when, and where.
+    "ALTER TABLE steps ADD COLUMN started_at TEXT;
+     ALTER TABLE steps ADD COLUMN worker TEXT;",
 ];
 
 /// The SQLite run store.
@@ -388,6 +391,8 @@ impl RunStore for SqliteStore {
                             output: parse_json(r.get(9)?),
                             run_attempt: r.get(10)?,
                             input: parse_json(r.get(11)?),
+                            started_at: r.get(12)?,
+                            worker: r.get(13)?,
                         })
                     })?
                     .collect::<Result<_, _>>()?;
@@ -541,7 +546,19 @@ impl RunStore for SqliteStore {
 /// Writes one event inside the caller's transaction.
 fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
     match event {
-        Event::RunStarted { .. } | Event::StepStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => {}
+        Event::StepStarted { run_id, step, attempt, worker, .. } => {
+            // A step whose row says it ended in an earlier attempt of the
+            // run is running again; a `forEach` step's later items do not
+            // write (see `records`).
+            conn.prepare_cached(
+                "INSERT INTO steps (run_id, step, state, attempts, duration_ms, fuel_used, run_attempt, started_at, worker)
+                 VALUES (?1, ?2, 'running', ?3, 0, 0, (SELECT attempt FROM runs WHERE id = ?1), ?4, ?5)
+                 ON CONFLICT (run_id, step) DO UPDATE SET state = 'running', attempts = excluded.attempts, started_at = excluded.started_at,
+                    worker = excluded.worker, run_attempt = excluded.run_attempt, finished_at = NULL, duration_ms = 0",
+            )?
+            .execute(params![run_id, step, attempt, now(), worker])?;
+        }
+        Event::RunStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => {}
         Event::StepRetrying { run_id, step, attempt, item, error, fuel_used, .. } => {
             conn.prepare_cached(
                 "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message, fuel_used) VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6, ?7, ?8)",

@@ -158,10 +158,13 @@ const sandflow = (() => {
           });
           body.append(head);
         }
-        const why = s.error_kind ? `${s.error_kind}: ${s.error_message}` : (s.reason || "");
+        // A running step: how long its attempt has run so far, and where.
+        const running = s.state === "running" && s.started_at;
+        const why = s.error_kind ? `${s.error_kind}: ${s.error_message}` : running ? `since ${s.started_at}${s.worker ? " on " + s.worker : ""}` : (s.reason || "");
         const row = el("tr", { class: "step", "data-step": s.step, "data-state": s.state, ...(group ? { "data-in-group": group } : {}) },
           el("td", { class: "id" }, s.step), el("td", {}, badge(s.state)), el("td", {}, String(s.attempts)),
-          el("td", {}, took(s.duration_ms)), el("td", {}, String(s.fuel_used)), el("td", { class: s.error_kind ? "problem" : "muted" }, why));
+          el("td", running ? { "data-since": s.started_at } : {}, running ? span(s.started_at, new Date().toISOString()) : took(s.duration_ms)),
+          el("td", {}, String(s.fuel_used)), el("td", { class: s.error_kind ? "problem" : "muted" }, why));
         row.addEventListener("click", () => {
           if (open.has(s.step)) { open.delete(s.step); body.querySelector(`[data-detail="${CSS.escape(s.step)}"]`)?.remove(); }
           else { open.add(s.step); detail(s, row); }
