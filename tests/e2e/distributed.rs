@@ -4,6 +4,7 @@
 
 use crate::support::{PgSchema, hostile, newest_run, root, run, sandflow};
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -92,9 +93,83 @@ fn wait_end(schema: &PgSchema, state: &tempfile::TempDir, id: &str, limit: Durat
     }
 }
 
-/// Every test case of every example workflow: the same exit code, output,
-/// run error and step states, failure kinds, reasons and attempts whether
-/// the run is in-process on SQLite or queued for workers on PostgreSQL.
+/// Every attempt a store recorded of run `id` (each step's, each retried
+/// `forEach` item's): `step|item|attempt|state|failure kind`, with its fuel.
+fn recorded_attempts(store: &str, schema: &PgSchema, state: &tempfile::TempDir, id: &str) -> Vec<(String, String)> {
+    const ROW: &str = "step || '|' || COALESCE(CAST(item AS TEXT), '') || '|' || CAST(attempt AS TEXT) || '|' || state || '|' || COALESCE(error_kind, '') || '#' || COALESCE(CAST(fuel_used AS TEXT), '')";
+    let query = format!("SELECT {ROW} FROM attempts WHERE run_id = $1 ORDER BY 1");
+    let rows: Vec<String> = if store == schema.url {
+        schema.strings(&query, id)
+    } else {
+        let db = rusqlite::Connection::open(state.path().join("local.db")).unwrap();
+        let mut q = db.prepare(&query.replace("$1", "?1")).unwrap();
+        q.query_map([id], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    rows.into_iter().map(|r| r.split_once('#').map(|(a, f)| (a.to_string(), f.to_string())).unwrap()).collect()
+}
+
+/// What a store recorded of one run, as `runs show`, `runs logs` and its
+/// attempts say: everything but timing, with the fuel apart (by step, and
+/// by attempt).
+#[derive(Debug, PartialEq)]
+struct Recorded {
+    code: i32,
+    stdout: String,
+    status: Value,
+    error: Value,
+    /// Each step's state, failure, reason, attempts, input and output; its
+    /// log; each attempt: as JSON text, the run's id written `<run id>`
+    /// (templates may read it).
+    record: String,
+    fuel: BTreeMap<String, String>,
+}
+
+/// Runs `file` with `input` in `store` and reads back what was recorded.
+fn run_and_read(store: &str, schema: &PgSchema, state: &tempfile::TempDir, file: &std::path::Path, input: &Value) -> (Recorded, String) {
+    let (code, out, err) = run(sandflow(state)
+        .args(["-q", "--store", store, "run"])
+        .arg(file)
+        .args(["--input", &input.to_string()])
+        .env("SANDFLOW_SECRET_GREETING", "s3cr3t-hello"));
+    let id = newest_run(sandflow(state).args(["--store", store]));
+    let (_, record, _) = run(sandflow(state).args(["--json", "--store", store, "runs", "show", &id]));
+    let record: Value = serde_json::from_str(&record).unwrap();
+    let mut fuel = BTreeMap::new();
+    let mut steps: Vec<Value> = Vec::new();
+    for s in record["steps"].as_array().unwrap() {
+        let fields = ["step", "state", "error_kind", "error_message", "reason", "attempts", "input", "output"];
+        steps.push(Value::Array(fields.iter().map(|f| s[*f].clone()).collect()));
+        fuel.insert(format!("step {}", s["step"]), s["fuel_used"].to_string());
+    }
+    steps.sort_by_key(|s| s[0].to_string());
+    // Each step's log, in order, steps by name.
+    let (_, logs, _) = run(sandflow(state).args(["--json", "--store", store, "runs", "logs", &id]));
+    let mut logs: Vec<Value> = serde_json::from_str(&logs).unwrap();
+    logs.sort_by_key(|l| l["step"].to_string());
+    let mut attempts = Vec::new();
+    for (attempt, f) in recorded_attempts(store, schema, state, &id) {
+        fuel.insert(format!("attempt {attempt}"), f);
+        attempts.push(attempt);
+    }
+    let record_text = serde_json::to_string_pretty(&json!({ "steps": steps, "logs": logs, "attempts": attempts })).unwrap().replace(&id, "<run id>");
+    let recorded = Recorded {
+        code,
+        stdout: out.replace(&id, "<run id>"),
+        status: record["status"].clone(),
+        error: Value::String(record["error"].as_str().unwrap_or_default().replace(&id, "<run id>")),
+        record: record_text,
+        fuel,
+    };
+    (recorded, err)
+}
+
+/// Every test case of every example workflow: the same exit code, output
+/// and run error, and every recorded field of every step (state, failure,
+/// reason, attempts, input, output, log, each attempt, fuel by step and
+/// attempt), whether the run is in-process on SQLite or queued for
+/// workers on PostgreSQL. Only timing fields are left out, and fuel only
+/// where the guest's own work differs: where a second in-process run
+/// differs too (a component that seeds a hash map from `wasi:random`).
 #[test]
 fn every_example_case_ends_the_same_on_workers_as_in_process() {
     let Some(schema) = PgSchema::create() else { return };
@@ -105,7 +180,8 @@ fn every_example_case_ends_the_same_on_workers_as_in_process() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    let mut compared = 0;
+    let (mut compared, mut own_fuel) = (0, BTreeSet::new());
+    let sqlite = format!("sqlite:{}", state.path().join("local.db").display());
     for file in files {
         let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         let Some(cases) = doc.get("test").and_then(|t| t.get("cases")).and_then(|c| c.as_sequence()) else { continue };
@@ -113,39 +189,25 @@ fn every_example_case_ends_the_same_on_workers_as_in_process() {
             let input: Value = serde_json::to_value(case.get("input").cloned().unwrap_or_default()).unwrap();
             let input = if input.is_null() { json!({}) } else { input };
             let name = case.get("name").and_then(|n| n.as_str()).unwrap_or("?");
-            let sqlite = format!("sqlite:{}", state.path().join("local.db").display());
-            let mut ends = Vec::new();
-            for store in [sqlite.as_str(), schema.url.as_str()] {
-                let (code, out, err) = run(sandflow(&state)
-                    .args(["-q", "--store", store, "run"])
-                    .arg(&file)
-                    .args(["--input", &input.to_string()])
-                    .env("SANDFLOW_SECRET_GREETING", "s3cr3t-hello"));
-                let id = newest_run(sandflow(&state).args(["--store", store]));
-                let (_, record, _) = run(sandflow(&state).args(["--json", "--store", store, "runs", "show", &id]));
-                let record: Value = serde_json::from_str(&record).unwrap();
-                let mut steps: Vec<Value> = record["steps"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|s| json!([s["step"], s["state"], s["error_kind"], s["reason"], s["attempts"]]))
-                    .collect();
-                steps.sort_by_key(|s| s[0].to_string());
-                ends.push((code, out, record["status"].clone(), record["error"].clone(), steps, err));
+            let (a, a_err) = run_and_read(&sqlite, &schema, &state, &file, &input);
+            let (b, b_err) = run_and_read(&schema.url, &schema, &state, &file, &input);
+            let what = format!("{}: {name}: in-process (left) and on workers (right) differ\nstderr: {a_err}\n---\n{b_err}", file.display());
+            assert_eq!((&a.code, &a.stdout, &a.status, &a.error), (&b.code, &b.stdout, &b.status, &b.error), "{what}");
+            assert_eq!(a.record, b.record, "{what}");
+            assert_eq!(a.fuel.keys().collect::<Vec<_>>(), b.fuel.keys().collect::<Vec<_>>(), "{what}");
+            let differ: Vec<&String> = a.fuel.keys().filter(|k| a.fuel[*k] != b.fuel[*k]).collect();
+            if !differ.is_empty() {
+                let (again, _) = run_and_read(&sqlite, &schema, &state, &file, &input);
+                for k in differ {
+                    assert_ne!(a.fuel[k], again.fuel[k], "{what}: {k} used {} fuel in-process (twice) and {} on workers", a.fuel[k], b.fuel[k]);
+                    own_fuel.insert(format!("{}: {k}", file.display()));
+                }
             }
-            let (a, b) = (&ends[0], &ends[1]);
-            assert_eq!(
-                (&a.0, &a.1, &a.2, &a.3, &a.4),
-                (&b.0, &b.1, &b.2, &b.3, &b.4),
-                "{}: {name}: in-process (left) and on workers (right) differ\nstderr: {}\n---\n{}",
-                file.display(),
-                a.5,
-                b.5
-            );
             compared += 1;
         }
     }
     assert!(compared >= 15, "only {compared} cases compared");
+    eprintln!("fuel that differs from run to run in-process too: {own_fuel:?}");
 }
 
 /// Two clients submit at once; three workers run both; the submitters are
