@@ -278,8 +278,8 @@ pub async fn submit(
     file: &Path,
     files: &crate::store::queue::RunFiles,
     input: Value,
-    concurrency: Option<usize>,
     targets: &[String],
+    binding: &crate::store::queue::Binding,
 ) -> Result<String, StoreError> {
     let wf = &prepared.plan.workflow;
     let record = NewRun {
@@ -290,7 +290,7 @@ pub async fn submit(
         input,
         targets: targets.to_vec(),
     };
-    store.submit(&record, files, concurrency).await?;
+    store.submit(&record, files, binding).await?;
     Ok(record.id)
 }
 

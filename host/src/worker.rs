@@ -243,8 +243,8 @@ impl Worker {
         })?;
         let runner = self.runner.clone();
         let file = PathBuf::from(&head.file);
-        let files = head.files;
-        let prepared = tokio::task::spawn_blocking(move || exec::load_from(&file, runner.as_ref(), &files))
+        let (files, components) = (head.files, head.binding.components.clone());
+        let prepared = tokio::task::spawn_blocking(move || exec::load_from_with(&file, runner.as_ref(), &files, components.as_deref()))
             .await
             .map_err(|e| ContextError::Load(format!("loading the run's workflow failed: {e}")))?
             .map_err(|d| {
@@ -255,7 +255,8 @@ impl Worker {
         let services = Arc::new(StoreServices { store: self.store.clone(), run_id: run_id.to_string() });
         let options = exec::RunOptions {
             run_id: run_id.to_string(),
-            concurrency: head.concurrency,
+            concurrency: head.binding.concurrency,
+            variables: head.binding.vars,
             secrets: self.config.secrets.clone(),
             services,
             attempt: head.attempt,

@@ -2,7 +2,7 @@
 //! `submit`, `worker` processes, `runs follow`, `cancel`, workers killed
 //! mid-step, and the same results as an in-process run.
 
-use crate::support::{PgSchema, hostile, newest_run, root, run, sandflow};
+use crate::support::{PgSchema, example, hostile, newest_run, root, run, sandflow};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -124,12 +124,14 @@ struct Recorded {
     fuel: BTreeMap<String, String>,
 }
 
-/// Runs `file` with `input` in `store` and reads back what was recorded.
-fn run_and_read(store: &str, schema: &PgSchema, state: &tempfile::TempDir, file: &std::path::Path, input: &Value) -> (Recorded, String) {
+/// Runs `file` with `input` (and `extra` arguments: `--components`,
+/// `--var`) in `store` and reads back what was recorded.
+fn run_and_read(store: &str, schema: &PgSchema, state: &tempfile::TempDir, file: &std::path::Path, input: &Value, extra: &[&str]) -> (Recorded, String) {
     let (code, out, err) = run(sandflow(state)
         .args(["-q", "--store", store, "run"])
         .arg(file)
         .args(["--input", &input.to_string()])
+        .args(extra)
         .env("SANDFLOW_SECRET_GREETING", "s3cr3t-hello"));
     let id = newest_run(sandflow(state).args(["--store", store]));
     let (_, record, _) = run(sandflow(state).args(["--json", "--store", store, "runs", "show", &id]));
@@ -163,41 +165,53 @@ fn run_and_read(store: &str, schema: &PgSchema, state: &tempfile::TempDir, file:
     (recorded, err)
 }
 
-/// Every test case of every example workflow: the same exit code, output
-/// and run error, and every recorded field of every step (state, failure,
-/// reason, attempts, input, output, log, each attempt, fuel by step and
-/// attempt), whether the run is in-process on SQLite or queued for
-/// workers on PostgreSQL. Only timing fields are left out, and fuel only
-/// where the guest's own work differs: where a second in-process run
-/// differs too (a component that seeds a hash map from `wasi:random`).
+/// Every test case of every example workflow and every StepFlow flow (with
+/// `--components`; one with `--var`): the same exit code, output and run
+/// error, and every recorded field of every step (state, failure, reason,
+/// attempts, input, output, log, each attempt, fuel by step and attempt),
+/// whether the run is in-process on SQLite or queued for workers on
+/// PostgreSQL. Only timing fields are left out, and fuel only where the
+/// guest's own work differs: where a second in-process run differs too (a
+/// component that seeds a hash map from `wasi:random`).
 #[test]
 fn every_example_case_ends_the_same_on_workers_as_in_process() {
     let Some(schema) = PgSchema::create() else { return };
     let state = tempfile::tempdir().unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("workflows"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
+    let yaml_in = |dir: &str| {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(root().join(dir)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
+        files.sort();
+        files
+    };
+    let components = ["--components", "workflows/stepflow/components.yml"];
+    // StepFlow's `$variable` (a lazy flow: its steps run only when needed).
+    let with_vars = state.path().join("vars.yaml");
+    std::fs::write(
+        &with_vars,
+        "schema: https://stepflow.org/schemas/v1/flow.json\nsteps:\n  - id: shout\n    component: /text/transform\n    input: { op: upper, text: { $variable: word } }\n  - id: unused\n    component: /text/transform\n    input: { op: lower, text: x }\noutput:\n  loud: { $step: shout, path: text }\n  n: { $variable: n, default: 1 }\ntest:\n  cases:\n    - { name: vars }\n",
+    )
+    .unwrap();
+    let mut runs: Vec<(PathBuf, Vec<&str>)> = yaml_in("workflows").into_iter().map(|f| (f, Vec::new())).collect();
+    runs.extend(yaml_in("workflows/stepflow").into_iter().map(|f| (f, components.to_vec())));
+    runs.push((with_vars, [&components[..], &["--var", "word=psst", "--var", "n=3"]].concat()));
     let (mut compared, mut own_fuel) = (0, BTreeSet::new());
     let sqlite = format!("sqlite:{}", state.path().join("local.db").display());
-    for file in files {
+    for (file, extra) in runs {
         let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         let Some(cases) = doc.get("test").and_then(|t| t.get("cases")).and_then(|c| c.as_sequence()) else { continue };
         for case in cases {
             let input: Value = serde_json::to_value(case.get("input").cloned().unwrap_or_default()).unwrap();
             let input = if input.is_null() { json!({}) } else { input };
             let name = case.get("name").and_then(|n| n.as_str()).unwrap_or("?");
-            let (a, a_err) = run_and_read(&sqlite, &schema, &state, &file, &input);
-            let (b, b_err) = run_and_read(&schema.url, &schema, &state, &file, &input);
+            let (a, a_err) = run_and_read(&sqlite, &schema, &state, &file, &input, &extra);
+            let (b, b_err) = run_and_read(&schema.url, &schema, &state, &file, &input, &extra);
             let what = format!("{}: {name}: in-process (left) and on workers (right) differ\nstderr: {a_err}\n---\n{b_err}", file.display());
             assert_eq!((&a.code, &a.stdout, &a.status, &a.error), (&b.code, &b.stdout, &b.status, &b.error), "{what}");
             assert_eq!(a.record, b.record, "{what}");
             assert_eq!(a.fuel.keys().collect::<Vec<_>>(), b.fuel.keys().collect::<Vec<_>>(), "{what}");
             let differ: Vec<&String> = a.fuel.keys().filter(|k| a.fuel[*k] != b.fuel[*k]).collect();
             if !differ.is_empty() {
-                let (again, _) = run_and_read(&sqlite, &schema, &state, &file, &input);
+                let (again, _) = run_and_read(&sqlite, &schema, &state, &file, &input, &extra);
                 for k in differ {
                     assert_ne!(a.fuel[k], again.fuel[k], "{what}: {k} used {} fuel in-process (twice) and {} on workers", a.fuel[k], b.fuel[k]);
                     own_fuel.insert(format!("{}: {k}", file.display()));
@@ -206,7 +220,7 @@ fn every_example_case_ends_the_same_on_workers_as_in_process() {
             compared += 1;
         }
     }
-    assert!(compared >= 15, "only {compared} cases compared");
+    assert!(compared >= 25, "only {compared} cases compared");
     eprintln!("fuel that differs from run to run in-process too: {own_fuel:?}");
 }
 
@@ -529,4 +543,37 @@ fn resume_of_a_queued_run_works_on_it() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"text": "HI / hi"}));
     assert_eq!(show(&schema, &state, &id)["status"], "completed");
+}
+
+/// A StepFlow flow submitted with `--components` and `--var` runs on
+/// worker processes as it does in one process: its demand rule (a step
+/// nothing needs ends `not needed`), its components bound by the file, its
+/// variables read, all from what the run was recorded with (the files
+/// are gone from the disk before a worker starts).
+#[test]
+fn a_stepflow_flow_with_components_and_vars_runs_on_worker_processes() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(example("text"), dir.path().join("text.wasm")).unwrap();
+    let components = dir.path().join("components.yml");
+    std::fs::write(&components, "components:\n  /text/transform: { path: text.wasm }\n").unwrap();
+    let flow = dir.path().join("flow.yaml");
+    std::fs::write(
+        &flow,
+        "schema: https://stepflow.org/schemas/v1/flow.json\nsteps:\n  - id: shout\n    component: /text/transform\n    input: { op: upper, text: { $variable: word } }\n  - id: unused\n    component: /text/transform\n    input: { op: lower, text: x }\noutput:\n  loud: { $step: shout, path: text }\n  n: { $variable: n, default: 1 }\n",
+    )
+    .unwrap();
+    let (code, id, err) = run(pg(&schema, &state).arg("submit").arg(&flow).arg("--components").arg(&components).args(["--var", "word=psst", "--var", "n=3"]));
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    drop(dir);
+    let _workers = Workers::start(&schema, &state, 2, "5s");
+    let record = wait_end(&schema, &state, &id, Duration::from_secs(30));
+    assert_eq!(record["status"], "completed", "{record:#}");
+    assert_eq!(serde_json::from_str::<Value>(record["output"].to_string().as_str()).unwrap(), json!({"loud": "PSST", "n": 3}));
+    let step = |id: &str| record["steps"].as_array().unwrap().iter().find(|s| s["step"] == id).cloned().unwrap();
+    assert_eq!((step("shout")["state"].clone(), step("shout")["input"].clone()), (json!("succeeded"), json!({"op": "upper", "text": "psst"})));
+    assert_eq!(step("unused")["state"], "skipped");
+    assert!(step("unused")["reason"].as_str().unwrap().starts_with("not needed"), "{record:#}");
 }

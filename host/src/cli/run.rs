@@ -14,7 +14,7 @@ use std::sync::Arc;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
     sandflow run workflows/text-pipeline.yaml --input '{\"text\": \"hello world\"}'\n  \
-    sandflow run workflows/etl.yaml --input-file users.json\n  \
+    sandflow run workflows/etl.yaml --input-file workflows/data/users.json\n  \
     sandflow run workflows/report.yaml --set user.id=42 --set verbose=true")]
 pub(crate) struct RunArgs {
     /// The workflow file.
@@ -51,8 +51,9 @@ pub(crate) struct RunArgs {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct VarArgs {
     /// Set a variable for `{ $variable: NAME }`: `NAME=value`, the value read
-    /// as JSON when it parses and as a string otherwise. Variables are not
-    /// recorded: give them again to `resume` and `retry`.
+    /// as JSON when it parses and as a string otherwise. A run on workers
+    /// keeps them with the run; a run in one process does not record them
+    /// (give them again to `resume` and `retry`).
     #[arg(long = "var", value_name = "NAME=VALUE")]
     var: Vec<String>,
     /// Read variables from a JSON or YAML file of `name: value` (`--var` wins).

@@ -9,6 +9,7 @@ use super::{CliError, GlobalArgs, Output, exit, new_sandbox, store_error, workfl
 use crate::exec::{EventSink, Redactor, check_input};
 use crate::runs::{Followed, follow, submit};
 use crate::sandbox::{CancellationToken, Sandbox};
+use crate::store::queue::Binding;
 use crate::store::{PgStore, StoreUrl};
 use crate::worker::{Worker, WorkerConfig};
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Needs a PostgreSQL run store (--store or SANDFLOW_STORE). Prints the run id and returns; \
     workers run it. Follow it with `sandflow runs follow ID`.\n\nExample:\n  \
-    sandflow --store postgres://postgres@127.0.0.1/sandflow submit workflows/etl.yaml --input-file users.json")]
+    sandflow --store postgres://postgres@127.0.0.1/sandflow submit workflows/etl.yaml --input-file workflows/data/users.json")]
 pub(crate) struct SubmitArgs {
     /// The workflow file.
     #[arg(value_name = "FILE")]
@@ -32,6 +33,10 @@ pub(crate) struct SubmitArgs {
     /// `target`); the others are left out. `finally` steps still run.
     #[arg(long, value_name = "STEP[,STEP...]", value_delimiter = ',')]
     target: Vec<String>,
+    #[command(flatten)]
+    components: workflow_cmd::ComponentsArg,
+    #[command(flatten)]
+    vars: super::run::VarArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,27 +99,23 @@ fn worker_config(
     })
 }
 
-/// Loads a workflow as `run` does, keeping every file it read for the store.
+/// Loads a workflow as `run` does (its components file too), keeping every
+/// file it read for the store.
 async fn load_for_submit(
     file: &Path,
+    components: &workflow_cmd::ComponentsArg,
     sandbox: &Arc<Sandbox>,
     out: &Output,
 ) -> Result<(crate::exec::Prepared, crate::store::queue::RunFiles), CliError> {
-    let (sandbox, path) = (sandbox.clone(), file.to_path_buf());
+    let (sandbox, path, components) = (sandbox.clone(), file.to_path_buf(), components.file.clone());
     let (prepared, files) = tokio::task::spawn_blocking(move || {
         let files = crate::exec::Recording { inner: crate::exec::Disk, seen: Default::default() };
-        let prepared = crate::exec::load_from(&path, sandbox.as_ref(), &files);
+        let prepared = crate::exec::load_from_with(&path, sandbox.as_ref(), &files, components.as_deref());
         (prepared, files.seen.into_inner().expect("not poisoned"))
     })
     .await
     .map_err(|e| CliError { code: exit::FAILED, message: format!("loading components failed: {e}") })?;
     let prepared = prepared.map_err(|d| workflow_cmd::report(out, d))?;
-    if prepared.plan.workflow.lazy {
-        return Err(CliError::invalid(format!(
-            "{} is a StepFlow flow, whose steps run only when its output needs them; distributed runs do not apply that rule yet: run it in one process (`sandflow run` with a SQLite store)",
-            file.display()
-        )));
-    }
     Ok((prepared, files))
 }
 
@@ -123,10 +124,11 @@ pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Outp
     let store = pg_store(global, "`sandflow submit`").await?;
     let input = args.input.read()?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
-    let (prepared, files) = load_for_submit(&args.file, &sandbox, out).await?;
+    let (prepared, files) = load_for_submit(&args.file, &args.components, &sandbox, out).await?;
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
     prepared.target(&args.target).map_err(CliError::invalid)?;
-    let id = submit(&store, &prepared, &args.file, &files, input, args.concurrency.map(|n| n as usize), &args.target).await.map_err(store_error)?;
+    let binding = Binding { concurrency: args.concurrency.map(|n| n as usize), components: args.components.file.clone(), vars: args.vars.read()? };
+    let id = submit(&store, &prepared, &args.file, &files, input, &args.target, &binding).await.map_err(store_error)?;
     if global.otlp()?.is_some() {
         say!("warning: --otlp: no trace of run {id} is exported: a distributed run's trace comes from the process that follows it (`sandflow run` without --detach)");
     }
@@ -162,16 +164,10 @@ pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Outp
 pub(crate) async fn run_queued(args: &super::run::RunArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let (file, input, concurrency, secrets_file) = (&args.file, &args.input, args.concurrency, args.secrets_file.as_deref());
     let (detach, work) = (args.detach, !args.no_work);
-    if args.components.file.is_some() {
-        return Err(CliError::invalid("--components binds components for runs in one process; a distributed run's workers read only the workflow's own `components:`"));
-    }
-    if args.vars.read()?.as_object().is_some_and(|v| !v.is_empty()) {
-        return Err(CliError::invalid("--var and --vars are for runs in one process; workers of a distributed run are not given them"));
-    }
     let store = pg_store(global, "`sandflow run --detach`").await?;
     let input = input.read()?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
-    let (prepared, files) = load_for_submit(file, &sandbox, out).await?;
+    let (prepared, files) = load_for_submit(file, &args.components, &sandbox, out).await?;
     check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
     // Workers limit the run to its targets as they load it: check them here.
     let targeted = prepared.target(&args.target).map_err(CliError::invalid)?;
@@ -182,7 +178,8 @@ pub(crate) async fn run_queued(args: &super::run::RunArgs, global: &GlobalArgs, 
     }
     let redactor = Redactor::new(&config.secrets);
     let otlp = global.otlp()?;
-    let id = submit(&store, &prepared, file, &files, input, concurrency.map(|n| n as usize), &args.target).await.map_err(store_error)?;
+    let binding = Binding { concurrency: concurrency.map(|n| n as usize), components: args.components.file.clone(), vars: args.vars.read()? };
+    let id = submit(&store, &prepared, file, &files, input, &args.target, &binding).await.map_err(store_error)?;
     if detach {
         if otlp.is_some() {
             say!("warning: --otlp: no trace of run {id} is exported: a distributed run's trace comes from the process that follows it (`sandflow run` without --detach)");

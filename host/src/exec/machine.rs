@@ -64,6 +64,10 @@ pub trait Ledger: Send {
     fn finally_begins(&mut self, main_stop: Option<Stop>, ending: &Value) -> bool;
     /// How long the run has taken.
     fn elapsed(&mut self) -> impl Future<Output = Result<Duration, Self::Error>> + Send;
+    /// A StepFlow flow's steps ([`super::demand`]): which were decided
+    /// already, and which are ready but wait until they are needed. Asked
+    /// once per machine, before its first decision.
+    fn lazy_steps(&mut self) -> impl Future<Output = Result<Lazy, Self::Error>> + Send;
     /// A failure a step is refused with, as this ledger's run explains it.
     fn refused(&self, failure: StepFailure) -> StepFailure {
         failure
@@ -107,6 +111,24 @@ pub struct Progress {
     pub open: usize,
 }
 
+/// A StepFlow flow's steps as its demand rule sees them ([`super::demand`]).
+#[derive(Debug, Clone, Default)]
+pub struct Lazy {
+    /// Needed: it may be decided once its dependencies have ended.
+    pub needed: Vec<bool>,
+    /// Decided (it runs, or ran): never dropped as not needed.
+    pub began: Vec<bool>,
+    /// Ready, not decided: waiting to be needed.
+    pub deferred: Vec<usize>,
+}
+
+impl Lazy {
+    /// A run's, before anything was decided.
+    pub fn new(steps: usize) -> Lazy {
+        Lazy { needed: vec![true; steps], began: vec![false; steps], deferred: Vec::new() }
+    }
+}
+
 /// Where a run is, after [`RunMachine::settle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
@@ -134,12 +156,16 @@ pub struct RunMachine<'a, L: Ledger> {
     pub progress: Progress,
     /// Steps whose dependencies have all ended, not yet decided.
     pub ready: VecDeque<usize>,
+    /// A StepFlow flow's demand, once asked.
+    pub lazy: Option<Lazy>,
+    /// A step ended since the demand was last asked.
+    changed: bool,
     pub ledger: L,
 }
 
 impl<'a, L: Ledger> RunMachine<'a, L> {
     pub fn new(plan: &'a Plan, facts: RunFacts<'a>, progress: Progress, ledger: L) -> Self {
-        RunMachine { plan, facts, progress, ready: VecDeque::new(), ledger }
+        RunMachine { plan, facts, progress, ready: VecDeque::new(), lazy: None, changed: true, ledger }
     }
 
     /// Whether no new step may start.
@@ -193,6 +219,64 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
         self.ledger.load(steps).await
     }
 
+    /// A StepFlow flow: asks its demand rule again while steps keep
+    /// ending. Steps that will never be needed end skipped; deferred steps
+    /// now needed become ready.
+    pub async fn apply_demand(&mut self) -> Result<(), L::Error> {
+        if !self.plan.workflow.lazy {
+            return Ok(());
+        }
+        if self.lazy.is_none() {
+            self.lazy = Some(self.ledger.lazy_steps().await?);
+        }
+        let n = self.plan.workflow.steps.len();
+        while std::mem::take(&mut self.changed) {
+            self.ledger.load((0..n).collect()).await?;
+            let d = {
+                let ledger = &self.ledger;
+                let facts = RunFacts { ending: self.progress.ending.as_ref(), ..self.facts };
+                let ended = core::Ended { plan: self.plan, outputs: ledger.outputs(), outcome: &|d| ledger.outcome(d), finally: false };
+                super::demand::demand(&facts, &ended)
+            };
+            for (i, possible) in d.possible.iter().enumerate() {
+                let began = self.lazy.as_ref().is_some_and(|l| l.began[i]);
+                if !possible && !began && self.ledger.outcome(i).is_none() {
+                    self.drop_unneeded(i).await?;
+                }
+            }
+            let lazy = self.lazy.as_mut().expect("asked above");
+            let (ledger, ready) = (&self.ledger, &mut self.ready);
+            lazy.deferred.retain(|&i| match ledger.outcome(i).is_none() && d.needed[i] {
+                true => {
+                    ready.push_back(i);
+                    false
+                }
+                false => ledger.outcome(i).is_none(),
+            });
+            lazy.needed = d.needed;
+        }
+        Ok(())
+    }
+
+    /// Whether ready step `i` is to be decided now: not when it ended
+    /// already (a lazy run found it would never be needed) or was decided,
+    /// nor while a lazy run does not need it yet (it waits, deferred).
+    pub fn admit(&mut self, i: usize) -> bool {
+        if self.ledger.outcome(i).is_some() {
+            return false;
+        }
+        match &mut self.lazy {
+            Some(lazy) if lazy.began[i] => false,
+            Some(lazy) if !lazy.needed[i] => {
+                if !lazy.deferred.contains(&i) {
+                    lazy.deferred.push(i);
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
     /// Decides ready step `i` ([`core::decide_ready`]): the work it runs,
     /// or `None` when it ended without running (skipped, blocked, refused,
     /// or a `forEach` over no items).
@@ -210,7 +294,12 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
                 self.finish(i, Ending::Ran(Ok(Value::Array(Vec::new()))), tally).await?;
                 return Ok(None);
             }
-            Decision::Run(work) => return Ok(Some(work)),
+            Decision::Run(work) => {
+                if let Some(lazy) = &mut self.lazy {
+                    lazy.began[i] = true;
+                }
+                return Ok(Some(work));
+            }
             Decision::Blocked => Ending::Blocked,
             Decision::Skip { reason, warning } => {
                 if let Some(message) = warning {
@@ -269,6 +358,7 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
             cached,
         };
         self.progress.open -= 1;
+        self.changed = true;
         self.ledger.step_ended(i, outcome, recorded, event);
         let ready = self.ledger.count_down(i).await?;
         self.ready.extend(ready);

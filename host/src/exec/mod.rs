@@ -34,13 +34,13 @@ mod runner;
 pub use builtin::canonical_json;
 pub use event::{Event, EventSink, RunState, SinkError, StepState};
 pub use self::core::Ending;
-pub use prepare::{Disk, Files, MAX_NESTING, Parsed, Prepared, PreparedComponent, Recording, load, load_from, load_with, prepare};
+pub use prepare::{Disk, Files, MAX_NESTING, Parsed, Prepared, PreparedComponent, Recording, load, load_from, load_from_with, load_with, prepare};
 pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
 pub use memo::memo_key;
 pub use runner::{Job, Loaded, StepRunner};
 
 use self::core::{Items, Outcome, RunFacts, Stop, Work};
-use self::machine::{Ledger, Progress, RunMachine, Settled, Tally};
+use self::machine::{Lazy, Ledger, Progress, RunMachine, Settled, Tally};
 
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, HostServices, Limits, MemoryServices, Quota, RunMeter, StepLog};
@@ -431,7 +431,6 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         outcomes: vec![None; n],
         unrecorded: None,
         unflushed: false,
-        changed: true,
         running: 0,
         started: Instant::now(),
         phase: Phase {
@@ -446,11 +445,6 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     };
     let mut m = RunMachine::new(&plan, ctx.facts(&input), Progress::default(), book);
     m.start();
-    // A StepFlow flow's steps run only when needed (see `demand`): ready
-    // steps not needed yet wait here, and steps started are never dropped.
-    let mut deferred: Vec<usize> = Vec::new();
-    let mut began = vec![false; n];
-    let mut needed = vec![true; n];
     let mut inline: Option<StepFuture> = None;
     // Step tasks report here when they end: (step, how it ended).
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, StepEnd)>();
@@ -461,35 +455,11 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         settle_recorded(&mut m, &ctx, 0..plan.main).await;
     }
     loop {
-        while wf.lazy && std::mem::take(&mut m.ledger.changed) {
-            let d = {
-                let book = &m.ledger;
-                let facts = RunFacts { ending: m.progress.ending.as_ref(), ..m.facts };
-                let ended = core::Ended { plan: &plan, outputs: &book.outputs, outcome: &|d| book.outcomes[d], finally: false };
-                demand::demand(&facts, &ended)
-            };
-            for (i, possible) in d.possible.iter().enumerate() {
-                if !possible && !began[i] && m.ledger.reports[i].is_none() {
-                    infallible(m.drop_unneeded(i).await);
-                }
-            }
-            deferred.retain(|&i| match m.ledger.reports[i].is_none() && d.needed[i] {
-                true => {
-                    m.ready.push_back(i);
-                    false
-                }
-                false => m.ledger.reports[i].is_none(),
-            });
-            needed = d.needed;
-        }
+        // A StepFlow flow's steps run only when needed (see `demand`).
+        infallible(m.apply_demand().await);
         while !m.halted() && m.ledger.running < limit {
             let Some(i) = m.ready.pop_front() else { break };
-            if m.ledger.reports[i].is_some() {
-                // A lazy run found it would never be needed.
-                continue;
-            }
-            if !needed[i] {
-                deferred.push(i);
+            if !m.admit(i) {
                 continue;
             }
             // A step's dependencies are durable before it starts.
@@ -508,7 +478,6 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             }
             let Some(work) = infallible(m.decide(i).await) else { continue };
             m.ledger.running += 1;
-            began[i] = true;
             let (ctx, step_sink, cancel) = (ctx.clone(), sink.clone(), m.ledger.phase.steps.clone());
             let step = async move { (i, run_step(&ctx, i, work, &step_sink, &cancel).await) };
             // When steps run one at a time, the dispatcher drives the step
@@ -669,8 +638,6 @@ struct Book<'a> {
     unrecorded: Option<SinkError>,
     /// A step finished since the sink's last barrier.
     unflushed: bool,
-    /// A step ended since a lazy run last asked what it needs.
-    changed: bool,
     /// Steps running now.
     running: usize,
     started: Instant,
@@ -735,7 +702,6 @@ impl Ledger for Book<'_> {
             self.reports[i] = Some(StepReport { id: id.clone(), state, attempts, output: None, error: error.clone(), reason: reason.clone(), fuel_used, duration });
         }
         self.unflushed = true;
-        self.changed = true;
         self.sink.emit(&event);
         self.outcomes[i] = Some(outcome);
     }
@@ -792,6 +758,11 @@ impl Ledger for Book<'_> {
 
     async fn elapsed(&mut self) -> Result<Duration, Infallible> {
         Ok(self.started.elapsed())
+    }
+
+    /// Asked as the run begins: nothing was decided yet.
+    async fn lazy_steps(&mut self) -> Result<Lazy, Infallible> {
+        Ok(Lazy::new(self.plan.workflow.steps.len()))
     }
 }
 

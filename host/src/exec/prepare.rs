@@ -132,10 +132,7 @@ impl Parsed {
     /// Reads and parses the workflow at `path`, with the components of a
     /// components file (`--components`) bound as [`load_with`] does.
     pub fn read(path: &Path, components: Option<&Path>) -> Parsed {
-        let (workflow, problems) = match components {
-            None => parse_file(path, &Disk),
-            Some(_) => workflow::load_partial_with(path, components),
-        };
+        let (workflow, problems) = workflow::load_partial_with(path, components);
         Parsed { path: path.to_path_buf(), workflow, problems }
     }
 
@@ -155,19 +152,20 @@ pub fn load_from(path: &Path, runner: &dyn StepRunner, files: &dyn Files) -> Res
     load_nested(path, runner, files, &mut Vec::new())
 }
 
+/// [`load_with`], reading files (the components file too) through `files`:
+/// what a submitted run is recorded with, and what a worker loads it from.
+pub fn load_from_with(path: &Path, runner: &dyn StepRunner, files: &dyn Files, components: Option<&Path>) -> Result<Prepared, Diagnostics> {
+    let (wf, problems) = workflow::read_partial(path, components, &|p| files.read(p));
+    prepare_parsed(path, wf, problems, runner, files, &mut Vec::new())
+}
+
 fn load_nested(path: &Path, runner: &dyn StepRunner, files: &dyn Files, stack: &mut Vec<PathBuf>) -> Result<Prepared, Diagnostics> {
     let (wf, problems) = parse_file(path, files);
     prepare_parsed(path, wf, problems, runner, files, stack)
 }
 
 fn parse_file(path: &Path, files: &dyn Files) -> (Option<Workflow>, Vec<Diagnostic>) {
-    match files.read(path) {
-        Ok(bytes) => workflow::load_str_partial(path, &String::from_utf8_lossy(&bytes)),
-        Err(e) => {
-            let file: Arc<Path> = Arc::from(path);
-            (None, vec![Diagnostic::new(&Location::file_start(&file), format!("cannot read the workflow: {e}"))])
-        }
-    }
+    workflow::read_partial(path, None, &|p| files.read(p))
 }
 
 /// Plans and prepares a parsed workflow, adding to the problems found so far.

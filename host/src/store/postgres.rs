@@ -187,6 +187,11 @@ CREATE TABLE events (
     // 7: a step that runs has a row saying so, from when, and on which worker.
     "ALTER TABLE steps ADD COLUMN started_at TEXT;
      ALTER TABLE steps ADD COLUMN worker TEXT;",
+    // 8: what a queued run was bound to when submitted, for every worker:
+    // its components file (`--components`, among its files) and its
+    // variables (`--var`, `--vars`).
+    "ALTER TABLE runs ADD COLUMN components TEXT;
+     ALTER TABLE runs ADD COLUMN vars TEXT;",
 ];
 
 /// Serializes migrations across every process using the server.

@@ -30,7 +30,7 @@ use tokio_postgres::types::ToSql;
 use super::postgres::{PgStore, db, text};
 use super::{NewRun, StoreError, now};
 use crate::exec::core::{self, Ending, Items, Stop, Work};
-use crate::exec::machine::{Ledger, Progress, RunMachine, Settled, Tally};
+use crate::exec::machine::{Lazy, Ledger, Progress, RunMachine, Settled, Tally};
 use crate::exec::{Event, Redactor, RunContext, RunState, SecretSpans, StepState, unmask};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{StepLog, sha256_hex};
@@ -130,17 +130,29 @@ pub struct RunHead {
     pub file: String,
     pub input: Value,
     pub attempt: u32,
-    pub concurrency: Option<usize>,
     /// `--target`: the steps the run is limited to.
     pub targets: Vec<String>,
     pub files: RunFiles,
+    pub binding: Binding,
+}
+
+/// What a queued run is bound to when it is submitted, recorded with it
+/// so that every worker runs it the same.
+#[derive(Debug, Clone, Default)]
+pub struct Binding {
+    /// Overrides the workflow's `concurrency`.
+    pub concurrency: Option<usize>,
+    /// A components file (`--components`), one of the run's files.
+    pub components: Option<PathBuf>,
+    /// The run's variables (`--var`, `--vars`): an object, or null.
+    pub vars: Value,
 }
 
 impl PgStore {
     /// Records a run for workers to run: the run, and every file it needs
     /// (each file's bytes once per content, shared by runs). A worker
     /// starts it; `concurrency` overrides the workflow's for `forEach` items.
-    pub async fn submit(&self, run: &NewRun, files: &RunFiles, concurrency: Option<usize>) -> Result<(), StoreError> {
+    pub async fn submit(&self, run: &NewRun, files: &RunFiles, binding: &Binding) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let hashes: Vec<(String, &PathBuf, &Vec<u8>)> = files.iter().map(|(p, b)| (sha256_hex(b), p, b)).collect();
@@ -153,11 +165,13 @@ impl PgStore {
                 tx.execute("INSERT INTO files (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[hash, bytes]).await.map_err(db)?;
             }
         }
-        let concurrency = concurrency.map(|n| n.min(i32::MAX as usize) as i32);
+        let concurrency = binding.concurrency.map(|n| n.min(i32::MAX as usize) as i32);
+        let components = binding.components.as_ref().map(|p| p.display().to_string());
+        let vars = binding.vars.as_object().filter(|v| !v.is_empty()).map(|v| Value::Object(v.clone()).to_string());
         tx.execute(
-            "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets)
-             VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7, $8)",
-            &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now(), &concurrency, &super::targets_text(&run.targets)],
+            "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets, components, vars)
+             VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7, $8, $9, $10)",
+            &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now(), &concurrency, &super::targets_text(&run.targets), &components, &vars],
         )
         .await
         .map_err(db)?;
@@ -174,7 +188,7 @@ impl PgStore {
     pub async fn run_head(&self, run_id: &str) -> Result<RunHead, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT file, input, attempt, concurrency, targets FROM runs WHERE id = $1", &[&run_id])
+            .query_opt("SELECT file, input, attempt, concurrency, targets, components, vars FROM runs WHERE id = $1", &[&run_id])
             .await
             .map_err(db)?
             .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
@@ -194,9 +208,13 @@ impl PgStore {
             file: row.get(0),
             input: row.get::<_, Option<String>>(1).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null),
             attempt: row.get::<_, i32>(2) as u32,
-            concurrency: row.get::<_, Option<i32>>(3).map(|n| n.max(1) as usize),
             targets: super::targets_of(row.get(4)),
             files,
+            binding: Binding {
+                concurrency: row.get::<_, Option<i32>>(3).map(|n| n.max(1) as usize),
+                components: row.get::<_, Option<String>>(5).map(PathBuf::from),
+                vars: row.get::<_, Option<String>>(6).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| Value::Object(Default::default())),
+            },
         })
     }
 
@@ -937,6 +955,30 @@ impl Ledger for PgLedger<'_> {
         Ok(Duration::from_secs_f64(began.max(0.0)))
     }
 
+    /// Read from the DAG's rows: a step was decided if it has jobs or
+    /// ended; one whose dependencies all ended and that has neither waits.
+    async fn lazy_steps(&mut self) -> PgResult<Lazy> {
+        let mut lazy = Lazy::new(self.wf().steps.len());
+        let rows = self
+            .pipe
+            .query(
+                self.tx,
+                "SELECT d.idx, d.waiting = 0, d.finished, EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = d.run_id AND j.idx = d.idx)
+                 FROM dag d WHERE d.run_id = $1 ORDER BY d.idx",
+                &[&self.run_id],
+            )
+            .await?;
+        for r in rows {
+            let (i, ready, finished, jobs): (i32, bool, bool, bool) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            let Some(began) = lazy.began.get_mut(i as usize) else { continue };
+            *began = finished || jobs;
+            if ready && !*began {
+                lazy.deferred.push(i as usize);
+            }
+        }
+        Ok(lazy)
+    }
+
     /// A secret this worker lacks reads as a missing key: say so.
     fn refused(&self, f: StepFailure) -> StepFailure {
         match &self.run.missing_secrets {
@@ -1020,6 +1062,8 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
     /// and queues the work of those that run. Steps left when the run
     /// halts end when it settles.
     async fn drain(&mut self) -> PgResult<()> {
+        // A StepFlow flow's steps run only when needed (see `demand`).
+        self.apply_demand().await?;
         while !self.ready.is_empty() {
             if self.halted() {
                 return Ok(());
@@ -1029,10 +1073,14 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
                 if self.halted() {
                     break;
                 }
+                if !self.admit(i) {
+                    continue;
+                }
                 if let Some(work) = self.decide(i).await? {
                     self.ledger.launch(i, work);
                 }
             }
+            self.apply_demand().await?;
         }
         Ok(())
     }

@@ -42,23 +42,36 @@ fn into_result(path: &Path, (wf, problems): (Option<Workflow>, Vec<Diagnostic>))
 /// problems, so later checks (the plan, the components) can report theirs
 /// in the same report. A workflow with problems must not be run.
 pub fn load_partial(path: &Path) -> (Option<Workflow>, Vec<Diagnostic>) {
-    let file: Arc<Path> = Arc::from(path);
-    match std::fs::read_to_string(path) {
-        Ok(text) => load_str_partial(path, &text),
-        Err(e) => (None, vec![Diagnostic::new(&Location::file_start(&file), format!("cannot read the workflow: {e}"))]),
-    }
+    load_partial_with(path, None)
 }
+
+/// How workflow and components files are read: the disk, or the files a
+/// submitted run was recorded with.
+pub type Reader<'a> = &'a dyn Fn(&Path) -> std::io::Result<Vec<u8>>;
 
 /// [`load_partial`], with the components of a components file
 /// (`--components`) bound to the names the workflow uses and does not
 /// declare itself (see [`Workflow::bind`]); the file's problems come first.
 pub fn load_partial_with(path: &Path, components: Option<&Path>) -> (Option<Workflow>, Vec<Diagnostic>) {
-    let Some(extra) = components else { return load_partial(path) };
-    let (bound, mut problems) = load_components(extra);
-    let (wf, more) = load_partial(path);
+    read_partial(path, components, &|p| std::fs::read(p))
+}
+
+/// [`load_partial_with`], reading through `read`.
+pub fn read_partial(path: &Path, components: Option<&Path>, read: Reader<'_>) -> (Option<Workflow>, Vec<Diagnostic>) {
+    let (bound, mut problems) = match components.map(|extra| (extra, read(extra))) {
+        None => Default::default(),
+        Some((extra, Ok(bytes))) => load_components_str(extra, &String::from_utf8_lossy(&bytes)),
+        Some((extra, Err(e))) => (Default::default(), vec![components_unreadable(extra, &e)]),
+    };
+    let (wf, more) = match read(path) {
+        Ok(bytes) => load_str_partial(path, &String::from_utf8_lossy(&bytes)),
+        Err(e) => (None, vec![Diagnostic::new(&Location::file_start(&Arc::from(path)), format!("cannot read the workflow: {e}"))]),
+    };
     problems.extend(more);
     let wf = wf.map(|mut wf| {
-        wf.bind(&bound);
+        if components.is_some() {
+            wf.bind(&bound);
+        }
         wf
     });
     (wf, problems)
@@ -90,12 +103,22 @@ pub fn load_str_partial(path: &Path, text: &str) -> (Option<Workflow>, Vec<Diagn
 /// Reads a components file (`--components FILE`): a `components:` section
 /// of the same shape as a workflow's, paths relative to the file.
 pub fn load_components(path: &Path) -> (std::collections::BTreeMap<String, ComponentDecl>, Vec<Diagnostic>) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_components_str(path, &text),
+        Err(e) => (Default::default(), vec![components_unreadable(path, &e)]),
+    }
+}
+
+/// Why a components file could not be read.
+fn components_unreadable(path: &Path, e: &std::io::Error) -> Diagnostic {
+    Diagnostic::new(&Location::file_start(&Arc::from(path)), format!("cannot read the components file: {e}"))
+}
+
+/// Parses a components file's text (see [`load_components`]); `path`
+/// names it and anchors its relative paths.
+pub fn load_components_str(path: &Path, text: &str) -> (std::collections::BTreeMap<String, ComponentDecl>, Vec<Diagnostic>) {
     let file: Arc<Path> = Arc::from(path);
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) => return (Default::default(), vec![Diagnostic::new(&Location::file_start(&file), format!("cannot read the components file: {e}"))]),
-    };
-    let root = match yaml::parse(&file, &text) {
+    let root = match yaml::parse(&file, text) {
         Ok(root) => root,
         Err(d) => return (Default::default(), vec![d]),
     };
