@@ -165,6 +165,27 @@ impl Worker {
                     for job in claimed {
                         self.spawn_job(job, done_tx.clone());
                     }
+                    // Runs with a `concurrency`: claimed under each run's lock.
+                    if self.free() > 0 {
+                        for run_id in self.store.limited_runs_ready(&self.config.labels).await? {
+                            let free = self.free();
+                            if free == 0 {
+                                busy = true;
+                                self.claimable.store(true, Ordering::SeqCst);
+                                break;
+                            }
+                            match self.context(&run_id).await {
+                                Ok(run) => {
+                                    let claimer = Claimer { others: true, ..self.claimer(free) };
+                                    for job in self.store.claim_in_run(&run_id, &run, claimer).await?.claimed {
+                                        self.spawn_job(job, done_tx.clone());
+                                    }
+                                }
+                                Err(ContextError::Store(e)) => return Err(e),
+                                Err(ContextError::Load(e)) => self.abandon(&run_id, e).await?,
+                            }
+                        }
+                    }
                 }
                 if last_care.elapsed() >= self.config.care_every {
                     last_care = tokio::time::Instant::now();
@@ -272,7 +293,8 @@ impl Worker {
                 missing.join(", ")
             )
         });
-        let run = Arc::new(RunCtx { ctx, input: head.input, redactor: Redactor::new(&self.config.secrets), missing_secrets });
+        let step_limit = head.binding.concurrency.or(ctx.prepared().plan.workflow.concurrency);
+        let run = Arc::new(RunCtx { ctx, input: head.input, redactor: Redactor::new(&self.config.secrets), missing_secrets, step_limit });
         let mut runs = self.runs.lock().expect("not poisoned");
         if runs.len() >= RUN_CACHE {
             let active: Vec<String> = self.active.lock().expect("not poisoned").values().map(|(r, _)| r.clone()).collect();

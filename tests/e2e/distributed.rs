@@ -577,3 +577,56 @@ fn a_stepflow_flow_with_components_and_vars_runs_on_worker_processes() {
     assert_eq!(step("unused")["state"], "skipped");
     assert!(step("unused")["reason"].as_str().unwrap().starts_with("not needed"), "{record:#}");
 }
+
+/// The most steps of run `id` that its event stream shows running at once
+/// (each step's `step_started` to its `step_finished`, in stream order).
+fn most_at_once(schema: &PgSchema, state: &tempfile::TempDir, id: &str) -> usize {
+    let (code, _, err) = run(pg(schema, state).args(["--json", "runs", "follow", id]));
+    assert_eq!(code, 0, "{err}");
+    let (mut open, mut most) = (BTreeSet::new(), 0);
+    for line in err.lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        match e["event"].as_str() {
+            Some("step_started") => {
+                open.insert(e["step"].to_string());
+            }
+            Some("step_finished") => {
+                open.remove(&e["step"].to_string());
+            }
+            _ => {}
+        }
+        most = most.max(open.len());
+    }
+    most
+}
+
+/// A run's `concurrency` bounds its running steps across every worker, as
+/// in one process: four independent steps with `concurrency: 1` run one at
+/// a time on two workers of two slots each (and side by side without it),
+/// and `--concurrency` at submit sets it.
+#[test]
+fn a_run_s_concurrency_holds_across_workers() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let flow = |name: &str, limit: &str| {
+        let file = state.path().join(format!("{name}.yaml"));
+        let mut text = format!("name: {name}\n{limit}components:\n  sleep: {{ path: '{}' }}\nsteps:\n", hostile("sleep").display());
+        for i in 0..4 {
+            text.push_str(&format!("  - {{ id: nap{i}, component: sleep, input: {{ ms: 600 }} }}\n"));
+        }
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    let one = submit(&schema, &state, &flow("one", "concurrency: 1\n"));
+    let free = submit(&schema, &state, &flow("free", ""));
+    let (code, two, err) = run(pg(&schema, &state).arg("submit").arg(flow("two", "")).args(["--concurrency", "2"]));
+    assert_eq!(code, 0, "{err}");
+    let two = two.trim().to_string();
+    let _workers = Workers::start(&schema, &state, 2, "5s");
+    for id in [&one, &free, &two] {
+        assert_eq!(wait_end(&schema, &state, id, Duration::from_secs(30))["status"], "completed");
+    }
+    assert_eq!(most_at_once(&schema, &state, &one), 1, "concurrency: 1");
+    assert_eq!(most_at_once(&schema, &state, &two), 2, "--concurrency 2");
+    assert!(most_at_once(&schema, &state, &free) >= 2, "without a limit the four steps overlap on 4 slots");
+}

@@ -22,7 +22,8 @@ pub(crate) struct RunArgs {
     pub(crate) file: PathBuf,
     #[command(flatten)]
     pub(crate) input: InputArgs,
-    /// Most steps running at once [default: the workflow's `concurrency`, else the CPU count].
+    /// Most steps running at once [default: the workflow's `concurrency`,
+    /// else the CPU count; on workers, else only the workers' slots bound it].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) concurrency: Option<u64>,
     /// Secrets as `NAME=value` lines (`#` comments allowed); also read from

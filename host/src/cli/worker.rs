@@ -26,7 +26,9 @@ pub(crate) struct SubmitArgs {
     file: PathBuf,
     #[command(flatten)]
     input: InputArgs,
-    /// Most `forEach` items running at once, by default [default: the workflow's `concurrency`].
+    /// Most steps of the run running at once across all workers (and a
+    /// `forEach` step's items, by default) [default: the workflow's
+    /// `concurrency`, else only the workers' slots bound it].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: Option<u64>,
     /// Run only these steps and every step they depend on (Argo's

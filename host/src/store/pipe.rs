@@ -90,6 +90,7 @@ struct QueuedJobs {
     /// Claimed as it is inserted: by whom, and the lease in seconds.
     worker: Vec<Option<String>>,
     lease: Vec<Option<f64>>,
+    limited: Vec<bool>,
 }
 
 /// A job queued in this transaction and claimed before it was sent.
@@ -110,6 +111,8 @@ pub(super) struct NewJob<'a> {
     pub input: String,
     pub input_secrets: Option<String>,
     pub runs_on: &'a [String],
+    /// Its run has a step limit: only claimed under the run's lock.
+    pub limited: bool,
 }
 
 impl Pipe {
@@ -135,6 +138,7 @@ impl Pipe {
         q.runs_on.push(serde_json::to_string(job.runs_on).expect("labels serialize"));
         q.worker.push(None);
         q.lease.push(None);
+        q.limited.push(job.limited);
     }
 
     /// Claims for `worker`, leased for `lease`, up to `limit` of the ready
@@ -142,7 +146,7 @@ impl Pipe {
     /// claimed. Nothing else can see them before this transaction commits,
     /// so no claim query is needed; their ids are known once sent
     /// ([`Pipe::inserted_id`]).
-    pub fn claim_queued(&mut self, worker: &str, lease: f64, limit: usize, may_run: impl Fn(i32) -> bool) -> Vec<ClaimedAtInsert> {
+    pub fn claim_queued(&mut self, worker: &str, lease: f64, limit: usize, mut may_run: impl FnMut(i32) -> bool) -> Vec<ClaimedAtInsert> {
         let q = &mut self.jobs.queued;
         let mut out = Vec::new();
         for k in 0..q.run.len() {
@@ -218,14 +222,14 @@ impl Pipe {
             self.sent_ready |= q.state.iter().any(|s| s == "ready");
             self.insert_op = Some(self.ops.len());
             self.ops.push((
-                "INSERT INTO jobs (run_id, idx, item, state, input, input_secrets, runs_on, worker, claim, lease_until)
+                "INSERT INTO jobs (run_id, idx, item, state, input, input_secrets, runs_on, worker, claim, lease_until, limited)
                  SELECT j.run_id, j.idx, j.item, j.state, j.input, j.input_secrets, ARRAY(SELECT jsonb_array_elements_text(j.runs_on::jsonb)),
-                        j.worker, CASE WHEN j.worker IS NULL THEN 0 ELSE 1 END, now() + make_interval(secs => j.lease)
-                 FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[])
-                      WITH ORDINALITY AS j(run_id, idx, item, state, input, input_secrets, runs_on, worker, lease, ord)
+                        j.worker, CASE WHEN j.worker IS NULL THEN 0 ELSE 1 END, now() + make_interval(secs => j.lease), j.limited
+                 FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[], $10::bool[])
+                      WITH ORDINALITY AS j(run_id, idx, item, state, input, input_secrets, runs_on, worker, lease, limited, ord)
                  ORDER BY j.ord
                  RETURNING id, run_id, idx, item",
-                params![q.run, q.idx, q.item, q.state, q.input, q.input_secrets, q.runs_on, q.worker, q.lease],
+                params![q.run, q.idx, q.item, q.state, q.input, q.input_secrets, q.runs_on, q.worker, q.lease, q.limited],
             ));
         }
         if !ended.0.is_empty() {

@@ -189,9 +189,12 @@ CREATE TABLE events (
      ALTER TABLE steps ADD COLUMN worker TEXT;",
     // 8: what a queued run was bound to when submitted, for every worker:
     // its components file (`--components`, among its files) and its
-    // variables (`--var`, `--vars`).
+    // variables (`--var`, `--vars`); jobs of runs with a `concurrency`,
+    // which are claimed only under their run's lock.
     "ALTER TABLE runs ADD COLUMN components TEXT;
-     ALTER TABLE runs ADD COLUMN vars TEXT;",
+     ALTER TABLE runs ADD COLUMN vars TEXT;
+     ALTER TABLE jobs ADD COLUMN limited BOOLEAN NOT NULL DEFAULT false;
+     CREATE INDEX jobs_ready_limited ON jobs (run_id) WHERE state = 'ready' AND limited;",
 ];
 
 /// Serializes migrations across every process using the server.

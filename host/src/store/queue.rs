@@ -102,6 +102,9 @@ pub struct RunCtx {
     pub redactor: Redactor,
     /// Set when this worker lacks secrets the workflow reads: why.
     pub missing_secrets: Option<String>,
+    /// Most steps of the run running at once across all workers: its
+    /// `concurrency` (`--concurrency`, else the workflow's), if it has one.
+    pub step_limit: Option<usize>,
 }
 
 impl RunCtx {
@@ -307,6 +310,33 @@ impl PgStore {
                 t.advance().await?;
                 t.claim_own(&claimer).await?;
                 Ok(any)
+            })
+        })
+        .await
+    }
+
+    /// Runs with a step limit (a `concurrency`) whose jobs are ready for a
+    /// worker with `labels`: their jobs are claimed under the run's lock
+    /// ([`PgStore::claim_in_run`]), so that workers never exceed it together.
+    pub async fn limited_runs_ready(&self, labels: &[String]) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT DISTINCT run_id FROM jobs WHERE limited AND state = 'ready' AND not_before <= now() AND runs_on <@ $1::text[] LIMIT 16",
+                &[&labels],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Claims ready jobs of one run for `claimer`, within the run's step
+    /// limit, under its lock.
+    pub async fn claim_in_run(&self, run_id: &str, run: &RunCtx, claimer: Claimer) -> Result<Outcome, StoreError> {
+        self.in_run(run_id, run, &Holding::default(), |t| {
+            Box::pin(async move {
+                t.claim_own(&claimer).await?;
+                Ok(false)
             })
         })
         .await
@@ -544,19 +574,40 @@ impl Drop for InTx {
     }
 }
 
-/// Claims up to `$2` ready jobs (of run `$5`, or any) whose `runs_on`
-/// labels are all among `$4`, for worker `$1`, leased for `$3` seconds,
-/// and marks their steps started. Returns the jobs and their step ids.
-const CLAIM: &str = "WITH c AS (
-        UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $3)
-        WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND not_before <= now() AND runs_on <@ $4::text[]
-                       AND ($5::text IS NULL OR run_id = $5)
-                     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+/// The end of a claim: what it returns, and the steps marked started.
+macro_rules! claimed {
+    () => {
+        "
         RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets),
     s AS (UPDATE dag SET first_started = now() FROM (SELECT DISTINCT run_id, idx FROM c) x
           WHERE dag.run_id = x.run_id AND dag.idx = x.idx AND dag.first_started IS NULL)
     SELECT c.id, c.run_id, c.idx, c.item, c.attempt, c.claim, c.input, c.input_secrets, d.step
-    FROM c JOIN dag d ON d.run_id = c.run_id AND d.idx = c.idx";
+    FROM c JOIN dag d ON d.run_id = c.run_id AND d.idx = c.idx"
+    };
+}
+
+/// Claims up to `$2` ready jobs (of run `$5`, or any) whose `runs_on`
+/// labels are all among `$4`, for worker `$1`, leased for `$3` seconds,
+/// and marks their steps started. Returns the jobs and their step ids.
+/// Jobs of runs with a step limit (`limited`) are left to [`CLAIM_CHOSEN`],
+/// under their run's lock.
+const CLAIM: &str = concat!(
+    "WITH c AS (
+        UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $3)
+        WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND not_before <= now() AND runs_on <@ $4::text[]
+                       AND ($5::text IS NULL OR run_id = $5) AND NOT limited
+                     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    claimed!()
+);
+
+/// Claims jobs `$3` for worker `$1`, leased for `$2` seconds, as [`CLAIM`]
+/// does: the jobs of a run with a step limit, chosen under its lock.
+const CLAIM_CHOSEN: &str = concat!(
+    "WITH c AS (
+        UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $2)
+        WHERE id = ANY($3) AND state = 'ready'",
+    claimed!()
+);
 
 /// Appends events `$2` (JSON bodies) to run `$1`'s stream, numbered after
 /// its last.
@@ -729,6 +780,7 @@ impl<'a> PgLedger<'a> {
             input: text(&masked.to_string()).into_owned(),
             input_secrets: spans,
             runs_on: &self.wf().steps[i].runs_on,
+            limited: self.run.step_limit.is_some(),
         });
         self.new_jobs += usize::from(state == "ready");
     }
@@ -1019,16 +1071,41 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
         }
         let l = &mut self.ledger;
         let wf = l.wf();
+        // With a step limit: the steps running now, on any worker (a step
+        // running may start more of its `forEach` items).
+        let mut running: Option<(usize, BTreeSet<i32>)> = None;
+        if let Some(limit) = l.run.step_limit {
+            let rows = l.pipe.query(l.tx, "SELECT DISTINCT idx FROM jobs WHERE run_id = $1 AND state = 'claimed'", &[&l.run_id]).await?;
+            running = Some((limit, rows.iter().map(|r| r.get(0)).collect()));
+        }
+        let mut may_start = |idx: i32| match &mut running {
+            None => true,
+            Some((limit, steps)) => steps.contains(&idx) || (steps.len() < *limit && steps.insert(idx)),
+        };
         // Jobs this transaction queued are taken as they are inserted;
         // older ones only if some may be ready (`claimer.others`).
         let mine = l.pipe.claim_queued(&claimer.worker, claimer.lease.as_secs_f64(), claimer.slots, |idx| {
-            wf.steps[idx as usize].runs_on.iter().all(|label| claimer.labels.contains(label))
+            wf.steps[idx as usize].runs_on.iter().all(|label| claimer.labels.contains(label)) && may_start(idx)
         });
         let mut claimed = Vec::new();
         let left = claimer.slots - mine.len();
         if left > 0 && (claimer.others || l.pipe.sent_ready()) {
-            let limit = left as i64;
-            let rows = l.pipe.query(l.tx, CLAIM, &[&claimer.worker, &limit, &claimer.lease.as_secs_f64(), &claimer.labels, &Some(l.run_id)]).await?;
+            let lease = claimer.lease.as_secs_f64();
+            let rows = if l.run.step_limit.is_none() {
+                let limit = left as i64;
+                l.pipe.query(l.tx, CLAIM, &[&claimer.worker, &limit, &lease, &claimer.labels, &Some(l.run_id)]).await?
+            } else {
+                let candidates = l
+                    .pipe
+                    .query(
+                        l.tx,
+                        "SELECT id, idx FROM jobs WHERE run_id = $1 AND state = 'ready' AND not_before <= now() AND runs_on <@ $2::text[] ORDER BY id FOR UPDATE SKIP LOCKED",
+                        &[&l.run_id, &claimer.labels],
+                    )
+                    .await?;
+                let chosen: Vec<i64> = candidates.iter().filter(|r| may_start(r.get(1))).take(left).map(|r| r.get(0)).collect();
+                l.pipe.query(l.tx, CLAIM_CHOSEN, &[&claimer.worker, &lease, &chosen]).await?
+            };
             claimed = rows.iter().map(claimed_row).collect();
             claimed.sort_by_key(|c| c.id);
         }
