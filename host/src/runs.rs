@@ -8,7 +8,7 @@ use crate::sandbox::CancellationToken;
 use crate::store::{NewRun, RunRecord, RunStore, StoreError, StoreServices, StoreSink};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// How a recorded run is run.
@@ -83,6 +83,7 @@ impl Recorder {
             sha256: wf.sha256.clone(),
             input: input.clone(),
             targets: settings.targets.clone(),
+            text: Some(wf.text.clone()),
         };
         self.store.begin_run(&record).await?;
         let options = RunOptions {
@@ -289,9 +290,51 @@ pub async fn submit(
         sha256: wf.sha256.clone(),
         input,
         targets: targets.to_vec(),
+        // Recorded among the run's files.
+        text: None,
     };
     store.submit(&record, files, binding).await?;
     Ok(record.id)
+}
+
+/// The plan of the workflow run `run` ran, `--target` applied: from the
+/// text the store recorded with it (by SHA-256), whatever became of its
+/// file since; for a run recorded before runs kept their workflow, from its
+/// file if that is unchanged. The error says why it cannot be had.
+pub async fn recorded_plan(store: &dyn crate::store::RunStore, run: &crate::store::RunRecord) -> Result<crate::plan::Plan, String> {
+    let recorded = store.file(&run.sha256).await.map_err(|e| e.to_string())?;
+    let (file, sha256, targets) = (PathBuf::from(&run.file), run.sha256.clone(), run.targets.clone());
+    let plan = tokio::task::spawn_blocking(move || {
+        let problems = |d: crate::workflow::Diagnostics| d.problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>().join("; ");
+        let plan = match recorded {
+            Some(bytes) => {
+                let wf = crate::workflow::load_str(&file, &String::from_utf8_lossy(&bytes))
+                    .map_err(|d| format!("the workflow this run recorded no longer loads: {}", problems(d)))?;
+                crate::plan::Plan::new(wf).map_err(|d| format!("the workflow this run recorded no longer plans: {}", problems(d)))?
+            }
+            None => {
+                let older = "this run was recorded before sandflow kept each run's workflow";
+                let plan = crate::plan::Plan::load(&file).map_err(|_| format!("{older}, and {} cannot be read as it was", file.display()))?;
+                if plan.workflow.sha256 != sha256 {
+                    return Err(format!("{older}, and {} has changed since", file.display()));
+                }
+                plan
+            }
+        };
+        match targets.is_empty() {
+            true => Ok(plan),
+            false => plan.targeted(&targets).map(|(plan, _)| plan),
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    plan
+}
+
+/// A run's DAG as SVG, each step coloured by its recorded state.
+pub fn run_svg(plan: &crate::plan::Plan, run: &crate::store::RunRecord) -> String {
+    let states: std::collections::HashMap<&str, &str> = run.steps.iter().map(|s| (s.step.as_str(), s.state.as_str())).collect();
+    plan.to_svg(&|i| Some(states.get(plan.workflow.steps[i].id.as_str()).copied().unwrap_or("pending").to_string()))
 }
 
 /// How a followed run ended.

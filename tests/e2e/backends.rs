@@ -15,7 +15,7 @@ async fn store(backend: &Backend, dir: &tempfile::TempDir) -> Arc<dyn RunStore> 
 }
 
 fn new_run(id: &str) -> NewRun {
-    NewRun { id: id.into(), workflow: "wf".into(), file: "wf.yaml".into(), sha256: "abc".into(), input: json!({"n": 1}), targets: Vec::new() }
+    NewRun { id: id.into(), workflow: "wf".into(), file: "wf.yaml".into(), sha256: "abc".into(), input: json!({"n": 1}), targets: Vec::new(), text: None }
 }
 
 fn finished(run: &str, step: &str, state: StepState, output: Option<Value>, log: &[&str]) -> Event {

@@ -513,3 +513,46 @@ fn running_step_shown(backend: &Backend) {
     assert_eq!(nap["state"], "cancelled", "{nap}");
     assert!(nap.get("started_at").is_none() && nap.get("worker").is_none(), "an ended step's row is its end: {nap}");
 }
+
+/// `graph RUN_ID` draws the workflow a run recorded, whatever became of
+/// its file: edited, then deleted (both stores); a run recorded before
+/// runs kept their workflow, whose file is gone, says so plainly.
+#[test]
+fn a_run_s_graph_is_drawn_from_the_workflow_it_recorded() {
+    for backend in backends() {
+        let state = tempfile::tempdir().unwrap();
+        let file = state.path().join("pair.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "name: pair\ncomponents:\n  text: {{ path: '{}' }}\nsteps:\n  - {{ id: first, component: text, input: {{ op: upper, text: a }} }}\n  - {{ id: second, component: text, needs: [first], input: {{ op: upper, text: b }} }}\n",
+                example("text").display()
+            ),
+        )
+        .unwrap();
+        let (code, _, err) = run(backend.sandflow(&state).args(["-q", "run"]).arg(&file));
+        assert_eq!(code, 0, "{}: {err}", backend.name());
+        let id = crate::support::newest_run(backend.sandflow(&state));
+        let edited = std::fs::read_to_string(&file).unwrap().replace("id: second", "id: renamed");
+        std::fs::write(&file, edited).unwrap();
+        let (code, mermaid, err) = run(backend.sandflow(&state).args(["graph", &id]));
+        assert_eq!(code, 0, "{}: {err}", backend.name());
+        assert!(mermaid.contains("second") && !mermaid.contains("renamed"), "{}: the graph as the run ran: {mermaid}", backend.name());
+        std::fs::remove_file(&file).unwrap();
+        let (code, svg, err) = run(backend.sandflow(&state).args(["graph", "--format", "svg", &id]));
+        assert_eq!(code, 0, "{}: {err}", backend.name());
+        assert!(svg.contains(r#"<g class="step succeeded" data-step="second">"#), "{}: coloured by state: {svg}", backend.name());
+        let (code, _, err) = run(backend.sandflow(&state).args(["graph", "no-such-run"]));
+        assert_eq!((code, err.contains("no run with id `no-such-run`")), (2, true), "{err}");
+        if let Backend::Sqlite = backend {
+            // As a run recorded before this store kept workflows.
+            rusqlite::Connection::open(state.path().join("sandflow.db")).unwrap().execute("DELETE FROM files", []).unwrap();
+            let (code, _, err) = run(backend.sandflow(&state).args(["graph", &id]));
+            assert_eq!(code, 1, "{err}");
+            assert!(
+                err.contains("was recorded before sandflow kept each run's workflow") && err.contains("pair.yaml cannot be read as it was"),
+                "{err}"
+            );
+        }
+    }
+}

@@ -118,6 +118,12 @@ fn the_api_pages_filters_and_follows_runs_and_guards_actions_and_tokens() {
     assert_eq!(status, 200);
     assert!(svg.contains(r#"<g class="step failed" data-step="intentional-fail">"#), "{svg}");
     assert_eq!(http(&addr, "GET", "/api/runs/nope", &[]).0, 404);
+    // The graph comes from the workflow the run recorded: its file may go.
+    std::fs::remove_file(state.path().join("slow.yaml")).unwrap();
+    let (status, svg) = http(&addr, "GET", &format!("/api/runs/{running}/graph.svg"), &[]);
+    assert_eq!(status, 200, "{svg}");
+    assert!(svg.contains(r#"<g class="step running" data-step="wait">"#), "{svg}");
+    assert!(get_json(&addr, &format!("/api/runs/{running}"))["shape"].is_object(), "the page's shape too");
     let attempts = get_json(&addr, &format!("/api/runs/{failed}/attempts?step=intentional-fail"));
     assert_eq!(attempts.as_array().unwrap().len(), 1, "{attempts}");
     assert_eq!((attempts[0]["state"].as_str(), attempts[0]["error_kind"].as_str()), (Some("failed"), Some("component")), "{attempts}");

@@ -202,7 +202,7 @@ where
         match cli.command {
             Command::Run(args) => run::execute(args, &cli.global, &out).await,
             Command::Validate(args) => validate::execute(args, &cli.global.state_dir, &out).await,
-            Command::Graph(args) => graph::execute(args, &out),
+            Command::Graph(args) => graph::execute(args, &cli.global, &out).await,
             Command::Test(args) => test_cmd::execute(args, &cli.global.state_dir, &out).await,
             Command::Runs(command) => runs::execute(command, &cli.global, &out).await,
             Command::Resume(args) => runs::resume(args, &cli.global, &out).await,

@@ -199,13 +199,7 @@ async fn show_run(State(app): State<Arc<App>>, Path(id): Path<String>) -> Respon
         Ok(run) => run,
         Err(e) => return failure(e),
     };
-    let planner = app.clone();
-    let (run, shape) = tokio::task::spawn_blocking(move || {
-        let shape = planner.run_plan(&run).ok().map(|plan| shape(&plan));
-        (run, shape)
-    })
-    .await
-    .expect("reading a workflow does not panic");
+    let shape = app.run_plan(&run).await.ok().map(|plan| shape(&plan));
     Json(json!({ "run": run, "shape": shape, "allow_actions": app.allow_actions })).into_response()
 }
 
@@ -233,27 +227,20 @@ async fn graph(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response 
         Ok(run) => run,
         Err(e) => return failure(e),
     };
-    let drawn = tokio::task::spawn_blocking(move || app.draw(&run)).await;
-    match drawn {
-        Ok(Ok(svg)) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
-        Ok(Err(why)) => (StatusCode::NOT_FOUND, why).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    match app.run_plan(&run).await {
+        Ok(plan) => ([(header::CONTENT_TYPE, "image/svg+xml")], crate::runs::run_svg(&plan, &run)).into_response(),
+        Err(why) => (StatusCode::NOT_FOUND, format!("the graph cannot be drawn: {why}")).into_response(),
     }
 }
 
 impl App {
-    /// The plan of the workflow file a run recorded, as the run ran it.
-    fn run_plan(&self, run: &RunRecord) -> Result<Arc<Plan>, String> {
+    /// The plan of the workflow a run ran (see [`crate::runs::recorded_plan`]).
+    async fn run_plan(&self, run: &RunRecord) -> Result<Arc<Plan>, String> {
         let key = (run.file.clone(), run.sha256.clone(), run.targets.clone());
         if let Some(plan) = crate::lock(&self.plans).get(&key) {
             return Ok(plan.clone());
         }
-        let file = std::path::Path::new(&run.file);
-        let plan = Plan::load(file).map_err(|_| format!("{} cannot be read as it was", run.file))?;
-        if plan.workflow.sha256 != run.sha256 {
-            return Err(format!("{} has changed since this run", run.file));
-        }
-        let plan = Arc::new(if run.targets.is_empty() { plan } else { plan.targeted(&run.targets)?.0 });
+        let plan = Arc::new(crate::runs::recorded_plan(self.store.as_ref(), run).await?);
         let mut plans = crate::lock(&self.plans);
         if plans.len() >= PLANS_KEPT {
             plans.clear();
@@ -262,11 +249,6 @@ impl App {
         Ok(plan)
     }
 
-    fn draw(&self, run: &RunRecord) -> Result<String, String> {
-        let plan = self.run_plan(run).map_err(|why| format!("the graph cannot be drawn: {why}"))?;
-        let states: HashMap<&str, &str> = run.steps.iter().map(|s| (s.step.as_str(), s.state.as_str())).collect();
-        Ok(plan.to_svg(&|i| Some(states.get(plan.workflow.steps[i].id.as_str()).copied().unwrap_or("pending").to_string())))
-    }
 }
 
 /// `?step=`: one step's, or all.

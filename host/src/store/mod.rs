@@ -84,6 +84,8 @@ pub trait RunStore: Send + Sync {
     /// masked, with where): what a resume keeps. A step whose record of
     /// masked secrets is unreadable is left out, so it runs again.
     async fn succeeded_outputs(&self, id: &str) -> Result<BTreeMap<String, RecordedOutput>, StoreError>;
+    /// A file runs recorded (a workflow's text), by its SHA-256.
+    async fn file(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// The JSON text a run's state holds under `key`.
     async fn state_get(&self, run_id: &str, key: &str) -> Result<Option<String>, StoreError>;
     /// Sets a run's state `key` to JSON text.
@@ -251,6 +253,9 @@ pub struct NewRun {
     pub input: Value,
     /// `--target`: the steps the run is limited to (none: every step).
     pub targets: Vec<String>,
+    /// The workflow file's text (its SHA-256 is `sha256`), kept once per
+    /// content: the run's graph is drawn from it ([`RunStore::file`]).
+    pub text: Option<Arc<str>>,
 }
 
 /// A line of `sandflow runs list`.

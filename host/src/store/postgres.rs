@@ -370,6 +370,10 @@ impl RunStore for PgStore {
 
     async fn begin_run(&self, run: &NewRun) -> Result<(), StoreError> {
         let client = self.client().await?;
+        if let Some(text) = &run.text {
+            let bytes = text.as_bytes();
+            client.execute("INSERT INTO files (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&run.sha256, &bytes]).await.map_err(db)?;
+        }
         client
             .execute(
                 "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, targets) VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, $7)",
@@ -378,6 +382,12 @@ impl RunStore for PgStore {
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    async fn file(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT bytes FROM files WHERE sha256 = $1", &[&sha256]).await.map_err(db)?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     async fn resume_run(&self, id: &str) -> Result<u32, StoreError> {

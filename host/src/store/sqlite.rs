@@ -116,6 +116,11 @@ CREATE TABLE blobs (
     // 9: a step that runs has a row saying so, from when, and where.
     "ALTER TABLE steps ADD COLUMN started_at TEXT;
      ALTER TABLE steps ADD COLUMN worker TEXT;",
+    // 10: the workflow files runs ran, once per content (their graphs).
+    "CREATE TABLE IF NOT EXISTS files (
+        sha256 TEXT PRIMARY KEY,
+        bytes  BLOB NOT NULL
+    );",
 ];
 
 /// The SQLite run store.
@@ -224,13 +229,22 @@ impl RunStore for SqliteStore {
     async fn begin_run(&self, run: &NewRun) -> Result<(), StoreError> {
         let run = run.clone();
         self.with(move |conn| {
-            conn.execute(
+            let tx = conn.unchecked_transaction()?;
+            if let Some(text) = &run.text {
+                tx.prepare_cached("INSERT OR IGNORE INTO files (sha256, bytes) VALUES (?1, ?2)")?.execute(params![run.sha256, text.as_bytes()])?;
+            }
+            tx.execute(
                 "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, targets) VALUES (?1, ?2, ?3, ?4, ?5, 'running', 1, ?6, ?7)",
                 params![run.id, run.workflow, run.file, run.sha256, json_text(&run.input), now(), super::targets_text(&run.targets)],
-            )
-            .map(drop)
+            )?;
+            tx.commit()
         })
         .await
+    }
+
+    async fn file(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = sha256.to_string();
+        self.with(move |conn| conn.query_row("SELECT bytes FROM files WHERE sha256 = ?1", params![key], |r| r.get(0)).optional()).await
     }
 
     async fn resume_run(&self, id: &str) -> Result<u32, StoreError> {

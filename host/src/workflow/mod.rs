@@ -96,7 +96,7 @@ pub fn load_str_partial(path: &Path, text: &str) -> (Option<Workflow>, Vec<Diagn
         Err(d) => return (None, vec![d]),
     };
     let mut cx = parse::Cx { file: file.clone(), dir, diags: Vec::new() };
-    let wf = parse::workflow(&mut cx, &root, crate::sandbox::sha256_hex(text.as_bytes()));
+    let wf = parse::workflow(&mut cx, &root, crate::sandbox::sha256_hex(text.as_bytes()), Arc::from(text));
     (wf, cx.diags)
 }
 

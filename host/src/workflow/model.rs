@@ -20,6 +20,9 @@ pub struct Workflow {
     pub dir: PathBuf,
     /// Lowercase hex SHA-256 of the file's text.
     pub sha256: String,
+    /// The file's text, as parsed: each run records it (by `sha256`), so a
+    /// run's graph is drawn from what it ran.
+    pub text: Arc<str>,
     /// `name`, or the file stem.
     pub name: String,
     pub description: Option<String>,

@@ -161,7 +161,7 @@ impl Cx {
 }
 
 /// Parses a workflow document (already read and YAML-parsed).
-pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String) -> Option<Workflow> {
+pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String, text: Arc<str>) -> Option<Workflow> {
     let map = cx.mapping(root, "the workflow", WORKFLOW_KEYS)?;
     let get = |k: &str| map.get_node(k);
 
@@ -208,6 +208,7 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String) -> Option<Workf
         file: cx.file.clone(),
         dir: cx.dir.clone(),
         sha256,
+        text,
         name,
         description,
         input_schema,
