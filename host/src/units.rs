@@ -146,3 +146,8 @@ mod tests {
         }
     }
 }
+
+/// Seconds since the Unix epoch, now.
+pub(crate) fn epoch_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}

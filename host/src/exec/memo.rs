@@ -3,14 +3,50 @@
 //! depends on, is reused by later runs on the same store instead of
 //! running the component again.
 
-use super::redact::{Redactor, unmask};
+use super::redact::{Redactor, SecretSpans, unmask};
 use crate::failure::{FailureKind, StepFailure};
+use crate::sandbox::HostError;
 use crate::workflow::CacheSpec;
 use super::PreparedComponent;
-use crate::store::{MemoEntry, RunStore};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// Where memoized results are kept: the run store, for runs in one
+/// process and on workers alike.
+#[async_trait::async_trait]
+pub trait Memos: Send + Sync {
+    /// The stored result under a memoization key, unless it expired.
+    async fn memo_get(&self, key: &str) -> Result<Option<MemoHit>, HostError>;
+    /// Stores (or replaces) a memoized result.
+    async fn memo_put(&self, entry: &MemoEntry) -> Result<(), HostError>;
+}
+
+/// A memoized step result (`cache:`), as stored: its output with secrets
+/// masked, and where.
+#[derive(Debug, Clone)]
+pub struct MemoHit {
+    pub output: Value,
+    pub secrets: Option<SecretSpans>,
+    /// The run that stored it.
+    pub run_id: String,
+}
+
+/// What a succeeded step stores for later runs.
+#[derive(Debug, Clone)]
+pub struct MemoEntry {
+    /// The SHA-256 of what the result depends on (see [`memo_key`]):
+    /// never a secret in clear text.
+    pub key: String,
+    pub workflow: String,
+    pub step: String,
+    pub component: String,
+    pub run_id: String,
+    pub output: Value,
+    pub secrets: Option<SecretSpans>,
+    /// Seconds since the Unix epoch after which it is not reused.
+    pub expires_at: f64,
+}
 
 /// The key a result is stored under: the SHA-256 of the component's
 /// SHA-256, its config, the step's resolved input (or, with `cache.key`,
@@ -60,7 +96,7 @@ pub fn memo_key(component: &PreparedComponent, input: &Value, spec: &CacheSpec, 
 /// A stored result for `key`, with this run's secret values put back; a
 /// result that cannot be rebuilt (a secret it held is not set now), or a
 /// store that cannot answer, is a miss.
-pub async fn recall(store: &dyn RunStore, key: &str, secrets: &BTreeMap<String, String>) -> Option<(Value, String)> {
+pub async fn recall(store: &dyn Memos, key: &str, secrets: &BTreeMap<String, String>) -> Option<(Value, String)> {
     match store.memo_get(key).await {
         Ok(Some(hit)) => {
             let output = match &hit.secrets {
@@ -89,7 +125,7 @@ pub struct Kept<'a> {
 
 /// Stores a succeeded result (secrets masked, and where) for `ttl`. A
 /// store that fails only loses the reuse: the step's result stands.
-pub async fn keep(store: &dyn RunStore, kept: Kept<'_>, output: &Value, secrets: &BTreeMap<String, String>) {
+pub async fn keep(store: &dyn Memos, kept: Kept<'_>, output: &Value, secrets: &BTreeMap<String, String>) {
     let (masked, spans) = Redactor::new(secrets).value_spans(output);
     let entry = MemoEntry {
         key: kept.key,
@@ -99,7 +135,7 @@ pub async fn keep(store: &dyn RunStore, kept: Kept<'_>, output: &Value, secrets:
         run_id: kept.run_id.to_string(),
         output: masked,
         secrets: spans,
-        expires_at: crate::store::epoch_now() + kept.ttl.as_secs_f64(),
+        expires_at: crate::units::epoch_now() + kept.ttl.as_secs_f64(),
     };
     if let Err(e) = store.memo_put(&entry).await {
         tracing::warn!("the run store could not keep step `{}`'s result for reuse: {e}", kept.step);

@@ -36,7 +36,7 @@ pub use event::{Event, EventSink, RunState, SinkError, StepState};
 pub use self::core::Ending;
 pub use prepare::{Disk, Files, MAX_NESTING, Parsed, Prepared, PreparedComponent, Recording, load, load_from, load_from_with, load_with, prepare};
 pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
-pub use memo::memo_key;
+pub use memo::{MemoEntry, MemoHit, Memos, memo_key};
 pub use runner::{Job, Loaded, StepRunner};
 
 use self::core::{Items, Outcome, RunFacts, Stop, Work};
@@ -80,7 +80,7 @@ pub struct RunOptions {
     /// (the CLI cancels it on a second SIGINT).
     pub skip_finally: CancellationToken,
     /// Where `cache:` results are kept and looked up (none: never cached).
-    pub memo: Option<Arc<dyn crate::store::RunStore>>,
+    pub memo: Option<Arc<dyn Memos>>,
     /// The run's variables (`$variable`; `--var`, `--vars`): an object.
     pub variables: Value,
     /// Steps that ended without success in an earlier attempt of this run
@@ -202,7 +202,7 @@ struct Ctx {
     /// See [`RunOptions::skip_finally`].
     skip_finally: CancellationToken,
     /// See [`RunOptions::memo`].
-    memo: Option<Arc<dyn crate::store::RunStore>>,
+    memo: Option<Arc<dyn Memos>>,
     /// See [`RunOptions::variables`].
     variables: Value,
     /// See [`RunOptions::ended`].

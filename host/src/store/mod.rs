@@ -17,7 +17,8 @@ mod sqlite;
 pub use postgres::PgStore;
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 
-use crate::exec::{Event, EventSink, SecretSpans, SinkError};
+pub use crate::exec::{MemoEntry, MemoHit};
+use crate::exec::{Event, EventSink, Memos, SecretSpans, SinkError};
 use crate::sandbox::{HostError, HostServices, LogLine, StepLog};
 use serde::Serialize;
 use serde_json::Value;
@@ -54,7 +55,9 @@ pub enum StoreError {
 /// Where runs are recorded. Every method may wait on a disk or a server,
 /// and may fail; none blocks a runtime worker thread.
 #[async_trait::async_trait]
-pub trait RunStore: Send + Sync {
+/// Memoized results (`cache:`) are kept through [`Memos`], the trait the
+/// scheduler owns.
+pub trait RunStore: Memos + Send + Sync {
     /// Where it is, for messages: a file path, or a URL without a password.
     fn location(&self) -> &str;
     /// Records a new run as `running`, before its first event.
@@ -97,40 +100,10 @@ pub trait RunStore: Send + Sync {
     async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), StoreError>;
     /// The bytes of a blob.
     async fn blob_get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    /// The stored result under a memoization key, unless it expired.
-    async fn memo_get(&self, key: &str) -> Result<Option<MemoHit>, StoreError>;
-    /// Stores (or replaces) a memoized result.
-    async fn memo_put(&self, entry: &MemoEntry) -> Result<(), StoreError>;
     /// Every memoized result, newest first (`sandflow cache list`).
     async fn memo_list(&self) -> Result<Vec<MemoInfo>, StoreError>;
     /// Drops memoized results: all, or only the expired ones. Returns how many.
     async fn memo_clear(&self, expired_only: bool) -> Result<u64, StoreError>;
-}
-
-/// A memoized step result (`cache:`), as stored: its output with secrets
-/// masked, and where.
-#[derive(Debug, Clone)]
-pub struct MemoHit {
-    pub output: Value,
-    pub secrets: Option<SecretSpans>,
-    /// The run that stored it.
-    pub run_id: String,
-}
-
-/// What a succeeded step stores for later runs.
-#[derive(Debug, Clone)]
-pub struct MemoEntry {
-    /// The SHA-256 of what the result depends on (see `exec::memo_key`):
-    /// never a secret in clear text.
-    pub key: String,
-    pub workflow: String,
-    pub step: String,
-    pub component: String,
-    pub run_id: String,
-    pub output: Value,
-    pub secrets: Option<SecretSpans>,
-    /// Seconds since the Unix epoch after which it is not reused.
-    pub expires_at: f64,
 }
 
 /// A line of `sandflow cache list`.
@@ -147,10 +120,7 @@ pub struct MemoInfo {
     pub output_bytes: usize,
 }
 
-/// Seconds since the Unix epoch, now.
-pub(crate) fn epoch_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
+pub(crate) use crate::units::epoch_now;
 
 /// RFC 3339 of seconds since the Unix epoch.
 pub(crate) fn rfc3339(secs: f64) -> String {
@@ -521,6 +491,12 @@ impl HostServices for StoreServices {
     async fn state_usage(&self) -> Result<(u64, u64), HostError> {
         self.store.state_usage(&self.run_id).await.map_err(failed("read the state's size"))
     }
+}
+
+/// A store that cannot keep or find a memoized result: the step runs, or
+/// its result stands without being kept.
+pub(crate) fn memo_failed(e: StoreError) -> HostError {
+    HostError::Failed(e.to_string())
 }
 
 /// Recorded JSON text, checked but not parsed into a value; `None` if it

@@ -7,7 +7,8 @@
 //! Connections come from a pool; a pool that cannot connect (the server is
 //! restarting) is retried with backoff for up to [`CONNECT_PATIENCE`].
 
-use super::{AttemptRecord, NewRun, RecordedOutput, RunDetail, RunQuery, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
+use super::{AttemptRecord, NewRun, RecordedOutput, RunDetail, RunQuery, RunRecord, RunStore, RunSummary, StepRecord, StoreError, memo_failed, now};
+use crate::sandbox::HostError;
 use crate::exec::Event;
 use crate::sandbox::{LogLine, LogSource};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -605,46 +606,6 @@ impl RunStore for PgStore {
         Ok(client.query_opt(&stmt, &[&id]).await.map_err(db)?.map(|r| r.get(0)))
     }
 
-    async fn memo_get(&self, key: &str) -> Result<Option<super::MemoHit>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt("SELECT output, output_secrets, run_id FROM memo WHERE key = $1 AND expires_at > $2", &[&key, &super::epoch_now()])
-            .await
-            .map_err(db)?;
-        Ok(row.and_then(|r| {
-            Some(super::MemoHit {
-                output: parse_json(Some(r.get(0)))?,
-                secrets: r.get::<_, Option<String>>(1).and_then(|t| serde_json::from_str(&t).ok()),
-                run_id: r.get(2),
-            })
-        }))
-    }
-
-    async fn memo_put(&self, e: &super::MemoEntry) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO memo (key, workflow, step, component, run_id, output, output_secrets, stored_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (key) DO UPDATE SET workflow = $2, step = $3, component = $4, run_id = $5, output = $6,
-                   output_secrets = $7, stored_at = $8, expires_at = $9",
-                &[
-                    &e.key,
-                    &e.workflow,
-                    &e.step,
-                    &e.component,
-                    &e.run_id,
-                    &e.output.to_string(),
-                    &e.secrets.as_ref().map(crate::exec::SecretSpans::to_json),
-                    &super::epoch_now(),
-                    &e.expires_at,
-                ],
-            )
-            .await
-            .map_err(db)?;
-        Ok(())
-    }
-
     async fn memo_list(&self) -> Result<Vec<super::MemoInfo>, StoreError> {
         let client = self.client().await?;
         let now = super::epoch_now();
@@ -678,3 +639,55 @@ impl RunStore for PgStore {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::exec::Memos for PgStore {
+    async fn memo_get(&self, key: &str) -> Result<Option<super::MemoHit>, HostError> {
+        self.memo_read(key).await.map_err(memo_failed)
+    }
+
+    async fn memo_put(&self, e: &super::MemoEntry) -> Result<(), HostError> {
+        self.memo_write(e).await.map_err(memo_failed)
+    }
+}
+
+impl PgStore {
+    async fn memo_read(&self, key: &str) -> Result<Option<super::MemoHit>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT output, output_secrets, run_id FROM memo WHERE key = $1 AND expires_at > $2", &[&key, &super::epoch_now()])
+            .await
+            .map_err(db)?;
+        Ok(row.and_then(|r| {
+            Some(super::MemoHit {
+                output: parse_json(Some(r.get(0)))?,
+                secrets: r.get::<_, Option<String>>(1).and_then(|t| serde_json::from_str(&t).ok()),
+                run_id: r.get(2),
+            })
+        }))
+    }
+
+    async fn memo_write(&self, e: &super::MemoEntry) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO memo (key, workflow, step, component, run_id, output, output_secrets, stored_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (key) DO UPDATE SET workflow = $2, step = $3, component = $4, run_id = $5, output = $6,
+                   output_secrets = $7, stored_at = $8, expires_at = $9",
+                &[
+                    &e.key,
+                    &e.workflow,
+                    &e.step,
+                    &e.component,
+                    &e.run_id,
+                    &e.output.to_string(),
+                    &e.secrets.as_ref().map(crate::exec::SecretSpans::to_json),
+                    &super::epoch_now(),
+                    &e.expires_at,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+}

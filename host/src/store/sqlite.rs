@@ -6,7 +6,8 @@
 //! share one state dir: writers wait for each other (busy timeout). Every
 //! call runs on tokio's blocking pool, never on a runtime worker.
 
-use super::{AttemptRecord, NewRun, RecordedOutput, RunDetail, RunQuery, RunRecord, RunStore, RunSummary, StepRecord, StoreError, now};
+use super::{AttemptRecord, NewRun, RecordedOutput, RunDetail, RunQuery, RunRecord, RunStore, RunSummary, StepRecord, StoreError, memo_failed, now};
+use crate::sandbox::HostError;
 use crate::exec::{Event, SecretSpans};
 use crate::sandbox::{LogLine, LogSource};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -484,44 +485,6 @@ impl RunStore for SqliteStore {
             .await
     }
 
-    async fn memo_get(&self, key: &str) -> Result<Option<super::MemoHit>, StoreError> {
-        let (key, now) = (key.to_string(), super::epoch_now());
-        let row: Option<(String, Option<String>, String)> = self
-            .with(move |conn| {
-                conn.query_row("SELECT output, output_secrets, run_id FROM memo WHERE key = ?1 AND expires_at > ?2", params![key, now], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .optional()
-            })
-            .await?;
-        Ok(row.and_then(|(output, secrets, run_id)| {
-            Some(super::MemoHit { output: parse_json(Some(output))?, secrets: secrets.and_then(|t| serde_json::from_str(&t).ok()), run_id })
-        }))
-    }
-
-    async fn memo_put(&self, e: &super::MemoEntry) -> Result<(), StoreError> {
-        let e = e.clone();
-        self.with(move |conn| {
-            conn.execute(
-                "INSERT OR REPLACE INTO memo (key, workflow, step, component, run_id, output, output_secrets, stored_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    e.key,
-                    e.workflow,
-                    e.step,
-                    e.component,
-                    e.run_id,
-                    json_text(&e.output),
-                    e.secrets.as_ref().map(SecretSpans::to_json),
-                    super::epoch_now(),
-                    e.expires_at
-                ],
-            )
-            .map(drop)
-        })
-        .await
-    }
-
     async fn memo_list(&self) -> Result<Vec<super::MemoInfo>, StoreError> {
         let now = super::epoch_now();
         self.with(move |conn| {
@@ -659,5 +622,56 @@ fn migrate(conn: &Connection) -> Result<(), MigrateError> {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::exec::Memos for SqliteStore {
+    async fn memo_get(&self, key: &str) -> Result<Option<super::MemoHit>, HostError> {
+        self.memo_read(key).await.map_err(memo_failed)
+    }
+
+    async fn memo_put(&self, e: &super::MemoEntry) -> Result<(), HostError> {
+        self.memo_write(e).await.map_err(memo_failed)
+    }
+}
+
+impl SqliteStore {
+    async fn memo_read(&self, key: &str) -> Result<Option<super::MemoHit>, StoreError> {
+        let (key, now) = (key.to_string(), super::epoch_now());
+        let row: Option<(String, Option<String>, String)> = self
+            .with(move |conn| {
+                conn.query_row("SELECT output, output_secrets, run_id FROM memo WHERE key = ?1 AND expires_at > ?2", params![key, now], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+            })
+            .await?;
+        Ok(row.and_then(|(output, secrets, run_id)| {
+            Some(super::MemoHit { output: parse_json(Some(output))?, secrets: secrets.and_then(|t| serde_json::from_str(&t).ok()), run_id })
+        }))
+    }
+
+    async fn memo_write(&self, e: &super::MemoEntry) -> Result<(), StoreError> {
+        let e = e.clone();
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO memo (key, workflow, step, component, run_id, output, output_secrets, stored_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    e.key,
+                    e.workflow,
+                    e.step,
+                    e.component,
+                    e.run_id,
+                    json_text(&e.output),
+                    e.secrets.as_ref().map(SecretSpans::to_json),
+                    super::epoch_now(),
+                    e.expires_at
+                ],
+            )
+            .map(drop)
+        })
+        .await
     }
 }
