@@ -119,8 +119,8 @@ pub fn path(data: &[u8]) {
 pub fn set(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let mut input = json!({"user": {"id": 1}, "n": 2});
-    let _ = crate::cli::run::set_path(&mut input, text);
-    let _ = crate::cli::run::set_path(&mut input, text);
+    let _ = crate::cli::args::set_path(&mut input, text);
+    let _ = crate::cli::args::set_path(&mut input, text);
 }
 
 /// Bytes handed to `sandflow component inspect`: the header checks and the

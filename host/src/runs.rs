@@ -304,7 +304,7 @@ pub async fn submit(
 pub async fn recorded_plan(store: &dyn crate::store::RunStore, run: &crate::store::RunRecord) -> Result<crate::plan::Plan, String> {
     let recorded = store.file(&run.sha256).await.map_err(|e| e.to_string())?;
     let (file, sha256, targets) = (PathBuf::from(&run.file), run.sha256.clone(), run.targets.clone());
-    let plan = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let problems = |d: crate::workflow::Diagnostics| d.problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>().join("; ");
         let plan = match recorded {
             Some(bytes) => {
@@ -327,8 +327,7 @@ pub async fn recorded_plan(store: &dyn crate::store::RunStore, run: &crate::stor
         }
     })
     .await
-    .map_err(|e| e.to_string())?;
-    plan
+    .map_err(|e| e.to_string())?
 }
 
 /// A run's DAG as SVG, each step coloured by its recorded state.

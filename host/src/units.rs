@@ -104,6 +104,11 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// Seconds since the Unix epoch, now.
+pub(crate) fn epoch_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,9 +150,4 @@ mod tests {
             assert_eq!(format_size(parse_size(s).unwrap()), s);
         }
     }
-}
-
-/// Seconds since the Unix epoch, now.
-pub(crate) fn epoch_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }

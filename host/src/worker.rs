@@ -13,10 +13,10 @@
 //! never written to the store; `dirs` grants and `/builtin/load_file` name
 //! paths on the worker's machine.
 
-use crate::exec::{self, Redactor, RunContext, StepRunner, check_secrets};
+use crate::exec::{self, Redactor, RunContext, StepRunner};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, StepLog};
-use crate::store::queue::{Claimed, Claimer, Finished, JOBS_CHANNEL, RunCtx};
+use crate::store::queue::{Claimed, Claimer, Finished, JOBS_CHANNEL, RunCtx, RunHead};
 use crate::store::{PgStore, StoreError, StoreServices};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -73,6 +73,10 @@ pub struct Worker {
     config: WorkerConfig,
     /// Runs this worker has loaded, by id.
     runs: Mutex<HashMap<String, Arc<RunCtx>>>,
+    /// Workflows this worker has prepared (parsed, planned, components
+    /// loaded), by what they are prepared from ([`RunHead::prepared_key`]):
+    /// every run of one workflow shares its preparation.
+    prepared: Mutex<HashMap<String, Arc<exec::Prepared>>>,
     /// Jobs running here: id → (run, token).
     active: Mutex<HashMap<i64, (String, CancellationToken)>>,
     /// Something may be claimable: a notification, or a local commit.
@@ -97,6 +101,9 @@ enum ContextError {
 /// Loaded runs kept per worker; the oldest are dropped beyond this.
 const RUN_CACHE: usize = 256;
 
+/// Prepared workflows kept per worker; the cache starts afresh beyond this.
+const PREPARED_CACHE: usize = 64;
+
 impl Worker {
     pub fn new(store: Arc<PgStore>, runner: Arc<dyn StepRunner>, config: WorkerConfig) -> Arc<Worker> {
         Arc::new(Worker {
@@ -104,6 +111,7 @@ impl Worker {
             runner,
             config,
             runs: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             look_for_runs: std::sync::atomic::AtomicBool::new(true),
@@ -262,17 +270,9 @@ impl Worker {
             e @ StoreError::Backend(_) => ContextError::Store(e),
             other => ContextError::Load(other.to_string()),
         })?;
-        let runner = self.runner.clone();
-        let file = PathBuf::from(&head.file);
-        let (files, components) = (head.files, head.binding.components.clone());
-        let prepared = tokio::task::spawn_blocking(move || exec::load_from_with(&file, runner.as_ref(), &files, components.as_deref()))
-            .await
-            .map_err(|e| ContextError::Load(format!("loading the run's workflow failed: {e}")))?
-            .map_err(|d| {
-                let problems: Vec<String> = d.problems.iter().map(|p| p.to_string()).collect();
-                ContextError::Load(format!("worker {} cannot load the run's workflow {}: {}", self.config.name, head.file, problems.join("; ")))
-            })?;
-        let prepared = Arc::new(prepared.target(&head.targets).map_err(ContextError::Load)?);
+        let prepared = self.prepare(&head).await?;
+        let entry = exec::enter(&prepared, &head.targets, &head.input, &self.config.secrets).map_err(|r| ContextError::Load(r.to_string()))?;
+        let prepared = Arc::new(entry.prepared);
         let services = Arc::new(StoreServices { store: self.store.clone(), run_id: run_id.to_string() });
         let options = exec::RunOptions {
             run_id: run_id.to_string(),
@@ -285,7 +285,7 @@ impl Worker {
             ..exec::RunOptions::default()
         };
         let ctx = RunContext::new(self.runner.clone(), prepared, options);
-        let missing_secrets = check_secrets(&ctx.prepared().plan, &self.config.secrets).err().map(|d| {
+        let missing_secrets = entry.missing_secrets.map(|d| {
             let missing: Vec<String> = d.problems.iter().map(|p| p.message.clone()).collect();
             format!(
                 "worker {}: {}; give the worker SANDFLOW_SECRET_NAME in its environment or a --secrets-file",
@@ -301,6 +301,33 @@ impl Worker {
             runs.retain(|id, _| active.contains(id));
         }
         Ok(runs.entry(run_id.to_string()).or_insert(run).clone())
+    }
+
+    /// The run's workflow prepared, once per content: from this worker's
+    /// cache, else from the run's files (read from the store only then).
+    async fn prepare(&self, head: &RunHead) -> Result<Arc<exec::Prepared>, ContextError> {
+        let key = head.prepared_key();
+        if let Some(prepared) = self.prepared.lock().expect("not poisoned").get(&key) {
+            return Ok(prepared.clone());
+        }
+        let files = self.store.files(head).await.map_err(ContextError::Store)?.map_err(ContextError::Load)?;
+        let runner = self.runner.clone();
+        let file = PathBuf::from(&head.file);
+        let components = head.binding.components.clone();
+        let prepared = tokio::task::spawn_blocking(move || exec::load_from_with(&file, runner.as_ref(), &files, components.as_deref()))
+            .await
+            .map_err(|e| ContextError::Load(format!("loading the run's workflow failed: {e}")))?
+            .map_err(|d| {
+                let problems: Vec<String> = d.problems.iter().map(|p| p.to_string()).collect();
+                ContextError::Load(format!("worker {} cannot load the run's workflow {}: {}", self.config.name, head.file, problems.join("; ")))
+            })?;
+        let prepared = Arc::new(prepared);
+        let mut cache = self.prepared.lock().expect("not poisoned");
+        if cache.len() >= PREPARED_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, prepared.clone());
+        Ok(prepared)
     }
 
     fn spawn_job(self: &Arc<Self>, job: Claimed, done: mpsc::UnboundedSender<Finished>) {

@@ -630,3 +630,39 @@ fn a_run_s_concurrency_holds_across_workers() {
     assert_eq!(most_at_once(&schema, &state, &two), 2, "--concurrency 2");
     assert!(most_at_once(&schema, &state, &free) >= 2, "without a limit the four steps overlap on 4 slots");
 }
+
+/// A run whose recorded workflow no longer loads (a file an older sandflow
+/// wrote, or a corrupt copy) fails with a clear error, and the workers go
+/// on serving other runs.
+#[test]
+fn a_run_whose_recorded_workflow_no_longer_loads_fails_and_workers_go_on() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let flow = |name: &str| {
+        let file = state.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, format!("name: {name}\ncomponents:\n  echo: {{ path: '{}' }}\nsteps:\n  - {{ id: say, component: echo, input: {{ n: 1 }} }}\n", example("echo").display())).unwrap();
+        file
+    };
+    let old = submit(&schema, &state, &flow("old"));
+    let corrupt = submit(&schema, &state, &flow("corrupt"));
+    // `old` now names a file in a syntax this sandflow does not read;
+    // `corrupt`'s copy no longer matches its SHA-256.
+    let text = "name: old\nsteps: { say: { uses: echo } }\n";
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    schema.strings(&format!("INSERT INTO files (sha256, bytes) VALUES ('{sha}', convert_to($1, 'UTF8')) RETURNING sha256"), text);
+    schema.strings(&format!("UPDATE run_files SET sha256 = '{sha}' WHERE run_id = $1 AND path LIKE '%old.yaml' RETURNING path"), &old);
+    schema.strings("UPDATE files SET bytes = convert_to('tampered', 'UTF8') WHERE sha256 = (SELECT sha256 FROM run_files WHERE run_id = $1 AND path LIKE '%corrupt.yaml') RETURNING sha256", &corrupt);
+    let _workers = Workers::start(&schema, &state, 2, "5s");
+    let record = wait_end(&schema, &state, &old, Duration::from_secs(30));
+    assert_eq!(record["status"], "failed", "{record:#}");
+    let error = record["error"].as_str().unwrap();
+    assert!(error.contains("cannot load the run's workflow") && error.contains("old.yaml"), "{error}");
+    let record = wait_end(&schema, &state, &corrupt, Duration::from_secs(30));
+    assert_eq!(record["status"], "failed", "{record:#}");
+    assert!(record["error"].as_str().unwrap().contains("does not match its SHA-256"), "{record:#}");
+    let fine = submit(&schema, &state, &flow("fine"));
+    assert_eq!(wait_end(&schema, &state, &fine, Duration::from_secs(30))["status"], "completed");
+}

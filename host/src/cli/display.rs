@@ -7,7 +7,9 @@ use super::render;
 use crate::exec::{Event, EventSink, StepState};
 use serde_json::{Value, json};
 use std::io::Write;
-use std::sync::Mutex;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use super::Output;
 use std::time::Duration;
 
 /// `--json`: every event as one JSON line on stderr, with `ts`; each log
@@ -246,5 +248,19 @@ impl EventSink for LiveView {
                 live.redraw(Some(footer));
             }
         }
+    }
+}
+
+/// How a run's progress is shown: JSON lines (`--json`), nothing (`-q`),
+/// a live view on a terminal, plain lines otherwise.
+pub(crate) fn sink(out: &Output) -> Arc<dyn EventSink> {
+    if out.json {
+        Arc::new(JsonLines)
+    } else if out.quiet {
+        Arc::new(crate::exec::NoEvents)
+    } else if std::io::stderr().is_terminal() && out.verbose == 0 {
+        Arc::new(LiveView::new())
+    } else {
+        Arc::new(PlainLines { verbose: out.verbose > 0 })
     }
 }

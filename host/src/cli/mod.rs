@@ -2,6 +2,7 @@
 //! types here and nowhere else; each subcommand has its own file.
 //! [`run_with_args`] runs the whole CLI in-process, for tests.
 
+pub(crate) mod args;
 mod cache;
 mod call;
 mod display;

@@ -95,6 +95,20 @@ pub(crate) fn failure_json(f: &StepFailure) -> Value {
     json!({ "kind": f.kind, "message": f.message, "retryable": f.retryable })
 }
 
+/// Prints a run's output (masked) and returns the exit code of its state.
+/// Shared by every command that ends with a run's end.
+pub(crate) fn print_end(state: crate::exec::RunState, output: Option<&Value>, redactor: &crate::exec::Redactor) -> u8 {
+    if let Some(output) = output {
+        // What is printed is a log too: secret values are masked here as well.
+        println!("{}", serde_json::to_string_pretty(&*redactor.value(output)).expect("a Value always serializes"));
+    }
+    match state {
+        crate::exec::RunState::Completed => super::exit::OK,
+        crate::exec::RunState::Cancelled => super::exit::CANCELLED,
+        _ => super::exit::FAILED,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::write_whole;

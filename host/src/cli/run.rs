@@ -1,15 +1,17 @@
 //! `sandflow run FILE`: run a workflow; its output as JSON on stdout,
 //! progress on stderr.
 
-use super::display::{JsonLines, LiveView, PlainLines};
-use super::{CliError, Output, exit, new_sandbox_for, store_error, workflow_cmd};
-use crate::exec::{EventSink, Redactor, RunReport, RunState, check_input, check_secrets};
-use crate::runs::{Recorder, Settings};
-use serde_json::{Map, Value};
-use std::collections::BTreeMap;
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use super::args::{InputArgs, VarArgs, read_secrets};
+use super::display::sink;
+use super::render::{print_end, say};
+use super::worker::{load_for_submit, pg_store, work_and_follow, worker_config};
+use super::{CliError, GlobalArgs, Output, exit, new_sandbox, new_sandbox_for, store_error, workflow_cmd};
+use crate::exec::{Redactor, RunReport, enter};
+use crate::runs::{Recorder, Settings, submit};
+use crate::store::queue::Binding;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
@@ -48,146 +50,11 @@ pub(crate) struct RunArgs {
     pub(crate) vars: VarArgs,
 }
 
-/// The run's variables (StepFlow's `$variable`), from flags.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub(crate) struct VarArgs {
-    /// Set a variable for `{ $variable: NAME }`: `NAME=value`, the value read
-    /// as JSON when it parses and as a string otherwise. A run on workers
-    /// keeps them with the run; a run in one process does not record them
-    /// (give them again to `resume` and `retry`).
-    #[arg(long = "var", value_name = "NAME=VALUE")]
-    var: Vec<String>,
-    /// Read variables from a JSON or YAML file of `name: value` (`--var` wins).
-    #[arg(long = "vars", value_name = "FILE")]
-    vars: Option<PathBuf>,
-}
-
-impl VarArgs {
-    pub(crate) fn read(&self) -> Result<Value, CliError> {
-        let mut vars = match &self.vars {
-            None => Value::Object(Map::new()),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| CliError::invalid(format!("--vars {}: {e}", path.display())))?;
-                let v: Value = serde_json::from_str(&text)
-                    .or_else(|_| serde_yaml::from_str(&text))
-                    .map_err(|e| CliError::invalid(format!("--vars {}: not valid JSON or YAML: {e}", path.display())))?;
-                if !v.is_object() {
-                    return Err(CliError::invalid(format!("--vars {}: must be a mapping of names to values", path.display())));
-                }
-                v
-            }
-        };
-        for assignment in &self.var {
-            set_path(&mut vars, assignment).map_err(|e| CliError::invalid(e.replacen("--set", "--var", 1)))?;
-        }
-        Ok(vars)
-    }
-}
-
-/// The run input, from flags.
-#[derive(Debug, clap::Args)]
-pub(crate) struct InputArgs {
-    /// The run input, as JSON [default: {}].
-    #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
-    input: Option<String>,
-    /// Read the run input (JSON or YAML) from a file; `-` reads stdin.
-    #[arg(long, value_name = "FILE")]
-    input_file: Option<PathBuf>,
-    /// Set one input field: `key=value`, the value read as JSON when it
-    /// parses (`3`, `true`, `[1]`) and as a string otherwise; `a.b=1` sets a nested key.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
-}
-
-impl InputArgs {
-    pub(crate) fn read(&self) -> Result<Value, CliError> {
-        let mut input = match (&self.input, &self.input_file) {
-            (Some(text), _) => serde_json::from_str(text).map_err(|e| CliError::invalid(format!("--input is not valid JSON: {e}")))?,
-            (None, Some(path)) => {
-                let text = if path == Path::new("-") {
-                    std::io::read_to_string(std::io::stdin())
-                } else {
-                    std::fs::read_to_string(path)
-                }
-                .map_err(|e| CliError::invalid(format!("--input-file {}: {e}", path.display())))?;
-                serde_json::from_str(&text)
-                    .or_else(|_| serde_yaml::from_str(&text))
-                    .map_err(|e| CliError::invalid(format!("--input-file {}: not valid JSON or YAML: {e}", path.display())))?
-            }
-            (None, None) => Value::Object(Map::new()),
-        };
-        for assignment in &self.set {
-            set_path(&mut input, assignment).map_err(CliError::invalid)?;
-        }
-        Ok(input)
-    }
-}
-
-/// Applies one `--set a.b=value`.
-pub(crate) fn set_path(input: &mut Value, assignment: &str) -> Result<(), String> {
-    let (key, raw) = assignment.split_once('=').ok_or_else(|| format!("--set `{assignment}`: write KEY=VALUE"))?;
-    if key.is_empty() || key.split('.').any(str::is_empty) {
-        return Err(format!("--set `{assignment}`: the key must be a name or a dotted path like `a.b`"));
-    }
-    let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
-    let mut cur = input;
-    let parts: Vec<&str> = key.split('.').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if !cur.is_object() {
-            if cur.is_null() {
-                *cur = Value::Object(Map::new());
-            } else {
-                return Err(format!("--set `{assignment}`: `{}` is not an object", parts[..i].join(".")));
-            }
-        }
-        let map = cur.as_object_mut().expect("made an object above");
-        if i == parts.len() - 1 {
-            map.insert(part.to_string(), value);
-            return Ok(());
-        }
-        cur = map.entry(part.to_string()).or_insert(Value::Null);
-    }
-    Ok(())
-}
-
-/// Secrets from `SANDFLOW_SECRET_<NAME>` and a `NAME=value` file.
-pub(crate) fn read_secrets(file: Option<&Path>) -> Result<BTreeMap<String, String>, CliError> {
-    let mut secrets: BTreeMap<String, String> = std::env::vars()
-        .filter_map(|(k, v)| k.strip_prefix("SANDFLOW_SECRET_").map(|n| (n.to_string(), v)))
-        .collect();
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| CliError::invalid(format!("--secrets-file {}: {e}", path.display())))?;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (k, v) = line.split_once('=').ok_or_else(|| {
-                CliError::invalid(format!("--secrets-file {}:{}: write NAME=value", path.display(), n + 1))
-            })?;
-            secrets.insert(k.trim().to_string(), v.trim().to_string());
-        }
-    }
-    Ok(secrets)
-}
-
-pub(crate) fn sink(out: &Output) -> Arc<dyn EventSink> {
-    if out.json {
-        Arc::new(JsonLines)
-    } else if out.quiet {
-        Arc::new(crate::exec::NoEvents)
-    } else if std::io::stderr().is_terminal() && out.verbose == 0 {
-        Arc::new(LiveView::new())
-    } else {
-        Arc::new(PlainLines { verbose: out.verbose > 0 })
-    }
-}
-
 pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let url = global.store_url()?;
     match &url {
         crate::store::StoreUrl::Postgres(_) => {
-            return super::worker::run_queued(&args, global, out).await;
+            return run_queued(&args, global, out).await;
         }
         crate::store::StoreUrl::Sqlite(_) if args.detach || args.no_work => {
             let flag = if args.detach { "--detach" } else { "--no-work" };
@@ -219,9 +86,7 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
     let steps = parsed.workflow().and_then(|wf| crate::exec::steps_at_once(wf, concurrency));
     let sandbox = Arc::new(new_sandbox_for(&global.state_dir, crate::sandbox::SandboxConfig::pool_for(steps))?);
     let prepared = workflow_cmd::prepare(parsed, &sandbox, out).await?;
-    let prepared = Arc::new(prepared.target(&args.target).map_err(CliError::invalid)?);
-    check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
-    check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
+    let prepared = Arc::new(entered(enter(&prepared, &args.target, &input, &secrets), out, true)?);
     let redactor = Redactor::new(&secrets);
     let store = match early {
         Some(opening) => opening.await.map_err(|e| CliError { code: exit::FAILED, message: format!("opening the run store failed: {e}") })?,
@@ -242,6 +107,17 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
     Ok(finish(&report, &redactor, out))
 }
 
+/// A run's entry as the CLI reports it: a refusal is exit 2, and so are
+/// missing secrets when this process is to run steps (`need_secrets`),
+/// with each secret's place.
+pub(crate) fn entered(entry: Result<crate::exec::Entry, crate::exec::Refusal>, out: &Output, need_secrets: bool) -> Result<crate::exec::Prepared, CliError> {
+    let entry = entry.map_err(|r| CliError::invalid(r.to_string()))?;
+    match entry.missing_secrets {
+        Some(d) if need_secrets => Err(workflow_cmd::report(out, d)),
+        _ => Ok(entry.prepared),
+    }
+}
+
 /// Prints a finished run's output (masked) and returns the exit code.
 /// Shared by `run` and `resume`.
 pub(crate) fn finish(report: &RunReport, redactor: &Redactor, out: &Output) -> u8 {
@@ -252,34 +128,32 @@ pub(crate) fn finish(report: &RunReport, redactor: &Redactor, out: &Output) -> u
     print_end(report.state, report.output.as_ref(), redactor)
 }
 
-/// Prints a run's output (masked) and returns the exit code of its state.
-/// Shared by every command that ends with a run's end.
-pub(crate) fn print_end(state: RunState, output: Option<&Value>, redactor: &Redactor) -> u8 {
-    if let Some(output) = output {
-        // What is printed is a log too: secret values are masked here as well.
-        println!("{}", serde_json::to_string_pretty(&*redactor.value(output)).expect("a Value always serializes"));
-    }
-    match state {
-        RunState::Completed => exit::OK,
-        RunState::Cancelled => exit::CANCELLED,
-        _ => exit::FAILED,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::set_path;
-    use serde_json::json;
-
-    #[test]
-    fn set_reads_json_values_and_nested_keys() {
-        let mut v = json!({});
-        for a in ["n=3", "ok=true", "list=[1]", "name=Ada Lovelace", "user.id=42", "user.tags=[\"a\"]", "empty="] {
-            set_path(&mut v, a).unwrap();
+/// `sandflow run FILE` with a PostgreSQL store: the run is queued, this
+/// process works on it too unless `--no-work`, and follows it to its end.
+async fn run_queued(args: &RunArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let (file, input, concurrency, secrets_file) = (&args.file, &args.input, args.concurrency, args.secrets_file.as_deref());
+    let (detach, work) = (args.detach, !args.no_work);
+    let store = pg_store(global, "`sandflow run --detach`").await?;
+    let input = input.read()?;
+    let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
+    let (prepared, files) = load_for_submit(file, &args.components, &sandbox, out).await?;
+    let config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file, Vec::new())?;
+    // Workers limit the run to its targets as they load it: check them
+    // here. This process runs steps unless `--no-work`: then it needs the
+    // secrets, as a local run does.
+    let targeted = entered(enter(&prepared, &args.target, &input, &config.secrets), out, work)?;
+    let redactor = Redactor::new(&config.secrets);
+    let otlp = global.otlp()?;
+    let binding = Binding { concurrency: concurrency.map(|n| n as usize), components: args.components.file.clone(), vars: args.vars.read()? };
+    let id = submit(&store, &prepared, file, &files, input, &args.target, &binding).await.map_err(store_error)?;
+    if detach {
+        if otlp.is_some() {
+            say!("warning: --otlp: no trace of run {id} is exported: a distributed run's trace comes from the process that follows it (`sandflow run` without --detach)");
         }
-        assert_eq!(v, json!({"n": 3, "ok": true, "list": [1], "name": "Ada Lovelace", "user": {"id": 42, "tags": ["a"]}, "empty": ""}));
-        assert!(set_path(&mut v, "n.x=1").unwrap_err().contains("`n` is not an object"));
-        assert!(set_path(&mut v, "novalue").is_err());
-        assert!(set_path(&mut v, "a..b=1").is_err());
+        println!("{id}");
+        return Ok(exit::OK);
     }
+    // The follower sees every event of the run, from every worker: it builds the trace.
+    let tracer = otlp.map(|e| Arc::new(crate::trace::TraceSink::new(Arc::new(targeted), e)));
+    work_and_follow(&store, sandbox, work.then_some(config), &id, out, &redactor, tracer).await
 }

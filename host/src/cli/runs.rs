@@ -3,7 +3,7 @@
 
 use super::render::say;
 use super::{CliError, GlobalArgs, Output, exit, new_sandbox, render, run, store_error, workflow_cmd};
-use crate::exec::{Redactor, RunState, check_input, check_secrets};
+use crate::exec::{Redactor, RunState, enter};
 use crate::runs::{Recorder, ResumeError, Rerun, Settings};
 use crate::store::RunDetail;
 use std::fmt::Write as _;
@@ -64,7 +64,7 @@ pub(crate) struct RetryArgs {
     #[command(flatten)]
     components: workflow_cmd::ComponentsArg,
     #[command(flatten)]
-    vars: run::VarArgs,
+    vars: super::args::VarArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,7 +80,7 @@ pub(crate) struct ResumeArgs {
     #[command(flatten)]
     components: workflow_cmd::ComponentsArg,
     #[command(flatten)]
-    vars: run::VarArgs,
+    vars: super::args::VarArgs,
 }
 
 /// Spaces that make a `written`-character field `width` wide.
@@ -305,11 +305,9 @@ async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
     let variables = args.vars.read()?;
     let prepared = workflow_cmd::load(Path::new(&record.file), &args.components, &sandbox, out).await?;
+    let secrets = super::args::read_secrets(args.secrets_file.as_deref())?;
     // A run limited by `--target` goes on limited the same way.
-    let prepared = Arc::new(prepared.target(&record.targets).map_err(CliError::invalid)?);
-    let secrets = run::read_secrets(args.secrets_file.as_deref())?;
-    check_input(&prepared.plan.workflow, &record.input).map_err(CliError::invalid)?;
-    check_secrets(&prepared.plan, &secrets).map_err(|d| workflow_cmd::report(out, d))?;
+    let prepared = Arc::new(run::entered(enter(&prepared, &record.targets, &record.input, &secrets), out, true)?);
     let redactor = Redactor::new(&secrets);
     let recorder = Recorder { store, runner: sandbox };
     let settings = Settings {
@@ -321,7 +319,7 @@ async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output
         variables,
         otlp: global.otlp()?,
     };
-    let report = recorder.resume(prepared, &record, settings, run::sink(out), cancel).await.map_err(|e| match e {
+    let report = recorder.resume(prepared, &record, settings, super::display::sink(out), cancel).await.map_err(|e| match e {
         ResumeError::Store(e) => store_error(e),
         e @ (ResumeError::Changed { .. } | ResumeError::From(_)) => CliError::invalid(e.to_string()),
     })?;

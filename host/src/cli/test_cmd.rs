@@ -3,7 +3,7 @@
 
 use super::render::say;
 use super::{CliError, Output, exit, new_sandbox, render, workflow_cmd};
-use crate::exec::{Executor, NoEvents, Redactor, RunOptions, RunReport, RunState, check_input, check_secrets};
+use crate::exec::{Executor, NoEvents, Redactor, Refusal, RunOptions, RunReport, RunState, check_secrets, enter};
 use crate::sandbox::CancellationToken;
 use crate::workflow::Expectation;
 use serde_json::{Value, json};
@@ -21,7 +21,7 @@ pub(crate) struct TestArgs {
     #[command(flatten)]
     components: workflow_cmd::ComponentsArg,
     #[command(flatten)]
-    vars: super::run::VarArgs,
+    vars: super::args::VarArgs,
 }
 
 /// Whether a case's run matched its expectation; the message says how not.
@@ -59,7 +59,7 @@ fn judge(expect: &Expectation, input_error: Option<&str>, report: Option<&RunRep
 }
 
 pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
-    let secrets = super::run::read_secrets(args.secrets_file.as_deref())?;
+    let secrets = super::args::read_secrets(args.secrets_file.as_deref())?;
     let variables = args.vars.read()?;
     let redactor = Redactor::new(&secrets);
     let sandbox = Arc::new(new_sandbox(state_dir)?);
@@ -86,12 +86,17 @@ pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> R
         }
         for case in cases {
             let targets: Vec<String> = case.target.iter().map(|(id, _)| id.clone()).collect();
-            let input_error = check_input(&prepared.plan.workflow, &case.input).err();
-            let report = match input_error {
-                Some(_) => None,
-                None => {
+            // The secrets were looked up for the whole workflow above.
+            let (entry, input_error) = match enter(&prepared, &targets, &case.input, &secrets) {
+                Ok(entry) => (Some(entry), None),
+                Err(Refusal::Input(e)) => (None, Some(e)),
+                Err(e @ Refusal::Target(_)) => return Err(CliError::invalid(e.to_string())),
+            };
+            let report = match entry {
+                None => None,
+                Some(entry) => {
                     let options = RunOptions { secrets: secrets.clone(), variables: variables.clone(), ..RunOptions::default() };
-                    let targeted = if targets.is_empty() { prepared.clone() } else { Arc::new(prepared.target(&targets).map_err(CliError::invalid)?) };
+                    let targeted = Arc::new(entry.prepared);
                     let mut report = executor.run(targeted, case.input.clone(), options, CancellationToken::new()).await;
                     // Expected outputs are compared as a user sees them: masked.
                     report.output = report.output.map(|o| redactor.value(&o).into_owned());

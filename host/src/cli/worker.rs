@@ -2,11 +2,12 @@
 //! `sandflow worker`, `sandflow runs follow`, and `sandflow run` when
 //! `--store` is a PostgreSQL URL.
 
+use super::args::{InputArgs, VarArgs, read_secrets};
 use super::call::cancel_on_signal;
-use super::render::say;
-use super::run::{InputArgs, print_end, read_secrets, sink};
+use super::display::sink;
+use super::render::{print_end, say};
 use super::{CliError, GlobalArgs, Output, exit, new_sandbox, store_error, workflow_cmd};
-use crate::exec::{EventSink, Redactor, check_input};
+use crate::exec::{EventSink, Redactor, enter};
 use crate::runs::{Followed, follow, submit};
 use crate::sandbox::{CancellationToken, Sandbox};
 use crate::store::queue::Binding;
@@ -38,7 +39,7 @@ pub(crate) struct SubmitArgs {
     #[command(flatten)]
     components: workflow_cmd::ComponentsArg,
     #[command(flatten)]
-    vars: super::run::VarArgs,
+    vars: VarArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,7 +82,7 @@ pub(crate) async fn pg_store(global: &GlobalArgs, what: &str) -> Result<Arc<PgSt
     }
 }
 
-fn worker_config(
+pub(crate) fn worker_config(
     concurrency: Option<u64>,
     name: Option<String>,
     lease: Duration,
@@ -103,7 +104,7 @@ fn worker_config(
 
 /// Loads a workflow as `run` does (its components file too), keeping every
 /// file it read for the store.
-async fn load_for_submit(
+pub(crate) async fn load_for_submit(
     file: &Path,
     components: &workflow_cmd::ComponentsArg,
     sandbox: &Arc<Sandbox>,
@@ -127,8 +128,9 @@ pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Outp
     let input = args.input.read()?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
     let (prepared, files) = load_for_submit(&args.file, &args.components, &sandbox, out).await?;
-    check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
-    prepared.target(&args.target).map_err(CliError::invalid)?;
+    // Workers limit the run to its targets and look up its secrets; here,
+    // the targets and the input are checked.
+    enter(&prepared, &args.target, &input, &Default::default()).map_err(|r| CliError::invalid(r.to_string()))?;
     let binding = Binding { concurrency: args.concurrency.map(|n| n as usize), components: args.components.file.clone(), vars: args.vars.read()? };
     let id = submit(&store, &prepared, &args.file, &files, input, &args.target, &binding).await.map_err(store_error)?;
     if global.otlp()?.is_some() {
@@ -161,42 +163,9 @@ pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Outp
     Ok(exit::OK)
 }
 
-/// `sandflow run FILE` with a PostgreSQL store: the run is queued, this
-/// process works on it too unless `--no-work`, and follows it to its end.
-pub(crate) async fn run_queued(args: &super::run::RunArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
-    let (file, input, concurrency, secrets_file) = (&args.file, &args.input, args.concurrency, args.secrets_file.as_deref());
-    let (detach, work) = (args.detach, !args.no_work);
-    let store = pg_store(global, "`sandflow run --detach`").await?;
-    let input = input.read()?;
-    let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
-    let (prepared, files) = load_for_submit(file, &args.components, &sandbox, out).await?;
-    check_input(&prepared.plan.workflow, &input).map_err(CliError::invalid)?;
-    // Workers limit the run to its targets as they load it: check them here.
-    let targeted = prepared.target(&args.target).map_err(CliError::invalid)?;
-    let config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file, Vec::new())?;
-    if work {
-        // This process runs steps: it needs the secrets, as a local run does.
-        crate::exec::check_secrets(&targeted.plan, &config.secrets).map_err(|d| workflow_cmd::report(out, d))?;
-    }
-    let redactor = Redactor::new(&config.secrets);
-    let otlp = global.otlp()?;
-    let binding = Binding { concurrency: concurrency.map(|n| n as usize), components: args.components.file.clone(), vars: args.vars.read()? };
-    let id = submit(&store, &prepared, file, &files, input, &args.target, &binding).await.map_err(store_error)?;
-    if detach {
-        if otlp.is_some() {
-            say!("warning: --otlp: no trace of run {id} is exported: a distributed run's trace comes from the process that follows it (`sandflow run` without --detach)");
-        }
-        println!("{id}");
-        return Ok(exit::OK);
-    }
-    // The follower sees every event of the run, from every worker: it builds the trace.
-    let tracer = otlp.map(|e| Arc::new(crate::trace::TraceSink::new(Arc::new(targeted), e)));
-    work_and_follow(&store, sandbox, work.then_some(config), &id, out, &redactor, tracer).await
-}
-
 /// Follows run `id` to its end, working on its steps (and any other
 /// queued run's) meanwhile when `worker` is given; the output is printed.
-async fn work_and_follow(
+pub(crate) async fn work_and_follow(
     store: &Arc<PgStore>,
     sandbox: Arc<Sandbox>,
     worker: Option<WorkerConfig>,

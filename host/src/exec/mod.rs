@@ -142,6 +142,42 @@ pub struct RunReport {
     pub steps: Vec<StepReport>,
 }
 
+/// A run that may start: its workflow limited to its targets, and the
+/// secrets it reads that this process lacks (whether that stops it is the
+/// caller's to say: a process that runs steps needs them, `submit` does not).
+pub struct Entry {
+    pub prepared: Prepared,
+    pub missing_secrets: Option<crate::workflow::Diagnostics>,
+}
+
+/// Why a run cannot start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--target` names a step the workflow does not have.
+    Target(String),
+    /// The input does not match the workflow's `input` schema.
+    Input(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Target(m) | Refusal::Input(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A run's entry, the same wherever a run starts (`run`, `submit`, a
+/// worker, `resume`, `retry`, `test`): the prepared workflow limited to
+/// `targets`, `input` checked against its schema, and the secrets it reads
+/// looked up in `secrets`.
+pub fn enter(prepared: &Prepared, targets: &[String], input: &Value, secrets: &BTreeMap<String, String>) -> Result<Entry, Refusal> {
+    let prepared = prepared.target(targets).map_err(Refusal::Target)?;
+    check_input(&prepared.plan.workflow, input).map_err(Refusal::Input)?;
+    let missing_secrets = check_secrets(&prepared.plan, secrets).err();
+    Ok(Entry { prepared, missing_secrets })
+}
+
 /// Checks a run input against the workflow's `input` schema.
 pub fn check_input(workflow: &Workflow, input: &Value) -> Result<(), String> {
     let Some(schema) = &workflow.input_schema else { return Ok(()) };

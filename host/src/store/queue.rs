@@ -135,8 +135,23 @@ pub struct RunHead {
     pub attempt: u32,
     /// `--target`: the steps the run is limited to.
     pub targets: Vec<String>,
-    pub files: RunFiles,
+    /// Its files: each path as the workflow names it, with its SHA-256
+    /// ([`PgStore::files`] reads their bytes).
+    pub files: BTreeMap<PathBuf, String>,
     pub binding: Binding,
+}
+
+impl RunHead {
+    /// What its workflow is prepared from, as one SHA-256: the workflow
+    /// file's path, the components file's, and every file by path and
+    /// content. Runs with the same key prepare the same.
+    pub fn prepared_key(&self) -> String {
+        let mut material = format!("{}\n{:?}\n", self.file, self.binding.components);
+        for (path, sha256) in &self.files {
+            material.push_str(&format!("{}\t{sha256}\n", path.display()));
+        }
+        sha256_hex(material.as_bytes())
+    }
 }
 
 /// What a queued run is bound to when it is submitted, recorded with it
@@ -195,18 +210,8 @@ impl PgStore {
             .await
             .map_err(db)?
             .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
-        let rows = client
-            .query("SELECT rf.path, rf.sha256, f.bytes FROM run_files rf JOIN files f ON f.sha256 = rf.sha256 WHERE rf.run_id = $1", &[&run_id])
-            .await
-            .map_err(db)?;
-        let mut files = RunFiles::new();
-        for r in &rows {
-            let (path, hash, bytes): (String, String, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
-            if sha256_hex(&bytes) != hash {
-                return Err(StoreError::Backend(format!("run {run_id}: the stored copy of {path} does not match its SHA-256 {hash}")));
-            }
-            files.insert(PathBuf::from(path), bytes);
-        }
+        let rows = client.query("SELECT path, sha256 FROM run_files WHERE run_id = $1", &[&run_id]).await.map_err(db)?;
+        let files = rows.iter().map(|r| (PathBuf::from(r.get::<_, String>(0)), r.get(1))).collect();
         Ok(RunHead {
             file: row.get(0),
             input: row.get::<_, Option<String>>(1).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null),
@@ -219,6 +224,25 @@ impl PgStore {
                 vars: row.get::<_, Option<String>>(6).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| Value::Object(Default::default())),
             },
         })
+    }
+
+    /// The files of a run's head, read and each checked against its
+    /// SHA-256; the inner error says why the run's files cannot be used
+    /// (a copy missing or corrupt: the run never will be).
+    pub async fn files(&self, head: &RunHead) -> Result<Result<RunFiles, String>, StoreError> {
+        let client = self.client().await?;
+        let wanted: Vec<&str> = head.files.values().map(String::as_str).collect();
+        let rows = client.query("SELECT sha256, bytes FROM files WHERE sha256 = ANY($1)", &[&wanted]).await.map_err(db)?;
+        let by_hash: HashMap<String, Vec<u8>> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut files = RunFiles::new();
+        for (path, hash) in &head.files {
+            match by_hash.get(hash) {
+                Some(bytes) if sha256_hex(bytes) == *hash => files.insert(path.clone(), bytes.clone()),
+                Some(_) => return Ok(Err(format!("the stored copy of {} does not match its SHA-256 {hash}", path.display()))),
+                None => return Ok(Err(format!("the store has no copy of {} (SHA-256 {hash})", path.display()))),
+            };
+        }
+        Ok(Ok(files))
     }
 
     /// Queued runs no worker has started yet (oldest first).

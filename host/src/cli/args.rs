@@ -1,0 +1,149 @@
+//! Flags several commands share: a run's input (`--input`, `--input-file`,
+//! `--set`), its variables (`--var`, `--vars`) and secrets
+//! (`SANDFLOW_SECRET_<NAME>`, `--secrets-file`).
+
+use super::CliError;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The run's variables (StepFlow's `$variable`), from flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct VarArgs {
+    /// Set a variable for `{ $variable: NAME }`: `NAME=value`, the value read
+    /// as JSON when it parses and as a string otherwise. A run on workers
+    /// keeps them with the run; a run in one process does not record them
+    /// (give them again to `resume` and `retry`).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    var: Vec<String>,
+    /// Read variables from a JSON or YAML file of `name: value` (`--var` wins).
+    #[arg(long = "vars", value_name = "FILE")]
+    vars: Option<PathBuf>,
+}
+
+impl VarArgs {
+    pub(crate) fn read(&self) -> Result<Value, CliError> {
+        let mut vars = match &self.vars {
+            None => Value::Object(Map::new()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| CliError::invalid(format!("--vars {}: {e}", path.display())))?;
+                let v: Value = serde_json::from_str(&text)
+                    .or_else(|_| serde_yaml::from_str(&text))
+                    .map_err(|e| CliError::invalid(format!("--vars {}: not valid JSON or YAML: {e}", path.display())))?;
+                if !v.is_object() {
+                    return Err(CliError::invalid(format!("--vars {}: must be a mapping of names to values", path.display())));
+                }
+                v
+            }
+        };
+        for assignment in &self.var {
+            set_path(&mut vars, assignment).map_err(|e| CliError::invalid(e.replacen("--set", "--var", 1)))?;
+        }
+        Ok(vars)
+    }
+}
+
+/// The run input, from flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct InputArgs {
+    /// The run input, as JSON [default: {}].
+    #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Read the run input (JSON or YAML) from a file; `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    input_file: Option<PathBuf>,
+    /// Set one input field: `key=value`, the value read as JSON when it
+    /// parses (`3`, `true`, `[1]`) and as a string otherwise; `a.b=1` sets a nested key.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl InputArgs {
+    pub(crate) fn read(&self) -> Result<Value, CliError> {
+        let mut input = match (&self.input, &self.input_file) {
+            (Some(text), _) => serde_json::from_str(text).map_err(|e| CliError::invalid(format!("--input is not valid JSON: {e}")))?,
+            (None, Some(path)) => {
+                let text = if path == Path::new("-") {
+                    std::io::read_to_string(std::io::stdin())
+                } else {
+                    std::fs::read_to_string(path)
+                }
+                .map_err(|e| CliError::invalid(format!("--input-file {}: {e}", path.display())))?;
+                serde_json::from_str(&text)
+                    .or_else(|_| serde_yaml::from_str(&text))
+                    .map_err(|e| CliError::invalid(format!("--input-file {}: not valid JSON or YAML: {e}", path.display())))?
+            }
+            (None, None) => Value::Object(Map::new()),
+        };
+        for assignment in &self.set {
+            set_path(&mut input, assignment).map_err(CliError::invalid)?;
+        }
+        Ok(input)
+    }
+}
+
+/// Applies one `--set a.b=value`.
+pub(crate) fn set_path(input: &mut Value, assignment: &str) -> Result<(), String> {
+    let (key, raw) = assignment.split_once('=').ok_or_else(|| format!("--set `{assignment}`: write KEY=VALUE"))?;
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(format!("--set `{assignment}`: the key must be a name or a dotted path like `a.b`"));
+    }
+    let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let mut cur = input;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            if cur.is_null() {
+                *cur = Value::Object(Map::new());
+            } else {
+                return Err(format!("--set `{assignment}`: `{}` is not an object", parts[..i].join(".")));
+            }
+        }
+        let map = cur.as_object_mut().expect("made an object above");
+        if i == parts.len() - 1 {
+            map.insert(part.to_string(), value);
+            return Ok(());
+        }
+        cur = map.entry(part.to_string()).or_insert(Value::Null);
+    }
+    Ok(())
+}
+
+/// Secrets from `SANDFLOW_SECRET_<NAME>` and a `NAME=value` file.
+pub(crate) fn read_secrets(file: Option<&Path>) -> Result<BTreeMap<String, String>, CliError> {
+    let mut secrets: BTreeMap<String, String> = std::env::vars()
+        .filter_map(|(k, v)| k.strip_prefix("SANDFLOW_SECRET_").map(|n| (n.to_string(), v)))
+        .collect();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| CliError::invalid(format!("--secrets-file {}: {e}", path.display())))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once('=').ok_or_else(|| {
+                CliError::invalid(format!("--secrets-file {}:{}: write NAME=value", path.display(), n + 1))
+            })?;
+            secrets.insert(k.trim().to_string(), v.trim().to_string());
+        }
+    }
+    Ok(secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_path;
+    use serde_json::json;
+
+    #[test]
+    fn set_reads_json_values_and_nested_keys() {
+        let mut v = json!({});
+        for a in ["n=3", "ok=true", "list=[1]", "name=Ada Lovelace", "user.id=42", "user.tags=[\"a\"]", "empty="] {
+            set_path(&mut v, a).unwrap();
+        }
+        assert_eq!(v, json!({"n": 3, "ok": true, "list": [1], "name": "Ada Lovelace", "user": {"id": 42, "tags": ["a"]}, "empty": ""}));
+        assert!(set_path(&mut v, "n.x=1").unwrap_err().contains("`n` is not an object"));
+        assert!(set_path(&mut v, "novalue").is_err());
+        assert!(set_path(&mut v, "a..b=1").is_err());
+    }
+}
