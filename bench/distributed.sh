@@ -12,11 +12,16 @@
 # step's start), p50 and p99.
 #
 #   SLOTS="2 16"   worker --concurrency values to compare (default "2 16")
+#   SANDFLOW_BIN   a sandflow binary to measure instead of this tree's release build
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 base="${1:-${SANDFLOW_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}}"
-cargo build -q --release -p sandflow
-bin="$PWD/target/release/sandflow"
+# SANDFLOW_BIN: another build to measure (an earlier commit's, side by side).
+bin="${SANDFLOW_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build -q --release -p sandflow
+  bin="$PWD/target/release/sandflow"
+fi
 work="$(mktemp -d)"
 schema="bench_$$"
 psql -q "$base" -c "CREATE SCHEMA $schema"
@@ -67,6 +72,42 @@ for flow in wide chain; do
     done
   done
 done
+
+# Many small runs: 100 runs of a 10-step workflow (a root, 8 branches, a
+# join; every step a WebAssembly call) from 4 clients at once, on 2 workers
+# against the same 100 runs as 4 parallel `sandflow run` loops on SQLite.
+{ echo "name: small"; echo "components: { echo: { path: '$echo_wasm' } }"; echo "steps:";
+  echo "  - { id: root, component: echo, input: { n: 0 } }";
+  for i in $(seq 1 8); do echo "  - { id: b$i, component: echo, needs: [root], input: { n: $i } }"; done
+  echo "  - { id: join, component: echo, needs: [b1, b2, b3, b4, b5, b6, b7, b8], input: { n: 9 } }"; } > "$work/small.yaml"
+"$bin" -q --state-dir "$state" --store "sqlite:$work/small.db" run "$work/small.yaml" >/dev/null   # the store exists
+t0=$(now)
+for c in 1 2 3 4; do
+  ( for _ in $(seq 1 25); do "$bin" -q --state-dir "$state" --store "sqlite:$work/small.db" run "$work/small.yaml" >/dev/null; done ) &
+done
+wait
+t1=$(now)
+local_s=$(echo "$t1 - $t0" | bc)
+pids=()
+for _ in 1 2; do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency "${SLOTS##* }" & pids+=($!); done
+sleep 1
+"$bin" -q --state-dir "$state" --store "$url" run --no-work "$work/small.yaml" >/dev/null   # the workers have prepared it once
+c0=$(commits); t0=$(now)
+clients=()
+for c in 1 2 3 4; do
+  ( for _ in $(seq 1 25); do "$bin" -q --state-dir "$state" --store "$url" submit "$work/small.yaml" >/dev/null; done ) & clients+=($!)
+done
+wait "${clients[@]}"
+while [ "$(psql -tAq "$url" -c "SELECT count(*) FROM runs WHERE workflow = 'small' AND status = 'running'")" != 0 ]; do sleep 0.01; done
+t1=$(now)
+kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+sleep 1.5; c1=$(commits)
+pg_s=$(echo "$t1 - $t0" | bc)
+echo
+echo "| 100 runs × 10 steps, 4 clients | wall | runs/s | steps/s | PG transactions per run |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+awk -v t="$local_s" 'BEGIN { printf "| SQLite, in-process (4 parallel run loops) | %.2f s | %.0f | %.0f | - |\n", t, 100 / t, 1000 / t }'
+awk -v t="$pg_s" -v a="$c0" -v b="$c1" -v l="$local_s" 'BEGIN { printf "| PostgreSQL, 2 workers (submit) | %.2f s | %.0f | %.0f | %.1f |\n| workers / in-process | | %.2f× | | |\n", t, 100 / t, 1000 / t, (b - a) / 100, l / t }'
 
 # Latencies, from the events' own timestamps, with 2 workers of the last SLOTS.
 pids=()

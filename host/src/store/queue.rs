@@ -259,7 +259,7 @@ impl PgStore {
     /// `claimer` takes what fits its slots. Does nothing if another worker
     /// started it first.
     pub async fn start_run(&self, run_id: &str, run: &RunCtx, claimer: Claimer) -> Result<Outcome, StoreError> {
-        self.in_run(run_id, run, &Holding::default(), |t| {
+        self.in_run(run_id, run, &Holding { starting: true, ..Holding::default() }, |t| {
             Box::pin(async move {
                 let started = t.begin().await?;
                 t.claim_own(&claimer).await?;
@@ -503,7 +503,7 @@ impl PgStore {
         let lock: [&(dyn ToSql + Sync); 1] = [&run_id];
         let jobs: [&(dyn ToSql + Sync); 2] = [&held.ids, &held.claims];
         let waiting: [&(dyn ToSql + Sync); 2] = [&run_id, &held.dependents];
-        let mut reads: Vec<Read> = vec![(LOCK_RUN, &lock)];
+        let mut reads: Vec<Read> = vec![(if held.starting { LOCK_RUN_TO_START } else { LOCK_RUN }, &lock)];
         if !held.ids.is_empty() {
             reads.push((HOLD_JOBS, &jobs));
             reads.push((WAITING, &waiting));
@@ -511,6 +511,12 @@ impl PgStore {
         let mut reads = pipe.queries(tx, &reads).await.map_err(db)?.into_iter();
         let rows = reads.next().unwrap_or_default();
         let Some(row) = rows.first() else {
+            if held.starting {
+                // Another worker is starting it, or started it already.
+                tx.batch_execute("ROLLBACK").await.map_err(db)?;
+                conn.finished();
+                return Ok(Outcome { done: false, new_jobs: 0, retry_in: None, claimed: Vec::new() });
+            }
             return Err(StoreError::UnknownRun(run_id.to_string()));
         };
         let status: String = row.get(0);
@@ -644,6 +650,11 @@ const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 /// Locks run `$1`'s row: every transaction that changes a run takes it first.
 const LOCK_RUN: &str = "SELECT status, stop, open_steps, events, run_started, ending, main_stop FROM runs WHERE id = $1 FOR UPDATE";
 
+/// [`LOCK_RUN`] for a run to start: none if it started, or if another
+/// worker holds it (it is starting it), instead of waiting for that.
+const LOCK_RUN_TO_START: &str =
+    "SELECT status, stop, open_steps, events, run_started, ending, main_stop FROM runs WHERE id = $1 AND NOT run_started FOR UPDATE SKIP LOCKED";
+
 /// Locks the jobs `$1` whose claim is still `$2` (a result is recorded only
 /// by the current claim), with how long ago their steps first started.
 const HOLD_JOBS: &str = "SELECT j.id, j.claim, j.attempt, j.lost, j.fuel_used, j.idx, EXTRACT(EPOCH FROM now() - d.first_started)::float8
@@ -738,6 +749,8 @@ struct Holding {
     claims: Vec<i64>,
     /// Steps that results may release.
     dependents: Vec<i32>,
+    /// The transaction starts the run: see [`LOCK_RUN_TO_START`].
+    starting: bool,
 }
 
 impl Holding {
@@ -748,6 +761,7 @@ impl Holding {
             ids: jobs.iter().map(|j| j.id).collect(),
             claims: jobs.iter().map(|j| j.claim).collect(),
             dependents: dependents.into_iter().collect(),
+            starting: false,
         }
     }
 }
