@@ -51,7 +51,8 @@ pub trait Ledger: Send {
     /// Step `i` keeps the output it had in an earlier attempt of the run.
     fn step_restored(&mut self, i: usize, output: Arc<Value>);
     /// Step `i` ended: counts down its dependents, and returns those that
-    /// no longer wait for anything, in ascending order.
+    /// no longer wait for anything (in the plan's order of dependents, or
+    /// ascending: the order they are decided in).
     fn count_down(&mut self, i: usize) -> impl Future<Output = Result<Vec<usize>, Self::Error>> + Send;
     /// Tells whoever watches the run.
     fn emit(&mut self, event: Event);

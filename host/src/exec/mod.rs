@@ -1,10 +1,13 @@
 //! Running a prepared plan: the scheduler.
 //!
-//! One dispatcher owns the run's state. It starts every step whose
-//! dependencies are done, up to the concurrency limit; each step runs as a
-//! task (its attempts, retries and `forEach` items) that only reports back
-//! over a channel. The dispatcher alone emits [`Event`]s, in order, and a
-//! step's `StepFinished` is emitted before any of its dependents start.
+//! One dispatcher drives the run: the run's books are a [`machine`] over an
+//! in-memory ledger (the same state machine workers keep in PostgreSQL
+//! rows). It starts every step whose dependencies are done, up to the
+//! concurrency limit; each step runs as a task (its attempts, retries and
+//! `forEach` items) that only reports back over a channel. The dispatcher
+//! alone emits the run's [`Event`]s besides a step's start and retries, in
+//! order, and a step's `StepFinished` is emitted before any of its
+//! dependents start.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
