@@ -666,3 +666,50 @@ fn a_run_whose_recorded_workflow_no_longer_loads_fails_and_workers_go_on() {
     let fine = submit(&schema, &state, &flow("fine"));
     assert_eq!(wait_end(&schema, &state, &fine, Duration::from_secs(30))["status"], "completed");
 }
+
+/// `worker --connections N` bounds what a worker holds of the server (N
+/// pooled connections and the one it listens on): eight steps at once that
+/// each read and write the run's state through the store wait for a
+/// connection rather than fail, and the run completes.
+#[test]
+fn a_worker_holds_at_most_its_connections_and_steps_wait_for_one() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("busy.yaml");
+    let mut text = format!("name: busy\ncomponents:\n  kv: {{ path: '{}' }}\n  sleep: {{ path: '{}' }}\nsteps:\n", example("kv").display(), hostile("sleep").display());
+    for i in 0..8 {
+        text.push_str(&format!("  - {{ id: set{i}, component: kv, input: {{ op: set, key: k{i}, value: v{i} }} }}\n"));
+        text.push_str(&format!("  - {{ id: nap{i}, component: sleep, needs: [set{i}], input: {{ ms: 200 }} }}\n"));
+        text.push_str(&format!("  - {{ id: get{i}, component: kv, needs: [nap{i}], input: {{ op: get, key: k{i} }} }}\n"));
+    }
+    std::fs::write(&file, text).unwrap();
+    let id = submit(&schema, &state, &file);
+    let name = format!("narrow-{}", std::process::id());
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_sandflow"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--store", &schema.url, "-q", "worker", "--concurrency", "8", "--connections", "1", "--name", &name])
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (started, mut most) = (Instant::now(), 0);
+    let record = loop {
+        let held = schema.strings("SELECT COUNT(*)::text FROM pg_stat_activity WHERE application_name = $1", &format!("sandflow worker {name}"));
+        most = most.max(held[0].parse::<usize>().unwrap());
+        let record = show(&schema, &state, &id);
+        if record["status"] != "running" {
+            break record;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "still running: {record:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(record["status"], "completed", "{record:#}");
+    let get = record["steps"].as_array().unwrap().iter().find(|s| s["step"] == "get7").unwrap();
+    assert_eq!(get["output"]["value"], "v7", "{get}");
+    assert!((1..=2).contains(&most), "one pooled connection and the listener, at most: {most}");
+}

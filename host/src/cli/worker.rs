@@ -69,12 +69,23 @@ pub(crate) struct WorkerArgs {
     /// run only on workers that have every label they name.
     #[arg(long = "label", value_name = "LABEL")]
     labels: Vec<String>,
+    /// Most connections to PostgreSQL this worker holds at once, besides
+    /// the one it listens on: its commits, claims and steps' state and
+    /// blobs wait for a free one rather than fail. The server's
+    /// `max_connections` (100 by default) bounds the sum over all workers.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    connections: u64,
 }
 
 /// The PostgreSQL store `--store` names, or why this command needs one.
 pub(crate) async fn pg_store(global: &GlobalArgs, what: &str) -> Result<Arc<PgStore>, CliError> {
+    pg_store_with(global, what, &Default::default()).await
+}
+
+/// [`pg_store`], holding at most `connections`.
+async fn pg_store_with(global: &GlobalArgs, what: &str, connections: &crate::store::Connections) -> Result<Arc<PgStore>, CliError> {
     match global.store_url()? {
-        StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::connect(&url).await.map_err(store_error)?)),
+        StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::connect_with(&url, connections).await.map_err(store_error)?)),
         StoreUrl::Sqlite(path) => Err(CliError::invalid(format!(
             "{what} needs a PostgreSQL run store shared by the workers, and the store is {}: pass --store postgres://USER@HOST/DATABASE (or set SANDFLOW_STORE)",
             path.display()
@@ -142,8 +153,9 @@ pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Outp
 
 /// `sandflow worker`.
 pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
-    let store = pg_store(global, "`sandflow worker`").await?;
     let config = worker_config(args.concurrency, args.name, args.lease, args.secrets_file.as_deref(), args.labels)?;
+    let connections = crate::store::Connections { max: args.connections as usize, name: format!("sandflow worker {}", config.name) };
+    let store = pg_store_with(global, "`sandflow worker`", &connections).await?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
     let worker = Worker::new(store.clone(), sandbox, config);
     if !out.quiet {

@@ -14,7 +14,7 @@ mod postgres;
 pub mod queue;
 mod sqlite;
 
-pub use postgres::PgStore;
+pub use postgres::{Connections, PgStore};
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 
 pub use crate::exec::{MemoEntry, MemoHit};

@@ -201,6 +201,19 @@ CREATE TABLE events (
 /// Serializes migrations across every process using the server.
 const MIGRATION_LOCK: i64 = 0x5341_4e44_464c_4f57; // "SANDFLOW"
 
+/// How many connections a process holds, and what the server calls them.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    pub max: usize,
+    pub name: String,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections { max: 16, name: "sandflow".into() }
+    }
+}
+
 /// The PostgreSQL run store.
 pub struct PgStore {
     pool: Pool,
@@ -249,8 +262,16 @@ impl PgStore {
     pub const SCHEMA_VERSION: i64 = SCHEMA_VERSION;
 
     /// Connects to the server at `url` (libpq's URL form) and brings the
-    /// schema up to date.
+    /// schema up to date; at most 16 connections at once.
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::connect_with(url, &Connections::default()).await
+    }
+
+    /// [`PgStore::connect`], holding at most `connections.max` connections
+    /// at once (besides one per `LISTEN`): a caller that finds them all in
+    /// use waits for one. `connections.name` names them to the server
+    /// (`application_name`, in `pg_stat_activity`).
+    pub async fn connect_with(url: &str, connections: &Connections) -> Result<PgStore, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
             location: redact_url(url),
             message: message(&e),
@@ -263,11 +284,11 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
-        config.application_name("sandflow");
+        config.application_name(&connections.name);
         let location = describe(&config);
         let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
-            .max_size(16)
+            .max_size(connections.max.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(CONNECT_PATIENCE))
             .create_timeout(Some(Duration::from_secs(10)))
