@@ -619,13 +619,16 @@ fn a_run_s_concurrency_holds_across_workers() {
     };
     let one = submit(&schema, &state, &flow("one", "concurrency: 1\n"));
     let free = submit(&schema, &state, &flow("free", ""));
+    let _workers = Workers::start(&schema, &state, 2, "5s");
+    for id in [&one, &free] {
+        assert_eq!(wait_end(&schema, &state, id, Duration::from_secs(30))["status"], "completed");
+    }
+    // Alone on idle workers: the worker that starts it has the slots to
+    // start two steps at once.
     let (code, two, err) = run(pg(&schema, &state).arg("submit").arg(flow("two", "")).args(["--concurrency", "2"]));
     assert_eq!(code, 0, "{err}");
     let two = two.trim().to_string();
-    let _workers = Workers::start(&schema, &state, 2, "5s");
-    for id in [&one, &free, &two] {
-        assert_eq!(wait_end(&schema, &state, id, Duration::from_secs(30))["status"], "completed");
-    }
+    assert_eq!(wait_end(&schema, &state, &two, Duration::from_secs(30))["status"], "completed");
     assert_eq!(most_at_once(&schema, &state, &one), 1, "concurrency: 1");
     assert_eq!(most_at_once(&schema, &state, &two), 2, "--concurrency 2");
     assert!(most_at_once(&schema, &state, &free) >= 2, "without a limit the four steps overlap on 4 slots");
