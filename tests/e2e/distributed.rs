@@ -630,6 +630,10 @@ fn a_run_s_concurrency_holds_across_workers() {
     let two = two.trim().to_string();
     assert_eq!(wait_end(&schema, &state, &two, Duration::from_secs(30))["status"], "completed");
     assert_eq!(most_at_once(&schema, &state, &one), 1, "concurrency: 1");
+    // Plain lines (not a terminal) tell each step's start on a worker.
+    let (code, _, err) = run(pg(&schema, &state).args(["runs", "follow", &one]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.lines().filter(|l| l.contains("attempt 1 started on ")).count(), 4, "{err}");
     assert_eq!(most_at_once(&schema, &state, &two), 2, "--concurrency 2");
     assert!(most_at_once(&schema, &state, &free) >= 2, "without a limit the four steps overlap on 4 slots");
 }

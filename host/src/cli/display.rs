@@ -77,12 +77,15 @@ impl EventSink for PlainLines {
     fn emit(&self, event: &Event) {
         let line = match event {
             Event::RunStarted { run_id, workflow, steps } => format!("run {run_id}: {workflow} ({steps} steps)"),
-            Event::StepStarted { step, attempt, item, .. } => {
-                if !self.verbose && *attempt == 1 {
+            Event::StepStarted { step, attempt, item, worker, .. } => {
+                // A step on a worker (`runs follow`, a run on PostgreSQL)
+                // is told as it starts, and where: it may run for long.
+                if !self.verbose && *attempt == 1 && worker.is_none() {
                     return;
                 }
                 let item = item.map(|i| format!(" item {i}")).unwrap_or_default();
-                format!("  ▸ {step}{item} attempt {attempt} started")
+                let on = worker.as_ref().map(|w| format!(" on {w}")).unwrap_or_default();
+                format!("  ▸ {step}{item} attempt {attempt} started{on}")
             }
             Event::StepRetrying { step, attempt, item, error, delay, .. } => {
                 let item = item.map(|i| format!(" item {i}")).unwrap_or_default();
