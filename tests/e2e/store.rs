@@ -394,27 +394,36 @@ fn cancel_stops_a_run_from_another_process() {
     }
 }
 
-fn cancelled_from_outside(backend: &Backend) {
-    let state = tempfile::tempdir().unwrap();
-    let file = chain(state.path());
-    let mut child = backend
-        .sandflow(&state)
-        .args(["--json", "run"])
-        .arg(&file)
-        .args(["--input", r#"{"start": "x"}"#])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Starts `cmd` (a `sandflow --json run`) and reads its events until step
+/// `step` starts: the process, its run's id, and its event stream (kept
+/// open: the run goes on writing to it).
+fn run_until_started(cmd: &mut std::process::Command, step: &str) -> (std::process::Child, String, std::io::BufReader<std::process::ChildStderr>) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     let run_id = loop {
         line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "the run ended before a sleep step started");
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break None;
+        }
         let e: Value = serde_json::from_str(&line).unwrap();
-        if e["event"] == "step_started" && e["step"] == "s1" {
-            break e["run_id"].as_str().unwrap().to_string();
+        if e["event"] == "step_started" && e["step"] == step {
+            break Some(e["run_id"].as_str().unwrap().to_string());
         }
     };
+    match run_id {
+        Some(id) => (child, id, stderr),
+        None => {
+            let status = child.wait().unwrap();
+            panic!("the run ended ({status}) before step `{step}` started");
+        }
+    }
+}
+
+fn cancelled_from_outside(backend: &Backend) {
+    let state = tempfile::tempdir().unwrap();
+    let file = chain(state.path());
+    let (mut child, run_id, _events) = run_until_started(backend.sandflow(&state).args(["--json", "run"]).arg(&file).args(["--input", r#"{"start": "x"}"#]), "s1");
     let asked = std::time::Instant::now();
     let (code, _, err) = run(backend.sandflow(&state).args(["cancel", &run_id]));
     assert_eq!(code, 0, "{}: {err}", backend.name());
@@ -460,17 +469,7 @@ fn running_step_shown(backend: &Backend) {
         example("text").display()
     );
     std::fs::write(&file, text).unwrap();
-    let mut child = backend.sandflow(&state).args(["--json", "run"]).arg(&file).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let run_id = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "{}: the run ended before its sleep step started", backend.name());
-        let e: Value = serde_json::from_str(&line).unwrap();
-        if e["event"] == "step_started" && e["step"] == "nap" {
-            break e["run_id"].as_str().unwrap().to_string();
-        }
-    };
+    let (mut child, run_id, _events) = run_until_started(backend.sandflow(&state).args(["--json", "run"]).arg(&file), "nap");
     // The start is recorded as it is told (SQLite: by the store's writer).
     let started = std::time::Instant::now();
     let nap = loop {

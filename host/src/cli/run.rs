@@ -4,11 +4,10 @@
 use super::args::{InputArgs, VarArgs, read_secrets};
 use super::display::sink;
 use super::render::{print_end, say};
-use super::worker::{load_for_submit, pg_store, work_and_follow, worker_config};
+use super::worker::{binding, load_for_submit, pg_store, work_and_follow, worker_config};
 use super::{CliError, GlobalArgs, Output, exit, new_sandbox, new_sandbox_for, store_error, workflow_cmd};
 use crate::exec::{Redactor, RunReport, enter};
 use crate::runs::{Recorder, Settings, submit};
-use crate::store::queue::Binding;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,7 +143,7 @@ async fn run_queued(args: &RunArgs, global: &GlobalArgs, out: &Output) -> Result
     let targeted = entered(enter(&prepared, &args.target, &input, &config.secrets), out, work)?;
     let redactor = Redactor::new(&config.secrets);
     let otlp = global.otlp()?;
-    let binding = Binding { concurrency: concurrency.map(|n| n as usize), components: args.components.file.clone(), vars: args.vars.read()? };
+    let binding = binding(concurrency, &args.components, &args.vars)?;
     let id = submit(&store, &prepared, file, &files, input, &args.target, &binding).await.map_err(store_error)?;
     if detach {
         if otlp.is_some() {

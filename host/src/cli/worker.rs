@@ -133,6 +133,12 @@ pub(crate) async fn load_for_submit(
     Ok((prepared, files))
 }
 
+/// What a submitted run is bound to, from the flags `submit` and `run`
+/// share: recorded with the run for every worker.
+pub(crate) fn binding(concurrency: Option<u64>, components: &workflow_cmd::ComponentsArg, vars: &VarArgs) -> Result<Binding, CliError> {
+    Ok(Binding { concurrency: concurrency.map(|n| n as usize), components: components.file.clone(), vars: vars.read()? })
+}
+
 /// `sandflow submit FILE`.
 pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let store = pg_store(global, "`sandflow submit`").await?;
@@ -142,7 +148,7 @@ pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Outp
     // Workers limit the run to its targets and look up its secrets; here,
     // the targets and the input are checked.
     enter(&prepared, &args.target, &input, &Default::default()).map_err(|r| CliError::invalid(r.to_string()))?;
-    let binding = Binding { concurrency: args.concurrency.map(|n| n as usize), components: args.components.file.clone(), vars: args.vars.read()? };
+    let binding = binding(args.concurrency, &args.components, &args.vars)?;
     let id = submit(&store, &prepared, &args.file, &files, input, &args.target, &binding).await.map_err(store_error)?;
     if global.otlp()?.is_some() {
         say!("warning: --otlp: no trace of run {id} is exported: a distributed run's trace comes from the process that follows it (`sandflow run` without --detach)");

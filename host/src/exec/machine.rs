@@ -48,8 +48,9 @@ pub trait Ledger: Send {
     /// Step `i` ended as `outcome` with `output` (`Some(None)`: skipped,
     /// `None`: neither an output nor skipped); `event` is its `StepFinished`.
     fn step_ended(&mut self, i: usize, outcome: Outcome, output: Option<Option<Arc<Value>>>, event: Event);
-    /// Step `i` keeps the output it had in an earlier attempt of the run.
-    fn step_restored(&mut self, i: usize, output: Arc<Value>);
+    /// Step `i` keeps the output it had in an earlier attempt of the run,
+    /// and ends as `outcome` (no `StepFinished`: it did not run).
+    fn step_restored(&mut self, i: usize, outcome: Outcome, output: Arc<Value>);
     /// Step `i` ended: counts down its dependents, and returns those that
     /// no longer wait for anything (in the plan's order of dependents, or
     /// ascending: the order they are decided in).
@@ -358,9 +359,14 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
             log: tally.log,
             cached,
         };
-        self.progress.open -= 1;
         self.changed = true;
         self.ledger.step_ended(i, outcome, recorded, event);
+        self.ended(i).await
+    }
+
+    /// Step `i` has ended: one fewer open, and its dependents counted down.
+    async fn ended(&mut self, i: usize) -> Result<(), L::Error> {
+        self.progress.open -= 1;
         let ready = self.ledger.count_down(i).await?;
         self.ready.extend(ready);
         Ok(())
@@ -371,11 +377,9 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
     pub async fn restore(&mut self, i: usize, output: Value) -> Result<(), L::Error> {
         let step = self.plan.workflow.steps[i].id.clone();
         self.ledger.emit(Event::StepRestored { run_id: self.facts.run_id.to_string(), step });
-        self.ledger.step_restored(i, Arc::new(output));
-        self.progress.open -= 1;
-        let ready = self.ledger.count_down(i).await?;
-        self.ready.extend(ready);
-        Ok(())
+        let outcome = Outcome { state: StepState::Succeeded, blocks: false, items: None };
+        self.ledger.step_restored(i, outcome, Arc::new(output));
+        self.ended(i).await
     }
 
     /// A step that will never be needed (a StepFlow flow's demand rule):
@@ -454,11 +458,16 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
 
     /// [`core::run_end`] for a run stopped by `stop`.
     async fn run_end(&mut self, stop: Option<Stop>) -> Result<(RunState, Option<String>), L::Error> {
-        let failure = match stop {
-            Some(Stop::Failed(i) | Stop::Failing(i)) => self.ledger.failure(i).await?,
-            _ => None,
-        };
+        let failure = self.failure_of(stop).await?;
         Ok(core::run_end(&self.plan.workflow, stop, |_| failure.clone()))
+    }
+
+    /// The failure of the step that stopped a phase, if one did.
+    async fn failure_of(&mut self, stop: Option<Stop>) -> Result<Option<StepFailure>, L::Error> {
+        match stop {
+            Some(Stop::Failed(i) | Stop::Failing(i)) => self.ledger.failure(i).await,
+            _ => Ok(None),
+        }
     }
 
     /// How the run ends once every step has: its state, error and output
@@ -485,10 +494,7 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
                 }
             }
         }
-        let finally_failure = match finally_stop {
-            Some(Stop::Failed(i) | Stop::Failing(i)) => self.ledger.failure(i).await?,
-            _ => None,
-        };
+        let finally_failure = self.failure_of(finally_stop).await?;
         (state, error) = core::with_finally(&self.plan.workflow, (state, error), finally_stop, |_| finally_failure.clone());
         Ok(RunEnd { state, output, error })
     }

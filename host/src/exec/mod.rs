@@ -506,8 +506,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 m.ledger.unflushed = false;
                 if let Err(e) = sink.barrier().await {
                     m.ready.push_front(i);
-                    m.ledger.unrecorded.get_or_insert(e);
-                    m.unrecorded();
+                    lose_record(&mut m, e);
                     m.ledger.phase.steps.cancel();
                     break;
                 }
@@ -577,8 +576,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     }
     // Every step's result is durable before the run's end is decided.
     if let Err(e) = sink.barrier().await {
-        m.ledger.unrecorded.get_or_insert(e);
-        m.unrecorded();
+        lose_record(&mut m, e);
     }
     let mut end = infallible(m.end().await);
     let lost = m.progress.stop == Some(Stop::Unrecorded);
@@ -610,6 +608,13 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         })
         .collect();
     RunReport { run_id, state, output: output.map(Arc::unwrap_or_clone), error, unrecorded, steps }
+}
+
+/// The sink failed: no step starts any more, and the run fails with the
+/// first reason.
+fn lose_record(m: &mut RunMachine<'_, Book<'_>>, e: SinkError) {
+    m.ledger.unrecorded.get_or_insert(e);
+    m.unrecorded();
 }
 
 /// The value of a result that cannot fail.
@@ -745,7 +750,7 @@ impl Ledger for Book<'_> {
         self.outcomes[i] = Some(outcome);
     }
 
-    fn step_restored(&mut self, i: usize, output: Arc<Value>) {
+    fn step_restored(&mut self, i: usize, outcome: Outcome, output: Arc<Value>) {
         let id = &self.plan.workflow.steps[i].id;
         self.outputs.insert(id.clone(), Some(output));
         self.reports[i] = Some(StepReport {
@@ -759,7 +764,7 @@ impl Ledger for Book<'_> {
             fuel_used: 0,
             duration: Duration::ZERO,
         });
-        self.outcomes[i] = Some(Outcome { state: StepState::Succeeded, blocks: false, items: None });
+        self.outcomes[i] = Some(outcome);
     }
 
     async fn count_down(&mut self, i: usize) -> Result<Vec<usize>, Infallible> {

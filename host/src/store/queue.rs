@@ -31,7 +31,7 @@ use super::postgres::{PgStore, db, text};
 use super::{NewRun, StoreError, now};
 use crate::exec::core::{self, Ending, Items, Stop, Work};
 use crate::exec::machine::{Lazy, Ledger, Progress, RunMachine, Settled, Tally};
-use crate::exec::{Event, Redactor, RunContext, RunState, SecretSpans, StepState, unmask};
+use crate::exec::{Event, Redactor, RunContext, RunState, SecretSpans, unmask};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{StepLog, sha256_hex};
 use deadpool_postgres::GenericClient;
@@ -961,10 +961,9 @@ impl Ledger for PgLedger<'_> {
         self.emit(event);
     }
 
-    fn step_restored(&mut self, i: usize, output: Arc<Value>) {
+    fn step_restored(&mut self, i: usize, outcome: core::Outcome, output: Arc<Value>) {
         // Not reached yet: a run on workers is resumed by its workers,
         // whose rows keep what ended.
-        let outcome = core::Outcome { state: StepState::Succeeded, blocks: false, items: None };
         self.outcomes.insert(i, outcome);
         self.loaded.insert(i);
         self.outputs.insert(self.wf().steps[i].id.clone(), Some(output));
