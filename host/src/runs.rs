@@ -32,7 +32,8 @@ pub struct Settings {
 }
 
 /// What a new attempt of a recorded run runs again.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Rerun {
     /// `sandflow resume`: every step that did not succeed.
     #[default]
@@ -250,7 +251,7 @@ fn ended_in_finally(plan: &crate::plan::Plan, record: &RunRecord, restored: &BTr
 
 /// The steps `rerun` runs again even if they succeeded: for a retry, the
 /// `finally` steps, and `--from` STEP with every step downstream of it.
-fn rerun_steps(plan: &crate::plan::Plan, rerun: &Rerun) -> Result<std::collections::BTreeSet<String>, String> {
+pub fn rerun_steps(plan: &crate::plan::Plan, rerun: &Rerun) -> Result<std::collections::BTreeSet<String>, String> {
     let Rerun::Retry { from } = rerun else { return Ok(Default::default()) };
     let steps = &plan.workflow.steps;
     let mut again: std::collections::BTreeSet<String> = steps[plan.main..].iter().map(|s| s.id.clone()).collect();
@@ -364,8 +365,8 @@ pub async fn follow(
         listening.clone(),
     ));
     let _stop_listening = listening.drop_guard();
-    store.run(run_id, crate::store::RunDetail::Run).await?;
-    let mut last = 0;
+    // The run's current attempt: a retried run's earlier attempts ended.
+    let mut last = store.attempt_events(run_id).await?;
     let mut failures = 0u32;
     loop {
         match store.events_after(run_id, last).await {

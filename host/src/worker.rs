@@ -151,7 +151,10 @@ impl Worker {
                         match self.context(&run_id).await {
                             Ok(run) => {
                                 let outcome = self.store.start_run(&run_id, &run, self.claimer(self.free())).await?;
-                                busy |= outcome.done;
+                                if outcome.stale {
+                                    self.stale(&run_id);
+                                }
+                                busy |= outcome.done || outcome.stale;
                                 for job in outcome.claimed {
                                     self.spawn_job(job, done_tx.clone());
                                 }
@@ -185,7 +188,12 @@ impl Worker {
                             match self.context(&run_id).await {
                                 Ok(run) => {
                                     let claimer = Claimer { others: true, ..self.claimer(free) };
-                                    for job in self.store.claim_in_run(&run_id, &run, claimer).await?.claimed {
+                                    let outcome = self.store.claim_in_run(&run_id, &run, claimer).await?;
+                                    if outcome.stale {
+                                        self.stale(&run_id);
+                                        busy = true;
+                                    }
+                                    for job in outcome.claimed {
                                         self.spawn_job(job, done_tx.clone());
                                     }
                                 }
@@ -200,7 +208,9 @@ impl Worker {
                     for run_id in self.store.runs_needing_care().await? {
                         match self.context(&run_id).await {
                             Ok(run) => {
-                                self.store.care(&run_id, &run).await?;
+                                if self.store.care(&run_id, &run).await?.stale {
+                                    self.stale(&run_id);
+                                }
                             }
                             Err(ContextError::Store(e)) => return Err(e),
                             Err(ContextError::Load(e)) => self.abandon(&run_id, e).await?,
@@ -293,14 +303,40 @@ impl Worker {
                 missing.join(", ")
             )
         });
-        let step_limit = head.binding.concurrency.or(ctx.prepared().plan.workflow.concurrency);
-        let run = Arc::new(RunCtx { ctx, input: head.input, redactor: Redactor::new(&self.config.secrets), missing_secrets, step_limit });
+        let plan = &ctx.prepared().plan;
+        let step_limit = head.binding.concurrency.or(plan.workflow.concurrency);
+        // A later attempt (`retry`, `resume`) keeps what succeeded, but for
+        // the steps it runs again.
+        let again = match head.attempt {
+            1 => None,
+            _ => {
+                let again = crate::runs::rerun_steps(plan, &head.rerun).map_err(|e| ContextError::Load(format!("retry --from: {e}")))?;
+                Some(again.iter().filter_map(|id| plan.index.get(id.as_str()).copied()).collect())
+            }
+        };
+        let (redactor, attempt) = (Redactor::new(&self.config.secrets), head.attempt);
+        let run = Arc::new(RunCtx { ctx, input: head.input, redactor, missing_secrets, step_limit, attempt, again });
         let mut runs = self.runs.lock().expect("not poisoned");
         if runs.len() >= RUN_CACHE {
             let active: Vec<String> = self.active.lock().expect("not poisoned").values().map(|(r, _)| r.clone()).collect();
             runs.retain(|id, _| active.contains(id));
         }
-        Ok(runs.entry(run_id.to_string()).or_insert(run).clone())
+        // Another task may have loaded it meanwhile: the later attempt wins.
+        let kept = runs.entry(run_id.to_string()).or_insert_with(|| run.clone());
+        if kept.attempt < run.attempt {
+            *kept = run;
+        }
+        Ok(kept.clone())
+    }
+
+    /// A transaction found run `run_id` at another attempt than this
+    /// worker loaded (it was retried or resumed): forget it, and look again.
+    fn stale(&self, run_id: &str) {
+        tracing::info!("worker {}: run {run_id} has a new attempt: loading it again", self.config.name);
+        self.runs.lock().expect("not poisoned").remove(run_id);
+        self.look_for_runs.store(true, Ordering::SeqCst);
+        self.claimable.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
     }
 
     /// The run's workflow prepared, once per content: from this worker's
@@ -412,6 +448,13 @@ impl Worker {
                     let slots = if stop.is_cancelled() { 0 } else { self.free() + copy.len() };
                     let began = std::time::Instant::now();
                     match self.store.commit(&run_id, &run, finished, self.claimer(slots)).await {
+                        // Loaded before the run's new attempt: commit again
+                        // with it (a result of an earlier attempt is then
+                        // discarded, its job gone).
+                        Ok(outcome) if outcome.stale => {
+                            self.stale(&run_id);
+                            pending = Some(copy);
+                        }
                         Ok(outcome) => {
                             tracing::debug!("worker {}: committed {} result(s) of run {run_id} in {:?}, claimed {}", self.config.name, copy.len(), began.elapsed(), outcome.claimed.len());
                             if let Some(sender) = more.upgrade() {

@@ -134,7 +134,13 @@ fn run_and_read(store: &str, schema: &PgSchema, state: &tempfile::TempDir, file:
         .args(extra)
         .env("SANDFLOW_SECRET_GREETING", "s3cr3t-hello"));
     let id = newest_run(sandflow(state).args(["--store", store]));
-    let (_, record, _) = run(sandflow(state).args(["--json", "--store", store, "runs", "show", &id]));
+    (read_back(store, schema, state, &id, code, &out), err)
+}
+
+/// What `store` recorded of run `id`, whose command exited `code` and
+/// printed `out`.
+fn read_back(store: &str, schema: &PgSchema, state: &tempfile::TempDir, id: &str, code: i32, out: &str) -> Recorded {
+    let (_, record, _) = run(sandflow(state).args(["--json", "--store", store, "runs", "show", id]));
     let record: Value = serde_json::from_str(&record).unwrap();
     let mut fuel = BTreeMap::new();
     let mut steps: Vec<Value> = Vec::new();
@@ -145,24 +151,25 @@ fn run_and_read(store: &str, schema: &PgSchema, state: &tempfile::TempDir, file:
     }
     steps.sort_by_key(|s| s[0].to_string());
     // Each step's log, in order, steps by name.
-    let (_, logs, _) = run(sandflow(state).args(["--json", "--store", store, "runs", "logs", &id]));
+    let (_, logs, _) = run(sandflow(state).args(["--json", "--store", store, "runs", "logs", id]));
     let mut logs: Vec<Value> = serde_json::from_str(&logs).unwrap();
     logs.sort_by_key(|l| l["step"].to_string());
     let mut attempts = Vec::new();
-    for (attempt, f) in recorded_attempts(store, schema, state, &id) {
+    for (attempt, f) in recorded_attempts(store, schema, state, id) {
         fuel.insert(format!("attempt {attempt}"), f);
         attempts.push(attempt);
     }
-    let record_text = serde_json::to_string_pretty(&json!({ "steps": steps, "logs": logs, "attempts": attempts })).unwrap().replace(&id, "<run id>");
-    let recorded = Recorded {
+    let record_text = serde_json::to_string_pretty(&json!({ "attempt": record["attempt"], "steps": steps, "logs": logs, "attempts": attempts }))
+        .unwrap()
+        .replace(id, "<run id>");
+    Recorded {
         code,
-        stdout: out.replace(&id, "<run id>"),
+        stdout: out.replace(id, "<run id>"),
         status: record["status"].clone(),
-        error: Value::String(record["error"].as_str().unwrap_or_default().replace(&id, "<run id>")),
+        error: Value::String(record["error"].as_str().unwrap_or_default().replace(id, "<run id>")),
         record: record_text,
         fuel,
-    };
-    (recorded, err)
+    }
 }
 
 /// Every test case of every example workflow and every StepFlow flow (with
@@ -543,6 +550,81 @@ fn resume_of_a_queued_run_works_on_it() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"text": "HI / hi"}));
     assert_eq!(show(&schema, &state, &id)["status"], "completed");
+}
+
+/// `resume` and `retry --from` of a run that failed on workers run on the
+/// workers (the command only follows, with `--no-work`), as a new attempt
+/// of the run; each attempt records the same as the same commands give a
+/// run in one process: which steps keep their outputs, which run again,
+/// the `finally` steps, `run.attempt`. `--detach` queues the attempt and
+/// `runs follow` shows it (not the attempts before it) to its end.
+#[test]
+fn resume_and_retry_of_a_run_on_workers_run_on_workers_as_in_process() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("flaky.yaml");
+    // `flaky` fails in the run's first attempt only.
+    std::fs::write(
+        &file,
+        format!(
+            "components:\n  pass: {{ path: {} }}\n  fail: {{ path: {} }}\nsteps:\n  - {{ id: ok, component: pass, input: \"{{{{ run.attempt }}}}\" }}\n\
+             \x20 - {{ id: flaky, component: fail, needs: [ok], when: \"run.attempt == 1\" }}\n\
+             \x20 - {{ id: last, component: pass, needs: [flaky], input: {{ n: \"{{{{ run.attempt }}}}\", ok: \"{{{{ steps.ok.output }}}}\" }} }}\n\
+             finally:\n  - {{ id: tell, component: pass, input: \"{{{{ run.status }}}} {{{{ run.attempt }}}}\" }}\n",
+            example("echo").display(),
+            hostile("fatal").display()
+        ),
+    )
+    .unwrap();
+    let sqlite = format!("sqlite:{}", state.path().join("local.db").display());
+    let _workers = Workers::start(&schema, &state, 2, "5s");
+    let mut ids = Vec::new();
+    for store in [&sqlite, &schema.url] {
+        let (code, _, err) = run(sandflow(&state).args(["-q", "--store", store, "run"]).arg(&file).args(if *store == schema.url { &["--no-work"][..] } else { &[] }));
+        assert_eq!(code, 1, "{err}");
+        ids.push(newest_run(sandflow(&state).args(["--store", store])));
+    }
+    let compare = |what: &str, a: (i32, String), b: (i32, String)| {
+        let a = read_back(&sqlite, &schema, &state, &ids[0], a.0, &a.1);
+        let b = read_back(&schema.url, &schema, &state, &ids[1], b.0, &b.1);
+        assert_eq!((&a.code, &a.stdout, &a.status, &a.error, &a.record), (&b.code, &b.stdout, &b.status, &b.error, &b.record), "{what}: in-process (left) and on workers (right) differ");
+        b
+    };
+    let first = compare("the first attempt", (1, String::new()), (1, String::new()));
+    assert_eq!(first.status, "failed");
+    // `resume`: `ok` keeps its output; `flaky` is skipped this time.
+    let (code, out, err) = run(sandflow(&state).args(["-q", "--store", &sqlite, "resume", &ids[0]]));
+    assert_eq!(code, 0, "{err}");
+    let (wcode, wout, werr) = run(pg(&schema, &state).args(["-q", "resume", &ids[1], "--no-work"]));
+    assert_eq!(wcode, 0, "{werr}");
+    let resumed = compare("resume", (code, out), (wcode, wout));
+    assert!(resumed.record.contains("\"attempt\": 2"), "{}", resumed.record);
+    let step = |r: &Recorded, id: &str| -> Value {
+        let record: Value = serde_json::from_str(&r.record).unwrap();
+        record["steps"].as_array().unwrap().iter().find(|s| s[0] == id).cloned().unwrap()
+    };
+    assert_eq!(step(&resumed, "ok")[7], 1, "ok kept the output of attempt 1");
+    assert_eq!(step(&resumed, "last")[7], json!({"n": 2, "ok": 1}));
+    assert_eq!(step(&resumed, "tell")[7], "failed 1", "a `finally` step that succeeded is kept by `resume` (`retry` runs it again)");
+    // `retry --from ok`, detached: everything runs again, in attempt 3.
+    let (code, out, err) = run(sandflow(&state).args(["-q", "--store", &sqlite, "retry", &ids[0], "--from", "ok"]));
+    assert_eq!(code, 0, "{err}");
+    let (wcode, queued, werr) = run(pg(&schema, &state).args(["retry", &ids[1], "--from", "ok", "--detach"]));
+    assert_eq!((wcode, queued.trim()), (0, ids[1].as_str()), "{werr}");
+    assert!(werr.contains("queued for workers (attempt 3)"), "{werr}");
+    let (wcode, wout, werr) = run(pg(&schema, &state).args(["runs", "follow", &ids[1]]));
+    assert_eq!(wcode, 0, "{werr}");
+    assert!(!werr.contains("flaky failed") && werr.matches("run completed").count() <= 1, "only attempt 3 is followed: {werr}");
+    let retried = compare("retry --from ok", (code, out), (wcode, wout));
+    assert_eq!(step(&retried, "ok")[7], 3);
+    assert_eq!(step(&retried, "last")[7], json!({"n": 3, "ok": 3}));
+    // Nothing to do for a completed run, and no retry of a step it lacks.
+    let (code, _, err) = run(pg(&schema, &state).args(["retry", &ids[1], "--from", "okk"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--from: the run's workflow has no step `okk` (did you mean `ok`?)"), "{err}");
+    let (code, _, err) = run(pg(&schema, &state).args(["retry", &ids[1], "--components", "workflows/stepflow/components.yml"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("a new attempt keeps them"), "{err}");
 }
 
 /// A StepFlow flow submitted with `--components` and `--var` runs on

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 pub(crate) struct VarArgs {
     /// Set a variable for `{ $variable: NAME }`: `NAME=value`, the value read
     /// as JSON when it parses and as a string otherwise. A run on workers
-    /// keeps them with the run; a run in one process does not record them
-    /// (give them again to `resume` and `retry`).
+    /// keeps them with the run (those given to its `resume` or `retry`
+    /// replace them); a run in one process does not record them (give them
+    /// again to `resume` and `retry`).
     #[arg(long = "var", value_name = "NAME=VALUE")]
     var: Vec<String>,
     /// Read variables from a JSON or YAML file of `name: value` (`--var` wins).
@@ -40,6 +41,33 @@ impl VarArgs {
             set_path(&mut vars, assignment).map_err(|e| CliError::invalid(e.replacen("--set", "--var", 1)))?;
         }
         Ok(vars)
+    }
+}
+
+/// Where a run in a PostgreSQL store runs (`run`, `retry`, `resume`): on
+/// workers, and by default in this process too, which follows it.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub(crate) struct WorkArgs {
+    /// With a PostgreSQL store: queue the run, print its id and return
+    /// (as `sandflow submit`); workers run it.
+    #[arg(long)]
+    pub(crate) detach: bool,
+    /// With a PostgreSQL store: only follow the run; leave its steps to
+    /// `sandflow worker` processes (by default this process works on it too).
+    #[arg(long = "no-work")]
+    pub(crate) no_work: bool,
+}
+
+impl WorkArgs {
+    /// Refuses the flags for a run in this process (a SQLite store).
+    pub(crate) fn local(&self) -> Result<(), CliError> {
+        match (self.detach, self.no_work) {
+            (false, false) => Ok(()),
+            (detach, _) => Err(CliError::invalid(format!(
+                "{} needs a PostgreSQL run store that workers share: pass --store postgres://USER@HOST/DATABASE (or set SANDFLOW_STORE)",
+                if detach { "--detach" } else { "--no-work" }
+            ))),
+        }
     }
 }
 

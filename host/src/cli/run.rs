@@ -1,7 +1,7 @@
 //! `sandflow run FILE`: run a workflow; its output as JSON on stdout,
 //! progress on stderr.
 
-use super::args::{InputArgs, VarArgs, read_secrets};
+use super::args::{InputArgs, VarArgs, WorkArgs, read_secrets};
 use super::display::sink;
 use super::render::{print_end, say};
 use super::worker::{binding, load_for_submit, pg_store, work_and_follow, worker_config};
@@ -31,14 +31,8 @@ pub(crate) struct RunArgs {
     /// `SANDFLOW_SECRET_<NAME>` environment variables.
     #[arg(long, value_name = "FILE")]
     pub(crate) secrets_file: Option<PathBuf>,
-    /// With a PostgreSQL store: queue the run, print its id and return
-    /// (as `sandflow submit`); workers run it.
-    #[arg(long)]
-    pub(crate) detach: bool,
-    /// With a PostgreSQL store: only follow the run; leave its steps to
-    /// `sandflow worker` processes (by default this process works on it too).
-    #[arg(long = "no-work")]
-    pub(crate) no_work: bool,
+    #[command(flatten)]
+    pub(crate) work: WorkArgs,
     /// Run only these steps and every step they depend on (Argo's
     /// `target`); the others are left out. `finally` steps still run.
     #[arg(long, value_name = "STEP[,STEP...]", value_delimiter = ',')]
@@ -55,13 +49,7 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
         crate::store::StoreUrl::Postgres(_) => {
             return run_queued(&args, global, out).await;
         }
-        crate::store::StoreUrl::Sqlite(_) if args.detach || args.no_work => {
-            let flag = if args.detach { "--detach" } else { "--no-work" };
-            return Err(CliError::invalid(format!(
-                "{flag} needs a PostgreSQL run store that workers share: pass --store postgres://USER@HOST/DATABASE (or set SANDFLOW_STORE)"
-            )));
-        }
-        crate::store::StoreUrl::Sqlite(_) => {}
+        crate::store::StoreUrl::Sqlite(_) => args.work.local()?,
     }
     // A store that exists opens (SQLite reads its schema) while the
     // workflow is read and its sandbox made; a problem with the workflow is
@@ -131,7 +119,7 @@ pub(crate) fn finish(report: &RunReport, redactor: &Redactor, out: &Output) -> u
 /// process works on it too unless `--no-work`, and follows it to its end.
 async fn run_queued(args: &RunArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let (file, input, concurrency, secrets_file) = (&args.file, &args.input, args.concurrency, args.secrets_file.as_deref());
-    let (detach, work) = (args.detach, !args.no_work);
+    let (detach, work) = (args.work.detach, !args.work.no_work);
     let store = pg_store(global, "`sandflow run --detach`").await?;
     let input = input.read()?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);

@@ -65,22 +65,26 @@ pub(crate) struct RetryArgs {
     components: workflow_cmd::ComponentsArg,
     #[command(flatten)]
     vars: super::args::VarArgs,
+    #[command(flatten)]
+    work: super::args::WorkArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ResumeArgs {
     /// The run to continue (interrupted or failed).
-    id: String,
+    pub(crate) id: String,
     /// Secrets as `NAME=value` lines; also read from `SANDFLOW_SECRET_<NAME>`.
     #[arg(long, value_name = "FILE")]
-    secrets_file: Option<PathBuf>,
+    pub(crate) secrets_file: Option<PathBuf>,
     /// Most steps running at once.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    concurrency: Option<u64>,
+    pub(crate) concurrency: Option<u64>,
     #[command(flatten)]
-    components: workflow_cmd::ComponentsArg,
+    pub(crate) components: workflow_cmd::ComponentsArg,
     #[command(flatten)]
-    vars: super::args::VarArgs,
+    pub(crate) vars: super::args::VarArgs,
+    #[command(flatten)]
+    pub(crate) work: super::args::WorkArgs,
 }
 
 /// Spaces that make a `written`-character field `width` wide.
@@ -270,7 +274,14 @@ pub(crate) async fn retry(args: RetryArgs, global: &GlobalArgs, out: &Output) ->
         )));
     }
     let from = args.from;
-    let args = ResumeArgs { id: args.id, secrets_file: args.secrets_file, concurrency: args.concurrency, components: args.components, vars: args.vars };
+    let args = ResumeArgs {
+        id: args.id,
+        secrets_file: args.secrets_file,
+        concurrency: args.concurrency,
+        components: args.components,
+        vars: args.vars,
+        work: args.work,
+    };
     rerun(args, Rerun::Retry { from }, global, out).await
 }
 
@@ -281,16 +292,8 @@ pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) 
 
 /// A new attempt of a recorded run: `resume` or `retry`.
 async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
-    let (cancel, skip_finally, watcher) = super::call::run_interrupts();
     let store = global.open_store().await?;
     let record = store.run(&args.id, RunDetail::Full).await.map_err(store_error)?;
-    if record.status == RunState::Running.as_str()
-        && let crate::store::StoreUrl::Postgres(_) = global.store_url()?
-        && super::worker::pg_store(global, "resume").await?.is_queued(&record.id).await.map_err(store_error)?
-    {
-        watcher.abort();
-        return super::worker::resume_queued(&record.id, args.secrets_file.as_deref(), args.concurrency, global, out).await;
-    }
     if record.status == RunState::Completed.as_str() && rerun == Rerun::Resume {
         if out.json {
             // `--json` stderr is JSON lines only.
@@ -302,6 +305,17 @@ async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output
         println!("{}", serde_json::to_string_pretty(&output).expect("a Value always serializes"));
         return Ok(exit::OK);
     }
+    // A run that workers ran goes on on workers.
+    match global.store_url()? {
+        crate::store::StoreUrl::Postgres(_) => {
+            let pg = super::worker::pg_store(global, "resume").await?;
+            if pg.is_queued(&record.id).await.map_err(store_error)? {
+                return super::worker::rerun_queued(&pg, &record, args, rerun, global, out).await;
+            }
+        }
+        crate::store::StoreUrl::Sqlite(_) => args.work.local()?,
+    }
+    let (cancel, skip_finally, watcher) = super::call::run_interrupts();
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
     let variables = args.vars.read()?;
     let prepared = workflow_cmd::load(Path::new(&record.file), &args.components, &sandbox, out).await?;

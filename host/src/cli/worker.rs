@@ -215,18 +215,56 @@ pub(crate) async fn work_and_follow(
     Ok(print_end(followed.state, followed.output.as_ref(), redactor))
 }
 
-/// `sandflow resume ID` of a run workers are running: this process works
-/// on it too and follows it (steps its killed predecessor held run again
-/// once their leases expire).
-pub(crate) async fn resume_queued(id: &str, secrets_file: Option<&Path>, concurrency: Option<u64>, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
-    let store = pg_store(global, "resume").await?;
-    let config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file, Vec::new())?;
+/// `sandflow resume ID` or `retry ID` of a run that workers ran. A run
+/// still running (its process killed) is followed, and worked on here too:
+/// steps its killed predecessor held run again once their leases expire.
+/// A run that ended is queued again as a new attempt, for workers (and
+/// this process, unless `--no-work`) to run; it keeps what it was bound
+/// to at submit, but for the `--concurrency` and `--var` given here.
+pub(crate) async fn rerun_queued(
+    store: &Arc<PgStore>,
+    record: &crate::store::RunRecord,
+    args: super::runs::ResumeArgs,
+    rerun: crate::runs::Rerun,
+    global: &GlobalArgs,
+    out: &Output,
+) -> Result<u8, CliError> {
+    let id = &record.id;
+    let detached = |what: String| {
+        if !out.quiet {
+            say!("{what}; follow it with `sandflow runs follow {id}`");
+        }
+        println!("{id}");
+        Ok(exit::OK)
+    };
+    if record.status == crate::exec::RunState::Running.as_str() {
+        if args.work.detach {
+            return detached(format!("run {id} is running on workers"));
+        }
+    } else {
+        if args.components.file.is_some() {
+            return Err(CliError::invalid(format!(
+                "--components: run {id} ran on workers with the components it was submitted with, and a new attempt keeps them: submit a new run to use others"
+            )));
+        }
+        let plan = crate::runs::recorded_plan(store.as_ref(), record).await.map_err(|e| CliError::invalid(format!("run {id} cannot run again: {e}")))?;
+        crate::runs::rerun_steps(&plan, &rerun).map_err(|e| CliError::invalid(format!("--from: {e}")))?;
+        let vars = Some(args.vars.read()?).filter(|v| v.as_object().is_some_and(|v| !v.is_empty()));
+        let concurrency = args.concurrency.map(|n| n as usize);
+        let Some(attempt) = store.requeue(id, &rerun, concurrency, vars.as_ref()).await.map_err(store_error)? else {
+            return Err(CliError::invalid(format!("run {id} is running: `sandflow cancel {id}` it first")));
+        };
+        if args.work.detach {
+            return detached(format!("run {id} is queued for workers (attempt {attempt})"));
+        }
+    }
+    let config = worker_config(args.concurrency, None, Duration::from_secs(30), args.secrets_file.as_deref(), Vec::new())?;
     let redactor = Redactor::new(&config.secrets);
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
     if global.otlp()?.is_some() {
-        say!("warning: --otlp: a resumed distributed run's trace is not exported (its workflow is the workers')");
+        say!("warning: --otlp: the trace of a run that workers resume or retry is not exported");
     }
-    work_and_follow(&store, sandbox, Some(config), id, out, &redactor, None).await
+    work_and_follow(store, sandbox, (!args.work.no_work).then_some(config), id, out, &redactor, None).await
 }
 
 /// Follows a run until it ends; the first SIGINT/SIGTERM asks (through

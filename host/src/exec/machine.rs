@@ -70,10 +70,23 @@ pub trait Ledger: Send {
     /// already, and which are ready but wait until they are needed. Asked
     /// once per machine, before its first decision.
     fn lazy_steps(&mut self) -> impl Future<Output = Result<Lazy, Self::Error>> + Send;
+    /// What step `i` keeps from an earlier attempt of the run (`resume`,
+    /// `retry`), asked when it is ready: it then ends so, without running.
+    fn kept(&mut self, i: usize) -> impl Future<Output = Result<Option<Kept>, Self::Error>> + Send;
     /// A failure a step is refused with, as this ledger's run explains it.
     fn refused(&self, failure: StepFailure) -> StepFailure {
         failure
     }
+}
+
+/// What a step keeps from an earlier attempt of its run.
+#[derive(Debug, Clone)]
+pub enum Kept {
+    /// It succeeded with this output (secrets put back): it is restored.
+    Output(Value),
+    /// It ended so while the run's `finally` steps ran, and the run was
+    /// then killed: it is not run again (see [`super::RunOptions::ended`]).
+    Ended(Ending),
 }
 
 /// What a step's attempts (or items) add up to, besides its result.
@@ -283,6 +296,9 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
     /// or `None` when it ended without running (skipped, blocked, refused,
     /// or a `forEach` over no items).
     pub async fn decide(&mut self, i: usize) -> Result<Option<Work>, L::Error> {
+        if self.keep(i).await? {
+            return Ok(None);
+        }
         let decl = &self.plan.workflow.steps[i];
         let decision = {
             let facts = RunFacts { ending: self.progress.ending.as_ref(), ..self.facts };
@@ -372,9 +388,22 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
         Ok(())
     }
 
+    /// Step `i` ends as it did in an earlier attempt of the run, if the
+    /// ledger kept that ([`Ledger::kept`]). Whether it did.
+    pub async fn keep(&mut self, i: usize) -> Result<bool, L::Error> {
+        if self.ledger.outcome(i).is_some() {
+            return Ok(false);
+        }
+        match self.ledger.kept(i).await? {
+            None => Ok(false),
+            Some(Kept::Output(output)) => self.restore(i, output).await.map(|()| true),
+            Some(Kept::Ended(ending)) => self.finish(i, ending, Tally::default()).await.map(|_| true),
+        }
+    }
+
     /// Step `i` succeeded in an earlier attempt of the run (`sandflow
     /// resume`): it keeps its output, and its dependents are counted down.
-    pub async fn restore(&mut self, i: usize, output: Value) -> Result<(), L::Error> {
+    async fn restore(&mut self, i: usize, output: Value) -> Result<(), L::Error> {
         let step = self.plan.workflow.steps[i].id.clone();
         self.ledger.emit(Event::StepRestored { run_id: self.facts.run_id.to_string(), step });
         let outcome = Outcome { state: StepState::Succeeded, blocks: false, items: None };

@@ -43,7 +43,7 @@ pub use memo::{MemoEntry, MemoHit, Memos, memo_key};
 pub use runner::{Job, Loaded, StepRunner};
 
 use self::core::{Items, Outcome, RunFacts, Stop, Work};
-use self::machine::{Lazy, Ledger, Progress, RunMachine, Settled, Tally};
+use self::machine::{Kept, Lazy, Ledger, Progress, RunMachine, Settled, Tally};
 
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, HostServices, Limits, MemoryServices, Quota, RunMeter, StepLog};
@@ -481,6 +481,8 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             deadline: wf.timeout.map(|t| tokio::time::Instant::now() + t),
             finally_timeout: wf.finally_timeout,
         },
+        restored: &ctx.restored,
+        ended: &ctx.ended,
     };
     let mut m = RunMachine::new(&plan, ctx.facts(&input), Progress::default(), book);
     m.start();
@@ -491,7 +493,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     // Resumed while its `finally` steps ran: the steps of `steps` keep how
     // they ended.
     if !ctx.ended.is_empty() {
-        settle_recorded(&mut m, &ctx, 0..plan.main).await;
+        settle_recorded(&mut m, 0..plan.main).await;
     }
     loop {
         // A StepFlow flow's steps run only when needed (see `demand`).
@@ -510,9 +512,6 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                     m.ledger.phase.steps.cancel();
                     break;
                 }
-            }
-            if settle_recorded(&mut m, &ctx, i..i + 1).await {
-                continue;
             }
             let Some(work) = infallible(m.decide(i).await) else { continue };
             m.ledger.running += 1;
@@ -539,7 +538,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             match infallible(m.settle().await) {
                 Settled::FinallyBegan => {
                     if !ctx.ended.is_empty() {
-                        settle_recorded(&mut m, &ctx, plan.main..n).await;
+                        settle_recorded(&mut m, plan.main..n).await;
                     }
                     continue;
                 }
@@ -625,26 +624,13 @@ fn infallible<T>(result: Result<T, Infallible>) -> T {
     }
 }
 
-/// Settles the steps of `range` that keep what they did in an earlier
-/// attempt of the run: a recorded output (`StepRestored`), or how they
-/// ended ([`RunOptions::ended`]). Whether any was.
-async fn settle_recorded(m: &mut RunMachine<'_, Book<'_>>, ctx: &Ctx, range: std::ops::Range<usize>) -> bool {
-    let mut any = false;
+/// Settles the steps of `range` that keep how they ended in an earlier
+/// attempt of the run ([`RunMachine::keep`]): a run resumed while its
+/// `finally` steps ran settles the steps of `steps` at once.
+async fn settle_recorded(m: &mut RunMachine<'_, Book<'_>>, range: std::ops::Range<usize>) {
     for i in range {
-        let id = &m.plan.workflow.steps[i].id;
-        if m.ledger.reports[i].is_some() {
-            continue;
-        }
-        if let Some(output) = ctx.restored.get(id) {
-            infallible(m.restore(i, output.clone()).await);
-        } else if let Some(ending) = ctx.ended.get(id) {
-            infallible(m.finish(i, ending.clone(), Tally::default()).await);
-        } else {
-            continue;
-        }
-        any = true;
+        infallible(m.keep(i).await);
     }
-    any
 }
 
 /// A token cancelled when `a` or `b` is (or when it is cancelled itself,
@@ -686,6 +672,10 @@ struct Book<'a> {
     running: usize,
     started: Instant,
     phase: Phase,
+    /// What steps keep from an earlier attempt of the run
+    /// ([`RunOptions::restored`], [`RunOptions::ended`]).
+    restored: &'a BTreeMap<String, Value>,
+    ended: &'a BTreeMap<String, Ending>,
 }
 
 /// What stops the steps of the current phase. Those of `steps` stop on
@@ -748,6 +738,14 @@ impl Ledger for Book<'_> {
         self.unflushed = true;
         self.sink.emit(&event);
         self.outcomes[i] = Some(outcome);
+    }
+
+    async fn kept(&mut self, i: usize) -> Result<Option<Kept>, Infallible> {
+        let id = &self.plan.workflow.steps[i].id;
+        Ok(match self.restored.get(id) {
+            Some(output) => Some(Kept::Output(output.clone())),
+            None => self.ended.get(id).cloned().map(Kept::Ended),
+        })
     }
 
     fn step_restored(&mut self, i: usize, outcome: Outcome, output: Arc<Value>) {

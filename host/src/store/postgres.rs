@@ -196,6 +196,11 @@ CREATE TABLE events (
      ALTER TABLE runs ADD COLUMN vars TEXT;
      ALTER TABLE jobs ADD COLUMN limited BOOLEAN NOT NULL DEFAULT false;
      CREATE INDEX jobs_ready_limited ON jobs (run_id) WHERE state = 'ready' AND limited;",
+    // 9: `retry` and `resume` of a finished queued run, on workers: what
+    // the new attempt runs again (`runs::Rerun` as JSON), and how many of
+    // the run's events came before it (followers start after them).
+    "ALTER TABLE runs ADD COLUMN rerun TEXT;
+     ALTER TABLE runs ADD COLUMN attempt_events INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Serializes migrations across every process using the server.

@@ -30,7 +30,7 @@ use tokio_postgres::types::ToSql;
 use super::postgres::{PgStore, db, text};
 use super::{NewRun, StoreError, now};
 use crate::exec::core::{self, Ending, Items, Stop, Work};
-use crate::exec::machine::{Lazy, Ledger, Progress, RunMachine, Settled, Tally};
+use crate::exec::machine::{Kept, Lazy, Ledger, Progress, RunMachine, Settled, Tally};
 use crate::exec::{Event, Redactor, RunContext, RunState, SecretSpans, unmask};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{StepLog, sha256_hex};
@@ -56,7 +56,7 @@ type PgResult<T> = Result<T, tokio_postgres::Error>;
 pub type RunFiles = BTreeMap<PathBuf, Vec<u8>>;
 
 /// What a transaction on a run did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Outcome {
     /// It changed the run (started it, recorded a result).
     pub done: bool,
@@ -66,6 +66,9 @@ pub struct Outcome {
     pub retry_in: Option<Duration>,
     /// Jobs claimed for the committing worker in the same transaction.
     pub claimed: Vec<Claimed>,
+    /// The run is at another attempt than the worker loaded (it was
+    /// retried or resumed): nothing was done; load it again.
+    pub stale: bool,
 }
 
 /// A job a worker claimed.
@@ -105,6 +108,14 @@ pub struct RunCtx {
     /// Most steps of the run running at once across all workers: its
     /// `concurrency` (`--concurrency`, else the workflow's), if it has one.
     pub step_limit: Option<usize>,
+    /// The attempt of the run this was loaded for: a transaction that
+    /// finds the run at another (`retry`, `resume`) does nothing, and the
+    /// worker loads the run again ([`Outcome::stale`]).
+    pub attempt: u32,
+    /// For an attempt after the first: the steps that run again even if
+    /// they succeeded before ([`crate::runs::rerun_steps`]); the others
+    /// keep their recorded outputs.
+    pub again: Option<BTreeSet<usize>>,
 }
 
 impl RunCtx {
@@ -135,6 +146,8 @@ pub struct RunHead {
     pub attempt: u32,
     /// `--target`: the steps the run is limited to.
     pub targets: Vec<String>,
+    /// What an attempt after the first runs again.
+    pub rerun: crate::runs::Rerun,
     /// Its files: each path as the workflow names it, with its SHA-256
     /// ([`PgStore::files`] reads their bytes).
     pub files: BTreeMap<PathBuf, String>,
@@ -206,7 +219,7 @@ impl PgStore {
     pub async fn run_head(&self, run_id: &str) -> Result<RunHead, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT file, input, attempt, concurrency, targets, components, vars FROM runs WHERE id = $1", &[&run_id])
+            .query_opt("SELECT file, input, attempt, concurrency, targets, components, vars, rerun FROM runs WHERE id = $1", &[&run_id])
             .await
             .map_err(db)?
             .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
@@ -217,6 +230,7 @@ impl PgStore {
             input: row.get::<_, Option<String>>(1).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null),
             attempt: row.get::<_, i32>(2) as u32,
             targets: super::targets_of(row.get(4)),
+            rerun: row.get::<_, Option<String>>(7).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
             files,
             binding: Binding {
                 concurrency: row.get::<_, Option<i32>>(3).map(|n| n.max(1) as usize),
@@ -489,6 +503,49 @@ impl PgStore {
         row.map(|r| r.get(0)).ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))
     }
 
+    /// A new attempt of a queued run that has ended (`retry`, `resume`),
+    /// for workers to run: its DAG and jobs start afresh, steps keep their
+    /// rows (a worker restores what `rerun` keeps from them), and followers
+    /// start after the events recorded so far. `concurrency` and `vars`,
+    /// when given, replace what the run was bound to. Returns the new
+    /// attempt, or `None` if the run is running.
+    pub async fn requeue(&self, run_id: &str, rerun: &crate::runs::Rerun, concurrency: Option<usize>, vars: Option<&Value>) -> Result<Option<u32>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let row = tx.query_opt("SELECT status FROM runs WHERE id = $1 AND queued FOR UPDATE", &[&run_id]).await.map_err(db)?;
+        let status: String = row.ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?.get(0);
+        if status == RunState::Running.as_str() {
+            return Ok(None);
+        }
+        tx.execute("DELETE FROM jobs WHERE run_id = $1", &[&run_id]).await.map_err(db)?;
+        tx.execute("DELETE FROM dag WHERE run_id = $1", &[&run_id]).await.map_err(db)?;
+        let rerun = serde_json::to_string(rerun).expect("a Rerun always serializes");
+        let concurrency = concurrency.map(|n| n.min(i32::MAX as usize) as i32);
+        let vars = vars.map(Value::to_string);
+        let row = tx
+            .query_one(
+                "UPDATE runs SET status = 'running', attempt = attempt + 1, finished_at = NULL, error = NULL, output = NULL,
+                   cancel_requested = false, run_started = false, stop = NULL, main_stop = NULL, ending = NULL, open_steps = 0,
+                   deadline = NULL, began = now(), rerun = $2, attempt_events = events,
+                   concurrency = COALESCE($3, concurrency), vars = COALESCE($4, vars)
+                 WHERE id = $1 RETURNING attempt",
+                &[&run_id, &rerun, &concurrency, &vars],
+            )
+            .await
+            .map_err(db)?;
+        tx.execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL]).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(row.get::<_, i32>(0) as u32))
+    }
+
+    /// How many of run `run_id`'s events came before its current attempt:
+    /// a follower of the attempt starts after them.
+    pub async fn attempt_events(&self, run_id: &str) -> Result<i32, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT attempt_events FROM runs WHERE id = $1", &[&run_id]).await.map_err(db)?;
+        row.map(|r| r.get(0)).ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))
+    }
+
     /// Runs `body` in a transaction that holds the run's row lock (and
     /// the rows of the jobs in `held`, whose results it records).
     async fn in_run<F>(&self, run_id: &str, run: &RunCtx, held: &Holding, body: F) -> Result<Outcome, StoreError>
@@ -515,10 +572,15 @@ impl PgStore {
                 // Another worker is starting it, or started it already.
                 tx.batch_execute("ROLLBACK").await.map_err(db)?;
                 conn.finished();
-                return Ok(Outcome { done: false, new_jobs: 0, retry_in: None, claimed: Vec::new() });
+                return Ok(Outcome::default());
             }
             return Err(StoreError::UnknownRun(run_id.to_string()));
         };
+        if row.get::<_, i32>(7) as u32 != run.attempt {
+            tx.batch_execute("ROLLBACK").await.map_err(db)?;
+            conn.finished();
+            return Ok(Outcome { stale: true, ..Outcome::default() });
+        }
         let status: String = row.get(0);
         let progress = Progress {
             started: row.get(4),
@@ -544,6 +606,7 @@ impl PgStore {
             outputs: BTreeMap::new(),
             outcomes: HashMap::new(),
             waiting: HashMap::new(),
+            kept: None,
         };
         let mut t: RunTx<'_> = RunMachine::new(&run.ctx.prepared().plan, run.ctx.facts(&run.input), progress, ledger);
         t.ledger.hold(reads.next().unwrap_or_default(), reads.next().unwrap_or_default());
@@ -566,7 +629,7 @@ impl PgStore {
             }
             c.id != 0
         });
-        let outcome = Outcome { done, new_jobs: l.new_jobs, retry_in: l.retry_in, claimed: std::mem::take(&mut l.claimed) };
+        let outcome = Outcome { done, new_jobs: l.new_jobs, retry_in: l.retry_in, claimed: std::mem::take(&mut l.claimed), stale: false };
         drop(t);
         conn.finished();
         Ok(outcome)
@@ -648,12 +711,12 @@ const APPEND_EVENTS: &str = "WITH r AS (UPDATE runs SET events = events + cardin
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// Locks run `$1`'s row: every transaction that changes a run takes it first.
-const LOCK_RUN: &str = "SELECT status, stop, open_steps, events, run_started, ending, main_stop FROM runs WHERE id = $1 FOR UPDATE";
+const LOCK_RUN: &str = "SELECT status, stop, open_steps, events, run_started, ending, main_stop, attempt FROM runs WHERE id = $1 FOR UPDATE";
 
 /// [`LOCK_RUN`] for a run to start: none if it started, or if another
 /// worker holds it (it is starting it), instead of waiting for that.
 const LOCK_RUN_TO_START: &str =
-    "SELECT status, stop, open_steps, events, run_started, ending, main_stop FROM runs WHERE id = $1 AND NOT run_started FOR UPDATE SKIP LOCKED";
+    "SELECT status, stop, open_steps, events, run_started, ending, main_stop, attempt FROM runs WHERE id = $1 AND NOT run_started FOR UPDATE SKIP LOCKED";
 
 /// Locks the jobs `$1` whose claim is still `$2` (a result is recorded only
 /// by the current claim), with how long ago their steps first started.
@@ -739,6 +802,9 @@ struct PgLedger<'a> {
     /// Dependencies steps still wait for, as read under the run lock and
     /// counted down since: by step. (Only this run's transactions change them.)
     waiting: HashMap<usize, i32>,
+    /// Outputs of steps that succeeded in an earlier attempt of the run
+    /// (secrets put back), once read: by step id.
+    kept: Option<HashMap<String, Value>>,
 }
 
 /// The jobs a transaction records results of: it locks them, and reads
@@ -790,6 +856,14 @@ impl<'a> PgLedger<'a> {
         for r in waiting {
             self.waiting.insert(r.get::<_, i32>(0) as usize, r.get(1));
         }
+    }
+
+    /// A step's output as recorded (secrets masked, where `spans` says),
+    /// with this worker's secret values put back; `None` if it cannot be.
+    fn recorded_output(&self, output: Option<String>, spans: Option<String>) -> Option<Value> {
+        let output = serde_json::from_str::<Value>(&output?).ok()?;
+        let spans = spans.and_then(|t| serde_json::from_str::<SecretSpans>(&t).ok());
+        self.run.unmask(output, spans).ok()
     }
 
     /// How long ago step `i` first started.
@@ -880,18 +954,17 @@ impl Ledger for PgLedger<'_> {
             .await?;
         for r in rows {
             let (step, state): (String, String) = (r.get(0), r.get(1));
-            if let Some(o) = r.get::<_, Option<String>>(6).and_then(|t| core::Outcome::decode(&t, r.get(5))) {
-                self.outcomes.insert(r.get::<_, i32>(4) as usize, o);
-            }
+            // A step that has not ended in this attempt of the run has no
+            // output yet (its row may be an earlier attempt's).
+            let Some(o) = r.get::<_, Option<String>>(6).and_then(|t| core::Outcome::decode(&t, r.get(5))) else { continue };
+            self.outcomes.insert(r.get::<_, i32>(4) as usize, o);
             if state == "skipped" {
                 self.outputs.insert(step, None);
                 continue;
             }
-            let Some(output) = r.get::<_, Option<String>>(2).and_then(|t| serde_json::from_str::<Value>(&t).ok()) else { continue };
-            let spans = r.get::<_, Option<String>>(3).and_then(|t| serde_json::from_str::<SecretSpans>(&t).ok());
             // A value this worker cannot rebuild reads as missing: the step
             // reading it fails with a reference error naming it.
-            if let Ok(v) = self.run.unmask(output, spans) {
+            if let Some(v) = self.recorded_output(r.get(2), r.get(3)) {
                 self.outputs.insert(step, Some(Arc::new(v)));
             }
         }
@@ -961,9 +1034,36 @@ impl Ledger for PgLedger<'_> {
         self.emit(event);
     }
 
+    async fn kept(&mut self, i: usize) -> PgResult<Option<Kept>> {
+        let Some(again) = &self.run.again else { return Ok(None) };
+        if again.contains(&i) {
+            return Ok(None);
+        }
+        if self.kept.is_none() {
+            let attempt = self.run.attempt as i32;
+            let rows = self
+                .pipe
+                .query(
+                    self.tx,
+                    "SELECT step, output, output_secrets FROM steps WHERE run_id = $1 AND state = 'succeeded' AND run_attempt < $2",
+                    &[&self.run_id, &attempt],
+                )
+                .await?;
+            let mut kept = HashMap::new();
+            for r in rows {
+                // An output this worker cannot rebuild exactly (a secret it
+                // lacks) is not kept: the step runs again.
+                if let Some(v) = self.recorded_output(r.get(1), r.get(2)) {
+                    kept.insert(r.get::<_, String>(0), v);
+                }
+            }
+            self.kept = Some(kept);
+        }
+        let step = &self.wf().steps[i].id;
+        Ok(self.kept.as_ref().and_then(|k| k.get(step)).cloned().map(Kept::Output))
+    }
+
     fn step_restored(&mut self, i: usize, outcome: core::Outcome, output: Arc<Value>) {
-        // Not reached yet: a run on workers is resumed by its workers,
-        // whose rows keep what ended.
         self.outcomes.insert(i, outcome);
         self.loaded.insert(i);
         self.outputs.insert(self.wf().steps[i].id.clone(), Some(output));
