@@ -35,14 +35,38 @@ fn serve(state: &tempfile::TempDir, extra: &[&str]) -> (Reaped, String) {
 
 /// One HTTP/1.1 request; returns the status and the body.
 fn http(addr: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    let (status, _, body) = http_full(addr, method, path, headers);
+    (status, body)
+}
+
+/// One HTTP/1.1 request (`Host: ADDR` unless `headers` has a `Host`);
+/// returns the status, the headers (lowercase names) and the body.
+fn http_full(addr: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n").unwrap();
+    let mut extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    if !headers.iter().any(|h| h.to_ascii_lowercase().starts_with("host:")) {
+        extra.push_str(&format!("Host: {addr}\r\n"));
+    }
+    write!(stream, "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or_default();
+    let head = head.lines().skip(1).map(|l| match l.split_once(':') {
+        Some((name, value)) => format!("{}:{value}\n", name.to_ascii_lowercase()),
+        None => format!("{l}\n"),
+    });
+    (status, head.collect(), body)
+}
+
+/// The value of header `name` (lowercase) in `headers` from [`http_full`].
+fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
+    headers.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+}
+
+/// What the pages send with an action: a JSON body, from their own origin.
+fn own_action(addr: &str) -> [String; 3] {
+    ["Content-Type: application/json".into(), format!("Origin: http://{addr}"), "Sec-Fetch-Site: same-origin".into()]
 }
 
 fn get_json(addr: &str, path: &str) -> Value {
@@ -128,8 +152,9 @@ fn the_api_pages_filters_and_follows_runs_and_guards_actions_and_tokens() {
     assert_eq!(attempts.as_array().unwrap().len(), 1, "{attempts}");
     assert_eq!((attempts[0]["state"].as_str(), attempts[0]["error_kind"].as_str()), (Some("failed"), Some("component")), "{attempts}");
     assert!(attempts[0]["fuel_used"].as_u64().is_some_and(|f| f > 0), "each attempt's fuel: {attempts}");
-    let (status, body) = http(&addr, "POST", &format!("/api/runs/{running}/cancel"), &[]);
+    let (status, body) = http(&addr, "POST", &format!("/api/runs/{running}/cancel"), &own_action(&addr).each_ref().map(String::as_str));
     assert_eq!(status, 403, "actions are off by default: {body}");
+    assert!(body.contains("actions are off"), "{body}");
 
     // The live feed: the running run now, then again when it changes.
     let mut feed = TcpStream::connect(&addr).unwrap();
@@ -149,7 +174,7 @@ fn the_api_pages_filters_and_follows_runs_and_guards_actions_and_tokens() {
     };
     assert_eq!(next_run(&mut feed)["status"], "running");
     let (_actor, actor_addr) = serve(&state, &["--allow-actions"]);
-    let (status, body) = http(&actor_addr, "POST", &format!("/api/runs/{running}/cancel"), &[]);
+    let (status, body) = http(&actor_addr, "POST", &format!("/api/runs/{running}/cancel"), &own_action(&actor_addr).each_ref().map(String::as_str));
     assert_eq!(status, 200, "{body}");
     let mut seen = next_run(&mut feed);
     while seen["status"] == "running" {
@@ -164,6 +189,86 @@ fn the_api_pages_filters_and_follows_runs_and_guards_actions_and_tokens() {
     assert_eq!(http(&guarded, "GET", "/api/runs", &["Authorization: Bearer s3cret"]).0, 200);
     assert_eq!(http(&guarded, "GET", "/api/runs?token=s3cret", &[]).0, 200);
     assert_eq!(http(&guarded, "GET", "/api/runs?token=s3creT", &[]).0, 401);
+}
+
+/// What a hostile web page could do to `serve --allow-actions`, each
+/// tried as its browser would send it: no cross-site request changes a
+/// run (form posts, `Origin: null`, a cross-site fetch), no page on
+/// another name reads one (DNS rebinding), no page frames it, and the
+/// token a page was opened with becomes a cookie the attacker's requests
+/// do not carry.
+#[test]
+fn a_hostile_page_cannot_act_rebind_or_frame() {
+    let state = tempfile::tempdir().unwrap();
+    let (_running, [completed, failed, running]) = three_runs(&state, 60_000);
+    let (_server, addr) = serve(&state, &["--allow-actions"]);
+    let status_of = |id: &str| get_json(&addr, &format!("/api/runs/{id}"))["run"].clone();
+    let cancel = format!("/api/runs/{running}/cancel");
+    let retry = format!("/api/runs/{failed}/retry");
+    // Cross-site: each is refused and changes nothing.
+    let hostile: &[&[&str]] = &[
+        &["Origin: http://evil.example", "Content-Type: application/x-www-form-urlencoded"],
+        &["Origin: null", "Content-Type: text/plain"],
+        &["Origin: http://evil.example", "Content-Type: application/json"],
+        &["Sec-Fetch-Site: cross-site", "Content-Type: application/json"],
+        &["Sec-Fetch-Site: same-site", "Content-Type: application/json"],
+        &[&format!("Origin: http://{addr}.evil.example"), "Content-Type: application/json"],
+        &["Content-Type: multipart/form-data; boundary=x"],
+        &[],
+    ];
+    for headers in hostile {
+        for path in [&cancel, &retry] {
+            let (status, body) = http(&addr, "POST", path, headers);
+            assert_eq!(status, 403, "{path} {headers:?}: {body}");
+        }
+    }
+    assert_eq!(status_of(&running)["status"], "running");
+    assert_eq!((status_of(&failed)["status"].clone(), status_of(&failed)["attempt"].clone()), (Value::from("failed"), Value::from(1)));
+    // DNS rebinding: a page on another name reads nothing, on any route.
+    for path in ["/", "/api/runs", &format!("/api/runs/{completed}"), &format!("/api/runs/{running}/events"), "/assets/app.js"] {
+        let (status, body) = http(&addr, "GET", path, &["Host: evil.example"]);
+        assert_eq!(status, 421, "{path}: {body}");
+        assert!(!body.contains(&completed), "{path}: {body}");
+        let port = addr.rsplit(':').next().unwrap();
+        assert_eq!(http(&addr, "GET", path, &[&format!("Host: evil.example:{port}")]).0, 421, "{path}");
+    }
+    let port = addr.rsplit(':').next().unwrap();
+    assert_eq!(http(&addr, "GET", "/api/runs", &[&format!("Host: localhost:{port}")]).0, 200);
+    // No framing, and a policy the pages keep, on every answer.
+    for (path, headers) in [("/", vec![]), ("/api/runs", vec![]), ("/assets/app.js", vec![]), ("/api/runs", vec!["Host: evil.example"])] {
+        let (_, head, _) = http_full(&addr, "GET", path, &headers);
+        assert_eq!(header(&head, "x-frame-options"), Some("DENY"), "{path}: {head}");
+        let csp = header(&head, "content-security-policy").unwrap_or_default();
+        assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self';"), "{path}: {csp}");
+    }
+    // The pages' own request goes through.
+    let (status, body) = http(&addr, "POST", &cancel, &own_action(&addr).each_ref().map(String::as_str));
+    assert_eq!(status, 200, "{body}");
+
+    // A configured public name is this server's, and its origin may act.
+    let (_public, public_addr) = serve(&state, &["--allow-actions", "--public-url", "https://runs.example.com"]);
+    assert_eq!(http(&public_addr, "GET", "/api/runs", &["Host: runs.example.com"]).0, 200);
+    let (status, body) = http(
+        &public_addr,
+        "POST",
+        &format!("/api/runs/{completed}/cancel"),
+        &["Host: runs.example.com", "Origin: https://runs.example.com", "Content-Type: application/json"],
+    );
+    assert_eq!(status, 409, "past the guard, refused as not running: {body}");
+
+    // The token: `?token=` on a page becomes a cookie, and the address
+    // loses it; the cookie (not a guess) opens the rest.
+    let (_guarded, guarded) = serve(&state, &["--token", "s3cret"]);
+    let (status, head, _) = http_full(&guarded, "GET", &format!("/runs/{completed}?token=s3cret&live=0"), &[]);
+    assert_eq!(status, 303, "{head}");
+    assert_eq!(header(&head, "location"), Some(format!("/runs/{completed}?live=0").as_str()), "{head}");
+    let cookie = header(&head, "set-cookie").unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && !cookie.contains("s3cret"), "{cookie}");
+    let session = cookie.split(';').next().unwrap();
+    assert_eq!(http(&guarded, "GET", "/assets/app.js", &[&format!("Cookie: {session}")]).0, 200);
+    assert_eq!(http(&guarded, "GET", "/api/runs", &[&format!("Cookie: theme=dark; {session}")]).0, 200);
+    assert_eq!(http(&guarded, "GET", "/api/runs", &["Cookie: sandflow_session=00"]).0, 401);
+    assert_eq!(http(&guarded, "GET", "/api/runs", &["Cookie: sandflow_session=s3cret"]).0, 401);
 }
 
 #[test]
@@ -252,7 +357,8 @@ fn the_pages_show_runs_and_step_states_in_a_real_browser() {
     let now = dom(&chromium, &format!("http://{addr}/runs/{running}?live=0"));
     assert!(now.contains(r#"data-status="running""#), "{now}");
     assert!(now.contains(r#"data-step="first" data-state="succeeded""#), "{now}");
-    assert!(now.contains(r#"data-action="cancel""#), "{now}");
+    let view = now.split(r#"<main id="view">"#).nth(1).unwrap();
+    assert!(view.contains(r#"data-action="cancel""#), "actions are on: {view}");
     assert!(now.contains(r#"data-step="wait" data-state="running""#), "the running step is listed while it runs: {now}");
     assert!(now.contains("data-since="), "with the time its attempt started: {now}");
     assert!(now.contains(r#"<g class="step running" data-step="wait">"#), "{now}");
@@ -299,4 +405,32 @@ fn groups_finally_steps_and_for_each_items_fold_in_a_real_browser() {
     let page = dom(&chromium, &format!("http://{addr}/runs/{finally}"));
     assert!(page.contains(r#"<tr class="group" data-group="finally">"#), "{page}");
     assert!(page.contains(r#"data-step="cry" data-state="succeeded" data-in-group="finally""#), "{page}");
+    let view = page.split(r#"<main id="view">"#).nth(1).and_then(|v| v.split("</main>").next()).unwrap();
+    assert!(view.contains(r#"data-step="cry""#) && !view.contains("data-action="), "actions are off: no buttons at all: {view}");
+}
+
+/// With a token, the address a user is given (`/?token=T`) opens the
+/// pages in a browser: the runs, a run with its graph, all loaded with the
+/// cookie the token became; Chromium reports no Content-Security-Policy
+/// violation on them (scripts, styles, the graph's inline style).
+#[test]
+fn a_token_address_opens_the_pages_in_a_real_browser_under_the_policy() {
+    let Some(chromium) = chromium() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["-q", "run", "workflows/diamond.yaml", "--input", r#"{"text": "Hi"}"#]));
+    assert_eq!(code, 0, "{err}");
+    let id = newest_run(sandflow(&state));
+    let (_server, addr) = serve(&state, &["--token", "s3 cret&x"]);
+    let token = "s3%20cret%26x";
+    let runs = dom(&chromium, &format!("http://{addr}/?token={token}"));
+    assert!(runs.contains(&format!(r#"data-run="{id}" data-status="completed""#)), "{runs}");
+    let out = std::process::Command::new(&chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0", "--dump-dom"])
+        .arg(format!("http://{addr}/runs/{id}?token={token}"))
+        .output()
+        .unwrap();
+    let (page, log) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(page.contains(r#"data-step="upper" data-state="succeeded""#), "{page}");
+    assert!(page.contains(r#"<g class="step succeeded" data-step="upper">"#), "the graph: {page}");
+    assert!(!log.contains("Content Security Policy"), "a CSP violation: {log}");
 }

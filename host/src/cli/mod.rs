@@ -7,6 +7,7 @@ mod cache;
 mod call;
 mod display;
 mod graph;
+mod guard;
 mod new;
 pub(crate) mod inspect;
 mod render;

@@ -13,13 +13,15 @@
 //! | `GET /api/runs/{id}/attempts?step=` | its recorded attempts |
 //! | `GET /api/runs/{id}/events` | the run again each time it changes, until it ends (SSE) |
 //! | `POST /api/runs/{id}/cancel`, `…/resume`, `…/retry` | with `--allow-actions` only |
+//!
+//! Every request passes [`super::guard`] first: the token, the `Host`,
+//! cross-site requests, and the headers that forbid framing.
 
 use super::{CliError, GlobalArgs, Output, exit};
 use crate::plan::Plan;
 use crate::store::{RunDetail, RunQuery, RunRecord, RunStore, StoreError};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -41,10 +43,18 @@ pub(crate) struct ServeArgs {
     /// address is reachable by others, so set a token.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
-    /// Every request must carry this token (`Authorization: Bearer TOKEN`,
-    /// or `?token=TOKEN` in the address the browser opens).
+    /// Every request must carry this token (`Authorization: Bearer TOKEN`),
+    /// or the cookie a browser gets when it opens an address with
+    /// `?token=TOKEN` (it is then sent on to the address without it).
     #[arg(long, value_name = "TOKEN", env = "SANDFLOW_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The address users open, when it is a name (behind a proxy, say):
+    /// requests must name this server in `Host` (an IP address,
+    /// `localhost`, or this URL's host: a page on another name is refused,
+    /// against DNS rebinding), and this URL's origin may send actions. An
+    /// `https` URL makes the token's cookie `Secure`.
+    #[arg(long, value_name = "URL", value_parser = public_url)]
+    public_url: Option<url::Url>,
     /// Let the pages cancel a running run and resume or retry a finished one
     /// (off by default: the view only reads).
     #[arg(long)]
@@ -53,7 +63,6 @@ pub(crate) struct ServeArgs {
 
 struct App {
     store: Arc<dyn RunStore>,
-    token: Option<String>,
     allow_actions: bool,
     /// To run `resume` and `retry` as processes of their own.
     exe: std::path::PathBuf,
@@ -87,9 +96,9 @@ pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) 
             if args.allow_actions { " and can cancel, resume and retry them" } else { "" }
         );
     }
+    let guard = Arc::new(super::guard::Guard::new(args.token, args.public_url));
     let app = Arc::new(App {
         store,
-        token: args.token,
         allow_actions: args.allow_actions,
         exe: std::env::current_exe().map_err(|e| CliError { code: exit::FAILED, message: format!("cannot find this program: {e}") })?,
         state_dir: global.state_dir.clone(),
@@ -104,7 +113,7 @@ pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) 
         // Tests and scripts read the address from this line (with `--listen 127.0.0.1:0`).
         super::render::say!("serving {} on http://{bound}/", app.store.location());
     }
-    let router = router(app);
+    let router = router(app).layer(axum::middleware::from_fn_with_state(guard, super::guard::guard));
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -128,7 +137,6 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/runs/{id}/attempts", get(attempts))
         .route("/api/runs/{id}/events", get(events))
         .route("/api/runs/{id}/{action}", post(act))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
         .with_state(app)
 }
 
@@ -140,20 +148,12 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, kind)], body).into_response()
 }
 
-/// Checks the token on every request, when one is set.
-async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let Some(token) = &app.token else { return next.run(request).await };
-    let bearer = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let query = request.uri().query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("token="));
-    let given = bearer.or(query).unwrap_or("");
-    // Constant-time: the comparison does not stop at the first difference.
-    let same = given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if same {
-        next.run(request).await
-    } else {
-        let mut response = (StatusCode::UNAUTHORIZED, "a token is required: open the address with ?token=TOKEN\n").into_response();
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        response
+/// `--public-url`: an http(s) URL with a host.
+fn public_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    match (url.scheme(), url.host_str()) {
+        ("http" | "https", Some(_)) => Ok(url),
+        _ => Err("must be an http:// or https:// address with a host, as users open it".into()),
     }
 }
 

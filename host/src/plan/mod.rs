@@ -6,7 +6,7 @@
 //! groups, on every step of the group before its own. Unknown steps and
 //! components, duplicate ids and cycles are all reported at once.
 
-mod svg;
+pub mod svg;
 
 use crate::workflow::{Diagnostic, Diagnostics, StepDecl, Target, Workflow, diagnostic::nearest};
 use petgraph::graph::{DiGraph, NodeIndex};

@@ -6,6 +6,20 @@
 use super::{Plan, target_label};
 use std::fmt::Write as _;
 
+/// The drawing's stylesheet, inline in every SVG; the web view allows
+/// exactly this text by its hash in its Content-Security-Policy.
+pub const STYLE: &str = "\n\
+.step rect { fill: #f6f8fa; stroke: #57606a; stroke-width: 1.2; }\n\
+.step .target { fill: #57606a; font-size: 11px; }\n\
+.edge { fill: none; stroke: #8c959f; stroke-width: 1.3; }\n\
+.finally { fill: none; stroke: #8c959f; stroke-dasharray: 5 4; }\n\
+.succeeded rect { fill: #dafbe1; stroke: #1a7f37; }\n\
+.failed rect { fill: #ffebe9; stroke: #cf222e; }\n\
+.skipped rect { fill: #f6f8fa; stroke: #afb8c1; stroke-dasharray: 4 3; }\n\
+.cancelled rect { fill: #fff8c5; stroke: #9a6700; }\n\
+.running rect { fill: #ddf4ff; stroke: #0969da; stroke-width: 2; }\n\
+";
+
 const NODE_H: f64 = 46.0;
 const GAP_X: f64 = 28.0;
 const GAP_Y: f64 = 54.0;
@@ -80,17 +94,7 @@ impl Plan {
             out,
             r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {total_w:.0} {total_h:.0}" width="{total_w:.0}" height="{total_h:.0}" font-family="ui-monospace, SFMono-Regular, Menlo, monospace" font-size="13">
 <title>{title}</title>
-<style>
-.step rect {{ fill: #f6f8fa; stroke: #57606a; stroke-width: 1.2; }}
-.step .target {{ fill: #57606a; font-size: 11px; }}
-.edge {{ fill: none; stroke: #8c959f; stroke-width: 1.3; }}
-.finally {{ fill: none; stroke: #8c959f; stroke-dasharray: 5 4; }}
-.succeeded rect {{ fill: #dafbe1; stroke: #1a7f37; }}
-.failed rect {{ fill: #ffebe9; stroke: #cf222e; }}
-.skipped rect {{ fill: #f6f8fa; stroke: #afb8c1; stroke-dasharray: 4 3; }}
-.cancelled rect {{ fill: #fff8c5; stroke: #9a6700; }}
-.running rect {{ fill: #ddf4ff; stroke: #0969da; stroke-width: 2; }}
-</style>
+<style>{STYLE}</style>
 <defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#8c959f"/></marker></defs>
 "##,
             title = escape(&self.workflow.name),

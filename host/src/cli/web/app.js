@@ -1,11 +1,10 @@
-// The web view's pages: plain DOM, no build step. Every request carries the
-// token the page was opened with (`?token=`), if any.
+// The web view's pages: plain DOM, no build step, no inline script (the
+// server's Content-Security-Policy allows none). A server with a token
+// answers `?token=` with a cookie, which every request here then carries.
 "use strict";
 const sandflow = (() => {
-  const token = new URLSearchParams(location.search).get("token");
-  const withToken = (url) => token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url;
   const api = async (url, options) => {
-    const response = await fetch(withToken(url), options);
+    const response = await fetch(url, options);
     if (!response.ok) {
       let why = response.statusText;
       try { why = (await response.json()).error || why; } catch (_) { /* not JSON */ }
@@ -25,10 +24,8 @@ const sandflow = (() => {
   const problem = (e) => { const p = document.getElementById("problem"); p.textContent = String(e.message || e); p.hidden = false; };
   const took = (ms) => ms < 1 ? Math.round(ms * 1000) + "µs" : ms < 1000 ? ms.toFixed(1) + "ms" : (ms / 1000).toFixed(2) + "s";
   const span = (from, to) => (from && to) ? took(Date.parse(to) - Date.parse(from)) : "";
-  const linkTokens = () => document.querySelectorAll("a[data-link]").forEach((a) => { a.href = withToken(a.getAttribute("href")); });
 
   async function runsPage() {
-    linkTokens();
     const form = document.getElementById("filters");
     const params = new URLSearchParams(location.search);
     form.workflow.value = params.get("workflow") || "";
@@ -43,7 +40,7 @@ const sandflow = (() => {
         const page = await (await api("/api/runs?" + q)).json();
         for (const r of page.runs) {
           body.append(el("tr", { "data-run": r.id, "data-status": r.status },
-            el("td", { class: "id" }, el("a", { href: withToken("/runs/" + r.id) }, r.id.slice(0, 13) + "…")),
+            el("td", { class: "id" }, el("a", { href: "/runs/" + r.id }, r.id.slice(0, 13) + "…")),
             el("td", {}, r.workflow),
             el("td", {}, badge(r.status)),
             el("td", {}, String(r.attempt)),
@@ -60,7 +57,6 @@ const sandflow = (() => {
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();
       const q = new URLSearchParams({ workflow: form.workflow.value, status: form.status.value });
-      if (token) q.set("token", token);
       history.replaceState(null, "", "/?" + q);
       body.replaceChildren();
       load(null);
@@ -70,7 +66,6 @@ const sandflow = (() => {
   }
 
   async function runPage() {
-    linkTokens();
     const id = decodeURIComponent(location.pathname.split("/").pop());
     const open = new Set();
     let lastStates = "";
@@ -132,11 +127,15 @@ const sandflow = (() => {
       if (run.output !== null && run.output !== undefined) dl.append(el("dt", {}, "output"), el("dd", {}, el("code", {}, JSON.stringify(run.output))));
       if (run.error) dl.append(el("dt", {}, "error"), el("dd", { class: "problem" }, run.error));
       summary.replaceChildren(el("h1", { "data-status": run.status }, `run ${run.id} `, badge(run.status), ` attempt ${run.attempt}`), dl);
+      // With actions off, the buttons are not on the page at all.
       const actions = document.getElementById("actions");
-      actions.hidden = !allowActions;
-      actions.querySelector('[data-action="cancel"]').hidden = run.status !== "running";
-      actions.querySelector('[data-action="resume"]').hidden = run.status === "running" || run.status === "completed";
-      actions.querySelector('[data-action="retry"]').hidden = run.status === "running";
+      if (!allowActions) actions?.remove();
+      else {
+        actions.hidden = false;
+        actions.querySelector('[data-action="cancel"]').hidden = run.status !== "running";
+        actions.querySelector('[data-action="resume"]').hidden = run.status === "running" || run.status === "completed";
+        actions.querySelector('[data-action="retry"]').hidden = run.status === "running";
+      }
       const body = document.querySelector("#steps tbody");
       body.replaceChildren();
       // With Argo-style groups and `finally` steps: a header row per group,
@@ -186,7 +185,7 @@ const sandflow = (() => {
       // `?live=0`: a snapshot that does not follow the run.
       const follow = new URLSearchParams(location.search).get("live") !== "0";
       if (shown.run.status === "running" && follow) {
-        const live = new EventSource(withToken(`/api/runs/${id}/events`));
+        const live = new EventSource(`/api/runs/${id}/events`);
         live.addEventListener("run", (ev) => {
           const run = JSON.parse(ev.data);
           render(run, allowActions);
@@ -197,7 +196,7 @@ const sandflow = (() => {
     document.querySelectorAll("#actions button").forEach((b) => b.addEventListener("click", async () => {
       const out = document.getElementById("action-result");
       try {
-        const r = await (await api(`/api/runs/${id}/${b.dataset.action}`, { method: "POST" })).json();
+        const r = await (await api(`/api/runs/${id}/${b.dataset.action}`, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" })).json();
         out.textContent = r.message;
         setTimeout(() => location.reload(), 1200);
       } catch (e) { out.textContent = e.message; }
