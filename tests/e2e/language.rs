@@ -136,6 +136,42 @@ fn depends_problems_are_reported_at_their_place_all_at_once() {
     assert!(err.contains("bad.yaml:5:49: invalid `depends` `(a` at character 3: the `(` at character 1 is not closed"), "{err}");
 }
 
+/// Expression mistakes that would fail a step at run time (as
+/// `reference`, hidden by `on_error: continue`) are caught by `validate`,
+/// each at its place with a suggestion; the functions the README lists are
+/// the ones CEL has here.
+#[test]
+fn validate_catches_unknown_names_and_functions_in_expressions() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "steps:\n  - { id: a, component: /builtin/eval, input: \"{{ input.numbers }}\", on_error: { action: continue } }\n\
+         \x20 - { id: b, component: /builtin/eval, input: \"{{ inputs.words.join(' ') }}\" }\n\
+         \x20 - { id: c, component: /builtin/eval, when: \"inputs.words.exists(w, w.startswith('a'))\" }\n\
+         \x20 - { id: d, component: /builtin/eval, input: \"{{ item }}\" }\n\
+         \x20 - { id: e, component: /builtin/eval, input: \"n = {{ inpts.n }}\", forEach: \"{{ inputs.words.map(w, w + '!') }}\" }\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(sandflow(&state).arg("validate").arg(&file));
+    assert_eq!(code, 2, "{err}");
+    for want in [
+        "bad.yaml:2:47: `input.numbers` reads `input`, which is not defined here (did you mean `inputs`?",
+        "bad.yaml:3:47: `inputs.words.join(' ')` calls `join`, which is not a CEL function (CEL's functions here: size, contains,",
+        "bad.yaml:4:46: `inputs.words.exists(w, w.startswith('a'))` calls `startswith`, which is not a CEL function (did you mean `startsWith`?)",
+        "bad.yaml:5:47: `item` reads `item`, which only a step with `forEach` has",
+        "`inpts.n` reads `inpts`, which is not defined (did you mean `inputs`?)",
+        "5 problems",
+    ] {
+        assert!(err.contains(want), "{want}\n---\n{err}");
+    }
+    let readme = std::fs::read_to_string(crate::support::root().join("README.md")).unwrap();
+    let listed = readme.lines().find(|l| l.starts_with("The functions are CEL's")).expect("README lists the CEL functions");
+    for f in sandflow::expr::FUNCTIONS {
+        assert!(listed.contains(&format!("`{f}`")), "README's list lacks `{f}`: {listed}");
+    }
+}
+
 #[test]
 fn argo_exit_handler_ends_as_argo_documents() {
     for backend in backends() {

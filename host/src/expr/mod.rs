@@ -100,6 +100,9 @@ pub struct CelExpr {
     status_only: BTreeSet<String>,
     /// Names read as `secrets.NAME`.
     pub secrets: BTreeSet<String>,
+    /// The top-level names it reads (`inputs`, `steps`, `item`, …; not
+    /// those a macro like `map(x, …)` binds).
+    pub names: BTreeSet<String>,
     /// Which of the names in scope the expression reads: only those are
     /// passed to CEL.
     vars: Vars,
@@ -159,6 +162,8 @@ impl CelExpr {
         let status_only = status_only(&program.expression().expr, &steps);
         let mut secrets = BTreeSet::new();
         collect_refs(&program.expression().expr, "secrets", &mut secrets);
+        let names = free_names(&program.expression().expr);
+        check_names(text, at, &names, &program.references().functions())?;
         let refs = program.references();
         let vars = Vars {
             inputs: refs.has_variable("inputs"),
@@ -169,7 +174,7 @@ impl CelExpr {
             run: refs.has_variable("run"),
             secrets: refs.has_variable("secrets"),
         };
-        Ok(CelExpr { text: text.to_string(), program: Arc::new(program), steps, status_only, secrets, vars, at: at.clone() })
+        Ok(CelExpr { text: text.to_string(), program: Arc::new(program), steps, status_only, secrets, names, vars, at: at.clone() })
     }
 
     fn eval(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
@@ -240,6 +245,79 @@ impl CelExpr {
             .json()
             .map_err(|e| EvalError::Expression(format!("`{}` gave a value that is not JSON: {e}", self.text)))
     }
+}
+
+/// The names an expression may read (where each may be read is the
+/// plan's to check: `item` in a `forEach` step, `input` in `cache.key`).
+pub const NAMES: &[&str] = &["inputs", "steps", "item", "index", "run", "secrets", "input"];
+
+/// CEL's functions and macros as sandflow runs them, for suggestions and
+/// the README (whether a function exists is asked of CEL itself: see
+/// [`known_function`]).
+pub const FUNCTIONS: &[&str] = &[
+    "size", "contains", "startsWith", "endsWith", "matches", "int", "uint", "double", "string", "bytes", "bool", "type", "dyn", "has", "all",
+    "exists", "exists_one", "map", "filter",
+];
+
+/// Refuses an expression that reads a name no scope has, or calls a
+/// function CEL does not have: they would fail every run, as `reference`.
+fn check_names(text: &str, at: &Location, names: &BTreeSet<String>, functions: &[&str]) -> Result<(), Diagnostic> {
+    for name in names {
+        if !NAMES.contains(&name.as_str()) {
+            let mut d = Diagnostic::new(at, format!("`{text}` reads `{name}`, which is not defined"));
+            d = match crate::workflow::diagnostic::nearest(name, NAMES.iter().copied()) {
+                Some(n) => d.with_hint(format!("did you mean `{n}`?")),
+                None => d.with_hint("an expression reads `inputs`, `steps.ID.output`, `run`, `secrets.NAME`, and `item`/`index` in a `forEach` step"),
+            };
+            return Err(d);
+        }
+    }
+    let mut functions: Vec<&str> = functions.iter().copied().filter(|f| f.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) && !f.contains('.')).collect();
+    functions.sort_unstable();
+    for f in functions {
+        if !known_function(f) {
+            let d = Diagnostic::new(at, format!("`{text}` calls `{f}`, which is not a CEL function"));
+            return Err(match crate::workflow::diagnostic::nearest(f, FUNCTIONS.iter().copied()) {
+                Some(n) => d.with_hint(format!("did you mean `{n}`?")),
+                None => d.with_hint(format!("CEL's functions here: {}", FUNCTIONS.join(", "))),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether CEL, as sandflow runs it, has a function `name`. Asked of the
+/// library itself (once per name): called with no arguments, as a function
+/// and as a method of a value of each type, an unknown name is
+/// "undeclared" every time, a known one fails only on its arguments.
+pub fn known_function(name: &str) -> bool {
+    static KNOWN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, bool>>> = std::sync::LazyLock::new(Default::default);
+    if let Some(&known) = crate::lock(&KNOWN).get(name) {
+        return known;
+    }
+    let env = Arc::new(cel::Env::stdlib());
+    let ctx = cel::Context::with_env(env);
+    let receivers = ["", "''.", "[].", "{}.", "(1).", "(1u).", "(1.5).", "true.", "b''.", "null."];
+    let known = receivers.iter().any(|r| match cel::Program::compile(&format!("{r}{name}()")) {
+        Ok(p) => p.execute(&ctx).err().is_none_or(|e| !e.to_string().starts_with("Undeclared reference")),
+        Err(_) => false,
+    });
+    crate::lock(&KNOWN).insert(name.to_string(), known);
+    known
+}
+
+/// The names `expr` reads that no macro binds (`x` in `l.map(x, x + 1)`).
+fn free_names(expr: &Expr) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    visit_scoped(expr, &mut Vec::new(), &mut |e, bound| {
+        if let Expr::Ident(name) = e
+            && !name.starts_with('@')
+            && !bound.contains(name)
+        {
+            out.insert(name.clone());
+        }
+    });
+    out
 }
 
 /// The first line of a CEL parse error, without the parser's list of
@@ -327,35 +405,48 @@ fn status_only(expr: &Expr, steps: &BTreeSet<String>) -> BTreeSet<String> {
 
 /// Calls `f` on `expr` and every expression inside it.
 fn visit<'e>(expr: &'e Expr, f: &mut dyn FnMut(&'e Expr)) {
-    f(expr);
+    visit_scoped(expr, &mut Vec::new(), &mut |e, _| f(e));
+}
+
+/// [`visit`], telling `f` the names the macros around each expression
+/// bind (`x` inside `l.map(x, x + 1)`).
+fn visit_scoped<'e>(expr: &'e Expr, bound: &mut Vec<String>, f: &mut dyn FnMut(&'e Expr, &[String])) {
+    f(expr, bound);
     match expr {
-        Expr::Select(sel) => visit(&sel.operand.expr, f),
+        Expr::Select(sel) => visit_scoped(&sel.operand.expr, bound, f),
         Expr::Call(call) => {
             if let Some(t) = &call.target {
-                visit(&t.expr, f);
+                visit_scoped(&t.expr, bound, f);
             }
             for a in &call.args {
-                visit(&a.expr, f);
+                visit_scoped(&a.expr, bound, f);
             }
         }
         Expr::Comprehension(c) => {
-            for e in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
-                visit(&e.expr, f);
+            visit_scoped(&c.iter_range.expr, bound, f);
+            visit_scoped(&c.accu_init.expr, bound, f);
+            let outer = bound.len();
+            bound.push(c.iter_var.clone());
+            bound.extend(c.iter_var2.clone());
+            bound.push(c.accu_var.clone());
+            for e in [&c.loop_cond, &c.loop_step, &c.result] {
+                visit_scoped(&e.expr, bound, f);
             }
+            bound.truncate(outer);
         }
-        Expr::List(list) => list.elements.iter().for_each(|e| visit(&e.expr, f)),
+        Expr::List(list) => list.elements.iter().for_each(|e| visit_scoped(&e.expr, bound, f)),
         Expr::Map(map) => {
             for entry in &map.entries {
                 if let cel::common::ast::EntryExpr::MapEntry(e) = &entry.expr {
-                    visit(&e.key.expr, f);
-                    visit(&e.value.expr, f);
+                    visit_scoped(&e.key.expr, bound, f);
+                    visit_scoped(&e.value.expr, bound, f);
                 }
             }
         }
         Expr::Struct(st) => {
             for entry in &st.entries {
                 if let cel::common::ast::EntryExpr::StructField(fl) = &entry.expr {
-                    visit(&fl.value.expr, f);
+                    visit_scoped(&fl.value.expr, bound, f);
                 }
             }
         }
@@ -1034,5 +1125,39 @@ mod tests {
         let c = parse_condition("{{ size(steps.classify.output.content) }} > 3", &at).unwrap();
         assert_eq!(c.eval_bool(&scope), Ok(true));
         assert!(parse_condition("steps.classify.output ==", &at).is_err());
+    }
+}
+#[cfg(test)]
+mod names_tests {
+    use super::*;
+
+    fn compile(text: &str) -> Result<CelExpr, String> {
+        let file: Arc<Path> = Arc::from(Path::new("t.yaml"));
+        CelExpr::compile(text, &Location::file_start(&file)).map_err(|d| d.to_string())
+    }
+
+    #[test]
+    fn the_function_list_names_only_functions_cel_has() {
+        let macros = ["has", "all", "exists", "exists_one", "map", "filter"];
+        for f in FUNCTIONS.iter().filter(|f| !macros.contains(f)) {
+            assert!(known_function(f), "{f}");
+        }
+        for f in ["join", "lowerAscii", "timestamp", "max"] {
+            assert!(!known_function(f), "{f}");
+        }
+    }
+
+    #[test]
+    fn unknown_names_and_functions_are_refused_with_a_suggestion() {
+        let e = compile("inputs.words.join(' ')").unwrap_err();
+        assert!(e.contains("`inputs.words.join(' ')` calls `join`, which is not a CEL function") && e.contains("size, contains"), "{e}");
+        let e = compile("inputs.name.startswith('a')").unwrap_err();
+        assert!(e.contains("calls `startswith`") && e.contains("did you mean `startsWith`?"), "{e}");
+        let e = compile("inpts.x").unwrap_err();
+        assert!(e.contains("`inpts.x` reads `inpts`, which is not defined") && e.contains("did you mean `inputs`?"), "{e}");
+        // Names a macro binds are its own; known functions and names pass.
+        for ok in ["inputs.words.map(w, w + '!')", "inputs.xs.exists(x, x.startsWith('a')) && size(steps.a.output) > 0", "run.attempt > 1 && secrets.T != ''", "int(item) + index", "has(inputs.x)"] {
+            compile(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
     }
 }

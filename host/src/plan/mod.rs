@@ -78,6 +78,7 @@ impl Plan {
                     );
                 }
             }
+            diags.extend(misplaced_names(s));
             let mut depend = |what: &str, id: &str, at: &crate::workflow::Location| match index.get(id) {
                 Some(&d) if d >= main && i < main => diags.push(
                     Diagnostic::new(at, format!("step `{}` {what} `finally` step `{id}`, which runs after every step of `steps`", s.id))
@@ -90,6 +91,7 @@ impl Plan {
             for r in step_refs(s) {
                 depend("reads", &r.id, &r.at);
             }
+
             for (id, at) in &s.needs {
                 depend("needs", id, at);
             }
@@ -316,6 +318,36 @@ impl Plan {
         out.push_str("}\n");
         out
     }
+}
+
+/// Names a step's expressions read where they are not defined: `input`
+/// (the step's own resolved input) outside `cache.key`, `item` and
+/// `index` in a step without `forEach`. CEL would fail the step as
+/// `reference` at run time.
+fn misplaced_names(s: &StepDecl) -> Vec<Diagnostic> {
+    let mut exprs: Vec<&crate::expr::CelExpr> = s.input.expressions();
+    exprs.extend(s.when.iter());
+    for t in [&s.skip_if, &s.for_each].into_iter().flatten() {
+        exprs.extend(t.expressions());
+    }
+    let mut out = Vec::new();
+    for e in exprs {
+        if e.names.contains("input") {
+            out.push(
+                Diagnostic::new(&e.at, format!("`{}` reads `input`, which is not defined here", e.text))
+                    .with_hint("did you mean `inputs`? `input` is a step's own resolved input, read only by `cache.key`"),
+            );
+        }
+        if s.for_each.is_none()
+            && let Some(name) = ["item", "index"].into_iter().find(|n| e.names.contains(*n))
+        {
+            out.push(
+                Diagnostic::new(&e.at, format!("`{}` reads `{name}`, which only a step with `forEach` has", e.text))
+                    .with_hint(format!("add `forEach:` to step `{}`, or read the value another way", s.id)),
+            );
+        }
+    }
+    out
 }
 
 /// Every step a step's values read.
