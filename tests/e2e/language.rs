@@ -55,9 +55,9 @@ fn argo_enhanced_depends_ends_as_argo_documents() {
         let (code, steps, end) = states(&backend, "workflows/argo-depends.yaml", &[]);
         let name = backend.name();
         for (id, want) in [
-            ("a", "succeeded"),
-            ("b", "succeeded"),
-            ("c", "failed"),
+            ("A", "succeeded"),
+            ("B", "succeeded"),
+            ("C", "failed"),
             ("should-execute-1", "succeeded"),
             ("should-execute-2", "succeeded"),
             ("should-not-execute", "skipped"),
@@ -65,8 +65,8 @@ fn argo_enhanced_depends_ends_as_argo_documents() {
         ] {
             assert_eq!(state_of(&steps, id), want, "{name}: {id}");
         }
-        assert_eq!(steps["should-not-execute"].1, "depends not met: b && c", "{name}");
-        // `should-execute-1` names `c.Failed`: the failure is handled.
+        assert_eq!(steps["should-not-execute"].1, "depends not met: B && C", "{name}");
+        // `should-execute-1` names `C.Failed`: the failure is handled.
         assert_eq!((code, end["state"].as_str()), (0, Some("completed")), "{name}: {end}");
     }
 }
@@ -76,12 +76,12 @@ fn argo_continue_on_fail_ends_as_argo_documents() {
     for backend in backends() {
         let (code, steps, end) = states(&backend, "workflows/argo-continue-on-fail.yaml", &[]);
         let name = backend.name();
-        for (id, want) in [("a", "succeeded"), ("b", "failed"), ("c", "succeeded"), ("d", "succeeded"), ("e", "failed"), ("f", "succeeded"), ("g", "skipped")] {
+        for (id, want) in [("A", "succeeded"), ("B", "failed"), ("C", "succeeded"), ("D", "succeeded"), ("E", "failed"), ("F", "succeeded"), ("G", "skipped")] {
             assert_eq!(state_of(&steps, id), want, "{name}: {id}");
         }
-        assert_eq!(steps["g"].1, "depends not met: e && f");
+        assert_eq!(steps["G"].1, "depends not met: E && F");
         assert_eq!(code, 1, "{name}");
-        assert_eq!(end["error"], "step `e` failed (component): the input can never be processed", "{name}");
+        assert_eq!(end["error"], "step `E` failed (component): the input can never be processed", "{name}");
     }
 }
 
@@ -422,24 +422,28 @@ fn a_step_cannot_read_a_finally_step() {
 fn target_runs_only_the_named_steps_and_their_dependencies() {
     for backend in backends() {
         let name = backend.name();
-        let (code, steps, end) = states(&backend, "workflows/argo-targets.yaml", &["--target", "e"]);
+        let (code, steps, end) = states(&backend, "workflows/argo-targets.yaml", &["--target", "E"]);
         assert_eq!(code, 0, "{name}: {end}");
         // Argo's documented run: A, C and E; the others are not shown at all.
-        assert_eq!(steps.keys().collect::<Vec<_>>(), ["a", "c", "e"], "{name}");
+        assert_eq!(steps.keys().collect::<Vec<_>>(), ["A", "C", "E"], "{name}");
         assert!(steps.values().all(|(s, _)| s == "succeeded"), "{name}: {steps:?}");
         assert_eq!(end["output"], "E", "{name}");
-        let (code, steps, end) = states(&backend, "workflows/argo-targets.yaml", &["--target", "b,e"]);
+        let (code, steps, end) = states(&backend, "workflows/argo-targets.yaml", &["--target", "B,E"]);
         assert_eq!(code, 0, "{name}");
-        assert_eq!(steps.keys().collect::<Vec<_>>(), ["a", "b", "c", "e"], "{name}");
-        assert_eq!(end["output"], serde_json::json!({"b": "B", "e": "E"}), "{name}");
+        assert_eq!(steps.keys().collect::<Vec<_>>(), ["A", "B", "C", "E"], "{name}");
+        assert_eq!(end["output"], serde_json::json!({"B": "B", "E": "E"}), "{name}");
     }
     let state = tempfile::tempdir().unwrap();
-    let (code, _, err) = run(sandflow(&state).args(["run", "workflows/argo-targets.yaml", "--target", "f"]));
+    let (code, _, err) = run(sandflow(&state).args(["run", "workflows/argo-targets.yaml", "--target", "F"]));
     assert_eq!(code, 2);
-    assert!(err.contains("--target: the workflow has no step `f`"), "{err}");
-    let (code, out, _) = run(sandflow(&state).args(["graph", "workflows/argo-targets.yaml", "--target", "e", "--format", "dot"]));
+    assert!(err.contains("--target: the workflow has no step `F`"), "{err}");
+    // Ids are case-sensitive: `e` is not `E`.
+    let (code, _, err) = run(sandflow(&state).args(["run", "workflows/argo-targets.yaml", "--target", "e"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--target: the workflow has no step `e`"), "{err}");
+    let (code, out, _) = run(sandflow(&state).args(["graph", "workflows/argo-targets.yaml", "--target", "E", "--format", "dot"]));
     assert_eq!(code, 0);
-    assert!(out.contains("\"c\" -> \"e\"") && !out.contains("\"b\""), "{out}");
+    assert!(out.contains("\"C\" -> \"E\"") && !out.contains("\"B\""), "{out}");
 }
 
 #[test]

@@ -475,20 +475,20 @@ fn steps(cx: &mut Cx, node: &Node, finally: bool) -> Vec<StepDecl> {
 }
 
 fn is_valid_id(id: &str) -> bool {
-    !id.is_empty() && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn step(cx: &mut Cx, node: &Node, group: Option<usize>, finally: bool) -> Option<StepDecl> {
     let map = cx.mapping(node, "a step", STEP_KEYS)?;
     let step_at = cx.at(node);
     let Some(id_node) = map.get_node("id") else {
-        cx.diags.push(Diagnostic::new(&step_at, "a step has no `id`").with_hint("add `id: some-name` (lowercase letters, digits, `_`, `-`)"));
+        cx.diags.push(Diagnostic::new(&step_at, "a step has no `id`").with_hint("add `id: some-name` (letters, digits, `_`, `-`; case counts)"));
         return None;
     };
     let id = cx.string(id_node, "a step `id`")?;
     let at = cx.at(id_node);
     if !is_valid_id(&id) {
-        cx.error_hint(id_node, format!("invalid step id `{id}`"), "ids use lowercase letters, digits, `_` and `-`");
+        cx.error_hint(id_node, format!("invalid step id `{id}`"), "ids use letters, digits, `_` and `-` (case counts: `A` and `a` are two steps)");
     }
     let what = format!("step `{id}`");
     let target = match (map.get_node("component"), map.get_node("workflow")) {
@@ -566,7 +566,7 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>, finally: bool) -> Option
     };
     if let Some(bad) = runs_on.iter().find(|l| !is_valid_id(l)) {
         let n = map.get_node("runs_on").expect("checked");
-        cx.error_hint(n, format!("invalid worker label `{bad}`"), "labels use lowercase letters, digits, `_` and `-`");
+        cx.error_hint(n, format!("invalid worker label `{bad}`"), "labels use letters, digits, `_` and `-`");
     }
     if let Some(n) = map.get_node("cache")
         && let Some((Target::Builtin(_) | Target::Workflow(_), _)) = &target
