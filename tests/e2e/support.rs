@@ -91,9 +91,21 @@ impl Backend {
     }
 }
 
-/// Every backend the tests can reach: SQLite always, PostgreSQL when a
-/// server answers. With `SANDFLOW_REQUIRE_POSTGRES=1` (CI sets it) a
-/// missing server fails the test instead of skipping its PostgreSQL half.
+/// Whether the developer chose to skip the tests (or test halves) that
+/// need `what` (`postgres`, `browser`, `toolchains`), by naming it in
+/// `SANDFLOW_SKIP`. Otherwise a test whose prerequisite is missing fails,
+/// saying what is missing and how to skip it: nothing is skipped silently.
+pub fn skipping(what: &str, missing: &str) -> bool {
+    let chosen = std::env::var("SANDFLOW_SKIP").is_ok_and(|v| v.split(',').any(|s| s.trim() == what || s.trim() == "all"));
+    if !chosen {
+        panic!("{missing}; install or start it (README, Quick start: the tests need it), or set SANDFLOW_SKIP={what} to skip what needs it");
+    }
+    eprintln!("notice: skipped (SANDFLOW_SKIP={what}): {missing}");
+    true
+}
+
+/// Every backend the tests can reach: SQLite, and PostgreSQL (a missing
+/// server fails the test unless `SANDFLOW_SKIP=postgres`: see [`skipping`]).
 pub fn backends() -> Vec<Backend> {
     let mut all = vec![Backend::Sqlite];
     if let Some(schema) = PgSchema::create() {
@@ -130,11 +142,8 @@ impl PgSchema {
                 let sep = if base.contains('?') { '&' } else { '?' };
                 Some(PgSchema { url: format!("{base}{sep}options=-csearch_path%3D{name}"), base, name })
             }
-            Err(e) if std::env::var_os("SANDFLOW_REQUIRE_POSTGRES").is_some() => {
-                panic!("SANDFLOW_REQUIRE_POSTGRES is set but PostgreSQL at {base} cannot be used: {e}")
-            }
             Err(e) => {
-                eprintln!("notice: skipping the PostgreSQL half of this test: {base}: {e} (set SANDFLOW_TEST_POSTGRES)");
+                skipping("postgres", &format!("PostgreSQL at {base} (SANDFLOW_TEST_POSTGRES) cannot be used: {e}"));
                 None
             }
         }

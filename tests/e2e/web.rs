@@ -1,7 +1,7 @@
 //! `sandflow serve`: its JSON API and live feed over real HTTP, and its
 //! pages in a real browser (Debian's headless Chromium, which `.ci/run`
-//! installs; without it the browser half is skipped with a notice, unless
-//! `SANDFLOW_REQUIRE_BROWSER` is set, as CI sets it).
+//! installs; without it the browser tests fail, unless
+//! `SANDFLOW_SKIP=browser` says to skip them).
 
 use crate::support::{example, hostile, newest_run, root, run, sandflow};
 use serde_json::Value;
@@ -289,10 +289,7 @@ fn chromium() -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    if std::env::var_os("SANDFLOW_REQUIRE_BROWSER").is_some() {
-        panic!("SANDFLOW_REQUIRE_BROWSER is set but there is no Chromium at {} (install Debian's `chromium`)", path.display());
-    }
-    eprintln!("notice: skipping the browser test: no Chromium at {} (install Debian's `chromium`)", path.display());
+    crate::support::skipping("browser", &format!("no Chromium at {} (Debian's `chromium`; SANDFLOW_CHROMIUM names another)", path.display()));
     None
 }
 
