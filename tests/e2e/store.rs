@@ -181,6 +181,20 @@ fn history(backend: &Backend) {
     let (code, out, _) = run(backend.sandflow(&state).args(["runs", "logs", &id, "save-values"]));
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "save-values   info | set values");
+    // A unique start of an id names its run, as git takes a commit's; one
+    // that fits several runs lists them.
+    let (code, out, err) = run(backend.sandflow(&state).args(["runs", "show", &id[..id.len() - 4]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("run {id} (completed, attempt 1)")), "{out}");
+    let (code, out, _) = run(backend.sandflow(&state).args(["graph", &id[..18], "--format", "mermaid"]));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("flowchart TD"), "{out}");
+    let (code, _, err) = run(backend.sandflow(&state).args(["runs", "logs", "0"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("`0` is the start of the ids of 2 runs (") && err.contains(&id) && err.contains("give more of the id"), "{err}");
+    let (code, _, err) = run(backend.sandflow(&state).args(["retry", "not-an-id"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("no run with id `not-an-id`"), "{err}");
 }
 
 #[test]

@@ -55,6 +55,7 @@ async fn run_graph(args: &GraphArgs, global: &GlobalArgs) -> Result<u8, CliError
         return Err(CliError::invalid("--target and --components apply to a workflow file; a run is drawn as it ran"));
     }
     let store = global.open_store().await?;
+    let id = super::run_id(store.as_ref(), &id).await?;
     let run = store.run(&id, RunDetail::Steps).await.map_err(store_error)?;
     let plan = crate::runs::recorded_plan(store.as_ref(), &run)
         .await

@@ -299,6 +299,11 @@ impl GlobalArgs {
 
 /// A store error as a CLI failure: a query that failed is exit 1; a store
 /// that cannot be used, or an unknown run, is exit 2.
+/// The run id `given` means: the id, or a unique start of one.
+pub(crate) async fn run_id(store: &dyn crate::store::RunStore, given: &str) -> Result<String, CliError> {
+    crate::store::resolve_run(store, given).await.map_err(store_error)
+}
+
 pub(crate) fn store_error(e: crate::store::StoreError) -> CliError {
     match e {
         crate::store::StoreError::Backend(_) => CliError { code: exit::FAILED, message: e.to_string() },

@@ -135,6 +135,7 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
             }
         }
         RunsCommand::Show { id, timeline } => {
+            let id = super::run_id(store.as_ref(), &id).await?;
             let detail = if out.json { RunDetail::Full } else { RunDetail::Steps };
             let run = store.run(&id, detail).await.map_err(store_error)?;
             if out.json {
@@ -204,6 +205,7 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
         }
         RunsCommand::Follow { .. } => unreachable!("handled above"),
         RunsCommand::Logs { id, step } => {
+            let id = super::run_id(store.as_ref(), &id).await?;
             let lines = store.logs(&id, step.as_deref()).await.map_err(store_error)?;
             if out.json {
                 let rows: Vec<serde_json::Value> = lines
@@ -235,6 +237,8 @@ pub(crate) struct CancelArgs {
 /// `sandflow cancel ID`: asks through the store, then waits for the run's end.
 pub(crate) async fn cancel(args: CancelArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let store = global.open_store().await?;
+    let id = super::run_id(store.as_ref(), &args.id).await?;
+    let args = CancelArgs { id, ..args };
     let status = store.request_cancel(&args.id).await.map_err(store_error)?;
     if status != RunState::Running.as_str() {
         return Err(CliError::invalid(format!("run {} is not running: it is {status}", args.id)));
@@ -266,7 +270,7 @@ pub(crate) async fn cancel(args: CancelArgs, global: &GlobalArgs, out: &Output) 
 /// `sandflow retry ID [--from STEP]`: a new attempt of a finished run.
 pub(crate) async fn retry(args: RetryArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let store = global.open_store().await?;
-    let record = store.run(&args.id, RunDetail::Run).await.map_err(store_error)?;
+    let record = store.run(&super::run_id(store.as_ref(), &args.id).await?, RunDetail::Run).await.map_err(store_error)?;
     if record.status == RunState::Running.as_str() {
         return Err(CliError::invalid(format!(
             "run {} is running: `sandflow cancel {}` it first, or `sandflow resume {}` it if the process that ran it died",
@@ -275,7 +279,7 @@ pub(crate) async fn retry(args: RetryArgs, global: &GlobalArgs, out: &Output) ->
     }
     let from = args.from;
     let args = ResumeArgs {
-        id: args.id,
+        id: record.id,
         secrets_file: args.secrets_file,
         concurrency: args.concurrency,
         components: args.components,
@@ -293,7 +297,7 @@ pub(crate) async fn resume(args: ResumeArgs, global: &GlobalArgs, out: &Output) 
 /// A new attempt of a recorded run: `resume` or `retry`.
 async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let store = global.open_store().await?;
-    let record = store.run(&args.id, RunDetail::Full).await.map_err(store_error)?;
+    let record = store.run(&super::run_id(store.as_ref(), &args.id).await?, RunDetail::Full).await.map_err(store_error)?;
     if record.status == RunState::Completed.as_str() && rerun == Rerun::Resume {
         if out.json {
             // `--json` stderr is JSON lines only.

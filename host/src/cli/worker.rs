@@ -308,6 +308,7 @@ async fn follow_to_end(store: &Arc<PgStore>, id: &str, display: Arc<dyn EventSin
 /// `sandflow runs follow ID`.
 pub(crate) async fn follow_cmd(id: String, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let store = pg_store(global, "`sandflow runs follow`").await?;
+    let id = super::run_id(store.as_ref(), &id).await?;
     if !store.is_queued(&id).await.map_err(store_error)? {
         let status = crate::store::RunStore::run(store.as_ref(), &id, crate::store::RunDetail::Run).await.map_err(store_error)?.status;
         return Err(CliError::invalid(format!(

@@ -47,6 +47,8 @@ pub enum StoreError {
     BadUrl(String),
     #[error("no run with id `{0}` (see `sandflow runs list`)")]
     UnknownRun(String),
+    #[error("`{prefix}` is the start of the ids of {} runs ({}): give more of the id", .matches.len(), .matches.join(", "))]
+    AmbiguousRun { prefix: String, matches: Vec<String> },
     /// A query or a transaction failed (a full disk, a lost connection).
     #[error("run store error: {0}")]
     Backend(String),
@@ -78,6 +80,8 @@ pub trait RunStore: Memos + Send + Sync {
     async fn runs(&self, query: &RunQuery) -> Result<Vec<RunSummary>, StoreError>;
     /// One run, with as much of its steps as `detail` asks for.
     async fn run(&self, id: &str, detail: RunDetail) -> Result<RunRecord, StoreError>;
+    /// Up to `limit` run ids that start with `prefix`, in order.
+    async fn ids_starting(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
     /// A run's recorded attempts, of one step or all, in the order recorded:
     /// each failed attempt that was retried, and each step's last.
     async fn attempts(&self, id: &str, step: Option<&str>) -> Result<Vec<AttemptRecord>, StoreError>;
@@ -373,6 +377,24 @@ pub struct StepRecord {
     /// The worker a `running` step runs on (runs on workers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+}
+
+/// The run a user means by `given`: its id, or the start of exactly one
+/// run's id (`01a24541-668d`), as git takes a commit's. A start that fits
+/// several runs is refused with them listed.
+pub async fn resolve_run(store: &dyn RunStore, given: &str) -> Result<String, StoreError> {
+    // Ids are hex digits and dashes: anything else names no run (and needs
+    // no escaping in a pattern).
+    if given.is_empty() || !given.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(StoreError::UnknownRun(given.to_string()));
+    }
+    let mut matches = store.ids_starting(&given.to_ascii_lowercase(), 6).await?;
+    match matches.len() {
+        0 => Err(StoreError::UnknownRun(given.to_string())),
+        1 => Ok(matches.remove(0)),
+        _ if matches.iter().any(|m| m == given) => Ok(given.to_string()),
+        _ => Err(StoreError::AmbiguousRun { prefix: given.to_string(), matches }),
+    }
 }
 
 /// Whether a store keeps anything of `event`: a step's end, a failed

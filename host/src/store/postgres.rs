@@ -519,6 +519,13 @@ impl RunStore for PgStore {
             .collect())
     }
 
+    async fn ids_starting(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let limit = limit as i64;
+        let rows = client.query("SELECT id FROM runs WHERE starts_with(id, $1) ORDER BY id LIMIT $2", &[&prefix, &limit]).await.map_err(db)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn run(&self, id: &str, detail: RunDetail) -> Result<RunRecord, StoreError> {
         let client = self.client().await?;
         let row = client

@@ -361,6 +361,16 @@ impl RunStore for SqliteStore {
         .await
     }
 
+    async fn ids_starting(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let (prefix, limit) = (prefix.to_string(), limit as i64);
+        self.with(move |conn| {
+            let mut q = conn.prepare("SELECT id FROM runs WHERE substr(id, 1, length(?1)) = ?1 ORDER BY id LIMIT ?2")?;
+            let ids = q.query_map(params![prefix, limit], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
     async fn run(&self, id: &str, detail: RunDetail) -> Result<RunRecord, StoreError> {
         let key = id.to_string();
         let run = self
