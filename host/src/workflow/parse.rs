@@ -488,7 +488,7 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>, finally: bool) -> Option
     let id = cx.string(id_node, "a step `id`")?;
     let at = cx.at(id_node);
     if !is_valid_id(&id) {
-        cx.error_hint(id_node, format!("invalid step id `{id}`"), "ids use letters, digits, `_` and `-` (case counts: `A` and `a` are two steps)");
+        cx.error_hint(id_node, format!("invalid step id `{id}`"), "ids use letters, digits, `_` and `-`; case counts: `A` and `a` are two steps");
     }
     let what = format!("step `{id}`");
     let target = match (map.get_node("component"), map.get_node("workflow")) {

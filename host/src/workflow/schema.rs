@@ -126,7 +126,7 @@ fn property(what: &str, key: &str) -> Value {
         ("http", "timeout") => r("duration"),
         ("dir", "host" | "guest") => string,
         ("dir", "mode") => json!({ "enum": ["ro", "rw"] }),
-        ("step", "id") => json!({ "type": "string", "pattern": "^[a-z0-9_-]+$" }),
+        ("step", "id") => json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]+$" }),
         ("step", "component") => json!({ "type": "string", "description": "a name from `components`, a `.wasm` path, `/builtin/NAME`, or a name bound by `--components`" }),
         ("step", "workflow") => json!({ "type": "string", "description": "another workflow file, run as a nested run" }),
         ("step", "needs") => r("ids"),
