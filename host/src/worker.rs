@@ -88,6 +88,9 @@ pub struct Worker {
     /// a retry's delay passed, or the last claim filled every free slot.
     /// Without it a worker with free slots does not ask the store.
     claimable: std::sync::atomic::AtomicBool,
+    /// Attempts run here that succeeded, and that failed.
+    succeeded: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
 }
 
 /// Why a run's context could not be loaded.
@@ -116,6 +119,8 @@ impl Worker {
             wake: Notify::new(),
             look_for_runs: std::sync::atomic::AtomicBool::new(true),
             claimable: std::sync::atomic::AtomicBool::new(true),
+            succeeded: Default::default(),
+            failed: Default::default(),
         })
     }
 
@@ -373,10 +378,32 @@ impl Worker {
         tokio::spawn(async move {
             let began = std::time::Instant::now();
             let attempted = worker.attempt(&job, &token).await;
-            tracing::debug!("worker {}: job {} ran in {:?}", worker.config.name, job.id, began.elapsed());
+            worker.tally(&job, &attempted.result, began.elapsed());
             let exec::Attempted { result, fuel_used, log, cached } = attempted;
             let _ = done.send(Finished { job, result, fuel_used, log, cached });
         });
+    }
+
+    /// How many attempts ran here: (succeeded, failed).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.succeeded.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+
+    /// Counts an attempt that ended, and tells it at `-v`.
+    fn tally(&self, job: &Claimed, result: &Result<serde_json::Value, StepFailure>, took: Duration) {
+        let counter = if result.is_ok() { &self.succeeded } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return;
+        }
+        let step = self.runs.lock().expect("not poisoned").get(&job.run_id).map(|r| r.ctx.prepared().plan.workflow.steps[job.step].id.clone());
+        let step = step.unwrap_or_else(|| format!("#{}", job.step));
+        let item = job.item.map(|k| format!(" item {k}")).unwrap_or_default();
+        let (name, run, attempt, took) = (&self.config.name, &job.run_id, job.attempt, crate::units::format_duration(took));
+        match result {
+            Ok(_) => tracing::info!("worker {name}: run {run} step {step}{item} attempt {attempt} succeeded in {took}"),
+            Err(f) => tracing::info!("worker {name}: run {run} step {step}{item} attempt {attempt} failed in {took} ({}): {}", f.kind.as_str(), f.message),
+        }
     }
 
     /// Runs one claimed attempt.

@@ -24,6 +24,7 @@ fn finished(run: &str, step: &str, state: StepState, output: Option<Value>, log:
         step: step.into(),
         state,
         attempt: 1,
+        items: None,
         duration: Duration::from_millis(12),
         fuel_used: 345,
         error: (state == StepState::Failed).then(|| StepFailure::new(FailureKind::Component, "it broke")),
@@ -120,6 +121,7 @@ async fn a_resume_counts_attempts_in_the_store_and_keeps_masked_outputs() {
             step,
             state,
             attempt,
+            items: None,
             duration,
             fuel_used,
             error,
@@ -214,7 +216,7 @@ async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
                  DROP COLUMN deadline, DROP COLUMN concurrency, DROP COLUMN events, DROP COLUMN began,
                  DROP COLUMN main_stop, DROP COLUMN ending, DROP COLUMN targets, DROP COLUMN components, DROP COLUMN vars,
                  DROP COLUMN rerun, DROP COLUMN attempt_events;
-             ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE steps DROP COLUMN input, DROP COLUMN started_at, DROP COLUMN worker; ALTER TABLE attempts DROP COLUMN fuel_used;
+             ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE steps DROP COLUMN input, DROP COLUMN started_at, DROP COLUMN worker, DROP COLUMN items; ALTER TABLE attempts DROP COLUMN fuel_used;
              DROP INDEX runs_by_workflow, runs_by_status; UPDATE sandflow_schema SET version = 1",
         )
         .await

@@ -321,6 +321,16 @@ fn cancel_stops_a_run_on_workers() {
         "{ id: nap, component: sleep, input: { ms: 20000 }, timeout: 60s }\n  - { id: after, component: sleep, needs: [nap], input: { ms: 1 } }",
         "5s",
     );
+    // Ctrl-C on `runs follow` stops following, not the run (as `kubectl
+    // logs -f`).
+    let follower = pg(&schema, &state).args(["runs", "follow", &id]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(Command::new("kill").args(["-INT", &follower.id().to_string()]).status().unwrap().success());
+    let followed = follower.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&followed.stderr);
+    assert_eq!(followed.status.code(), Some(130), "{err}");
+    assert!(err.contains(&format!("stopped following run {id}; it goes on")), "{err}");
+    assert_eq!(show(&schema, &state, &id)["status"], "running");
     let asked = Instant::now();
     let (code, out, err) = run(pg(&schema, &state).args(["cancel", &id, "--wait", "5s"]));
     assert_eq!(code, 0, "{out}{err}");
@@ -331,6 +341,26 @@ fn cancel_stops_a_run_on_workers() {
     assert_eq!(states, ["cancelled", "cancelled"], "{record:#}");
     let (code, _, _) = run(pg(&schema, &state).args(["runs", "follow", &id]));
     assert_eq!(code, 130);
+}
+
+/// A worker says what it ran: at `-v` a line per attempt, with its run,
+/// step, item and how it ended.
+#[test]
+fn a_worker_tells_each_attempt_at_v() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let (code, id, err) = run(pg(&schema, &state).args(["submit", "workflows/foreach.yaml", "--input", r#"{"words": ["a", "b"]}"#]));
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    let mut worker = pg(&schema, &state).args(["-v", "worker", "--concurrency", "2"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let record = wait_end(&schema, &state, &id, Duration::from_secs(30));
+    let _ = worker.kill();
+    let out = worker.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(record["status"], "completed", "{record:#}");
+    for item in [0, 1] {
+        assert!(err.contains(&format!("run {id} step shout item {item} attempt 1 succeeded in ")), "{err}");
+    }
 }
 
 /// `sandflow run` with a PostgreSQL store works on its own run, so one

@@ -56,6 +56,15 @@ fn builds_and_runs(lang: &str, expected_files: &[&str]) {
     for file in expected_files.iter().chain(&["wit/step.wit", "build.sh", "workflow.yaml", "README.md", ".gitignore"]) {
         assert!(project.join(file).is_file(), "{lang}: {file}");
     }
+    // The run history `sandflow test` leaves beside it is not committed, and
+    // the workflow uses sandflow's own forms (StepFlow's `$step` would make
+    // it a StepFlow flow, with StepFlow's demand rule).
+    let ignored = std::fs::read_to_string(project.join(".gitignore")).unwrap();
+    assert!(ignored.lines().any(|l| l == ".sandflow/"), "{lang}: {ignored}");
+    let workflow = std::fs::read_to_string(project.join("workflow.yaml")).unwrap();
+    assert!(!workflow.contains("$step") && workflow.contains("$from: { step: greet }"), "{lang}: {workflow}");
+    let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+    assert!(!readme.contains("(https://github.com/)"), "{lang}: a bare link: {readme}");
     let build = std::process::Command::new("bash").arg(project.join("build.sh")).output().unwrap();
     assert!(build.status.success(), "{lang}: build.sh failed:\n{}", String::from_utf8_lossy(&build.stderr));
     let wasm = project.join("hello-step.wasm");

@@ -197,6 +197,25 @@ fn history(backend: &Backend) {
     assert!(err.contains("no run with id `not-an-id`"), "{err}");
 }
 
+/// A `forEach` step's items are told apart from its attempts, in
+/// `runs show` and its JSON, on both stores.
+#[test]
+fn for_each_items_are_shown_apart_from_attempts() {
+    for backend in backends() {
+        let name = backend.name();
+        let state = tempfile::tempdir().unwrap();
+        let (code, _, err) = run(backend.sandflow(&state).args(["run", "workflows/foreach.yaml", "--input", r#"{"words": ["a", "b", "c"]}"#]));
+        assert_eq!(code, 0, "{name}: {err}");
+        let (_, out, _) = run(backend.sandflow(&state).args(["runs", "show", "0"]));
+        assert!(out.contains("shout                succeeded  items    3 "), "{name}: {out}");
+        assert!(!out.contains("attempts"), "{name}: {out}");
+        let (_, out, _) = run(backend.sandflow(&state).args(["--json", "runs", "show", "0"]));
+        let record: Value = serde_json::from_str(&out).unwrap();
+        let shout = record["steps"].as_array().unwrap().iter().find(|s| s["step"] == "shout").unwrap();
+        assert_eq!((shout["items"].as_u64(), shout["attempts"].as_u64()), (Some(3), Some(3)), "{name}");
+    }
+}
+
 #[test]
 fn two_processes_share_one_store() {
     for backend in backends() {
@@ -329,7 +348,7 @@ fn a_store_of_schema_version_1_is_migrated_and_keeps_its_runs() {
     let db = state.path().join("sandflow.db");
     rusqlite::Connection::open(&db)
         .unwrap()
-        .execute_batch("ALTER TABLE steps DROP COLUMN output_secrets; ALTER TABLE steps DROP COLUMN input; ALTER TABLE attempts DROP COLUMN fuel_used; ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE runs DROP COLUMN targets; DROP TABLE memo; DROP INDEX steps_in_order; ALTER TABLE steps DROP COLUMN started_at; ALTER TABLE steps DROP COLUMN worker; PRAGMA user_version = 1;")
+        .execute_batch("ALTER TABLE steps DROP COLUMN output_secrets; ALTER TABLE steps DROP COLUMN input; ALTER TABLE attempts DROP COLUMN fuel_used; ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE runs DROP COLUMN targets; DROP TABLE memo; DROP INDEX steps_in_order; ALTER TABLE steps DROP COLUMN started_at; ALTER TABLE steps DROP COLUMN worker; ALTER TABLE steps DROP COLUMN items; PRAGMA user_version = 1;")
         .unwrap();
     let (code, out, err) = run(sandflow(&state).args(["--json", "runs", "list"]));
     assert_eq!(code, 0, "{err}");

@@ -394,6 +394,9 @@ fn groups_finally_steps_and_for_each_items_fold_in_a_real_browser() {
         assert!(page.contains(&format!(r#"<details class="item" data-item="{i}"><summary>item {i}</summary>"#)), "item {i}: {page}");
     }
     assert!(page.contains("1: beta!"), "an item's output: {page}");
+    // Items are not attempts: the step made 3 items, each in 1 attempt.
+    assert!(page.contains(r#"data-step="shout" data-state="succeeded"><td class="id">shout</td><td><span class="badge s-succeeded">succeeded</span></td><td class="attempts">3 items</td>"#), "{page}");
+    assert!(page.contains("<td>all 3 items</td>"), "the step's attempts row: {page}");
     let page = dom(&chromium, &format!("http://{addr}/runs/{groups}"));
     for (group, step) in [("group 1", "save-values"), ("group 2", "read-label"), ("group 3", "stats")] {
         assert!(page.contains(&format!(r#"<tr class="group" data-group="{group}">"#)), "{group}: {page}");

@@ -30,7 +30,8 @@ pub(crate) enum RunsCommand {
         timeline: bool,
     },
     /// Show a run's progress as workers record it, until it ends (PostgreSQL
-    /// store; exit code as `run`'s).
+    /// store; exit code as `run`'s). Ctrl-C stops following; the run goes
+    /// on (`sandflow cancel ID` stops it).
     Follow {
         /// The run id (from `submit` or `runs list`).
         id: String,
@@ -125,11 +126,11 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
             } else if runs.is_empty() {
                 say!("no runs yet in {}", store.location());
             } else {
-                println!("{:<36} {:<20} {:<10} {:>5} {:>6}  STARTED", "RUN", "WORKFLOW", "STATUS", "OK", "FAILED");
+                println!("{:<36} {:<20} {:<10} {:>5} {:>6} {:>7}  STARTED", "RUN", "WORKFLOW", "STATUS", "OK", "FAILED", "SKIPPED");
                 for r in runs {
                     println!(
-                        "{:<36} {:<20} {:<10} {:>5} {:>6}  {}",
-                        r.id, r.workflow, r.status, r.succeeded_steps, r.failed_steps, r.started_at
+                        "{:<36} {:<20} {:<10} {:>5} {:>6} {:>7}  {}",
+                        r.id, r.workflow, r.status, r.succeeded_steps, r.failed_steps, r.skipped_steps, r.started_at
                     );
                 }
             }
@@ -160,14 +161,24 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                 let mut lines = std::io::BufWriter::new(std::io::stdout().lock());
                 let mut line = String::new();
                 for s in &run.steps {
-                    // The line of `"    {:<20} {:<10} attempts {:<2} {:>10}  fuel {:<12}"`.
+                    // The line of `"    {:<20} {:<10} attempts {:<2} {:>10}  fuel {:<12}"`
+                    // (a `forEach` step: `items    {:<2}`, and its attempts
+                    // at the end when retries made more).
                     line.clear();
                     line.push_str("    ");
                     left(&mut line, &s.step, 20);
                     line.push(' ');
                     left(&mut line, &s.state, 10);
-                    line.push_str(" attempts ");
-                    left_number(&mut line, s.attempts, 2);
+                    match s.items {
+                        Some(items) => {
+                            line.push_str(" items    ");
+                            left_number(&mut line, items, 2);
+                        }
+                        None => {
+                            line.push_str(" attempts ");
+                            left_number(&mut line, s.attempts, 2);
+                        }
+                    }
                     line.push(' ');
                     // A running step: how long its attempt has run so far.
                     let running = s.started_at.as_deref().filter(|_| s.state == "running");
@@ -180,6 +191,9 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                     line.push_str(&took);
                     line.push_str("  fuel ");
                     left_number(&mut line, s.fuel_used, 12);
+                    if s.items.is_some_and(|items| s.attempts > items) {
+                        let _ = write!(line, "  {} attempts", s.attempts);
+                    }
                     let _ = match (&s.error_kind, &s.error_message, &s.reason) {
                         (Some(k), Some(m), _) => write!(line, "  {k}: {m}"),
                         (_, _, Some(r)) => write!(line, "  {r}"),
@@ -213,6 +227,20 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                     .map(|(s, l)| serde_json::json!({ "step": s, "source": l.source, "text": l.text }))
                     .collect();
                 print_json(&rows);
+            } else if lines.is_empty() {
+                // Nothing to print: say why, on stderr.
+                let run = store.run(&id, RunDetail::Steps).await.map_err(store_error)?;
+                match step.as_deref() {
+                    Some(step) if !run.steps.iter().any(|s| s.step == step) => {
+                        let hint = crate::workflow::diagnostic::nearest(step, run.steps.iter().map(|s| s.step.as_str()))
+                            .map(|n| format!(" (did you mean `{n}`?)"))
+                            .unwrap_or_default();
+                        return Err(CliError::invalid(format!("run {id} has no step `{step}` that ran{hint}")));
+                    }
+                    Some(step) if !out.quiet => say!("step `{step}` of run {id} wrote no log lines"),
+                    None if !out.quiet => say!("no step of run {id} wrote log lines"),
+                    _ => {}
+                }
             } else {
                 for (s, l) in lines {
                     println!("{s} {:>6} | {}", l.source.as_str(), l.text);

@@ -71,6 +71,7 @@ mod tests {
             step: id.into(),
             state: state.into(),
             attempts: 1,
+            items: None,
             finished_at: Some(finished.into()),
             duration_ms: ms,
             fuel_used: 0,

@@ -169,6 +169,8 @@ pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Outp
     }
     let stop = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(stop.clone()));
+    // What it did, a line every 10 s while it works (`-v`: a line per step).
+    let summary = (!out.quiet).then(|| tokio::spawn(summarize(worker.clone(), Duration::from_secs(10))));
     let graceful = worker.run(stop.clone());
     // A second signal stops at once: leases of held steps then expire.
     tokio::select! {
@@ -178,7 +180,33 @@ pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Outp
         }
     }
     signals.abort();
+    if let Some(summary) = summary {
+        summary.abort();
+    }
     Ok(exit::OK)
+}
+
+/// Says every `every` how many steps `worker` ran since the last line,
+/// when it ran any.
+async fn summarize(worker: Arc<Worker>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let mut last = (0, 0);
+    loop {
+        tick.tick().await;
+        let now = worker.counts();
+        if now != last {
+            let (ok, failed) = (now.0 - last.0, now.1 - last.1);
+            say!(
+                "worker {}: {} attempt(s) ended in the last {} ({ok} succeeded, {failed} failed); {} in all",
+                worker.name(),
+                ok + failed,
+                crate::units::format_duration(every),
+                now.0 + now.1
+            );
+            last = now;
+        }
+    }
 }
 
 /// Follows run `id` to its end, working on its steps (and any other
@@ -202,7 +230,7 @@ pub(crate) async fn work_and_follow(
         Some(t) => Arc::new(crate::runs::Tee(vec![sink(out), t.clone()])) as Arc<dyn EventSink>,
         None => sink(out),
     };
-    let followed = follow_to_end(store, id, display, out).await;
+    let followed = follow_to_end(store, id, display, out, OnInterrupt::Cancel).await;
     if let Some(t) = tracer {
         // The trace is sent once the run has ended; never an error.
         let _ = crate::exec::EventSink::barrier(t.as_ref()).await;
@@ -267,14 +295,31 @@ pub(crate) async fn rerun_queued(
     work_and_follow(store, sandbox, (!args.work.no_work).then_some(config), id, out, &redactor, None).await
 }
 
-/// Follows a run until it ends; the first SIGINT/SIGTERM asks (through
-/// the store) to cancel it and goes on following, a second asks again (it
-/// interrupts the run's `finally` steps), a third stops following.
-async fn follow_to_end(store: &Arc<PgStore>, id: &str, display: Arc<dyn EventSink>, out: &Output) -> Result<Followed, CliError> {
+/// What SIGINT/SIGTERM does to a process that follows a run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnInterrupt {
+    /// The process started the run (`run`, `retry`, `resume`): the first
+    /// signal asks (through the store) to cancel it and goes on following,
+    /// a second asks again (it interrupts the run's `finally` steps), a
+    /// third stops following, as for a run in one process.
+    Cancel,
+    /// It only watches (`runs follow`, as `kubectl logs -f`): the first
+    /// signal stops following; the run goes on.
+    Detach,
+}
+
+/// Follows a run until it ends, or a signal says otherwise (`on_interrupt`).
+async fn follow_to_end(store: &Arc<PgStore>, id: &str, display: Arc<dyn EventSink>, out: &Output, on_interrupt: OnInterrupt) -> Result<Followed, CliError> {
     let interrupted = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(interrupted.clone()));
     let give_up = CancellationToken::new();
-    let asker = {
+    let asker = if on_interrupt == OnInterrupt::Detach {
+        let (interrupted, give_up) = (interrupted.clone(), give_up.clone());
+        tokio::spawn(async move {
+            interrupted.cancelled().await;
+            give_up.cancel();
+        })
+    } else {
         let (store, id, interrupted, give_up) = (store.clone(), id.to_string(), interrupted.clone(), give_up.clone());
         let quiet = out.quiet;
         tokio::spawn(async move {
@@ -301,7 +346,10 @@ async fn follow_to_end(store: &Arc<PgStore>, id: &str, display: Arc<dyn EventSin
     asker.abort();
     match result.map_err(store_error)? {
         Some(followed) => Ok(followed),
-        None => Err(CliError { code: exit::CANCELLED, message: format!("stopped following run {id}; it goes on in the store") }),
+        None => Err(CliError {
+            code: exit::CANCELLED,
+            message: format!("stopped following run {id}; it goes on (`sandflow runs follow {id}` to watch it again, `sandflow cancel {id}` to stop it)"),
+        }),
     }
 }
 
@@ -315,6 +363,6 @@ pub(crate) async fn follow_cmd(id: String, global: &GlobalArgs, out: &Output) ->
             "run {id} was run by a `sandflow run` process, not by workers, so it has no event stream to follow (it is {status}); see `sandflow runs show {id}`"
         )));
     }
-    let followed = follow_to_end(&store, &id, sink(out), out).await?;
+    let followed = follow_to_end(&store, &id, sink(out), out, OnInterrupt::Detach).await?;
     Ok(print_end(followed.state, followed.output.as_ref(), &Redactor::default()))
 }

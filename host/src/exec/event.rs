@@ -105,6 +105,9 @@ pub enum Event {
         state: StepState,
         /// Attempts made (summed over `forEach` items); 0 if it never ran.
         attempt: u32,
+        /// A `forEach` step's number of items (each may take attempts).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        items: Option<u32>,
         #[serde(rename = "duration_ms", with = "millis")]
         duration: Duration,
         fuel_used: u64,

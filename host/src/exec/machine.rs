@@ -364,6 +364,7 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
             step: self.plan.workflow.steps[i].id.clone(),
             state,
             attempt: tally.attempts,
+            items: tally.items.map(|c| c.total),
             duration: tally.duration,
             fuel_used: tally.fuel_used,
             error,

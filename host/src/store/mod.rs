@@ -245,6 +245,7 @@ pub struct RunSummary {
     pub error: Option<String>,
     pub succeeded_steps: u32,
     pub failed_steps: u32,
+    pub skipped_steps: u32,
 }
 
 /// Which runs [`RunStore::runs`] lists: newest first, a page at a time.
@@ -307,8 +308,8 @@ impl RunDetail {
     pub(crate) fn step_columns(self) -> Option<&'static str> {
         match self {
             RunDetail::Run => None,
-            RunDetail::Steps => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, NULL, run_attempt, NULL, started_at, worker"),
-            RunDetail::Full => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input, started_at, worker"),
+            RunDetail::Steps => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, NULL, run_attempt, NULL, started_at, worker, items"),
+            RunDetail::Full => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input, started_at, worker, items"),
         }
     }
 }
@@ -358,7 +359,11 @@ pub struct AttemptRecord {
 pub struct StepRecord {
     pub step: String,
     pub state: String,
+    /// Attempts made, summed over a `forEach` step's items.
     pub attempts: u32,
+    /// A `forEach` step's number of items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<u32>,
     pub finished_at: Option<String>,
     pub duration_ms: f64,
     pub fuel_used: i64,

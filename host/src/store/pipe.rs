@@ -361,6 +361,7 @@ struct StepRows {
     output: Vec<Option<String>>,
     output_secrets: Vec<Option<String>>,
     input: Vec<Option<String>>,
+    items: Vec<Option<i32>>,
     /// Logs of the steps recorded.
     logs: LogRows,
 }
@@ -452,6 +453,7 @@ impl EventRows {
                 step,
                 state,
                 attempt,
+                items,
                 duration,
                 fuel_used,
                 error,
@@ -482,6 +484,7 @@ impl EventRows {
                 s.output_secrets
                     .push(output_secrets.as_ref().map(SecretSpans::to_json));
                 s.input.push(input.as_deref().map(Value::to_string));
+                s.items.push(items.map(|n| n.min(i32::MAX as u32) as i32));
                 for (seq, (source, line)) in log_rows(log).enumerate() {
                     s.logs.0.push(run_id.clone());
                     s.logs.1.push(step.clone());
@@ -543,18 +546,18 @@ impl EventRows {
             // have resumed the run. A step recorded again (after a resume)
             // moves to the end of the run's order, as in SQLite.
             ops.push((
-                "INSERT INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets, input)
+                "INSERT INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets, input, items)
                  SELECT s.run_id, s.step, s.state, s.attempts, s.finished_at, s.duration_ms, s.fuel_used, s.error_kind, s.error_message, s.reason, s.output,
-                        (SELECT attempt FROM runs WHERE id = s.run_id), s.output_secrets, s.input
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::float8[], $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
-                      WITH ORDINALITY AS s(run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, output_secrets, input, ord)
+                        (SELECT attempt FROM runs WHERE id = s.run_id), s.output_secrets, s.input, s.items
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::float8[], $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[])
+                      WITH ORDINALITY AS s(run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, output_secrets, input, items, ord)
                  ORDER BY s.ord
                  ON CONFLICT (run_id, step) DO UPDATE SET
                     pos = EXCLUDED.pos, state = EXCLUDED.state, attempts = EXCLUDED.attempts, finished_at = EXCLUDED.finished_at,
                     duration_ms = EXCLUDED.duration_ms, fuel_used = EXCLUDED.fuel_used, error_kind = EXCLUDED.error_kind,
                     error_message = EXCLUDED.error_message, reason = EXCLUDED.reason, output = EXCLUDED.output,
                     run_attempt = EXCLUDED.run_attempt, output_secrets = EXCLUDED.output_secrets, input = EXCLUDED.input,
-                    started_at = NULL, worker = NULL",
+                    items = EXCLUDED.items, started_at = NULL, worker = NULL",
                 params![
                     s.run.clone(),
                     s.step.clone(),
@@ -568,7 +571,8 @@ impl EventRows {
                     s.reason,
                     s.output,
                     s.output_secrets,
-                    s.input
+                    s.input,
+                    s.items
                 ],
             ));
             // A step run again after a resume replaces its old log.

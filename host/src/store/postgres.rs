@@ -201,6 +201,8 @@ CREATE TABLE events (
     // the run's events came before it (followers start after them).
     "ALTER TABLE runs ADD COLUMN rerun TEXT;
      ALTER TABLE runs ADD COLUMN attempt_events INTEGER NOT NULL DEFAULT 0;",
+    // 10: a `forEach` step's number of items (apart from its attempts).
+    "ALTER TABLE steps ADD COLUMN items INTEGER;",
 ];
 
 /// Serializes migrations across every process using the server.
@@ -470,7 +472,8 @@ impl RunStore for PgStore {
                          ORDER BY r.started_at DESC, r.seq DESC LIMIT $1)
                      SELECT p.id, p.workflow, p.file, p.status, p.attempt, p.started_at, p.finished_at, p.error,
                             (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'succeeded'),
-                            (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'failed')
+                            (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'failed'),
+                            (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'skipped')
                      FROM page p ORDER BY p.started_at DESC, p.seq DESC"
                 ),
                 &bound,
@@ -490,6 +493,7 @@ impl RunStore for PgStore {
                 error: r.get(7),
                 succeeded_steps: r.get::<_, i64>(8) as u32,
                 failed_steps: r.get::<_, i64>(9) as u32,
+                skipped_steps: r.get::<_, i64>(10) as u32,
             })
             .collect())
     }
@@ -570,6 +574,7 @@ impl RunStore for PgStore {
                     input: parse_json(r.get(11)),
                     started_at: r.get(12),
                     worker: r.get(13),
+                    items: r.get::<_, Option<i32>>(14).map(|n| n as u32),
                 })
                 .collect(),
         })

@@ -122,6 +122,8 @@ CREATE TABLE blobs (
         sha256 TEXT PRIMARY KEY,
         bytes  BLOB NOT NULL
     );",
+    // 11: a `forEach` step's number of items (apart from its attempts).
+    "ALTER TABLE steps ADD COLUMN items INTEGER;",
 ];
 
 /// The SQLite run store.
@@ -313,7 +315,8 @@ impl RunStore for SqliteStore {
                      ORDER BY r.started_at DESC, r.rowid DESC LIMIT ?1)
                  SELECT p.id, p.workflow, p.file, p.status, p.attempt, p.started_at, p.finished_at, p.error,
                         (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'succeeded'),
-                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'failed')
+                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'failed'),
+                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'skipped')
                  FROM page p ORDER BY p.started_at DESC, p.seq DESC"
             ))?;
             let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&limit];
@@ -330,6 +333,7 @@ impl RunStore for SqliteStore {
                     error: r.get(7)?,
                     succeeded_steps: r.get(8)?,
                     failed_steps: r.get(9)?,
+                    skipped_steps: r.get(10)?,
                 })
             })?;
             rows.collect()
@@ -418,6 +422,7 @@ impl RunStore for SqliteStore {
                             input: parse_json(r.get(11)?),
                             started_at: r.get(12)?,
                             worker: r.get(13)?,
+                            items: r.get(14)?,
                         })
                     })?
                     .collect::<Result<_, _>>()?;
@@ -552,12 +557,12 @@ fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
             )?
             .execute(params![run_id, step, attempt, item.map(|i| i as i64), now(), error.kind.as_str(), error.message, *fuel_used as i64])?;
         }
-        Event::StepFinished { run_id, step, state, attempt, duration, fuel_used, error, reason, input, output, output_secrets, last_fuel, log, .. } => {
+        Event::StepFinished { run_id, step, state, attempt, items, duration, fuel_used, error, reason, input, output, output_secrets, last_fuel, log, .. } => {
             // The run's attempt comes from the store: another process may
             // have resumed the run.
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets, input)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, (SELECT attempt FROM runs WHERE id = ?1), ?12, ?13)",
+                "INSERT OR REPLACE INTO steps (run_id, step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, output_secrets, input, items)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, (SELECT attempt FROM runs WHERE id = ?1), ?12, ?13, ?14)",
             )?
             .execute(params![
                 run_id,
@@ -573,6 +578,7 @@ fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
                 output.as_deref().map(json_text),
                 output_secrets.as_ref().map(SecretSpans::to_json),
                 input.as_deref().map(json_text),
+                items,
             ])?;
             if *attempt > 0 {
                 conn.prepare_cached(

@@ -22,6 +22,9 @@ const sandflow = (() => {
   };
   const badge = (state) => el("span", { class: "badge s-" + state }, state);
   const problem = (e) => { const p = document.getElementById("problem"); p.textContent = String(e.message || e); p.hidden = false; };
+  // A step's attempts; a `forEach` step's items, and its attempts only
+  // when retries made more.
+  const tries = (s) => s.items == null ? String(s.attempts) : `${s.items} items` + (s.attempts > s.items ? `, ${s.attempts} attempts` : "");
   const took = (ms) => ms < 1 ? Math.round(ms * 1000) + "µs" : ms < 1000 ? ms.toFixed(1) + "ms" : (ms / 1000).toFixed(2) + "s";
   const span = (from, to) => (from && to) ? took(Date.parse(to) - Date.parse(from)) : "";
 
@@ -46,7 +49,7 @@ const sandflow = (() => {
             el("td", {}, String(r.attempt)),
             el("td", { class: "when" }, r.started_at.replace("T", " ").replace("Z", "")),
             el("td", {}, span(r.started_at, r.finished_at)),
-            el("td", {}, `${r.succeeded_steps} ok` + (r.failed_steps ? `, ${r.failed_steps} failed` : "")),
+            el("td", {}, `${r.succeeded_steps} ok` + (r.failed_steps ? `, ${r.failed_steps} failed` : "") + (r.skipped_steps ? `, ${r.skipped_steps} skipped` : "")),
             el("td", { class: "muted" }, r.error || "")));
         }
         next = page.next;
@@ -101,7 +104,7 @@ const sandflow = (() => {
         const attempts = await (await api(`/api/runs/${id}/attempts?step=${encodeURIComponent(step.step)}`)).json();
         if (attempts.length) {
           const rows = attempts.map((a) => el("tr", { "data-attempt": String(a.attempt), "data-state": a.state },
-            el("td", {}, a.item === null ? String(a.attempt) : `item ${a.item}, ${a.attempt}`), el("td", {}, badge(a.state)),
+            el("td", {}, a.item !== null ? `item ${a.item}, ${a.attempt}` : step.items != null ? `all ${step.items} items` : String(a.attempt)), el("td", {}, badge(a.state)),
             el("td", { class: "when" }, a.recorded_at.replace("T", " ").replace("Z", "")),
             el("td", {}, a.fuel_used === null ? "" : String(a.fuel_used)),
             el("td", { class: a.error_kind ? "problem" : "muted" }, a.error_kind ? `${a.error_kind}: ${a.error_message}` : "")));
@@ -161,7 +164,7 @@ const sandflow = (() => {
         const running = s.state === "running" && s.started_at;
         const why = s.error_kind ? `${s.error_kind}: ${s.error_message}` : running ? `since ${s.started_at}${s.worker ? " on " + s.worker : ""}` : (s.reason || "");
         const row = el("tr", { class: "step", "data-step": s.step, "data-state": s.state, ...(group ? { "data-in-group": group } : {}) },
-          el("td", { class: "id" }, s.step), el("td", {}, badge(s.state)), el("td", {}, String(s.attempts)),
+          el("td", { class: "id" }, s.step), el("td", {}, badge(s.state)), el("td", { class: "attempts" }, tries(s)),
           el("td", running ? { "data-since": s.started_at } : {}, running ? span(s.started_at, new Date().toISOString()) : took(s.duration_ms)),
           el("td", {}, String(s.fuel_used)), el("td", { class: s.error_kind ? "problem" : "muted" }, why));
         row.addEventListener("click", () => {
