@@ -181,6 +181,16 @@ fn history(backend: &Backend) {
     let (code, out, _) = run(backend.sandflow(&state).args(["runs", "logs", &id, "save-values"]));
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "save-values   info | set values");
+    let (code, out, err) = run(backend.sandflow(&state).args(["runs", "logs", &id, "stats"]));
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(err.contains(&format!("step `stats` of run {id} wrote no log lines")), "{err}");
+    let (code, _, err) = run(backend.sandflow(&state).args(["runs", "logs", &id, "stat"]));
+    assert_eq!(code, 2);
+    assert!(err.contains(&format!("run {id} has no step `stat` that ran (did you mean `stats`?)")), "{err}");
+    let (_, out, _) = run(backend.sandflow(&state).args(["runs", "list"]));
+    assert!(out.lines().next().unwrap().contains("OK FAILED SKIPPED"), "{out}");
+    let (_, out, _) = run(backend.sandflow(&state).args(["--json", "runs", "list"]));
+    assert!(serde_json::from_str::<Value>(&out).unwrap()[0]["skipped_steps"].is_u64(), "{out}");
     // A unique start of an id names its run, as git takes a commit's; one
     // that fits several runs lists them.
     let (code, out, err) = run(backend.sandflow(&state).args(["runs", "show", &id[..id.len() - 4]]));
