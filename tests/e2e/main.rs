@@ -13,6 +13,7 @@ mod language;
 mod new;
 mod polyglot;
 mod quota;
+mod readme;
 mod sandbox;
 mod scheduler;
 mod stepflow;

@@ -58,7 +58,7 @@ struct Cli {
 #[derive(Debug, clap::Args)]
 pub(crate) struct GlobalArgs {
     /// Where compiled components are cached, and runs are recorded unless --store says otherwise.
-    #[arg(long, global = true, value_name = "DIR", default_value = ".sandflow")]
+    #[arg(long, global = true, value_name = "DIR", default_value = ".sandflow", env = "SANDFLOW_STATE_DIR")]
     state_dir: PathBuf,
     /// The run store: `sqlite:PATH`, or `postgres://USER@HOST[:PORT]/DATABASE` to share runs
     /// between machines [default: sqlite:DIR/sandflow.db under --state-dir].
