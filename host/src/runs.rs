@@ -333,8 +333,17 @@ pub async fn recorded_plan(store: &dyn crate::store::RunStore, run: &crate::stor
 
 /// A run's DAG as SVG, each step coloured by its recorded state.
 pub fn run_svg(plan: &crate::plan::Plan, run: &crate::store::RunRecord) -> String {
-    let states: std::collections::HashMap<&str, &str> = run.steps.iter().map(|s| (s.step.as_str(), s.state.as_str())).collect();
-    plan.to_svg(&|i| Some(states.get(plan.workflow.steps[i].id.as_str()).copied().unwrap_or("pending").to_string()))
+    let steps: std::collections::HashMap<&str, &crate::store::StepRecord> = run.steps.iter().map(|s| (s.step.as_str(), s)).collect();
+    let record = |i: usize| steps.get(plan.workflow.steps[i].id.as_str()).copied();
+    // Each step that ran: how long it took.
+    let took = |i: usize| {
+        let s = record(i).filter(|s| s.state != "running" && s.state != "skipped" && s.attempts > 0)?;
+        Some(match s.duration_ms {
+            ms if ms < 1.0 => "<1ms".to_string(),
+            ms => crate::units::format_duration(std::time::Duration::from_secs_f64(ms / 1000.0)),
+        })
+    };
+    plan.to_svg_noted(&|i| Some(record(i).map_or("pending", |s| s.state.as_str()).to_string()), &took)
 }
 
 /// How a followed run ended.

@@ -432,5 +432,12 @@ fn a_token_address_opens_the_pages_in_a_real_browser_under_the_policy() {
     let (page, log) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(page.contains(r#"data-step="upper" data-state="succeeded""#), "{page}");
     assert!(page.contains(r#"<g class="step succeeded" data-step="upper">"#), "the graph: {page}");
+    // Each node says how long its step took; the timeline draws a bar per
+    // step that ran, on one axis.
+    assert!(page.contains(">text · "), "durations on the graph's nodes: {page}");
+    for step in ["split", "upper", "lower", "join"] {
+        assert!(page.contains(&format!(r#"<div class="lane" data-lane="{step}">"#)), "{step}'s lane: {page}");
+    }
+    assert!(page.contains(r#"class="bar badge s-succeeded""#), "{page}");
     assert!(!log.contains("Content Security Policy"), "a CSP violation: {log}");
 }

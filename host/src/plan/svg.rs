@@ -36,6 +36,12 @@ impl Plan {
     /// view colours steps by state this way); the picture's own style
     /// colours `succeeded`, `failed`, `skipped`, `cancelled` and `running`.
     pub fn to_svg(&self, class: &dyn Fn(usize) -> Option<String>) -> String {
+        self.to_svg_noted(class, &|_| None)
+    }
+
+    /// [`Plan::to_svg`], with a note after a step's component (a run's
+    /// view: how long it took).
+    pub fn to_svg_noted(&self, class: &dyn Fn(usize) -> Option<String>, note: &dyn Fn(usize) -> Option<String>) -> String {
         let steps = &self.workflow.steps;
         let n = steps.len();
         // Layer: the longest path from a step with no dependencies; `finally`
@@ -68,7 +74,10 @@ impl Plan {
                 pos[i] = k as f64;
             }
         }
-        let label = |i: usize| (steps[i].id.clone(), target_label(&steps[i]));
+        let label = |i: usize| {
+            let target = target_label(&steps[i]);
+            (steps[i].id.clone(), note(i).map_or_else(|| target.clone(), |n| format!("{target} · {n}")))
+        };
         let width_of = |i: usize| {
             let (id, target) = label(i);
             (id.chars().count().max(target.chars().count()) as f64 * CHAR_W + 24.0).max(110.0)

@@ -175,7 +175,39 @@ const sandflow = (() => {
         if (open.has(s.step)) detail(s, row);
       }
       graph(run);
+      timeline(run);
+      shownRun = run;
     };
+    let shownRun = null;
+    // A bar per step from its start to its end (a running one: to now), on
+    // one time axis from the run's start: as the CLI's `--timeline`.
+    const timeline = (run) => {
+      const at = (t) => Date.parse(t);
+      const spans = run.steps.map((s) => {
+        if (s.state === "running" && s.started_at) return { s, from: at(s.started_at), to: Date.now() };
+        if (!s.finished_at || !s.attempts) return null;
+        return { s, from: at(s.finished_at) - s.duration_ms, to: at(s.finished_at) };
+      }).filter((x) => x && !Number.isNaN(x.from));
+      const box = document.getElementById("timeline");
+      box.hidden = spans.length === 0;
+      if (!spans.length) return;
+      const start = Math.min(at(run.started_at), ...spans.map((x) => x.from));
+      const end = Math.max(...spans.map((x) => x.to), start + 1);
+      const lanes = spans.map(({ s, from, to }) => {
+        const bar = el("div", { class: "bar badge s-" + s.state, title: `${s.step}: ${took(to - from)}` });
+        bar.style.left = `${(100 * (from - start)) / (end - start)}%`;
+        bar.style.width = `${Math.max((100 * (to - from)) / (end - start), 0.2)}%`;
+        return el("div", { class: "lane", "data-lane": s.step }, el("span", { class: "name" }, s.step), el("div", { class: "track" }, bar));
+      });
+      document.getElementById("lanes").replaceChildren(...lanes);
+      document.getElementById("scale").replaceChildren(el("span", {}, "0"), el("span", {}, took(end - start)));
+    };
+    // Running steps' elapsed time, and their bars, ticking.
+    setInterval(() => {
+      const now = new Date().toISOString();
+      document.querySelectorAll("td[data-since]").forEach((td) => { td.textContent = span(td.dataset.since, now); });
+      if (shownRun && shownRun.status === "running") timeline(shownRun);
+    }, 1000);
     let allowActions = false;
     try {
       const shown = await (await api(`/api/runs/${id}`)).json();
