@@ -192,6 +192,11 @@ where
         }
     };
     init_tracing(&cli.global);
+    // A component that takes more than a second to compile is told, not
+    // silent (a Python step's first compile takes tens of seconds).
+    if !cli.global.quiet && !cli.global.json {
+        crate::sandbox::on_slow_compile(std::time::Duration::from_secs(1), |line| render::say!("{line}"));
+    }
     let out = Output { json: cli.global.json, quiet: cli.global.quiet, verbose: cli.global.verbose };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(crate::exec::cpu_count()).enable_all().build() {
         Ok(rt) => rt,

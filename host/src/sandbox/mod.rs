@@ -187,6 +187,55 @@ struct Described {
     output: Option<jsonschema::Validator>,
 }
 
+/// Where a compile that takes more than a second is told, if anywhere
+/// (the command line: a line on stderr). See [`on_slow_compile`].
+type SlowNote = (std::time::Duration, Box<dyn Fn(&str) + Send + Sync>);
+static SLOW_COMPILE: std::sync::OnceLock<SlowNote> = std::sync::OnceLock::new();
+
+/// Tells `note` of every compile that takes longer than `after`, once it
+/// has ("compiling x.wasm (18.2 MiB)…") and when it ends. The first call
+/// wins.
+pub fn on_slow_compile(after: std::time::Duration, note: impl Fn(&str) + Send + Sync + 'static) {
+    let _ = SLOW_COMPILE.set((after, Box::new(note)));
+}
+
+/// A compile under watch: after a second, it is told ([`on_slow_compile`]).
+struct SlowCompile {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    watcher: Option<std::thread::JoinHandle<bool>>,
+    origin: String,
+    began: std::time::Instant,
+}
+
+impl SlowCompile {
+    fn watch(origin: &str, size: usize, cached: bool) -> SlowCompile {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let watcher = SLOW_COMPILE.get().map(|(after, note)| {
+            let after = *after;
+            let once = if cached { ", once: later runs read it compiled from the cache" } else { "" };
+            let line = format!("compiling {origin} ({:.1} MiB){once}…", size as f64 / (1024.0 * 1024.0));
+            std::thread::spawn(move || match rx.recv_timeout(after) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    note(&line);
+                    true
+                }
+                _ => false,
+            })
+        });
+        SlowCompile { done: Some(tx), watcher, origin: origin.to_string(), began: std::time::Instant::now() }
+    }
+
+    /// The compile ended (`cached`: its compiled form was kept).
+    fn done(mut self, cached: bool) {
+        drop(self.done.take());
+        let told = self.watcher.take().is_some_and(|w| w.join().unwrap_or(false));
+        if let (true, Some((_, note))) = (told, SLOW_COMPILE.get()) {
+            let took = self.began.elapsed().as_secs_f64();
+            note(&format!("compiled {} in {took:.1}s{}", self.origin, if cached { "; cached for the next run" } else { "" }));
+        }
+    }
+}
+
 /// How the process-wide sandbox is set up.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -282,7 +331,7 @@ impl Sandbox {
         if let Some(c) = lock(&self.loaded).get(&sha256) {
             return Ok(c.clone());
         }
-        let component = self.compile(&sha256, bytes).map_err(fail)?;
+        let component = self.compile(origin, &sha256, bytes).map_err(fail)?;
         let ty = component.component_type();
         let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
         let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
@@ -320,12 +369,14 @@ impl Sandbox {
         lock(&self.loaded).get(sha256).cloned()
     }
 
-    fn compile(&self, sha256: &str, bytes: &[u8]) -> Result<Component, LoadErrorKind> {
+    fn compile(&self, origin: &str, sha256: &str, bytes: &[u8]) -> Result<Component, LoadErrorKind> {
         if let Some(c) = self.cache.as_ref().and_then(|c| c.load(&self.engine, sha256)) {
             return Ok(c);
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| LoadErrorKind::Invalid(format!("{e:#}")))?;
+        let slow = SlowCompile::watch(origin, bytes.len(), self.cache.is_some());
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadErrorKind::Invalid(format!("{e:#}")));
+        slow.done(self.cache.is_some() && component.is_ok());
+        let component = component?;
         if let Some(cache) = &self.cache {
             cache.store(sha256, &component);
         }
@@ -688,5 +739,31 @@ impl Described {
             input,
             output,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A compile longer than the threshold is told when it is, and when
+    /// it ends; a component read from the cache is not compiled at all.
+    #[test]
+    fn a_slow_compile_is_told() {
+        let told = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = told.clone();
+        on_slow_compile(std::time::Duration::ZERO, move |line| sink.lock().unwrap().push(line.to_string()));
+        let cache = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox::new(SandboxConfig { cache_dir: Some(cache.path().to_path_buf()), max_instances: 4, ..Default::default() }).unwrap();
+        let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../components/dist/echo.wasm");
+        sandbox.load_file(&echo).unwrap();
+        let lines = told.lock().unwrap().clone();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("compiling ") && lines[0].contains("echo.wasm (") && lines[0].ends_with("later runs read it compiled from the cache…"), "{lines:?}");
+        assert!(lines[1].contains("echo.wasm in ") && lines[1].ends_with("s; cached for the next run"), "{lines:?}");
+        // Another process (a sandbox of its own) reads it from the cache.
+        let again = Sandbox::new(SandboxConfig { cache_dir: Some(cache.path().to_path_buf()), max_instances: 4, ..Default::default() }).unwrap();
+        again.load_file(&echo).unwrap();
+        assert_eq!(told.lock().unwrap().len(), 2, "read from the cache: not compiled");
     }
 }
