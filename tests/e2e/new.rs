@@ -93,3 +93,43 @@ fn a_new_python_step_builds_and_runs_with_no_edits() {
         builds_and_runs("python", &["app.py", "sandflow.py", "requirements.txt"]);
     }
 }
+
+/// `sandflow dev PROJECT --call JSON`: builds the project and calls it,
+/// then, when its handler is edited, builds and calls it again: the new
+/// output comes without anything else typed. (A JavaScript project: its
+/// rebuild is the quickest of the three templates'.)
+#[test]
+fn dev_rebuilds_and_calls_again_when_the_handler_changes() {
+    if !toolchain("npm") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["new", "step", "greet", "--lang", "js", "--into"]).arg(dir.path()));
+    assert_eq!(code, 0, "{err}");
+    let project = dir.path().join("greet");
+    let mut dev = crate::support::sandflow(&state)
+        .args(["dev", "--poll", "100ms", "--call", r#"{"name": "Ada"}"#])
+        .arg(&project)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(dev.stdout.take().unwrap()));
+    let mut next_greeting = || -> String {
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(g) = line.trim().strip_prefix("\"greeting\": ") {
+                return g.to_string();
+            }
+        }
+        panic!("dev ended without a greeting");
+    };
+    assert_eq!(next_greeting(), "\"Hello, Ada!\"");
+    let handler = project.join("step.js");
+    let text = std::fs::read_to_string(&handler).unwrap().replace("`Hello, ${input.name}!`", "`Good day, ${input.name}.`");
+    std::fs::write(&handler, text).unwrap();
+    assert_eq!(next_greeting(), "\"Good day, Ada.\"");
+    let _ = dev.kill();
+    let _ = dev.wait();
+}

@@ -5,6 +5,7 @@
 pub(crate) mod args;
 mod cache;
 mod call;
+mod dev;
 mod display;
 mod graph;
 mod guard;
@@ -112,6 +113,9 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Run one component once and print its output: the plugin author's inner loop.
     Call(call::CallArgs),
+    /// Watch a step project: rebuild it on every change, then run its
+    /// workflow's test cases (or call it with an input).
+    Dev(dev::DevArgs),
     /// Work with component files.
     #[command(subcommand)]
     Component(ComponentCommand),
@@ -219,6 +223,7 @@ where
             Command::Submit(args) => worker::submit_cmd(args, &cli.global, &out).await,
             Command::Worker(args) => worker::worker_cmd(args, &cli.global, &out).await,
             Command::Call(args) => call::execute(args, &cli.global.state_dir, &out).await,
+            Command::Dev(args) => dev::execute(args, &cli.global, &out).await,
             Command::Component(ComponentCommand::Inspect(args)) => {
                 inspect::execute(args, &cli.global.state_dir, &out).await
             }
