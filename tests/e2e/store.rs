@@ -598,3 +598,25 @@ fn a_run_s_graph_is_drawn_from_the_workflow_it_recorded() {
         }
     }
 }
+
+/// Runs are recorded in the state dir of the directory a run started in:
+/// `runs list` elsewhere finds none, and says where runs were recorded
+/// nearby (below it, or above it).
+#[test]
+fn runs_list_elsewhere_says_where_runs_were_recorded_nearby() {
+    let top = tempfile::tempdir().unwrap();
+    let project = top.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    let bare = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sandflow"));
+        cmd.env_remove("SANDFLOW_STATE_DIR").env_remove("SANDFLOW_STORE");
+        cmd
+    };
+    let (code, _, err) = run(bare().current_dir(&project).args(["-q", "run"]).arg(crate::support::root().join("workflows/diamond.yaml")).args(["--set", "text=x"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(bare().current_dir(top.path()).args(["runs", "list"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.starts_with("no runs yet in "), "{err}");
+    let recorded = project.join(".sandflow");
+    assert!(err.contains(&format!("runs were recorded in {}: `sandflow --state-dir {} runs list`", recorded.display(), recorded.display())), "{err}");
+}

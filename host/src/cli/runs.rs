@@ -109,6 +109,20 @@ fn left_number(line: &mut String, n: impl std::fmt::Display, width: usize) {
     pad(line, written, width);
 }
 
+/// Other state dirs with runs near `state_dir` (a relative one): in the
+/// directories above this one, and in those just below it.
+fn nearby_state_dirs(state_dir: &Path) -> Vec<PathBuf> {
+    let (Ok(cwd), true) = (std::env::current_dir(), state_dir.is_relative()) else { return Vec::new() };
+    let name = state_dir.to_path_buf();
+    let mut places: Vec<PathBuf> = cwd.ancestors().skip(1).take(4).map(Path::to_path_buf).collect();
+    if let Ok(entries) = std::fs::read_dir(&cwd) {
+        let mut below: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        below.sort();
+        places.extend(below);
+    }
+    places.into_iter().map(|p| p.join(&name)).filter(|d| d.join("sandflow.db").is_file()).take(5).collect()
+}
+
 fn print_json(value: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(value).expect("records serialize"));
 }
@@ -125,6 +139,13 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                 print_json(&runs);
             } else if runs.is_empty() {
                 say!("no runs yet in {}", store.location());
+                // The default state dir is the current directory's: say
+                // where else runs were recorded, nearby.
+                if global.store.is_none() {
+                    for dir in nearby_state_dirs(&global.state_dir) {
+                        say!("  runs were recorded in {}: `sandflow --state-dir {} runs list` (or set SANDFLOW_STATE_DIR)", dir.display(), dir.display());
+                    }
+                }
             } else {
                 println!("{:<36} {:<20} {:<10} {:>5} {:>6} {:>7}  STARTED", "RUN", "WORKFLOW", "STATUS", "OK", "FAILED", "SKIPPED");
                 for r in runs {
