@@ -141,9 +141,16 @@ impl Worker {
         let mut last_look = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(50);
         tracing::info!("worker {} started (concurrency {})", self.config.name, self.config.concurrency);
+        let mut registered = false;
         while !stop.is_cancelled() {
             let result: Result<bool, StoreError> = async {
                 let mut busy = false;
+                // Listed among the store's workers (`sandflow workers`).
+                if !registered {
+                    let c = &self.config;
+                    self.store.worker_started(&c.name, &c.labels, c.concurrency, c.lease).await?;
+                    registered = true;
+                }
                 // A delayed retry becomes claimable with no notification:
                 // ask at least this often, however busy.
                 if last_look.elapsed() >= LOOK_EVERY {
@@ -254,6 +261,9 @@ impl Worker {
         listener.abort();
         heartbeat.abort();
         interrupts.abort();
+        if registered && let Err(e) = self.store.worker_stopped(&self.config.name).await {
+            tracing::warn!("worker {}: cannot record that it stopped: {e}", self.config.name);
+        }
         tracing::info!("worker {} stopped", self.config.name);
     }
 

@@ -331,6 +331,15 @@ fn cancel_stops_a_run_on_workers() {
     assert_eq!(followed.status.code(), Some(130), "{err}");
     assert!(err.contains(&format!("stopped following run {id}; it goes on")), "{err}");
     assert_eq!(show(&schema, &state, &id)["status"], "running");
+    // `sandflow workers`: the one worker, alive, holding the one step.
+    let (code, out, err) = run(pg(&schema, &state).args(["--json", "workers"]));
+    assert_eq!(code, 0, "{err}");
+    let workers: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(workers.as_array().unwrap().len(), 1, "{workers:#}");
+    let w = &workers[0];
+    assert_eq!((w["alive"].as_bool(), w["slots"].as_u64(), w["running"].as_u64(), w["runs"].as_u64()), (Some(true), Some(2), Some(1), Some(1)), "{w:#}");
+    let (_, out, _) = run(pg(&schema, &state).args(["workers"]));
+    assert!(out.lines().nth(1).is_some_and(|l| l.contains(" alive ")), "{out}");
     let asked = Instant::now();
     let (code, out, err) = run(pg(&schema, &state).args(["cancel", &id, "--wait", "5s"]));
     assert_eq!(code, 0, "{out}{err}");
@@ -352,10 +361,14 @@ fn a_worker_tells_each_attempt_at_v() {
     let (code, id, err) = run(pg(&schema, &state).args(["submit", "workflows/foreach.yaml", "--input", r#"{"words": ["a", "b"]}"#]));
     assert_eq!(code, 0, "{err}");
     let id = id.trim().to_string();
-    let mut worker = pg(&schema, &state).args(["-v", "worker", "--concurrency", "2"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let worker = pg(&schema, &state).args(["-v", "worker", "--concurrency", "2"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let record = wait_end(&schema, &state, &id, Duration::from_secs(30));
-    let _ = worker.kill();
+    // Stopped with SIGINT, it says so in the store.
+    assert!(Command::new("kill").args(["-INT", &worker.id().to_string()]).status().unwrap().success());
     let out = worker.wait_with_output().unwrap();
+    let (_, listed, _) = run(pg(&schema, &state).args(["--json", "workers"]));
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert!(listed[0]["stopped_at"].is_string() && listed[0]["alive"] == false, "{listed:#}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(record["status"], "completed", "{record:#}");
     for item in [0, 1] {
@@ -371,6 +384,9 @@ fn run_with_a_postgres_store_needs_no_separate_worker() {
     let (code, _, err) = run(sandflow(&state).args(["run", "workflows/diamond.yaml", "--detach"]));
     assert_eq!(code, 2);
     assert!(err.contains("--detach needs a PostgreSQL run store"), "{err}");
+    let (code, _, err) = run(sandflow(&state).args(["workers"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("workers need a PostgreSQL run store"), "{err}");
     let (code, _, err) = run(sandflow(&state).args(["worker"]));
     assert_eq!(code, 2);
     assert!(err.contains("`sandflow worker` needs a PostgreSQL run store"), "{err}");

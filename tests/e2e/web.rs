@@ -241,6 +241,9 @@ fn a_hostile_page_cannot_act_rebind_or_frame() {
         let csp = header(&head, "content-security-policy").unwrap_or_default();
         assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self';"), "{path}: {csp}");
     }
+    // A SQLite store has no workers: the API says why.
+    let (status, body) = http(&addr, "GET", "/api/workers", &[]);
+    assert!(status == 404 && body.contains("there are no workers"), "{status} {body}");
     // The pages' own request goes through.
     let (status, body) = http(&addr, "POST", &cancel, &own_action(&addr).each_ref().map(String::as_str));
     assert_eq!(status, 200, "{body}");
@@ -407,6 +410,9 @@ fn groups_finally_steps_and_for_each_items_fold_in_a_real_browser() {
     assert!(page.contains(r#"data-step="cry" data-state="succeeded" data-in-group="finally""#), "{page}");
     let view = page.split(r#"<main id="view">"#).nth(1).and_then(|v| v.split("</main>").next()).unwrap();
     assert!(view.contains(r#"data-step="cry""#) && !view.contains("data-action="), "actions are off: no buttons at all: {view}");
+    // The workers page of a SQLite store says why it has none.
+    let page = dom(&chromium, &format!("http://{addr}/workers"));
+    assert!(page.contains("there are no workers (a PostgreSQL store has them)"), "{page}");
 }
 
 /// With a token, the address a user is given (`/?token=T`) opens the

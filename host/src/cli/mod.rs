@@ -111,6 +111,9 @@ enum Command {
     Submit(worker::SubmitArgs),
     /// Run steps of queued runs from a PostgreSQL run store, until interrupted.
     Worker(worker::WorkerArgs),
+    /// The workers of a PostgreSQL run store: alive or not, labels, slots,
+    /// the steps each holds now.
+    Workers,
     /// Run one component once and print its output: the plugin author's inner loop.
     Call(call::CallArgs),
     /// Watch a step project: rebuild it on every change, then run its
@@ -223,6 +226,7 @@ where
             Command::Submit(args) => worker::submit_cmd(args, &cli.global, &out).await,
             Command::Worker(args) => worker::worker_cmd(args, &cli.global, &out).await,
             Command::Call(args) => call::execute(args, &cli.global.state_dir, &out).await,
+            Command::Workers => worker::workers_cmd(&cli.global, &out).await,
             Command::Dev(args) => dev::execute(args, &cli.global, &out).await,
             Command::Component(ComponentCommand::Inspect(args)) => {
                 inspect::execute(args, &cli.global.state_dir, &out).await

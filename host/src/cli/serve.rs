@@ -12,6 +12,7 @@
 //! | `GET /api/runs/{id}/logs?step=` | its captured log lines |
 //! | `GET /api/runs/{id}/attempts?step=` | its recorded attempts |
 //! | `GET /api/runs/{id}/events` | the run again each time it changes, until it ends (SSE) |
+//! | `GET /workers`, `GET /api/workers` | the workers page, the store's workers (PostgreSQL) |
 //! | `POST /api/runs/{id}/cancel`, `…/resume`, `…/retry` | with `--allow-actions` only |
 //!
 //! Every request passes [`super::guard`] first: the token, the `Host`,
@@ -128,6 +129,8 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(|| async { page(PAGE_HTML) }))
         .route("/runs/{id}", get(|| async { page(PAGE_HTML) }))
+        .route("/workers", get(|| async { page(PAGE_HTML) }))
+        .route("/api/workers", get(workers))
         .route("/assets/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/assets/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
         .route("/api/runs", get(list_runs))
@@ -187,6 +190,16 @@ async fn list_runs(State(app): State<Arc<App>>, Query(p): Query<ListParams>) -> 
             });
             Json(json!({ "runs": runs, "next": next.flatten() })).into_response()
         }
+        Err(e) => failure(e),
+    }
+}
+
+/// The store's workers (PostgreSQL), or 404 saying why there are none.
+async fn workers(State(app): State<Arc<App>>) -> Response {
+    match app.store.workers().await {
+        Ok(Some(workers)) => Json(json!({ "workers": workers })).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, Json(json!({ "error": "this store is SQLite: steps run in the process that runs each run, there are no workers (a PostgreSQL store has them)" })))
+            .into_response(),
         Err(e) => failure(e),
     }
 }

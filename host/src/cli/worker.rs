@@ -186,6 +186,29 @@ pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Outp
     Ok(exit::OK)
 }
 
+/// `sandflow workers`.
+pub(crate) async fn workers_cmd(global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let store = global.open_store().await?;
+    let Some(workers) = store.workers().await.map_err(store_error)? else {
+        return Err(CliError::invalid(format!(
+            "{} is a SQLite store, which runs steps in the process that runs the run: workers need a PostgreSQL run store (--store postgres://…)",
+            store.location()
+        )));
+    };
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&workers).expect("records serialize"));
+    } else if workers.is_empty() {
+        say!("no worker has worked on {} yet (start one with `sandflow worker`)", store.location());
+    } else {
+        println!("{:<32} {:<7} {:>5} {:>7} {:>4}  {:<24} LABELS", "WORKER", "STATE", "SLOTS", "RUNNING", "RUNS", "LAST SEEN");
+        for w in workers {
+            let state = if w.alive { "alive" } else if w.stopped_at.is_some() { "stopped" } else { "lost" };
+            println!("{:<32} {:<7} {:>5} {:>7} {:>4}  {:<24} {}", w.name, state, w.slots, w.running, w.runs, w.seen_at, w.labels.join(","));
+        }
+    }
+    Ok(exit::OK)
+}
+
 /// Says every `every` how many steps `worker` ran since the last line,
 /// when it ran any.
 async fn summarize(worker: Arc<Worker>, every: Duration) {

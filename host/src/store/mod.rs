@@ -82,6 +82,11 @@ pub trait RunStore: Memos + Send + Sync {
     async fn run(&self, id: &str, detail: RunDetail) -> Result<RunRecord, StoreError>;
     /// Up to `limit` run ids that start with `prefix`, in order.
     async fn ids_starting(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// The workers of a store that has them (PostgreSQL), newest first;
+    /// `None` for a store that no worker uses.
+    async fn workers(&self) -> Result<Option<Vec<WorkerRecord>>, StoreError> {
+        Ok(None)
+    }
     /// A run's recorded attempts, of one step or all, in the order recorded:
     /// each failed attempt that was retried, and each step's last.
     async fn attempts(&self, id: &str, step: Option<&str>) -> Result<Vec<AttemptRecord>, StoreError>;
@@ -312,6 +317,25 @@ impl RunDetail {
             RunDetail::Full => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input, started_at, worker, items"),
         }
     }
+}
+
+/// A worker as it last told the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerRecord {
+    pub name: String,
+    pub labels: Vec<String>,
+    /// Most steps it runs at once.
+    pub slots: u32,
+    pub started_at: String,
+    /// Its last heartbeat.
+    pub seen_at: String,
+    /// When it stopped, if it stopped gracefully.
+    pub stopped_at: Option<String>,
+    /// It heartbeat within its lease and has not stopped.
+    pub alive: bool,
+    /// Attempts it holds now, and of how many runs.
+    pub running: u32,
+    pub runs: u32,
 }
 
 /// A run as recorded.

@@ -203,6 +203,17 @@ CREATE TABLE events (
      ALTER TABLE runs ADD COLUMN attempt_events INTEGER NOT NULL DEFAULT 0;",
     // 10: a `forEach` step's number of items (apart from its attempts).
     "ALTER TABLE steps ADD COLUMN items INTEGER;",
+    // 11: the workers that work or worked on the store, as each says
+    // (`sandflow workers`, the web view's workers page).
+    "CREATE TABLE workers (
+        name       TEXT PRIMARY KEY,
+        labels     TEXT[] NOT NULL DEFAULT '{}',
+        slots      INTEGER NOT NULL,
+        lease_ms   BIGINT NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        seen_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+        stopped_at TIMESTAMPTZ
+     );",
 ];
 
 /// Serializes migrations across every process using the server.
@@ -521,6 +532,38 @@ impl RunStore for PgStore {
                 fuel_used: r.get::<_, Option<i64>>(7).map(|f| f as u64),
             })
             .collect())
+    }
+
+    async fn workers(&self) -> Result<Option<Vec<super::WorkerRecord>>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT w.name, w.labels, w.slots, to_char(w.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        to_char(w.seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        to_char(w.stopped_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        w.stopped_at IS NULL AND w.seen_at > now() - make_interval(secs => w.lease_ms / 1000.0),
+                        COUNT(j.id), COUNT(DISTINCT j.run_id)
+                 FROM workers w LEFT JOIN jobs j ON j.worker = w.name AND j.state = 'claimed'
+                 GROUP BY w.name ORDER BY w.started_at DESC",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok(Some(
+            rows.iter()
+                .map(|r| super::WorkerRecord {
+                    name: r.get(0),
+                    labels: r.get(1),
+                    slots: r.get::<_, i32>(2).max(0) as u32,
+                    started_at: r.get(3),
+                    seen_at: r.get(4),
+                    stopped_at: r.get(5),
+                    alive: r.get(6),
+                    running: r.get::<_, i64>(7) as u32,
+                    runs: r.get::<_, i64>(8) as u32,
+                })
+                .collect(),
+        ))
     }
 
     async fn ids_starting(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {

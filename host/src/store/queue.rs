@@ -259,6 +259,29 @@ impl PgStore {
         Ok(Ok(files))
     }
 
+    /// A worker starts (or starts again under its name): it is alive, with
+    /// these labels and slots.
+    pub async fn worker_started(&self, worker: &str, labels: &[String], slots: usize, lease: Duration) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let (slots, lease_ms) = (slots.min(i32::MAX as usize) as i32, lease.as_millis().min(i64::MAX as u128) as i64);
+        client
+            .execute(
+                "INSERT INTO workers (name, labels, slots, lease_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET labels = $2, slots = $3, lease_ms = $4, started_at = now(), seen_at = now(), stopped_at = NULL",
+                &[&worker, &labels, &slots, &lease_ms],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// A worker stopped, having finished what it held.
+    pub async fn worker_stopped(&self, worker: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute("UPDATE workers SET stopped_at = now(), seen_at = now() WHERE name = $1", &[&worker]).await.map_err(db)?;
+        Ok(())
+    }
+
     /// Queued runs no worker has started yet (oldest first).
     pub async fn runs_to_start(&self, limit: i64) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
@@ -317,10 +340,11 @@ impl PgStore {
 
     /// Extends the leases of `jobs` still claimed by `worker`.
     pub async fn heartbeat(&self, worker: &str, jobs: &[i64], lease: Duration) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client.execute("UPDATE workers SET seen_at = now() WHERE name = $1", &[&worker]).await.map_err(db)?;
         if jobs.is_empty() {
             return Ok(0);
         }
-        let client = self.client().await?;
         client
             .execute(
                 "UPDATE jobs SET lease_until = now() + make_interval(secs => $3) WHERE id = ANY($1) AND worker = $2 AND state = 'claimed'",

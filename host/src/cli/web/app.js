@@ -238,11 +238,32 @@ const sandflow = (() => {
     }));
   }
 
+  // The workers of a PostgreSQL store: alive or not, what each holds.
+  async function workersPage() {
+    try {
+      const { workers } = await (await api("/api/workers")).json();
+      const body = document.querySelector("#workers tbody");
+      for (const w of workers) {
+        const state = w.alive ? "alive" : w.stopped_at ? "stopped" : "lost";
+        body.append(el("tr", { "data-worker": w.name, "data-state": state },
+          el("td", { class: "id" }, w.name), el("td", {}, el("span", { class: "badge w-" + state }, state)),
+          el("td", {}, String(w.slots)), el("td", {}, String(w.running)), el("td", {}, String(w.runs)),
+          el("td", {}, w.labels.join(", ")), el("td", { class: "when" }, w.started_at.replace("T", " ").replace("Z", "")),
+          el("td", { class: "when" }, w.seen_at.replace("T", " ").replace("Z", ""))));
+      }
+      document.getElementById("empty").hidden = workers.length > 0;
+    } catch (e) { problem(e); }
+  }
+
   // The view the address names: `/` the runs, `/runs/ID` one run.
   const view = (name) => {
     document.getElementById("view").replaceChildren(document.getElementById(name + "-view").content.cloneNode(true));
   };
-  if (location.pathname.startsWith("/runs/")) {
+  if (location.pathname === "/workers") {
+    document.getElementById("where").textContent = "workers";
+    view("workers");
+    workersPage();
+  } else if (location.pathname.startsWith("/runs/")) {
     document.getElementById("where").textContent = "run";
     view("run");
     runPage();
@@ -251,5 +272,5 @@ const sandflow = (() => {
     view("runs");
     runsPage();
   }
-  return { runsPage, runPage };
+  return { runsPage, runPage, workersPage };
 })();
