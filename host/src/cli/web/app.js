@@ -36,14 +36,21 @@ const sandflow = (() => {
     const body = document.querySelector("#runs tbody");
     const more = document.getElementById("more");
     let next = null;
+    let shortId = 13;
     const load = async (after) => {
       const q = new URLSearchParams({ workflow: form.workflow.value, status: form.status.value, limit: "50" });
       if (after) q.set("after", after);
       try {
         const page = await (await api("/api/runs?" + q)).json();
+        // Ids shown as long as they must be to differ (runs started in
+        // the same millisecond share their first 13 characters); any
+        // unique start works in the CLI (`runs show 01a2…`).
+        const ids = [...body.querySelectorAll("tr[data-run]")].map((tr) => tr.dataset.run).concat(page.runs.map((r) => r.id)).sort();
+        const common = (a, b) => { let i = 0; while (i < a.length && a[i] === b[i]) i++; return i; };
+        shortId = Math.max(shortId, ...ids.slice(1).map((id, i) => common(ids[i], id) + 1));
         for (const r of page.runs) {
           body.append(el("tr", { "data-run": r.id, "data-status": r.status },
-            el("td", { class: "id" }, el("a", { href: "/runs/" + r.id }, r.id.slice(0, 13) + "…")),
+            el("td", { class: "id" }, el("a", { href: "/runs/" + r.id, title: r.id }, r.id.slice(0, shortId) + "…")),
             el("td", {}, r.workflow),
             el("td", {}, badge(r.status)),
             el("td", {}, String(r.attempt)),
