@@ -329,7 +329,7 @@ fn the_pages_show_runs_and_step_states_in_a_real_browser() {
     let state = tempfile::tempdir().unwrap();
     // `wait` runs long enough for the pages and screenshots below, then
     // ends while a page follows it.
-    let (_running, [completed, failed, running]) = three_runs(&state, 15_000);
+    let (_running, [completed, failed, running]) = three_runs(&state, 45_000);
     let (_server, addr) = serve(&state, &["--allow-actions"]);
 
     let runs = dom(&chromium, &format!("http://{addr}/"));
