@@ -323,12 +323,15 @@ fn cancel_stops_a_run_on_workers() {
     );
     // Ctrl-C on `runs follow` stops following, not the run (as `kubectl
     // logs -f`).
-    let follower = pg(&schema, &state).args(["runs", "follow", &id]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut follower = pg(&schema, &state).args(["runs", "follow", &id]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // Its first line: it follows (the run's events so far), signals handled.
+    let mut stderr = std::io::BufReader::new(follower.stderr.take().unwrap());
+    let mut err = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut err).unwrap();
     assert!(Command::new("kill").args(["-INT", &follower.id().to_string()]).status().unwrap().success());
-    let followed = follower.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&followed.stderr);
-    assert_eq!(followed.status.code(), Some(130), "{err}");
+    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+    let code = follower.wait().unwrap().code();
+    assert_eq!(code, Some(130), "{err}");
     assert!(err.contains(&format!("stopped following run {id}; it goes on")), "{err}");
     assert_eq!(show(&schema, &state, &id)["status"], "running");
     // `sandflow workers`: the one worker, alive, holding the one step.
