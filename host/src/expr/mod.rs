@@ -164,15 +164,15 @@ impl CelExpr {
         collect_refs(&program.expression().expr, "secrets", &mut secrets);
         let names = free_names(&program.expression().expr);
         check_names(text, at, &names, &program.references().functions())?;
-        let refs = program.references();
+        let reads = |name: &str| names.contains(name);
         let vars = Vars {
-            inputs: refs.has_variable("inputs"),
-            input: refs.has_variable("input"),
-            steps: refs.has_variable("steps"),
-            item: refs.has_variable("item"),
-            index: refs.has_variable("index"),
-            run: refs.has_variable("run"),
-            secrets: refs.has_variable("secrets"),
+            inputs: reads("inputs"),
+            input: reads("input"),
+            steps: reads("steps"),
+            item: reads("item"),
+            index: reads("index"),
+            run: reads("run"),
+            secrets: reads("secrets"),
         };
         Ok(CelExpr { text: text.to_string(), program: Arc::new(program), steps, status_only, secrets, names, vars, at: at.clone() })
     }

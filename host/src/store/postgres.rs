@@ -538,9 +538,8 @@ impl RunStore for PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT w.name, w.labels, w.slots, to_char(w.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        to_char(w.seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                        to_char(w.stopped_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                "SELECT w.name, w.labels, w.slots, EXTRACT(EPOCH FROM w.started_at)::float8, EXTRACT(EPOCH FROM w.seen_at)::float8,
+                        EXTRACT(EPOCH FROM w.stopped_at)::float8,
                         w.stopped_at IS NULL AND w.seen_at > now() - make_interval(secs => w.lease_ms / 1000.0),
                         COUNT(j.id), COUNT(DISTINCT j.run_id)
                  FROM workers w LEFT JOIN jobs j ON j.worker = w.name AND j.state = 'claimed'
@@ -555,9 +554,9 @@ impl RunStore for PgStore {
                     name: r.get(0),
                     labels: r.get(1),
                     slots: r.get::<_, i32>(2).max(0) as u32,
-                    started_at: r.get(3),
-                    seen_at: r.get(4),
-                    stopped_at: r.get(5),
+                    started_at: super::rfc3339(r.get(3)),
+                    seen_at: super::rfc3339(r.get(4)),
+                    stopped_at: r.get::<_, Option<f64>>(5).map(super::rfc3339),
                     alive: r.get(6),
                     running: r.get::<_, i64>(7) as u32,
                     runs: r.get::<_, i64>(8) as u32,
