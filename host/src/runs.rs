@@ -298,6 +298,37 @@ pub async fn submit(
     Ok(record.id)
 }
 
+/// Why a run that workers ran cannot be queued again.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueAgainError {
+    /// It is running: it must be cancelled first.
+    #[error("run {0} is running: cancel it first")]
+    Running(String),
+    /// Its workflow cannot be had, or `--from` names no step of it.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A new attempt (`resume`, `retry [--from STEP]`) of run `record`, which
+/// workers ran and which has ended: checked against its recorded workflow,
+/// then queued for workers; returns the attempt's number. `concurrency`
+/// and `vars`, when given, replace what the run was bound to.
+pub async fn queue_again(
+    store: &crate::store::PgStore,
+    record: &crate::store::RunRecord,
+    rerun: &Rerun,
+    concurrency: Option<usize>,
+    vars: Option<&Value>,
+) -> Result<u32, QueueAgainError> {
+    let id = &record.id;
+    let plan = recorded_plan(store, record).await.map_err(|e| QueueAgainError::Invalid(format!("run {id} cannot run again: {e}")))?;
+    rerun_steps(&plan, rerun).map_err(|e| QueueAgainError::Invalid(format!("--from: {e}")))?;
+    let vars = vars.filter(|v| v.as_object().is_some_and(|v| !v.is_empty()));
+    store.requeue(id, rerun, concurrency, vars).await?.ok_or_else(|| QueueAgainError::Running(id.clone()))
+}
+
 /// The plan of the workflow run `run` ran, `--target` applied: from the
 /// text the store recorded with it (by SHA-256), whatever became of its
 /// file since; for a run recorded before runs kept their workflow, from its

@@ -17,7 +17,7 @@ fn pg(schema: &PgSchema, state: &tempfile::TempDir) -> Command {
 }
 
 /// Worker processes, killed when dropped.
-struct Workers {
+pub(crate) struct Workers {
     children: Vec<Child>,
     schema_url: String,
     state: PathBuf,
@@ -26,7 +26,7 @@ struct Workers {
 }
 
 impl Workers {
-    fn start(schema: &PgSchema, state: &tempfile::TempDir, n: usize, lease: &'static str) -> Workers {
+    pub(crate) fn start(schema: &PgSchema, state: &tempfile::TempDir, n: usize, lease: &'static str) -> Workers {
         Workers::labelled(schema, state, n, lease, &[])
     }
 

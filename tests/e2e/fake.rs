@@ -3,7 +3,7 @@
 //! one-word program in the file the workflow names (`echo`, `fail`,
 //! `flaky`, `sleep`); the runner interprets it on the job's input.
 
-use sandflow::exec::{self, Event, EventSink, Executor, Job, Loaded, RunOptions, RunReport, RunState, StepRunner, StepState};
+use sandflow::exec::{self, Event, EventSink, Executor, Job, Loaded, Loader, RunOptions, RunReport, RunState, StepRunner, StepState};
 use sandflow::failure::{FailureKind, StepFailure};
 use sandflow::sandbox::{CancellationToken, HostServices, LoadError, StepLog, StepOutcome, sha256_hex};
 use serde_json::{Value, json};
@@ -19,14 +19,16 @@ struct Fake {
     running: Mutex<(usize, usize)>,
 }
 
-#[async_trait::async_trait]
-impl StepRunner for Fake {
+impl Loader for Fake {
     fn load(&self, _origin: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
         let sha = sha256_hex(bytes);
         self.programs.lock().unwrap().insert(sha.clone(), String::from_utf8_lossy(bytes).trim().to_string());
         Ok(Loaded { sha256: sha, imports: Vec::new() })
     }
+}
 
+#[async_trait::async_trait]
+impl StepRunner for Fake {
     async fn run(&self, job: Job, _services: Arc<dyn HostServices>, cancel: &CancellationToken) -> StepOutcome {
         let program = self.programs.lock().unwrap()[&job.component].clone();
         {

@@ -86,3 +86,47 @@ fn a_component_of_a_foreign_world_is_described_then_refused_by_call_and_run() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a sandflow step: it does not export `run`"), "{err}");
 }
+
+/// Checking a component without compiling it (what `submit` and `serve`
+/// do) accepts and refuses what compiling does, with the same imports:
+/// every shipped component, every hostile one, and files that are not
+/// components at all.
+#[test]
+fn a_check_without_compiling_agrees_with_loading_on_every_component() {
+    use sandflow::exec::{ComponentCheck, Loader};
+    let sandbox = sandflow::sandbox::Sandbox::new(Default::default()).unwrap();
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for dir in ["components/dist", "components/dist/hostile", "components/dist/compat"] {
+        for entry in std::fs::read_dir(crate::support::root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "wasm") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 25, "{files:?}");
+    let mut cases: Vec<(String, Vec<u8>)> = files.iter().map(|p| (p.display().to_string(), std::fs::read(p).unwrap())).collect();
+    let core = wat_free_core_module();
+    cases.push(("a core module".into(), core));
+    cases.push(("text".into(), b"name: not wasm\n".to_vec()));
+    let mut truncated = std::fs::read(example("echo")).unwrap();
+    truncated.truncate(truncated.len() / 2);
+    cases.push(("a truncated component".into(), truncated));
+    for (name, bytes) in &cases {
+        let checked = ComponentCheck.load(name, bytes);
+        let loaded = sandbox.load_bytes(name, bytes);
+        match (&checked, &loaded) {
+            (Ok(c), Ok(l)) => {
+                assert_eq!(c.sha256, l.sha256(), "{name}");
+                assert_eq!(c.imports, l.imports(), "{name}");
+            }
+            (Err(c), Err(l)) => assert_eq!(std::mem::discriminant(&c.kind), std::mem::discriminant(&l.kind), "{name}: {c} / {l}"),
+            _ => panic!("{name}: checked {:?}, loaded {:?}", checked.as_ref().map(|_| ()), loaded.as_ref().map(|_| ())),
+        }
+    }
+}
+
+/// The smallest core WebAssembly module: the magic and version 1.
+fn wat_free_core_module() -> Vec<u8> {
+    b"\0asm\x01\0\0\0".to_vec()
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `sandflow` binary and library against the
 //! real components in `components/dist/`.
 
+mod api;
 mod backends;
 mod call;
 mod chaos;

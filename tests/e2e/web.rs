@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// A child process killed when dropped.
-struct Reaped(Child);
+pub(crate) struct Reaped(pub(crate) Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -22,7 +22,7 @@ impl Drop for Reaped {
 }
 
 /// Starts `sandflow serve` on a free loopback port; returns it and its address.
-fn serve(state: &tempfile::TempDir, extra: &[&str]) -> (Reaped, String) {
+pub(crate) fn serve(state: &tempfile::TempDir, extra: &[&str]) -> (Reaped, String) {
     let mut child = Reaped(
         sandflow(state).args(["serve", "--listen", "127.0.0.1:0"]).args(extra).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap(),
     );
@@ -34,22 +34,33 @@ fn serve(state: &tempfile::TempDir, extra: &[&str]) -> (Reaped, String) {
 }
 
 /// One HTTP/1.1 request; returns the status and the body.
-fn http(addr: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+pub(crate) fn http(addr: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
     let (status, _, body) = http_full(addr, method, path, headers);
     (status, body)
 }
 
 /// One HTTP/1.1 request (`Host: ADDR` unless `headers` has a `Host`);
 /// returns the status, the headers (lowercase names) and the body.
-fn http_full(addr: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String, String) {
+pub(crate) fn http_full(addr: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String, String) {
+    http_with_body(addr, method, path, headers, b"")
+}
+
+/// [`http_full`], sending `body`.
+pub(crate) fn http_with_body(addr: &str, method: &str, path: &str, headers: &[&str], body: &[u8]) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     let mut extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     if !headers.iter().any(|h| h.to_ascii_lowercase().starts_with("host:")) {
         extra.push_str(&format!("Host: {addr}\r\n"));
     }
-    write!(stream, "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    write!(stream, "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n{extra}\r\n", body.len()).unwrap();
+    // A server that refuses early may close before it has read it all
+    // (then the read may end in a reset after its answer).
+    let _ = stream.write_all(body);
+    let mut bytes = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut bytes) {
+        assert!(!bytes.is_empty(), "{method} {path}: no answer: {e}");
+    }
+    let response = String::from_utf8(bytes).expect("a UTF-8 answer");
     let status = response.split(' ').nth(1).unwrap().parse().unwrap();
     let (head, body) = response.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or_default();
     let head = head.lines().skip(1).map(|l| match l.split_once(':') {

@@ -7,9 +7,10 @@
 //! - **Cross-site requests**: a request that changes something (any method
 //!   but GET and HEAD) must come from the server's own pages: not from
 //!   another site by `Sec-Fetch-Site`, with an `Origin`, when sent, that is
-//!   the server's own (never `null`), and with a JSON body type, which a
-//!   page of another origin cannot send without a CORS preflight that
-//!   this server never grants.
+//!   the server's own (never `null`), and with a JSON body type (or
+//!   `application/octet-stream`, an upload's), which a page of another
+//!   origin cannot send without a CORS preflight that this server never
+//!   grants.
 //! - **Framing**: every answer says `frame-ancestors 'none'` and
 //!   `X-Frame-Options: DENY`, with a Content-Security-Policy the pages
 //!   themselves keep (scripts and styles from the server only; the run
@@ -86,9 +87,10 @@ impl Guard {
                 return Some(format!("a request from origin `{origin}` may not change runs: only this server's pages may"));
             }
         }
-        let json = text(header::CONTENT_TYPE).and_then(|t| t.split(';').next()).is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
-            return Some("a request that changes runs must send `Content-Type: application/json`".into());
+        // Neither is a type a form or a simple cross-site `fetch` may send.
+        let kind = text(header::CONTENT_TYPE).and_then(|t| t.split(';').next()).map(str::trim).unwrap_or("");
+        if !kind.eq_ignore_ascii_case("application/json") && !kind.eq_ignore_ascii_case("application/octet-stream") {
+            return Some("a request that changes runs must send `Content-Type: application/json` (an upload: `application/octet-stream`)".into());
         }
         None
     }

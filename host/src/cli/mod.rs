@@ -3,6 +3,7 @@
 //! [`run_with_args`] runs the whole CLI in-process, for tests.
 
 pub(crate) mod args;
+mod api;
 mod cache;
 mod call;
 mod dev;
@@ -11,6 +12,7 @@ mod graph;
 mod guard;
 mod new;
 pub(crate) mod inspect;
+mod remote;
 mod render;
 pub(crate) mod run;
 mod runs;
@@ -74,6 +76,16 @@ pub(crate) struct GlobalArgs {
     /// Only errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// A `sandflow serve` to talk to instead of a run store: `run`,
+    /// `submit`, `runs`, `cancel`, `retry`, `resume` and `workers` go
+    /// through its API (no database credentials here; the server's workers
+    /// run the steps); other commands work on this machine as usual.
+    #[arg(long, global = true, value_name = "URL", env = "SANDFLOW_SERVER", value_parser = server_url)]
+    server: Option<url::Url>,
+    /// The token `--server` takes (`Authorization: Bearer`), or that every
+    /// request to `sandflow serve` must carry.
+    #[arg(long, global = true, value_name = "TOKEN", env = "SANDFLOW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Export a trace of each run (`run`, `resume`, `retry`) to this
     /// OpenTelemetry collector's OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318
     /// [default: OTEL_EXPORTER_OTLP_ENDPOINT, if set].
@@ -213,7 +225,15 @@ where
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let command = match &cli.global.server {
+            Some(server) => match remote::execute(server, cli.command, &cli.global, &out).await {
+                Ok(result) => return result,
+                // Not a command of the server's: it works here.
+                Err(command) => command,
+            },
+            None => cli.command,
+        };
+        match command {
             Command::Run(args) => run::execute(args, &cli.global, &out).await,
             Command::Validate(args) => validate::execute(args, &cli.global.state_dir, &out).await,
             Command::Graph(args) => graph::execute(args, &cli.global, &out).await,
@@ -274,6 +294,15 @@ fn init_tracing(global: &GlobalArgs) {
         .finish()
         .with(filter);
     let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// `--server`: an http(s) URL with a host.
+fn server_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e} (e.g. http://127.0.0.1:7878)"))?;
+    match (url.scheme(), url.host_str()) {
+        ("http" | "https", Some(_)) => Ok(url),
+        _ => Err("must be an http:// or https:// address with a host, e.g. http://127.0.0.1:7878".into()),
+    }
 }
 
 impl GlobalArgs {

@@ -123,7 +123,7 @@ async fn run_queued(args: &RunArgs, global: &GlobalArgs, out: &Output) -> Result
     let store = pg_store(global, "`sandflow run --detach`").await?;
     let input = input.read()?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
-    let (prepared, files) = load_for_submit(file, &args.components, &sandbox, out).await?;
+    let (prepared, files) = load_for_submit(file, &args.components, out).await?;
     let config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file, Vec::new())?;
     // Workers limit the run to its targets as they load it: check them
     // here. This process runs steps unless `--no-work`: then it needs the

@@ -51,23 +51,23 @@ pub(crate) enum RunsCommand {
     sandflow retry 01a2...                 # what failed, was cancelled or skipped by a failure")]
 pub(crate) struct RetryArgs {
     /// The finished run (completed, failed or cancelled) to run again.
-    id: String,
+    pub(crate) id: String,
     /// Run this step and every step downstream of it again; the others
     /// keep their recorded outputs.
     #[arg(long, value_name = "STEP")]
-    from: Option<String>,
+    pub(crate) from: Option<String>,
     /// Secrets as `NAME=value` lines; also read from `SANDFLOW_SECRET_<NAME>`.
     #[arg(long, value_name = "FILE")]
-    secrets_file: Option<PathBuf>,
+    pub(crate) secrets_file: Option<PathBuf>,
     /// Most steps running at once.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    concurrency: Option<u64>,
+    pub(crate) concurrency: Option<u64>,
     #[command(flatten)]
-    components: workflow_cmd::ComponentsArg,
+    pub(crate) components: workflow_cmd::ComponentsArg,
     #[command(flatten)]
-    vars: super::args::VarArgs,
+    pub(crate) vars: super::args::VarArgs,
     #[command(flatten)]
-    work: super::args::WorkArgs,
+    pub(crate) work: super::args::WorkArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -135,9 +135,7 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
     match command {
         RunsCommand::List { limit } => {
             let runs = store.runs(&crate::store::RunQuery::newest(limit)).await.map_err(store_error)?;
-            if out.json {
-                print_json(&runs);
-            } else if runs.is_empty() {
+            if runs.is_empty() && !out.json {
                 say!("no runs yet in {}", store.location());
                 // The default state dir is the current directory's: say
                 // where else runs were recorded, nearby.
@@ -147,129 +145,152 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
                     }
                 }
             } else {
-                println!("{:<36} {:<20} {:<10} {:>5} {:>6} {:>7}  STARTED", "RUN", "WORKFLOW", "STATUS", "OK", "FAILED", "SKIPPED");
-                for r in runs {
-                    println!(
-                        "{:<36} {:<20} {:<10} {:>5} {:>6} {:>7}  {}",
-                        r.id, r.workflow, r.status, r.succeeded_steps, r.failed_steps, r.skipped_steps, r.started_at
-                    );
-                }
+                print_runs(&runs, out);
             }
         }
         RunsCommand::Show { id, timeline } => {
             let id = super::run_id(store.as_ref(), &id).await?;
             let detail = if out.json { RunDetail::Full } else { RunDetail::Steps };
             let run = store.run(&id, detail).await.map_err(store_error)?;
-            if out.json {
-                print_json(&run);
-            } else {
-                println!("run {} ({}, attempt {})", run.id, run.status, run.attempt);
-                println!("  workflow: {} ({})", run.workflow, run.file);
-                println!("  started:  {}", run.started_at);
-                if let Some(f) = &run.finished_at {
-                    println!("  finished: {f}");
-                }
-                println!("  input:    {}", run.input);
-                if let Some(o) = &run.output {
-                    println!("  output:   {o}");
-                }
-                if let Some(e) = &run.error {
-                    println!("  error:    {e}");
-                }
-                println!("  steps:");
-                // One write for all the steps, not one per line: a run of
-                // 100,000 steps is shown in a fraction of the time.
-                let mut lines = std::io::BufWriter::new(std::io::stdout().lock());
-                let mut line = String::new();
-                for s in &run.steps {
-                    // The line of `"    {:<20} {:<10} attempts {:<2} {:>10}  fuel {:<12}"`
-                    // (a `forEach` step: `items    {:<2}`, and its attempts
-                    // at the end when retries made more).
-                    line.clear();
-                    line.push_str("    ");
-                    left(&mut line, &s.step, 20);
-                    line.push(' ');
-                    left(&mut line, &s.state, 10);
-                    match s.items {
-                        Some(items) => {
-                            line.push_str(" items    ");
-                            left_number(&mut line, items, 2);
-                        }
-                        None => {
-                            line.push_str(" attempts ");
-                            left_number(&mut line, s.attempts, 2);
-                        }
-                    }
-                    line.push(' ');
-                    // A running step: how long its attempt has run so far.
-                    let running = s.started_at.as_deref().filter(|_| s.state == "running");
-                    let took = match running.and_then(|t| humantime::parse_rfc3339(t).ok()) {
-                        Some(since) => std::time::SystemTime::now().duration_since(since).unwrap_or_default(),
-                        None => std::time::Duration::from_secs_f64(s.duration_ms / 1000.0),
-                    };
-                    let took = render::duration(took);
-                    pad(&mut line, took.chars().count(), 10);
-                    line.push_str(&took);
-                    line.push_str("  fuel ");
-                    left_number(&mut line, s.fuel_used, 12);
-                    if s.items.is_some_and(|items| s.attempts > items) {
-                        let _ = write!(line, "  {} attempts", s.attempts);
-                    }
-                    let _ = match (&s.error_kind, &s.error_message, &s.reason) {
-                        (Some(k), Some(m), _) => write!(line, "  {k}: {m}"),
-                        (_, _, Some(r)) => write!(line, "  {r}"),
-                        _ => Ok(()),
-                    };
-                    if let Some(since) = running {
-                        let _ = write!(line, "  since {since}");
-                        if let Some(worker) = &s.worker {
-                            let _ = write!(line, " on {worker}");
-                        }
-                    }
-                    let _ = writeln!(lines, "{}", line.trim_end());
-                }
-                let _ = lines.flush();
-                drop(lines);
-                if timeline {
-                    print!("\n{}", super::timeline::render(&run));
-                }
-                // The process ends next: freeing 100,000 step records one by
-                // one would take a tenth of the command's time.
-                std::mem::forget(run);
-            }
+            print_run(run, timeline, out);
         }
         RunsCommand::Follow { .. } => unreachable!("handled above"),
         RunsCommand::Logs { id, step } => {
             let id = super::run_id(store.as_ref(), &id).await?;
             let lines = store.logs(&id, step.as_deref()).await.map_err(store_error)?;
-            if out.json {
-                let rows: Vec<serde_json::Value> = lines
-                    .iter()
-                    .map(|(s, l)| serde_json::json!({ "step": s, "source": l.source, "text": l.text }))
-                    .collect();
-                print_json(&rows);
-            } else if lines.is_empty() {
-                // Nothing to print: say why, on stderr.
-                let run = store.run(&id, RunDetail::Steps).await.map_err(store_error)?;
-                match step.as_deref() {
-                    Some(step) if !run.steps.iter().any(|s| s.step == step) => {
-                        let hint = crate::workflow::diagnostic::nearest(step, run.steps.iter().map(|s| s.step.as_str()))
-                            .map(|n| format!(" (did you mean `{n}`?)"))
-                            .unwrap_or_default();
-                        return Err(CliError::invalid(format!("run {id} has no step `{step}` that ran{hint}")));
-                    }
-                    Some(step) if !out.quiet => say!("step `{step}` of run {id} wrote no log lines"),
-                    None if !out.quiet => say!("no step of run {id} wrote log lines"),
-                    _ => {}
-                }
-            } else {
-                for (s, l) in lines {
-                    println!("{s} {:>6} | {}", l.source.as_str(), l.text);
-                }
-            }
+            // Nothing to print: say why, from the steps that ran.
+            let ran = match lines.is_empty() {
+                true => store.run(&id, RunDetail::Steps).await.map_err(store_error)?.steps.into_iter().map(|s| s.step).collect(),
+                false => Vec::new(),
+            };
+            print_logs(&id, step.as_deref(), &lines, &ran, out)?;
         }
     }
     Ok(exit::OK)
+}
+
+/// `runs list`'s table (`--json`: the records).
+pub(crate) fn print_runs(runs: &[crate::store::RunSummary], out: &Output) {
+    if out.json {
+        print_json(&runs);
+        return;
+    }
+    println!("{:<36} {:<20} {:<10} {:>5} {:>6} {:>7}  STARTED", "RUN", "WORKFLOW", "STATUS", "OK", "FAILED", "SKIPPED");
+    for r in runs {
+        println!(
+            "{:<36} {:<20} {:<10} {:>5} {:>6} {:>7}  {}",
+            r.id, r.workflow, r.status, r.succeeded_steps, r.failed_steps, r.skipped_steps, r.started_at
+        );
+    }
+}
+
+/// `runs show`'s page (`--json`: the record).
+pub(crate) fn print_run(run: crate::store::RunRecord, timeline: bool, out: &Output) {
+    if out.json {
+        print_json(&run);
+    } else {
+        println!("run {} ({}, attempt {})", run.id, run.status, run.attempt);
+        println!("  workflow: {} ({})", run.workflow, run.file);
+        println!("  started:  {}", run.started_at);
+        if let Some(f) = &run.finished_at {
+            println!("  finished: {f}");
+        }
+        println!("  input:    {}", run.input);
+        if let Some(o) = &run.output {
+            println!("  output:   {o}");
+        }
+        if let Some(e) = &run.error {
+            println!("  error:    {e}");
+        }
+        println!("  steps:");
+        // One write for all the steps, not one per line: a run of
+        // 100,000 steps is shown in a fraction of the time.
+        let mut lines = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut line = String::new();
+        for s in &run.steps {
+            // The line of `"    {:<20} {:<10} attempts {:<2} {:>10}  fuel {:<12}"`
+            // (a `forEach` step: `items    {:<2}`, and its attempts
+            // at the end when retries made more).
+            line.clear();
+            line.push_str("    ");
+            left(&mut line, &s.step, 20);
+            line.push(' ');
+            left(&mut line, &s.state, 10);
+            match s.items {
+                Some(items) => {
+                    line.push_str(" items    ");
+                    left_number(&mut line, items, 2);
+                }
+                None => {
+                    line.push_str(" attempts ");
+                    left_number(&mut line, s.attempts, 2);
+                }
+            }
+            line.push(' ');
+            // A running step: how long its attempt has run so far.
+            let running = s.started_at.as_deref().filter(|_| s.state == "running");
+            let took = match running.and_then(|t| humantime::parse_rfc3339(t).ok()) {
+                Some(since) => std::time::SystemTime::now().duration_since(since).unwrap_or_default(),
+                None => std::time::Duration::from_secs_f64(s.duration_ms / 1000.0),
+            };
+            let took = render::duration(took);
+            pad(&mut line, took.chars().count(), 10);
+            line.push_str(&took);
+            line.push_str("  fuel ");
+            left_number(&mut line, s.fuel_used, 12);
+            if s.items.is_some_and(|items| s.attempts > items) {
+                let _ = write!(line, "  {} attempts", s.attempts);
+            }
+            let _ = match (&s.error_kind, &s.error_message, &s.reason) {
+                (Some(k), Some(m), _) => write!(line, "  {k}: {m}"),
+                (_, _, Some(r)) => write!(line, "  {r}"),
+                _ => Ok(()),
+            };
+            if let Some(since) = running {
+                let _ = write!(line, "  since {since}");
+                if let Some(worker) = &s.worker {
+                    let _ = write!(line, " on {worker}");
+                }
+            }
+            let _ = writeln!(lines, "{}", line.trim_end());
+        }
+        let _ = lines.flush();
+        drop(lines);
+        if timeline {
+            print!("\n{}", super::timeline::render(&run));
+        }
+        // The process ends next: freeing 100,000 step records one by
+        // one would take a tenth of the command's time.
+        std::mem::forget(run);
+    }
+}
+
+/// `runs logs`'s lines (`--json`: as records); when there are none, why,
+/// from `ran`, the steps of the run that ran.
+pub(crate) fn print_logs(id: &str, step: Option<&str>, lines: &[(String, crate::sandbox::LogLine)], ran: &[String], out: &Output) -> Result<(), CliError> {
+    if out.json {
+        let rows: Vec<serde_json::Value> =
+            lines.iter().map(|(s, l)| serde_json::json!({ "step": s, "source": l.source, "text": l.text })).collect();
+        print_json(&rows);
+    } else if lines.is_empty() {
+        // Nothing to print: say why, on stderr.
+        match step {
+            Some(step) if !ran.iter().any(|s| s == step) => {
+                let hint = crate::workflow::diagnostic::nearest(step, ran.iter().map(String::as_str))
+                    .map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default();
+                return Err(CliError::invalid(format!("run {id} has no step `{step}` that ran{hint}")));
+            }
+            Some(step) if !out.quiet => say!("step `{step}` of run {id} wrote no log lines"),
+            None if !out.quiet => say!("no step of run {id} wrote log lines"),
+            _ => {}
+        }
+    } else {
+        for (s, l) in lines {
+            println!("{s} {:>6} | {}", l.source.as_str(), l.text);
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -277,10 +298,10 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
     (state `cancelled`) and exits 130; the run can be resumed later.")]
 pub(crate) struct CancelArgs {
     /// The run to cancel.
-    id: String,
+    pub(crate) id: String,
     /// How long to wait for the run to end.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration)]
-    wait: std::time::Duration,
+    pub(crate) wait: std::time::Duration,
 }
 
 /// `sandflow cancel ID`: asks through the store, then waits for the run's end.
@@ -292,9 +313,21 @@ pub(crate) async fn cancel(args: CancelArgs, global: &GlobalArgs, out: &Output) 
     if status != RunState::Running.as_str() {
         return Err(CliError::invalid(format!("run {} is not running: it is {status}", args.id)));
     }
+    let status = || async { Ok(store.run(&args.id, RunDetail::Run).await.map_err(store_error)?.status) };
+    wait_cancelled(&args.id, args.wait, out, status).await
+}
+
+/// After a cancel was asked: waits up to `wait` for run `id` to end,
+/// reading its status with `status`.
+pub(crate) async fn wait_cancelled<F, Fut>(id: &str, wait: std::time::Duration, out: &Output, status: F) -> Result<u8, CliError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<String, CliError>>,
+{
+    let args = CancelArgs { id: id.to_string(), wait };
     let deadline = tokio::time::Instant::now() + args.wait;
     loop {
-        let status = store.run(&args.id, RunDetail::Run).await.map_err(store_error)?.status;
+        let status = status().await?;
         if status != RunState::Running.as_str() {
             if !out.quiet {
                 say!("run {} is {status}", args.id);

@@ -14,9 +14,14 @@
 //! | `GET /api/runs/{id}/events` | the run again each time it changes, until it ends (SSE) |
 //! | `GET /workers`, `GET /api/workers` | the workers page, the store's workers (PostgreSQL) |
 //! | `POST /api/runs/{id}/cancel`, `…/resume`, `…/retry` | with `--allow-actions` only |
+//! | `PUT /api/files/{sha256}`, `POST /api/runs` | upload a run's files, submit it (PostgreSQL, `--allow-actions`) |
+//! | `GET /api/runs/{id}/stream` | a run's events as workers record them (SSE) |
+//! | `GET /api/openapi.json` | the API's OpenAPI document |
 //!
-//! Every request passes [`super::guard`] first: the token, the `Host`,
-//! cross-site requests, and the headers that forbid framing.
+//! A run id may be given by the start of it, as the CLI takes it. The
+//! remote CLI's routes are in [`super::api`]. Every request passes
+//! [`super::guard`] first: the token, the `Host`, cross-site requests, and
+//! the headers that forbid framing.
 
 use super::{CliError, GlobalArgs, Output, exit};
 use crate::plan::Plan;
@@ -25,7 +30,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -35,7 +40,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  \
+#[command(after_help = "With --token (SANDFLOW_TOKEN), every request must carry it (`Authorization: Bearer TOKEN`), \
+    or the cookie a browser gets when it opens an address with `?token=TOKEN` (it is then sent on to the address without it).\n\n\
+    Examples:\n  \
     sandflow serve                                  # http://127.0.0.1:7878\n  \
     sandflow --store postgres://u@db/runs serve      # the shared history of many machines\n  \
     SANDFLOW_TOKEN=s3cret sandflow serve --listen 0.0.0.0:7878 --allow-actions")]
@@ -44,11 +51,6 @@ pub(crate) struct ServeArgs {
     /// address is reachable by others, so set a token.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
-    /// Every request must carry this token (`Authorization: Bearer TOKEN`),
-    /// or the cookie a browser gets when it opens an address with
-    /// `?token=TOKEN` (it is then sent on to the address without it).
-    #[arg(long, value_name = "TOKEN", env = "SANDFLOW_TOKEN", hide_env_values = true)]
-    token: Option<String>,
     /// The address users open, when it is a name (behind a proxy, say):
     /// requests must name this server in `Host` (an IP address,
     /// `localhost`, or this URL's host: a page on another name is refused,
@@ -56,19 +58,35 @@ pub(crate) struct ServeArgs {
     /// `https` URL makes the token's cookie `Secure`.
     #[arg(long, value_name = "URL", value_parser = public_url)]
     public_url: Option<url::Url>,
-    /// Let the pages cancel a running run and resume or retry a finished one
-    /// (off by default: the view only reads).
+    /// Let clients change runs: the pages cancel a running run and resume
+    /// or retry a finished one, and (with a PostgreSQL store) the API takes
+    /// runs submitted by `sandflow --server URL run|submit` for the
+    /// workers. Off by default: the view and the API only read.
     #[arg(long)]
     allow_actions: bool,
+    /// The largest file a client may upload (a component, a workflow).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::units::parse_size)]
+    max_upload: u64,
+    /// Let submitted runs read the workers' machines: `/builtin/load_file`
+    /// steps and components granted `dirs` or `env`. Off by default: the
+    /// clients of a server are not trusted with its workers' files and
+    /// environment (runs of `sandflow submit`, which holds the database's
+    /// credentials, may).
+    #[arg(long)]
+    allow_host_access: bool,
 }
 
-struct App {
-    store: Arc<dyn RunStore>,
-    allow_actions: bool,
+pub(super) struct App {
+    pub(super) store: Arc<dyn RunStore>,
+    /// The same store, when it is PostgreSQL: runs are submitted to it.
+    pub(super) pg: Option<Arc<crate::store::PgStore>>,
+    pub(super) allow_actions: bool,
+    pub(super) allow_host_access: bool,
+    pub(super) max_upload: usize,
     /// To run `resume` and `retry` as processes of their own.
-    exe: std::path::PathBuf,
-    state_dir: std::path::PathBuf,
-    store_url: Option<String>,
+    pub(super) exe: std::path::PathBuf,
+    pub(super) state_dir: std::path::PathBuf,
+    pub(super) store_url: Option<String>,
     /// Plans of the workflows runs recorded, by file, SHA-256 and targets: a
     /// followed run's page asks for its graph each time a step ends.
     plans: std::sync::Mutex<HashMap<PlanKey, Arc<Plan>>>,
@@ -85,22 +103,31 @@ const PAGE_HTML: &str = include_str!("web/page.html");
 const APP_JS: &str = include_str!("web/app.js");
 const STYLE_CSS: &str = include_str!("web/style.css");
 
-/// How often a live page's run is read again.
-const LIVE_POLL: Duration = Duration::from_millis(300);
+/// How often a live page's run (and a followed run's events) is read again.
+pub(super) const LIVE_POLL: Duration = Duration::from_millis(300);
 
 pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
-    let store = global.open_store().await?;
-    if !args.listen.ip().is_loopback() && args.token.is_none() {
+    let (store, pg): (Arc<dyn RunStore>, _) = match global.store_url()? {
+        crate::store::StoreUrl::Postgres(_) => {
+            let pg = super::worker::pg_store(global, "`sandflow serve`").await?;
+            (pg.clone(), Some(pg))
+        }
+        crate::store::StoreUrl::Sqlite(_) => (global.open_store().await?, None),
+    };
+    if !args.listen.ip().is_loopback() && global.token.is_none() {
         super::render::say!(
             "warning: listening on {} with no authentication: anyone who can reach it reads every run{}; set --token (or SANDFLOW_TOKEN)",
             args.listen,
             if args.allow_actions { " and can cancel, resume and retry them" } else { "" }
         );
     }
-    let guard = Arc::new(super::guard::Guard::new(args.token, args.public_url));
+    let guard = Arc::new(super::guard::Guard::new(global.token.clone(), args.public_url));
     let app = Arc::new(App {
         store,
+        pg,
         allow_actions: args.allow_actions,
+        allow_host_access: args.allow_host_access,
+        max_upload: usize::try_from(args.max_upload).unwrap_or(usize::MAX),
         exe: std::env::current_exe().map_err(|e| CliError { code: exit::FAILED, message: format!("cannot find this program: {e}") })?,
         state_dir: global.state_dir.clone(),
         store_url: global.store.clone(),
@@ -133,13 +160,16 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/workers", get(workers))
         .route("/assets/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/assets/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
-        .route("/api/runs", get(list_runs))
+        .route("/api/openapi.json", get(super::api::openapi))
+        .route("/api/files/{sha256}", put(super::api::put_file))
+        .route("/api/runs", get(list_runs).post(super::api::submit))
+        .route("/api/runs/{id}/stream", get(super::api::stream))
         .route("/api/runs/{id}", get(show_run))
         .route("/api/runs/{id}/graph.svg", get(graph))
         .route("/api/runs/{id}/logs", get(logs))
         .route("/api/runs/{id}/attempts", get(attempts))
         .route("/api/runs/{id}/events", get(events))
-        .route("/api/runs/{id}/{action}", post(act))
+        .route("/api/runs/{id}/{action}", post(super::api::act))
         .with_state(app)
 }
 
@@ -161,12 +191,22 @@ fn public_url(text: &str) -> Result<url::Url, String> {
 }
 
 /// A failure as an HTTP answer: an unknown run is 404, the rest 500.
-fn failure(e: StoreError) -> Response {
+pub(super) fn failure(e: StoreError) -> Response {
     let status = match e {
         StoreError::UnknownRun(_) => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    (status, Json(json!({ "error": e.to_string() }))).into_response()
+    refusal(status, e.to_string())
+}
+
+/// The run `given` names: its id or a unique start of it.
+pub(super) async fn resolved(app: &App, given: &str) -> Result<String, Response> {
+    crate::store::resolve_run(app.store.as_ref(), given).await.map_err(failure)
+}
+
+/// An answer that refuses, and says why: `{"error": why}`.
+pub(super) fn refusal(status: StatusCode, why: String) -> Response {
+    (status, Json(json!({ "error": why }))).into_response()
 }
 
 #[derive(Deserialize)]
@@ -208,6 +248,10 @@ async fn workers(State(app): State<Arc<App>>) -> Response {
 /// which steps are `forEach` steps, the Argo-style groups and the
 /// `finally` steps (the page collapses groups and items by them).
 async fn show_run(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let id = match resolved(&app, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
     let run = match app.store.run(&id, RunDetail::Full).await {
         Ok(run) => run,
         Err(e) => return failure(e),
@@ -236,6 +280,10 @@ fn shape(plan: &Plan) -> serde_json::Value {
 /// The run's DAG from the workflow file it recorded, steps coloured by
 /// their recorded state.
 async fn graph(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let id = match resolved(&app, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
     let run = match app.store.run(&id, RunDetail::Steps).await {
         Ok(run) => run,
         Err(e) => return failure(e),
@@ -271,6 +319,10 @@ struct LogParams {
 }
 
 async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p): Query<LogParams>) -> Response {
+    let id = match resolved(&app, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
     match app.store.logs(&id, p.step.as_deref().filter(|s| !s.is_empty())).await {
         Ok(lines) => {
             let rows: Vec<serde_json::Value> =
@@ -282,6 +334,10 @@ async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p): Que
 }
 
 async fn attempts(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p): Query<LogParams>) -> Response {
+    let id = match resolved(&app, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
     match app.store.attempts(&id, p.step.as_deref().filter(|s| !s.is_empty())).await {
         Ok(rows) => Json(rows).into_response(),
         Err(e) => failure(e),
@@ -290,6 +346,10 @@ async fn attempts(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p):
 
 /// The run each time its record changes, until it is no longer running.
 async fn events(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let id = match resolved(&app, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
     if let Err(e) = app.store.run(&id, RunDetail::Run).await {
         return failure(e);
     }
@@ -316,42 +376,4 @@ async fn events(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
-}
-
-/// Cancels, resumes or retries a run (`--allow-actions`). Resume and retry
-/// run as `sandflow resume|retry ID` processes of their own, on the same
-/// store, so the run goes on if the view stops.
-async fn act(State(app): State<Arc<App>>, Path((id, action)): Path<(String, String)>) -> Response {
-    if !app.allow_actions {
-        return (StatusCode::FORBIDDEN, Json(json!({ "error": "actions are off: start `sandflow serve --allow-actions` to allow them" })))
-            .into_response();
-    }
-    match action.as_str() {
-        "cancel" => match app.store.request_cancel(&id).await {
-            Ok(status) if status == "running" => Json(json!({ "ok": true, "message": format!("run {id} was asked to cancel") })).into_response(),
-            Ok(status) => (StatusCode::CONFLICT, Json(json!({ "error": format!("run {id} is not running: it is {status}") }))).into_response(),
-            Err(e) => failure(e),
-        },
-        "resume" | "retry" => {
-            if let Err(e) = app.store.run(&id, RunDetail::Run).await {
-                return failure(e);
-            }
-            let mut cmd = tokio::process::Command::new(&app.exe);
-            cmd.arg("--state-dir").arg(&app.state_dir).arg("-q");
-            if let Some(url) = &app.store_url {
-                cmd.arg("--store").arg(url);
-            }
-            // Its errors go to this server's stderr.
-            cmd.arg(&action).arg(&id).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
-            match cmd.spawn() {
-                Ok(mut child) => {
-                    // Reaped in the background: its result is the run's record.
-                    tokio::spawn(async move { child.wait().await });
-                    Json(json!({ "ok": true, "message": format!("`sandflow {action} {id}` started") })).into_response()
-                }
-                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": format!("cannot start `sandflow {action}`: {e}") }))).into_response(),
-            }
-        }
-        other => (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no action `{other}`: cancel, resume or retry") }))).into_response(),
-    }
 }

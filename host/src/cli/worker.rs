@@ -24,22 +24,22 @@ use std::time::Duration;
 pub(crate) struct SubmitArgs {
     /// The workflow file.
     #[arg(value_name = "FILE")]
-    file: PathBuf,
+    pub(crate) file: PathBuf,
     #[command(flatten)]
-    input: InputArgs,
+    pub(crate) input: InputArgs,
     /// Most steps of the run running at once across all workers (and a
     /// `forEach` step's items, by default) [default: the workflow's
     /// `concurrency`, else only the workers' slots bound it].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    concurrency: Option<u64>,
+    pub(crate) concurrency: Option<u64>,
     /// Run only these steps and every step they depend on (Argo's
     /// `target`); the others are left out. `finally` steps still run.
     #[arg(long, value_name = "STEP[,STEP...]", value_delimiter = ',')]
-    target: Vec<String>,
+    pub(crate) target: Vec<String>,
     #[command(flatten)]
-    components: workflow_cmd::ComponentsArg,
+    pub(crate) components: workflow_cmd::ComponentsArg,
     #[command(flatten)]
-    vars: VarArgs,
+    pub(crate) vars: VarArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,17 +114,17 @@ pub(crate) fn worker_config(
 }
 
 /// Loads a workflow as `run` does (its components file too), keeping every
-/// file it read for the store.
+/// file it read for the store. Components are checked, not compiled
+/// ([`crate::exec::ComponentCheck`]): the workers compile them.
 pub(crate) async fn load_for_submit(
     file: &Path,
     components: &workflow_cmd::ComponentsArg,
-    sandbox: &Arc<Sandbox>,
     out: &Output,
 ) -> Result<(crate::exec::Prepared, crate::store::queue::RunFiles), CliError> {
-    let (sandbox, path, components) = (sandbox.clone(), file.to_path_buf(), components.file.clone());
+    let (path, components) = (file.to_path_buf(), components.file.clone());
     let (prepared, files) = tokio::task::spawn_blocking(move || {
         let files = crate::exec::Recording { inner: crate::exec::Disk, seen: Default::default() };
-        let prepared = crate::exec::load_from_with(&path, sandbox.as_ref(), &files, components.as_deref());
+        let prepared = crate::exec::load_from_with(&path, &crate::exec::ComponentCheck, &files, components.as_deref());
         (prepared, files.seen.into_inner().expect("not poisoned"))
     })
     .await
@@ -143,8 +143,7 @@ pub(crate) fn binding(concurrency: Option<u64>, components: &workflow_cmd::Compo
 pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let store = pg_store(global, "`sandflow submit`").await?;
     let input = args.input.read()?;
-    let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
-    let (prepared, files) = load_for_submit(&args.file, &args.components, &sandbox, out).await?;
+    let (prepared, files) = load_for_submit(&args.file, &args.components, out).await?;
     // Workers limit the run to its targets and look up its secrets; here,
     // the targets and the input are checked.
     enter(&prepared, &args.target, &input, &Default::default()).map_err(|r| CliError::invalid(r.to_string()))?;
@@ -195,10 +194,17 @@ pub(crate) async fn workers_cmd(global: &GlobalArgs, out: &Output) -> Result<u8,
             store.location()
         )));
     };
+    print_workers(&workers, store.location(), out);
+    Ok(exit::OK)
+}
+
+/// `sandflow workers`'s table (`--json`: the records) of the workers of
+/// the store at `location`.
+pub(crate) fn print_workers(workers: &[crate::store::WorkerRecord], location: &str, out: &Output) {
     if out.json {
         println!("{}", serde_json::to_string_pretty(&workers).expect("records serialize"));
     } else if workers.is_empty() {
-        say!("no worker has worked on {} yet (start one with `sandflow worker`)", store.location());
+        say!("no worker has worked on {location} yet (start one with `sandflow worker`)");
     } else {
         println!("{:<32} {:<7} {:>5} {:>7} {:>4}  {:<24} LABELS", "WORKER", "STATE", "SLOTS", "RUNNING", "RUNS", "LAST SEEN");
         for w in workers {
@@ -206,7 +212,6 @@ pub(crate) async fn workers_cmd(global: &GlobalArgs, out: &Output) -> Result<u8,
             println!("{:<32} {:<7} {:>5} {:>7} {:>4}  {:<24} {}", w.name, state, w.slots, w.running, w.runs, w.seen_at, w.labels.join(","));
         }
     }
-    Ok(exit::OK)
 }
 
 /// Says every `every` how many steps `worker` ran since the last line,
@@ -253,7 +258,7 @@ pub(crate) async fn work_and_follow(
         Some(t) => Arc::new(crate::runs::Tee(vec![sink(out), t.clone()])) as Arc<dyn EventSink>,
         None => sink(out),
     };
-    let followed = follow_to_end(store, id, display, out, OnInterrupt::Cancel).await;
+    let followed = follow_to_end(&RunSource::Store(store.clone()), id, display, out, OnInterrupt::Cancel).await;
     if let Some(t) = tracer {
         // The trace is sent once the run has ended; never an error.
         let _ = crate::exec::EventSink::barrier(t.as_ref()).await;
@@ -298,12 +303,12 @@ pub(crate) async fn rerun_queued(
                 "--components: run {id} ran on workers with the components it was submitted with, and a new attempt keeps them: submit a new run to use others"
             )));
         }
-        let plan = crate::runs::recorded_plan(store.as_ref(), record).await.map_err(|e| CliError::invalid(format!("run {id} cannot run again: {e}")))?;
-        crate::runs::rerun_steps(&plan, &rerun).map_err(|e| CliError::invalid(format!("--from: {e}")))?;
-        let vars = Some(args.vars.read()?).filter(|v| v.as_object().is_some_and(|v| !v.is_empty()));
-        let concurrency = args.concurrency.map(|n| n as usize);
-        let Some(attempt) = store.requeue(id, &rerun, concurrency, vars.as_ref()).await.map_err(store_error)? else {
-            return Err(CliError::invalid(format!("run {id} is running: `sandflow cancel {id}` it first")));
+        let vars = args.vars.read()?;
+        let attempt = match crate::runs::queue_again(store, record, &rerun, args.concurrency.map(|n| n as usize), Some(&vars)).await {
+            Ok(attempt) => attempt,
+            Err(crate::runs::QueueAgainError::Running(_)) => return Err(CliError::invalid(format!("run {id} is running: `sandflow cancel {id}` it first"))),
+            Err(crate::runs::QueueAgainError::Invalid(why)) => return Err(CliError::invalid(why)),
+            Err(crate::runs::QueueAgainError::Store(e)) => return Err(store_error(e)),
         };
         if args.work.detach {
             return detached(format!("run {id} is queued for workers (attempt {attempt})"));
@@ -320,7 +325,7 @@ pub(crate) async fn rerun_queued(
 
 /// What SIGINT/SIGTERM does to a process that follows a run.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum OnInterrupt {
+pub(crate) enum OnInterrupt {
     /// The process started the run (`run`, `retry`, `resume`): the first
     /// signal asks (through the store) to cancel it and goes on following,
     /// a second asks again (it interrupts the run's `finally` steps), a
@@ -331,8 +336,34 @@ enum OnInterrupt {
     Detach,
 }
 
+/// Where a followed run's events come from: the PostgreSQL store, or a
+/// `sandflow serve` (`--server`).
+#[derive(Clone)]
+pub(crate) enum RunSource {
+    Store(Arc<PgStore>),
+    Server(Arc<super::remote::Remote>),
+}
+
+impl RunSource {
+    /// Asks the run to cancel.
+    async fn request_cancel(&self, id: &str) -> Result<(), String> {
+        match self {
+            RunSource::Store(store) => crate::store::RunStore::request_cancel(store.as_ref(), id).await.map(drop).map_err(|e| e.to_string()),
+            RunSource::Server(server) => server.cancel(id).await.map(drop).map_err(|e| e.message),
+        }
+    }
+
+    /// Shows the run's events until it ends (`None`: `stop` fired first).
+    async fn follow(&self, id: &str, display: Arc<dyn EventSink>, stop: CancellationToken) -> Result<Option<Followed>, CliError> {
+        match self {
+            RunSource::Store(store) => follow(store.clone(), id, display, stop).await.map_err(store_error),
+            RunSource::Server(server) => server.follow(id, display, stop).await,
+        }
+    }
+}
+
 /// Follows a run until it ends, or a signal says otherwise (`on_interrupt`).
-async fn follow_to_end(store: &Arc<PgStore>, id: &str, display: Arc<dyn EventSink>, out: &Output, on_interrupt: OnInterrupt) -> Result<Followed, CliError> {
+pub(crate) async fn follow_to_end(source: &RunSource, id: &str, display: Arc<dyn EventSink>, out: &Output, on_interrupt: OnInterrupt) -> Result<Followed, CliError> {
     let interrupted = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(interrupted.clone()));
     let give_up = CancellationToken::new();
@@ -343,31 +374,31 @@ async fn follow_to_end(store: &Arc<PgStore>, id: &str, display: Arc<dyn EventSin
             give_up.cancel();
         })
     } else {
-        let (store, id, interrupted, give_up) = (store.clone(), id.to_string(), interrupted.clone(), give_up.clone());
+        let (source, id, interrupted, give_up) = (source.clone(), id.to_string(), interrupted.clone(), give_up.clone());
         let quiet = out.quiet;
         tokio::spawn(async move {
             interrupted.cancelled().await;
             if !quiet {
                 say!("cancelling run {id} (interrupt again to interrupt its `finally` steps too)");
             }
-            if let Err(e) = crate::store::RunStore::request_cancel(store.as_ref(), &id).await {
+            if let Err(e) = source.request_cancel(&id).await {
                 say!("error: {e}");
             }
             let _ = tokio::signal::ctrl_c().await;
             if !quiet {
                 say!("interrupting the `finally` steps of run {id} (interrupt again to stop following it)");
             }
-            if let Err(e) = crate::store::RunStore::request_cancel(store.as_ref(), &id).await {
+            if let Err(e) = source.request_cancel(&id).await {
                 say!("error: {e}");
             }
             let _ = tokio::signal::ctrl_c().await;
             give_up.cancel();
         })
     };
-    let result = follow(store.clone(), id, display, give_up).await;
+    let result = source.follow(id, display, give_up).await;
     signals.abort();
     asker.abort();
-    match result.map_err(store_error)? {
+    match result? {
         Some(followed) => Ok(followed),
         None => Err(CliError {
             code: exit::CANCELLED,
@@ -386,6 +417,6 @@ pub(crate) async fn follow_cmd(id: String, global: &GlobalArgs, out: &Output) ->
             "run {id} was run by a `sandflow run` process, not by workers, so it has no event stream to follow (it is {status}); see `sandflow runs show {id}`"
         )));
     }
-    let followed = follow_to_end(&store, &id, sink(out), out, OnInterrupt::Detach).await?;
+    let followed = follow_to_end(&RunSource::Store(store), &id, sink(out), out, OnInterrupt::Detach).await?;
     Ok(print_end(followed.state, followed.output.as_ref(), &Redactor::default()))
 }

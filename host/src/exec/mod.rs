@@ -40,7 +40,7 @@ pub use self::core::Ending;
 pub use prepare::{Disk, Files, MAX_NESTING, Parsed, Prepared, PreparedComponent, Recording, load, load_from, load_from_with, load_with, prepare};
 pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
 pub use memo::{MemoEntry, MemoHit, Memos, memo_key};
-pub use runner::{Job, Loaded, StepRunner};
+pub use runner::{ComponentCheck, Job, Loaded, Loader, StepRunner};
 
 use self::core::{Items, Outcome, RunFacts, Stop, Work};
 use self::machine::{Kept, Lazy, Ledger, Progress, RunMachine, Settled, Tally};

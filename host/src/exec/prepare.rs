@@ -4,7 +4,7 @@
 //! the place the component or workflow is named.
 
 use crate::plan::Plan;
-use super::StepRunner;
+use super::Loader;
 use crate::sandbox::{DirGrant, Grants, HttpGrant, http_import, http_not_granted, sha256_hex};
 use crate::workflow::{self, ComponentDecl, Diagnostic, Diagnostics, Location, Target, Workflow};
 use serde_json::Value;
@@ -58,6 +58,35 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// What the run would read of the machine that runs its steps, one line
+    /// each, nested workflows included: `/builtin/load_file` steps (files
+    /// beside the workflow) and components granted directories or
+    /// environment variables. A server refuses such runs from clients it
+    /// does not trust with its workers' files.
+    pub fn host_access(&self) -> Vec<String> {
+        let mut uses = Vec::new();
+        for (i, step) in self.plan.workflow.steps.iter().enumerate() {
+            let at = format!("{}:{}:{}", step.at.file.display(), step.at.line, step.at.column);
+            if matches!(step.target, workflow::Target::Builtin(workflow::Builtin::LoadFile)) {
+                uses.push(format!("{at}: step `{}` reads files with /builtin/load_file", step.id));
+            }
+            if let Some(c) = &self.components[i] {
+                if !c.dirs.is_empty() {
+                    uses.push(format!("{at}: step `{}`'s component is granted directories", step.id));
+                }
+                if !c.env.is_empty() {
+                    uses.push(format!("{at}: step `{}`'s component is granted environment variables ({})", step.id, c.env.join(", ")));
+                }
+            }
+            if let Some(nested) = &self.nested[i] {
+                uses.extend(nested.host_access());
+            }
+        }
+        uses
+    }
+}
+
 /// Where preparing reads workflow files and components: the local disk, or
 /// (on a worker) the files a submitted run was recorded with.
 pub trait Files: Sync {
@@ -97,7 +126,7 @@ impl Files for std::collections::BTreeMap<PathBuf, Vec<u8>> {
 }
 
 /// Loads everything `plan` needs through `runner`.
-pub fn prepare(plan: Plan, runner: &dyn StepRunner) -> Result<Prepared, Diagnostics> {
+pub fn prepare(plan: Plan, runner: &dyn Loader) -> Result<Prepared, Diagnostics> {
     let mut stack = vec![canonical(&plan.workflow.file)];
     let (resolved, problems) = resolve(&plan.workflow, runner, &Disk, &mut stack);
     if !problems.is_empty() {
@@ -109,13 +138,13 @@ pub fn prepare(plan: Plan, runner: &dyn StepRunner) -> Result<Prepared, Diagnost
 /// Reads, plans and prepares the workflow at `path`: every problem of
 /// every stage (the file, the plan, the components, nested workflows) in
 /// one report.
-pub fn load(path: &Path, runner: &dyn StepRunner) -> Result<Prepared, Diagnostics> {
+pub fn load(path: &Path, runner: &dyn Loader) -> Result<Prepared, Diagnostics> {
     load_nested(path, runner, &Disk, &mut Vec::new())
 }
 
 /// [`load`], with the components of a components file (`--components`)
 /// bound to the names the workflow uses and does not declare itself.
-pub fn load_with(path: &Path, runner: &dyn StepRunner, components: Option<&Path>) -> Result<Prepared, Diagnostics> {
+pub fn load_with(path: &Path, runner: &dyn Loader, components: Option<&Path>) -> Result<Prepared, Diagnostics> {
     Parsed::read(path, components).prepare(runner)
 }
 
@@ -142,24 +171,24 @@ impl Parsed {
     }
 
     /// Plans and prepares it: every problem of every stage in one report.
-    pub fn prepare(self, runner: &dyn StepRunner) -> Result<Prepared, Diagnostics> {
+    pub fn prepare(self, runner: &dyn Loader) -> Result<Prepared, Diagnostics> {
         prepare_parsed(&self.path, self.workflow, self.problems, runner, &Disk, &mut Vec::new())
     }
 }
 
 /// [`load`], reading files through `files`.
-pub fn load_from(path: &Path, runner: &dyn StepRunner, files: &dyn Files) -> Result<Prepared, Diagnostics> {
+pub fn load_from(path: &Path, runner: &dyn Loader, files: &dyn Files) -> Result<Prepared, Diagnostics> {
     load_nested(path, runner, files, &mut Vec::new())
 }
 
 /// [`load_with`], reading files (the components file too) through `files`:
 /// what a submitted run is recorded with, and what a worker loads it from.
-pub fn load_from_with(path: &Path, runner: &dyn StepRunner, files: &dyn Files, components: Option<&Path>) -> Result<Prepared, Diagnostics> {
+pub fn load_from_with(path: &Path, runner: &dyn Loader, files: &dyn Files, components: Option<&Path>) -> Result<Prepared, Diagnostics> {
     let (wf, problems) = workflow::read_partial(path, components, &|p| files.read(p));
     prepare_parsed(path, wf, problems, runner, files, &mut Vec::new())
 }
 
-fn load_nested(path: &Path, runner: &dyn StepRunner, files: &dyn Files, stack: &mut Vec<PathBuf>) -> Result<Prepared, Diagnostics> {
+fn load_nested(path: &Path, runner: &dyn Loader, files: &dyn Files, stack: &mut Vec<PathBuf>) -> Result<Prepared, Diagnostics> {
     let (wf, problems) = parse_file(path, files);
     prepare_parsed(path, wf, problems, runner, files, stack)
 }
@@ -173,7 +202,7 @@ fn prepare_parsed(
     path: &Path,
     wf: Option<Workflow>,
     mut problems: Vec<Diagnostic>,
-    runner: &dyn StepRunner,
+    runner: &dyn Loader,
     files: &dyn Files,
     stack: &mut Vec<PathBuf>,
 ) -> Result<Prepared, Diagnostics> {
@@ -206,7 +235,7 @@ struct Resolved {
 }
 
 /// Loads the components and nested workflows of `wf`'s steps.
-fn resolve(wf: &Workflow, runner: &dyn StepRunner, files: &dyn Files, stack: &mut Vec<PathBuf>) -> (Resolved, Vec<Diagnostic>) {
+fn resolve(wf: &Workflow, runner: &dyn Loader, files: &dyn Files, stack: &mut Vec<PathBuf>) -> (Resolved, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut named: HashMap<&str, Arc<PreparedComponent>> = HashMap::new();
     for (name, decl) in &wf.components {
@@ -262,7 +291,7 @@ fn resolve(wf: &Workflow, runner: &dyn StepRunner, files: &dyn Files, stack: &mu
 }
 
 /// Loads and prepares a nested workflow, refusing cycles and deep nesting.
-fn nested_workflow(path: &Path, at: &Location, runner: &dyn StepRunner, files: &dyn Files, stack: &mut Vec<PathBuf>) -> Result<Prepared, Vec<Diagnostic>> {
+fn nested_workflow(path: &Path, at: &Location, runner: &dyn Loader, files: &dyn Files, stack: &mut Vec<PathBuf>) -> Result<Prepared, Vec<Diagnostic>> {
     if stack.contains(&canonical(path)) {
         return Err(vec![Diagnostic::new(at, format!("workflow {} runs itself (through `workflow:` steps)", path.display()))]);
     }
@@ -277,7 +306,7 @@ fn nested_workflow(path: &Path, at: &Location, runner: &dyn StepRunner, files: &
     })
 }
 
-fn load_component(path: &Path, decl: &ComponentDecl, runner: &dyn StepRunner, files: &dyn Files) -> Result<PreparedComponent, Diagnostic> {
+fn load_component(path: &Path, decl: &ComponentDecl, runner: &dyn Loader, files: &dyn Files) -> Result<PreparedComponent, Diagnostic> {
     let bytes = files.read(path).map_err(|e| {
         Diagnostic::new(&decl.at, format!("component `{}`: cannot read {}: {e}", decl.name, path.display()))
             .with_hint("paths are relative to the file that declares them; build components with components/build.sh")

@@ -32,25 +32,32 @@ pub struct Loaded {
     pub imports: Vec<String>,
 }
 
-/// Loads components and runs step attempts.
-#[async_trait::async_trait]
-pub trait StepRunner: Send + Sync {
+/// Checks components as a workflow is prepared: the one thing preparing
+/// asks of a runner. [`ComponentCheck`] checks without compiling (what
+/// `submit` and `serve` need to validate a run they do not run).
+pub trait Loader: Send + Sync {
     /// Checks a component (it must be a step the runner can run) and makes
     /// it runnable by its SHA-256, which it returns with its imports.
     /// `origin` names it in messages.
     fn load(&self, origin: &str, bytes: &[u8]) -> Result<Loaded, LoadError>;
+}
 
+/// Loads components and runs step attempts.
+#[async_trait::async_trait]
+pub trait StepRunner: Loader {
     /// Runs one attempt. State and blobs go through `services`; `cancel`
     /// stops the attempt (kind `cancelled`).
     async fn run(&self, job: Job, services: Arc<dyn HostServices>, cancel: &CancellationToken) -> StepOutcome;
 }
 
-#[async_trait::async_trait]
-impl StepRunner for Sandbox {
+impl Loader for Sandbox {
     fn load(&self, origin: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
         self.load_bytes(origin, bytes).map(|c| Loaded { sha256: c.sha256().to_string(), imports: c.imports().to_vec() })
     }
+}
 
+#[async_trait::async_trait]
+impl StepRunner for Sandbox {
     async fn run(&self, job: Job, services: Arc<dyn HostServices>, cancel: &CancellationToken) -> StepOutcome {
         let Some(component) = self.loaded(&job.component) else {
             let message = format!("component {} is not loaded in this process", job.component);
@@ -66,12 +73,30 @@ impl StepRunner for Sandbox {
     }
 }
 
-/// A shared runner is a runner: `exec::load(path, &Arc::new(sandbox))`.
-#[async_trait::async_trait]
-impl<T: StepRunner + ?Sized> StepRunner for Arc<T> {
+/// Checks components without compiling them: each must be a valid
+/// WebAssembly component that exports `run` and imports only what
+/// sandflow links. What compiling adds (the exact types of `run` and of
+/// each import) is checked where the run runs, as its components load.
+/// Fast (a validating parse), and safe on untrusted bytes: nothing is
+/// compiled, so a component built to be slow or huge to compile costs
+/// nothing here.
+pub struct ComponentCheck;
+
+impl Loader for ComponentCheck {
+    fn load(&self, origin: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
+        crate::sandbox::check_component(origin, bytes)
+    }
+}
+
+impl<T: Loader + ?Sized> Loader for Arc<T> {
     fn load(&self, origin: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
         (**self).load(origin, bytes)
     }
+}
+
+/// A shared runner is a runner: `exec::load(path, &Arc::new(sandbox))`.
+#[async_trait::async_trait]
+impl<T: StepRunner + ?Sized> StepRunner for Arc<T> {
 
     async fn run(&self, job: Job, services: Arc<dyn HostServices>, cancel: &CancellationToken) -> StepOutcome {
         (**self).run(job, services, cancel).await

@@ -180,6 +180,52 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadErrorKind> {
     Ok(())
 }
 
+/// Checks a component without compiling it (see
+/// [`crate::exec::ComponentCheck`]): the header, a validating parse of the
+/// whole binary, then its top-level imports and exports as
+/// [`crate::sandbox::Sandbox::load_bytes`] checks them after compiling.
+pub fn check_component(origin: &str, bytes: &[u8]) -> Result<crate::exec::Loaded, LoadError> {
+    let fail = |kind| LoadError { origin: origin.to_string(), kind };
+    check_header(bytes).map_err(fail)?;
+    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    validator.validate_all(bytes).map_err(|e| fail(LoadErrorKind::Invalid(e.to_string())))?;
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    // Nested modules and components come as sections of their own, each
+    // closed by an `End`: only depth 0 is the component's own.
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let invalid = |e: wasmparser::BinaryReaderError| fail(LoadErrorKind::Invalid(e.to_string()));
+        match payload.map_err(invalid)? {
+            wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentImportSection(section) if depth == 0 => {
+                for import in section {
+                    let import = import.map_err(invalid)?;
+                    // Types a world names (`metadata`, `step-error`) are
+                    // imported too, but need nothing of the host.
+                    if !matches!(import.ty, wasmparser::ComponentTypeRef::Type(_)) {
+                        imports.push(import.name.name.to_string());
+                    }
+                }
+            }
+            wasmparser::Payload::ComponentExportSection(section) if depth == 0 => {
+                for export in section {
+                    exports.push(export.map_err(invalid)?.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    let ungranted = ungranted_imports(&imports);
+    if !exports.iter().any(|e| e == "run") {
+        return Err(fail(LoadErrorKind::NotAStep(ungranted)));
+    }
+    if !ungranted.is_empty() {
+        return Err(fail(LoadErrorKind::UngrantedImports(ungranted)));
+    }
+    Ok(crate::exec::Loaded { sha256: super::sha256_hex(bytes), imports })
+}
+
 /// The first wasi:http import in `imports`.
 pub fn http_import(imports: &[String]) -> Option<&str> {
     imports.iter().find(|n| n.starts_with("wasi:http/")).map(String::as_str)

@@ -49,7 +49,7 @@ mod http;
 mod log;
 mod quota;
 
-pub use self::component::{LoadError, LoadErrorKind, STEP_WORLD, StepComponent, check_header as check_component_header, http_import};
+pub use self::component::{LoadError, LoadErrorKind, STEP_WORLD, StepComponent, check_component, check_header as check_component_header, http_import};
 pub use self::engine::{AllocatorChoice, AllocatorKind, EPOCH_TICK, MAX_WASM_STACK};
 pub use self::http::{AllowedHost, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_RESPONSE, HttpGrant};
 pub use self::host::{HostError, HostServices, MAX_BLOB, MAX_STATE_KEY, MAX_STATE_VALUE, MemoryServices, sha256_hex};

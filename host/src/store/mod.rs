@@ -20,7 +20,7 @@ pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 pub use crate::exec::{MemoEntry, MemoHit};
 use crate::exec::{Event, EventSink, Memos, SecretSpans, SinkError};
 use crate::sandbox::{HostError, HostServices, LogLine, StepLog};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -238,7 +238,7 @@ pub struct NewRun {
 }
 
 /// A line of `sandflow runs list`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     pub id: String,
     pub workflow: String,
@@ -320,7 +320,7 @@ impl RunDetail {
 }
 
 /// A worker as it last told the store.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerRecord {
     pub name: String,
     pub labels: Vec<String>,
@@ -339,7 +339,7 @@ pub struct WorkerRecord {
 }
 
 /// A run as recorded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub id: String,
     pub workflow: String,
@@ -357,13 +357,13 @@ pub struct RunRecord {
     pub output: Option<Box<RawValue>>,
     pub error: Option<String>,
     /// `--target`: the steps the run is limited to (none: every step).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
     pub steps: Vec<StepRecord>,
 }
 
 /// An attempt of a step (or of one `forEach` item) as recorded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttemptRecord {
     pub step: String,
     pub attempt: u32,
@@ -379,7 +379,7 @@ pub struct AttemptRecord {
 }
 
 /// A step of a recorded run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: String,
     pub state: String,

@@ -214,6 +214,27 @@ impl PgStore {
         tx.commit().await.map_err(db)
     }
 
+    /// Keeps `bytes` among the store's files (by SHA-256, once per content)
+    /// for runs to name later; returns its SHA-256 and whether the store
+    /// had it already. What the API's uploads land in.
+    pub async fn put_file(&self, bytes: &[u8]) -> Result<(String, bool), StoreError> {
+        let hash = sha256_hex(bytes);
+        let client = self.client().await?;
+        let added = client
+            .execute("INSERT INTO files (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&hash, &bytes])
+            .await
+            .map_err(db)?;
+        Ok((hash, added == 0))
+    }
+
+    /// The files the store holds among `hashes`, by SHA-256, each checked
+    /// against it (a corrupt copy is left out, as if missing).
+    pub async fn files_by_hash(&self, hashes: &[&str]) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT sha256, bytes FROM files WHERE sha256 = ANY($1)", &[&hashes]).await.map_err(db)?;
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1))).filter(|(h, b)| sha256_hex(b) == *h).collect())
+    }
+
     /// What a worker needs to load a queued run: its file, input and files,
     /// each checked against its SHA-256.
     pub async fn run_head(&self, run_id: &str) -> Result<RunHead, StoreError> {

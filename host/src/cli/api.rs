@@ -1,0 +1,419 @@
+//! The JSON API that makes `sandflow serve` a front door: a client with no
+//! database credentials submits runs (the workflow and the files it names,
+//! uploaded by SHA-256 so a file the server has is not sent again),
+//! follows their events and acts on them. `sandflow --server URL …` is
+//! its client ([`super::remote`]); `docs/openapi.json`, served at
+//! `GET /api/openapi.json`, documents every route.
+//!
+//! Submitted files are untrusted: each upload is capped (`--max-upload`),
+//! components are checked without being compiled
+//! ([`crate::exec::ComponentCheck`]: a component built to be slow to
+//! compile costs the server nothing), and a run that would read the
+//! workers' machines (`/builtin/load_file`, `dirs` or `env` grants) is
+//! refused unless `serve --allow-host-access` says the clients are trusted
+//! with them. The workers compile each component as they load the run.
+
+// A check that refuses returns the answer itself (`Err(Response)`): the
+// handlers' early return, as axum's extractors reject.
+#![allow(clippy::result_large_err)]
+
+use super::serve::{App, failure, refusal};
+use crate::exec::{ComponentCheck, Event, Recording, enter};
+use crate::runs::{QueueAgainError, Rerun};
+use crate::store::queue::{Binding, RunFiles};
+use crate::store::{PgStore, RunDetail};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The API's OpenAPI 3.1 document, kept in the repository.
+pub(crate) const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// The largest JSON body the API reads (a run's input is in it).
+const MAX_JSON: usize = 16 << 20;
+
+pub(super) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The PostgreSQL store runs are queued in, or the answer saying there is
+/// none.
+fn queue(app: &App) -> Result<&Arc<PgStore>, Response> {
+    app.pg.as_ref().ok_or_else(|| {
+        refusal(
+            StatusCode::CONFLICT,
+            format!(
+                "this server's run store is {}, where runs run in the process that starts them: submitting needs workers, so start `sandflow serve` with a PostgreSQL store (--store postgres://…) and `sandflow worker`s on it",
+                app.store.location()
+            ),
+        )
+    })
+}
+
+/// Whether clients may change runs here (`--allow-actions`).
+pub(super) fn actions_allowed(app: &App) -> Result<(), Response> {
+    match app.allow_actions {
+        true => Ok(()),
+        false => Err(refusal(
+            StatusCode::FORBIDDEN,
+            "actions are off: start `sandflow serve --allow-actions` to let clients submit, cancel, resume and retry runs".into(),
+        )),
+    }
+}
+
+/// A request's body, at most `limit` bytes: 413 past it, said before
+/// reading when `Content-Length` tells.
+async fn body_bytes(headers: &HeaderMap, body: Body, limit: usize, what: &str) -> Result<bytes::Bytes, Response> {
+    let too_big = || refusal(StatusCode::PAYLOAD_TOO_LARGE, format!("{what} is larger than this server takes ({} bytes at most)", limit));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_big());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|_| too_big())
+}
+
+/// A JSON body as `T`, with what is wrong with it said.
+async fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, Response> {
+    let bytes = body_bytes(headers, body, MAX_JSON, "the request body").await?;
+    let bytes = if bytes.is_empty() { bytes::Bytes::from_static(b"{}") } else { bytes };
+    serde_json::from_slice(&bytes).map_err(|e| refusal(StatusCode::BAD_REQUEST, format!("the request body is not what this route takes: {e}")))
+}
+
+/// Whether `text` is a SHA-256 as the API writes it: 64 lowercase hex digits.
+fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `PUT /api/files/{sha256}`: keeps a file (a workflow, a components file
+/// or a component) for runs to name. Idempotent: 200 if it was kept
+/// already, 201 if added.
+pub(super) async fn put_file(State(app): State<Arc<App>>, Path(sha256): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = actions_allowed(&app) {
+        return r;
+    }
+    let store = match queue(&app) {
+        Ok(store) => store,
+        Err(r) => return r,
+    };
+    if !is_sha256(&sha256) {
+        return refusal(StatusCode::BAD_REQUEST, format!("`{sha256}` is not a SHA-256: name the file by its 64 lowercase hex digits"));
+    }
+    let bytes = match body_bytes(&headers, body, app.max_upload, "the file").await {
+        Ok(bytes) => bytes,
+        Err(r) => return r,
+    };
+    let actual = crate::sandbox::sha256_hex(&bytes);
+    if actual != sha256 {
+        return refusal(StatusCode::BAD_REQUEST, format!("the file's SHA-256 is {actual}, not {sha256} as its address says: nothing was kept"));
+    }
+    match store.put_file(&bytes).await {
+        Ok((_, had)) => {
+            let status = if had { StatusCode::OK } else { StatusCode::CREATED };
+            (status, Json(json!({ "sha256": sha256, "size": bytes.len() }))).into_response()
+        }
+        Err(e) => failure(e),
+    }
+}
+
+/// `POST /api/runs`: what a client submits.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Submit {
+    /// The workflow file's path, one of `files`.
+    workflow: String,
+    /// Every file the run reads (the workflow, a components file, the
+    /// components, nested workflows), by path as the workflow names it,
+    /// each with its SHA-256.
+    files: BTreeMap<String, String>,
+    #[serde(default)]
+    input: Value,
+    #[serde(default)]
+    targets: Vec<String>,
+    #[serde(default)]
+    vars: Option<Value>,
+    #[serde(default)]
+    concurrency: Option<u64>,
+    /// A components file (`--components`), one of `files`.
+    #[serde(default)]
+    components: Option<String>,
+}
+
+/// `POST /api/runs`: checks a run as `sandflow submit` does and queues it
+/// for the workers. 201 with its id; 409 with the files to upload first
+/// (`missing`); 422 with the workflow's problems.
+pub(super) async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = actions_allowed(&app) {
+        return r;
+    }
+    let store = match queue(&app) {
+        Ok(store) => store.clone(),
+        Err(r) => return r,
+    };
+    let request: Submit = match json_body(&headers, body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    for (what, path) in [("workflow", Some(&request.workflow)), ("components", request.components.as_ref())] {
+        if let Some(path) = path
+            && !request.files.contains_key(path)
+        {
+            return refusal(StatusCode::BAD_REQUEST, format!("`{what}` is `{path}`, which is not among `files`: send it with its SHA-256"));
+        }
+    }
+    if let Some((path, sha)) = request.files.iter().find(|(_, sha)| !is_sha256(sha)) {
+        return refusal(StatusCode::BAD_REQUEST, format!("`files`: `{sha}` ({path}) is not a SHA-256 (64 lowercase hex digits)"));
+    }
+    if request.vars.as_ref().is_some_and(|v| !v.is_object() && !v.is_null()) {
+        return refusal(StatusCode::BAD_REQUEST, "`vars` must be an object of NAME: value".into());
+    }
+    let hashes: Vec<&str> = request.files.values().map(String::as_str).collect();
+    let held = match store.files_by_hash(&hashes).await {
+        Ok(held) => held,
+        Err(e) => return failure(e),
+    };
+    let missing: Vec<Value> =
+        request.files.iter().filter(|(_, sha)| !held.contains_key(*sha)).map(|(path, sha)| json!({ "path": path, "sha256": sha })).collect();
+    if !missing.is_empty() {
+        let error = format!("the server does not have {} of the run's files: upload each with PUT /api/files/{{sha256}}, then submit again", missing.len());
+        return (StatusCode::CONFLICT, Json(json!({ "error": error, "missing": missing }))).into_response();
+    }
+    let files: RunFiles = request.files.iter().map(|(path, sha)| (PathBuf::from(path), held[sha].clone())).collect();
+    let (path, components) = (PathBuf::from(&request.workflow), request.components.clone().map(PathBuf::from));
+    let loaded = tokio::task::spawn_blocking(move || {
+        let recording = Recording { inner: files, seen: Default::default() };
+        let prepared = crate::exec::load_from_with(&path, &ComponentCheck, &recording, components.as_deref());
+        (prepared, recording.seen.into_inner().expect("not poisoned"))
+    })
+    .await;
+    let (prepared, used) = match loaded {
+        Ok((Ok(prepared), used)) => (prepared, used),
+        Ok((Err(diags), _)) => {
+            let problems: Vec<Value> = diags
+                .problems
+                .iter()
+                .map(|p| {
+                    json!({ "file": p.location.file.display().to_string(), "line": p.location.line, "column": p.location.column, "message": p.message, "hint": p.hint, "text": p.to_string() })
+                })
+                .collect();
+            let n = problems.len();
+            let error = format!("{}: {n} problem{}; nothing was submitted", diags.file.display(), if n == 1 { "" } else { "s" });
+            return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": error, "problems": problems }))).into_response();
+        }
+        Err(e) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, format!("checking the workflow failed: {e}")),
+    };
+    if !app.allow_host_access {
+        let uses = prepared.host_access();
+        if !uses.is_empty() {
+            let error = format!(
+                "runs submitted to this server may not read the workers' machines: {}; ask the operator to start `sandflow serve --allow-host-access` if its clients are trusted with the workers' files and environment",
+                uses.join("; ")
+            );
+            return refusal(StatusCode::UNPROCESSABLE_ENTITY, error);
+        }
+    }
+    if let Err(refused) = enter(&prepared, &request.targets, &request.input, &Default::default()) {
+        return refusal(StatusCode::UNPROCESSABLE_ENTITY, refused.to_string());
+    }
+    let binding = Binding {
+        concurrency: request.concurrency.filter(|n| *n > 0).map(|n| n as usize),
+        components: request.components.map(PathBuf::from),
+        vars: request.vars.unwrap_or(Value::Null),
+    };
+    let file = PathBuf::from(&request.workflow);
+    match crate::runs::submit(&store, &prepared, &file, &used, request.input, &request.targets, &binding).await {
+        Ok(id) => (StatusCode::CREATED, [(header::LOCATION, format!("/api/runs/{id}"))], Json(json!({ "id": id }))).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+/// `?after=SEQ`: the events after this one (a reconnecting client sends
+/// `Last-Event-ID` instead).
+#[derive(Deserialize)]
+pub(super) struct StreamParams {
+    after: Option<i32>,
+}
+
+/// `GET /api/runs/{id}/stream`: the run's events as workers record them
+/// (SSE; each event's `id` is its sequence number), from the start of its
+/// current attempt, until the run ends.
+pub(super) async fn stream(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p): Query<StreamParams>, headers: HeaderMap) -> Response {
+    let store = match queue(&app) {
+        Ok(store) => store.clone(),
+        Err(r) => return r,
+    };
+    let id = match crate::store::resolve_run(store.as_ref(), &id).await {
+        Ok(id) => id,
+        Err(e) => return failure(e),
+    };
+    match store.is_queued(&id).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return refusal(
+                StatusCode::CONFLICT,
+                format!("run {id} was run by a `sandflow run` process, not by workers: it has no event stream (GET /api/runs/{id} shows it)"),
+            );
+        }
+        Err(e) => return failure(e),
+    }
+    let resumed = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok());
+    let start = match resumed.or(p.after) {
+        Some(after) => after,
+        None => match store.attempt_events(&id).await {
+            Ok(after) => after,
+            Err(e) => return failure(e),
+        },
+    };
+    // (store, run id, the last event sent, events read but not yet sent, whether the run ended)
+    let state = (store, id, start, std::collections::VecDeque::<(i32, Event)>::new(), false);
+    let events = futures_util::stream::unfold(state, |(store, id, mut last, mut pending, mut ended)| async move {
+        loop {
+            if let Some((seq, event)) = pending.pop_front() {
+                last = seq;
+                ended |= matches!(event, Event::RunFinished { .. });
+                let data = serde_json::to_string(&event).expect("events serialize");
+                let sse = SseEvent::default().id(seq.to_string()).event("event").data(data);
+                return Some((Ok::<_, std::convert::Infallible>(sse), (store, id, last, pending, ended)));
+            }
+            if ended {
+                return None;
+            }
+            match store.events_after(&id, last).await {
+                Ok(read) if !read.is_empty() => pending.extend(read),
+                Ok(_) => tokio::time::sleep(super::serve::LIVE_POLL).await,
+                Err(e) => {
+                    let sse = SseEvent::default().event("error").data(e.to_string());
+                    return Some((Ok(sse), (store, id, last, pending, true)));
+                }
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// `POST /api/runs/{id}/retry` and `…/resume`: what the new attempt may
+/// change.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Again {
+    /// Retry only: this step and everything downstream run again.
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    concurrency: Option<u64>,
+    #[serde(default)]
+    vars: Option<Value>,
+}
+
+/// `POST /api/runs/{id}/{cancel|resume|retry}`. A run that workers ran is
+/// queued again at once (201 with its attempt); one a `sandflow run`
+/// process ran is resumed or retried by a `sandflow` process this server
+/// starts, on the same store.
+pub(super) async fn act(State(app): State<Arc<App>>, Path((id, action)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = actions_allowed(&app) {
+        return r;
+    }
+    let id = match super::serve::resolved(&app, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let again: Again = match json_body(&headers, body).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let rerun = match action.as_str() {
+        "cancel" => {
+            return match app.store.request_cancel(&id).await {
+                Ok(status) if status == "running" => Json(json!({ "ok": true, "id": id, "message": format!("run {id} was asked to cancel") })).into_response(),
+                Ok(status) => refusal(StatusCode::CONFLICT, format!("run {id} is not running: it is {status}")),
+                Err(e) => failure(e),
+            };
+        }
+        "resume" if again.from.is_some() => return refusal(StatusCode::BAD_REQUEST, "`from` is for retry: a resume runs what did not succeed".into()),
+        "resume" => Rerun::Resume,
+        "retry" => Rerun::Retry { from: again.from.clone() },
+        other => return refusal(StatusCode::NOT_FOUND, format!("no action `{other}`: cancel, resume or retry")),
+    };
+    let record = match app.store.run(&id, RunDetail::Run).await {
+        Ok(record) => record,
+        Err(e) => return failure(e),
+    };
+    if record.status == "completed" && rerun == Rerun::Resume {
+        return Json(json!({ "ok": true, "id": id, "attempt": record.attempt, "message": format!("run {id} already completed") })).into_response();
+    }
+    if let Some(store) = &app.pg {
+        match store.is_queued(&id).await {
+            Ok(true) => return queue_again(store, &record, rerun, again).await,
+            Ok(false) => {}
+            Err(e) => return failure(e),
+        }
+    }
+    if record.status == "running" {
+        let hint = if action == "retry" { "cancel it first" } else { "the process that runs it goes on with it" };
+        return refusal(StatusCode::CONFLICT, format!("run {id} is running: {hint}"));
+    }
+    spawn_again(&app, &id, &action, again)
+}
+
+/// A new attempt of a run that workers ran, queued for them.
+async fn queue_again(store: &PgStore, record: &crate::store::RunRecord, rerun: Rerun, again: Again) -> Response {
+    let id = &record.id;
+    if record.status == "running" {
+        let message = match rerun {
+            Rerun::Resume => format!("run {id} is running on workers: they go on with it"),
+            Rerun::Retry { .. } => format!("run {id} is running: cancel it first"),
+        };
+        return refusal(StatusCode::CONFLICT, message);
+    }
+    let concurrency = again.concurrency.filter(|n| *n > 0).map(|n| n as usize);
+    match crate::runs::queue_again(store, record, &rerun, concurrency, again.vars.as_ref()).await {
+        Ok(attempt) => (
+            StatusCode::CREATED,
+            Json(json!({ "ok": true, "id": id, "attempt": attempt, "message": format!("run {id} is queued for workers (attempt {attempt})") })),
+        )
+            .into_response(),
+        Err(QueueAgainError::Running(_)) => refusal(StatusCode::CONFLICT, format!("run {id} is running: cancel it first")),
+        Err(QueueAgainError::Invalid(why)) => refusal(StatusCode::UNPROCESSABLE_ENTITY, why),
+        Err(QueueAgainError::Store(e)) => failure(e),
+    }
+}
+
+/// `sandflow resume|retry ID` as a process of its own, on this server's
+/// store, for a run a `sandflow run` process ran: the run goes on if the
+/// server stops.
+fn spawn_again(app: &App, id: &str, action: &str, again: Again) -> Response {
+    let mut cmd = tokio::process::Command::new(&app.exe);
+    cmd.arg("--state-dir").arg(&app.state_dir).arg("-q");
+    if let Some(url) = &app.store_url {
+        cmd.arg("--store").arg(url);
+    }
+    cmd.arg(action).arg(id);
+    if let Some(from) = &again.from {
+        cmd.arg("--from").arg(from);
+    }
+    if let Some(n) = again.concurrency.filter(|n| *n > 0) {
+        cmd.arg("--concurrency").arg(n.to_string());
+    }
+    if let Some(vars) = again.vars.as_ref().and_then(Value::as_object) {
+        for (name, value) in vars {
+            cmd.arg("--var").arg(format!("{name}={value}"));
+        }
+    }
+    // Its errors go to this server's stderr.
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    match cmd.spawn() {
+        Ok(mut child) => {
+            // Reaped in the background: its result is the run's record.
+            tokio::spawn(async move { child.wait().await });
+            Json(json!({ "ok": true, "id": id, "message": format!("`sandflow {action} {id}` started") })).into_response()
+        }
+        Err(e) => refusal(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot start `sandflow {action}`: {e}")),
+    }
+}
