@@ -8,12 +8,14 @@
 //! - [`store`]: the run store (SQLite or PostgreSQL).
 //! - [`runs`]: runs recorded in a store: start and resume.
 //! - [`trace`]: OpenTelemetry traces of runs (`--otlp`).
+//! - [`metrics`]: the Prometheus text of `/metrics`.
 //! - [`cli`]: the `sandflow` command line, testable in-process.
 
 pub mod cli;
 pub mod expr;
 pub mod exec;
 pub mod failure;
+pub mod metrics;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod plan;

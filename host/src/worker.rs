@@ -91,6 +91,15 @@ pub struct Worker {
     /// Attempts run here that succeeded, and that failed.
     succeeded: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
+    /// How long attempts took, and failures by kind: `--metrics`.
+    timings: Mutex<Timings>,
+}
+
+/// What a worker measured of the attempts it ran.
+#[derive(Default)]
+struct Timings {
+    durations: crate::metrics::Histogram,
+    failures: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Why a run's context could not be loaded.
@@ -121,6 +130,7 @@ impl Worker {
             claimable: std::sync::atomic::AtomicBool::new(true),
             succeeded: Default::default(),
             failed: Default::default(),
+            timings: Default::default(),
         })
     }
 
@@ -399,10 +409,43 @@ impl Worker {
         (self.succeeded.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
     }
 
+    /// What this worker did, as Prometheus metrics (`sandflow worker
+    /// --metrics`): its slots, the attempts it runs now, those that ended
+    /// (by outcome, failures by kind) and how long they took.
+    pub fn metrics(&self) -> Vec<crate::metrics::Family> {
+        use crate::metrics::{Family, Kind, Value};
+        let (ok, failed) = self.counts();
+        let timings = self.timings.lock().expect("not poisoned");
+        let worker = self.config.name.as_str();
+        let mut failures = Family::new("sandflow_worker_failures_total", Kind::Counter, "Attempts this worker ran that failed, by failure kind.");
+        for (kind, n) in &timings.failures {
+            failures = failures.number(&[("worker", worker), ("kind", kind)], *n as f64);
+        }
+        vec![
+            Family::new("sandflow_worker_slots", Kind::Gauge, "Most attempts this worker runs at once (--concurrency).")
+                .number(&[("worker", worker)], self.config.concurrency as f64),
+            Family::new("sandflow_worker_running", Kind::Gauge, "Attempts this worker runs now.")
+                .number(&[("worker", worker)], self.active.lock().expect("not poisoned").len() as f64),
+            Family::new("sandflow_worker_attempts_total", Kind::Counter, "Attempts this worker ran to their end, by outcome.")
+                .number(&[("worker", worker), ("outcome", "succeeded")], ok as f64)
+                .number(&[("worker", worker), ("outcome", "failed")], failed as f64),
+            failures,
+            Family::new("sandflow_worker_attempt_duration_seconds", Kind::Histogram, "How long the attempts this worker ran took.")
+                .with(&[("worker", worker)], Value::Histogram(timings.durations.clone())),
+        ]
+    }
+
     /// Counts an attempt that ended, and tells it at `-v`.
     fn tally(&self, job: &Claimed, result: &Result<serde_json::Value, StepFailure>, took: Duration) {
         let counter = if result.is_ok() { &self.succeeded } else { &self.failed };
         counter.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut timings = self.timings.lock().expect("not poisoned");
+            timings.durations.observe(took.as_secs_f64());
+            if let Err(f) = result {
+                *timings.failures.entry(f.kind.as_str()).or_default() += 1;
+            }
+        }
         if !tracing::enabled!(tracing::Level::INFO) {
             return;
         }

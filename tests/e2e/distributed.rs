@@ -23,6 +23,8 @@ pub(crate) struct Workers {
     state: PathBuf,
     lease: &'static str,
     labels: Vec<&'static str>,
+    /// More `worker` flags.
+    extra: Vec<&'static str>,
 }
 
 impl Workers {
@@ -31,7 +33,19 @@ impl Workers {
     }
 
     fn labelled(schema: &PgSchema, state: &tempfile::TempDir, n: usize, lease: &'static str, labels: &[&'static str]) -> Workers {
-        let mut w = Workers { children: Vec::new(), schema_url: schema.url.clone(), state: state.path().to_path_buf(), lease, labels: labels.to_vec() };
+        Workers::with_args(schema, state, n, lease, labels, &[])
+    }
+
+    /// `n` workers with `labels` and `extra` flags.
+    pub(crate) fn with_args(schema: &PgSchema, state: &tempfile::TempDir, n: usize, lease: &'static str, labels: &[&'static str], extra: &[&'static str]) -> Workers {
+        let mut w = Workers {
+            children: Vec::new(),
+            schema_url: schema.url.clone(),
+            state: state.path().to_path_buf(),
+            lease,
+            labels: labels.to_vec(),
+            extra: extra.to_vec(),
+        };
         for _ in 0..n {
             w.add();
         }
@@ -47,6 +61,7 @@ impl Workers {
             .arg(&self.schema_url)
             .args(["-q", "worker", "--concurrency", "2", "--lease", self.lease])
             .args(labels)
+            .args(&self.extra)
             .current_dir(root())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -513,15 +528,21 @@ fn chaos_workers_killed_every_second_still_finish_the_run_exactly_once() {
 
 /// The command that restarts the test's PostgreSQL server
 /// (`SANDFLOW_TEST_PG_RESTART`, default: the Debian cluster's `pg_ctlcluster`).
-fn restart_postgres() {
-    let command = std::env::var("SANDFLOW_TEST_PG_RESTART").unwrap_or_else(|_| {
+pub(crate) fn restart_postgres() {
+    postgres_ctl("restart", std::env::var("SANDFLOW_TEST_PG_RESTART").ok());
+}
+
+/// `pg_ctlcluster … ACTION` on the machine's PostgreSQL server (`start`,
+/// `stop`, `restart`), or `command` when given.
+pub(crate) fn postgres_ctl(action: &str, command: Option<String>) {
+    let command = command.unwrap_or_else(|| {
         let version = std::fs::read_dir("/etc/postgresql")
             .ok()
             .and_then(|mut d| d.next())
             .and_then(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .unwrap_or_else(|| "15".into());
-        format!("pg_ctlcluster --skip-systemctl-redirect {version} main restart")
+        format!("pg_ctlcluster --skip-systemctl-redirect {version} main {action}")
     });
     let status = Command::new("sh").args(["-c", &command]).status().expect("the restart command runs");
     assert!(status.success(), "`{command}` failed");

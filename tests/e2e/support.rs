@@ -171,3 +171,74 @@ impl Drop for PgSchema {
         });
     }
 }
+
+/// A component that passes every check made without compiling (valid,
+/// exports `run`, imports nothing) and is slow and big to compile:
+/// `functions` functions of `ops` arithmetic steps each over 64 locals.
+/// What a hostile submitter sends to stall a worker.
+pub fn compile_bomb(functions: u32, ops: u32) -> Vec<u8> {
+    use wasm_encoder::*;
+    let mut module = Module::new();
+    let mut types = TypeSection::new();
+    types.ty().function([], []);
+    module.section(&types);
+    let mut funcs = FunctionSection::new();
+    for _ in 0..functions {
+        funcs.function(0);
+    }
+    module.section(&funcs);
+    // Every value ends in a global: nothing is dead code to the compiler.
+    let mut globals = GlobalSection::new();
+    globals.global(GlobalType { val_type: ValType::I64, mutable: true, shared: false }, &ConstExpr::i64_const(0));
+    module.section(&globals);
+    let mut exports = ExportSection::new();
+    exports.export("run", ExportKind::Func, 0);
+    module.section(&exports);
+    let mut code = CodeSection::new();
+    for f in 0..functions {
+        let mut body = Function::new([(64, ValType::I64)]);
+        // Values the compiler cannot know: nothing folds to a constant.
+        for l in 0..64 {
+            body.instruction(&Instruction::GlobalGet(0));
+            body.instruction(&Instruction::I64Const(l as i64 + 1));
+            body.instruction(&Instruction::I64Add);
+            body.instruction(&Instruction::LocalSet(l));
+        }
+        for i in 0..ops {
+            let (a, b, c) = (i % 64, (i * 7 + f) % 64, (i * 13 + 5) % 64);
+            body.instruction(&Instruction::LocalGet(a));
+            body.instruction(&Instruction::LocalGet(b));
+            body.instruction(&Instruction::I64Mul);
+            body.instruction(&Instruction::LocalGet(c));
+            body.instruction(&Instruction::I64Add);
+            body.instruction(&Instruction::LocalSet((i * 31 + 3) % 64));
+        }
+        body.instruction(&Instruction::I64Const(0));
+        for l in 0..64 {
+            body.instruction(&Instruction::LocalGet(l));
+            body.instruction(&Instruction::I64Add);
+        }
+        body.instruction(&Instruction::GlobalSet(0));
+        body.instruction(&Instruction::End);
+        code.function(&body);
+    }
+    module.section(&code);
+    let mut component = Component::new();
+    component.section(&ModuleSection(&module));
+    let mut instances = InstanceSection::new();
+    instances.instantiate(0, Vec::<(&str, ModuleArg)>::new());
+    component.section(&instances);
+    let mut aliases = ComponentAliasSection::new();
+    aliases.alias(Alias::CoreInstanceExport { instance: 0, kind: ExportKind::Func, name: "run" });
+    component.section(&aliases);
+    let mut types = ComponentTypeSection::new();
+    types.function().params(Vec::<(&str, ComponentValType)>::new()).result(None);
+    component.section(&types);
+    let mut canon = CanonicalFunctionSection::new();
+    canon.lift(0, 0, Vec::<CanonicalOption>::new());
+    component.section(&canon);
+    let mut exports = ComponentExportSection::new();
+    exports.export("run", ComponentExportKind::Func, 0, None);
+    component.section(&exports);
+    component.finish()
+}

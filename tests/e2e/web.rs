@@ -27,7 +27,11 @@ pub(crate) fn serve(state: &tempfile::TempDir, extra: &[&str]) -> (Reaped, Strin
         sandflow(state).args(["serve", "--listen", "127.0.0.1:0"]).args(extra).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap(),
     );
     let mut line = String::new();
-    BufReader::new(child.0.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    stderr.read_line(&mut line).unwrap();
+    // What it says later (warnings while its store is away) is read, not
+    // left to a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     let addr = line.trim().rsplit("http://").next().unwrap().trim_end_matches('/').to_string();
     assert!(addr.starts_with("127.0.0.1:"), "{line}");
     (child, addr)

@@ -140,6 +140,14 @@ enum Command {
     /// Serve a web view of the run store: runs, each run's graph, steps and
     /// logs, live (http://127.0.0.1:7878 by default).
     Serve(serve::ServeArgs),
+    /// (Internal) compile a component read from stdin, the compiled code on
+    /// stdout: the child process a worker compiles components of others in,
+    /// under its limits.
+    #[command(name = "compile-component", hide = true)]
+    CompileComponent {
+        #[arg(long)]
+        memory_init_cow: bool,
+    },
     /// Print a JSON Schema of workflow files, for editors (also committed as
     /// workflow.schema.json): put `# yaml-language-server: $schema=PATH` at
     /// the top of a workflow file.
@@ -210,6 +218,10 @@ where
             return if e.use_stderr() { exit::INVALID } else { exit::OK };
         }
     };
+    if let Command::CompileComponent { memory_init_cow } = cli.command {
+        // No runtime, no store: only the compiler.
+        return crate::sandbox::compile_child(memory_init_cow);
+    }
     init_tracing(&cli.global);
     // A component that takes more than a second to compile is told, not
     // silent (a Python step's first compile takes tens of seconds).
@@ -253,6 +265,7 @@ where
             }
             Command::Serve(args) => serve::execute(args, &cli.global, &out).await,
             Command::New(command) => new::execute(command, &out),
+            Command::CompileComponent { .. } => unreachable!("handled before the runtime starts"),
             Command::Schema => {
                 let schema = crate::workflow::schema::json_schema();
                 println!("{}", serde_json::to_string_pretty(&schema).expect("a Value always serializes"));
@@ -357,6 +370,20 @@ pub(crate) fn store_error(e: crate::store::StoreError) -> CliError {
 /// The process-wide sandbox, with the artifact cache under the state dir.
 pub(crate) fn new_sandbox(state_dir: &std::path::Path) -> Result<crate::sandbox::Sandbox, CliError> {
     new_sandbox_for(state_dir, crate::sandbox::SandboxConfig::default().max_instances)
+}
+
+/// The sandbox of a worker, which runs components of others: each new
+/// component is compiled by a process of this program's own, within
+/// `time` and `memory` ([`crate::sandbox::CompileLimits`]).
+pub(crate) fn new_untrusting_sandbox(state_dir: &std::path::Path, time: std::time::Duration, memory: u64) -> Result<crate::sandbox::Sandbox, CliError> {
+    let program = std::env::current_exe().map_err(|e| CliError { code: exit::FAILED, message: format!("cannot find this program: {e}") })?;
+    let limits = crate::sandbox::CompileLimits { program, args: vec!["compile-component".into()], time, memory };
+    let config = crate::sandbox::SandboxConfig {
+        cache_dir: Some(state_dir.join("cache").join("components")),
+        compile_limits: Some(limits),
+        ..Default::default()
+    };
+    crate::sandbox::Sandbox::new(config).map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })
 }
 
 /// A sandbox whose instance pool holds `instances` slots: commands that run

@@ -268,7 +268,7 @@ impl Remote {
     /// Uploads one of a run's files.
     async fn upload(&self, path: &Path, bytes: &[u8], out: &Output) -> Result<(), CliError> {
         if !out.quiet && !out.json && bytes.len() > 1 << 20 {
-            say!("uploading {} ({})", path.display(), crate::units::format_size(bytes.len() as u64));
+            say!("uploading {} ({:.1} MiB)…", path.display(), bytes.len() as f64 / (1024.0 * 1024.0));
         }
         let address = format!("/api/files/{}", sha256_hex(bytes));
         let (status, answer) = self.call(Method::PUT, &address, Some("application/octet-stream"), Bytes::copy_from_slice(bytes)).await?;

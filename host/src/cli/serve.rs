@@ -17,6 +17,8 @@
 //! | `PUT /api/files/{sha256}`, `POST /api/runs` | upload a run's files, submit it (PostgreSQL, `--allow-actions`) |
 //! | `GET /api/runs/{id}/stream` | a run's events as workers record them (SSE) |
 //! | `GET /api/openapi.json` | the API's OpenAPI document |
+//! | `GET /healthz`, `GET /readyz` | the process answers; the store answers and its schema is current (no token needed) |
+//! | `GET /metrics` | the store's runs, steps, failures, durations, queue and workers, in Prometheus text |
 //!
 //! A run id may be given by the start of it, as the CLI takes it. The
 //! remote CLI's routes are in [`super::api`]. Every request passes
@@ -103,6 +105,9 @@ const PAGE_HTML: &str = include_str!("web/page.html");
 const APP_JS: &str = include_str!("web/app.js");
 const STYLE_CSS: &str = include_str!("web/style.css");
 
+/// How long `/readyz` waits for the store.
+const READY_WITHIN: Duration = Duration::from_secs(2);
+
 /// How often a live page's run (and a followed run's events) is read again.
 pub(super) const LIVE_POLL: Duration = Duration::from_millis(300);
 
@@ -160,6 +165,9 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/workers", get(workers))
         .route("/assets/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/assets/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
+        .route("/healthz", get(|| async { Json(json!({ "ok": true })) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(super::api::openapi))
         .route("/api/files/{sha256}", put(super::api::put_file))
         .route("/api/runs", get(list_runs).post(super::api::submit))
@@ -232,6 +240,68 @@ async fn list_runs(State(app): State<Arc<App>>, Query(p): Query<ListParams>) -> 
         }
         Err(e) => failure(e),
     }
+}
+
+/// 200 when the store answers and its schema is the one this sandflow
+/// writes, else 503 saying which (never where the store is: no token is
+/// needed to ask).
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    // The store retries a lost server for long: a probe wants an answer now.
+    let ready = tokio::time::timeout(READY_WITHIN, app.store.ready()).await.unwrap_or_else(|_| Err(StoreError::Backend("no answer".into())));
+    match ready {
+        Ok(()) => Json(json!({ "ready": true })).into_response(),
+        Err(e) => {
+            let why = match e {
+                StoreError::NewerSchema { found, known, .. } => format!("the run store's schema is version {found}; this sandflow writes version {known}"),
+                _ => "the run store does not answer".to_string(),
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "error": why }))).into_response()
+        }
+    }
+}
+
+/// What the store holds, in Prometheus text: runs and steps by state,
+/// failed steps by kind, how long steps took, the steps waiting for a
+/// worker, and the workers.
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    use crate::metrics::{Family, Kind, Value};
+    let stats = match app.store.stats().await {
+        Ok(stats) => stats,
+        Err(e) => return failure(e),
+    };
+    let counts = |family: Family, label: &'static str, rows: &[(String, u64)]| {
+        rows.iter().fold(family, |f, (value, n)| f.number(&[(label, value)], *n as f64))
+    };
+    let mut families = vec![
+        counts(Family::new("sandflow_runs", Kind::Gauge, "Runs in the store, by state."), "state", &stats.runs),
+        counts(Family::new("sandflow_steps", Kind::Gauge, "Steps of the runs in the store, by state."), "state", &stats.steps),
+        counts(Family::new("sandflow_step_failures", Kind::Gauge, "Failed steps in the store, by failure kind."), "kind", &stats.failures),
+        Family::new("sandflow_step_duration_seconds", Kind::Histogram, "How long the steps recorded as ended took.").with(&[], Value::Histogram(stats.durations)),
+    ];
+    if let Some(queued) = stats.queued {
+        families.push(Family::new("sandflow_queue_depth", Kind::Gauge, "Steps ready and waiting for a worker.").number(&[], queued as f64));
+    }
+    match app.store.workers().await {
+        Ok(Some(workers)) => {
+            let state = |w: &crate::store::WorkerRecord| if w.alive { "alive" } else if w.stopped_at.is_some() { "stopped" } else { "lost" };
+            let mut by_state = Family::new("sandflow_workers", Kind::Gauge, "Workers that worked on the store, by state.");
+            for s in ["alive", "stopped", "lost"] {
+                by_state = by_state.number(&[("state", s)], workers.iter().filter(|w| state(w) == s).count() as f64);
+            }
+            let (mut slots, mut running) = (
+                Family::new("sandflow_worker_slots", Kind::Gauge, "Most steps each alive worker runs at once."),
+                Family::new("sandflow_worker_running", Kind::Gauge, "Steps each alive worker holds now."),
+            );
+            for w in workers.iter().filter(|w| w.alive) {
+                slots = slots.number(&[("worker", &w.name)], w.slots);
+                running = running.number(&[("worker", &w.name)], w.running);
+            }
+            families.extend([by_state, slots, running]);
+        }
+        Ok(None) => {}
+        Err(e) => return failure(e),
+    }
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&families)).into_response()
 }
 
 /// The store's workers (PostgreSQL), or 404 saying why there are none.

@@ -75,6 +75,20 @@ pub(crate) struct WorkerArgs {
     /// `max_connections` (100 by default) bounds the sum over all workers.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
     connections: u64,
+    /// How long compiling a component may take. Components are compiled
+    /// once per worker (then cached), each in a process of its own, so
+    /// that one built to be slow or huge to compile fails its run instead
+    /// of holding the worker. A large Python component takes 10-45 s.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_duration)]
+    compile_time: Duration,
+    /// Serve this worker's metrics (Prometheus text) at
+    /// `http://ADDR/metrics`: its slots, the attempts it runs, those that
+    /// ended by outcome and failure kind, and how long they took.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// How much memory (address space) compiling a component may map.
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = crate::units::parse_size)]
+    compile_memory: u64,
 }
 
 /// The PostgreSQL store `--store` names, or why this command needs one.
@@ -161,8 +175,12 @@ pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Outp
     let config = worker_config(args.concurrency, args.name, args.lease, args.secrets_file.as_deref(), args.labels)?;
     let connections = crate::store::Connections { max: args.connections as usize, name: format!("sandflow worker {}", config.name) };
     let store = pg_store_with(global, "`sandflow worker`", &connections).await?;
-    let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
+    let sandbox = Arc::new(super::new_untrusting_sandbox(&global.state_dir, args.compile_time, args.compile_memory)?);
     let worker = Worker::new(store.clone(), sandbox, config);
+    let metrics = match args.metrics {
+        Some(addr) => Some(serve_metrics(worker.clone(), addr, out).await?),
+        None => None,
+    };
     if !out.quiet {
         say!("worker {} is waiting for steps in {}", worker.name(), crate::store::RunStore::location(store.as_ref()));
     }
@@ -182,7 +200,35 @@ pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Outp
     if let Some(summary) = summary {
         summary.abort();
     }
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     Ok(exit::OK)
+}
+
+/// Serves `worker`'s metrics at `http://ADDR/metrics` (and `/healthz`).
+async fn serve_metrics(worker: Arc<Worker>, addr: std::net::SocketAddr, out: &Output) -> Result<tokio::task::JoinHandle<()>, CliError> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| CliError::invalid(format!("--metrics {addr}: {e}")))?;
+    let bound = listener.local_addr().map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })?;
+    if !out.quiet {
+        // Tests read the address from this line (with `--metrics 127.0.0.1:0`).
+        say!("worker {} serves its metrics on http://{bound}/metrics", worker.name());
+    }
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let worker = worker.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&worker.metrics())) }
+            }),
+        )
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "ok": true })) }));
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            say!("worker metrics stopped: {e}");
+        }
+    }))
 }
 
 /// `sandflow workers`.

@@ -105,6 +105,9 @@ pub enum LoadErrorKind {
     NotAStep(Vec<String>),
     #[error("not a sandflow step: {0} (expected the world {STEP_WORLD}, see wit/step.wit)")]
     WrongWorld(String),
+    /// Compiling it went past a limit ([`crate::sandbox::CompileLimits`]).
+    #[error("{0}")]
+    CompileLimit(String),
     /// Imports that are neither linked nor granted. A step failure of kind
     /// `instantiate` when it happens at run time.
     #[error("{}", ungranted_message(.0))]

@@ -121,6 +121,16 @@ pub(crate) fn new_engine(
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// An engine that compiles exactly as one from [`new_engine`] does (the
+/// same settings; `memory_init_cow` as that engine has it), without an
+/// instance pool: what a compiling child process needs
+/// ([`super::compile`]), whose address space is capped.
+pub(crate) fn compiling_engine(memory_init_cow: bool) -> wasmtime::Result<Engine> {
+    let mut config = base_config();
+    config.memory_init_cow(memory_init_cow);
+    Engine::new(&config)
+}
+
 pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,

@@ -43,6 +43,7 @@
 mod bindings;
 mod cache;
 mod component;
+mod compile;
 mod engine;
 mod host;
 mod http;
@@ -50,6 +51,7 @@ mod log;
 mod quota;
 
 pub use self::component::{LoadError, LoadErrorKind, STEP_WORLD, StepComponent, check_component, check_header as check_component_header, http_import};
+pub use self::compile::{CompileLimits, compile_child};
 pub use self::engine::{AllocatorChoice, AllocatorKind, EPOCH_TICK, MAX_WASM_STACK};
 pub use self::http::{AllowedHost, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_RESPONSE, HttpGrant};
 pub use self::host::{HostError, HostServices, MAX_BLOB, MAX_STATE_KEY, MAX_STATE_VALUE, MemoryServices, sha256_hex};
@@ -245,6 +247,10 @@ pub struct SandboxConfig {
     pub cache_dir: Option<PathBuf>,
     /// Most instances alive at once (the pool size); further attempts wait.
     pub max_instances: u32,
+    /// Compile each new component in a child process under these limits
+    /// (workers, which run components of others); `None` compiles in this
+    /// process.
+    pub compile_limits: Option<CompileLimits>,
 }
 
 impl SandboxConfig {
@@ -263,7 +269,7 @@ impl SandboxConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        SandboxConfig { allocator: AllocatorChoice::Auto, cache_dir: None, max_instances: 256 }
+        SandboxConfig { allocator: AllocatorChoice::Auto, cache_dir: None, max_instances: 256, compile_limits: None }
     }
 }
 
@@ -278,6 +284,7 @@ pub struct Sandbox {
     allocator: AllocatorKind,
     linker: Linker<StepState>,
     cache: Option<ArtifactCache>,
+    compile_limits: Option<CompileLimits>,
     loaded: Mutex<HashMap<String, Arc<StepComponent>>>,
     described: Mutex<HashMap<String, DescribeCell>>,
     slots: Semaphore,
@@ -301,6 +308,7 @@ impl Sandbox {
         let ticker = EpochTicker::start(&engine).map_err(|e| SandboxError(e.to_string()))?;
         Ok(Sandbox {
             cache: config.cache_dir.map(|dir| ArtifactCache::new(dir, &engine)),
+            compile_limits: config.compile_limits,
             engine,
             allocator,
             linker,
@@ -374,7 +382,18 @@ impl Sandbox {
             return Ok(c);
         }
         let slow = SlowCompile::watch(origin, bytes.len(), self.cache.is_some());
-        let component = Component::new(&self.engine, bytes).map_err(|e| LoadErrorKind::Invalid(format!("{e:#}")));
+        let component = match &self.compile_limits {
+            None => Component::new(&self.engine, bytes).map_err(|e| LoadErrorKind::Invalid(format!("{e:#}"))),
+            Some(limits) => compile::in_child(limits, self.engine.get_memory_init_cow(), bytes).and_then(|code| {
+                // SAFETY: the code is what `compile_child` (this program,
+                // the same wasmtime) compiled and handed back through a
+                // pipe only this process reads; wasmtime checks that it was
+                // compiled for an engine compatible with this one.
+                #[allow(unsafe_code)]
+                let component = unsafe { Component::deserialize(&self.engine, &code) };
+                component.map_err(|e| LoadErrorKind::Invalid(format!("the compiled code of the compiling process does not load: {e:#}")))
+            }),
+        };
         slow.done(self.cache.is_some() && component.is_ok());
         let component = component?;
         if let Some(cache) = &self.cache {

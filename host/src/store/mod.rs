@@ -82,6 +82,12 @@ pub trait RunStore: Memos + Send + Sync {
     async fn run(&self, id: &str, detail: RunDetail) -> Result<RunRecord, StoreError>;
     /// Up to `limit` run ids that start with `prefix`, in order.
     async fn ids_starting(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// What the store holds, counted (`/metrics`).
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+    /// Whether the store answers and its schema is the one this sandflow
+    /// writes (`/readyz`): a store another sandflow migrated further, or
+    /// one that does not answer, is not ready.
+    async fn ready(&self) -> Result<(), StoreError>;
     /// The workers of a store that has them (PostgreSQL), newest first;
     /// `None` for a store that no worker uses.
     async fn workers(&self) -> Result<Option<Vec<WorkerRecord>>, StoreError> {
@@ -235,6 +241,36 @@ pub struct NewRun {
     /// The workflow file's text (its SHA-256 is `sha256`), kept once per
     /// content: the run's graph is drawn from it ([`RunStore::file`]).
     pub text: Option<Arc<str>>,
+}
+
+/// What a store holds, counted: what `sandflow serve`'s `/metrics` says.
+#[derive(Debug, Clone, Default)]
+pub struct StoreStats {
+    /// Runs by status.
+    pub runs: Vec<(String, u64)>,
+    /// Steps by state.
+    pub steps: Vec<(String, u64)>,
+    /// Failed steps by failure kind.
+    pub failures: Vec<(String, u64)>,
+    /// How long the steps that ended took.
+    pub durations: crate::metrics::Histogram,
+    /// Steps ready and waiting for a worker (a store with workers).
+    pub queued: Option<u64>,
+}
+
+/// The queries of [`StoreStats`], the same SQL on both stores: runs by
+/// status, steps by state, failed steps by kind, then the durations of
+/// ended steps as one row (a count at or under each bucket's bound, all,
+/// and their sum in milliseconds).
+pub(crate) fn stats_queries() -> [String; 4] {
+    let buckets: Vec<String> =
+        crate::metrics::DURATION_BUCKETS.iter().map(|b| format!("count(*) FILTER (WHERE duration_ms <= {})", b * 1000.0)).collect();
+    [
+        "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status".into(),
+        "SELECT state, count(*) FROM steps GROUP BY state ORDER BY state".into(),
+        "SELECT error_kind, count(*) FROM steps WHERE state = 'failed' AND error_kind IS NOT NULL GROUP BY error_kind ORDER BY error_kind".into(),
+        format!("SELECT {}, count(*), COALESCE(sum(duration_ms), 0.0) FROM steps WHERE state IN ('succeeded', 'failed')", buckets.join(", ")),
+    ]
 }
 
 /// A line of `sandflow runs list`.

@@ -565,6 +565,35 @@ impl RunStore for PgStore {
         ))
     }
 
+    async fn stats(&self) -> Result<super::StoreStats, StoreError> {
+        let client = self.client().await?;
+        let [runs, steps, failures, durations] = super::stats_queries();
+        let mut stats = super::StoreStats::default();
+        for (sql, into) in [(&runs, &mut stats.runs), (&steps, &mut stats.steps), (&failures, &mut stats.failures)] {
+            let rows = client.query(sql.as_str(), &[]).await.map_err(db)?;
+            *into = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64)).collect();
+        }
+        let row = client.query_one(durations.as_str(), &[]).await.map_err(db)?;
+        let n = crate::metrics::DURATION_BUCKETS.len();
+        for (i, bucket) in stats.durations.buckets.iter_mut().enumerate() {
+            *bucket = row.get::<_, i64>(i).max(0) as u64;
+        }
+        stats.durations.count = row.get::<_, i64>(n).max(0) as u64;
+        stats.durations.sum = row.get::<_, f64>(n + 1) / 1000.0;
+        let queued = client.query_one("SELECT count(*) FROM jobs WHERE state = 'ready'", &[]).await.map_err(db)?;
+        stats.queued = Some(queued.get::<_, i64>(0).max(0) as u64);
+        Ok(stats)
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let version: i64 = client.query_one("SELECT version FROM sandflow_schema", &[]).await.map_err(db)?.get(0);
+        match version == SCHEMA_VERSION {
+            true => Ok(()),
+            false => Err(StoreError::NewerSchema { location: self.location.clone(), found: version, known: SCHEMA_VERSION }),
+        }
+    }
+
     async fn ids_starting(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
         let limit = limit as i64;

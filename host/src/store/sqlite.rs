@@ -365,6 +365,38 @@ impl RunStore for SqliteStore {
         .await
     }
 
+    async fn stats(&self) -> Result<super::StoreStats, StoreError> {
+        self.with(move |conn| {
+            let [runs, steps, failures, durations] = super::stats_queries();
+            let counts = |sql: &str| -> rusqlite::Result<Vec<(String, u64)>> {
+                let mut q = conn.prepare(sql)?;
+                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+                rows.collect()
+            };
+            let mut stats = super::StoreStats { runs: counts(&runs)?, steps: counts(&steps)?, failures: counts(&failures)?, ..Default::default() };
+            conn.query_row(&durations, [], |r| {
+                let n = crate::metrics::DURATION_BUCKETS.len();
+                for (i, bucket) in stats.durations.buckets.iter_mut().enumerate() {
+                    *bucket = r.get::<_, i64>(i)?.max(0) as u64;
+                }
+                stats.durations.count = r.get::<_, i64>(n)?.max(0) as u64;
+                stats.durations.sum = r.get::<_, f64>(n + 1)? / 1000.0;
+                Ok(())
+            })?;
+            Ok(stats)
+        })
+        .await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let location = self.location().to_string();
+        let version: i64 = self.with(|conn| conn.query_row("PRAGMA user_version", [], |r| r.get(0))).await?;
+        match version == SCHEMA_VERSION {
+            true => Ok(()),
+            false => Err(StoreError::NewerSchema { location, found: version, known: SCHEMA_VERSION }),
+        }
+    }
+
     async fn ids_starting(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
         let (prefix, limit) = (prefix.to_string(), limit as i64);
         self.with(move |conn| {
