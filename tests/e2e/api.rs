@@ -436,3 +436,129 @@ fn readyz_follows_the_postgres_server() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `sandflow token create` against the store; returns the token.
+fn make_token(schema: &PgSchema, state: &tempfile::TempDir, name: &str, namespaces: &str, role: &str) -> String {
+    let (code, out, err) = run(sandflow(state).args(["--store", &schema.url, "token", "create", name, "--namespace", namespaces, "--role", role]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("not shown again"), "{err}");
+    out.trim().to_string()
+}
+
+/// `sandflow --server … --token TOKEN`.
+fn as_token(state: &tempfile::TempDir, addr: &str, token: &str) -> Command {
+    let mut cmd = sandflow(state);
+    cmd.env_remove("SANDFLOW_STORE").env_remove("SANDFLOW_TOKEN").args(["--server", &format!("http://{addr}"), "--token", token]);
+    cmd
+}
+
+/// A request with `token`.
+fn call_as(addr: &str, token: &str, method: &str, path: &str, body: &Value) -> (u16, String) {
+    let auth = format!("Authorization: Bearer {token}");
+    let (status, _, text) = http_with_body(addr, method, path, &[&auth, "Content-Type: application/json"], body.to_string().as_bytes());
+    (status, text)
+}
+
+/// Tokens scoped to namespaces and roles: a token sees and touches only
+/// its namespaces' runs (another's are 404, as if they did not exist,
+/// never 403: ids do not leak, not even through a shared prefix), its
+/// role bounds what it may do, a namespace cannot learn another's files,
+/// and a revoked token is refused at once.
+#[test]
+fn a_token_sees_and_touches_only_the_runs_of_its_namespaces() {
+    let Some(schema) = PgSchema::create() else { return };
+    let (server_state, client_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_server, addr) = front_door(&schema, &server_state, &[]);
+    let _workers = Workers::start(&schema, &server_state, 1, "5s");
+    let a = make_token(&schema, &server_state, "team-a-ci", "team-a", "submitter");
+    let b = make_token(&schema, &server_state, "team-b-ci", "team-b", "submitter");
+    let a_viewer = make_token(&schema, &server_state, "team-a-dash", "team-a", "viewer");
+
+    let (code, _, err) = run(as_token(&client_state, &addr, &a).args(["run", "workflows/diamond.yaml", "--input", r#"{"text": "a"}"#]));
+    assert_eq!(code, 0, "{err}");
+    let flow = client_state.path().join("slow.yaml");
+    std::fs::write(&flow, format!("name: slow\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {{ id: nap, component: sleep, input: {{ ms: 20000 }}, timeout: 60s }}\n", hostile("sleep").display())).unwrap();
+    let (code, out, err) = run(as_token(&client_state, &addr, &b).arg("submit").arg(&flow));
+    assert_eq!(code, 0, "{err}");
+    let theirs = out.trim().to_string();
+
+    // A lists only its run; the admin lists both.
+    let (code, out, err) = run(as_token(&client_state, &addr, &a).args(["--json", "runs", "list"]));
+    assert_eq!(code, 0, "{err}");
+    let runs: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs.len(), 1, "{out}");
+    assert_eq!(runs[0]["namespace"], "team-a");
+    let mine = runs[0]["id"].as_str().unwrap().to_string();
+    let (_, out, _) = run(client(&client_state, &addr).args(["--json", "runs", "list"]));
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&out).unwrap().len(), 2, "{out}");
+    let (_, body) = call_as(&addr, &a, "GET", "/api/runs?namespace=team-b", &json!({}));
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["runs"], json!([]), "{body}");
+
+    // Every way to reach B's run, with A's token: 404, as an unknown run.
+    for (method, path) in [
+        ("GET", format!("/api/runs/{theirs}")),
+        ("GET", format!("/api/runs/{theirs}/logs")),
+        ("GET", format!("/api/runs/{theirs}/attempts")),
+        ("GET", format!("/api/runs/{theirs}/graph.svg")),
+        ("GET", format!("/api/runs/{theirs}/events")),
+        ("GET", format!("/api/runs/{theirs}/stream")),
+        ("POST", format!("/api/runs/{theirs}/cancel")),
+        ("POST", format!("/api/runs/{theirs}/retry")),
+        ("POST", format!("/api/runs/{theirs}/resume")),
+    ] {
+        let (status, body) = call_as(&addr, &a, method, &path, &json!({}));
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert!(body.contains(&format!("no run with id `{theirs}`")), "{method} {path}: {body}");
+    }
+    for args in [vec!["runs", "show", &theirs], vec!["runs", "logs", &theirs], vec!["runs", "follow", &theirs], vec!["cancel", &theirs], vec!["retry", &theirs]] {
+        let (code, _, err) = run(as_token(&client_state, &addr, &a).args(&args));
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("no run with id"), "{args:?}: {err}");
+    }
+    // The start both ids share names A's run alone, to A.
+    let shared: String = mine.chars().zip(theirs.chars()).take_while(|(x, y)| x == y).map(|(x, _)| x).collect();
+    assert!(shared.len() >= 6, "{mine} {theirs}");
+    let (code, out, err) = run(as_token(&client_state, &addr, &a).args(["--json", "runs", "show", &shared]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["id"], mine.as_str());
+
+    // Roles: a viewer reads but does not act.
+    let (code, _, err) = run(as_token(&client_state, &addr, &a_viewer).args(["runs", "show", &mine]));
+    assert_eq!(code, 0, "{err}");
+    let (status, body) = call_as(&addr, &a_viewer, "POST", &format!("/api/runs/{mine}/retry"), &json!({}));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("token `team-a-dash` has the role viewer: this needs the role operator"), "{body}");
+    let (code, _, err) = run(as_token(&client_state, &addr, &a_viewer).args(["run", "workflows/diamond.yaml", "--input", r#"{"text": "v"}"#]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("this needs the role submitter"), "{err}");
+    // The admin's metrics are not a team's.
+    assert_eq!(call_as(&addr, &a, "GET", "/metrics", &json!({})).0, 403);
+
+    // A namespace cannot learn another's files: B's sleep component is
+    // missing to A, and A cannot submit into B's namespace.
+    let sleep = std::fs::read(hostile("sleep")).unwrap();
+    let files = json!({ "s.wasm": sha256(&sleep) });
+    let (status, body) = call_as(&addr, &a, "POST", "/api/runs", &json!({ "workflow": "s.wasm", "files": files }));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("\"missing\""), "{body}");
+    let (status, body) = call_as(&addr, &a, "POST", "/api/runs", &json!({ "workflow": "s.wasm", "files": files, "namespace": "team-b" }));
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("token `team-a-ci` has no namespace `team-b`"), "{body}");
+
+    // B cancels its own; a revoked token is refused at once.
+    let (code, _, err) = run(as_token(&client_state, &addr, &b).args(["cancel", &theirs]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(sandflow(&server_state).args(["--store", &schema.url, "token", "revoke", "team-a-ci"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(as_token(&client_state, &addr, &a).args(["runs", "list"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("token `team-a-ci` was revoked"), "{err}");
+    let (code, out, err) = run(sandflow(&server_state).args(["--store", &schema.url, "--json", "token", "list"]));
+    assert_eq!(code, 0, "{err}");
+    let tokens: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(tokens.len(), 3);
+    assert!(tokens.iter().any(|t| t["name"] == "team-a-ci" && t["revoked_at"].is_string()), "{out}");
+    assert!(!out.contains(&a) && !out.contains(&b), "tokens are never shown again");
+    // No token at all, now that tokens exist: refused.
+    assert_eq!(http(&addr, "GET", "/api/runs", &[]).0, 401);
+}

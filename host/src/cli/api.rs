@@ -17,7 +17,10 @@
 // handlers' early return, as axum's extractors reject.
 #![allow(clippy::result_large_err)]
 
+use super::guard::Caller;
 use super::serve::{App, failure, refusal};
+use crate::store::tokens::Role;
+use axum::Extension;
 use crate::exec::{ComponentCheck, Event, Recording, enter};
 use crate::runs::{QueueAgainError, Rerun};
 use crate::store::queue::{Binding, RunFiles};
@@ -58,15 +61,52 @@ fn queue(app: &App) -> Result<&Arc<PgStore>, Response> {
     })
 }
 
-/// Whether clients may change runs here (`--allow-actions`).
-pub(super) fn actions_allowed(app: &App) -> Result<(), Response> {
-    match app.allow_actions {
+/// Whether `caller` may do what needs `role` here: actions must be on
+/// (`--allow-actions`), and its token's role must allow it.
+pub(super) fn allowed(app: &App, caller: &Caller, role: Role) -> Result<(), Response> {
+    if !app.allow_actions {
+        return Err(refusal(
+            StatusCode::FORBIDDEN,
+            "actions are off: start `sandflow serve --allow-actions` to let clients submit, cancel, resume and retry runs".into(),
+        ));
+    }
+    match caller.role >= role {
         true => Ok(()),
         false => Err(refusal(
             StatusCode::FORBIDDEN,
-            "actions are off: start `sandflow serve --allow-actions` to let clients submit, cancel, resume and retry runs".into(),
+            format!("token `{}` has the role {}: this needs the role {} (`sandflow token create … --role {}`)", caller.name, caller.role.as_str(), role.as_str(), role.as_str()),
         )),
     }
+}
+
+/// The namespace a request of `caller` acts in: the one it names, which
+/// must be one of the caller's; else the caller's only one; else `default`
+/// for a caller that sees every namespace. An unknown one is 404.
+fn namespace_for(caller: &Caller, named: Option<&str>) -> Result<String, Response> {
+    let not_yours = |ns: &str| {
+        refusal(StatusCode::NOT_FOUND, format!("token `{}` has no namespace `{ns}`: it has {}", caller.name, caller.namespaces.as_deref().unwrap_or_default().join(", ")))
+    };
+    match (named, &caller.namespaces) {
+        (Some(ns), _) => {
+            let ns = crate::store::tokens::namespace_name(ns).map_err(|e| refusal(StatusCode::BAD_REQUEST, format!("`namespace`: {e}")))?;
+            match caller.sees(&ns) {
+                true => Ok(ns),
+                false => Err(not_yours(&ns)),
+            }
+        }
+        (None, None) => Ok(crate::store::DEFAULT_NAMESPACE.to_string()),
+        (None, Some(namespaces)) if namespaces.len() == 1 => Ok(namespaces[0].clone()),
+        (None, Some(namespaces)) => Err(refusal(
+            StatusCode::BAD_REQUEST,
+            format!("token `{}` has several namespaces ({}): say which with `namespace` (`--namespace`)", caller.name, namespaces.join(", ")),
+        )),
+    }
+}
+
+/// `?namespace=` of an upload.
+#[derive(Deserialize)]
+pub(super) struct NamespaceParam {
+    namespace: Option<String>,
 }
 
 /// A request's body, at most `limit` bytes: 413 past it, said before
@@ -95,10 +135,21 @@ fn is_sha256(text: &str) -> bool {
 /// `PUT /api/files/{sha256}`: keeps a file (a workflow, a components file
 /// or a component) for runs to name. Idempotent: 200 if it was kept
 /// already, 201 if added.
-pub(super) async fn put_file(State(app): State<Arc<App>>, Path(sha256): Path<String>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = actions_allowed(&app) {
+pub(super) async fn put_file(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(sha256): Path<String>,
+    Query(p): Query<NamespaceParam>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = allowed(&app, &caller, Role::Submitter) {
         return r;
     }
+    let namespace = match namespace_for(&caller, p.namespace.as_deref()) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
     let store = match queue(&app) {
         Ok(store) => store,
         Err(r) => return r,
@@ -114,7 +165,7 @@ pub(super) async fn put_file(State(app): State<Arc<App>>, Path(sha256): Path<Str
     if actual != sha256 {
         return refusal(StatusCode::BAD_REQUEST, format!("the file's SHA-256 is {actual}, not {sha256} as its address says: nothing was kept"));
     }
-    match store.put_file(&bytes).await {
+    match store.put_file(&namespace, &bytes).await {
         Ok((_, had)) => {
             let status = if had { StatusCode::OK } else { StatusCode::CREATED };
             (status, Json(json!({ "sha256": sha256, "size": bytes.len() }))).into_response()
@@ -144,13 +195,16 @@ struct Submit {
     /// A components file (`--components`), one of `files`.
     #[serde(default)]
     components: Option<String>,
+    /// The namespace the run belongs to (see [`namespace_for`]).
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 /// `POST /api/runs`: checks a run as `sandflow submit` does and queues it
 /// for the workers. 201 with its id; 409 with the files to upload first
 /// (`missing`); 422 with the workflow's problems.
-pub(super) async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = actions_allowed(&app) {
+pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = allowed(&app, &caller, Role::Submitter) {
         return r;
     }
     let store = match queue(&app) {
@@ -174,8 +228,12 @@ pub(super) async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body
     if request.vars.as_ref().is_some_and(|v| !v.is_object() && !v.is_null()) {
         return refusal(StatusCode::BAD_REQUEST, "`vars` must be an object of NAME: value".into());
     }
+    let namespace = match namespace_for(&caller, request.namespace.as_deref()) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
     let hashes: Vec<&str> = request.files.values().map(String::as_str).collect();
-    let held = match store.files_by_hash(&hashes).await {
+    let held = match store.files_by_hash(&namespace, &hashes).await {
         Ok(held) => held,
         Err(e) => return failure(e),
     };
@@ -226,6 +284,7 @@ pub(super) async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body
         concurrency: request.concurrency.filter(|n| *n > 0).map(|n| n as usize),
         components: request.components.map(PathBuf::from),
         vars: request.vars.unwrap_or(Value::Null),
+        namespace,
     };
     let file = PathBuf::from(&request.workflow);
     match crate::runs::submit(&store, &prepared, &file, &used, request.input, &request.targets, &binding).await {
@@ -244,14 +303,20 @@ pub(super) struct StreamParams {
 /// `GET /api/runs/{id}/stream`: the run's events as workers record them
 /// (SSE; each event's `id` is its sequence number), from the start of its
 /// current attempt, until the run ends.
-pub(super) async fn stream(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p): Query<StreamParams>, headers: HeaderMap) -> Response {
+pub(super) async fn stream(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(p): Query<StreamParams>,
+    headers: HeaderMap,
+) -> Response {
     let store = match queue(&app) {
         Ok(store) => store.clone(),
         Err(r) => return r,
     };
-    let id = match crate::store::resolve_run(store.as_ref(), &id).await {
+    let id = match super::serve::visible(&app, &caller, &id).await {
         Ok(id) => id,
-        Err(e) => return failure(e),
+        Err(r) => return r,
     };
     match store.is_queued(&id).await {
         Ok(true) => {}
@@ -316,14 +381,21 @@ struct Again {
 /// queued again at once (201 with its attempt); one a `sandflow run`
 /// process ran is resumed or retried by a `sandflow` process this server
 /// starts, on the same store.
-pub(super) async fn act(State(app): State<Arc<App>>, Path((id, action)): Path<(String, String)>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = actions_allowed(&app) {
-        return r;
-    }
-    let id = match super::serve::resolved(&app, &id).await {
+pub(super) async fn act(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // Which run first: another namespace's is 404 whatever the role.
+    let id = match super::serve::visible(&app, &caller, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
+    if let Err(r) = allowed(&app, &caller, Role::Operator) {
+        return r;
+    }
     let again: Again = match json_body(&headers, body).await {
         Ok(a) => a,
         Err(r) => return r,

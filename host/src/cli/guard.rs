@@ -26,18 +26,42 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use crate::store::PgStore;
+use crate::store::tokens::{self, Role};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// The cookie a page opened with `?token=` gets.
 pub(crate) const COOKIE: &str = "sandflow_session";
 
+/// Who a request comes from, as [`guard`] found it: every handler reads
+/// it from the request's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    /// The token's name: `admin` for `serve --token`, `anyone` when the
+    /// server asks for none.
+    pub(crate) name: String,
+    /// The namespaces whose runs it sees (`None`: every namespace).
+    pub(crate) namespaces: Option<Vec<String>>,
+    pub(crate) role: Role,
+}
+
+impl Caller {
+    /// Whether it sees runs of `namespace`.
+    pub(crate) fn sees(&self, namespace: &str) -> bool {
+        self.namespaces.as_ref().is_none_or(|n| n.iter().any(|n| n == namespace))
+    }
+}
+
 /// How the server recognises its own requests.
 pub(crate) struct Guard {
-    /// Every request must carry it, when set.
+    /// Every request must carry it, when set: `serve --token`, whose
+    /// caller is [`Role::Admin`].
     token: Option<String>,
     /// The cookie value that stands for the token.
     session: Option<String>,
+    /// The store's tokens (PostgreSQL), each scoped to namespaces and a role.
+    tokens: Option<Arc<PgStore>>,
     /// `--public-url`: its host is accepted in `Host`, its origin in `Origin`.
     public: Option<url::Url>,
     /// The Content-Security-Policy of every answer.
@@ -45,15 +69,15 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
-    pub(crate) fn new(token: Option<String>, public: Option<url::Url>) -> Guard {
-        let session = token.as_deref().map(session_of);
+    pub(crate) fn new(token: Option<String>, public: Option<url::Url>, tokens: Option<Arc<PgStore>>) -> Guard {
+        let session = token.as_deref().map(tokens::session);
         // The graph's inline style, allowed by its hash alone.
         let style = base64(&Sha256::digest(crate::plan::svg::STYLE.as_bytes()));
         let policy = format!(
             "default-src 'none'; script-src 'self'; style-src 'self' 'sha256-{style}'; img-src 'self' data:; connect-src 'self'; \
              base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
         );
-        Guard { token, session, public, policy: HeaderValue::from_str(&policy).expect("ASCII") }
+        Guard { token, session, tokens, public, policy: HeaderValue::from_str(&policy).expect("ASCII") }
     }
 
     /// Whether `host` (a `Host` header, with or without a port) names this
@@ -95,22 +119,61 @@ impl Guard {
         None
     }
 
-    /// Whether the request carries the token (or its cookie), when one is set.
-    fn authorized(&self, request: &Request) -> bool {
-        let (Some(token), Some(session)) = (&self.token, &self.session) else { return true };
-        let headers = request.headers();
-        let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        let cookie = cookie(headers, COOKIE);
-        bearer.is_some_and(|b| same(b, token)) || cookie.is_some_and(|c| same(&c, session)) || query_token(request).is_some_and(|q| same(&q, token))
+    /// Who the request comes from: `serve --token`'s bearer (or its
+    /// cookie) is the admin; a token of the store's is its own scope; no
+    /// token is anyone, with every right, only on a server that asks for
+    /// none (no `--token`, no token in the store). `Err`: 401 with why, or
+    /// 503 when the store cannot say.
+    async fn caller(&self, (presented, cookie): (Option<String>, Option<String>)) -> Result<Caller, (StatusCode, String)> {
+        let admin = || Caller { name: "admin".into(), namespaces: None, role: Role::Admin };
+        if let (Some(token), Some(given)) = (&self.token, &presented)
+            && same(given, token)
+        {
+            return Ok(admin());
+        }
+        if let (Some(session), Some(given)) = (&self.session, &cookie)
+            && same(given, session)
+        {
+            return Ok(admin());
+        }
+        let unavailable = |e: crate::store::StoreError| (StatusCode::SERVICE_UNAVAILABLE, format!("cannot check the token: {e}"));
+        let looked_up = match (&self.tokens, &presented, &cookie) {
+            (Some(store), Some(token), _) => store.token_by(&tokens::digest(token), false).await.map_err(unavailable)?,
+            (Some(store), None, Some(session)) => store.token_by(session, true).await.map_err(unavailable)?,
+            _ => None,
+        };
+        match looked_up {
+            Some(Ok(t)) => Ok(Caller { name: t.name, namespaces: Some(t.namespaces), role: t.role }),
+            Some(Err(revoked)) => Err((StatusCode::UNAUTHORIZED, format!("{revoked}: ask for a new one"))),
+            None => {
+                let asks = self.token.is_some()
+                    || match &self.tokens {
+                        Some(store) => store.has_tokens().await.map_err(unavailable)?,
+                        None => false,
+                    };
+                match (asks, presented.is_some()) {
+                    (true, true) => Err((StatusCode::UNAUTHORIZED, format!("the token given is not known here; {REQUIRED}"))),
+                    (true, false) => Err((StatusCode::UNAUTHORIZED, REQUIRED.to_string())),
+                    (false, _) => Ok(Caller { name: ANYONE.into(), namespaces: None, role: Role::Admin }),
+                }
+            }
+        }
     }
 }
 
-/// The cookie value standing for `token`: a digest, so the token itself is
-/// not kept by the browser.
-fn session_of(token: &str) -> String {
-    let digest = Sha256::digest(format!("sandflow session\n{token}").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+/// What a request presents: a token (`Authorization: Bearer`, else
+/// `?token=`), and the session cookie.
+fn credentials(request: &Request) -> (Option<String>, Option<String>) {
+    let headers = request.headers();
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
+    (bearer.or_else(|| query_token(request)), cookie(headers, COOKIE))
 }
+
+/// The caller of a server that asks for no token.
+const ANYONE: &str = "anyone";
+
+/// Why a request without a (known) token is refused.
+const REQUIRED: &str = "a token is required: open the address with ?token=TOKEN, or send `Authorization: Bearer TOKEN`";
 
 /// Compares without stopping at the first difference.
 fn same(a: &str, b: &str) -> bool {
@@ -175,15 +238,24 @@ async fn check(guard: &Guard, request: Request, next: Next) -> Response {
     // Probes (a load balancer's, Kubernetes') carry no token; the answers
     // say only whether the server and its store are up.
     let probe = matches!(request.uri().path(), "/healthz" | "/readyz");
-    if !probe && !guard.authorized(&request) {
-        let mut response = refused(StatusCode::UNAUTHORIZED, "a token is required: open the address with ?token=TOKEN, or send `Authorization: Bearer TOKEN`".into());
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
-    }
+    let caller = match probe {
+        true => Caller { name: "probe".into(), namespaces: Some(Vec::new()), role: Role::Viewer },
+        false => match guard.caller(credentials(&request)).await {
+            Ok(caller) => caller,
+            Err((status, why)) => {
+                let mut response = refused(status, why);
+                if status == StatusCode::UNAUTHORIZED {
+                    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                }
+                return response;
+            }
+        },
+    };
     // A page opened with `?token=`: the cookie from now on, and the
     // address without the token (nor in the history, nor in a Referer).
     let page = request.method() == Method::GET && !request.uri().path().starts_with("/api/") && !request.uri().path().starts_with("/assets/");
-    if let (true, Some(session), Some(_)) = (page, &guard.session, query_token(&request)) {
+    if let (true, Some(token), false) = (page, query_token(&request), caller.name == ANYONE) {
+        let session = tokens::session(&token);
         let secure = if guard.public.as_ref().is_some_and(|u| u.scheme() == "https") { "; Secure" } else { "" };
         let cookie = format!("{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict{secure}");
         let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, without_token(&request))]).into_response();
@@ -191,6 +263,8 @@ async fn check(guard: &Guard, request: Request, next: Next) -> Response {
         response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return response;
     }
+    let mut request = request;
+    request.extensions_mut().insert(caller);
     next.run(request).await
 }
 
@@ -227,7 +301,7 @@ mod tests {
 
     #[test]
     fn only_addresses_localhost_and_the_public_name_are_this_server() {
-        let guard = Guard::new(None, Some(url::Url::parse("https://runs.example.com/").unwrap()));
+        let guard = Guard::new(None, Some(url::Url::parse("https://runs.example.com/").unwrap()), None);
         for ok in ["127.0.0.1:7878", "10.0.0.5", "[::1]:7878", "localhost:7878", "LOCALHOST", "runs.example.com", "runs.example.com.:443"] {
             assert!(guard.host_allowed(ok), "{ok}");
         }

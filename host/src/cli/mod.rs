@@ -19,6 +19,7 @@ mod runs;
 mod serve;
 mod test_cmd;
 mod timeline;
+mod token;
 mod validate;
 mod worker;
 mod workflow_cmd;
@@ -137,6 +138,10 @@ enum Command {
     /// Start a new step component project from a template.
     #[command(subcommand)]
     New(new::NewCommand),
+    /// The tokens `sandflow serve` takes, each scoped to namespaces and a
+    /// role (PostgreSQL store): create, list, revoke.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Serve a web view of the run store: runs, each run's graph, steps and
     /// logs, live (http://127.0.0.1:7878 by default).
     Serve(serve::ServeArgs),
@@ -264,6 +269,7 @@ where
                 inspect::execute(args, &cli.global.state_dir, &out).await
             }
             Command::Serve(args) => serve::execute(args, &cli.global, &out).await,
+            Command::Token(command) => token::execute(command, &cli.global, &out).await,
             Command::New(command) => new::execute(command, &out),
             Command::CompileComponent { .. } => unreachable!("handled before the runtime starts"),
             Command::Schema => {

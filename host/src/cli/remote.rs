@@ -37,7 +37,7 @@ pub(super) async fn execute(server: &url::Url, command: Command, global: &Global
                 return Ok(Err(secrets_are_the_workers("run")));
             }
             let work = args.work;
-            let submitted = remote.submit_file(&args.file, &args.input, &args.target, args.concurrency, &args.components, &args.vars, out).await;
+            let submitted = remote.submit_file(&args.file, &args.input, &args.target, args.concurrency, &args.components, &args.vars, args.namespace.as_deref(), out).await;
             match submitted {
                 Err(e) => Err(e),
                 Ok(id) if work.detach => {
@@ -48,7 +48,7 @@ pub(super) async fn execute(server: &url::Url, command: Command, global: &Global
             }
         }
         Command::Submit(args) => {
-            remote.submit_file(&args.file, &args.input, &args.target, args.concurrency, &args.components, &args.vars, out).await.map(|id| {
+            remote.submit_file(&args.file, &args.input, &args.target, args.concurrency, &args.components, &args.vars, args.namespace.as_deref(), out).await.map(|id| {
                 println!("{id}");
                 exit::OK
             })
@@ -223,6 +223,7 @@ impl Remote {
         concurrency: Option<u64>,
         components: &workflow_cmd::ComponentsArg,
         vars: &VarArgs,
+        namespace: Option<&str>,
         out: &Output,
     ) -> Result<String, CliError> {
         let input = input.read()?;
@@ -238,6 +239,7 @@ impl Remote {
             "vars": vars,
             "concurrency": concurrency,
             "components": components.file.as_ref().map(|p| p.display().to_string()),
+            "namespace": namespace,
         });
         for round in 0..2 {
             let (status, answer) = self.call(Method::POST, "/api/runs", Some("application/json"), Bytes::from(body.to_string())).await?;
@@ -249,7 +251,7 @@ impl Remote {
                     for wanted in missing {
                         let path = PathBuf::from(wanted["path"].as_str().unwrap_or_default());
                         let bytes = files.get(&path).ok_or_else(|| CliError { code: exit::FAILED, message: format!("{} asked for {}, which the run does not read", self.name(), path.display()) })?;
-                        self.upload(&path, bytes, out).await?;
+                        self.upload(&path, bytes, namespace, out).await?;
                     }
                 }
                 (StatusCode::UNPROCESSABLE_ENTITY, _) => {
@@ -266,11 +268,14 @@ impl Remote {
     }
 
     /// Uploads one of a run's files.
-    async fn upload(&self, path: &Path, bytes: &[u8], out: &Output) -> Result<(), CliError> {
+    async fn upload(&self, path: &Path, bytes: &[u8], namespace: Option<&str>, out: &Output) -> Result<(), CliError> {
         if !out.quiet && !out.json && bytes.len() > 1 << 20 {
             say!("uploading {} ({:.1} MiB)…", path.display(), bytes.len() as f64 / (1024.0 * 1024.0));
         }
-        let address = format!("/api/files/{}", sha256_hex(bytes));
+        let mut address = format!("/api/files/{}", sha256_hex(bytes));
+        if let Some(ns) = namespace {
+            address.push_str(&format!("?namespace={}", encode(ns)));
+        }
         let (status, answer) = self.call(Method::PUT, &address, Some("application/octet-stream"), Bytes::copy_from_slice(bytes)).await?;
         match status.is_success() {
             true => Ok(()),

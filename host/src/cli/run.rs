@@ -41,6 +41,10 @@ pub(crate) struct RunArgs {
     pub(crate) components: workflow_cmd::ComponentsArg,
     #[command(flatten)]
     pub(crate) vars: VarArgs,
+    /// On workers (a PostgreSQL store, or --server): the namespace (tenant)
+    /// the run belongs to [default: `default`, or the token's only one].
+    #[arg(long, value_name = "NS")]
+    pub(crate) namespace: Option<String>,
 }
 
 pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Output) -> Result<u8, CliError> {
@@ -131,7 +135,7 @@ async fn run_queued(args: &RunArgs, global: &GlobalArgs, out: &Output) -> Result
     let targeted = entered(enter(&prepared, &args.target, &input, &config.secrets), out, work)?;
     let redactor = Redactor::new(&config.secrets);
     let otlp = global.otlp()?;
-    let binding = binding(concurrency, &args.components, &args.vars)?;
+    let binding = binding(concurrency, &args.components, &args.vars, args.namespace.as_deref())?;
     let id = submit(&store, &prepared, file, &files, input, &args.target, &binding).await.map_err(store_error)?;
     if detach {
         if otlp.is_some() {

@@ -28,6 +28,9 @@
 use super::{CliError, GlobalArgs, Output, exit};
 use crate::plan::Plan;
 use crate::store::{RunDetail, RunQuery, RunRecord, RunStore, StoreError};
+use super::guard::Caller;
+use crate::store::tokens::Role;
+use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -126,7 +129,7 @@ pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) 
             if args.allow_actions { " and can cancel, resume and retry them" } else { "" }
         );
     }
-    let guard = Arc::new(super::guard::Guard::new(global.token.clone(), args.public_url));
+    let guard = Arc::new(super::guard::Guard::new(global.token.clone(), args.public_url, pg.clone()));
     let app = Arc::new(App {
         store,
         pg,
@@ -207,9 +210,11 @@ pub(super) fn failure(e: StoreError) -> Response {
     refusal(status, e.to_string())
 }
 
-/// The run `given` names: its id or a unique start of it.
-pub(super) async fn resolved(app: &App, given: &str) -> Result<String, Response> {
-    crate::store::resolve_run(app.store.as_ref(), given).await.map_err(failure)
+/// The run `given` names (its id or a unique start of it) among the runs
+/// `caller` sees: a run of another namespace is 404, as one that does not
+/// exist, so that ids do not leak across namespaces.
+pub(super) async fn visible(app: &App, caller: &Caller, given: &str) -> Result<String, Response> {
+    crate::store::resolve_run_in(app.store.as_ref(), given, caller.namespaces.as_deref()).await.map_err(failure)
 }
 
 /// An answer that refuses, and says why: `{"error": why}`.
@@ -219,17 +224,24 @@ pub(super) fn refusal(status: StatusCode, why: String) -> Response {
 
 #[derive(Deserialize)]
 struct ListParams {
+    namespace: Option<String>,
     workflow: Option<String>,
     status: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
 }
 
-async fn list_runs(State(app): State<Arc<App>>, Query(p): Query<ListParams>) -> Response {
+async fn list_runs(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Query(p): Query<ListParams>) -> Response {
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
     let blank = |v: Option<String>| v.filter(|s| !s.is_empty());
+    // Only the namespaces the caller sees; `?namespace=` picks one of them.
+    let namespaces = match blank(p.namespace) {
+        Some(ns) if caller.sees(&ns) => Some(vec![ns]),
+        Some(_) => Some(Vec::new()),
+        None => caller.namespaces.clone(),
+    };
     // One more than a page tells whether there is a next one.
-    let query = RunQuery { limit: limit + 1, workflow: blank(p.workflow), status: blank(p.status), after: blank(p.after) };
+    let query = RunQuery { limit: limit + 1, workflow: blank(p.workflow), status: blank(p.status), after: blank(p.after), namespaces };
     match app.store.runs(&query).await {
         Ok(mut runs) => {
             let next = (runs.len() > limit).then(|| {
@@ -263,8 +275,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 /// What the store holds, in Prometheus text: runs and steps by state,
 /// failed steps by kind, how long steps took, the steps waiting for a
 /// worker, and the workers.
-async fn metrics(State(app): State<Arc<App>>) -> Response {
+async fn metrics(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Response {
     use crate::metrics::{Family, Kind, Value};
+    if caller.role != Role::Admin {
+        return refusal(StatusCode::FORBIDDEN, format!("token `{}` sees some namespaces only; the store's metrics are for `serve --token`'s", caller.name));
+    }
     let stats = match app.store.stats().await {
         Ok(stats) => stats,
         Err(e) => return failure(e),
@@ -317,8 +332,8 @@ async fn workers(State(app): State<Arc<App>>) -> Response {
 /// The run, and the shape of its workflow where its file can be read:
 /// which steps are `forEach` steps, the Argo-style groups and the
 /// `finally` steps (the page collapses groups and items by them).
-async fn show_run(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    let id = match resolved(&app, &id).await {
+async fn show_run(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
+    let id = match visible(&app, &caller, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -349,8 +364,8 @@ fn shape(plan: &Plan) -> serde_json::Value {
 
 /// The run's DAG from the workflow file it recorded, steps coloured by
 /// their recorded state.
-async fn graph(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    let id = match resolved(&app, &id).await {
+async fn graph(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
+    let id = match visible(&app, &caller, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -388,8 +403,8 @@ struct LogParams {
     step: Option<String>,
 }
 
-async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p): Query<LogParams>) -> Response {
-    let id = match resolved(&app, &id).await {
+async fn logs(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Path(id): Path<String>, Query(p): Query<LogParams>) -> Response {
+    let id = match visible(&app, &caller, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -403,8 +418,8 @@ async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p): Que
     }
 }
 
-async fn attempts(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p): Query<LogParams>) -> Response {
-    let id = match resolved(&app, &id).await {
+async fn attempts(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Path(id): Path<String>, Query(p): Query<LogParams>) -> Response {
+    let id = match visible(&app, &caller, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -415,8 +430,8 @@ async fn attempts(State(app): State<Arc<App>>, Path(id): Path<String>, Query(p):
 }
 
 /// The run each time its record changes, until it is no longer running.
-async fn events(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    let id = match resolved(&app, &id).await {
+async fn events(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
+    let id = match visible(&app, &caller, &id).await {
         Ok(id) => id,
         Err(r) => return r,
     };

@@ -89,6 +89,7 @@ mod tests {
     #[test]
     fn bars_sit_where_each_step_ran() {
         let run = RunRecord {
+            namespace: "default".into(),
             id: "r1".into(),
             workflow: "w".into(),
             file: "w.yaml".into(),

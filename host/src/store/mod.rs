@@ -13,6 +13,7 @@ mod pipe;
 mod postgres;
 pub mod queue;
 mod sqlite;
+pub mod tokens;
 
 pub use postgres::{Connections, PgStore};
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
@@ -277,6 +278,9 @@ pub(crate) fn stats_queries() -> [String; 4] {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     pub id: String,
+    /// The namespace (tenant) the run belongs to.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
     pub workflow: String,
     pub file: String,
     pub status: String,
@@ -300,6 +304,16 @@ pub struct RunQuery {
     pub status: Option<String>,
     /// The next page: only runs listed after this run (the last of a page).
     pub after: Option<String>,
+    /// Only runs of these namespaces (`None`: of every namespace).
+    pub namespaces: Option<Vec<String>>,
+}
+
+/// The namespace of runs that name none: every run of a store without
+/// tenants.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_string()
 }
 
 impl RunQuery {
@@ -319,6 +333,18 @@ impl RunQuery {
             if let Some(v) = value {
                 values.push(v.as_str());
                 sql.push_str(&format!(" AND {column} = {}", param(values.len() + 1)));
+            }
+        }
+        if let Some(namespaces) = &self.namespaces {
+            let mut places = Vec::new();
+            for ns in namespaces {
+                values.push(ns.as_str());
+                places.push(param(values.len() + 1));
+            }
+            // No namespace: no run (`IN ()` is not SQL).
+            match places.is_empty() {
+                true => sql.push_str(" AND FALSE"),
+                false => sql.push_str(&format!(" AND r.namespace IN ({})", places.join(", "))),
             }
         }
         if let Some(after) = &self.after {
@@ -378,6 +404,9 @@ pub struct WorkerRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub id: String,
+    /// The namespace (tenant) the run belongs to.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
     pub workflow: String,
     pub file: String,
     pub sha256: String,
@@ -448,12 +477,33 @@ pub struct StepRecord {
 /// run's id (`01a24541-668d`), as git takes a commit's. A start that fits
 /// several runs is refused with them listed.
 pub async fn resolve_run(store: &dyn RunStore, given: &str) -> Result<String, StoreError> {
+    resolve_run_in(store, given, None).await
+}
+
+/// [`resolve_run`] among the runs of `namespaces` only (`None`: of all):
+/// to a caller scoped to them, a run of another namespace is as unknown as
+/// one that does not exist, and never named in an ambiguity either.
+pub async fn resolve_run_in(store: &dyn RunStore, given: &str, namespaces: Option<&[String]>) -> Result<String, StoreError> {
     // Ids are hex digits and dashes: anything else names no run (and needs
     // no escaping in a pattern).
     if given.is_empty() || !given.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
         return Err(StoreError::UnknownRun(given.to_string()));
     }
-    let mut matches = store.ids_starting(&given.to_ascii_lowercase(), 6).await?;
+    let mut matches = store.ids_starting(&given.to_ascii_lowercase(), if namespaces.is_some() { 64 } else { 6 }).await?;
+    if let Some(namespaces) = namespaces {
+        let mut theirs = Vec::new();
+        for id in matches {
+            match store.run(&id, RunDetail::Run).await {
+                Ok(run) if namespaces.contains(&run.namespace) => theirs.push(id),
+                Ok(_) | Err(StoreError::UnknownRun(_)) => {}
+                Err(e) => return Err(e),
+            }
+            if theirs.len() == 6 {
+                break;
+            }
+        }
+        matches = theirs;
+    }
     match matches.len() {
         0 => Err(StoreError::UnknownRun(given.to_string())),
         1 => Ok(matches.remove(0)),

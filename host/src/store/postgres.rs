@@ -214,6 +214,27 @@ CREATE TABLE events (
         seen_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
         stopped_at TIMESTAMPTZ
      );",
+    // 12: tenants. Each run belongs to a namespace; tokens scoped to
+    // namespaces and a role, kept as digests (the token itself is shown
+    // once, when made); the files each namespace uploaded or used, so that
+    // one namespace cannot learn what another's files are.
+    "ALTER TABLE runs ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default';
+     CREATE INDEX runs_by_namespace ON runs (namespace, started_at DESC, seq DESC);
+     CREATE TABLE tokens (
+        name       TEXT PRIMARY KEY,
+        digest     TEXT NOT NULL UNIQUE,
+        session    TEXT NOT NULL UNIQUE,
+        namespaces TEXT[] NOT NULL,
+        role       TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        revoked_at TIMESTAMPTZ
+     );
+     CREATE TABLE namespace_files (
+        namespace TEXT NOT NULL,
+        sha256    TEXT NOT NULL,
+        PRIMARY KEY (namespace, sha256)
+     );
+     INSERT INTO namespace_files (namespace, sha256) SELECT DISTINCT 'default', sha256 FROM run_files;",
 ];
 
 /// Serializes migrations across every process using the server.
@@ -478,13 +499,14 @@ impl RunStore for PgStore {
                 &format!(
                     // The page is chosen before its steps are counted (as in SQLite's).
                     "WITH page AS MATERIALIZED (
-                         SELECT r.seq, r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error
+                         SELECT r.seq, r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error, r.namespace
                          FROM runs r WHERE TRUE{conditions}
                          ORDER BY r.started_at DESC, r.seq DESC LIMIT $1)
                      SELECT p.id, p.workflow, p.file, p.status, p.attempt, p.started_at, p.finished_at, p.error,
                             (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'succeeded'),
                             (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'failed'),
-                            (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'skipped')
+                            (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'skipped'),
+                            p.namespace
                      FROM page p ORDER BY p.started_at DESC, p.seq DESC"
                 ),
                 &bound,
@@ -495,6 +517,7 @@ impl RunStore for PgStore {
             .iter()
             .map(|r| RunSummary {
                 id: r.get(0),
+                namespace: r.get(11),
                 workflow: r.get(1),
                 file: r.get(2),
                 status: r.get(3),
@@ -605,7 +628,7 @@ impl RunStore for PgStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error, targets FROM runs WHERE id = $1",
+                "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error, targets, namespace FROM runs WHERE id = $1",
                 &[&id],
             )
             .await
@@ -617,6 +640,7 @@ impl RunStore for PgStore {
         };
         Ok(RunRecord {
             id: row.get(0),
+            namespace: row.get(12),
             workflow: row.get(1),
             file: row.get(2),
             sha256: row.get(3),

@@ -177,6 +177,8 @@ pub struct Binding {
     pub components: Option<PathBuf>,
     /// The run's variables (`--var`, `--vars`): an object, or null.
     pub vars: Value,
+    /// The namespace (tenant) it belongs to; empty: `default`.
+    pub namespace: String,
 }
 
 impl PgStore {
@@ -199,39 +201,52 @@ impl PgStore {
         let concurrency = binding.concurrency.map(|n| n.min(i32::MAX as usize) as i32);
         let components = binding.components.as_ref().map(|p| p.display().to_string());
         let vars = binding.vars.as_object().filter(|v| !v.is_empty()).map(|v| Value::Object(v.clone()).to_string());
+        let namespace = if binding.namespace.is_empty() { super::DEFAULT_NAMESPACE } else { binding.namespace.as_str() };
         tx.execute(
-            "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets, components, vars)
-             VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7, $8, $9, $10)",
-            &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now(), &concurrency, &super::targets_text(&run.targets), &components, &vars],
+            "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets, components, vars, namespace)
+             VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7, $8, $9, $10, $11)",
+            &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now(), &concurrency, &super::targets_text(&run.targets), &components, &vars, &namespace],
         )
         .await
         .map_err(db)?;
         for (hash, path, _) in &hashes {
             let path = path.display().to_string();
             tx.execute("INSERT INTO run_files (run_id, path, sha256) VALUES ($1, $2, $3)", &[&run.id, &path, hash]).await.map_err(db)?;
+            tx.execute("INSERT INTO namespace_files (namespace, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&namespace, hash]).await.map_err(db)?;
         }
         tx.execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL]).await.map_err(db)?;
         tx.commit().await.map_err(db)
     }
 
     /// Keeps `bytes` among the store's files (by SHA-256, once per content)
-    /// for runs to name later; returns its SHA-256 and whether the store
-    /// had it already. What the API's uploads land in.
-    pub async fn put_file(&self, bytes: &[u8]) -> Result<(String, bool), StoreError> {
+    /// for runs of `namespace` to name later; returns its SHA-256 and
+    /// whether the namespace had it already. What the API's uploads land in.
+    pub async fn put_file(&self, namespace: &str, bytes: &[u8]) -> Result<(String, bool), StoreError> {
         let hash = sha256_hex(bytes);
-        let client = self.client().await?;
-        let added = client
-            .execute("INSERT INTO files (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&hash, &bytes])
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("INSERT INTO files (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&hash, &bytes]).await.map_err(db)?;
+        let added = tx
+            .execute("INSERT INTO namespace_files (namespace, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&namespace, &hash])
             .await
             .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok((hash, added == 0))
     }
 
-    /// The files the store holds among `hashes`, by SHA-256, each checked
-    /// against it (a corrupt copy is left out, as if missing).
-    pub async fn files_by_hash(&self, hashes: &[&str]) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+    /// The files namespace `namespace` has among `hashes` (it uploaded
+    /// them, or its runs used them), by SHA-256, each checked against it
+    /// (a corrupt copy is left out, as if missing). Another namespace's
+    /// files are missing here: what one tenant keeps, another cannot learn.
+    pub async fn files_by_hash(&self, namespace: &str, hashes: &[&str]) -> Result<HashMap<String, Vec<u8>>, StoreError> {
         let client = self.client().await?;
-        let rows = client.query("SELECT sha256, bytes FROM files WHERE sha256 = ANY($1)", &[&hashes]).await.map_err(db)?;
+        let rows = client
+            .query(
+                "SELECT f.sha256, f.bytes FROM files f JOIN namespace_files n ON n.sha256 = f.sha256 AND n.namespace = $2 WHERE f.sha256 = ANY($1)",
+                &[&hashes, &namespace],
+            )
+            .await
+            .map_err(db)?;
         Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1))).filter(|(h, b)| sha256_hex(b) == *h).collect())
     }
 
@@ -240,7 +255,7 @@ impl PgStore {
     pub async fn run_head(&self, run_id: &str) -> Result<RunHead, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT file, input, attempt, concurrency, targets, components, vars, rerun FROM runs WHERE id = $1", &[&run_id])
+            .query_opt("SELECT file, input, attempt, concurrency, targets, components, vars, rerun, namespace FROM runs WHERE id = $1", &[&run_id])
             .await
             .map_err(db)?
             .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
@@ -257,6 +272,7 @@ impl PgStore {
                 concurrency: row.get::<_, Option<i32>>(3).map(|n| n.max(1) as usize),
                 components: row.get::<_, Option<String>>(5).map(PathBuf::from),
                 vars: row.get::<_, Option<String>>(6).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| Value::Object(Default::default())),
+                namespace: row.get(8),
             },
         })
     }

@@ -124,6 +124,9 @@ CREATE TABLE blobs (
     );",
     // 11: a `forEach` step's number of items (apart from its attempts).
     "ALTER TABLE steps ADD COLUMN items INTEGER;",
+    // 12: each run's namespace (tenant): always `default` in a SQLite
+    // store, which has no tokens; listed and filtered as in PostgreSQL.
+    "ALTER TABLE runs ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default';",
 ];
 
 /// The SQLite run store.
@@ -310,13 +313,14 @@ impl RunStore for SqliteStore {
             // among 264 with 124,000 steps).
             let mut q = conn.prepare_cached(&format!(
                 "WITH page AS MATERIALIZED (
-                     SELECT r.rowid AS seq, r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error
+                     SELECT r.rowid AS seq, r.id, r.workflow, r.file, r.status, r.attempt, r.started_at, r.finished_at, r.error, r.namespace
                      FROM runs r WHERE TRUE{conditions}
                      ORDER BY r.started_at DESC, r.rowid DESC LIMIT ?1)
                  SELECT p.id, p.workflow, p.file, p.status, p.attempt, p.started_at, p.finished_at, p.error,
                         (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'succeeded'),
                         (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'failed'),
-                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'skipped')
+                        (SELECT COUNT(*) FROM steps s WHERE s.run_id = p.id AND s.state = 'skipped'),
+                        p.namespace
                  FROM page p ORDER BY p.started_at DESC, p.seq DESC"
             ))?;
             let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&limit];
@@ -324,6 +328,7 @@ impl RunStore for SqliteStore {
             let rows = q.query_map(bound.as_slice(), |r| {
                 Ok(RunSummary {
                     id: r.get(0)?,
+                    namespace: r.get(11)?,
                     workflow: r.get(1)?,
                     file: r.get(2)?,
                     status: r.get(3)?,
@@ -413,11 +418,12 @@ impl RunStore for SqliteStore {
             .with(move |conn| {
                 let run = conn
                     .query_row(
-                        "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error, targets FROM runs WHERE id = ?1",
+                        "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error, targets, namespace FROM runs WHERE id = ?1",
                         params![key],
                         |r| {
                             Ok(RunRecord {
                                 id: r.get(0)?,
+                                namespace: r.get(12)?,
                                 workflow: r.get(1)?,
                                 file: r.get(2)?,
                                 sha256: r.get(3)?,

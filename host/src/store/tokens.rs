@@ -1,0 +1,202 @@
+//! Tenants: namespaces, and the tokens `sandflow serve` takes, each scoped
+//! to namespaces and a role. A token is shown once, when made; the store
+//! keeps two digests of it (the one a request's `Authorization` is looked
+//! up by, and the one a browser's session cookie is), never the token.
+
+use super::StoreError;
+use super::postgres::{PgStore, db};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What a token may do, each role all the ones before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads runs, their steps, logs and events.
+    Viewer,
+    /// Also cancels, resumes and retries runs.
+    Operator,
+    /// Also submits runs (and uploads their files).
+    Submitter,
+    /// Every namespace, every action, and the store-wide views (metrics):
+    /// `serve --token`.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Submitter => "submitter",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// A role a token can be made with (`admin` is `serve --token`'s).
+    pub fn parse(text: &str) -> Result<Role, String> {
+        match text {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "submitter" => Ok(Role::Submitter),
+            other => Err(format!("`{other}` is not a role: viewer (reads), operator (also cancels, resumes, retries) or submitter (also submits)")),
+        }
+    }
+}
+
+/// A token as the store keeps it (no secret in it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub name: String,
+    pub namespaces: Vec<String>,
+    pub role: Role,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// A namespace's name, checked: 1 to 63 lowercase letters, digits and
+/// dashes, starting with a letter or digit (as a Kubernetes namespace).
+pub fn namespace_name(text: &str) -> Result<String, String> {
+    let ok = (1..=63).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-');
+    match ok {
+        true => Ok(text.to_string()),
+        false => Err(format!("`{text}` is not a namespace name: 1 to 63 lowercase letters, digits and dashes, not starting with a dash")),
+    }
+}
+
+/// The digest a request's token is looked up by.
+pub fn digest(token: &str) -> String {
+    hex(&Sha256::digest(format!("sandflow token\n{token}").as_bytes()))
+}
+
+/// The session cookie that stands for `token` in a browser: another digest,
+/// so that neither the token nor its lookup digest is kept by the browser.
+pub fn session(token: &str) -> String {
+    hex(&Sha256::digest(format!("sandflow session\n{token}").as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new token: `sft_` and 32 random bytes in hex.
+pub fn new_token() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 32];
+    let mut random = std::fs::File::open("/dev/urandom").map_err(|e| StoreError::Backend(format!("no randomness for a token: {e}")))?;
+    std::io::Read::read_exact(&mut random, &mut bytes).map_err(|e| StoreError::Backend(format!("no randomness for a token: {e}")))?;
+    Ok(format!("sft_{}", hex(&bytes)))
+}
+
+impl PgStore {
+    /// Makes a token named `name` for `namespaces` with `role`; returns the
+    /// token, which is never shown again. A name in use (even revoked) is
+    /// refused: names are what the audit of actions says.
+    pub async fn create_token(&self, name: &str, namespaces: &[String], role: Role) -> Result<Option<String>, StoreError> {
+        let token = new_token()?;
+        let client = self.client().await?;
+        let added = client
+            .execute(
+                "INSERT INTO tokens (name, digest, session, namespaces, role) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+                &[&name, &digest(&token), &session(&token), &namespaces, &role.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        Ok((added == 1).then_some(token))
+    }
+
+    /// Every token, newest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT name, namespaces, role, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                 FROM tokens ORDER BY created_at DESC, name",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| TokenRecord {
+                name: r.get(0),
+                namespaces: r.get(1),
+                role: Role::parse(r.get::<_, &str>(2)).unwrap_or(Role::Viewer),
+                created_at: r.get(3),
+                revoked_at: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Revokes token `name`: refused from the next request on. Whether
+    /// there was such a token not yet revoked.
+    pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client.execute("UPDATE tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL", &[&name]).await.map_err(db)?;
+        Ok(n == 1)
+    }
+
+    /// The token a request carries, by its digest (`Authorization`) or its
+    /// session cookie: its name, namespaces and role; `Err` with why when
+    /// it is revoked; `None` when the store has no such token.
+    pub async fn token_by(&self, digest_or_session: &str, is_session: bool) -> Result<Option<Result<TokenRecord, String>>, StoreError> {
+        let client = self.client().await?;
+        let column = if is_session { "session" } else { "digest" };
+        let row = client
+            .query_opt(&format!("SELECT name, namespaces, role, revoked_at IS NOT NULL FROM tokens WHERE {column} = $1"), &[&digest_or_session])
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| {
+            let name: String = r.get(0);
+            match r.get::<_, bool>(3) {
+                true => Err(format!("token `{name}` was revoked")),
+                false => Ok(TokenRecord {
+                    name,
+                    namespaces: r.get(1),
+                    role: Role::parse(r.get::<_, &str>(2)).unwrap_or(Role::Viewer),
+                    created_at: String::new(),
+                    revoked_at: None,
+                }),
+            }
+        }))
+    }
+
+    /// Whether any token is in force: then `serve` asks every request for one.
+    pub async fn has_tokens(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client.query_one("SELECT EXISTS (SELECT 1 FROM tokens WHERE revoked_at IS NULL)", &[]).await.map_err(db)?.get(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_names_are_dns_labels() {
+        for ok in ["default", "team-a", "a", "x1", &"a".repeat(63)] {
+            assert!(namespace_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Team", "-a", "a_b", "a.b", "a/b", &"a".repeat(64), "ü"] {
+            assert!(namespace_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles_order_what_they_may_do() {
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Submitter && Role::Submitter < Role::Admin);
+        assert_eq!(Role::parse("operator"), Ok(Role::Operator));
+        assert!(Role::parse("admin").is_err(), "admin is serve --token's, not a token's");
+    }
+
+    #[test]
+    fn tokens_are_random_and_kept_as_two_digests() {
+        let (a, b) = (new_token().unwrap(), new_token().unwrap());
+        assert_ne!(a, b);
+        assert!(a.starts_with("sft_") && a.len() == 68, "{a}");
+        assert_ne!(digest(&a), session(&a));
+        assert!(!digest(&a).contains(&a[4..]));
+    }
+}
