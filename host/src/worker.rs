@@ -41,8 +41,11 @@ pub struct WorkerConfig {
     /// How long a claim lasts without a heartbeat; heartbeats come three
     /// times per lease.
     pub lease: Duration,
-    /// Values for `secrets.NAME`.
+    /// Values for `secrets.NAME` in runs of the `default` namespace.
     pub secrets: BTreeMap<String, String>,
+    /// Values for `secrets.NAME` in runs of each other namespace: a run
+    /// gets its namespace's, and no other's.
+    pub namespace_secrets: BTreeMap<String, BTreeMap<String, String>>,
     /// What this worker offers: it runs steps whose `runs_on` labels are all here.
     pub labels: Vec<String>,
     /// How often runs whose workers were lost are looked after.
@@ -50,6 +53,16 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The secrets runs of `namespace` get (none, for a namespace this
+    /// worker has no secrets for).
+    pub fn secrets_of(&self, namespace: &str) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        match namespace {
+            crate::store::DEFAULT_NAMESPACE | "" => &self.secrets,
+            other => self.namespace_secrets.get(other).unwrap_or(&NONE),
+        }
+    }
+
     /// Slots by default: 16, or the CPU count if more. A worker commits the
     /// results it holds together, so slots beyond the CPUs buy throughput
     /// (BENCHMARKS.md: 2,000 `echo` steps on 2 workers, 2 slots each against
@@ -306,14 +319,16 @@ impl Worker {
             other => ContextError::Load(other.to_string()),
         })?;
         let prepared = self.prepare(&head).await?;
-        let entry = exec::enter(&prepared, &head.targets, &head.input, &self.config.secrets).map_err(|r| ContextError::Load(r.to_string()))?;
+        // A run gets its namespace's secrets, and no other's.
+        let secrets = self.config.secrets_of(&head.binding.namespace);
+        let entry = exec::enter(&prepared, &head.targets, &head.input, secrets).map_err(|r| ContextError::Load(r.to_string()))?;
         let prepared = Arc::new(entry.prepared);
         let services = Arc::new(StoreServices { store: self.store.clone(), run_id: run_id.to_string() });
         let options = exec::RunOptions {
             run_id: run_id.to_string(),
             concurrency: head.binding.concurrency,
             variables: head.binding.vars,
-            secrets: self.config.secrets.clone(),
+            secrets: secrets.clone(),
             services,
             attempt: head.attempt,
             memo: Some(self.store.clone()),
@@ -322,11 +337,12 @@ impl Worker {
         let ctx = RunContext::new(self.runner.clone(), prepared, options);
         let missing_secrets = entry.missing_secrets.map(|d| {
             let missing: Vec<String> = d.problems.iter().map(|p| p.message.clone()).collect();
-            format!(
-                "worker {}: {}; give the worker SANDFLOW_SECRET_NAME in its environment or a --secrets-file",
-                self.config.name,
-                missing.join(", ")
-            )
+            let namespace = head.binding.namespace.as_str();
+            let how = match namespace {
+                crate::store::DEFAULT_NAMESPACE | "" => "give the worker SANDFLOW_SECRET_NAME in its environment or a --secrets-file".to_string(),
+                ns => format!("runs of namespace `{ns}` get the secrets of {ns}.env in the worker's --secrets-dir"),
+            };
+            format!("worker {}: {}; {how}", self.config.name, missing.join(", "))
         });
         let plan = &ctx.prepared().plan;
         let step_limit = head.binding.concurrency.or(plan.workflow.concurrency);
@@ -339,7 +355,7 @@ impl Worker {
                 Some(again.iter().filter_map(|id| plan.index.get(id.as_str()).copied()).collect())
             }
         };
-        let (redactor, attempt) = (Redactor::new(&self.config.secrets), head.attempt);
+        let (redactor, attempt) = (Redactor::new(secrets), head.attempt);
         let run = Arc::new(RunCtx { ctx, input: head.input, redactor, missing_secrets, step_limit, attempt, again });
         let mut runs = self.runs.lock().expect("not poisoned");
         if runs.len() >= RUN_CACHE {

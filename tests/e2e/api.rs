@@ -562,3 +562,29 @@ fn a_token_sees_and_touches_only_the_runs_of_its_namespaces() {
     // No token at all, now that tokens exist: refused.
     assert_eq!(http(&addr, "GET", "/api/runs", &[]).0, 401);
 }
+
+/// A worker holds each namespace's secrets (`--secrets-dir`): a step gets
+/// the secrets of its run's namespace, and a run of a namespace the worker
+/// has none for fails saying where they would come from.
+#[test]
+fn a_step_gets_the_secrets_of_its_run_s_namespace_and_no_other() {
+    let Some(schema) = PgSchema::create() else { return };
+    let (server_state, client_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_server, addr) = front_door(&schema, &server_state, &[]);
+    let dir = server_state.path().join("secrets");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("team-a.env"), "GREETING=aaaa\n").unwrap();
+    std::fs::write(dir.join("team-b.env"), "# team b's\nGREETING=bbbbbbbb\n").unwrap();
+    let dir: &'static str = Box::leak(dir.display().to_string().into_boxed_str());
+    let _workers = Workers::with_args(&schema, &server_state, 1, "5s", &[], &["--secrets-dir", dir]);
+    let a = make_token(&schema, &server_state, "a", "team-a", "submitter");
+    let b = make_token(&schema, &server_state, "b", "team-b", "submitter");
+    for (token, chars) in [(&a, 11), (&b, 15)] {
+        let (code, out, err) = run(as_token(&client_state, &addr, token).args(["run", "workflows/secrets.yaml"]));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({ "signed": "***, world", "chars": chars }), "{err}");
+    }
+    let (code, _, err) = run(client(&client_state, &addr).args(["run", "workflows/secrets.yaml", "--namespace", "team-c"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("runs of namespace `team-c` get the secrets of team-c.env in the worker's --secrets-dir"), "{err}");
+}

@@ -143,19 +143,38 @@ pub(crate) fn read_secrets(file: Option<&Path>) -> Result<BTreeMap<String, Strin
         .filter_map(|(k, v)| k.strip_prefix("SANDFLOW_SECRET_").map(|n| (n.to_string(), v)))
         .collect();
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| CliError::invalid(format!("--secrets-file {}: {e}", path.display())))?;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (k, v) = line.split_once('=').ok_or_else(|| {
-                CliError::invalid(format!("--secrets-file {}:{}: write NAME=value", path.display(), n + 1))
-            })?;
-            secrets.insert(k.trim().to_string(), v.trim().to_string());
-        }
+        secrets.extend(secrets_file("--secrets-file", path)?);
     }
     Ok(secrets)
+}
+
+/// A secrets file's `NAME=value` lines (`#` comments allowed); `flag`
+/// names where it came from in errors.
+pub(crate) fn secrets_file(flag: &str, path: &Path) -> Result<BTreeMap<String, String>, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::invalid(format!("{flag} {}: {e}", path.display())))?;
+    let mut secrets = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').ok_or_else(|| CliError::invalid(format!("{flag} {}:{}: write NAME=value", path.display(), n + 1)))?;
+        secrets.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(secrets)
+}
+
+/// `--secrets-dir DIR`: each namespace's secrets, from `DIR/NAMESPACE.env`.
+pub(crate) fn secrets_dir(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String, String>>, CliError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| CliError::invalid(format!("--secrets-dir {}: {e}", dir.display())))?;
+    let mut namespaces = BTreeMap::new();
+    for entry in entries {
+        let path = entry.map_err(|e| CliError::invalid(format!("--secrets-dir {}: {e}", dir.display())))?.path();
+        let (Some(stem), Some("env")) = (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|e| e.to_str())) else { continue };
+        let namespace = crate::store::tokens::namespace_name(stem).map_err(|e| CliError::invalid(format!("--secrets-dir {}: {e} (each file is NAMESPACE.env)", path.display())))?;
+        namespaces.insert(namespace, secrets_file("--secrets-dir", &path)?);
+    }
+    Ok(namespaces)
 }
 
 #[cfg(test)]

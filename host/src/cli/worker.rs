@@ -50,7 +50,8 @@ pub(crate) struct SubmitArgs {
 #[command(after_help = "Claims ready steps of runs in a PostgreSQL run store and runs them in its own sandbox, \
     until SIGINT or SIGTERM (it then finishes the steps it holds; a second signal exits at once). \
     Start as many as you like, on any machine that reaches the server.\n\n\
-    Secrets come from this worker's SANDFLOW_SECRET_<NAME> variables and --secrets-file, never from the store; \
+    Secrets come from this worker, never from the store: runs of the `default` namespace get its SANDFLOW_SECRET_<NAME> variables \
+    and --secrets-file, runs of another namespace NS those of NS.env in its --secrets-dir, and no other's; \
     `dirs` grants and /builtin/load_file read this machine's paths.\n\nExample:\n  \
     sandflow --store postgres://postgres@127.0.0.1/sandflow worker --concurrency 4")]
 pub(crate) struct WorkerArgs {
@@ -67,8 +68,14 @@ pub(crate) struct WorkerArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration)]
     lease: Duration,
     /// Secrets as `NAME=value` lines; also read from `SANDFLOW_SECRET_<NAME>`.
+    /// Runs of the `default` namespace get these.
     #[arg(long, value_name = "FILE")]
     secrets_file: Option<PathBuf>,
+    /// Each namespace's secrets: `DIR/NAMESPACE.env` (`NAME=value` lines).
+    /// A run gets its namespace's secrets and no other's (`default.env` adds
+    /// to the `default` namespace's).
+    #[arg(long, value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
     /// A label this worker offers (repeatable): steps with `runs_on: [LABEL, …]`
     /// run only on workers that have every label they name.
     #[arg(long = "label", value_name = "LABEL")]
@@ -126,6 +133,7 @@ pub(crate) fn worker_config(
         concurrency: concurrency.map_or_else(WorkerConfig::default_concurrency, |n| n as usize),
         lease,
         secrets: read_secrets(secrets_file)?,
+        namespace_secrets: Default::default(),
         labels,
         care_every: (lease / 3).min(Duration::from_secs(1)),
     })
@@ -180,7 +188,14 @@ pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Outp
 
 /// `sandflow worker`.
 pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
-    let config = worker_config(args.concurrency, args.name, args.lease, args.secrets_file.as_deref(), args.labels)?;
+    let mut config = worker_config(args.concurrency, args.name, args.lease, args.secrets_file.as_deref(), args.labels)?;
+    if let Some(dir) = &args.secrets_dir {
+        let mut namespaces = super::args::secrets_dir(dir)?;
+        if let Some(default) = namespaces.remove(crate::store::DEFAULT_NAMESPACE) {
+            config.secrets.extend(default);
+        }
+        config.namespace_secrets = namespaces;
+    }
     let connections = crate::store::Connections { max: args.connections as usize, name: format!("sandflow worker {}", config.name) };
     let store = pg_store_with(global, "`sandflow worker`", &connections).await?;
     let sandbox = Arc::new(super::new_untrusting_sandbox(&global.state_dir, args.compile_time, args.compile_memory)?);
