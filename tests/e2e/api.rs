@@ -561,6 +561,30 @@ fn a_token_sees_and_touches_only_the_runs_of_its_namespaces() {
     assert!(!out.contains(&a) && !out.contains(&b), "tokens are never shown again");
     // No token at all, now that tokens exist: refused.
     assert_eq!(http(&addr, "GET", "/api/runs", &[]).0, 401);
+
+    // The audit log: who did what, done or refused; a team sees its own.
+    let (status, body) = call_as(&addr, TOKEN, "GET", "/api/audit", &json!({}));
+    assert_eq!(status, 200, "{body}");
+    let entries = serde_json::from_str::<Value>(&body).unwrap()["entries"].as_array().unwrap().clone();
+    let has = |action: &str, token: &str, namespace: Value, run: &str, outcome: &str| {
+        entries.iter().any(|e| e["action"] == action && e["token"] == token && e["namespace"] == namespace && e["run_id"] == run && e["outcome"] == outcome)
+    };
+    assert!(has("submit", "team-a-ci", json!("team-a"), &mine, "done"), "{body}");
+    assert!(has("submit", "team-b-ci", json!("team-b"), &theirs, "done"), "{body}");
+    assert!(has("retry", "team-a-dash", json!("team-a"), &mine, "refused (403)"), "{body}");
+    assert!(has("cancel", "team-b-ci", json!("team-b"), &theirs, "done"), "{body}");
+    assert!(has("cancel", "team-a-ci", Value::Null, &theirs, "refused (404)"), "a probe of another namespace's run is noted, for the admin: {body}");
+    assert!(entries.iter().any(|e| e["action"] == "token revoke" && e["token"].as_str().unwrap().starts_with("cli:") && e["detail"] == "team-a-ci"), "{body}");
+    assert!(entries.iter().any(|e| e["action"] == "upload" && e["namespace"] == "team-a"), "{body}");
+    let (_, body) = call_as(&addr, &b, "GET", "/api/audit", &json!({}));
+    let theirs_only = serde_json::from_str::<Value>(&body).unwrap()["entries"].as_array().unwrap().clone();
+    assert!(!theirs_only.is_empty() && theirs_only.iter().all(|e| e["namespace"] == "team-b"), "{body}");
+    if let Some(chromium) = crate::web::chromium() {
+        let page = crate::web::dom(&chromium, &format!("http://{addr}/audit?token={TOKEN}"));
+        assert!(page.contains(r#"data-action="submit" data-outcome="done""#), "{page}");
+        assert!(page.contains(r#"data-action="retry" data-outcome="refused""#), "{page}");
+        assert!(page.contains("team-a-dash"), "{page}");
+    }
 }
 
 /// A worker holds each namespace's secrets (`--secrets-dir`): a step gets

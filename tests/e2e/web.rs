@@ -302,7 +302,7 @@ fn listening_beyond_loopback_without_a_token_warns() {
 }
 
 /// Debian's Chromium, if installed.
-fn chromium() -> Option<PathBuf> {
+pub(crate) fn chromium() -> Option<PathBuf> {
     let path = std::env::var_os("SANDFLOW_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
     if path.exists() {
         return Some(path);
@@ -312,7 +312,7 @@ fn chromium() -> Option<PathBuf> {
 }
 
 /// Loads `url` in headless Chromium; returns the DOM once its scripts ran.
-fn dom(chromium: &Path, url: &str) -> String {
+pub(crate) fn dom(chromium: &Path, url: &str) -> String {
     let out = std::process::Command::new(chromium)
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=5000", "--dump-dom", url])
         .stderr(Stdio::null())

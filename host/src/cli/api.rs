@@ -168,7 +168,9 @@ pub(super) async fn put_file(
     match store.put_file(&namespace, &bytes).await {
         Ok((_, had)) => {
             let status = if had { StatusCode::OK } else { StatusCode::CREATED };
-            (status, Json(json!({ "sha256": sha256, "size": bytes.len() }))).into_response()
+            let mut response = (status, Json(json!({ "sha256": sha256, "size": bytes.len() }))).into_response();
+            response.extensions_mut().insert(Noted { namespace: Some(namespace), run_id: None, detail: Some(format!("{sha256} ({} bytes)", bytes.len())) });
+            response
         }
         Err(e) => failure(e),
     }
@@ -287,8 +289,13 @@ pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Exten
         namespace,
     };
     let file = PathBuf::from(&request.workflow);
+    let binding_namespace = binding.namespace.clone();
     match crate::runs::submit(&store, &prepared, &file, &used, request.input, &request.targets, &binding).await {
-        Ok(id) => (StatusCode::CREATED, [(header::LOCATION, format!("/api/runs/{id}"))], Json(json!({ "id": id }))).into_response(),
+        Ok(id) => {
+            let mut response = (StatusCode::CREATED, [(header::LOCATION, format!("/api/runs/{id}"))], Json(json!({ "id": id }))).into_response();
+            response.extensions_mut().insert(Noted { namespace: Some(binding_namespace), run_id: Some(id), detail: Some(request.workflow.clone()) });
+            response
+        }
         Err(e) => failure(e),
     }
 }
@@ -393,7 +400,15 @@ pub(super) async fn act(
         Ok(id) => id,
         Err(r) => return r,
     };
-    if let Err(r) = allowed(&app, &caller, Role::Operator) {
+    let namespace = app.store.run(&id, RunDetail::Run).await.ok().map(|r| r.namespace);
+    let mut response = act_on(&app, &caller, id.clone(), action, headers, body).await;
+    response.extensions_mut().insert(Noted { namespace, run_id: Some(id), detail: None });
+    response
+}
+
+/// [`act`] on run `id`, which the caller sees.
+async fn act_on(app: &App, caller: &Caller, id: String, action: String, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = allowed(app, caller, Role::Operator) {
         return r;
     }
     let again: Again = match json_body(&headers, body).await {
@@ -431,7 +446,7 @@ pub(super) async fn act(
         let hint = if action == "retry" { "cancel it first" } else { "the process that runs it goes on with it" };
         return refusal(StatusCode::CONFLICT, format!("run {id} is running: {hint}"));
     }
-    spawn_again(&app, &id, &action, again)
+    spawn_again(app, &id, &action, again)
 }
 
 /// A new attempt of a run that workers ran, queued for them.
@@ -487,5 +502,66 @@ fn spawn_again(app: &App, id: &str, action: &str, again: Again) -> Response {
             Json(json!({ "ok": true, "id": id, "message": format!("`sandflow {action} {id}` started") })).into_response()
         }
         Err(e) => refusal(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot start `sandflow {action}`: {e}")),
+    }
+}
+
+/// What a handler tells the audit log of the action it answered: where it
+/// acted, on which run, and what else to note.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Noted {
+    namespace: Option<String>,
+    run_id: Option<String>,
+    detail: Option<String>,
+}
+
+/// Records every action request (submit, upload, cancel, resume, retry)
+/// in the audit log of a PostgreSQL store, done or refused, with the
+/// caller's token and what the handler noted ([`Noted`]). A log that
+/// cannot be written is a warning on stderr, not the action's failure.
+pub(super) async fn audited(State(app): State<Arc<App>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let caller = request.extensions().get::<Caller>().cloned();
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let response = next.run(request).await;
+    let (Some(store), Some(caller)) = (&app.pg, caller) else { return response };
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (action, run_id) = match (method.as_str(), segments.as_slice()) {
+        ("POST", ["api", "runs"]) => ("submit".to_string(), None),
+        ("PUT", ["api", "files", _]) => ("upload".to_string(), None),
+        ("POST", ["api", "runs", id, action]) => (action.to_string(), Some(id.to_string())),
+        _ => return response,
+    };
+    let noted = response.extensions().get::<Noted>().cloned().unwrap_or_default();
+    let status = response.status();
+    let entry = crate::store::tokens::AuditRecord {
+        at: String::new(),
+        token: caller.name.clone(),
+        namespace: noted.namespace,
+        action,
+        run_id: noted.run_id.or(run_id),
+        outcome: if status.is_success() { "done".into() } else { format!("refused ({})", status.as_u16()) },
+        detail: noted.detail,
+    };
+    if let Err(e) = store.audit(&entry).await {
+        super::render::say!("warning: the audit log did not record {} by `{}`: {e}", entry.action, entry.token);
+    }
+    response
+}
+
+/// `?limit=` of the audit log.
+#[derive(Deserialize)]
+pub(super) struct AuditParams {
+    limit: Option<i64>,
+}
+
+/// `GET /api/audit`: the newest entries of the audit log the caller sees
+/// (its namespaces'; the admin's: all, the tokens' own too).
+pub(super) async fn audit_log(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Query(p): Query<AuditParams>) -> Response {
+    let store = match queue(&app) {
+        Ok(store) => store,
+        Err(r) => return r,
+    };
+    match store.audit_log(caller.namespaces.as_deref(), p.limit.unwrap_or(200).clamp(1, 1000)).await {
+        Ok(entries) => Json(json!({ "entries": entries })).into_response(),
+        Err(e) => failure(e),
     }
 }

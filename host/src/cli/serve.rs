@@ -17,6 +17,7 @@
 //! | `PUT /api/files/{sha256}`, `POST /api/runs` | upload a run's files, submit it (PostgreSQL, `--allow-actions`) |
 //! | `GET /api/runs/{id}/stream` | a run's events as workers record them (SSE) |
 //! | `GET /api/openapi.json` | the API's OpenAPI document |
+//! | `GET /audit`, `GET /api/audit?limit=` | the audit log: every action through the API and every token made or revoked (PostgreSQL) |
 //! | `GET /healthz`, `GET /readyz` | the process answers; the store answers and its schema is current (no token needed) |
 //! | `GET /metrics` | the store's runs, steps, failures, durations, queue and workers, in Prometheus text |
 //!
@@ -172,6 +173,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(super::api::openapi))
+        .route("/audit", get(|| async { page(PAGE_HTML) }))
+        .route("/api/audit", get(super::api::audit_log))
         .route("/api/files/{sha256}", put(super::api::put_file))
         .route("/api/runs", get(list_runs).post(super::api::submit))
         .route("/api/runs/{id}/stream", get(super::api::stream))
@@ -181,6 +184,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/runs/{id}/attempts", get(attempts))
         .route("/api/runs/{id}/events", get(events))
         .route("/api/runs/{id}/{action}", post(super::api::act))
+        // Inside the guard (which found the caller): every action, audited.
+        .layer(axum::middleware::from_fn_with_state(app.clone(), super::api::audited))
         .with_state(app)
 }
 

@@ -32,6 +32,17 @@ pub(crate) enum TokenCommand {
     },
 }
 
+/// Who makes and revokes tokens, for the audit log: this machine's user.
+fn who() -> String {
+    format!("cli:{}", std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into()))
+}
+
+/// Notes a token action in the audit log.
+async fn audit(store: &crate::store::PgStore, action: &str, detail: String) -> Result<(), CliError> {
+    let entry = crate::store::tokens::AuditRecord { token: who(), action: action.into(), outcome: "done".into(), detail: Some(detail), ..Default::default() };
+    store.audit(&entry).await.map_err(store_error)
+}
+
 pub(crate) async fn execute(command: TokenCommand, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let store = pg_store(global, "`sandflow token`").await?;
     match command {
@@ -42,6 +53,7 @@ pub(crate) async fn execute(command: TokenCommand, global: &GlobalArgs, out: &Ou
             let namespaces = namespaces.iter().map(|n| namespace_name(n)).collect::<Result<Vec<_>, _>>().map_err(|e| CliError::invalid(format!("--namespace: {e}")))?;
             match store.create_token(&name, &namespaces, role).await.map_err(store_error)? {
                 Some(token) => {
+                    audit(&store, "token create", format!("{name} ({}, namespaces {})", role.as_str(), namespaces.join(", "))).await?;
                     if !out.quiet {
                         say!("token `{name}` ({}, namespaces {}): keep it now, it is not shown again", role.as_str(), namespaces.join(", "));
                     }
@@ -67,6 +79,7 @@ pub(crate) async fn execute(command: TokenCommand, global: &GlobalArgs, out: &Ou
         }
         TokenCommand::Revoke { name } => match store.revoke_token(&name).await.map_err(store_error)? {
             true => {
+                audit(&store, "token revoke", name.clone()).await?;
                 if !out.quiet {
                     say!("token `{name}` is revoked: requests with it are refused from now on");
                 }

@@ -235,6 +235,19 @@ CREATE TABLE events (
         PRIMARY KEY (namespace, sha256)
      );
      INSERT INTO namespace_files (namespace, sha256) SELECT DISTINCT 'default', sha256 FROM run_files;",
+    // 13: the audit log: every action taken through `serve` and every
+    // token made or revoked, who (which token) did it, when, and how it went.
+    "CREATE TABLE audit (
+        seq       BIGSERIAL PRIMARY KEY,
+        at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+        token     TEXT NOT NULL,
+        namespace TEXT,
+        action    TEXT NOT NULL,
+        run_id    TEXT,
+        outcome   TEXT NOT NULL,
+        detail    TEXT
+     );
+     CREATE INDEX audit_by_namespace ON audit (namespace, seq DESC);",
 ];
 
 /// Serializes migrations across every process using the server.

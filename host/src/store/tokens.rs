@@ -89,7 +89,53 @@ pub fn new_token() -> Result<String, StoreError> {
     Ok(format!("sft_{}", hex(&bytes)))
 }
 
+/// One action, as the audit log keeps it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub at: String,
+    /// Which token did it (`admin`: `serve --token`; `cli:USER`: the
+    /// `sandflow token` command, run with the database's credentials).
+    pub token: String,
+    /// The namespace it acted in (none: the store's tokens).
+    pub namespace: Option<String>,
+    /// `submit`, `upload`, `cancel`, `resume`, `retry`, `token create`, `token revoke`.
+    pub action: String,
+    pub run_id: Option<String>,
+    /// `done`, or `refused: why`.
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
 impl PgStore {
+    /// Adds `entry` to the audit log (its `at` is now).
+    pub async fn audit(&self, entry: &AuditRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO audit (token, namespace, action, run_id, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&entry.token, &entry.namespace, &entry.action, &entry.run_id, &entry.outcome, &entry.detail],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The newest `limit` entries of the audit log, of `namespaces` only
+    /// (`None`: all, the store's tokens' too).
+    pub async fn audit_log(&self, namespaces: Option<&[String]>, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        let client = self.client().await?;
+        let columns = "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), token, namespace, action, run_id, outcome, detail";
+        let rows = match namespaces {
+            None => client.query(&format!("SELECT {columns} FROM audit ORDER BY seq DESC LIMIT $1"), &[&limit]).await,
+            Some(ns) => client.query(&format!("SELECT {columns} FROM audit WHERE namespace = ANY($2) ORDER BY seq DESC LIMIT $1"), &[&limit, &ns]).await,
+        }
+        .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditRecord { at: r.get(0), token: r.get(1), namespace: r.get(2), action: r.get(3), run_id: r.get(4), outcome: r.get(5), detail: r.get(6) })
+            .collect())
+    }
+
     /// Makes a token named `name` for `namespaces` with `role`; returns the
     /// token, which is never shown again. A name in use (even revoked) is
     /// refused: names are what the audit of actions says.

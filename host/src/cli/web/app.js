@@ -262,11 +262,30 @@ const sandflow = (() => {
     } catch (e) { problem(e); }
   }
 
+  // The audit log: who did what, when, and how it went.
+  async function auditPage() {
+    try {
+      const { entries } = await (await api("/api/audit")).json();
+      const body = document.querySelector("#audit tbody");
+      for (const a of entries) {
+        const run = a.run_id ? el("a", { href: "/runs/" + encodeURIComponent(a.run_id) }, a.run_id.slice(0, 13)) : "";
+        body.append(el("tr", { "data-action": a.action, "data-outcome": a.outcome.startsWith("done") ? "done" : "refused" },
+          el("td", { class: "when" }, a.at.replace("T", " ").replace("Z", "")), el("td", {}, a.token), el("td", {}, a.namespace || ""),
+          el("td", {}, a.action), el("td", { class: "id" }, run), el("td", {}, a.outcome), el("td", {}, a.detail || "")));
+      }
+      document.getElementById("empty").hidden = entries.length > 0;
+    } catch (e) { problem(e); }
+  }
+
   // The view the address names: `/` the runs, `/runs/ID` one run.
   const view = (name) => {
     document.getElementById("view").replaceChildren(document.getElementById(name + "-view").content.cloneNode(true));
   };
-  if (location.pathname === "/workers") {
+  if (location.pathname === "/audit") {
+    document.getElementById("where").textContent = "audit";
+    view("audit");
+    auditPage();
+  } else if (location.pathname === "/workers") {
     document.getElementById("where").textContent = "workers";
     view("workers");
     workersPage();
@@ -279,5 +298,5 @@ const sandflow = (() => {
     view("runs");
     runsPage();
   }
-  return { runsPage, runPage, workersPage };
+  return { runsPage, runPage, workersPage, auditPage };
 })();
