@@ -612,3 +612,42 @@ fn a_step_gets_the_secrets_of_its_run_s_namespace_and_no_other() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("runs of namespace `team-c` get the secrets of team-c.env in the worker's --secrets-dir"), "{err}");
 }
+
+/// A namespace's limits (`sandflow namespace set`): a submit past its runs
+/// in flight, or an upload past its bytes kept, is refused with 429 saying
+/// which limit, and nothing of it is recorded; other namespaces go on.
+#[test]
+fn a_namespace_over_its_limits_is_refused_and_nothing_is_recorded() {
+    let Some(schema) = PgSchema::create() else { return };
+    let (server_state, client_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_server, addr) = front_door(&schema, &server_state, &[]);
+    let (code, _, err) = run(sandflow(&server_state).args(["--store", &schema.url, "namespace", "set", "team-a", "--max-runs", "1", "--max-stored", "300KiB"]));
+    assert_eq!(code, 0, "{err}");
+    let a = make_token(&schema, &server_state, "a", "team-a", "submitter");
+    // No workers: a submitted run stays in flight.
+    let (code, _, err) = run(as_token(&client_state, &addr, &a).args(["submit", "workflows/diamond.yaml", "--input", r#"{"text": "1"}"#]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(as_token(&client_state, &addr, &a).args(["submit", "workflows/diamond.yaml", "--input", r#"{"text": "2"}"#]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("namespace `team-a` has 1 run(s) in flight, its limit"), "{err}");
+    let (status, body) = call_as(&addr, &a, "POST", "/api/runs", &json!({ "workflow": "w.yaml", "files": {} }));
+    assert_ne!(status, 429, "a malformed submit is told what is wrong with it first: {body}");
+    // Bytes kept: text.wasm (216 KiB) is kept; json.wasm (172 KiB) more is over 300 KiB.
+    let json_wasm = std::fs::read(example("json")).unwrap();
+    let (status, _, body) = http_with_body(&addr, "PUT", &format!("/api/files/{}", sha256(&json_wasm)), &[&format!("Authorization: Bearer {a}"), "Content-Type: application/octet-stream"], &json_wasm);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("namespace `team-a` keeps") && body.contains("over its limit of 300KiB"), "{body}");
+    assert!(schema.strings("SELECT sha256 FROM namespace_files WHERE sha256 = $1", &sha256(&json_wasm)).is_empty(), "nothing of a refused upload is kept");
+    // Nothing of the refused run either; another namespace is not limited.
+    let (_, out, _) = run(client(&client_state, &addr).args(["--json", "runs", "list"]));
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&out).unwrap().len(), 1, "{out}");
+    let (code, _, err) = run(client(&client_state, &addr).args(["submit", "workflows/diamond.yaml", "--input", r#"{"text": "3"}"#]));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(sandflow(&server_state).args(["--store", &schema.url, "--json", "namespace", "list"]));
+    assert_eq!(code, 0, "{err}");
+    let namespaces: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let team_a = namespaces.iter().find(|n| n["name"] == "team-a").unwrap();
+    assert_eq!((team_a["running"].as_u64(), team_a["max_runs"].as_u64(), team_a["max_stored"].as_u64()), (Some(1), Some(1), Some(300 * 1024)), "{out}");
+    assert!(team_a["stored"].as_u64().unwrap() > 200 * 1024, "{out}");
+    assert!(namespaces.iter().any(|n| n["name"] == "default" && n["running"] == 1 && n["max_runs"].is_null()), "{out}");
+}

@@ -142,6 +142,10 @@ enum Command {
     /// role (PostgreSQL store): create, list, revoke.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Each namespace's limits (runs in flight, bytes kept) and what it
+    /// uses (PostgreSQL store): set, list.
+    #[command(subcommand)]
+    Namespace(token::NamespaceCommand),
     /// Serve a web view of the run store: runs, each run's graph, steps and
     /// logs, live (http://127.0.0.1:7878 by default).
     Serve(serve::ServeArgs),
@@ -270,6 +274,7 @@ where
             }
             Command::Serve(args) => serve::execute(args, &cli.global, &out).await,
             Command::Token(command) => token::execute(command, &cli.global, &out).await,
+            Command::Namespace(command) => token::namespaces(command, &cli.global, &out).await,
             Command::New(command) => new::execute(command, &out),
             Command::CompileComponent { .. } => unreachable!("handled before the runtime starts"),
             Command::Schema => {

@@ -210,6 +210,8 @@ fn public_url(text: &str) -> Result<url::Url, String> {
 pub(super) fn failure(e: StoreError) -> Response {
     let status = match e {
         StoreError::UnknownRun(_) => StatusCode::NOT_FOUND,
+        StoreError::AmbiguousRun { .. } => StatusCode::BAD_REQUEST,
+        StoreError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     refusal(status, e.to_string())

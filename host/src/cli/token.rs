@@ -1,6 +1,7 @@
-//! `sandflow token create|list|revoke`: the tokens `sandflow serve` takes,
-//! each scoped to namespaces and a role, kept in the PostgreSQL store (as
-//! digests: a token is printed once, when made).
+//! Tenants, in the PostgreSQL store: `sandflow token create|list|revoke`,
+//! the tokens `sandflow serve` takes, each scoped to namespaces and a role
+//! (kept as digests: a token is printed once, when made); and `sandflow
+//! namespace set|list`, each namespace's limits and what it uses.
 
 use super::render::say;
 use super::worker::pg_store;
@@ -87,5 +88,90 @@ pub(crate) async fn execute(command: TokenCommand, global: &GlobalArgs, out: &Ou
             }
             false => Err(CliError::invalid(format!("no token `{name}` in force (see `sandflow token list`)"))),
         },
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum NamespaceCommand {
+    /// Set a namespace's limits. Going over one is refused (429 through
+    /// `serve`), and nothing of what was refused is recorded.
+    #[command(after_help = "Example:\n  sandflow namespace set team-a --max-runs 100 --max-stored 2GiB")]
+    Set {
+        name: String,
+        /// Most runs in flight at once (`none`: no limit); a submit past it is refused.
+        #[arg(long, value_name = "N|none", value_parser = limit_count)]
+        max_runs: Option<Limit>,
+        /// Most bytes of files (workflows, components) kept for it (`none`: no limit); an upload past it is refused.
+        #[arg(long, value_name = "SIZE|none", value_parser = limit_size)]
+        max_stored: Option<Limit>,
+    },
+    /// Every namespace: its limits, its runs in flight and the bytes kept for it.
+    List,
+}
+
+/// A limit as given: a number, or `none` (no limit).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limit(Option<u64>);
+
+fn limit_count(text: &str) -> Result<Limit, String> {
+    match text {
+        "none" => Ok(Limit(None)),
+        n => n.parse::<u64>().map(|n| Limit(Some(n))).map_err(|_| format!("`{n}` is not a number (or `none`)")),
+    }
+}
+
+fn limit_size(text: &str) -> Result<Limit, String> {
+    match text {
+        "none" => Ok(Limit(None)),
+        n => crate::units::parse_size(n).map(|n| Limit(Some(n))).map_err(|e| e.to_string()),
+    }
+}
+
+pub(crate) async fn namespaces(command: NamespaceCommand, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let store = pg_store(global, "`sandflow namespace`").await?;
+    match command {
+        NamespaceCommand::Set { name, max_runs, max_stored } => {
+            let (max_runs, max_stored) = (max_runs.map(|l| l.0), max_stored.map(|l| l.0));
+            let name = namespace_name(&name).map_err(CliError::invalid)?;
+            if max_runs.is_none() && max_stored.is_none() {
+                return Err(CliError::invalid("say what to set: --max-runs N and/or --max-stored SIZE (`none` for no limit)"));
+            }
+            store.set_namespace(&name, max_runs, max_stored).await.map_err(store_error)?;
+            let detail = format!("{name}: max runs {}, max stored {}", shown(max_runs, |n| n.to_string()), shown(max_stored, crate::units::format_size));
+            let entry = crate::store::tokens::AuditRecord { token: who(), namespace: Some(name.clone()), action: "namespace set".into(), outcome: "done".into(), detail: Some(detail), ..Default::default() };
+            store.audit(&entry).await.map_err(store_error)?;
+            if !out.quiet {
+                say!("namespace `{name}` set");
+            }
+        }
+        NamespaceCommand::List => {
+            let namespaces = store.namespaces().await.map_err(store_error)?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&namespaces).expect("records serialize"));
+            } else {
+                println!("{:<24} {:>8} {:>9} {:>12} {:>12}", "NAMESPACE", "RUNNING", "MAX RUNS", "STORED", "MAX STORED");
+                for n in namespaces {
+                    let or_none = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<24} {:>8} {:>9} {:>12} {:>12}",
+                        n.name,
+                        n.running,
+                        or_none(n.max_runs.map(|m| m.to_string())),
+                        crate::units::format_size(n.stored),
+                        or_none(n.max_stored.map(crate::units::format_size))
+                    );
+                }
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// A limit as set: `as it was`, `none`, or its value.
+fn shown(limit: Option<Option<u64>>, text: impl Fn(u64) -> String) -> String {
+    match limit {
+        None => "unchanged".into(),
+        Some(None) => "none".into(),
+        Some(Some(n)) => text(n),
     }
 }

@@ -50,6 +50,9 @@ pub enum StoreError {
     UnknownRun(String),
     #[error("`{prefix}` is the start of the ids of {} runs ({}): give more of the id", .matches.len(), .matches.join(", "))]
     AmbiguousRun { prefix: String, matches: Vec<String> },
+    /// A namespace's limit refuses what was asked: nothing was recorded.
+    #[error("{0}")]
+    Quota(String),
     /// A query or a transaction failed (a full disk, a lost connection).
     #[error("run store error: {0}")]
     Backend(String),

@@ -248,6 +248,14 @@ CREATE TABLE events (
         detail    TEXT
      );
      CREATE INDEX audit_by_namespace ON audit (namespace, seq DESC);",
+    // 14: each namespace's limits (none: unlimited): runs in flight at
+    // once, and bytes of files kept for it.
+    "CREATE TABLE namespaces (
+        name       TEXT PRIMARY KEY,
+        max_runs   BIGINT,
+        max_stored BIGINT
+     );
+     CREATE INDEX runs_running_by_namespace ON runs (namespace) WHERE status = 'running';",
 ];
 
 /// Serializes migrations across every process using the server.

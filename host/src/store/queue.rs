@@ -202,6 +202,21 @@ impl PgStore {
         let components = binding.components.as_ref().map(|p| p.display().to_string());
         let vars = binding.vars.as_object().filter(|v| !v.is_empty()).map(|v| Value::Object(v.clone()).to_string());
         let namespace = if binding.namespace.is_empty() { super::DEFAULT_NAMESPACE } else { binding.namespace.as_str() };
+        // Runs in flight, under the namespace's limit: counted under its
+        // row's lock, so two submits cannot both take the last place.
+        let limit = tx.query_opt("SELECT max_runs FROM namespaces WHERE name = $1 FOR UPDATE", &[&namespace]).await.map_err(db)?;
+        if let Some(max) = limit.and_then(|r| r.get::<_, Option<i64>>(0)) {
+            let running: i64 = tx
+                .query_one("SELECT count(*) FROM runs WHERE namespace = $1 AND status = 'running'", &[&namespace])
+                .await
+                .map_err(db)?
+                .get(0);
+            if running >= max {
+                return Err(StoreError::Quota(format!(
+                    "namespace `{namespace}` has {running} run(s) in flight, its limit: submit again when one has ended (or raise it: `sandflow namespace set {namespace} --max-runs N`)"
+                )));
+            }
+        }
         tx.execute(
             "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets, components, vars, namespace)
              VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7, $8, $9, $10, $11)",
@@ -225,6 +240,28 @@ impl PgStore {
         let hash = sha256_hex(bytes);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
+        // Bytes kept for the namespace, under its limit (a file it has
+        // already costs nothing more).
+        let limit = tx.query_opt("SELECT max_stored FROM namespaces WHERE name = $1 FOR UPDATE", &[&namespace]).await.map_err(db)?;
+        if let Some(max) = limit.and_then(|r| r.get::<_, Option<i64>>(0)) {
+            let row = tx
+                .query_one(
+                    "SELECT COALESCE(sum(length(f.bytes)), 0)::BIGINT, bool_or(f.sha256 = $2) IS TRUE
+                     FROM namespace_files n JOIN files f ON f.sha256 = n.sha256 WHERE n.namespace = $1",
+                    &[&namespace, &hash],
+                )
+                .await
+                .map_err(db)?;
+            let (stored, had): (i64, bool) = (row.get(0), row.get(1));
+            if !had && stored + bytes.len() as i64 > max {
+                return Err(StoreError::Quota(format!(
+                    "namespace `{namespace}` keeps {} of files and this one is {}: that is over its limit of {} (raise it: `sandflow namespace set {namespace} --max-stored SIZE`)",
+                    crate::units::format_size(stored as u64),
+                    crate::units::format_size(bytes.len() as u64),
+                    crate::units::format_size(max as u64)
+                )));
+            }
+        }
         tx.execute("INSERT INTO files (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&hash, &bytes]).await.map_err(db)?;
         let added = tx
             .execute("INSERT INTO namespace_files (namespace, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&namespace, &hash])

@@ -89,6 +89,20 @@ pub fn new_token() -> Result<String, StoreError> {
     Ok(format!("sft_{}", hex(&bytes)))
 }
 
+/// A namespace's limits and what it uses of them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NamespaceRecord {
+    pub name: String,
+    /// Most runs in flight at once (none: no limit).
+    pub max_runs: Option<u64>,
+    /// Most bytes of files kept for it (none: no limit).
+    pub max_stored: Option<u64>,
+    /// Its runs in flight now.
+    pub running: u64,
+    /// Bytes of files kept for it now.
+    pub stored: u64,
+}
+
 /// One action, as the audit log keeps it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -207,6 +221,52 @@ impl PgStore {
                 }),
             }
         }))
+    }
+
+    /// Sets namespace `name`'s limits (`Some(None)`: no limit; `None`:
+    /// as it was).
+    pub async fn set_namespace(&self, name: &str, max_runs: Option<Option<u64>>, max_stored: Option<Option<u64>>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let as_sql = |v: Option<Option<u64>>| v.map(|v| v.map(|n| n.min(i64::MAX as u64) as i64));
+        let (runs, stored) = (as_sql(max_runs), as_sql(max_stored));
+        client
+            .execute(
+                "INSERT INTO namespaces (name, max_runs, max_stored) VALUES ($1, $3, $5)
+                 ON CONFLICT (name) DO UPDATE SET max_runs = CASE WHEN $2 THEN $3 ELSE namespaces.max_runs END,
+                                                  max_stored = CASE WHEN $4 THEN $5 ELSE namespaces.max_stored END",
+                &[&name, &runs.is_some(), &runs.flatten(), &stored.is_some(), &stored.flatten()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Every namespace that has runs, files, tokens or limits: its limits
+    /// and what it uses.
+    pub async fn namespaces(&self) -> Result<Vec<NamespaceRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "WITH names AS (SELECT name FROM namespaces UNION SELECT DISTINCT namespace FROM runs
+                                UNION SELECT DISTINCT namespace FROM namespace_files UNION SELECT DISTINCT unnest(namespaces) FROM tokens)
+                 SELECT n.name, l.max_runs, l.max_stored,
+                        (SELECT count(*) FROM runs r WHERE r.namespace = n.name AND r.status = 'running'),
+                        (SELECT COALESCE(sum(length(f.bytes)), 0)::BIGINT FROM namespace_files nf JOIN files f ON f.sha256 = nf.sha256 WHERE nf.namespace = n.name)
+                 FROM names n LEFT JOIN namespaces l ON l.name = n.name ORDER BY n.name",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| NamespaceRecord {
+                name: r.get(0),
+                max_runs: r.get::<_, Option<i64>>(1).map(|n| n.max(0) as u64),
+                max_stored: r.get::<_, Option<i64>>(2).map(|n| n.max(0) as u64),
+                running: r.get::<_, i64>(3).max(0) as u64,
+                stored: r.get::<_, i64>(4).max(0) as u64,
+            })
+            .collect())
     }
 
     /// Whether any token is in force: then `serve` asks every request for one.
