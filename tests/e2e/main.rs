@@ -5,6 +5,7 @@ mod api;
 mod backends;
 mod call;
 mod chaos;
+mod deploy;
 mod distributed;
 mod fake;
 mod fuzz;
