@@ -491,6 +491,10 @@ fn a_token_sees_and_touches_only_the_runs_of_its_namespaces() {
     let mine = runs[0]["id"].as_str().unwrap().to_string();
     let (_, out, _) = run(client(&client_state, &addr).args(["--json", "runs", "list"]));
     assert_eq!(serde_json::from_str::<Vec<Value>>(&out).unwrap().len(), 2, "{out}");
+    let (code, out, err) = run(client(&client_state, &addr).args(["runs", "list", "--namespace", "team-b"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().next().unwrap().contains("NAMESPACE") && out.contains(&theirs) && !out.contains(&mine), "{out}");
+    assert!(out.lines().nth(1).unwrap().contains(" team-b "), "{out}");
     let (_, body) = call_as(&addr, &a, "GET", "/api/runs?namespace=team-b", &json!({}));
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["runs"], json!([]), "{body}");
 
@@ -584,6 +588,9 @@ fn a_token_sees_and_touches_only_the_runs_of_its_namespaces() {
         assert!(page.contains(r#"data-action="submit" data-outcome="done""#), "{page}");
         assert!(page.contains(r#"data-action="retry" data-outcome="refused""#), "{page}");
         assert!(page.contains("team-a-dash"), "{page}");
+        let page = crate::web::dom(&chromium, &format!("http://{addr}/?namespace=team-a&token={TOKEN}"));
+        assert!(page.contains(&format!(r#"data-run="{mine}""#)) && !page.contains(&format!(r#"data-run="{theirs}""#)), "{page}");
+        assert!(page.contains(r#"<td class="namespace">team-a</td>"#), "{page}");
     }
 }
 

@@ -286,8 +286,12 @@ impl Remote {
     /// `runs list | show | logs | follow`.
     async fn runs(self: &Arc<Self>, command: RunsCommand, out: &Output) -> Result<u8, CliError> {
         match command {
-            RunsCommand::List { limit } => {
-                let body: Value = self.get(&format!("/api/runs?limit={}", limit.clamp(1, 500))).await?;
+            RunsCommand::List { limit, namespace } => {
+                let mut path = format!("/api/runs?limit={}", limit.clamp(1, 500));
+                if let Some(ns) = &namespace {
+                    path.push_str(&format!("&namespace={}", encode(ns)));
+                }
+                let body: Value = self.get(&path).await?;
                 let runs: Vec<RunSummary> = serde_json::from_value(body["runs"].clone())
                     .map_err(|e| CliError { code: exit::FAILED, message: format!("{} answered with runs this client cannot read: {e}", self.name()) })?;
                 if runs.is_empty() && !out.json {

@@ -18,6 +18,9 @@ pub(crate) enum RunsCommand {
         /// How many runs to show.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Only runs of this namespace.
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
     },
     /// One run: its status, input, output, and every step with state,
     /// attempts, duration, fuel and failure.
@@ -133,8 +136,9 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
     }
     let store = global.open_store().await?;
     match command {
-        RunsCommand::List { limit } => {
-            let runs = store.runs(&crate::store::RunQuery::newest(limit)).await.map_err(store_error)?;
+        RunsCommand::List { limit, namespace } => {
+            let query = crate::store::RunQuery { namespaces: namespace.map(|ns| vec![ns]), ..crate::store::RunQuery::newest(limit) };
+            let runs = store.runs(&query).await.map_err(store_error)?;
             if runs.is_empty() && !out.json {
                 say!("no runs yet in {}", store.location());
                 // The default state dir is the current directory's: say
@@ -175,11 +179,21 @@ pub(crate) fn print_runs(runs: &[crate::store::RunSummary], out: &Output) {
         print_json(&runs);
         return;
     }
-    println!("{:<36} {:<20} {:<10} {:>5} {:>6} {:>7}  STARTED", "RUN", "WORKFLOW", "STATUS", "OK", "FAILED", "SKIPPED");
+    // The namespace, when runs of several (or of one but `default`) are listed.
+    let namespaced = runs.iter().any(|r| r.namespace != crate::store::DEFAULT_NAMESPACE);
+    let namespace = |ns: &str| if namespaced { format!("{ns:<16} ") } else { String::new() };
+    println!("{:<36} {}{:<20} {:<10} {:>5} {:>6} {:>7}  STARTED", "RUN", namespace("NAMESPACE"), "WORKFLOW", "STATUS", "OK", "FAILED", "SKIPPED");
     for r in runs {
         println!(
-            "{:<36} {:<20} {:<10} {:>5} {:>6} {:>7}  {}",
-            r.id, r.workflow, r.status, r.succeeded_steps, r.failed_steps, r.skipped_steps, r.started_at
+            "{:<36} {}{:<20} {:<10} {:>5} {:>6} {:>7}  {}",
+            r.id,
+            namespace(&r.namespace),
+            r.workflow,
+            r.status,
+            r.succeeded_steps,
+            r.failed_steps,
+            r.skipped_steps,
+            r.started_at
         );
     }
 }

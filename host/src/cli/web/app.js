@@ -31,6 +31,7 @@ const sandflow = (() => {
   async function runsPage() {
     const form = document.getElementById("filters");
     const params = new URLSearchParams(location.search);
+    form.namespace.value = params.get("namespace") || "";
     form.workflow.value = params.get("workflow") || "";
     form.status.value = params.get("status") || "";
     const body = document.querySelector("#runs tbody");
@@ -38,7 +39,7 @@ const sandflow = (() => {
     let next = null;
     let shortId = 13;
     const load = async (after) => {
-      const q = new URLSearchParams({ workflow: form.workflow.value, status: form.status.value, limit: "50" });
+      const q = new URLSearchParams({ namespace: form.namespace.value, workflow: form.workflow.value, status: form.status.value, limit: "50" });
       if (after) q.set("after", after);
       try {
         const page = await (await api("/api/runs?" + q)).json();
@@ -51,6 +52,7 @@ const sandflow = (() => {
         for (const r of page.runs) {
           body.append(el("tr", { "data-run": r.id, "data-status": r.status },
             el("td", { class: "id" }, el("a", { href: "/runs/" + r.id, title: r.id }, r.id.slice(0, shortId) + "…")),
+            el("td", { class: "namespace" }, r.namespace || "default"),
             el("td", {}, r.workflow),
             el("td", {}, badge(r.status)),
             el("td", {}, String(r.attempt)),
@@ -66,7 +68,7 @@ const sandflow = (() => {
     };
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();
-      const q = new URLSearchParams({ workflow: form.workflow.value, status: form.status.value });
+      const q = new URLSearchParams({ namespace: form.namespace.value, workflow: form.workflow.value, status: form.status.value });
       history.replaceState(null, "", "/?" + q);
       body.replaceChildren();
       load(null);
