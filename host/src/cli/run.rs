@@ -128,7 +128,11 @@ async fn run_queued(args: &RunArgs, global: &GlobalArgs, out: &Output) -> Result
     let input = input.read()?;
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);
     let (prepared, files) = load_for_submit(file, &args.components, out).await?;
-    let config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file, Vec::new())?;
+    let mut config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file, Vec::new())?;
+    // This process's secrets are the run's, whatever its namespace.
+    if let Some(ns) = args.namespace.as_deref().filter(|ns| *ns != crate::store::DEFAULT_NAMESPACE) {
+        config.namespace_secrets.insert(ns.to_string(), config.secrets.clone());
+    }
     // Workers limit the run to its targets as they load it: check them
     // here. This process runs steps unless `--no-work`: then it needs the
     // secrets, as a local run does.
