@@ -658,3 +658,54 @@ fn a_namespace_over_its_limits_is_refused_and_nothing_is_recorded() {
     assert!(team_a["stored"].as_u64().unwrap() > 200 * 1024, "{out}");
     assert!(namespaces.iter().any(|n| n["name"] == "default" && n["running"] == 1 && n["max_runs"].is_null()), "{out}");
 }
+
+/// Fair shares between namespaces: with 200 runs of team A queued ahead
+/// of it, team B's one run does not wait behind them: workers take a
+/// namespace's ready steps in turn, by how many each namespace holds
+/// running, so B's step goes at the first free slot. Counted by events,
+/// not by the clock: when B's run ended, only the A runs that were already
+/// running (or a few more) had ended. The times are printed (BENCHMARKS.md).
+#[test]
+fn a_flood_of_one_namespace_does_not_starve_another_s_run() {
+    let Some(schema) = PgSchema::create() else { return };
+    let (server_state, client_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_server, addr) = front_door(&schema, &server_state, &[]);
+    let a = make_token(&schema, &server_state, "a", "team-a", "submitter");
+    let b = make_token(&schema, &server_state, "b", "team-b", "submitter");
+    let flow = "name: nap\ncomponents:\n  sleep: { path: sleep.wasm }\nsteps:\n  - { id: nap, component: sleep, input: { ms: 50 } }\n".to_string();
+    let sleep = std::fs::read(hostile("sleep")).unwrap();
+    let files = json!({ "nap.yaml": sha256(flow.as_bytes()), "sleep.wasm": sha256(&sleep) });
+    for token in [&a, &b] {
+        for bytes in [flow.as_bytes(), &sleep[..]] {
+            let auth = format!("Authorization: Bearer {token}");
+            let (status, _, body) = http_with_body(&addr, "PUT", &format!("/api/files/{}", sha256(bytes)), &[&auth, "Content-Type: application/octet-stream"], bytes);
+            assert!(status == 201 || status == 200, "{body}");
+        }
+    }
+    let submit = |token: &str| {
+        let (status, body) = call_as(&addr, token, "POST", "/api/runs", &json!({ "workflow": "nap.yaml", "files": files }));
+        assert_eq!(status, 201, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["id"].as_str().unwrap().to_string()
+    };
+    for _ in 0..200 {
+        submit(&a);
+    }
+    let submitted = Instant::now();
+    let theirs = submit(&b);
+    // Two workers of two slots: 200 runs of 50 ms take about 2.5 s.
+    let _workers = Workers::start(&schema, &server_state, 2, "5s");
+    let (code, _, err) = run(as_token(&client_state, &addr, &b).args(["runs", "follow", &theirs]));
+    assert_eq!(code, 0, "{err}");
+    let waited = submitted.elapsed();
+    let ended_before = |id: &str| -> i64 {
+        schema.strings(
+            "SELECT CAST(count(*) AS TEXT) FROM runs WHERE namespace = 'team-a' AND status = 'completed' AND finished_at <= (SELECT finished_at FROM runs WHERE id = $1)",
+            id,
+        )[0]
+        .parse()
+        .unwrap()
+    };
+    let a_done = ended_before(&theirs);
+    eprintln!("fair share: team-b's run ended {waited:?} after its submit, when {a_done} of team-a's 200 runs had ended");
+    assert!(a_done <= 8, "team-b's run waited behind {a_done} of team-a's runs");
+}

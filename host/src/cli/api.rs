@@ -200,6 +200,9 @@ struct Submit {
     /// The namespace the run belongs to (see [`namespace_for`]).
     #[serde(default)]
     namespace: Option<String>,
+    /// Its priority within its namespace (higher first).
+    #[serde(default)]
+    priority: i32,
 }
 
 /// `POST /api/runs`: checks a run as `sandflow submit` does and queues it
@@ -287,6 +290,7 @@ pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Exten
         components: request.components.map(PathBuf::from),
         vars: request.vars.unwrap_or(Value::Null),
         namespace,
+        priority: request.priority,
     };
     let file = PathBuf::from(&request.workflow);
     let binding_namespace = binding.namespace.clone();

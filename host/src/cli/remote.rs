@@ -37,7 +37,7 @@ pub(super) async fn execute(server: &url::Url, command: Command, global: &Global
                 return Ok(Err(secrets_are_the_workers("run")));
             }
             let work = args.work;
-            let submitted = remote.submit_file(&args.file, &args.input, &args.target, args.concurrency, &args.components, &args.vars, args.namespace.as_deref(), out).await;
+            let submitted = remote.submit_file(&args.file, &args.input, &args.target, args.concurrency, &args.components, &args.vars, args.namespace.as_deref(), args.priority, out).await;
             match submitted {
                 Err(e) => Err(e),
                 Ok(id) if work.detach => {
@@ -48,7 +48,7 @@ pub(super) async fn execute(server: &url::Url, command: Command, global: &Global
             }
         }
         Command::Submit(args) => {
-            remote.submit_file(&args.file, &args.input, &args.target, args.concurrency, &args.components, &args.vars, args.namespace.as_deref(), out).await.map(|id| {
+            remote.submit_file(&args.file, &args.input, &args.target, args.concurrency, &args.components, &args.vars, args.namespace.as_deref(), args.priority, out).await.map(|id| {
                 println!("{id}");
                 exit::OK
             })
@@ -224,6 +224,7 @@ impl Remote {
         components: &workflow_cmd::ComponentsArg,
         vars: &VarArgs,
         namespace: Option<&str>,
+        priority: i32,
         out: &Output,
     ) -> Result<String, CliError> {
         let input = input.read()?;
@@ -240,6 +241,7 @@ impl Remote {
             "concurrency": concurrency,
             "components": components.file.as_ref().map(|p| p.display().to_string()),
             "namespace": namespace,
+            "priority": priority,
         });
         for round in 0..2 {
             let (status, answer) = self.call(Method::POST, "/api/runs", Some("application/json"), Bytes::from(body.to_string())).await?;

@@ -45,6 +45,9 @@ pub(crate) struct RunArgs {
     /// the run belongs to [default: `default`, or the token's only one].
     #[arg(long, value_name = "NS")]
     pub(crate) namespace: Option<String>,
+    /// On workers: the run's priority within its namespace (higher first).
+    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
+    pub(crate) priority: i32,
 }
 
 pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Output) -> Result<u8, CliError> {
@@ -139,7 +142,7 @@ async fn run_queued(args: &RunArgs, global: &GlobalArgs, out: &Output) -> Result
     let targeted = entered(enter(&prepared, &args.target, &input, &config.secrets), out, work)?;
     let redactor = Redactor::new(&config.secrets);
     let otlp = global.otlp()?;
-    let binding = binding(concurrency, &args.components, &args.vars, args.namespace.as_deref())?;
+    let binding = binding(concurrency, &args.components, &args.vars, args.namespace.as_deref(), args.priority)?;
     let id = submit(&store, &prepared, file, &files, input, &args.target, &binding).await.map_err(store_error)?;
     if detach {
         if otlp.is_some() {

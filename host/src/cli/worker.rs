@@ -44,6 +44,10 @@ pub(crate) struct SubmitArgs {
     /// with --server the token's only one].
     #[arg(long, value_name = "NS")]
     pub(crate) namespace: Option<String>,
+    /// Its priority within its namespace: workers start and take the steps
+    /// of higher ones first.
+    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
+    pub(crate) priority: i32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -161,12 +165,12 @@ pub(crate) async fn load_for_submit(
 
 /// What a submitted run is bound to, from the flags `submit` and `run`
 /// share: recorded with the run for every worker.
-pub(crate) fn binding(concurrency: Option<u64>, components: &workflow_cmd::ComponentsArg, vars: &VarArgs, namespace: Option<&str>) -> Result<Binding, CliError> {
+pub(crate) fn binding(concurrency: Option<u64>, components: &workflow_cmd::ComponentsArg, vars: &VarArgs, namespace: Option<&str>, priority: i32) -> Result<Binding, CliError> {
     let namespace = match namespace {
         Some(ns) => crate::store::tokens::namespace_name(ns).map_err(|e| CliError::invalid(format!("--namespace: {e}")))?,
         None => crate::store::DEFAULT_NAMESPACE.to_string(),
     };
-    Ok(Binding { concurrency: concurrency.map(|n| n as usize), components: components.file.clone(), vars: vars.read()?, namespace })
+    Ok(Binding { concurrency: concurrency.map(|n| n as usize), components: components.file.clone(), vars: vars.read()?, namespace, priority })
 }
 
 /// `sandflow submit FILE`.
@@ -177,7 +181,7 @@ pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Outp
     // Workers limit the run to its targets and look up its secrets; here,
     // the targets and the input are checked.
     enter(&prepared, &args.target, &input, &Default::default()).map_err(|r| CliError::invalid(r.to_string()))?;
-    let binding = binding(args.concurrency, &args.components, &args.vars, args.namespace.as_deref())?;
+    let binding = binding(args.concurrency, &args.components, &args.vars, args.namespace.as_deref(), args.priority)?;
     let id = submit(&store, &prepared, &args.file, &files, input, &args.target, &binding).await.map_err(store_error)?;
     if global.otlp()?.is_some() {
         say!("warning: --otlp: no trace of run {id} is exported: a distributed run's trace comes from the process that follows it (`sandflow run` without --detach)");

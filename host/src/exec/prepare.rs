@@ -118,10 +118,16 @@ impl<F: Files> Files for Recording<F> {
     }
 }
 
-/// Files by path, held in memory.
+/// Files by path, held in memory. `./a.wasm` and `a.wasm` are one path
+/// (a workflow in the current directory names its components with `./`).
 impl Files for std::collections::BTreeMap<PathBuf, Vec<u8>> {
     fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        self.get(path).cloned().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "not among the run's recorded files"))
+        let plain = |p: &Path| p.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect::<PathBuf>();
+        let wanted = plain(path);
+        self.get(path)
+            .or_else(|| self.iter().find(|(p, _)| plain(p) == wanted).map(|(_, bytes)| bytes))
+            .cloned()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "not among the run's recorded files"))
     }
 }
 

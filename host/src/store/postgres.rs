@@ -256,6 +256,8 @@ CREATE TABLE events (
         max_stored BIGINT
      );
      CREATE INDEX runs_running_by_namespace ON runs (namespace) WHERE status = 'running';",
+    // 15: a run's priority within its namespace (higher first).
+    "ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Serializes migrations across every process using the server.

@@ -179,6 +179,9 @@ pub struct Binding {
     pub vars: Value,
     /// The namespace (tenant) it belongs to; empty: `default`.
     pub namespace: String,
+    /// Its priority within its namespace: workers start and claim the
+    /// steps of higher ones first.
+    pub priority: i32,
 }
 
 impl PgStore {
@@ -218,9 +221,9 @@ impl PgStore {
             }
         }
         tx.execute(
-            "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets, components, vars, namespace)
-             VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7, $8, $9, $10, $11)",
-            &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now(), &concurrency, &super::targets_text(&run.targets), &components, &vars, &namespace],
+            "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets, components, vars, namespace, priority)
+             VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7, $8, $9, $10, $11, $12)",
+            &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now(), &concurrency, &super::targets_text(&run.targets), &components, &vars, &namespace, &binding.priority],
         )
         .await
         .map_err(db)?;
@@ -292,7 +295,7 @@ impl PgStore {
     pub async fn run_head(&self, run_id: &str) -> Result<RunHead, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT file, input, attempt, concurrency, targets, components, vars, rerun, namespace FROM runs WHERE id = $1", &[&run_id])
+            .query_opt("SELECT file, input, attempt, concurrency, targets, components, vars, rerun, namespace, priority FROM runs WHERE id = $1", &[&run_id])
             .await
             .map_err(db)?
             .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
@@ -310,6 +313,7 @@ impl PgStore {
                 components: row.get::<_, Option<String>>(5).map(PathBuf::from),
                 vars: row.get::<_, Option<String>>(6).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| Value::Object(Default::default())),
                 namespace: row.get(8),
+                priority: row.get(9),
             },
         })
     }
@@ -356,11 +360,17 @@ impl PgStore {
         Ok(())
     }
 
-    /// Queued runs no worker has started yet (oldest first).
+    /// Queued runs no worker has started yet: the namespaces in turn (a
+    /// namespace's k-th run before any namespace's (k+1)-th, among the
+    /// oldest 1,024), within one by priority, then oldest first.
     pub async fn runs_to_start(&self, limit: i64) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
         let rows = client
-            .query("SELECT id FROM runs WHERE queued AND NOT run_started AND status = 'running' ORDER BY seq LIMIT $1", &[&limit])
+            .query(
+                "SELECT id FROM (SELECT id, namespace, priority, seq FROM runs WHERE queued AND NOT run_started AND status = 'running' ORDER BY seq LIMIT 1024) w
+                 ORDER BY row_number() OVER (PARTITION BY namespace ORDER BY priority DESC, seq), priority DESC, seq LIMIT $1",
+                &[&limit],
+            )
             .await
             .map_err(db)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -389,7 +399,7 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let mut pipe = Pipe::default();
-        let rows = pipe.query(&tx, CLAIM, &[&worker, &limit, &lease.as_secs_f64(), &labels, &None::<&str>]).await.map_err(db)?;
+        let rows = pipe.query(&tx, CLAIM_FAIR, &[&worker, &limit, &lease.as_secs_f64(), &labels]).await.map_err(db)?;
         let mut claimed: Vec<(Claimed, String)> = rows.iter().map(|r| (claimed_row(r), r.get(8))).collect();
         claimed.sort_by(|(a, _), (b, _)| (&a.run_id, a.id).cmp(&(&b.run_id, b.id)));
         // `StepStarted` events, numbered in each run's order, runs in id
@@ -788,6 +798,34 @@ const CLAIM: &str = concat!(
         WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND not_before <= now() AND runs_on <@ $4::text[]
                        AND ($5::text IS NULL OR run_id = $5) AND NOT limited
                      ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    claimed!()
+);
+
+/// How many of the oldest ready jobs [`CLAIM_FAIR`] chooses among.
+macro_rules! fair_window {
+    () => {
+        "1024"
+    };
+}
+
+/// [`CLAIM`] of any run's jobs, shared fairly between namespaces: among
+/// the oldest ready jobs (a window of [`fair_window`]), a namespace's
+/// k-th job ranks by k plus the jobs the namespace holds now, so that a
+/// namespace with little running goes before one with a flood queued;
+/// within a namespace, higher run priority first, then oldest first.
+const CLAIM_FAIR: &str = concat!(
+    "WITH busy AS (SELECT r.namespace, count(*) AS n FROM jobs b JOIN runs r ON r.id = b.run_id WHERE b.state = 'claimed' GROUP BY r.namespace),
+     cand AS (SELECT j.id, r.namespace, r.priority FROM jobs j JOIN runs r ON r.id = j.run_id
+              WHERE j.state = 'ready' AND j.not_before <= now() AND j.runs_on <@ $4::text[] AND NOT j.limited
+              ORDER BY j.id LIMIT ",
+    fair_window!(),
+    "),
+     ranked AS (SELECT ARRAY(SELECT c.id FROM cand c LEFT JOIN busy ON busy.namespace = c.namespace
+                             ORDER BY COALESCE(busy.n, 0) + row_number() OVER (PARTITION BY c.namespace ORDER BY c.priority DESC, c.id), c.priority DESC, c.id) AS ids),
+     c AS (
+        UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $3)
+        WHERE id IN (SELECT j.id FROM ranked, unnest(ranked.ids) WITH ORDINALITY AS p(id, ord) JOIN jobs j ON j.id = p.id
+                     WHERE j.state = 'ready' ORDER BY p.ord LIMIT $2 FOR UPDATE OF j SKIP LOCKED)",
     claimed!()
 );
 
