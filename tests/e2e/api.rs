@@ -529,9 +529,11 @@ fn a_token_sees_and_touches_only_the_runs_of_its_namespaces() {
     // Roles: a viewer reads but does not act.
     let (code, _, err) = run(as_token(&client_state, &addr, &a_viewer).args(["runs", "show", &mine]));
     assert_eq!(code, 0, "{err}");
-    let (status, body) = call_as(&addr, &a_viewer, "POST", &format!("/api/runs/{mine}/retry"), &json!({}));
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("token `team-a-dash` has the role viewer: this needs the role operator"), "{body}");
+    for action in ["retry", "resume", "cancel"] {
+        let (status, body) = call_as(&addr, &a_viewer, "POST", &format!("/api/runs/{mine}/{action}"), &json!({}));
+        assert_eq!(status, 403, "{action}: {body}");
+        assert!(body.contains("token `team-a-dash` has the role viewer: this needs the role operator"), "{action}: {body}");
+    }
     let (code, _, err) = run(as_token(&client_state, &addr, &a_viewer).args(["run", "workflows/diamond.yaml", "--input", r#"{"text": "v"}"#]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("this needs the role submitter"), "{err}");
