@@ -120,7 +120,8 @@ enum Command {
     Cache(cache::CacheCommand),
     /// Cancel a running run, from any process that shares its run store.
     Cancel(runs::CancelArgs),
-    /// Queue a run in a PostgreSQL run store for workers; print its id and return.
+    /// Queue a run for workers (in a PostgreSQL run store, or through
+    /// `--server`); print its id and return.
     Submit(worker::SubmitArgs),
     /// Run steps of queued runs from a PostgreSQL run store, until interrupted.
     Worker(worker::WorkerArgs),
@@ -146,8 +147,9 @@ enum Command {
     /// uses (PostgreSQL store): set, list.
     #[command(subcommand)]
     Namespace(token::NamespaceCommand),
-    /// Serve a web view of the run store: runs, each run's graph, steps and
-    /// logs, live (http://127.0.0.1:7878 by default).
+    /// Serve the run store over HTTP: the web view (runs, each run's graph,
+    /// steps and logs, live) and the API that `--server` clients submit and
+    /// follow runs through (http://127.0.0.1:7878 by default).
     Serve(serve::ServeArgs),
     /// (Internal) compile a component read from stdin, the compiled code on
     /// stdout: the child process a worker compiles components of others in,

@@ -18,9 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Needs a PostgreSQL run store (--store or SANDFLOW_STORE). Prints the run id and returns; \
-    workers run it. Follow it with `sandflow runs follow ID`.\n\nExample:\n  \
-    sandflow --store postgres://postgres@127.0.0.1/sandflow submit workflows/etl.yaml --input-file workflows/data/users.json")]
+#[command(after_help = "Needs a PostgreSQL run store (--store or SANDFLOW_STORE), or a `sandflow serve` to submit through \
+    (--server and --token, or SANDFLOW_SERVER and SANDFLOW_TOKEN). The workflow is checked here (components validated, \
+    not compiled). Prints the run id and returns; workers run it. Follow it with `sandflow runs follow ID`.\n\nExamples:\n  \
+    sandflow --store postgres://postgres@127.0.0.1/sandflow submit workflows/etl.yaml --input-file workflows/data/users.json\n  \
+    sandflow --server https://runs.example.com --token $T submit workflows/etl.yaml --input-file workflows/data/users.json --namespace team-a")]
 pub(crate) struct SubmitArgs {
     /// The workflow file.
     #[arg(value_name = "FILE")]
