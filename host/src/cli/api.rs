@@ -17,8 +17,8 @@
 // handlers' early return, as axum's extractors reject.
 #![allow(clippy::result_large_err)]
 
-use super::guard::Caller;
-use super::serve::{App, failure, refusal};
+use super::guard::{Caller, refused};
+use super::serve::{App, failure};
 use crate::store::tokens::Role;
 use axum::Extension;
 use crate::exec::{ComponentCheck, Event, Recording, enter};
@@ -51,7 +51,7 @@ pub(super) async fn openapi() -> Response {
 /// none.
 fn queue(app: &App) -> Result<&Arc<PgStore>, Response> {
     app.pg.as_ref().ok_or_else(|| {
-        refusal(
+        refused(
             StatusCode::CONFLICT,
             format!(
                 "this server's run store is {}, where runs run in the process that starts them: submitting needs workers, so start `sandflow serve` with a PostgreSQL store (--store postgres://…) and `sandflow worker`s on it",
@@ -65,14 +65,14 @@ fn queue(app: &App) -> Result<&Arc<PgStore>, Response> {
 /// (`--allow-actions`), and its token's role must allow it.
 pub(super) fn allowed(app: &App, caller: &Caller, role: Role) -> Result<(), Response> {
     if !app.allow_actions {
-        return Err(refusal(
+        return Err(refused(
             StatusCode::FORBIDDEN,
             "actions are off: start `sandflow serve --allow-actions` to let clients submit, cancel, resume and retry runs".into(),
         ));
     }
     match caller.role >= role {
         true => Ok(()),
-        false => Err(refusal(
+        false => Err(refused(
             StatusCode::FORBIDDEN,
             format!("token `{}` has the role {}: this needs the role {} (`sandflow token create … --role {}`)", caller.name, caller.role.as_str(), role.as_str(), role.as_str()),
         )),
@@ -84,11 +84,11 @@ pub(super) fn allowed(app: &App, caller: &Caller, role: Role) -> Result<(), Resp
 /// for a caller that sees every namespace. An unknown one is 404.
 fn namespace_for(caller: &Caller, named: Option<&str>) -> Result<String, Response> {
     let not_yours = |ns: &str| {
-        refusal(StatusCode::NOT_FOUND, format!("token `{}` has no namespace `{ns}`: it has {}", caller.name, caller.namespaces.as_deref().unwrap_or_default().join(", ")))
+        refused(StatusCode::NOT_FOUND, format!("token `{}` has no namespace `{ns}`: it has {}", caller.name, caller.namespaces.as_deref().unwrap_or_default().join(", ")))
     };
     match (named, &caller.namespaces) {
         (Some(ns), _) => {
-            let ns = crate::store::tokens::namespace_name(ns).map_err(|e| refusal(StatusCode::BAD_REQUEST, format!("`namespace`: {e}")))?;
+            let ns = crate::store::tokens::namespace_name(ns).map_err(|e| refused(StatusCode::BAD_REQUEST, format!("`namespace`: {e}")))?;
             match caller.sees(&ns) {
                 true => Ok(ns),
                 false => Err(not_yours(&ns)),
@@ -96,7 +96,7 @@ fn namespace_for(caller: &Caller, named: Option<&str>) -> Result<String, Respons
         }
         (None, None) => Ok(crate::store::DEFAULT_NAMESPACE.to_string()),
         (None, Some(namespaces)) if namespaces.len() == 1 => Ok(namespaces[0].clone()),
-        (None, Some(namespaces)) => Err(refusal(
+        (None, Some(namespaces)) => Err(refused(
             StatusCode::BAD_REQUEST,
             format!("token `{}` has several namespaces ({}): say which with `namespace` (`--namespace`)", caller.name, namespaces.join(", ")),
         )),
@@ -112,7 +112,7 @@ pub(super) struct NamespaceParam {
 /// A request's body, at most `limit` bytes: 413 past it, said before
 /// reading when `Content-Length` tells.
 async fn body_bytes(headers: &HeaderMap, body: Body, limit: usize, what: &str) -> Result<bytes::Bytes, Response> {
-    let too_big = || refusal(StatusCode::PAYLOAD_TOO_LARGE, format!("{what} is larger than this server takes ({} bytes at most)", limit));
+    let too_big = || refused(StatusCode::PAYLOAD_TOO_LARGE, format!("{what} is larger than this server takes ({} bytes at most)", limit));
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_big());
@@ -124,7 +124,7 @@ async fn body_bytes(headers: &HeaderMap, body: Body, limit: usize, what: &str) -
 async fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, Response> {
     let bytes = body_bytes(headers, body, MAX_JSON, "the request body").await?;
     let bytes = if bytes.is_empty() { bytes::Bytes::from_static(b"{}") } else { bytes };
-    serde_json::from_slice(&bytes).map_err(|e| refusal(StatusCode::BAD_REQUEST, format!("the request body is not what this route takes: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| refused(StatusCode::BAD_REQUEST, format!("the request body is not what this route takes: {e}")))
 }
 
 /// Whether `text` is a SHA-256 as the API writes it: 64 lowercase hex digits.
@@ -155,7 +155,7 @@ pub(super) async fn put_file(
         Err(r) => return r,
     };
     if !is_sha256(&sha256) {
-        return refusal(StatusCode::BAD_REQUEST, format!("`{sha256}` is not a SHA-256: name the file by its 64 lowercase hex digits"));
+        return refused(StatusCode::BAD_REQUEST, format!("`{sha256}` is not a SHA-256: name the file by its 64 lowercase hex digits"));
     }
     let bytes = match body_bytes(&headers, body, app.max_upload, "the file").await {
         Ok(bytes) => bytes,
@@ -163,7 +163,7 @@ pub(super) async fn put_file(
     };
     let actual = crate::sandbox::sha256_hex(&bytes);
     if actual != sha256 {
-        return refusal(StatusCode::BAD_REQUEST, format!("the file's SHA-256 is {actual}, not {sha256} as its address says: nothing was kept"));
+        return refused(StatusCode::BAD_REQUEST, format!("the file's SHA-256 is {actual}, not {sha256} as its address says: nothing was kept"));
     }
     match store.put_file(&namespace, &bytes).await {
         Ok((_, had)) => {
@@ -224,14 +224,14 @@ pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Exten
         if let Some(path) = path
             && !request.files.contains_key(path)
         {
-            return refusal(StatusCode::BAD_REQUEST, format!("`{what}` is `{path}`, which is not among `files`: send it with its SHA-256"));
+            return refused(StatusCode::BAD_REQUEST, format!("`{what}` is `{path}`, which is not among `files`: send it with its SHA-256"));
         }
     }
     if let Some((path, sha)) = request.files.iter().find(|(_, sha)| !is_sha256(sha)) {
-        return refusal(StatusCode::BAD_REQUEST, format!("`files`: `{sha}` ({path}) is not a SHA-256 (64 lowercase hex digits)"));
+        return refused(StatusCode::BAD_REQUEST, format!("`files`: `{sha}` ({path}) is not a SHA-256 (64 lowercase hex digits)"));
     }
     if request.vars.as_ref().is_some_and(|v| !v.is_object() && !v.is_null()) {
-        return refusal(StatusCode::BAD_REQUEST, "`vars` must be an object of NAME: value".into());
+        return refused(StatusCode::BAD_REQUEST, "`vars` must be an object of NAME: value".into());
     }
     let namespace = match namespace_for(&caller, request.namespace.as_deref()) {
         Ok(ns) => ns,
@@ -270,7 +270,7 @@ pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Exten
             let error = format!("{}: {n} problem{}; nothing was submitted", diags.file.display(), if n == 1 { "" } else { "s" });
             return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": error, "problems": problems }))).into_response();
         }
-        Err(e) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, format!("checking the workflow failed: {e}")),
+        Err(e) => return refused(StatusCode::INTERNAL_SERVER_ERROR, format!("checking the workflow failed: {e}")),
     };
     if !app.allow_host_access {
         let uses = prepared.host_access();
@@ -279,11 +279,11 @@ pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Exten
                 "runs submitted to this server may not read the workers' machines: {}; ask the operator to start `sandflow serve --allow-host-access` if its clients are trusted with the workers' files and environment",
                 uses.join("; ")
             );
-            return refusal(StatusCode::UNPROCESSABLE_ENTITY, error);
+            return refused(StatusCode::UNPROCESSABLE_ENTITY, error);
         }
     }
-    if let Err(refused) = enter(&prepared, &request.targets, &request.input, &Default::default()) {
-        return refusal(StatusCode::UNPROCESSABLE_ENTITY, refused.to_string());
+    if let Err(refusal) = enter(&prepared, &request.targets, &request.input, &Default::default()) {
+        return refused(StatusCode::UNPROCESSABLE_ENTITY, refusal.to_string());
     }
     let binding = Binding {
         concurrency: request.concurrency.filter(|n| *n > 0).map(|n| n as usize),
@@ -293,11 +293,10 @@ pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Exten
         priority: request.priority,
     };
     let file = PathBuf::from(&request.workflow);
-    let binding_namespace = binding.namespace.clone();
     match crate::runs::submit(&store, &prepared, &file, &used, request.input, &request.targets, &binding).await {
         Ok(id) => {
             let mut response = (StatusCode::CREATED, [(header::LOCATION, format!("/api/runs/{id}"))], Json(json!({ "id": id }))).into_response();
-            response.extensions_mut().insert(Noted { namespace: Some(binding_namespace), run_id: Some(id), detail: Some(request.workflow.clone()) });
+            response.extensions_mut().insert(Noted { namespace: Some(binding.namespace), run_id: Some(id), detail: Some(request.workflow) });
             response
         }
         Err(e) => failure(e),
@@ -332,7 +331,7 @@ pub(super) async fn stream(
     match store.is_queued(&id).await {
         Ok(true) => {}
         Ok(false) => {
-            return refusal(
+            return refused(
                 StatusCode::CONFLICT,
                 format!("run {id} was run by a `sandflow run` process, not by workers: it has no event stream (GET /api/runs/{id} shows it)"),
             );
@@ -404,14 +403,18 @@ pub(super) async fn act(
         Ok(id) => id,
         Err(r) => return r,
     };
-    let namespace = app.store.run(&id, RunDetail::Run).await.ok().map(|r| r.namespace);
-    let mut response = act_on(&app, &caller, id.clone(), action, headers, body).await;
+    // Read once: its namespace for the audit log, its state for the action.
+    let (namespace, mut response) = match app.store.run(&id, RunDetail::Run).await {
+        Ok(record) => (Some(record.namespace.clone()), act_on(&app, &caller, record, action, headers, body).await),
+        Err(e) => (None, failure(e)),
+    };
     response.extensions_mut().insert(Noted { namespace, run_id: Some(id), detail: None });
     response
 }
 
-/// [`act`] on run `id`, which the caller sees.
-async fn act_on(app: &App, caller: &Caller, id: String, action: String, headers: HeaderMap, body: Body) -> Response {
+/// [`act`] on run `record`, which the caller sees.
+async fn act_on(app: &App, caller: &Caller, record: crate::store::RunRecord, action: String, headers: HeaderMap, body: Body) -> Response {
+    let id = record.id.clone();
     if let Err(r) = allowed(app, caller, Role::Operator) {
         return r;
     }
@@ -423,18 +426,14 @@ async fn act_on(app: &App, caller: &Caller, id: String, action: String, headers:
         "cancel" => {
             return match app.store.request_cancel(&id).await {
                 Ok(status) if status == "running" => Json(json!({ "ok": true, "id": id, "message": format!("run {id} was asked to cancel") })).into_response(),
-                Ok(status) => refusal(StatusCode::CONFLICT, format!("run {id} is not running: it is {status}")),
+                Ok(status) => refused(StatusCode::CONFLICT, format!("run {id} is not running: it is {status}")),
                 Err(e) => failure(e),
             };
         }
-        "resume" if again.from.is_some() => return refusal(StatusCode::BAD_REQUEST, "`from` is for retry: a resume runs what did not succeed".into()),
+        "resume" if again.from.is_some() => return refused(StatusCode::BAD_REQUEST, "`from` is for retry: a resume runs what did not succeed".into()),
         "resume" => Rerun::Resume,
         "retry" => Rerun::Retry { from: again.from.clone() },
-        other => return refusal(StatusCode::NOT_FOUND, format!("no action `{other}`: cancel, resume or retry")),
-    };
-    let record = match app.store.run(&id, RunDetail::Run).await {
-        Ok(record) => record,
-        Err(e) => return failure(e),
+        other => return refused(StatusCode::NOT_FOUND, format!("no action `{other}`: cancel, resume or retry")),
     };
     if record.status == "completed" && rerun == Rerun::Resume {
         return Json(json!({ "ok": true, "id": id, "attempt": record.attempt, "message": format!("run {id} already completed") })).into_response();
@@ -448,7 +447,7 @@ async fn act_on(app: &App, caller: &Caller, id: String, action: String, headers:
     }
     if record.status == "running" {
         let hint = if action == "retry" { "cancel it first" } else { "the process that runs it goes on with it" };
-        return refusal(StatusCode::CONFLICT, format!("run {id} is running: {hint}"));
+        return refused(StatusCode::CONFLICT, format!("run {id} is running: {hint}"));
     }
     spawn_again(app, &id, &action, again)
 }
@@ -461,7 +460,7 @@ async fn queue_again(store: &PgStore, record: &crate::store::RunRecord, rerun: R
             Rerun::Resume => format!("run {id} is running on workers: they go on with it"),
             Rerun::Retry { .. } => format!("run {id} is running: cancel it first"),
         };
-        return refusal(StatusCode::CONFLICT, message);
+        return refused(StatusCode::CONFLICT, message);
     }
     let concurrency = again.concurrency.filter(|n| *n > 0).map(|n| n as usize);
     match crate::runs::queue_again(store, record, &rerun, concurrency, again.vars.as_ref()).await {
@@ -470,8 +469,8 @@ async fn queue_again(store: &PgStore, record: &crate::store::RunRecord, rerun: R
             Json(json!({ "ok": true, "id": id, "attempt": attempt, "message": format!("run {id} is queued for workers (attempt {attempt})") })),
         )
             .into_response(),
-        Err(QueueAgainError::Running(_)) => refusal(StatusCode::CONFLICT, format!("run {id} is running: cancel it first")),
-        Err(QueueAgainError::Invalid(why)) => refusal(StatusCode::UNPROCESSABLE_ENTITY, why),
+        Err(QueueAgainError::Running(_)) => refused(StatusCode::CONFLICT, format!("run {id} is running: cancel it first")),
+        Err(QueueAgainError::Invalid(why)) => refused(StatusCode::UNPROCESSABLE_ENTITY, why),
         Err(QueueAgainError::Store(e)) => failure(e),
     }
 }
@@ -505,7 +504,7 @@ fn spawn_again(app: &App, id: &str, action: &str, again: Again) -> Response {
             tokio::spawn(async move { child.wait().await });
             Json(json!({ "ok": true, "id": id, "message": format!("`sandflow {action} {id}` started") })).into_response()
         }
-        Err(e) => refusal(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot start `sandflow {action}`: {e}")),
+        Err(e) => refused(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot start `sandflow {action}`: {e}")),
     }
 }
 

@@ -268,7 +268,8 @@ async fn check(guard: &Guard, request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-fn refused(status: StatusCode, why: String) -> Response {
+/// An answer that refuses, and says why: `{"error": why}` (every route's).
+pub(crate) fn refused(status: StatusCode, why: String) -> Response {
     (status, Json(json!({ "error": why }))).into_response()
 }
 

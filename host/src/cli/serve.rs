@@ -29,7 +29,7 @@
 use super::{CliError, GlobalArgs, Output, exit};
 use crate::plan::Plan;
 use crate::store::{RunDetail, RunQuery, RunRecord, RunStore, StoreError};
-use super::guard::Caller;
+use super::guard::{Caller, refused};
 use crate::store::tokens::Role;
 use axum::Extension;
 use axum::extract::{Path, Query, State};
@@ -214,7 +214,7 @@ pub(super) fn failure(e: StoreError) -> Response {
         StoreError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    refusal(status, e.to_string())
+    refused(status, e.to_string())
 }
 
 /// The run `given` names (its id or a unique start of it) among the runs
@@ -224,10 +224,7 @@ pub(super) async fn visible(app: &App, caller: &Caller, given: &str) -> Result<S
     crate::store::resolve_run_in(app.store.as_ref(), given, caller.namespaces.as_deref()).await.map_err(failure)
 }
 
-/// An answer that refuses, and says why: `{"error": why}`.
-pub(super) fn refusal(status: StatusCode, why: String) -> Response {
-    (status, Json(json!({ "error": why }))).into_response()
-}
+
 
 #[derive(Deserialize)]
 struct ListParams {
@@ -285,7 +282,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 async fn metrics(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Response {
     use crate::metrics::{Family, Kind, Value};
     if caller.role != Role::Admin {
-        return refusal(StatusCode::FORBIDDEN, format!("token `{}` sees some namespaces only; the store's metrics are for `serve --token`'s", caller.name));
+        return refused(StatusCode::FORBIDDEN, format!("token `{}` sees some namespaces only; the store's metrics are for `serve --token`'s", caller.name));
     }
     let stats = match app.store.stats().await {
         Ok(stats) => stats,
@@ -305,10 +302,9 @@ async fn metrics(State(app): State<Arc<App>>, Extension(caller): Extension<Calle
     }
     match app.store.workers().await {
         Ok(Some(workers)) => {
-            let state = |w: &crate::store::WorkerRecord| if w.alive { "alive" } else if w.stopped_at.is_some() { "stopped" } else { "lost" };
             let mut by_state = Family::new("sandflow_workers", Kind::Gauge, "Workers that worked on the store, by state.");
             for s in ["alive", "stopped", "lost"] {
-                by_state = by_state.number(&[("state", s)], workers.iter().filter(|w| state(w) == s).count() as f64);
+                by_state = by_state.number(&[("state", s)], workers.iter().filter(|w| w.state() == s).count() as f64);
             }
             let (mut slots, mut running) = (
                 Family::new("sandflow_worker_slots", Kind::Gauge, "Most steps each alive worker runs at once."),

@@ -283,8 +283,7 @@ pub(crate) fn print_workers(workers: &[crate::store::WorkerRecord], location: &s
     } else {
         println!("{:<32} {:<7} {:>5} {:>7} {:>4}  {:<24} LABELS", "WORKER", "STATE", "SLOTS", "RUNNING", "RUNS", "LAST SEEN");
         for w in workers {
-            let state = if w.alive { "alive" } else if w.stopped_at.is_some() { "stopped" } else { "lost" };
-            println!("{:<32} {:<7} {:>5} {:>7} {:>4}  {:<24} {}", w.name, state, w.slots, w.running, w.runs, w.seen_at, w.labels.join(","));
+            println!("{:<32} {:<7} {:>5} {:>7} {:>4}  {:<24} {}", w.name, w.state(), w.slots, w.running, w.runs, w.seen_at, w.labels.join(","));
         }
     }
 }

@@ -277,6 +277,19 @@ pub(crate) fn stats_queries() -> [String; 4] {
     ]
 }
 
+/// The durations histogram from the last query of [`stats_queries`]: the
+/// count at or under each bound, then all of them (`counts`), and their
+/// sum in milliseconds.
+pub(crate) fn durations(counts: &[i64], sum_ms: f64) -> crate::metrics::Histogram {
+    let mut h = crate::metrics::Histogram::default();
+    for (bucket, n) in h.buckets.iter_mut().zip(counts) {
+        *bucket = (*n).max(0) as u64;
+    }
+    h.count = counts.get(h.buckets.len()).map_or(0, |n| (*n).max(0) as u64);
+    h.sum = sum_ms / 1000.0;
+    h
+}
+
 /// A line of `sandflow runs list`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
@@ -401,6 +414,18 @@ pub struct WorkerRecord {
     /// Attempts it holds now, and of how many runs.
     pub running: u32,
     pub runs: u32,
+}
+
+impl WorkerRecord {
+    /// `alive` (it heartbeat within its lease), `stopped` (it said so), or
+    /// `lost` (killed, or cut off).
+    pub fn state(&self) -> &'static str {
+        match (self.alive, self.stopped_at.is_some()) {
+            (true, _) => "alive",
+            (false, true) => "stopped",
+            (false, false) => "lost",
+        }
+    }
 }
 
 /// A run as recorded.

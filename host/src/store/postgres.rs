@@ -621,11 +621,8 @@ impl RunStore for PgStore {
         }
         let row = client.query_one(durations.as_str(), &[]).await.map_err(db)?;
         let n = crate::metrics::DURATION_BUCKETS.len();
-        for (i, bucket) in stats.durations.buckets.iter_mut().enumerate() {
-            *bucket = row.get::<_, i64>(i).max(0) as u64;
-        }
-        stats.durations.count = row.get::<_, i64>(n).max(0) as u64;
-        stats.durations.sum = row.get::<_, f64>(n + 1) / 1000.0;
+        let counts: Vec<i64> = (0..=n).map(|i| row.get(i)).collect();
+        stats.durations = super::durations(&counts, row.get(n + 1));
         let queued = client.query_one("SELECT count(*) FROM jobs WHERE state = 'ready'", &[]).await.map_err(db)?;
         stats.queued = Some(queued.get::<_, i64>(0).max(0) as u64);
         Ok(stats)

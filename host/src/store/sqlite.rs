@@ -379,14 +379,10 @@ impl RunStore for SqliteStore {
                 rows.collect()
             };
             let mut stats = super::StoreStats { runs: counts(&runs)?, steps: counts(&steps)?, failures: counts(&failures)?, ..Default::default() };
-            conn.query_row(&durations, [], |r| {
+            stats.durations = conn.query_row(&durations, [], |r| {
                 let n = crate::metrics::DURATION_BUCKETS.len();
-                for (i, bucket) in stats.durations.buckets.iter_mut().enumerate() {
-                    *bucket = r.get::<_, i64>(i)?.max(0) as u64;
-                }
-                stats.durations.count = r.get::<_, i64>(n)?.max(0) as u64;
-                stats.durations.sum = r.get::<_, f64>(n + 1)? / 1000.0;
-                Ok(())
+                let counts = (0..=n).map(|i| r.get::<_, i64>(i)).collect::<rusqlite::Result<Vec<i64>>>()?;
+                Ok(super::durations(&counts, r.get(n + 1)?))
             })?;
             Ok(stats)
         })

@@ -138,7 +138,7 @@ impl PgStore {
     /// (`None`: all, the store's tokens' too).
     pub async fn audit_log(&self, namespaces: Option<&[String]>, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
         let client = self.client().await?;
-        let columns = "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), token, namespace, action, run_id, outcome, detail";
+        let columns = "EXTRACT(EPOCH FROM at)::float8, token, namespace, action, run_id, outcome, detail";
         let rows = match namespaces {
             None => client.query(&format!("SELECT {columns} FROM audit ORDER BY seq DESC LIMIT $1"), &[&limit]).await,
             Some(ns) => client.query(&format!("SELECT {columns} FROM audit WHERE namespace = ANY($2) ORDER BY seq DESC LIMIT $1"), &[&limit, &ns]).await,
@@ -146,7 +146,7 @@ impl PgStore {
         .map_err(db)?;
         Ok(rows
             .iter()
-            .map(|r| AuditRecord { at: r.get(0), token: r.get(1), namespace: r.get(2), action: r.get(3), run_id: r.get(4), outcome: r.get(5), detail: r.get(6) })
+            .map(|r| AuditRecord { at: super::rfc3339(r.get(0)), token: r.get(1), namespace: r.get(2), action: r.get(3), run_id: r.get(4), outcome: r.get(5), detail: r.get(6) })
             .collect())
     }
 
@@ -171,8 +171,7 @@ impl PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT name, namespaces, role, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                        to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                "SELECT name, namespaces, role, EXTRACT(EPOCH FROM created_at)::float8, EXTRACT(EPOCH FROM revoked_at)::float8
                  FROM tokens ORDER BY created_at DESC, name",
                 &[],
             )
@@ -184,8 +183,8 @@ impl PgStore {
                 name: r.get(0),
                 namespaces: r.get(1),
                 role: Role::parse(r.get::<_, &str>(2)).unwrap_or(Role::Viewer),
-                created_at: r.get(3),
-                revoked_at: r.get(4),
+                created_at: super::rfc3339(r.get(3)),
+                revoked_at: r.get::<_, Option<f64>>(4).map(super::rfc3339),
             })
             .collect())
     }
