@@ -12,6 +12,7 @@
 //! - [`cli`]: the `sandflow` command line, testable in-process.
 
 pub mod cli;
+pub mod cron;
 pub mod expr;
 pub mod exec;
 pub mod failure;

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `sandflow` against the test's PostgreSQL schema.
-fn pg(schema: &PgSchema, state: &tempfile::TempDir) -> Command {
+pub(crate) fn pg(schema: &PgSchema, state: &tempfile::TempDir) -> Command {
     let mut cmd = sandflow(state);
     cmd.arg("--store").arg(&schema.url);
     cmd
@@ -52,7 +52,8 @@ impl Workers {
         w
     }
 
-    fn add(&mut self) {
+    /// Starts one more worker.
+    pub(crate) fn add(&mut self) {
         let labels = self.labels.iter().flat_map(|l| ["--label", l]);
         let child = Command::new(env!("CARGO_BIN_EXE_sandflow"))
             .arg("--state-dir")
@@ -80,12 +81,19 @@ impl Workers {
     }
 }
 
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for c in &mut self.children {
+impl Workers {
+    /// SIGKILLs every worker.
+    pub(crate) fn kill_all(&mut self) {
+        for mut c in self.children.drain(..) {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.kill_all();
     }
 }
 
@@ -735,15 +743,22 @@ fn a_stepflow_flow_with_components_and_vars_runs_on_worker_processes() {
 fn most_at_once(schema: &PgSchema, state: &tempfile::TempDir, id: &str) -> usize {
     let (code, _, err) = run(pg(schema, state).args(["--json", "runs", "follow", id]));
     assert_eq!(code, 0, "{err}");
+    most_open(err.lines())
+}
+
+/// The most attempts open at once in `events` (JSON, in order): from each
+/// one's `step_started` to its `step_finished`.
+fn most_open<'a>(events: impl Iterator<Item = &'a str>) -> usize {
     let (mut open, mut most) = (BTreeSet::new(), 0);
-    for line in err.lines() {
+    for line in events {
         let e: Value = serde_json::from_str(line).unwrap();
+        let key = format!("{} {} {}", e["run_id"], e["step"], e["item"]);
         match e["event"].as_str() {
             Some("step_started") => {
-                open.insert(e["step"].to_string());
+                open.insert(key);
             }
             Some("step_finished") => {
-                open.remove(&e["step"].to_string());
+                open.remove(&key);
             }
             _ => {}
         }
@@ -788,6 +803,59 @@ fn a_run_s_concurrency_holds_across_workers() {
     assert_eq!(err.lines().filter(|l| l.contains("attempt 1 started on ")).count(), 4, "{err}");
     assert_eq!(most_at_once(&schema, &state, &two), 2, "--concurrency 2");
     assert!(most_at_once(&schema, &state, &free) >= 2, "without a limit the four steps overlap on 4 slots");
+}
+
+/// The most attempts of namespace `ns` that ran at once on the workers, by
+/// a sweep over its runs' `step_started`/`step_finished` events in the
+/// order they were recorded. Both are written under the namespace's lock
+/// when it has a step limit, so for such a namespace the order is the
+/// order in which its attempts took and gave back room.
+fn most_at_once_in(schema: &PgSchema, ns: &str) -> usize {
+    let events = schema.strings(
+        "SELECT e.body FROM events e JOIN runs r ON r.id = e.run_id WHERE r.namespace = $1 ORDER BY e.at, e.run_id, e.seq",
+        ns,
+    );
+    most_open(events.iter().map(String::as_str))
+}
+
+/// A namespace's step limit (`namespace set --max-steps`) bounds its
+/// attempts running at once across every worker and every run of it,
+/// while another namespace's run uses the slots left: three runs of
+/// team-a with four independent steps each, limited to 2, and one run of
+/// team-b, on two workers of two slots each.
+#[test]
+fn a_namespace_s_step_limit_holds_across_workers_and_runs() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(pg(&schema, &state).args(["namespace", "set", "team-a", "--max-steps", "2"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(pg(&schema, &state).args(["namespace", "set", "team-a", "--max-steps", "0"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("at least 1 step at a time"), "{err}");
+    let file = state.path().join("naps.yaml");
+    let mut text = format!("name: naps\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n", hostile("sleep").display());
+    for i in 0..4 {
+        text.push_str(&format!("  - {{ id: nap{i}, component: sleep, input: {{ ms: 300 }} }}\n"));
+    }
+    std::fs::write(&file, text).unwrap();
+    let submit_in = |ns: &str| {
+        let (code, out, err) = run(pg(&schema, &state).arg("submit").arg(&file).args(["--namespace", ns]));
+        assert_eq!(code, 0, "{err}");
+        out.trim().to_string()
+    };
+    let theirs: Vec<String> = (0..3).map(|_| submit_in("team-a")).collect();
+    let other = submit_in("team-b");
+    let _workers = Workers::start(&schema, &state, 2, "5s");
+    for id in theirs.iter().chain([&other]) {
+        assert_eq!(wait_end(&schema, &state, id, Duration::from_secs(60))["status"], "completed");
+    }
+    assert_eq!(most_at_once_in(&schema, "team-a"), 2, "team-a's limit of 2 steps at once, reached and never passed");
+    assert!(most_at_once_in(&schema, "team-b") >= 2, "team-b's run used the slots team-a could not");
+    let (code, out, err) = run(pg(&schema, &state).args(["--json", "namespace", "list"]));
+    assert_eq!(code, 0, "{err}");
+    let namespaces: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let team_a = namespaces.iter().find(|n| n["name"] == "team-a").unwrap();
+    assert_eq!((team_a["max_steps"].as_u64(), team_a["steps_running"].as_u64()), (Some(2), Some(0)), "{out}");
 }
 
 /// A run whose recorded workflow no longer loads (a file an older sandflow

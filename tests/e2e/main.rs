@@ -18,6 +18,7 @@ mod quota;
 mod readme;
 mod sandbox;
 mod scheduler;
+mod schedules;
 mod stepflow;
 mod store;
 mod support;

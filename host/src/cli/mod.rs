@@ -16,6 +16,7 @@ mod remote;
 mod render;
 pub(crate) mod run;
 mod runs;
+mod schedule;
 mod serve;
 mod test_cmd;
 mod timeline;
@@ -147,6 +148,11 @@ enum Command {
     /// uses (PostgreSQL store): set, list.
     #[command(subcommand)]
     Namespace(token::NamespaceCommand),
+    /// Runs that start by themselves: register a workflow file's
+    /// `schedules:`, list, pause, resume, remove (PostgreSQL store; `serve`
+    /// and `worker --scheduler` fire them).
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Serve the run store over HTTP: the web view (runs, each run's graph,
     /// steps and logs, live) and the API that `--server` clients submit and
     /// follow runs through (http://127.0.0.1:7878 by default).
@@ -277,6 +283,7 @@ where
             Command::Serve(args) => serve::execute(args, &cli.global, &out).await,
             Command::Token(command) => token::execute(command, &cli.global, &out).await,
             Command::Namespace(command) => token::namespaces(command, &cli.global, &out).await,
+            Command::Schedule(command) => schedule::schedules(command, &cli.global, &out).await,
             Command::New(command) => new::execute(command, &out),
             Command::CompileComponent { .. } => unreachable!("handled before the runtime starts"),
             Command::Schema => {

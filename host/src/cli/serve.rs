@@ -80,6 +80,11 @@ pub(crate) struct ServeArgs {
     /// credentials, may).
     #[arg(long)]
     allow_host_access: bool,
+    /// Do not fire schedules (`sandflow schedule`) from this server. By
+    /// default a server on a PostgreSQL store fires them, as any number of
+    /// servers and `worker --scheduler` processes may: each tick once.
+    #[arg(long)]
+    no_scheduler: bool,
 }
 
 pub(super) struct App {
@@ -130,6 +135,10 @@ pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) 
             if args.allow_actions { " and can cancel, resume and retry them" } else { "" }
         );
     }
+    let scheduler = pg
+        .clone()
+        .filter(|_| !args.no_scheduler)
+        .map(|pg| tokio::spawn(crate::store::schedules::scheduler(pg, crate::sandbox::CancellationToken::new())));
     let guard = Arc::new(super::guard::Guard::new(global.token.clone(), args.public_url, pg.clone()));
     let app = Arc::new(App {
         store,
@@ -158,6 +167,9 @@ pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) 
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| CliError { code: exit::FAILED, message: format!("the web view stopped: {e}") })?;
+    if let Some(scheduler) = scheduler {
+        scheduler.abort();
+    }
     Ok(exit::OK)
 }
 

@@ -6,7 +6,7 @@
 use super::render::say;
 use super::worker::pg_store;
 use super::{CliError, GlobalArgs, Output, exit, store_error};
-use crate::store::tokens::{Role, namespace_name};
+use crate::store::tokens::{NamespaceLimits, Role, namespace_name};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum TokenCommand {
@@ -95,7 +95,7 @@ pub(crate) async fn execute(command: TokenCommand, global: &GlobalArgs, out: &Ou
 pub(crate) enum NamespaceCommand {
     /// Set a namespace's limits. Going over one is refused (429 through
     /// `serve`), and nothing of what was refused is recorded.
-    #[command(after_help = "Example:\n  sandflow namespace set team-a --max-runs 100 --max-stored 2GiB")]
+    #[command(after_help = "Example:\n  sandflow namespace set team-a --max-runs 100 --max-stored 2GiB --max-steps 16")]
     Set {
         name: String,
         /// Most runs in flight at once (`none`: no limit); a submit past it is refused.
@@ -104,8 +104,11 @@ pub(crate) enum NamespaceCommand {
         /// Most bytes of files (workflows, components) kept for it (`none`: no limit); an upload past it is refused.
         #[arg(long, value_name = "SIZE|none", value_parser = limit_size)]
         max_stored: Option<Limit>,
+        /// Most attempts of its runs running at once across every worker (`none`: no limit); more wait, ready, until one ends.
+        #[arg(long, value_name = "N|none", value_parser = limit_steps)]
+        max_steps: Option<Limit>,
     },
-    /// Every namespace: its limits, its runs in flight and the bytes kept for it.
+    /// Every namespace: its limits, its runs in flight, its steps running and the bytes kept for it.
     List,
 }
 
@@ -120,6 +123,13 @@ fn limit_count(text: &str) -> Result<Limit, String> {
     }
 }
 
+fn limit_steps(text: &str) -> Result<Limit, String> {
+    match limit_count(text)? {
+        Limit(Some(0)) => Err("a namespace needs at least 1 step at a time (to stop new runs, set --max-runs 0)".into()),
+        limit => Ok(limit),
+    }
+}
+
 fn limit_size(text: &str) -> Result<Limit, String> {
     match text {
         "none" => Ok(Limit(None)),
@@ -130,14 +140,20 @@ fn limit_size(text: &str) -> Result<Limit, String> {
 pub(crate) async fn namespaces(command: NamespaceCommand, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let store = pg_store(global, "`sandflow namespace`").await?;
     match command {
-        NamespaceCommand::Set { name, max_runs, max_stored } => {
-            let (max_runs, max_stored) = (max_runs.map(|l| l.0), max_stored.map(|l| l.0));
+        NamespaceCommand::Set { name, max_runs, max_stored, max_steps } => {
+            let limits = NamespaceLimits { max_runs: max_runs.map(|l| l.0), max_stored: max_stored.map(|l| l.0), max_steps: max_steps.map(|l| l.0) };
             let name = namespace_name(&name).map_err(CliError::invalid)?;
-            if max_runs.is_none() && max_stored.is_none() {
-                return Err(CliError::invalid("say what to set: --max-runs N and/or --max-stored SIZE (`none` for no limit)"));
+            if limits.max_runs.is_none() && limits.max_stored.is_none() && limits.max_steps.is_none() {
+                return Err(CliError::invalid("say what to set: --max-runs N, --max-stored SIZE and/or --max-steps N (`none` for no limit)"));
             }
-            store.set_namespace(&name, max_runs, max_stored).await.map_err(store_error)?;
-            let detail = format!("{name}: max runs {}, max stored {}", shown(max_runs, |n| n.to_string()), shown(max_stored, crate::units::format_size));
+            store.set_namespace(&name, &limits).await.map_err(store_error)?;
+            let count = |n: u64| n.to_string();
+            let detail = format!(
+                "{name}: max runs {}, max stored {}, max steps {}",
+                shown(limits.max_runs, count),
+                shown(limits.max_stored, crate::units::format_size),
+                shown(limits.max_steps, count)
+            );
             let entry = crate::store::tokens::AuditRecord { token: who(), namespace: Some(name.clone()), action: "namespace set".into(), outcome: "done".into(), detail: Some(detail), ..Default::default() };
             store.audit(&entry).await.map_err(store_error)?;
             if !out.quiet {
@@ -149,14 +165,16 @@ pub(crate) async fn namespaces(command: NamespaceCommand, global: &GlobalArgs, o
             if out.json {
                 println!("{}", serde_json::to_string_pretty(&namespaces).expect("records serialize"));
             } else {
-                println!("{:<24} {:>8} {:>9} {:>12} {:>12}", "NAMESPACE", "RUNNING", "MAX RUNS", "STORED", "MAX STORED");
+                println!("{:<24} {:>8} {:>9} {:>6} {:>9} {:>12} {:>12}", "NAMESPACE", "RUNNING", "MAX RUNS", "STEPS", "MAX STEPS", "STORED", "MAX STORED");
                 for n in namespaces {
                     let or_none = |v: Option<String>| v.unwrap_or_else(|| "-".into());
                     println!(
-                        "{:<24} {:>8} {:>9} {:>12} {:>12}",
+                        "{:<24} {:>8} {:>9} {:>6} {:>9} {:>12} {:>12}",
                         n.name,
                         n.running,
                         or_none(n.max_runs.map(|m| m.to_string())),
+                        n.steps_running,
+                        or_none(n.max_steps.map(|m| m.to_string())),
                         crate::units::format_size(n.stored),
                         or_none(n.max_stored.map(crate::units::format_size))
                     );

@@ -106,6 +106,10 @@ pub(crate) struct WorkerArgs {
     /// How much memory (address space) compiling a component may map.
     #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = crate::units::parse_size)]
     compile_memory: u64,
+    /// Also fire the store's schedules (`sandflow schedule`), as `serve`
+    /// does: any number of schedulers may run, each tick starts one run.
+    #[arg(long)]
+    scheduler: bool,
 }
 
 /// The PostgreSQL store `--store` names, or why this command needs one.
@@ -217,6 +221,8 @@ pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Outp
     let signals = tokio::spawn(cancel_on_signal(stop.clone()));
     // What it did, a line every 10 s while it works (`-v`: a line per step).
     let summary = (!out.quiet).then(|| tokio::spawn(summarize(worker.clone(), Duration::from_secs(10))));
+    // Schedules, fired from here too (`--scheduler`).
+    let scheduler = args.scheduler.then(|| tokio::spawn(crate::store::schedules::scheduler(store.clone(), stop.clone())));
     let graceful = worker.run(stop.clone());
     // A second signal stops at once: leases of held steps then expire.
     tokio::select! {
@@ -231,6 +237,9 @@ pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Outp
     }
     if let Some(metrics) = metrics {
         metrics.abort();
+    }
+    if let Some(scheduler) = scheduler {
+        scheduler.abort();
     }
     Ok(exit::OK)
 }

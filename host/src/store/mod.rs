@@ -12,6 +12,7 @@
 mod pipe;
 mod postgres;
 pub mod queue;
+pub mod schedules;
 mod sqlite;
 pub mod tokens;
 

@@ -258,6 +258,54 @@ CREATE TABLE events (
      CREATE INDEX runs_running_by_namespace ON runs (namespace) WHERE status = 'running';",
     // 15: a run's priority within its namespace (higher first).
     "ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;",
+    // 16: a namespace's most attempts running at once across every worker
+    // (none: unlimited); see `queue::CLAIM_FAIR` and `RunTx::claim_own`.
+    "ALTER TABLE namespaces ADD COLUMN max_steps BIGINT;",
+    // 17: schedules (`schedules:`, `sandflow schedule`): each a submission
+    // kept (its workflow's files, input, binding) with its cron expression
+    // and the first tick not handled yet; a row per tick fired (the key
+    // that makes it fire once), and on each run what started it.
+    "ALTER TABLE runs ADD COLUMN triggered_by TEXT NOT NULL DEFAULT 'manual', ADD COLUMN trigger_source TEXT, ADD COLUMN scheduled_time TIMESTAMPTZ;
+     CREATE INDEX runs_by_trigger ON runs (namespace, trigger_source) WHERE trigger_source IS NOT NULL AND status = 'running';
+     CREATE TABLE schedules (
+        namespace   TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        workflow    TEXT NOT NULL,
+        file        TEXT NOT NULL,
+        sha256      TEXT NOT NULL,
+        cron        TEXT NOT NULL,
+        timezone    TEXT NOT NULL,
+        input       TEXT NOT NULL,
+        catchup     TEXT NOT NULL,
+        overlap     TEXT NOT NULL,
+        targets     TEXT,
+        components  TEXT,
+        vars        TEXT,
+        concurrency INTEGER,
+        priority    INTEGER NOT NULL DEFAULT 0,
+        paused      BOOLEAN NOT NULL DEFAULT false,
+        next_at     TIMESTAMPTZ,
+        created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (namespace, name)
+     );
+     CREATE INDEX schedules_due ON schedules (next_at) WHERE NOT paused;
+     CREATE TABLE schedule_files (
+        namespace TEXT NOT NULL,
+        name      TEXT NOT NULL,
+        path      TEXT NOT NULL,
+        sha256    TEXT NOT NULL,
+        PRIMARY KEY (namespace, name, path),
+        FOREIGN KEY (namespace, name) REFERENCES schedules ON DELETE CASCADE
+     );
+     CREATE TABLE schedule_ticks (
+        namespace TEXT NOT NULL,
+        name      TEXT NOT NULL,
+        tick      TIMESTAMPTZ NOT NULL,
+        outcome   TEXT NOT NULL,
+        run_id    TEXT,
+        at        TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (namespace, name, tick)
+     );",
 ];
 
 /// Serializes migrations across every process using the server.

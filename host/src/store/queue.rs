@@ -184,6 +184,26 @@ pub struct Binding {
     pub priority: i32,
 }
 
+/// A [`Binding`] as its columns hold it.
+pub(super) struct StoredBinding<'a> {
+    pub concurrency: Option<i32>,
+    pub components: Option<String>,
+    /// An object of variables as JSON text; none if there are none.
+    pub vars: Option<String>,
+    pub namespace: &'a str,
+}
+
+impl Binding {
+    pub(super) fn stored(&self) -> StoredBinding<'_> {
+        StoredBinding {
+            concurrency: self.concurrency.map(|n| n.min(i32::MAX as usize) as i32),
+            components: self.components.as_ref().map(|p| p.display().to_string()),
+            vars: self.vars.as_object().filter(|v| !v.is_empty()).map(|v| Value::Object(v.clone()).to_string()),
+            namespace: if self.namespace.is_empty() { super::DEFAULT_NAMESPACE } else { self.namespace.as_str() },
+        }
+    }
+}
+
 impl PgStore {
     /// Records a run for workers to run: the run, and every file it needs
     /// (each file's bytes once per content, shared by runs). A worker
@@ -191,48 +211,8 @@ impl PgStore {
     pub async fn submit(&self, run: &NewRun, files: &RunFiles, binding: &Binding) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let hashes: Vec<(String, &PathBuf, &Vec<u8>)> = files.iter().map(|(p, b)| (sha256_hex(b), p, b)).collect();
-        let wanted: Vec<&str> = hashes.iter().map(|(h, _, _)| h.as_str()).collect();
-        let have: BTreeSet<String> =
-            tx.query("SELECT sha256 FROM files WHERE sha256 = ANY($1)", &[&wanted]).await.map_err(db)?.iter().map(|r| r.get(0)).collect();
-        let mut stored = BTreeSet::new();
-        for (hash, _, bytes) in &hashes {
-            if !have.contains(hash) && stored.insert(hash.clone()) {
-                tx.execute("INSERT INTO files (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[hash, bytes]).await.map_err(db)?;
-            }
-        }
-        let concurrency = binding.concurrency.map(|n| n.min(i32::MAX as usize) as i32);
-        let components = binding.components.as_ref().map(|p| p.display().to_string());
-        let vars = binding.vars.as_object().filter(|v| !v.is_empty()).map(|v| Value::Object(v.clone()).to_string());
-        let namespace = if binding.namespace.is_empty() { super::DEFAULT_NAMESPACE } else { binding.namespace.as_str() };
-        // Runs in flight, under the namespace's limit: counted under its
-        // row's lock, so two submits cannot both take the last place.
-        let limit = tx.query_opt("SELECT max_runs FROM namespaces WHERE name = $1 FOR UPDATE", &[&namespace]).await.map_err(db)?;
-        if let Some(max) = limit.and_then(|r| r.get::<_, Option<i64>>(0)) {
-            let running: i64 = tx
-                .query_one("SELECT count(*) FROM runs WHERE namespace = $1 AND status = 'running'", &[&namespace])
-                .await
-                .map_err(db)?
-                .get(0);
-            if running >= max {
-                return Err(StoreError::Quota(format!(
-                    "namespace `{namespace}` has {running} run(s) in flight, its limit: submit again when one has ended (or raise it: `sandflow namespace set {namespace} --max-runs N`)"
-                )));
-            }
-        }
-        tx.execute(
-            "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets, components, vars, namespace, priority)
-             VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7, $8, $9, $10, $11, $12)",
-            &[&run.id, &run.workflow, &run.file, &run.sha256, &run.input.to_string(), &now(), &concurrency, &super::targets_text(&run.targets), &components, &vars, &namespace, &binding.priority],
-        )
-        .await
-        .map_err(db)?;
-        for (hash, path, _) in &hashes {
-            let path = path.display().to_string();
-            tx.execute("INSERT INTO run_files (run_id, path, sha256) VALUES ($1, $2, $3)", &[&run.id, &path, hash]).await.map_err(db)?;
-            tx.execute("INSERT INTO namespace_files (namespace, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&namespace, hash]).await.map_err(db)?;
-        }
-        tx.execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL]).await.map_err(db)?;
+        let hashes = store_files(&tx, files).await?;
+        insert_run(&tx, run, &hashes, binding, &Trigger::default()).await?;
         tx.commit().await.map_err(db)
     }
 
@@ -399,7 +379,10 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let mut pipe = Pipe::default();
-        let rows = pipe.query(&tx, CLAIM_FAIR, &[&worker, &limit, &lease.as_secs_f64(), &labels]).await.map_err(db)?;
+        let capped = pipe.query(&tx, LOCK_CAPPED, &[]).await.map_err(db)?;
+        let names: Vec<String> = capped.iter().map(|r| r.get(0)).collect();
+        let caps: Vec<i64> = capped.iter().map(|r| r.get(1)).collect();
+        let rows = pipe.query(&tx, CLAIM_FAIR, &[&worker, &limit, &lease.as_secs_f64(), &labels, &names, &caps]).await.map_err(db)?;
         let mut claimed: Vec<(Claimed, String)> = rows.iter().map(|r| (claimed_row(r), r.get(8))).collect();
         claimed.sort_by(|(a, _), (b, _)| (&a.run_id, a.id).cmp(&(&b.run_id, b.id)));
         // `StepStarted` events, numbered in each run's order, runs in id
@@ -666,14 +649,19 @@ impl PgStore {
         let mut pipe = Pipe::default();
         pipe.push("BEGIN", params![]);
         let lock: [&(dyn ToSql + Sync); 1] = [&run_id];
+        let busy: [&(dyn ToSql + Sync); 3] = [&run_id, &held.ids, &held.claims];
         let jobs: [&(dyn ToSql + Sync); 2] = [&held.ids, &held.claims];
         let waiting: [&(dyn ToSql + Sync); 2] = [&run_id, &held.dependents];
-        let mut reads: Vec<Read> = vec![(if held.starting { LOCK_RUN_TO_START } else { LOCK_RUN }, &lock)];
+        // The namespace's lock comes before the run's, as in `claim`.
+        let mut reads: Vec<Read> = vec![(LOCK_NAMESPACE, &lock), (NAMESPACE_BUSY, &busy), (if held.starting { LOCK_RUN_TO_START } else { LOCK_RUN }, &lock)];
         if !held.ids.is_empty() {
             reads.push((HOLD_JOBS, &jobs));
             reads.push((WAITING, &waiting));
         }
         let mut reads = pipe.queries(tx, &reads).await.map_err(db)?.into_iter();
+        let cap = reads.next().unwrap_or_default().first().map(|r| r.get::<_, i64>(0));
+        let busy = reads.next().unwrap_or_default().first().map_or(0, |r| r.get::<_, i64>(0));
+        let room = cap.map(|cap| (cap - busy).max(0) as usize);
         let rows = reads.next().unwrap_or_default();
         let Some(row) = rows.first() else {
             if held.starting {
@@ -715,6 +703,7 @@ impl PgStore {
             outcomes: HashMap::new(),
             waiting: HashMap::new(),
             kept: None,
+            room,
         };
         let mut t: RunTx<'_> = RunMachine::new(&run.ctx.prepared().plan, run.ctx.facts(&run.input), progress, ledger);
         t.ledger.hold(reads.next().unwrap_or_default(), reads.next().unwrap_or_default());
@@ -742,6 +731,83 @@ impl PgStore {
         conn.finished();
         Ok(outcome)
     }
+}
+
+/// Keeps `files`' bytes among the store's files (once per content);
+/// returns each one's path and SHA-256.
+pub(super) async fn store_files(tx: &deadpool_postgres::Transaction<'_>, files: &RunFiles) -> Result<Vec<(String, String)>, StoreError> {
+    let hashes: Vec<(String, &PathBuf, &Vec<u8>)> = files.iter().map(|(p, b)| (sha256_hex(b), p, b)).collect();
+    let wanted: Vec<&str> = hashes.iter().map(|(h, _, _)| h.as_str()).collect();
+    let have: BTreeSet<String> =
+        tx.query("SELECT sha256 FROM files WHERE sha256 = ANY($1)", &[&wanted]).await.map_err(db)?.iter().map(|r| r.get(0)).collect();
+    let mut stored = BTreeSet::new();
+    for (hash, _, bytes) in &hashes {
+        if !have.contains(hash) && stored.insert(hash.clone()) {
+            tx.execute("INSERT INTO files (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[hash, bytes]).await.map_err(db)?;
+        }
+    }
+    Ok(hashes.into_iter().map(|(hash, path, _)| (path.display().to_string(), hash)).collect())
+}
+
+/// How a run came to be, as `run.trigger` tells it.
+#[derive(Debug, Clone, Default)]
+pub struct Trigger {
+    /// `schedule` (or `webhook`); none: `manual`.
+    pub kind: Option<&'static str>,
+    /// The schedule (or webhook) that started it.
+    pub source: Option<String>,
+    /// The tick it was started for.
+    pub scheduled_time: Option<std::time::SystemTime>,
+}
+
+/// Queues run `run` of files `files` (paths and SHA-256s, kept already)
+/// for workers, in `tx`: refused with [`StoreError::Quota`] past its
+/// namespace's runs in flight.
+pub(super) async fn insert_run(tx: &deadpool_postgres::Transaction<'_>, run: &NewRun, files: &[(String, String)], binding: &Binding, trigger: &Trigger) -> Result<(), StoreError> {
+    let StoredBinding { concurrency, components, vars, namespace } = binding.stored();
+    // Runs in flight, under the namespace's limit: counted under its
+    // row's lock, so two submits cannot both take the last place.
+    let limit = tx.query_opt("SELECT max_runs FROM namespaces WHERE name = $1 FOR UPDATE", &[&namespace]).await.map_err(db)?;
+    if let Some(max) = limit.and_then(|r| r.get::<_, Option<i64>>(0)) {
+        let running: i64 =
+            tx.query_one("SELECT count(*) FROM runs WHERE namespace = $1 AND status = 'running'", &[&namespace]).await.map_err(db)?.get(0);
+        if running >= max {
+            return Err(StoreError::Quota(format!(
+                "namespace `{namespace}` has {running} run(s) in flight, its limit: submit again when one has ended (or raise it: `sandflow namespace set {namespace} --max-runs N`)"
+            )));
+        }
+    }
+    let kind = trigger.kind.unwrap_or("manual");
+    tx.execute(
+        "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets, components, vars, namespace, priority,
+                           triggered_by, trigger_source, scheduled_time)
+         VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        &[
+            &run.id,
+            &run.workflow,
+            &run.file,
+            &run.sha256,
+            &run.input.to_string(),
+            &now(),
+            &concurrency,
+            &super::targets_text(&run.targets),
+            &components,
+            &vars,
+            &namespace,
+            &binding.priority,
+            &kind,
+            &trigger.source,
+            &trigger.scheduled_time,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    for (path, hash) in files {
+        tx.execute("INSERT INTO run_files (run_id, path, sha256) VALUES ($1, $2, $3)", &[&run.id, path, hash]).await.map_err(db)?;
+        tx.execute("INSERT INTO namespace_files (namespace, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&namespace, hash]).await.map_err(db)?;
+    }
+    tx.execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL]).await.map_err(db)?;
+    Ok(())
 }
 
 /// A pooled connection in a transaction begun by a pushed `BEGIN`. Unless
@@ -813,15 +879,28 @@ macro_rules! fair_window {
 /// k-th job ranks by k plus the jobs the namespace holds now, so that a
 /// namespace with little running goes before one with a flood queued;
 /// within a namespace, higher run priority first, then oldest first.
+///
+/// Namespaces with a step limit: those locked by [`LOCK_CAPPED`] (`$5`,
+/// with limits `$6`) in a statement before (so that the jobs they hold
+/// are counted under the lock) give no more jobs than they have room for,
+/// and none when full (before the window, which they would otherwise
+/// fill); the others with a limit give none (another transaction holds
+/// them, and wakes the workers when it makes room).
 const CLAIM_FAIR: &str = concat!(
     "WITH busy AS (SELECT r.namespace, count(*) AS n FROM jobs b JOIN runs r ON r.id = b.run_id WHERE b.state = 'claimed' GROUP BY r.namespace),
+     caps AS (SELECT k.namespace, k.cap - COALESCE(busy.n, 0) AS room FROM unnest($5::text[], $6::int8[]) AS k(namespace, cap)
+              LEFT JOIN busy ON busy.namespace = k.namespace),
+     shut AS (SELECT namespace FROM caps WHERE room <= 0 UNION ALL SELECT name FROM namespaces WHERE max_steps IS NOT NULL AND name <> ALL($5::text[])),
      cand AS (SELECT j.id, r.namespace, r.priority FROM jobs j JOIN runs r ON r.id = j.run_id
               WHERE j.state = 'ready' AND j.not_before <= now() AND j.runs_on <@ $4::text[] AND NOT j.limited
+                AND r.namespace NOT IN (SELECT namespace FROM shut)
               ORDER BY j.id LIMIT ",
     fair_window!(),
     "),
-     ranked AS (SELECT ARRAY(SELECT c.id FROM cand c LEFT JOIN busy ON busy.namespace = c.namespace
-                             ORDER BY COALESCE(busy.n, 0) + row_number() OVER (PARTITION BY c.namespace ORDER BY c.priority DESC, c.id), c.priority DESC, c.id) AS ids),
+     scored AS (SELECT c.id, c.priority, COALESCE(busy.n, 0) AS n, caps.room,
+                       row_number() OVER (PARTITION BY c.namespace ORDER BY c.priority DESC, c.id) AS k
+                FROM cand c LEFT JOIN busy ON busy.namespace = c.namespace LEFT JOIN caps ON caps.namespace = c.namespace),
+     ranked AS (SELECT ARRAY(SELECT id FROM scored WHERE room IS NULL OR k <= room ORDER BY n + k, priority DESC, id) AS ids),
      c AS (
         UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $3)
         WHERE id IN (SELECT j.id FROM ranked, unnest(ranked.ids) WITH ORDINALITY AS p(id, ord) JOIN jobs j ON j.id = p.id
@@ -845,6 +924,24 @@ const APPEND_EVENTS: &str = "WITH r AS (UPDATE runs SET events = events + cardin
     SELECT $1, r.events - cardinality($2::text[]) + e.ord::int, e.body FROM r, unnest($2::text[]) WITH ORDINALITY AS e(body, ord)";
 
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// Locks the namespace of run `$1` if it has a step limit, and returns the
+/// limit: before the run's lock, as [`LOCK_CAPPED`] takes it before jobs'.
+const LOCK_NAMESPACE: &str = "SELECT n.max_steps FROM namespaces n
+    WHERE n.name = (SELECT namespace FROM runs WHERE id = $1) AND n.max_steps IS NOT NULL FOR UPDATE OF n";
+
+/// How many attempts of run `$1`'s namespace are running (claimed), but
+/// for jobs `$2` with claims `$3` (their results are being recorded): only
+/// if it has a step limit, and so (a statement after [`LOCK_NAMESPACE`])
+/// counted under its lock.
+const NAMESPACE_BUSY: &str = "SELECT count(*) FROM jobs j JOIN runs r ON r.id = j.run_id
+    WHERE EXISTS (SELECT 1 FROM namespaces n JOIN runs o ON o.namespace = n.name WHERE o.id = $1 AND n.max_steps IS NOT NULL)
+      AND j.state = 'claimed' AND r.namespace = (SELECT namespace FROM runs WHERE id = $1)
+      AND NOT EXISTS (SELECT 1 FROM unnest($2::int8[], $3::int8[]) AS h(id, claim) WHERE h.id = j.id AND h.claim = j.claim)";
+
+/// Locks the namespaces with a step limit that no other transaction holds
+/// (one that does is claiming or recording for it), with their limits.
+const LOCK_CAPPED: &str = "SELECT name, max_steps FROM namespaces WHERE max_steps IS NOT NULL ORDER BY name FOR UPDATE SKIP LOCKED";
 
 /// Locks run `$1`'s row: every transaction that changes a run takes it first.
 const LOCK_RUN: &str = "SELECT status, stop, open_steps, events, run_started, ending, main_stop, attempt FROM runs WHERE id = $1 FOR UPDATE";
@@ -938,6 +1035,11 @@ struct PgLedger<'a> {
     /// Dependencies steps still wait for, as read under the run lock and
     /// counted down since: by step. (Only this run's transactions change them.)
     waiting: HashMap<usize, i32>,
+    /// With a step limit on the run's namespace (`namespace set
+    /// --max-steps`), held by this transaction: how many more attempts
+    /// of the namespace may start now (the attempts whose results this
+    /// transaction records count as ended).
+    room: Option<usize>,
     /// Outputs of steps that succeeded in an earlier attempt of the run
     /// (secrets put back), once read: by step id.
     kept: Option<HashMap<String, Value>>,
@@ -1057,7 +1159,10 @@ impl<'a> PgLedger<'a> {
             params![self.run_id.to_string(), stop, progress.open as i32, self.seq, progress.started],
         );
         self.pipe.push(NOTIFY, params![EVENTS_CHANNEL, self.run_id.to_string()]);
-        if self.new_jobs > self.claimed.len() {
+        // Attempts ending in a namespace with a step limit make room for
+        // its jobs held back, of any of its runs.
+        let room_made = self.room.is_some() && !self.held.is_empty();
+        if self.new_jobs > self.claimed.len() || room_made {
             self.pipe.push(NOTIFY, params![JOBS_CHANNEL, ""]);
         }
     }
@@ -1339,10 +1444,12 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
     /// Claims this run's ready jobs for the committing worker, as
     /// [`PgStore::claim`] does, under the run lock already held.
     async fn claim_own(&mut self, claimer: &Claimer) -> PgResult<()> {
-        if claimer.slots == 0 || !self.progress.running {
+        let l = &mut self.ledger;
+        // The namespace's step limit, under its lock.
+        let slots = l.room.map_or(claimer.slots, |room| claimer.slots.min(room));
+        if slots == 0 || !self.progress.running {
             return Ok(());
         }
-        let l = &mut self.ledger;
         let wf = l.wf();
         // With a step limit: the steps running now, on any worker (a step
         // running may start more of its `forEach` items).
@@ -1357,11 +1464,11 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
         };
         // Jobs this transaction queued are taken as they are inserted;
         // older ones only if some may be ready (`claimer.others`).
-        let mine = l.pipe.claim_queued(&claimer.worker, claimer.lease.as_secs_f64(), claimer.slots, |idx| {
+        let mine = l.pipe.claim_queued(&claimer.worker, claimer.lease.as_secs_f64(), slots, |idx| {
             wf.steps[idx as usize].runs_on.iter().all(|label| claimer.labels.contains(label)) && may_start(idx)
         });
         let mut claimed = Vec::new();
-        let left = claimer.slots - mine.len();
+        let left = slots - mine.len();
         if left > 0 && (claimer.others || l.pipe.sent_ready()) {
             let lease = claimer.lease.as_secs_f64();
             let rows = if l.run.step_limit.is_none() {

@@ -97,10 +97,25 @@ pub struct NamespaceRecord {
     pub max_runs: Option<u64>,
     /// Most bytes of files kept for it (none: no limit).
     pub max_stored: Option<u64>,
+    /// Most attempts running at once across every worker (none: no limit).
+    #[serde(default)]
+    pub max_steps: Option<u64>,
     /// Its runs in flight now.
     pub running: u64,
+    /// Its attempts running on workers now.
+    #[serde(default)]
+    pub steps_running: u64,
     /// Bytes of files kept for it now.
     pub stored: u64,
+}
+
+/// Limits to set on a namespace: for each, `None` leaves it as it was,
+/// `Some(None)` lifts it, `Some(Some(n))` sets it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NamespaceLimits {
+    pub max_runs: Option<Option<u64>>,
+    pub max_stored: Option<Option<u64>>,
+    pub max_steps: Option<Option<u64>>,
 }
 
 /// One action, as the audit log keeps it.
@@ -222,21 +237,26 @@ impl PgStore {
         }))
     }
 
-    /// Sets namespace `name`'s limits (`Some(None)`: no limit; `None`:
-    /// as it was).
-    pub async fn set_namespace(&self, name: &str, max_runs: Option<Option<u64>>, max_stored: Option<Option<u64>>) -> Result<(), StoreError> {
+    /// Sets namespace `name`'s limits: those `limits` names, leaving the
+    /// others as they were.
+    pub async fn set_namespace(&self, name: &str, limits: &NamespaceLimits) -> Result<(), StoreError> {
         let client = self.client().await?;
         let as_sql = |v: Option<Option<u64>>| v.map(|v| v.map(|n| n.min(i64::MAX as u64) as i64));
-        let (runs, stored) = (as_sql(max_runs), as_sql(max_stored));
+        let (runs, stored, steps) = (as_sql(limits.max_runs), as_sql(limits.max_stored), as_sql(limits.max_steps));
         client
             .execute(
-                "INSERT INTO namespaces (name, max_runs, max_stored) VALUES ($1, $3, $5)
+                "INSERT INTO namespaces (name, max_runs, max_stored, max_steps) VALUES ($1, $3, $5, $7)
                  ON CONFLICT (name) DO UPDATE SET max_runs = CASE WHEN $2 THEN $3 ELSE namespaces.max_runs END,
-                                                  max_stored = CASE WHEN $4 THEN $5 ELSE namespaces.max_stored END",
-                &[&name, &runs.is_some(), &runs.flatten(), &stored.is_some(), &stored.flatten()],
+                                                  max_stored = CASE WHEN $4 THEN $5 ELSE namespaces.max_stored END,
+                                                  max_steps = CASE WHEN $6 THEN $7 ELSE namespaces.max_steps END",
+                &[&name, &runs.is_some(), &runs.flatten(), &stored.is_some(), &stored.flatten(), &steps.is_some(), &steps.flatten()],
             )
             .await
             .map_err(db)?;
+        if steps.is_some() {
+            // Workers holding back this namespace's jobs look again.
+            client.execute("SELECT pg_notify($1, '')", &[&crate::store::queue::JOBS_CHANNEL]).await.map_err(db)?;
+        }
         Ok(())
     }
 
@@ -248,9 +268,10 @@ impl PgStore {
             .query(
                 "WITH names AS (SELECT name FROM namespaces UNION SELECT DISTINCT namespace FROM runs
                                 UNION SELECT DISTINCT namespace FROM namespace_files UNION SELECT DISTINCT unnest(namespaces) FROM tokens)
-                 SELECT n.name, l.max_runs, l.max_stored,
+                 SELECT n.name, l.max_runs, l.max_stored, l.max_steps,
                         (SELECT count(*) FROM runs r WHERE r.namespace = n.name AND r.status = 'running'),
-                        (SELECT COALESCE(sum(length(f.bytes)), 0)::BIGINT FROM namespace_files nf JOIN files f ON f.sha256 = nf.sha256 WHERE nf.namespace = n.name)
+                        (SELECT COALESCE(sum(length(f.bytes)), 0)::BIGINT FROM namespace_files nf JOIN files f ON f.sha256 = nf.sha256 WHERE nf.namespace = n.name),
+                        (SELECT count(*) FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.state = 'claimed' AND r.namespace = n.name)
                  FROM names n LEFT JOIN namespaces l ON l.name = n.name ORDER BY n.name",
                 &[],
             )
@@ -262,8 +283,10 @@ impl PgStore {
                 name: r.get(0),
                 max_runs: r.get::<_, Option<i64>>(1).map(|n| n.max(0) as u64),
                 max_stored: r.get::<_, Option<i64>>(2).map(|n| n.max(0) as u64),
-                running: r.get::<_, i64>(3).max(0) as u64,
-                stored: r.get::<_, i64>(4).max(0) as u64,
+                max_steps: r.get::<_, Option<i64>>(3).map(|n| n.max(0) as u64),
+                running: r.get::<_, i64>(4).max(0) as u64,
+                stored: r.get::<_, i64>(5).max(0) as u64,
+                steps_running: r.get::<_, i64>(6).max(0) as u64,
             })
             .collect())
     }

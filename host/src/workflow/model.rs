@@ -47,6 +47,9 @@ pub struct Workflow {
     /// How the run output is built; `None`: SPEC §2.6's default.
     pub output: Option<Template>,
     pub tests: Vec<TestCase>,
+    /// `schedules:`: when runs start by themselves once the file is
+    /// registered (`sandflow schedule add`).
+    pub schedules: Vec<ScheduleDecl>,
     /// A StepFlow flow (a StepFlow-only key or value form is written): a
     /// step runs only when the output (or a step that runs) needs it, or
     /// it has `mustExecute`; the branch an `$if` does not take never runs.
@@ -300,6 +303,58 @@ pub struct StepDecl {
     /// StepFlow's `mustExecute`: in a StepFlow flow, it runs even when
     /// nothing the output needs reads it.
     pub must_execute: bool,
+}
+
+/// One entry of `schedules:`.
+#[derive(Debug, Clone)]
+pub struct ScheduleDecl {
+    /// `name`, or its place in the list from 1.
+    pub name: String,
+    /// The cron expression as written, and parsed.
+    pub cron: String,
+    pub parsed: crate::cron::Cron,
+    /// An IANA time zone name (`UTC` unless given).
+    pub timezone: String,
+    /// The input of each run it starts.
+    pub input: Value,
+    pub catchup: Catchup,
+    pub overlap: Overlap,
+}
+
+/// Which ticks missed while no scheduler ran (a tick fired more than
+/// [`crate::store::schedules::LATE`] after its time is missed) start runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Catchup {
+    /// None: the schedule goes on from the next tick.
+    None,
+    /// One run, for the latest of them (as a Kubernetes CronJob or Argo's
+    /// CronWorkflow does).
+    #[default]
+    One,
+    /// A run for each.
+    All,
+}
+
+/// What a tick does while a run the schedule started before is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Starts another (Argo's `Allow`).
+    #[default]
+    Allow,
+    /// Starts none.
+    Skip,
+    /// Cancels the running ones, then starts one.
+    CancelPrevious,
+}
+
+impl Catchup {
+    pub const ALL: [(&str, Catchup); 3] = [("none", Catchup::None), ("one", Catchup::One), ("all", Catchup::All)];
+}
+
+impl Overlap {
+    pub const ALL: [(&str, Overlap); 3] = [("allow", Overlap::Allow), ("skip", Overlap::Skip), ("cancel_previous", Overlap::CancelPrevious)];
 }
 
 /// One case of `test.cases`.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub(super) const WORKFLOW_KEYS: &[&str] = &[
     "name", "description", "input", "defaults", "timeout", "concurrency", "fail_fast", "quota", "components", "steps", "finally",
-    "finally_timeout", "output", "test",
+    "finally_timeout", "output", "test", "schedules",
     // StepFlow's (its `schemas/flow.json`, and older spellings).
     "schema", "schemas", "inputSchema", "outputSchema", "input_schema", "output_schema", "version", "examples", "metadata", "variables",
 ];
@@ -50,6 +50,7 @@ const STEPFLOW_DEFAULT_RETRIES: u64 = 3;
 /// `config`/`configFile` are StepFlow's test configuration; sandflow binds
 /// components with `--components FILE` instead.
 pub(super) const TEST_KEYS: &[&str] = &["cases", "config", "configFile", "config_file"];
+pub(super) const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "input", "catchup", "overlap"];
 pub(super) const CASE_KEYS: &[&str] = &["name", "description", "input", "target", "output", "outcome", "error"];
 
 /// The parsing context: the file, and the problems found so far.
@@ -202,6 +203,7 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String, text: Arc<str>)
     }
     let output = get("output").map(|n| cx.template(n));
     let tests = get("test").filter(|n| !is_null(n)).map(|n| tests(cx, n)).unwrap_or_default();
+    let schedules = get("schedules").filter(|n| !is_null(n)).map(|n| schedules(cx, n, input_schema.as_ref())).unwrap_or_default();
     let lazy = map.iter().any(|(k, _)| STEPFLOW_WORKFLOW_KEYS.contains(&k.as_str()))
         || [get("steps"), get("output")].into_iter().flatten().any(has_stepflow_forms);
     Some(Workflow {
@@ -222,6 +224,7 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String, text: Arc<str>)
         steps,
         output,
         tests,
+        schedules,
         lazy,
     })
 }
@@ -675,6 +678,80 @@ fn stepflow_result(node: &Node) -> Option<Expectation> {
         _ => return None,
     };
     Some(expect)
+}
+
+/// `schedules:`: each cron expression parsed and shown to fire, each time
+/// zone known, each input checked against the workflow's `input` schema.
+fn schedules(cx: &mut Cx, node: &Node, input_schema: Option<&Value>) -> Vec<ScheduleDecl> {
+    let Some(seq) = node.as_sequence() else {
+        cx.error_hint(node, "`schedules` must be a list", "e.g. `schedules: [{ cron: \"0 3 * * *\", timezone: Europe/Berlin }]`");
+        return Vec::new();
+    };
+    let mut names = std::collections::BTreeSet::new();
+    seq.iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            let m = cx.mapping(n, "a schedule", SCHEDULE_KEYS)?;
+            let name = m.get_node("name").and_then(|v| cx.string(v, "`name`")).unwrap_or_else(|| (i + 1).to_string());
+            if !names.insert(name.clone()) {
+                cx.error(m.get_node("name").unwrap_or(n), format!("two schedules are named `{name}`"));
+            }
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+                cx.error(m.get_node("name").unwrap_or(n), format!("schedule name `{name}`: use letters, digits, `-`, `_` and `.`"));
+            }
+            let Some(cron_node) = m.get_node("cron") else {
+                cx.error_hint(n, "a schedule needs `cron`", "e.g. `cron: \"0 3 * * *\"` (03:00 every day; six fields put seconds first)");
+                return None;
+            };
+            let cron = cx.string(cron_node, "`cron`")?;
+            let parsed = match crate::cron::Cron::parse(&cron) {
+                Ok(c) => c,
+                Err(e) => {
+                    cx.error_hint(cron_node, format!("`cron`: {e}"), "five fields: minute hour day-of-month month day-of-week, e.g. `*/5 * * * *`");
+                    return None;
+                }
+            };
+            let timezone = match m.get_node("timezone") {
+                None => "UTC".to_string(),
+                Some(tz) => {
+                    let zone = cx.string(tz, "`timezone`")?;
+                    if jiff::tz::TimeZone::get(&zone).is_err() {
+                        cx.error_hint(tz, format!("unknown time zone `{zone}`"), "an IANA name, e.g. `Europe/Berlin`, `America/New_York` or `UTC`");
+                        return None;
+                    }
+                    zone
+                }
+            };
+            let zone = jiff::tz::TimeZone::get(&timezone).ok()?;
+            if parsed.next_after(jiff::Timestamp::now(), &zone).is_none() {
+                cx.error_hint(cron_node, format!("`cron: {cron}` never fires (no date matches it)"), "check the day of month against the month, e.g. `30 2` is February 30th");
+                return None;
+            }
+            let input = m.get_node("input").map(to_json).unwrap_or_else(|| Value::Object(Default::default()));
+            if let Some(schema) = input_schema
+                && let Ok(validator) = jsonschema::validator_for(schema)
+                && let Some(e) = validator.iter_errors(&input).next()
+            {
+                let at = m.get_node("input").unwrap_or(n);
+                cx.error_hint(at, format!("this schedule's `input` does not match the workflow's `input` schema: {e}"), "each run it starts is checked the same way");
+            }
+            fn choice<T: Copy>(cx: &mut Cx, m: &Mapping, key: &str, options: &[(&str, T)]) -> Option<T> {
+                let n = m.get_node(key)?;
+                let text = cx.string(n, &format!("`{key}`"))?;
+                match options.iter().find(|(k, _)| *k == text) {
+                    Some((_, v)) => Some(*v),
+                    None => {
+                        let known: Vec<&str> = options.iter().map(|(k, _)| *k).collect();
+                        cx.error(n, format!("`{key}: {text}`: one of {}", known.join(", ")));
+                        None
+                    }
+                }
+            }
+            let catchup = choice(cx, m, "catchup", &Catchup::ALL).unwrap_or_default();
+            let overlap = choice(cx, m, "overlap", &Overlap::ALL).unwrap_or_default();
+            Some(ScheduleDecl { name, cron, parsed, timezone, input, catchup, overlap })
+        })
+        .collect()
 }
 
 fn tests(cx: &mut Cx, node: &Node) -> Vec<TestCase> {

@@ -8,8 +8,8 @@
 //! components, durations' units) stay the parser's.
 
 use super::parse::{
-    CACHE_KEYS, CASE_KEYS, COMPONENT_KEYS, DEFAULTS_KEYS, DIR_KEYS, GRANTS_KEYS, HTTP_KEYS, ON_ERROR_KEYS, RETRY_KEYS, STEP_KEYS, TEST_KEYS,
-    WORKFLOW_KEYS,
+    CACHE_KEYS, CASE_KEYS, COMPONENT_KEYS, DEFAULTS_KEYS, DIR_KEYS, GRANTS_KEYS, HTTP_KEYS, ON_ERROR_KEYS, RETRY_KEYS, SCHEDULE_KEYS, STEP_KEYS,
+    TEST_KEYS, WORKFLOW_KEYS,
 };
 use crate::sandbox::QuotaKind;
 use serde_json::{Map, Value, json};
@@ -81,6 +81,17 @@ fn property(what: &str, key: &str) -> Value {
             "properties": properties("test", TEST_KEYS),
             "additionalProperties": false,
         }),
+        ("workflow", "schedules") => json!({
+            "type": ["array", "null"],
+            "items": { "type": "object", "properties": properties("schedule", SCHEDULE_KEYS), "required": ["cron"], "additionalProperties": false },
+            "description": "runs that start by themselves once registered (`sandflow schedule add FILE`)",
+        }),
+        ("schedule", "name") => json!({ "type": "string", "pattern": "^[A-Za-z0-9_.-]+$" }),
+        ("schedule", "cron") => json!({ "type": "string", "description": "5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first; or @daily, @hourly, …" }),
+        ("schedule", "timezone") => json!({ "type": "string", "description": "an IANA time zone, e.g. Europe/Berlin (default UTC)" }),
+        ("schedule", "input") => json!({}),
+        ("schedule", "catchup") => json!({ "enum": ["none", "one", "all"], "description": "ticks missed while no scheduler ran: none, one run for the latest (default), or one for each" }),
+        ("schedule", "overlap") => json!({ "enum": ["allow", "skip", "cancel_previous"], "description": "a tick while an earlier run of the schedule runs (default allow)" }),
         ("test", "cases") => json!({
             "type": "array",
             "items": { "type": "object", "properties": properties("case", CASE_KEYS), "additionalProperties": false },

@@ -1,0 +1,162 @@
+//! `sandflow schedule add|list|pause|resume|remove`: the schedules of a
+//! PostgreSQL store, fired by `serve` and `worker --scheduler`.
+
+use super::args::VarArgs;
+use super::render::say;
+use super::worker::{binding, load_for_submit, pg_store};
+use super::{CliError, GlobalArgs, Output, exit, store_error, workflow_cmd};
+use crate::store::schedules::ScheduleTemplate;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ScheduleCommand {
+    /// Register the schedules a workflow file's `schedules:` holds, as
+    /// WORKFLOW/NAME: the file and its components are kept in the store
+    /// (as `submit` keeps them), so any scheduler anywhere fires them.
+    /// Adding the file again updates them (a schedule whose cron and zone
+    /// are unchanged keeps its next tick) and removes the ones it no
+    /// longer has.
+    #[command(after_help = "Example:\n  sandflow schedule add workflows/schedule.yaml --namespace team-a\n\n\
+        `sandflow serve` and `sandflow worker --scheduler` (any number of them) fire the ticks; each tick starts one run, once.")]
+    Add(AddArgs),
+    /// The schedules: cron, zone, next tick, and the last tick's outcome.
+    List {
+        /// Only this namespace's.
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
+    },
+    /// Stop a schedule's ticks until `resume` (ticks meanwhile are not
+    /// caught up).
+    Pause(NameArgs),
+    /// Start a paused schedule again, from its next tick.
+    Resume(NameArgs),
+    /// Remove a schedule (the runs it started stay).
+    Remove(NameArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct AddArgs {
+    /// The workflow file with `schedules:`.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The namespace (tenant) its runs belong to [default: `default`].
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// Most steps of each run running at once across all workers.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: Option<u64>,
+    /// Run only these steps and every step they depend on.
+    #[arg(long, value_name = "STEP[,STEP...]", value_delimiter = ',')]
+    target: Vec<String>,
+    #[command(flatten)]
+    components: workflow_cmd::ComponentsArg,
+    #[command(flatten)]
+    vars: VarArgs,
+    /// Its runs' priority within the namespace.
+    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct NameArgs {
+    /// The schedule: WORKFLOW/NAME, as `schedule list` shows it.
+    name: String,
+    /// Its namespace [default: `default`].
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+}
+
+fn namespace_of(ns: Option<&str>) -> Result<String, CliError> {
+    match ns {
+        Some(ns) => crate::store::tokens::namespace_name(ns).map_err(|e| CliError::invalid(format!("--namespace: {e}"))),
+        None => Ok(crate::store::DEFAULT_NAMESPACE.to_string()),
+    }
+}
+
+pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    let store = pg_store(global, "`sandflow schedule`").await?;
+    let now = jiff::Timestamp::now();
+    match command {
+        ScheduleCommand::Add(args) => {
+            let (prepared, files) = load_for_submit(&args.file, &args.components, out).await?;
+            let wf = &prepared.plan.workflow;
+            if wf.schedules.is_empty() {
+                return Err(CliError::invalid(format!(
+                    "{} has no `schedules:`: add one, e.g.\n  schedules:\n    - cron: \"0 3 * * *\"\n      timezone: Europe/Berlin",
+                    args.file.display()
+                )));
+            }
+            // Each schedule's input and the targets, checked as a submit's.
+            for s in &wf.schedules {
+                crate::exec::enter(&prepared, &args.target, &s.input, &Default::default())
+                    .map_err(|r| CliError::invalid(format!("schedule `{}`: {r}", s.name)))?;
+            }
+            let binding = binding(args.concurrency, &args.components, &args.vars, args.namespace.as_deref(), args.priority)?;
+            let template = ScheduleTemplate {
+                workflow: wf.name.clone(),
+                file: args.file.display().to_string(),
+                sha256: wf.sha256.clone(),
+                targets: args.target.clone(),
+                binding,
+            };
+            let put = store.put_schedules(&template, &files, &wf.schedules, now).await.map_err(store_error)?;
+            if !out.quiet {
+                for ((name, next), decl) in put.put.iter().zip(&wf.schedules) {
+                    let next = match next {
+                        Some(t) => format!("next at {}", t.to_zoned(jiff::tz::TimeZone::get(&decl.timezone).unwrap_or(jiff::tz::TimeZone::UTC)).strftime("%Y-%m-%d %H:%M:%S %:z")),
+                        None => "paused".into(),
+                    };
+                    say!("schedule {name}: `{}` ({}), {next}", decl.cron, decl.timezone);
+                }
+                for name in &put.removed {
+                    say!("schedule {name}: removed (no longer in the file)");
+                }
+            }
+        }
+        ScheduleCommand::List { namespace } => {
+            let only = namespace.as_deref().map(|ns| namespace_of(Some(ns))).transpose()?.map(|ns| vec![ns]);
+            let schedules = store.schedules(only.as_deref()).await.map_err(store_error)?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&schedules).expect("records serialize"));
+            } else {
+                println!("{:<12} {:<28} {:<18} {:<16} {:<26} LAST", "NAMESPACE", "SCHEDULE", "CRON", "ZONE", "NEXT");
+                for s in schedules {
+                    let next = if s.paused { "paused".to_string() } else { s.next_at.clone().unwrap_or_else(|| "never".into()) };
+                    let last = match (&s.last_tick, &s.last_outcome, &s.last_run) {
+                        (Some(t), _, Some(run)) => format!("{t} run {run}"),
+                        (Some(t), Some(o), None) => format!("{t} {o}"),
+                        _ => "-".into(),
+                    };
+                    println!("{:<12} {:<28} {:<18} {:<16} {:<26} {last}", s.namespace, s.name, s.cron, s.timezone, next);
+                }
+            }
+        }
+        ScheduleCommand::Pause(args) => toggle(&store, args, true, now, out).await?,
+        ScheduleCommand::Resume(args) => toggle(&store, args, false, now, out).await?,
+        ScheduleCommand::Remove(args) => {
+            let ns = namespace_of(args.namespace.as_deref())?;
+            if !store.remove_schedule(&ns, &args.name).await.map_err(store_error)? {
+                return Err(unknown(&ns, &args.name));
+            }
+            if !out.quiet {
+                say!("schedule {} removed", args.name);
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn toggle(store: &crate::store::PgStore, args: NameArgs, paused: bool, now: jiff::Timestamp, out: &Output) -> Result<(), CliError> {
+    let ns = namespace_of(args.namespace.as_deref())?;
+    if !store.pause_schedule(&ns, &args.name, paused, now).await.map_err(store_error)? {
+        return Err(unknown(&ns, &args.name));
+    }
+    if !out.quiet {
+        say!("schedule {} {}", args.name, if paused { "paused" } else { "resumed" });
+    }
+    Ok(())
+}
+
+fn unknown(ns: &str, name: &str) -> CliError {
+    CliError::invalid(format!("no schedule `{name}` in namespace `{ns}` (see `sandflow schedule list`)"))
+}

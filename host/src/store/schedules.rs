@@ -1,0 +1,446 @@
+//! Schedules in a PostgreSQL store: each one a submission kept (the
+//! workflow's files by SHA-256, the input, what the run is bound to) with
+//! its cron expression, time zone and the first tick not handled yet.
+//!
+//! Any number of schedulers (`serve`, `worker --scheduler`) call
+//! [`PgStore::fire_due`]: a due schedule's row is locked (`SKIP LOCKED`:
+//! one scheduler handles it at a time) and each tick it fires is a row
+//! keyed by schedule and tick, written in the same transaction as the run
+//! it queues and the schedule's next tick: a tick fires once, however many
+//! schedulers run and whenever one dies.
+
+use super::postgres::{PgStore, db};
+use super::queue::{Binding, RunFiles, StoredBinding, Trigger, insert_run, store_files};
+use super::{NewRun, StoreError};
+use crate::cron::Cron;
+use crate::workflow::{Catchup, Overlap, ScheduleDecl};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use serde_json::Value;
+use std::time::{Duration, SystemTime};
+
+/// A tick fired more than this after its time was missed (no scheduler
+/// ran then): its schedule's `catchup` decides whether it starts a run.
+pub const LATE: Duration = Duration::from_secs(10);
+
+/// At most this many missed ticks start runs at once (`catchup: all`),
+/// the newest.
+const MOST_CAUGHT_UP: usize = 1000;
+
+/// What a schedule submits at each tick, apart from its input.
+#[derive(Debug, Clone)]
+pub struct ScheduleTemplate {
+    /// The workflow's name: a schedule is `WORKFLOW/NAME`.
+    pub workflow: String,
+    /// The workflow file's path among `files`.
+    pub file: String,
+    pub sha256: String,
+    pub targets: Vec<String>,
+    pub binding: Binding,
+}
+
+/// A schedule as `sandflow schedule list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleRecord {
+    pub namespace: String,
+    /// `WORKFLOW/NAME`.
+    pub name: String,
+    pub workflow: String,
+    pub cron: String,
+    pub timezone: String,
+    pub catchup: String,
+    pub overlap: String,
+    pub paused: bool,
+    /// The next tick (RFC 3339, in the schedule's zone); none while paused.
+    pub next_at: Option<String>,
+    /// The last tick handled, how (`started`, `skipped: …`, `refused: …`)
+    /// and its run.
+    pub last_tick: Option<String>,
+    pub last_outcome: Option<String>,
+    pub last_run: Option<String>,
+}
+
+/// What [`PgStore::put_schedules`] did.
+#[derive(Debug, Clone, Default)]
+pub struct PutSchedules {
+    /// Each schedule of the file: its name and its next tick.
+    pub put: Vec<(String, Option<Timestamp>)>,
+    /// Schedules of the workflow the file no longer has.
+    pub removed: Vec<String>,
+}
+
+/// A tick handled by [`PgStore::fire_due`].
+#[derive(Debug, Clone)]
+pub struct Fired {
+    pub namespace: String,
+    pub schedule: String,
+    pub tick: Timestamp,
+    /// The run it started, or why none.
+    pub outcome: Result<String, String>,
+}
+
+/// The ticks of `due` (oldest first, all at or before `now`) that start
+/// runs under `catchup`: those on time (at most [`LATE`] ago) always;
+/// missed ones, none, the latest (unless one on time follows it) or all.
+pub fn ticks_to_fire(due: &[Timestamp], now: Timestamp, catchup: Catchup) -> Vec<Timestamp> {
+    let late = |t: &Timestamp| now.duration_since(*t) > jiff::SignedDuration::try_from(LATE).expect("a small duration");
+    let missed = due.iter().take_while(|t| late(t)).count();
+    let (missed_ticks, on_time) = due.split_at(missed);
+    let mut fire: Vec<Timestamp> = match catchup {
+        Catchup::None => Vec::new(),
+        Catchup::One if on_time.is_empty() => missed_ticks.last().copied().into_iter().collect(),
+        Catchup::One => Vec::new(),
+        Catchup::All => missed_ticks.to_vec(),
+    };
+    fire.extend_from_slice(on_time);
+    fire
+}
+
+/// The schedule's cron expression and zone, as recorded.
+fn parse(cron: &str, timezone: &str) -> Result<(Cron, TimeZone), String> {
+    let tz = TimeZone::get(timezone).map_err(|e| format!("time zone `{timezone}`: {e}"))?;
+    Ok((Cron::parse(cron)?, tz))
+}
+
+fn system(t: Timestamp) -> SystemTime {
+    SystemTime::from(t)
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    Timestamp::try_from(t).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// `t` in `timezone`, as RFC 3339 with the zone's offset then.
+fn shown(t: SystemTime, timezone: &str) -> String {
+    let tz = TimeZone::get(timezone).unwrap_or(TimeZone::UTC);
+    timestamp(t).to_zoned(tz).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
+}
+
+fn choice<T: Copy + PartialEq>(options: &[(&'static str, T)], value: T) -> &'static str {
+    options.iter().find(|(_, v)| *v == value).map_or("", |(k, _)| k)
+}
+
+fn from_choice<T: Copy + Default>(options: &[(&'static str, T)], text: &str) -> T {
+    options.iter().find(|(k, _)| *k == text).map_or_else(T::default, |(_, v)| *v)
+}
+
+impl PgStore {
+    /// Keeps `files` and puts the file's `schedules` in the store under
+    /// `namespace` as `WORKFLOW/NAME`; the workflow's schedules the file no
+    /// longer has are removed. A schedule whose cron expression and zone
+    /// are unchanged keeps its next tick (and its paused state).
+    pub async fn put_schedules(&self, template: &ScheduleTemplate, files: &RunFiles, schedules: &[ScheduleDecl], now: Timestamp) -> Result<PutSchedules, StoreError> {
+        let StoredBinding { concurrency, components, vars, namespace } = template.binding.stored();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let hashes = store_files(&tx, files).await?;
+        let targets = super::targets_text(&template.targets);
+        let mut out = PutSchedules::default();
+        let mut names = Vec::new();
+        for s in schedules {
+            let name = format!("{}/{}", template.workflow, s.name);
+            let tz = TimeZone::get(&s.timezone).map_err(|e| StoreError::Backend(format!("schedule {name}: time zone `{}`: {e}", s.timezone)))?;
+            let next = s.parsed.next_after(now, &tz);
+            let row = tx
+                .query_one(
+                    "INSERT INTO schedules (namespace, name, workflow, file, sha256, cron, timezone, input, catchup, overlap, targets, components, vars, concurrency, priority, next_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                     ON CONFLICT (namespace, name) DO UPDATE SET workflow = $3, file = $4, sha256 = $5, input = $8, catchup = $9, overlap = $10,
+                        targets = $11, components = $12, vars = $13, concurrency = $14, priority = $15,
+                        next_at = CASE WHEN schedules.cron = $6 AND schedules.timezone = $7 THEN schedules.next_at ELSE $16 END,
+                        cron = $6, timezone = $7
+                     RETURNING next_at, paused",
+                    &[
+                        &namespace,
+                        &name,
+                        &template.workflow,
+                        &template.file,
+                        &template.sha256,
+                        &s.cron,
+                        &s.timezone,
+                        &s.input.to_string(),
+                        &choice(&Catchup::ALL, s.catchup),
+                        &choice(&Overlap::ALL, s.overlap),
+                        &targets,
+                        &components,
+                        &vars,
+                        &concurrency,
+                        &template.binding.priority,
+                        &next.map(system),
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            tx.execute("DELETE FROM schedule_files WHERE namespace = $1 AND name = $2", &[&namespace, &name]).await.map_err(db)?;
+            for (path, hash) in &hashes {
+                tx.execute("INSERT INTO schedule_files (namespace, name, path, sha256) VALUES ($1, $2, $3, $4)", &[&namespace, &name, path, hash])
+                    .await
+                    .map_err(db)?;
+                tx.execute("INSERT INTO namespace_files (namespace, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&namespace, hash]).await.map_err(db)?;
+            }
+            let paused: bool = row.get(1);
+            out.put.push((name.clone(), if paused { None } else { row.get::<_, Option<SystemTime>>(0).map(timestamp) }));
+            names.push(name);
+        }
+        let removed = tx
+            .query("DELETE FROM schedules WHERE namespace = $1 AND workflow = $2 AND name <> ALL($3) RETURNING name", &[&namespace, &template.workflow, &names])
+            .await
+            .map_err(db)?;
+        out.removed = removed.iter().map(|r| r.get(0)).collect();
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }
+
+    /// The schedules of `namespaces` (`None`: of all), by namespace and name.
+    pub async fn schedules(&self, namespaces: Option<&[String]>) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let client = self.client().await?;
+        let all: Vec<String> = namespaces.map(<[String]>::to_vec).unwrap_or_default();
+        let rows = client
+            .query(
+                "SELECT s.namespace, s.name, s.workflow, s.cron, s.timezone, s.catchup, s.overlap, s.paused, s.next_at, t.tick, t.outcome, t.run_id
+                 FROM schedules s
+                 LEFT JOIN LATERAL (SELECT tick, outcome, run_id FROM schedule_ticks k WHERE k.namespace = s.namespace AND k.name = s.name ORDER BY tick DESC LIMIT 1) t ON true
+                 WHERE $1 OR s.namespace = ANY($2) ORDER BY s.namespace, s.name",
+                &[&namespaces.is_none(), &all],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let timezone: String = r.get(4);
+                let paused: bool = r.get(7);
+                ScheduleRecord {
+                    namespace: r.get(0),
+                    name: r.get(1),
+                    workflow: r.get(2),
+                    cron: r.get(3),
+                    catchup: r.get(5),
+                    overlap: r.get(6),
+                    paused,
+                    next_at: r.get::<_, Option<SystemTime>>(8).filter(|_| !paused).map(|t| shown(t, &timezone)),
+                    last_tick: r.get::<_, Option<SystemTime>>(9).map(|t| shown(t, &timezone)),
+                    last_outcome: r.get(10),
+                    last_run: r.get(11),
+                    timezone,
+                }
+            })
+            .collect())
+    }
+
+    /// Pauses (`paused`) or resumes schedule `name` of `namespace`; a
+    /// resumed schedule goes on from its next tick after `now` (the ticks
+    /// while it was paused are not missed ones). False if there is none.
+    pub async fn pause_schedule(&self, namespace: &str, name: &str, paused: bool, now: Timestamp) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let Some(row) = tx
+            .query_opt("SELECT cron, timezone FROM schedules WHERE namespace = $1 AND name = $2 FOR UPDATE", &[&namespace, &name])
+            .await
+            .map_err(db)?
+        else {
+            return Ok(false);
+        };
+        let (cron, tz) = parse(row.get(0), row.get(1)).map_err(StoreError::Backend)?;
+        let next = cron.next_after(now, &tz).map(system);
+        tx.execute(
+            "UPDATE schedules SET paused = $3, next_at = CASE WHEN $3 THEN next_at ELSE $4 END WHERE namespace = $1 AND name = $2",
+            &[&namespace, &name, &paused, &next],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+
+    /// Removes schedule `name` of `namespace` (the runs it started stay).
+    /// False if there is none.
+    pub async fn remove_schedule(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client.execute("DELETE FROM schedules WHERE namespace = $1 AND name = $2", &[&namespace, &name]).await.map_err(db)?;
+        client.execute("DELETE FROM schedule_ticks WHERE namespace = $1 AND name = $2", &[&namespace, &name]).await.map_err(db)?;
+        Ok(n > 0)
+    }
+
+    /// The soonest next tick of any schedule not paused.
+    pub async fn next_tick(&self) -> Result<Option<Timestamp>, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_one("SELECT min(next_at) FROM schedules WHERE NOT paused", &[]).await.map_err(db)?;
+        Ok(row.get::<_, Option<SystemTime>>(0).map(timestamp))
+    }
+
+    /// Fires the ticks due at `now` of schedules no other scheduler holds
+    /// (see the module's documentation); returns what each tick did.
+    pub async fn fire_due(&self, now: Timestamp) -> Result<Vec<Fired>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let due = tx
+            .query(
+                "SELECT namespace, name, workflow, file, sha256, cron, timezone, input, catchup, overlap, targets, components, vars, concurrency, priority, next_at
+                 FROM schedules WHERE NOT paused AND next_at <= $1 ORDER BY next_at LIMIT 16 FOR UPDATE SKIP LOCKED",
+                &[&system(now)],
+            )
+            .await
+            .map_err(db)?;
+        let mut fired = Vec::new();
+        for row in &due {
+            let namespace: String = row.get(0);
+            let name: String = row.get(1);
+            let first = timestamp(row.get(15));
+            let (cron, tz) = match parse(row.get(5), row.get(6)) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Cannot happen to a schedule `put_schedules` wrote;
+                    // paused rather than retried at every pass.
+                    tx.execute("UPDATE schedules SET paused = true WHERE namespace = $1 AND name = $2", &[&namespace, &name]).await.map_err(db)?;
+                    fired.push(Fired { namespace, schedule: name, tick: first, outcome: Err(format!("paused: {e}")) });
+                    continue;
+                }
+            };
+            let mut ticks = vec![first];
+            ticks.extend(cron.fires_between(first, now, &tz, MOST_CAUGHT_UP));
+            let catchup = from_choice(&Catchup::ALL, row.get(8));
+            let overlap = from_choice(&Overlap::ALL, row.get(9));
+            let files: Vec<(String, String)> = tx
+                .query("SELECT path, sha256 FROM schedule_files WHERE namespace = $1 AND name = $2", &[&namespace, &name])
+                .await
+                .map_err(db)?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let input: Value = serde_json::from_str(row.get(7)).unwrap_or(Value::Null);
+            let binding = Binding {
+                concurrency: row.get::<_, Option<i32>>(13).map(|n| n.max(1) as usize),
+                components: row.get::<_, Option<String>>(11).map(Into::into),
+                vars: row.get::<_, Option<String>>(12).and_then(|v| serde_json::from_str(&v).ok()).unwrap_or(Value::Null),
+                namespace: namespace.clone(),
+                priority: row.get(14),
+            };
+            for tick in ticks_to_fire(&ticks, now, catchup) {
+                // The key: a tick recorded is a tick fired.
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO schedule_ticks (namespace, name, tick, outcome) VALUES ($1, $2, $3, 'started') ON CONFLICT DO NOTHING",
+                        &[&namespace, &name, &system(tick)],
+                    )
+                    .await
+                    .map_err(db)?;
+                if inserted == 0 {
+                    continue;
+                }
+                let running: Vec<String> = tx
+                    .query("SELECT id FROM runs WHERE namespace = $1 AND trigger_source = $2 AND status = 'running' ORDER BY seq", &[&namespace, &name])
+                    .await
+                    .map_err(db)?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let outcome = if overlap == Overlap::Skip && !running.is_empty() {
+                    Err(format!("skipped: its run {} is still running (overlap: skip)", running[0]))
+                } else {
+                    if overlap == Overlap::CancelPrevious && !running.is_empty() {
+                        tx.execute("UPDATE runs SET cancel_requested = true WHERE id = ANY($1)", &[&running]).await.map_err(db)?;
+                    }
+                    let run = NewRun {
+                        id: crate::exec::new_run_id(),
+                        workflow: row.get(2),
+                        file: row.get(3),
+                        sha256: row.get(4),
+                        input: input.clone(),
+                        targets: super::targets_of(row.get(10)),
+                        text: None,
+                    };
+                    let trigger = Trigger { kind: Some("schedule"), source: Some(name.clone()), scheduled_time: Some(system(tick)) };
+                    match insert_run(&tx, &run, &files, &binding, &trigger).await {
+                        Ok(()) => Ok(run.id),
+                        Err(StoreError::Quota(why)) => Err(format!("refused: {why}")),
+                        Err(e) => return Err(e),
+                    }
+                };
+                let (text, run_id) = match &outcome {
+                    Ok(id) => ("started".to_string(), Some(id.clone())),
+                    Err(why) => (why.clone(), None),
+                };
+                tx.execute(
+                    "UPDATE schedule_ticks SET outcome = $4, run_id = $5 WHERE namespace = $1 AND name = $2 AND tick = $3",
+                    &[&namespace, &name, &system(tick), &text, &run_id],
+                )
+                .await
+                .map_err(db)?;
+                fired.push(Fired { namespace: namespace.clone(), schedule: name.clone(), tick, outcome });
+            }
+            let next = cron.next_after(now.max(*ticks.last().unwrap_or(&first)), &tz).map(system);
+            tx.execute("UPDATE schedules SET next_at = $3 WHERE namespace = $1 AND name = $2", &[&namespace, &name, &next]).await.map_err(db)?;
+            // The keys of ticks a day old guard nothing (`next_at` is past them).
+            tx.execute(
+                "DELETE FROM schedule_ticks WHERE namespace = $1 AND name = $2 AND tick < $3",
+                &[&namespace, &name, &system(now.checked_sub(jiff::SignedDuration::from_hours(24)).unwrap_or(now))],
+            )
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(fired)
+    }
+}
+
+/// Fires schedules until `stop` (`serve`, `worker --scheduler`): at the
+/// soonest next tick, and at least every second (to see schedules added
+/// or resumed). Store errors are logged and retried with backoff.
+pub async fn scheduler(store: std::sync::Arc<PgStore>, stop: crate::sandbox::CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        let pass = async {
+            for f in store.fire_due(Timestamp::now()).await? {
+                match &f.outcome {
+                    Ok(run) => tracing::info!("schedule {} ({}): the tick of {} started run {run}", f.schedule, f.namespace, f.tick),
+                    Err(why) => tracing::warn!("schedule {} ({}): the tick of {}: {why}", f.schedule, f.namespace, f.tick),
+                }
+            }
+            store.next_tick().await
+        };
+        let wait = match pass.await {
+            Ok(next) => {
+                backoff = Duration::from_millis(100);
+                let until = next.map(|t| t.duration_since(Timestamp::now())).and_then(|d| Duration::try_from(d).ok());
+                // A due schedule another scheduler holds: look again soon, not at once.
+                until.unwrap_or(Duration::ZERO).clamp(Duration::from_millis(10), Duration::from_secs(1))
+            }
+            Err(e) => {
+                tracing::warn!("scheduler: {e}; retrying in {backoff:?}");
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn catchup_decides_which_missed_ticks_start_runs() {
+        let now = at("2026-01-01T12:00:05Z");
+        // Three missed hours, and the tick of noon on time.
+        let due = [at("2026-01-01T09:00:00Z"), at("2026-01-01T10:00:00Z"), at("2026-01-01T11:00:00Z"), at("2026-01-01T12:00:00Z")];
+        assert_eq!(ticks_to_fire(&due, now, Catchup::None), [due[3]]);
+        assert_eq!(ticks_to_fire(&due, now, Catchup::One), [due[3]]);
+        assert_eq!(ticks_to_fire(&due, now, Catchup::All), due);
+        // Only missed ones: `one` starts the latest.
+        let now = at("2026-01-01T11:30:00Z");
+        assert_eq!(ticks_to_fire(&due[..3], now, Catchup::None), []);
+        assert_eq!(ticks_to_fire(&due[..3], now, Catchup::One), [due[2]]);
+        assert_eq!(ticks_to_fire(&due[..3], now, Catchup::All), due[..3]);
+    }
+}

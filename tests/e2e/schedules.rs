@@ -1,0 +1,210 @@
+//! Schedules (`schedules:`, `sandflow schedule`) on a real PostgreSQL
+//! server, fired by real `worker --scheduler` processes: each tick once
+//! however many schedulers run, `catchup` after a scheduler was down, and
+//! the mistakes `validate` names.
+
+use crate::distributed::{Workers, pg};
+use crate::support::{PgSchema, example, root, run, sandflow};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// A workflow file of `echo` steps with `schedules`.
+fn scheduled(dir: &std::path::Path, name: &str, schedules: &str) -> std::path::PathBuf {
+    let file = dir.join(format!("{name}.yaml"));
+    let text = format!(
+        "name: {name}\ncomponents:\n  echo: {{ path: '{}' }}\nschedules:\n{schedules}steps:\n  - {{ id: say, component: echo, input: {{ n: 1 }} }}\n",
+        example("echo").display()
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// The scheduled times of the runs schedule `name` started, oldest first,
+/// as epoch seconds.
+fn ticks(schema: &PgSchema, name: &str) -> Vec<i64> {
+    schema
+        .strings(
+            "SELECT CAST(CAST(EXTRACT(EPOCH FROM scheduled_time) AS BIGINT) AS TEXT) FROM runs WHERE trigger_source = $1 AND triggered_by = 'schedule' ORDER BY scheduled_time",
+            name,
+        )
+        .iter()
+        .map(|t| t.parse().unwrap())
+        .collect()
+}
+
+/// Two schedulers (`worker --scheduler`) on one per-second schedule for
+/// 30 s: each tick starts exactly one run (counted from the runs), none
+/// is lost between the first and the last, and the runs complete.
+#[test]
+fn a_per_second_schedule_fires_each_tick_once_with_two_schedulers() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let file = scheduled(state.path(), "every-second", "  - { name: tick, cron: '* * * * * *', input: { n: 7 } }\n");
+    let (code, _, err) = run(pg(&schema, &state).args(["schedule", "add"]).arg(&file));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("schedule every-second/tick: `* * * * * *` (UTC), next at "), "{err}");
+    let mut schedulers = Workers::with_args(&schema, &state, 2, "5s", &[], &["--scheduler"]);
+    std::thread::sleep(Duration::from_secs(30));
+    schedulers.kill_all();
+    let fired = ticks(&schema, "every-second/tick");
+    assert!(fired.len() >= 28, "30 s of a per-second schedule started {} runs", fired.len());
+    let mut distinct = fired.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), fired.len(), "a tick started two runs: {fired:?}");
+    assert_eq!(fired.last().unwrap() - fired[0] + 1, fired.len() as i64, "a tick between the first and the last was lost: {fired:?}");
+    // Each run got the schedule's input, and the workers ran them.
+    let inputs = schema.strings("SELECT DISTINCT input FROM runs WHERE trigger_source = $1", "every-second/tick");
+    assert_eq!(inputs.iter().map(|i| serde_json::from_str::<Value>(i).unwrap()).collect::<Vec<_>>(), [serde_json::json!({ "n": 7 })]);
+    let done = schema.strings("SELECT CAST(count(*) AS TEXT) FROM runs WHERE trigger_source = $1 AND status = 'completed'", "every-second/tick");
+    assert!(done[0].parse::<usize>().unwrap() + 4 >= fired.len(), "{} of {} runs completed", done[0], fired.len());
+    // `schedule list` tells the last tick and its run.
+    let (code, out, err) = run(pg(&schema, &state).args(["--json", "schedule", "list"]));
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.len(), 1, "{out}");
+    assert_eq!(listed[0]["name"], "every-second/tick");
+    assert_eq!(listed[0]["last_outcome"], "started", "{out}");
+}
+
+/// A scheduler killed, then down for an hour (its schedules' next ticks
+/// put an hour back, as a scheduler that died an hour ago left them), then
+/// started again: each schedule's `catchup` decides what the six missed
+/// 10-minute ticks start: none, one (the latest), all six.
+#[test]
+fn a_scheduler_back_after_an_hour_applies_catchup() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let file = scheduled(
+        state.path(),
+        "tenmin",
+        "  - { name: none, cron: '*/10 * * * *', catchup: none }\n  - { name: one, cron: '*/10 * * * *', catchup: one }\n  - { name: all, cron: '*/10 * * * *', catchup: all }\n",
+    );
+    let (code, _, err) = run(pg(&schema, &state).args(["schedule", "add"]).arg(&file));
+    assert_eq!(code, 0, "{err}");
+    let mut scheduler = Workers::with_args(&schema, &state, 1, "5s", &[], &["--scheduler"]);
+    std::thread::sleep(Duration::from_millis(500));
+    scheduler.kill_all();
+    // Six missed 10-minute ticks, the latest more than LATE (10 s) ago
+    // and the next one not due while the test runs.
+    let r = jiff::Timestamp::now().as_second() % 600;
+    if !(12..=585).contains(&r) {
+        std::thread::sleep(Duration::from_secs(((612 - r) % 600) as u64));
+    }
+    let now = jiff::Timestamp::now().as_second();
+    let latest = now / 600 * 600;
+    let first = latest - 5 * 600;
+    schema.strings(&format!("UPDATE schedules SET next_at = to_timestamp({first}) WHERE $1 <> ''"), "x");
+    let _scheduler = Workers::with_args(&schema, &state, 1, "5s", &[], &["--scheduler"]);
+    let began = Instant::now();
+    while ticks(&schema, "tenmin/all").len() < 6 && began.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ticks(&schema, "tenmin/none"), Vec::<i64>::new(), "catchup: none");
+    assert_eq!(ticks(&schema, "tenmin/one"), [latest], "catchup: one starts the latest missed tick");
+    assert_eq!(ticks(&schema, "tenmin/all"), (0..6).map(|k| first + 600 * k).collect::<Vec<_>>(), "catchup: all");
+    // And each goes on from the next tick, in the future.
+    let next = schema.strings("SELECT CAST(CAST(EXTRACT(EPOCH FROM next_at) AS BIGINT) AS TEXT) FROM schedules WHERE $1 <> '' ORDER BY name", "x");
+    assert_eq!(next, vec![(latest + 600).to_string(); 3]);
+}
+
+/// Pause stops a schedule's ticks, resume starts it again from its next
+/// tick (the paused ones are not caught up), remove ends it; and adding
+/// the file again without a schedule removes that one.
+#[test]
+fn pause_resume_and_remove_a_schedule() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let file = scheduled(state.path(), "pausing", "  - { name: fast, cron: '* * * * * *' }\n  - { name: slow, cron: '@daily' }\n");
+    let (code, _, err) = run(pg(&schema, &state).args(["schedule", "add"]).arg(&file));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(pg(&schema, &state).args(["schedule", "pause", "pausing/fast"]));
+    assert_eq!(code, 0, "{err}");
+    let _scheduler = Workers::with_args(&schema, &state, 1, "5s", &[], &["--scheduler"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ticks(&schema, "pausing/fast"), Vec::<i64>::new(), "paused");
+    let (code, out, _) = run(pg(&schema, &state).args(["schedule", "list"]));
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.contains("pausing/fast") && l.contains("paused")), "{out}");
+    let resumed = jiff::Timestamp::now().as_second();
+    let (code, _, err) = run(pg(&schema, &state).args(["schedule", "resume", "pausing/fast"]));
+    assert_eq!(code, 0, "{err}");
+    std::thread::sleep(Duration::from_secs(3));
+    let fired = ticks(&schema, "pausing/fast");
+    assert!(!fired.is_empty() && fired[0] >= resumed, "resumed from its next tick: {fired:?} (resumed at {resumed})");
+    let (code, _, err) = run(pg(&schema, &state).args(["schedule", "remove", "pausing/fast"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(pg(&schema, &state).args(["schedule", "remove", "pausing/fast"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no schedule `pausing/fast` in namespace `default`"), "{err}");
+    // The file without `slow`: adding it again removes it.
+    scheduled(state.path(), "pausing", "  - { name: other, cron: '@hourly' }\n");
+    let (code, _, err) = run(pg(&schema, &state).args(["schedule", "add"]).arg(&file));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("schedule pausing/slow: removed (no longer in the file)"), "{err}");
+    let (_, out, _) = run(pg(&schema, &state).args(["--json", "schedule", "list"]));
+    let names: Vec<String> = serde_json::from_str::<Vec<Value>>(&out).unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["pausing/other"]);
+}
+
+/// `validate` names each schedule mistake at its place.
+#[test]
+fn validate_names_schedule_mistakes_at_their_place() {
+    let state = tempfile::tempdir().unwrap();
+    let file = scheduled(
+        state.path(),
+        "wrong",
+        "  - { cron: '61 * * * *' }\n  - { cron: '0 3 * * *', timezone: Mars/Olympus }\n  - { cron: '0 0 30 2 *' }\n  - { cron: '@daily', catchup: sometimes }\n  - { timezone: UTC }\n",
+    );
+    let (code, _, err) = run(sandflow(&state).arg("validate").arg(&file));
+    assert_eq!(code, 2, "{err}");
+    let at = |line: usize| format!("wrong.yaml:{line}:");
+    for (line, says) in [
+        (5, "`cron`: the minute field: 61 is out of range (0-59)"),
+        (6, "unknown time zone `Mars/Olympus`"),
+        (7, "never fires"),
+        (8, "`catchup: sometimes`: one of none, one, all"),
+        (9, "a schedule needs `cron`"),
+    ] {
+        assert!(err.lines().any(|l| l.contains(&at(line)) && l.contains(says)), "line {line}: {says}\n{err}");
+    }
+    // Without PostgreSQL, `schedule` says what it needs.
+    let ok = scheduled(state.path(), "fine", "  - { cron: '@daily', timezone: Europe/Berlin }\n");
+    let (code, _, err) = run(sandflow(&state).arg("validate").arg(&ok));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(sandflow(&state).args(["schedule", "add"]).arg(&ok));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("PostgreSQL"), "{err}");
+}
+
+/// The example, `workflows/nightly.yaml`: registered from the repository
+/// as the README says, it is listed with its next tick at 02:30 Berlin
+/// time, and `overlap: skip` holds a tick while its previous run runs.
+#[test]
+fn the_nightly_example_registers_and_skips_a_tick_while_its_run_runs() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(pg(&schema, &state).current_dir(root()).args(["schedule", "add", "workflows/nightly.yaml", "--namespace", "team-a"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(pg(&schema, &state).args(["--json", "schedule", "list", "--namespace", "team-a"]));
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!((listed[0]["name"].as_str(), listed[0]["timezone"].as_str(), listed[0]["overlap"].as_str()), (Some("nightly/report"), Some("Europe/Berlin"), Some("skip")));
+    let next = listed[0]["next_at"].as_str().unwrap();
+    assert!(next.contains("T02:30:00+01:00") || next.contains("T02:30:00+02:00") || next.contains("T03:30:00+02:00"), "{next}");
+    // Ticks every second from now on, fired by `serve` (which runs no
+    // steps): the first one's run stays running, so the next are skipped.
+    let now = jiff::Timestamp::now().as_second();
+    schema.strings(&format!("UPDATE schedules SET next_at = to_timestamp({}), cron = '* * * * * *', timezone = 'UTC' WHERE $1 <> ''", now - 1), "x");
+    let _server = crate::web::serve(&state, &["--store", &schema.url]);
+    let began = Instant::now();
+    while schema.strings("SELECT outcome FROM schedule_ticks WHERE name = $1", "nightly/report").len() < 3 && began.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let outcomes = schema.strings("SELECT outcome FROM schedule_ticks WHERE name = $1 ORDER BY tick", "nightly/report");
+    assert_eq!(outcomes[0], "started", "{outcomes:?}");
+    assert!(outcomes[1..].iter().all(|o| o.starts_with("skipped: its run ") && o.ends_with("is still running (overlap: skip)")), "{outcomes:?}");
+    assert_eq!(ticks(&schema, "nightly/report").len(), 1);
+    let ns = schema.strings("SELECT namespace FROM runs WHERE trigger_source = $1", "nightly/report");
+    assert_eq!(ns, ["team-a"]);
+}
