@@ -55,6 +55,7 @@ fn with_scope(f: impl FnOnce(&Scope<'_>)) {
         ending: None,
         step_input: None,
         variables: &serde_json::Value::Null,
+        trigger: None,
     };
     f(&scope)
 }

@@ -143,6 +143,7 @@ impl Recorder {
             variables: settings.variables,
             ended,
             nested_events: None,
+            trigger: crate::exec::RunTrigger { kind: matches!(settings.rerun, Rerun::Retry { .. }).then(|| "retry".to_string()), scheduled_time: None },
         };
         Ok(self.execute(prepared, record.input.clone(), options, display, settings.otlp, cancel).await)
     }

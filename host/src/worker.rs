@@ -332,6 +332,7 @@ impl Worker {
             services,
             attempt: head.attempt,
             memo: Some(self.store.clone()),
+            trigger: head.trigger.clone(),
             ..exec::RunOptions::default()
         };
         let ctx = RunContext::new(self.runner.clone(), prepared, options);

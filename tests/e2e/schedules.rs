@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 fn scheduled(dir: &std::path::Path, name: &str, schedules: &str) -> std::path::PathBuf {
     let file = dir.join(format!("{name}.yaml"));
     let text = format!(
-        "name: {name}\ncomponents:\n  echo: {{ path: '{}' }}\nschedules:\n{schedules}steps:\n  - {{ id: say, component: echo, input: {{ n: 1 }} }}\n",
+        "name: {name}\ncomponents:\n  echo: {{ path: '{}' }}\nschedules:\n{schedules}steps:\n  - {{ id: say, component: echo, input: {{ n: 1, trigger: '{{{{ run.trigger }}}}', at: '{{{{ run.scheduled_time }}}}' }} }}\n",
         example("echo").display()
     );
     std::fs::write(&file, text).unwrap();
@@ -57,6 +57,19 @@ fn a_per_second_schedule_fires_each_tick_once_with_two_schedulers() {
     assert_eq!(inputs.iter().map(|i| serde_json::from_str::<Value>(i).unwrap()).collect::<Vec<_>>(), [serde_json::json!({ "n": 7 })]);
     let done = schema.strings("SELECT CAST(count(*) AS TEXT) FROM runs WHERE trigger_source = $1 AND status = 'completed'", "every-second/tick");
     assert!(done[0].parse::<usize>().unwrap() + 4 >= fired.len(), "{} of {} runs completed", done[0], fired.len());
+    // Its steps read what started it: `run.trigger`, `run.scheduled_time`.
+    let (id, at) = {
+        let done = schema.strings(
+            "SELECT id || ' ' || to_char(scheduled_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM runs WHERE trigger_source = $1 AND status = 'completed' ORDER BY scheduled_time LIMIT 1",
+            "every-second/tick",
+        );
+        let (id, at) = done[0].split_once(' ').unwrap();
+        (id.to_string(), at.to_string())
+    };
+    let (code, out, err) = run(pg(&schema, &state).args(["--json", "runs", "show", &id]));
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["steps"][0]["output"], serde_json::json!({ "n": 1, "trigger": "schedule", "at": at }), "{out}");
     // `schedule list` tells the last tick and its run.
     let (code, out, err) = run(pg(&schema, &state).args(["--json", "schedule", "list"]));
     assert_eq!(code, 0, "{err}");
@@ -207,4 +220,20 @@ fn the_nightly_example_registers_and_skips_a_tick_while_its_run_runs() {
     assert_eq!(ticks(&schema, "nightly/report").len(), 1);
     let ns = schema.strings("SELECT namespace FROM runs WHERE trigger_source = $1", "nightly/report");
     assert_eq!(ns, ["team-a"]);
+}
+
+/// Run by hand, the same workflow reads `run.trigger` `manual` and no
+/// scheduled time; a retry's attempt reads `retry`.
+#[test]
+fn run_trigger_is_manual_by_hand_and_retry_on_a_retry() {
+    let state = tempfile::tempdir().unwrap();
+    let file = scheduled(state.path(), "by-hand", "  - { cron: '@daily' }\n");
+    let (code, out, err) = run(sandflow(&state).arg("run").arg(&file));
+    assert_eq!(code, 0, "{err}");
+    let output: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(output, serde_json::json!({ "n": 1, "trigger": "manual", "at": null }));
+    let id = crate::support::newest_run(sandflow(&state));
+    let (code, out, err) = run(sandflow(&state).args(["retry", &id, "--from", "say"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["trigger"], "retry", "{out}");
 }

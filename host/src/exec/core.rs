@@ -36,6 +36,8 @@ pub struct RunFacts<'a> {
     pub ending: Option<&'a Value>,
     /// The run's variables (`$variable`).
     pub variables: &'a Value,
+    /// What started the run (see [`crate::exec::RunTrigger`]).
+    pub trigger: Option<&'a Value>,
 }
 
 impl<'a> RunFacts<'a> {
@@ -53,6 +55,7 @@ impl<'a> RunFacts<'a> {
             ending: self.ending,
             step_input: None,
             variables: self.variables,
+            trigger: self.trigger,
         }
     }
 }
@@ -610,7 +613,7 @@ steps:
 "#;
 
     fn facts<'a>(input: &'a Value, secrets: &'a BTreeMap<String, String>, cel: &'a CelCache) -> RunFacts<'a> {
-        RunFacts { input, run_id: "r", attempt: 1, secrets, cel, limit: 4, ending: None, variables: &Value::Null }
+        RunFacts { input, run_id: "r", attempt: 1, secrets, cel, limit: 4, ending: None, variables: &Value::Null, trigger: None }
     }
 
     #[test]

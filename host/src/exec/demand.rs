@@ -236,7 +236,7 @@ output:
             outputs.get(id).map(|v| Outcome { state: if v.is_some() { StepState::Succeeded } else { StepState::Skipped }, blocks: false, items: None })
         };
         let (secrets, cel) = (BTreeMap::new(), CelCache::default());
-        let facts = RunFacts { input: &input, run_id: "r", attempt: 1, secrets: &secrets, cel: &cel, limit: 4, ending: None, variables: &Value::Null };
+        let facts = RunFacts { input: &input, run_id: "r", attempt: 1, secrets: &secrets, cel: &cel, limit: 4, ending: None, variables: &Value::Null, trigger: None };
         let ended = Ended { plan: &plan, outputs: &outputs, outcome: &outcome, finally: false };
         let d = demand(&facts, &ended);
         let ids = |f: &dyn Fn(usize) -> bool| (0..d.needed.len()).filter(|&i| f(i)).map(|i| plan.workflow.steps[i].id.clone()).collect();

@@ -71,6 +71,7 @@ pub fn memo_key(component: &PreparedComponent, input: &Value, spec: &CacheSpec, 
                 ending: None,
                 step_input: Some(input),
                 variables: &serde_json::Value::Null,
+                trigger: None,
             };
             let value = key
                 .eval(&scope)

@@ -93,6 +93,24 @@ pub struct RunOptions {
     /// Where the events of nested runs go (a tracer, so a trace covers
     /// them); by default nowhere: they are part of their step.
     pub nested_events: Option<Arc<dyn EventSink>>,
+    /// What started the run (`run.trigger`, `run.scheduled_time`).
+    pub trigger: RunTrigger,
+}
+
+/// What started a run, as its templates read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunTrigger {
+    /// `schedule`, `webhook` or `retry`; none: `manual`.
+    pub kind: Option<String>,
+    /// The tick a schedule started it for (RFC 3339).
+    pub scheduled_time: Option<String>,
+}
+
+impl RunTrigger {
+    /// `{trigger, scheduled_time}`, merged into `run` (see [`crate::expr`]).
+    pub fn facts(&self) -> Value {
+        serde_json::json!({ "trigger": self.kind.as_deref().unwrap_or("manual"), "scheduled_time": self.scheduled_time })
+    }
 }
 
 impl Default for RunOptions {
@@ -109,6 +127,7 @@ impl Default for RunOptions {
             variables: Value::Object(Default::default()),
             ended: BTreeMap::new(),
             nested_events: None,
+            trigger: RunTrigger::default(),
         }
     }
 }
@@ -248,6 +267,8 @@ struct Ctx {
     ended: BTreeMap<String, Ending>,
     /// See [`RunOptions::nested_events`].
     nested_events: Option<Arc<dyn EventSink>>,
+    /// [`RunOptions::trigger`]'s facts.
+    trigger: Value,
 }
 
 impl Executor {
@@ -289,6 +310,7 @@ impl Executor {
                 true => inner,
                 false => Arc::new(redact::RedactingSink { inner, redactor: redactor.clone() }) as Arc<dyn EventSink>,
             }),
+            trigger: options.trigger.facts(),
         });
         // The dispatcher runs as a task of its own, so the step tasks it
         // spawns start on its worker (tokio's LIFO slot) and report back
@@ -333,6 +355,7 @@ impl RunContext {
             variables: options.variables,
             ended: options.ended,
             nested_events: options.nested_events,
+            trigger: options.trigger.facts(),
         }))
     }
 
@@ -408,6 +431,8 @@ fn nested_run(
         variables: parent.variables.clone(),
         ended: BTreeMap::new(),
         nested_events: parent.nested_events.clone(),
+        // A nested run was started by its parent's start.
+        trigger: parent.trigger.clone(),
     });
     let sink = parent.nested_events.clone().unwrap_or_else(|| Arc::new(NoEvents));
     Box::pin(dispatch(ctx, input, sink, cancel))
@@ -451,7 +476,17 @@ pub fn steps_at_once(workflow: &Workflow, concurrency: Option<usize>) -> Option<
 impl Ctx {
     /// What this run's decisions read, for a run with `input`.
     fn facts<'a>(&'a self, input: &'a Value) -> RunFacts<'a> {
-        RunFacts { input, run_id: &self.run_id, attempt: self.attempt, secrets: &self.secrets, cel: &self.cel, limit: self.limit, ending: None, variables: &self.variables }
+        RunFacts {
+            input,
+            run_id: &self.run_id,
+            attempt: self.attempt,
+            secrets: &self.secrets,
+            cel: &self.cel,
+            limit: self.limit,
+            ending: None,
+            variables: &self.variables,
+            trigger: Some(&self.trigger),
+        }
     }
 }
 

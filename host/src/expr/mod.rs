@@ -19,8 +19,10 @@
 //! | `"Hello {{ EXPR }}!"` | a string; strings inserted as they are, other values as JSON |
 //!
 //! CEL sees `inputs`, `steps.ID.output` (or `.result`) and `steps.ID.status`,
-//! `item` and `index` in a `forEach`, `secrets.NAME`, `run.id` and
-//! `run.attempt`, and in `finally` steps `run.status` and `run.failures`.
+//! `item` and `index` in a `forEach`, `secrets.NAME`, `run.id`,
+//! `run.attempt`, `run.trigger` (`manual`, `schedule`, `webhook`, `retry`)
+//! and `run.scheduled_time` (the tick a schedule started it for, RFC 3339;
+//! null otherwise), and in `finally` steps `run.status` and `run.failures`.
 
 pub mod path;
 
@@ -218,9 +220,13 @@ impl CelExpr {
             ctx.add_variable_from_value("input", to_cel(input));
         }
         if v.run {
-            let mut run = serde_json::json!({ "id": scope.run_id, "attempt": scope.attempt });
-            if let (Some(Value::Object(ending)), Value::Object(run)) = (scope.ending, &mut run) {
-                run.extend(ending.clone());
+            let mut run = serde_json::json!({ "id": scope.run_id, "attempt": scope.attempt, "trigger": "manual", "scheduled_time": null });
+            if let Value::Object(run) = &mut run {
+                for extra in [scope.trigger, scope.ending].into_iter().flatten() {
+                    if let Value::Object(fields) = extra {
+                        run.extend(fields.clone());
+                    }
+                }
             }
             ctx.add_variable_from_value("run", to_cel(&run));
         }
@@ -498,6 +504,9 @@ pub struct Scope<'a> {
     pub step_input: Option<&'a Value>,
     /// The run's variables (`$variable`): an object, or null when none.
     pub variables: &'a Value,
+    /// What started the run: `{trigger, scheduled_time}`, merged into
+    /// `run` (none: `manual`, no time).
+    pub trigger: Option<&'a Value>,
 }
 
 /// Why a template could not be evaluated.
@@ -989,7 +998,7 @@ mod tests {
     fn eval(t: &Template, outputs: &BTreeMap<String, Option<Value>>) -> Result<Value, EvalError> {
         let inputs = json!({"user_id": "u1", "n": 3, "name": "Ada"});
         let secrets = BTreeMap::from([("TOKEN".to_string(), "s3cr3t".to_string())]);
-        t.eval(&Scope { inputs: &inputs, cache: &CelCache::default(), outputs, item: None, index: None, run_id: "r1", attempt: 1, secrets: &secrets, ending: None, step_input: None, variables: &Value::Null })
+        t.eval(&Scope { inputs: &inputs, cache: &CelCache::default(), outputs, item: None, index: None, run_id: "r1", attempt: 1, secrets: &secrets, ending: None, step_input: None, variables: &Value::Null, trigger: None })
     }
 
     fn outputs() -> BTreeMap<String, Option<Value>> {
@@ -1030,7 +1039,7 @@ mod tests {
         let vars = json!({"model": {"name": "m1"}});
         let secrets = BTreeMap::new();
         let (inputs, cache) = (json!({}), CelCache::default());
-        let scope = Scope { inputs: &inputs, cache: &cache, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets, ending: None, step_input: None, variables: &vars };
+        let scope = Scope { inputs: &inputs, cache: &cache, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets, ending: None, step_input: None, variables: &vars, trigger: None };
         assert_eq!(template("{ $variable: model.name }").eval(&scope), Ok(json!("m1")));
         assert_eq!(template("{ $variable: temperature, default: 0.5 }").eval(&scope), Ok(json!(0.5)));
         let missing = template("{ $variable: api_key }").eval(&scope).unwrap_err();
@@ -1118,7 +1127,7 @@ mod tests {
         let secrets = BTreeMap::new();
         let inputs = json!({});
         let cache = CelCache::default();
-        let scope = Scope { inputs: &inputs, cache: &cache, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets, ending: None, step_input: None, variables: &Value::Null };
+        let scope = Scope { inputs: &inputs, cache: &cache, outputs: &o, item: None, index: None, run_id: "r", attempt: 1, secrets: &secrets, ending: None, step_input: None, variables: &Value::Null, trigger: None };
         // An injection attempt in the value stays a value.
         let c = parse_condition("'{{steps.classify.result.content}}' == 'urgent'", &at).unwrap();
         assert_eq!(c.eval_bool(&scope), Ok(false));

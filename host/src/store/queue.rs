@@ -152,6 +152,8 @@ pub struct RunHead {
     /// ([`PgStore::files`] reads their bytes).
     pub files: BTreeMap<PathBuf, String>,
     pub binding: Binding,
+    /// What started it (`run.trigger`, `run.scheduled_time`).
+    pub trigger: crate::exec::RunTrigger,
 }
 
 impl RunHead {
@@ -275,18 +277,31 @@ impl PgStore {
     pub async fn run_head(&self, run_id: &str) -> Result<RunHead, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT file, input, attempt, concurrency, targets, components, vars, rerun, namespace, priority FROM runs WHERE id = $1", &[&run_id])
+            .query_opt(
+                "SELECT file, input, attempt, concurrency, targets, components, vars, rerun, namespace, priority, triggered_by,
+                        to_char(scheduled_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                 FROM runs WHERE id = $1",
+                &[&run_id],
+            )
             .await
             .map_err(db)?
             .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
         let rows = client.query("SELECT path, sha256 FROM run_files WHERE run_id = $1", &[&run_id]).await.map_err(db)?;
         let files = rows.iter().map(|r| (PathBuf::from(r.get::<_, String>(0)), r.get(1))).collect();
+        let rerun: crate::runs::Rerun = row.get::<_, Option<String>>(7).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        let kind: String = row.get(10);
+        let trigger = crate::exec::RunTrigger {
+            // An attempt `retry` started is the retry's, whatever started the run.
+            kind: if matches!(rerun, crate::runs::Rerun::Retry { .. }) { Some("retry".into()) } else { (kind != "manual").then_some(kind) },
+            scheduled_time: row.get(11),
+        };
         Ok(RunHead {
             file: row.get(0),
             input: row.get::<_, Option<String>>(1).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null),
             attempt: row.get::<_, i32>(2) as u32,
             targets: super::targets_of(row.get(4)),
-            rerun: row.get::<_, Option<String>>(7).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default(),
+            rerun,
+            trigger,
             files,
             binding: Binding {
                 concurrency: row.get::<_, Option<i32>>(3).map(|n| n.max(1) as usize),
