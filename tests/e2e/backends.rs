@@ -211,7 +211,7 @@ async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
     // Back to what schema version 1 was.
     client
         .batch_execute(
-            "DROP TABLE events, jobs, dag, run_files, files, memo, workers, tokens, namespace_files, audit, namespaces, schedule_files, schedule_ticks, schedules;
+            "DROP TABLE events, jobs, dag, run_files, files, memo, workers, tokens, namespace_files, audit, namespaces, schedule_files, schedule_ticks, schedules, hook_files, hook_deliveries, hooks;
              ALTER TABLE runs DROP COLUMN namespace, DROP COLUMN priority, DROP COLUMN triggered_by, DROP COLUMN trigger_source, DROP COLUMN scheduled_time;
              ALTER TABLE runs DROP COLUMN queued, DROP COLUMN run_started, DROP COLUMN stop, DROP COLUMN open_steps,
                  DROP COLUMN deadline, DROP COLUMN concurrency, DROP COLUMN events, DROP COLUMN began,

@@ -73,7 +73,7 @@ fn a_per_second_schedule_fires_each_tick_once_with_two_schedulers() {
     // `schedule list` tells the last tick and its run.
     let (code, out, err) = run(pg(&schema, &state).args(["--json", "schedule", "list"]));
     assert_eq!(code, 0, "{err}");
-    let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let listed: Vec<Value> = serde_json::from_value(serde_json::from_str::<Value>(&out).unwrap()["schedules"].clone()).unwrap();
     assert_eq!(listed.len(), 1, "{out}");
     assert_eq!(listed[0]["name"], "every-second/tick");
     assert_eq!(listed[0]["last_outcome"], "started", "{out}");
@@ -156,7 +156,7 @@ fn pause_resume_and_remove_a_schedule() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("schedule pausing/slow: removed (no longer in the file)"), "{err}");
     let (_, out, _) = run(pg(&schema, &state).args(["--json", "schedule", "list"]));
-    let names: Vec<String> = serde_json::from_str::<Vec<Value>>(&out).unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<String> = serde_json::from_str::<Value>(&out).unwrap()["schedules"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["pausing/other"]);
 }
 
@@ -181,6 +181,21 @@ fn validate_names_schedule_mistakes_at_their_place() {
     ] {
         assert!(err.lines().any(|l| l.contains(&at(line)) && l.contains(says)), "line {line}: {says}\n{err}");
     }
+    // A webhook without a secret, or reading a step.
+    let hooks = state.path().join("hooks.yaml");
+    std::fs::write(
+        &hooks,
+        format!(
+            "name: hooks\ncomponents:\n  echo: {{ path: '{}' }}\ntriggers:\n  - {{ webhook: open }}\n  - {{ webhook: late, secret: S, input: '{{{{ steps.say.output }}}}' }}\n  - {{ webhook: 'bad/name', secret: S }}\nsteps:\n  - {{ id: say, component: echo, input: {{}} }}\n",
+            example("echo").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(sandflow(&state).arg("validate").arg(&hooks));
+    assert_eq!(code, 2, "{err}");
+    for (line, says) in [(5, "webhook `open` has no `secret`"), (6, "a webhook's `input` reads step `say`"), (7, "webhook name `bad/name`")] {
+        assert!(err.lines().any(|l| l.contains(&format!("hooks.yaml:{line}:")) && l.contains(says)), "line {line}: {says}\n{err}");
+    }
     // Without PostgreSQL, `schedule` says what it needs.
     let ok = scheduled(state.path(), "fine", "  - { cron: '@daily', timezone: Europe/Berlin }\n");
     let (code, _, err) = run(sandflow(&state).arg("validate").arg(&ok));
@@ -201,7 +216,7 @@ fn the_nightly_example_registers_and_skips_a_tick_while_its_run_runs() {
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = run(pg(&schema, &state).args(["--json", "schedule", "list", "--namespace", "team-a"]));
     assert_eq!(code, 0, "{err}");
-    let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let listed: Vec<Value> = serde_json::from_value(serde_json::from_str::<Value>(&out).unwrap()["schedules"].clone()).unwrap();
     assert_eq!((listed[0]["name"].as_str(), listed[0]["timezone"].as_str(), listed[0]["overlap"].as_str()), (Some("nightly/report"), Some("Europe/Berlin"), Some("skip")));
     let next = listed[0]["next_at"].as_str().unwrap();
     assert!(next.contains("T02:30:00+01:00") || next.contains("T02:30:00+02:00") || next.contains("T03:30:00+02:00"), "{next}");
@@ -236,4 +251,117 @@ fn run_trigger_is_manual_by_hand_and_retry_on_a_retry() {
     let (code, out, err) = run(sandflow(&state).args(["retry", &id, "--from", "say"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["trigger"], "retry", "{out}");
+}
+
+/// One delivery to `POST /hooks/NAME` with curl; returns the status and
+/// the body.
+fn curl(addr: &str, hook: &str, headers: &[String], body: &[u8]) -> (u16, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, body).unwrap();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "--data-binary"]).arg(format!("@{}", file.display()));
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(format!("http://{addr}/hooks/{hook}")).output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::String(body.to_string())))
+}
+
+fn hmac_hex(secret: &str, message: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    ring::hmac::sign(&key, message).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Webhooks: deliveries sent with curl, good (GitHub's signature and the
+/// plain timestamped one), badly signed, unsigned, stale, replayed,
+/// oversize, not JSON, and with an input the workflow refuses: exactly the
+/// good ones start runs, each with its input made from the request, and a
+/// replay answers with the run it started before.
+#[test]
+fn webhook_deliveries_start_runs_only_when_signed_once_and_well_formed() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("deploy.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: deploy\ninput:\n  type: object\n  properties: {{ ref: {{ type: string }} }}\n  required: [ref]\ncomponents:\n  echo: {{ path: '{}' }}\n\
+             triggers:\n  - webhook: deploy\n    secret: DEPLOY_HOOK\n    input: {{ ref: '{{{{ inputs.body.ref }}}}', event: \"{{{{ inputs.headers['x-github-event'] }}}}\" }}\n\
+             steps:\n  - {{ id: say, component: echo, input: {{ ref: '{{{{ inputs.ref }}}}', trigger: '{{{{ run.trigger }}}}' }} }}\n",
+            example("echo").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(pg(&schema, &state).args(["schedule", "add"]).arg(&file));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("webhook deploy: POST /hooks/deploy"), "{err}");
+    let secrets = state.path().join("serve.env");
+    std::fs::write(&secrets, "DEPLOY_HOOK=s3cret\n").unwrap();
+    // A server with a token: deliveries need none (their signature is it).
+    let (_server, addr) =
+        crate::web::serve(&state, &["--store", &schema.url, "--token", "admin-token", "--max-hook-body", "64KiB", "--secrets-file", secrets.to_str().unwrap()]);
+    let json = "Content-Type: application/json".to_string();
+    let github = |body: &[u8], secret: &str, id: &str| {
+        vec![json.clone(), format!("X-Hub-Signature-256: sha256={}", hmac_hex(secret, body)), format!("X-GitHub-Delivery: {id}"), "X-GitHub-Event: push".into()]
+    };
+    let push = br#"{"ref": "main", "pusher": "ada"}"#;
+    let (status, first) = curl(&addr, "deploy", &github(push, "s3cret", "d-1"), push);
+    assert_eq!(status, 201, "{first}");
+    // The same delivery again: nothing new, the run it started.
+    let (status, again) = curl(&addr, "deploy", &github(push, "s3cret", "d-1"), push);
+    assert_eq!((status, &again["id"], &again["duplicate"]), (200, &first["id"], &Value::Bool(true)), "{again}");
+    for (headers, body, want, says) in [
+        (github(push, "wrong", "d-2"), &push[..], 401, "does not match"),
+        (vec![json.clone()], &push[..], 401, "must be signed"),
+        (github(b"tampered", "s3cret", "d-3"), &push[..], 401, "does not match"),
+        (github(push, "s3cret", "d-4").into_iter().skip(1).chain(["Content-Type: text/plain".to_string()]).collect(), &push[..], 415, "must be JSON"),
+        (github(b"{not json", "s3cret", "d-5"), &b"{not json"[..], 400, "not JSON"),
+        (github(br#"{"pusher": "no ref"}"#, "s3cret", "d-6"), &br#"{"pusher": "no ref"}"#[..], 422, "cannot be made from this delivery"),
+    ] {
+        let (status, answer) = curl(&addr, "deploy", &headers, body);
+        assert_eq!(status, want, "{says}: {answer}");
+        assert!(answer["error"].as_str().unwrap_or("").contains(says), "{says}: {answer}");
+    }
+    let big = format!(r#"{{"ref": "main", "pad": "{}"}}"#, "x".repeat(100 * 1024));
+    let (status, answer) = curl(&addr, "deploy", &github(big.as_bytes(), "s3cret", "d-7"), big.as_bytes());
+    assert_eq!(status, 413, "{answer}");
+    let (status, _) = curl(&addr, "nope", &github(push, "s3cret", "d-8"), push);
+    assert_eq!(status, 404);
+    // The plain form: timestamped; a stale one and a replay start nothing.
+    let now = jiff::Timestamp::now().as_second();
+    let tag = br#"{"ref": "v2"}"#;
+    let plain = |t: i64| {
+        let mac = hmac_hex("s3cret", &[format!("{t}.").as_bytes(), &tag[..]].concat());
+        vec![json.clone(), format!("X-Sandflow-Signature: t={t},v1={mac}"), "X-GitHub-Event: tag".to_string()]
+    };
+    let (status, second) = curl(&addr, "deploy", &plain(now), tag);
+    assert_eq!(status, 201, "{second}");
+    let (status, replay) = curl(&addr, "deploy", &plain(now), tag);
+    assert_eq!((status, &replay["id"]), (200, &second["id"]), "{replay}");
+    let (status, stale) = curl(&addr, "deploy", &plain(now - 1000), tag);
+    assert_eq!(status, 401, "{stale}");
+    // Exactly the two good deliveries started runs, with their inputs.
+    let inputs = schema.strings("SELECT input FROM runs WHERE triggered_by = 'webhook' AND trigger_source = $1 ORDER BY seq", "deploy");
+    let inputs: Vec<Value> = inputs.iter().map(|i| serde_json::from_str(i).unwrap()).collect();
+    assert_eq!(inputs, [serde_json::json!({ "ref": "main", "event": "push" }), serde_json::json!({ "ref": "v2", "event": "tag" })]);
+    // A worker runs them; their steps read `run.trigger`.
+    let _workers = Workers::start(&schema, &state, 1, "5s");
+    let (code, _, err) = run(pg(&schema, &state).args(["runs", "follow", first["id"].as_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(pg(&schema, &state).args(["--json", "runs", "show", first["id"].as_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["steps"][0]["output"], serde_json::json!({ "ref": "main", "trigger": "webhook" }), "{out}");
+    // Listed, with its last delivery; a paused hook refuses deliveries.
+    let (_, out, _) = run(pg(&schema, &state).args(["--json", "schedule", "list"]));
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["webhooks"][0]["name"], "deploy", "{out}");
+    assert_eq!(listed["webhooks"][0]["secret"], "DEPLOY_HOOK", "{out}");
+    let (code, _, err) = run(pg(&schema, &state).args(["schedule", "pause", "deploy"]));
+    assert_eq!(code, 0, "{err}");
+    let (status, _) = curl(&addr, "deploy", &github(push, "s3cret", "d-9"), push);
+    assert_eq!(status, 503);
 }

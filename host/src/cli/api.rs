@@ -512,9 +512,9 @@ fn spawn_again(app: &App, id: &str, action: &str, again: Again) -> Response {
 /// acted, on which run, and what else to note.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Noted {
-    namespace: Option<String>,
-    run_id: Option<String>,
-    detail: Option<String>,
+    pub(super) namespace: Option<String>,
+    pub(super) run_id: Option<String>,
+    pub(super) detail: Option<String>,
 }
 
 /// Records every action request (submit, upload, cancel, resume, retry)
@@ -531,6 +531,7 @@ pub(super) async fn audited(State(app): State<Arc<App>>, request: axum::extract:
         ("POST", ["api", "runs"]) => ("submit".to_string(), None),
         ("PUT", ["api", "files", _]) => ("upload".to_string(), None),
         ("POST", ["api", "runs", id, action]) => (action.to_string(), Some(id.to_string())),
+        ("POST", ["hooks", _]) => ("webhook".to_string(), None),
         _ => return response,
     };
     let noted = response.extensions().get::<Noted>().cloned().unwrap_or_default();

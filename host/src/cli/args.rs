@@ -177,6 +177,20 @@ pub(crate) fn secrets_dir(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String
     Ok(namespaces)
 }
 
+/// Every namespace's secrets a process holds (a worker's, `serve`'s for
+/// webhooks): the `default` namespace's are SANDFLOW_SECRET_* variables,
+/// `file`'s and `DIR/default.env`'s; each other namespace's, `DIR/NS.env`'s.
+pub(crate) fn namespace_secrets(file: Option<&Path>, dir: Option<&Path>) -> Result<BTreeMap<String, BTreeMap<String, String>>, CliError> {
+    let mut namespaces = match dir {
+        Some(dir) => secrets_dir(dir)?,
+        None => BTreeMap::new(),
+    };
+    let mut default = read_secrets(file)?;
+    default.extend(namespaces.remove(crate::store::DEFAULT_NAMESPACE).unwrap_or_default());
+    namespaces.insert(crate::store::DEFAULT_NAMESPACE.to_string(), default);
+    Ok(namespaces)
+}
+
 #[cfg(test)]
 mod tests {
     use super::set_path;

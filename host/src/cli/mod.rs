@@ -10,6 +10,7 @@ mod dev;
 mod display;
 mod graph;
 mod guard;
+mod hooks;
 mod new;
 pub(crate) mod inspect;
 mod remote;

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ScheduleCommand {
     /// Register the schedules a workflow file's `schedules:` holds, as
-    /// WORKFLOW/NAME: the file and its components are kept in the store
+    /// WORKFLOW/NAME, and the webhooks of its `triggers:` (POST
+    /// /hooks/NAME on `serve`): the file and its components are kept in the store
     /// (as `submit` keeps them), so any scheduler anywhere fires them.
     /// Adding the file again updates them (a schedule whose cron and zone
     /// are unchanged keeps its next tick) and removes the ones it no
@@ -19,18 +20,20 @@ pub(crate) enum ScheduleCommand {
     #[command(after_help = "Example:\n  sandflow schedule add workflows/schedule.yaml --namespace team-a\n\n\
         `sandflow serve` and `sandflow worker --scheduler` (any number of them) fire the ticks; each tick starts one run, once.")]
     Add(AddArgs),
-    /// The schedules: cron, zone, next tick, and the last tick's outcome.
+    /// The schedules (cron, zone, next tick, the last tick's outcome) and
+    /// the webhooks (secret, last delivery).
     List {
         /// Only this namespace's.
         #[arg(long, value_name = "NS")]
         namespace: Option<String>,
     },
     /// Stop a schedule's ticks until `resume` (ticks meanwhile are not
-    /// caught up).
+    /// caught up), or refuse a webhook's deliveries (503).
     Pause(NameArgs),
-    /// Start a paused schedule again, from its next tick.
+    /// Start a paused schedule again, from its next tick (a webhook: take
+    /// deliveries again).
     Resume(NameArgs),
-    /// Remove a schedule (the runs it started stay).
+    /// Remove a schedule or a webhook (the runs it started stay).
     Remove(NameArgs),
 }
 
@@ -59,7 +62,8 @@ pub(crate) struct AddArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct NameArgs {
-    /// The schedule: WORKFLOW/NAME, as `schedule list` shows it.
+    /// The schedule, WORKFLOW/NAME, or the webhook, NAME, as `schedule
+    /// list` shows it.
     name: String,
     /// Its namespace [default: `default`].
     #[arg(long, value_name = "NS")]
@@ -80,9 +84,9 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
         ScheduleCommand::Add(args) => {
             let (prepared, files) = load_for_submit(&args.file, &args.components, out).await?;
             let wf = &prepared.plan.workflow;
-            if wf.schedules.is_empty() {
+            if wf.schedules.is_empty() && wf.triggers.is_empty() {
                 return Err(CliError::invalid(format!(
-                    "{} has no `schedules:`: add one, e.g.\n  schedules:\n    - cron: \"0 3 * * *\"\n      timezone: Europe/Berlin",
+                    "{} has no `schedules:` and no `triggers:`: add one, e.g.\n  schedules:\n    - cron: \"0 3 * * *\"\n      timezone: Europe/Berlin",
                     args.file.display()
                 )));
             }
@@ -99,7 +103,7 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
                 targets: args.target.clone(),
                 binding,
             };
-            let put = store.put_schedules(&template, &files, &wf.schedules, now).await.map_err(store_error)?;
+            let put = store.put_schedules(&template, &files, &wf.schedules, &wf.triggers, now).await.map_err(store_error)?;
             if !out.quiet {
                 for ((name, next), decl) in put.put.iter().zip(&wf.schedules) {
                     let next = match next {
@@ -107,6 +111,9 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
                         None => "paused".into(),
                     };
                     say!("schedule {name}: `{}` ({}), {next}", decl.cron, decl.timezone);
+                }
+                for (name, decl) in put.hooks.iter().zip(&wf.triggers) {
+                    say!("webhook {name}: POST /hooks/{name} on `sandflow serve`, deliveries signed with secret {}", decl.secret);
                 }
                 for name in &put.removed {
                     say!("schedule {name}: removed (no longer in the file)");
@@ -116,8 +123,10 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
         ScheduleCommand::List { namespace } => {
             let only = namespace.as_deref().map(|ns| namespace_of(Some(ns))).transpose()?.map(|ns| vec![ns]);
             let schedules = store.schedules(only.as_deref()).await.map_err(store_error)?;
+            let hooks = store.hooks(only.as_deref()).await.map_err(store_error)?;
             if out.json {
-                println!("{}", serde_json::to_string_pretty(&schedules).expect("records serialize"));
+                let listed = serde_json::json!({ "schedules": schedules, "webhooks": hooks });
+                println!("{}", serde_json::to_string_pretty(&listed).expect("records serialize"));
             } else {
                 println!("{:<12} {:<28} {:<18} {:<16} {:<26} LAST", "NAMESPACE", "SCHEDULE", "CRON", "ZONE", "NEXT");
                 for s in schedules {
@@ -129,13 +138,29 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
                     };
                     println!("{:<12} {:<28} {:<18} {:<16} {:<26} {last}", s.namespace, s.name, s.cron, s.timezone, next);
                 }
+                if !hooks.is_empty() {
+                    println!("\n{:<12} {:<28} {:<24} {:<20} LAST DELIVERY", "NAMESPACE", "WEBHOOK", "WORKFLOW", "SECRET");
+                    for h in hooks {
+                        let last = match (&h.last_delivery, &h.last_run) {
+                            (Some(at), Some(run)) => format!("{at} run {run}"),
+                            (Some(at), None) => at.clone(),
+                            _ => "-".into(),
+                        };
+                        let name = if h.paused { format!("{} (paused)", h.name) } else { h.name.clone() };
+                        println!("{:<12} {:<28} {:<24} {:<20} {last}", h.namespace, name, h.workflow, h.secret);
+                    }
+                }
             }
         }
         ScheduleCommand::Pause(args) => toggle(&store, args, true, now, out).await?,
         ScheduleCommand::Resume(args) => toggle(&store, args, false, now, out).await?,
         ScheduleCommand::Remove(args) => {
             let ns = namespace_of(args.namespace.as_deref())?;
-            if !store.remove_schedule(&ns, &args.name).await.map_err(store_error)? {
+            let removed = match is_webhook(&args.name) {
+                true => store.remove_hook(&ns, &args.name).await,
+                false => store.remove_schedule(&ns, &args.name).await,
+            };
+            if !removed.map_err(store_error)? {
                 return Err(unknown(&ns, &args.name));
             }
             if !out.quiet {
@@ -148,7 +173,11 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
 
 async fn toggle(store: &crate::store::PgStore, args: NameArgs, paused: bool, now: jiff::Timestamp, out: &Output) -> Result<(), CliError> {
     let ns = namespace_of(args.namespace.as_deref())?;
-    if !store.pause_schedule(&ns, &args.name, paused, now).await.map_err(store_error)? {
+    let found = match is_webhook(&args.name) {
+        true => store.pause_hook(&ns, &args.name, paused).await,
+        false => store.pause_schedule(&ns, &args.name, paused, now).await,
+    };
+    if !found.map_err(store_error)? {
         return Err(unknown(&ns, &args.name));
     }
     if !out.quiet {
@@ -157,6 +186,12 @@ async fn toggle(store: &crate::store::PgStore, args: NameArgs, paused: bool, now
     Ok(())
 }
 
+/// A schedule is WORKFLOW/NAME; a webhook's name has no `/`.
+fn is_webhook(name: &str) -> bool {
+    !name.contains('/')
+}
+
 fn unknown(ns: &str, name: &str) -> CliError {
-    CliError::invalid(format!("no schedule `{name}` in namespace `{ns}` (see `sandflow schedule list`)"))
+    let what = if is_webhook(name) { "webhook" } else { "schedule" };
+    CliError::invalid(format!("no {what} `{name}` in namespace `{ns}` (see `sandflow schedule list`)"))
 }

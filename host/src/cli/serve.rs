@@ -85,6 +85,18 @@ pub(crate) struct ServeArgs {
     /// servers and `worker --scheduler` processes may: each tick once.
     #[arg(long)]
     no_scheduler: bool,
+    /// The largest webhook delivery body taken (`POST /hooks/NAME`).
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = crate::units::parse_size)]
+    max_hook_body: u64,
+    /// The `default` namespace's secrets, `NAME=value` lines (also
+    /// SANDFLOW_SECRET_NAME variables): here, only the webhooks' secrets
+    /// their deliveries are signed with.
+    #[arg(long, value_name = "FILE")]
+    secrets_file: Option<std::path::PathBuf>,
+    /// Each namespace's secrets, in DIR/NAMESPACE.env (as a worker's): the
+    /// webhooks' secrets of each namespace.
+    #[arg(long, value_name = "DIR")]
+    secrets_dir: Option<std::path::PathBuf>,
 }
 
 pub(super) struct App {
@@ -93,6 +105,13 @@ pub(super) struct App {
     pub(super) pg: Option<Arc<crate::store::PgStore>>,
     pub(super) allow_actions: bool,
     pub(super) allow_host_access: bool,
+    /// Each namespace's secrets (`--secrets-file`, `--secrets-dir`): the
+    /// webhooks' signing secrets.
+    pub(super) secrets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// `--max-hook-body`.
+    pub(super) max_hook_body: usize,
+    /// Webhooks' workflows, parsed from their stored text, by SHA-256.
+    pub(super) hook_workflows: std::sync::Mutex<HashMap<String, Arc<crate::workflow::Workflow>>>,
     pub(super) max_upload: usize,
     /// To run `resume` and `retry` as processes of their own.
     pub(super) exe: std::path::PathBuf,
@@ -145,6 +164,9 @@ pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) 
         pg,
         allow_actions: args.allow_actions,
         allow_host_access: args.allow_host_access,
+        secrets: super::args::namespace_secrets(args.secrets_file.as_deref(), args.secrets_dir.as_deref())?,
+        max_hook_body: usize::try_from(args.max_hook_body).unwrap_or(usize::MAX),
+        hook_workflows: Default::default(),
         max_upload: usize::try_from(args.max_upload).unwrap_or(usize::MAX),
         exe: std::env::current_exe().map_err(|e| CliError { code: exit::FAILED, message: format!("cannot find this program: {e}") })?,
         state_dir: global.state_dir.clone(),
@@ -196,6 +218,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/runs/{id}/attempts", get(attempts))
         .route("/api/runs/{id}/events", get(events))
         .route("/api/runs/{id}/{action}", post(super::api::act))
+        .route("/hooks/{name}", post(super::hooks::deliver))
         // Inside the guard (which found the caller): every action, audited.
         .layer(axum::middleware::from_fn_with_state(app.clone(), super::api::audited))
         .with_state(app)
@@ -224,6 +247,7 @@ pub(super) fn failure(e: StoreError) -> Response {
         StoreError::UnknownRun(_) => StatusCode::NOT_FOUND,
         StoreError::AmbiguousRun { .. } => StatusCode::BAD_REQUEST,
         StoreError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
+        StoreError::Conflict(_) => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     refused(status, e.to_string())

@@ -198,14 +198,10 @@ pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Outp
 
 /// `sandflow worker`.
 pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
-    let mut config = worker_config(args.concurrency, args.name, args.lease, args.secrets_file.as_deref(), args.labels)?;
-    if let Some(dir) = &args.secrets_dir {
-        let mut namespaces = super::args::secrets_dir(dir)?;
-        if let Some(default) = namespaces.remove(crate::store::DEFAULT_NAMESPACE) {
-            config.secrets.extend(default);
-        }
-        config.namespace_secrets = namespaces;
-    }
+    let mut config = worker_config(args.concurrency, args.name, args.lease, None, args.labels)?;
+    let mut namespaces = super::args::namespace_secrets(args.secrets_file.as_deref(), args.secrets_dir.as_deref())?;
+    config.secrets = namespaces.remove(crate::store::DEFAULT_NAMESPACE).unwrap_or_default();
+    config.namespace_secrets = namespaces;
     let connections = crate::store::Connections { max: args.connections as usize, name: format!("sandflow worker {}", config.name) };
     let store = pg_store_with(global, "`sandflow worker`", &connections).await?;
     let sandbox = Arc::new(super::new_untrusting_sandbox(&global.state_dir, args.compile_time, args.compile_memory)?);

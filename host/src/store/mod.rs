@@ -54,6 +54,10 @@ pub enum StoreError {
     /// A namespace's limit refuses what was asked: nothing was recorded.
     #[error("{0}")]
     Quota(String),
+    /// What was asked clashes with what another holds (a webhook's name):
+    /// nothing was recorded.
+    #[error("{0}")]
+    Conflict(String),
     /// A query or a transaction failed (a full disk, a lost connection).
     #[error("run store error: {0}")]
     Backend(String),

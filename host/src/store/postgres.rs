@@ -306,6 +306,38 @@ CREATE TABLE events (
         at        TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
         PRIMARY KEY (namespace, name, tick)
      );",
+    // 18: webhooks (`triggers:`): each a kept submission, as a schedule is,
+    // with the secret (by name) its deliveries are signed with; a row per
+    // delivery taken (its id, or its signature), written with the run it
+    // queues: a delivery sent again starts nothing.
+    "CREATE TABLE hooks (
+        name        TEXT PRIMARY KEY,
+        namespace   TEXT NOT NULL,
+        workflow    TEXT NOT NULL,
+        file        TEXT NOT NULL,
+        sha256      TEXT NOT NULL,
+        secret      TEXT NOT NULL,
+        targets     TEXT,
+        components  TEXT,
+        vars        TEXT,
+        concurrency INTEGER,
+        priority    INTEGER NOT NULL DEFAULT 0,
+        paused      BOOLEAN NOT NULL DEFAULT false,
+        created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+     );
+     CREATE TABLE hook_files (
+        name   TEXT NOT NULL REFERENCES hooks ON DELETE CASCADE,
+        path   TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (name, path)
+     );
+     CREATE TABLE hook_deliveries (
+        name     TEXT NOT NULL,
+        delivery TEXT NOT NULL,
+        run_id   TEXT,
+        at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (name, delivery)
+     );",
 ];
 
 /// Serializes migrations across every process using the server.

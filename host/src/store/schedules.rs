@@ -13,7 +13,7 @@ use super::postgres::{PgStore, db};
 use super::queue::{Binding, RunFiles, StoredBinding, Trigger, insert_run, store_files};
 use super::{NewRun, StoreError};
 use crate::cron::Cron;
-use crate::workflow::{Catchup, Overlap, ScheduleDecl};
+use crate::workflow::{Catchup, Overlap, ScheduleDecl, TriggerDecl};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::Serialize;
@@ -66,8 +66,52 @@ pub struct ScheduleRecord {
 pub struct PutSchedules {
     /// Each schedule of the file: its name and its next tick.
     pub put: Vec<(String, Option<Timestamp>)>,
-    /// Schedules of the workflow the file no longer has.
+    /// Schedules (and `webhook NAME`s) of the workflow the file no longer has.
     pub removed: Vec<String>,
+    /// Each webhook of the file, by name.
+    pub hooks: Vec<String>,
+}
+
+/// A webhook as `serve` takes its deliveries.
+#[derive(Debug, Clone)]
+pub struct HookRecord {
+    pub name: String,
+    pub namespace: String,
+    pub workflow: String,
+    /// The workflow file's path among its files.
+    pub file: String,
+    pub sha256: String,
+    /// The secret (by name) its deliveries are signed with.
+    pub secret: String,
+    pub targets: Vec<String>,
+    pub binding: Binding,
+    pub paused: bool,
+    /// Its files: path and SHA-256.
+    pub files: Vec<(String, String)>,
+}
+
+/// A webhook as `sandflow schedule list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookListing {
+    pub name: String,
+    pub namespace: String,
+    pub workflow: String,
+    /// The secret's name (never its value: the store does not have it).
+    pub secret: String,
+    pub paused: bool,
+    /// When the last delivery was taken, and its run.
+    pub last_delivery: Option<String>,
+    pub last_run: Option<String>,
+}
+
+/// What a delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    /// It started this run.
+    Started(String),
+    /// It was taken before (same delivery id or signature): nothing
+    /// started; the run it started then, if any.
+    Again(Option<String>),
 }
 
 /// A tick handled by [`PgStore::fire_due`].
@@ -130,11 +174,22 @@ impl PgStore {
     /// `namespace` as `WORKFLOW/NAME`; the workflow's schedules the file no
     /// longer has are removed. A schedule whose cron expression and zone
     /// are unchanged keeps its next tick (and its paused state).
-    pub async fn put_schedules(&self, template: &ScheduleTemplate, files: &RunFiles, schedules: &[ScheduleDecl], now: Timestamp) -> Result<PutSchedules, StoreError> {
+    pub async fn put_schedules(
+        &self,
+        template: &ScheduleTemplate,
+        files: &RunFiles,
+        schedules: &[ScheduleDecl],
+        hooks: &[TriggerDecl],
+        now: Timestamp,
+    ) -> Result<PutSchedules, StoreError> {
         let StoredBinding { concurrency, components, vars, namespace } = template.binding.stored();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let hashes = store_files(&tx, files).await?;
+        // The namespace's files (its runs' and `serve`'s webhooks read them).
+        for (_, hash) in &hashes {
+            tx.execute("INSERT INTO namespace_files (namespace, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&namespace, hash]).await.map_err(db)?;
+        }
         let targets = super::targets_text(&template.targets);
         let mut out = PutSchedules::default();
         let mut names = Vec::new();
@@ -177,7 +232,6 @@ impl PgStore {
                 tx.execute("INSERT INTO schedule_files (namespace, name, path, sha256) VALUES ($1, $2, $3, $4)", &[&namespace, &name, path, hash])
                     .await
                     .map_err(db)?;
-                tx.execute("INSERT INTO namespace_files (namespace, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&namespace, hash]).await.map_err(db)?;
             }
             let paused: bool = row.get(1);
             out.put.push((name.clone(), if paused { None } else { row.get::<_, Option<SystemTime>>(0).map(timestamp) }));
@@ -188,6 +242,40 @@ impl PgStore {
             .await
             .map_err(db)?;
         out.removed = removed.iter().map(|r| r.get(0)).collect();
+        // Webhooks: a name is the store's (its URL has no namespace).
+        let mut hook_names = Vec::new();
+        for h in hooks {
+            let held = tx
+                .query_opt("SELECT namespace, workflow FROM hooks WHERE name = $1 FOR UPDATE", &[&h.webhook])
+                .await
+                .map_err(db)?
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)));
+            if let Some((ns, wf)) = held.filter(|(ns, wf)| ns != namespace || *wf != template.workflow) {
+                return Err(StoreError::Conflict(format!(
+                    "webhook `{}` is workflow {wf}'s in namespace `{ns}`: name this one otherwise (or remove that one first)",
+                    h.webhook
+                )));
+            }
+            tx.execute(
+                "INSERT INTO hooks (name, namespace, workflow, file, sha256, secret, targets, components, vars, concurrency, priority)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (name) DO UPDATE SET file = $4, sha256 = $5, secret = $6, targets = $7, components = $8, vars = $9, concurrency = $10, priority = $11",
+                &[&h.webhook, &namespace, &template.workflow, &template.file, &template.sha256, &h.secret, &targets, &components, &vars, &concurrency, &template.binding.priority],
+            )
+            .await
+            .map_err(db)?;
+            tx.execute("DELETE FROM hook_files WHERE name = $1", &[&h.webhook]).await.map_err(db)?;
+            for (path, hash) in &hashes {
+                tx.execute("INSERT INTO hook_files (name, path, sha256) VALUES ($1, $2, $3)", &[&h.webhook, path, hash]).await.map_err(db)?;
+            }
+            out.hooks.push(h.webhook.clone());
+            hook_names.push(h.webhook.clone());
+        }
+        let removed = tx
+            .query("DELETE FROM hooks WHERE namespace = $1 AND workflow = $2 AND name <> ALL($3) RETURNING name", &[&namespace, &template.workflow, &hook_names])
+            .await
+            .map_err(db)?;
+        out.removed.extend(removed.iter().map(|r| format!("webhook {}", r.get::<_, String>(0))));
         tx.commit().await.map_err(db)?;
         Ok(out)
     }
@@ -260,6 +348,117 @@ impl PgStore {
         let client = self.client().await?;
         let n = client.execute("DELETE FROM schedules WHERE namespace = $1 AND name = $2", &[&namespace, &name]).await.map_err(db)?;
         client.execute("DELETE FROM schedule_ticks WHERE namespace = $1 AND name = $2", &[&namespace, &name]).await.map_err(db)?;
+        Ok(n > 0)
+    }
+
+    /// Webhook `name`, with its files; none if there is none.
+    pub async fn hook(&self, name: &str) -> Result<Option<HookRecord>, StoreError> {
+        let client = self.client().await?;
+        let Some(r) = client
+            .query_opt(
+                "SELECT name, namespace, workflow, file, sha256, secret, targets, components, vars, concurrency, priority, paused FROM hooks WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let files = client.query("SELECT path, sha256 FROM hook_files WHERE name = $1", &[&name]).await.map_err(db)?;
+        Ok(Some(HookRecord {
+            name: r.get(0),
+            namespace: r.get(1),
+            workflow: r.get(2),
+            file: r.get(3),
+            sha256: r.get(4),
+            secret: r.get(5),
+            targets: super::targets_of(r.get(6)),
+            binding: Binding {
+                components: r.get::<_, Option<String>>(7).map(Into::into),
+                vars: r.get::<_, Option<String>>(8).and_then(|v| serde_json::from_str(&v).ok()).unwrap_or(Value::Null),
+                concurrency: r.get::<_, Option<i32>>(9).map(|n| n.max(1) as usize),
+                namespace: r.get(1),
+                priority: r.get(10),
+            },
+            paused: r.get(11),
+            files: files.iter().map(|f| (f.get(0), f.get(1))).collect(),
+        }))
+    }
+
+    /// Takes delivery `delivery` (its id, or its signature) of webhook
+    /// `hook`: queues a run with `input`, unless that delivery was taken
+    /// before; the delivery's row and the run are one transaction.
+    pub async fn deliver(&self, hook: &HookRecord, delivery: &str, input: Value) -> Result<Delivered, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let taken = tx
+            .execute("INSERT INTO hook_deliveries (name, delivery) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&hook.name, &delivery])
+            .await
+            .map_err(db)?;
+        if taken == 0 {
+            let before = tx.query_opt("SELECT run_id FROM hook_deliveries WHERE name = $1 AND delivery = $2", &[&hook.name, &delivery]).await.map_err(db)?;
+            return Ok(Delivered::Again(before.and_then(|r| r.get(0))));
+        }
+        let run = NewRun {
+            id: crate::exec::new_run_id(),
+            workflow: hook.workflow.clone(),
+            file: hook.file.clone(),
+            sha256: hook.sha256.clone(),
+            input,
+            targets: hook.targets.clone(),
+            text: None,
+        };
+        let trigger = Trigger { kind: Some("webhook"), source: Some(hook.name.clone()), scheduled_time: None };
+        insert_run(&tx, &run, &hook.files, &hook.binding, &trigger).await?;
+        tx.execute("UPDATE hook_deliveries SET run_id = $3 WHERE name = $1 AND delivery = $2", &[&hook.name, &delivery, &run.id]).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Delivered::Started(run.id))
+    }
+
+    /// The webhooks of `namespaces` (`None`: of all), by name.
+    pub async fn hooks(&self, namespaces: Option<&[String]>) -> Result<Vec<HookListing>, StoreError> {
+        let client = self.client().await?;
+        let all: Vec<String> = namespaces.map(<[String]>::to_vec).unwrap_or_default();
+        let rows = client
+            .query(
+                "SELECT h.name, h.namespace, h.workflow, h.secret, h.paused, to_char(d.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), d.run_id
+                 FROM hooks h
+                 LEFT JOIN LATERAL (SELECT at, run_id FROM hook_deliveries k WHERE k.name = h.name ORDER BY at DESC LIMIT 1) d ON true
+                 WHERE $1 OR h.namespace = ANY($2) ORDER BY h.name",
+                &[&namespaces.is_none(), &all],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| HookListing {
+                name: r.get(0),
+                namespace: r.get(1),
+                workflow: r.get(2),
+                secret: r.get(3),
+                paused: r.get(4),
+                last_delivery: r.get(5),
+                last_run: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Pauses (deliveries are refused, 503) or resumes webhook `name` of
+    /// `namespace`. False if there is none.
+    pub async fn pause_hook(&self, namespace: &str, name: &str, paused: bool) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client.execute("UPDATE hooks SET paused = $3 WHERE namespace = $1 AND name = $2", &[&namespace, &name, &paused]).await.map_err(db)?;
+        Ok(n > 0)
+    }
+
+    /// Removes webhook `name` of `namespace` (the runs it started stay).
+    /// False if there is none.
+    pub async fn remove_hook(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client.execute("DELETE FROM hooks WHERE namespace = $1 AND name = $2", &[&namespace, &name]).await.map_err(db)?;
+        if n > 0 {
+            client.execute("DELETE FROM hook_deliveries WHERE name = $1", &[&name]).await.map_err(db)?;
+        }
         Ok(n > 0)
     }
 

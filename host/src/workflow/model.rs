@@ -50,6 +50,8 @@ pub struct Workflow {
     /// `schedules:`: when runs start by themselves once the file is
     /// registered (`sandflow schedule add`).
     pub schedules: Vec<ScheduleDecl>,
+    /// `triggers:`: webhooks that start runs once registered.
+    pub triggers: Vec<TriggerDecl>,
     /// A StepFlow flow (a StepFlow-only key or value form is written): a
     /// step runs only when the output (or a step that runs) needs it, or
     /// it has `mustExecute`; the branch an `$if` does not take never runs.
@@ -319,6 +321,18 @@ pub struct ScheduleDecl {
     pub input: Value,
     pub catchup: Catchup,
     pub overlap: Overlap,
+}
+
+/// One entry of `triggers:`: a webhook, `POST /hooks/NAME` on `serve`.
+#[derive(Debug, Clone)]
+pub struct TriggerDecl {
+    /// The hook's name: its URL's last part, unique in the store.
+    pub webhook: String,
+    /// The secret (by name) deliveries are signed with (HMAC-SHA256).
+    pub secret: String,
+    /// The run's input, from the request: `inputs.body` (its JSON) and
+    /// `inputs.headers` (lower-case names); none: the body itself.
+    pub input: Option<crate::expr::Template>,
 }
 
 /// Which ticks missed while no scheduler ran (a tick fired more than

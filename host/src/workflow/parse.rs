@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub(super) const WORKFLOW_KEYS: &[&str] = &[
     "name", "description", "input", "defaults", "timeout", "concurrency", "fail_fast", "quota", "components", "steps", "finally",
-    "finally_timeout", "output", "test", "schedules",
+    "finally_timeout", "output", "test", "schedules", "triggers",
     // StepFlow's (its `schemas/flow.json`, and older spellings).
     "schema", "schemas", "inputSchema", "outputSchema", "input_schema", "output_schema", "version", "examples", "metadata", "variables",
 ];
@@ -50,6 +50,7 @@ const STEPFLOW_DEFAULT_RETRIES: u64 = 3;
 /// `config`/`configFile` are StepFlow's test configuration; sandflow binds
 /// components with `--components FILE` instead.
 pub(super) const TEST_KEYS: &[&str] = &["cases", "config", "configFile", "config_file"];
+pub(super) const TRIGGER_KEYS: &[&str] = &["webhook", "secret", "input"];
 pub(super) const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "input", "catchup", "overlap"];
 pub(super) const CASE_KEYS: &[&str] = &["name", "description", "input", "target", "output", "outcome", "error"];
 
@@ -204,6 +205,7 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String, text: Arc<str>)
     let output = get("output").map(|n| cx.template(n));
     let tests = get("test").filter(|n| !is_null(n)).map(|n| tests(cx, n)).unwrap_or_default();
     let schedules = get("schedules").filter(|n| !is_null(n)).map(|n| schedules(cx, n, input_schema.as_ref())).unwrap_or_default();
+    let triggers = get("triggers").filter(|n| !is_null(n)).map(|n| triggers(cx, n)).unwrap_or_default();
     let lazy = map.iter().any(|(k, _)| STEPFLOW_WORKFLOW_KEYS.contains(&k.as_str()))
         || [get("steps"), get("output")].into_iter().flatten().any(has_stepflow_forms);
     Some(Workflow {
@@ -225,6 +227,7 @@ pub(super) fn workflow(cx: &mut Cx, root: &Node, sha256: String, text: Arc<str>)
         output,
         tests,
         schedules,
+        triggers,
         lazy,
     })
 }
@@ -678,6 +681,50 @@ fn stepflow_result(node: &Node) -> Option<Expectation> {
         _ => return None,
     };
     Some(expect)
+}
+
+/// `triggers:`: each webhook named (as a URL's last part, once) and given
+/// the secret its deliveries are signed with; its input reads the request
+/// only.
+fn triggers(cx: &mut Cx, node: &Node) -> Vec<TriggerDecl> {
+    let Some(seq) = node.as_sequence() else {
+        cx.error_hint(node, "`triggers` must be a list", "e.g. `triggers: [{ webhook: deploy, secret: DEPLOY_HOOK }]`");
+        return Vec::new();
+    };
+    let mut names = std::collections::BTreeSet::new();
+    seq.iter()
+        .filter_map(|n| {
+            let m = cx.mapping(n, "a trigger", TRIGGER_KEYS)?;
+            let Some(hook) = m.get_node("webhook") else {
+                cx.error_hint(n, "a trigger needs `webhook`: the name in its URL, `POST /hooks/NAME`", "e.g. `- { webhook: deploy, secret: DEPLOY_HOOK }`");
+                return None;
+            };
+            let webhook = cx.string(hook, "`webhook`")?;
+            if webhook.is_empty() || webhook.len() > 64 || !webhook.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+                cx.error(hook, format!("webhook name `{webhook}`: use up to 64 letters, digits, `-`, `_` and `.` (it is the URL's last part)"));
+                return None;
+            }
+            if !names.insert(webhook.clone()) {
+                cx.error(hook, format!("two triggers are webhook `{webhook}`"));
+            }
+            let Some(secret) = m.get_node("secret").and_then(|s| cx.string(s, "`secret`")) else {
+                cx.error_hint(
+                    hook,
+                    format!("webhook `{webhook}` has no `secret`: deliveries must be signed (HMAC-SHA256), or anyone could start runs"),
+                    "add `secret: NAME`, a secret `serve` holds (SANDFLOW_SECRET_NAME, or NAME=... in its --secrets-dir's NAMESPACE.env)",
+                );
+                return None;
+            };
+            let input = m.get_node("input").map(|i| {
+                let template = cx.template(i);
+                if let Some(r) = template.step_refs().first() {
+                    cx.error_hint(i, format!("a webhook's `input` reads step `{}`: it is made from the request, before any step runs", r.id), "read `inputs.body.FIELD` or `inputs.headers['x-name']`");
+                }
+                template
+            });
+            Some(TriggerDecl { webhook, secret, input })
+        })
+        .collect()
 }
 
 /// `schedules:`: each cron expression parsed and shown to fire, each time

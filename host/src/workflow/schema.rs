@@ -9,7 +9,7 @@
 
 use super::parse::{
     CACHE_KEYS, CASE_KEYS, COMPONENT_KEYS, DEFAULTS_KEYS, DIR_KEYS, GRANTS_KEYS, HTTP_KEYS, ON_ERROR_KEYS, RETRY_KEYS, SCHEDULE_KEYS, STEP_KEYS,
-    TEST_KEYS, WORKFLOW_KEYS,
+    TEST_KEYS, TRIGGER_KEYS, WORKFLOW_KEYS,
 };
 use crate::sandbox::QuotaKind;
 use serde_json::{Map, Value, json};
@@ -86,6 +86,14 @@ fn property(what: &str, key: &str) -> Value {
             "items": { "type": "object", "properties": properties("schedule", SCHEDULE_KEYS), "required": ["cron"], "additionalProperties": false },
             "description": "runs that start by themselves once registered (`sandflow schedule add FILE`)",
         }),
+        ("workflow", "triggers") => json!({
+            "type": ["array", "null"],
+            "items": { "type": "object", "properties": properties("trigger", TRIGGER_KEYS), "required": ["webhook", "secret"], "additionalProperties": false },
+            "description": "webhooks that start runs once registered (`sandflow schedule add FILE`): POST /hooks/NAME on `serve`",
+        }),
+        ("trigger", "webhook") => json!({ "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$" }),
+        ("trigger", "secret") => json!({ "type": "string", "description": "the secret (by name) deliveries are signed with (HMAC-SHA256)" }),
+        ("trigger", "input") => r("value"),
         ("schedule", "name") => json!({ "type": "string", "pattern": "^[A-Za-z0-9_.-]+$" }),
         ("schedule", "cron") => json!({ "type": "string", "description": "5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first; or @daily, @hourly, …" }),
         ("schedule", "timezone") => json!({ "type": "string", "description": "an IANA time zone, e.g. Europe/Berlin (default UTC)" }),
