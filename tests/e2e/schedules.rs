@@ -235,6 +235,12 @@ fn the_nightly_example_registers_and_skips_a_tick_while_its_run_runs() {
     assert_eq!(ticks(&schema, "nightly/report").len(), 1);
     let ns = schema.strings("SELECT namespace FROM runs WHERE trigger_source = $1", "nightly/report");
     assert_eq!(ns, ["team-a"]);
+    // The web view's schedules page shows it, its last tick skipped.
+    if let Some(chromium) = crate::web::chromium() {
+        let page = crate::web::dom(&chromium, &format!("http://{}/schedules", _server.1));
+        assert!(page.contains(r#"data-schedule="nightly/report""#), "{page}");
+        assert!(page.contains("(skipped: its run "), "{page}");
+    }
 }
 
 /// Run by hand, the same workflow reads `run.trigger` `manual` and no
@@ -360,6 +366,16 @@ fn webhook_deliveries_start_runs_only_when_signed_once_and_well_formed() {
     let listed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed["webhooks"][0]["name"], "deploy", "{out}");
     assert_eq!(listed["webhooks"][0]["secret"], "DEPLOY_HOOK", "{out}");
+    // The API and the web view list it (with the token; the secret by name).
+    let (status, body) = crate::web::http(&addr, "GET", "/api/schedules", &["Authorization: Bearer admin-token"]);
+    assert_eq!(status, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((listed["webhooks"][0]["name"].as_str(), listed["webhooks"][0]["last_run"].as_str()), (Some("deploy"), second["id"].as_str()), "{body}");
+    assert!(!body.contains("s3cret"), "{body}");
+    if let Some(chromium) = crate::web::chromium() {
+        let page = crate::web::dom(&chromium, &format!("http://{addr}/schedules?token=admin-token"));
+        assert!(page.contains(r#"data-webhook="deploy""#) && page.contains("POST /hooks/deploy"), "{page}");
+    }
     let (code, _, err) = run(pg(&schema, &state).args(["schedule", "pause", "deploy"]));
     assert_eq!(code, 0, "{err}");
     let (status, _) = curl(&addr, "deploy", &github(push, "s3cret", "d-9"), push);

@@ -559,6 +559,19 @@ pub(super) struct AuditParams {
 
 /// `GET /api/audit`: the newest entries of the audit log the caller sees
 /// (its namespaces'; the admin's: all, the tokens' own too).
+/// `GET /api/schedules`: the schedules and webhooks of the namespaces the
+/// caller sees (a PostgreSQL store's; the secrets by name only).
+pub(super) async fn schedules(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Response {
+    let Some(store) = &app.pg else {
+        return refused(StatusCode::NOT_FOUND, "this store is SQLite: schedules and webhooks are kept in a PostgreSQL store (`sandflow schedule add`)".into());
+    };
+    let only = caller.namespaces.as_deref();
+    match (store.schedules(only).await, store.hooks(only).await) {
+        (Ok(schedules), Ok(webhooks)) => Json(json!({ "schedules": schedules, "webhooks": webhooks })).into_response(),
+        (Err(e), _) | (_, Err(e)) => failure(e),
+    }
+}
+
 pub(super) async fn audit_log(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Query(p): Query<AuditParams>) -> Response {
     let store = match queue(&app) {
         Ok(store) => store,

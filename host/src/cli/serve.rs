@@ -209,6 +209,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/openapi.json", get(super::api::openapi))
         .route("/audit", get(|| async { page(PAGE_HTML) }))
         .route("/api/audit", get(super::api::audit_log))
+        .route("/schedules", get(|| async { page(PAGE_HTML) }))
+        .route("/api/schedules", get(super::api::schedules))
         .route("/api/files/{sha256}", put(super::api::put_file))
         .route("/api/runs", get(list_runs).post(super::api::submit))
         .route("/api/runs/{id}/stream", get(super::api::stream))

@@ -264,6 +264,30 @@ const sandflow = (() => {
     } catch (e) { problem(e); }
   }
 
+  // Schedules (next tick, last tick and its run) and webhooks.
+  async function schedulesPage() {
+    try {
+      const { schedules, webhooks } = await (await api("/api/schedules")).json();
+      const link = (id) => id ? el("a", { href: "/runs/" + encodeURIComponent(id) }, id.slice(0, 13)) : "";
+      const body = document.querySelector("#schedules tbody");
+      for (const s of schedules) {
+        const next = s.paused ? el("span", { class: "badge w-stopped" }, "paused") : (s.next_at || "never");
+        const last = s.last_tick ? s.last_tick + (s.last_outcome && s.last_outcome !== "started" ? " (" + s.last_outcome + ")" : "") : "";
+        body.append(el("tr", { "data-schedule": s.name },
+          el("td", { class: "id" }, s.name), el("td", {}, s.namespace), el("td", {}, el("code", {}, s.cron)), el("td", {}, s.timezone),
+          el("td", { class: "when" }, next), el("td", { class: "when" }, last), el("td", { class: "id" }, link(s.last_run))));
+      }
+      const hooks = document.querySelector("#webhooks tbody");
+      for (const h of webhooks) {
+        hooks.append(el("tr", { "data-webhook": h.name },
+          el("td", { class: "id" }, "POST /hooks/" + h.name + (h.paused ? " (paused)" : "")), el("td", {}, h.namespace), el("td", {}, h.workflow),
+          el("td", {}, h.secret), el("td", { class: "when" }, h.last_delivery || ""), el("td", { class: "id" }, link(h.last_run))));
+      }
+      document.getElementById("webhooks").hidden = webhooks.length === 0;
+      document.getElementById("empty").hidden = schedules.length + webhooks.length > 0;
+    } catch (e) { problem(e); }
+  }
+
   // The audit log: who did what, when, and how it went.
   async function auditPage() {
     try {
@@ -287,6 +311,10 @@ const sandflow = (() => {
     document.getElementById("where").textContent = "audit";
     view("audit");
     auditPage();
+  } else if (location.pathname === "/schedules") {
+    document.getElementById("where").textContent = "schedules";
+    view("schedules");
+    schedulesPage();
   } else if (location.pathname === "/workers") {
     document.getElementById("where").textContent = "workers";
     view("workers");
@@ -300,5 +328,5 @@ const sandflow = (() => {
     view("runs");
     runsPage();
   }
-  return { runsPage, runPage, workersPage, auditPage };
+  return { runsPage, runPage, workersPage, auditPage, schedulesPage };
 })();
