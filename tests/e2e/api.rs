@@ -293,6 +293,14 @@ fn a_component_slow_or_huge_to_compile_fails_its_run_and_the_worker_goes_on() {
         (&["--compile-time", "1s"], (1, 60_000), "compiling it took longer than 1s (the limit this worker sets: --compile-time)"),
         (&["--compile-memory", "200MiB"], (1, 120_000), "compiling it needed more than 200MiB of memory (the limit this worker sets: --compile-memory)"),
     ];
+    // The diamond's component, compiled once by a worker without limits:
+    // the limited workers find it in the state dir's cache (on a loaded
+    // machine compiling it could take longer than the 1s limit itself).
+    {
+        let _warm = Workers::start(&schema, &server_state, 1, "5s");
+        let (code, _, err) = run(client(&client_state, &addr).args(["run", "workflows/diamond.yaml", "--input", r#"{"text": "warm"}"#]));
+        assert_eq!(code, 0, "{err}");
+    }
     for (limits, (functions, ops), said) in cases {
         let workers = Workers::with_args(&schema, &server_state, 1, "5s", &[], limits);
         let bomb = dir.join(format!("bomb-{ops}.wasm"));
@@ -710,4 +718,49 @@ fn a_flood_of_one_namespace_does_not_starve_another_s_run() {
     let a_done = ended_before(&theirs);
     eprintln!("fair share: team-b's run ended {waited:?} after its submit, when {a_done} of team-a's 200 runs had ended");
     assert!(a_done <= 8, "team-b's run waited behind {a_done} of team-a's runs");
+}
+
+/// Schedules through the front door: a submitter of team-a registers the
+/// nightly example with `--server` (no database credentials; its files
+/// uploaded as a submit's), lists it; a viewer cannot pause it, an
+/// operator can; team-b's token neither sees it nor reaches it (404); the
+/// audit log keeps each action.
+#[test]
+fn schedules_are_managed_through_the_front_door_within_a_token_s_rights() {
+    let Some(schema) = PgSchema::create() else { return };
+    let (server_state, client_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_server, addr) = front_door(&schema, &server_state, &["--no-scheduler"]);
+    let submitter = make_token(&schema, &server_state, "a-ci", "team-a", "submitter");
+    let viewer = make_token(&schema, &server_state, "a-view", "team-a", "viewer");
+    let operator = make_token(&schema, &server_state, "a-ops", "team-a", "operator");
+    let other = make_token(&schema, &server_state, "b-ci", "team-b", "submitter");
+    let (code, _, err) = run(as_token(&client_state, &addr, &submitter).current_dir(root()).args(["schedule", "add", "workflows/nightly.yaml"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("schedule nightly/report: `30 2 * * *` (Europe/Berlin), next at "), "{err}");
+    let listed = |token: &str| {
+        let (code, out, err) = run(as_token(&client_state, &addr, token).args(["--json", "schedule", "list"]));
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let seen = listed(&viewer);
+    assert_eq!((seen["schedules"][0]["name"].as_str(), seen["schedules"][0]["namespace"].as_str()), (Some("nightly/report"), Some("team-a")), "{seen}");
+    assert_eq!(listed(&other)["schedules"], json!([]), "team-b sees none of team-a's");
+    let (code, _, err) = run(as_token(&client_state, &addr, &viewer).args(["schedule", "pause", "nightly/report"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("viewer"), "{err}");
+    let (code, _, err) = run(as_token(&client_state, &addr, &other).args(["schedule", "pause", "nightly/report"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no schedule `nightly/report` in namespace `team-b`"), "{err}");
+    let (code, _, err) = run(as_token(&client_state, &addr, &operator).args(["schedule", "pause", "nightly/report"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listed(&viewer)["schedules"][0]["paused"], true);
+    let (code, _, err) = run(as_token(&client_state, &addr, &operator).args(["schedule", "remove", "nightly/report"]));
+    assert_eq!(code, 2, "an operator may not remove: {err}");
+    let (code, _, err) = run(as_token(&client_state, &addr, &submitter).args(["schedule", "remove", "nightly/report"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listed(&viewer)["schedules"], json!([]));
+    let actions = schema.strings("SELECT action || ' ' || outcome || ' ' || token FROM audit WHERE namespace = $1 ORDER BY seq", "team-a");
+    for want in ["schedule add done a-ci", "schedule pause done a-ops", "schedule remove refused (403) a-ops", "schedule remove done a-ci"] {
+        assert!(actions.iter().any(|a| a == want), "{want}: {actions:?}");
+    }
 }

@@ -507,6 +507,17 @@ fn chaos_workers_killed_every_second_still_finish_the_run_exactly_once() {
     // The submitter works on the run too, until it is killed.
     let mut submitter = pg(&schema, &state).args(["-q", "run"]).arg(&flow).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let mut workers = Workers::start(&schema, &state, 3, "1s");
+    // Killed once the run is recorded (on a loaded machine loading its
+    // 400 steps takes a while), at a random point after.
+    let recorded = Instant::now();
+    loop {
+        let (_, list, _) = run(pg(&schema, &state).args(["--json", "runs", "list", "--limit", "1"]));
+        if serde_json::from_str::<Value>(&list).is_ok_and(|runs| runs[0]["id"].is_string()) {
+            break;
+        }
+        assert!(recorded.elapsed() < Duration::from_secs(60), "the run was never recorded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
     let _ = submitter.kill();
     let _ = submitter.wait();

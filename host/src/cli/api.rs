@@ -209,44 +209,64 @@ struct Submit {
 /// for the workers. 201 with its id; 409 with the files to upload first
 /// (`missing`); 422 with the workflow's problems.
 pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(r) = allowed(&app, &caller, Role::Submitter) {
-        return r;
-    }
-    let store = match queue(&app) {
-        Ok(store) => store.clone(),
-        Err(r) => return r,
-    };
-    let request: Submit = match json_body(&headers, body).await {
+    let Received { store, request, prepared, used, binding } = match receive(&app, &caller, headers, body).await {
         Ok(r) => r,
         Err(r) => return r,
     };
+    if let Err(refusal) = enter(&prepared, &request.targets, &request.input, &Default::default()) {
+        return refused(StatusCode::UNPROCESSABLE_ENTITY, refusal.to_string());
+    }
+    let file = PathBuf::from(&request.workflow);
+    match crate::runs::submit(&store, &prepared, &file, &used, request.input, &request.targets, &binding).await {
+        Ok(id) => {
+            let mut response = (StatusCode::CREATED, [(header::LOCATION, format!("/api/runs/{id}"))], Json(json!({ "id": id }))).into_response();
+            response.extensions_mut().insert(Noted { namespace: Some(binding.namespace), run_id: Some(id), detail: Some(request.workflow) });
+            response
+        }
+        Err(e) => failure(e),
+    }
+}
+
+/// A submission checked as `sandflow submit` checks it: its files held,
+/// its workflow loaded from them (components checked, not compiled), what
+/// it may read of the workers' machines allowed.
+struct Received {
+    store: Arc<PgStore>,
+    request: Submit,
+    prepared: crate::exec::Prepared,
+    /// The files the workflow read.
+    used: RunFiles,
+    binding: Binding,
+}
+
+/// Checks a submission (`POST /api/runs`, `POST /api/schedules`) of a
+/// submitter: `Err` is the answer: 409 with the files to upload first
+/// (`missing`), 422 with the workflow's problems, 4xx for the rest.
+async fn receive(app: &App, caller: &Caller, headers: HeaderMap, body: Body) -> Result<Received, Response> {
+    allowed(app, caller, Role::Submitter)?;
+    let store = queue(app)?.clone();
+    let request: Submit = json_body(&headers, body).await?;
     for (what, path) in [("workflow", Some(&request.workflow)), ("components", request.components.as_ref())] {
         if let Some(path) = path
             && !request.files.contains_key(path)
         {
-            return refused(StatusCode::BAD_REQUEST, format!("`{what}` is `{path}`, which is not among `files`: send it with its SHA-256"));
+            return Err(refused(StatusCode::BAD_REQUEST, format!("`{what}` is `{path}`, which is not among `files`: send it with its SHA-256")));
         }
     }
     if let Some((path, sha)) = request.files.iter().find(|(_, sha)| !is_sha256(sha)) {
-        return refused(StatusCode::BAD_REQUEST, format!("`files`: `{sha}` ({path}) is not a SHA-256 (64 lowercase hex digits)"));
+        return Err(refused(StatusCode::BAD_REQUEST, format!("`files`: `{sha}` ({path}) is not a SHA-256 (64 lowercase hex digits)")));
     }
     if request.vars.as_ref().is_some_and(|v| !v.is_object() && !v.is_null()) {
-        return refused(StatusCode::BAD_REQUEST, "`vars` must be an object of NAME: value".into());
+        return Err(refused(StatusCode::BAD_REQUEST, "`vars` must be an object of NAME: value".into()));
     }
-    let namespace = match namespace_for(&caller, request.namespace.as_deref()) {
-        Ok(ns) => ns,
-        Err(r) => return r,
-    };
+    let namespace = namespace_for(caller, request.namespace.as_deref())?;
     let hashes: Vec<&str> = request.files.values().map(String::as_str).collect();
-    let held = match store.files_by_hash(&namespace, &hashes).await {
-        Ok(held) => held,
-        Err(e) => return failure(e),
-    };
+    let held = store.files_by_hash(&namespace, &hashes).await.map_err(failure)?;
     let missing: Vec<Value> =
         request.files.iter().filter(|(_, sha)| !held.contains_key(*sha)).map(|(path, sha)| json!({ "path": path, "sha256": sha })).collect();
     if !missing.is_empty() {
         let error = format!("the server does not have {} of the run's files: upload each with PUT /api/files/{{sha256}}, then submit again", missing.len());
-        return (StatusCode::CONFLICT, Json(json!({ "error": error, "missing": missing }))).into_response();
+        return Err((StatusCode::CONFLICT, Json(json!({ "error": error, "missing": missing }))).into_response());
     }
     let files: RunFiles = request.files.iter().map(|(path, sha)| (PathBuf::from(path), held[sha].clone())).collect();
     let (path, components) = (PathBuf::from(&request.workflow), request.components.clone().map(PathBuf::from));
@@ -268,9 +288,9 @@ pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Exten
                 .collect();
             let n = problems.len();
             let error = format!("{}: {n} problem{}; nothing was submitted", diags.file.display(), if n == 1 { "" } else { "s" });
-            return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": error, "problems": problems }))).into_response();
+            return Err((StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": error, "problems": problems }))).into_response());
         }
-        Err(e) => return refused(StatusCode::INTERNAL_SERVER_ERROR, format!("checking the workflow failed: {e}")),
+        Err(e) => return Err(refused(StatusCode::INTERNAL_SERVER_ERROR, format!("checking the workflow failed: {e}"))),
     };
     if !app.allow_host_access {
         let uses = prepared.host_access();
@@ -279,28 +299,107 @@ pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Exten
                 "runs submitted to this server may not read the workers' machines: {}; ask the operator to start `sandflow serve --allow-host-access` if its clients are trusted with the workers' files and environment",
                 uses.join("; ")
             );
-            return refused(StatusCode::UNPROCESSABLE_ENTITY, error);
+            return Err(refused(StatusCode::UNPROCESSABLE_ENTITY, error));
         }
-    }
-    if let Err(refusal) = enter(&prepared, &request.targets, &request.input, &Default::default()) {
-        return refused(StatusCode::UNPROCESSABLE_ENTITY, refusal.to_string());
     }
     let binding = Binding {
         concurrency: request.concurrency.filter(|n| *n > 0).map(|n| n as usize),
-        components: request.components.map(PathBuf::from),
-        vars: request.vars.unwrap_or(Value::Null),
+        components: request.components.clone().map(PathBuf::from),
+        vars: request.vars.clone().unwrap_or(Value::Null),
         namespace,
         priority: request.priority,
     };
-    let file = PathBuf::from(&request.workflow);
-    match crate::runs::submit(&store, &prepared, &file, &used, request.input, &request.targets, &binding).await {
-        Ok(id) => {
-            let mut response = (StatusCode::CREATED, [(header::LOCATION, format!("/api/runs/{id}"))], Json(json!({ "id": id }))).into_response();
-            response.extensions_mut().insert(Noted { namespace: Some(binding.namespace), run_id: Some(id), detail: Some(request.workflow) });
+    Ok(Received { store, request, prepared, used, binding })
+}
+
+/// `POST /api/schedules`: registers a workflow file's `schedules:` and
+/// `triggers:` (as `sandflow schedule add`), its files sent as a
+/// submission's are. 201 with each schedule's next tick, the webhooks, and
+/// the workflow's schedules and webhooks the file no longer has (removed).
+pub(super) async fn add_schedules(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Body) -> Response {
+    let Received { store, request, prepared, used, binding } = match receive(&app, &caller, headers, body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let wf = &prepared.plan.workflow;
+    if wf.schedules.is_empty() && wf.triggers.is_empty() {
+        return refused(StatusCode::UNPROCESSABLE_ENTITY, format!("{} has no `schedules:` and no `triggers:`", request.workflow));
+    }
+    for s in &wf.schedules {
+        if let Err(refusal) = enter(&prepared, &request.targets, &s.input, &Default::default()) {
+            return refused(StatusCode::UNPROCESSABLE_ENTITY, format!("schedule `{}`: {refusal}", s.name));
+        }
+    }
+    let namespace = binding.namespace.clone();
+    let template = crate::store::schedules::ScheduleTemplate {
+        workflow: wf.name.clone(),
+        file: request.workflow.clone(),
+        sha256: wf.sha256.clone(),
+        targets: request.targets.clone(),
+        binding,
+    };
+    match store.put_schedules(&template, &used, &wf.schedules, &wf.triggers, jiff::Timestamp::now()).await {
+        Ok(put) => {
+            let schedules: Vec<Value> = put
+                .put
+                .iter()
+                .zip(&wf.schedules)
+                .map(|((name, next), decl)| json!({ "name": name, "cron": decl.cron, "timezone": decl.timezone, "next_at": next.map(|t| crate::store::schedules::in_zone(t, &decl.timezone)) }))
+                .collect();
+            let webhooks: Vec<Value> = put.hooks.iter().zip(&wf.triggers).map(|(name, decl)| json!({ "name": name, "secret": decl.secret })).collect();
+            let answer = json!({ "schedules": schedules, "webhooks": webhooks, "removed": put.removed });
+            let mut response = (StatusCode::CREATED, Json(answer)).into_response();
+            response.extensions_mut().insert(Noted { namespace: Some(namespace), run_id: None, detail: Some(request.workflow) });
             response
         }
         Err(e) => failure(e),
     }
+}
+
+/// `?namespace=` of a schedule action.
+#[derive(Deserialize)]
+pub(super) struct InNamespace {
+    namespace: Option<String>,
+}
+
+/// `POST /api/schedules/{name}/pause|resume|remove`: a schedule
+/// (WORKFLOW/NAME, its `/` as `%2F`) or a webhook (NAME). Pause and
+/// resume are an operator's, remove a submitter's.
+pub(super) async fn schedule_act(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path((name, action)): Path<(String, String)>,
+    Query(q): Query<InNamespace>,
+) -> Response {
+    let namespace = match namespace_for(&caller, q.namespace.as_deref()) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    let noted = Noted { namespace: Some(namespace.clone()), run_id: None, detail: Some(name.clone()) };
+    let role = if action == "remove" { Role::Submitter } else { Role::Operator };
+    let store = match allowed(&app, &caller, role).and_then(|()| queue(&app)) {
+        Ok(store) => store,
+        Err(mut r) => {
+            r.extensions_mut().insert(noted);
+            return r;
+        }
+    };
+    let webhook = !name.contains('/');
+    let done = match (action.as_str(), webhook) {
+        ("pause" | "resume", true) => store.pause_hook(&namespace, &name, action == "pause").await,
+        ("pause" | "resume", false) => store.pause_schedule(&namespace, &name, action == "pause", jiff::Timestamp::now()).await,
+        ("remove", true) => store.remove_hook(&namespace, &name).await,
+        ("remove", false) => store.remove_schedule(&namespace, &name).await,
+        _ => return refused(StatusCode::NOT_FOUND, format!("no action `{action}` (pause, resume, remove)")),
+    };
+    let what = if webhook { "webhook" } else { "schedule" };
+    let mut response = match done {
+        Ok(true) => Json(json!({ "message": format!("{what} {name}: {action}d") })).into_response(),
+        Ok(false) => refused(StatusCode::NOT_FOUND, format!("no {what} `{name}` in namespace `{namespace}` (see `sandflow schedule list`)")),
+        Err(e) => failure(e),
+    };
+    response.extensions_mut().insert(noted);
+    response
 }
 
 /// `?after=SEQ`: the events after this one (a reconnecting client sends
@@ -532,6 +631,8 @@ pub(super) async fn audited(State(app): State<Arc<App>>, request: axum::extract:
         ("PUT", ["api", "files", _]) => ("upload".to_string(), None),
         ("POST", ["api", "runs", id, action]) => (action.to_string(), Some(id.to_string())),
         ("POST", ["hooks", _]) => ("webhook".to_string(), None),
+        ("POST", ["api", "schedules"]) => ("schedule add".to_string(), None),
+        ("POST", ["api", "schedules", _, action]) => (format!("schedule {action}"), None),
         _ => return response,
     };
     let noted = response.extensions().get::<Noted>().cloned().unwrap_or_default();

@@ -18,6 +18,7 @@ use super::{CliError, Command, GlobalArgs, Output, exit, workflow_cmd};
 use crate::exec::{Event, EventSink, Redactor, enter};
 use crate::runs::Followed;
 use crate::sandbox::{CancellationToken, LogLine, sha256_hex};
+use crate::store::queue::RunFiles;
 use crate::store::{RunRecord, RunSummary, WorkerRecord};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -63,6 +64,7 @@ pub(super) async fn execute(server: &url::Url, command: Command, global: &Global
             let again = Again { from: None, concurrency: args.concurrency, vars: &args.vars, secrets: args.secrets_file.is_some(), components: &args.components };
             remote.again("resume", &args.id, again, args.work.detach, out).await
         }
+        Command::Schedule(command) => super::schedule::remote(&remote, command, out).await,
         Command::Workers => match remote.get::<Value>("/api/workers").await {
             Ok(body) => {
                 let workers: Vec<WorkerRecord> = serde_json::from_value(body["workers"].clone()).unwrap_or_default();
@@ -184,7 +186,7 @@ impl Remote {
     }
 
     /// GETs `path` as JSON; any answer but a success is an error.
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+    pub(super) async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         let (status, body) = self.call(Method::GET, path, None, Bytes::new()).await?;
         if !status.is_success() {
             return Err(self.refused(status, &body));
@@ -193,7 +195,7 @@ impl Remote {
     }
 
     /// POSTs `body` as JSON to `path`; any answer but a success is an error.
-    async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+    pub(super) async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         let (status, answer) = self.call(Method::POST, path, Some("application/json"), Bytes::from(body.to_string())).await?;
         match status.is_success() {
             true => Ok(answer),
@@ -243,16 +245,25 @@ impl Remote {
             "namespace": namespace,
             "priority": priority,
         });
+        let answer = self.post_with_files("/api/runs", &body, &files, namespace, out).await?;
+        answer["id"].as_str().map(str::to_string).ok_or_else(|| CliError { code: exit::FAILED, message: format!("{} queued the run but did not say its id", self.name()) })
+    }
+
+    /// POSTs `body`, which names `files` by SHA-256, to `path`; uploads
+    /// those the server asks for (409 `missing`) and posts again. Returns
+    /// the server's answer; a 422's problems are printed as `validate`
+    /// prints them.
+    pub(super) async fn post_with_files(&self, path: &str, body: &Value, files: &RunFiles, namespace: Option<&str>, out: &Output) -> Result<Value, CliError> {
         for round in 0..2 {
-            let (status, answer) = self.call(Method::POST, "/api/runs", Some("application/json"), Bytes::from(body.to_string())).await?;
+            let (status, answer) = self.call(Method::POST, path, Some("application/json"), Bytes::from(body.to_string())).await?;
             if status.is_success() {
-                return answer["id"].as_str().map(str::to_string).ok_or_else(|| CliError { code: exit::FAILED, message: format!("{} queued the run but did not say its id", self.name()) });
+                return Ok(answer);
             }
             match (status, answer.get("missing").and_then(Value::as_array)) {
                 (StatusCode::CONFLICT, Some(missing)) if round == 0 => {
                     for wanted in missing {
                         let path = PathBuf::from(wanted["path"].as_str().unwrap_or_default());
-                        let bytes = files.get(&path).ok_or_else(|| CliError { code: exit::FAILED, message: format!("{} asked for {}, which the run does not read", self.name(), path.display()) })?;
+                        let bytes = files.get(&path).ok_or_else(|| CliError { code: exit::FAILED, message: format!("{} asked for {}, which the workflow does not read", self.name(), path.display()) })?;
                         self.upload(&path, bytes, namespace, out).await?;
                     }
                 }
@@ -266,7 +277,7 @@ impl Remote {
                 _ => return Err(self.refused(status, &answer)),
             }
         }
-        Err(CliError { code: exit::FAILED, message: format!("{} still lacks the run's files after they were uploaded", self.name()) })
+        Err(CliError { code: exit::FAILED, message: format!("{} still lacks the workflow's files after they were uploaded", self.name()) })
     }
 
     /// Uploads one of a run's files.
@@ -455,6 +466,6 @@ impl Remote {
 }
 
 /// A path segment or query value, percent-encoded.
-fn encode(text: &str) -> String {
+pub(super) fn encode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }

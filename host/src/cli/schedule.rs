@@ -5,7 +5,7 @@ use super::args::VarArgs;
 use super::render::say;
 use super::worker::{binding, load_for_submit, pg_store};
 use super::{CliError, GlobalArgs, Output, exit, store_error, workflow_cmd};
-use crate::store::schedules::ScheduleTemplate;
+use crate::store::schedules::{HookListing, ScheduleRecord, ScheduleTemplate};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
@@ -41,33 +41,33 @@ pub(crate) enum ScheduleCommand {
 pub(crate) struct AddArgs {
     /// The workflow file with `schedules:`.
     #[arg(value_name = "FILE")]
-    file: PathBuf,
+    pub(super) file: PathBuf,
     /// The namespace (tenant) its runs belong to [default: `default`].
     #[arg(long, value_name = "NS")]
-    namespace: Option<String>,
+    pub(super) namespace: Option<String>,
     /// Most steps of each run running at once across all workers.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    concurrency: Option<u64>,
+    pub(super) concurrency: Option<u64>,
     /// Run only these steps and every step they depend on.
     #[arg(long, value_name = "STEP[,STEP...]", value_delimiter = ',')]
-    target: Vec<String>,
+    pub(super) target: Vec<String>,
     #[command(flatten)]
-    components: workflow_cmd::ComponentsArg,
+    pub(super) components: workflow_cmd::ComponentsArg,
     #[command(flatten)]
-    vars: VarArgs,
+    pub(super) vars: VarArgs,
     /// Its runs' priority within the namespace.
     #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true)]
-    priority: i32,
+    pub(super) priority: i32,
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct NameArgs {
     /// The schedule, WORKFLOW/NAME, or the webhook, NAME, as `schedule
     /// list` shows it.
-    name: String,
+    pub(super) name: String,
     /// Its namespace [default: `default`].
     #[arg(long, value_name = "NS")]
-    namespace: Option<String>,
+    pub(super) namespace: Option<String>,
 }
 
 fn namespace_of(ns: Option<&str>) -> Result<String, CliError> {
@@ -104,53 +104,23 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
                 binding,
             };
             let put = store.put_schedules(&template, &files, &wf.schedules, &wf.triggers, now).await.map_err(store_error)?;
-            if !out.quiet {
-                for ((name, next), decl) in put.put.iter().zip(&wf.schedules) {
-                    let next = match next {
-                        Some(t) => format!("next at {}", t.to_zoned(jiff::tz::TimeZone::get(&decl.timezone).unwrap_or(jiff::tz::TimeZone::UTC)).strftime("%Y-%m-%d %H:%M:%S %:z")),
-                        None => "paused".into(),
-                    };
-                    say!("schedule {name}: `{}` ({}), {next}", decl.cron, decl.timezone);
-                }
-                for (name, decl) in put.hooks.iter().zip(&wf.triggers) {
-                    say!("webhook {name}: POST /hooks/{name} on `sandflow serve`, deliveries signed with secret {}", decl.secret);
-                }
-                for name in &put.removed {
-                    say!("schedule {name}: removed (no longer in the file)");
-                }
-            }
+            let added = Added {
+                schedules: put
+                    .put
+                    .iter()
+                    .zip(&wf.schedules)
+                    .map(|((name, next), d)| (name.clone(), d.cron.clone(), d.timezone.clone(), next.map(|t| crate::store::schedules::in_zone(t, &d.timezone))))
+                    .collect(),
+                webhooks: put.hooks.iter().zip(&wf.triggers).map(|(name, d)| (name.clone(), d.secret.clone())).collect(),
+                removed: put.removed,
+            };
+            added.print(out);
         }
         ScheduleCommand::List { namespace } => {
             let only = namespace.as_deref().map(|ns| namespace_of(Some(ns))).transpose()?.map(|ns| vec![ns]);
             let schedules = store.schedules(only.as_deref()).await.map_err(store_error)?;
             let hooks = store.hooks(only.as_deref()).await.map_err(store_error)?;
-            if out.json {
-                let listed = serde_json::json!({ "schedules": schedules, "webhooks": hooks });
-                println!("{}", serde_json::to_string_pretty(&listed).expect("records serialize"));
-            } else {
-                println!("{:<12} {:<28} {:<18} {:<16} {:<26} LAST", "NAMESPACE", "SCHEDULE", "CRON", "ZONE", "NEXT");
-                for s in schedules {
-                    let next = if s.paused { "paused".to_string() } else { s.next_at.clone().unwrap_or_else(|| "never".into()) };
-                    let last = match (&s.last_tick, &s.last_outcome, &s.last_run) {
-                        (Some(t), _, Some(run)) => format!("{t} run {run}"),
-                        (Some(t), Some(o), None) => format!("{t} {o}"),
-                        _ => "-".into(),
-                    };
-                    println!("{:<12} {:<28} {:<18} {:<16} {:<26} {last}", s.namespace, s.name, s.cron, s.timezone, next);
-                }
-                if !hooks.is_empty() {
-                    println!("\n{:<12} {:<28} {:<24} {:<20} LAST DELIVERY", "NAMESPACE", "WEBHOOK", "WORKFLOW", "SECRET");
-                    for h in hooks {
-                        let last = match (&h.last_delivery, &h.last_run) {
-                            (Some(at), Some(run)) => format!("{at} run {run}"),
-                            (Some(at), None) => at.clone(),
-                            _ => "-".into(),
-                        };
-                        let name = if h.paused { format!("{} (paused)", h.name) } else { h.name.clone() };
-                        println!("{:<12} {:<28} {:<24} {:<20} {last}", h.namespace, name, h.workflow, h.secret);
-                    }
-                }
-            }
+            print_list(&schedules, &hooks, out);
         }
         ScheduleCommand::Pause(args) => toggle(&store, args, true, now, out).await?,
         ScheduleCommand::Resume(args) => toggle(&store, args, false, now, out).await?,
@@ -169,6 +139,125 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
         }
     }
     Ok(exit::OK)
+}
+
+/// What `schedule add` registered, as it prints it.
+struct Added {
+    /// Name, cron, zone, next tick.
+    schedules: Vec<(String, String, String, Option<String>)>,
+    /// Name, secret.
+    webhooks: Vec<(String, String)>,
+    removed: Vec<String>,
+}
+
+impl Added {
+    fn print(&self, out: &Output) {
+        if out.quiet {
+            return;
+        }
+        for (name, cron, zone, next) in &self.schedules {
+            let next = next.as_ref().map_or_else(|| "paused".to_string(), |t| format!("next at {t}"));
+            say!("schedule {name}: `{cron}` ({zone}), {next}");
+        }
+        for (name, secret) in &self.webhooks {
+            say!("webhook {name}: POST /hooks/{name} on `sandflow serve`, deliveries signed with secret {secret}");
+        }
+        for name in &self.removed {
+            say!("schedule {name}: removed (no longer in the file)");
+        }
+    }
+}
+
+/// `schedule list`: a table, or with `--json` one object of both lists.
+fn print_list(schedules: &[ScheduleRecord], hooks: &[HookListing], out: &Output) {
+    if out.json {
+        let listed = serde_json::json!({ "schedules": schedules, "webhooks": hooks });
+        println!("{}", serde_json::to_string_pretty(&listed).expect("records serialize"));
+        return;
+    }
+    println!("{:<12} {:<28} {:<18} {:<16} {:<26} LAST", "NAMESPACE", "SCHEDULE", "CRON", "ZONE", "NEXT");
+    for s in schedules {
+        let next = if s.paused { "paused".to_string() } else { s.next_at.clone().unwrap_or_else(|| "never".into()) };
+        let last = match (&s.last_tick, &s.last_outcome, &s.last_run) {
+            (Some(t), _, Some(run)) => format!("{t} run {run}"),
+            (Some(t), Some(o), None) => format!("{t} {o}"),
+            _ => "-".into(),
+        };
+        println!("{:<12} {:<28} {:<18} {:<16} {:<26} {last}", s.namespace, s.name, s.cron, s.timezone, next);
+    }
+    if !hooks.is_empty() {
+        println!("\n{:<12} {:<28} {:<24} {:<20} LAST DELIVERY", "NAMESPACE", "WEBHOOK", "WORKFLOW", "SECRET");
+        for h in hooks {
+            let last = match (&h.last_delivery, &h.last_run) {
+                (Some(at), Some(run)) => format!("{at} run {run}"),
+                (Some(at), None) => at.clone(),
+                _ => "-".into(),
+            };
+            let name = if h.paused { format!("{} (paused)", h.name) } else { h.name.clone() };
+            println!("{:<12} {:<28} {:<24} {:<20} {last}", h.namespace, name, h.workflow, h.secret);
+        }
+    }
+}
+
+/// `sandflow --server URL schedule …`: the same, through the server's API
+/// (`/api/schedules`), with the token's rights and namespaces.
+pub(super) async fn remote(remote: &super::remote::Remote, command: ScheduleCommand, out: &Output) -> Result<u8, CliError> {
+    match command {
+        ScheduleCommand::Add(args) => {
+            let vars = args.vars.read()?;
+            let (_, files) = load_for_submit(&args.file, &args.components, out).await?;
+            let hashes: std::collections::BTreeMap<String, String> =
+                files.iter().map(|(p, b)| (p.display().to_string(), crate::sandbox::sha256_hex(b))).collect();
+            let body = serde_json::json!({
+                "workflow": args.file.display().to_string(),
+                "files": hashes,
+                "targets": args.target,
+                "vars": vars,
+                "concurrency": args.concurrency,
+                "components": args.components.file.as_ref().map(|p| p.display().to_string()),
+                "namespace": args.namespace,
+                "priority": args.priority,
+            });
+            let answer = remote.post_with_files("/api/schedules", &body, &files, args.namespace.as_deref(), out).await?;
+            let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+            let list = |k: &str| answer[k].as_array().cloned().unwrap_or_default();
+            Added {
+                schedules: list("schedules").iter().map(|s| (text(s, "name"), text(s, "cron"), text(s, "timezone"), s["next_at"].as_str().map(str::to_string))).collect(),
+                webhooks: list("webhooks").iter().map(|w| (text(w, "name"), text(w, "secret"))).collect(),
+                removed: list("removed").iter().filter_map(|r| r.as_str().map(str::to_string)).collect(),
+            }
+            .print(out);
+        }
+        ScheduleCommand::List { namespace } => {
+            let path = match &namespace {
+                Some(ns) => format!("/api/schedules?namespace={}", super::remote::encode(ns)),
+                None => "/api/schedules".to_string(),
+            };
+            let answer: serde_json::Value = remote.get(&path).await?;
+            let schedules: Vec<ScheduleRecord> = serde_json::from_value(answer["schedules"].clone()).unwrap_or_default();
+            let hooks: Vec<HookListing> = serde_json::from_value(answer["webhooks"].clone()).unwrap_or_default();
+            let schedules: Vec<ScheduleRecord> = schedules.into_iter().filter(|s| namespace.as_ref().is_none_or(|ns| &s.namespace == ns)).collect();
+            let hooks: Vec<HookListing> = hooks.into_iter().filter(|h| namespace.as_ref().is_none_or(|ns| &h.namespace == ns)).collect();
+            print_list(&schedules, &hooks, out);
+        }
+        ScheduleCommand::Pause(args) => act(remote, "pause", args, out).await?,
+        ScheduleCommand::Resume(args) => act(remote, "resume", args, out).await?,
+        ScheduleCommand::Remove(args) => act(remote, "remove", args, out).await?,
+    }
+    Ok(exit::OK)
+}
+
+/// `pause`, `resume` or `remove` through the API.
+async fn act(remote: &super::remote::Remote, action: &str, args: NameArgs, out: &Output) -> Result<(), CliError> {
+    let mut path = format!("/api/schedules/{}/{action}", super::remote::encode(&args.name));
+    if let Some(ns) = &args.namespace {
+        path.push_str(&format!("?namespace={}", super::remote::encode(ns)));
+    }
+    let answer = remote.post(&path, &serde_json::json!({})).await?;
+    if !out.quiet {
+        say!("{}", answer["message"].as_str().unwrap_or_default());
+    }
+    Ok(())
 }
 
 async fn toggle(store: &crate::store::PgStore, args: NameArgs, paused: bool, now: jiff::Timestamp, out: &Output) -> Result<(), CliError> {

@@ -41,7 +41,7 @@ pub struct ScheduleTemplate {
 }
 
 /// A schedule as `sandflow schedule list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ScheduleRecord {
     pub namespace: String,
     /// `WORKFLOW/NAME`.
@@ -91,7 +91,7 @@ pub struct HookRecord {
 }
 
 /// A webhook as `sandflow schedule list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct HookListing {
     pub name: String,
     pub namespace: String,
@@ -157,8 +157,13 @@ fn timestamp(t: SystemTime) -> Timestamp {
 
 /// `t` in `timezone`, as RFC 3339 with the zone's offset then.
 fn shown(t: SystemTime, timezone: &str) -> String {
+    in_zone(timestamp(t), timezone)
+}
+
+/// `t` in `timezone`, as RFC 3339 with the zone's offset then.
+pub fn in_zone(t: Timestamp, timezone: &str) -> String {
     let tz = TimeZone::get(timezone).unwrap_or(TimeZone::UTC);
-    timestamp(t).to_zoned(tz).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
+    t.to_zoned(tz).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
 }
 
 fn choice<T: Copy + PartialEq>(options: &[(&'static str, T)], value: T) -> &'static str {
