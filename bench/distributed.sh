@@ -12,6 +12,10 @@
 # step's start), p50 and p99.
 #
 #   SLOTS="2 16"   worker --concurrency values to compare (default "2 16")
+#   WORKERS="1 2 4"  worker process counts for the wide and chain runs
+#   SMALL_WORKERS="2"  worker process counts for the many small runs (the
+#                  scale model: "1 2 4 8"); each line also gives the most
+#                  connections the workers held at once
 #   SANDFLOW_BIN   a sandflow binary to measure instead of this tree's release build
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,7 +60,7 @@ for flow in wide chain; do
   t0=$(now); "$bin" -q --state-dir "$state" --store "sqlite:$work/local.db" run "$work/$flow.yaml" >/dev/null; t1=$(now)
   line "$flow, SQLite, in-process" "$steps" "$(echo "$t1 - $t0" | bc)" "-"
   for slots in ${SLOTS:-2 16}; do
-    for n in 1 2 4; do
+    for n in ${WORKERS:-1 2 4}; do
       pids=()
       for _ in $(seq 1 "$n"); do
         "$bin" -q --state-dir "$state" --store "$url" worker --concurrency "$slots" & pids+=($!)
@@ -88,26 +92,38 @@ done
 wait
 t1=$(now)
 local_s=$(echo "$t1 - $t0" | bc)
-pids=()
-for _ in 1 2; do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency "${SLOTS##* }" & pids+=($!); done
-sleep 1
-"$bin" -q --state-dir "$state" --store "$url" run --no-work "$work/small.yaml" >/dev/null   # the workers have prepared it once
-c0=$(commits); t0=$(now)
-clients=()
-for c in 1 2 3 4; do
-  ( for _ in $(seq 1 25); do "$bin" -q --state-dir "$state" --store "$url" submit "$work/small.yaml" >/dev/null; done ) & clients+=($!)
-done
-wait "${clients[@]}"
-while [ "$(psql -tAq "$url" -c "SELECT count(*) FROM runs WHERE workflow = 'small' AND status = 'running'")" != 0 ]; do sleep 0.01; done
-t1=$(now)
-kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
-sleep 1.5; c1=$(commits)
-pg_s=$(echo "$t1 - $t0" | bc)
 echo
-echo "| 100 runs × 10 steps, 4 clients | wall | runs/s | steps/s | PG transactions per run |"
-echo "| --- | ---: | ---: | ---: | ---: |"
-awk -v t="$local_s" 'BEGIN { printf "| SQLite, in-process (4 parallel run loops) | %.2f s | %.0f | %.0f | - |\n", t, 100 / t, 1000 / t }'
-awk -v t="$pg_s" -v a="$c0" -v b="$c1" -v l="$local_s" 'BEGIN { printf "| PostgreSQL, 2 workers (submit) | %.2f s | %.0f | %.0f | %.1f |\n| workers / in-process | | %.2f× | | |\n", t, 100 / t, 1000 / t, (b - a) / 100, l / t }'
+echo "| 100 runs × 10 steps, 4 clients | wall | runs/s | steps/s | PG transactions per run | vs in-process | most worker connections |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+awk -v t="$local_s" 'BEGIN { printf "| SQLite, in-process (4 parallel run loops) | %.2f s | %.0f | %.0f | - | 1.00× | - |\n", t, 100 / t, 1000 / t }'
+for n in ${SMALL_WORKERS:-2}; do
+  pids=()
+  for _ in $(seq 1 "$n"); do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency "${SLOTS##* }" & pids+=($!); done
+  sleep 1
+  "$bin" -q --state-dir "$state" --store "$url" run --no-work "$work/small.yaml" >/dev/null   # the workers have prepared it once
+  # The workers' connections (`application_name` `sandflow worker NAME`), sampled while they work.
+  ( most=0; while :; do
+      c=$(psql -tAq "$base" -c "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'sandflow worker%'")
+      [ "$c" -gt "$most" ] && most=$c && echo "$most" > "$work/most-connections"
+      sleep 0.2
+    done ) & sampler=$!
+  c0=$(commits); t0=$(now)
+  clients=()
+  for c in 1 2 3 4; do
+    ( for _ in $(seq 1 25); do "$bin" -q --state-dir "$state" --store "$url" submit "$work/small.yaml" >/dev/null; done ) & clients+=($!)
+  done
+  wait "${clients[@]}"
+  while [ "$(psql -tAq "$url" -c "SELECT count(*) FROM runs WHERE workflow = 'small' AND status = 'running'")" != 0 ]; do sleep 0.01; done
+  t1=$(now)
+  kill "$sampler"; wait "$sampler" 2>/dev/null || true
+  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+  sleep 1.5; c1=$(commits)
+  pg_s=$(echo "$t1 - $t0" | bc)
+  awk -v t="$pg_s" -v a="$c0" -v b="$c1" -v l="$local_s" -v n="$n" -v m="$(cat "$work/most-connections" 2>/dev/null || echo 0)" \
+    'BEGIN { printf "| PostgreSQL, %d worker(s) (submit) | %.2f s | %.0f | %.0f | %.1f | %.2f× | %d |\n", n, t, 100 / t, 1000 / t, (b - a) / 100, l / t, m }'
+  rm -f "$work/most-connections"
+done
+echo
 
 # Latencies, from the events' own timestamps, with 2 workers of the last SLOTS.
 pids=()
