@@ -381,3 +381,67 @@ fn webhook_deliveries_start_runs_only_when_signed_once_and_well_formed() {
     let (status, _) = curl(&addr, "deploy", &github(push, "s3cret", "d-9"), push);
     assert_eq!(status, 503);
 }
+
+/// A webhook of another namespace is checked with that namespace's
+/// secret (`serve --secrets-dir DIR/NS.env`), not the default one's; past
+/// the namespace's runs in flight a delivery is refused with 429 and
+/// starts nothing.
+#[test]
+fn a_namespace_s_webhook_uses_its_own_secret_and_its_run_limit() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(pg(&schema, &state).current_dir(root()).args(["schedule", "add", "workflows/on-push.yaml", "--namespace", "team-a"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(pg(&schema, &state).args(["namespace", "set", "team-a", "--max-runs", "1"]));
+    assert_eq!(code, 0, "{err}");
+    let dir = state.path().join("secrets");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("default.env"), "PUSH_HOOK=the-default-one\n").unwrap();
+    std::fs::write(dir.join("team-a.env"), "PUSH_HOOK=team-a-s\n").unwrap();
+    let (_server, addr) = crate::web::serve(&state, &["--store", &schema.url, "--secrets-dir", dir.to_str().unwrap()]);
+    let send = |secret: &str, id: &str, body: &[u8]| {
+        let headers = vec!["Content-Type: application/json".to_string(), format!("X-Hub-Signature-256: sha256={}", hmac_hex(secret, body)), format!("X-GitHub-Delivery: {id}")];
+        curl(&addr, "on-push", &headers, body)
+    };
+    let body = br#"{"ref": "refs/heads/main"}"#;
+    assert_eq!(send("the-default-one", "1", body).0, 401, "the default namespace's secret is not team-a's");
+    let (status, first) = send("team-a-s", "2", body);
+    assert_eq!(status, 201, "{first}");
+    // No worker runs it: team-a has its one run in flight.
+    let (status, refused) = send("team-a-s", "3", br#"{"ref": "refs/heads/dev"}"#);
+    assert_eq!(status, 429, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("namespace `team-a` has 1 run(s) in flight"), "{refused}");
+    let runs = schema.strings("SELECT namespace FROM runs WHERE trigger_source = $1", "on-push");
+    assert_eq!(runs, ["team-a"]);
+}
+
+/// `overlap: cancel_previous`: each tick cancels the schedule's run still
+/// running and starts its own, so runs of a slow workflow end cancelled
+/// one after another and only the newest is left running.
+#[test]
+fn overlap_cancel_previous_cancels_the_running_run_at_each_tick() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("slow.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: slow\ncomponents:\n  sleep: {{ path: '{}' }}\nschedules:\n  - {{ name: s, cron: '*/2 * * * * *', overlap: cancel_previous }}\nsteps:\n  - {{ id: nap, component: sleep, input: {{ ms: 30000 }}, timeout: 60s }}\n",
+            crate::support::hostile("sleep").display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(pg(&schema, &state).args(["schedule", "add"]).arg(&file));
+    assert_eq!(code, 0, "{err}");
+    let _workers = Workers::with_args(&schema, &state, 1, "5s", &[], &["--scheduler"]);
+    let began = Instant::now();
+    let states = || schema.strings("SELECT status FROM runs WHERE trigger_source = $1 ORDER BY scheduled_time", "slow/s");
+    while states().iter().filter(|s| *s == "cancelled").count() < 2 && began.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let seen = states();
+    assert!(seen.iter().filter(|s| *s == "cancelled").count() >= 2, "{seen:?}");
+    assert!(seen.iter().filter(|s| *s == "running").count() <= 2, "at most the newest (and one being cancelled) run: {seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("running"), "{seen:?}");
+    assert!(!seen.iter().any(|s| s == "completed" || s == "failed"), "{seen:?}");
+}
