@@ -70,6 +70,10 @@ fn a_per_second_schedule_fires_each_tick_once_with_two_schedulers() {
     assert_eq!(code, 0, "{err}");
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["steps"][0]["output"], serde_json::json!({ "n": 1, "trigger": "schedule", "at": at }), "{out}");
+    assert_eq!(shown["trigger"], serde_json::json!({ "kind": "schedule", "source": "every-second/tick", "scheduled_time": at }), "{out}");
+    let (code, out, err) = run(pg(&schema, &state).args(["runs", "show", &id]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("  trigger:  schedule every-second/tick, tick {at}")), "{out}");
     // `schedule list` tells the last tick and its run.
     let (code, out, err) = run(pg(&schema, &state).args(["--json", "schedule", "list"]));
     assert_eq!(code, 0, "{err}");
@@ -361,6 +365,11 @@ fn webhook_deliveries_start_runs_only_when_signed_once_and_well_formed() {
     assert_eq!(code, 0, "{err}");
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["steps"][0]["output"], serde_json::json!({ "ref": "main", "trigger": "webhook" }), "{out}");
+    assert_eq!(shown["trigger"], serde_json::json!({ "kind": "webhook", "source": "deploy" }), "{out}");
+    if let Some(chromium) = crate::web::chromium() {
+        let page = crate::web::dom(&chromium, &format!("http://{addr}/runs/{}?token=admin-token", first["id"].as_str().unwrap()));
+        assert!(page.contains(r#"data-trigger="webhook""#) && page.contains("webhook deploy"), "{page}");
+    }
     // Listed, with its last delivery; a paused hook refuses deliveries.
     let (_, out, _) = run(pg(&schema, &state).args(["--json", "schedule", "list"]));
     let listed: Value = serde_json::from_str(&out).unwrap();

@@ -206,6 +206,10 @@ pub(crate) fn print_run(run: crate::store::RunRecord, timeline: bool, out: &Outp
         println!("run {} ({}, attempt {})", run.id, run.status, run.attempt);
         println!("  workflow: {} ({})", run.workflow, run.file);
         println!("  started:  {}", run.started_at);
+        if let Some(t) = &run.trigger {
+            let tick = t.scheduled_time.as_ref().map(|at| format!(", tick {at}")).unwrap_or_default();
+            println!("  trigger:  {} {}{tick}", t.kind, t.source.as_deref().unwrap_or("?"));
+        }
         if let Some(f) = &run.finished_at {
             println!("  finished: {f}");
         }

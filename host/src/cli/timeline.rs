@@ -102,6 +102,7 @@ mod tests {
             output: None,
             error: None,
             targets: Vec::new(),
+            trigger: None,
             steps: vec![
                 step("fetch", "succeeded", "2026-11-26T10:00:02.000Z", 2000.0),
                 step("parse", "failed", "2026-11-26T10:00:04.000Z", 2000.0),

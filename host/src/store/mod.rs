@@ -457,7 +457,22 @@ pub struct RunRecord {
     /// `--target`: the steps the run is limited to (none: every step).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
+    /// What started it, when not a person (a schedule, a webhook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggerRecord>,
     pub steps: Vec<StepRecord>,
+}
+
+/// What started a run, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerRecord {
+    /// `schedule` or `webhook`.
+    pub kind: String,
+    /// The schedule (WORKFLOW/NAME) or webhook (NAME).
+    pub source: Option<String>,
+    /// A schedule's tick (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_time: Option<String>,
 }
 
 /// An attempt of a step (or of one `forEach` item) as recorded.

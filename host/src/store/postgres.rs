@@ -728,7 +728,9 @@ impl RunStore for PgStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error, targets, namespace FROM runs WHERE id = $1",
+                "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error, targets, namespace,
+                        triggered_by, trigger_source, to_char(scheduled_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                 FROM runs WHERE id = $1",
                 &[&id],
             )
             .await
@@ -752,6 +754,9 @@ impl RunStore for PgStore {
             output: super::raw_json(row.get(9)),
             error: row.get(10),
             targets: super::targets_of(row.get(11)),
+            trigger: Some(row.get::<_, String>(13))
+                .filter(|kind| kind != "manual")
+                .map(|kind| super::TriggerRecord { kind, source: row.get(14), scheduled_time: row.get(15) }),
             steps: steps
                 .iter()
                 .map(|r| StepRecord {

@@ -431,6 +431,8 @@ impl RunStore for SqliteStore {
                                 output: super::raw_json(r.get(9)?),
                                 error: r.get(10)?,
                                 targets: super::targets_of(r.get(11)?),
+                                // Runs of a SQLite store are started by hand.
+                                trigger: None,
                                 steps: Vec::new(),
                             })
                         },

@@ -138,6 +138,10 @@ const sandflow = (() => {
         el("dt", {}, "input"), el("dd", {}, el("code", {}, JSON.stringify(run.input))));
       if (run.output !== null && run.output !== undefined) dl.append(el("dt", {}, "output"), el("dd", {}, el("code", {}, JSON.stringify(run.output))));
       if (run.error) dl.append(el("dt", {}, "error"), el("dd", { class: "problem" }, run.error));
+      if (run.trigger) {
+        const tick = run.trigger.scheduled_time ? `, tick ${run.trigger.scheduled_time}` : "";
+        dl.append(el("dt", {}, "trigger"), el("dd", { "data-trigger": run.trigger.kind }, `${run.trigger.kind} ${run.trigger.source || ""}${tick}`));
+      }
       summary.replaceChildren(el("h1", { "data-status": run.status }, `run ${run.id} `, badge(run.status), ` attempt ${run.attempt}`), dl);
       // With actions off, the buttons are not on the page at all.
       const actions = document.getElementById("actions");
