@@ -745,6 +745,11 @@ fn schedules_are_managed_through_the_front_door_within_a_token_s_rights() {
     let seen = listed(&viewer);
     assert_eq!((seen["schedules"][0]["name"].as_str(), seen["schedules"][0]["namespace"].as_str()), (Some("nightly/report"), Some("team-a")), "{seen}");
     assert_eq!(listed(&other)["schedules"], json!([]), "team-b sees none of team-a's");
+    let (status, body) = call_as(&addr, &other, "GET", "/api/schedules?namespace=team-a", &json!(null));
+    assert_eq!(status, 404, "team-b may not name team-a: {body}");
+    let (code, out, err) = run(as_token(&client_state, &addr, TOKEN).args(["--json", "schedule", "list", "--namespace", "team-b"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["schedules"], json!([]), "the admin asks for team-b's only: {out}");
     let (code, _, err) = run(as_token(&client_state, &addr, &viewer).args(["schedule", "pause", "nightly/report"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("viewer"), "{err}");

@@ -662,11 +662,16 @@ pub(super) struct AuditParams {
 /// (its namespaces'; the admin's: all, the tokens' own too).
 /// `GET /api/schedules`: the schedules and webhooks of the namespaces the
 /// caller sees (a PostgreSQL store's; the secrets by name only).
-pub(super) async fn schedules(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Response {
+pub(super) async fn schedules(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Query(q): Query<InNamespace>) -> Response {
     let Some(store) = &app.pg else {
         return refused(StatusCode::NOT_FOUND, "this store is SQLite: schedules and webhooks are kept in a PostgreSQL store (`sandflow schedule add`)".into());
     };
-    let only = caller.namespaces.as_deref();
+    // `?namespace=NS`: only that one (which the caller must see).
+    let named = match q.namespace.as_deref().map(|ns| namespace_for(&caller, Some(ns))).transpose() {
+        Ok(named) => named.map(|ns| vec![ns]),
+        Err(r) => return r,
+    };
+    let only = named.as_deref().or(caller.namespaces.as_deref());
     match (store.schedules(only).await, store.hooks(only).await) {
         (Ok(schedules), Ok(webhooks)) => Json(json!({ "schedules": schedules, "webhooks": webhooks })).into_response(),
         (Err(e), _) | (_, Err(e)) => failure(e),

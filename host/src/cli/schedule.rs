@@ -236,8 +236,6 @@ pub(super) async fn remote(remote: &super::remote::Remote, command: ScheduleComm
             let answer: serde_json::Value = remote.get(&path).await?;
             let schedules: Vec<ScheduleRecord> = serde_json::from_value(answer["schedules"].clone()).unwrap_or_default();
             let hooks: Vec<HookListing> = serde_json::from_value(answer["webhooks"].clone()).unwrap_or_default();
-            let schedules: Vec<ScheduleRecord> = schedules.into_iter().filter(|s| namespace.as_ref().is_none_or(|ns| &s.namespace == ns)).collect();
-            let hooks: Vec<HookListing> = hooks.into_iter().filter(|h| namespace.as_ref().is_none_or(|ns| &h.namespace == ns)).collect();
             print_list(&schedules, &hooks, out);
         }
         ScheduleCommand::Pause(args) => act(remote, "pause", args, out).await?,

@@ -416,6 +416,9 @@ impl PgStore {
         let trigger = Trigger { kind: Some("webhook"), source: Some(hook.name.clone()), scheduled_time: None };
         insert_run(&tx, &run, &hook.files, &hook.binding, &trigger).await?;
         tx.execute("UPDATE hook_deliveries SET run_id = $3 WHERE name = $1 AND delivery = $2", &[&hook.name, &delivery, &run.id]).await.map_err(db)?;
+        // Deliveries a week old are past any sender's retries (GitHub's
+        // redeliveries and the signed timestamps' 5 minutes): forgotten.
+        tx.execute("DELETE FROM hook_deliveries WHERE name = $1 AND at < now() - interval '7 days'", &[&hook.name]).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(Delivered::Started(run.id))
     }
