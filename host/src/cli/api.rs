@@ -340,15 +340,7 @@ pub(super) async fn add_schedules(State(app): State<Arc<App>>, Extension(caller)
     };
     match store.put_schedules(&template, &used, &wf.schedules, &wf.triggers, jiff::Timestamp::now()).await {
         Ok(put) => {
-            let schedules: Vec<Value> = put
-                .put
-                .iter()
-                .zip(&wf.schedules)
-                .map(|((name, next), decl)| json!({ "name": name, "cron": decl.cron, "timezone": decl.timezone, "next_at": next.map(|t| crate::store::schedules::in_zone(t, &decl.timezone)) }))
-                .collect();
-            let webhooks: Vec<Value> = put.hooks.iter().zip(&wf.triggers).map(|(name, decl)| json!({ "name": name, "secret": decl.secret })).collect();
-            let answer = json!({ "schedules": schedules, "webhooks": webhooks, "removed": put.removed });
-            let mut response = (StatusCode::CREATED, Json(answer)).into_response();
+            let mut response = (StatusCode::CREATED, Json(super::schedule::Added::new(put, wf))).into_response();
             response.extensions_mut().insert(Noted { namespace: Some(namespace), run_id: None, detail: Some(request.workflow) });
             response
         }
@@ -384,7 +376,7 @@ pub(super) async fn schedule_act(
             return r;
         }
     };
-    let webhook = !name.contains('/');
+    let webhook = crate::store::schedules::is_webhook(&name);
     let done = match (action.as_str(), webhook) {
         ("pause" | "resume", true) => store.pause_hook(&namespace, &name, action == "pause").await,
         ("pause" | "resume", false) => store.pause_schedule(&namespace, &name, action == "pause", jiff::Timestamp::now()).await,

@@ -3,9 +3,9 @@
 
 use super::args::VarArgs;
 use super::render::say;
-use super::worker::{binding, load_for_submit, pg_store};
+use super::worker::{binding, load_for_submit, namespace_arg, pg_store};
 use super::{CliError, GlobalArgs, Output, exit, store_error, workflow_cmd};
-use crate::store::schedules::{HookListing, ScheduleRecord, ScheduleTemplate};
+use crate::store::schedules::{HookListing, ScheduleRecord, ScheduleTemplate, is_webhook};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
@@ -70,13 +70,6 @@ pub(crate) struct NameArgs {
     pub(super) namespace: Option<String>,
 }
 
-fn namespace_of(ns: Option<&str>) -> Result<String, CliError> {
-    match ns {
-        Some(ns) => crate::store::tokens::namespace_name(ns).map_err(|e| CliError::invalid(format!("--namespace: {e}"))),
-        None => Ok(crate::store::DEFAULT_NAMESPACE.to_string()),
-    }
-}
-
 pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let store = pg_store(global, "`sandflow schedule`").await?;
     let now = jiff::Timestamp::now();
@@ -104,20 +97,10 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
                 binding,
             };
             let put = store.put_schedules(&template, &files, &wf.schedules, &wf.triggers, now).await.map_err(store_error)?;
-            let added = Added {
-                schedules: put
-                    .put
-                    .iter()
-                    .zip(&wf.schedules)
-                    .map(|((name, next), d)| (name.clone(), d.cron.clone(), d.timezone.clone(), next.map(|t| crate::store::schedules::in_zone(t, &d.timezone))))
-                    .collect(),
-                webhooks: put.hooks.iter().zip(&wf.triggers).map(|(name, d)| (name.clone(), d.secret.clone())).collect(),
-                removed: put.removed,
-            };
-            added.print(out);
+            Added::new(put, wf).print(out);
         }
         ScheduleCommand::List { namespace } => {
-            let only = namespace.as_deref().map(|ns| namespace_of(Some(ns))).transpose()?.map(|ns| vec![ns]);
+            let only = namespace.as_deref().map(|ns| namespace_arg(Some(ns))).transpose()?.map(|ns| vec![ns]);
             let schedules = store.schedules(only.as_deref()).await.map_err(store_error)?;
             let hooks = store.hooks(only.as_deref()).await.map_err(store_error)?;
             print_list(&schedules, &hooks, out);
@@ -125,7 +108,7 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
         ScheduleCommand::Pause(args) => toggle(&store, args, true, now, out).await?,
         ScheduleCommand::Resume(args) => toggle(&store, args, false, now, out).await?,
         ScheduleCommand::Remove(args) => {
-            let ns = namespace_of(args.namespace.as_deref())?;
+            let ns = namespace_arg(args.namespace.as_deref())?;
             let removed = match is_webhook(&args.name) {
                 true => store.remove_hook(&ns, &args.name).await,
                 false => store.remove_schedule(&ns, &args.name).await,
@@ -141,13 +124,51 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
     Ok(exit::OK)
 }
 
-/// What `schedule add` registered, as it prints it.
-struct Added {
-    /// Name, cron, zone, next tick.
-    schedules: Vec<(String, String, String, Option<String>)>,
-    /// Name, secret.
-    webhooks: Vec<(String, String)>,
+/// What `schedule add` registered: what it prints, and (as JSON) what
+/// `POST /api/schedules` answers.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct Added {
+    schedules: Vec<AddedSchedule>,
+    webhooks: Vec<AddedHook>,
+    /// The workflow's schedules and webhooks the file no longer has.
     removed: Vec<String>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct AddedSchedule {
+    name: String,
+    cron: String,
+    timezone: String,
+    /// Its next tick in its zone (RFC 3339); none while paused.
+    next_at: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct AddedHook {
+    name: String,
+    secret: String,
+}
+
+impl Added {
+    /// What [`crate::store::PgStore::put_schedules`] did with a file's
+    /// `schedules` and `triggers`.
+    pub(super) fn new(put: crate::store::schedules::PutSchedules, wf: &crate::workflow::Workflow) -> Added {
+        Added {
+            schedules: put
+                .put
+                .into_iter()
+                .zip(&wf.schedules)
+                .map(|((name, next), d)| AddedSchedule {
+                    name,
+                    cron: d.cron.clone(),
+                    timezone: d.timezone.clone(),
+                    next_at: next.map(|t| crate::store::schedules::in_zone(t, &d.timezone)),
+                })
+                .collect(),
+            webhooks: put.hooks.into_iter().zip(&wf.triggers).map(|(name, d)| AddedHook { name, secret: d.secret.clone() }).collect(),
+            removed: put.removed,
+        }
+    }
 }
 
 impl Added {
@@ -155,11 +176,11 @@ impl Added {
         if out.quiet {
             return;
         }
-        for (name, cron, zone, next) in &self.schedules {
-            let next = next.as_ref().map_or_else(|| "paused".to_string(), |t| format!("next at {t}"));
-            say!("schedule {name}: `{cron}` ({zone}), {next}");
+        for s in &self.schedules {
+            let next = s.next_at.as_ref().map_or_else(|| "paused".to_string(), |t| format!("next at {t}"));
+            say!("schedule {}: `{}` ({}), {next}", s.name, s.cron, s.timezone);
         }
-        for (name, secret) in &self.webhooks {
+        for AddedHook { name, secret } in &self.webhooks {
             say!("webhook {name}: POST /hooks/{name} on `sandflow serve`, deliveries signed with secret {secret}");
         }
         for name in &self.removed {
@@ -219,14 +240,8 @@ pub(super) async fn remote(remote: &super::remote::Remote, command: ScheduleComm
                 "priority": args.priority,
             });
             let answer = remote.post_with_files("/api/schedules", &body, &files, args.namespace.as_deref(), out).await?;
-            let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
-            let list = |k: &str| answer[k].as_array().cloned().unwrap_or_default();
-            Added {
-                schedules: list("schedules").iter().map(|s| (text(s, "name"), text(s, "cron"), text(s, "timezone"), s["next_at"].as_str().map(str::to_string))).collect(),
-                webhooks: list("webhooks").iter().map(|w| (text(w, "name"), text(w, "secret"))).collect(),
-                removed: list("removed").iter().filter_map(|r| r.as_str().map(str::to_string)).collect(),
-            }
-            .print(out);
+            let added: Added = serde_json::from_value(answer).map_err(|e| CliError { code: exit::FAILED, message: format!("the server answered `schedule add` with what this client cannot read: {e}") })?;
+            added.print(out);
         }
         ScheduleCommand::List { namespace } => {
             let path = match &namespace {
@@ -259,7 +274,7 @@ async fn act(remote: &super::remote::Remote, action: &str, args: NameArgs, out: 
 }
 
 async fn toggle(store: &crate::store::PgStore, args: NameArgs, paused: bool, now: jiff::Timestamp, out: &Output) -> Result<(), CliError> {
-    let ns = namespace_of(args.namespace.as_deref())?;
+    let ns = namespace_arg(args.namespace.as_deref())?;
     let found = match is_webhook(&args.name) {
         true => store.pause_hook(&ns, &args.name, paused).await,
         false => store.pause_schedule(&ns, &args.name, paused, now).await,
@@ -271,11 +286,6 @@ async fn toggle(store: &crate::store::PgStore, args: NameArgs, paused: bool, now
         say!("schedule {} {}", args.name, if paused { "paused" } else { "resumed" });
     }
     Ok(())
-}
-
-/// A schedule is WORKFLOW/NAME; a webhook's name has no `/`.
-fn is_webhook(name: &str) -> bool {
-    !name.contains('/')
 }
 
 fn unknown(ns: &str, name: &str) -> CliError {

@@ -172,11 +172,16 @@ pub(crate) async fn load_for_submit(
 /// What a submitted run is bound to, from the flags `submit` and `run`
 /// share: recorded with the run for every worker.
 pub(crate) fn binding(concurrency: Option<u64>, components: &workflow_cmd::ComponentsArg, vars: &VarArgs, namespace: Option<&str>, priority: i32) -> Result<Binding, CliError> {
-    let namespace = match namespace {
-        Some(ns) => crate::store::tokens::namespace_name(ns).map_err(|e| CliError::invalid(format!("--namespace: {e}")))?,
-        None => crate::store::DEFAULT_NAMESPACE.to_string(),
-    };
+    let namespace = namespace_arg(namespace)?;
     Ok(Binding { concurrency: concurrency.map(|n| n as usize), components: components.file.clone(), vars: vars.read()?, namespace, priority })
+}
+
+/// `--namespace NS`, checked (`default` when not given).
+pub(crate) fn namespace_arg(namespace: Option<&str>) -> Result<String, CliError> {
+    match namespace {
+        Some(ns) => crate::store::tokens::namespace_name(ns).map_err(|e| CliError::invalid(format!("--namespace: {e}"))),
+        None => Ok(crate::store::DEFAULT_NAMESPACE.to_string()),
+    }
 }
 
 /// `sandflow submit FILE`.

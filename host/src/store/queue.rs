@@ -196,6 +196,18 @@ pub(super) struct StoredBinding<'a> {
 }
 
 impl Binding {
+    /// A binding as its columns hold it ([`Binding::stored`] read back):
+    /// no variables is an empty object.
+    pub(super) fn from_stored(concurrency: Option<i32>, components: Option<String>, vars: Option<String>, namespace: String, priority: i32) -> Binding {
+        Binding {
+            concurrency: concurrency.map(|n| n.max(1) as usize),
+            components: components.map(PathBuf::from),
+            vars: vars.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| Value::Object(Default::default())),
+            namespace,
+            priority,
+        }
+    }
+
     pub(super) fn stored(&self) -> StoredBinding<'_> {
         StoredBinding {
             concurrency: self.concurrency.map(|n| n.min(i32::MAX as usize) as i32),
@@ -303,13 +315,7 @@ impl PgStore {
             rerun,
             trigger,
             files,
-            binding: Binding {
-                concurrency: row.get::<_, Option<i32>>(3).map(|n| n.max(1) as usize),
-                components: row.get::<_, Option<String>>(5).map(PathBuf::from),
-                vars: row.get::<_, Option<String>>(6).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| Value::Object(Default::default())),
-                namespace: row.get(8),
-                priority: row.get(9),
-            },
+            binding: Binding::from_stored(row.get(3), row.get(5), row.get(6), row.get(8), row.get(9)),
         })
     }
 

@@ -124,6 +124,12 @@ pub struct Fired {
     pub outcome: Result<String, String>,
 }
 
+/// Whether `name` names a webhook: a schedule is WORKFLOW/NAME, and a
+/// webhook's name (its URL's last part) has no `/`.
+pub fn is_webhook(name: &str) -> bool {
+    !name.contains('/')
+}
+
 /// The ticks of `due` (oldest first, all at or before `now`) that start
 /// runs under `catchup`: those on time (at most [`LATE`] ago) always;
 /// missed ones, none, the latest (unless one on time follows it) or all.
@@ -378,13 +384,7 @@ impl PgStore {
             sha256: r.get(4),
             secret: r.get(5),
             targets: super::targets_of(r.get(6)),
-            binding: Binding {
-                components: r.get::<_, Option<String>>(7).map(Into::into),
-                vars: r.get::<_, Option<String>>(8).and_then(|v| serde_json::from_str(&v).ok()).unwrap_or(Value::Null),
-                concurrency: r.get::<_, Option<i32>>(9).map(|n| n.max(1) as usize),
-                namespace: r.get(1),
-                priority: r.get(10),
-            },
+            binding: Binding::from_stored(r.get(9), r.get(7), r.get(8), r.get(1), r.get(10)),
             paused: r.get(11),
             files: files.iter().map(|f| (f.get(0), f.get(1))).collect(),
         }))
@@ -517,13 +517,7 @@ impl PgStore {
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
             let input: Value = serde_json::from_str(row.get(7)).unwrap_or(Value::Null);
-            let binding = Binding {
-                concurrency: row.get::<_, Option<i32>>(13).map(|n| n.max(1) as usize),
-                components: row.get::<_, Option<String>>(11).map(Into::into),
-                vars: row.get::<_, Option<String>>(12).and_then(|v| serde_json::from_str(&v).ok()).unwrap_or(Value::Null),
-                namespace: namespace.clone(),
-                priority: row.get(14),
-            };
+            let binding = Binding::from_stored(row.get(13), row.get(11), row.get(12), namespace.clone(), row.get(14));
             for tick in ticks_to_fire(&ticks, now, catchup) {
                 // The key: a tick recorded is a tick fired.
                 let inserted = tx
