@@ -5,7 +5,7 @@
 use crate::exec::{Ending, Event, EventSink, Executor, Prepared, RunOptions, RunReport, RunState, SinkError, StepRunner, StepState, new_run_id, unmask};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::CancellationToken;
-use crate::store::{NewRun, RunRecord, RunStore, StoreError, StoreServices, StoreSink};
+use crate::store::{NewRun, RunRecord, RunStore, StoreError, StoreMailbox, StoreServices, StoreSink};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -95,6 +95,7 @@ impl Recorder {
             skip_finally: settings.skip_finally,
             memo: Some(self.store.clone()),
             variables: settings.variables,
+            mailbox: Some(Arc::new(StoreMailbox(self.store.clone()))),
             ..RunOptions::default()
         };
         Ok(self.execute(prepared, input, options, display, settings.otlp, cancel).await)
@@ -144,6 +145,8 @@ impl Recorder {
             ended,
             nested_events: None,
             trigger: crate::exec::RunTrigger { kind: matches!(settings.rerun, Rerun::Retry { .. }).then(|| "retry".to_string()), scheduled_time: None },
+            waits: recorded_waits(record),
+            mailbox: Some(Arc::new(StoreMailbox(self.store.clone()))),
         };
         Ok(self.execute(prepared, record.input.clone(), options, display, settings.otlp, cancel).await)
     }
@@ -170,6 +173,13 @@ impl Recorder {
         watcher.abort();
         report
     }
+}
+
+/// The wake times of the steps a run's record says wait: a resumed run
+/// wakes them when they said (at once if that time passed), not later.
+pub fn recorded_waits(record: &RunRecord) -> BTreeMap<String, Option<jiff::Timestamp>> {
+    let waiting = record.steps.iter().filter(|s| s.state == StepState::Waiting.as_str());
+    waiting.map(|s| (s.step.clone(), s.wake_at.as_deref().and_then(|t| t.parse().ok()))).collect()
 }
 
 /// How often a running run looks for `sandflow cancel`.

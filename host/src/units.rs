@@ -14,12 +14,12 @@ pub struct UnitError {
 }
 
 const DURATION_HINT: &str =
-    "write a number with a unit, e.g. `250ms`, `2s`, `1m30s`, `1h` (units: ms, s, m, h)";
+    "write a number with a unit, e.g. `250ms`, `2s`, `1m30s`, `1h`, `1d` (units: ms, s, m, h, d)";
 const SIZE_HINT: &str =
     "write bytes, or a number with a unit, e.g. `64MiB`, `1GiB`, `512KiB` (units: B, KiB, MiB, GiB, KB, MB, GB)";
 
 /// Reads a duration: one or more `<number><unit>` parts, units `ms`, `s`,
-/// `m`, `h`, largest first (`1h30m`, `1m30s`, `250ms`).
+/// `m`, `h`, `d` (24 hours), largest first (`1d12h`, `1h30m`, `250ms`).
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let err = |why| UnitError { what: "duration", text: text.to_string(), why };
     let s = text.trim();
@@ -43,6 +43,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
             "s" => (Duration::from_secs(n), 1),
             "m" => (Duration::from_secs(n.saturating_mul(60)), 2),
             "h" => (Duration::from_secs(n.saturating_mul(3600)), 3),
+            "d" => (Duration::from_secs(n.saturating_mul(86_400)), 4),
             _ => return Err(err(DURATION_HINT)),
         };
         if rank >= last_rank {

@@ -503,6 +503,28 @@ impl Worker {
             Ok(v) => v,
             Err(f) => return fail(f),
         };
+        // A step waiting for a signal was claimed: one came, or its
+        // timeout passed.
+        let decl = &run.ctx.prepared().plan.workflow.steps[job.step];
+        if let crate::workflow::Target::Builtin(b) = decl.target
+            && let Some(kind) = exec::core::WaitKind::of_builtin(b).filter(|k| k.takes_signals())
+        {
+            let signal = loop {
+                match crate::store::RunStore::signals(self.store.as_ref(), &job.run_id, std::slice::from_ref(&decl.id)).await {
+                    Ok(mut found) => break found.pop().map(|(_, s)| s),
+                    Err(e) => {
+                        tracing::warn!("worker {}: cannot read the signals of run {}: {e}; retrying in {backoff:?}", self.config.name, job.run_id);
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = cancel.cancelled() => return fail(StepFailure::new(FailureKind::Cancelled, "cancelled while it waited")),
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            };
+            let result = exec::core::woken(kind, &input, None, signal);
+            return exec::Attempted { result, fuel_used: 0, log: StepLog::default(), cached: None };
+        }
         run.ctx.attempt(job.step, &input, cancel).await
     }
 

@@ -211,13 +211,13 @@ async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
     // Back to what schema version 1 was.
     client
         .batch_execute(
-            "DROP TABLE events, jobs, dag, run_files, files, memo, workers, tokens, namespace_files, audit, namespaces, schedule_files, schedule_ticks, schedules, hook_files, hook_deliveries, hooks;
+            "DROP TABLE events, jobs, dag, run_files, files, memo, workers, tokens, namespace_files, audit, namespaces, schedule_files, schedule_ticks, schedules, hook_files, hook_deliveries, hooks, signals;
              ALTER TABLE runs DROP COLUMN namespace, DROP COLUMN priority, DROP COLUMN triggered_by, DROP COLUMN trigger_source, DROP COLUMN scheduled_time;
              ALTER TABLE runs DROP COLUMN queued, DROP COLUMN run_started, DROP COLUMN stop, DROP COLUMN open_steps,
                  DROP COLUMN deadline, DROP COLUMN concurrency, DROP COLUMN events, DROP COLUMN began,
                  DROP COLUMN main_stop, DROP COLUMN ending, DROP COLUMN targets, DROP COLUMN components, DROP COLUMN vars,
                  DROP COLUMN rerun, DROP COLUMN attempt_events;
-             ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE steps DROP COLUMN input, DROP COLUMN started_at, DROP COLUMN worker, DROP COLUMN items; ALTER TABLE attempts DROP COLUMN fuel_used;
+             ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE steps DROP COLUMN input, DROP COLUMN started_at, DROP COLUMN worker, DROP COLUMN items, DROP COLUMN wake_at, DROP COLUMN wait_kind; ALTER TABLE attempts DROP COLUMN fuel_used;
              DROP INDEX runs_by_workflow, runs_by_status; UPDATE sandflow_schema SET version = 1",
         )
         .await

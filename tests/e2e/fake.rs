@@ -71,6 +71,12 @@ impl EventSink for Events {
 /// runner; returns the report, the events, the most steps that ran at
 /// once, and the time it took on the paused clock.
 async fn run(yaml: &str, concurrency: usize) -> (RunReport, Vec<Event>, usize, Duration) {
+    let options = RunOptions { concurrency: Some(concurrency), ..RunOptions::default() };
+    run_with(yaml, options, CancellationToken::new()).await
+}
+
+/// [`run`] with `options` and `cancel` of the caller's.
+async fn run_with(yaml: &str, options: RunOptions, cancel: CancellationToken) -> (RunReport, Vec<Event>, usize, Duration) {
     let dir = tempfile::tempdir().unwrap();
     for program in ["echo", "fail", "flaky", "sleep"] {
         std::fs::write(dir.path().join(format!("{program}.wasm")), program).unwrap();
@@ -82,8 +88,7 @@ async fn run(yaml: &str, concurrency: usize) -> (RunReport, Vec<Event>, usize, D
     let prepared = Arc::new(exec::load(&file, fake.as_ref()).unwrap_or_else(|d| panic!("{d}")));
     let events = Arc::new(Events::default());
     let started = tokio::time::Instant::now();
-    let options = RunOptions { concurrency: Some(concurrency), ..RunOptions::default() };
-    let report = Executor::new(fake.clone(), events.clone()).run(prepared, json!({}), options, CancellationToken::new()).await;
+    let report = Executor::new(fake.clone(), events.clone()).run(prepared, json!({}), options, cancel).await;
     let elapsed = started.elapsed();
     let max = fake.running.lock().unwrap().1;
     let events = events.0.lock().unwrap().clone();
@@ -184,4 +189,141 @@ async fn for_each_items_run_at_the_step_s_own_concurrency() {
     let values: Vec<Value> = report.output.unwrap().as_array().unwrap().iter().map(|o| o["v"].clone()).collect();
     assert_eq!(values, [json!(1), json!(2), json!(3), json!(4), json!(5)], "in item order");
     assert_eq!((max, elapsed), (2, Duration::from_millis(300)));
+}
+
+/// A mailbox whose signals arrive at set times on the paused clock.
+struct Letters {
+    since: tokio::time::Instant,
+    /// (after, step, data, by)
+    letters: Vec<(Duration, &'static str, Value, &'static str)>,
+    asked: Mutex<u32>,
+}
+
+#[async_trait::async_trait]
+impl exec::Mailbox for Letters {
+    async fn signals(&self, _run: &str, steps: &[String]) -> Result<Vec<(String, exec::core::Signal)>, String> {
+        *self.asked.lock().unwrap() += 1;
+        let now = self.since.elapsed();
+        Ok(self
+            .letters
+            .iter()
+            .filter(|(after, step, ..)| *after <= now && steps.iter().any(|s| s == step))
+            .map(|(_, step, data, by)| (step.to_string(), exec::core::Signal { data: data.clone(), by: by.to_string(), at: "2026-12-05T10:00:00Z".into() }))
+            .collect())
+    }
+}
+
+fn waiting(events: &[Event]) -> Vec<(String, exec::core::WaitKind)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepWaiting { step, kind, .. } => Some((step.clone(), *kind)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sleeping_step_holds_no_slot_and_wakes_on_time() {
+    // One slot: the sleep does not hold it, so `work` runs during it; a
+    // `wait:` step waits its time, then runs in the slot.
+    let yaml = "steps:
+  - { id: nap, component: /builtin/sleep, input: { duration: 1h } }
+  - { id: work, component: sleep, input: { ms: 100, v: 1 } }
+  - { id: later, component: echo, wait: { duration: 10m }, input: { v: 2 } }
+  - { id: after, component: echo, needs: [nap, later], input: { woke: \"{{ steps.nap.output.until }}\" } }
+";
+    let (report, events, max, elapsed) = run(yaml, 1).await;
+    assert_eq!(report.state, RunState::Completed, "{report:?}");
+    assert_eq!(max, 1);
+    assert!(elapsed >= Duration::from_secs(3599) && elapsed <= Duration::from_secs(3601), "woke after the hour: {elapsed:?}");
+    assert_eq!(waiting(&events), [("nap".to_string(), exec::core::WaitKind::Sleep), ("later".to_string(), exec::core::WaitKind::Wait)]);
+    let woke = report.output.as_ref().unwrap()["after"]["woke"].as_str().unwrap().to_string();
+    assert!(woke.parse::<jiff::Timestamp>().is_ok(), "the sleep's output says until when: {woke}");
+    // `work` ended long before the hour: its end comes before the nap's.
+    let ends: Vec<&str> = events.iter().filter_map(|e| match e { Event::StepFinished { step, .. } => Some(step.as_str()), _ => None }).collect();
+    assert_eq!(ends, ["work", "later", "nap", "after"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signal_ends_its_step_with_the_data_and_a_timeout_fails_it_as_timeout() {
+    let yaml = "steps:
+  - { id: go, component: /builtin/signal, input: { name: go, timeout: 1h } }
+  - { id: ok, component: /builtin/approval, input: { message: ship?, timeout: 2h } }
+  - id: late
+    component: /builtin/approval
+    input: { message: anyone?, timeout: 30m }
+    on_error: { action: continue, default_output: { approved: false } }
+  - { id: no, component: /builtin/approval, input: { message: really? } }
+  - { id: after, component: echo, needs: [go, ok, late], input: { go: \"{{ steps.go.output }}\", by: \"{{ steps.ok.output.by }}\", late: \"{{ steps.late.output }}\" } }
+";
+    let letters = Letters {
+        since: tokio::time::Instant::now(),
+        letters: vec![
+            (Duration::from_secs(60), "go", json!({"n": 7}), "ci"),
+            (Duration::from_secs(90 * 60), "ok", json!({"approved": true, "comment": "fine"}), "alice"),
+            (Duration::from_secs(100 * 60), "no", json!({"approved": false, "comment": "not today"}), "bob"),
+        ],
+        asked: Mutex::new(0),
+    };
+    let options = RunOptions { mailbox: Some(Arc::new(letters)), ..RunOptions::default() };
+    let (report, _, _, elapsed) = run_with(yaml, options, CancellationToken::new()).await;
+    assert_eq!(report.state, RunState::Failed, "`no` was rejected: {report:?}");
+    assert_eq!(step(&report, "go").output, Some(json!({"n": 7})));
+    let late = step(&report, "late");
+    assert_eq!((late.state, late.error.as_ref().map(|e| e.kind)), (StepState::Failed, Some(FailureKind::Timeout)), "{late:?}");
+    assert!(late.error.as_ref().unwrap().message.contains("nobody approved or rejected it within 30m"), "{late:?}");
+    let no = step(&report, "no");
+    assert_eq!(no.error.as_ref().unwrap().message, "rejected by bob at 2026-12-05T10:00:00Z: not today");
+    let after = step(&report, "after").output.clone().unwrap();
+    assert_eq!(after, json!({"go": {"n": 7}, "by": "alice", "late": {"approved": false}}), "on_error's default for the timed-out approval");
+    // Each signal is seen within the mailbox's poll of its arrival.
+    assert!(elapsed >= Duration::from_secs(100 * 60) && elapsed < Duration::from_secs(100 * 60 + 1), "{elapsed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_ends_waiting_steps_at_once_and_a_run_with_no_store_refuses_signals() {
+    let yaml = "steps:
+  - { id: nap, component: /builtin/sleep, input: { duration: 1d } }
+  - { id: next, component: echo, needs: [nap] }
+";
+    let cancel = CancellationToken::new();
+    let later = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        later.cancel();
+    });
+    let (report, _, _, elapsed) = run_with(yaml, RunOptions::default(), cancel).await;
+    assert_eq!(report.state, RunState::Cancelled, "{report:?}");
+    assert_eq!(elapsed, Duration::from_secs(5));
+    let nap = step(&report, "nap");
+    assert_eq!((nap.state, nap.error.as_ref().map(|e| e.kind)), (StepState::Cancelled, Some(FailureKind::Cancelled)), "{nap:?}");
+    assert_eq!(step(&report, "next").state, StepState::Cancelled);
+
+    let yaml = "steps:\n  - { id: go, component: /builtin/signal }\n";
+    let (report, _, _, elapsed) = run(yaml, 1).await;
+    assert_eq!((report.state, elapsed), (RunState::Failed, Duration::ZERO));
+    assert!(step(&report, "go").error.as_ref().unwrap().message.contains("not recorded in a run store"), "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_time_from_a_template_fails_the_step_and_a_recorded_wake_time_is_kept() {
+    let yaml = "steps:
+  - { id: past, component: /builtin/sleep, input: { until: \"{{ '2001-01-01T00:00:00Z' }}\" }, on_error: { action: continue } }
+  - { id: word, component: echo, wait: { duration: \"{{ 'soon' }}\" } }
+";
+    let (report, _, _, _) = run(yaml, 2).await;
+    let past = step(&report, "past");
+    assert_eq!(past.error.as_ref().map(|e| e.kind), Some(FailureKind::Reference));
+    assert!(past.error.as_ref().unwrap().message.contains("is in the past"), "{past:?}");
+    assert!(step(&report, "word").error.as_ref().unwrap().message.contains("`wait`'s `duration`"), "{report:?}");
+
+    // A resumed run wakes a step when its record said, not a day from now.
+    let yaml = "steps:\n  - { id: nap, component: /builtin/sleep, input: { duration: 1d } }\n";
+    let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(90);
+    let options = RunOptions { waits: [("nap".to_string(), Some(at))].into(), ..RunOptions::default() };
+    let (report, _, _, elapsed) = run_with(yaml, options, CancellationToken::new()).await;
+    assert_eq!(report.state, RunState::Completed);
+    assert!(elapsed >= Duration::from_secs(88) && elapsed <= Duration::from_secs(90), "{elapsed:?}");
+    assert_eq!(report.output, Some(json!({"until": at.to_string()})));
 }

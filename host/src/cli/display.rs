@@ -4,6 +4,7 @@
 
 use super::render::say;
 use super::render;
+use crate::exec::core::WaitKind;
 use crate::exec::{Event, EventSink, StepState};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -39,6 +40,7 @@ fn symbol(state: StepState) -> &'static str {
     match state {
         StepState::Pending => "·",
         StepState::Running => "▸",
+        StepState::Waiting => "⏸",
         StepState::Succeeded => "✓",
         StepState::Failed => "✗",
         StepState::Skipped => "-",
@@ -56,6 +58,19 @@ fn finished_line(step: &str, state: StepState, duration: Duration, fuel: u64, er
         (StepState::Succeeded, _) => format!("{} {step} succeeded in {} (fuel {fuel})", symbol(state), render::duration(duration)),
         (_, Some(e)) => format!("{} {step} {} ({}) after {}: {}", symbol(state), state.as_str(), e.kind, render::duration(duration), e.message),
         (_, None) => format!("{} {step} {}: {}", symbol(state), state.as_str(), reason.unwrap_or("")),
+    }
+}
+
+/// One line for a step that waits, saying how to end the wait when a
+/// person does.
+pub(crate) fn waiting_line(run_id: &str, step: &str, kind: WaitKind, until: Option<&str>) -> String {
+    let by = until.map(|u| format!(" until {u}")).unwrap_or_default();
+    let timeout = until.map(|u| format!(" (timeout {u})")).unwrap_or_default();
+    match kind {
+        WaitKind::Wait => format!("⏸ {step} waits{by}, then runs"),
+        WaitKind::Sleep => format!("⏸ {step} sleeps{by}"),
+        WaitKind::Signal => format!("⏸ {step} waits for a signal{timeout}: sandflow signal {run_id} {step} --data JSON"),
+        WaitKind::Approval => format!("⏸ {step} waits for approval{timeout}: sandflow signal {run_id} {step} --approve (or --reject)"),
     }
 }
 
@@ -102,6 +117,7 @@ impl EventSink for PlainLines {
             }
             Event::StepWarning { message, .. } => format!("  warning: {message}"),
             Event::StepRestored { step, .. } => format!("  ↺ {step} restored from the earlier attempt"),
+            Event::StepWaiting { run_id, step, kind, until, .. } => format!("  {}", waiting_line(run_id, step, *kind, until.as_deref())),
             Event::RunFinished { run_id, state, duration, error, .. } => run_finished_line(run_id, *state, *duration, error.as_deref()),
         };
         say!("{line}");
@@ -186,6 +202,10 @@ impl Live {
         let mut lines = vec![self.header.clone()];
         lines.extend(shown.map(|l| format!("  {l}")));
         let count = |st: StepState| self.rows.iter().filter(|r| r.1 == st).count();
+        let waiting = match count(StepState::Waiting) {
+            0 => String::new(),
+            w => format!("{w} waiting · "),
+        };
         let (r, s, f, k, c) = (
             count(StepState::Running),
             count(StepState::Succeeded),
@@ -193,7 +213,7 @@ impl Live {
             count(StepState::Skipped),
             count(StepState::Cancelled),
         );
-        lines.push(format!("  {r} running · {s} succeeded · {f} failed · {k} skipped · {c} cancelled"));
+        lines.push(format!("  {r} running · {waiting}{s} succeeded · {f} failed · {k} skipped · {c} cancelled"));
         if let Some(f) = footer {
             lines.push(f);
         }
@@ -237,6 +257,10 @@ impl EventSink for LiveView {
             }
             Event::StepRestored { step, .. } => {
                 live.set(step, StepState::Succeeded, format!("↺ {step} restored from the earlier attempt"));
+                live.redraw(None);
+            }
+            Event::StepWaiting { run_id, step, kind, until, .. } => {
+                live.set(step, StepState::Waiting, waiting_line(run_id, step, *kind, until.as_deref()));
                 live.redraw(None);
             }
             Event::StepWarning { message, .. } => {

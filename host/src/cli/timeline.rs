@@ -83,6 +83,8 @@ mod tests {
             input: None,
             started_at: None,
             worker: None,
+            wake_at: None,
+            wait_kind: None,
         }
     }
 

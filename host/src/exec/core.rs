@@ -336,6 +336,138 @@ pub fn decide(facts: &RunFacts<'_>, decl: &StepDecl, outputs: &dyn Outputs) -> D
     Decision::Run(Work::Each { inputs, concurrency: item_concurrency(decl, facts.limit) })
 }
 
+/// How a step waits before it runs or ends: `wait:` (a timer, then it
+/// runs), or a builtin that only waits (`/builtin/sleep`, `/builtin/signal`,
+/// `/builtin/approval`), which its driver ends when it wakes ([`woken`]).
+/// A waiting step holds no slot and no instance; its wake time is recorded
+/// (`StepWaiting`), and read back rather than computed again when the run
+/// comes back after its processes died.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wait {
+    pub kind: WaitKind,
+    /// When it wakes: its timer, or a signal's timeout (none: it waits for
+    /// a signal however long it takes).
+    pub until: Option<jiff::Timestamp>,
+}
+
+/// What a waiting step waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WaitKind {
+    /// `wait:`: a time, then the step runs.
+    Wait,
+    /// `/builtin/sleep`: a time, then the step succeeds.
+    Sleep,
+    /// `/builtin/signal`: `sandflow signal`'s data, or its timeout.
+    Signal,
+    /// `/builtin/approval`: a person's approval or rejection, or its timeout.
+    Approval,
+}
+
+impl WaitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitKind::Wait => "wait",
+            WaitKind::Sleep => "sleep",
+            WaitKind::Signal => "signal",
+            WaitKind::Approval => "approval",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<WaitKind> {
+        [WaitKind::Wait, WaitKind::Sleep, WaitKind::Signal, WaitKind::Approval].into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// What a builtin that only waits waits for.
+    pub fn of_builtin(b: crate::workflow::Builtin) -> Option<WaitKind> {
+        use crate::workflow::Builtin;
+        match b {
+            Builtin::Sleep => Some(WaitKind::Sleep),
+            Builtin::Signal => Some(WaitKind::Signal),
+            Builtin::Approval => Some(WaitKind::Approval),
+            _ => None,
+        }
+    }
+
+    /// Whether a signal ends it (`sandflow signal`).
+    pub fn takes_signals(self) -> bool {
+        matches!(self, WaitKind::Signal | WaitKind::Approval)
+    }
+}
+
+/// A signal sent to a waiting step (`sandflow signal`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Signal {
+    /// What was sent, as the step accepted it ([`crate::workflow::wait::accept`]).
+    pub data: Value,
+    /// Who sent it: a token's name, or `local` for the store's own user.
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// How step `decl`, about to run `work`, waits first, at `now`: `None`
+/// when it does not. A `wait:` or builtin input that gives no valid time
+/// fails the step (kind `reference`), as a reference that does not resolve.
+pub fn wait_of(facts: &RunFacts<'_>, decl: &StepDecl, work: &Work, outputs: &dyn Outputs, now: jiff::Timestamp) -> Result<Option<Wait>, StepFailure> {
+    use crate::workflow::wait;
+    let bad = |m: String| StepFailure::new(FailureKind::Reference, m).not_retryable();
+    if let Some(spec) = &decl.wait {
+        let spec = spec.eval(&facts.scope(outputs, None)).map_err(|e| bad(format!("`wait`: {e}")))?;
+        let until = wait::wake_time(&spec, "`wait`", now).map_err(bad)?;
+        return Ok(Some(Wait { kind: WaitKind::Wait, until: Some(until) }));
+    }
+    let crate::workflow::Target::Builtin(b) = decl.target else { return Ok(None) };
+    let Some(kind) = WaitKind::of_builtin(b) else { return Ok(None) };
+    let Work::One(input) = work else { return Err(bad(format!("/builtin/{} cannot run with `forEach`", b.name()))) };
+    wait::check_input(b, input, now).map_err(bad)?;
+    let until = match kind {
+        WaitKind::Sleep => Some(wait::wake_time(input, "/builtin/sleep's input", now).map_err(bad)?),
+        _ => match input.get("timeout") {
+            None | Some(Value::Null) => None,
+            Some(t) => {
+                let d = wait::duration(t, "`timeout`").map_err(bad)?;
+                let span = jiff::SignedDuration::try_from(d).map_err(|e| bad(format!("`timeout` is too long: {e}")))?;
+                Some(now.checked_add(span).map_err(|e| bad(format!("`timeout` is too long: {e}")))?)
+            }
+        },
+    };
+    Ok(Some(Wait { kind, until }))
+}
+
+/// How a builtin that only waits ends once it wakes: a sleep succeeds; a
+/// signal gives its data; an approval gives `{approved, by, comment, at}`
+/// or fails as rejected; with no signal, a signal's or an approval's
+/// timeout fails it with kind `timeout` (so `on_error` applies). Never
+/// retried: a retry could not wait again.
+pub fn woken(kind: WaitKind, input: &Value, until: Option<&str>, signal: Option<Signal>) -> Result<Value, StepFailure> {
+    let until = until.unwrap_or("its timeout");
+    let timeout = input.get("timeout").map(|t| match t {
+        Value::String(s) => s.clone(),
+        other => format!("{other}s"),
+    });
+    let within = timeout.map(|t| format!("within {t} (by {until})")).unwrap_or_default();
+    match (kind, signal) {
+        (WaitKind::Wait, _) => Ok(Value::Null),
+        (WaitKind::Sleep, _) => Ok(serde_json::json!({ "until": until })),
+        (WaitKind::Signal, Some(s)) => Ok(s.data),
+        (WaitKind::Approval, Some(s)) => {
+            let approved = s.data.get("approved").and_then(Value::as_bool) == Some(true);
+            let comment = s.data.get("comment").cloned().unwrap_or(Value::Null);
+            if approved {
+                return Ok(serde_json::json!({ "approved": true, "by": s.by, "comment": comment, "at": s.at }));
+            }
+            let why = comment.as_str().map(|c| format!(": {c}")).unwrap_or_default();
+            Err(StepFailure::component(format!("rejected by {} at {}{why}", s.by, s.at), false))
+        }
+        (WaitKind::Signal, None) => {
+            let name = input.get("name").and_then(Value::as_str).map(|n| format!(" `{n}`")).unwrap_or_default();
+            Err(StepFailure::new(FailureKind::Timeout, format!("no signal{name} came {within}")).not_retryable())
+        }
+        (WaitKind::Approval, None) => Err(StepFailure::new(FailureKind::Timeout, format!("nobody approved or rejected it {within}")).not_retryable()),
+    }
+}
+
 /// How many of a `forEach` step's items run at once: its `concurrency`,
 /// by default as many as steps may (the run's `limit`); at least 1.
 pub(crate) fn item_concurrency(decl: &StepDecl, limit: usize) -> usize {

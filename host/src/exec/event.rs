@@ -15,6 +15,9 @@ use std::time::Duration;
 pub enum StepState {
     Pending,
     Running,
+    /// Waiting for a time or a signal (`wait:`, `/builtin/sleep`,
+    /// `/builtin/signal`, `/builtin/approval`): it holds no slot.
+    Waiting,
     Succeeded,
     Failed,
     Skipped,
@@ -26,6 +29,7 @@ impl StepState {
         match self {
             StepState::Pending => "pending",
             StepState::Running => "running",
+            StepState::Waiting => "waiting",
             StepState::Succeeded => "succeeded",
             StepState::Failed => "failed",
             StepState::Skipped => "skipped",
@@ -36,7 +40,7 @@ impl StepState {
     /// The state named by [`StepState::as_str`].
     pub fn from_name(name: &str) -> Option<StepState> {
         use StepState::*;
-        [Pending, Running, Succeeded, Failed, Skipped, Cancelled].into_iter().find(|s| s.as_str() == name)
+        [Pending, Running, Waiting, Succeeded, Failed, Skipped, Cancelled].into_iter().find(|s| s.as_str() == name)
     }
 }
 
@@ -84,6 +88,20 @@ pub enum Event {
         /// The worker that runs it (runs on workers).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         worker: Option<String>,
+    },
+    /// A step waits (see [`super::core::Wait`]): until a time, for a
+    /// signal, or both. Recorded, so a run that comes back wakes it on time.
+    StepWaiting {
+        run_id: String,
+        step: String,
+        /// `wait` (then it runs), `sleep`, `signal` or `approval`.
+        kind: super::core::WaitKind,
+        /// When it wakes (RFC 3339): its timer, or a signal's timeout.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<String>,
+        /// What a signal or approval step asks (its input; secrets masked).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<Arc<Value>>,
     },
     /// An attempt failed and will be retried after `delay`.
     StepRetrying {

@@ -14,7 +14,7 @@
 //! step's attempts and `forEach` items in a task; workers run them as jobs
 //! (both by [`core::retry_after`] and [`core::Items`]).
 
-use super::core::{self, Decision, Ending, ItemCounts, Outcome, RunFacts, Stop, Verdict, Work};
+use super::core::{self, Decision, Ending, ItemCounts, Outcome, RunFacts, Stop, Verdict, Wait, Work};
 use super::{Event, RunState, StepState};
 use crate::expr::Outputs;
 use crate::failure::StepFailure;
@@ -73,10 +73,25 @@ pub trait Ledger: Send {
     /// What step `i` keeps from an earlier attempt of the run (`resume`,
     /// `retry`), asked when it is ready: it then ends so, without running.
     fn kept(&mut self, i: usize) -> impl Future<Output = Result<Option<Kept>, Self::Error>> + Send;
+    /// The wake time a waiting step recorded in an earlier life of the run
+    /// (`Some(None)`: it waited with no time), used instead of one computed
+    /// again: a run whose processes died wakes its steps when it said.
+    fn recorded_wake(&mut self, _i: usize) -> impl Future<Output = Result<Option<Option<jiff::Timestamp>>, Self::Error>> + Send {
+        async { Ok(None) }
+    }
     /// A failure a step is refused with, as this ledger's run explains it.
     fn refused(&self, failure: StepFailure) -> StepFailure {
         failure
     }
+}
+
+/// What a step that is decided to run starts: its work, and how it waits first.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub work: Work,
+    /// Set when it waits ([`core::wait_of`]): a `wait:` step then runs its
+    /// work; a builtin that only waits ends when it wakes ([`core::woken`]).
+    pub wait: Option<Wait>,
 }
 
 /// What a step keeps from an earlier attempt of its run.
@@ -141,6 +156,14 @@ impl Lazy {
     /// A run's, before anything was decided.
     pub fn new(steps: usize) -> Lazy {
         Lazy { needed: vec![true; steps], began: vec![false; steps], deferred: Vec::new() }
+    }
+}
+
+/// The input a step's work runs with, as its record keeps it.
+pub(crate) fn work_input(work: &Work) -> Option<Value> {
+    match work {
+        Work::One(input) => Some(input.clone()),
+        Work::Each { inputs, .. } => Some(Value::Array(inputs.clone())),
     }
 }
 
@@ -292,10 +315,11 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
         }
     }
 
-    /// Decides ready step `i` ([`core::decide_ready`]): the work it runs,
-    /// or `None` when it ended without running (skipped, blocked, refused,
-    /// or a `forEach` over no items).
-    pub async fn decide(&mut self, i: usize) -> Result<Option<Work>, L::Error> {
+    /// Decides ready step `i` ([`core::decide_ready`]): the work it runs
+    /// and how it waits first (told as `StepWaiting`), or `None` when it
+    /// ended without running (skipped, blocked, refused, or a `forEach`
+    /// over no items).
+    pub async fn decide(&mut self, i: usize) -> Result<Option<Launch>, L::Error> {
         if self.keep(i).await? {
             return Ok(None);
         }
@@ -313,10 +337,34 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
                 return Ok(None);
             }
             Decision::Run(work) => {
+                let wait = {
+                    let facts = RunFacts { ending: self.progress.ending.as_ref(), ..self.facts };
+                    core::wait_of(&facts, decl, &work, self.ledger.outputs(), jiff::Timestamp::now())
+                };
+                let mut wait = match wait {
+                    Ok(wait) => wait,
+                    Err(f) => {
+                        let tally = Tally { input: work_input(&work), ..Tally::default() };
+                        self.finish(i, Ending::Refused(self.ledger.refused(f)), tally).await?;
+                        return Ok(None);
+                    }
+                };
+                if let Some(wait) = &mut wait {
+                    if let Some(until) = self.ledger.recorded_wake(i).await? {
+                        wait.until = until;
+                    }
+                    let input = match (&work, wait.kind.takes_signals()) {
+                        (Work::One(input), true) => Some(Arc::new(input.clone())),
+                        _ => None,
+                    };
+                    let (run_id, step) = (self.facts.run_id.to_string(), decl.id.clone());
+                    let until = wait.until.map(|t| t.to_string());
+                    self.ledger.emit(Event::StepWaiting { run_id, step, kind: wait.kind, until, input });
+                }
                 if let Some(lazy) = &mut self.lazy {
                     lazy.began[i] = true;
                 }
-                return Ok(Some(work));
+                return Ok(Some(Launch { work, wait }));
             }
             Decision::Blocked => Ending::Blocked,
             Decision::Skip { reason, warning } => {

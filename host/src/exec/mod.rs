@@ -42,8 +42,8 @@ pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
 pub use memo::{MemoEntry, MemoHit, Memos, memo_key};
 pub use runner::{ComponentCheck, Job, Loaded, Loader, StepRunner};
 
-use self::core::{Items, Outcome, RunFacts, Stop, Work};
-use self::machine::{Kept, Lazy, Ledger, Progress, RunMachine, Settled, Tally};
+use self::core::{Items, Outcome, RunFacts, Signal, Stop, Wait, Work};
+use self::machine::{Kept, Launch, Lazy, Ledger, Progress, RunMachine, Settled, Tally, work_input};
 
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, HostServices, Limits, MemoryServices, Quota, RunMeter, StepLog};
@@ -95,7 +95,24 @@ pub struct RunOptions {
     pub nested_events: Option<Arc<dyn EventSink>>,
     /// What started the run (`run.trigger`, `run.scheduled_time`).
     pub trigger: RunTrigger,
+    /// Wake times steps recorded while they waited in an earlier life of
+    /// this run (`sandflow resume`), by step id (`None`: no time).
+    pub waits: BTreeMap<String, Option<jiff::Timestamp>>,
+    /// Where signals to the run's waiting steps arrive (`sandflow signal`);
+    /// none: a run no store records, which no signal can reach.
+    pub mailbox: Option<Arc<dyn Mailbox>>,
 }
+
+/// Where signals sent to a run's waiting steps are found: the run's store.
+#[async_trait::async_trait]
+pub trait Mailbox: Send + Sync {
+    /// Signals sent to steps of `steps` of run `run_id` and not yet taken
+    /// (a step takes its signal when it ends), by step id.
+    async fn signals(&self, run_id: &str, steps: &[String]) -> Result<Vec<(String, Signal)>, String>;
+}
+
+/// How often a run in this process looks for signals to its waiting steps.
+pub const MAILBOX_EVERY: Duration = Duration::from_millis(250);
 
 /// What started a run, as its templates read it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -128,6 +145,8 @@ impl Default for RunOptions {
             ended: BTreeMap::new(),
             nested_events: None,
             trigger: RunTrigger::default(),
+            waits: BTreeMap::new(),
+            mailbox: None,
         }
     }
 }
@@ -269,6 +288,10 @@ struct Ctx {
     nested_events: Option<Arc<dyn EventSink>>,
     /// [`RunOptions::trigger`]'s facts.
     trigger: Value,
+    /// See [`RunOptions::waits`].
+    waits: BTreeMap<String, Option<jiff::Timestamp>>,
+    /// See [`RunOptions::mailbox`].
+    mailbox: Option<Arc<dyn Mailbox>>,
 }
 
 impl Executor {
@@ -311,6 +334,8 @@ impl Executor {
                 false => Arc::new(redact::RedactingSink { inner, redactor: redactor.clone() }) as Arc<dyn EventSink>,
             }),
             trigger: options.trigger.facts(),
+            waits: options.waits.clone(),
+            mailbox: options.mailbox.clone(),
         });
         // The dispatcher runs as a task of its own, so the step tasks it
         // spawns start on its worker (tokio's LIFO slot) and report back
@@ -356,6 +381,8 @@ impl RunContext {
             ended: options.ended,
             nested_events: options.nested_events,
             trigger: options.trigger.facts(),
+            waits: options.waits,
+            mailbox: options.mailbox,
         }))
     }
 
@@ -433,6 +460,9 @@ fn nested_run(
         nested_events: parent.nested_events.clone(),
         // A nested run was started by its parent's start.
         trigger: parent.trigger.clone(),
+        waits: BTreeMap::new(),
+        // A signal names a run the store knows: a nested run is not one.
+        mailbox: None,
     });
     let sink = parent.nested_events.clone().unwrap_or_else(|| Arc::new(NoEvents));
     Box::pin(dispatch(ctx, input, sink, cancel))
@@ -506,6 +536,9 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         unrecorded: None,
         unflushed: false,
         running: 0,
+        parked: Vec::new(),
+        woken: Default::default(),
+        waits: &ctx.waits,
         started: Instant::now(),
         phase: Phase {
             run: cancel.clone(),
@@ -534,21 +567,33 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         // A StepFlow flow's steps run only when needed (see `demand`).
         infallible(m.apply_demand().await);
         while !m.halted() && m.ledger.running < limit {
-            let Some(i) = m.ready.pop_front() else { break };
-            if !m.admit(i) {
-                continue;
-            }
-            // A step's dependencies are durable before it starts.
-            if m.ledger.unflushed && !plan.deps[i].is_empty() {
-                m.ledger.unflushed = false;
-                if let Err(e) = sink.barrier().await {
-                    m.ready.push_front(i);
-                    lose_record(&mut m, e);
-                    m.ledger.phase.steps.cancel();
-                    break;
+            // `wait:` steps whose time came start first: they were ready
+            // before any step that became ready while they waited.
+            let (i, work) = match m.ledger.woken.pop_front() {
+                Some(woken) => woken,
+                None => {
+                    let Some(i) = m.ready.pop_front() else { break };
+                    if !m.admit(i) {
+                        continue;
+                    }
+                    // A step's dependencies are durable before it starts.
+                    if m.ledger.unflushed && !plan.deps[i].is_empty() {
+                        m.ledger.unflushed = false;
+                        if let Err(e) = sink.barrier().await {
+                            m.ready.push_front(i);
+                            lose_record(&mut m, e);
+                            m.ledger.phase.steps.cancel();
+                            break;
+                        }
+                    }
+                    let Some(Launch { work, wait }) = infallible(m.decide(i).await) else { continue };
+                    if let Some(wait) = wait {
+                        park(&mut m, &ctx, i, work, wait).await;
+                        continue;
+                    }
+                    (i, work)
                 }
-            }
-            let Some(work) = infallible(m.decide(i).await) else { continue };
+            };
             m.ledger.running += 1;
             let (ctx, step_sink, cancel) = (ctx.clone(), sink.clone(), m.ledger.phase.steps.clone());
             let step = async move { (i, run_step(&ctx, i, work, &step_sink, &cancel).await) };
@@ -569,7 +614,11 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                 });
             }
         }
-        if m.ledger.running == 0 {
+        // A stopped run's waiting steps never wake: they end now.
+        if m.halted() {
+            stop_waiting(&mut m).await;
+        }
+        if m.ledger.running == 0 && !m.ledger.holds_waiting() {
             match infallible(m.settle().await) {
                 Settled::FinallyBegan => {
                     if !ctx.ended.is_empty() {
@@ -582,7 +631,15 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
             }
         }
         let (phase_cancel, deadline) = (m.ledger.phase.current.clone(), m.ledger.phase.deadline);
+        let wake = m.ledger.parked.iter().filter_map(|p| p.wake).min();
+        let listening = ctx.mailbox.is_some() && m.ledger.parked.iter().any(|p| p.wait.kind.takes_signals());
         tokio::select! {
+            _ = async { tokio::time::sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {
+                wake_due(&mut m, &ctx).await;
+            }
+            _ = tokio::time::sleep(MAILBOX_EVERY), if listening => {
+                take_signals(&mut m, &ctx).await;
+            }
             (step, end) = async { inline.as_mut().expect("guarded").await }, if inline.is_some() => {
                 inline = None;
                 let _ = tx.send((step, end));
@@ -642,6 +699,101 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         })
         .collect();
     RunReport { run_id, state, output: output.map(Arc::unwrap_or_clone), error, unrecorded, steps }
+}
+
+/// A step that waits ([`Wait`]), in this process: it holds no slot.
+struct Parked {
+    step: usize,
+    work: Work,
+    wait: Wait,
+    /// When its time comes (none: only a signal ends it).
+    wake: Option<tokio::time::Instant>,
+    since: Instant,
+}
+
+/// Step `i` waits before its `work`: until its time, or a signal.
+async fn park(m: &mut RunMachine<'_, Book<'_>>, ctx: &Ctx, i: usize, work: Work, wait: Wait) {
+    if wait.kind.takes_signals() && ctx.mailbox.is_none() {
+        let why = StepFailure::new(FailureKind::Reference, "no signal can reach this run: it is not recorded in a run store (run it without --no-store)").not_retryable();
+        let tally = Tally { input: work_input(&work), ..Tally::default() };
+        infallible(m.finish(i, Ending::Refused(why), tally).await);
+        return;
+    }
+    // Wall-clock time, on tokio's clock (so a paused clock in tests moves it).
+    let wake = wait.until.map(|until| {
+        let left = until.duration_since(jiff::Timestamp::now());
+        tokio::time::Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO)
+    });
+    m.ledger.parked.push(Parked { step: i, work, wait, wake, since: Instant::now() });
+}
+
+/// Waiting steps whose time came: a `wait:` step is to run; a builtin
+/// that only waits ends ([`core::woken`]), a signal that came meanwhile
+/// taken first.
+async fn wake_due(m: &mut RunMachine<'_, Book<'_>>, ctx: &Ctx) {
+    let now = tokio::time::Instant::now();
+    let (due, left): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut m.ledger.parked).into_iter().partition(|p| p.wake.is_some_and(|w| w <= now));
+    m.ledger.parked = left;
+    let mut signals = BTreeMap::new();
+    let asking: Vec<String> = due.iter().filter(|p| p.wait.kind.takes_signals()).map(|p| m.plan.workflow.steps[p.step].id.clone()).collect();
+    if let (Some(mailbox), false) = (&ctx.mailbox, asking.is_empty()) {
+        signals = mailbox.signals(&ctx.run_id, &asking).await.unwrap_or_default().into_iter().collect();
+    }
+    for p in due {
+        match p.wait.kind {
+            core::WaitKind::Wait => m.ledger.woken.push_back((p.step, p.work)),
+            _ => {
+                let signal = signals.remove(&m.plan.workflow.steps[p.step].id);
+                end_waiting(m, p, signal).await;
+            }
+        }
+    }
+}
+
+/// Signals sent to waiting steps: each ends the step it was sent to.
+async fn take_signals(m: &mut RunMachine<'_, Book<'_>>, ctx: &Ctx) {
+    let Some(mailbox) = &ctx.mailbox else { return };
+    let asking: Vec<String> = m.ledger.parked.iter().filter(|p| p.wait.kind.takes_signals()).map(|p| m.plan.workflow.steps[p.step].id.clone()).collect();
+    let signals = match mailbox.signals(&ctx.run_id, &asking).await {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::warn!("run {}: cannot read signals: {e}", ctx.run_id);
+            return;
+        }
+    };
+    for (step, signal) in signals {
+        let Some(k) = m.ledger.parked.iter().position(|p| m.plan.workflow.steps[p.step].id == step) else { continue };
+        let p = m.ledger.parked.remove(k);
+        end_waiting(m, p, Some(signal)).await;
+    }
+}
+
+/// A builtin that only waits ends, as [`core::woken`] says.
+async fn end_waiting(m: &mut RunMachine<'_, Book<'_>>, p: Parked, signal: Option<Signal>) {
+    let input = work_input(&p.work).unwrap_or_default();
+    let until = p.wait.until.map(|t| t.to_string());
+    let result = core::woken(p.wait.kind, &input, until.as_deref(), signal);
+    let tally = Tally { attempts: 1, duration: p.since.elapsed(), input: Some(input), ..Tally::default() };
+    if infallible(m.finish(p.step, Ending::Ran(result), tally).await) == Some(Stop::Cancelled) {
+        m.ledger.phase.steps.cancel();
+    }
+}
+
+/// The run stopped: its waiting steps end cancelled, never having run.
+async fn stop_waiting(m: &mut RunMachine<'_, Book<'_>>) {
+    let parked = std::mem::take(&mut m.ledger.parked);
+    let woken = std::mem::take(&mut m.ledger.woken);
+    let all = parked.into_iter().map(|p| (p.step, p.work, p.since)).chain(woken.into_iter().map(|(i, w)| (i, w, Instant::now())));
+    // As a running step's: a timeout when the run's time ran out.
+    let failure = match m.progress.stop {
+        Some(Stop::TimedOut) => StepFailure::new(FailureKind::Timeout, "the run's timeout passed while the step waited"),
+        _ => StepFailure::new(FailureKind::Cancelled, "the run stopped while the step waited"),
+    };
+    for (i, work, since) in all {
+        let failure = failure.clone();
+        let tally = Tally { duration: since.elapsed(), input: work_input(&work), ..Tally::default() };
+        infallible(m.finish(i, Ending::Ran(Err(failure)), tally).await);
+    }
 }
 
 /// The sink failed: no step starts any more, and the run fails with the
@@ -705,12 +857,25 @@ struct Book<'a> {
     unflushed: bool,
     /// Steps running now.
     running: usize,
+    /// Steps waiting for a time or a signal (they hold no slot).
+    parked: Vec<Parked>,
+    /// `wait:` steps whose time came, to run as slots free.
+    woken: std::collections::VecDeque<(usize, Work)>,
+    /// See [`RunOptions::waits`].
+    waits: &'a BTreeMap<String, Option<jiff::Timestamp>>,
     started: Instant,
     phase: Phase,
     /// What steps keep from an earlier attempt of the run
     /// ([`RunOptions::restored`], [`RunOptions::ended`]).
     restored: &'a BTreeMap<String, Value>,
     ended: &'a BTreeMap<String, Ending>,
+}
+
+impl Book<'_> {
+    /// Whether steps wait (for a time or a signal), or woke and wait for a slot.
+    fn holds_waiting(&self) -> bool {
+        !self.parked.is_empty() || !self.woken.is_empty()
+    }
 }
 
 /// What stops the steps of the current phase. Those of `steps` stop on
@@ -816,7 +981,11 @@ impl Ledger for Book<'_> {
     }
 
     async fn in_flight(&mut self) -> Result<bool, Infallible> {
-        Ok(self.running > 0)
+        Ok(self.running > 0 || self.holds_waiting())
+    }
+
+    async fn recorded_wake(&mut self, i: usize) -> Result<Option<Option<jiff::Timestamp>>, Infallible> {
+        Ok(self.waits.get(&self.plan.workflow.steps[i].id).copied())
     }
 
     fn finally_begins(&mut self, _: Option<Stop>, _: &Value) -> bool {
@@ -999,6 +1168,12 @@ async fn execute(ctx: &Ctx, step: usize, input: &Value, which: Which, settings: 
                     builtin::load_file(input, &wf.dir, &granted)
                 }
                 Builtin::Eval => eval_builtin(ctx, decl, input, which, cancel).await,
+                // Run once its wait is over (on a worker: a job claimed
+                // after its time; a signal is taken by the worker itself).
+                Builtin::Sleep | Builtin::Signal | Builtin::Approval => {
+                    let kind = core::WaitKind::of_builtin(*b).expect("a builtin that waits");
+                    core::woken(kind, input, None, None)
+                }
             };
             ran((result, 0, StepLog::default()))
         }

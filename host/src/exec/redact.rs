@@ -179,6 +179,7 @@ impl Redactor {
                 }
             }
             Event::StepWarning { message, .. } => *message = self.text(message),
+            Event::StepWaiting { input, .. } => *input = input.as_ref().map(|v| std::sync::Arc::new(self.value(v).into_owned())),
             Event::RunFinished { output, error, .. } => {
                 *output = output.as_ref().map(|v| std::sync::Arc::new(self.value(v).into_owned()));
                 *error = error.as_deref().map(|m| self.text(m));

@@ -76,6 +76,14 @@ pub trait RunStore: Memos + Send + Sync {
     /// Marks a run as running again for `sandflow resume`; returns its new
     /// attempt number.
     async fn resume_run(&self, id: &str) -> Result<u32, StoreError>;
+    /// Signals sent to steps of `steps` of run `run_id` and not yet taken
+    /// (a step takes its signal as it records its end), by step id.
+    async fn signals(&self, run_id: &str, steps: &[String]) -> Result<Vec<(String, crate::exec::core::Signal)>, StoreError>;
+    /// Records `signal` for step `step` of run `run_id` if the step's row
+    /// says it waits and it has no signal yet (in one statement, so two
+    /// senders never both succeed); on workers it also wakes the step's
+    /// job. Whether it was recorded.
+    async fn put_signal(&self, run_id: &str, step: &str, signal: &crate::exec::core::Signal) -> Result<bool, StoreError>;
     /// Asks the process running `id` to cancel it (`sandflow cancel`);
     /// returns the run's status when asked.
     async fn request_cancel(&self, id: &str) -> Result<String, StoreError>;
@@ -396,8 +404,8 @@ impl RunDetail {
     pub(crate) fn step_columns(self) -> Option<&'static str> {
         match self {
             RunDetail::Run => None,
-            RunDetail::Steps => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, NULL, run_attempt, NULL, started_at, worker, items"),
-            RunDetail::Full => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input, started_at, worker, items"),
+            RunDetail::Steps => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, NULL, run_attempt, NULL, started_at, worker, items, wake_at, wait_kind"),
+            RunDetail::Full => Some("step, state, attempts, finished_at, duration_ms, fuel_used, error_kind, error_message, reason, output, run_attempt, input, started_at, worker, items, wake_at, wait_kind"),
         }
     }
 }
@@ -519,6 +527,13 @@ pub struct StepRecord {
     /// The worker a `running` step runs on (runs on workers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// When a `waiting` step wakes (RFC 3339): its timer, or its signal's
+    /// timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<String>,
+    /// What a `waiting` step waits for: `wait`, `sleep`, `signal` or `approval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_kind: Option<String>,
 }
 
 /// The run a user means by `given`: its id, or the start of exactly one
@@ -567,8 +582,25 @@ pub(crate) fn records(event: &Event) -> bool {
     match event {
         Event::RunStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => false,
         Event::StepStarted { item, .. } => matches!(item, None | Some(0)),
-        Event::StepRetrying { .. } | Event::StepFinished { .. } | Event::RunFinished { .. } => true,
+        Event::StepWaiting { .. } | Event::StepRetrying { .. } | Event::StepFinished { .. } | Event::RunFinished { .. } => true,
     }
+}
+
+/// A run store as the mailbox of the runs it records: a run in this
+/// process looks there for signals to its waiting steps.
+pub struct StoreMailbox(pub Arc<dyn RunStore>);
+
+#[async_trait::async_trait]
+impl crate::exec::Mailbox for StoreMailbox {
+    async fn signals(&self, run_id: &str, steps: &[String]) -> Result<Vec<(String, crate::exec::core::Signal)>, String> {
+        self.0.signals(run_id, steps).await.map_err(|e| e.to_string())
+    }
+}
+
+/// A signal as a store row keeps it: (step, data, by, at).
+pub(crate) fn signal_of(step: String, data: String, by: String, at: String) -> Option<(String, crate::exec::core::Signal)> {
+    let data = serde_json::from_str(&data).ok()?;
+    Some((step, crate::exec::core::Signal { data, by, at }))
 }
 
 /// Writes every event to the store from a task of its own, which commits

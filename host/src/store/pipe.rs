@@ -91,6 +91,9 @@ struct QueuedJobs {
     worker: Vec<Option<String>>,
     lease: Vec<Option<f64>>,
     limited: Vec<bool>,
+    /// Not claimable before (Unix seconds; none: now; infinity: never
+    /// by time, only when a signal wakes it).
+    not_before: Vec<Option<f64>>,
 }
 
 /// A job queued in this transaction and claimed before it was sent.
@@ -113,6 +116,9 @@ pub(super) struct NewJob<'a> {
     pub runs_on: &'a [String],
     /// Its run has a step limit: only claimed under the run's lock.
     pub limited: bool,
+    /// A waiting step's: not claimable before this (Unix seconds; infinite:
+    /// until a signal wakes it).
+    pub not_before: Option<f64>,
 }
 
 impl Pipe {
@@ -139,6 +145,7 @@ impl Pipe {
         q.worker.push(None);
         q.lease.push(None);
         q.limited.push(job.limited);
+        q.not_before.push(job.not_before);
     }
 
     /// Claims for `worker`, leased for `lease`, up to `limit` of the ready
@@ -153,7 +160,7 @@ impl Pipe {
             if out.len() == limit {
                 break;
             }
-            if q.state[k] != "ready" || q.worker[k].is_some() || !may_run(q.idx[k]) {
+            if q.state[k] != "ready" || q.worker[k].is_some() || q.not_before[k].is_some() || !may_run(q.idx[k]) {
                 continue;
             }
             q.state[k] = "claimed".into();
@@ -222,14 +229,15 @@ impl Pipe {
             self.sent_ready |= q.state.iter().any(|s| s == "ready");
             self.insert_op = Some(self.ops.len());
             self.ops.push((
-                "INSERT INTO jobs (run_id, idx, item, state, input, input_secrets, runs_on, worker, claim, lease_until, limited)
+                "INSERT INTO jobs (run_id, idx, item, state, input, input_secrets, runs_on, worker, claim, lease_until, limited, not_before)
                  SELECT j.run_id, j.idx, j.item, j.state, j.input, j.input_secrets, ARRAY(SELECT jsonb_array_elements_text(j.runs_on::jsonb)),
-                        j.worker, CASE WHEN j.worker IS NULL THEN 0 ELSE 1 END, now() + make_interval(secs => j.lease), j.limited
-                 FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[], $10::bool[])
-                      WITH ORDINALITY AS j(run_id, idx, item, state, input, input_secrets, runs_on, worker, lease, limited, ord)
+                        j.worker, CASE WHEN j.worker IS NULL THEN 0 ELSE 1 END, now() + make_interval(secs => j.lease), j.limited,
+                        COALESCE(to_timestamp(j.not_before), now())
+                 FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[], $10::bool[], $11::float8[])
+                      WITH ORDINALITY AS j(run_id, idx, item, state, input, input_secrets, runs_on, worker, lease, limited, not_before, ord)
                  ORDER BY j.ord
                  RETURNING id, run_id, idx, item",
-                params![q.run, q.idx, q.item, q.state, q.input, q.input_secrets, q.runs_on, q.worker, q.lease, q.limited],
+                params![q.run, q.idx, q.item, q.state, q.input, q.input_secrets, q.runs_on, q.worker, q.lease, q.limited, q.not_before],
             ));
         }
         if !ended.0.is_empty() {
@@ -334,6 +342,8 @@ struct EventRows {
     keys: BTreeSet<(String, String)>,
     /// Steps that started: (run, step, attempt, worker).
     started: (Vec<String>, Vec<String>, Vec<i32>, Vec<Option<String>>),
+    /// Steps that wait: (run, step, kind, wake time, input).
+    waiting: (Vec<String>, Vec<String>, Vec<String>, Vec<Option<String>>, Vec<Option<String>>),
     steps: StepRows,
     attempts: AttemptRows,
     runs: Vec<RunRow>,
@@ -407,7 +417,7 @@ impl AttemptRows {
 impl EventRows {
     fn fits(&self, event: &Event) -> bool {
         match event {
-            Event::StepFinished { run_id, step, .. } | Event::StepStarted { run_id, step, .. } => {
+            Event::StepFinished { run_id, step, .. } | Event::StepStarted { run_id, step, .. } | Event::StepWaiting { run_id, step, .. } => {
                 !self.keys.contains(&(run_id.clone(), step.clone()))
             }
             _ => true,
@@ -425,6 +435,15 @@ impl EventRows {
                 self.started.1.push(step.clone());
                 self.started.2.push(*attempt as i32);
                 self.started.3.push(worker.clone());
+            }
+            Event::StepWaiting { run_id, step, kind, until, input } => {
+                self.keys.insert((run_id.clone(), step.clone()));
+                let w = &mut self.waiting;
+                w.0.push(run_id.clone());
+                w.1.push(step.clone());
+                w.2.push(kind.as_str().to_string());
+                w.3.push(until.clone());
+                w.4.push(input.as_deref().map(|v| text(&v.to_string()).into_owned()));
             }
             Event::RunStarted { .. }
             | Event::StepWarning { .. }
@@ -523,6 +542,7 @@ impl EventRows {
     fn into_ops(self, ops: &mut Vec<(&'static str, Vec<Param>)>) {
         let EventRows {
             started,
+            waiting,
             steps: s,
             attempts: a,
             runs,
@@ -541,6 +561,17 @@ impl EventRows {
                 params![started.0, started.1, started.2, started.3, now()],
             ));
         }
+        if !waiting.0.is_empty() {
+            ops.push((
+                "INSERT INTO steps (run_id, step, state, attempts, duration_ms, fuel_used, run_attempt, started_at, wait_kind, wake_at, input)
+                 SELECT w.run_id, w.step, 'waiting', 0, 0, 0, (SELECT attempt FROM runs WHERE id = w.run_id), $6, w.kind, w.until, w.input
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS w(run_id, step, kind, until, input, ord)
+                 ORDER BY w.ord
+                 ON CONFLICT (run_id, step) DO UPDATE SET state = 'waiting', attempts = 0, started_at = EXCLUDED.started_at, wait_kind = EXCLUDED.wait_kind,
+                    wake_at = EXCLUDED.wake_at, input = EXCLUDED.input, worker = NULL, run_attempt = EXCLUDED.run_attempt, finished_at = NULL, duration_ms = 0",
+                params![waiting.0, waiting.1, waiting.2, waiting.3, waiting.4, now()],
+            ));
+        }
         if !s.run.is_empty() {
             // The run's attempt comes from the store: another process may
             // have resumed the run. A step recorded again (after a resume)
@@ -557,7 +588,7 @@ impl EventRows {
                     duration_ms = EXCLUDED.duration_ms, fuel_used = EXCLUDED.fuel_used, error_kind = EXCLUDED.error_kind,
                     error_message = EXCLUDED.error_message, reason = EXCLUDED.reason, output = EXCLUDED.output,
                     run_attempt = EXCLUDED.run_attempt, output_secrets = EXCLUDED.output_secrets, input = EXCLUDED.input,
-                    items = EXCLUDED.items, started_at = NULL, worker = NULL",
+                    items = EXCLUDED.items, started_at = NULL, worker = NULL, wake_at = NULL, wait_kind = NULL",
                 params![
                     s.run.clone(),
                     s.step.clone(),
@@ -574,6 +605,11 @@ impl EventRows {
                     s.input,
                     s.items
                 ],
+            ));
+            // A signal a step was sent is taken as it records its end.
+            ops.push((
+                "DELETE FROM signals g USING unnest($1::text[], $2::text[]) AS s(run_id, step) WHERE g.run_id = s.run_id AND g.step = s.step",
+                params![s.run.clone(), s.step.clone()],
             ));
             // A step run again after a resume replaces its old log.
             ops.push((

@@ -338,6 +338,18 @@ CREATE TABLE events (
         at       TIMESTAMPTZ NOT NULL DEFAULT now(),
         PRIMARY KEY (name, delivery)
      );",
+    // 19: durable waits (`wait:`, `/builtin/sleep`, signals, approvals): a
+    // `waiting` step's wake time and what it waits for; signals sent to
+    // waiting steps, one per step (deleted as the step records its end).
+    "ALTER TABLE steps ADD COLUMN wake_at TEXT, ADD COLUMN wait_kind TEXT;
+     CREATE TABLE signals (
+        run_id  TEXT NOT NULL,
+        step    TEXT NOT NULL,
+        data    TEXT NOT NULL,
+        sent_by TEXT NOT NULL,
+        sent_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, step)
+     );",
 ];
 
 /// Serializes migrations across every process using the server.
@@ -574,6 +586,46 @@ impl RunStore for PgStore {
         row.map(|r| r.get(0)).ok_or_else(|| StoreError::UnknownRun(id.to_string()))
     }
 
+    async fn signals(&self, run_id: &str, steps: &[String]) -> Result<Vec<(String, crate::exec::core::Signal)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT step, data, sent_by, sent_at FROM signals WHERE run_id = $1 AND step = ANY($2)", &[&run_id, &steps])
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().filter_map(|r| super::signal_of(r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+    }
+
+    async fn put_signal(&self, run_id: &str, step: &str, signal: &crate::exec::core::Signal) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let data = signal.data.to_string();
+        let put = tx
+            .execute(
+                "INSERT INTO signals (run_id, step, data, sent_by, sent_at)
+                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM steps WHERE run_id = $1 AND step = $2 AND state = 'waiting')
+                 ON CONFLICT (run_id, step) DO NOTHING",
+                &[&run_id, &step, &data, &signal.by, &signal.at],
+            )
+            .await
+            .map_err(db)?;
+        if put > 0 {
+            // On workers the step is a job claimable from its timeout: it
+            // is claimable now, and a worker is told.
+            let woke = tx
+                .execute(
+                    "UPDATE jobs SET not_before = now() WHERE run_id = $1 AND state = 'ready' AND idx = (SELECT idx FROM dag WHERE run_id = $1 AND step = $2)",
+                    &[&run_id, &step],
+                )
+                .await
+                .map_err(db)?;
+            if woke > 0 {
+                tx.execute("SELECT pg_notify($1, '')", &[&super::queue::JOBS_CHANNEL]).await.map_err(db)?;
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(put > 0)
+    }
+
     async fn take_cancel_request(&self, id: &str) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let stmt = client.prepare_cached("UPDATE runs SET cancel_requested = false WHERE id = $1 AND cancel_requested").await.map_err(db)?;
@@ -775,6 +827,8 @@ impl RunStore for PgStore {
                     started_at: r.get(12),
                     worker: r.get(13),
                     items: r.get::<_, Option<i32>>(14).map(|n| n as u32),
+                    wake_at: r.get(15),
+                    wait_kind: r.get(16),
                 })
                 .collect(),
         })

@@ -30,7 +30,7 @@ use tokio_postgres::types::ToSql;
 use super::postgres::{PgStore, db, text};
 use super::{NewRun, StoreError, now};
 use crate::exec::core::{self, Ending, Items, Stop, Work};
-use crate::exec::machine::{Kept, Lazy, Ledger, Progress, RunMachine, Settled, Tally};
+use crate::exec::machine::{Kept, Launch, Lazy, Ledger, Progress, RunMachine, Settled, Tally};
 use crate::exec::{Event, Redactor, RunContext, RunState, SecretSpans, unmask};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{StepLog, sha256_hex};
@@ -1139,8 +1139,9 @@ impl<'a> PgLedger<'a> {
         Ok(Duration::from_secs_f64(elapsed.unwrap_or(0.0).max(0.0)))
     }
 
-    /// Queues an attempt of step `i` (or one of its items).
-    fn queue(&mut self, i: usize, item: Option<usize>, input: &Value, state: &'static str) {
+    /// Queues an attempt of step `i` (or one of its items), claimable from
+    /// `not_before` (Unix seconds; none: now).
+    fn queue(&mut self, i: usize, item: Option<usize>, input: &Value, state: &'static str, not_before: Option<f64>) {
         let (masked, spans) = self.run.redactor.value_spans(input);
         let spans = spans.as_ref().map(SecretSpans::to_json);
         self.pipe.queue_job(NewJob {
@@ -1152,20 +1153,28 @@ impl<'a> PgLedger<'a> {
             input_secrets: spans,
             runs_on: &self.wf().steps[i].runs_on,
             limited: self.run.step_limit.is_some(),
+            not_before,
         });
         self.new_jobs += usize::from(state == "ready");
     }
 
     /// Runs `work` of step `i`: its jobs, queued (a `forEach` step's
-    /// items beyond its concurrency held until others end).
-    fn launch(&mut self, i: usize, work: Work) {
+    /// items beyond its concurrency held until others end). A step that
+    /// waits is a job claimable from its wake time, holding no slot until
+    /// then; one that waits for a signal with no timeout, only when
+    /// `sandflow signal` wakes it ([`PgStore::signal`]).
+    fn launch(&mut self, i: usize, Launch { work, wait }: Launch) {
+        let not_before = wait.map(|w| match w.until {
+            Some(t) => t.as_millisecond() as f64 / 1e3,
+            None => f64::INFINITY,
+        });
         match work {
-            Work::One(input) => self.queue(i, None, &input, "ready"),
+            Work::One(input) => self.queue(i, None, &input, "ready", not_before),
             Work::Each { inputs, concurrency } => {
                 let count = inputs.len() as i32;
                 self.pipe.push("UPDATE dag SET items = $3, items_left = $3 WHERE run_id = $1 AND idx = $2", params![self.run_id.to_string(), i as i32, count]);
                 for (k, input) in inputs.iter().enumerate() {
-                    self.queue(i, Some(k), input, if k < concurrency { "ready" } else { "held" });
+                    self.queue(i, Some(k), input, if k < concurrency { "ready" } else { "held" }, not_before);
                 }
             }
         }
@@ -1831,17 +1840,17 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
                 // Jobs a worker is claiming right now are left to it: it
                 // sees the run stopped and interrupts them.
                 "WITH d AS (DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE run_id = $1 AND state IN ('ready', 'held') FOR UPDATE SKIP LOCKED)
-                 RETURNING idx, item, attempt) SELECT idx, item, attempt FROM d ORDER BY idx, item",
+                 RETURNING idx, item, attempt, not_before > now()) SELECT * FROM d ORDER BY idx, item",
                 &[&l.run_id],
             )
             .await?;
-        let mut by_step: BTreeMap<usize, (i32, Option<usize>, i32)> = BTreeMap::new();
+        let mut by_step: BTreeMap<usize, (i32, Option<usize>, i32, bool)> = BTreeMap::new();
         for r in &dropped {
-            let (idx, item, attempt): (i32, Option<i32>, i32) = (r.get(0), r.get(1), r.get(2));
-            let e = by_step.entry(idx as usize).or_insert((0, item.map(|k| k as usize), attempt));
+            let (idx, item, attempt, waited): (i32, Option<i32>, i32, bool) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            let e = by_step.entry(idx as usize).or_insert((0, item.map(|k| k as usize), attempt, waited));
             e.0 += 1;
         }
-        for (i, (count, first_item, attempt)) in by_step {
+        for (i, (count, first_item, attempt, waited)) in by_step {
             match first_item {
                 Some(k) => {
                     let failure = StepFailure::new(FailureKind::Cancelled, "the run was cancelled before this item started");
@@ -1852,6 +1861,11 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
                     let duration = self.ledger.duration_of(i).await?;
                     let tally = Tally { attempts: (attempt - 1) as u32, duration, ..Tally::default() };
                     self.finish(i, Ending::Ran(Err(failure)), tally).await?;
+                }
+                // A step that waits (a timer, a signal): as in a run in one process.
+                None if waited => {
+                    let failure = StepFailure::new(FailureKind::Cancelled, "the run stopped while the step waited");
+                    self.finish(i, Ending::Ran(Err(failure)), Tally::default()).await?;
                 }
                 // Never started: ended with the other unstarted steps.
                 None => {}

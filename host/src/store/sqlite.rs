@@ -127,6 +127,19 @@ CREATE TABLE blobs (
     // 12: each run's namespace (tenant): always `default` in a SQLite
     // store, which has no tokens; listed and filtered as in PostgreSQL.
     "ALTER TABLE runs ADD COLUMN namespace TEXT NOT NULL DEFAULT 'default';",
+    // 13: durable waits (`wait:`, `/builtin/sleep`, signals, approvals): a
+    // `waiting` step's wake time and what it waits for; signals sent to
+    // waiting steps, one per step (deleted as the step records its end).
+    "ALTER TABLE steps ADD COLUMN wake_at TEXT;
+     ALTER TABLE steps ADD COLUMN wait_kind TEXT;
+     CREATE TABLE signals (
+        run_id  TEXT NOT NULL,
+        step    TEXT NOT NULL,
+        data    TEXT NOT NULL,
+        sent_by TEXT NOT NULL,
+        sent_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, step)
+     );",
 ];
 
 /// The SQLite run store.
@@ -282,6 +295,37 @@ impl RunStore for SqliteStore {
             })
             .await?;
         status.ok_or_else(|| StoreError::UnknownRun(id.to_string()))
+    }
+
+    async fn signals(&self, run_id: &str, steps: &[String]) -> Result<Vec<(String, crate::exec::core::Signal)>, StoreError> {
+        let (run_id, steps) = (run_id.to_string(), steps.to_vec());
+        self.with(move |conn| {
+            let mut q = conn.prepare_cached("SELECT step, data, sent_by, sent_at FROM signals WHERE run_id = ?1")?;
+            let rows = q.query_map(params![run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (step, data, by, at): (String, String, String, String) = row?;
+                if steps.contains(&step) {
+                    out.extend(super::signal_of(step, data, by, at));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_signal(&self, run_id: &str, step: &str, signal: &crate::exec::core::Signal) -> Result<bool, StoreError> {
+        let (run_id, step, data, by, at) = (run_id.to_string(), step.to_string(), signal.data.to_string(), signal.by.clone(), signal.at.clone());
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO signals (run_id, step, data, sent_by, sent_at)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM steps WHERE run_id = ?1 AND step = ?2 AND state = 'waiting')
+                 ON CONFLICT (run_id, step) DO NOTHING",
+                params![run_id, step, data, by, at],
+            )
+        })
+        .await
+        .map(|n| n > 0)
     }
 
     async fn take_cancel_request(&self, id: &str) -> Result<bool, StoreError> {
@@ -459,6 +503,8 @@ impl RunStore for SqliteStore {
                             started_at: r.get(12)?,
                             worker: r.get(13)?,
                             items: r.get(14)?,
+                            wake_at: r.get(15)?,
+                            wait_kind: r.get(16)?,
                         })
                     })?
                     .collect::<Result<_, _>>()?;
@@ -587,6 +633,15 @@ fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
             .execute(params![run_id, step, attempt, now(), worker])?;
         }
         Event::RunStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => {}
+        Event::StepWaiting { run_id, step, kind, until, input } => {
+            conn.prepare_cached(
+                "INSERT INTO steps (run_id, step, state, attempts, duration_ms, fuel_used, run_attempt, started_at, wake_at, wait_kind, input)
+                 VALUES (?1, ?2, 'waiting', 0, 0, 0, (SELECT attempt FROM runs WHERE id = ?1), ?3, ?4, ?5, ?6)
+                 ON CONFLICT (run_id, step) DO UPDATE SET state = 'waiting', attempts = 0, started_at = excluded.started_at, wake_at = excluded.wake_at,
+                    wait_kind = excluded.wait_kind, input = excluded.input, worker = NULL, run_attempt = excluded.run_attempt, finished_at = NULL, duration_ms = 0",
+            )?
+            .execute(params![run_id, step, now(), until, kind.as_str(), input.as_deref().map(json_text)])?;
+        }
         Event::StepRetrying { run_id, step, attempt, item, error, fuel_used, .. } => {
             conn.prepare_cached(
                 "INSERT INTO attempts (run_id, step, attempt, item, state, recorded_at, error_kind, error_message, fuel_used) VALUES (?1, ?2, ?3, ?4, 'failed', ?5, ?6, ?7, ?8)",
@@ -631,8 +686,10 @@ fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
                     last_fuel.map(|f| f as i64)
                 ])?;
             }
-            // A step run again after a resume replaces its old log.
+            // A step run again after a resume replaces its old log; a
+            // signal it was sent is taken.
             conn.prepare_cached("DELETE FROM logs WHERE run_id = ?1 AND step = ?2")?.execute(params![run_id, step])?;
+            conn.prepare_cached("DELETE FROM signals WHERE run_id = ?1 AND step = ?2")?.execute(params![run_id, step])?;
             let mut insert = conn.prepare_cached("INSERT INTO logs (run_id, step, seq, source, text) VALUES (?1, ?2, ?3, ?4, ?5)")?;
             for (seq, (source, text)) in super::log_rows(log).enumerate() {
                 insert.execute(params![run_id, step, seq as i64, source, text])?;

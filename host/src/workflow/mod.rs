@@ -12,6 +12,7 @@ pub mod diagnostic;
 pub mod model;
 mod parse;
 pub mod schema;
+pub mod wait;
 pub mod yaml;
 
 pub use depends::{Cond, Depends};

@@ -244,15 +244,35 @@ pub enum Builtin {
     PutBlob,
     GetBlob,
     Eval,
+    /// `{duration}` or `{until}`: waits, holding no worker slot (a durable timer).
+    Sleep,
+    /// `{name?, timeout?, schema?}`: waits for `sandflow signal`; its data is the output.
+    Signal,
+    /// `{message, approvers?, timeout?}`: waits for a person to approve or reject.
+    Approval,
 }
 
 impl Builtin {
-    pub const ALL: [(&'static str, Builtin); 4] = [
+    pub const ALL: [(&'static str, Builtin); 7] = [
         ("load_file", Builtin::LoadFile),
         ("put_blob", Builtin::PutBlob),
         ("get_blob", Builtin::GetBlob),
         ("eval", Builtin::Eval),
+        ("sleep", Builtin::Sleep),
+        ("signal", Builtin::Signal),
+        ("approval", Builtin::Approval),
     ];
+
+    /// Whether the step waits for a signal (`sandflow signal`) to end.
+    pub fn takes_signals(self) -> bool {
+        matches!(self, Builtin::Signal | Builtin::Approval)
+    }
+
+    /// Whether the step only waits (a timer or a signal): it holds no
+    /// slot, and its driver ends it when it wakes (see `exec::core::woken`).
+    pub fn waits(self) -> bool {
+        matches!(self, Builtin::Sleep | Builtin::Signal | Builtin::Approval)
+    }
 
     pub fn name(self) -> &'static str {
         Builtin::ALL.iter().find(|(_, b)| *b == self).map(|(n, _)| *n).expect("every builtin is listed")
@@ -298,6 +318,8 @@ pub struct StepDecl {
     /// `runs_on`: labels a worker must have to run the step (distributed
     /// runs only; a run in one process runs every step itself).
     pub runs_on: Vec<String>,
+    /// `wait: { duration | until }`: a durable timer before the step starts.
+    pub wait: Option<Template>,
     /// With Argo-style groups: the index of the step's group.
     pub group: Option<usize>,
     /// A step of `finally`: it starts once every step of `steps` has ended.

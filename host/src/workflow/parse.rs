@@ -1,6 +1,7 @@
 //! YAML nodes → [`Workflow`], reporting every problem with its place.
 //! Unknown keys are errors that name the nearest known key.
 
+use super::wait;
 use super::diagnostic::{Diagnostic, Location, nearest};
 use super::depends::Depends;
 use super::model::*;
@@ -38,7 +39,7 @@ pub(super) const HTTP_KEYS: &[&str] = &["allow", "max_response", "timeout"];
 pub(super) const DIR_KEYS: &[&str] = &["host", "guest", "mode"];
 pub(super) const STEP_KEYS: &[&str] = &[
     "id", "component", "workflow", "input", "needs", "depends", "when", "skipIf", "forEach", "concurrency", "retry",
-    "timeout", "fuel", "memory", "quota", "cache", "on_error", "runs_on",
+    "timeout", "fuel", "memory", "quota", "cache", "on_error", "runs_on", "wait",
     // StepFlow's; the schemas and metadata are read and ignored.
     "skip_if", "mustExecute", "must_execute", "onError", "inputSchema", "outputSchema", "input_schema", "output_schema", "metadata",
 ];
@@ -583,6 +584,23 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>, finally: bool) -> Option
             "remove `cache`, or set it under `defaults` (where it applies to component steps only)",
         );
     }
+    let wait = map.get_node("wait").map(|n| {
+        if let Some((Target::Builtin(b), _)) = &target
+            && b.waits()
+        {
+            cx.error_hint(n, format!("{what} is /builtin/{} and has `wait`", b.name()), "give its time in its `input`, or use /builtin/sleep as a step of its own");
+        }
+        wait_key(cx, n);
+        cx.template(n)
+    });
+    if let Some((Target::Builtin(b), _)) = &target
+        && b.waits()
+    {
+        if let Some(n) = map.get_node("forEach") {
+            cx.error_hint(n, format!("{what} is /builtin/{} and has `forEach`", b.name()), "a step waits once: wait before the step with `wait:`, or give each item a step");
+        }
+        waiting_input(cx, map.get_node("input"), *b, &what, &at);
+    }
     // A step whose target is broken is kept (the problem is already
     // reported) so that references to it are not reported as unknown.
     let (target, target_at) = target.unwrap_or((Target::Builtin(Builtin::Eval), at.clone()));
@@ -601,10 +619,85 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>, finally: bool) -> Option
         settings,
         on_error,
         runs_on,
+        wait,
         group,
         finally,
         must_execute,
     })
+}
+
+/// `node` as a value when nothing in it is evaluated (no `{{ }}`, no `$` form).
+fn literal(node: &Node) -> Option<Value> {
+    fn plain(v: &Value) -> bool {
+        match v {
+            Value::String(s) => !s.contains("{{"),
+            Value::Array(a) => a.iter().all(plain),
+            Value::Object(m) => m.iter().all(|(k, v)| !k.starts_with('$') && plain(v)),
+            _ => true,
+        }
+    }
+    let v = to_json(node);
+    plain(&v).then_some(v)
+}
+
+/// `wait: { duration | until }`: what is written literally is checked now.
+fn wait_key(cx: &mut Cx, node: &Node) {
+    let Some(map) = cx.mapping(node, "`wait`", wait::WAIT_KEYS) else { return };
+    match (map.get_node("duration"), map.get_node("until")) {
+        (Some(_), Some(u)) => cx.error_hint(u, "`wait` has both `duration` and `until`", "keep one"),
+        (None, None) => cx.error_hint(node, "`wait` needs `duration` or `until`", "e.g. `wait: { duration: 1h }` or `wait: { until: \"{{ inputs.at }}\" }`"),
+        _ => {}
+    }
+    let now = jiff::Timestamp::now();
+    for (key, value) in map.iter() {
+        if let Some(v) = literal(value)
+            && let Err(e) = wait::check_wait_field(key.as_str(), &v, now)
+        {
+            cx.error(value, format!("`wait`: {e}"));
+        }
+    }
+}
+
+/// The input of a builtin that waits: its keys, and what is written literally.
+fn waiting_input(cx: &mut Cx, node: Option<&Node>, builtin: Builtin, what: &str, at: &Location) {
+    let keys = wait::keys(builtin).expect("a builtin that waits");
+    let name = builtin.name();
+    let Some(node) = node.filter(|n| !is_null(n)) else {
+        match builtin {
+            Builtin::Signal => {}
+            _ => cx.diags.push(Diagnostic::new(at, format!("{what} is /builtin/{name} and has no `input`"))),
+        }
+        return;
+    };
+    let Some(map) = node.as_mapping() else {
+        if literal(node).is_some() {
+            cx.error(node, format!("/builtin/{name}'s input must be a mapping ({})", keys.join(", ")));
+        }
+        return;
+    };
+    let map = cx.mapping(node, &format!("/builtin/{name}'s input"), keys).unwrap_or(map);
+    let now = jiff::Timestamp::now();
+    match builtin {
+        Builtin::Sleep => match (map.get_node("duration"), map.get_node("until")) {
+            (Some(_), Some(u)) => cx.error_hint(u, "/builtin/sleep has both `duration` and `until`", "keep one"),
+            (None, None) => cx.error_hint(node, "/builtin/sleep needs `duration` or `until`", "e.g. `input: { duration: 1h }`"),
+            _ => {}
+        },
+        Builtin::Approval if map.get_node("message").is_none() => {
+            cx.error_hint(node, "/builtin/approval needs `message`", "say what the approver is asked, e.g. `message: Deploy to production?`")
+        }
+        _ => {}
+    }
+    for (key, value) in map.iter() {
+        let Some(v) = literal(value) else { continue };
+        let checked = match builtin {
+            Builtin::Sleep => wait::check_wait_field(key.as_str(), &v, now),
+            _ => wait::check_signal_field(builtin, key.as_str(), &v),
+        };
+        if let Err(e) = checked {
+            cx.error(value, format!("/builtin/{name}: {e}"));
+        }
+    }
 }
 
 fn component_target(cx: &mut Cx, node: &Node, text: &str) -> Target {
