@@ -449,3 +449,86 @@ pub async fn follow(
         }
     }
 }
+
+/// A signal to a waiting step of a recorded run (`sandflow signal`, the
+/// API, the web view's buttons).
+#[derive(Debug, Clone)]
+pub struct SignalRequest {
+    pub step: String,
+    /// The data: a signal step's output; an approval's
+    /// `{approved, comment?}`.
+    pub data: Value,
+    /// Who sends it, as the step's output and record say.
+    pub by: String,
+    /// The names the sender goes by for an approval's `approvers` (its
+    /// token's name and role); none: the store's own user, who may.
+    pub names: Option<Vec<String>>,
+}
+
+/// Why a signal was not applied. Nothing was recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("step `{step}` of run {run} is not waiting for a signal: {why}")]
+    NotWaiting { run: String, step: String, why: String },
+    #[error("step `{step}` of run {run} cannot take this signal: {why}")]
+    Refused { run: String, step: String, why: String },
+    #[error("step `{step}` of run {run} may be approved only by {approvers}; you are {names}")]
+    NotApprover { run: String, step: String, approvers: String, names: String },
+    #[error("step `{step}` of run {run} was signalled already, by {by} at {at}: a step takes one signal")]
+    Already { run: String, step: String, by: String, at: String },
+}
+
+/// Sends `request` to a step of run `run_id` that waits for a signal or
+/// an approval: checked against what the step said it takes, then
+/// recorded once (a second signal is refused, saying who sent the first).
+/// The process or worker that runs the step ends it with the signal.
+pub async fn signal(store: &dyn RunStore, run_id: &str, request: SignalRequest) -> Result<crate::exec::core::Signal, SignalError> {
+    use crate::exec::core::WaitKind;
+    let record = store.run(run_id, crate::store::RunDetail::Full).await?;
+    let (run, step) = (record.id.clone(), request.step.clone());
+    let not_waiting = |why: String| SignalError::NotWaiting { run: run.clone(), step: step.clone(), why };
+    if record.status != RunState::Running.as_str() {
+        return Err(not_waiting(format!("the run is {}", record.status)));
+    }
+    let Some(row) = record.steps.iter().find(|s| s.step == step) else {
+        return Err(not_waiting("it has not started (a step takes a signal once it waits: `sandflow runs show` says `waiting`)".into()));
+    };
+    // A signal already sent is said first: it is why the step may be
+    // about to end.
+    if let Some((_, first)) = store.signals(&run, std::slice::from_ref(&step)).await?.pop() {
+        return Err(SignalError::Already { run, step, by: first.by, at: first.at });
+    }
+    if row.state != StepState::Waiting.as_str() {
+        return Err(not_waiting(format!("it is {}", row.state)));
+    }
+    let kind = row.wait_kind.as_deref().and_then(WaitKind::from_name);
+    let builtin = match kind {
+        Some(WaitKind::Signal) => crate::workflow::Builtin::Signal,
+        Some(WaitKind::Approval) => crate::workflow::Builtin::Approval,
+        _ => {
+            let until = row.wake_at.as_deref().map(|u| format!(" until {u}")).unwrap_or_default();
+            return Err(not_waiting(format!("it waits for a time{until}, not a signal")));
+        }
+    };
+    let input = row.input.clone().unwrap_or(Value::Null);
+    let data = crate::workflow::wait::accept(builtin, &input, request.data).map_err(|why| SignalError::Refused { run: run.clone(), step: step.clone(), why })?;
+    if let (crate::workflow::Builtin::Approval, Some(names)) = (builtin, &request.names) {
+        let names_ref: Vec<&str> = names.iter().map(String::as_str).collect();
+        if !crate::workflow::wait::may_approve(&input, &names_ref) {
+            let list = |v: Vec<String>| v.join(", ");
+            let approvers = input["approvers"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect();
+            return Err(SignalError::NotApprover { run, step, approvers: list(approvers), names: list(names.clone()) });
+        }
+    }
+    let signal = crate::exec::core::Signal { data, by: request.by, at: crate::store::now() };
+    if store.put_signal(&run, &step, &signal).await? {
+        return Ok(signal);
+    }
+    // Another signal, or the step's end, came in between.
+    match store.signals(&run, std::slice::from_ref(&step)).await?.pop() {
+        Some((_, first)) => Err(SignalError::Already { run, step, by: first.by, at: first.at }),
+        None => Err(not_waiting("it ended meanwhile (its timeout, or a cancel)".into())),
+    }
+}

@@ -543,6 +543,68 @@ async fn act_on(app: &App, caller: &Caller, record: crate::store::RunRecord, act
     spawn_again(app, &id, &action, again)
 }
 
+/// The body of `POST /api/runs/{id}/steps/{step}/signal`: a signal step's
+/// `data`, or an approval's decision.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalBody {
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    approved: Option<bool>,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// `POST /api/runs/{id}/steps/{step}/signal`: ends a step that waits for a
+/// signal or an approval ([`crate::runs::signal`]), as the operator the
+/// token is; an approval with `approvers` takes only the tokens (or roles)
+/// it names. 200 with who sent it; 409 when the step does not wait (or
+/// was signalled already), 403 for a token not among the approvers, 422
+/// for data the step does not take.
+pub(super) async fn signal(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path((id, step)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let id = match super::serve::visible(&app, &caller, &id).await {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let mut response = signal_step(&app, &caller, &id, &step, headers, body).await;
+    let namespace = app.store.run(&id, RunDetail::Run).await.ok().map(|r| r.namespace);
+    response.extensions_mut().insert(Noted { namespace, run_id: Some(id), detail: Some(format!("signal {step}")) });
+    response
+}
+
+async fn signal_step(app: &App, caller: &Caller, id: &str, step: &str, headers: HeaderMap, body: Body) -> Response {
+    if let Err(r) = allowed(app, caller, Role::Operator) {
+        return r;
+    }
+    let body: SignalBody = match json_body(&headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let data = match body {
+        SignalBody { data: Some(data), approved: None, comment: None } => data,
+        SignalBody { data: None, approved: Some(approved), comment } => json!({ "approved": approved, "comment": comment }),
+        _ => return refused(StatusCode::BAD_REQUEST, "send `{\"data\": …}` to a signal step, or `{\"approved\": true|false, \"comment\": …}` to an approval".into()),
+    };
+    // `serve --token` (admin) approves anything; a store token is known by
+    // its name and its role.
+    let names = (caller.role != Role::Admin).then(|| vec![caller.name.clone(), caller.role.as_str().to_string()]);
+    let request = crate::runs::SignalRequest { step: step.to_string(), data, by: caller.name.clone(), names };
+    match crate::runs::signal(app.store.as_ref(), id, request).await {
+        Ok(signal) => Json(json!({ "ok": true, "id": id, "step": step, "by": signal.by, "at": signal.at, "message": format!("signal sent to step `{step}` of run {id}") })).into_response(),
+        Err(crate::runs::SignalError::Store(e)) => failure(e),
+        Err(e @ crate::runs::SignalError::Refused { .. }) => refused(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e @ crate::runs::SignalError::NotApprover { .. }) => refused(StatusCode::FORBIDDEN, e.to_string()),
+        Err(e) => refused(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
 /// A new attempt of a run that workers ran, queued for them.
 async fn queue_again(store: &PgStore, record: &crate::store::RunRecord, rerun: Rerun, again: Again) -> Response {
     let id = &record.id;

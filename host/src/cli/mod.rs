@@ -18,6 +18,7 @@ mod render;
 pub(crate) mod run;
 mod runs;
 mod schedule;
+mod signal;
 mod serve;
 mod test_cmd;
 mod timeline;
@@ -80,7 +81,8 @@ pub(crate) struct GlobalArgs {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
     /// A `sandflow serve` to talk to instead of a run store: `run`,
-    /// `submit`, `runs`, `cancel`, `retry`, `resume` and `workers` go
+    /// `submit`, `runs`, `cancel`, `signal`, `retry`, `resume`, `schedule`
+    /// and `workers` go
     /// through its API (no database credentials here; the server's workers
     /// run the steps); other commands work on this machine as usual.
     #[arg(long, global = true, value_name = "URL", env = "SANDFLOW_SERVER", value_parser = server_url)]
@@ -122,6 +124,9 @@ enum Command {
     Cache(cache::CacheCommand),
     /// Cancel a running run, from any process that shares its run store.
     Cancel(runs::CancelArgs),
+    /// Send a signal to a step that waits for one (`/builtin/signal`), or
+    /// approve or reject one that waits for approval (`/builtin/approval`).
+    Signal(signal::SignalArgs),
     /// Queue a run for workers (in a PostgreSQL run store, or through
     /// `--server`); print its id and return.
     Submit(worker::SubmitArgs),
@@ -273,6 +278,7 @@ where
             Command::Retry(args) => runs::retry(args, &cli.global, &out).await,
             Command::Cache(command) => cache::execute(command, &cli.global, &out).await,
             Command::Cancel(args) => runs::cancel(args, &cli.global, &out).await,
+            Command::Signal(args) => signal::execute(args, &cli.global, &out).await,
             Command::Submit(args) => worker::submit_cmd(args, &cli.global, &out).await,
             Command::Worker(args) => worker::worker_cmd(args, &cli.global, &out).await,
             Command::Call(args) => call::execute(args, &cli.global.state_dir, &out).await,

@@ -56,6 +56,7 @@ pub(super) async fn execute(server: &url::Url, command: Command, global: &Global
         }
         Command::Runs(command) => remote.runs(command, out).await,
         Command::Cancel(args) => remote.cancel_and_wait(&args.id, args.wait, out).await,
+        Command::Signal(args) => remote.signal(args, out).await,
         Command::Retry(args) => {
             let again = Again { from: args.from, concurrency: args.concurrency, vars: &args.vars, secrets: args.secrets_file.is_some(), components: &args.components };
             remote.again("retry", &args.id, again, args.work.detach, out).await
@@ -212,6 +213,18 @@ impl Remote {
     /// Asks run `id` to cancel.
     pub(crate) async fn cancel(&self, id: &str) -> Result<Value, CliError> {
         self.post(&format!("/api/runs/{}/cancel", encode(id)), &json!({})).await
+    }
+
+    /// `signal ID STEP`: as the token's caller.
+    async fn signal(&self, args: super::signal::SignalArgs, out: &Output) -> Result<u8, CliError> {
+        let body = match &args.data {
+            Some(_) => json!({ "data": args.data()? }),
+            None => json!({ "approved": args.approve, "comment": args.comment }),
+        };
+        let id = self.run(&args.id).await?.id;
+        let answer = self.post(&format!("/api/runs/{}/steps/{}/signal", encode(&id), encode(&args.step)), &body).await?;
+        super::signal::sent(&id, &args.step, answer["by"].as_str().unwrap_or("?"), out);
+        Ok(exit::OK)
     }
 
     /// Checks a workflow here, uploads what the server lacks of its files,

@@ -14,6 +14,7 @@
 //! | `GET /api/runs/{id}/events` | the run again each time it changes, until it ends (SSE) |
 //! | `GET /workers`, `GET /api/workers` | the workers page, the store's workers (PostgreSQL) |
 //! | `POST /api/runs/{id}/cancel`, `…/resume`, `…/retry` | with `--allow-actions` only |
+//! | `POST /api/runs/{id}/steps/{step}/signal` | signal, approve or reject a waiting step (`--allow-actions`, operator) |
 //! | `PUT /api/files/{sha256}`, `POST /api/runs` | upload a run's files, submit it (PostgreSQL, `--allow-actions`) |
 //! | `GET /api/runs/{id}/stream` | a run's events as workers record them (SSE) |
 //! | `GET /api/openapi.json` | the API's OpenAPI document |
@@ -221,6 +222,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/runs/{id}/attempts", get(attempts))
         .route("/api/runs/{id}/events", get(events))
         .route("/api/runs/{id}/{action}", post(super::api::act))
+        .route("/api/runs/{id}/steps/{step}/signal", post(super::api::signal))
         .route("/hooks/{name}", post(super::hooks::deliver))
         // Inside the guard (which found the caller): every action, audited.
         .layer(axum::middleware::from_fn_with_state(app.clone(), super::api::audited))

@@ -24,6 +24,18 @@ pub(crate) struct TestArgs {
     vars: super::args::VarArgs,
 }
 
+/// A test case's `signals`: each step that waits for one gets its data at
+/// once, sent by `test`.
+struct CaseSignals(Vec<(String, Value)>);
+
+#[async_trait::async_trait]
+impl crate::exec::Mailbox for CaseSignals {
+    async fn signals(&self, _run: &str, steps: &[String]) -> Result<Vec<(String, crate::exec::core::Signal)>, String> {
+        let sent = self.0.iter().filter(|(step, _)| steps.contains(step));
+        Ok(sent.map(|(step, data)| (step.clone(), crate::exec::core::Signal { data: data.clone(), by: "test".into(), at: crate::store::now() })).collect())
+    }
+}
+
 /// Whether a case's run matched its expectation; the message says how not.
 fn judge(expect: &Expectation, input_error: Option<&str>, report: Option<&RunReport>) -> Result<(), String> {
     let error = input_error.map(str::to_string).or_else(|| report.and_then(|r| r.error.clone()));
@@ -95,7 +107,11 @@ pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> R
             let report = match entry {
                 None => None,
                 Some(entry) => {
-                    let options = RunOptions { secrets: secrets.clone(), variables: variables.clone(), ..RunOptions::default() };
+                    if let Some((step, _, at)) = case.signals.iter().find(|(step, ..)| !prepared.plan.index.contains_key(step)) {
+                        return Err(CliError::invalid(format!("{at}: test case `{}` signals step `{step}`, which the workflow does not have", case.name)));
+                    }
+                    let mailbox = Arc::new(CaseSignals(case.signals.iter().map(|(step, data, _)| (step.clone(), data.clone())).collect()));
+                    let options = RunOptions { secrets: secrets.clone(), variables: variables.clone(), mailbox: Some(mailbox), ..RunOptions::default() };
                     let targeted = Arc::new(entry.prepared);
                     let mut report = executor.run(targeted, case.input.clone(), options, CancellationToken::new()).await;
                     // Expected outputs are compared as a user sees them: masked.

@@ -339,7 +339,10 @@ impl<'a, L: Ledger> RunMachine<'a, L> {
             Decision::Run(work) => {
                 let wait = {
                     let facts = RunFacts { ending: self.progress.ending.as_ref(), ..self.facts };
-                    core::wait_of(&facts, decl, &work, self.ledger.outputs(), jiff::Timestamp::now())
+                    // Wake times are told to the millisecond.
+                    let now = jiff::Timestamp::now();
+                    let now = now.round(jiff::Unit::Millisecond).unwrap_or(now);
+                    core::wait_of(&facts, decl, &work, self.ledger.outputs(), now)
                 };
                 let mut wait = match wait {
                     Ok(wait) => wait,

@@ -401,6 +401,9 @@ pub struct TestCase {
     /// `target`: run only these steps and their dependencies (`run --target`).
     pub target: Vec<(String, Location)>,
     pub expect: Expectation,
+    /// `signals`: what steps that wait for a signal or an approval are
+    /// sent, at once (step id, data, where it is written).
+    pub signals: Vec<(String, Value, Location)>,
     pub at: Location,
 }
 

@@ -53,7 +53,7 @@ const STEPFLOW_DEFAULT_RETRIES: u64 = 3;
 pub(super) const TEST_KEYS: &[&str] = &["cases", "config", "configFile", "config_file"];
 pub(super) const TRIGGER_KEYS: &[&str] = &["webhook", "secret", "input"];
 pub(super) const SCHEDULE_KEYS: &[&str] = &["name", "cron", "timezone", "input", "catchup", "overlap"];
-pub(super) const CASE_KEYS: &[&str] = &["name", "description", "input", "target", "output", "outcome", "error"];
+pub(super) const CASE_KEYS: &[&str] = &["name", "description", "input", "target", "output", "outcome", "error", "signals"];
 
 /// The parsing context: the file, and the problems found so far.
 pub(super) struct Cx {
@@ -931,7 +931,17 @@ fn tests(cx: &mut Cx, node: &Node) -> Vec<TestCase> {
                     return None;
                 }
             };
-            Some(TestCase { name, input, target, expect, at: cx.at(n) })
+            // What signals the case's run gets: by step, each step's data
+            // (an approval's `{approved, comment?}`).
+            let signals = match m.get_node("signals") {
+                None => Vec::new(),
+                Some(Node::Mapping(map)) => map.iter().map(|(k, v)| (k.as_str().to_string(), to_json(v), location(&cx.file, k.at()))).collect(),
+                Some(n) => {
+                    cx.error_hint(n, "`signals` must map step ids to the data each is sent", "e.g. `signals: { approve: { approved: true } }`");
+                    Vec::new()
+                }
+            };
+            Some(TestCase { name, input, target, expect, signals, at: cx.at(n) })
         })
         .collect()
 }

@@ -108,6 +108,11 @@ fn property(what: &str, key: &str) -> Value {
         ("case", "name" | "description" | "error") => string,
         ("case", "input" | "output") => json!({}),
         ("case", "target") => r("ids"),
+        ("case", "signals") => json!({
+            "type": "object",
+            "additionalProperties": {},
+            "description": "by step id: the data a step that waits for a signal is sent (an approval's: {approved, comment})",
+        }),
         ("case", "outcome") => json!({ "enum": ["failed"] }),
         ("defaults" | "step", "fuel") => json!({ "type": "integer", "minimum": 1 }),
         ("defaults" | "step", "memory") => r("size"),

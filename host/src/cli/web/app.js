@@ -128,6 +128,38 @@ const sandflow = (() => {
         cell.append(el("div", { class: "muted" }, `log (${lines.length} lines)`), el("pre", { class: "log" }, lines.map((l) => `${l.source.padStart(6)} | ${l.text}`).join("\n")));
       } catch (e) { cell.append(el("p", { class: "problem" }, e.message)); }
     };
+    // What a waiting step waits for, and until when.
+    const waits = (s) => {
+      if (s.state !== "waiting") return "";
+      const until = s.wake_at ? ` until ${s.wake_at}` : "", timeout = s.wake_at ? ` (timeout ${s.wake_at})` : "";
+      const said = { wait: `waits${until}, then runs`, sleep: `sleeps${until}`, signal: `waits for a signal${timeout}`, approval: `waits for approval${timeout}` }[s.wait_kind] || "waits";
+      return s.input && s.input.message ? `${said}: ${s.input.message}` : said;
+    };
+    // Buttons that end a step waiting for a person: approve or reject an
+    // approval; send a signal's JSON data.
+    const answer = (run, s) => {
+      if (run.status !== "running" || s.state !== "waiting" || !["approval", "signal"].includes(s.wait_kind)) return [];
+      const out = document.getElementById("action-result");
+      const send = async (body) => {
+        try {
+          const r = await (await api(`/api/runs/${run.id}/steps/${encodeURIComponent(s.step)}/signal`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })).json();
+          out.textContent = r.message;
+        } catch (e) { out.textContent = e.message; }
+      };
+      const button = (label, name, body) => {
+        const b = el("button", { "data-signal": name }, label);
+        b.addEventListener("click", (ev) => { ev.stopPropagation(); body().then((v) => v && send(v)); });
+        return b;
+      };
+      if (s.wait_kind === "approval") {
+        return [" ", button("Approve", "approve", async () => ({ approved: true })), " ", button("Reject", "reject", async () => ({ approved: false }))];
+      }
+      const data = el("input", { "data-signal-data": s.step, placeholder: '{"ok": true}', size: "16" });
+      data.addEventListener("click", (ev) => ev.stopPropagation());
+      return [" ", data, " ", button("Send", "send", async () => {
+        try { return { data: JSON.parse(data.value) }; } catch (e) { out.textContent = `not JSON: ${e.message}`; return null; }
+      })];
+    };
     const render = (run, allowActions) => {
       document.title = `${run.workflow} ${run.status} · sandflow`;
       const summary = document.getElementById("summary");
@@ -175,11 +207,11 @@ const sandflow = (() => {
         }
         // A running step: how long its attempt has run so far, and where.
         const running = s.state === "running" && s.started_at;
-        const why = s.error_kind ? `${s.error_kind}: ${s.error_message}` : running ? `since ${s.started_at}${s.worker ? " on " + s.worker : ""}` : (s.reason || "");
+        const why = s.error_kind ? `${s.error_kind}: ${s.error_message}` : running ? `since ${s.started_at}${s.worker ? " on " + s.worker : ""}` : (waits(s) || s.reason || "");
         const row = el("tr", { class: "step", "data-step": s.step, "data-state": s.state, ...(group ? { "data-in-group": group } : {}) },
           el("td", { class: "id" }, s.step), el("td", {}, badge(s.state)), el("td", { class: "attempts" }, tries(s)),
           el("td", running ? { "data-since": s.started_at } : {}, running ? span(s.started_at, new Date().toISOString()) : took(s.duration_ms)),
-          el("td", {}, String(s.fuel_used)), el("td", { class: s.error_kind ? "problem" : "muted" }, why));
+          el("td", {}, String(s.fuel_used)), el("td", { class: s.error_kind ? "problem" : "muted" }, why, ...(allowActions ? answer(run, s) : [])));
         row.addEventListener("click", () => {
           if (open.has(s.step)) { open.delete(s.step); body.querySelector(`[data-detail="${CSS.escape(s.step)}"]`)?.remove(); }
           else { open.add(s.step); detail(s, row); }
