@@ -503,17 +503,16 @@ impl Worker {
             Ok(v) => v,
             Err(f) => return fail(f),
         };
-        // A step waiting for a signal was claimed: one came, or its
-        // timeout passed.
+        // A step that only waits was claimed: its time came, or a signal.
         let decl = &run.ctx.prepared().plan.workflow.steps[job.step];
         if let crate::workflow::Target::Builtin(b) = decl.target
-            && let Some(kind) = exec::core::WaitKind::of_builtin(b).filter(|k| k.takes_signals())
+            && let Some(kind) = exec::core::WaitKind::of_builtin(b)
         {
-            let signal = loop {
-                match crate::store::RunStore::signals(self.store.as_ref(), &job.run_id, std::slice::from_ref(&decl.id)).await {
-                    Ok(mut found) => break found.pop().map(|(_, s)| s),
+            let (until, signal) = loop {
+                match self.store.woken(&job.run_id, &decl.id).await {
+                    Ok(found) => break found,
                     Err(e) => {
-                        tracing::warn!("worker {}: cannot read the signals of run {}: {e}; retrying in {backoff:?}", self.config.name, job.run_id);
+                        tracing::warn!("worker {}: cannot read how step {} of run {} waited: {e}; retrying in {backoff:?}", self.config.name, decl.id, job.run_id);
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = cancel.cancelled() => return fail(StepFailure::new(FailureKind::Cancelled, "cancelled while it waited")),
@@ -522,7 +521,7 @@ impl Worker {
                     }
                 }
             };
-            let result = exec::core::woken(kind, &input, None, signal);
+            let result = exec::core::woken(kind, &input, until.as_deref(), signal);
             return exec::Attempted { result, fuel_used: 0, log: StepLog::default(), cached: None };
         }
         run.ctx.attempt(job.step, &input, cancel).await

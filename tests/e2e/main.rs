@@ -24,5 +24,6 @@ mod store;
 mod support;
 mod trace;
 mod ui;
+mod waits;
 mod web;
 mod workflows;

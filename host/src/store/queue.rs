@@ -609,6 +609,26 @@ impl PgStore {
     }
 
     /// Whether a run is run by workers.
+    /// How a waiting step of a run waited, once a worker claims its job:
+    /// its recorded wake time, and the signal it was sent, if any.
+    pub async fn woken(&self, run_id: &str, step: &str) -> Result<(Option<String>, Option<core::Signal>), StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT s.wake_at, g.data, g.sent_by, g.sent_at FROM steps s LEFT JOIN signals g ON g.run_id = s.run_id AND g.step = s.step
+                 WHERE s.run_id = $1 AND s.step = $2",
+                &[&run_id, &step],
+            )
+            .await
+            .map_err(db)?;
+        let Some(row) = row else { return Ok((None, None)) };
+        let signal = match row.get::<_, Option<String>>(1) {
+            Some(data) => super::signal_of(step.to_string(), data, row.get(2), row.get(3)).map(|(_, s)| s),
+            None => None,
+        };
+        Ok((row.get(0), signal))
+    }
+
     pub async fn is_queued(&self, run_id: &str) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let row = client.query_opt("SELECT queued FROM runs WHERE id = $1", &[&run_id]).await.map_err(db)?;
