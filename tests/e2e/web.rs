@@ -462,3 +462,174 @@ fn a_token_address_opens_the_pages_in_a_real_browser_under_the_policy() {
     assert!(page.contains(r#"class="bar badge s-succeeded""#), "{page}");
     assert!(!log.contains("Content Security Policy"), "a CSP violation: {log}");
 }
+
+/// Headless Chromium driven over the DevTools protocol on a pipe
+/// (`--remote-debugging-pipe`: commands on its fd 3, answers on its fd 4,
+/// each a JSON text ended by a NUL): a test clicks as a user does.
+pub(crate) struct Browser {
+    child: Reaped,
+    to: std::fs::File,
+    from: BufReader<std::fs::File>,
+    session: String,
+    next: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Opens `url` in a fresh headless Chromium. Unsafe only to hand the
+    /// child its ends of two pipes (libc calls between fork and exec, and
+    /// files made of the fds `pipe2` returned, each owned once).
+    #[allow(unsafe_code)]
+    pub(crate) fn open(chromium: &Path, url: &str) -> Browser {
+        use std::os::fd::{FromRawFd, RawFd};
+        use std::os::unix::process::CommandExt;
+        let pipe = || {
+            let mut fds: [RawFd; 2] = [0; 2];
+            // SAFETY: `fds` has room for the two fds pipe2 writes.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            fds
+        };
+        let (commands, answers) = (pipe(), pipe());
+        let profile = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(chromium);
+        cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--remote-debugging-pipe", "--window-size=1200,800"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let (read_end, write_end) = (commands[0], answers[1]);
+        // In the child: its end of each pipe at fd 3 and fd 4 (moved out
+        // of the way first, so neither dup2 overwrites the other).
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = libc::fcntl(read_end, libc::F_DUPFD, 10);
+                let w = libc::fcntl(write_end, libc::F_DUPFD, 10);
+                if r < 0 || w < 0 || libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = Reaped(cmd.spawn().expect("chromium starts"));
+        unsafe {
+            libc::close(read_end);
+            libc::close(write_end);
+        }
+        let (to, from) = unsafe { (std::fs::File::from_raw_fd(commands[1]), std::fs::File::from_raw_fd(answers[0])) };
+        let mut b = Browser { child, to, from: BufReader::new(from), session: String::new(), next: 0, _profile: profile };
+        let target = b.call("Target.createTarget", serde_json::json!({ "url": url }));
+        let attached = b.call("Target.attachToTarget", serde_json::json!({ "targetId": target["targetId"], "flatten": true }));
+        b.session = attached["sessionId"].as_str().expect("a session").to_string();
+        b
+    }
+
+    /// Sends one command (on the page's session once attached) and returns
+    /// its result; events in between are read and dropped.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let answer = self.answer(method, params);
+        assert!(answer.get("error").is_none(), "{method}: {answer}");
+        answer["result"].clone()
+    }
+
+    /// [`Browser::call`]'s whole answer, an error included.
+    fn answer(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let mut message = serde_json::json!({ "id": id, "method": method, "params": params });
+        if !self.session.is_empty() {
+            message["sessionId"] = Value::String(self.session.clone());
+        }
+        self.to.write_all(message.to_string().as_bytes()).unwrap();
+        self.to.write_all(b"\0").unwrap();
+        loop {
+            let mut bytes = Vec::new();
+            let n = self.from.read_until(0, &mut bytes).unwrap();
+            assert!(n > 0, "chromium closed its pipe (exit: {:?})", self.child.0.try_wait());
+            bytes.pop();
+            let answer: Value = serde_json::from_slice(&bytes).unwrap();
+            if answer["id"] == id {
+                return answer;
+            }
+        }
+    }
+
+    /// Evaluates `expression` in the page (a promise is awaited); its value.
+    pub(crate) fn eval(&mut self, expression: &str) -> Value {
+        let params = serde_json::json!({ "expression": expression, "awaitPromise": true, "returnByValue": true });
+        // Until the page has loaded, it has no context to evaluate in.
+        let since = Instant::now();
+        let result = loop {
+            let answer = self.answer("Runtime.evaluate", params.clone());
+            match answer.get("error") {
+                None => break answer["result"].clone(),
+                Some(e) if e["message"].as_str().is_some_and(|m| m.contains("context")) && since.elapsed() < Duration::from_secs(30) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Some(e) => panic!("{expression}: {e}"),
+            }
+        };
+        assert!(result.get("exceptionDetails").is_none(), "{expression}: {result:#}");
+        result["result"]["value"].clone()
+    }
+
+    /// Waits (in the page, up to 30 s) for `selector`, then clicks it.
+    pub(crate) fn click(&mut self, selector: &str) {
+        let script = format!(
+            "new Promise((ok, no) => {{ const t0 = Date.now(); const look = () => {{ const e = document.querySelector({sel}); \
+             if (e) {{ e.click(); ok(true); }} else if (Date.now() - t0 > 30000) no(new Error('no ' + {sel} + ' in: ' + document.body.innerText.slice(0, 3000))); \
+             else setTimeout(look, 100); }}; look(); }})",
+            sel = serde_json::to_string(selector).unwrap()
+        );
+        self.eval(&script);
+    }
+
+    /// Waits (in the page, up to 30 s) until `selector`'s text contains `text`; the text.
+    pub(crate) fn text_of(&mut self, selector: &str, text: &str) -> String {
+        let script = format!(
+            "new Promise((ok, no) => {{ const t0 = Date.now(); const look = () => {{ const e = document.querySelector({sel}); \
+             if (e && e.textContent.includes({text})) ok(e.textContent); else if (Date.now() - t0 > 30000) no(new Error('not there: ' + (e ? e.textContent : 'nothing'))); \
+             else setTimeout(look, 100); }}; look(); }})",
+            sel = serde_json::to_string(selector).unwrap(),
+            text = serde_json::to_string(text).unwrap()
+        );
+        self.eval(&script).as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// An approval approved in the web view: the run's page shows the waiting
+/// step with what it asks and its buttons; clicking Approve in Chromium
+/// ends the step (the run's own process sees the signal) and the run
+/// completes; the same page then has no buttons.
+#[test]
+fn an_approval_is_approved_with_a_click_in_a_real_browser() {
+    let Some(chromium) = chromium() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let child = sandflow(&state).args(["-q", "run", "workflows/release.yaml", "--set", "version=v7"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (_server, addr) = serve(&state, &["--allow-actions"]);
+    let since = Instant::now();
+    let id = loop {
+        let runs = get_json(&addr, "/api/runs");
+        if let Some(id) = runs["runs"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "no run: {runs}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut browser = Browser::open(&chromium, &format!("http://{addr}/runs/{id}"));
+    let asked = browser.text_of(r#"tr[data-step="approve"][data-state="waiting"]"#, "Ship v7?");
+    assert!(asked.contains("waits for approval (timeout "), "{asked}");
+    browser.click(r#"tr[data-step="approve"] button[data-signal="approve"]"#);
+    let said = browser.text_of("#action-result", "signal sent");
+    assert_eq!(said, "signal sent to step `approve` of run ".to_string() + &id);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let output: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(output["approved"], true, "{output}");
+    // Approved by whoever the server took the browser for: no token, `anyone`.
+    assert!(output["announced"].as_str().unwrap().ends_with("approved by anyone"), "{output}");
+    // The page follows the run to its end: the step succeeded, no buttons.
+    browser.text_of(r#"h1[data-status="completed"]"#, "completed");
+    let buttons = browser.eval(r#"document.querySelectorAll('button[data-signal]').length"#);
+    assert_eq!(buttons, 0);
+}
