@@ -690,12 +690,13 @@ fn waiting_input(cx: &mut Cx, node: Option<&Node>, builtin: Builtin, what: &str,
     }
     for (key, value) in map.iter() {
         let Some(v) = literal(value) else { continue };
+        // A signal's field says which builtin it is of; a time does not.
         let checked = match builtin {
-            Builtin::Sleep => wait::check_wait_field(key.as_str(), &v, now),
+            Builtin::Sleep => wait::check_wait_field(key.as_str(), &v, now).map_err(|e| format!("/builtin/{name}: {e}")),
             _ => wait::check_signal_field(builtin, key.as_str(), &v),
         };
         if let Err(e) = checked {
-            cx.error(value, format!("/builtin/{name}: {e}"));
+            cx.error(value, e);
         }
     }
 }
