@@ -769,3 +769,60 @@ fn schedules_are_managed_through_the_front_door_within_a_token_s_rights() {
         assert!(actions.iter().any(|a| a == want), "{want}: {actions:?}");
     }
 }
+
+/// An approval on workers, answered through the front door: a viewer may
+/// not (403, the role), an operator the step's `approvers` do not name may
+/// not (403, naming them), another namespace's token does not see the run
+/// (404); an approver's `sandflow --server … signal` ends it, and the run
+/// completes with who approved.
+#[test]
+fn an_approval_on_workers_takes_only_its_approvers_through_the_front_door() {
+    let Some(schema) = PgSchema::create() else { return };
+    let (server_state, client_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_server, addr) = front_door(&schema, &server_state, &[]);
+    let _workers = Workers::start(&schema, &server_state, 1, "5s");
+    let flow = client_state.path().join("gate.yaml");
+    let steps = "steps:\n  - { id: approve, component: /builtin/approval, input: { message: ship?, approvers: [release-manager], timeout: 5m } }\n";
+    std::fs::write(&flow, format!("name: gate\n{steps}")).unwrap();
+    let submitter = make_token(&schema, &server_state, "ci", "team-a", "submitter");
+    let viewer = make_token(&schema, &server_state, "dash", "team-a", "viewer");
+    let operator = make_token(&schema, &server_state, "oncall", "team-a", "operator");
+    let manager = make_token(&schema, &server_state, "release-manager", "team-a", "operator");
+    let stranger = make_token(&schema, &server_state, "release-manager-b", "team-b", "operator");
+    let (code, out, err) = run(as_token(&client_state, &addr, &submitter).arg("submit").arg(&flow));
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_string();
+    let since = std::time::Instant::now();
+    while show(&mut as_token(&client_state, &addr, &submitter), &id)["steps"][0]["state"] != "waiting" {
+        assert!(since.elapsed() < Duration::from_secs(30), "the approval never waited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let path = format!("/api/runs/{id}/steps/approve/signal");
+    let (status, body) = call_as(&addr, &viewer, "POST", &path, &json!({ "approved": true }));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("needs the role operator"), "{body}");
+    let (code, _, err) = run(as_token(&client_state, &addr, &operator).args(["signal", &id, "approve", "--approve"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("may be approved only by release-manager; you are oncall, operator"), "{err}");
+    let (status, body) = call_as(&addr, &stranger, "POST", &path, &json!({ "approved": true }));
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = call_as(&addr, &manager, "POST", &path, &json!({ "approved": true, "data": 1 }));
+    assert_eq!(status, 400, "{body}");
+    let (code, _, err) = run(as_token(&client_state, &addr, &manager).args(["signal", &id, "approve", "--approve", "--comment", "go"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("(as release-manager)"), "{err}");
+    let (status, body) = call_as(&addr, &manager, "POST", &path, &json!({ "approved": false }));
+    assert_eq!(status, 409, "a second signal: {body}");
+    let since = std::time::Instant::now();
+    let record = loop {
+        let record = show(&mut as_token(&client_state, &addr, &submitter), &id);
+        if record["status"] != "running" {
+            break record;
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "the run never ended: {record:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(record["status"], "completed", "{record:#}");
+    let output = &record["steps"][0]["output"];
+    assert_eq!((output["approved"].as_bool(), output["by"].as_str(), output["comment"].as_str()), (Some(true), Some("release-manager"), Some("go")), "{record:#}");
+}

@@ -222,7 +222,18 @@ impl Remote {
             None => json!({ "approved": args.approve, "comment": args.comment }),
         };
         let id = self.run(&args.id).await?.id;
-        let answer = self.post(&format!("/api/runs/{}/steps/{}/signal", encode(&id), encode(&args.step)), &body).await?;
+        let path = format!("/api/runs/{}/steps/{}/signal", encode(&id), encode(&args.step));
+        let (status, answer) = self.call(Method::POST, &path, Some("application/json"), Bytes::from(body.to_string())).await?;
+        if !status.is_success() {
+            // As `signal` on a store says it: a step that does not wait,
+            // or waits for someone else, is a failure (1); data that does
+            // not fit is invalid (2).
+            let mut e = self.refused(status, &answer);
+            if matches!(status, StatusCode::CONFLICT | StatusCode::FORBIDDEN) {
+                e.code = exit::FAILED;
+            }
+            return Err(e);
+        }
         super::signal::sent(&id, &args.step, answer["by"].as_str().unwrap_or("?"), out);
         Ok(exit::OK)
     }
