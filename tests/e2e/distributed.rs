@@ -150,14 +150,62 @@ struct Recorded {
 /// Runs `file` with `input` (and `extra` arguments: `--components`,
 /// `--var`) in `store` and reads back what was recorded.
 fn run_and_read(store: &str, schema: &PgSchema, state: &tempfile::TempDir, file: &std::path::Path, input: &Value, extra: &[&str]) -> (Recorded, String) {
-    let (code, out, err) = run(sandflow(state)
+    run_signalled(store, schema, state, file, input, extra, &[])
+}
+
+/// [`run_and_read`], sending `signals` (step, data) with `sandflow signal`
+/// to the steps that wait for them, as a test case's `signals` says.
+fn run_signalled(store: &str, schema: &PgSchema, state: &tempfile::TempDir, file: &std::path::Path, input: &Value, extra: &[&str], signals: &[(String, Value)]) -> (Recorded, String) {
+    let newest = || {
+        let (_, list, _) = run(sandflow(state).args(["--json", "--store", store, "runs", "list", "--limit", "1"]));
+        serde_json::from_str::<Value>(&list).ok().and_then(|v| v[0]["id"].as_str().map(str::to_string)).unwrap_or_default()
+    };
+    let before = newest();
+    let child = sandflow(state)
         .args(["-q", "--store", store, "run"])
         .arg(file)
         .args(["--input", &input.to_string()])
         .args(extra)
-        .env("SANDFLOW_SECRET_GREETING", "s3cr3t-hello"));
+        .env("SANDFLOW_SECRET_GREETING", "s3cr3t-hello")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    for (step, data) in signals {
+        let id = loop {
+            let id = newest();
+            if !id.is_empty() && id != before {
+                break id;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{}: no run", file.display());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        loop {
+            let (code, out, err) = run(sandflow(state).args(["-q", "--store", store, "signal", &id, step, "--data", &data.to_string()]));
+            if code == 0 {
+                break;
+            }
+            assert!(err.contains("has not started") || err.contains("it is pending") || err.contains("it is running"), "{}: signal {step}: {out}{err}", file.display());
+            assert!(started.elapsed() < Duration::from_secs(60), "{}: {step} never waited: {err}", file.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let done = child.wait_with_output().unwrap();
+    let (code, out, err) = (done.status.code().expect("exited"), String::from_utf8(done.stdout).unwrap(), String::from_utf8(done.stderr).unwrap());
     let id = newest_run(sandflow(state).args(["--store", store]));
     (read_back(store, schema, state, &id, code, &out), err)
+}
+
+/// Times in a record (a sleep's `until`, an approval's `at`) differ from
+/// run to run: each becomes `<time>`.
+fn mask_times(v: &mut Value) {
+    match v {
+        Value::String(s) if s.len() >= 20 && s.parse::<jiff::Timestamp>().is_ok() => *s = "<time>".into(),
+        Value::Array(a) => a.iter_mut().for_each(mask_times),
+        Value::Object(m) => m.values_mut().for_each(mask_times),
+        _ => {}
+    }
 }
 
 /// What `store` recorded of run `id`, whose command exited `code` and
@@ -173,6 +221,7 @@ fn read_back(store: &str, schema: &PgSchema, state: &tempfile::TempDir, id: &str
         fuel.insert(format!("step {}", s["step"]), s["fuel_used"].to_string());
     }
     steps.sort_by_key(|s| s[0].to_string());
+    steps.iter_mut().for_each(mask_times);
     // Each step's log, in order, steps by name.
     let (_, logs, _) = run(sandflow(state).args(["--json", "--store", store, "runs", "logs", id]));
     let mut logs: Vec<Value> = serde_json::from_str(&logs).unwrap();
@@ -233,15 +282,22 @@ fn every_example_case_ends_the_same_on_workers_as_in_process() {
             let input: Value = serde_json::to_value(case.get("input").cloned().unwrap_or_default()).unwrap();
             let input = if input.is_null() { json!({}) } else { input };
             let name = case.get("name").and_then(|n| n.as_str()).unwrap_or("?");
-            let (a, a_err) = run_and_read(&sqlite, &schema, &state, &file, &input, &extra);
-            let (b, b_err) = run_and_read(&schema.url, &schema, &state, &file, &input, &extra);
+            let signals: Vec<(String, Value)> = case
+                .get("signals")
+                .and_then(|s| s.as_mapping())
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str().unwrap().to_string(), serde_json::to_value(v).unwrap()))
+                .collect();
+            let (a, a_err) = run_signalled(&sqlite, &schema, &state, &file, &input, &extra, &signals);
+            let (b, b_err) = run_signalled(&schema.url, &schema, &state, &file, &input, &extra, &signals);
             let what = format!("{}: {name}: in-process (left) and on workers (right) differ\nstderr: {a_err}\n---\n{b_err}", file.display());
             assert_eq!((&a.code, &a.stdout, &a.status, &a.error), (&b.code, &b.stdout, &b.status, &b.error), "{what}");
             assert_eq!(a.record, b.record, "{what}");
             assert_eq!(a.fuel.keys().collect::<Vec<_>>(), b.fuel.keys().collect::<Vec<_>>(), "{what}");
             let differ: Vec<&String> = a.fuel.keys().filter(|k| a.fuel[*k] != b.fuel[*k]).collect();
             if !differ.is_empty() {
-                let (again, _) = run_and_read(&sqlite, &schema, &state, &file, &input, &extra);
+                let (again, _) = run_signalled(&sqlite, &schema, &state, &file, &input, &extra, &signals);
                 for k in differ {
                     assert_ne!(a.fuel[k], again.fuel[k], "{what}: {k} used {} fuel in-process (twice) and {} on workers", a.fuel[k], b.fuel[k]);
                     own_fuel.insert(format!("{}: {k}", file.display()));

@@ -225,3 +225,37 @@ fn a_sleep_on_a_worker_holds_no_slot_and_survives_the_worker() {
     let ended = schema.strings("SELECT step FROM attempts WHERE run_id = $1 AND step = 'nap'", &sleeping);
     assert_eq!(ended.len(), 1, "it ended once: {ended:?}");
 }
+
+/// A failure stops a run (fail fast): its steps that wait never wake, in
+/// one process as on workers: they end at once as steps that never
+/// started (not after the approval's five minutes).
+#[test]
+fn a_failure_ends_the_steps_that_wait_in_process_and_on_workers() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let file = workflow(
+        state.path(),
+        "failfast",
+        "  - { id: approve, component: /builtin/approval, input: { message: ok?, timeout: 5m } }\n  - { id: nap, component: /builtin/sleep, input: { duration: 1h } }\n  - { id: broken, component: text, needs: [nap], input: { op: nope, text: x } }\n  - { id: bad, component: text, input: { op: nope, text: x } }\n",
+    );
+    let _workers = crate::distributed::Workers::start(&schema, &state, 1, "5s");
+    let sqlite = format!("sqlite:{}", state.path().join("local.db").display());
+    for store in [sqlite.as_str(), schema.url.as_str()] {
+        let started = Instant::now();
+        let (code, _, err) = run(sandflow(&state).args(["-q", "--store", store, "run"]).arg(&file));
+        assert_eq!(code, 1, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{store}: the run waited for its waiting steps");
+        let mut cmd = sandflow(&state);
+        cmd.args(["--store", store]);
+        let mut again = sandflow(&state);
+        again.args(["--store", store]);
+        let record = show(cmd, &newest_run(again));
+        assert_eq!(record["status"], "failed", "{record:#}");
+        // They never started: as every step that never started.
+        for id in ["approve", "nap"] {
+            let s = step(&record, id);
+            assert_eq!((s["state"].as_str(), s["reason"].as_str()), (Some("skipped"), Some("not started: the run failed")), "{store}: {s}");
+        }
+        assert_eq!(step(&record, "broken")["state"], "skipped", "{store}: {record:#}");
+    }
+}

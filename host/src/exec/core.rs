@@ -441,12 +441,11 @@ pub fn wait_of(facts: &RunFacts<'_>, decl: &StepDecl, work: &Work, outputs: &dyn
 /// timeout fails it with kind `timeout` (so `on_error` applies). Never
 /// retried: a retry could not wait again.
 pub fn woken(kind: WaitKind, input: &Value, until: Option<&str>, signal: Option<Signal>) -> Result<Value, StepFailure> {
-    let until = until.unwrap_or("its timeout");
     let timeout = input.get("timeout").map(|t| match t {
         Value::String(s) => s.clone(),
         other => format!("{other}s"),
     });
-    let within = timeout.map(|t| format!("within {t} (by {until})")).unwrap_or_default();
+    let within = timeout.map(|t| format!("within {t}")).unwrap_or_else(|| "before the run stopped".into());
     match (kind, signal) {
         (WaitKind::Wait, _) => Ok(Value::Null),
         (WaitKind::Sleep, _) => Ok(serde_json::json!({ "until": until })),
@@ -458,7 +457,7 @@ pub fn woken(kind: WaitKind, input: &Value, until: Option<&str>, signal: Option<
                 return Ok(serde_json::json!({ "approved": true, "by": s.by, "comment": comment, "at": s.at }));
             }
             let why = comment.as_str().map(|c| format!(": {c}")).unwrap_or_default();
-            Err(StepFailure::component(format!("rejected by {} at {}{why}", s.by, s.at), false))
+            Err(StepFailure::component(format!("rejected by {}{why}", s.by), false))
         }
         (WaitKind::Signal, None) => {
             let name = input.get("name").and_then(Value::as_str).map(|n| format!(" `{n}`")).unwrap_or_default();

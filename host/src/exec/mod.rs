@@ -616,7 +616,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         }
         // A stopped run's waiting steps never wake: they end now.
         if m.halted() {
-            stop_waiting(&mut m).await;
+            stop_waiting(&mut m);
         }
         if m.ledger.running == 0 && !m.ledger.holds_waiting() {
             match infallible(m.settle().await) {
@@ -773,27 +773,17 @@ async fn end_waiting(m: &mut RunMachine<'_, Book<'_>>, p: Parked, signal: Option
     let input = work_input(&p.work).unwrap_or_default();
     let until = p.wait.until.map(|t| t.to_string());
     let result = core::woken(p.wait.kind, &input, until.as_deref(), signal);
-    let tally = Tally { attempts: 1, duration: p.since.elapsed(), input: Some(input), ..Tally::default() };
+    let tally = Tally { attempts: 1, duration: p.since.elapsed(), input: Some(input), last_fuel: Some(0), ..Tally::default() };
     if infallible(m.finish(p.step, Ending::Ran(result), tally).await) == Some(Stop::Cancelled) {
         m.ledger.phase.steps.cancel();
     }
 }
 
-/// The run stopped: its waiting steps end cancelled, never having run.
-async fn stop_waiting(m: &mut RunMachine<'_, Book<'_>>) {
-    let parked = std::mem::take(&mut m.ledger.parked);
-    let woken = std::mem::take(&mut m.ledger.woken);
-    let all = parked.into_iter().map(|p| (p.step, p.work, p.since)).chain(woken.into_iter().map(|(i, w)| (i, w, Instant::now())));
-    // As a running step's: a timeout when the run's time ran out.
-    let failure = match m.progress.stop {
-        Some(Stop::TimedOut) => StepFailure::new(FailureKind::Timeout, "the run's timeout passed while the step waited"),
-        _ => StepFailure::new(FailureKind::Cancelled, "the run stopped while the step waited"),
-    };
-    for (i, work, since) in all {
-        let failure = failure.clone();
-        let tally = Tally { duration: since.elapsed(), input: work_input(&work), ..Tally::default() };
-        infallible(m.finish(i, Ending::Ran(Err(failure)), tally).await);
-    }
+/// The run stopped: its waiting steps never wake. They never started, and
+/// end as every step that never started does ([`core::unstarted`]).
+fn stop_waiting(m: &mut RunMachine<'_, Book<'_>>) {
+    m.ledger.parked.clear();
+    m.ledger.woken.clear();
 }
 
 /// The sink failed: no step starts any more, and the run fails with the

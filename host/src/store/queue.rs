@@ -1599,8 +1599,12 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
         loop {
             self.drain().await?;
             if self.progress.running && self.progress.started && matches!(self.progress.stop, Some(Stop::Cancelled | Stop::TimedOut)) {
-                self.drop_queued().await?;
+                self.drop_queued(false).await?;
                 self.drain().await?;
+            } else if self.progress.running && self.progress.started && self.halted() {
+                // A failure stops the run: steps that wait never wake (as
+                // in a run in one process); other decided work goes on.
+                self.drop_queued(true).await?;
             }
             match self.settle().await? {
                 Settled::FinallyBegan => continue,
@@ -1851,7 +1855,9 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
 
     /// Queued work of a cancelled run never starts: a step waiting to
     /// retry ends cancelled, as do `forEach` items not started.
-    async fn drop_queued(&mut self) -> PgResult<()> {
+    /// Drops the run's queued jobs (`waiting`: only those of steps that
+    /// wait for their first attempt's time or a signal), ending their steps.
+    async fn drop_queued(&mut self, waiting: bool) -> PgResult<()> {
         let l = &mut self.ledger;
         let dropped = l
             .pipe
@@ -1859,18 +1865,19 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
                 l.tx,
                 // Jobs a worker is claiming right now are left to it: it
                 // sees the run stopped and interrupts them.
-                "WITH d AS (DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE run_id = $1 AND state IN ('ready', 'held') FOR UPDATE SKIP LOCKED)
-                 RETURNING idx, item, attempt, not_before > now()) SELECT * FROM d ORDER BY idx, item",
-                &[&l.run_id],
+                "WITH d AS (DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE run_id = $1 AND state IN ('ready', 'held')
+                    AND (NOT $2 OR (attempt = 1 AND item IS NULL AND not_before > now())) FOR UPDATE SKIP LOCKED)
+                 RETURNING idx, item, attempt) SELECT * FROM d ORDER BY idx, item",
+                &[&l.run_id, &waiting],
             )
             .await?;
-        let mut by_step: BTreeMap<usize, (i32, Option<usize>, i32, bool)> = BTreeMap::new();
+        let mut by_step: BTreeMap<usize, (i32, Option<usize>, i32)> = BTreeMap::new();
         for r in &dropped {
-            let (idx, item, attempt, waited): (i32, Option<i32>, i32, bool) = (r.get(0), r.get(1), r.get(2), r.get(3));
-            let e = by_step.entry(idx as usize).or_insert((0, item.map(|k| k as usize), attempt, waited));
+            let (idx, item, attempt): (i32, Option<i32>, i32) = (r.get(0), r.get(1), r.get(2));
+            let e = by_step.entry(idx as usize).or_insert((0, item.map(|k| k as usize), attempt));
             e.0 += 1;
         }
-        for (i, (count, first_item, attempt, waited)) in by_step {
+        for (i, (count, first_item, attempt)) in by_step {
             match first_item {
                 Some(k) => {
                     let failure = StepFailure::new(FailureKind::Cancelled, "the run was cancelled before this item started");
@@ -1882,12 +1889,8 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
                     let tally = Tally { attempts: (attempt - 1) as u32, duration, ..Tally::default() };
                     self.finish(i, Ending::Ran(Err(failure)), tally).await?;
                 }
-                // A step that waits (a timer, a signal): as in a run in one process.
-                None if waited => {
-                    let failure = StepFailure::new(FailureKind::Cancelled, "the run stopped while the step waited");
-                    self.finish(i, Ending::Ran(Err(failure)), Tally::default()).await?;
-                }
-                // Never started: ended with the other unstarted steps.
+                // Never started (a step that waited included): ended with
+                // the other unstarted steps.
                 None => {}
             }
         }
