@@ -262,9 +262,22 @@ impl Worker {
                 }
                 Ok(false) => {
                     backoff = Duration::from_millis(50);
+                    // A job that waits (a timer, a retry's delay) becomes
+                    // claimable with no notification: sleep until the
+                    // soonest, so a durable timer wakes on time.
+                    let mut nap = self.config.care_every.min(LOOK_EVERY);
+                    if self.free() > 0
+                        && let Ok(Some(due)) = self.store.next_due(&self.config.labels).await
+                    {
+                        nap = nap.min(due);
+                        if due < LOOK_EVERY {
+                            // Then claim at once, not a look later.
+                            last_look = tokio::time::Instant::now() - LOOK_EVERY + due;
+                        }
+                    }
                     tokio::select! {
                         _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(self.config.care_every.min(LOOK_EVERY)) => {}
+                        _ = tokio::time::sleep(nap) => {}
                         _ = stop.cancelled() => {}
                     }
                 }

@@ -148,13 +148,9 @@ struct Recorded {
 }
 
 /// Runs `file` with `input` (and `extra` arguments: `--components`,
-/// `--var`) in `store` and reads back what was recorded.
-fn run_and_read(store: &str, schema: &PgSchema, state: &tempfile::TempDir, file: &std::path::Path, input: &Value, extra: &[&str]) -> (Recorded, String) {
-    run_signalled(store, schema, state, file, input, extra, &[])
-}
-
-/// [`run_and_read`], sending `signals` (step, data) with `sandflow signal`
-/// to the steps that wait for them, as a test case's `signals` says.
+/// `--var`) in `store` and reads back what was recorded, sending `signals`
+/// (step, data) with `sandflow signal` to the steps that wait for them, as
+/// a test case's `signals` says.
 fn run_signalled(store: &str, schema: &PgSchema, state: &tempfile::TempDir, file: &std::path::Path, input: &Value, extra: &[&str], signals: &[(String, Value)]) -> (Recorded, String) {
     let newest = || {
         let (_, list, _) = run(sandflow(state).args(["--json", "--store", store, "runs", "list", "--limit", "1"]));

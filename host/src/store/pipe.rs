@@ -342,12 +342,14 @@ struct EventRows {
     keys: BTreeSet<(String, String)>,
     /// Steps that started: (run, step, attempt, worker).
     started: (Vec<String>, Vec<String>, Vec<i32>, Vec<Option<String>>),
-    /// Steps that wait: (run, step, kind, wake time, input).
-    waiting: (Vec<String>, Vec<String>, Vec<String>, Vec<Option<String>>, Vec<Option<String>>),
+    waiting: WaitingRows,
     steps: StepRows,
     attempts: AttemptRows,
     runs: Vec<RunRow>,
 }
+
+/// Steps that wait: (run, step, kind, wake time, input).
+type WaitingRows = (Vec<String>, Vec<String>, Vec<String>, Vec<Option<String>>, Vec<Option<String>>);
 
 /// A run's end: (run, state, finished at, output, error).
 type RunRow = (String, String, String, Option<String>, Option<String>);

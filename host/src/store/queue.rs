@@ -609,6 +609,21 @@ impl PgStore {
     }
 
     /// Whether a run is run by workers.
+    /// How long until the soonest job that waits for its time (a durable
+    /// timer, a retry's delay) becomes claimable by a worker with `labels`.
+    pub async fn next_due(&self, labels: &[String]) -> Result<Option<Duration>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT EXTRACT(EPOCH FROM min(not_before) - now())::float8 FROM jobs
+                 WHERE state = 'ready' AND not_before > now() AND not_before < 'infinity' AND runs_on <@ $1::text[]",
+            )
+            .await
+            .map_err(db)?;
+        let row = client.query_one(&stmt, &[&labels]).await.map_err(db)?;
+        Ok(row.get::<_, Option<f64>>(0).map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+
     /// How a waiting step of a run waited, once a worker claims its job:
     /// its recorded wake time, and the signal it was sent, if any.
     pub async fn woken(&self, run_id: &str, step: &str) -> Result<(Option<String>, Option<core::Signal>), StoreError> {
