@@ -29,6 +29,8 @@ pub struct Settings {
     pub variables: Value,
     /// `--otlp`: where the run's trace goes.
     pub otlp: Option<crate::trace::Endpoint>,
+    /// What started the run (`run.trigger`, `run.scheduled_time`).
+    pub trigger: crate::exec::RunTrigger,
 }
 
 /// What a new attempt of a recorded run runs again.
@@ -87,6 +89,21 @@ impl Recorder {
             text: Some(wf.text.clone()),
         };
         self.store.begin_run(&record).await?;
+        Ok(self.run_begun(prepared, run_id, input, settings, display, cancel).await)
+    }
+
+    /// Runs to its end a run of `prepared` whose record was begun (by
+    /// [`Recorder::start`], or by a schedule's tick in the transaction
+    /// that recorded the tick).
+    pub async fn run_begun(
+        &self,
+        prepared: Arc<Prepared>,
+        run_id: String,
+        input: Value,
+        settings: Settings,
+        display: Arc<dyn EventSink>,
+        cancel: CancellationToken,
+    ) -> RunReport {
         let options = RunOptions {
             run_id: run_id.clone(),
             concurrency: settings.concurrency,
@@ -96,9 +113,10 @@ impl Recorder {
             memo: Some(self.store.clone()),
             variables: settings.variables,
             mailbox: Some(Arc::new(StoreMailbox(self.store.clone()))),
+            trigger: settings.trigger,
             ..RunOptions::default()
         };
-        Ok(self.execute(prepared, input, options, display, settings.otlp, cancel).await)
+        self.execute(prepared, input, options, display, settings.otlp, cancel).await
     }
 
     /// Continues a recorded run that did not complete: steps that
@@ -144,7 +162,12 @@ impl Recorder {
             variables: settings.variables,
             ended,
             nested_events: None,
-            trigger: crate::exec::RunTrigger { kind: matches!(settings.rerun, Rerun::Retry { .. }).then(|| "retry".to_string()), scheduled_time: None },
+            // A retry is one; a resume goes on with what started the run.
+            trigger: match (&settings.rerun, &record.trigger) {
+                (Rerun::Retry { .. }, _) => crate::exec::RunTrigger { kind: Some("retry".into()), scheduled_time: None },
+                (Rerun::Resume, Some(t)) => crate::exec::RunTrigger { kind: Some(t.kind.clone()), scheduled_time: t.scheduled_time.clone() },
+                (Rerun::Resume, None) => crate::exec::RunTrigger::default(),
+            },
             waits: recorded_waits(record),
             mailbox: Some(Arc::new(StoreMailbox(self.store.clone()))),
         };

@@ -454,3 +454,82 @@ fn overlap_cancel_previous_cancels_the_running_run_at_each_tick() {
     assert_eq!(seen.last().map(String::as_str), Some("running"), "{seen:?}");
     assert!(!seen.iter().any(|s| s == "completed" || s == "failed"), "{seen:?}");
 }
+
+/// A SQLite store's schedules, fired by `sandflow scheduler`: a
+/// per-second schedule starts one run per tick, each with its tick; the
+/// scheduler is killed with runs in flight, its schedule put an hour back
+/// (as a scheduler dead for an hour leaves it), and started again: the
+/// runs it left are resumed and complete, and `catchup: one` starts none
+/// of the hour's missed ticks, since ticks on time follow them.
+#[test]
+fn a_sqlite_scheduler_fires_each_tick_once_resumes_what_it_left_and_catches_up() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("ticker.yaml");
+    std::fs::write(
+        &file,
+        "name: ticker\nschedules:\n  - { name: every-second, cron: '* * * * * *', catchup: one, input: { text: tick } }\nsteps:\n  - { id: nap, component: /builtin/sleep, input: { duration: 2s } }\noutput: { text: '{{ inputs.text }}', trigger: '{{ run.trigger }}', at: '{{ run.scheduled_time }}' }\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["schedule", "add"]).arg(&file));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("schedule ticker/every-second: `* * * * * *` (UTC), next at "), "{err}");
+    let (code, out, err) = run(sandflow(&state).args(["schedule", "list"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ticker/every-second"), "{out}");
+    let db = || rusqlite::Connection::open(state.path().join("sandflow.db")).unwrap();
+    let scheduler = || {
+        sandflow(&state).args(["scheduler"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap()
+    };
+    let mut first = scheduler();
+    std::thread::sleep(Duration::from_millis(3500));
+    let _ = first.kill();
+    let _ = first.wait();
+    let count = |sql: &str| -> i64 { db().query_row(sql, [], |r| r.get(0)).unwrap() };
+    let (runs, ticks) = (count("SELECT count(*) FROM runs WHERE triggered_by = 'schedule'"), count("SELECT count(DISTINCT scheduled_time) FROM runs WHERE triggered_by = 'schedule'"));
+    assert!(runs >= 2, "{runs} runs in 3.5 s of a per-second schedule");
+    assert_eq!(runs, ticks, "each tick started one run");
+    let left = count("SELECT count(*) FROM runs WHERE triggered_by = 'schedule' AND status = 'running'");
+    assert!(left >= 1, "the kill left runs running (each takes 2 s)");
+    // An hour down: the schedule's next tick an hour back.
+    let hour_ago = jiff::Timestamp::now().as_second() - 3600;
+    db().execute("UPDATE schedules SET next_at = ?1", [hour_ago as f64]).unwrap();
+    let restarted = jiff::Timestamp::now();
+    let mut second = scheduler();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, _, err) = run(sandflow(&state).args(["schedule", "pause", "ticker/every-second"]));
+    assert_eq!(code, 0, "{err}");
+    let since = Instant::now();
+    while count("SELECT count(*) FROM runs WHERE status = 'running'") > 0 {
+        assert!(since.elapsed() < Duration::from_secs(30), "runs still running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+    let statuses: Vec<(String, u32, String)> = {
+        let conn = db();
+        let mut q = conn.prepare("SELECT status, attempt, scheduled_time FROM runs WHERE triggered_by = 'schedule' ORDER BY scheduled_time").unwrap();
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+    };
+    assert!(statuses.iter().all(|(s, ..)| s == "completed"), "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|(_, attempt, _)| *attempt == 2).count() as i64, left, "the runs it left were resumed: {statuses:?}");
+    // Missed: more than LATE (10 s) before the restart. With `catchup:
+    // one` the latest missed tick runs only when no tick on time follows
+    // it; a per-second schedule always has one: none of the hour's 3,600
+    // missed ticks started a run, the ticks on time did.
+    let late = restarted.as_second() - 10;
+    let at = |t: &str| t.parse::<jiff::Timestamp>().unwrap().as_second();
+    let hour = statuses.iter().filter(|(_, _, t)| at(t) < late && at(t) >= hour_ago).count();
+    assert_eq!(hour, 0, "catchup: one with ticks on time: {statuses:?}");
+    assert!(statuses.iter().any(|(_, attempt, t)| *attempt == 1 && at(t) >= late && at(t) >= restarted.as_second() - 1), "ticks on time after the restart: {statuses:?}");
+    // Its run read the schedule's input and what started it.
+    let (code, out, err) = run(sandflow(&state).args(["--json", "runs", "list", "--limit", "1"]));
+    assert_eq!(code, 0, "{err}");
+    let id = serde_json::from_str::<Value>(&out).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let (code, out, err) = run(sandflow(&state).args(["--json", "runs", "show", &id]));
+    assert_eq!(code, 0, "{err}");
+    let record: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(record["output"]["text"], "tick", "{record:#}");
+    assert_eq!(record["output"]["trigger"], "schedule");
+    assert_eq!(record["trigger"]["source"], "ticker/every-second");
+    assert_eq!(record["output"]["at"], record["trigger"]["scheduled_time"]);
+}

@@ -23,6 +23,11 @@ pub(crate) struct VarArgs {
 }
 
 impl VarArgs {
+    /// Whether no variable was given.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.var.is_empty() && self.vars.is_none()
+    }
+
     pub(crate) fn read(&self) -> Result<Value, CliError> {
         let mut vars = match &self.vars {
             None => Value::Object(Map::new()),

@@ -155,10 +155,14 @@ enum Command {
     #[command(subcommand)]
     Namespace(token::NamespaceCommand),
     /// Runs that start by themselves: register a workflow file's
-    /// `schedules:`, list, pause, resume, remove (PostgreSQL store; `serve`
-    /// and `worker --scheduler` fire them).
+    /// `schedules:`, list, pause, resume, remove (PostgreSQL: `serve` and
+    /// `worker --scheduler` fire them; SQLite: `sandflow scheduler`).
     #[command(subcommand)]
     Schedule(schedule::ScheduleCommand),
+    /// Fire the schedules of a SQLite store and run what they start, in
+    /// this process, until interrupted (with PostgreSQL, `serve` and
+    /// `worker --scheduler` fire them).
+    Scheduler(schedule::SchedulerArgs),
     /// Serve the run store over HTTP: the web view (runs, each run's graph,
     /// steps and logs, live) and the API that `--server` clients submit and
     /// follow runs through (http://127.0.0.1:7878 by default).
@@ -291,6 +295,7 @@ where
             Command::Token(command) => token::execute(command, &cli.global, &out).await,
             Command::Namespace(command) => token::namespaces(command, &cli.global, &out).await,
             Command::Schedule(command) => schedule::schedules(command, &cli.global, &out).await,
+            Command::Scheduler(args) => schedule::scheduler(args, &cli.global, &out).await,
             Command::New(command) => new::execute(command, &out),
             Command::CompileComponent { .. } => unreachable!("handled before the runtime starts"),
             Command::Schema => {

@@ -95,6 +95,7 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
         rerun: Default::default(),
         variables,
         otlp: global.otlp()?,
+        trigger: Default::default(),
     };
     let report = recorder.start(prepared, &args.file, input, settings, sink(out), cancel).await.map_err(store_error)?;
     watcher.abort();

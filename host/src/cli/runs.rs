@@ -445,6 +445,7 @@ async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output
         rerun,
         variables,
         otlp: global.otlp()?,
+        trigger: Default::default(),
     };
     let report = recorder.resume(prepared, &record, settings, super::display::sink(out), cancel).await.map_err(|e| match e {
         ResumeError::Store(e) => store_error(e),

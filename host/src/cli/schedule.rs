@@ -1,5 +1,7 @@
 //! `sandflow schedule add|list|pause|resume|remove`: the schedules of a
-//! PostgreSQL store, fired by `serve` and `worker --scheduler`.
+//! PostgreSQL store, fired by `serve` and `worker --scheduler`, or of a
+//! SQLite store, fired by `sandflow scheduler` (one process that also runs
+//! what they start).
 
 use super::args::VarArgs;
 use super::render::say;
@@ -71,6 +73,9 @@ pub(crate) struct NameArgs {
 }
 
 pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    if let crate::store::StoreUrl::Sqlite(path) = global.store_url()? {
+        return local(command, &path, out).await;
+    }
     let store = pg_store(global, "`sandflow schedule`").await?;
     let now = jiff::Timestamp::now();
     match command {
@@ -122,6 +127,211 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
         }
     }
     Ok(exit::OK)
+}
+
+/// `sandflow schedule …` on a SQLite store: schedules kept by their file's
+/// path, fired by `sandflow scheduler`.
+async fn local(command: ScheduleCommand, path: &std::path::Path, out: &Output) -> Result<u8, CliError> {
+    let store = crate::store::open_sqlite(path).await.map_err(store_error)?;
+    let now = jiff::Timestamp::now();
+    let only_default = |ns: Option<&str>| match ns {
+        None | Some("default") => Ok(()),
+        Some(ns) => Err(CliError::invalid(format!("a SQLite store has one namespace, `default`, not `{ns}`: namespaces are PostgreSQL's"))),
+    };
+    match command {
+        ScheduleCommand::Add(args) => {
+            only_default(args.namespace.as_deref())?;
+            if args.concurrency.is_some() || args.components.file.is_some() || !args.vars.is_empty() || args.priority != 0 {
+                return Err(CliError::invalid(
+                    "on a SQLite store `schedule add` takes FILE and --target: `sandflow scheduler` runs each tick as `sandflow run FILE` would (the workflow's own `concurrency`)",
+                ));
+            }
+            let (prepared, _) = load_for_submit(&args.file, &args.components, out).await?;
+            let wf = &prepared.plan.workflow;
+            if wf.schedules.is_empty() {
+                return Err(CliError::invalid(format!(
+                    "{} has no `schedules:`: add one, e.g.\n  schedules:\n    - cron: \"0 3 * * *\"\n      timezone: Europe/Berlin",
+                    args.file.display()
+                )));
+            }
+            for s in &wf.schedules {
+                crate::exec::enter(&prepared, &args.target, &s.input, &Default::default())
+                    .map_err(|r| CliError::invalid(format!("schedule `{}`: {r}", s.name)))?;
+            }
+            // Kept by path: the scheduler runs the file as it is at each tick.
+            let file = std::path::absolute(&args.file).map_err(|e| CliError::invalid(format!("{}: {e}", args.file.display())))?;
+            let put = store.put_local_schedules(&wf.name, &file.display().to_string(), &args.target, &wf.schedules, now).await.map_err(store_error)?;
+            Added::new(put, wf).print(out);
+            if !wf.triggers.is_empty() && !out.quiet {
+                say!("note: its webhooks (`triggers:`) are not registered: they need `sandflow serve` on a PostgreSQL store");
+            }
+            if !out.quiet {
+                say!("`sandflow scheduler` fires them (one process, on this store)");
+            }
+        }
+        ScheduleCommand::List { namespace } => {
+            only_default(namespace.as_deref())?;
+            print_list(&store.local_schedules().await.map_err(store_error)?, &[], out);
+        }
+        ScheduleCommand::Pause(args) | ScheduleCommand::Resume(args) | ScheduleCommand::Remove(args) if args.namespace.as_deref().is_some_and(|ns| ns != "default") => {
+            only_default(args.namespace.as_deref())?;
+        }
+        ScheduleCommand::Pause(args) => local_toggle(&store, &args.name, true, now, out).await?,
+        ScheduleCommand::Resume(args) => local_toggle(&store, &args.name, false, now, out).await?,
+        ScheduleCommand::Remove(args) => {
+            if !store.remove_local_schedule(&args.name).await.map_err(store_error)? {
+                return Err(unknown("default", &args.name));
+            }
+            if !out.quiet {
+                say!("schedule {} removed", args.name);
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn local_toggle(store: &crate::store::SqliteStore, name: &str, paused: bool, now: jiff::Timestamp, out: &Output) -> Result<(), CliError> {
+    if !store.pause_local_schedule(name, paused, now).await.map_err(store_error)? {
+        return Err(unknown("default", name));
+    }
+    if !out.quiet {
+        say!("schedule {name} {}", if paused { "paused" } else { "resumed" });
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SchedulerArgs {
+    /// Most steps of each run running at once (default: the workflow's
+    /// `concurrency`, else the CPU count).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: Option<u64>,
+    /// Secrets as `NAME=value` lines; also read from `SANDFLOW_SECRET_<NAME>`.
+    #[arg(long, value_name = "FILE")]
+    secrets_file: Option<PathBuf>,
+}
+
+/// `sandflow scheduler`: fires a SQLite store's schedules and runs what
+/// they start, in this process, until SIGINT or SIGTERM. Runs a scheduler
+/// left running when it stopped (or was killed) are resumed as it starts.
+pub(crate) async fn scheduler(args: SchedulerArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
+    use crate::runs::{Recorder, Settings};
+    use std::sync::Arc;
+    let crate::store::StoreUrl::Sqlite(path) = global.store_url()? else {
+        return Err(CliError::invalid(
+            "`sandflow scheduler` fires the schedules of a SQLite store in this process; with PostgreSQL, `sandflow serve` and `sandflow worker --scheduler` fire them (any number of them)",
+        ));
+    };
+    let store = Arc::new(crate::store::open_sqlite(&path).await.map_err(store_error)?);
+    let sandbox = Arc::new(super::new_sandbox(&global.state_dir)?);
+    let recorder = Recorder { store: store.clone(), runner: sandbox.clone() };
+    let secrets = super::args::read_secrets(args.secrets_file.as_deref())?;
+    let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets: secrets.clone(), otlp: global.otlp()?, ..Settings::default() };
+    let stop = crate::sandbox::CancellationToken::new();
+    let watcher = tokio::spawn(super::call::cancel_on_signal(stop.clone()));
+    // Runs are cancelled when the scheduler stops: the next one resumes them.
+    let runs_cancel = crate::sandbox::CancellationToken::new();
+    let mut runs = tokio::task::JoinSet::new();
+    let quiet = out.quiet;
+    let load = |file: String| {
+        let (sandbox, quiet_out) = (sandbox.clone(), Output { json: false, quiet: true, verbose: 0 });
+        async move { workflow_cmd::load(std::path::Path::new(&file), &Default::default(), &sandbox, &quiet_out).await.map(Arc::new).map_err(|e| e.message) }
+    };
+    for id in store.runs_left_by_schedules().await.map_err(store_error)? {
+        let record = crate::store::RunStore::run(store.as_ref(), &id, crate::store::RunDetail::Full).await.map_err(store_error)?;
+        match load(record.file.clone()).await {
+            Ok(prepared) => {
+                if !quiet {
+                    say!("run {id} (schedule {}) was left running: resuming it", record.trigger.as_ref().and_then(|t| t.source.clone()).unwrap_or_default());
+                }
+                let (recorder, settings, cancel) = (recorder.clone(), settings.clone(), runs_cancel.child_token());
+                runs.spawn(async move {
+                    let report = recorder.resume(prepared, &record, settings, Arc::new(crate::exec::NoEvents), cancel).await;
+                    (record.id.clone(), report.map_err(|e| e.to_string()))
+                });
+            }
+            Err(e) => say!("warning: run {id} was left running, and cannot be resumed: {e}"),
+        }
+    }
+    if !quiet {
+        say!("scheduler: firing the schedules of {} (Ctrl-C stops it; its runs are resumed when it starts again)", path.display());
+    }
+    while !stop.is_cancelled() {
+        let now = jiff::Timestamp::now();
+        for due in store.due_schedules(now).await.map_err(store_error)? {
+            // The file as it is now: a tick runs it as `sandflow run` would.
+            let prepared = match load(due.file.clone()).await {
+                Ok(p) => crate::exec::enter(&p, &due.targets, &due.input, &secrets).map_err(|r| r.to_string()).and_then(|entry| match entry.missing_secrets {
+                    Some(d) => Err(d.to_string()),
+                    None => Ok(Arc::new(entry.prepared)),
+                }),
+                Err(e) => Err(e),
+            };
+            let template = prepared.as_ref().map_err(Clone::clone).map(|p| crate::store::NewRun {
+                id: String::new(),
+                workflow: p.plan.workflow.name.clone(),
+                file: due.file.clone(),
+                sha256: p.plan.workflow.sha256.clone(),
+                input: due.input.clone(),
+                targets: due.targets.clone(),
+                text: Some(p.plan.workflow.text.clone()),
+            });
+            for fired in store.fire_local(&due, now, template).await.map_err(store_error)? {
+                let (Ok(id), Ok(prepared)) = (&fired.outcome, &prepared) else {
+                    if let Err(why) = &fired.outcome {
+                        say!("schedule {}: the tick of {}: {why}", fired.schedule, fired.tick);
+                    }
+                    continue;
+                };
+                if !quiet {
+                    say!("schedule {}: the tick of {} started run {id}", fired.schedule, fired.tick);
+                }
+                let trigger = crate::exec::RunTrigger { kind: Some("schedule".into()), scheduled_time: Some(fired.tick.to_string()) };
+                let settings = Settings { trigger, ..settings.clone() };
+                let (recorder, prepared, id, input, cancel) = (recorder.clone(), prepared.clone(), id.clone(), due.input.clone(), runs_cancel.child_token());
+                runs.spawn(async move {
+                    let report = recorder.run_begun(prepared, id.clone(), input, settings, Arc::new(crate::exec::NoEvents), cancel).await;
+                    (id, Ok(report))
+                });
+            }
+        }
+        while let Some(done) = runs.try_join_next() {
+            if let Ok((id, report)) = done {
+                ended(&id, report, quiet);
+            }
+        }
+        let next = store.next_local_tick().await.map_err(store_error)?;
+        let wait = next.map(|t| t.duration_since(jiff::Timestamp::now())).and_then(|d| std::time::Duration::try_from(d).ok());
+        let wait = wait.unwrap_or(std::time::Duration::ZERO).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+    if !runs.is_empty() && !quiet {
+        say!("scheduler: stopping; cancelling its {} running runs (the next `sandflow scheduler` resumes them)", runs.len());
+    }
+    runs_cancel.cancel();
+    while let Some(done) = runs.join_next().await {
+        if let Ok((id, report)) = done {
+            ended(&id, report, quiet);
+        }
+    }
+    watcher.abort();
+    Ok(exit::OK)
+}
+
+/// Says how a run the scheduler ran ended.
+fn ended(id: &str, report: Result<crate::exec::RunReport, String>, quiet: bool) {
+    match report {
+        Ok(r) if r.state == crate::exec::RunState::Completed => {
+            if !quiet {
+                say!("run {id} completed");
+            }
+        }
+        Ok(r) => say!("run {id} {}: {}", r.state.as_str(), r.error.unwrap_or_default()),
+        Err(e) => say!("run {id}: {e}"),
+    }
 }
 
 /// What `schedule add` registered: what it prints, and (as JSON) what

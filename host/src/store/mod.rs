@@ -13,6 +13,7 @@ mod pipe;
 mod postgres;
 pub mod queue;
 pub mod schedules;
+pub mod local_schedules;
 mod sqlite;
 pub mod tokens;
 
@@ -186,21 +187,23 @@ impl StoreUrl {
     }
 }
 
+/// Opens (creating and migrating as needed) the SQLite store at `path`.
+pub async fn open_sqlite(path: &std::path::Path) -> Result<SqliteStore, StoreError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::StateDir { path: dir.to_path_buf(), source })?;
+        }
+        SqliteStore::open_file(&path)
+    })
+    .await
+    .map_err(|e| StoreError::Backend(e.to_string()))?
+}
+
 /// Opens (creating and migrating as needed) the store at `url`.
 pub async fn open(url: &StoreUrl) -> Result<Arc<dyn RunStore>, StoreError> {
     match url {
-        StoreUrl::Sqlite(path) => {
-            let path = path.clone();
-            let store = tokio::task::spawn_blocking(move || {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|source| StoreError::StateDir { path: dir.to_path_buf(), source })?;
-                }
-                SqliteStore::open_file(&path)
-            })
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))??;
-            Ok(Arc::new(store))
-        }
+        StoreUrl::Sqlite(path) => Ok(Arc::new(open_sqlite(path).await?)),
         StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::connect(url).await?)),
     }
 }

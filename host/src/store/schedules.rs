@@ -147,8 +147,30 @@ pub fn ticks_to_fire(due: &[Timestamp], now: Timestamp, catchup: Catchup) -> Vec
     fire
 }
 
+/// What a tick does about its schedule's runs still running (`overlap`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverlapDecision {
+    /// It starts a run.
+    Start,
+    /// It starts none: an earlier run still runs (`skip`).
+    Skip(String),
+    /// It asks the runs still running to cancel, then starts one
+    /// (`cancel_previous`).
+    CancelThenStart(Vec<String>),
+}
+
+/// What a tick does under `overlap`, with `running` the schedule's runs
+/// still running (oldest first). The same for both stores.
+pub fn decide_overlap(overlap: Overlap, running: &[String]) -> OverlapDecision {
+    match (overlap, running.first()) {
+        (_, None) | (Overlap::Allow, _) => OverlapDecision::Start,
+        (Overlap::Skip, Some(first)) => OverlapDecision::Skip(format!("skipped: its run {first} is still running (overlap: skip)")),
+        (Overlap::CancelPrevious, Some(_)) => OverlapDecision::CancelThenStart(running.to_vec()),
+    }
+}
+
 /// The schedule's cron expression and zone, as recorded.
-fn parse(cron: &str, timezone: &str) -> Result<(Cron, TimeZone), String> {
+pub(super) fn parse(cron: &str, timezone: &str) -> Result<(Cron, TimeZone), String> {
     let tz = TimeZone::get(timezone).map_err(|e| format!("time zone `{timezone}`: {e}"))?;
     Ok((Cron::parse(cron)?, tz))
 }
@@ -172,11 +194,11 @@ pub fn in_zone(t: Timestamp, timezone: &str) -> String {
     t.to_zoned(tz).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
 }
 
-fn choice<T: Copy + PartialEq>(options: &[(&'static str, T)], value: T) -> &'static str {
+pub(super) fn choice<T: Copy + PartialEq>(options: &[(&'static str, T)], value: T) -> &'static str {
     options.iter().find(|(_, v)| *v == value).map_or("", |(k, _)| k)
 }
 
-fn from_choice<T: Copy + Default>(options: &[(&'static str, T)], text: &str) -> T {
+pub(super) fn from_choice<T: Copy + Default>(options: &[(&'static str, T)], text: &str) -> T {
     options.iter().find(|(k, _)| *k == text).map_or_else(T::default, |(_, v)| *v)
 }
 
@@ -537,11 +559,11 @@ impl PgStore {
                     .iter()
                     .map(|r| r.get(0))
                     .collect();
-                let outcome = if overlap == Overlap::Skip && !running.is_empty() {
-                    Err(format!("skipped: its run {} is still running (overlap: skip)", running[0]))
-                } else {
-                    if overlap == Overlap::CancelPrevious && !running.is_empty() {
-                        tx.execute("UPDATE runs SET cancel_requested = true WHERE id = ANY($1)", &[&running]).await.map_err(db)?;
+                let outcome = match decide_overlap(overlap, &running) {
+                    OverlapDecision::Skip(why) => Err(why),
+                    decision => {
+                    if let OverlapDecision::CancelThenStart(previous) = decision {
+                        tx.execute("UPDATE runs SET cancel_requested = true WHERE id = ANY($1)", &[&previous]).await.map_err(db)?;
                     }
                     let run = NewRun {
                         id: crate::exec::new_run_id(),
@@ -557,6 +579,7 @@ impl PgStore {
                         Ok(()) => Ok(run.id),
                         Err(StoreError::Quota(why)) => Err(format!("refused: {why}")),
                         Err(e) => return Err(e),
+                    }
                     }
                 };
                 let (text, run_id) = match &outcome {
@@ -643,5 +666,14 @@ mod tests {
         assert_eq!(ticks_to_fire(&due[..3], now, Catchup::None), []);
         assert_eq!(ticks_to_fire(&due[..3], now, Catchup::One), [due[2]]);
         assert_eq!(ticks_to_fire(&due[..3], now, Catchup::All), due[..3]);
+    }
+
+    #[test]
+    fn overlap_starts_skips_or_cancels_the_runs_still_running() {
+        let running = vec!["r1".to_string(), "r2".to_string()];
+        assert_eq!(decide_overlap(Overlap::Allow, &running), OverlapDecision::Start);
+        assert_eq!(decide_overlap(Overlap::Skip, &[]), OverlapDecision::Start);
+        assert_eq!(decide_overlap(Overlap::Skip, &running), OverlapDecision::Skip("skipped: its run r1 is still running (overlap: skip)".into()));
+        assert_eq!(decide_overlap(Overlap::CancelPrevious, &running), OverlapDecision::CancelThenStart(running.clone()));
     }
 }

@@ -140,6 +140,33 @@ CREATE TABLE blobs (
         sent_at TEXT NOT NULL,
         PRIMARY KEY (run_id, step)
      );",
+    // 14: schedules (`schedule add`, fired by `sandflow scheduler`): each a
+    // workflow file's path with its cron expression, zone and next tick
+    // (Unix seconds); a row per tick fired (the key that makes it fire
+    // once), and on each run what started it.
+    "CREATE TABLE schedules (
+        name      TEXT PRIMARY KEY,
+        workflow  TEXT NOT NULL,
+        file      TEXT NOT NULL,
+        cron      TEXT NOT NULL,
+        timezone  TEXT NOT NULL,
+        input     TEXT NOT NULL,
+        catchup   TEXT NOT NULL,
+        overlap   TEXT NOT NULL,
+        targets   TEXT,
+        paused    INTEGER NOT NULL DEFAULT 0,
+        next_at   REAL
+     );
+     CREATE TABLE schedule_ticks (
+        name    TEXT NOT NULL,
+        tick    REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        run_id  TEXT,
+        PRIMARY KEY (name, tick)
+     );
+     ALTER TABLE runs ADD COLUMN triggered_by TEXT NOT NULL DEFAULT 'manual';
+     ALTER TABLE runs ADD COLUMN trigger_source TEXT;
+     ALTER TABLE runs ADD COLUMN scheduled_time TEXT;",
 ];
 
 /// The SQLite run store.
@@ -226,7 +253,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` with the connection on tokio's blocking pool.
-    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(super) async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
@@ -458,7 +485,8 @@ impl RunStore for SqliteStore {
             .with(move |conn| {
                 let run = conn
                     .query_row(
-                        "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error, targets, namespace FROM runs WHERE id = ?1",
+                        "SELECT id, workflow, file, sha256, input, status, attempt, started_at, finished_at, output, error, targets, namespace,
+                                triggered_by, trigger_source, scheduled_time FROM runs WHERE id = ?1",
                         params![key],
                         |r| {
                             Ok(RunRecord {
@@ -475,8 +503,10 @@ impl RunStore for SqliteStore {
                                 output: super::raw_json(r.get(9)?),
                                 error: r.get(10)?,
                                 targets: super::targets_of(r.get(11)?),
-                                // Runs of a SQLite store are started by hand.
-                                trigger: None,
+                                trigger: Some(r.get::<_, String>(13)?)
+                                    .filter(|kind| kind != "manual")
+                                    .map(|kind| Ok::<_, rusqlite::Error>(super::TriggerRecord { kind, source: r.get(14)?, scheduled_time: r.get(15)? }))
+                                    .transpose()?,
                                 steps: Vec::new(),
                             })
                         },
