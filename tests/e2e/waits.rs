@@ -259,3 +259,40 @@ fn a_failure_ends_the_steps_that_wait_in_process_and_on_workers() {
         assert_eq!(step(&record, "broken")["state"], "skipped", "{store}: {record:#}");
     }
 }
+
+/// A signal step, in one process and on workers: data its `schema` refuses
+/// is refused (exit 2, nothing recorded), and `sandflow cancel` while it
+/// waits ends the run at once, the step `cancelled`.
+#[test]
+fn a_waiting_signal_refuses_data_its_schema_does_not_take_and_a_cancel_ends_it() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let file = workflow(state.path(), "deploy", "  - { id: go, component: /builtin/signal, input: { name: go, timeout: 10m, schema: { type: object, required: [ref] } } }\n");
+    let _workers = crate::distributed::Workers::start(&schema, &state, 1, "5s");
+    let sqlite = format!("sqlite:{}", state.path().join("local.db").display());
+    for store in [sqlite.as_str(), schema.url.as_str()] {
+        let on = |mut cmd: Command| {
+            cmd.args(["--store", store]);
+            cmd
+        };
+        let child = Killed(on(sandflow(&state)).args(["-q", "run"]).arg(&file).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        let id = wait_for("a run", Duration::from_secs(60), || {
+            let (_, list, _) = run(on(sandflow(&state)).args(["--json", "runs", "list", "--limit", "1"]));
+            let runs: Value = serde_json::from_str(&list).unwrap_or(Value::Null);
+            runs[0].clone()
+        }, |r| r["status"] == "running");
+        let id = id["id"].as_str().unwrap().to_string();
+        wait_for("the signal step waits", Duration::from_secs(30), || show(on(sandflow(&state)), &id), |r| step(r, "go")["state"] == "waiting");
+        let (code, _, err) = run(on(sandflow(&state)).args(["signal", &id, "go", "--data", r#"{"branch": "main"}"#]));
+        assert_eq!(code, 2, "{store}: {err}");
+        assert!(err.contains("the data does not match the step's `schema`") && err.contains("ref"), "{store}: {err}");
+        let started = Instant::now();
+        let (code, _, err) = run(on(sandflow(&state)).args(["cancel", &id]));
+        assert_eq!(code, 0, "{store}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{store}: the cancel took {:?}", started.elapsed());
+        let record = show(on(sandflow(&state)), &id);
+        assert_eq!(record["status"], "cancelled", "{store}: {record:#}");
+        assert_eq!(step(&record, "go")["state"], "cancelled", "{store}: {record:#}");
+        drop(child);
+    }
+}
