@@ -532,4 +532,11 @@ fn a_sqlite_scheduler_fires_each_tick_once_resumes_what_it_left_and_catches_up()
     assert_eq!(record["output"]["trigger"], "schedule");
     assert_eq!(record["trigger"]["source"], "ticker/every-second");
     assert_eq!(record["output"]["at"], record["trigger"]["scheduled_time"]);
+    // The web view lists it (paused), with its last tick and run.
+    let (_server, addr) = crate::web::serve(&state, &[]);
+    let (status, body) = crate::web::http(&addr, "GET", "/api/schedules", &[]);
+    assert_eq!(status, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    let s = &listed["schedules"][0];
+    assert_eq!((s["name"].as_str(), s["paused"].as_bool(), s["last_outcome"].as_str()), (Some("ticker/every-second"), Some(true), Some("started")), "{listed:#}");
 }

@@ -718,7 +718,16 @@ pub(super) struct AuditParams {
 /// caller sees (a PostgreSQL store's; the secrets by name only).
 pub(super) async fn schedules(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Query(q): Query<InNamespace>) -> Response {
     let Some(store) = &app.pg else {
-        return refused(StatusCode::NOT_FOUND, "this store is SQLite: schedules and webhooks are kept in a PostgreSQL store (`sandflow schedule add`)".into());
+        // A SQLite store's schedules (fired by `sandflow scheduler`) are
+        // the `default` namespace's; it has no webhooks.
+        let listed = match &app.sqlite {
+            Some(sqlite) if caller.sees("default") && q.namespace.as_deref().is_none_or(|ns| ns == "default") => sqlite.local_schedules().await,
+            _ => Ok(Vec::new()),
+        };
+        return match listed {
+            Ok(schedules) => Json(json!({ "schedules": schedules, "webhooks": [] })).into_response(),
+            Err(e) => failure(e),
+        };
     };
     // `?namespace=NS`: only that one (which the caller must see).
     let named = match q.namespace.as_deref().map(|ns| namespace_for(&caller, Some(ns))).transpose() {

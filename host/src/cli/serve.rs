@@ -104,6 +104,9 @@ pub(super) struct App {
     pub(super) store: Arc<dyn RunStore>,
     /// The same store, when it is PostgreSQL: runs are submitted to it.
     pub(super) pg: Option<Arc<crate::store::PgStore>>,
+    /// The same store, when it is SQLite (its schedules, which `sandflow
+    /// scheduler` fires).
+    pub(super) sqlite: Option<Arc<crate::store::SqliteStore>>,
     pub(super) allow_actions: bool,
     pub(super) allow_host_access: bool,
     /// Each namespace's secrets (`--secrets-file`, `--secrets-dir`): the
@@ -141,12 +144,15 @@ const READY_WITHIN: Duration = Duration::from_secs(2);
 pub(super) const LIVE_POLL: Duration = Duration::from_millis(300);
 
 pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
-    let (store, pg): (Arc<dyn RunStore>, _) = match global.store_url()? {
+    let (store, pg, sqlite): (Arc<dyn RunStore>, _, _) = match global.store_url()? {
         crate::store::StoreUrl::Postgres(_) => {
             let pg = super::worker::pg_store(global, "`sandflow serve`").await?;
-            (pg.clone(), Some(pg))
+            (pg.clone(), Some(pg), None)
         }
-        crate::store::StoreUrl::Sqlite(_) => (global.open_store().await?, None),
+        crate::store::StoreUrl::Sqlite(path) => {
+            let sqlite = Arc::new(crate::store::open_sqlite(&path).await.map_err(super::store_error)?);
+            (sqlite.clone(), None, Some(sqlite))
+        }
     };
     if !args.listen.ip().is_loopback() && global.token.is_none() {
         super::render::say!(
@@ -163,6 +169,7 @@ pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) 
     let app = Arc::new(App {
         store,
         pg,
+        sqlite,
         allow_actions: args.allow_actions,
         allow_host_access: args.allow_host_access,
         secrets: super::args::namespace_secrets(args.secrets_file.as_deref(), args.secrets_dir.as_deref())?,
