@@ -200,13 +200,20 @@ fn validate_names_schedule_mistakes_at_their_place() {
     for (line, says) in [(5, "webhook `open` has no `secret`"), (6, "a webhook's `input` reads step `say`"), (7, "webhook name `bad/name`")] {
         assert!(err.lines().any(|l| l.contains(&format!("hooks.yaml:{line}:")) && l.contains(says)), "line {line}: {says}\n{err}");
     }
-    // Without PostgreSQL, `schedule` says what it needs.
+    // On the SQLite store, `schedule add` keeps it for `sandflow scheduler`,
+    // and says what it does not keep there.
     let ok = scheduled(state.path(), "fine", "  - { cron: '@daily', timezone: Europe/Berlin }\n");
     let (code, _, err) = run(sandflow(&state).arg("validate").arg(&ok));
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(sandflow(&state).args(["schedule", "add"]).arg(&ok));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("schedule fine/1: `@daily` (Europe/Berlin), next at ") && err.contains("`sandflow scheduler` fires them"), "{err}");
+    let (code, _, err) = run(sandflow(&state).args(["schedule", "add", "--namespace", "team-a"]).arg(&ok));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("PostgreSQL"), "{err}");
+    assert!(err.contains("namespaces are PostgreSQL's"), "{err}");
+    let (code, _, err) = run(sandflow(&state).args(["--store", "postgres://nobody@127.0.0.1:1/x", "scheduler"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`sandflow worker --scheduler` fire them"), "{err}");
 }
 
 /// The example, `workflows/nightly.yaml`: registered from the repository

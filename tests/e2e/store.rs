@@ -358,7 +358,7 @@ fn a_store_of_schema_version_1_is_migrated_and_keeps_its_runs() {
     let db = state.path().join("sandflow.db");
     rusqlite::Connection::open(&db)
         .unwrap()
-        .execute_batch("ALTER TABLE steps DROP COLUMN output_secrets; ALTER TABLE steps DROP COLUMN input; ALTER TABLE attempts DROP COLUMN fuel_used; ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE runs DROP COLUMN targets; DROP TABLE memo; DROP INDEX steps_in_order; ALTER TABLE steps DROP COLUMN started_at; ALTER TABLE steps DROP COLUMN worker; ALTER TABLE steps DROP COLUMN items; ALTER TABLE runs DROP COLUMN namespace; ALTER TABLE steps DROP COLUMN wake_at; ALTER TABLE steps DROP COLUMN wait_kind; DROP TABLE signals; PRAGMA user_version = 1;")
+        .execute_batch("ALTER TABLE steps DROP COLUMN output_secrets; ALTER TABLE steps DROP COLUMN input; ALTER TABLE attempts DROP COLUMN fuel_used; ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE runs DROP COLUMN targets; DROP TABLE memo; DROP INDEX steps_in_order; ALTER TABLE steps DROP COLUMN started_at; ALTER TABLE steps DROP COLUMN worker; ALTER TABLE steps DROP COLUMN items; ALTER TABLE runs DROP COLUMN namespace; ALTER TABLE steps DROP COLUMN wake_at; ALTER TABLE steps DROP COLUMN wait_kind; DROP TABLE signals; DROP TABLE schedules; DROP TABLE schedule_ticks; ALTER TABLE runs DROP COLUMN triggered_by; ALTER TABLE runs DROP COLUMN trigger_source; ALTER TABLE runs DROP COLUMN scheduled_time; PRAGMA user_version = 1;")
         .unwrap();
     let (code, out, err) = run(sandflow(&state).args(["--json", "runs", "list"]));
     assert_eq!(code, 0, "{err}");

@@ -573,6 +573,26 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
+    /// Saves what the page shows now as `name` (PNG), where [`screenshot`]
+    /// saves: the page may go on loading (a live run's feed), which a
+    /// screenshot taken on the command line would wait for.
+    pub(crate) fn screenshot(&mut self, name: &str, from: Option<&str>) {
+        // From element `from` down (1200×300 of the page), or the window.
+        let mut params = serde_json::json!({ "format": "png" });
+        if let Some(selector) = from {
+            let script = format!("(() => {{ const r = document.querySelector({}).getBoundingClientRect(); return r.top + window.scrollY; }})()", serde_json::to_string(selector).unwrap());
+            let top = self.eval(&script).as_f64().expect("the element is on the page");
+            params["clip"] = serde_json::json!({ "x": 0, "y": (top - 24.0).max(0.0), "width": 1200, "height": 300, "scale": 1 });
+            params["captureBeyondViewport"] = Value::Bool(true);
+        }
+        let shot = self.call("Page.captureScreenshot", params);
+        let bytes = base64_decode(shot["data"].as_str().expect("a PNG"));
+        assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+        let dir = std::env::var_os("SANDFLOW_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|| root().join("target/screenshots"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+
     /// Waits (in the page, up to 30 s) for `selector`, then clicks it.
     pub(crate) fn click(&mut self, selector: &str) {
         let script = format!(
@@ -597,6 +617,25 @@ impl Browser {
     }
 }
 
+/// Standard base64 (the DevTools protocol's screenshots).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()).map(value).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
 /// An approval approved in the web view: the run's page shows the waiting
 /// step with what it asks and its buttons; clicking Approve in Chromium
 /// ends the step (the run's own process sees the signal) and the run
@@ -619,6 +658,9 @@ fn an_approval_is_approved_with_a_click_in_a_real_browser() {
     let mut browser = Browser::open(&chromium, &format!("http://{addr}/runs/{id}"));
     let asked = browser.text_of(r#"tr[data-step="approve"][data-state="waiting"]"#, "Ship v7?");
     assert!(asked.contains("waits for approval (timeout "), "{asked}");
+    // The graph colours it as waiting; the picture shows its row and buttons.
+    assert_eq!(browser.eval(r#"document.querySelectorAll('g.step.waiting[data-step="approve"]').length"#), 1);
+    browser.screenshot("run-waiting.png", Some("#timeline"));
     browser.click(r#"tr[data-step="approve"] button[data-signal="approve"]"#);
     let said = browser.text_of("#action-result", "signal sent");
     assert_eq!(said, "signal sent to step `approve` of run ".to_string() + &id);

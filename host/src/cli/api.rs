@@ -489,17 +489,26 @@ pub(super) async fn act(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // Which run first: another namespace's is 404 whatever the role.
-    let id = match super::serve::visible(&app, &caller, &id).await {
+    on_run(&app, &caller, &id, None, |record| act_on(&app, &caller, record, action, headers, body)).await
+}
+
+/// An action on run `given` that the caller sees (another namespace's is
+/// 404 whatever the role), read once: its namespace for the audit log
+/// (with `detail`), its record for `act`.
+async fn on_run<F, Fut>(app: &App, caller: &Caller, given: &str, detail: Option<String>, act: F) -> Response
+where
+    F: FnOnce(crate::store::RunRecord) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let id = match super::serve::visible(app, caller, given).await {
         Ok(id) => id,
         Err(r) => return r,
     };
-    // Read once: its namespace for the audit log, its state for the action.
     let (namespace, mut response) = match app.store.run(&id, RunDetail::Run).await {
-        Ok(record) => (Some(record.namespace.clone()), act_on(&app, &caller, record, action, headers, body).await),
+        Ok(record) => (Some(record.namespace.clone()), act(record).await),
         Err(e) => (None, failure(e)),
     };
-    response.extensions_mut().insert(Noted { namespace, run_id: Some(id), detail: None });
+    response.extensions_mut().insert(Noted { namespace, run_id: Some(id), detail });
     response
 }
 
@@ -569,17 +578,12 @@ pub(super) async fn signal(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let id = match super::serve::visible(&app, &caller, &id).await {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    let mut response = signal_step(&app, &caller, &id, &step, headers, body).await;
-    let namespace = app.store.run(&id, RunDetail::Run).await.ok().map(|r| r.namespace);
-    response.extensions_mut().insert(Noted { namespace, run_id: Some(id), detail: Some(format!("signal {step}")) });
-    response
+    let detail = Some(format!("signal {step}"));
+    on_run(&app, &caller, &id, detail, |record| signal_step(&app, &caller, record.id, &step, headers, body)).await
 }
 
-async fn signal_step(app: &App, caller: &Caller, id: &str, step: &str, headers: HeaderMap, body: Body) -> Response {
+async fn signal_step(app: &App, caller: &Caller, id: String, step: &str, headers: HeaderMap, body: Body) -> Response {
+    let id = id.as_str();
     if let Err(r) = allowed(app, caller, Role::Operator) {
         return r;
     }

@@ -18,6 +18,7 @@ pub const STYLE: &str = "\n\
 .skipped rect { fill: #f6f8fa; stroke: #afb8c1; stroke-dasharray: 4 3; }\n\
 .cancelled rect { fill: #fff8c5; stroke: #9a6700; }\n\
 .running rect { fill: #ddf4ff; stroke: #0969da; stroke-width: 2; }\n\
+.waiting rect { fill: #fbefff; stroke: #8250df; stroke-width: 2; stroke-dasharray: 6 3; }\n\
 ";
 
 const NODE_H: f64 = 46.0;
@@ -34,7 +35,8 @@ fn escape(text: &str) -> String {
 impl Plan {
     /// The DAG as SVG. `class` gives a step an extra CSS class (a run's
     /// view colours steps by state this way); the picture's own style
-    /// colours `succeeded`, `failed`, `skipped`, `cancelled` and `running`.
+    /// colours `succeeded`, `failed`, `skipped`, `cancelled`, `running` and
+    /// `waiting`.
     pub fn to_svg(&self, class: &dyn Fn(usize) -> Option<String>) -> String {
         self.to_svg_noted(class, &|_| None)
     }
