@@ -220,8 +220,12 @@ fn a_sleep_on_a_worker_holds_no_slot_and_survives_the_worker() {
     assert_eq!(record["status"], "completed", "{record:#}");
     let nap = step(&record, "nap");
     assert_eq!((nap["attempts"].as_u64(), at(&nap["output"]["until"])), (Some(1), wake), "{nap}");
+    // On time: the step's end is recorded within a second of its wake time
+    // on a quiet machine (a worker sleeps until its soonest due job); the
+    // bound leaves room for a CI machine running other tests beside it.
     let woke = after(at(&nap["finished_at"]), wake);
-    assert!((0.0..1.0).contains(&woke), "woke {woke:.2}s after its time");
+    eprintln!("the sleep's end was recorded {woke:.3}s after its wake time");
+    assert!((0.0..1.5).contains(&woke), "woke {woke:.2}s after its time");
     let ended = schema.strings("SELECT step FROM attempts WHERE run_id = $1 AND step = 'nap'", &sleeping);
     assert_eq!(ended.len(), 1, "it ended once: {ended:?}");
 }
