@@ -61,16 +61,21 @@ fn finished_line(step: &str, state: StepState, duration: Duration, fuel: u64, er
     }
 }
 
-/// One line for a step that waits, saying how to end the wait when a
-/// person does.
+/// One line for a step that waits: [`waits_for`] after its name.
 pub(crate) fn waiting_line(run_id: &str, step: &str, kind: WaitKind, until: Option<&str>) -> String {
+    format!("⏸ {step} {}", waits_for(run_id, step, kind, until))
+}
+
+/// What a waiting step waits for, until when, and how a person ends the
+/// wait when one does.
+pub(crate) fn waits_for(run_id: &str, step: &str, kind: WaitKind, until: Option<&str>) -> String {
     let by = until.map(|u| format!(" until {u}")).unwrap_or_default();
     let timeout = until.map(|u| format!(" (timeout {u})")).unwrap_or_default();
     match kind {
-        WaitKind::Wait => format!("⏸ {step} waits{by}, then runs"),
-        WaitKind::Sleep => format!("⏸ {step} sleeps{by}"),
-        WaitKind::Signal => format!("⏸ {step} waits for a signal{timeout}: sandflow signal {run_id} {step} --data JSON"),
-        WaitKind::Approval => format!("⏸ {step} waits for approval{timeout}: sandflow signal {run_id} {step} --approve (or --reject)"),
+        WaitKind::Wait => format!("waits{by}, then runs"),
+        WaitKind::Sleep => format!("sleeps{by}"),
+        WaitKind::Signal => format!("waits for a signal{timeout}: sandflow signal {run_id} {step} --data JSON"),
+        WaitKind::Approval => format!("waits for approval{timeout}: sandflow signal {run_id} {step} --approve (or --reject)"),
     }
 }
 

@@ -217,9 +217,11 @@ impl Remote {
 
     /// `signal ID STEP`: as the token's caller.
     async fn signal(&self, args: super::signal::SignalArgs, out: &Output) -> Result<u8, CliError> {
+        // The API takes a signal's data as `data`, an approval's decision
+        // (`{approved, comment?}`) as it is.
         let body = match &args.data {
             Some(_) => json!({ "data": args.data()? }),
-            None => json!({ "approved": args.approve, "comment": args.comment }),
+            None => args.data()?,
         };
         let id = self.run(&args.id).await?.id;
         let path = format!("/api/runs/{}/steps/{}/signal", encode(&id), encode(&args.step));

@@ -275,9 +275,7 @@ pub(crate) fn print_run(run: crate::store::RunRecord, timeline: bool, out: &Outp
             if s.state == "waiting"
                 && let Some(kind) = s.wait_kind.as_deref().and_then(crate::exec::core::WaitKind::from_name)
             {
-                let said = super::display::waiting_line(&run.id, &s.step, kind, s.wake_at.as_deref());
-                let said = said.split_once(&format!("{} ", s.step)).map_or(said.as_str(), |(_, rest)| rest);
-                let _ = write!(line, "  {said}");
+                let _ = write!(line, "  {}", super::display::waits_for(&run.id, &s.step, kind, s.wake_at.as_deref()));
             }
             let _ = writeln!(lines, "{}", line.trim_end());
         }

@@ -173,12 +173,16 @@ async fn local(command: ScheduleCommand, path: &std::path::Path, out: &Output) -
             only_default(namespace.as_deref())?;
             print_list(&store.local_schedules().await.map_err(store_error)?, &[], out);
         }
-        ScheduleCommand::Pause(args) | ScheduleCommand::Resume(args) | ScheduleCommand::Remove(args) if args.namespace.as_deref().is_some_and(|ns| ns != "default") => {
+        ScheduleCommand::Pause(args) => {
             only_default(args.namespace.as_deref())?;
+            local_toggle(&store, &args.name, true, now, out).await?
         }
-        ScheduleCommand::Pause(args) => local_toggle(&store, &args.name, true, now, out).await?,
-        ScheduleCommand::Resume(args) => local_toggle(&store, &args.name, false, now, out).await?,
+        ScheduleCommand::Resume(args) => {
+            only_default(args.namespace.as_deref())?;
+            local_toggle(&store, &args.name, false, now, out).await?
+        }
         ScheduleCommand::Remove(args) => {
+            only_default(args.namespace.as_deref())?;
             if !store.remove_local_schedule(&args.name).await.map_err(store_error)? {
                 return Err(unknown("default", &args.name));
             }
@@ -300,9 +304,7 @@ pub(crate) async fn scheduler(args: SchedulerArgs, global: &GlobalArgs, out: &Ou
                 ended(&id, report, quiet);
             }
         }
-        let next = store.next_local_tick().await.map_err(store_error)?;
-        let wait = next.map(|t| t.duration_since(jiff::Timestamp::now())).and_then(|d| std::time::Duration::try_from(d).ok());
-        let wait = wait.unwrap_or(std::time::Duration::ZERO).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(1));
+        let wait = crate::store::schedules::until_next(store.next_local_tick().await.map_err(store_error)?);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => {}

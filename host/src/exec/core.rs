@@ -425,11 +425,7 @@ pub fn wait_of(facts: &RunFacts<'_>, decl: &StepDecl, work: &Work, outputs: &dyn
         WaitKind::Sleep => Some(wait::wake_time(input, "/builtin/sleep's input", now).map_err(bad)?),
         _ => match input.get("timeout") {
             None | Some(Value::Null) => None,
-            Some(t) => {
-                let d = wait::duration(t, "`timeout`").map_err(bad)?;
-                let span = jiff::SignedDuration::try_from(d).map_err(|e| bad(format!("`timeout` is too long: {e}")))?;
-                Some(now.checked_add(span).map_err(|e| bad(format!("`timeout` is too long: {e}")))?)
-            }
+            Some(t) => Some(wait::duration(t, "`timeout`").and_then(|d| wait::after(now, d, "`timeout`")).map_err(bad)?),
         },
     };
     Ok(Some(Wait { kind, until }))

@@ -735,7 +735,7 @@ async fn wake_due(m: &mut RunMachine<'_, Book<'_>>, ctx: &Ctx) {
     let (due, left): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut m.ledger.parked).into_iter().partition(|p| p.wake.is_some_and(|w| w <= now));
     m.ledger.parked = left;
     let mut signals = BTreeMap::new();
-    let asking: Vec<String> = due.iter().filter(|p| p.wait.kind.takes_signals()).map(|p| m.plan.workflow.steps[p.step].id.clone()).collect();
+    let asking = awaiting_signals(m.plan, &due);
     if let (Some(mailbox), false) = (&ctx.mailbox, asking.is_empty()) {
         signals = mailbox.signals(&ctx.run_id, &asking).await.unwrap_or_default().into_iter().collect();
     }
@@ -750,10 +750,15 @@ async fn wake_due(m: &mut RunMachine<'_, Book<'_>>, ctx: &Ctx) {
     }
 }
 
+/// The ids of the steps of `parked` that a signal ends.
+fn awaiting_signals(plan: &crate::plan::Plan, parked: &[Parked]) -> Vec<String> {
+    parked.iter().filter(|p| p.wait.kind.takes_signals()).map(|p| plan.workflow.steps[p.step].id.clone()).collect()
+}
+
 /// Signals sent to waiting steps: each ends the step it was sent to.
 async fn take_signals(m: &mut RunMachine<'_, Book<'_>>, ctx: &Ctx) {
     let Some(mailbox) = &ctx.mailbox else { return };
-    let asking: Vec<String> = m.ledger.parked.iter().filter(|p| p.wait.kind.takes_signals()).map(|p| m.plan.workflow.steps[p.step].id.clone()).collect();
+    let asking = awaiting_signals(m.plan, &m.ledger.parked);
     let signals = match mailbox.signals(&ctx.run_id, &asking).await {
         Ok(signals) => signals,
         Err(e) => {
@@ -1158,8 +1163,10 @@ async fn execute(ctx: &Ctx, step: usize, input: &Value, which: Which, settings: 
                     builtin::load_file(input, &wf.dir, &granted)
                 }
                 Builtin::Eval => eval_builtin(ctx, decl, input, which, cancel).await,
-                // Run once its wait is over (on a worker: a job claimed
-                // after its time; a signal is taken by the worker itself).
+                // Both drivers end these themselves (the dispatcher when it
+                // wakes them, a worker when it claims their job, with what
+                // was recorded), so neither comes here; answered as a step
+                // that woke with nothing recorded.
                 Builtin::Sleep | Builtin::Signal | Builtin::Approval => {
                     let kind = core::WaitKind::of_builtin(*b).expect("a builtin that waits");
                     core::woken(kind, input, None, None)

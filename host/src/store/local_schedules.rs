@@ -4,22 +4,19 @@
 //! schedulers fire them for workers: [`super::schedules`]).
 //!
 //! The decisions are the same as on PostgreSQL ([`ticks_to_fire`] for
-//! `catchup`, [`overlap`] for `overlap`, the cron expression's next tick),
+//! `catchup`, [`decide_overlap`] for `overlap`, the cron expression's next tick),
 //! and so is the key that makes a tick fire once: a row per schedule and
 //! tick, written in the transaction that records the run it starts and the
 //! schedule's next tick.
 
-use super::schedules::{OverlapDecision, PutSchedules, ScheduleRecord, choice, decide_overlap, from_choice, in_zone, parse, ticks_to_fire};
-use super::sqlite::SqliteStore;
+use super::schedules::{Fired, MOST_CAUGHT_UP, OverlapDecision, PutSchedules, ScheduleRecord, choice, decide_overlap, from_choice, in_zone, parse, ticks_to_fire};
+use super::sqlite::{SqliteStore, insert_run};
 use super::{NewRun, StoreError};
 use crate::workflow::{Catchup, Overlap, ScheduleDecl};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
-
-/// At most this many missed ticks start runs at once (`catchup: all`).
-const MOST_CAUGHT_UP: usize = 1000;
 
 /// A schedule whose next tick has come.
 #[derive(Debug, Clone)]
@@ -36,14 +33,6 @@ pub struct DueSchedule {
     catchup: Catchup,
     overlap: Overlap,
     next_at: Timestamp,
-}
-
-/// What a tick of a schedule did: the run it started, or why none.
-#[derive(Debug, Clone)]
-pub struct LocalFired {
-    pub schedule: String,
-    pub tick: Timestamp,
-    pub outcome: Result<String, String>,
 }
 
 fn secs(t: Timestamp) -> f64 {
@@ -186,10 +175,11 @@ impl SqliteStore {
     }
 
     /// Fires the ticks of `due` at `now`: each tick's row, its run's row
-    /// (`run`: the workflow as it is now, or why it cannot run) and the
+    /// (`run`: the workflow as it is now, its id left to each tick, or why
+    /// it cannot run) and the
     /// schedule's next tick, in one transaction. A tick recorded before
     /// starts nothing.
-    pub async fn fire_local(&self, due: &DueSchedule, now: Timestamp, run: Result<NewRun, String>) -> Result<Vec<LocalFired>, StoreError> {
+    pub async fn fire_local(&self, due: &DueSchedule, now: Timestamp, run: Result<NewRun, String>) -> Result<Vec<Fired>, StoreError> {
         let due = due.clone();
         self.with(move |conn| {
             let tx = conn.unchecked_transaction()?;
@@ -201,7 +191,7 @@ impl SqliteStore {
                     // paused rather than retried at every pass.
                     tx.execute("UPDATE schedules SET paused = 1 WHERE name = ?1", params![due.name])?;
                     tx.commit()?;
-                    return Ok(vec![LocalFired { schedule: due.name, tick: due.next_at, outcome: Err(format!("paused: {e}")) }]);
+                    return Ok(vec![Fired { namespace: super::DEFAULT_NAMESPACE.into(), schedule: due.name, tick: due.next_at, outcome: Err(format!("paused: {e}")) }]);
                 }
             };
             let mut ticks = vec![due.next_at];
@@ -223,26 +213,9 @@ impl SqliteStore {
                                 tx.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?1", params![id])?;
                             }
                         }
-                        let id = crate::exec::new_run_id();
-                        if let Some(text) = &template.text {
-                            tx.prepare_cached("INSERT OR IGNORE INTO files (sha256, bytes) VALUES (?1, ?2)")?.execute(params![template.sha256, text.as_bytes()])?;
-                        }
-                        tx.execute(
-                            "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, targets, triggered_by, trigger_source, scheduled_time)
-                             VALUES (?1, ?2, ?3, ?4, ?5, 'running', 1, ?6, ?7, 'schedule', ?8, ?9)",
-                            params![
-                                id,
-                                template.workflow,
-                                template.file,
-                                template.sha256,
-                                template.input.to_string(),
-                                super::now(),
-                                super::targets_text(&template.targets),
-                                due.name,
-                                tick.to_string()
-                            ],
-                        )?;
-                        Ok(id)
+                        let run = NewRun { id: crate::exec::new_run_id(), ..template.clone() };
+                        insert_run(&tx, &run, Some((&due.name, tick)))?;
+                        Ok(run.id)
                     }
                 };
                 let (text, run_id) = match &outcome {
@@ -250,7 +223,7 @@ impl SqliteStore {
                     Err(why) => (why.clone(), None),
                 };
                 tx.execute("UPDATE schedule_ticks SET outcome = ?3, run_id = ?4 WHERE name = ?1 AND tick = ?2", params![due.name, secs(tick), text, run_id])?;
-                fired.push(LocalFired { schedule: due.name.clone(), tick, outcome });
+                fired.push(Fired { namespace: super::DEFAULT_NAMESPACE.into(), schedule: due.name.clone(), tick, outcome });
             }
             let next = cron.next_after(now.max(*ticks.last().unwrap_or(&due.next_at)), &tz).map(secs);
             tx.execute("UPDATE schedules SET next_at = ?2 WHERE name = ?1", params![due.name, next])?;

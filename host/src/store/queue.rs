@@ -1197,7 +1197,7 @@ impl<'a> PgLedger<'a> {
     /// items beyond its concurrency held until others end). A step that
     /// waits is a job claimable from its wake time, holding no slot until
     /// then; one that waits for a signal with no timeout, only when
-    /// `sandflow signal` wakes it ([`PgStore::signal`]).
+    /// `sandflow signal` wakes it (`RunStore::put_signal`).
     fn launch(&mut self, i: usize, Launch { work, wait }: Launch) {
         let not_before = wait.map(|w| match w.until {
             Some(t) => t.as_millisecond() as f64 / 1e3,

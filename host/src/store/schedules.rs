@@ -26,7 +26,7 @@ pub const LATE: Duration = Duration::from_secs(10);
 
 /// At most this many missed ticks start runs at once (`catchup: all`),
 /// the newest.
-const MOST_CAUGHT_UP: usize = 1000;
+pub(super) const MOST_CAUGHT_UP: usize = 1000;
 
 /// What a schedule submits at each tick, apart from its input.
 #[derive(Debug, Clone)]
@@ -609,6 +609,15 @@ impl PgStore {
     }
 }
 
+/// How long a scheduler waits before it looks again, with `next` the
+/// soonest next tick: until then, and at least every second (to see
+/// schedules added or resumed); a tick already due (one another scheduler
+/// holds) is looked at again soon, not at once.
+pub fn until_next(next: Option<Timestamp>) -> Duration {
+    let until = next.map(|t| t.duration_since(Timestamp::now())).and_then(|d| Duration::try_from(d).ok());
+    until.unwrap_or(Duration::ZERO).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
 /// Fires schedules until `stop` (`serve`, `worker --scheduler`): at the
 /// soonest next tick, and at least every second (to see schedules added
 /// or resumed). Store errors are logged and retried with backoff.
@@ -627,9 +636,7 @@ pub async fn scheduler(store: std::sync::Arc<PgStore>, stop: crate::sandbox::Can
         let wait = match pass.await {
             Ok(next) => {
                 backoff = Duration::from_millis(100);
-                let until = next.map(|t| t.duration_since(Timestamp::now())).and_then(|d| Duration::try_from(d).ok());
-                // A due schedule another scheduler holds: look again soon, not at once.
-                until.unwrap_or(Duration::ZERO).clamp(Duration::from_millis(10), Duration::from_secs(1))
+                until_next(next)
             }
             Err(e) => {
                 tracing::warn!("scheduler: {e}; retrying in {backoff:?}");

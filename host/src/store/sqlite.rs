@@ -276,13 +276,7 @@ impl RunStore for SqliteStore {
         let run = run.clone();
         self.with(move |conn| {
             let tx = conn.unchecked_transaction()?;
-            if let Some(text) = &run.text {
-                tx.prepare_cached("INSERT OR IGNORE INTO files (sha256, bytes) VALUES (?1, ?2)")?.execute(params![run.sha256, text.as_bytes()])?;
-            }
-            tx.execute(
-                "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, targets) VALUES (?1, ?2, ?3, ?4, ?5, 'running', 1, ?6, ?7)",
-                params![run.id, run.workflow, run.file, run.sha256, json_text(&run.input), now(), super::targets_text(&run.targets)],
-            )?;
+            insert_run(&tx, &run, None)?;
             tx.commit()
         })
         .await
@@ -645,6 +639,25 @@ impl RunStore for SqliteStore {
         })
         .await
     }
+}
+
+/// Records `run` as `running` (and its workflow's text, once per
+/// content), started by hand or by a schedule's tick (`schedule`: its
+/// name and the tick), inside the caller's transaction.
+pub(super) fn insert_run(conn: &Connection, run: &NewRun, schedule: Option<(&str, jiff::Timestamp)>) -> Result<(), rusqlite::Error> {
+    if let Some(text) = &run.text {
+        conn.prepare_cached("INSERT OR IGNORE INTO files (sha256, bytes) VALUES (?1, ?2)")?.execute(params![run.sha256, text.as_bytes()])?;
+    }
+    let (kind, source, tick) = match schedule {
+        Some((name, tick)) => ("schedule", Some(name), Some(tick.to_string())),
+        None => ("manual", None, None),
+    };
+    conn.execute(
+        "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, targets, triggered_by, trigger_source, scheduled_time)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'running', 1, ?6, ?7, ?8, ?9, ?10)",
+        params![run.id, run.workflow, run.file, run.sha256, json_text(&run.input), now(), super::targets_text(&run.targets), kind, source, tick],
+    )?;
+    Ok(())
 }
 
 /// Writes one event inside the caller's transaction.

@@ -643,9 +643,15 @@ fn literal(node: &Node) -> Option<Value> {
 /// `wait: { duration | until }`: what is written literally is checked now.
 fn wait_key(cx: &mut Cx, node: &Node) {
     let Some(map) = cx.mapping(node, "`wait`", wait::WAIT_KEYS) else { return };
+    time_fields(cx, node, map, "`wait`", "e.g. `wait: { duration: 1h }` or `wait: { until: \"{{ inputs.at }}\" }`");
+}
+
+/// A time written as `{duration | until}` in `map` (of `node`), as `what`
+/// names it: exactly one, and what is written literally checked now.
+fn time_fields(cx: &mut Cx, node: &Node, map: &Mapping, what: &str, example: &str) {
     match (map.get_node("duration"), map.get_node("until")) {
-        (Some(_), Some(u)) => cx.error_hint(u, "`wait` has both `duration` and `until`", "keep one"),
-        (None, None) => cx.error_hint(node, "`wait` needs `duration` or `until`", "e.g. `wait: { duration: 1h }` or `wait: { until: \"{{ inputs.at }}\" }`"),
+        (Some(_), Some(u)) => cx.error_hint(u, format!("{what} has both `duration` and `until`"), "keep one"),
+        (None, None) => cx.error_hint(node, format!("{what} needs `duration` or `until`"), example),
         _ => {}
     }
     let now = jiff::Timestamp::now();
@@ -653,7 +659,7 @@ fn wait_key(cx: &mut Cx, node: &Node) {
         if let Some(v) = literal(value)
             && let Err(e) = wait::check_wait_field(key.as_str(), &v, now)
         {
-            cx.error(value, format!("`wait`: {e}"));
+            cx.error(value, format!("{what}: {e}"));
         }
     }
 }
@@ -676,26 +682,16 @@ fn waiting_input(cx: &mut Cx, node: Option<&Node>, builtin: Builtin, what: &str,
         return;
     };
     let map = cx.mapping(node, &format!("/builtin/{name}'s input"), keys).unwrap_or(map);
-    let now = jiff::Timestamp::now();
-    match builtin {
-        Builtin::Sleep => match (map.get_node("duration"), map.get_node("until")) {
-            (Some(_), Some(u)) => cx.error_hint(u, "/builtin/sleep has both `duration` and `until`", "keep one"),
-            (None, None) => cx.error_hint(node, "/builtin/sleep needs `duration` or `until`", "e.g. `input: { duration: 1h }`"),
-            _ => {}
-        },
-        Builtin::Approval if map.get_node("message").is_none() => {
-            cx.error_hint(node, "/builtin/approval needs `message`", "say what the approver is asked, e.g. `message: Deploy to production?`")
-        }
-        _ => {}
+    if builtin == Builtin::Sleep {
+        return time_fields(cx, node, map, "/builtin/sleep", "e.g. `input: { duration: 1h }`");
+    }
+    if builtin == Builtin::Approval && map.get_node("message").is_none() {
+        cx.error_hint(node, "/builtin/approval needs `message`", "say what the approver is asked, e.g. `message: Deploy to production?`");
     }
     for (key, value) in map.iter() {
-        let Some(v) = literal(value) else { continue };
-        // A signal's field says which builtin it is of; a time does not.
-        let checked = match builtin {
-            Builtin::Sleep => wait::check_wait_field(key.as_str(), &v, now).map_err(|e| format!("/builtin/{name}: {e}")),
-            _ => wait::check_signal_field(builtin, key.as_str(), &v),
-        };
-        if let Err(e) = checked {
+        if let Some(v) = literal(value)
+            && let Err(e) = wait::check_signal_field(builtin, key.as_str(), &v)
+        {
             cx.error(value, e);
         }
     }

@@ -45,6 +45,12 @@ pub fn instant(value: &Value, what: &str) -> Result<Timestamp, String> {
         .map_err(|e| format!("{what} `{text}` is not an RFC 3339 time with an offset (such as `2026-12-24T09:00:00Z`): {e}"))
 }
 
+/// The instant `d` (given as `what`) after `now`.
+pub fn after(now: Timestamp, d: std::time::Duration, what: &str) -> Result<Timestamp, String> {
+    let span = jiff::SignedDuration::try_from(d).map_err(|e| format!("{what} is too long: {e}"))?;
+    now.checked_add(span).map_err(|e| format!("{what} is too long: {e}"))
+}
+
 /// One field of `wait:` (or `/builtin/sleep`'s input), with `now`: a
 /// `duration` must read as one; an `until` must be a time not in the past.
 pub fn check_wait_field(key: &str, value: &Value, now: Timestamp) -> Result<(), String> {
@@ -71,9 +77,8 @@ pub fn wake_time(spec: &Value, what: &str, now: Timestamp) -> Result<Timestamp, 
     }
     match (map.get("duration"), map.get("until")) {
         (Some(d), None) => {
-            let d = duration(d, &format!("{what}'s `duration`"))?;
-            let span = jiff::SignedDuration::try_from(d).map_err(|e| format!("{what}'s `duration` is too long: {e}"))?;
-            now.checked_add(span).map_err(|e| format!("{what}'s `duration` is too long: {e}"))
+            let what = format!("{what}'s `duration`");
+            after(now, duration(d, &what)?, &what)
         }
         (None, Some(u)) => {
             check_wait_field("until", u, now).map_err(|e| format!("{what}: {e}"))?;
