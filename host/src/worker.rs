@@ -17,7 +17,7 @@ use crate::exec::{self, Redactor, RunContext, StepRunner};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, StepLog};
 use crate::store::queue::{Claimed, Claimer, Finished, JOBS_CHANNEL, RunCtx, RunHead};
-use crate::store::{PgStore, StoreError, StoreServices};
+use crate::store::{PgStore, RunStore, StoreError, StoreServices};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -106,6 +106,10 @@ pub struct Worker {
     failed: std::sync::atomic::AtomicU64,
     /// How long attempts took, and failures by kind: `--metrics`.
     timings: Mutex<Timings>,
+    /// Lines running steps write, to the store as they come (a
+    /// [`Event::StepLogLine`] each, secrets masked); `run` starts the writer.
+    live: mpsc::UnboundedSender<exec::Event>,
+    live_rx: Mutex<Option<mpsc::UnboundedReceiver<exec::Event>>>,
 }
 
 /// What a worker measured of the attempts it ran.
@@ -131,7 +135,10 @@ const PREPARED_CACHE: usize = 64;
 
 impl Worker {
     pub fn new(store: Arc<PgStore>, runner: Arc<dyn StepRunner>, config: WorkerConfig) -> Arc<Worker> {
+        let (live, live_rx) = mpsc::unbounded_channel();
         Arc::new(Worker {
+            live,
+            live_rx: Mutex::new(Some(live_rx)),
             store,
             runner,
             config,
@@ -160,6 +167,7 @@ impl Worker {
         let listener = tokio::spawn(listen(self.store.clone(), JOBS_CHANNEL, self.clone(), stop.clone()));
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(stop.clone()));
         let interrupts = tokio::spawn(self.clone().interrupt_loop(stop.clone()));
+        let live = self.live_rx.lock().expect("not poisoned").take().map(|lines| tokio::spawn(live_log_loop(self.store.clone(), lines)));
         let mut last_care = tokio::time::Instant::now() - self.config.care_every;
         let mut last_look = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(50);
@@ -297,6 +305,10 @@ impl Worker {
         listener.abort();
         heartbeat.abort();
         interrupts.abort();
+        // Lines not yet written are in the logs the attempts recorded.
+        if let Some(live) = live {
+            live.abort();
+        }
         if registered && let Err(e) = self.store.worker_stopped(&self.config.name).await {
             tracing::warn!("worker {}: cannot record that it stopped: {e}", self.config.name);
         }
@@ -537,7 +549,14 @@ impl Worker {
             let result = exec::core::woken(kind, &input, until.as_deref(), signal);
             return exec::Attempted { result, fuel_used: 0, log: StepLog::default(), cached: None };
         }
-        run.ctx.attempt(job.step, &input, cancel).await
+        // Each line as the step writes it, for whoever follows the run.
+        let (lines, run_ctx, id) = (self.live.clone(), run.clone(), decl.id.clone());
+        let (run_id, attempt, item) = (job.run_id.clone(), job.attempt, job.item);
+        let follow: exec::Follow = Arc::new(move |seq, line| {
+            let event = exec::Event::StepLogLine { run_id: run_id.clone(), step: id.clone(), attempt, item, seq, line: line.clone() };
+            let _ = lines.send(if run_ctx.redactor.is_empty() { event } else { run_ctx.redactor.event(&event) });
+        });
+        run.ctx.attempt(job.step, &input, cancel, Some(follow)).await
     }
 
     /// Commits finished attempts in batches, one transaction per run, and
@@ -675,4 +694,20 @@ async fn listen(store: Arc<PgStore>, channel: &'static str, worker: Arc<Worker>,
         worker.wake.notify_one();
     };
     crate::store::queue::listen_with(store, channel, wake, stop).await
+}
+
+/// Writes the lines running steps write, whatever has queued up in one
+/// transaction. A line that cannot be written is dropped (with a note at
+/// `-v`): the step's whole log is recorded with its result.
+async fn live_log_loop(store: Arc<PgStore>, mut lines: mpsc::UnboundedReceiver<exec::Event>) {
+    while let Some(first) = lines.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = lines.try_recv() {
+            batch.push(more);
+        }
+        let n = batch.len();
+        if let Err(e) = store.record(batch).await {
+            tracing::debug!("{n} lines of running steps' logs were not written: {e}");
+        }
+    }
 }

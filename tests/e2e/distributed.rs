@@ -1003,3 +1003,64 @@ fn a_worker_holds_at_most_its_connections_and_steps_wait_for_one() {
     assert_eq!(get["output"]["value"], "v7", "{get}");
     assert!((1..=2).contains(&most), "one pooled connection and the listener, at most: {most}");
 }
+
+/// `runs logs RUN STEP` and whether the step runs: read together, so the
+/// log was read while the step ran when it still runs after.
+fn log_and_state(mut cmd: impl FnMut() -> Command, id: &str, step: &str) -> (String, String) {
+    let (code, log, err) = run(cmd().args(["runs", "logs", id, step]));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(cmd().args(["--json", "runs", "show", id]));
+    assert_eq!(code, 0, "{err}");
+    let record: Value = serde_json::from_str(&out).unwrap();
+    let state = record["steps"].as_array().unwrap().iter().find(|s| s["step"] == step).map_or("pending", |s| s["state"].as_str().unwrap());
+    (log, state.to_string())
+}
+
+/// Polls until step `tick` of run `id` has written two lines or more and
+/// still runs; returns that log.
+fn log_while_running(mut cmd: impl FnMut() -> Command, id: &str) -> String {
+    let since = Instant::now();
+    loop {
+        let (log, state) = log_and_state(&mut cmd, id, "tick");
+        if log.lines().count() >= 2 && state == "running" {
+            return log;
+        }
+        assert!(state == "running" || state == "pending", "`tick` ended before its log was seen growing: {state}, {log}");
+        assert!(since.elapsed() < Duration::from_secs(30), "no lines of `tick` while it ran: {log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running step's log is in the store as the step writes it, in one
+/// process (SQLite) and on a worker (PostgreSQL): `runs logs` shows the
+/// lines so far while the step runs (what the web view follows), and its
+/// whole log, each line once, when it has ended.
+#[test]
+fn a_running_steps_log_is_read_as_it_grows_in_process_and_on_workers() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let tick = "{ id: tick, component: sleep, input: { lines: 6, ms: 600 } }";
+    let whole: String = (1..=6).map(|i| format!("tick stdout | line {i} of 6\n")).collect();
+
+    let (id, _workers) = submit_sleeper(&schema, &state, tick, "5s");
+    let partial = log_while_running(|| pg(&schema, &state), &id);
+    assert!(whole.starts_with(&partial) && partial.len() < whole.len(), "the first lines, in order: {partial}");
+    assert_eq!(wait_end(&schema, &state, &id, Duration::from_secs(30))["status"], "completed");
+    assert_eq!(log_and_state(|| pg(&schema, &state), &id, "tick"), (whole.clone(), "succeeded".to_string()));
+
+    let flow = state.path().join("slow.yaml");
+    let mut child = sandflow(&state).args(["-q", "run"]).arg(&flow).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let since = Instant::now();
+    let id = loop {
+        let (code, list, _) = run(sandflow(&state).args(["--json", "runs", "list"]));
+        if code == 0 && let Some(id) = serde_json::from_str::<Value>(&list).ok().and_then(|l| l[0]["id"].as_str().map(String::from)) {
+            break id;
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "no run in process");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let partial = log_while_running(|| sandflow(&state), &id);
+    assert!(whole.starts_with(&partial) && partial.len() < whole.len(), "the first lines, in order: {partial}");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(log_and_state(|| sandflow(&state), &id, "tick"), (whole, "succeeded".to_string()));
+}

@@ -5,7 +5,7 @@
 
 use sandflow::exec::{self, Event, EventSink, Executor, Job, Loaded, Loader, RunOptions, RunReport, RunState, StepRunner, StepState};
 use sandflow::failure::{FailureKind, StepFailure};
-use sandflow::sandbox::{CancellationToken, HostServices, LoadError, StepLog, StepOutcome, sha256_hex};
+use sandflow::sandbox::{CancellationToken, HostServices, LoadError, LogLine, LogSource, StepLog, StepOutcome, sha256_hex};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,7 @@ impl Loader for Fake {
 
 #[async_trait::async_trait]
 impl StepRunner for Fake {
-    async fn run(&self, job: Job, _services: Arc<dyn HostServices>, cancel: &CancellationToken) -> StepOutcome {
+    async fn run(&self, job: Job, services: Arc<dyn HostServices>, cancel: &CancellationToken) -> StepOutcome {
         let program = self.programs.lock().unwrap()[&job.component].clone();
         {
             let mut r = self.running.lock().unwrap();
@@ -42,6 +42,13 @@ impl StepRunner for Fake {
             *n += 1;
             *n
         };
+        // `flaky` says which call it is, as a step writes its log.
+        let mut log = StepLog::default();
+        if program == "flaky" {
+            let line = LogLine { source: LogSource::Stdout, text: format!("call {calls}") };
+            services.log_line(0, &line);
+            log.lines.push(line);
+        }
         let ms = job.input["ms"].as_u64().unwrap_or(0);
         let result = tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(ms)) => match program.as_str() {
@@ -54,7 +61,7 @@ impl StepRunner for Fake {
             _ = cancel.cancelled() => Err(StepFailure::new(FailureKind::Cancelled, "cancelled while running")),
         };
         self.running.lock().unwrap().0 -= 1;
-        StepOutcome { result, fuel_used: 1, duration: Duration::from_millis(ms), log: StepLog::default() }
+        StepOutcome { result, fuel_used: 1, duration: Duration::from_millis(ms), log }
     }
 }
 
@@ -137,6 +144,19 @@ async fn retries_wait_their_backoff_and_count_attempts() {
         .collect();
     assert_eq!(delays, [Duration::from_millis(100), Duration::from_millis(200)]);
     assert_eq!(elapsed, Duration::from_millis(300));
+    // Each attempt's log line is told as it is written, between the
+    // attempt's start and its end; the step's log is its last attempt's.
+    let told: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted { attempt, .. } => Some(format!("start {attempt}")),
+            Event::StepLogLine { attempt, seq, line, .. } => Some(format!("{attempt}#{seq}: {}", line.text)),
+            Event::StepRetrying { attempt, .. } => Some(format!("retry {attempt}")),
+            Event::StepFinished { log, .. } => Some(format!("log {:?}", log.lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, ["start 1", "1#0: call 1", "retry 1", "start 2", "2#0: call 2", "retry 2", "start 3", "3#0: call 3", r#"log ["call 3"]"#]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// A child process killed when dropped.
@@ -82,6 +83,20 @@ fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
 /// What the pages send with an action: a JSON body, from their own origin.
 fn own_action(addr: &str) -> [String; 3] {
     ["Content-Type: application/json".into(), format!("Origin: http://{addr}"), "Sec-Fetch-Site: same-origin".into()]
+}
+
+/// The id of the first run the server lists, once there is one (a run
+/// another process just started).
+fn first_run(addr: &str) -> String {
+    let since = Instant::now();
+    loop {
+        let runs = get_json(addr, "/api/runs");
+        if let Some(id) = runs["runs"][0]["id"].as_str() {
+            return id.to_string();
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "no run: {runs}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn get_json(addr: &str, path: &str) -> Value {
@@ -576,13 +591,13 @@ impl Browser {
     /// Saves what the page shows now as `name` (PNG), where [`screenshot`]
     /// saves: the page may go on loading (a live run's feed), which a
     /// screenshot taken on the command line would wait for.
-    pub(crate) fn screenshot(&mut self, name: &str, from: Option<&str>) {
-        // From element `from` down (1200×300 of the page), or the window.
+    pub(crate) fn screenshot(&mut self, name: &str, from: Option<(&str, u32)>) {
+        // From element `from` down (1200 wide, as tall as it says), or the window.
         let mut params = serde_json::json!({ "format": "png" });
-        if let Some(selector) = from {
+        if let Some((selector, height)) = from {
             let script = format!("(() => {{ const r = document.querySelector({}).getBoundingClientRect(); return r.top + window.scrollY; }})()", serde_json::to_string(selector).unwrap());
             let top = self.eval(&script).as_f64().expect("the element is on the page");
-            params["clip"] = serde_json::json!({ "x": 0, "y": (top - 24.0).max(0.0), "width": 1200, "height": 300, "scale": 1 });
+            params["clip"] = serde_json::json!({ "x": 0, "y": (top - 24.0).max(0.0), "width": 1200, "height": height, "scale": 1 });
             params["captureBeyondViewport"] = Value::Bool(true);
         }
         let shot = self.call("Page.captureScreenshot", params);
@@ -646,21 +661,13 @@ fn an_approval_is_approved_with_a_click_in_a_real_browser() {
     let state = tempfile::tempdir().unwrap();
     let child = sandflow(&state).args(["-q", "run", "workflows/release.yaml", "--set", "version=v7"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let (_server, addr) = serve(&state, &["--allow-actions"]);
-    let since = Instant::now();
-    let id = loop {
-        let runs = get_json(&addr, "/api/runs");
-        if let Some(id) = runs["runs"][0]["id"].as_str() {
-            break id.to_string();
-        }
-        assert!(since.elapsed() < Duration::from_secs(30), "no run: {runs}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let id = first_run(&addr);
     let mut browser = Browser::open(&chromium, &format!("http://{addr}/runs/{id}"));
     let asked = browser.text_of(r#"tr[data-step="approve"][data-state="waiting"]"#, "Ship v7?");
     assert!(asked.contains("waits for approval (timeout "), "{asked}");
     // The graph colours it as waiting; the picture shows its row and buttons.
     assert_eq!(browser.eval(r#"document.querySelectorAll('g.step.waiting[data-step="approve"]').length"#), 1);
-    browser.screenshot("run-waiting.png", Some("#timeline"));
+    browser.screenshot("run-waiting.png", Some(("#timeline", 300)));
     browser.click(r#"tr[data-step="approve"] button[data-signal="approve"]"#);
     let said = browser.text_of("#action-result", "signal sent");
     assert_eq!(said, "signal sent to step `approve` of run ".to_string() + &id);
@@ -674,4 +681,65 @@ fn an_approval_is_approved_with_a_click_in_a_real_browser() {
     browser.text_of(r#"h1[data-status="completed"]"#, "completed");
     let buttons = browser.eval(r#"document.querySelectorAll('button[data-signal]').length"#);
     assert_eq!(buttons, 0);
+}
+
+/// A run watched in the web view as it runs: the running step's row says
+/// how long it has run, its open log grows line by line while its state is
+/// still `running`, the timeline draws a bar per step, and the page follows
+/// the run to its end, all without a reload.
+#[test]
+fn a_running_steps_log_grows_on_its_page_and_the_run_ends_there() {
+    let Some(chromium) = chromium() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let flow = state.path().join("watch.yaml");
+    std::fs::write(
+        &flow,
+        format!(
+            "name: watch\ncomponents:\n  sleep: {{ path: {} }}\n  echo: {{ path: {} }}\nsteps:\n  - {{ id: fetch, component: echo, input: go }}\n  - {{ id: crunch, component: sleep, needs: [fetch], input: {{ lines: 8, ms: 700 }} }}\n  - {{ id: index, component: sleep, needs: [fetch], input: {{ ms: 1500 }} }}\n  - {{ id: publish, component: echo, needs: [crunch, index], input: done }}\n",
+            hostile("sleep").display(),
+            example("echo").display()
+        ),
+    )
+    .unwrap();
+    // (The run ends in seconds whatever happens here.)
+    let child = sandflow(&state).args(["-q", "run"]).arg(&flow).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (_server, addr) = serve(&state, &[]);
+    let id = first_run(&addr);
+    // `#step=crunch` opens the step's detail, log included.
+    let mut browser = Browser::open(&chromium, &format!("http://{addr}/runs/{id}#step=crunch"));
+    browser.eval("window.loadedOnce = true");
+    let log = r#"pre.log[data-follow="crunch"]"#;
+    browser.text_of(log, "line 2 of 8");
+    let running = r#"tr[data-step="crunch"][data-state="running"]"#;
+    let seen = browser.eval(&format!(
+        "(() => {{ const row = document.querySelector({running:?}); return {{ running: !!row, since: row && row.querySelector('td[data-since]').textContent, \
+         lines: document.querySelector({log:?}).dataset.lines }}; }})()"
+    ));
+    assert_eq!(seen["running"], true, "the log was read while the step ran: {seen}");
+    let elapsed = seen["since"].as_str().unwrap();
+    assert!(elapsed.ends_with('s') && elapsed.chars().next().unwrap().is_ascii_digit(), "elapsed time on its row: {seen}");
+    let before: usize = seen["lines"].as_str().unwrap().parse().unwrap();
+    assert!((2..8).contains(&before), "{seen}");
+    let later = browser.text_of(log, "line 5 of 8");
+    assert!(browser.eval(&format!("!!document.querySelector({running:?})")) == true, "still running with more lines: {later}");
+    assert!(later.contains("stdout | line 1 of 8\n"), "{later}");
+    // A picture of the run mid-flight: a step done, one running, and the
+    // open log of it as it grows.
+    browser.screenshot("run-live.png", Some(("#timeline", 460)));
+    // The run ends on the same page: every step's state, the full log, no reload.
+    browser.text_of(r#"h1[data-status="completed"]"#, "completed");
+    let done = browser.text_of(r#"tr[data-detail="crunch"] pre.log"#, "line 8 of 8");
+    assert_eq!(done.matches("line ").count(), 8, "each line once: {done}");
+    assert_eq!(browser.eval("window.loadedOnce === true"), true, "the page was not reloaded");
+    let states = browser.eval("[...document.querySelectorAll('tr.step')].map((r) => r.dataset.step + '=' + r.dataset.state).sort().join(' ')");
+    assert_eq!(states, "crunch=succeeded fetch=succeeded index=succeeded publish=succeeded");
+    // The timeline: a bar per step, `crunch` the longest.
+    let bars = browser.eval("[...document.querySelectorAll('#lanes .lane')].map((l) => l.dataset.lane + ':' + parseFloat(l.querySelector('.bar').style.width).toFixed(0)).join(' ')");
+    let bars = bars.as_str().unwrap();
+    let widths: BTreeMap<&str, f64> = bars.split(' ').map(|b| b.split_once(':').unwrap()).map(|(s, w)| (s, w.parse().unwrap())).collect();
+    assert_eq!(widths.keys().copied().collect::<Vec<_>>(), ["crunch", "fetch", "index", "publish"], "{bars}");
+    assert!(widths.iter().all(|(s, w)| *s == "crunch" || *w < widths["crunch"]), "{bars}");
+    browser.screenshot("run-timeline.png", Some(("#timeline", 300)));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }

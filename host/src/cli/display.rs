@@ -14,11 +14,15 @@ use super::Output;
 use std::time::Duration;
 
 /// `--json`: every event as one JSON line on stderr, with `ts`; each log
-/// line of a finished step as a `log` event.
+/// line of a finished step as a `log` event (once, as the step ends: the
+/// lines a running step writes are for the run store's followers).
 pub(crate) struct JsonLines;
 
 impl EventSink for JsonLines {
     fn emit(&self, event: &Event) {
+        if let Event::StepLogLine { .. } = event {
+            return;
+        }
         let mut fields = serde_json::to_value(event).expect("events serialize");
         let name = fields["event"].as_str().unwrap_or_default().to_string();
         if let Value::Object(m) = &mut fields {
@@ -96,6 +100,8 @@ pub(crate) struct PlainLines {
 impl EventSink for PlainLines {
     fn emit(&self, event: &Event) {
         let line = match event {
+            // `-v` prints a step's log as it ends, with its result.
+            Event::StepLogLine { .. } => return,
             Event::RunStarted { run_id, workflow, steps } => format!("run {run_id}: {workflow} ({steps} steps)"),
             Event::StepStarted { step, attempt, item, worker, .. } => {
                 // A step on a worker (`runs follow`, a run on PostgreSQL)
@@ -268,6 +274,7 @@ impl EventSink for LiveView {
                 live.set(step, StepState::Waiting, waiting_line(run_id, step, *kind, until.as_deref()));
                 live.redraw(None);
             }
+            Event::StepLogLine { .. } => {}
             Event::StepWarning { message, .. } => {
                 live.redraw(None);
                 drop(live);

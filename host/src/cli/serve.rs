@@ -448,10 +448,13 @@ impl App {
 
 }
 
-/// `?step=`: one step's, or all.
+/// `?step=`: one step's, or all; `?from=N` (logs): from the Nth line on,
+/// for following a running step's log.
 #[derive(Deserialize)]
 struct LogParams {
     step: Option<String>,
+    #[serde(default)]
+    from: usize,
 }
 
 async fn logs(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>, Path(id): Path<String>, Query(p): Query<LogParams>) -> Response {
@@ -462,7 +465,7 @@ async fn logs(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>,
     match app.store.logs(&id, p.step.as_deref().filter(|s| !s.is_empty())).await {
         Ok(lines) => {
             let rows: Vec<serde_json::Value> =
-                lines.iter().map(|(s, l)| json!({ "step": s, "source": l.source, "text": l.text })).collect();
+                lines.iter().skip(p.from).map(|(s, l)| json!({ "step": s, "source": l.source, "text": l.text })).collect();
             Json(rows).into_response()
         }
         Err(e) => failure(e),

@@ -155,6 +155,20 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         cached: bool,
     },
+    /// A line a running step just wrote to its log (`seq`: its index in
+    /// the attempt's log), for following the step as it runs. The step's
+    /// whole log still comes with its [`Event::StepFinished`], and replaces
+    /// these: a sink that shows or keeps them need not keep them long.
+    StepLogLine {
+        run_id: String,
+        step: String,
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item: Option<usize>,
+        seq: usize,
+        #[serde(flatten)]
+        line: crate::sandbox::LogLine,
+    },
     /// A step that succeeded in an earlier attempt of this run (before a
     /// `sandflow resume`): its recorded output is used, it does not run.
     StepRestored {

@@ -400,11 +400,14 @@ impl RunContext {
     }
 
     /// One attempt of step `step` with `input`: its result, fuel and log
-    /// (counted against the run's log quota), or a result reused.
-    pub async fn attempt(&self, step: usize, input: &Value, cancel: &CancellationToken) -> Attempted {
+    /// (counted against the run's log quota), or a result reused. Each
+    /// line the step writes goes to `follow` (its index in the attempt's
+    /// log, the line) as it writes it.
+    pub async fn attempt(&self, step: usize, input: &Value, cancel: &CancellationToken, follow: Option<Follow>) -> Attempted {
         let wf = &self.0.prepared.plan.workflow;
         let settings = wf.steps[step].settings.or(&wf.defaults);
-        let mut attempted = execute(&self.0, step, input, Which::default(), &settings, cancel).await;
+        let services = following(self.0.services.clone(), follow);
+        let mut attempted = execute(&self.0, step, input, Which::default(), &settings, services, cancel).await;
         attempted.log = self.0.services.keep_log(attempted.log);
         attempted
     }
@@ -1064,7 +1067,13 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, sin
     loop {
         attempt += 1;
         sink.emit(&Event::StepStarted { run_id: ctx.run_id.clone(), step: decl.id.clone(), attempt, item, worker: None });
-        let Attempted { result, fuel_used: fuel, log, cached } = execute(ctx, step, &input, Which { item, attempt }, &settings, cancel).await;
+        // Each line as the step writes it, for the run store's followers.
+        let (events, run_id, id) = (sink.clone(), ctx.run_id.clone(), decl.id.clone());
+        let follow: Follow = Arc::new(move |seq, line| {
+            events.emit(&Event::StepLogLine { run_id: run_id.clone(), step: id.clone(), attempt, item, seq, line: line.clone() })
+        });
+        let services = following(ctx.services.clone(), Some(follow));
+        let Attempted { result, fuel_used: fuel, log, cached } = execute(ctx, step, &input, Which { item, attempt }, &settings, services, cancel).await;
         fuel_used += fuel;
         // Only the last attempt's log is kept, and counted against the run's `log` quota.
         let end = |result| StepEnd {
@@ -1118,7 +1127,57 @@ struct Which {
     attempt: u32,
 }
 
-async fn execute(ctx: &Ctx, step: usize, input: &Value, which: Which, settings: &crate::workflow::StepSettings, cancel: &CancellationToken) -> Attempted {
+/// Who follows an attempt's log: called with each line's index in the
+/// attempt's log and the line, on the step's thread as it writes it (see
+/// [`HostServices::log_line`]), so it must not block.
+pub type Follow = Arc<dyn Fn(usize, &crate::sandbox::LogLine) + Send + Sync>;
+
+/// A run's services for one attempt, whose log lines go to a [`Follow`].
+struct Following {
+    services: Arc<dyn HostServices>,
+    follow: Follow,
+}
+
+fn following(services: Arc<dyn HostServices>, follow: Option<Follow>) -> Arc<dyn HostServices> {
+    match follow {
+        Some(follow) => Arc::new(Following { services, follow }),
+        None => services,
+    }
+}
+
+#[async_trait::async_trait]
+impl HostServices for Following {
+    async fn state_get(&self, key: &str) -> Result<Option<String>, crate::sandbox::HostError> {
+        self.services.state_get(key).await
+    }
+    async fn state_set(&self, key: &str, json: &str) -> Result<(), crate::sandbox::HostError> {
+        self.services.state_set(key, json).await
+    }
+    async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), crate::sandbox::HostError> {
+        self.services.blob_put(id, data).await
+    }
+    async fn blob_get(&self, id: &str) -> Result<Option<Vec<u8>>, crate::sandbox::HostError> {
+        self.services.blob_get(id).await
+    }
+    async fn state_usage(&self) -> Result<(u64, u64), crate::sandbox::HostError> {
+        self.services.state_usage().await
+    }
+    fn log_line(&self, seq: usize, line: &crate::sandbox::LogLine) {
+        (self.follow)(seq, line)
+    }
+}
+
+/// One attempt; a component step's runs with `services` (the run's, or
+/// them [`Following`] its log).
+async fn execute(
+    ctx: &Ctx,
+    step: usize,
+    input: &Value,
+    which: Which,
+    settings: &crate::workflow::StepSettings,
+    services: Arc<dyn HostServices>,
+    cancel: &CancellationToken,
+) -> Attempted {
     let ran = |(result, fuel_used, log)| Attempted { result, fuel_used, log, cached: None };
     let wf = &ctx.prepared.plan.workflow;
     let decl = &wf.steps[step];
@@ -1146,7 +1205,7 @@ async fn execute(ctx: &Ctx, step: usize, input: &Value, which: Which, settings: 
                 ..d
             };
             let job = Job { component: c.sha256.clone(), input: input.clone(), config: c.config.clone(), limits, grants: c.grants() };
-            let outcome = ctx.runner.run(job, ctx.services.clone(), cancel).await;
+            let outcome = ctx.runner.run(job, services, cancel).await;
             if let (Some((spec, store, key)), Ok(output)) = (memo, &outcome.result) {
                 let kept = memo::Kept { key, workflow: &wf.name, step: &decl.id, component: &c.sha256, run_id: &ctx.run_id, ttl: spec.ttl };
                 memo::keep(store.as_ref(), kept, output, &ctx.secrets).await;

@@ -179,6 +179,7 @@ impl Redactor {
                 }
             }
             Event::StepWarning { message, .. } => *message = self.text(message),
+            Event::StepLogLine { line, .. } => line.text = self.text(&line.text),
             Event::StepWaiting { input, .. } => *input = input.as_ref().map(|v| std::sync::Arc::new(self.value(v).into_owned())),
             Event::RunFinished { output, error, .. } => {
                 *output = output.as_ref().map(|v| std::sync::Arc::new(self.value(v).into_owned()));
@@ -265,5 +266,14 @@ mod tests {
         assert_eq!(r.text("pw=hunter2 and hunter2-extra!"), "pw=*** and ***!");
         assert_eq!(*r.value(&json!({"k": ["x hunter2"], "hunter2": 1})), json!({"k": ["x ***"], "***": 1}));
         assert!(Redactor::new(&BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn a_line_a_running_step_writes_is_masked_as_it_is_told() {
+        let r = Redactor::new(&BTreeMap::from([("TOKEN".to_string(), "s3cr3t".to_string())]));
+        let line = crate::sandbox::LogLine { source: crate::sandbox::LogSource::Stdout, text: "using s3cr3t now".into() };
+        let told = Event::StepLogLine { run_id: "r".into(), step: "s".into(), attempt: 1, item: None, seq: 0, line };
+        let Event::StepLogLine { line, .. } = r.event(&told) else { panic!("the same event") };
+        assert_eq!(line.text, "using *** now");
     }
 }

@@ -35,6 +35,15 @@ pub trait HostServices: Send + Sync {
     /// How many state keys there are and their bytes (keys and values):
     /// what a run's state quota starts from.
     async fn state_usage(&self) -> Result<(u64, u64), HostError>;
+
+    /// A line the step just put in its log, as it is kept (`seq`: its
+    /// index in the attempt's log), for following a running step. Called on
+    /// the step's thread with the log locked, so it must not block or
+    /// call back; the finished log comes with the outcome whatever this
+    /// does. Lines past the log quota never come here. The default ignores it.
+    fn log_line(&self, seq: usize, line: &super::LogLine) {
+        let _ = (seq, line);
+    }
 }
 
 /// Why state or a blob was not stored.

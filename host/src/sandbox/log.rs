@@ -82,9 +82,10 @@ impl StepLog {
     }
 }
 
-/// The live, shared log of a running step.
+/// The live, shared log of a running step. Each line kept is also handed
+/// to the follower ([`super::HostServices::log_line`]) as it is kept.
 #[derive(Clone)]
-pub(crate) struct LogSink(Arc<Mutex<SinkState>>);
+pub(crate) struct LogSink(Arc<Mutex<SinkState>>, Option<Arc<dyn super::HostServices>>);
 
 struct SinkState {
     log: StepLog,
@@ -96,18 +97,30 @@ struct SinkState {
 }
 
 impl LogSink {
-    pub(crate) fn new(quota: &super::Quota) -> Self {
-        Self::with_caps(usize::try_from(quota.log).unwrap_or(usize::MAX), usize::try_from(quota.log_lines()).unwrap_or(usize::MAX))
+    /// A log capped by `quota`, whose lines `follower` sees as they come.
+    pub(crate) fn new(quota: &super::Quota, follower: Option<Arc<dyn super::HostServices>>) -> Self {
+        Self::with_caps(usize::try_from(quota.log).unwrap_or(usize::MAX), usize::try_from(quota.log_lines()).unwrap_or(usize::MAX), follower)
     }
 
-    fn with_caps(cap: usize, max_lines: usize) -> Self {
-        LogSink(Arc::new(Mutex::new(SinkState {
-            log: StepLog::default(),
-            cap,
-            used: 0,
-            max_lines,
-            partial: [Vec::new(), Vec::new()],
-        })))
+    fn with_caps(cap: usize, max_lines: usize, follower: Option<Arc<dyn super::HostServices>>) -> Self {
+        LogSink(
+            Arc::new(Mutex::new(SinkState {
+                log: StepLog::default(),
+                cap,
+                used: 0,
+                max_lines,
+                partial: [Vec::new(), Vec::new()],
+            })),
+            follower,
+        )
+    }
+
+    /// Keeps a line (room for it was checked) and shows it to the follower.
+    fn keep(&self, s: &mut SinkState, line: LogLine) {
+        if let Some(follower) = &self.1 {
+            follower.log_line(s.log.lines.len(), &line);
+        }
+        s.log.lines.push(line);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
@@ -125,7 +138,7 @@ impl LogSink {
             return;
         }
         s.used += cost;
-        s.log.lines.push(LogLine { source, text: text.to_string() });
+        self.keep(&mut s, LogLine { source, text: text.to_string() });
     }
 
     /// Appends raw bytes written to stdout or stderr, split into lines.
@@ -141,7 +154,7 @@ impl LogSink {
             let mut line = std::mem::take(&mut s.partial[idx]);
             line.extend_from_slice(&rest[..nl]);
             if s.log.lines.len() < s.max_lines {
-                s.log.lines.push(LogLine { source: stream.source(), text: lossy(line) });
+                self.keep(&mut s, LogLine { source: stream.source(), text: lossy(line) });
             } else {
                 s.log.dropped_bytes += line.len() as u64 + 1;
             }
@@ -156,7 +169,7 @@ impl LogSink {
         for stream in [Stream::Stdout, Stream::Stderr] {
             let line = std::mem::take(&mut s.partial[stream as usize]);
             if !line.is_empty() {
-                s.log.lines.push(LogLine { source: stream.source(), text: lossy(line) });
+                self.keep(&mut s, LogLine { source: stream.source(), text: lossy(line) });
             }
         }
         s.log.clone()
@@ -250,7 +263,7 @@ mod tests {
 
     #[test]
     fn lines_are_split_across_writes_and_interleaved_in_order() {
-        let sink = LogSink::with_caps(1024, 64);
+        let sink = LogSink::with_caps(1024, 64, None);
         sink.write(Stream::Stdout, b"hel");
         sink.line(LogSource::Info, "from log");
         sink.write(Stream::Stdout, b"lo\nwor");
@@ -269,24 +282,68 @@ mod tests {
         assert_eq!(log.dropped_bytes, 0);
     }
 
+    /// Keeps the lines it is shown, with their `seq`.
+    #[derive(Default)]
+    struct Follower(Mutex<Vec<(usize, String)>>);
+
+    #[async_trait::async_trait]
+    impl super::super::HostServices for Follower {
+        async fn state_get(&self, _: &str) -> Result<Option<String>, super::super::HostError> {
+            Ok(None)
+        }
+        async fn state_set(&self, _: &str, _: &str) -> Result<(), super::super::HostError> {
+            Ok(())
+        }
+        async fn blob_put(&self, _: &str, _: &[u8]) -> Result<(), super::super::HostError> {
+            Ok(())
+        }
+        async fn blob_get(&self, _: &str) -> Result<Option<Vec<u8>>, super::super::HostError> {
+            Ok(None)
+        }
+        async fn state_usage(&self) -> Result<(u64, u64), super::super::HostError> {
+            Ok((0, 0))
+        }
+        fn log_line(&self, seq: usize, line: &LogLine) {
+            self.0.lock().unwrap().push((seq, format!("{}: {}", line.source.as_str(), line.text)));
+        }
+    }
+
+    #[test]
+    fn a_follower_sees_each_kept_line_as_it_is_kept() {
+        let follower = Arc::new(Follower::default());
+        let sink = LogSink::with_caps(24, 64, Some(follower.clone()));
+        sink.write(Stream::Stdout, b"one\ntw");
+        assert_eq!(*follower.0.lock().unwrap(), [(0, "stdout: one".to_string())], "a whole line at once, not the unfinished one");
+        sink.line(LogSource::Warn, "careful");
+        sink.write(Stream::Stdout, b"o\n");
+        // Past the cap: kept by neither the log nor the follower.
+        sink.line(LogSource::Info, "far too long for what is left");
+        sink.write(Stream::Stderr, b"end");
+        let log = sink.finish();
+        let seen = follower.0.lock().unwrap().clone();
+        assert_eq!(seen, [(0, "stdout: one".into()), (1, "warn: careful".into()), (2, "stdout: two".into()), (3, "stderr: end".into())]);
+        let kept: Vec<String> = log.lines.iter().map(|l| format!("{}: {}", l.source.as_str(), l.text)).collect();
+        assert_eq!(kept, seen.into_iter().map(|(_, l)| l).collect::<Vec<_>>());
+    }
+
     #[test]
     fn crash_hint_is_the_rust_panic_message() {
-        let sink = LogSink::with_caps(1024, 64);
+        let sink = LogSink::with_caps(1024, 64, None);
         sink.write(Stream::Stdout, b"working\n");
         sink.write(
             Stream::Stderr,
             b"\nthread '<unnamed>' panicked at src/lib.rs:13:9:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
         );
         assert_eq!(sink.finish().crash_hint().as_deref(), Some("panicked at src/lib.rs:13:9: boom"));
-        let plain = LogSink::with_caps(1024, 64);
+        let plain = LogSink::with_caps(1024, 64, None);
         plain.write(Stream::Stderr, b"fatal: out of widgets\n");
         assert_eq!(plain.finish().crash_hint().as_deref(), Some("fatal: out of widgets"));
-        assert_eq!(LogSink::with_caps(1024, 64).finish().crash_hint(), None);
+        assert_eq!(LogSink::with_caps(1024, 64, None).finish().crash_hint(), None);
     }
 
     #[test]
     fn bytes_past_the_cap_are_dropped_and_counted() {
-        let sink = LogSink::with_caps(10, 64);
+        let sink = LogSink::with_caps(10, 64, None);
         sink.write(Stream::Stdout, b"0123456789abcdef\n");
         sink.line(LogSource::Warn, "more");
         let log = sink.finish();
@@ -296,7 +353,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_empty_lines_keeps_at_most_the_line_cap() {
-        let sink = LogSink::with_caps(1 << 20, 100);
+        let sink = LogSink::with_caps(1 << 20, 100, None);
         for _ in 0..10_000 {
             sink.line(LogSource::Info, "");
         }

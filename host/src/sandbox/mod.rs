@@ -423,7 +423,7 @@ impl Sandbox {
         };
         cell.get_or_init(|| async {
             let request = StepRequest { limits: describe_limits(), ..StepRequest::new(Value::Null) };
-            let sink = LogSink::new(&request.limits.quota);
+            let sink = LogSink::new(&request.limits.quota, None);
             let meta = match self.in_fresh_store(component, &request, &sink, &CancellationToken::new(), Call::Describe(export)).await.0 {
                 Ok(Returned::Describe(meta)) => meta,
                 Ok(Returned::Run(_)) => unreachable!("describe returns metadata"),
@@ -438,7 +438,7 @@ impl Sandbox {
     /// Runs one attempt of a step: a fresh instance, `run(input)`, checks.
     pub async fn run(&self, component: &StepComponent, request: StepRequest, cancel: &CancellationToken) -> StepOutcome {
         let started = Instant::now();
-        let sink = LogSink::new(&request.limits.quota);
+        let sink = LogSink::new(&request.limits.quota, Some(request.services.clone()));
         let (result, fuel_used) = self.attempt(component, &request, &sink, cancel).await;
         StepOutcome { result, fuel_used, duration: started.elapsed(), log: sink.finish() }
     }

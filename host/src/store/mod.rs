@@ -585,7 +585,7 @@ pub(crate) fn records(event: &Event) -> bool {
     match event {
         Event::RunStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => false,
         Event::StepStarted { item, .. } => matches!(item, None | Some(0)),
-        Event::StepWaiting { .. } | Event::StepRetrying { .. } | Event::StepFinished { .. } | Event::RunFinished { .. } => true,
+        Event::StepWaiting { .. } | Event::StepRetrying { .. } | Event::StepFinished { .. } | Event::RunFinished { .. } | Event::StepLogLine { .. } => true,
     }
 }
 

@@ -342,6 +342,10 @@ struct EventRows {
     keys: BTreeSet<(String, String)>,
     /// Steps that started: (run, step, attempt, worker).
     started: (Vec<String>, Vec<String>, Vec<i32>, Vec<Option<String>>),
+    /// Steps started again (a retry): their lines so far are dropped.
+    restarted: (Vec<String>, Vec<String>),
+    /// Lines running steps wrote.
+    live: LiveRows,
     waiting: WaitingRows,
     steps: StepRows,
     attempts: AttemptRows,
@@ -357,6 +361,25 @@ type RunRow = (String, String, String, Option<String>, Option<String>);
 /// Log lines: (run, step, seq, source, text).
 #[derive(Default)]
 struct LogRows(Vec<String>, Vec<String>, Vec<i32>, Vec<String>, Vec<String>);
+
+/// Lines of running steps: (run, step, attempt (none for a `forEach`
+/// item's), seq, source, text).
+#[derive(Default)]
+struct LiveRows(Vec<String>, Vec<String>, Vec<Option<i32>>, Vec<i32>, Vec<String>, Vec<String>);
+
+/// Keeps the lines of running steps (see [`crate::exec::Event::StepLogLine`])
+/// whose row says they still run that attempt: a line that comes late (a
+/// worker's, sent beside its result) is dropped, as the step's whole log
+/// replaced it. `FOR SHARE` makes the check hold until this commits: a
+/// result recorded meanwhile (its transaction updates the step's row
+/// before it replaces the log) waits, then deletes these lines with the
+/// rest; or this waits for it, and sees the step ended.
+pub(super) const LIVE_LOG_INSERT: &str = "INSERT INTO logs (run_id, step, seq, source, text)
+     SELECT l.run_id, l.step, l.seq, l.source, l.text
+     FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[]) WITH ORDINALITY AS l(run_id, step, attempt, seq, source, text, ord)
+     JOIN steps s ON s.run_id = l.run_id AND s.step = l.step AND s.state = 'running' AND (l.attempt IS NULL OR s.attempts = l.attempt)
+     ORDER BY l.ord
+     FOR SHARE OF s";
 
 #[derive(Default)]
 struct StepRows {
@@ -437,6 +460,19 @@ impl EventRows {
                 self.started.1.push(step.clone());
                 self.started.2.push(*attempt as i32);
                 self.started.3.push(worker.clone());
+                if let Event::StepStarted { item: None, attempt: 2.., .. } = event {
+                    self.restarted.0.push(run_id.clone());
+                    self.restarted.1.push(step.clone());
+                }
+            }
+            Event::StepLogLine { run_id, step, attempt, item, seq, line } => {
+                let l = &mut self.live;
+                l.0.push(run_id.clone());
+                l.1.push(step.clone());
+                l.2.push(item.is_none().then_some(*attempt as i32));
+                l.3.push((*seq).min(i32::MAX as usize) as i32);
+                l.4.push(line.source.as_str().to_string());
+                l.5.push(text(&line.text).into_owned());
             }
             Event::StepWaiting { run_id, step, kind, until, input } => {
                 self.keys.insert((run_id.clone(), step.clone()));
@@ -544,6 +580,8 @@ impl EventRows {
     fn into_ops(self, ops: &mut Vec<(&'static str, Vec<Param>)>) {
         let EventRows {
             started,
+            restarted,
+            live,
             waiting,
             steps: s,
             attempts: a,
@@ -562,6 +600,17 @@ impl EventRows {
                     worker = EXCLUDED.worker, run_attempt = EXCLUDED.run_attempt, finished_at = NULL, duration_ms = 0",
                 params![started.0, started.1, started.2, started.3, now()],
             ));
+        }
+        if !restarted.0.is_empty() {
+            // A retry's log starts anew.
+            ops.push((
+                "DELETE FROM logs l USING unnest($1::text[], $2::text[]) AS s(run_id, step) WHERE l.run_id = s.run_id AND l.step = s.step",
+                params![restarted.0, restarted.1],
+            ));
+        }
+        if !live.0.is_empty() {
+            let LiveRows(run, step, attempt, seq, source, line) = live;
+            ops.push((LIVE_LOG_INSERT, params![run, step, attempt, seq, source, line]));
         }
         if !waiting.0.is_empty() {
             ops.push((

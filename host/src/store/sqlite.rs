@@ -544,7 +544,7 @@ impl RunStore for SqliteStore {
         self.with(move |conn| {
             let mut q = conn.prepare(
                 "SELECT l.step, l.source, l.text FROM logs l JOIN steps s ON s.run_id = l.run_id AND s.step = l.step
-                 WHERE l.run_id = ?1 AND (?2 IS NULL OR l.step = ?2) ORDER BY s.rowid, l.seq",
+                 WHERE l.run_id = ?1 AND (?2 IS NULL OR l.step = ?2) ORDER BY s.rowid, l.seq, l.rowid",
             )?;
             let rows = q.query_map(params![id, step], |r| {
                 Ok((r.get::<_, String>(0)?, LogLine { source: LogSource::parse(&r.get::<_, String>(1)?), text: r.get(2)? }))
@@ -674,6 +674,19 @@ fn write(conn: &Connection, event: &Event) -> Result<(), rusqlite::Error> {
                     worker = excluded.worker, run_attempt = excluded.run_attempt, finished_at = NULL, duration_ms = 0",
             )?
             .execute(params![run_id, step, attempt, now(), worker])?;
+            if let Event::StepStarted { item: None, attempt: 2.., .. } = event {
+                // A retry's log starts anew.
+                conn.prepare_cached("DELETE FROM logs WHERE run_id = ?1 AND step = ?2")?.execute(params![run_id, step])?;
+            }
+        }
+        Event::StepLogLine { run_id, step, attempt, item, seq, line } => {
+            // Kept while the step runs that attempt (a `forEach` item's:
+            // any); its whole log replaces these as it ends.
+            conn.prepare_cached(
+                "INSERT INTO logs (run_id, step, seq, source, text)
+                 SELECT ?1, ?2, ?3, ?4, ?5 FROM steps WHERE run_id = ?1 AND step = ?2 AND state = 'running' AND (?6 IS NULL OR attempts = ?6)",
+            )?
+            .execute(params![run_id, step, *seq as i64, line.source.as_str(), line.text, item.is_none().then_some(*attempt)])?;
         }
         Event::RunStarted { .. } | Event::StepWarning { .. } | Event::StepRestored { .. } => {}
         Event::StepWaiting { run_id, step, kind, until, input } => {

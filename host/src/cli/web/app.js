@@ -125,8 +125,30 @@ const sandflow = (() => {
       if (step.output !== null && step.output !== undefined) cell.append(el("div", { class: "muted" }, "output"), el("pre", { class: "output" }, JSON.stringify(step.output, null, 2)));
       try {
         const lines = await (await api(`/api/runs/${id}/logs?step=${encodeURIComponent(step.step)}`)).json();
-        cell.append(el("div", { class: "muted" }, `log (${lines.length} lines)`), el("pre", { class: "log" }, lines.map((l) => `${l.source.padStart(6)} | ${l.text}`).join("\n")));
+        const count = el("div", { class: "muted" }, `log (${lines.length} lines)`);
+        const pre = el("pre", { class: "log" }, lines.map(logLine).join(""));
+        // A running step's log grows as it writes (see `follow` below).
+        if (step.state === "running") Object.assign(pre.dataset, { follow: step.step, lines: String(lines.length) });
+        pre.counter = count;
+        cell.append(count, pre);
       } catch (e) { cell.append(el("p", { class: "problem" }, e.message)); }
+    };
+    const logLine = (l) => `${l.source.padStart(6)} | ${l.text}\n`;
+    // The lines running steps wrote since last asked, at the end of their
+    // open logs (kept at the bottom when it was there).
+    const follow = async () => {
+      for (const pre of document.querySelectorAll("pre.log[data-follow]")) {
+        try {
+          const from = Number(pre.dataset.lines);
+          const lines = await (await api(`/api/runs/${id}/logs?step=${encodeURIComponent(pre.dataset.follow)}&from=${from}`)).json();
+          if (!lines.length || !pre.isConnected) continue;
+          const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+          pre.append(lines.map(logLine).join(""));
+          pre.dataset.lines = String(from + lines.length);
+          pre.counter.textContent = `log (${from + lines.length} lines)`;
+          if (atBottom) pre.scrollTop = pre.scrollHeight;
+        } catch (_) { /* the next tick asks again */ }
+      }
     };
     // What a waiting step waits for, and until when.
     const waits = (s) => {
@@ -251,7 +273,7 @@ const sandflow = (() => {
     setInterval(() => {
       const now = new Date().toISOString();
       document.querySelectorAll("td[data-since]").forEach((td) => { td.textContent = span(td.dataset.since, now); });
-      if (shownRun && shownRun.status === "running") timeline(shownRun);
+      if (shownRun && shownRun.status === "running") { timeline(shownRun); follow(); }
     }, 1000);
     let allowActions = false;
     try {
