@@ -82,6 +82,11 @@ fn a_client_with_no_database_runs_follows_lists_cancels_and_retries_through_serv
     let (code, out, err) = run(client(&client_state, &addr).args(["runs", "show", &id]));
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with(&format!("run {id} (completed, attempt 1)")), "{out}");
+    // Following an ended run's logs prints them and returns.
+    let (code, logs, err) = run(client(&client_state, &addr).args(["runs", "logs", &id]));
+    assert_eq!(code, 0, "{err}");
+    let (code, followed, err) = run(client(&client_state, &addr).args(["runs", "logs", &id, "--follow"]));
+    assert_eq!((code, followed), (0, logs), "{err}");
     let (code, _, err) = run(client(&client_state, &addr).args(["runs", "logs", &id, "joni"]));
     assert_eq!(code, 2);
     assert!(err.contains("has no step `joni` that ran (did you mean `join`?)"), "{err}");

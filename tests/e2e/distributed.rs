@@ -1033,8 +1033,9 @@ fn log_while_running(mut cmd: impl FnMut() -> Command, id: &str) -> String {
 
 /// A running step's log is in the store as the step writes it, in one
 /// process (SQLite) and on a worker (PostgreSQL): `runs logs` shows the
-/// lines so far while the step runs (what the web view follows), and its
-/// whole log, each line once, when it has ended.
+/// lines so far while the step runs (what the web view follows), `runs
+/// logs --follow` prints each line once as it comes until the step (or
+/// run) ends, and the whole log is there when it has ended.
 #[test]
 fn a_running_steps_log_is_read_as_it_grows_in_process_and_on_workers() {
     let Some(schema) = PgSchema::create() else { return };
@@ -1045,7 +1046,9 @@ fn a_running_steps_log_is_read_as_it_grows_in_process_and_on_workers() {
     let (id, _workers) = submit_sleeper(&schema, &state, tick, "5s");
     let partial = log_while_running(|| pg(&schema, &state), &id);
     assert!(whole.starts_with(&partial) && partial.len() < whole.len(), "the first lines, in order: {partial}");
-    assert_eq!(wait_end(&schema, &state, &id, Duration::from_secs(30))["status"], "completed");
+    // `--follow` prints each line once, as it comes, and returns as the step ends.
+    let (code, followed, err) = run(pg(&schema, &state).args(["runs", "logs", &id, "tick", "--follow"]));
+    assert_eq!((code, followed.as_str()), (0, whole.as_str()), "{err}");
     assert_eq!(log_and_state(|| pg(&schema, &state), &id, "tick"), (whole.clone(), "succeeded".to_string()));
 
     let flow = state.path().join("slow.yaml");
@@ -1061,6 +1064,8 @@ fn a_running_steps_log_is_read_as_it_grows_in_process_and_on_workers() {
     };
     let partial = log_while_running(|| sandflow(&state), &id);
     assert!(whole.starts_with(&partial) && partial.len() < whole.len(), "the first lines, in order: {partial}");
+    let (code, followed, err) = run(sandflow(&state).args(["runs", "logs", &id, "--follow"]));
+    assert_eq!((code, followed.as_str()), (0, whole.as_str()), "the whole run's, until it ends: {err}");
     assert!(child.wait().unwrap().success());
     assert_eq!(log_and_state(|| sandflow(&state), &id, "tick"), (whole, "succeeded".to_string()));
 }

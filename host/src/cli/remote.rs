@@ -12,7 +12,7 @@
 use super::args::{InputArgs, VarArgs};
 use super::display::sink;
 use super::render::{print_end, say};
-use super::runs::{RunsCommand, print_logs, print_run, print_runs, wait_cancelled};
+use super::runs::{RunsCommand, follow_logs, print_logs, print_run, print_runs, wait_cancelled};
 use super::worker::{OnInterrupt, RunSource, follow_to_end, load_for_submit};
 use super::{CliError, Command, GlobalArgs, Output, exit, workflow_cmd};
 use crate::exec::{Event, EventSink, Redactor, enter};
@@ -340,17 +340,13 @@ impl Remote {
                 }
             }
             RunsCommand::Show { id, timeline } => print_run(self.run(&id).await?, timeline, out),
-            RunsCommand::Logs { id, step } => {
+            RunsCommand::Logs { id, step, follow: true } => {
+                let id = self.run(&id).await?.id;
+                follow_logs(&id, step.as_deref(), out, || async { Ok((self.run(&id).await?, self.logs(&id, step.as_deref()).await?)) }).await?;
+            }
+            RunsCommand::Logs { id, step, follow: false } => {
                 let run = self.run(&id).await?;
-                let mut path = format!("/api/runs/{}/logs", run.id);
-                if let Some(step) = &step {
-                    path.push_str(&format!("?step={}", encode(step)));
-                }
-                let rows: Vec<Value> = self.get(&path).await?;
-                let lines: Vec<(String, LogLine)> = rows
-                    .into_iter()
-                    .filter_map(|row| Some((row["step"].as_str()?.to_string(), serde_json::from_value(row).ok()?)))
-                    .collect();
+                let lines = self.logs(&run.id, step.as_deref()).await?;
                 let ran: Vec<String> = run.steps.iter().map(|s| s.step.clone()).collect();
                 print_logs(&run.id, step.as_deref(), &lines, &ran, out)?;
             }
@@ -360,6 +356,16 @@ impl Remote {
             }
         }
         Ok(exit::OK)
+    }
+
+    /// Run `id`'s log lines (of `step`), as `GET /api/runs/ID/logs` gives them.
+    async fn logs(&self, id: &str, step: Option<&str>) -> Result<Vec<(String, LogLine)>, CliError> {
+        let mut path = format!("/api/runs/{id}/logs");
+        if let Some(step) = step {
+            path.push_str(&format!("?step={}", encode(step)));
+        }
+        let rows: Vec<Value> = self.get(&path).await?;
+        Ok(rows.into_iter().filter_map(|row| Some((row["step"].as_str()?.to_string(), serde_json::from_value(row).ok()?))).collect())
     }
 
     /// Follows run `id` to its end and prints its output: the exit code

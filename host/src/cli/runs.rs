@@ -39,12 +39,19 @@ pub(crate) enum RunsCommand {
         /// The run id (from `submit` or `runs list`).
         id: String,
     },
-    /// The captured logs of a run, or of one of its steps.
+    /// The captured logs of a run, or of one of its steps. A running
+    /// step's lines are there as it writes them.
+    #[command(after_help = "With --follow, lines are printed as the steps write them, until the run (or STEP) ends; \
+        Ctrl-C stops following, not the run. A step that starts again (a retry) prints its log anew.")]
     Logs {
         /// The run id.
         id: String,
         /// Only this step.
         step: Option<String>,
+        /// Keep printing lines as they are written, until the run (or
+        /// STEP) ends (`--json`: one JSON line per log line).
+        #[arg(long, short)]
+        follow: bool,
     },
 }
 
@@ -159,7 +166,16 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
             print_run(run, timeline, out);
         }
         RunsCommand::Follow { .. } => unreachable!("handled above"),
-        RunsCommand::Logs { id, step } => {
+        RunsCommand::Logs { id, step, follow: true } => {
+            let id = super::run_id(store.as_ref(), &id).await?;
+            let store = &store;
+            follow_logs(&id, step.as_deref(), out, || async {
+                let run = store.run(&id, RunDetail::Steps).await.map_err(store_error)?;
+                Ok((run, store.logs(&id, step.as_deref()).await.map_err(store_error)?))
+            })
+            .await?;
+        }
+        RunsCommand::Logs { id, step, follow: false } => {
             let id = super::run_id(store.as_ref(), &id).await?;
             let lines = store.logs(&id, step.as_deref()).await.map_err(store_error)?;
             // Nothing to print: say why, from the steps that ran.
@@ -287,6 +303,61 @@ pub(crate) fn print_run(run: crate::store::RunRecord, timeline: bool, out: &Outp
         // The process ends next: freeing 100,000 step records one by
         // one would take a tenth of the command's time.
         std::mem::forget(run);
+    }
+}
+
+/// How often `runs logs --follow` asks for new lines.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `runs logs --follow`: prints each step's lines as they are written
+/// (`--json`: a JSON line each), until the run ends, or `step` does.
+/// `fetch` reads the run's record, then its lines: read in that order, the
+/// lines of a step the record says ended are its whole log.
+pub(crate) async fn follow_logs<F, Fut>(id: &str, step: Option<&str>, out: &Output, mut fetch: F) -> Result<(), CliError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(crate::store::RunRecord, Vec<(String, crate::sandbox::LogLine)>), CliError>>,
+{
+    // Lines printed so far, per step.
+    let mut printed: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    loop {
+        let (run, lines) = fetch().await?;
+        let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut new = Vec::new();
+        for (s, line) in &lines {
+            let k = seen.entry(s.as_str()).or_default();
+            if *k >= printed.get(s.as_str()).copied().unwrap_or(0) {
+                new.push((s, line));
+            }
+            *k += 1;
+        }
+        // Fewer lines than printed: the step started again (a retry's log
+        // starts anew), and its lines are all new.
+        for (s, n) in &seen {
+            if *n < printed.get(*s).copied().unwrap_or(0) {
+                if !out.json && !out.quiet {
+                    say!("(step `{s}` of run {id} started again: its log anew)");
+                }
+                new.extend(lines.iter().filter(|(x, _)| x == s).map(|(x, l)| (x, l)));
+            }
+        }
+        for (s, line) in new {
+            if out.json {
+                println!("{}", serde_json::json!({ "step": s, "source": line.source, "text": line.text }));
+            } else {
+                println!("{s} {:>6} | {}", line.source.as_str(), line.text);
+            }
+        }
+        let _ = std::io::stdout().flush();
+        printed = seen.into_iter().map(|(s, n)| (s.to_string(), n)).collect();
+        let ended = run.status != RunState::Running.as_str()
+            || step.is_some_and(|step| {
+                run.steps.iter().any(|s| s.step == step && !matches!(s.state.as_str(), "pending" | "running" | "waiting"))
+            });
+        if ended {
+            return Ok(());
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
     }
 }
 
