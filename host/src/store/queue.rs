@@ -834,10 +834,18 @@ pub(super) async fn insert_run(tx: &deadpool_postgres::Transaction<'_>, run: &Ne
         }
     }
     let kind = trigger.kind.unwrap_or("manual");
+    let (paths, hashes): (Vec<&str>, Vec<&str>) = files.iter().map(|(p, h)| (p.as_str(), h.as_str())).unzip();
+    // One statement (one round trip, one plan): the run, its files, the
+    // namespace's files, and the workers' notification.
     tx.execute(
-        "INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets, components, vars, namespace, priority,
-                           triggered_by, trigger_source, scheduled_time)
-         VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        "WITH run AS (
+             INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets, components, vars, namespace, priority,
+                               triggered_by, trigger_source, scheduled_time)
+             VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, true, $7, $8, $9, $10, $11, $12, $13, $14, $15)),
+         run_files AS (INSERT INTO run_files (run_id, path, sha256) SELECT $1, f.path, f.sha256 FROM unnest($16::text[], $17::text[]) AS f(path, sha256)),
+         namespace_files AS (
+             INSERT INTO namespace_files (namespace, sha256) SELECT DISTINCT $11, f.sha256 FROM unnest($17::text[]) AS f(sha256) ON CONFLICT DO NOTHING)
+         SELECT pg_notify($18, '')",
         &[
             &run.id,
             &run.workflow,
@@ -854,15 +862,13 @@ pub(super) async fn insert_run(tx: &deadpool_postgres::Transaction<'_>, run: &Ne
             &kind,
             &trigger.source,
             &trigger.scheduled_time,
+            &paths,
+            &hashes,
+            &JOBS_CHANNEL,
         ],
     )
     .await
     .map_err(db)?;
-    for (path, hash) in files {
-        tx.execute("INSERT INTO run_files (run_id, path, sha256) VALUES ($1, $2, $3)", &[&run.id, path, hash]).await.map_err(db)?;
-        tx.execute("INSERT INTO namespace_files (namespace, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&namespace, hash]).await.map_err(db)?;
-    }
-    tx.execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL]).await.map_err(db)?;
     Ok(())
 }
 
