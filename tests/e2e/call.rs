@@ -253,3 +253,40 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
     assert_eq!(out.status.code(), Some(141), "as a process killed by SIGPIPE");
     assert!(out.stderr.is_empty(), "no panic: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A step that writes terminal control sequences (clear the screen, move
+/// the cursor, set the clipboard, overwrite a line, a C1 control) into its
+/// output streams, its log and its error: wherever a person reads them
+/// (`call`, `run -v`, `runs logs`, `runs show`, `test`) each control
+/// character is shown escaped and none reaches the terminal; `--json`
+/// keeps the text exact (JSON escapes it).
+#[test]
+fn terminal_control_sequences_a_step_writes_are_shown_escaped() {
+    let raw = |text: &str| text.chars().any(|c| c.is_control() && c != '\n' && c != '\t');
+    let s = state();
+    let (code, _, err) = run(sandflow(&s).arg("call").arg(hostile("escape-codes")));
+    assert_eq!(code, 1, "{err}");
+    assert!(!raw(&err), "no control character reaches the terminal: {err:?}");
+    for shown in [r"\x1b[2J\x1b[1;1Hscreen cleared\x07", r"\x1b]52;c;cHduZWQ=\x07clipboard set", r"\roverwritten \u009b31m line", r"\x1b[32m✓ all good\x1b[0m"] {
+        assert!(err.contains(shown), "{shown} in: {err}");
+    }
+
+    let flow = s.path().join("escape.yaml");
+    std::fs::write(&flow, format!("name: escape\ncomponents:\n  esc: {{ path: '{}' }}\nsteps:\n  - {{ id: say, component: esc }}\n", hostile("escape-codes").display())).unwrap();
+    let (code, _, err) = run(sandflow(&s).args(["-v", "run"]).arg(&flow));
+    assert_eq!(code, 1, "{err}");
+    assert!(!raw(&err) && err.contains(r"\x1b]52;c;") && err.contains(r"\x1b[32m✓ all good"), "{err}");
+    let id = crate::support::newest_run(sandflow(&s));
+    for args in [vec!["runs", "logs", id.as_str()], vec!["runs", "logs", id.as_str(), "--follow"], vec!["runs", "show", id.as_str()]] {
+        let (code, out, err) = run(sandflow(&s).args(&args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!raw(&out) && !raw(&err), "{args:?}: {out:?}");
+        assert!(out.contains(r"\x1b[") || out.contains(r"\r"), "{args:?} shows the escapes: {out}");
+    }
+    // JSON carries the text exactly, every control character escaped.
+    let (_, out, _) = run(sandflow(&s).args(["--json", "runs", "logs", &id]));
+    let lines: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(lines[0]["text"], "\x1b[2J\x1b[1;1Hscreen cleared\x07");
+    assert_eq!(lines[2]["text"], "\roverwritten \u{9b}31m line");
+    assert!(!raw(&out), "{out:?}");
+}

@@ -192,7 +192,7 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
     render::step_log(out, &run_id, &name, &outcome.log, max_log);
     match &outcome.result {
         Ok(output) => {
-            println!("{}", serde_json::to_string_pretty(output).expect("a Value always serializes"));
+            println!("{}", super::render::json_pretty(output));
             if out.json {
                 render::event(
                     "step_finished",

@@ -230,7 +230,9 @@ impl Live {
         }
         for l in &lines {
             frame.push_str("\x1b[2K");
-            frame.push_str(l);
+            // What steps said (their failures) is shown, never obeyed.
+            let l = render::printable(l);
+            frame.push_str(&l);
             frame.push('\n');
         }
         // Lines left over from a taller previous frame.

@@ -83,7 +83,7 @@ pub(crate) async fn execute(args: InspectArgs, state_dir: &std::path::Path, out:
             "describe": info,
             "wit": decoded.wit,
         });
-        println!("{}", serde_json::to_string_pretty(&doc).expect("a Value always serializes"));
+        println!("{}", super::render::json_pretty(&doc));
     } else {
         println!("{origin}");
         println!("  size:    {} bytes", bytes.len());

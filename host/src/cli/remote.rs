@@ -406,7 +406,7 @@ impl Remote {
             }
             if message.contains("already completed") {
                 let output: Value = run.output.and_then(|o| serde_json::from_str(o.get()).ok()).unwrap_or_default();
-                println!("{}", serde_json::to_string_pretty(&output).expect("a Value always serializes"));
+                println!("{}", super::render::json_pretty(&output));
             }
             return Ok(exit::OK);
         }

@@ -10,9 +10,42 @@ use std::time::{Duration, SystemTime};
 
 /// Writes `text` and a newline to stderr with a single `write(2)`, so a
 /// line is never torn by a kill nor interleaved with another writer's
-/// (`eprintln!` writes a formatted line in many small pieces).
+/// (`eprintln!` writes a formatted line in many small pieces). Control
+/// characters in it are shown escaped ([`printable`]).
 pub(crate) fn stderr_line(text: &str) {
-    let _ = write_whole(&mut std::io::stderr().lock(), text);
+    let _ = write_whole(&mut std::io::stderr().lock(), &printable(text));
+}
+
+/// `value` as pretty JSON, for a person's terminal as much as a program:
+/// JSON escapes the C0 control characters itself; the others (DEL and the
+/// C1 ones, U+0080–U+009F, which JSON leaves as they are and some
+/// terminals obey) only a string can hold, and [`printable`] writes them
+/// as JSON's own `\u009b` escapes, so the JSON means the same.
+pub(crate) fn json_pretty(value: &impl serde::Serialize) -> String {
+    printable(&serde_json::to_string_pretty(value).expect("values serialize")).into_owned()
+}
+
+/// `text` with its control characters but newline and tab written as
+/// escapes (`\x1b`, `\r`; DEL and C1 as `\u009b`, valid in a JSON string
+/// too): what a step wrote (its log, its error message) is shown to a
+/// person, never obeyed by their terminal. A step could otherwise clear
+/// the screen, move the cursor to forge lines (`✓ all good`), set the
+/// clipboard (OSC 52) or the window's title.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let control = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            c if control(c) && (c as u32) < 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if control(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `text` and a newline, handed to `w` in one `write_all`: one system
@@ -100,7 +133,7 @@ pub(crate) fn failure_json(f: &StepFailure) -> Value {
 pub(crate) fn print_end(state: crate::exec::RunState, output: Option<&Value>, redactor: &crate::exec::Redactor) -> u8 {
     if let Some(output) = output {
         // What is printed is a log too: secret values are masked here as well.
-        println!("{}", serde_json::to_string_pretty(&*redactor.value(output)).expect("a Value always serializes"));
+        println!("{}", json_pretty(&*redactor.value(output)));
     }
     match state {
         crate::exec::RunState::Completed => super::exit::OK,
@@ -111,7 +144,19 @@ pub(crate) fn print_end(state: crate::exec::RunState, output: Option<&Value>, re
 
 #[cfg(test)]
 mod tests {
-    use super::write_whole;
+    use super::{printable, write_whole};
+
+    #[test]
+    fn control_characters_are_shown_escaped_but_newlines_and_tabs() {
+        assert_eq!(printable("plain ✓ text\twith\nlines"), "plain ✓ text\twith\nlines");
+        assert!(matches!(printable("plain"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(printable("\x1b[2J\x1b]52;c;eA==\x07"), "\\x1b[2J\\x1b]52;c;eA==\\x07");
+        assert_eq!(printable("\roverwritten \u{9b}31m \u{7f}"), "\\roverwritten \\u009b31m \\u007f");
+        // JSON text stays JSON, meaning the same.
+        let json = super::json_pretty(&serde_json::json!({"text": "\u{1b}[2J \u{9b}31m"}));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&json).unwrap()["text"], "\u{1b}[2J \u{9b}31m");
+        assert!(!json.chars().any(|c| c.is_control() && c != '\n'), "{json}");
+    }
 
     /// Counts the `write` calls it gets, like `write(2)` on an unbuffered fd.
     struct Calls(Vec<Vec<u8>>);

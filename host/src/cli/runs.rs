@@ -134,7 +134,7 @@ fn nearby_state_dirs(state_dir: &Path) -> Vec<PathBuf> {
 }
 
 fn print_json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).expect("records serialize"));
+    println!("{}", render::json_pretty(value));
 }
 
 pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
@@ -234,7 +234,7 @@ pub(crate) fn print_run(run: crate::store::RunRecord, timeline: bool, out: &Outp
             println!("  output:   {o}");
         }
         if let Some(e) = &run.error {
-            println!("  error:    {e}");
+            println!("  error:    {}", render::printable(e));
         }
         println!("  steps:");
         // One write for all the steps, not one per line: a run of
@@ -293,7 +293,7 @@ pub(crate) fn print_run(run: crate::store::RunRecord, timeline: bool, out: &Outp
             {
                 let _ = write!(line, "  {}", super::display::waits_for(&run.id, &s.step, kind, s.wake_at.as_deref()));
             }
-            let _ = writeln!(lines, "{}", line.trim_end());
+            let _ = writeln!(lines, "{}", render::printable(line.trim_end()));
         }
         let _ = lines.flush();
         drop(lines);
@@ -343,9 +343,9 @@ where
         }
         for (s, line) in new {
             if out.json {
-                println!("{}", serde_json::json!({ "step": s, "source": line.source, "text": line.text }));
+                println!("{}", render::printable(&serde_json::json!({ "step": s, "source": line.source, "text": line.text }).to_string()));
             } else {
-                println!("{s} {:>6} | {}", line.source.as_str(), line.text);
+                println!("{s} {:>6} | {}", line.source.as_str(), render::printable(&line.text));
             }
         }
         let _ = std::io::stdout().flush();
@@ -383,7 +383,7 @@ pub(crate) fn print_logs(id: &str, step: Option<&str>, lines: &[(String, crate::
         }
     } else {
         for (s, l) in lines {
-            println!("{s} {:>6} | {}", l.source.as_str(), l.text);
+            println!("{s} {:>6} | {}", l.source.as_str(), render::printable(&l.text));
         }
     }
     Ok(())
@@ -484,7 +484,7 @@ async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output
             say!("run {} already completed; its output:", record.id);
         }
         let output: serde_json::Value = record.output.and_then(|o| serde_json::from_str(o.get()).ok()).unwrap_or_default();
-        println!("{}", serde_json::to_string_pretty(&output).expect("a Value always serializes"));
+        println!("{}", render::json_pretty(&output));
         return Ok(exit::OK);
     }
     // A run that workers ran goes on on workers.

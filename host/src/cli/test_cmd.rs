@@ -128,7 +128,7 @@ pub(crate) async fn execute(args: TestArgs, state_dir: &Path, out: &Output) -> R
             } else {
                 match &verdict {
                     Ok(()) => println!("  ✓ {}: {}", file.display(), case.name),
-                    Err(why) => println!("  ✗ {}: {}: {why}", file.display(), case.name),
+                    Err(why) => println!("  ✗ {}: {}: {}", file.display(), case.name, super::render::printable(&why)),
                 }
             }
             if verdict.is_ok() { passed += 1 } else { failed += 1 }
