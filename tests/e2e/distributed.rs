@@ -431,7 +431,8 @@ fn cancel_stops_a_run_on_workers() {
 }
 
 /// A worker says what it ran: at `-v` a line per attempt, with its run,
-/// step, item and how it ended.
+/// step, item and how it ended (what a step said escaped, never sent raw
+/// to the worker's terminal or log).
 #[test]
 fn a_worker_tells_each_attempt_at_v() {
     let Some(schema) = PgSchema::create() else { return };
@@ -439,8 +440,13 @@ fn a_worker_tells_each_attempt_at_v() {
     let (code, id, err) = run(pg(&schema, &state).args(["submit", "workflows/foreach.yaml", "--input", r#"{"words": ["a", "b"]}"#]));
     assert_eq!(code, 0, "{err}");
     let id = id.trim().to_string();
+    // A step whose failure is made of terminal control sequences.
+    let flow = state.path().join("escape.yaml");
+    std::fs::write(&flow, format!("name: escape\ncomponents:\n  esc: {{ path: '{}' }}\nsteps:\n  - {{ id: say, component: esc }}\n", hostile("escape-codes").display())).unwrap();
+    let escaping = submit(&schema, &state, &flow);
     let worker = pg(&schema, &state).args(["-v", "worker", "--concurrency", "2"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let record = wait_end(&schema, &state, &id, Duration::from_secs(30));
+    assert_eq!(wait_end(&schema, &state, &escaping, Duration::from_secs(30))["status"], "failed");
     // Stopped with SIGINT, it says so in the store.
     assert!(Command::new("kill").args(["-INT", &worker.id().to_string()]).status().unwrap().success());
     let out = worker.wait_with_output().unwrap();
@@ -452,6 +458,9 @@ fn a_worker_tells_each_attempt_at_v() {
     for item in [0, 1] {
         assert!(err.contains(&format!("run {id} step shout item {item} attempt 1 succeeded in ")), "{err}");
     }
+    // What the step said is in the worker's line, escaped, not obeyed.
+    assert!(err.contains(&format!("run {escaping} step say attempt 1 failed in ")) && err.contains(r"\x1b[32m✓ all good\x1b[0m"), "{err}");
+    assert!(!err.chars().any(|c| c.is_control() && c != '\n'), "{err:?}");
 }
 
 /// `sandflow run` with a PostgreSQL store works on its own run, so one

@@ -333,7 +333,7 @@ fn init_tracing(global: &GlobalArgs) {
     use tracing_subscriber::layer::SubscriberExt;
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
-        .with_writer(std::io::stderr)
+        .with_writer(|| render::PrintableStderr)
         .with_target(false)
         .without_time()
         .finish()

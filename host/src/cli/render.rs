@@ -16,6 +16,23 @@ pub(crate) fn stderr_line(text: &str) {
     let _ = write_whole(&mut std::io::stderr().lock(), &printable(text));
 }
 
+/// Stderr for diagnostics (`tracing`'s lines): each line with its control
+/// characters escaped ([`printable`]), as a worker's lines carry what
+/// steps said (their failures). `tracing` writes a line in one write.
+pub(crate) struct PrintableStderr;
+
+impl Write for PrintableStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().lock().write_all(printable(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// `value` as pretty JSON, for a person's terminal as much as a program:
 /// JSON escapes the C0 control characters itself; the others (DEL and the
 /// C1 ones, U+0080–U+009F, which JSON leaves as they are and some
