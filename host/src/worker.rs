@@ -696,9 +696,14 @@ async fn listen(store: Arc<PgStore>, channel: &'static str, worker: Arc<Worker>,
     crate::store::queue::listen_with(store, channel, wake, stop).await
 }
 
+/// How often at most a worker writes the lines running steps wrote: those
+/// that come meanwhile go in one transaction (a step flooding its log
+/// costs the store a few writes a second, not one per line).
+const LIVE_LOG_EVERY: Duration = Duration::from_millis(200);
+
 /// Writes the lines running steps write, whatever has queued up in one
 /// transaction. A line that cannot be written is dropped (with a note at
-/// `-v`): the step's whole log is recorded with its result.
+/// `-vv`): the step's whole log is recorded with its result.
 async fn live_log_loop(store: Arc<PgStore>, mut lines: mpsc::UnboundedReceiver<exec::Event>) {
     while let Some(first) = lines.recv().await {
         let mut batch = vec![first];
@@ -709,5 +714,6 @@ async fn live_log_loop(store: Arc<PgStore>, mut lines: mpsc::UnboundedReceiver<e
         if let Err(e) = store.record(batch).await {
             tracing::debug!("{n} lines of running steps' logs were not written: {e}");
         }
+        tokio::time::sleep(LIVE_LOG_EVERY).await;
     }
 }

@@ -707,9 +707,11 @@ fn a_running_steps_log_grows_on_its_page_and_the_run_ends_there() {
     let id = first_run(&addr);
     // `#step=crunch` opens the step's detail, log included.
     let mut browser = Browser::open(&chromium, &format!("http://{addr}/runs/{id}#step=crunch"));
-    browser.eval("window.loadedOnce = true");
     let log = r#"pre.log[data-follow="crunch"]"#;
     browser.text_of(log, "line 2 of 8");
+    // Set once the page runs (not on the blank page before it): a reload
+    // would lose it.
+    browser.eval("window.loadedOnce = true");
     let running = r#"tr[data-step="crunch"][data-state="running"]"#;
     let seen = browser.eval(&format!(
         "(() => {{ const row = document.querySelector({running:?}); return {{ running: !!row, since: row && row.querySelector('td[data-since]').textContent, \

@@ -1116,8 +1116,6 @@ pub struct Attempted {
     pub cached: Option<String>,
 }
 
-/// One attempt of a step's target; with `cache:`, a stored result when
-/// there is one.
 /// Which attempt of a step (of which `forEach` item) an execution is: a
 /// nested run's id says it, so a tracer puts it under that attempt. A
 /// worker's attempts do not say (item none, attempt 0).
@@ -1167,8 +1165,9 @@ impl HostServices for Following {
     }
 }
 
-/// One attempt; a component step's runs with `services` (the run's, or
-/// them [`Following`] its log).
+/// One attempt of a step's target; with `cache:`, a stored result when
+/// there is one. A component runs with `services`: the run's, or the run's
+/// with its log [`Following`].
 async fn execute(
     ctx: &Ctx,
     step: usize,
