@@ -19,25 +19,7 @@
 #   SANDFLOW_BIN   a sandflow binary to measure instead of this tree's release build
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-base="${1:-${SANDFLOW_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}}"
-# SANDFLOW_BIN: another build to measure (an earlier commit's, side by side).
-bin="${SANDFLOW_BIN:-}"
-if [ -z "$bin" ]; then
-  cargo build -q --release -p sandflow
-  bin="$PWD/target/release/sandflow"
-fi
-work="$(mktemp -d)"
-schema="bench_$$"
-psql -q "$base" -c "CREATE SCHEMA $schema"
-cleanup() {
-  jobs -p | xargs -r kill 2>/dev/null || true
-  psql -q "$base" -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $schema CASCADE" || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-sep='?'; [[ "$base" == *\?* ]] && sep='&'
-url="${base}${sep}options=-csearch_path%3D${schema}"
-echo_wasm="$PWD/components/dist/echo.wasm"
+source bench/pg-bench.sh "$@"
 
 { echo "name: wide"; echo "components: { echo: { path: '$echo_wasm' } }"; echo "steps:";
   for i in $(seq 1 2000); do echo "  - { id: s$i, component: echo, input: { n: $i } }"; done; } > "$work/wide.yaml"
@@ -80,10 +62,7 @@ done
 # Many small runs: 100 runs of a 10-step workflow (a root, 8 branches, a
 # join; every step a WebAssembly call) from 4 clients at once, on 2 workers
 # against the same 100 runs as 4 parallel `sandflow run` loops on SQLite.
-{ echo "name: small"; echo "components: { echo: { path: '$echo_wasm' } }"; echo "steps:";
-  echo "  - { id: root, component: echo, input: { n: 0 } }";
-  for i in $(seq 1 8); do echo "  - { id: b$i, component: echo, needs: [root], input: { n: $i } }"; done
-  echo "  - { id: join, component: echo, needs: [b1, b2, b3, b4, b5, b6, b7, b8], input: { n: 9 } }"; } > "$work/small.yaml"
+small_workflow "$work/small.yaml"
 "$bin" -q --state-dir "$state" --store "sqlite:$work/small.db" run "$work/small.yaml" >/dev/null   # the store exists
 t0=$(now)
 for c in 1 2 3 4; do

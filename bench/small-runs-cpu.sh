@@ -11,28 +11,8 @@
 #   SANDFLOW_BIN   a sandflow binary to measure instead of this tree's release build
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-base="${1:-${SANDFLOW_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}}"
-bin="${SANDFLOW_BIN:-}"
-if [ -z "$bin" ]; then
-  cargo build -q --release -p sandflow
-  bin="$PWD/target/release/sandflow"
-fi
-work="$(mktemp -d)"
-schema="cpu_$$"
-psql -q "$base" -c "CREATE SCHEMA $schema"
-cleanup() {
-  jobs -p | xargs -r kill 2>/dev/null || true
-  psql -q "$base" -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $schema CASCADE" || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-sep='?'; [[ "$base" == *\?* ]] && sep='&'
-url="${base}${sep}options=-csearch_path%3D${schema}"
-echo_wasm="$PWD/components/dist/echo.wasm"
-{ echo "name: small"; echo "components: { echo: { path: '$echo_wasm' } }"; echo "steps:";
-  echo "  - { id: root, component: echo, input: { n: 0 } }";
-  for i in $(seq 1 8); do echo "  - { id: b$i, component: echo, needs: [root], input: { n: $i } }"; done
-  echo "  - { id: join, component: echo, needs: [b1, b2, b3, b4, b5, b6, b7, b8], input: { n: 9 } }"; } > "$work/small.yaml"
+source bench/pg-bench.sh "$@"
+small_workflow "$work/small.yaml"
 state="$work/state"
 "$bin" -q --state-dir "$state" validate "$work/small.yaml" >/dev/null
 hz=$(getconf CLK_TCK)
