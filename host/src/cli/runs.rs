@@ -343,9 +343,9 @@ where
         }
         for (s, line) in new {
             if out.json {
-                println!("{}", render::printable(&serde_json::json!({ "step": s, "source": line.source, "text": line.text }).to_string()));
+                println!("{}", render::printable(&log_row(s, line).to_string()));
             } else {
-                println!("{s} {:>6} | {}", line.source.as_str(), render::printable(&line.text));
+                print_log_line(s, line);
             }
         }
         let _ = std::io::stdout().flush();
@@ -365,8 +365,7 @@ where
 /// from `ran`, the steps of the run that ran.
 pub(crate) fn print_logs(id: &str, step: Option<&str>, lines: &[(String, crate::sandbox::LogLine)], ran: &[String], out: &Output) -> Result<(), CliError> {
     if out.json {
-        let rows: Vec<serde_json::Value> =
-            lines.iter().map(|(s, l)| serde_json::json!({ "step": s, "source": l.source, "text": l.text })).collect();
+        let rows: Vec<serde_json::Value> = lines.iter().map(|(s, l)| log_row(s, l)).collect();
         print_json(&rows);
     } else if lines.is_empty() {
         // Nothing to print: say why, on stderr.
@@ -383,10 +382,21 @@ pub(crate) fn print_logs(id: &str, step: Option<&str>, lines: &[(String, crate::
         }
     } else {
         for (s, l) in lines {
-            println!("{s} {:>6} | {}", l.source.as_str(), render::printable(&l.text));
+            print_log_line(s, l);
         }
     }
     Ok(())
+}
+
+/// A log line of step `step` as `runs logs --json` and `GET
+/// /api/runs/ID/logs` give it (what the remote client reads back).
+pub(crate) fn log_row(step: &str, line: &crate::sandbox::LogLine) -> serde_json::Value {
+    serde_json::json!({ "step": step, "source": line.source, "text": line.text })
+}
+
+/// A log line of step `step` as `runs logs` prints it: `STEP SOURCE | TEXT`.
+fn print_log_line(step: &str, line: &crate::sandbox::LogLine) {
+    println!("{step} {:>6} | {}", line.source.as_str(), render::printable(&line.text));
 }
 
 #[derive(Debug, clap::Args)]

@@ -464,8 +464,7 @@ async fn logs(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>,
     };
     match app.store.logs(&id, p.step.as_deref().filter(|s| !s.is_empty())).await {
         Ok(lines) => {
-            let rows: Vec<serde_json::Value> =
-                lines.iter().skip(p.from).map(|(s, l)| json!({ "step": s, "source": l.source, "text": l.text })).collect();
+            let rows: Vec<serde_json::Value> = lines.iter().skip(p.from).map(|(s, l)| super::runs::log_row(s, l)).collect();
             Json(rows).into_response()
         }
         Err(e) => failure(e),
