@@ -120,14 +120,14 @@ pub fn path(data: &[u8]) {
 pub fn set(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let mut input = json!({"user": {"id": 1}, "n": 2});
-    let _ = crate::cli::args::set_path(&mut input, text);
-    let _ = crate::cli::args::set_path(&mut input, text);
+    let _ = crate::runs::set_path(&mut input, text);
+    let _ = crate::runs::set_path(&mut input, text);
 }
 
 /// Bytes handed to `sandflow component inspect`: the header checks and the
 /// decoding of a WIT world.
 pub fn component(data: &[u8]) {
     if crate::sandbox::check_component_header(data).is_ok() {
-        let _ = crate::cli::inspect::decode(data);
+        let _ = crate::sandbox::decode_world(data);
     }
 }

@@ -9,9 +9,7 @@
 //! - [`runs`]: runs recorded in a store: start and resume.
 //! - [`trace`]: OpenTelemetry traces of runs (`--otlp`).
 //! - [`metrics`]: the Prometheus text of `/metrics`.
-//! - [`cli`]: the `sandflow` command line, testable in-process.
 
-pub mod cli;
 pub mod cron;
 pub mod expr;
 pub mod exec;

@@ -555,3 +555,50 @@ pub async fn signal(store: &dyn RunStore, run_id: &str, request: SignalRequest) 
         None => Err(not_waiting("it ended meanwhile (its timeout, or a cancel)".into())),
     }
 }
+
+/// Applies one `KEY=VALUE` assignment (`--set a.b=value`, `--var`) to
+/// `input`: VALUE is read as JSON, else taken as a string; a dotted KEY
+/// makes the objects on its way. The error says what to write instead.
+pub fn set_path(input: &mut Value, assignment: &str) -> Result<(), String> {
+    let (key, raw) = assignment.split_once('=').ok_or_else(|| format!("--set `{assignment}`: write KEY=VALUE"))?;
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(format!("--set `{assignment}`: the key must be a name or a dotted path like `a.b`"));
+    }
+    let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let mut cur = input;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            if cur.is_null() {
+                *cur = Value::Object(serde_json::Map::new());
+            } else {
+                return Err(format!("--set `{assignment}`: `{}` is not an object", parts[..i].join(".")));
+            }
+        }
+        let map = cur.as_object_mut().expect("made an object above");
+        if i == parts.len() - 1 {
+            map.insert(part.to_string(), value);
+            return Ok(());
+        }
+        cur = map.entry(part.to_string()).or_insert(Value::Null);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_path;
+    use serde_json::json;
+
+    #[test]
+    fn set_reads_json_values_and_nested_keys() {
+        let mut v = json!({});
+        for a in ["n=3", "ok=true", "list=[1]", "name=Ada Lovelace", "user.id=42", "user.tags=[\"a\"]", "empty="] {
+            set_path(&mut v, a).unwrap();
+        }
+        assert_eq!(v, json!({"n": 3, "ok": true, "list": [1], "name": "Ada Lovelace", "user": {"id": 42, "tags": ["a"]}, "empty": ""}));
+        assert!(set_path(&mut v, "n.x=1").unwrap_err().contains("`n` is not an object"));
+        assert!(set_path(&mut v, "novalue").is_err());
+        assert!(set_path(&mut v, "a..b=1").is_err());
+    }
+}

@@ -7,7 +7,7 @@
 //!
 //! Submitted files are untrusted: each upload is capped (`--max-upload`),
 //! components are checked without being compiled
-//! ([`crate::exec::ComponentCheck`]: a component built to be slow to
+//! ([`sandflow::exec::ComponentCheck`]: a component built to be slow to
 //! compile costs the server nothing), and a run that would read the
 //! workers' machines (`/builtin/load_file`, `dirs` or `env` grants) is
 //! refused unless `serve --allow-host-access` says the clients are trusted
@@ -19,12 +19,12 @@
 
 use super::guard::{Caller, refused};
 use super::serve::{App, failure};
-use crate::store::tokens::Role;
+use sandflow::store::tokens::Role;
 use axum::Extension;
-use crate::exec::{ComponentCheck, Event, Recording, enter};
-use crate::runs::{QueueAgainError, Rerun};
-use crate::store::queue::{Binding, RunFiles};
-use crate::store::{PgStore, RunDetail};
+use sandflow::exec::{ComponentCheck, Event, Recording, enter};
+use sandflow::runs::{QueueAgainError, Rerun};
+use sandflow::store::queue::{Binding, RunFiles};
+use sandflow::store::{PgStore, RunDetail};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -88,13 +88,13 @@ fn namespace_for(caller: &Caller, named: Option<&str>) -> Result<String, Respons
     };
     match (named, &caller.namespaces) {
         (Some(ns), _) => {
-            let ns = crate::store::tokens::namespace_name(ns).map_err(|e| refused(StatusCode::BAD_REQUEST, format!("`namespace`: {e}")))?;
+            let ns = sandflow::store::tokens::namespace_name(ns).map_err(|e| refused(StatusCode::BAD_REQUEST, format!("`namespace`: {e}")))?;
             match caller.sees(&ns) {
                 true => Ok(ns),
                 false => Err(not_yours(&ns)),
             }
         }
-        (None, None) => Ok(crate::store::DEFAULT_NAMESPACE.to_string()),
+        (None, None) => Ok(sandflow::store::DEFAULT_NAMESPACE.to_string()),
         (None, Some(namespaces)) if namespaces.len() == 1 => Ok(namespaces[0].clone()),
         (None, Some(namespaces)) => Err(refused(
             StatusCode::BAD_REQUEST,
@@ -161,7 +161,7 @@ pub(super) async fn put_file(
         Ok(bytes) => bytes,
         Err(r) => return r,
     };
-    let actual = crate::sandbox::sha256_hex(&bytes);
+    let actual = sandflow::sandbox::sha256_hex(&bytes);
     if actual != sha256 {
         return refused(StatusCode::BAD_REQUEST, format!("the file's SHA-256 is {actual}, not {sha256} as its address says: nothing was kept"));
     }
@@ -217,7 +217,7 @@ pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Exten
         return refused(StatusCode::UNPROCESSABLE_ENTITY, refusal.to_string());
     }
     let file = PathBuf::from(&request.workflow);
-    match crate::runs::submit(&store, &prepared, &file, &used, request.input, &request.targets, &binding).await {
+    match sandflow::runs::submit(&store, &prepared, &file, &used, request.input, &request.targets, &binding).await {
         Ok(id) => {
             let mut response = (StatusCode::CREATED, [(header::LOCATION, format!("/api/runs/{id}"))], Json(json!({ "id": id }))).into_response();
             response.extensions_mut().insert(Noted { namespace: Some(binding.namespace), run_id: Some(id), detail: Some(request.workflow) });
@@ -233,7 +233,7 @@ pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Exten
 struct Received {
     store: Arc<PgStore>,
     request: Submit,
-    prepared: crate::exec::Prepared,
+    prepared: sandflow::exec::Prepared,
     /// The files the workflow read.
     used: RunFiles,
     binding: Binding,
@@ -272,7 +272,7 @@ async fn receive(app: &App, caller: &Caller, headers: HeaderMap, body: Body) -> 
     let (path, components) = (PathBuf::from(&request.workflow), request.components.clone().map(PathBuf::from));
     let loaded = tokio::task::spawn_blocking(move || {
         let recording = Recording { inner: files, seen: Default::default() };
-        let prepared = crate::exec::load_from_with(&path, &ComponentCheck, &recording, components.as_deref());
+        let prepared = sandflow::exec::load_from_with(&path, &ComponentCheck, &recording, components.as_deref());
         (prepared, recording.seen.into_inner().expect("not poisoned"))
     })
     .await;
@@ -331,7 +331,7 @@ pub(super) async fn add_schedules(State(app): State<Arc<App>>, Extension(caller)
         }
     }
     let namespace = binding.namespace.clone();
-    let template = crate::store::schedules::ScheduleTemplate {
+    let template = sandflow::store::schedules::ScheduleTemplate {
         workflow: wf.name.clone(),
         file: request.workflow.clone(),
         sha256: wf.sha256.clone(),
@@ -376,7 +376,7 @@ pub(super) async fn schedule_act(
             return r;
         }
     };
-    let webhook = crate::store::schedules::is_webhook(&name);
+    let webhook = sandflow::store::schedules::is_webhook(&name);
     let done = match (action.as_str(), webhook) {
         ("pause" | "resume", true) => store.pause_hook(&namespace, &name, action == "pause").await,
         ("pause" | "resume", false) => store.pause_schedule(&namespace, &name, action == "pause", jiff::Timestamp::now()).await,
@@ -497,7 +497,7 @@ pub(super) async fn act(
 /// (with `detail`), its record for `act`.
 async fn on_run<F, Fut>(app: &App, caller: &Caller, given: &str, detail: Option<String>, act: F) -> Response
 where
-    F: FnOnce(crate::store::RunRecord) -> Fut,
+    F: FnOnce(sandflow::store::RunRecord) -> Fut,
     Fut: std::future::Future<Output = Response>,
 {
     let id = match super::serve::visible(app, caller, given).await {
@@ -513,7 +513,7 @@ where
 }
 
 /// [`act`] on run `record`, which the caller sees.
-async fn act_on(app: &App, caller: &Caller, record: crate::store::RunRecord, action: String, headers: HeaderMap, body: Body) -> Response {
+async fn act_on(app: &App, caller: &Caller, record: sandflow::store::RunRecord, action: String, headers: HeaderMap, body: Body) -> Response {
     let id = record.id.clone();
     if let Err(r) = allowed(app, caller, Role::Operator) {
         return r;
@@ -566,7 +566,7 @@ struct SignalBody {
 }
 
 /// `POST /api/runs/{id}/steps/{step}/signal`: ends a step that waits for a
-/// signal or an approval ([`crate::runs::signal`]), as the operator the
+/// signal or an approval ([`sandflow::runs::signal`]), as the operator the
 /// token is; an approval with `approvers` takes only the tokens (or roles)
 /// it names. 200 with who sent it; 409 when the step does not wait (or
 /// was signalled already), 403 for a token not among the approvers, 422
@@ -599,18 +599,18 @@ async fn signal_step(app: &App, caller: &Caller, id: String, step: &str, headers
     // `serve --token` (admin) approves anything; a store token is known by
     // its name and its role.
     let names = (caller.role != Role::Admin).then(|| vec![caller.name.clone(), caller.role.as_str().to_string()]);
-    let request = crate::runs::SignalRequest { step: step.to_string(), data, by: caller.name.clone(), names };
-    match crate::runs::signal(app.store.as_ref(), id, request).await {
+    let request = sandflow::runs::SignalRequest { step: step.to_string(), data, by: caller.name.clone(), names };
+    match sandflow::runs::signal(app.store.as_ref(), id, request).await {
         Ok(signal) => Json(json!({ "ok": true, "id": id, "step": step, "by": signal.by, "at": signal.at, "message": format!("signal sent to step `{step}` of run {id}") })).into_response(),
-        Err(crate::runs::SignalError::Store(e)) => failure(e),
-        Err(e @ crate::runs::SignalError::Refused { .. }) => refused(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-        Err(e @ crate::runs::SignalError::NotApprover { .. }) => refused(StatusCode::FORBIDDEN, e.to_string()),
+        Err(sandflow::runs::SignalError::Store(e)) => failure(e),
+        Err(e @ sandflow::runs::SignalError::Refused { .. }) => refused(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e @ sandflow::runs::SignalError::NotApprover { .. }) => refused(StatusCode::FORBIDDEN, e.to_string()),
         Err(e) => refused(StatusCode::CONFLICT, e.to_string()),
     }
 }
 
 /// A new attempt of a run that workers ran, queued for them.
-async fn queue_again(store: &PgStore, record: &crate::store::RunRecord, rerun: Rerun, again: Again) -> Response {
+async fn queue_again(store: &PgStore, record: &sandflow::store::RunRecord, rerun: Rerun, again: Again) -> Response {
     let id = &record.id;
     if record.status == "running" {
         let message = match rerun {
@@ -620,7 +620,7 @@ async fn queue_again(store: &PgStore, record: &crate::store::RunRecord, rerun: R
         return refused(StatusCode::CONFLICT, message);
     }
     let concurrency = again.concurrency.filter(|n| *n > 0).map(|n| n as usize);
-    match crate::runs::queue_again(store, record, &rerun, concurrency, again.vars.as_ref()).await {
+    match sandflow::runs::queue_again(store, record, &rerun, concurrency, again.vars.as_ref()).await {
         Ok(attempt) => (
             StatusCode::CREATED,
             Json(json!({ "ok": true, "id": id, "attempt": attempt, "message": format!("run {id} is queued for workers (attempt {attempt})") })),
@@ -695,7 +695,7 @@ pub(super) async fn audited(State(app): State<Arc<App>>, request: axum::extract:
     };
     let noted = response.extensions().get::<Noted>().cloned().unwrap_or_default();
     let status = response.status();
-    let entry = crate::store::tokens::AuditRecord {
+    let entry = sandflow::store::tokens::AuditRecord {
         at: String::new(),
         token: caller.name.clone(),
         namespace: noted.namespace,

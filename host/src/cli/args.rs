@@ -43,7 +43,7 @@ impl VarArgs {
             }
         };
         for assignment in &self.var {
-            set_path(&mut vars, assignment).map_err(|e| CliError::invalid(e.replacen("--set", "--var", 1)))?;
+            sandflow::runs::set_path(&mut vars, assignment).map_err(|e| CliError::invalid(e.replacen("--set", "--var", 1)))?;
         }
         Ok(vars)
     }
@@ -109,37 +109,10 @@ impl InputArgs {
             (None, None) => Value::Object(Map::new()),
         };
         for assignment in &self.set {
-            set_path(&mut input, assignment).map_err(CliError::invalid)?;
+            sandflow::runs::set_path(&mut input, assignment).map_err(CliError::invalid)?;
         }
         Ok(input)
     }
-}
-
-/// Applies one `--set a.b=value`.
-pub(crate) fn set_path(input: &mut Value, assignment: &str) -> Result<(), String> {
-    let (key, raw) = assignment.split_once('=').ok_or_else(|| format!("--set `{assignment}`: write KEY=VALUE"))?;
-    if key.is_empty() || key.split('.').any(str::is_empty) {
-        return Err(format!("--set `{assignment}`: the key must be a name or a dotted path like `a.b`"));
-    }
-    let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
-    let mut cur = input;
-    let parts: Vec<&str> = key.split('.').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if !cur.is_object() {
-            if cur.is_null() {
-                *cur = Value::Object(Map::new());
-            } else {
-                return Err(format!("--set `{assignment}`: `{}` is not an object", parts[..i].join(".")));
-            }
-        }
-        let map = cur.as_object_mut().expect("made an object above");
-        if i == parts.len() - 1 {
-            map.insert(part.to_string(), value);
-            return Ok(());
-        }
-        cur = map.entry(part.to_string()).or_insert(Value::Null);
-    }
-    Ok(())
 }
 
 /// Secrets from `SANDFLOW_SECRET_<NAME>` and a `NAME=value` file.
@@ -176,7 +149,7 @@ pub(crate) fn secrets_dir(dir: &Path) -> Result<BTreeMap<String, BTreeMap<String
     for entry in entries {
         let path = entry.map_err(|e| CliError::invalid(format!("--secrets-dir {}: {e}", dir.display())))?.path();
         let (Some(stem), Some("env")) = (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|e| e.to_str())) else { continue };
-        let namespace = crate::store::tokens::namespace_name(stem).map_err(|e| CliError::invalid(format!("--secrets-dir {}: {e} (each file is NAMESPACE.env)", path.display())))?;
+        let namespace = sandflow::store::tokens::namespace_name(stem).map_err(|e| CliError::invalid(format!("--secrets-dir {}: {e} (each file is NAMESPACE.env)", path.display())))?;
         namespaces.insert(namespace, secrets_file("--secrets-dir", &path)?);
     }
     Ok(namespaces)
@@ -191,25 +164,7 @@ pub(crate) fn namespace_secrets(file: Option<&Path>, dir: Option<&Path>) -> Resu
         None => BTreeMap::new(),
     };
     let mut default = read_secrets(file)?;
-    default.extend(namespaces.remove(crate::store::DEFAULT_NAMESPACE).unwrap_or_default());
-    namespaces.insert(crate::store::DEFAULT_NAMESPACE.to_string(), default);
+    default.extend(namespaces.remove(sandflow::store::DEFAULT_NAMESPACE).unwrap_or_default());
+    namespaces.insert(sandflow::store::DEFAULT_NAMESPACE.to_string(), default);
     Ok(namespaces)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::set_path;
-    use serde_json::json;
-
-    #[test]
-    fn set_reads_json_values_and_nested_keys() {
-        let mut v = json!({});
-        for a in ["n=3", "ok=true", "list=[1]", "name=Ada Lovelace", "user.id=42", "user.tags=[\"a\"]", "empty="] {
-            set_path(&mut v, a).unwrap();
-        }
-        assert_eq!(v, json!({"n": 3, "ok": true, "list": [1], "name": "Ada Lovelace", "user": {"id": 42, "tags": ["a"]}, "empty": ""}));
-        assert!(set_path(&mut v, "n.x=1").unwrap_err().contains("`n` is not an object"));
-        assert!(set_path(&mut v, "novalue").is_err());
-        assert!(set_path(&mut v, "a..b=1").is_err());
-    }
 }

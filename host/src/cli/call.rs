@@ -3,9 +3,9 @@
 
 use super::render::say;
 use super::{CliError, Output, exit, new_sandbox_for, render};
-use crate::failure::{FailureKind, StepFailure};
-use crate::sandbox::{AllowedHost, CancellationToken, DirGrant, Grants, HttpGrant, Limits, QuotaKind, StepRequest};
-use crate::units::{parse_duration, parse_size};
+use sandflow::failure::{FailureKind, StepFailure};
+use sandflow::sandbox::{AllowedHost, CancellationToken, DirGrant, Grants, HttpGrant, Limits, QuotaKind, StepRequest};
+use sandflow::units::{parse_duration, parse_size};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,7 +64,7 @@ pub(crate) struct CallArgs {
 
 fn after_help() -> String {
     let quotas: Vec<String> =
-        QuotaKind::ALL.iter().map(|&k| format!("{} [{}]", k.key(), k.format(crate::sandbox::Quota::ATTEMPT.get(k)))).collect();
+        QuotaKind::ALL.iter().map(|&k| format!("{} [{}]", k.key(), k.format(sandflow::sandbox::Quota::ATTEMPT.get(k)))).collect();
     format!(
         "Examples:\n  \
         sandflow call components/dist/text.wasm --input '{{\"op\":\"upper\",\"text\":\"hi\"}}'\n  \
@@ -175,14 +175,14 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
         // `instantiate`), not a usage error.
         Err(e) if e.kind.is_ungranted() => {
             let failure = StepFailure::new(FailureKind::Instantiate, e.kind.to_string());
-            return Ok(report_failure(out, &crate::exec::new_run_id(), &name, &failure, None));
+            return Ok(report_failure(out, &sandflow::exec::new_run_id(), &name, &failure, None));
         }
         Err(e) => return Err(CliError::invalid(e.to_string())),
     };
 
     let max_log = request.limits.quota.log;
     // A call is a one-step run: its --json lines carry a run id like any run's.
-    let run_id = crate::exec::new_run_id();
+    let run_id = sandflow::exec::new_run_id();
     if out.json {
         render::event("step_started", json!({ "run_id": run_id, "step": name, "state": "running", "attempt": 1 }));
     }
@@ -220,7 +220,7 @@ fn report_failure(
     run_id: &str,
     name: &str,
     failure: &StepFailure,
-    outcome: Option<&crate::sandbox::StepOutcome>,
+    outcome: Option<&sandflow::sandbox::StepOutcome>,
 ) -> u8 {
     let cancelled = failure.kind == FailureKind::Cancelled;
     if out.json {

@@ -30,7 +30,7 @@ pub(crate) struct DevArgs {
     #[arg(long, value_name = "JSON")]
     call: Option<String>,
     /// How often to look for changes.
-    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = crate::units::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = sandflow::units::parse_duration)]
     poll: Duration,
 }
 
@@ -103,7 +103,7 @@ fn project(path: &Path) -> Result<Project, CliError> {
         return Ok(Project { watch: Watch::Tree(path.to_path_buf()), build, workflow, dir: path.to_path_buf() });
     }
     // A workflow: it, and the components it names.
-    let wf = crate::workflow::load(path).map_err(|d| CliError::invalid(d.to_string()))?;
+    let wf = sandflow::workflow::load(path).map_err(|d| CliError::invalid(d.to_string()))?;
     let mut files = vec![path.to_path_buf()];
     files.extend(wf.components.values().map(|c| c.path.clone()));
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();

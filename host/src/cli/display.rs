@@ -4,8 +4,8 @@
 
 use super::render::say;
 use super::render;
-use crate::exec::core::WaitKind;
-use crate::exec::{Event, EventSink, StepState};
+use sandflow::exec::core::WaitKind;
+use sandflow::exec::{Event, EventSink, StepState};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::io::IsTerminal;
@@ -53,7 +53,7 @@ fn symbol(state: StepState) -> &'static str {
 }
 
 /// One line for a finished step.
-fn finished_line(step: &str, state: StepState, duration: Duration, fuel: u64, error: Option<&crate::failure::StepFailure>, reason: Option<&str>, cached: bool) -> String {
+fn finished_line(step: &str, state: StepState, duration: Duration, fuel: u64, error: Option<&sandflow::failure::StepFailure>, reason: Option<&str>, cached: bool) -> String {
     match (state, error) {
         // A result reused from the cache says whose (its reason).
         (StepState::Succeeded, _) if cached => {
@@ -84,7 +84,7 @@ pub(crate) fn waits_for(run_id: &str, step: &str, kind: WaitKind, until: Option<
 }
 
 /// The last line of a run: `run ID completed in 1.2s`, with the error if any.
-fn run_finished_line(run_id: &str, state: crate::exec::RunState, duration: Duration, error: Option<&str>) -> String {
+fn run_finished_line(run_id: &str, state: sandflow::exec::RunState, duration: Duration, error: Option<&str>) -> String {
     let line = format!("run {run_id} {} in {}", state.as_str(), render::duration(duration));
     match error {
         Some(e) => format!("{line}: {e}"),
@@ -169,7 +169,7 @@ impl LiveView {
         let _ = std::thread::Builder::new().name("sandflow-live".into()).spawn(move || {
             while let Some(state) = weak.upgrade() {
                 {
-                    let mut live = crate::lock(&state);
+                    let mut live = super::lock(&state);
                     if live.active {
                         live.redraw(None);
                     }
@@ -246,7 +246,7 @@ impl Live {
 
 impl EventSink for LiveView {
     fn emit(&self, event: &Event) {
-        let mut live = crate::lock(&self.state);
+        let mut live = super::lock(&self.state);
         match event {
             Event::RunStarted { run_id, workflow, steps } => {
                 live.header = format!("run {run_id}: {workflow} ({steps} steps)");
@@ -281,7 +281,7 @@ impl EventSink for LiveView {
                 live.redraw(None);
                 drop(live);
                 say!("warning: {message}");
-                crate::lock(&self.state).drawn = 0;
+                super::lock(&self.state).drawn = 0;
             }
             Event::RunFinished { run_id, state, duration, error, .. } => {
                 let footer = run_finished_line(run_id, *state, *duration, error.as_deref());
@@ -298,7 +298,7 @@ pub(crate) fn sink(out: &Output) -> Arc<dyn EventSink> {
     if out.json {
         Arc::new(JsonLines)
     } else if out.quiet {
-        Arc::new(crate::exec::NoEvents)
+        Arc::new(sandflow::exec::NoEvents)
     } else if std::io::stderr().is_terminal() && out.verbose == 0 {
         Arc::new(LiveView::new())
     } else {

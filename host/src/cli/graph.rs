@@ -3,7 +3,7 @@
 //! recorded; as SVG, each step coloured by its state).
 
 use super::{CliError, GlobalArgs, Output, exit, store_error, workflow_cmd};
-use crate::store::RunDetail;
+use sandflow::store::RunDetail;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -57,13 +57,13 @@ async fn run_graph(args: &GraphArgs, global: &GlobalArgs) -> Result<u8, CliError
     let store = global.open_store().await?;
     let id = super::run_id(store.as_ref(), &id).await?;
     let run = store.run(&id, RunDetail::Steps).await.map_err(store_error)?;
-    let plan = crate::runs::recorded_plan(store.as_ref(), &run)
+    let plan = sandflow::runs::recorded_plan(store.as_ref(), &run)
         .await
         .map_err(|why| CliError { code: exit::FAILED, message: format!("the graph of run {id} cannot be drawn: {why}") })?;
     match args.format {
         Format::Mermaid => print!("{}", plan.to_mermaid()),
         Format::Dot => print!("{}", plan.to_dot()),
-        Format::Svg => print!("{}", crate::runs::run_svg(&plan, &run)),
+        Format::Svg => print!("{}", sandflow::runs::run_svg(&plan, &run)),
     }
     Ok(exit::OK)
 }

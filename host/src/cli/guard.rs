@@ -26,8 +26,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use crate::store::PgStore;
-use crate::store::tokens::{self, Role};
+use sandflow::store::PgStore;
+use sandflow::store::tokens::{self, Role};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -72,7 +72,7 @@ impl Guard {
     pub(crate) fn new(token: Option<String>, public: Option<url::Url>, tokens: Option<Arc<PgStore>>) -> Guard {
         let session = token.as_deref().map(tokens::session);
         // The graph's inline style, allowed by its hash alone.
-        let style = base64(&Sha256::digest(crate::plan::svg::STYLE.as_bytes()));
+        let style = base64(&Sha256::digest(sandflow::plan::svg::STYLE.as_bytes()));
         let policy = format!(
             "default-src 'none'; script-src 'self'; style-src 'self' 'sha256-{style}'; img-src 'self' data:; connect-src 'self'; \
              base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -136,7 +136,7 @@ impl Guard {
         {
             return Ok(admin());
         }
-        let unavailable = |e: crate::store::StoreError| (StatusCode::SERVICE_UNAVAILABLE, format!("cannot check the token: {e}"));
+        let unavailable = |e: sandflow::store::StoreError| (StatusCode::SERVICE_UNAVAILABLE, format!("cannot check the token: {e}"));
         let looked_up = match (&self.tokens, &presented, &cookie) {
             (Some(store), Some(token), _) => store.token_by(&tokens::digest(token), false).await.map_err(unavailable)?,
             (Some(store), None, Some(session)) => store.token_by(session, true).await.map_err(unavailable)?,

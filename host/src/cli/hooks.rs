@@ -13,7 +13,7 @@
 use super::api::Noted;
 use super::guard::refused;
 use super::serve::{App, failure};
-use crate::store::schedules::{Delivered, HookRecord};
+use sandflow::store::schedules::{Delivered, HookRecord};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -47,7 +47,7 @@ async fn take(app: &App, name: &str, headers: &HeaderMap, body: axum::body::Body
     if hook.paused {
         return Err(refused(StatusCode::SERVICE_UNAVAILABLE, format!("webhook `{name}` is paused (`sandflow schedule resume {name}`)")));
     }
-    let too_large = || refused(StatusCode::PAYLOAD_TOO_LARGE, format!("a delivery's body may be at most {} (serve --max-hook-body)", crate::units::format_size(app.max_hook_body as u64)));
+    let too_large = || refused(StatusCode::PAYLOAD_TOO_LARGE, format!("a delivery's body may be at most {} (serve --max-hook-body)", sandflow::units::format_size(app.max_hook_body as u64)));
     let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if length.is_some_and(|n| n > app.max_hook_body as u64) {
         return Err(too_large());
@@ -130,7 +130,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 /// The run's input: the trigger's `input` made from `{body, headers}`
 /// (as `inputs`), or the body itself; checked against the workflow's
 /// `input` schema. `Err`: 422 saying why.
-async fn input(app: &App, store: &crate::store::PgStore, hook: &HookRecord, body: Value, headers: &HeaderMap) -> Result<Value, Response> {
+async fn input(app: &App, store: &sandflow::store::PgStore, hook: &HookRecord, body: Value, headers: &HeaderMap) -> Result<Value, Response> {
     let unusable = |why: String| refused(StatusCode::UNPROCESSABLE_ENTITY, why);
     let workflow = workflow_of(app, store, hook).await.map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let trigger = workflow.triggers.iter().find(|t| t.webhook == hook.name);
@@ -154,8 +154,8 @@ async fn input(app: &App, store: &crate::store::PgStore, hook: &HookRecord, body
                 }
             }
             let request = json!({ "body": body, "headers": seen });
-            let (cache, outputs, secrets) = (crate::expr::CelCache::default(), std::collections::BTreeMap::<String, Option<Value>>::new(), Default::default());
-            let scope = crate::expr::Scope {
+            let (cache, outputs, secrets) = (sandflow::expr::CelCache::default(), std::collections::BTreeMap::<String, Option<Value>>::new(), Default::default());
+            let scope = sandflow::expr::Scope {
                 inputs: &request,
                 cache: &cache,
                 outputs: &outputs,
@@ -182,13 +182,13 @@ async fn input(app: &App, store: &crate::store::PgStore, hook: &HookRecord, body
 }
 
 /// The hook's workflow, parsed from its stored text (once per content).
-async fn workflow_of(app: &App, store: &crate::store::PgStore, hook: &HookRecord) -> Result<Arc<crate::workflow::Workflow>, String> {
+async fn workflow_of(app: &App, store: &sandflow::store::PgStore, hook: &HookRecord) -> Result<Arc<sandflow::workflow::Workflow>, String> {
     if let Some(wf) = app.hook_workflows.lock().expect("not poisoned").get(&hook.sha256) {
         return Ok(wf.clone());
     }
     let bytes = store.files_by_hash(&hook.namespace, &[hook.sha256.as_str()]).await.map_err(|e| e.to_string())?;
     let text = bytes.get(&hook.sha256).ok_or_else(|| format!("webhook `{}`'s workflow file is not in the store", hook.name))?;
-    let wf = crate::workflow::load_str(std::path::Path::new(&hook.file), &String::from_utf8_lossy(text)).map_err(|d| d.to_string())?;
+    let wf = sandflow::workflow::load_str(std::path::Path::new(&hook.file), &String::from_utf8_lossy(text)).map_err(|d| d.to_string())?;
     let wf = Arc::new(wf);
     app.hook_workflows.lock().expect("not poisoned").insert(hook.sha256.clone(), wf.clone());
     Ok(wf)

@@ -3,7 +3,7 @@
 
 use super::render::say;
 use super::{CliError, Output, exit, new_sandbox_for};
-use crate::sandbox::{ComponentInfo, sha256_hex};
+use sandflow::sandbox::{ComponentInfo, sha256_hex};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -14,45 +14,13 @@ pub(crate) struct InspectArgs {
     file: PathBuf,
 }
 
-/// What the component's binary says about itself, without running it.
-pub(crate) struct Decoded {
-    /// Its WIT world, printed.
-    wit: String,
-    /// Names of its imports and exports: interfaces (`ns:pkg/iface@v`) and
-    /// freestanding functions.
-    imports: Vec<String>,
-    exports: Vec<String>,
-}
-
-/// The component's WIT world, decoded from its binary: any valid
-/// component has one, whether or not it is a sandflow step.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded, String> {
-    let decoded = wit_component::decode(bytes).map_err(|e| format!("{e:#}"))?;
-    let wit_parser::decoding::DecodedWasm::Component(resolve, world) = decoded else {
-        return Err("a WIT package, not a component".into());
-    };
-    let package = resolve.worlds[world].package.ok_or("the world has no package")?;
-    let mut printer = wit_component::WitPrinter::default();
-    printer.emit_docs(false);
-    printer.print(&resolve, package, &[]).map_err(|e| format!("{e:#}"))?;
-    let names = |items: &wit_parser::IndexMap<wit_parser::WorldKey, wit_parser::WorldItem>| -> Vec<String> {
-        items
-            .iter()
-            .filter(|(_, item)| !matches!(item, wit_parser::WorldItem::Type { .. }))
-            .map(|(key, _)| resolve.name_world_key(key))
-            .collect()
-    };
-    let w = &resolve.worlds[world];
-    Ok(Decoded { wit: printer.output.to_string(), imports: names(&w.imports), exports: names(&w.exports) })
-}
-
 pub(crate) async fn execute(args: InspectArgs, state_dir: &std::path::Path, out: &Output) -> Result<u8, CliError> {
     let origin = args.file.display().to_string();
     let bytes = std::fs::read(&args.file).map_err(|e| CliError::invalid(format!("{origin}: cannot read the file: {e}")))?;
-    if let Err(kind) = crate::sandbox::check_component_header(&bytes) {
+    if let Err(kind) = sandflow::sandbox::check_component_header(&bytes) {
         return Err(CliError::invalid(format!("{origin}: {kind}")));
     }
-    let decoded = decode(&bytes).map_err(|e| CliError::invalid(format!("{origin}: cannot decode its WIT world: {e}")))?;
+    let decoded = sandflow::sandbox::decode_world(&bytes).map_err(|e| CliError::invalid(format!("{origin}: cannot decode its WIT world: {e}")))?;
     let sandbox = new_sandbox_for(state_dir, 2)?;
 
     // Any valid component is shown; one that is not a usable step is shown

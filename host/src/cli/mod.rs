@@ -28,6 +28,13 @@ mod worker;
 mod workflow_cmd;
 
 use render::say;
+
+/// Locks `m`, also when another thread panicked while holding it: what the
+/// command line guards (a live view's rows, a cache of plans) stays valid
+/// between statements, so a poisoned lock is still safe to use.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -247,16 +254,16 @@ where
     };
     if let Command::CompileComponent { memory_init_cow } = cli.command {
         // No runtime, no store: only the compiler.
-        return crate::sandbox::compile_child(memory_init_cow);
+        return sandflow::sandbox::compile_child(memory_init_cow);
     }
     init_tracing(&cli.global);
     // A component that takes more than a second to compile is told, not
     // silent (a Python step's first compile takes tens of seconds).
     if !cli.global.quiet && !cli.global.json {
-        crate::sandbox::on_slow_compile(std::time::Duration::from_secs(1), |line| render::say!("{line}"));
+        sandflow::sandbox::on_slow_compile(std::time::Duration::from_secs(1), |line| render::say!("{line}"));
     }
     let out = Output { json: cli.global.json, quiet: cli.global.quiet, verbose: cli.global.verbose };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(crate::exec::cpu_count()).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(sandflow::exec::cpu_count()).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             say!("error: cannot start the async runtime: {e}");
@@ -299,7 +306,7 @@ where
             Command::New(command) => new::execute(command, &out),
             Command::CompileComponent { .. } => unreachable!("handled before the runtime starts"),
             Command::Schema => {
-                let schema = crate::workflow::schema::json_schema();
+                let schema = sandflow::workflow::schema::json_schema();
                 println!("{}", serde_json::to_string_pretty(&schema).expect("a Value always serializes"));
                 Ok(exit::OK)
             }
@@ -353,19 +360,19 @@ fn server_url(text: &str) -> Result<url::Url, String> {
 impl GlobalArgs {
     /// Opens the run store `--store` names (every problem with it is exit 2,
     /// but a query that fails later is exit 1).
-    pub(crate) async fn open_store(&self) -> Result<std::sync::Arc<dyn crate::store::RunStore>, CliError> {
-        crate::store::open(&self.store_url()?).await.map_err(store_error)
+    pub(crate) async fn open_store(&self) -> Result<std::sync::Arc<dyn sandflow::store::RunStore>, CliError> {
+        sandflow::store::open(&self.store_url()?).await.map_err(store_error)
     }
 
     /// Where run traces go: `--otlp` (a bad URL is a usage error), else
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` (one sandflow cannot use is a warning:
     /// the variable may be meant for other programs), else nowhere.
-    pub(crate) fn otlp(&self) -> Result<Option<crate::trace::Endpoint>, CliError> {
+    pub(crate) fn otlp(&self) -> Result<Option<sandflow::trace::Endpoint>, CliError> {
         if let Some(url) = &self.otlp {
-            return crate::trace::Endpoint::parse(url).map(Some).map_err(CliError::invalid);
+            return sandflow::trace::Endpoint::parse(url).map(Some).map_err(CliError::invalid);
         }
         match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            Ok(url) if !url.is_empty() => match crate::trace::Endpoint::parse(&url) {
+            Ok(url) if !url.is_empty() => match sandflow::trace::Endpoint::parse(&url) {
                 Ok(e) => Ok(Some(e)),
                 Err(why) => {
                     tracing::warn!("OTEL_EXPORTER_OTLP_ENDPOINT is ignored: {}", why.replacen("--otlp", "", 1).trim_start());
@@ -377,10 +384,10 @@ impl GlobalArgs {
     }
 
     /// The store `--store` names (the SQLite file under the state dir by default).
-    pub(crate) fn store_url(&self) -> Result<crate::store::StoreUrl, CliError> {
+    pub(crate) fn store_url(&self) -> Result<sandflow::store::StoreUrl, CliError> {
         match &self.store {
-            Some(text) => crate::store::StoreUrl::parse(text).map_err(|e| CliError::invalid(e.to_string())),
-            None => Ok(crate::store::StoreUrl::default_for(&self.state_dir)),
+            Some(text) => sandflow::store::StoreUrl::parse(text).map_err(|e| CliError::invalid(e.to_string())),
+            None => Ok(sandflow::store::StoreUrl::default_for(&self.state_dir)),
         }
     }
 }
@@ -388,45 +395,45 @@ impl GlobalArgs {
 /// A store error as a CLI failure: a query that failed is exit 1; a store
 /// that cannot be used, or an unknown run, is exit 2.
 /// The run id `given` means: the id, or a unique start of one.
-pub(crate) async fn run_id(store: &dyn crate::store::RunStore, given: &str) -> Result<String, CliError> {
-    crate::store::resolve_run(store, given).await.map_err(store_error)
+pub(crate) async fn run_id(store: &dyn sandflow::store::RunStore, given: &str) -> Result<String, CliError> {
+    sandflow::store::resolve_run(store, given).await.map_err(store_error)
 }
 
-pub(crate) fn store_error(e: crate::store::StoreError) -> CliError {
+pub(crate) fn store_error(e: sandflow::store::StoreError) -> CliError {
     match e {
-        crate::store::StoreError::Backend(_) => CliError { code: exit::FAILED, message: e.to_string() },
+        sandflow::store::StoreError::Backend(_) => CliError { code: exit::FAILED, message: e.to_string() },
         other => CliError::invalid(other.to_string()),
     }
 }
 
 /// The process-wide sandbox, with the artifact cache under the state dir.
-pub(crate) fn new_sandbox(state_dir: &std::path::Path) -> Result<crate::sandbox::Sandbox, CliError> {
-    new_sandbox_for(state_dir, crate::sandbox::SandboxConfig::default().max_instances)
+pub(crate) fn new_sandbox(state_dir: &std::path::Path) -> Result<sandflow::sandbox::Sandbox, CliError> {
+    new_sandbox_for(state_dir, sandflow::sandbox::SandboxConfig::default().max_instances)
 }
 
 /// The sandbox of a worker, which runs components of others: each new
 /// component is compiled by a process of this program's own, within
-/// `time` and `memory` ([`crate::sandbox::CompileLimits`]).
-pub(crate) fn new_untrusting_sandbox(state_dir: &std::path::Path, time: std::time::Duration, memory: u64) -> Result<crate::sandbox::Sandbox, CliError> {
+/// `time` and `memory` ([`sandflow::sandbox::CompileLimits`]).
+pub(crate) fn new_untrusting_sandbox(state_dir: &std::path::Path, time: std::time::Duration, memory: u64) -> Result<sandflow::sandbox::Sandbox, CliError> {
     let program = std::env::current_exe().map_err(|e| CliError { code: exit::FAILED, message: format!("cannot find this program: {e}") })?;
-    let limits = crate::sandbox::CompileLimits { program, args: vec!["compile-component".into()], time, memory };
-    let config = crate::sandbox::SandboxConfig {
+    let limits = sandflow::sandbox::CompileLimits { program, args: vec!["compile-component".into()], time, memory };
+    let config = sandflow::sandbox::SandboxConfig {
         cache_dir: Some(state_dir.join("cache").join("components")),
         compile_limits: Some(limits),
         ..Default::default()
     };
-    crate::sandbox::Sandbox::new(config).map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })
+    sandflow::sandbox::Sandbox::new(config).map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })
 }
 
 /// A sandbox whose instance pool holds `instances` slots: commands that run
 /// one component at a time (`call`, `component inspect`) ask for few, since
 /// setting up each slot (its async stack's guard pages above all) is most
 /// of a short process's start-up otherwise.
-pub(crate) fn new_sandbox_for(state_dir: &std::path::Path, instances: u32) -> Result<crate::sandbox::Sandbox, CliError> {
-    let config = crate::sandbox::SandboxConfig {
+pub(crate) fn new_sandbox_for(state_dir: &std::path::Path, instances: u32) -> Result<sandflow::sandbox::Sandbox, CliError> {
+    let config = sandflow::sandbox::SandboxConfig {
         cache_dir: Some(state_dir.join("cache").join("components")),
         max_instances: instances,
         ..Default::default()
     };
-    crate::sandbox::Sandbox::new(config).map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })
+    sandflow::sandbox::Sandbox::new(config).map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })
 }

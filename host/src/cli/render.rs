@@ -2,8 +2,8 @@
 //! `--json` (each with `event` and `ts`).
 
 use super::Output;
-use crate::failure::StepFailure;
-use crate::sandbox::StepLog;
+use sandflow::failure::StepFailure;
+use sandflow::sandbox::StepLog;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::time::{Duration, SystemTime};
@@ -123,7 +123,7 @@ pub(crate) fn step_log(out: &Output, run_id: &str, step: &str, log: &StepLog, ma
         say!(
             "  note | {} more bytes of log were dropped (the log cap is {})",
             log.dropped_bytes,
-            crate::units::format_size(max_log)
+            sandflow::units::format_size(max_log)
         );
     }
 }
@@ -147,14 +147,14 @@ pub(crate) fn failure_json(f: &StepFailure) -> Value {
 
 /// Prints a run's output (masked) and returns the exit code of its state.
 /// Shared by every command that ends with a run's end.
-pub(crate) fn print_end(state: crate::exec::RunState, output: Option<&Value>, redactor: &crate::exec::Redactor) -> u8 {
+pub(crate) fn print_end(state: sandflow::exec::RunState, output: Option<&Value>, redactor: &sandflow::exec::Redactor) -> u8 {
     if let Some(output) = output {
         // What is printed is a log too: secret values are masked here as well.
         println!("{}", json_pretty(&*redactor.value(output)));
     }
     match state {
-        crate::exec::RunState::Completed => super::exit::OK,
-        crate::exec::RunState::Cancelled => super::exit::CANCELLED,
+        sandflow::exec::RunState::Completed => super::exit::OK,
+        sandflow::exec::RunState::Cancelled => super::exit::CANCELLED,
         _ => super::exit::FAILED,
     }
 }

@@ -6,8 +6,8 @@ use super::display::sink;
 use super::render::{print_end, say};
 use super::worker::{binding, load_for_submit, pg_store, work_and_follow, worker_config};
 use super::{CliError, GlobalArgs, Output, exit, new_sandbox, new_sandbox_for, store_error, workflow_cmd};
-use crate::exec::{Redactor, RunReport, enter};
-use crate::runs::{Recorder, Settings, submit};
+use sandflow::exec::{Redactor, RunReport, enter};
+use sandflow::runs::{Recorder, Settings, submit};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,19 +53,19 @@ pub(crate) struct RunArgs {
 pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let url = global.store_url()?;
     match &url {
-        crate::store::StoreUrl::Postgres(_) => {
+        sandflow::store::StoreUrl::Postgres(_) => {
             return run_queued(&args, global, out).await;
         }
-        crate::store::StoreUrl::Sqlite(_) => args.work.local()?,
+        sandflow::store::StoreUrl::Sqlite(_) => args.work.local()?,
     }
     // A store that exists opens (SQLite reads its schema) while the
     // workflow is read and its sandbox made; a problem with the workflow is
     // still the one reported first. A new one is made only for a run that
     // starts: a mistyped file name leaves no state dir behind.
     let early = match &url {
-        crate::store::StoreUrl::Sqlite(path) if path.exists() => {
+        sandflow::store::StoreUrl::Sqlite(path) if path.exists() => {
             let url = url.clone();
-            Some(tokio::spawn(async move { crate::store::open(&url).await }))
+            Some(tokio::spawn(async move { sandflow::store::open(&url).await }))
         }
         _ => None,
     };
@@ -77,14 +77,14 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
     // The pool holds what this run can use at once, not the 256 slots a
     // server needs: fewer slots to set up and tear down.
     let concurrency = args.concurrency.map(|n| n as usize);
-    let steps = parsed.workflow().and_then(|wf| crate::exec::steps_at_once(wf, concurrency));
-    let sandbox = Arc::new(new_sandbox_for(&global.state_dir, crate::sandbox::SandboxConfig::pool_for(steps))?);
+    let steps = parsed.workflow().and_then(|wf| sandflow::exec::steps_at_once(wf, concurrency));
+    let sandbox = Arc::new(new_sandbox_for(&global.state_dir, sandflow::sandbox::SandboxConfig::pool_for(steps))?);
     let prepared = workflow_cmd::prepare(parsed, &sandbox, out).await?;
     let prepared = Arc::new(entered(enter(&prepared, &args.target, &input, &secrets), out, true)?);
     let redactor = Redactor::new(&secrets);
     let store = match early {
         Some(opening) => opening.await.map_err(|e| CliError { code: exit::FAILED, message: format!("opening the run store failed: {e}") })?,
-        None => crate::store::open(&url).await,
+        None => sandflow::store::open(&url).await,
     };
     let recorder = Recorder { store: store.map_err(store_error)?, runner: sandbox };
     let settings = Settings {
@@ -105,7 +105,7 @@ pub(crate) async fn execute(args: RunArgs, global: &super::GlobalArgs, out: &Out
 /// A run's entry as the CLI reports it: a refusal is exit 2, and so are
 /// missing secrets when this process is to run steps (`need_secrets`),
 /// with each secret's place.
-pub(crate) fn entered(entry: Result<crate::exec::Entry, crate::exec::Refusal>, out: &Output, need_secrets: bool) -> Result<crate::exec::Prepared, CliError> {
+pub(crate) fn entered(entry: Result<sandflow::exec::Entry, sandflow::exec::Refusal>, out: &Output, need_secrets: bool) -> Result<sandflow::exec::Prepared, CliError> {
     let entry = entry.map_err(|r| CliError::invalid(r.to_string()))?;
     match entry.missing_secrets {
         Some(d) if need_secrets => Err(workflow_cmd::report(out, d)),
@@ -134,7 +134,7 @@ async fn run_queued(args: &RunArgs, global: &GlobalArgs, out: &Output) -> Result
     let (prepared, files) = load_for_submit(file, &args.components, out).await?;
     let mut config = worker_config(concurrency, None, Duration::from_secs(30), secrets_file, Vec::new())?;
     // This process's secrets are the run's, whatever its namespace.
-    if let Some(ns) = args.namespace.as_deref().filter(|ns| *ns != crate::store::DEFAULT_NAMESPACE) {
+    if let Some(ns) = args.namespace.as_deref().filter(|ns| *ns != sandflow::store::DEFAULT_NAMESPACE) {
         config.namespace_secrets.insert(ns.to_string(), config.secrets.clone());
     }
     // Workers limit the run to its targets as they load it: check them
@@ -153,6 +153,6 @@ async fn run_queued(args: &RunArgs, global: &GlobalArgs, out: &Output) -> Result
         return Ok(exit::OK);
     }
     // The follower sees every event of the run, from every worker: it builds the trace.
-    let tracer = otlp.map(|e| Arc::new(crate::trace::TraceSink::new(Arc::new(targeted), e)));
+    let tracer = otlp.map(|e| Arc::new(sandflow::trace::TraceSink::new(Arc::new(targeted), e)));
     work_and_follow(&store, sandbox, work.then_some(config), &id, out, &redactor, tracer).await
 }

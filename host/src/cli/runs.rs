@@ -3,9 +3,9 @@
 
 use super::render::say;
 use super::{CliError, GlobalArgs, Output, exit, new_sandbox, render, run, store_error, workflow_cmd};
-use crate::exec::{Redactor, RunState, enter};
-use crate::runs::{Recorder, ResumeError, Rerun, Settings};
-use crate::store::RunDetail;
+use sandflow::exec::{Redactor, RunState, enter};
+use sandflow::runs::{Recorder, ResumeError, Rerun, Settings};
+use sandflow::store::RunDetail;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -144,7 +144,7 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
     let store = global.open_store().await?;
     match command {
         RunsCommand::List { limit, namespace } => {
-            let query = crate::store::RunQuery { namespaces: namespace.map(|ns| vec![ns]), ..crate::store::RunQuery::newest(limit) };
+            let query = sandflow::store::RunQuery { namespaces: namespace.map(|ns| vec![ns]), ..sandflow::store::RunQuery::newest(limit) };
             let runs = store.runs(&query).await.map_err(store_error)?;
             if runs.is_empty() && !out.json {
                 say!("no runs yet in {}", store.location());
@@ -190,13 +190,13 @@ pub(crate) async fn execute(command: RunsCommand, global: &GlobalArgs, out: &Out
 }
 
 /// `runs list`'s table (`--json`: the records).
-pub(crate) fn print_runs(runs: &[crate::store::RunSummary], out: &Output) {
+pub(crate) fn print_runs(runs: &[sandflow::store::RunSummary], out: &Output) {
     if out.json {
         print_json(&runs);
         return;
     }
     // The namespace, when runs of several (or of one but `default`) are listed.
-    let namespaced = runs.iter().any(|r| r.namespace != crate::store::DEFAULT_NAMESPACE);
+    let namespaced = runs.iter().any(|r| r.namespace != sandflow::store::DEFAULT_NAMESPACE);
     let namespace = |ns: &str| if namespaced { format!("{ns:<16} ") } else { String::new() };
     println!("{:<36} {}{:<20} {:<10} {:>5} {:>6} {:>7}  STARTED", "RUN", namespace("NAMESPACE"), "WORKFLOW", "STATUS", "OK", "FAILED", "SKIPPED");
     for r in runs {
@@ -215,7 +215,7 @@ pub(crate) fn print_runs(runs: &[crate::store::RunSummary], out: &Output) {
 }
 
 /// `runs show`'s page (`--json`: the record).
-pub(crate) fn print_run(run: crate::store::RunRecord, timeline: bool, out: &Output) {
+pub(crate) fn print_run(run: sandflow::store::RunRecord, timeline: bool, out: &Output) {
     if out.json {
         print_json(&run);
     } else {
@@ -289,7 +289,7 @@ pub(crate) fn print_run(run: crate::store::RunRecord, timeline: bool, out: &Outp
             // A waiting step: what it waits for, until when, and how a
             // person ends the wait.
             if s.state == "waiting"
-                && let Some(kind) = s.wait_kind.as_deref().and_then(crate::exec::core::WaitKind::from_name)
+                && let Some(kind) = s.wait_kind.as_deref().and_then(sandflow::exec::core::WaitKind::from_name)
             {
                 let _ = write!(line, "  {}", super::display::waits_for(&run.id, &s.step, kind, s.wake_at.as_deref()));
             }
@@ -316,7 +316,7 @@ const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 pub(crate) async fn follow_logs<F, Fut>(id: &str, step: Option<&str>, out: &Output, mut fetch: F) -> Result<(), CliError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(crate::store::RunRecord, Vec<(String, crate::sandbox::LogLine)>), CliError>>,
+    Fut: std::future::Future<Output = Result<(sandflow::store::RunRecord, Vec<(String, sandflow::sandbox::LogLine)>), CliError>>,
 {
     // Lines printed so far, per step.
     let mut printed: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
@@ -363,7 +363,7 @@ where
 
 /// `runs logs`'s lines (`--json`: as records); when there are none, why,
 /// from `ran`, the steps of the run that ran.
-pub(crate) fn print_logs(id: &str, step: Option<&str>, lines: &[(String, crate::sandbox::LogLine)], ran: &[String], out: &Output) -> Result<(), CliError> {
+pub(crate) fn print_logs(id: &str, step: Option<&str>, lines: &[(String, sandflow::sandbox::LogLine)], ran: &[String], out: &Output) -> Result<(), CliError> {
     if out.json {
         let rows: Vec<serde_json::Value> = lines.iter().map(|(s, l)| log_row(s, l)).collect();
         print_json(&rows);
@@ -371,7 +371,7 @@ pub(crate) fn print_logs(id: &str, step: Option<&str>, lines: &[(String, crate::
         // Nothing to print: say why, on stderr.
         match step {
             Some(step) if !ran.iter().any(|s| s == step) => {
-                let hint = crate::workflow::diagnostic::nearest(step, ran.iter().map(String::as_str))
+                let hint = sandflow::workflow::diagnostic::nearest(step, ran.iter().map(String::as_str))
                     .map(|n| format!(" (did you mean `{n}`?)"))
                     .unwrap_or_default();
                 return Err(CliError::invalid(format!("run {id} has no step `{step}` that ran{hint}")));
@@ -390,12 +390,12 @@ pub(crate) fn print_logs(id: &str, step: Option<&str>, lines: &[(String, crate::
 
 /// A log line of step `step` as `runs logs --json` and `GET
 /// /api/runs/ID/logs` give it (what the remote client reads back).
-pub(crate) fn log_row(step: &str, line: &crate::sandbox::LogLine) -> serde_json::Value {
+pub(crate) fn log_row(step: &str, line: &sandflow::sandbox::LogLine) -> serde_json::Value {
     serde_json::json!({ "step": step, "source": line.source, "text": line.text })
 }
 
 /// A log line of step `step` as `runs logs` prints it: `STEP SOURCE | TEXT`.
-fn print_log_line(step: &str, line: &crate::sandbox::LogLine) {
+fn print_log_line(step: &str, line: &sandflow::sandbox::LogLine) {
     println!("{step} {:>6} | {}", line.source.as_str(), render::printable(&line.text));
 }
 
@@ -406,7 +406,7 @@ pub(crate) struct CancelArgs {
     /// The run to cancel.
     pub(crate) id: String,
     /// How long to wait for the run to end.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = sandflow::units::parse_duration)]
     pub(crate) wait: std::time::Duration,
 }
 
@@ -446,7 +446,7 @@ where
                 message: format!(
                     "run {} was asked to cancel but is still running after {}: its `finally` steps may be running (cancel it again to interrupt them); if the process that ran it was killed, the run stays `running` until `sandflow resume {}` takes it over",
                     args.id,
-                    crate::units::format_duration(args.wait),
+                    sandflow::units::format_duration(args.wait),
                     args.id
                 ),
             });
@@ -499,13 +499,13 @@ async fn rerun(args: ResumeArgs, rerun: Rerun, global: &GlobalArgs, out: &Output
     }
     // A run that workers ran goes on on workers.
     match global.store_url()? {
-        crate::store::StoreUrl::Postgres(_) => {
+        sandflow::store::StoreUrl::Postgres(_) => {
             let pg = super::worker::pg_store(global, "resume").await?;
             if pg.is_queued(&record.id).await.map_err(store_error)? {
                 return super::worker::rerun_queued(&pg, &record, args, rerun, global, out).await;
             }
         }
-        crate::store::StoreUrl::Sqlite(_) => args.work.local()?,
+        sandflow::store::StoreUrl::Sqlite(_) => args.work.local()?,
     }
     let (cancel, skip_finally, watcher) = super::call::run_interrupts();
     let sandbox = Arc::new(new_sandbox(&global.state_dir)?);

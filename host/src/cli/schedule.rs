@@ -7,7 +7,7 @@ use super::args::VarArgs;
 use super::render::say;
 use super::worker::{binding, load_for_submit, namespace_arg, pg_store};
 use super::{CliError, GlobalArgs, Output, exit, store_error, workflow_cmd};
-use crate::store::schedules::{HookListing, ScheduleRecord, ScheduleTemplate, is_webhook};
+use sandflow::store::schedules::{HookListing, ScheduleRecord, ScheduleTemplate, is_webhook};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
@@ -73,7 +73,7 @@ pub(crate) struct NameArgs {
 }
 
 pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
-    if let crate::store::StoreUrl::Sqlite(path) = global.store_url()? {
+    if let sandflow::store::StoreUrl::Sqlite(path) = global.store_url()? {
         return local(command, &path, out).await;
     }
     let store = pg_store(global, "`sandflow schedule`").await?;
@@ -90,7 +90,7 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
             }
             // Each schedule's input and the targets, checked as a submit's.
             for s in &wf.schedules {
-                crate::exec::enter(&prepared, &args.target, &s.input, &Default::default())
+                sandflow::exec::enter(&prepared, &args.target, &s.input, &Default::default())
                     .map_err(|r| CliError::invalid(format!("schedule `{}`: {r}", s.name)))?;
             }
             let binding = binding(args.concurrency, &args.components, &args.vars, args.namespace.as_deref(), args.priority)?;
@@ -132,7 +132,7 @@ pub(crate) async fn schedules(command: ScheduleCommand, global: &GlobalArgs, out
 /// `sandflow schedule …` on a SQLite store: schedules kept by their file's
 /// path, fired by `sandflow scheduler`.
 async fn local(command: ScheduleCommand, path: &std::path::Path, out: &Output) -> Result<u8, CliError> {
-    let store = crate::store::open_sqlite(path).await.map_err(store_error)?;
+    let store = sandflow::store::open_sqlite(path).await.map_err(store_error)?;
     let now = jiff::Timestamp::now();
     let only_default = |ns: Option<&str>| match ns {
         None | Some("default") => Ok(()),
@@ -155,7 +155,7 @@ async fn local(command: ScheduleCommand, path: &std::path::Path, out: &Output) -
                 )));
             }
             for s in &wf.schedules {
-                crate::exec::enter(&prepared, &args.target, &s.input, &Default::default())
+                sandflow::exec::enter(&prepared, &args.target, &s.input, &Default::default())
                     .map_err(|r| CliError::invalid(format!("schedule `{}`: {r}", s.name)))?;
             }
             // Kept by path: the scheduler runs the file as it is at each tick.
@@ -194,7 +194,7 @@ async fn local(command: ScheduleCommand, path: &std::path::Path, out: &Output) -
     Ok(exit::OK)
 }
 
-async fn local_toggle(store: &crate::store::SqliteStore, name: &str, paused: bool, now: jiff::Timestamp, out: &Output) -> Result<(), CliError> {
+async fn local_toggle(store: &sandflow::store::SqliteStore, name: &str, paused: bool, now: jiff::Timestamp, out: &Output) -> Result<(), CliError> {
     if !store.pause_local_schedule(name, paused, now).await.map_err(store_error)? {
         return Err(unknown("default", name));
     }
@@ -219,22 +219,22 @@ pub(crate) struct SchedulerArgs {
 /// they start, in this process, until SIGINT or SIGTERM. Runs a scheduler
 /// left running when it stopped (or was killed) are resumed as it starts.
 pub(crate) async fn scheduler(args: SchedulerArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
-    use crate::runs::{Recorder, Settings};
+    use sandflow::runs::{Recorder, Settings};
     use std::sync::Arc;
-    let crate::store::StoreUrl::Sqlite(path) = global.store_url()? else {
+    let sandflow::store::StoreUrl::Sqlite(path) = global.store_url()? else {
         return Err(CliError::invalid(
             "`sandflow scheduler` fires the schedules of a SQLite store in this process; with PostgreSQL, `sandflow serve` and `sandflow worker --scheduler` fire them (any number of them)",
         ));
     };
-    let store = Arc::new(crate::store::open_sqlite(&path).await.map_err(store_error)?);
+    let store = Arc::new(sandflow::store::open_sqlite(&path).await.map_err(store_error)?);
     let sandbox = Arc::new(super::new_sandbox(&global.state_dir)?);
     let recorder = Recorder { store: store.clone(), runner: sandbox.clone() };
     let secrets = super::args::read_secrets(args.secrets_file.as_deref())?;
     let settings = Settings { concurrency: args.concurrency.map(|n| n as usize), secrets: secrets.clone(), otlp: global.otlp()?, ..Settings::default() };
-    let stop = crate::sandbox::CancellationToken::new();
+    let stop = sandflow::sandbox::CancellationToken::new();
     let watcher = tokio::spawn(super::call::cancel_on_signal(stop.clone()));
     // Runs are cancelled when the scheduler stops: the next one resumes them.
-    let runs_cancel = crate::sandbox::CancellationToken::new();
+    let runs_cancel = sandflow::sandbox::CancellationToken::new();
     let mut runs = tokio::task::JoinSet::new();
     let quiet = out.quiet;
     let load = |file: String| {
@@ -242,7 +242,7 @@ pub(crate) async fn scheduler(args: SchedulerArgs, global: &GlobalArgs, out: &Ou
         async move { workflow_cmd::load(std::path::Path::new(&file), &Default::default(), &sandbox, &quiet_out).await.map(Arc::new).map_err(|e| e.message) }
     };
     for id in store.runs_left_by_schedules().await.map_err(store_error)? {
-        let record = crate::store::RunStore::run(store.as_ref(), &id, crate::store::RunDetail::Full).await.map_err(store_error)?;
+        let record = sandflow::store::RunStore::run(store.as_ref(), &id, sandflow::store::RunDetail::Full).await.map_err(store_error)?;
         match load(record.file.clone()).await {
             Ok(prepared) => {
                 if !quiet {
@@ -250,7 +250,7 @@ pub(crate) async fn scheduler(args: SchedulerArgs, global: &GlobalArgs, out: &Ou
                 }
                 let (recorder, settings, cancel) = (recorder.clone(), settings.clone(), runs_cancel.child_token());
                 runs.spawn(async move {
-                    let report = recorder.resume(prepared, &record, settings, Arc::new(crate::exec::NoEvents), cancel).await;
+                    let report = recorder.resume(prepared, &record, settings, Arc::new(sandflow::exec::NoEvents), cancel).await;
                     (record.id.clone(), report.map_err(|e| e.to_string()))
                 });
             }
@@ -265,13 +265,13 @@ pub(crate) async fn scheduler(args: SchedulerArgs, global: &GlobalArgs, out: &Ou
         for due in store.due_schedules(now).await.map_err(store_error)? {
             // The file as it is now: a tick runs it as `sandflow run` would.
             let prepared = match load(due.file.clone()).await {
-                Ok(p) => crate::exec::enter(&p, &due.targets, &due.input, &secrets).map_err(|r| r.to_string()).and_then(|entry| match entry.missing_secrets {
+                Ok(p) => sandflow::exec::enter(&p, &due.targets, &due.input, &secrets).map_err(|r| r.to_string()).and_then(|entry| match entry.missing_secrets {
                     Some(d) => Err(d.to_string()),
                     None => Ok(Arc::new(entry.prepared)),
                 }),
                 Err(e) => Err(e),
             };
-            let template = prepared.as_ref().map_err(Clone::clone).map(|p| crate::store::NewRun {
+            let template = prepared.as_ref().map_err(Clone::clone).map(|p| sandflow::store::NewRun {
                 id: String::new(),
                 workflow: p.plan.workflow.name.clone(),
                 file: due.file.clone(),
@@ -290,11 +290,11 @@ pub(crate) async fn scheduler(args: SchedulerArgs, global: &GlobalArgs, out: &Ou
                 if !quiet {
                     say!("schedule {}: the tick of {} started run {id}", fired.schedule, fired.tick);
                 }
-                let trigger = crate::exec::RunTrigger { kind: Some("schedule".into()), scheduled_time: Some(fired.tick.to_string()) };
+                let trigger = sandflow::exec::RunTrigger { kind: Some("schedule".into()), scheduled_time: Some(fired.tick.to_string()) };
                 let settings = Settings { trigger, ..settings.clone() };
                 let (recorder, prepared, id, input, cancel) = (recorder.clone(), prepared.clone(), id.clone(), due.input.clone(), runs_cancel.child_token());
                 runs.spawn(async move {
-                    let report = recorder.run_begun(prepared, id.clone(), input, settings, Arc::new(crate::exec::NoEvents), cancel).await;
+                    let report = recorder.run_begun(prepared, id.clone(), input, settings, Arc::new(sandflow::exec::NoEvents), cancel).await;
                     (id, Ok(report))
                 });
             }
@@ -304,7 +304,7 @@ pub(crate) async fn scheduler(args: SchedulerArgs, global: &GlobalArgs, out: &Ou
                 ended(&id, report, quiet);
             }
         }
-        let wait = crate::store::schedules::until_next(store.next_local_tick().await.map_err(store_error)?);
+        let wait = sandflow::store::schedules::until_next(store.next_local_tick().await.map_err(store_error)?);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => {}
@@ -324,9 +324,9 @@ pub(crate) async fn scheduler(args: SchedulerArgs, global: &GlobalArgs, out: &Ou
 }
 
 /// Says how a run the scheduler ran ended.
-fn ended(id: &str, report: Result<crate::exec::RunReport, String>, quiet: bool) {
+fn ended(id: &str, report: Result<sandflow::exec::RunReport, String>, quiet: bool) {
     match report {
-        Ok(r) if r.state == crate::exec::RunState::Completed => {
+        Ok(r) if r.state == sandflow::exec::RunState::Completed => {
             if !quiet {
                 say!("run {id} completed");
             }
@@ -362,9 +362,9 @@ struct AddedHook {
 }
 
 impl Added {
-    /// What [`crate::store::PgStore::put_schedules`] did with a file's
+    /// What [`sandflow::store::PgStore::put_schedules`] did with a file's
     /// `schedules` and `triggers`.
-    pub(super) fn new(put: crate::store::schedules::PutSchedules, wf: &crate::workflow::Workflow) -> Added {
+    pub(super) fn new(put: sandflow::store::schedules::PutSchedules, wf: &sandflow::workflow::Workflow) -> Added {
         Added {
             schedules: put
                 .put
@@ -374,7 +374,7 @@ impl Added {
                     name,
                     cron: d.cron.clone(),
                     timezone: d.timezone.clone(),
-                    next_at: next.map(|t| crate::store::schedules::in_zone(t, &d.timezone)),
+                    next_at: next.map(|t| sandflow::store::schedules::in_zone(t, &d.timezone)),
                 })
                 .collect(),
             webhooks: put.hooks.into_iter().zip(&wf.triggers).map(|(name, d)| AddedHook { name, secret: d.secret.clone() }).collect(),
@@ -440,7 +440,7 @@ pub(super) async fn remote(remote: &super::remote::Remote, command: ScheduleComm
             let vars = args.vars.read()?;
             let (_, files) = load_for_submit(&args.file, &args.components, out).await?;
             let hashes: std::collections::BTreeMap<String, String> =
-                files.iter().map(|(p, b)| (p.display().to_string(), crate::sandbox::sha256_hex(b))).collect();
+                files.iter().map(|(p, b)| (p.display().to_string(), sandflow::sandbox::sha256_hex(b))).collect();
             let body = serde_json::json!({
                 "workflow": args.file.display().to_string(),
                 "files": hashes,
@@ -485,7 +485,7 @@ async fn act(remote: &super::remote::Remote, action: &str, args: NameArgs, out: 
     Ok(())
 }
 
-async fn toggle(store: &crate::store::PgStore, args: NameArgs, paused: bool, now: jiff::Timestamp, out: &Output) -> Result<(), CliError> {
+async fn toggle(store: &sandflow::store::PgStore, args: NameArgs, paused: bool, now: jiff::Timestamp, out: &Output) -> Result<(), CliError> {
     let ns = namespace_arg(args.namespace.as_deref())?;
     let found = match is_webhook(&args.name) {
         true => store.pause_hook(&ns, &args.name, paused).await,

@@ -28,10 +28,10 @@
 //! the headers that forbid framing.
 
 use super::{CliError, GlobalArgs, Output, exit};
-use crate::plan::Plan;
-use crate::store::{RunDetail, RunQuery, RunRecord, RunStore, StoreError};
+use sandflow::plan::Plan;
+use sandflow::store::{RunDetail, RunQuery, RunRecord, RunStore, StoreError};
 use super::guard::{Caller, refused};
-use crate::store::tokens::Role;
+use sandflow::store::tokens::Role;
 use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -72,7 +72,7 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     allow_actions: bool,
     /// The largest file a client may upload (a component, a workflow).
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::units::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = sandflow::units::parse_size)]
     max_upload: u64,
     /// Let submitted runs read the workers' machines: `/builtin/load_file`
     /// steps and components granted `dirs` or `env`. Off by default: the
@@ -87,7 +87,7 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     no_scheduler: bool,
     /// The largest webhook delivery body taken (`POST /hooks/NAME`).
-    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = crate::units::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = sandflow::units::parse_size)]
     max_hook_body: u64,
     /// The `default` namespace's secrets, `NAME=value` lines (also
     /// SANDFLOW_SECRET_NAME variables): here, only the webhooks' secrets
@@ -103,10 +103,10 @@ pub(crate) struct ServeArgs {
 pub(super) struct App {
     pub(super) store: Arc<dyn RunStore>,
     /// The same store, when it is PostgreSQL: runs are submitted to it.
-    pub(super) pg: Option<Arc<crate::store::PgStore>>,
+    pub(super) pg: Option<Arc<sandflow::store::PgStore>>,
     /// The same store, when it is SQLite (its schedules, which `sandflow
     /// scheduler` fires).
-    pub(super) sqlite: Option<Arc<crate::store::SqliteStore>>,
+    pub(super) sqlite: Option<Arc<sandflow::store::SqliteStore>>,
     pub(super) allow_actions: bool,
     pub(super) allow_host_access: bool,
     /// Each namespace's secrets (`--secrets-file`, `--secrets-dir`): the
@@ -115,7 +115,7 @@ pub(super) struct App {
     /// `--max-hook-body`.
     pub(super) max_hook_body: usize,
     /// Webhooks' workflows, parsed from their stored text, by SHA-256.
-    pub(super) hook_workflows: std::sync::Mutex<HashMap<String, Arc<crate::workflow::Workflow>>>,
+    pub(super) hook_workflows: std::sync::Mutex<HashMap<String, Arc<sandflow::workflow::Workflow>>>,
     pub(super) max_upload: usize,
     /// To run `resume` and `retry` as processes of their own.
     pub(super) exe: std::path::PathBuf,
@@ -145,12 +145,12 @@ pub(super) const LIVE_POLL: Duration = Duration::from_millis(300);
 
 pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let (store, pg, sqlite): (Arc<dyn RunStore>, _, _) = match global.store_url()? {
-        crate::store::StoreUrl::Postgres(_) => {
+        sandflow::store::StoreUrl::Postgres(_) => {
             let pg = super::worker::pg_store(global, "`sandflow serve`").await?;
             (pg.clone(), Some(pg), None)
         }
-        crate::store::StoreUrl::Sqlite(path) => {
-            let sqlite = Arc::new(crate::store::open_sqlite(&path).await.map_err(super::store_error)?);
+        sandflow::store::StoreUrl::Sqlite(path) => {
+            let sqlite = Arc::new(sandflow::store::open_sqlite(&path).await.map_err(super::store_error)?);
             (sqlite.clone(), None, Some(sqlite))
         }
     };
@@ -164,7 +164,7 @@ pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) 
     let scheduler = pg
         .clone()
         .filter(|_| !args.no_scheduler)
-        .map(|pg| tokio::spawn(crate::store::schedules::scheduler(pg, crate::sandbox::CancellationToken::new())));
+        .map(|pg| tokio::spawn(sandflow::store::schedules::scheduler(pg, sandflow::sandbox::CancellationToken::new())));
     let guard = Arc::new(super::guard::Guard::new(global.token.clone(), args.public_url, pg.clone()));
     let app = Arc::new(App {
         store,
@@ -269,7 +269,7 @@ pub(super) fn failure(e: StoreError) -> Response {
 /// `caller` sees: a run of another namespace is 404, as one that does not
 /// exist, so that ids do not leak across namespaces.
 pub(super) async fn visible(app: &App, caller: &Caller, given: &str) -> Result<String, Response> {
-    crate::store::resolve_run_in(app.store.as_ref(), given, caller.namespaces.as_deref()).await.map_err(failure)
+    sandflow::store::resolve_run_in(app.store.as_ref(), given, caller.namespaces.as_deref()).await.map_err(failure)
 }
 
 
@@ -328,7 +328,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 /// failed steps by kind, how long steps took, the steps waiting for a
 /// worker, and the workers.
 async fn metrics(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Response {
-    use crate::metrics::{Family, Kind, Value};
+    use sandflow::metrics::{Family, Kind, Value};
     if caller.role != Role::Admin {
         return refused(StatusCode::FORBIDDEN, format!("token `{}` sees some namespaces only; the store's metrics are for `serve --token`'s", caller.name));
     }
@@ -367,7 +367,7 @@ async fn metrics(State(app): State<Arc<App>>, Extension(caller): Extension<Calle
         Ok(None) => {}
         Err(e) => return failure(e),
     }
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&families)).into_response()
+    ([(header::CONTENT_TYPE, sandflow::metrics::CONTENT_TYPE)], sandflow::metrics::render(&families)).into_response()
 }
 
 /// The store's workers (PostgreSQL), or 404 saying why there are none.
@@ -425,20 +425,20 @@ async fn graph(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>
         Err(e) => return failure(e),
     };
     match app.run_plan(&run).await {
-        Ok(plan) => ([(header::CONTENT_TYPE, "image/svg+xml")], crate::runs::run_svg(&plan, &run)).into_response(),
+        Ok(plan) => ([(header::CONTENT_TYPE, "image/svg+xml")], sandflow::runs::run_svg(&plan, &run)).into_response(),
         Err(why) => (StatusCode::NOT_FOUND, format!("the graph cannot be drawn: {why}")).into_response(),
     }
 }
 
 impl App {
-    /// The plan of the workflow a run ran (see [`crate::runs::recorded_plan`]).
+    /// The plan of the workflow a run ran (see [`sandflow::runs::recorded_plan`]).
     async fn run_plan(&self, run: &RunRecord) -> Result<Arc<Plan>, String> {
         let key = (run.file.clone(), run.sha256.clone(), run.targets.clone());
-        if let Some(plan) = crate::lock(&self.plans).get(&key) {
+        if let Some(plan) = super::lock(&self.plans).get(&key) {
             return Ok(plan.clone());
         }
-        let plan = Arc::new(crate::runs::recorded_plan(self.store.as_ref(), run).await?);
-        let mut plans = crate::lock(&self.plans);
+        let plan = Arc::new(sandflow::runs::recorded_plan(self.store.as_ref(), run).await?);
+        let mut plans = super::lock(&self.plans);
         if plans.len() >= PLANS_KEPT {
             plans.clear();
         }
@@ -507,7 +507,7 @@ async fn events(State(app): State<Arc<App>>, Extension(caller): Extension<Caller
             };
             let text = serde_json::to_string(&run).expect("records serialize");
             if text != last {
-                let ended = run.status != crate::exec::RunState::Running.as_str();
+                let ended = run.status != sandflow::exec::RunState::Running.as_str();
                 return Some((Ok(Event::default().event("run").data(text.clone())), (store, id, text, ended)));
             }
             tokio::time::sleep(LIVE_POLL).await;

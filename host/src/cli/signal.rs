@@ -1,10 +1,10 @@
 //! `sandflow signal RUN STEP`: ends a step that waits for a signal
 //! (`/builtin/signal`) or an approval (`/builtin/approval`), through the
-//! run store or `--server` ([`crate::runs::signal`] decides, once).
+//! run store or `--server` ([`sandflow::runs::signal`] decides, once).
 
 use super::render::say;
 use super::{CliError, GlobalArgs, Output, exit, store_error};
-use crate::runs::{SignalError, SignalRequest};
+use sandflow::runs::{SignalError, SignalRequest};
 use serde_json::{Value, json};
 
 #[derive(Debug, clap::Args)]
@@ -55,7 +55,7 @@ pub(crate) async fn execute(args: SignalArgs, global: &GlobalArgs, out: &Output)
     let id = super::run_id(store.as_ref(), &args.id).await?;
     let by = std::env::var("USER").ok().filter(|u| !u.is_empty()).map_or_else(|| "local".to_string(), |u| format!("local:{u}"));
     let request = SignalRequest { step: args.step.clone(), data, by, names: None };
-    match crate::runs::signal(store.as_ref(), &id, request).await {
+    match sandflow::runs::signal(store.as_ref(), &id, request).await {
         Ok(signal) => {
             sent(&id, &args.step, &signal.by, out);
             Ok(exit::OK)

@@ -3,9 +3,9 @@
 
 use super::render::say;
 use super::{CliError, Output, exit, new_sandbox, render, workflow_cmd};
-use crate::exec::{Executor, NoEvents, Redactor, Refusal, RunOptions, RunReport, RunState, check_secrets, enter};
-use crate::sandbox::CancellationToken;
-use crate::workflow::Expectation;
+use sandflow::exec::{Executor, NoEvents, Redactor, Refusal, RunOptions, RunReport, RunState, check_secrets, enter};
+use sandflow::sandbox::CancellationToken;
+use sandflow::workflow::Expectation;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,10 +29,10 @@ pub(crate) struct TestArgs {
 struct CaseSignals(Vec<(String, Value)>);
 
 #[async_trait::async_trait]
-impl crate::exec::Mailbox for CaseSignals {
-    async fn signals(&self, _run: &str, steps: &[String]) -> Result<Vec<(String, crate::exec::core::Signal)>, String> {
+impl sandflow::exec::Mailbox for CaseSignals {
+    async fn signals(&self, _run: &str, steps: &[String]) -> Result<Vec<(String, sandflow::exec::core::Signal)>, String> {
         let sent = self.0.iter().filter(|(step, _)| steps.contains(step));
-        Ok(sent.map(|(step, data)| (step.clone(), crate::exec::core::Signal { data: data.clone(), by: "test".into(), at: crate::store::now() })).collect())
+        Ok(sent.map(|(step, data)| (step.clone(), sandflow::exec::core::Signal { data: data.clone(), by: "test".into(), at: sandflow::store::now() })).collect())
     }
 }
 

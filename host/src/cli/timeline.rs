@@ -1,7 +1,7 @@
 //! `runs show ID --timeline`: a text Gantt chart of a run's steps, each a
 //! bar from its start to its end on one time axis.
 
-use crate::store::RunRecord;
+use sandflow::store::RunRecord;
 use std::time::{Duration, SystemTime};
 
 /// Columns of the time axis.
@@ -64,7 +64,7 @@ pub(crate) fn render(run: &RunRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StepRecord;
+    use sandflow::store::StepRecord;
 
     fn step(id: &str, state: &str, finished: &str, ms: f64) -> StepRecord {
         StepRecord {

@@ -6,7 +6,7 @@
 use super::render::say;
 use super::worker::pg_store;
 use super::{CliError, GlobalArgs, Output, exit, store_error};
-use crate::store::tokens::{NamespaceLimits, Role, namespace_name};
+use sandflow::store::tokens::{NamespaceLimits, Role, namespace_name};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum TokenCommand {
@@ -39,8 +39,8 @@ fn who() -> String {
 }
 
 /// Notes a token action in the audit log.
-async fn audit(store: &crate::store::PgStore, action: &str, detail: String) -> Result<(), CliError> {
-    let entry = crate::store::tokens::AuditRecord { token: who(), action: action.into(), outcome: "done".into(), detail: Some(detail), ..Default::default() };
+async fn audit(store: &sandflow::store::PgStore, action: &str, detail: String) -> Result<(), CliError> {
+    let entry = sandflow::store::tokens::AuditRecord { token: who(), action: action.into(), outcome: "done".into(), detail: Some(detail), ..Default::default() };
     store.audit(&entry).await.map_err(store_error)
 }
 
@@ -133,7 +133,7 @@ fn limit_steps(text: &str) -> Result<Limit, String> {
 fn limit_size(text: &str) -> Result<Limit, String> {
     match text {
         "none" => Ok(Limit(None)),
-        n => crate::units::parse_size(n).map(|n| Limit(Some(n))).map_err(|e| e.to_string()),
+        n => sandflow::units::parse_size(n).map(|n| Limit(Some(n))).map_err(|e| e.to_string()),
     }
 }
 
@@ -151,10 +151,10 @@ pub(crate) async fn namespaces(command: NamespaceCommand, global: &GlobalArgs, o
             let detail = format!(
                 "{name}: max runs {}, max stored {}, max steps {}",
                 shown(limits.max_runs, count),
-                shown(limits.max_stored, crate::units::format_size),
+                shown(limits.max_stored, sandflow::units::format_size),
                 shown(limits.max_steps, count)
             );
-            let entry = crate::store::tokens::AuditRecord { token: who(), namespace: Some(name.clone()), action: "namespace set".into(), outcome: "done".into(), detail: Some(detail), ..Default::default() };
+            let entry = sandflow::store::tokens::AuditRecord { token: who(), namespace: Some(name.clone()), action: "namespace set".into(), outcome: "done".into(), detail: Some(detail), ..Default::default() };
             store.audit(&entry).await.map_err(store_error)?;
             if !out.quiet {
                 say!("namespace `{name}` set");
@@ -175,8 +175,8 @@ pub(crate) async fn namespaces(command: NamespaceCommand, global: &GlobalArgs, o
                         or_none(n.max_runs.map(|m| m.to_string())),
                         n.steps_running,
                         or_none(n.max_steps.map(|m| m.to_string())),
-                        crate::units::format_size(n.stored),
-                        or_none(n.max_stored.map(crate::units::format_size))
+                        sandflow::units::format_size(n.stored),
+                        or_none(n.max_stored.map(sandflow::units::format_size))
                     );
                 }
             }

@@ -7,12 +7,12 @@ use super::call::cancel_on_signal;
 use super::display::sink;
 use super::render::{print_end, say};
 use super::{CliError, GlobalArgs, Output, exit, new_sandbox, store_error, workflow_cmd};
-use crate::exec::{EventSink, Redactor, enter};
-use crate::runs::{Followed, follow, submit};
-use crate::sandbox::{CancellationToken, Sandbox};
-use crate::store::queue::Binding;
-use crate::store::{PgStore, StoreUrl};
-use crate::worker::{Worker, WorkerConfig};
+use sandflow::exec::{EventSink, Redactor, enter};
+use sandflow::runs::{Followed, follow, submit};
+use sandflow::sandbox::{CancellationToken, Sandbox};
+use sandflow::store::queue::Binding;
+use sandflow::store::{PgStore, StoreUrl};
+use sandflow::worker::{Worker, WorkerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,7 +71,7 @@ pub(crate) struct WorkerArgs {
     name: Option<String>,
     /// How long a claimed step stays this worker's without a heartbeat;
     /// after it, another worker runs the step again.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = sandflow::units::parse_duration)]
     lease: Duration,
     /// Secrets as `NAME=value` lines; also read from `SANDFLOW_SECRET_<NAME>`.
     /// Runs of the `default` namespace get these.
@@ -96,7 +96,7 @@ pub(crate) struct WorkerArgs {
     /// once per worker (then cached), each in a process of its own, so
     /// that one built to be slow or huge to compile fails its run instead
     /// of holding the worker. A large Python component takes 10-45 s.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = sandflow::units::parse_duration)]
     compile_time: Duration,
     /// Serve this worker's metrics (Prometheus text) at
     /// `http://ADDR/metrics`: its slots, the attempts it runs, those that
@@ -104,7 +104,7 @@ pub(crate) struct WorkerArgs {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
     /// How much memory (address space) compiling a component may map.
-    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = crate::units::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = sandflow::units::parse_size)]
     compile_memory: u64,
     /// Also fire the store's schedules (`sandflow schedule`), as `serve`
     /// does: any number of schedulers may run, each tick starts one run.
@@ -118,7 +118,7 @@ pub(crate) async fn pg_store(global: &GlobalArgs, what: &str) -> Result<Arc<PgSt
 }
 
 /// [`pg_store`], holding at most `connections`.
-async fn pg_store_with(global: &GlobalArgs, what: &str, connections: &crate::store::Connections) -> Result<Arc<PgStore>, CliError> {
+async fn pg_store_with(global: &GlobalArgs, what: &str, connections: &sandflow::store::Connections) -> Result<Arc<PgStore>, CliError> {
     match global.store_url()? {
         StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::connect_with(&url, connections).await.map_err(store_error)?)),
         StoreUrl::Sqlite(path) => Err(CliError::invalid(format!(
@@ -151,16 +151,16 @@ pub(crate) fn worker_config(
 
 /// Loads a workflow as `run` does (its components file too), keeping every
 /// file it read for the store. Components are checked, not compiled
-/// ([`crate::exec::ComponentCheck`]): the workers compile them.
+/// ([`sandflow::exec::ComponentCheck`]): the workers compile them.
 pub(crate) async fn load_for_submit(
     file: &Path,
     components: &workflow_cmd::ComponentsArg,
     out: &Output,
-) -> Result<(crate::exec::Prepared, crate::store::queue::RunFiles), CliError> {
+) -> Result<(sandflow::exec::Prepared, sandflow::store::queue::RunFiles), CliError> {
     let (path, components) = (file.to_path_buf(), components.file.clone());
     let (prepared, files) = tokio::task::spawn_blocking(move || {
-        let files = crate::exec::Recording { inner: crate::exec::Disk, seen: Default::default() };
-        let prepared = crate::exec::load_from_with(&path, &crate::exec::ComponentCheck, &files, components.as_deref());
+        let files = sandflow::exec::Recording { inner: sandflow::exec::Disk, seen: Default::default() };
+        let prepared = sandflow::exec::load_from_with(&path, &sandflow::exec::ComponentCheck, &files, components.as_deref());
         (prepared, files.seen.into_inner().expect("not poisoned"))
     })
     .await
@@ -179,8 +179,8 @@ pub(crate) fn binding(concurrency: Option<u64>, components: &workflow_cmd::Compo
 /// `--namespace NS`, checked (`default` when not given).
 pub(crate) fn namespace_arg(namespace: Option<&str>) -> Result<String, CliError> {
     match namespace {
-        Some(ns) => crate::store::tokens::namespace_name(ns).map_err(|e| CliError::invalid(format!("--namespace: {e}"))),
-        None => Ok(crate::store::DEFAULT_NAMESPACE.to_string()),
+        Some(ns) => sandflow::store::tokens::namespace_name(ns).map_err(|e| CliError::invalid(format!("--namespace: {e}"))),
+        None => Ok(sandflow::store::DEFAULT_NAMESPACE.to_string()),
     }
 }
 
@@ -205,9 +205,9 @@ pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Outp
 pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let mut config = worker_config(args.concurrency, args.name, args.lease, None, args.labels)?;
     let mut namespaces = super::args::namespace_secrets(args.secrets_file.as_deref(), args.secrets_dir.as_deref())?;
-    config.secrets = namespaces.remove(crate::store::DEFAULT_NAMESPACE).unwrap_or_default();
+    config.secrets = namespaces.remove(sandflow::store::DEFAULT_NAMESPACE).unwrap_or_default();
     config.namespace_secrets = namespaces;
-    let connections = crate::store::Connections { max: args.connections as usize, name: format!("sandflow worker {}", config.name) };
+    let connections = sandflow::store::Connections { max: args.connections as usize, name: format!("sandflow worker {}", config.name) };
     let store = pg_store_with(global, "`sandflow worker`", &connections).await?;
     let sandbox = Arc::new(super::new_untrusting_sandbox(&global.state_dir, args.compile_time, args.compile_memory)?);
     let worker = Worker::new(store.clone(), sandbox, config);
@@ -216,14 +216,14 @@ pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Outp
         None => None,
     };
     if !out.quiet {
-        say!("worker {} is waiting for steps in {}", worker.name(), crate::store::RunStore::location(store.as_ref()));
+        say!("worker {} is waiting for steps in {}", worker.name(), sandflow::store::RunStore::location(store.as_ref()));
     }
     let stop = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(stop.clone()));
     // What it did, a line every 10 s while it works (`-v`: a line per step).
     let summary = (!out.quiet).then(|| tokio::spawn(summarize(worker.clone(), Duration::from_secs(10))));
     // Schedules, fired from here too (`--scheduler`).
-    let scheduler = args.scheduler.then(|| tokio::spawn(crate::store::schedules::scheduler(store.clone(), stop.clone())));
+    let scheduler = args.scheduler.then(|| tokio::spawn(sandflow::store::schedules::scheduler(store.clone(), stop.clone())));
     let graceful = worker.run(stop.clone());
     // A second signal stops at once: leases of held steps then expire.
     tokio::select! {
@@ -259,7 +259,7 @@ async fn serve_metrics(worker: Arc<Worker>, addr: std::net::SocketAddr, out: &Ou
             "/metrics",
             get(move || {
                 let worker = worker.clone();
-                async move { ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&worker.metrics())) }
+                async move { ([(axum::http::header::CONTENT_TYPE, sandflow::metrics::CONTENT_TYPE)], sandflow::metrics::render(&worker.metrics())) }
             }),
         )
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "ok": true })) }));
@@ -285,7 +285,7 @@ pub(crate) async fn workers_cmd(global: &GlobalArgs, out: &Output) -> Result<u8,
 
 /// `sandflow workers`'s table (`--json`: the records) of the workers of
 /// the store at `location`.
-pub(crate) fn print_workers(workers: &[crate::store::WorkerRecord], location: &str, out: &Output) {
+pub(crate) fn print_workers(workers: &[sandflow::store::WorkerRecord], location: &str, out: &Output) {
     if out.json {
         println!("{}", serde_json::to_string_pretty(&workers).expect("records serialize"));
     } else if workers.is_empty() {
@@ -313,7 +313,7 @@ async fn summarize(worker: Arc<Worker>, every: Duration) {
                 "worker {}: {} attempt(s) ended in the last {} ({ok} succeeded, {failed} failed); {} in all",
                 worker.name(),
                 ok + failed,
-                crate::units::format_duration(every),
+                sandflow::units::format_duration(every),
                 now.0 + now.1
             );
             last = now;
@@ -330,7 +330,7 @@ pub(crate) async fn work_and_follow(
     id: &str,
     out: &Output,
     redactor: &Redactor,
-    tracer: Option<Arc<crate::trace::TraceSink>>,
+    tracer: Option<Arc<sandflow::trace::TraceSink>>,
 ) -> Result<u8, CliError> {
     let stop_work = CancellationToken::new();
     let worker = worker.map(|config| {
@@ -339,13 +339,13 @@ pub(crate) async fn work_and_follow(
         tokio::spawn(async move { worker.run(stop).await })
     });
     let display = match &tracer {
-        Some(t) => Arc::new(crate::runs::Tee(vec![sink(out), t.clone()])) as Arc<dyn EventSink>,
+        Some(t) => Arc::new(sandflow::runs::Tee(vec![sink(out), t.clone()])) as Arc<dyn EventSink>,
         None => sink(out),
     };
     let followed = follow_to_end(&RunSource::Store(store.clone()), id, display, out, OnInterrupt::Cancel).await;
     if let Some(t) = tracer {
         // The trace is sent once the run has ended; never an error.
-        let _ = crate::exec::EventSink::barrier(t.as_ref()).await;
+        let _ = sandflow::exec::EventSink::barrier(t.as_ref()).await;
     }
     stop_work.cancel();
     if let Some(worker) = worker {
@@ -363,9 +363,9 @@ pub(crate) async fn work_and_follow(
 /// to at submit, but for the `--concurrency` and `--var` given here.
 pub(crate) async fn rerun_queued(
     store: &Arc<PgStore>,
-    record: &crate::store::RunRecord,
+    record: &sandflow::store::RunRecord,
     args: super::runs::ResumeArgs,
-    rerun: crate::runs::Rerun,
+    rerun: sandflow::runs::Rerun,
     global: &GlobalArgs,
     out: &Output,
 ) -> Result<u8, CliError> {
@@ -377,7 +377,7 @@ pub(crate) async fn rerun_queued(
         println!("{id}");
         Ok(exit::OK)
     };
-    if record.status == crate::exec::RunState::Running.as_str() {
+    if record.status == sandflow::exec::RunState::Running.as_str() {
         if args.work.detach {
             return detached(format!("run {id} is running on workers"));
         }
@@ -388,11 +388,11 @@ pub(crate) async fn rerun_queued(
             )));
         }
         let vars = args.vars.read()?;
-        let attempt = match crate::runs::queue_again(store, record, &rerun, args.concurrency.map(|n| n as usize), Some(&vars)).await {
+        let attempt = match sandflow::runs::queue_again(store, record, &rerun, args.concurrency.map(|n| n as usize), Some(&vars)).await {
             Ok(attempt) => attempt,
-            Err(crate::runs::QueueAgainError::Running(_)) => return Err(CliError::invalid(format!("run {id} is running: `sandflow cancel {id}` it first"))),
-            Err(crate::runs::QueueAgainError::Invalid(why)) => return Err(CliError::invalid(why)),
-            Err(crate::runs::QueueAgainError::Store(e)) => return Err(store_error(e)),
+            Err(sandflow::runs::QueueAgainError::Running(_)) => return Err(CliError::invalid(format!("run {id} is running: `sandflow cancel {id}` it first"))),
+            Err(sandflow::runs::QueueAgainError::Invalid(why)) => return Err(CliError::invalid(why)),
+            Err(sandflow::runs::QueueAgainError::Store(e)) => return Err(store_error(e)),
         };
         if args.work.detach {
             return detached(format!("run {id} is queued for workers (attempt {attempt})"));
@@ -432,7 +432,7 @@ impl RunSource {
     /// Asks the run to cancel.
     async fn request_cancel(&self, id: &str) -> Result<(), String> {
         match self {
-            RunSource::Store(store) => crate::store::RunStore::request_cancel(store.as_ref(), id).await.map(drop).map_err(|e| e.to_string()),
+            RunSource::Store(store) => sandflow::store::RunStore::request_cancel(store.as_ref(), id).await.map(drop).map_err(|e| e.to_string()),
             RunSource::Server(server) => server.cancel(id).await.map(drop).map_err(|e| e.message),
         }
     }
@@ -496,7 +496,7 @@ pub(crate) async fn follow_cmd(id: String, global: &GlobalArgs, out: &Output) ->
     let store = pg_store(global, "`sandflow runs follow`").await?;
     let id = super::run_id(store.as_ref(), &id).await?;
     if !store.is_queued(&id).await.map_err(store_error)? {
-        let status = crate::store::RunStore::run(store.as_ref(), &id, crate::store::RunDetail::Run).await.map_err(store_error)?.status;
+        let status = sandflow::store::RunStore::run(store.as_ref(), &id, sandflow::store::RunDetail::Run).await.map_err(store_error)?.status;
         return Err(CliError::invalid(format!(
             "run {id} was run by a `sandflow run` process, not by workers, so it has no event stream to follow (it is {status}); see `sandflow runs show {id}`"
         )));

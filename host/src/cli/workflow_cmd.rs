@@ -3,10 +3,10 @@
 
 use super::render::say;
 use super::{CliError, Output, exit, render};
-use crate::exec::{Parsed, Prepared};
-use crate::plan::Plan;
-use crate::sandbox::Sandbox;
-use crate::workflow::Diagnostics;
+use sandflow::exec::{Parsed, Prepared};
+use sandflow::plan::Plan;
+use sandflow::sandbox::Sandbox;
+use sandflow::workflow::Diagnostics;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 

@@ -243,3 +243,37 @@ pub(crate) fn ungranted_imports(imports: &[String]) -> Vec<String> {
 pub(crate) fn origin_of(path: &Path) -> String {
     PathBuf::from(path).display().to_string()
 }
+
+/// What a component's binary says about itself, without running it
+/// (`sandflow component inspect`).
+pub struct DecodedWorld {
+    /// Its WIT world, printed.
+    pub wit: String,
+    /// Its imports' names: interfaces (`ns:pkg/iface@v`) and freestanding
+    /// functions.
+    pub imports: Vec<String>,
+    /// Its exports, named as its imports are.
+    pub exports: Vec<String>,
+}
+
+/// The component's WIT world, decoded from its binary: any valid
+/// component has one, whether or not it is a sandflow step.
+pub fn decode_world(bytes: &[u8]) -> Result<DecodedWorld, String> {
+    let decoded = wit_component::decode(bytes).map_err(|e| format!("{e:#}"))?;
+    let wit_parser::decoding::DecodedWasm::Component(resolve, world) = decoded else {
+        return Err("a WIT package, not a component".into());
+    };
+    let package = resolve.worlds[world].package.ok_or("the world has no package")?;
+    let mut printer = wit_component::WitPrinter::default();
+    printer.emit_docs(false);
+    printer.print(&resolve, package, &[]).map_err(|e| format!("{e:#}"))?;
+    let names = |items: &wit_parser::IndexMap<wit_parser::WorldKey, wit_parser::WorldItem>| -> Vec<String> {
+        items
+            .iter()
+            .filter(|(_, item)| !matches!(item, wit_parser::WorldItem::Type { .. }))
+            .map(|(key, _)| resolve.name_world_key(key))
+            .collect()
+    };
+    let w = &resolve.worlds[world];
+    Ok(DecodedWorld { wit: printer.output.to_string(), imports: names(&w.imports), exports: names(&w.exports) })
+}

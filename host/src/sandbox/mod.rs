@@ -50,7 +50,7 @@ mod http;
 mod log;
 mod quota;
 
-pub use self::component::{LoadError, LoadErrorKind, STEP_WORLD, StepComponent, check_component, check_header as check_component_header, http_import};
+pub use self::component::{DecodedWorld, LoadError, LoadErrorKind, STEP_WORLD, StepComponent, check_component, check_header as check_component_header, decode_world, http_import};
 pub use self::compile::{CompileLimits, compile_child};
 pub use self::engine::{AllocatorChoice, AllocatorKind, EPOCH_TICK, MAX_WASM_STACK};
 pub use self::http::{AllowedHost, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_RESPONSE, HttpGrant};

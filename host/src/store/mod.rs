@@ -208,7 +208,9 @@ pub async fn open(url: &StoreUrl) -> Result<Arc<dyn RunStore>, StoreError> {
     }
 }
 
-pub(crate) fn now() -> String {
+/// The time now as the store writes it: RFC 3339 in UTC, to the
+/// millisecond (`2026-12-06T03:05:37.123Z`).
+pub fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
