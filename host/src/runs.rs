@@ -42,25 +42,40 @@ pub enum Rerun {
     Resume,
     /// `sandflow retry [--from STEP]`: as `Resume`, and also `STEP` and
     /// every step downstream of it; `finally` steps always run again.
-    Retry { from: Option<String> },
+    Retry {
+        /// The step to run again with everything downstream of it.
+        from: Option<String>,
+    },
 }
 
 /// Where runs are recorded and how their steps run.
 #[derive(Clone)]
 pub struct Recorder {
+    /// Where runs are recorded.
     pub store: Arc<dyn RunStore>,
+    /// What runs each step (a [`crate::exec::SandboxRunner`] in sandflow).
     pub runner: Arc<dyn StepRunner>,
 }
 
 /// Why a run could not be resumed.
 #[derive(Debug, thiserror::Error)]
 pub enum ResumeError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
         "{file} changed since run {run} started (its SHA-256 was {sha256}); resuming would mix two versions of the workflow: start a new run instead"
     )]
-    Changed { file: String, run: String, sha256: String },
+    /// The workflow file is not what the run started with.
+    Changed {
+        /// The workflow file.
+        file: String,
+        /// The run's id.
+        run: String,
+        /// The SHA-256 the run recorded.
+        sha256: String,
+    },
+    /// `--from` names no step of the workflow.
     #[error("--from: {0}")]
     From(String),
 }
@@ -341,6 +356,7 @@ pub enum QueueAgainError {
     /// Its workflow cannot be had, or `--from` names no step of it.
     #[error("{0}")]
     Invalid(String),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -414,9 +430,11 @@ pub fn run_svg(plan: &crate::plan::Plan, run: &crate::store::RunRecord) -> Strin
 /// How a followed run ended.
 #[derive(Debug, Clone)]
 pub struct Followed {
+    /// How it ended.
     pub state: crate::exec::RunState,
     /// Secrets masked, as recorded.
     pub output: Option<Value>,
+    /// Why it failed or was cancelled.
     pub error: Option<String>,
 }
 
@@ -477,6 +495,7 @@ pub async fn follow(
 /// API, the web view's buttons).
 #[derive(Debug, Clone)]
 pub struct SignalRequest {
+    /// The waiting step's id.
     pub step: String,
     /// The data: a signal step's output; an approval's
     /// `{approved, comment?}`.
@@ -491,16 +510,53 @@ pub struct SignalRequest {
 /// Why a signal was not applied. Nothing was recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The step is not waiting for a signal (it ended, or never waits for one).
     #[error("step `{step}` of run {run} is not waiting for a signal: {why}")]
-    NotWaiting { run: String, step: String, why: String },
+    NotWaiting {
+        /// The run's id.
+        run: String,
+        /// The step's id.
+        step: String,
+        /// Why not.
+        why: String,
+    },
+    /// The data does not fit the step (its `schema`, an approval's form).
     #[error("step `{step}` of run {run} cannot take this signal: {why}")]
-    Refused { run: String, step: String, why: String },
+    Refused {
+        /// The run's id.
+        run: String,
+        /// The step's id.
+        step: String,
+        /// What is wrong with the data.
+        why: String,
+    },
+    /// The sender is none of an approval's `approvers`.
     #[error("step `{step}` of run {run} may be approved only by {approvers}; you are {names}")]
-    NotApprover { run: String, step: String, approvers: String, names: String },
+    NotApprover {
+        /// The run's id.
+        run: String,
+        /// The step's id.
+        step: String,
+        /// Who may approve, as the step lists them.
+        approvers: String,
+        /// The names the sender goes by.
+        names: String,
+    },
+    /// Another signal reached the step first.
     #[error("step `{step}` of run {run} was signalled already, by {by} at {at}: a step takes one signal")]
-    Already { run: String, step: String, by: String, at: String },
+    Already {
+        /// The run's id.
+        run: String,
+        /// The step's id.
+        step: String,
+        /// Who sent the first.
+        by: String,
+        /// When (RFC 3339).
+        at: String,
+    },
 }
 
 /// Sends `request` to a step of run `run_id` that waits for a signal or

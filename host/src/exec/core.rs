@@ -23,11 +23,15 @@ use std::time::Duration;
 /// every step of the run.
 #[derive(Clone, Copy)]
 pub struct RunFacts<'a> {
+    /// The run's input.
     pub input: &'a Value,
+    /// The run's id (`run.id`).
     pub run_id: &'a str,
     /// `run.attempt`: 1, plus one per resume.
     pub attempt: u32,
+    /// The secrets' values (`secrets.NAME`).
     pub secrets: &'a BTreeMap<String, String>,
+    /// Compiled CEL programs, shared by the run's decisions.
     pub cel: &'a CelCache,
     /// The run's step concurrency: a `forEach` step's default item concurrency.
     pub limit: usize,
@@ -63,17 +67,29 @@ impl<'a> RunFacts<'a> {
 /// What a step runs with, once it is ready.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
+    /// One input: the step runs once.
     One(Value),
     /// A `forEach` step: one input per item, at most `concurrency` at once.
-    Each { inputs: Vec<Value>, concurrency: usize },
+    Each {
+        /// Each item's input, in item order.
+        inputs: Vec<Value>,
+        /// Most items running at once.
+        concurrency: usize,
+    },
 }
 
 /// What happens to a step whose dependencies are all done.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
+    /// It runs.
     Run(Work),
     /// It is skipped, with this reason; `warning` is worth telling the user.
-    Skip { reason: String, warning: Option<String> },
+    Skip {
+        /// Why, as the step's record says.
+        reason: String,
+        /// A problem with the workflow worth telling (a `when` that was not a boolean).
+        warning: Option<String>,
+    },
     /// It fails without running (a reference it reads cannot be resolved).
     Fail(StepFailure),
     /// A dependency failed (or was cancelled, or skipped because one of
@@ -94,6 +110,7 @@ pub fn cached(state: StepState, reason: Option<String>, from: Option<&str>) -> (
 /// How an ended step turned out, as `depends` reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
+    /// Its final state.
     pub state: StepState,
     /// It does not let steps that merely need it run (see [`Verdict::releases`]).
     pub blocks: bool,
@@ -102,9 +119,13 @@ pub struct Outcome {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A `forEach` step's items by how they ended.
 pub struct ItemCounts {
+    /// Items that succeeded.
     pub succeeded: u32,
+    /// Items that failed.
     pub failed: u32,
+    /// All its items.
     pub total: u32,
 }
 
@@ -131,6 +152,7 @@ impl Outcome {
         }
     }
 
+    /// The outcome [`Outcome::encode`] wrote; `None` for any other text.
     pub fn decode(text: &str, blocks: bool) -> Option<Outcome> {
         let mut parts = text.split('/');
         let state = StepState::from_name(parts.next()?).filter(|s| !matches!(s, StepState::Pending | StepState::Running))?;
@@ -169,7 +191,9 @@ pub enum Stop {
     /// `fail_fast: false`: the run will fail, but steps that do not depend
     /// on it still start.
     Failing(usize),
+    /// The run was cancelled.
     Cancelled,
+    /// The run's `timeout` passed.
     TimedOut,
     /// The run's record could not be made durable.
     Unrecorded,
@@ -198,6 +222,7 @@ impl Stop {
         }
     }
 
+    /// The stop [`Stop::encode`] wrote; `None` for any other text.
     pub fn decode(text: &str) -> Option<Stop> {
         match text {
             "cancelled" => Some(Stop::Cancelled),
@@ -217,10 +242,13 @@ impl Stop {
 /// of `steps` that ended without an output (it failed, or was cancelled)
 /// reads as skipped, so `$on_skip` applies.
 pub struct Ended<'a> {
+    /// The run's plan.
     pub plan: &'a Plan,
+    /// The ended steps' outputs.
     pub outputs: &'a dyn Outputs,
     /// Each ended step's outcome, by index.
     pub outcome: &'a dyn Fn(usize) -> Option<Outcome>,
+    /// The step being decided is a `finally` step.
     pub finally: bool,
 }
 
@@ -344,6 +372,7 @@ pub fn decide(facts: &RunFacts<'_>, decl: &StepDecl, outputs: &dyn Outputs) -> D
 /// comes back after its processes died.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wait {
+    /// What it waits for.
     pub kind: WaitKind,
     /// When it wakes: its timer, or a signal's timeout (none: it waits for
     /// a signal however long it takes).
@@ -365,6 +394,7 @@ pub enum WaitKind {
 }
 
 impl WaitKind {
+    /// Its name as recorded (`approval`).
     pub fn as_str(self) -> &'static str {
         match self {
             WaitKind::Wait => "wait",
@@ -374,6 +404,7 @@ impl WaitKind {
         }
     }
 
+    /// The kind named by [`WaitKind::as_str`].
     pub fn from_name(name: &str) -> Option<WaitKind> {
         [WaitKind::Wait, WaitKind::Sleep, WaitKind::Signal, WaitKind::Approval].into_iter().find(|k| k.as_str() == name)
     }
@@ -474,10 +505,13 @@ pub use crate::expr::truthy;
 /// How a step ended, with `on_error` applied, and what that does to the run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
+    /// The step's final state.
     pub state: StepState,
     /// What later steps read: its output, or `on_error: continue`'s default.
     pub output: Option<Value>,
+    /// Why it failed.
     pub error: Option<StepFailure>,
+    /// Why it was skipped.
     pub reason: Option<String>,
     /// Its dependents may start. When false they are skipped with reason
     /// `dependency failed` (or cancelled, if the run is).
@@ -608,6 +642,7 @@ pub struct Items {
 }
 
 impl Items {
+    /// No results yet, for a step of `count` items.
     pub fn new(count: usize) -> Items {
         Items { results: vec![Value::Null; count], failure: None, counts: ItemCounts { total: count as u32, ..ItemCounts::default() } }
     }

@@ -13,18 +13,25 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepState {
+    /// Not started yet: its dependencies have not all ended.
     Pending,
+    /// An attempt is running.
     Running,
     /// Waiting for a time or a signal (`wait:`, `/builtin/sleep`,
     /// `/builtin/signal`, `/builtin/approval`): it holds no slot.
     Waiting,
+    /// Ended with an output.
     Succeeded,
+    /// Ended with an error, after its last attempt.
     Failed,
+    /// Did not run: its `when` was false, or what it needed did not succeed.
     Skipped,
+    /// Stopped by a cancel, a deadline or the run's failure.
     Cancelled,
 }
 
 impl StepState {
+    /// Its name as written in events, the store and the web view (`succeeded`).
     pub fn as_str(self) -> &'static str {
         match self {
             StepState::Pending => "pending",
@@ -48,14 +55,20 @@ impl StepState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
+    /// Recorded, not started (queued for workers).
     Pending,
+    /// Started; some step has not ended.
     Running,
+    /// Every step ended and the run has its output.
     Completed,
+    /// A step failed (and nothing caught it), or the run's own checks did.
     Failed,
+    /// Cancelled (`sandflow cancel`, Ctrl-C) or past its timeout.
     Cancelled,
 }
 
 impl RunState {
+    /// Its name as written in events, the store and the web view (`completed`).
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Pending => "pending",
@@ -73,17 +86,25 @@ impl RunState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// A run started (or a resumed run started again).
     RunStarted {
+        /// The run's id.
         run_id: String,
+        /// The workflow's `name`.
         workflow: String,
+        /// How many steps its plan has.
         steps: usize,
     },
     /// An attempt of a step (or of one `forEach` item) started.
     StepStarted {
+        /// The run's id.
         run_id: String,
+        /// The step's id.
         step: String,
+        /// Which attempt this is, from 1.
         attempt: u32,
         #[serde(skip_serializing_if = "Option::is_none")]
+        /// The `forEach` item's index, for a step over items.
         item: Option<usize>,
         /// The worker that runs it (runs on workers).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,7 +113,9 @@ pub enum Event {
     /// A step waits (see [`super::core::Wait`]): until a time, for a
     /// signal, or both. Recorded, so a run that comes back wakes it on time.
     StepWaiting {
+        /// The run's id.
         run_id: String,
+        /// The step's id.
         step: String,
         /// `wait` (then it runs), `sleep`, `signal` or `approval`.
         kind: super::core::WaitKind,
@@ -105,21 +128,30 @@ pub enum Event {
     },
     /// An attempt failed and will be retried after `delay`.
     StepRetrying {
+        /// The run's id.
         run_id: String,
+        /// The step's id.
         step: String,
+        /// The attempt that failed, from 1.
         attempt: u32,
         #[serde(skip_serializing_if = "Option::is_none")]
+        /// The `forEach` item's index, for a step over items.
         item: Option<usize>,
+        /// Why the attempt failed.
         error: StepFailure,
         #[serde(rename = "delay_ms", with = "millis")]
+        /// How long until the next attempt (`delay_ms` in JSON).
         delay: Duration,
         /// The fuel the failed attempt used.
         fuel_used: u64,
     },
     /// A step reached its final state.
     StepFinished {
+        /// The run's id.
         run_id: String,
+        /// The step's id.
         step: String,
+        /// Its final state.
         state: StepState,
         /// Attempts made (summed over `forEach` items); 0 if it never ran.
         attempt: u32,
@@ -127,9 +159,12 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         items: Option<u32>,
         #[serde(rename = "duration_ms", with = "millis")]
+        /// From its first attempt's start to its end (`duration_ms` in JSON).
         duration: Duration,
+        /// The fuel its attempts used, all together.
         fuel_used: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
+        /// Why it failed (the last attempt's error), for a failed step.
         error: Option<StepFailure>,
         /// Why a skipped step was skipped.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,6 +175,7 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         input: Option<Arc<Value>>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        /// Its output, for a step that succeeded (a `forEach` step: the items' outputs in order).
         output: Option<Arc<Value>>,
         /// Where secrets were masked in `output` (set by the masking sink),
         /// so a resume can put them back.
@@ -150,6 +186,7 @@ pub enum Event {
         #[serde(skip, default)]
         last_fuel: Option<u64>,
         #[serde(skip, default)]
+        /// Its log: each line it kept, with what was dropped past its quota. Not in the JSON line.
         log: StepLog,
         /// Its result is one a run stored before (`cache:`): it did not run.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -160,37 +197,53 @@ pub enum Event {
     /// whole log still comes with its [`Event::StepFinished`], and replaces
     /// these: a sink that shows or keeps them need not keep them long.
     StepLogLine {
+        /// The run's id.
         run_id: String,
+        /// The step's id.
         step: String,
+        /// The attempt that wrote it, from 1.
         attempt: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// The `forEach` item's index, for a step over items.
         item: Option<usize>,
+        /// The line's index in the attempt's log, from 0.
         seq: usize,
         #[serde(flatten)]
+        /// The line (its source and text; secrets masked).
         line: crate::sandbox::LogLine,
     },
     /// A step that succeeded in an earlier attempt of this run (before a
     /// `sandflow resume`): its recorded output is used, it does not run.
     StepRestored {
+        /// The run's id.
         run_id: String,
+        /// The step's id.
         step: String,
     },
     /// A warning about a step, e.g. a `when` that did not give a boolean.
     StepWarning {
+        /// The run's id.
         run_id: String,
+        /// The step's id.
         step: String,
+        /// What is wrong, for a person to read.
         message: String,
     },
+    /// The run ended: the last event of a run.
     RunFinished {
+        /// The run's id.
         run_id: String,
+        /// How it ended.
         state: RunState,
         #[serde(rename = "duration_ms", with = "millis")]
+        /// From its start to its end (`duration_ms` in JSON).
         duration: Duration,
         /// Shared with the sinks that keep it, not copied: it can hold
         /// every step's output.
         #[serde(skip_serializing_if = "Option::is_none")]
         output: Option<Arc<Value>>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        /// Why it failed or was cancelled.
         error: Option<String>,
     },
 }
@@ -200,6 +253,7 @@ pub enum Event {
 /// any dependent step starts.
 #[async_trait::async_trait]
 pub trait EventSink: Send + Sync {
+    /// Takes one event. It must not block: a sink that writes somewhere slow queues the event and makes it durable by [`EventSink::barrier`].
     fn emit(&self, event: &Event);
 
     /// Returns once everything emitted so far is durable. The scheduler

@@ -40,8 +40,11 @@ use std::sync::Arc;
 pub enum Template {
     /// Nothing to evaluate.
     Const(Value),
+    /// A list whose items are templates.
     Array(Vec<Template>),
+    /// A mapping whose values are templates, in written order.
     Object(Vec<(String, Template)>),
+    /// `{ $from: ..., path: ... }`: a value read from the input, a step or a variable.
     From(FromRef),
     /// A whole-string `{{ EXPR }}`: keeps the result's type.
     Cel(CelExpr),
@@ -57,7 +60,9 @@ pub enum Template {
 /// `{ $if: cond, then: …, else: … }` (StepFlow).
 #[derive(Debug, Clone)]
 pub struct IfExpr {
+    /// The condition.
     pub cond: Template,
+    /// The value when it holds.
     pub then: Template,
     /// `else`, or null.
     pub otherwise: Template,
@@ -66,26 +71,34 @@ pub struct IfExpr {
 /// One part of an interpolated string.
 #[derive(Debug, Clone)]
 pub enum Piece {
+    /// Literal text.
     Text(String),
+    /// A `{{ EXPR }}`, its value written as text.
     Expr(CelExpr),
 }
 
 /// `{ $from: ..., path: ..., $on_skip: use_default, $default: ... }`.
 #[derive(Debug, Clone)]
 pub struct FromRef {
+    /// What it reads.
     pub source: Source,
+    /// `path:` within it (none: the whole value).
     pub path: Option<JsonPath>,
     /// `$on_skip: use_default`: a skipped step gives `default` instead of
     /// skipping the consumer.
     pub use_default_on_skip: bool,
+    /// `$default`: the value when the path finds nothing (or a skipped step, with `use_default_on_skip`).
     pub default: Option<Value>,
+    /// Where it is written.
     pub at: Location,
 }
 
 /// Where a `$from` reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// `$from: input` (or `$input`): the run's input.
     Input,
+    /// `$from: { step: ID }`: a step's output.
     Step(String),
     /// `$variable`: the run's variables (`--var`, `--vars`); the path's
     /// first name is the variable's.
@@ -95,8 +108,10 @@ pub enum Source {
 /// A compiled CEL expression and the steps it reads.
 #[derive(Debug, Clone)]
 pub struct CelExpr {
+    /// The expression as written.
     pub text: String,
     program: Arc<cel::Program>,
+    /// The steps it reads (`steps.ID`).
     pub steps: BTreeSet<String>,
     /// Steps read only as `steps.ID.status`.
     status_only: BTreeSet<String>,
@@ -108,6 +123,7 @@ pub struct CelExpr {
     /// Which of the names in scope the expression reads: only those are
     /// passed to CEL.
     vars: Vars,
+    /// Where it is written.
     pub at: Location,
 }
 
@@ -146,7 +162,9 @@ impl CelCache {
 /// A step ID referenced by a template, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRef {
+    /// The step's id.
     pub id: String,
+    /// Where it is referenced.
     pub at: Location,
     /// A skipped step does not skip the consumer (`$on_skip: use_default`).
     pub tolerates_skip: bool,
@@ -462,13 +480,17 @@ fn visit_scoped<'e>(expr: &'e Expr, bound: &mut Vec<String>, f: &mut dyn FnMut(&
 
 /// What a step ID resolves to while a run is in progress.
 pub enum Lookup<'a> {
+    /// It ended with this output.
     Done(&'a Value),
+    /// It was skipped (or ended without an output).
     Skipped,
+    /// It has not ended, or no step has this id.
     Unknown,
 }
 
 /// The outputs of the steps that have finished.
 pub trait Outputs {
+    /// What step `id` resolves to now.
     fn lookup(&self, id: &str) -> Lookup<'_>;
 
     /// How step `id` ended (`steps.ID.status`), where that is known.
@@ -489,14 +511,21 @@ impl<V: std::borrow::Borrow<Value>> Outputs for BTreeMap<String, Option<V>> {
 
 /// Everything a template may read.
 pub struct Scope<'a> {
+    /// `inputs`: the run's input.
     pub inputs: &'a Value,
     /// CEL conversions shared by the run's evaluations.
     pub cache: &'a CelCache,
+    /// `steps.ID.output`: the ended steps' outputs.
     pub outputs: &'a dyn Outputs,
+    /// `item`: the `forEach` item.
     pub item: Option<&'a Value>,
+    /// `index`: the `forEach` item's index.
     pub index: Option<usize>,
+    /// `run.id`.
     pub run_id: &'a str,
+    /// `run.attempt`: 1, plus one per resume.
     pub attempt: u32,
+    /// `secrets.NAME`.
     pub secrets: &'a BTreeMap<String, String>,
     /// For `finally` steps: `{status, failures}`, merged into `run`.
     pub ending: Option<&'a Value>,

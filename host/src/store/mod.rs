@@ -36,22 +36,56 @@ use std::time::SystemTime;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// The state dir could not be made or read.
     #[error("cannot use the state dir {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        /// The state dir.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
     #[error("cannot open the run store {location}: {message}")]
-    Open { location: String, message: String },
+    /// The store could not be opened (a file, a server, a connection).
+    Open {
+        /// The store's file or URL (without a password).
+        location: String,
+        /// What went wrong.
+        message: String,
+    },
     #[error(
         "the run store {location} has schema version {found}, newer than this sandflow knows ({known}); use a newer sandflow, or another store"
     )]
-    NewerSchema { location: String, found: i64, known: i64 },
+    /// A newer sandflow made the store: this one does not read it.
+    NewerSchema {
+        /// The store's file or URL (without a password).
+        location: String,
+        /// The store's schema version.
+        found: i64,
+        /// The newest version this sandflow knows.
+        known: i64,
+    },
     #[error("{location} is not a sandflow run store or is corrupt ({message}); move it away or use another --state-dir")]
-    Corrupt { location: String, message: String },
+    /// The file is not a run store, or is damaged.
+    Corrupt {
+        /// The store's file.
+        location: String,
+        /// What the database said.
+        message: String,
+    },
     #[error("`{0}` is not a run store URL: use sqlite:PATH or postgres://USER@HOST[:PORT]/DATABASE")]
+    /// `--store` is neither `sqlite:` nor `postgres://`.
     BadUrl(String),
     #[error("no run with id `{0}` (see `sandflow runs list`)")]
+    /// No run has this id (or id prefix).
     UnknownRun(String),
     #[error("`{prefix}` is the start of the ids of {} runs ({}): give more of the id", .matches.len(), .matches.join(", "))]
-    AmbiguousRun { prefix: String, matches: Vec<String> },
+    /// An id prefix names more than one run.
+    AmbiguousRun {
+        /// The prefix given.
+        prefix: String,
+        /// The ids it starts.
+        matches: Vec<String>,
+    },
     /// A namespace's limit refuses what was asked: nothing was recorded.
     #[error("{0}")]
     Quota(String),
@@ -142,14 +176,23 @@ pub trait RunStore: Memos + Send + Sync {
 /// A line of `sandflow cache list`.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoInfo {
+    /// The memo key: a hash of the step's component, config and input (or its `cache.key`).
     pub key: String,
+    /// The workflow whose step stored it.
     pub workflow: String,
+    /// The step's id.
     pub step: String,
+    /// The component's SHA-256.
     pub component: String,
+    /// The run that stored it.
     pub run_id: String,
+    /// When it was stored (RFC 3339).
     pub stored_at: String,
+    /// When it expires (its `cache.ttl`; RFC 3339).
     pub expires_at: String,
+    /// It has expired: no run reuses it.
     pub expired: bool,
+    /// The stored output's size as JSON.
     pub output_bytes: usize,
 }
 
@@ -252,11 +295,15 @@ pub struct RecordedOutput {
 /// What `begin_run` records.
 #[derive(Debug, Clone)]
 pub struct NewRun {
+    /// The run's id ([`crate::exec::new_run_id`]).
     pub id: String,
+    /// The workflow's `name`.
     pub workflow: String,
     /// The workflow file, as given (a resume reads it again).
     pub file: String,
+    /// The workflow file's SHA-256.
     pub sha256: String,
+    /// The run's input (secrets are never in it).
     pub input: Value,
     /// `--target`: the steps the run is limited to (none: every step).
     pub targets: Vec<String>,
@@ -311,19 +358,30 @@ pub(crate) fn durations(counts: &[i64], sum_ms: f64) -> crate::metrics::Histogra
 /// A line of `sandflow runs list`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
+    /// The run's id.
     pub id: String,
     /// The namespace (tenant) the run belongs to.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// The workflow's `name`.
     pub workflow: String,
+    /// The workflow file, as given when the run started.
     pub file: String,
+    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
     pub status: String,
+    /// 1, plus one per `sandflow resume`.
     pub attempt: u32,
+    /// When it started (RFC 3339).
     pub started_at: String,
+    /// When it ended (RFC 3339).
     pub finished_at: Option<String>,
+    /// Why it failed or was cancelled.
     pub error: Option<String>,
+    /// Steps that succeeded.
     pub succeeded_steps: u32,
+    /// Steps that failed.
     pub failed_steps: u32,
+    /// Steps that were skipped.
     pub skipped_steps: u32,
 }
 
@@ -418,10 +476,13 @@ impl RunDetail {
 /// A worker as it last told the store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerRecord {
+    /// Its name (`--name`, or host and process id).
     pub name: String,
+    /// Its labels (`--label`): the steps whose `runs_on` it meets.
     pub labels: Vec<String>,
     /// Most steps it runs at once.
     pub slots: u32,
+    /// When it started (RFC 3339).
     pub started_at: String,
     /// Its last heartbeat.
     pub seen_at: String,
@@ -431,6 +492,7 @@ pub struct WorkerRecord {
     pub alive: bool,
     /// Attempts it holds now, and of how many runs.
     pub running: u32,
+    /// The runs whose steps it holds now.
     pub runs: u32,
 }
 
@@ -449,23 +511,32 @@ impl WorkerRecord {
 /// A run as recorded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
+    /// The run's id.
     pub id: String,
     /// The namespace (tenant) the run belongs to.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// The workflow's `name`.
     pub workflow: String,
+    /// The workflow file, as given when the run started.
     pub file: String,
+    /// The workflow file's SHA-256 (its text is kept by it).
     pub sha256: String,
+    /// The run's input.
     pub input: Value,
+    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
     pub status: String,
     /// 1, plus one per `sandflow resume`.
     pub attempt: u32,
+    /// When it started (RFC 3339).
     pub started_at: String,
+    /// When it ended (RFC 3339).
     pub finished_at: Option<String>,
     /// The run's output as recorded: JSON text, parsed only by whoever
     /// needs its value (a run of 100,000 steps may output all of theirs,
     /// which `runs show` prints as it is).
     pub output: Option<Box<RawValue>>,
+    /// Why it failed or was cancelled.
     pub error: Option<String>,
     /// `--target`: the steps the run is limited to (none: every step).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -473,6 +544,7 @@ pub struct RunRecord {
     /// What started it, when not a person (a schedule, a webhook).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<TriggerRecord>,
+    /// Its steps, each as last recorded.
     pub steps: Vec<StepRecord>,
 }
 
@@ -491,13 +563,19 @@ pub struct TriggerRecord {
 /// An attempt of a step (or of one `forEach` item) as recorded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttemptRecord {
+    /// The step's id.
     pub step: String,
+    /// Which attempt, from 1.
     pub attempt: u32,
     /// The `forEach` item, for an item's retried attempt.
     pub item: Option<u64>,
+    /// How it ended (`failed`, `succeeded`, ...).
     pub state: String,
+    /// When it was recorded (RFC 3339).
     pub recorded_at: String,
+    /// Its failure's kind (`trap`, `fuel`, `timeout`, ...).
     pub error_kind: Option<String>,
+    /// Its failure's message.
     pub error_message: Option<String>,
     /// The fuel it used (unknown for a `forEach` step's last attempt and in
     /// stores older than the web view).
@@ -507,19 +585,28 @@ pub struct AttemptRecord {
 /// A step of a recorded run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
+    /// The step's id.
     pub step: String,
+    /// Its state's name (`running`, `succeeded`, ...).
     pub state: String,
     /// Attempts made, summed over a `forEach` step's items.
     pub attempts: u32,
     /// A `forEach` step's number of items.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<u32>,
+    /// When it ended (RFC 3339).
     pub finished_at: Option<String>,
+    /// From its first attempt's start to its end.
     pub duration_ms: f64,
+    /// The fuel its attempts used.
     pub fuel_used: i64,
+    /// Its failure's kind (`trap`, `fuel`, `timeout`, ...).
     pub error_kind: Option<String>,
+    /// Its failure's message.
     pub error_message: Option<String>,
+    /// Why it was skipped.
     pub reason: Option<String>,
+    /// Its output (secrets masked).
     pub output: Option<Value>,
     /// Which run attempt (1, or a resume) recorded it.
     pub run_attempt: u32,
@@ -684,7 +771,9 @@ impl EventSink for StoreSink {
 /// Run-scoped state and blobs in the store: state set by one step is seen
 /// by later steps of the run (and by a resume); blobs outlive the process.
 pub struct StoreServices {
+    /// Where state and blobs are kept.
     pub store: Arc<dyn RunStore>,
+    /// The run whose state it is.
     pub run_id: String,
 }
 

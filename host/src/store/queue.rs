@@ -74,9 +74,13 @@ pub struct Outcome {
 /// A job a worker claimed.
 #[derive(Debug, Clone)]
 pub struct Claimed {
+    /// The job's id.
     pub id: i64,
+    /// The run's id.
     pub run_id: String,
+    /// The step's index in the run's plan.
     pub step: usize,
+    /// The `forEach` item's index, for a step over items.
     pub item: Option<usize>,
     /// The attempt number this claim runs (shown in events).
     pub attempt: u32,
@@ -84,15 +88,20 @@ pub struct Claimed {
     pub claim: i64,
     /// The input, with secrets masked, and where.
     pub input: Value,
+    /// Where `input` has masked secrets.
     pub input_secrets: Option<SecretSpans>,
 }
 
 /// How a claimed job's attempt ended.
 #[derive(Debug, Clone)]
 pub struct Finished {
+    /// The job it ran.
     pub job: Claimed,
+    /// Its output, or why it failed.
     pub result: Result<Value, StepFailure>,
+    /// The fuel it used.
     pub fuel_used: u64,
+    /// Its log.
     pub log: StepLog,
     /// The run whose stored result was reused (`cache:`).
     pub cached: Option<String>,
@@ -100,8 +109,11 @@ pub struct Finished {
 
 /// What a worker knows of a run it works on: loaded once per run.
 pub struct RunCtx {
+    /// The prepared workflow, the run's secrets and variables.
     pub ctx: RunContext,
+    /// The run's input.
     pub input: Value,
+    /// Masks the run's secrets in what the worker records.
     pub redactor: Redactor,
     /// Set when this worker lacks secrets the workflow reads: why.
     pub missing_secrets: Option<String>,
@@ -141,8 +153,11 @@ impl RunCtx {
 
 /// A run a worker must look at: how to load it.
 pub struct RunHead {
+    /// The workflow file, as given at submit.
     pub file: String,
+    /// The run's input.
     pub input: Value,
+    /// 1, plus one per `resume` or `retry`.
     pub attempt: u32,
     /// `--target`: the steps the run is limited to.
     pub targets: Vec<String>,
@@ -151,6 +166,7 @@ pub struct RunHead {
     /// Its files: each path as the workflow names it, with its SHA-256
     /// ([`PgStore::files`] reads their bytes).
     pub files: BTreeMap<PathBuf, String>,
+    /// `--components` and `--var`, bound at submit.
     pub binding: Binding,
     /// What started it (`run.trigger`, `run.scheduled_time`).
     pub trigger: crate::exec::RunTrigger,
@@ -644,6 +660,7 @@ impl PgStore {
         Ok((row.get(0), signal))
     }
 
+    /// Whether the run was submitted for workers (not run by one process).
     pub async fn is_queued(&self, run_id: &str) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let row = client.query_opt("SELECT queued FROM runs WHERE id = $1", &[&run_id]).await.map_err(db)?;
@@ -1050,10 +1067,13 @@ fn job_input_secrets(text: Option<String>) -> Option<SecretSpans> {
 /// What a committing worker offers to claim in the same transaction.
 #[derive(Debug, Clone)]
 pub struct Claimer {
+    /// The worker's name.
     pub worker: String,
+    /// Its labels (`runs_on` is matched against them).
     pub labels: Vec<String>,
     /// Its free slots (after the attempts being committed).
     pub slots: usize,
+    /// How long a claim is its own without a heartbeat.
     pub lease: Duration,
     /// Jobs of the run that this transaction did not queue may be ready
     /// (the worker was told so): look for them too.

@@ -35,29 +35,41 @@ pub struct ScheduleTemplate {
     pub workflow: String,
     /// The workflow file's path among `files`.
     pub file: String,
+    /// The workflow file's SHA-256.
     pub sha256: String,
+    /// `--target`: the steps each run is limited to.
     pub targets: Vec<String>,
+    /// `--components` and `--var`, bound when registered.
     pub binding: Binding,
 }
 
 /// A schedule as `sandflow schedule list` shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ScheduleRecord {
+    /// The namespace (tenant) it belongs to.
     pub namespace: String,
     /// `WORKFLOW/NAME`.
     pub name: String,
+    /// The workflow's name.
     pub workflow: String,
+    /// The cron expression, as written.
     pub cron: String,
+    /// Its IANA time zone.
     pub timezone: String,
+    /// `catchup:` (`none`, `one`, `all`).
     pub catchup: String,
+    /// `overlap:` (`allow`, `skip`, `cancel_previous`).
     pub overlap: String,
+    /// Paused (`sandflow schedule pause`): its ticks start nothing.
     pub paused: bool,
     /// The next tick (RFC 3339, in the schedule's zone); none while paused.
     pub next_at: Option<String>,
     /// The last tick handled, how (`started`, `skipped: …`, `refused: …`)
     /// and its run.
     pub last_tick: Option<String>,
+    /// How the last tick was handled.
     pub last_outcome: Option<String>,
+    /// The run the last tick started.
     pub last_run: Option<String>,
 }
 
@@ -75,16 +87,23 @@ pub struct PutSchedules {
 /// A webhook as `serve` takes its deliveries.
 #[derive(Debug, Clone)]
 pub struct HookRecord {
+    /// The hook's name (`POST /hooks/NAME`).
     pub name: String,
+    /// The namespace (tenant) it belongs to.
     pub namespace: String,
+    /// The workflow's name.
     pub workflow: String,
     /// The workflow file's path among its files.
     pub file: String,
+    /// The workflow file's SHA-256.
     pub sha256: String,
     /// The secret (by name) its deliveries are signed with.
     pub secret: String,
+    /// `--target`: the steps each run is limited to.
     pub targets: Vec<String>,
+    /// `--components` and `--var`, bound when registered.
     pub binding: Binding,
+    /// Paused: deliveries are refused.
     pub paused: bool,
     /// Its files: path and SHA-256.
     pub files: Vec<(String, String)>,
@@ -93,14 +112,19 @@ pub struct HookRecord {
 /// A webhook as `sandflow schedule list` shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct HookListing {
+    /// The hook's name (`POST /hooks/NAME`).
     pub name: String,
+    /// The namespace (tenant) it belongs to.
     pub namespace: String,
+    /// The workflow's name.
     pub workflow: String,
     /// The secret's name (never its value: the store does not have it).
     pub secret: String,
+    /// Paused: deliveries are refused.
     pub paused: bool,
     /// When the last delivery was taken, and its run.
     pub last_delivery: Option<String>,
+    /// The run the last delivery started.
     pub last_run: Option<String>,
 }
 
@@ -117,8 +141,11 @@ pub enum Delivered {
 /// A tick handled by [`PgStore::fire_due`].
 #[derive(Debug, Clone)]
 pub struct Fired {
+    /// The schedule's namespace.
     pub namespace: String,
+    /// The schedule (`WORKFLOW/NAME`).
     pub schedule: String,
+    /// The tick's time.
     pub tick: Timestamp,
     /// The run it started, or why none.
     pub outcome: Result<String, String>,

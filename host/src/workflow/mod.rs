@@ -13,7 +13,7 @@ pub mod model;
 mod parse;
 pub mod schema;
 pub mod wait;
-pub mod yaml;
+pub(crate) mod yaml;
 
 pub use depends::{Cond, Depends};
 pub use diagnostic::{Diagnostic, Diagnostics, Location};

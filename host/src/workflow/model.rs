@@ -25,9 +25,11 @@ pub struct Workflow {
     pub text: Arc<str>,
     /// `name`, or the file stem.
     pub name: String,
+    /// `description`, shown by `sandflow workflow show` and the web view.
     pub description: Option<String>,
     /// JSON Schema the run input is checked against before any step starts.
     pub input_schema: Option<Value>,
+    /// `defaults:`: each step's settings where it sets none of its own.
     pub defaults: StepSettings,
     /// The whole run's deadline.
     pub timeout: Option<Duration>,
@@ -41,11 +43,13 @@ pub struct Workflow {
     pub finally_timeout: Duration,
     /// The run's quotas (top-level `quota:`), over all its steps.
     pub quota: QuotaSettings,
+    /// `components:`: named components, by name.
     pub components: BTreeMap<String, ComponentDecl>,
     /// The steps of `steps`, then those of `finally` (flagged `finally`).
     pub steps: Vec<StepDecl>,
     /// How the run output is built; `None`: SPEC §2.6's default.
     pub output: Option<Template>,
+    /// `test.cases` (`sandflow test`).
     pub tests: Vec<TestCase>,
     /// `schedules:`: when runs start by themselves once the file is
     /// registered (`sandflow schedule add`).
@@ -77,9 +81,13 @@ impl Workflow {
 /// Per-attempt settings a step can take from `defaults` or override.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepSettings {
+    /// `timeout:`: each attempt's wall-clock deadline.
     pub timeout: Option<Duration>,
+    /// `fuel:`: each attempt's fuel budget.
     pub fuel: Option<u64>,
+    /// `memory:`: each attempt's memory cap, in bytes.
     pub memory: Option<u64>,
+    /// `retry:`: how a failed attempt is tried again.
     pub retry: Option<RetryPolicy>,
     /// Per-attempt quotas (`quota:`), key by key.
     pub quota: QuotaSettings,
@@ -124,10 +132,12 @@ impl StepSettings {
 pub struct QuotaSettings([Option<u64>; QuotaKind::ALL.len()]);
 
 impl QuotaSettings {
+    /// The value of `kind`, if it is set.
     pub fn get(&self, kind: QuotaKind) -> Option<u64> {
         self.0[kind as usize]
     }
 
+    /// Sets `kind` to `value`.
     pub fn set(&mut self, kind: QuotaKind, value: u64) {
         self.0[kind as usize] = Some(value);
     }
@@ -153,8 +163,11 @@ impl QuotaSettings {
 pub struct RetryPolicy {
     /// Attempts in total, the first included (at least 1).
     pub max_attempts: u32,
+    /// How the wait between attempts grows.
     pub backoff: Backoff,
+    /// The first wait (default 200 ms).
     pub delay: Duration,
+    /// No wait is longer (default 10 s).
     pub max_delay: Duration,
 }
 
@@ -170,9 +183,13 @@ impl Default for RetryPolicy {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the wait between attempts grows (see [`RetryPolicy::delay_after`]).
 pub enum Backoff {
+    /// None: the next attempt starts at once.
     None,
+    /// `delay × n` after attempt `n`.
     Linear,
+    /// `delay × 2^(n-1)` after attempt `n`.
     Exponential,
 }
 
@@ -194,13 +211,17 @@ impl RetryPolicy {
 /// A named component under `components:`.
 #[derive(Debug, Clone)]
 pub struct ComponentDecl {
+    /// Its key under `components:`.
     pub name: String,
     /// The `.wasm` file, resolved against the workflow's directory.
     pub path: PathBuf,
     /// Expected lowercase hex SHA-256, if pinned.
     pub sha256: Option<String>,
+    /// `config:`: the JSON the component reads with `get-config`.
     pub config: Value,
+    /// `grants:`: what it may reach of the host.
     pub grants: GrantsDecl,
+    /// Where it is declared.
     pub at: Location,
 }
 
@@ -209,6 +230,7 @@ pub struct ComponentDecl {
 pub struct GrantsDecl {
     /// Environment variable names passed through.
     pub env: Vec<String>,
+    /// `dirs`: host directories mapped into the guest.
     pub dirs: Vec<DirDecl>,
     /// `http`: outbound HTTP; `None` denies it.
     pub http: Option<crate::sandbox::HttpGrant>,
@@ -219,8 +241,11 @@ pub struct GrantsDecl {
 pub struct DirDecl {
     /// Resolved against the workflow's directory.
     pub host: PathBuf,
+    /// The path the guest sees.
     pub guest: String,
+    /// `mode: rw` (default read-only).
     pub writable: bool,
+    /// Where it is written.
     pub at: Location,
 }
 
@@ -240,9 +265,13 @@ pub enum Target {
 /// The builtins (SPEC §3): they run in the host, without WebAssembly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Builtin {
+    /// `{path}`: a file under the workflow's directory, as text.
     LoadFile,
+    /// `{data}`: stores a blob in the run store; its id is the output.
     PutBlob,
+    /// `{id}`: a stored blob's data.
     GetBlob,
+    /// `{expr}`: a CEL expression's value.
     Eval,
     /// `{duration}` or `{until}`: waits, holding no worker slot (a durable timer).
     Sleep,
@@ -253,6 +282,7 @@ pub enum Builtin {
 }
 
 impl Builtin {
+    /// Every builtin with its name after `/builtin/`.
     pub const ALL: [(&'static str, Builtin); 7] = [
         ("load_file", Builtin::LoadFile),
         ("put_blob", Builtin::PutBlob),
@@ -274,6 +304,7 @@ impl Builtin {
         matches!(self, Builtin::Sleep | Builtin::Signal | Builtin::Approval)
     }
 
+    /// Its name after `/builtin/` (`load_file`).
     pub fn name(self) -> &'static str {
         Builtin::ALL.iter().find(|(_, b)| *b == self).map(|(n, _)| *n).expect("every builtin is listed")
     }
@@ -282,38 +313,52 @@ impl Builtin {
 /// `on_error:`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OnError {
+    /// What a failure does.
     pub action: ErrorAction,
     /// With `continue`: the failed step's output (null when absent).
     pub default_output: Option<Value>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a step's failure does to the run (`on_error:`).
 pub enum ErrorAction {
     #[default]
+    /// `fail` (default): the step fails, and so does the run.
     Fail,
+    /// `continue`: the step fails; steps after it run with its `default_output`.
     Continue,
+    /// `skip`: the step counts as skipped, and so do steps that need it.
     Skip,
 }
 
 /// One step.
 #[derive(Debug, Clone)]
 pub struct StepDecl {
+    /// `id:`, unique in the workflow.
     pub id: String,
     /// Where the step's `id` is written.
     pub at: Location,
+    /// What it runs: a component, a builtin or a nested workflow.
     pub target: Target,
     /// Where `component:` / `workflow:` is written.
     pub target_at: Location,
+    /// `input:`: the template its input is built from.
     pub input: Template,
     /// `needs:`, each with where it is written.
     pub needs: Vec<(String, Location)>,
     /// `depends:`: the outcomes of the steps it names that let it run.
     pub depends: Option<Depends>,
+    /// `when:`: a CEL condition; false skips the step.
     pub when: Option<CelExpr>,
+    /// StepFlow's `skipIf`: a value; true skips the step.
     pub skip_if: Option<Template>,
+    /// `forEach:`: the items it runs once for each.
     pub for_each: Option<Template>,
+    /// `concurrency:`: most `forEach` items running at once.
     pub concurrency: Option<usize>,
+    /// Its attempt settings, over the workflow's `defaults`.
     pub settings: StepSettings,
+    /// `on_error:`.
     pub on_error: OnError,
     /// `runs_on`: labels a worker must have to run the step (distributed
     /// runs only; a run in one process runs every step itself).
@@ -336,12 +381,15 @@ pub struct ScheduleDecl {
     pub name: String,
     /// The cron expression as written, and parsed.
     pub cron: String,
+    /// `cron`, parsed.
     pub parsed: crate::cron::Cron,
     /// An IANA time zone name (`UTC` unless given).
     pub timezone: String,
     /// The input of each run it starts.
     pub input: Value,
+    /// `catchup:`: which missed ticks start runs.
     pub catchup: Catchup,
+    /// `overlap:`: what a tick does while an earlier run runs.
     pub overlap: Overlap,
 }
 
@@ -386,24 +434,30 @@ pub enum Overlap {
 }
 
 impl Catchup {
+    /// Every value with its name as written.
     pub const ALL: [(&str, Catchup); 3] = [("none", Catchup::None), ("one", Catchup::One), ("all", Catchup::All)];
 }
 
 impl Overlap {
+    /// Every value with its name as written.
     pub const ALL: [(&str, Overlap); 3] = [("allow", Overlap::Allow), ("skip", Overlap::Skip), ("cancel_previous", Overlap::CancelPrevious)];
 }
 
 /// One case of `test.cases`.
 #[derive(Debug, Clone)]
 pub struct TestCase {
+    /// `name`, or its place in the list from 1.
     pub name: String,
+    /// The run's input.
     pub input: Value,
     /// `target`: run only these steps and their dependencies (`run --target`).
     pub target: Vec<(String, Location)>,
+    /// What the run must give.
     pub expect: Expectation,
     /// `signals`: what steps that wait for a signal or an approval are
     /// sent, at once (step id, data, where it is written).
     pub signals: Vec<(String, Value, Location)>,
+    /// Where the case is written.
     pub at: Location,
 }
 
