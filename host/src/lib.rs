@@ -10,6 +10,10 @@
 //! - [`trace`]: OpenTelemetry traces of runs (`--otlp`).
 //! - [`metrics`]: the Prometheus text of `/metrics`.
 
+// Every public item says what it is: the library is embedded (see
+// examples/embed.rs), and its users read rustdoc, not the source.
+#![deny(missing_docs)]
+
 pub mod cron;
 pub mod expr;
 pub mod exec;

@@ -13,8 +13,11 @@ pub const DURATION_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 /// How a metric family behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Only goes up (`_total`).
     Counter,
+    /// Goes up and down.
     Gauge,
+    /// Observations in buckets (`_bucket`, `_count`, `_sum`).
     Histogram,
 }
 
@@ -22,8 +25,11 @@ pub enum Kind {
 /// bound of [`DURATION_BUCKETS`] (cumulative), all of them, and their sum.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Histogram {
+    /// Observations at or under each bound, cumulative.
     pub buckets: [u64; DURATION_BUCKETS.len()],
+    /// All observations.
     pub count: u64,
+    /// Their sum.
     pub sum: f64,
 }
 
@@ -43,20 +49,27 @@ impl Histogram {
 /// One sample's value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// A counter's or a gauge's value.
     Number(f64),
+    /// A histogram's buckets, count and sum.
     Histogram(Histogram),
 }
 
 /// A metric family: its samples, each with its labels.
 #[derive(Debug, Clone)]
 pub struct Family {
+    /// Its name (`sandflow_runs_total`).
     pub name: &'static str,
+    /// Its `# HELP` text.
     pub help: &'static str,
+    /// Its `# TYPE`.
     pub kind: Kind,
+    /// Each sample's labels (name, value) and value.
     pub samples: Vec<(Vec<(&'static str, String)>, Value)>,
 }
 
 impl Family {
+    /// A family with no samples yet.
     pub fn new(name: &'static str, kind: Kind, help: &'static str) -> Family {
         Family { name, help, kind, samples: Vec::new() }
     }

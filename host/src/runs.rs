@@ -53,7 +53,7 @@ pub enum Rerun {
 pub struct Recorder {
     /// Where runs are recorded.
     pub store: Arc<dyn RunStore>,
-    /// What runs each step (a [`crate::exec::SandboxRunner`] in sandflow).
+    /// What runs each step (the [`crate::sandbox::Sandbox`] in sandflow).
     pub runner: Arc<dyn StepRunner>,
 }
 

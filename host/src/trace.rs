@@ -36,6 +36,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint of `--otlp URL` (`http://HOST:PORT`; traces go to `/v1/traces`).
     pub fn parse(url: &str) -> Result<Endpoint, String> {
         let rest = url.strip_prefix("http://").ok_or_else(|| {
             format!("--otlp `{url}`: only `http://` endpoints are supported (an OpenTelemetry collector's OTLP/HTTP port, e.g. http://127.0.0.1:4318)")

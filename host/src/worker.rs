@@ -134,6 +134,7 @@ const RUN_CACHE: usize = 256;
 const PREPARED_CACHE: usize = 64;
 
 impl Worker {
+    /// A worker that runs claimed attempts with `runner`; [`Worker::run`] starts it.
     pub fn new(store: Arc<PgStore>, runner: Arc<dyn StepRunner>, config: WorkerConfig) -> Arc<Worker> {
         let (live, live_rx) = mpsc::unbounded_channel();
         Arc::new(Worker {
@@ -154,6 +155,7 @@ impl Worker {
         })
     }
 
+    /// Its name, as the store records it.
     pub fn name(&self) -> &str {
         &self.config.name
     }

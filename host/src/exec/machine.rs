@@ -30,6 +30,7 @@ use std::time::Duration;
 /// Where a run's facts are kept, and where its events go. Reads may wait
 /// (on a database); writes are buffered by the ledger as it likes.
 pub trait Ledger: Send {
+    /// Why a read or a write failed (a database's error).
     type Error: Send;
 
     /// Makes the outputs and outcomes of `steps` readable through
@@ -88,6 +89,7 @@ pub trait Ledger: Send {
 /// What a step that is decided to run starts: its work, and how it waits first.
 #[derive(Debug, Clone)]
 pub struct Launch {
+    /// What it runs with.
     pub work: Work,
     /// Set when it waits ([`core::wait_of`]): a `wait:` step then runs its
     /// work; a builtin that only waits ends when it wakes ([`core::woken`]).
@@ -107,8 +109,11 @@ pub enum Kept {
 /// What a step's attempts (or items) add up to, besides its result.
 #[derive(Debug, Default)]
 pub struct Tally {
+    /// Attempts made (summed over items).
     pub attempts: u32,
+    /// The fuel they used.
     pub fuel_used: u64,
+    /// From the first attempt's start to the end.
     pub duration: Duration,
     /// The last attempt's log (every item's, for a `forEach` step).
     pub log: StepLog,
@@ -181,16 +186,21 @@ pub enum Settled {
 /// How a run ends, before it is told.
 #[derive(Debug, Clone)]
 pub struct RunEnd {
+    /// How the run ends.
     pub state: RunState,
+    /// Its output, for a run that completes.
     pub output: Option<Value>,
+    /// Why it failed or was cancelled.
     pub error: Option<String>,
 }
 
 /// One run's bookkeeping over a ledger.
 pub struct RunMachine<'a, L: Ledger> {
+    /// The run's plan.
     pub plan: &'a Plan,
     /// What decisions read besides outputs (`ending` is the machine's).
     pub facts: RunFacts<'a>,
+    /// What it knows between calls (kept by the driver).
     pub progress: Progress,
     /// Steps whose dependencies have all ended, not yet decided.
     pub ready: VecDeque<usize>,
@@ -198,10 +208,12 @@ pub struct RunMachine<'a, L: Ledger> {
     pub lazy: Option<Lazy>,
     /// A step ended since the demand was last asked.
     changed: bool,
+    /// Where the run's facts are kept and its events go.
     pub ledger: L,
 }
 
 impl<'a, L: Ledger> RunMachine<'a, L> {
+    /// A machine over `plan` that has decided nothing yet this call.
     pub fn new(plan: &'a Plan, facts: RunFacts<'a>, progress: Progress, ledger: L) -> Self {
         RunMachine { plan, facts, progress, ready: VecDeque::new(), lazy: None, changed: true, ledger }
     }

@@ -26,7 +26,9 @@ pub trait Memos: Send + Sync {
 /// masked, and where.
 #[derive(Debug, Clone)]
 pub struct MemoHit {
+    /// The output, secrets masked.
     pub output: Value,
+    /// Where secrets were masked in it.
     pub secrets: Option<SecretSpans>,
     /// The run that stored it.
     pub run_id: String,
@@ -38,11 +40,17 @@ pub struct MemoEntry {
     /// The SHA-256 of what the result depends on (see [`memo_key`]):
     /// never a secret in clear text.
     pub key: String,
+    /// The workflow's name.
     pub workflow: String,
+    /// The step's id.
     pub step: String,
+    /// The component's SHA-256.
     pub component: String,
+    /// The run that stores it.
     pub run_id: String,
+    /// The output, secrets masked.
     pub output: Value,
+    /// Where secrets were masked in it.
     pub secrets: Option<SecretSpans>,
     /// Seconds since the Unix epoch after which it is not reused.
     pub expires_at: f64,

@@ -67,6 +67,7 @@ impl EventSink for NoEvents {
 /// How one run is set up.
 #[derive(Clone)]
 pub struct RunOptions {
+    /// The run's id (a new one by default: see [`new_run_id`]).
     pub run_id: String,
     /// Overrides the workflow's `concurrency` (default: the CPU count).
     pub concurrency: Option<usize>,
@@ -159,22 +160,34 @@ pub fn new_run_id() -> String {
 /// How a step ended.
 #[derive(Debug, Clone)]
 pub struct StepReport {
+    /// The step's id.
     pub id: String,
+    /// Its final state.
     pub state: StepState,
+    /// Attempts made (summed over `forEach` items).
     pub attempts: u32,
+    /// Its output, for a step that succeeded.
     pub output: Option<Value>,
+    /// Why it failed.
     pub error: Option<StepFailure>,
+    /// Why it was skipped.
     pub reason: Option<String>,
+    /// The fuel its attempts used.
     pub fuel_used: u64,
+    /// From its first attempt's start to its end.
     pub duration: Duration,
 }
 
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct RunReport {
+    /// The run's id.
     pub run_id: String,
+    /// How it ended.
     pub state: RunState,
+    /// Its output, for a run that completed.
     pub output: Option<Value>,
+    /// Why it failed or was cancelled.
     pub error: Option<String>,
     /// Set when the end of the run could not be recorded (the record says
     /// it is still running): the run is `failed` with this message.
@@ -187,7 +200,9 @@ pub struct RunReport {
 /// secrets it reads that this process lacks (whether that stops it is the
 /// caller's to say: a process that runs steps needs them, `submit` does not).
 pub struct Entry {
+    /// The workflow, limited to the run's targets.
     pub prepared: Prepared,
+    /// The secrets it reads that this process does not have, each with where it is read.
     pub missing_secrets: Option<crate::workflow::Diagnostics>,
 }
 
@@ -386,10 +401,12 @@ impl RunContext {
         }))
     }
 
+    /// The run's prepared workflow.
     pub fn prepared(&self) -> &Arc<Prepared> {
         &self.0.prepared
     }
 
+    /// The run's secrets' values.
     pub fn secrets(&self) -> &BTreeMap<String, String> {
         &self.0.secrets
     }
@@ -1109,8 +1126,11 @@ async fn attempts(ctx: &Ctx, step: usize, input: Value, item: Option<usize>, sin
 
 /// How one attempt of a step ended.
 pub struct Attempted {
+    /// Its output, or why it failed.
     pub result: Result<Value, StepFailure>,
+    /// The fuel it used.
     pub fuel_used: u64,
+    /// Its log.
     pub log: StepLog,
     /// Set when a stored result was reused (`cache:`): the run that stored it.
     pub cached: Option<String>,

@@ -19,10 +19,13 @@ pub const MAX_NESTING: usize = 8;
 pub struct PreparedComponent {
     /// Its SHA-256: how the step runner knows it.
     pub sha256: String,
+    /// `config:`: what it reads with `get-config`.
     pub config: Value,
     /// Env grants hold names; values are read from the host when a step starts.
     pub env: Vec<String>,
+    /// Granted directories.
     pub dirs: Vec<DirGrant>,
+    /// Outbound HTTP, when granted.
     pub http: Option<Arc<HttpGrant>>,
 }
 
@@ -36,6 +39,7 @@ impl PreparedComponent {
 
 /// A plan with everything it needs loaded.
 pub struct Prepared {
+    /// The plan.
     pub plan: Arc<Plan>,
     /// For each step: its component, when it runs one.
     pub components: Vec<Option<Arc<PreparedComponent>>>,
@@ -90,6 +94,7 @@ impl Prepared {
 /// Where preparing reads workflow files and components: the local disk, or
 /// (on a worker) the files a submitted run was recorded with.
 pub trait Files: Sync {
+    /// The file's bytes.
     fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
 }
 
@@ -106,7 +111,9 @@ impl Files for Disk {
 /// files a run needs, for the store.
 #[derive(Default)]
 pub struct Recording<F> {
+    /// Where files are read.
     pub inner: F,
+    /// Every file read, by path.
     pub seen: std::sync::Mutex<std::collections::BTreeMap<PathBuf, Vec<u8>>>,
 }
 

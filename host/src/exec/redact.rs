@@ -57,6 +57,7 @@ pub struct MaskedString {
 }
 
 impl Redactor {
+    /// Masks the values of `secrets` (empty values are not secrets).
     pub fn new(secrets: &BTreeMap<String, String>) -> Self {
         let mut values: Vec<(String, String)> =
             secrets.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (v.clone(), k.clone())).collect();
@@ -65,10 +66,12 @@ impl Redactor {
         Redactor { values }
     }
 
+    /// Whether there is nothing to mask.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
 
+    /// `s` with each secret value replaced by `***`.
     pub fn text(&self, s: &str) -> String {
         self.text_spans(s).0
     }
@@ -156,10 +159,12 @@ impl Redactor {
         }
     }
 
+    /// `f` with its message masked.
     pub fn failure(&self, f: &StepFailure) -> StepFailure {
         StepFailure { message: self.text(&f.message), ..f.clone() }
     }
 
+    /// `e` with every text it carries masked (log lines, errors, outputs, inputs).
     pub fn event(&self, e: &Event) -> Event {
         let mut e = e.clone();
         match &mut e {

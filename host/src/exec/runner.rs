@@ -13,12 +13,15 @@ use std::time::Duration;
 /// One attempt of a component step, as data.
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// The component's lowercase hex SHA-256, as [`StepRunner::load`] returned it.
+    /// The component's lowercase hex SHA-256, as [`Loader::load`] returned it.
     pub component: String,
+    /// The step's input.
     pub input: Value,
     /// The component's static config (`config.get()`).
     pub config: Value,
+    /// Fuel, memory, deadline and quotas of the attempt.
     pub limits: Limits,
+    /// What it may reach of the host.
     pub grants: Grants,
 }
 

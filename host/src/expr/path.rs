@@ -6,8 +6,11 @@ use serde_json::Value;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// One step of a path.
 pub enum Segment {
+    /// `.name` or `["name"]`: an object's key.
     Key(String),
+    /// `[0]`: an array's item.
     Index(usize),
 }
 

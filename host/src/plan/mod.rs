@@ -17,6 +17,7 @@ use std::sync::Arc;
 /// A workflow whose steps form a valid DAG.
 #[derive(Debug)]
 pub struct Plan {
+    /// The workflow planned.
     pub workflow: Arc<Workflow>,
     /// Dependencies of each step (indexes into `workflow.steps`), sorted.
     pub deps: Vec<Vec<usize>>,

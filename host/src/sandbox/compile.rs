@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 /// engine initializes memory copy-on-write), within `time` and `memory`.
 #[derive(Debug, Clone)]
 pub struct CompileLimits {
+    /// The program to run (this sandflow binary).
     pub program: PathBuf,
+    /// Its arguments, before the component's path.
     pub args: Vec<OsString>,
     /// Wall-clock time a compile may take.
     pub time: Duration,
@@ -124,7 +126,7 @@ pub(crate) fn in_child(limits: &CompileLimits, memory_init_cow: bool, bytes: &[u
     })
 }
 
-/// The child's side of [`in_child`]: reads a component from stdin,
+/// The child's side of a sandbox's compile in a child process: reads a component from stdin,
 /// compiles it for an engine like the sandbox's (`memory_init_cow` as its
 /// is) and writes the compiled code to stdout. Returns the exit code: 0
 /// compiled, 3 not a valid component (said on stderr), 1 anything else.

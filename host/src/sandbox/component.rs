@@ -87,15 +87,19 @@ pub struct LoadError {
 #[non_exhaustive]
 pub enum LoadErrorKind {
     #[error("cannot read the file: {0}")]
+    /// The file could not be read.
     Io(#[source] std::io::Error),
     #[error("not a WebAssembly file (it does not start with the `\\0asm` magic bytes)")]
+    /// Not WebAssembly at all.
     NotWasm,
     #[error(
         "a core WebAssembly module, not a component; build for the `wasm32-wasip2` target, \
          or wrap the module with `wasm-tools component new`"
     )]
+    /// A core module, not a component.
     CoreModule,
     #[error("not a valid WebAssembly component: {0}")]
+    /// WebAssembly that does not validate.
     Invalid(String),
     /// It does not export `run`; also lists the imports sandflow does not link.
     #[error(
@@ -104,6 +108,7 @@ pub enum LoadErrorKind {
     )]
     NotAStep(Vec<String>),
     #[error("not a sandflow step: {0} (expected the world {STEP_WORLD}, see wit/step.wit)")]
+    /// It exports `run` with another signature, or imports something sandflow does not link.
     WrongWorld(String),
     /// Compiling it went past a limit ([`crate::sandbox::CompileLimits`]).
     #[error("{0}")]

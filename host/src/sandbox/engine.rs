@@ -30,11 +30,14 @@ pub enum AllocatorChoice {
 /// The allocator an engine ended up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AllocatorKind {
+    /// Instances come from a pool of slots reserved up front (the default).
     Pooling,
+    /// Each instance is allocated when made (the pool could not be reserved).
     OnDemand,
 }
 
 impl AllocatorKind {
+    /// Its name, as `sandflow inspect` and the metrics say it.
     pub fn as_str(self) -> &'static str {
         match self {
             AllocatorKind::Pooling => "pooling",

@@ -15,12 +15,19 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogSource {
+    /// The guest's standard output.
     Stdout,
+    /// The guest's standard error.
     Stderr,
+    /// `log(trace, ...)`.
     Trace,
+    /// `log(debug, ...)`.
     Debug,
+    /// `log(info, ...)`.
     Info,
+    /// `log(warn, ...)`.
     Warn,
+    /// `log(error, ...)`.
     Error,
 }
 
@@ -47,13 +54,16 @@ impl LogSource {
 /// One line of a step's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
+    /// Where it came from.
     pub source: LogSource,
+    /// Its text, without the newline.
     pub text: String,
 }
 
 /// A finished step's log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepLog {
+    /// The lines kept, in order.
     pub lines: Vec<LogLine>,
     /// Bytes written past the cap and dropped.
     pub dropped_bytes: u64,

@@ -138,7 +138,9 @@ pub struct StepRequest {
     pub input: Value,
     /// The component's static config (`config.get()` in the guest).
     pub config: Value,
+    /// Fuel, memory, deadline and quotas.
     pub limits: Limits,
+    /// What the guest may reach of the host.
     pub grants: Grants,
     /// Where the guest's key-value state and blobs go.
     pub services: Arc<dyn HostServices>,
@@ -173,10 +175,15 @@ pub struct StepOutcome {
 /// What a component says about itself through `describe`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ComponentInfo {
+    /// Its name.
     pub name: String,
+    /// Its version.
     pub version: String,
+    /// What it does.
     pub description: String,
+    /// The JSON Schema its input meets.
     pub input_schema: Option<Value>,
+    /// The JSON Schema its output meets.
     pub output_schema: Option<Value>,
 }
 

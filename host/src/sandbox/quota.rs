@@ -38,6 +38,7 @@ pub enum QuotaKind {
 }
 
 impl QuotaKind {
+    /// Every kind, in the order `sandflow` lists them.
     pub const ALL: [QuotaKind; 7] = [
         QuotaKind::BlobBytes,
         QuotaKind::Blobs,
@@ -61,6 +62,7 @@ impl QuotaKind {
         }
     }
 
+    /// The kind named by [`QuotaKind::key`].
     pub fn from_key(key: &str) -> Option<QuotaKind> {
         QuotaKind::ALL.into_iter().find(|k| k.key() == key)
     }
@@ -107,12 +109,19 @@ impl QuotaKind {
 /// or per run ([`Quota::RUN`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
+    /// Bytes of blobs stored.
     pub blob_bytes: u64,
+    /// Blobs stored.
     pub blobs: u64,
+    /// Bytes of state values and keys stored.
     pub state_bytes: u64,
+    /// State keys set.
     pub state_keys: u64,
+    /// Bytes of log kept (stdout, stderr and `log`).
     pub log: u64,
+    /// Resources (streams, requests, pollables) held at once.
     pub handles: u64,
+    /// Outbound HTTP requests sent.
     pub http_requests: u64,
 }
 
@@ -126,6 +135,7 @@ impl Quota {
     pub const RUN: Quota =
         Quota { blob_bytes: 1 << 30, blobs: 100_000, state_bytes: 256 << 20, state_keys: 100_000, log: 32 << 20, handles: u64::MAX, http_requests: u64::MAX };
 
+    /// The limit on `kind`.
     pub fn get(&self, kind: QuotaKind) -> u64 {
         match kind {
             QuotaKind::BlobBytes => self.blob_bytes,
@@ -138,6 +148,7 @@ impl Quota {
         }
     }
 
+    /// Sets the limit on `kind`.
     pub fn set(&mut self, kind: QuotaKind, value: u64) {
         match kind {
             QuotaKind::BlobBytes => self.blob_bytes = value,
@@ -166,7 +177,9 @@ impl Default for Quota {
 /// Whose quota was exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaScope {
+    /// The attempt's own quota.
     Attempt,
+    /// The whole run's quota, over all its steps.
     Run,
 }
 
@@ -175,8 +188,11 @@ pub enum QuotaScope {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.message())]
 pub struct QuotaExceeded {
+    /// Which quota.
     pub kind: QuotaKind,
+    /// The attempt's or the run's.
     pub scope: QuotaScope,
+    /// The limit that was reached.
     pub limit: u64,
 }
 
@@ -291,6 +307,7 @@ struct LogUsage {
 }
 
 impl RunMeter {
+    /// Meters what `inner` holds for a run against `quota`.
     pub fn new(inner: std::sync::Arc<dyn HostServices>, quota: Quota) -> Self {
         RunMeter { inner, quota, used: Default::default(), log: Mutex::default() }
     }

@@ -23,10 +23,13 @@ use serde_json::Value;
 pub struct DueSchedule {
     /// `WORKFLOW/NAME`.
     pub name: String,
+    /// The workflow's name.
     pub workflow: String,
     /// The workflow file's path, as `schedule add` was given it (absolute).
     pub file: String,
+    /// The input of each run.
     pub input: Value,
+    /// `--target`: the steps each run is limited to.
     pub targets: Vec<String>,
     cron: String,
     timezone: String,

@@ -358,7 +358,9 @@ const MIGRATION_LOCK: i64 = 0x5341_4e44_464c_4f57; // "SANDFLOW"
 /// How many connections a process holds, and what the server calls them.
 #[derive(Debug, Clone)]
 pub struct Connections {
+    /// Most connections open at once (a worker that needs one more waits).
     pub max: usize,
+    /// `application_name`, as `pg_stat_activity` shows it.
     pub name: String,
 }
 

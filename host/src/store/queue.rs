@@ -13,7 +13,7 @@
 //!
 //! The run's bookkeeping is [`crate::exec::machine`]'s, the same state
 //! machine the in-process dispatcher drives: this module is its
-//! [`Ledger`] over the run's rows ([`PgLedger`]) and the queue's own
+//! [`Ledger`] over the run's rows (`PgLedger`) and the queue's own
 //! mechanics (jobs, claims, leases, retries as jobs, `forEach` items as
 //! jobs), in SQL.
 //!

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The schema this build reads and writes: the number of [`MIGRATIONS`].
+/// The schema this build reads and writes: the number of its migrations.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// `MIGRATIONS[n]` takes a store from schema version `n` to `n + 1`. Only

@@ -24,6 +24,7 @@ pub enum Role {
 }
 
 impl Role {
+    /// Its name (`operator`).
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
@@ -47,10 +48,15 @@ impl Role {
 /// A token as the store keeps it (no secret in it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRecord {
+    /// The token's name (unique; the audit log names it).
     pub name: String,
+    /// The namespaces it may act in.
     pub namespaces: Vec<String>,
+    /// What it may do there.
     pub role: Role,
+    /// When it was made (RFC 3339).
     pub created_at: String,
+    /// When it was revoked (RFC 3339): it is refused from then on.
     pub revoked_at: Option<String>,
 }
 
@@ -92,6 +98,7 @@ pub fn new_token() -> Result<String, StoreError> {
 /// A namespace's limits and what it uses of them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NamespaceRecord {
+    /// The namespace's name.
     pub name: String,
     /// Most runs in flight at once (none: no limit).
     pub max_runs: Option<u64>,
@@ -113,14 +120,18 @@ pub struct NamespaceRecord {
 /// `Some(None)` lifts it, `Some(Some(n))` sets it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NamespaceLimits {
+    /// Most runs in flight at once.
     pub max_runs: Option<Option<u64>>,
+    /// Most bytes of files kept.
     pub max_stored: Option<Option<u64>>,
+    /// Most attempts running at once across every worker.
     pub max_steps: Option<Option<u64>>,
 }
 
 /// One action, as the audit log keeps it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuditRecord {
+    /// When (RFC 3339).
     pub at: String,
     /// Which token did it (`admin`: `serve --token`; `cli:USER`: the
     /// `sandflow token` command, run with the database's credentials).
@@ -129,9 +140,11 @@ pub struct AuditRecord {
     pub namespace: Option<String>,
     /// `submit`, `upload`, `cancel`, `resume`, `retry`, `token create`, `token revoke`.
     pub action: String,
+    /// The run it acted on.
     pub run_id: Option<String>,
     /// `done`, or `refused: why`.
     pub outcome: String,
+    /// What else it said (a token's name, a `--from` step).
     pub detail: Option<String>,
 }
 

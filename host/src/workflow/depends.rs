@@ -16,9 +16,13 @@ use super::diagnostic::{Diagnostic, Location};
 pub enum Cond {
     /// A bare id: the step allows its dependents to run.
     Allows,
+    /// `ID.Succeeded`.
     Succeeded,
+    /// `ID.Failed`.
     Failed,
+    /// `ID.Skipped`.
     Skipped,
+    /// `ID.Cancelled`.
     Cancelled,
     /// A `forEach` step with at least one item that succeeded (any other
     /// step: it succeeded).
@@ -57,7 +61,9 @@ impl Cond {
 /// A parsed `depends:` expression.
 #[derive(Debug, Clone)]
 pub struct Depends {
+    /// The expression as written.
     pub text: String,
+    /// Where it is written.
     pub at: Location,
     expr: Expr,
 }

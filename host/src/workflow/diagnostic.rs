@@ -8,8 +8,11 @@ use std::sync::Arc;
 /// A place in a workflow file (line and column count from 1).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Location {
+    /// The workflow file.
     pub file: Arc<Path>,
+    /// The line, from 1.
     pub line: usize,
+    /// The column, from 1.
     pub column: usize,
 }
 
@@ -29,16 +32,21 @@ impl fmt::Display for Location {
 /// One problem: where, what, and (when there is one) what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// Where the problem is.
     pub location: Location,
+    /// What is wrong.
     pub message: String,
+    /// What to do about it.
     pub hint: Option<String>,
 }
 
 impl Diagnostic {
+    /// A problem at `location`, with no hint yet.
     pub fn new(location: &Location, message: impl Into<String>) -> Self {
         Diagnostic { location: location.clone(), message: message.into(), hint: None }
     }
 
+    /// Adds what to do about it.
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
@@ -59,7 +67,9 @@ impl fmt::Display for Diagnostic {
 /// loading, planning and validating a workflow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Diagnostics {
+    /// The workflow file.
     pub file: PathBuf,
+    /// Each problem, in file order.
     pub problems: Vec<Diagnostic>,
 }
 
