@@ -321,6 +321,19 @@ pub fn rerun_steps(plan: &crate::plan::Plan, rerun: &Rerun) -> Result<std::colle
     Ok(again)
 }
 
+/// Loads the workflow at `file` to be submitted to workers: parsed,
+/// planned and every component checked without compiling it (workers
+/// compile what they run), with every file it read (the workflow, nested
+/// workflows, components), which [`submit`] records with the run so that
+/// each worker runs exactly these bytes. `components` is a StepFlow
+/// `--components` file. Blocks while it reads and checks: call it from
+/// `spawn_blocking` in async code.
+pub fn load_for_submit(file: &Path, components: Option<&Path>) -> Result<(Prepared, crate::store::queue::RunFiles), crate::workflow::Diagnostics> {
+    let files = crate::exec::Recording { inner: crate::exec::Disk, seen: Default::default() };
+    let prepared = crate::exec::load_from_with(file, &crate::exec::ComponentCheck, &files, components)?;
+    Ok((prepared, files.seen.into_inner().unwrap_or_else(|e| e.into_inner())))
+}
+
 /// Queues a run of `prepared` (read from `file`, with `files` as read) in a
 /// PostgreSQL store for workers; returns its id at once.
 pub async fn submit(

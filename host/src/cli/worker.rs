@@ -158,15 +158,10 @@ pub(crate) async fn load_for_submit(
     out: &Output,
 ) -> Result<(sandflow::exec::Prepared, sandflow::store::queue::RunFiles), CliError> {
     let (path, components) = (file.to_path_buf(), components.file.clone());
-    let (prepared, files) = tokio::task::spawn_blocking(move || {
-        let files = sandflow::exec::Recording { inner: sandflow::exec::Disk, seen: Default::default() };
-        let prepared = sandflow::exec::load_from_with(&path, &sandflow::exec::ComponentCheck, &files, components.as_deref());
-        (prepared, files.seen.into_inner().expect("not poisoned"))
-    })
-    .await
-    .map_err(|e| CliError { code: exit::FAILED, message: format!("loading components failed: {e}") })?;
-    let prepared = prepared.map_err(|d| workflow_cmd::report(out, d))?;
-    Ok((prepared, files))
+    tokio::task::spawn_blocking(move || sandflow::runs::load_for_submit(&path, components.as_deref()))
+        .await
+        .map_err(|e| CliError { code: exit::FAILED, message: format!("loading components failed: {e}") })?
+        .map_err(|d| workflow_cmd::report(out, d))
 }
 
 /// What a submitted run is bound to, from the flags `submit` and `run`
