@@ -721,6 +721,13 @@ impl PgStore {
         let tx = conn.client();
         let mut pipe = Pipe::default();
         pipe.push("BEGIN", params![]);
+        // The statements of a run's transaction are the same few, prepared
+        // once per connection, with parameters that change nothing of how
+        // they are best run (a run's id, its steps' indexes). PostgreSQL
+        // would plan each one again at every execution (a custom plan costs
+        // no more than its estimate of the generic one's), 40-130 µs a
+        // statement, 0.5 ms of a chain step's commit: plan them once.
+        pipe.push("SET LOCAL plan_cache_mode = force_generic_plan", params![]);
         let lock: [&(dyn ToSql + Sync); 1] = [&run_id];
         let busy: [&(dyn ToSql + Sync); 3] = [&run_id, &held.ids, &held.claims];
         let jobs: [&(dyn ToSql + Sync); 2] = [&held.ids, &held.claims];
