@@ -194,6 +194,44 @@ wall(sandflow + ["call", component, "--input", '{"n": 1}'])
 t_wasmtime = median(lambda: wall([args.wasmtime, "run", "--invoke", invoke, component]), max(args.rounds, 10))
 t_call = median(lambda: wall(sandflow + ["-q", "call", component, "--input", '{"n": 1}']), max(args.rounds, 10))
 
+# --- a step per language: per call in a 200-item forEach (issue 29) ---
+# Each component's step over 200 items at concurrency 1, the compiled
+# artifact cached: the step's own duration (instantiate + call per item,
+# as the run's `step_finished` event says) over 200. The three take turns.
+dist = os.path.dirname(component)
+languages = {
+    "Python": ("textstats", '{ text: "It works. It really works!", top: 3 }', ", config: { stopwords: [the, a] }"),
+    "JavaScript": ("template", '{ template: { $literal: "# {{ t }}" }, data: { t: hi } }', ""),
+    "Rust": ("text", "{ op: upper, text: hi }", ""),
+}
+ITEMS = 200
+per_call_files = {}
+for lang, (name, step_input, config) in languages.items():
+    path = os.path.join(args.scratch, f"per-call-{name}.yaml")
+    with open(path, "w") as f:
+        f.write(
+            f"name: per-call-{name}\ncomponents:\n  c: {{ path: {os.path.join(dist, name + '.wasm')}{config} }}\n"
+            f"steps:\n  - id: each\n    component: c\n    concurrency: 1\n    forEach: {list(range(ITEMS))}\n    input: {step_input}\n"
+        )
+    per_call_files[lang] = path
+    wall(sandflow + ["-q", "run", path])  # compile and cache
+
+
+def per_call(path):
+    out = subprocess.run(sandflow + ["-q", "run", "--json", path], check=True, capture_output=True, text=True).stderr
+    for line in out.splitlines():
+        event = json.loads(line)
+        if event.get("event") == "step_finished" and event.get("step") == "each":
+            return event["duration_ms"] / 1e3 / ITEMS
+    raise SystemExit(f"{path}: no step_finished event")
+
+
+samples = collections.defaultdict(list)
+for _ in range(args.rounds):
+    for lang, path in per_call_files.items():
+        samples[lang].append(per_call(path))
+call_of = {lang: statistics.median(v) for lang, v in samples.items()}
+
 us = lambda s: f"{s * 1e6:.1f} µs"
 ms = lambda s: f"{s * 1e3:.1f} ms"
 cpu = os.cpu_count()
@@ -216,3 +254,6 @@ print(f"| the machine's own ceiling: two `wasmtime run` of `spin` at once agains
 print(f"| forEach over 100,000 items of `echo`: peak RSS | {foreach_rss:.0f} MiB | in {foreach_time:.1f} s | ≤ 200 MiB |")
 print(f"| `runs list` with a 100,000-step run in the store | {ms(t_list)} | | < 100 ms |")
 print(f"| `runs show` of that run | {ms(t_show)} | | < 100 ms |")
+print(f"| Python step (`textstats`, componentize-py) per call, {ITEMS}-item forEach | {ms(call_of['Python'])} | {call_of['Python'] / call_of['Rust']:.0f}× the Rust step's | ≤ 1 ms |")
+print(f"| JavaScript step (`template`, componentize-js) per call, {ITEMS}-item forEach | {ms(call_of['JavaScript'])} | {call_of['JavaScript'] / call_of['Rust']:.0f}× the Rust step's | ≤ 0.25 ms |")
+print(f"| Rust step (`text`) per call, {ITEMS}-item forEach | {us(call_of['Rust'])} | 1 | |")

