@@ -44,30 +44,35 @@ fn ended(state: RunState, output: Option<Value>, error: Option<String>) -> Resul
     }
 }
 
-/// Runs the workflow at `path` with `input` in this process: its output,
-/// or why it did not complete (a workflow that does not load says each
-/// problem's place).
-async fn run(path: &Path, input: Value) -> Result<Value, String> {
+/// The workflow at `path` ready to run with `input` in this process, in
+/// its own sandbox: parsed, planned, every component loaded (compiled) and
+/// checked against its grants, and the input against the workflow's schema
+/// (no secrets here). A workflow that does not load says each problem's place.
+fn prepare(path: &Path, input: &Value) -> Result<(Arc<Sandbox>, Arc<exec::Prepared>), String> {
     let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).map_err(|e| e.to_string())?);
-    // Parse, plan, and load (compile) every component, checked against its grants.
     let prepared = exec::load(path, sandbox.as_ref()).map_err(|problems| problems.to_string())?;
-    // The input against the workflow's schema; no secrets here.
-    let entry = exec::enter(&prepared, &[], &input, &Default::default()).map_err(|refused| refused.to_string())?;
+    let entry = exec::enter(&prepared, &[], input, &Default::default()).map_err(|refused| refused.to_string())?;
+    Ok((sandbox, Arc::new(entry.prepared)))
+}
+
+/// Runs the workflow at `path` with `input` in this process: its output,
+/// or why it did not complete.
+async fn run(path: &Path, input: Value) -> Result<Value, String> {
+    let (sandbox, prepared) = prepare(path, &input)?;
     let executor = Executor::new(sandbox, Arc::new(Steps));
-    let report = executor.run(Arc::new(entry.prepared), input, RunOptions::default(), CancellationToken::new()).await;
+    let report = executor.run(prepared, input, RunOptions::default(), CancellationToken::new()).await;
     ended(report.state, report.output, report.error)
 }
 
-/// The same run recorded in the SQLite store at `url` (`sqlite:PATH`):
-/// its id with its output, or why it did not complete.
-async fn run_recorded(url: &str, path: &Path, input: Value) -> Result<(String, Value), String> {
-    let store = sandflow::store::open(&StoreUrl::parse(url).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).map_err(|e| e.to_string())?);
-    let prepared = exec::load(path, sandbox.as_ref()).map_err(|problems| problems.to_string())?;
-    let entry = exec::enter(&prepared, &[], &input, &Default::default()).map_err(|refused| refused.to_string())?;
+/// The same run recorded in the store at `url` (a SQLite file; a
+/// PostgreSQL store is given to [`submit_and_follow`] instead): its id with
+/// its output, or why it did not complete.
+async fn run_recorded(url: &StoreUrl, path: &Path, input: Value) -> Result<(String, Value), String> {
+    let store = sandflow::store::open(url).await.map_err(|e| e.to_string())?;
+    let (sandbox, prepared) = prepare(path, &input)?;
     let recorder = Recorder { store, runner: sandbox };
     let report = recorder
-        .start(Arc::new(entry.prepared), path, input, Settings::default(), Arc::new(Steps), CancellationToken::new())
+        .start(prepared, path, input, Settings::default(), Arc::new(Steps), CancellationToken::new())
         .await
         .map_err(|e| e.to_string())?;
     Ok((report.run_id.clone(), ended(report.state, report.output, report.error)?))
@@ -111,19 +116,18 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let path = Path::new(path);
-    let result = match store {
-        None => run(path, input).await,
-        Some(url) if url.starts_with("postgres") => submit_and_follow(url, path, input).await.map(|(id, output)| {
-            eprintln!("run {id}");
-            output
-        }),
-        Some(url) => run_recorded(url, path, input).await.map(|(id, output)| {
-            eprintln!("run {id}");
-            output
-        }),
+    // Which way the run goes is the store URL's kind, as `--store` reads it.
+    let result = match store.map(StoreUrl::parse).transpose() {
+        Err(bad) => Err(bad.to_string()),
+        Ok(None) => run(path, input).await.map(|output| (None, output)),
+        Ok(Some(StoreUrl::Postgres(url))) => submit_and_follow(&url, path, input).await.map(|(id, output)| (Some(id), output)),
+        Ok(Some(url)) => run_recorded(&url, path, input).await.map(|(id, output)| (Some(id), output)),
     };
     match result {
-        Ok(output) => {
+        Ok((id, output)) => {
+            if let Some(id) = id {
+                eprintln!("run {id}");
+            }
             println!("{output}");
             std::process::ExitCode::SUCCESS
         }
@@ -154,10 +158,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_recorded_run_is_in_the_store_with_its_output() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("runs.db").display());
+        let url = sandflow::store::StoreUrl::Sqlite(dir.path().join("runs.db"));
         let (id, output) = super::run_recorded(&url, &diamond(), json!({ "text": "Hi" })).await.unwrap();
         assert_eq!(output, json!({ "text": "HI / hi" }));
-        let store = sandflow::store::open(&sandflow::store::StoreUrl::parse(&url).unwrap()).await.unwrap();
+        let store = sandflow::store::open(&url).await.unwrap();
         let record = store.run(&id, sandflow::store::RunDetail::Full).await.unwrap();
         assert_eq!(record.status, "completed");
         assert_eq!(record.steps.len(), 4, "{:?}", record.steps);
