@@ -290,3 +290,47 @@ fn terminal_control_sequences_a_step_writes_are_shown_escaped() {
     assert_eq!(lines[2]["text"], "\roverwritten \u{9b}31m line");
     assert!(!raw(&out), "{out:?}");
 }
+
+/// The first `call` of a large component never compiled on this machine
+/// runs on quickly compiled code (Winch) and says so; the optimized code
+/// is made in the background, and a later `call` runs on it, with the same
+/// output. (`validate.wasm`, 2.6 MB, is over the 1 MiB from which
+/// components are compiled quickly first; Rust steps under it are not.)
+#[test]
+fn a_first_call_of_a_large_component_runs_on_quick_code_then_optimized_code() {
+    let s = state();
+    let call = |json: bool| {
+        let mut cmd = sandflow(&s);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.arg("call").arg(example("validate")).args(["--config", r#"{"schema": {"type": "array"}}"#, "--input", "[1, 2]"]);
+        run(&mut cmd)
+    };
+    let (code, out, err) = call(false);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([1, 2]));
+    assert!(err.contains("on quickly compiled code: later calls use optimized code"), "{err}");
+    // Until the background compile has written the optimized code, calls
+    // read the quick code from the cache; then they run on Cranelift's.
+    let cache = s.path().join("cache").join("components");
+    let waited = std::time::Instant::now();
+    loop {
+        let names: Vec<String> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        if names.len() == 1 && names[0].ends_with(".cwasm") {
+            break;
+        }
+        assert!(waited.elapsed() < std::time::Duration::from_secs(300), "the optimized code was not written: {names:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, out, err) = call(true);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([1, 2]));
+    let finished: Value = err.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| e["event"] == "step_finished").unwrap();
+    assert_eq!(finished["compiler"], "cranelift", "{err}");
+    // A small Rust step is compiled with Cranelift from the start.
+    let (code, _, err) = run(sandflow(&s).args(["--json", "call"]).arg(example("echo")).args(["--input", "1"]));
+    assert_eq!(code, 0, "{err}");
+    let finished: Value = err.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| e["event"] == "step_finished").unwrap();
+    assert_eq!(finished["compiler"], "cranelift", "{err}");
+}

@@ -1,9 +1,10 @@
 //! The sandbox as a library: every hostile component at once, in one
-//! process, beside well-behaved steps.
+//! process, beside well-behaved steps, on Cranelift's code and on Winch's
+//! (a component's first runs under `QuickCompile`).
 
 use crate::support::{example, hostile};
 use sandflow::failure::FailureKind;
-use sandflow::sandbox::{CancellationToken, Limits, MemoryServices, Quota, Sandbox, SandboxConfig, StepOutcome, StepRequest};
+use sandflow::sandbox::{CancellationToken, Compiler, Limits, MemoryServices, QuickCompile, Quota, Sandbox, SandboxConfig, StepOutcome, StepRequest};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,26 @@ fn limits() -> Limits {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_steps_fail_cleanly_while_good_steps_succeed() {
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+    hostile_and_good_steps(Arc::new(Sandbox::new(SandboxConfig::default()).unwrap()), Compiler::Cranelift).await;
+}
+
+/// Every limit holds on Winch's code as on Cranelift's: fuel, the
+/// deadline (epoch interruption), the memory cap, the stack, traps, the
+/// output checks, the quotas, and the escapes see nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_steps_fail_cleanly_on_quickly_compiled_code_too() {
+    let cache = tempfile::tempdir().unwrap();
+    // Every component is compiled quickly; nothing is optimized in the
+    // background here (`true` does nothing): this test is about Winch's code.
+    let quick = QuickCompile { program: "true".into(), args: Vec::new(), min_size: 0 };
+    let config = SandboxConfig { cache_dir: Some(cache.path().to_path_buf()), quick_compile: Some(quick), ..SandboxConfig::default() };
+    hostile_and_good_steps(Arc::new(Sandbox::new(config).unwrap()), Compiler::Winch).await;
+}
+
+/// Runs every hostile component beside good ones, all at once, on
+/// `sandbox`, whose code for each is `compiler`'s: each fails with its
+/// kind, the good ones return their outputs.
+async fn hostile_and_good_steps(sandbox: Arc<Sandbox>, compiler: Compiler) {
     let short = Limits { timeout: Duration::from_millis(500), fuel: u64::MAX / 2, ..limits() };
     // (component, input, limits, expected kind or None for success)
     let cases: Vec<(std::path::PathBuf, Value, Limits, Option<FailureKind>)> = vec![
@@ -49,6 +69,9 @@ async fn hostile_steps_fail_cleanly_while_good_steps_succeed() {
         .into_iter()
         .map(|(path, input, limits, expected)| (sandbox.load_file(&path).unwrap(), path, input, limits, expected))
         .collect();
+    for (component, path, ..) in &cases {
+        assert_eq!(component.compiler(), compiler, "{}", path.display());
+    }
     let mut tasks = Vec::new();
     for (component, path, input, limits, expected) in cases {
         let sandbox = sandbox.clone();
@@ -216,6 +239,58 @@ async fn compiled_components_are_cached_on_disk_and_a_corrupt_artifact_is_replac
         assert_eq!(out.result.unwrap(), json!("still works"), "{what}");
         assert_eq!(std::fs::read(artifact).unwrap(), good, "{what}: the artifact was compiled and written again");
     }
+}
+
+/// A component's first load under `QuickCompile` runs on Winch's code and
+/// starts a background process that writes Cranelift's into the cache;
+/// the next sandbox (the next process) runs on that, with the same output
+/// and fuel as a sandbox that never compiled quickly, and the quick code's
+/// artifact is gone. One compiler per component per process: the first
+/// sandbox keeps Winch's code after Cranelift's lands.
+#[tokio::test]
+async fn a_quick_first_compile_is_replaced_by_optimized_code_made_in_the_background() {
+    let cache = tempfile::tempdir().unwrap();
+    let quick = QuickCompile { program: env!("CARGO_BIN_EXE_sandflow").into(), args: vec!["compile-component".into()], min_size: 0 };
+    let config = || SandboxConfig { cache_dir: Some(cache.path().to_path_buf()), quick_compile: Some(quick.clone()), max_instances: 4, ..SandboxConfig::default() };
+    let bytes = std::fs::read(example("text")).unwrap();
+    let input = || StepRequest::new(json!({"op": "count", "text": "one two three"}));
+    let want = json!({"chars": 13, "words": 3, "lines": 1});
+
+    let first = Sandbox::new(config()).unwrap();
+    let text = first.load_bytes("text", &bytes).unwrap();
+    assert_eq!(text.compiler(), Compiler::Winch);
+    let quick_run = first.run(&text, input(), &CancellationToken::new()).await;
+    assert_eq!(quick_run.result.unwrap(), want);
+
+    // The background compile ends with Cranelift's artifact in place and
+    // Winch's deleted: wait for that (an event on disk, not a duration).
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    let waited = std::time::Instant::now();
+    while files().len() != 1 || files()[0].ends_with(".pending") {
+        assert!(waited.elapsed() < Duration::from_secs(300), "no optimized artifact alone in the cache: {:?}", files());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sha = sandflow::sandbox::sha256_hex(&bytes);
+    assert!(files()[0].starts_with(&sha) && files()[0].ends_with(".cwasm"), "{:?}", files());
+    // This process keeps the code it started with.
+    assert_eq!(first.load_bytes("text", &bytes).unwrap().compiler(), Compiler::Winch);
+
+    let next = Sandbox::new(config()).unwrap();
+    let text = next.load_bytes("text", &bytes).unwrap();
+    assert_eq!(text.compiler(), Compiler::Cranelift, "the next process reads the optimized code");
+    let optimized = next.run(&text, input(), &CancellationToken::new()).await;
+    assert_eq!(optimized.result.unwrap(), want);
+    let plain = Sandbox::new(SandboxConfig { max_instances: 4, ..SandboxConfig::default() }).unwrap();
+    let text = plain.load_bytes("text", &bytes).unwrap();
+    let reference = plain.run(&text, input(), &CancellationToken::new()).await;
+    assert_eq!(optimized.fuel_used, reference.fuel_used, "Cranelift's code from the background meters as Cranelift's made here");
+    // Winch meters at other points: close, not equal.
+    let apart = (quick_run.fuel_used as f64 - reference.fuel_used as f64).abs() / reference.fuel_used as f64;
+    assert!(apart < 0.05, "Winch {} against Cranelift {} fuel", quick_run.fuel_used, reference.fuel_used);
 }
 
 #[tokio::test]

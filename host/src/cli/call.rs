@@ -2,7 +2,7 @@
 //! its output on stdout, its log and a summary on stderr.
 
 use super::render::say;
-use super::{CliError, Output, exit, new_sandbox_for, render};
+use super::{CliError, Output, exit, new_quick_sandbox, render};
 use sandflow::failure::{FailureKind, StepFailure};
 use sandflow::sandbox::{AllowedHost, CancellationToken, DirGrant, Grants, HttpGrant, Limits, QuotaKind, StepRequest};
 use sandflow::units::{parse_duration, parse_size};
@@ -167,7 +167,9 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
     // early Ctrl-C still ends with exit 130 rather than the default kill.
     let cancel = CancellationToken::new();
     let watcher = tokio::spawn(cancel_on_signal(cancel.clone()));
-    let sandbox = new_sandbox_for(state_dir, 2)?;
+    // A large component called for the first time runs on quickly
+    // compiled code while optimized code is made in the background.
+    let sandbox = new_quick_sandbox(state_dir, 2)?;
     let name = args.file.display().to_string();
     let component = match sandbox.load_file(&args.file) {
         Ok(c) => c,
@@ -200,14 +202,15 @@ pub(crate) async fn execute(args: CallArgs, state_dir: &Path, out: &Output) -> R
                         "run_id": run_id, "step": name, "state": "succeeded", "attempt": 1,
                         "duration_ms": outcome.duration.as_secs_f64() * 1000.0,
                         "fuel_used": outcome.fuel_used,
+                        "compiler": component.compiler().as_str(),
                     }),
                 );
             } else if !out.quiet {
-                say!(
-                    "succeeded in {} (fuel used: {})",
-                    render::duration(outcome.duration),
-                    outcome.fuel_used
-                );
+                let quick = match component.compiler() {
+                    sandflow::sandbox::Compiler::Winch => ", on quickly compiled code: later calls use optimized code",
+                    sandflow::sandbox::Compiler::Cranelift => "",
+                };
+                say!("succeeded in {} (fuel used: {}{quick})", render::duration(outcome.duration), outcome.fuel_used);
             }
             Ok(exit::OK)
         }

@@ -7,7 +7,7 @@
 //! is shared with every other command.
 
 use super::render::say;
-use super::{CliError, GlobalArgs, Output, exit};
+use super::{CliError, GlobalArgs, Output};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -59,7 +59,7 @@ pub(crate) async fn execute(args: DevArgs, global: &GlobalArgs, out: &Output) ->
     if let Some(input) = &args.call {
         serde_json::from_str::<serde_json::Value>(input).map_err(|e| CliError::invalid(format!("--call: not JSON: {e}")))?;
     }
-    let exe = std::env::current_exe().map_err(|e| CliError { code: exit::FAILED, message: format!("cannot find this program: {e}") })?;
+    let exe = super::this_program()?;
     let mut seen = fingerprint(&project.watch);
     loop {
         cycle(&project, &args, &exe, global, out).await;
@@ -155,7 +155,9 @@ async fn cycle(project: &Project, args: &DevArgs, exe: &Path, global: &GlobalArg
             }
         },
         (None, Some(workflow)) => {
-            cmd.arg("test").arg(workflow);
+            // Quickly compiled code first: the edit loop waits for no
+            // optimizing compile.
+            cmd.arg("test").arg("--quick-compile").arg(workflow);
         }
         (None, None) => {
             say!("nothing to run: {} has no workflow.yaml (give --call JSON to call the component)", project.dir.display());

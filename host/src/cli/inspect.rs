@@ -2,7 +2,7 @@
 //! needs and what it offers, without running its `run`.
 
 use super::render::say;
-use super::{CliError, Output, exit, new_sandbox_for};
+use super::{CliError, Output, exit, new_quick_sandbox};
 use sandflow::sandbox::{ComponentInfo, sha256_hex};
 use serde_json::json;
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ pub(crate) async fn execute(args: InspectArgs, state_dir: &std::path::Path, out:
         return Err(CliError::invalid(format!("{origin}: {kind}")));
     }
     let decoded = sandflow::sandbox::decode_world(&bytes).map_err(|e| CliError::invalid(format!("{origin}: cannot decode its WIT world: {e}")))?;
-    let sandbox = new_sandbox_for(state_dir, 2)?;
+    let sandbox = new_quick_sandbox(state_dir, 2)?;
 
     // Any valid component is shown; one that is not a usable step is shown
     // with the reason, which is what an author came to find out.

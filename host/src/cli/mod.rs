@@ -176,11 +176,18 @@ enum Command {
     Serve(serve::ServeArgs),
     /// (Internal) compile a component read from stdin, the compiled code on
     /// stdout: the child process a worker compiles components of others in,
-    /// under its limits.
+    /// under its limits; with --into, an artifact file for the cache: the
+    /// background compile of a component first compiled quickly.
     #[command(name = "compile-component", hide = true)]
     CompileComponent {
         #[arg(long)]
         memory_init_cow: bool,
+        #[arg(long)]
+        winch: bool,
+        #[arg(long)]
+        into: Option<std::path::PathBuf>,
+        #[arg(long, requires = "into")]
+        replaces: Option<std::path::PathBuf>,
     },
     /// Print a JSON Schema of workflow files, for editors (also committed as
     /// workflow.schema.json): put `# yaml-language-server: $schema=PATH` at
@@ -252,9 +259,9 @@ where
             return if e.use_stderr() { exit::INVALID } else { exit::OK };
         }
     };
-    if let Command::CompileComponent { memory_init_cow } = cli.command {
+    if let Command::CompileComponent { memory_init_cow, winch, into, replaces } = cli.command {
         // No runtime, no store: only the compiler.
-        return sandflow::sandbox::compile_child(memory_init_cow);
+        return sandflow::sandbox::compile_child(&sandflow::sandbox::ChildCompile { memory_init_cow, winch, into, replaces });
     }
     init_tracing(&cli.global);
     // A component that takes more than a second to compile is told, not
@@ -406,6 +413,11 @@ pub(crate) fn store_error(e: sandflow::store::StoreError) -> CliError {
     }
 }
 
+/// The path of this program, for the processes it starts of itself.
+pub(crate) fn this_program() -> Result<std::path::PathBuf, CliError> {
+    std::env::current_exe().map_err(|e| CliError { code: exit::FAILED, message: format!("cannot find this program: {e}") })
+}
+
 /// The process-wide sandbox, with the artifact cache under the state dir.
 pub(crate) fn new_sandbox(state_dir: &std::path::Path) -> Result<sandflow::sandbox::Sandbox, CliError> {
     new_sandbox_for(state_dir, sandflow::sandbox::SandboxConfig::default().max_instances)
@@ -415,7 +427,7 @@ pub(crate) fn new_sandbox(state_dir: &std::path::Path) -> Result<sandflow::sandb
 /// component is compiled by a process of this program's own, within
 /// `time` and `memory` ([`sandflow::sandbox::CompileLimits`]).
 pub(crate) fn new_untrusting_sandbox(state_dir: &std::path::Path, time: std::time::Duration, memory: u64) -> Result<sandflow::sandbox::Sandbox, CliError> {
-    let program = std::env::current_exe().map_err(|e| CliError { code: exit::FAILED, message: format!("cannot find this program: {e}") })?;
+    let program = this_program()?;
     let limits = sandflow::sandbox::CompileLimits { program, args: vec!["compile-component".into()], time, memory };
     let config = sandflow::sandbox::SandboxConfig {
         cache_dir: Some(state_dir.join("cache").join("components")),
@@ -433,6 +445,24 @@ pub(crate) fn new_sandbox_for(state_dir: &std::path::Path, instances: u32) -> Re
     let config = sandflow::sandbox::SandboxConfig {
         cache_dir: Some(state_dir.join("cache").join("components")),
         max_instances: instances,
+        ..Default::default()
+    };
+    sandflow::sandbox::Sandbox::new(config).map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })
+}
+
+/// A sandbox for the plugin author's loop (`call`, `component inspect`,
+/// `validate`, `test --quick-compile`, so `dev`): commands that record no
+/// run. A large component not compiled before is compiled quickly
+/// with Winch for this process, and optimized in the background by a
+/// process of this program's own for the next ones
+/// ([`sandflow::sandbox::QuickCompile`]).
+pub(crate) fn new_quick_sandbox(state_dir: &std::path::Path, instances: u32) -> Result<sandflow::sandbox::Sandbox, CliError> {
+    let program = this_program()?;
+    let quick = sandflow::sandbox::QuickCompile { program, args: vec!["compile-component".into()], min_size: sandflow::sandbox::QuickCompile::MIN_SIZE };
+    let config = sandflow::sandbox::SandboxConfig {
+        cache_dir: Some(state_dir.join("cache").join("components")),
+        max_instances: instances,
+        quick_compile: Some(quick),
         ..Default::default()
     };
     sandflow::sandbox::Sandbox::new(config).map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })

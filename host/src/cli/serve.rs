@@ -176,7 +176,7 @@ pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) 
         max_hook_body: usize::try_from(args.max_hook_body).unwrap_or(usize::MAX),
         hook_workflows: Default::default(),
         max_upload: usize::try_from(args.max_upload).unwrap_or(usize::MAX),
-        exe: std::env::current_exe().map_err(|e| CliError { code: exit::FAILED, message: format!("cannot find this program: {e}") })?,
+        exe: super::this_program()?,
         state_dir: global.state_dir.clone(),
         store_url: global.store.clone(),
         plans: Default::default(),

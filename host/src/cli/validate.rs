@@ -2,7 +2,7 @@
 //! their imports checked; nothing runs.
 
 use super::render::say;
-use super::{CliError, Output, exit, new_sandbox_for, render, workflow_cmd};
+use super::{CliError, Output, exit, new_quick_sandbox, render, workflow_cmd};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ pub(crate) struct ValidateArgs {
 
 pub(crate) async fn execute(args: ValidateArgs, state_dir: &Path, out: &Output) -> Result<u8, CliError> {
     // Components are loaded and checked, never instantiated: a small pool.
-    let sandbox = Arc::new(new_sandbox_for(state_dir, sandflow::sandbox::SandboxConfig::pool_for(Some(1)))?);
+    let sandbox = Arc::new(new_quick_sandbox(state_dir, sandflow::sandbox::SandboxConfig::pool_for(Some(1)))?);
     let mut worst = exit::OK;
     for file in &args.files {
         let checked = workflow_cmd::load(file, &args.components, &sandbox, out).await;

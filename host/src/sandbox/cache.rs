@@ -2,7 +2,8 @@
 //!
 //! An artifact is named by the component's SHA-256 and a hash of the
 //! engine's compatibility settings (wasmtime version, target, the config
-//! flags that shape compiled code): `<sha256>-<engine>.cwasm`. Writes go to
+//! flags that shape compiled code) and its compiler:
+//! `<sha256>-<engine>.cwasm`. Writes go to
 //! a temporary file renamed into place, so concurrent processes never see a
 //! half-written artifact.
 //!
@@ -21,6 +22,7 @@
 //! directory must be as trusted as the sandflow binary (it lives under the
 //! state dir, which only the user writes).
 
+use super::engine::Compiler;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
@@ -32,18 +34,23 @@ pub(crate) struct ArtifactCache {
 }
 
 impl ArtifactCache {
-    pub(crate) fn new(dir: PathBuf, engine: &Engine) -> Self {
+    /// The cache in `dir` of code that `compiler` made for `engine`.
+    pub(crate) fn new(dir: PathBuf, engine: &Engine, compiler: Compiler) -> Self {
         // `DefaultHasher::new()` has fixed keys, so the name is stable for a
         // given sandflow build; wasmtime checks compatibility again on load.
         let mut h = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
+        // Named apart even if wasmtime's hash did not tell the compilers
+        // apart: a process loads only the code of the compiler it asked for.
+        compiler.hash(&mut h);
         // Another file layout is another name: files of other builds are
         // not found (so not reported as corrupt), not misread.
         MAGIC.hash(&mut h);
         ArtifactCache { dir, engine_key: format!("{:016x}", h.finish()) }
     }
 
-    fn path_for(&self, sha256: &str) -> PathBuf {
+    /// Where the artifact of the component `sha256` is (or would be).
+    pub(crate) fn path_for(&self, sha256: &str) -> PathBuf {
         self.dir.join(format!("{sha256}-{}.cwasm", self.engine_key))
     }
 
@@ -88,18 +95,26 @@ impl ArtifactCache {
     }
 
     fn try_store(&self, sha256: &str, component: &Component) -> Result<(), Box<dyn std::error::Error>> {
-        let mut file = component.serialize().map_err(|e| e.to_string())?;
-        let (len, crc) = (file.len() as u64, crc32fast::hash(&file));
-        file.extend_from_slice(MAGIC);
-        file.extend_from_slice(&len.to_le_bytes());
-        file.extend_from_slice(&crc.to_le_bytes());
+        let code = component.serialize().map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&self.dir)?;
-        let path = self.path_for(sha256);
-        let tmp = tmp_path(&path);
-        std::fs::write(&tmp, &file)?;
-        std::fs::rename(&tmp, &path)?;
+        write_artifact(&self.path_for(sha256), code)?;
         Ok(())
     }
+}
+
+/// Writes compiled code (what `serialize` or `precompile_component` made)
+/// as an artifact at `path`: the code and its footer, to a temporary file
+/// renamed into place.
+pub(crate) fn write_artifact(path: &Path, mut file: Vec<u8>) -> std::io::Result<()> {
+    let (len, crc) = (file.len() as u64, crc32fast::hash(&file));
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&len.to_le_bytes());
+    file.extend_from_slice(&crc.to_le_bytes());
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, &file)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// The last bytes of every artifact this build writes, after the code: the

@@ -11,17 +11,24 @@
 //! the compiled code on stdout; the sandbox loads it (wasmtime checks that
 //! it was compiled for a compatible engine) and caches it as it caches
 //! what it compiles itself.
+//!
+//! With [`super::QuickCompile`], a sandbox also starts a child that outlives
+//! it: a component compiled quickly with Winch for this process is compiled
+//! with Cranelift in the background, at the lowest CPU priority, into the
+//! artifact cache, so the processes after this one run optimized code
+//! ([`optimize_in_background`]).
 
 use super::LoadErrorKind;
+use super::engine::Compiler;
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How a sandbox compiles components it does not trust: in a child process
-/// (`program` with `args`, then `--memory-init-cow` when the sandbox's
-/// engine initializes memory copy-on-write), within `time` and `memory`.
+/// (`program` with `args`, then the options of a [`ChildCompile`] as
+/// [`ChildCompile::args`] writes them), within `time` and `memory`.
 #[derive(Debug, Clone)]
 pub struct CompileLimits {
     /// The program to run (this sandflow binary).
@@ -34,18 +41,57 @@ pub struct CompileLimits {
     pub memory: u64,
 }
 
+/// What a compiling child process is asked to do: the options of its
+/// command line (the CLI's hidden `compile-component`). It reads the
+/// component on stdin.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChildCompile {
+    /// Compile for an engine that initializes memory copy-on-write (as the
+    /// sandbox's does): `--memory-init-cow`.
+    pub memory_init_cow: bool,
+    /// Compile with Winch rather than Cranelift: `--winch`.
+    pub winch: bool,
+    /// Write the code as an artifact at this path (the artifact cache's
+    /// format) instead of to stdout, at the lowest CPU priority: a
+    /// background compile. `--into PATH`.
+    pub into: Option<PathBuf>,
+    /// With `into`: the quickly compiled artifact to delete once the
+    /// optimized one is in place. `--replaces PATH`.
+    pub replaces: Option<PathBuf>,
+}
+
+impl ChildCompile {
+    /// Its options as command-line arguments.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args = Vec::new();
+        if self.memory_init_cow {
+            args.push("--memory-init-cow".into());
+        }
+        if self.winch {
+            args.push("--winch".into());
+        }
+        for (flag, path) in [("--into", &self.into), ("--replaces", &self.replaces)] {
+            if let Some(path) = path {
+                args.extend([OsString::from(flag), path.clone().into_os_string()]);
+            }
+        }
+        args
+    }
+
+    fn compiler(&self) -> Compiler {
+        if self.winch { Compiler::Winch } else { Compiler::Cranelift }
+    }
+}
+
 /// The child's exit code for a component that is not valid: its stderr
 /// says why.
 const INVALID: i32 = 3;
 
 /// Compiles `bytes` in a child process under `limits`; returns the
 /// compiled code (for [`wasmtime::component::Component::deserialize`]).
-pub(crate) fn in_child(limits: &CompileLimits, memory_init_cow: bool, bytes: &[u8]) -> Result<Vec<u8>, LoadErrorKind> {
+pub(crate) fn in_child(limits: &CompileLimits, options: &ChildCompile, bytes: &[u8]) -> Result<Vec<u8>, LoadErrorKind> {
     let mut command = Command::new(&limits.program);
-    command.args(&limits.args);
-    if memory_init_cow {
-        command.arg("--memory-init-cow");
-    }
+    command.args(&limits.args).args(options.args());
     command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let (memory, cpu) = (limits.memory, limits.time.as_secs().saturating_mul(crate::exec::cpu_count() as u64).saturating_add(1));
     #[allow(unsafe_code)]
@@ -126,34 +172,122 @@ pub(crate) fn in_child(limits: &CompileLimits, memory_init_cow: bool, bytes: &[u
     })
 }
 
-/// The child's side of a sandbox's compile in a child process: reads a component from stdin,
-/// compiles it for an engine like the sandbox's (`memory_init_cow` as its
-/// is) and writes the compiled code to stdout. Returns the exit code: 0
-/// compiled, 3 not a valid component (said on stderr), 1 anything else.
-pub fn compile_child(memory_init_cow: bool) -> u8 {
+/// The child's side of a sandbox's compile in a child process: reads a
+/// component from stdin, compiles it for an engine like the sandbox's (as
+/// `options` say) and writes the compiled code to stdout, or as an
+/// artifact to `options.into`. Returns the exit code: 0 compiled, 3 not a
+/// valid component (said on stderr), 1 anything else.
+pub fn compile_child(options: &ChildCompile) -> u8 {
+    if options.into.is_some() {
+        // A background compile yields the CPU to everything else, and
+        // gives up after BACKGROUND_CPU of it (no one waits for it).
+        let cpu = libc::rlimit { rlim_cur: BACKGROUND_CPU.as_secs() as libc::rlim_t, rlim_max: BACKGROUND_CPU.as_secs() as libc::rlim_t };
+        // SAFETY: setpriority and setrlimit on this process with plain values.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            libc::setrlimit(libc::RLIMIT_CPU, &cpu);
+        }
+    }
+    let code = compile_stdin(options);
+    if let Some(into) = &options.into {
+        // Done or failed, the next process may try again.
+        let _ = std::fs::remove_file(pending_path(into));
+    }
+    code
+}
+
+fn compile_stdin(options: &ChildCompile) -> u8 {
     let mut bytes = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
         eprintln!("cannot read the component: {e}");
         return 1;
     }
-    let engine = match super::engine::compiling_engine(memory_init_cow) {
+    let engine = match super::engine::compiling_engine(options.memory_init_cow, options.compiler()) {
         Ok(engine) => engine,
         Err(e) => {
             eprintln!("cannot set up the compiler: {e:#}");
             return 1;
         }
     };
-    match engine.precompile_component(&bytes) {
-        Ok(code) => match std::io::stdout().lock().write_all(&code) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("cannot hand back the compiled code: {e}");
-                1
-            }
-        },
+    let code = match engine.precompile_component(&bytes) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("{e:#}");
-            INVALID as u8
+            return INVALID as u8;
+        }
+    };
+    let written = match &options.into {
+        None => std::io::stdout().lock().write_all(&code),
+        Some(into) => super::cache::write_artifact(into, code).map(|()| {
+            if let Some(quick) = &options.replaces {
+                let _ = std::fs::remove_file(quick);
+            }
+        }),
+    };
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cannot hand back the compiled code: {e}");
+            1
         }
     }
+}
+
+/// The file that says a background compile into `artifact` is under way.
+fn pending_path(artifact: &Path) -> PathBuf {
+    let mut name = artifact.file_name().unwrap_or_default().to_os_string();
+    name.push(".pending");
+    artifact.with_file_name(name)
+}
+
+/// The CPU time a background compile may take (Cranelift compiles an
+/// 18 MB Python component in 8-16 s of wall time on two cores).
+const BACKGROUND_CPU: Duration = Duration::from_secs(10 * 60);
+
+/// A background compile older than this is taken to have died (killed
+/// with the machine, say): the next process starts another.
+const PENDING_STALE: Duration = Duration::from_secs(15 * 60);
+
+/// Starts a detached child process (`program` with `args`) that compiles
+/// `bytes` with Cranelift into the artifact `into`, then deletes the
+/// quickly compiled artifact `replaces`; unless one is under way already.
+/// It outlives this process (its own process group: a Ctrl-C of the
+/// terminal does not reach it) and runs at the lowest CPU priority.
+/// Failing to start it is not an error: the next process tries again.
+pub(crate) fn optimize_in_background(program: &Path, args: &[OsString], memory_init_cow: bool, bytes: &[u8], into: &Path, replaces: &Path) {
+    let pending = pending_path(into);
+    let under_way = std::fs::metadata(&pending).and_then(|m| m.modified()).is_ok_and(|at| at.elapsed().is_ok_and(|age| age < PENDING_STALE));
+    if under_way || into.exists() {
+        return;
+    }
+    if let Some(dir) = into.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&pending, std::process::id().to_string()) {
+        tracing::warn!("cannot start compiling {} in the background: {e}", into.display());
+        return;
+    }
+    let options = ChildCompile { memory_init_cow, winch: false, into: Some(into.to_path_buf()), replaces: Some(replaces.to_path_buf()) };
+    let mut command = Command::new(program);
+    command.args(args).args(options.args()).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::warn!("cannot start compiling {} in the background ({}): {e}", into.display(), program.display());
+            let _ = std::fs::remove_file(&pending);
+            return;
+        }
+    };
+    // The child reads all of stdin before compiling: this returns as soon
+    // as it has the bytes (a few milliseconds for 18 MB).
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(bytes);
+    }
+    // Reaped when it ends, if this process is still there.
+    std::thread::spawn(move || child.wait());
 }

@@ -31,6 +31,7 @@ pub struct StepComponent {
     pub(crate) origin: String,
     pub(crate) sha256: String,
     pub(crate) size: usize,
+    pub(crate) compiler: super::Compiler,
     pub(crate) pre: StepPre<StepState>,
     pub(crate) describe: Option<ComponentExportIndex>,
     pub(crate) imports: Vec<String>,
@@ -49,6 +50,11 @@ impl StepComponent {
     /// Size of the component in bytes.
     pub fn size(&self) -> usize {
         self.size
+    }
+    /// Which compiler made the code it runs in this process (Cranelift,
+    /// unless the sandbox compiles new components quickly first).
+    pub fn compiler(&self) -> super::Compiler {
+        self.compiler
     }
     /// Whether it exports `describe`.
     pub fn has_describe(&self) -> bool {

@@ -1,6 +1,8 @@
 //! The process-wide wasmtime [`Engine`]: component model, fuel metering,
 //! epoch interruption driven by one ticker thread, a bounded wasm stack, and
-//! the pooling allocator where the platform allows it.
+//! the pooling allocator where the platform allows it; and, for a sandbox
+//! that compiles new components quickly first ([`super::QuickCompile`]), a
+//! second engine like it whose compiler is Winch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,6 +99,30 @@ fn pooling_config(instances: u32, reset_dirty_pages: bool) -> PoolingAllocationC
     pool
 }
 
+/// Which of wasmtime's compilers made a component's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compiler {
+    /// Cranelift, the optimizing compiler: what every component runs on
+    /// unless a sandbox was asked to compile new ones quickly first.
+    Cranelift,
+    /// Winch, wasmtime's baseline compiler: it compiles an interpreter
+    /// component 5-6× faster, and its code runs 10-40% slower and meters
+    /// fuel at slightly different points (a call's fuel differs by about
+    /// 1%). Used only for a component's first runs under
+    /// [`super::QuickCompile`].
+    Winch,
+}
+
+impl Compiler {
+    /// Its name, as `sandflow call --json` says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compiler::Cranelift => "cranelift",
+            Compiler::Winch => "winch",
+        }
+    }
+}
+
 /// Builds the engine, falling back from pooling to on-demand under `Auto`.
 pub(crate) fn new_engine(
     choice: AllocatorChoice,
@@ -123,26 +149,38 @@ pub(crate) fn new_engine(
     Ok((Engine::new(&base_config())?, AllocatorKind::OnDemand))
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
-/// An engine that compiles exactly as one from [`new_engine`] does (the
-/// same settings; `memory_init_cow` as that engine has it), without an
-/// instance pool: what a compiling child process needs
-/// ([`super::compile`]), whose address space is capped.
-pub(crate) fn compiling_engine(memory_init_cow: bool) -> wasmtime::Result<Engine> {
+/// The engine a sandbox runs quickly compiled components on: the same
+/// settings as [`new_engine`]'s (fuel, epochs, stack, `memory_init_cow` as
+/// that engine has it), Winch as the compiler, and instances allocated on
+/// demand (a second instance pool would reserve as much address space
+/// again, for the few runs before Cranelift's code is cached).
+pub(crate) fn quick_engine(memory_init_cow: bool) -> wasmtime::Result<Engine> {
+    compiling_engine(memory_init_cow, Compiler::Winch)
+}
+
+/// An engine that compiles exactly as one from [`new_engine`] (or
+/// [`quick_engine`], for Winch) does (the same settings; `memory_init_cow`
+/// as that engine has it), without an instance pool: what a compiling
+/// child process needs ([`super::compile`]), whose address space is capped.
+pub(crate) fn compiling_engine(memory_init_cow: bool, compiler: Compiler) -> wasmtime::Result<Engine> {
     let mut config = base_config();
     config.memory_init_cow(memory_init_cow);
+    if compiler == Compiler::Winch {
+        config.strategy(wasmtime::Strategy::Winch);
+    }
     Engine::new(&config)
 }
 
+/// Advances its engines' epochs every [`EPOCH_TICK`] until dropped.
 pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    pub(crate) fn start(engine: &Engine) -> std::io::Result<Self> {
+    pub(crate) fn start(engines: &[&Engine]) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let weak = engine.weak();
+        let weak: Vec<_> = engines.iter().map(|e| e.weak()).collect();
         let flag = stop.clone();
         let thread = std::thread::Builder::new().name("sandflow-epoch".into()).spawn(move || {
             // Parked, not asleep: dropping the ticker unparks it, so a
@@ -154,9 +192,13 @@ impl EpochTicker {
                 if flag.load(Ordering::Relaxed) {
                     break;
                 }
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
+                // The sandbox owns the engines and stops the ticker
+                // before they are dropped; one gone means the sandbox is.
+                for engine in &weak {
+                    match engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
                 }
             }
         })?;

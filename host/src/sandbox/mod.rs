@@ -51,8 +51,8 @@ mod log;
 mod quota;
 
 pub use self::component::{DecodedWorld, LoadError, LoadErrorKind, STEP_WORLD, StepComponent, check_component, check_header as check_component_header, decode_world, http_import};
-pub use self::compile::{CompileLimits, compile_child};
-pub use self::engine::{AllocatorChoice, AllocatorKind, EPOCH_TICK, MAX_WASM_STACK};
+pub use self::compile::{ChildCompile, CompileLimits, compile_child};
+pub use self::engine::{AllocatorChoice, AllocatorKind, Compiler, EPOCH_TICK, MAX_WASM_STACK};
 pub use self::http::{AllowedHost, DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_RESPONSE, HttpGrant};
 pub use self::host::{HostError, HostServices, MAX_BLOB, MAX_STATE_KEY, MAX_STATE_VALUE, MemoryServices, sha256_hex};
 pub use self::quota::{Quota, QuotaExceeded, QuotaKind, QuotaScope, RunMeter};
@@ -217,11 +217,15 @@ struct SlowCompile {
 }
 
 impl SlowCompile {
-    fn watch(origin: &str, size: usize, cached: bool) -> SlowCompile {
+    fn watch(origin: &str, size: usize, cached: bool, compiler: Compiler) -> SlowCompile {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let watcher = SLOW_COMPILE.get().map(|(after, note)| {
             let after = *after;
-            let once = if cached { ", once: later runs read it compiled from the cache" } else { "" };
+            let once = match (compiler, cached) {
+                (Compiler::Winch, _) => " quickly (Winch; optimized code is being made in the background for later runs)",
+                (Compiler::Cranelift, true) => ", once: later runs read it compiled from the cache",
+                (Compiler::Cranelift, false) => "",
+            };
             let line = format!("compiling {origin} ({:.1} MiB){once}…", size as f64 / (1024.0 * 1024.0));
             std::thread::spawn(move || match rx.recv_timeout(after) {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -258,6 +262,42 @@ pub struct SandboxConfig {
     /// (workers, which run components of others); `None` compiles in this
     /// process.
     pub compile_limits: Option<CompileLimits>,
+    /// Compile large components that are not in the cache yet with Winch
+    /// for this process and with Cranelift in the background for the next
+    /// ones (needs `cache_dir`); `None` always compiles with Cranelift.
+    pub quick_compile: Option<QuickCompile>,
+}
+
+/// How a sandbox makes a large component's first run fast (the plugin
+/// author's edit loop: `sandflow call`, `sandflow dev`). A component of at
+/// least `min_size` bytes with no optimized code in the artifact cache is
+/// compiled with Winch, wasmtime's baseline compiler (5-6× faster to
+/// compile; its code 10-40% slower), and runs on that code for the rest of
+/// this process: one compiler per component per process, so its fuel
+/// readings compare within a run. A detached child (`program` with `args`,
+/// then [`ChildCompile`]'s options) compiles it with Cranelift into the
+/// cache at the lowest CPU priority, and later processes run that code.
+/// The quickly compiled code is cached too, for the processes that start
+/// before the optimized code is ready.
+///
+/// Fuel is metered at slightly different points by the two compilers (a
+/// call's fuel differs by about 1%), so recorded runs (`sandflow run`,
+/// workers) do not use this: their fuel readings compare across runs.
+#[derive(Debug, Clone)]
+pub struct QuickCompile {
+    /// The program that compiles in the background (this sandflow binary).
+    pub program: PathBuf,
+    /// Its arguments, before the [`ChildCompile`] options.
+    pub args: Vec<std::ffi::OsString>,
+    /// Components smaller than this compile with Cranelift directly (a
+    /// Rust step of 200 KiB compiles in a third of a second).
+    pub min_size: usize,
+}
+
+impl QuickCompile {
+    /// The size from which a component is compiled quickly first: 1 MiB
+    /// (an interpreter's component is 10-20 MiB and takes Cranelift 8-16 s).
+    pub const MIN_SIZE: usize = 1 << 20;
 }
 
 impl SandboxConfig {
@@ -276,7 +316,7 @@ impl SandboxConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        SandboxConfig { allocator: AllocatorChoice::Auto, cache_dir: None, max_instances: 256, compile_limits: None }
+        SandboxConfig { allocator: AllocatorChoice::Auto, cache_dir: None, max_instances: 256, compile_limits: None, quick_compile: None }
     }
 }
 
@@ -292,10 +332,29 @@ pub struct Sandbox {
     linker: Linker<StepState>,
     cache: Option<ArtifactCache>,
     compile_limits: Option<CompileLimits>,
+    quick: Option<Quick>,
     loaded: Mutex<HashMap<String, Arc<StepComponent>>>,
     described: Mutex<HashMap<String, DescribeCell>>,
     slots: Semaphore,
     _ticker: EpochTicker,
+}
+
+/// What a sandbox with [`QuickCompile`] holds for it: Winch's engine, a
+/// linker for it, and the cache of its code.
+struct Quick {
+    engine: Engine,
+    linker: Linker<StepState>,
+    cache: ArtifactCache,
+    config: QuickCompile,
+}
+
+/// A linker with everything a step may import, for `engine`.
+fn step_linker(engine: &Engine) -> wasmtime::Result<Linker<StepState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    bindings::Step::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s)?;
+    Ok(linker)
 }
 
 /// Limits for calling `describe`, which must be cheap.
@@ -308,14 +367,27 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
         let err = |e: wasmtime::Error| SandboxError(format!("{e:#}"));
         let (engine, allocator) = engine::new_engine(config.allocator, config.max_instances).map_err(err)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(err)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(err)?;
-        bindings::Step::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s).map_err(err)?;
-        let ticker = EpochTicker::start(&engine).map_err(|e| SandboxError(e.to_string()))?;
+        let linker = step_linker(&engine).map_err(err)?;
+        let quick = match (config.quick_compile, &config.cache_dir) {
+            (Some(quick), Some(dir)) => {
+                let quick_engine = engine::quick_engine(engine.get_memory_init_cow()).map_err(err)?;
+                Some(Quick {
+                    linker: step_linker(&quick_engine).map_err(err)?,
+                    cache: ArtifactCache::new(dir.clone(), &quick_engine, Compiler::Winch),
+                    engine: quick_engine,
+                    config: quick,
+                })
+            }
+            // Without a cache every process compiles: quickly compiled
+            // code would never be replaced by optimized code.
+            _ => None,
+        };
+        let engines: Vec<&Engine> = std::iter::once(&engine).chain(quick.as_ref().map(|q| &q.engine)).collect();
+        let ticker = EpochTicker::start(&engines).map_err(|e| SandboxError(e.to_string()))?;
         Ok(Sandbox {
-            cache: config.cache_dir.map(|dir| ArtifactCache::new(dir, &engine)),
+            cache: config.cache_dir.map(|dir| ArtifactCache::new(dir, &engine, Compiler::Cranelift)),
             compile_limits: config.compile_limits,
+            quick,
             engine,
             allocator,
             linker,
@@ -346,10 +418,14 @@ impl Sandbox {
         if let Some(c) = lock(&self.loaded).get(&sha256) {
             return Ok(c.clone());
         }
-        let component = self.compile(origin, &sha256, bytes).map_err(fail)?;
+        let (component, compiler) = self.compile(origin, &sha256, bytes).map_err(fail)?;
+        let (engine, linker) = match (compiler, &self.quick) {
+            (Compiler::Winch, Some(quick)) => (&quick.engine, &quick.linker),
+            _ => (&self.engine, &self.linker),
+        };
         let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
         // Not a step at all (another world) comes before a step asking
         // for more than it may have (an `instantiate` failure of the step).
         let ungranted = ungranted_imports(&imports);
@@ -359,8 +435,7 @@ impl Sandbox {
         if !ungranted.is_empty() {
             return Err(fail(LoadErrorKind::UngrantedImports(ungranted)));
         }
-        let instance_pre = self
-            .linker
+        let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| fail(LoadErrorKind::WrongWorld(format!("its imports do not match: {e:#}"))))?;
         let pre = bindings::StepPre::new(instance_pre)
@@ -370,6 +445,7 @@ impl Sandbox {
             origin: origin.to_string(),
             sha256: sha256.clone(),
             size: bytes.len(),
+            compiler,
             pre,
             describe,
             imports,
@@ -384,29 +460,61 @@ impl Sandbox {
         lock(&self.loaded).get(sha256).cloned()
     }
 
-    fn compile(&self, origin: &str, sha256: &str, bytes: &[u8]) -> Result<Component, LoadErrorKind> {
+    /// The component's code, from the cache or compiled, and which
+    /// compiler made it: Cranelift's cached code first; then, under
+    /// [`QuickCompile`], Winch's (cached, or compiled now while Cranelift's
+    /// is made in the background); else Cranelift's, compiled now.
+    fn compile(&self, origin: &str, sha256: &str, bytes: &[u8]) -> Result<(Component, Compiler), LoadErrorKind> {
         if let Some(c) = self.cache.as_ref().and_then(|c| c.load(&self.engine, sha256)) {
-            return Ok(c);
+            return Ok((c, Compiler::Cranelift));
         }
-        let slow = SlowCompile::watch(origin, bytes.len(), self.cache.is_some());
-        let component = match &self.compile_limits {
-            None => Component::new(&self.engine, bytes).map_err(|e| LoadErrorKind::Invalid(format!("{e:#}"))),
-            Some(limits) => compile::in_child(limits, self.engine.get_memory_init_cow(), bytes).and_then(|code| {
-                // SAFETY: the code is what `compile_child` (this program,
-                // the same wasmtime) compiled and handed back through a
-                // pipe only this process reads; wasmtime checks that it was
-                // compiled for an engine compatible with this one.
-                #[allow(unsafe_code)]
-                let component = unsafe { Component::deserialize(&self.engine, &code) };
-                component.map_err(|e| LoadErrorKind::Invalid(format!("the compiled code of the compiling process does not load: {e:#}")))
-            }),
-        };
-        slow.done(self.cache.is_some() && component.is_ok());
-        let component = component?;
+        if let (Some(quick), Some(cache)) = (self.quick.as_ref().filter(|q| bytes.len() >= q.config.min_size), &self.cache) {
+            // Its optimized code is made in the background (unless that is
+            // under way already), whether the quick code is cached or not:
+            // an earlier background compile may have died.
+            let (optimized, quick_code) = (cache.path_for(sha256), quick.cache.path_for(sha256));
+            compile::optimize_in_background(&quick.config.program, &quick.config.args, self.engine.get_memory_init_cow(), bytes, &optimized, &quick_code);
+            if let Some(c) = quick.cache.load(&quick.engine, sha256) {
+                return Ok((c, Compiler::Winch));
+            }
+            match self.compile_with(origin, bytes, &quick.engine, Compiler::Winch, true) {
+                Ok(component) => {
+                    quick.cache.store(sha256, &component);
+                    return Ok((component, Compiler::Winch));
+                }
+                // Winch lacks a few proposals Cranelift has (wasmtime's
+                // tiers): Cranelift compiles it, or says why it cannot.
+                Err(e) => tracing::debug!("{origin}: not compiled quickly ({e}); compiling it with Cranelift"),
+            }
+        }
+        let component = self.compile_with(origin, bytes, &self.engine, Compiler::Cranelift, self.cache.is_some())?;
         if let Some(cache) = &self.cache {
             cache.store(sha256, &component);
         }
-        Ok(component)
+        Ok((component, Compiler::Cranelift))
+    }
+
+    /// Compiles `bytes` for `engine` with `compiler`: here, or in a child
+    /// process under the sandbox's [`CompileLimits`].
+    fn compile_with(&self, origin: &str, bytes: &[u8], engine: &Engine, compiler: Compiler, cached: bool) -> Result<Component, LoadErrorKind> {
+        let slow = SlowCompile::watch(origin, bytes.len(), cached, compiler);
+        let component = match &self.compile_limits {
+            None => Component::new(engine, bytes).map_err(|e| LoadErrorKind::Invalid(format!("{e:#}"))),
+            Some(limits) => {
+                let options = ChildCompile { memory_init_cow: engine.get_memory_init_cow(), winch: compiler == Compiler::Winch, ..ChildCompile::default() };
+                compile::in_child(limits, &options, bytes).and_then(|code| {
+                    // SAFETY: the code is what `compile_child` (this program,
+                    // the same wasmtime) compiled and handed back through a
+                    // pipe only this process reads; wasmtime checks that it
+                    // was compiled for an engine compatible with this one.
+                    #[allow(unsafe_code)]
+                    let component = unsafe { Component::deserialize(engine, &code) };
+                    component.map_err(|e| LoadErrorKind::Invalid(format!("the compiled code of the compiling process does not load: {e:#}")))
+                })
+            }
+        };
+        slow.done(cached && component.is_ok());
+        component
     }
 
     /// Compiles `bytes` without caching or linking: for benchmarks.
@@ -506,7 +614,7 @@ impl Sandbox {
         };
         let mut waited = Duration::ZERO;
         loop {
-            let mut store = match self.new_store(request, sink) {
+            let mut store = match self.new_store(component, request, sink) {
                 Ok(s) => s,
                 Err(f) => return (Err(f), 0),
             };
@@ -564,7 +672,7 @@ impl Sandbox {
         }
     }
 
-    fn new_store(&self, request: &StepRequest, sink: &LogSink) -> Result<Store<StepState>, StepFailure> {
+    fn new_store(&self, component: &StepComponent, request: &StepRequest, sink: &LogSink) -> Result<Store<StepState>, StepFailure> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(CapturedStream { sink: sink.clone(), stream: Stream::Stdout })
             .stderr(CapturedStream { sink: sink.clone(), stream: Stream::Stderr })
@@ -594,7 +702,8 @@ impl Sandbox {
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_hooks: http::HttpHooks::new(request.grants.http.clone(), request.limits.quota.http_requests, sink.clone()),
         };
-        let mut store = Store::new(&self.engine, state);
+        // The engine its code was compiled for (Cranelift's, or Winch's).
+        let mut store = Store::new(component.instance_pre().engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_fuel(request.limits.fuel).expect("fuel is enabled in the engine config");
         // Yield to the executor at every epoch tick, so the deadline and
