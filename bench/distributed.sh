@@ -75,7 +75,20 @@ echo
 echo "| 100 runs × 10 steps, 4 clients | wall | runs/s | steps/s | PG transactions per run | vs in-process | most worker connections |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 awk -v t="$local_s" 'BEGIN { printf "| SQLite, in-process (4 parallel run loops) | %.2f s | %.0f | %.0f | - | 1.00× | - |\n", t, 100 / t, 1000 / t }'
+# The front door: `serve` on the same store, its API taking the 4 clients'
+# posts over kept-alive connections (bench/api-clients.py), so no client
+# opens a PostgreSQL connection of its own per run.
+port=$((20000 + $$ % 20000))
+"$bin" -q --state-dir "$state" --store "$url" serve --listen "127.0.0.1:$port" --allow-actions --no-scheduler & serve_pid=$!
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+submit_small() { # client: 25 runs, by `submit` processes or through the API
+  case "$1" in
+    submit) for _ in $(seq 1 25); do "$bin" -q --state-dir "$state" --store "$url" submit "$work/small.yaml" >/dev/null; done ;;
+    api) python3 bench/api-clients.py "127.0.0.1:$port" 1 25 "$work/small.yaml" "$echo_wasm" ;;
+  esac
+}
 for n in ${SMALL_WORKERS:-2}; do
+ for mode in submit api; do
   pids=()
   for _ in $(seq 1 "$n"); do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency "${SLOTS##* }" & pids+=($!); done
   sleep 1
@@ -89,7 +102,7 @@ for n in ${SMALL_WORKERS:-2}; do
   c0=$(commits); t0=$(now)
   clients=()
   for c in 1 2 3 4; do
-    ( for _ in $(seq 1 25); do "$bin" -q --state-dir "$state" --store "$url" submit "$work/small.yaml" >/dev/null; done ) & clients+=($!)
+    submit_small "$mode" & clients+=($!)
   done
   wait "${clients[@]}"
   while [ "$(psql -tAq "$url" -c "SELECT count(*) FROM runs WHERE workflow = 'small' AND status = 'running'")" != 0 ]; do sleep 0.01; done
@@ -98,10 +111,12 @@ for n in ${SMALL_WORKERS:-2}; do
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
   sleep 1.5; c1=$(commits)
   pg_s=$(echo "$t1 - $t0" | bc)
-  awk -v t="$pg_s" -v a="$c0" -v b="$c1" -v l="$local_s" -v n="$n" -v m="$(cat "$work/most-connections" 2>/dev/null || echo 0)" \
-    'BEGIN { printf "| PostgreSQL, %d worker(s) (submit) | %.2f s | %.0f | %.0f | %.1f | %.2f× | %d |\n", n, t, 100 / t, 1000 / t, (b - a) / 100, l / t, m }'
+  awk -v t="$pg_s" -v a="$c0" -v b="$c1" -v l="$local_s" -v n="$n" -v mode="$([ "$mode" = api ] && echo "API through serve" || echo "a submit process per run")" -v m="$(cat "$work/most-connections" 2>/dev/null || echo 0)" \
+    'BEGIN { printf "| PostgreSQL, %d worker(s), %s | %.2f s | %.0f | %.0f | %.1f | %.2f× | %d |\n", n, mode, t, 100 / t, 1000 / t, (b - a) / 100, l / t, m }'
   rm -f "$work/most-connections"
+ done
 done
+kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true
 echo
 
 # Latencies, from the events' own timestamps, with 2 workers of the last SLOTS.

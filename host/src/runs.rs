@@ -330,7 +330,7 @@ pub fn rerun_steps(plan: &crate::plan::Plan, rerun: &Rerun) -> Result<std::colle
 /// `spawn_blocking` in async code.
 pub fn load_for_submit(file: &Path, components: Option<&Path>) -> Result<(Prepared, crate::store::queue::RunFiles), crate::workflow::Diagnostics> {
     let files = crate::exec::Recording { inner: crate::exec::Disk, seen: Default::default() };
-    let prepared = crate::exec::load_from_with(file, &crate::exec::ComponentCheck, &files, components)?;
+    let prepared = crate::exec::load_from_with(file, &crate::exec::ComponentCheck::default(), &files, components)?;
     Ok((prepared, files.seen.into_inner().unwrap_or_else(|e| e.into_inner())))
 }
 

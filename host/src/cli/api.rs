@@ -21,7 +21,7 @@ use super::guard::{Caller, refused};
 use super::serve::{App, failure};
 use sandflow::store::tokens::Role;
 use axum::Extension;
-use sandflow::exec::{ComponentCheck, Event, Recording, enter};
+use sandflow::exec::{Event, Recording, enter};
 use sandflow::runs::{QueueAgainError, Rerun};
 use sandflow::store::queue::{Binding, RunFiles};
 use sandflow::store::{PgStore, RunDetail};
@@ -270,9 +270,10 @@ async fn receive(app: &App, caller: &Caller, headers: HeaderMap, body: Body) -> 
     }
     let files: RunFiles = request.files.iter().map(|(path, sha)| (PathBuf::from(path), held[sha].clone())).collect();
     let (path, components) = (PathBuf::from(&request.workflow), request.components.clone().map(PathBuf::from));
+    let checks = app.checks.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         let recording = Recording { inner: files, seen: Default::default() };
-        let prepared = sandflow::exec::load_from_with(&path, &ComponentCheck, &recording, components.as_deref());
+        let prepared = sandflow::exec::load_from_with(&path, &*checks, &recording, components.as_deref());
         (prepared, recording.seen.into_inner().expect("not poisoned"))
     })
     .await;

@@ -124,6 +124,8 @@ pub(super) struct App {
     /// Plans of the workflows runs recorded, by file, SHA-256 and targets: a
     /// followed run's page asks for its graph each time a step ends.
     plans: std::sync::Mutex<HashMap<PlanKey, Arc<Plan>>>,
+    /// Submitted runs' components, checked once each (by SHA-256).
+    pub(super) checks: Arc<sandflow::exec::ComponentCheck>,
 }
 
 /// A run's workflow file, its SHA-256 and its `--target` steps.
@@ -180,6 +182,7 @@ pub(crate) async fn execute(args: ServeArgs, global: &GlobalArgs, out: &Output) 
         state_dir: global.state_dir.clone(),
         store_url: global.store.clone(),
         plans: Default::default(),
+        checks: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

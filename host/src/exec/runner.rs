@@ -83,11 +83,34 @@ impl StepRunner for Sandbox {
 /// Fast (a validating parse), and safe on untrusted bytes: nothing is
 /// compiled, so a component built to be slow or huge to compile costs
 /// nothing here.
-pub struct ComponentCheck;
+///
+/// It remembers the components it accepted, by SHA-256, so a long-lived
+/// process that checks the same components again and again (`serve`, each
+/// of whose submits names its components) parses each once: hashing a
+/// component costs a fraction of a validating parse. Failures are not
+/// remembered (their messages name where the bytes came from).
+#[derive(Default)]
+pub struct ComponentCheck {
+    accepted: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
+}
+
+/// Components a [`ComponentCheck`] remembers at most; it starts over when
+/// it is full.
+const CHECKS_KEPT: usize = 256;
 
 impl Loader for ComponentCheck {
     fn load(&self, origin: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
-        crate::sandbox::check_component(origin, bytes)
+        let sha256 = crate::sandbox::sha256_hex(bytes);
+        if let Some(imports) = crate::lock(&self.accepted).get(&sha256) {
+            return Ok(Loaded { sha256, imports: imports.clone() });
+        }
+        let loaded = crate::sandbox::check_component(origin, bytes)?;
+        let mut accepted = crate::lock(&self.accepted);
+        if accepted.len() >= CHECKS_KEPT {
+            accepted.clear();
+        }
+        accepted.insert(loaded.sha256.clone(), loaded.imports.clone());
+        Ok(loaded)
     }
 }
 

@@ -214,6 +214,7 @@ struct SlowCompile {
     watcher: Option<std::thread::JoinHandle<bool>>,
     origin: String,
     began: std::time::Instant,
+    compiler: Compiler,
 }
 
 impl SlowCompile {
@@ -235,7 +236,7 @@ impl SlowCompile {
                 _ => false,
             })
         });
-        SlowCompile { done: Some(tx), watcher, origin: origin.to_string(), began: std::time::Instant::now() }
+        SlowCompile { done: Some(tx), watcher, origin: origin.to_string(), began: std::time::Instant::now(), compiler }
     }
 
     /// The compile ended (`cached`: its compiled form was kept).
@@ -244,7 +245,12 @@ impl SlowCompile {
         let told = self.watcher.take().is_some_and(|w| w.join().unwrap_or(false));
         if let (true, Some((_, note))) = (told, SLOW_COMPILE.get()) {
             let took = self.began.elapsed().as_secs_f64();
-            note(&format!("compiled {} in {took:.1}s{}", self.origin, if cached { "; cached for the next run" } else { "" }));
+            let then = match (self.compiler, cached) {
+                (Compiler::Winch, _) => " with Winch; later runs get optimized code",
+                (Compiler::Cranelift, true) => "; cached for the next run",
+                (Compiler::Cranelift, false) => "",
+            };
+            note(&format!("compiled {} in {took:.1}s{then}", self.origin));
         }
     }
 }
