@@ -345,8 +345,33 @@ pub async fn submit(
     targets: &[String],
     binding: &crate::store::queue::Binding,
 ) -> Result<String, StoreError> {
+    let record = queued_run(prepared, file, input, targets);
+    store.submit(&record, files, binding).await?;
+    Ok(record.id)
+}
+
+/// [`submit`] for a run whose files the store keeps already for its
+/// namespace (`files`: each one's path and SHA-256): what `serve` queues
+/// after [`PgStore::files_by_hash`](crate::store::PgStore::files_by_hash)
+/// found them all.
+pub async fn submit_held(
+    store: &crate::store::PgStore,
+    prepared: &Prepared,
+    file: &Path,
+    files: &[(String, String)],
+    input: Value,
+    targets: &[String],
+    binding: &crate::store::queue::Binding,
+) -> Result<String, StoreError> {
+    let record = queued_run(prepared, file, input, targets);
+    store.submit_held(&record, files, binding).await?;
+    Ok(record.id)
+}
+
+/// The record of a run of `prepared` to queue.
+fn queued_run(prepared: &Prepared, file: &Path, input: Value, targets: &[String]) -> NewRun {
     let wf = &prepared.plan.workflow;
-    let record = NewRun {
+    NewRun {
         id: new_run_id(),
         workflow: wf.name.clone(),
         file: file.display().to_string(),
@@ -355,9 +380,7 @@ pub async fn submit(
         targets: targets.to_vec(),
         // Recorded among the run's files.
         text: None,
-    };
-    store.submit(&record, files, binding).await?;
-    Ok(record.id)
+    }
 }
 
 /// Why a run that workers ran cannot be queued again.

@@ -554,7 +554,9 @@ fn a_token_sees_and_touches_only_the_runs_of_its_namespaces() {
     assert_eq!(call_as(&addr, &a, "GET", "/metrics", &json!({})).0, 403);
 
     // A namespace cannot learn another's files: B's sleep component is
-    // missing to A, and A cannot submit into B's namespace.
+    // missing to A (though the server holds its bytes in memory since B's
+    // submit read them: it asks the store whether A has it every time),
+    // and A cannot submit into B's namespace.
     let sleep = std::fs::read(hostile("sleep")).unwrap();
     let files = json!({ "s.wasm": sha256(&sleep) });
     let (status, body) = call_as(&addr, &a, "POST", "/api/runs", &json!({ "workflow": "s.wasm", "files": files }));

@@ -33,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -217,7 +217,16 @@ pub(super) async fn submit(State(app): State<Arc<App>>, Extension(caller): Exten
         return refused(StatusCode::UNPROCESSABLE_ENTITY, refusal.to_string());
     }
     let file = PathBuf::from(&request.workflow);
-    match sandflow::runs::submit(&store, &prepared, &file, &used, request.input, &request.targets, &binding).await {
+    // Every file it read is one the store holds for its namespace (receive
+    // found them all), by the SHA-256 the request named; recorded by the
+    // path it was read by, as workers will ask for it.
+    let named: HashMap<PathBuf, &String> = request.files.iter().map(|(p, sha)| (sandflow::exec::plain_path(std::path::Path::new(p)), sha)).collect();
+    let held: Option<Vec<(String, String)>> =
+        used.keys().map(|p| named.get(&sandflow::exec::plain_path(p)).map(|sha| (p.display().to_string(), sha.to_string()))).collect();
+    let Some(held) = held else {
+        return refused(StatusCode::INTERNAL_SERVER_ERROR, "the workflow read a file the request did not name".into());
+    };
+    match sandflow::runs::submit_held(&store, &prepared, &file, &held, request.input, &request.targets, &binding).await {
         Ok(id) => {
             let mut response = (StatusCode::CREATED, [(header::LOCATION, format!("/api/runs/{id}"))], Json(json!({ "id": id }))).into_response();
             response.extensions_mut().insert(Noted { namespace: Some(binding.namespace), run_id: Some(id), detail: Some(request.workflow) });

@@ -37,7 +37,7 @@ mod runner;
 pub use builtin::canonical_json;
 pub use event::{Event, EventSink, RunState, SinkError, StepState};
 pub use self::core::Ending;
-pub use prepare::{Disk, Files, MAX_NESTING, Parsed, Prepared, PreparedComponent, Recording, load, load_from, load_from_with, load_with, prepare};
+pub use prepare::{Disk, Files, MAX_NESTING, Parsed, Prepared, PreparedComponent, Recording, load, load_from, load_from_with, load_with, plain_path, prepare};
 pub use redact::{MASK, MaskedString, Redactor, SecretSpans, unmask};
 pub use memo::{MemoEntry, MemoHit, Memos, memo_key};
 pub use runner::{ComponentCheck, Job, Loaded, Loader, StepRunner};

@@ -125,14 +125,19 @@ impl<F: Files> Files for Recording<F> {
     }
 }
 
-/// Files by path, held in memory. `./a.wasm` and `a.wasm` are one path
-/// (a workflow in the current directory names its components with `./`).
+/// A run's file path as its recorded files are looked up by: `./a.wasm`
+/// and `a.wasm` are one path (a workflow in the current directory names
+/// its components with `./`).
+pub fn plain_path(path: &Path) -> PathBuf {
+    path.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
+}
+
+/// Files by path, held in memory, looked up by [`plain_path`].
 impl Files for std::collections::BTreeMap<PathBuf, Vec<u8>> {
     fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        let plain = |p: &Path| p.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect::<PathBuf>();
-        let wanted = plain(path);
+        let wanted = plain_path(path);
         self.get(path)
-            .or_else(|| self.iter().find(|(p, _)| plain(p) == wanted).map(|(_, bytes)| bytes))
+            .or_else(|| self.iter().find(|(p, _)| plain_path(p) == wanted).map(|(_, bytes)| bytes))
             .cloned()
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "not among the run's recorded files"))
     }

@@ -376,6 +376,9 @@ pub struct PgStore {
     location: String,
     /// For connections of their own (`LISTEN`).
     pub(super) config: tokio_postgres::Config,
+    /// Files' bytes this process read and checked, by SHA-256: what
+    /// [`PgStore::files_by_hash`] need not fetch again.
+    pub(super) files_read: std::sync::Mutex<super::queue::FilesRead>,
 }
 
 pub(super) fn db(e: tokio_postgres::Error) -> StoreError {
@@ -450,7 +453,7 @@ impl PgStore {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|e| StoreError::Open { location: location.clone(), message: e.to_string() })?;
-        let store = PgStore { pool, location, config };
+        let store = PgStore { pool, location, config, files_read: Default::default() };
         // The first connection is not retried: a wrong URL fails at once.
         let mut client = store.pool.get().await.map_err(|e| StoreError::Open { location: store.location.clone(), message: pool_error(e) })?;
         migrate(&mut client).await.map_err(|e| match e {

@@ -55,6 +55,33 @@ type PgResult<T> = Result<T, tokio_postgres::Error>;
 /// workflow names them.
 pub type RunFiles = BTreeMap<PathBuf, Vec<u8>>;
 
+/// Files' checked bytes a [`PgStore`] read, by SHA-256, up to 128 MiB in
+/// all (then it starts over).
+#[derive(Default)]
+pub(super) struct FilesRead {
+    bytes: HashMap<String, std::sync::Arc<Vec<u8>>>,
+    total: usize,
+}
+
+impl FilesRead {
+    const MOST: usize = 128 << 20;
+
+    /// Keeps `bytes` (whose SHA-256 is `hash`, checked) if they fit.
+    fn keep(&mut self, hash: &str, bytes: Vec<u8>) -> std::sync::Arc<Vec<u8>> {
+        let bytes = std::sync::Arc::new(bytes);
+        if bytes.len() <= Self::MOST {
+            if self.total + bytes.len() > Self::MOST {
+                *self = FilesRead::default();
+            }
+            self.total += bytes.len();
+            if let Some(had) = self.bytes.insert(hash.to_string(), bytes.clone()) {
+                self.total -= had.len();
+            }
+        }
+        bytes
+    }
+}
+
 /// What a transaction on a run did.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
@@ -246,6 +273,17 @@ impl PgStore {
         tx.commit().await.map_err(db)
     }
 
+    /// Queues a run whose files the store keeps already, for its namespace
+    /// (`files`: each one's path and SHA-256, as [`PgStore::files_by_hash`]
+    /// found them): [`PgStore::submit`] without sending, hashing or
+    /// looking for the files' bytes again.
+    pub async fn submit_held(&self, run: &NewRun, files: &[(String, String)], binding: &Binding) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        insert_run(&tx, run, files, binding, &Trigger::default()).await?;
+        tx.commit().await.map_err(db)
+    }
+
     /// Keeps `bytes` among the store's files (by SHA-256, once per content)
     /// for runs of `namespace` to name later; returns its SHA-256 and
     /// whether the namespace had it already. What the API's uploads land in.
@@ -288,16 +326,42 @@ impl PgStore {
     /// them, or its runs used them), by SHA-256, each checked against it
     /// (a corrupt copy is left out, as if missing). Another namespace's
     /// files are missing here: what one tenant keeps, another cannot learn.
+    ///
+    /// Whether the namespace has a file is asked of the server every time;
+    /// the bytes of a file this process read and checked before are not
+    /// fetched (nor hashed) again: a submit through `serve` of a workflow
+    /// with 30 MB of components read them all at every submit.
     pub async fn files_by_hash(&self, namespace: &str, hashes: &[&str]) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        let known: Vec<String> = {
+            let read = crate::lock(&self.files_read);
+            hashes.iter().filter(|h| read.bytes.contains_key(**h)).map(|h| h.to_string()).collect()
+        };
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT f.sha256, f.bytes FROM files f JOIN namespace_files n ON n.sha256 = f.sha256 AND n.namespace = $2 WHERE f.sha256 = ANY($1)",
-                &[&hashes, &namespace],
+                "SELECT f.sha256, CASE WHEN f.sha256 = ANY($3) THEN NULL ELSE f.bytes END
+                 FROM files f JOIN namespace_files n ON n.sha256 = f.sha256 AND n.namespace = $2 WHERE f.sha256 = ANY($1)",
+                &[&hashes, &namespace, &known],
             )
             .await
             .map_err(db)?;
-        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1))).filter(|(h, b)| sha256_hex(b) == *h).collect())
+        let mut read = crate::lock(&self.files_read);
+        let mut held = HashMap::new();
+        for row in rows {
+            let (hash, bytes): (String, Option<Vec<u8>>) = (row.get(0), row.get(1));
+            let bytes = match bytes {
+                Some(bytes) if sha256_hex(&bytes) == hash => read.keep(&hash, bytes),
+                Some(_) => continue,
+                // Known when asked; forgotten since (the cache started
+                // over): asked again next time.
+                None => match read.bytes.get(&hash) {
+                    Some(bytes) => bytes.clone(),
+                    None => continue,
+                },
+            };
+            held.insert(hash, Vec::clone(&bytes));
+        }
+        Ok(held)
     }
 
     /// What a worker needs to load a queued run: its file, input and files,
