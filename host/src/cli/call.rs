@@ -72,7 +72,10 @@ fn after_help() -> String {
         sandflow call my.wasm --dir ./data:/data --allow-env LANG\n  \
         sandflow call fetch.wasm --allow-http api.example.com --allow-http 127.0.0.1:8080\n  \
         sandflow call my.wasm --quota blob_bytes=16MiB --quota state_keys=100\n\n\
-        Quotas, with their defaults (as a workflow step's `quota:`): {}.",
+        Quotas, with their defaults (as a workflow step's `quota:`): {}.\n\n\
+        A component of 1 MiB or more (a Python or JavaScript step) that this machine has not \
+        compiled before runs on quickly compiled code (Winch) at its first call, while optimized \
+        code is compiled in the background, at the lowest priority, for the calls after.",
         quotas.join(", ")
     )
 }
