@@ -4,7 +4,7 @@
 //! that compiles new components quickly first ([`super::QuickCompile`]), a
 //! second engine like it whose compiler is Winch.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -174,14 +174,15 @@ pub(crate) fn compiling_engine(memory_init_cow: bool, compiler: Compiler) -> was
 /// Advances its engines' epochs every [`EPOCH_TICK`] until dropped.
 pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
+    engines: Arc<Mutex<Vec<wasmtime::EngineWeak>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    pub(crate) fn start(engines: &[&Engine]) -> std::io::Result<Self> {
+    pub(crate) fn start(engine: &Engine) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let weak: Vec<_> = engines.iter().map(|e| e.weak()).collect();
-        let flag = stop.clone();
+        let engines = Arc::new(Mutex::new(vec![engine.weak()]));
+        let (flag, ticked) = (stop.clone(), engines.clone());
         let thread = std::thread::Builder::new().name("sandflow-epoch".into()).spawn(move || {
             // Parked, not asleep: dropping the ticker unparks it, so a
             // process does not wait out a tick before it can exit (a
@@ -192,9 +193,8 @@ impl EpochTicker {
                 if flag.load(Ordering::Relaxed) {
                     break;
                 }
-                // The sandbox owns the engines and stops the ticker
-                // before they are dropped; one gone means the sandbox is.
-                for engine in &weak {
+                // An engine gone means its sandbox is being dropped.
+                for engine in crate::lock(&ticked).iter() {
                     match engine.upgrade() {
                         Some(engine) => engine.increment_epoch(),
                         None => return,
@@ -202,7 +202,13 @@ impl EpochTicker {
                 }
             }
         })?;
-        Ok(EpochTicker { stop, thread: Some(thread) })
+        Ok(EpochTicker { stop, engines, thread: Some(thread) })
+    }
+
+    /// Ticks `engine` too, from the next tick on (a sandbox's Winch
+    /// engine, made when it is first needed).
+    pub(crate) fn add(&self, engine: &Engine) {
+        crate::lock(&self.engines).push(engine.weak());
     }
 }
 

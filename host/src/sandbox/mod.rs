@@ -338,20 +338,28 @@ pub struct Sandbox {
     linker: Linker<StepState>,
     cache: Option<ArtifactCache>,
     compile_limits: Option<CompileLimits>,
-    quick: Option<Quick>,
+    quick: Option<QuickSetup>,
     loaded: Mutex<HashMap<String, Arc<StepComponent>>>,
     described: Mutex<HashMap<String, DescribeCell>>,
     slots: Semaphore,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
-/// What a sandbox with [`QuickCompile`] holds for it: Winch's engine, a
+/// A sandbox's [`QuickCompile`]: Winch's engine, its linker and its
+/// cache are made the first time a component is compiled quickly (a
+/// `call` of a small or cached component does not pay for them).
+struct QuickSetup {
+    config: QuickCompile,
+    dir: PathBuf,
+    made: std::sync::OnceLock<Option<Quick>>,
+}
+
+/// What a sandbox compiling quickly holds for it: Winch's engine, a
 /// linker for it, and the cache of its code.
 struct Quick {
     engine: Engine,
     linker: Linker<StepState>,
     cache: ArtifactCache,
-    config: QuickCompile,
 }
 
 /// A linker with everything a step may import, for `engine`.
@@ -375,21 +383,12 @@ impl Sandbox {
         let (engine, allocator) = engine::new_engine(config.allocator, config.max_instances).map_err(err)?;
         let linker = step_linker(&engine).map_err(err)?;
         let quick = match (config.quick_compile, &config.cache_dir) {
-            (Some(quick), Some(dir)) => {
-                let quick_engine = engine::quick_engine(engine.get_memory_init_cow()).map_err(err)?;
-                Some(Quick {
-                    linker: step_linker(&quick_engine).map_err(err)?,
-                    cache: ArtifactCache::new(dir.clone(), &quick_engine, Compiler::Winch),
-                    engine: quick_engine,
-                    config: quick,
-                })
-            }
+            (Some(config), Some(dir)) => Some(QuickSetup { config, dir: dir.clone(), made: Default::default() }),
             // Without a cache every process compiles: quickly compiled
             // code would never be replaced by optimized code.
             _ => None,
         };
-        let engines: Vec<&Engine> = std::iter::once(&engine).chain(quick.as_ref().map(|q| &q.engine)).collect();
-        let ticker = EpochTicker::start(&engines).map_err(|e| SandboxError(e.to_string()))?;
+        let ticker = EpochTicker::start(&engine).map_err(|e| SandboxError(e.to_string()))?;
         Ok(Sandbox {
             cache: config.cache_dir.map(|dir| ArtifactCache::new(dir, &engine, Compiler::Cranelift)),
             compile_limits: config.compile_limits,
@@ -400,7 +399,7 @@ impl Sandbox {
             loaded: Mutex::new(HashMap::new()),
             described: Mutex::new(HashMap::new()),
             slots: Semaphore::new(config.max_instances as usize),
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -425,7 +424,7 @@ impl Sandbox {
             return Ok(c.clone());
         }
         let (component, compiler) = self.compile(origin, &sha256, bytes).map_err(fail)?;
-        let (engine, linker) = match (compiler, &self.quick) {
+        let (engine, linker) = match (compiler, self.made_quick()) {
             (Compiler::Winch, Some(quick)) => (&quick.engine, &quick.linker),
             _ => (&self.engine, &self.linker),
         };
@@ -474,12 +473,13 @@ impl Sandbox {
         if let Some(c) = self.cache.as_ref().and_then(|c| c.load(&self.engine, sha256)) {
             return Ok((c, Compiler::Cranelift));
         }
-        if let (Some(quick), Some(cache)) = (self.quick.as_ref().filter(|q| bytes.len() >= q.config.min_size), &self.cache) {
+        let large = self.quick.as_ref().filter(|q| bytes.len() >= q.config.min_size);
+        if let (Some(QuickSetup { config, .. }), Some(quick), Some(cache)) = (large, large.and_then(|_| self.made_quick()), &self.cache) {
             // Its optimized code is made in the background (unless that is
             // under way already), whether the quick code is cached or not:
             // an earlier background compile may have died.
             let (optimized, quick_code) = (cache.path_for(sha256), quick.cache.path_for(sha256));
-            compile::optimize_in_background(&quick.config.program, &quick.config.args, self.engine.get_memory_init_cow(), bytes, &optimized, &quick_code);
+            compile::optimize_in_background(&config.program, &config.args, self.engine.get_memory_init_cow(), bytes, &optimized, &quick_code);
             if let Some(c) = quick.cache.load(&quick.engine, sha256) {
                 return Ok((c, Compiler::Winch));
             }
@@ -498,6 +498,32 @@ impl Sandbox {
             cache.store(sha256, &component);
         }
         Ok((component, Compiler::Cranelift))
+    }
+
+    /// Winch's engine, linker and cache, made at the first call; `None`
+    /// without [`QuickCompile`], or if Winch's engine cannot be made (then
+    /// everything compiles with Cranelift).
+    fn made_quick(&self) -> Option<&Quick> {
+        let setup = self.quick.as_ref()?;
+        setup
+            .made
+            .get_or_init(|| {
+                let made = engine::quick_engine(self.engine.get_memory_init_cow()).and_then(|engine| {
+                    let linker = step_linker(&engine)?;
+                    Ok(Quick { cache: ArtifactCache::new(setup.dir.clone(), &engine, Compiler::Winch), linker, engine })
+                });
+                match made {
+                    Ok(quick) => {
+                        self.ticker.add(&quick.engine);
+                        Some(quick)
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot set up Winch, compiling everything with Cranelift: {e:#}");
+                        None
+                    }
+                }
+            })
+            .as_ref()
     }
 
     /// Compiles `bytes` for `engine` with `compiler`: here, or in a child
