@@ -427,14 +427,8 @@ pub(crate) fn new_sandbox(state_dir: &std::path::Path) -> Result<sandflow::sandb
 /// component is compiled by a process of this program's own, within
 /// `time` and `memory` ([`sandflow::sandbox::CompileLimits`]).
 pub(crate) fn new_untrusting_sandbox(state_dir: &std::path::Path, time: std::time::Duration, memory: u64) -> Result<sandflow::sandbox::Sandbox, CliError> {
-    let program = this_program()?;
-    let limits = sandflow::sandbox::CompileLimits { program, args: vec!["compile-component".into()], time, memory };
-    let config = sandflow::sandbox::SandboxConfig {
-        cache_dir: Some(state_dir.join("cache").join("components")),
-        compile_limits: Some(limits),
-        ..Default::default()
-    };
-    sandflow::sandbox::Sandbox::new(config).map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })
+    let limits = sandflow::sandbox::CompileLimits { program: this_program()?, args: vec!["compile-component".into()], time, memory };
+    open_sandbox(state_dir, sandflow::sandbox::SandboxConfig { compile_limits: Some(limits), ..Default::default() })
 }
 
 /// A sandbox whose instance pool holds `instances` slots: commands that run
@@ -442,12 +436,7 @@ pub(crate) fn new_untrusting_sandbox(state_dir: &std::path::Path, time: std::tim
 /// setting up each slot (its async stack's guard pages above all) is most
 /// of a short process's start-up otherwise.
 pub(crate) fn new_sandbox_for(state_dir: &std::path::Path, instances: u32) -> Result<sandflow::sandbox::Sandbox, CliError> {
-    let config = sandflow::sandbox::SandboxConfig {
-        cache_dir: Some(state_dir.join("cache").join("components")),
-        max_instances: instances,
-        ..Default::default()
-    };
-    sandflow::sandbox::Sandbox::new(config).map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })
+    open_sandbox(state_dir, sandflow::sandbox::SandboxConfig { max_instances: instances, ..Default::default() })
 }
 
 /// A sandbox for the plugin author's loop (`call`, `component inspect`,
@@ -457,13 +446,12 @@ pub(crate) fn new_sandbox_for(state_dir: &std::path::Path, instances: u32) -> Re
 /// process of this program's own for the next ones
 /// ([`sandflow::sandbox::QuickCompile`]).
 pub(crate) fn new_quick_sandbox(state_dir: &std::path::Path, instances: u32) -> Result<sandflow::sandbox::Sandbox, CliError> {
-    let program = this_program()?;
-    let quick = sandflow::sandbox::QuickCompile { program, args: vec!["compile-component".into()], min_size: sandflow::sandbox::QuickCompile::MIN_SIZE };
-    let config = sandflow::sandbox::SandboxConfig {
-        cache_dir: Some(state_dir.join("cache").join("components")),
-        max_instances: instances,
-        quick_compile: Some(quick),
-        ..Default::default()
-    };
+    let quick = sandflow::sandbox::QuickCompile { program: this_program()?, args: vec!["compile-component".into()], min_size: sandflow::sandbox::QuickCompile::MIN_SIZE };
+    open_sandbox(state_dir, sandflow::sandbox::SandboxConfig { max_instances: instances, quick_compile: Some(quick), ..Default::default() })
+}
+
+/// `config`'s sandbox, its compiled components cached under the state dir.
+fn open_sandbox(state_dir: &std::path::Path, config: sandflow::sandbox::SandboxConfig) -> Result<sandflow::sandbox::Sandbox, CliError> {
+    let config = sandflow::sandbox::SandboxConfig { cache_dir: Some(state_dir.join("cache").join("components")), ..config };
     sandflow::sandbox::Sandbox::new(config).map_err(|e| CliError { code: exit::FAILED, message: e.to_string() })
 }

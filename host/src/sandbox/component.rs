@@ -199,6 +199,12 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadErrorKind> {
 /// whole binary, then its top-level imports and exports as
 /// [`crate::sandbox::Sandbox::load_bytes`] checks them after compiling.
 pub fn check_component(origin: &str, bytes: &[u8]) -> Result<crate::exec::Loaded, LoadError> {
+    Ok(crate::exec::Loaded { imports: checked_imports(origin, bytes)?, sha256: super::sha256_hex(bytes) })
+}
+
+/// [`check_component`] but for the SHA-256, which the caller has: the
+/// component's imports if it passes.
+pub(crate) fn checked_imports(origin: &str, bytes: &[u8]) -> Result<Vec<String>, LoadError> {
     let fail = |kind| LoadError { origin: origin.to_string(), kind };
     check_header(bytes).map_err(fail)?;
     let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
@@ -237,7 +243,7 @@ pub fn check_component(origin: &str, bytes: &[u8]) -> Result<crate::exec::Loaded
     if !ungranted.is_empty() {
         return Err(fail(LoadErrorKind::UngrantedImports(ungranted)));
     }
-    Ok(crate::exec::Loaded { sha256: super::sha256_hex(bytes), imports })
+    Ok(imports)
 }
 
 /// The first wasi:http import in `imports`.

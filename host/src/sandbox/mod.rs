@@ -62,6 +62,7 @@ pub use tokio_util::sync::CancellationToken;
 use self::bindings::Metadata;
 use self::cache::ArtifactCache;
 use self::component::{check_header, origin_of, read_file, ungranted_imports};
+pub(crate) use self::component::checked_imports;
 use self::engine::EpochTicker;
 use self::host::{MemoryCap, StepState};
 use self::quota::AttemptMeter;
