@@ -9,6 +9,9 @@
 #   bench/small-runs-cpu.sh [postgres://USER@HOST/DATABASE]
 #
 #   SANDFLOW_BIN   a sandflow binary to measure instead of this tree's release build
+#   MODE=api       submit through `serve`'s API from 4 kept-alive clients
+#                  (bench/api-clients.py) instead of a `submit` process per run;
+#                  `serve`'s CPU is then counted in place of the submits'
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source bench/pg-bench.sh "$@"
@@ -22,27 +25,43 @@ cpu_of() { for p in "$@"; do awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null; 
 # Every server process's, with the time of its children that ended.
 server() { for p in $(pgrep -u postgres postgres); do awk '{print $14+$15+$16+$17}' "/proc/$p/stat" 2>/dev/null; done | awk '{s+=$1} END {print s+0}'; }
 secs() { echo "($2 - $1) / $hz" | bc -l | awk '{printf "%.2f s", $1}'; }
+mode="${MODE:-submit}"
+if [ "$mode" = api ]; then
+  port=$((20000 + $$ % 20000))
+  "$bin" -q --state-dir "$state" --store "$url" serve --listen "127.0.0.1:$port" --allow-actions --no-scheduler & serve_pid=$!
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+fi
 pids=()
 for _ in 1 2; do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency 16 & pids+=($!); done
 sleep 1
 "$bin" -q --state-dir "$state" --store "$url" run --no-work "$work/small.yaml" >/dev/null   # prepared once
 backends=$(psql -tAq "$base" -c "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE application_name LIKE 'sandflow worker%'")
 b0=$(busy); w0=$(cpu_of "${pids[@]}"); s0=$(server); k0=$(cpu_of $backends); t0=$(date +%s.%N)
+[ "$mode" = api ] && v0=$(cpu_of "$serve_pid")
 clients=()
 for c in 1 2 3 4; do
-  ( for _ in $(seq 1 25); do "$bin" -q --state-dir "$state" --store "$url" submit "$work/small.yaml" >/dev/null; done
-    awk '{print $16+$17}' "/proc/$BASHPID/stat" > "$work/client$c" ) & clients+=($!)
+  if [ "$mode" = api ]; then
+    ( python3 bench/api-clients.py "127.0.0.1:$port" 1 25 "$work/small.yaml" "$echo_wasm"; echo 0 > "$work/client$c" ) & clients+=($!)
+  else
+    ( for _ in $(seq 1 25); do "$bin" -q --state-dir "$state" --store "$url" submit "$work/small.yaml" >/dev/null; done
+      awk '{print $16+$17}' "/proc/$BASHPID/stat" > "$work/client$c" ) & clients+=($!)
+  fi
 done
 wait "${clients[@]}"
 t_sub=$(date +%s.%N)
 while [ "$(psql -tAq "$url" -c "SELECT count(*) FROM runs WHERE workflow = 'small' AND status = 'running'")" != 0 ]; do sleep 0.01; done
 t1=$(date +%s.%N); b1=$(busy); w1=$(cpu_of "${pids[@]}"); s1=$(server); k1=$(cpu_of $backends)
 c=$(cat "$work"/client? | awk '{s+=$1} END {print s+0}')
-echo "| 100 small runs, 4 clients, 2 workers | |"
+[ "$mode" = api ] && v1=$(cpu_of "$serve_pid")
+echo "| 100 small runs, 4 clients ($mode), 2 workers | |"
 echo "| --- | ---: |"
 echo "| wall (submits done) | $(echo "$t1 - $t0" | bc | awk '{printf "%.2f s", $1}') ($(echo "$t_sub - $t0" | bc | awk '{printf "%.2f s", $1}')) |"
 echo "| all CPU | $(secs "$b0" "$b1") |"
 echo "| server, the workers' backends | $(secs "$k0" "$k1") |"
 echo "| server, the others (the submits') | $(secs "$((s0 + k1))" "$((s1 + k0))") |"
 echo "| the worker processes | $(secs "$w0" "$w1") |"
-echo "| the submit processes | $(secs 0 "$c") |"
+if [ "$mode" = api ]; then
+  echo "| serve (the API) | $(secs "$v0" "$v1") |"
+else
+  echo "| the submit processes | $(secs 0 "$c") |"
+fi

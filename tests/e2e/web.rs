@@ -665,7 +665,9 @@ fn an_approval_is_approved_with_a_click_in_a_real_browser() {
     let mut browser = Browser::open(&chromium, &format!("http://{addr}/runs/{id}"));
     let asked = browser.text_of(r#"tr[data-step="approve"][data-state="waiting"]"#, "Ship v7?");
     assert!(asked.contains("waits for approval (timeout "), "{asked}");
-    // The graph colours it as waiting; the picture shows its row and buttons.
+    // The graph colours it as waiting (it is fetched after the table is
+    // drawn: wait for it); the picture shows its row and buttons.
+    browser.text_of(r#"g.step.waiting[data-step="approve"]"#, "");
     assert_eq!(browser.eval(r#"document.querySelectorAll('g.step.waiting[data-step="approve"]').length"#), 1);
     browser.screenshot("run-waiting.png", Some(("#timeline", 300)));
     browser.click(r#"tr[data-step="approve"] button[data-signal="approve"]"#);

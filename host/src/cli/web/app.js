@@ -81,15 +81,20 @@ const sandflow = (() => {
     const id = decodeURIComponent(location.pathname.split("/").pop());
     const open = new Set();
     let lastStates = "";
+    let drawn = 0;
     const graph = async (run) => {
       const states = run.steps.map((s) => s.step + "=" + s.state).join(",");
       if (states === lastStates) return;
       lastStates = states;
+      // Fetches may end out of order: only the latest one's picture is drawn.
+      const mine = ++drawn;
       try {
         const svg = await (await api(`/api/runs/${id}/graph.svg`)).text();
+        if (mine !== drawn) return;
         document.getElementById("graph").innerHTML = svg;
         document.getElementById("graph-problem").hidden = true;
       } catch (e) {
+        if (mine !== drawn) return;
         const p = document.getElementById("graph-problem");
         p.textContent = e.message; p.hidden = false;
       }
