@@ -29,7 +29,6 @@ source bench/pg-bench.sh "$@"
 
 state="$work/state"
 "$bin" -q --state-dir "$state" validate "$work/wide.yaml" >/dev/null   # compile once: caches are warm
-commits() { psql -tAq "$base" -c "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
 line() { # name steps seconds transactions
   awk -v n="$1" -v s="$2" -v t="$3" -v x="$4" 'BEGIN { printf "| %-34s | %5d | %7.2f s | %7.0f | %8.0f µs | %s |\n", n, s, t, s / t, t / s * 1e6, x }'
 }
@@ -105,7 +104,7 @@ for n in ${SMALL_WORKERS:-2}; do
     submit_small "$mode" & clients+=($!)
   done
   wait "${clients[@]}"
-  while [ "$(psql -tAq "$url" -c "SELECT count(*) FROM runs WHERE workflow = 'small' AND status = 'running'")" != 0 ]; do sleep 0.01; done
+  wait_small_runs
   t1=$(now)
   kill "$sampler"; wait "$sampler" 2>/dev/null || true
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true

@@ -5,7 +5,8 @@
 # Sets `base` (the server), `bin` (SANDFLOW_BIN, or this tree's release
 # build), `work` (a scratch dir), `schema` and `url` (a fresh schema on the
 # server and a store URL in it; both dropped at exit, with any process the
-# script left running) and `echo_wasm`; defines `small_workflow FILE`.
+# script left running) and `echo_wasm`; defines `small_workflow FILE` and
+# `wait_small_runs` and `commits`.
 base="${1:-${SANDFLOW_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}}"
 # SANDFLOW_BIN: another build to measure (an earlier commit's, side by side).
 bin="${SANDFLOW_BIN:-}"
@@ -33,3 +34,15 @@ small_workflow() {
     for i in $(seq 1 8); do echo "  - { id: b$i, component: echo, needs: [root], input: { n: $i } }"; done
     echo "  - { id: join, component: echo, needs: [b1, b2, b3, b4, b5, b6, b7, b8], input: { n: 9 } }"; } > "$1"
 }
+
+# Waits until no run of the small workflow is running, asking every 5 ms
+# over one connection (a `psql` per question would cost the server a
+# connection's start, ~5 ms of its CPU, and the machine a process: on two
+# cores, a poll every 10 ms took most of a core from what it measures).
+wait_small_runs() {
+  psql -q "$url" -c "DO \$\$ BEGIN WHILE EXISTS (SELECT 1 FROM runs WHERE workflow = 'small' AND status = 'running') LOOP PERFORM pg_sleep(0.005); END LOOP; END \$\$"
+}
+
+# Transactions the server committed in this database so far (its statistics
+# lag: read them a second or more after the work).
+commits() { psql -tAq "$base" -c "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }

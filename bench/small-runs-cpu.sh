@@ -9,6 +9,7 @@
 #   bench/small-runs-cpu.sh [postgres://USER@HOST/DATABASE]
 #
 #   SANDFLOW_BIN   a sandflow binary to measure instead of this tree's release build
+#   WORKERS=N      N worker processes (16 slots each) instead of 2
 #   MODE=api       submit through `serve`'s API from 4 kept-alive clients
 #                  (bench/api-clients.py) instead of a `submit` process per run;
 #                  `serve`'s CPU is then counted in place of the submits'
@@ -32,11 +33,11 @@ if [ "$mode" = api ]; then
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
 fi
 pids=()
-for _ in 1 2; do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency 16 & pids+=($!); done
+for _ in $(seq 1 "${WORKERS:-2}"); do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency 16 & pids+=($!); done
 sleep 1
 "$bin" -q --state-dir "$state" --store "$url" run --no-work "$work/small.yaml" >/dev/null   # prepared once
 backends=$(psql -tAq "$base" -c "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE application_name LIKE 'sandflow worker%'")
-b0=$(busy); w0=$(cpu_of "${pids[@]}"); s0=$(server); k0=$(cpu_of $backends); t0=$(date +%s.%N)
+x0=$(commits); b0=$(busy); w0=$(cpu_of "${pids[@]}"); s0=$(server); k0=$(cpu_of $backends); t0=$(date +%s.%N)
 [ "$mode" = api ] && v0=$(cpu_of "$serve_pid")
 clients=()
 for c in 1 2 3 4; do
@@ -49,14 +50,16 @@ for c in 1 2 3 4; do
 done
 wait "${clients[@]}"
 t_sub=$(date +%s.%N)
-while [ "$(psql -tAq "$url" -c "SELECT count(*) FROM runs WHERE workflow = 'small' AND status = 'running'")" != 0 ]; do sleep 0.01; done
+wait_small_runs
 t1=$(date +%s.%N); b1=$(busy); w1=$(cpu_of "${pids[@]}"); s1=$(server); k1=$(cpu_of $backends)
 c=$(cat "$work"/client? | awk '{s+=$1} END {print s+0}')
+sleep 1.5; x1=$(commits)
 [ "$mode" = api ] && v1=$(cpu_of "$serve_pid")
-echo "| 100 small runs, 4 clients ($mode), 2 workers | |"
+echo "| 100 small runs, 4 clients ($mode), ${WORKERS:-2} workers | |"
 echo "| --- | ---: |"
 echo "| wall (submits done) | $(echo "$t1 - $t0" | bc | awk '{printf "%.2f s", $1}') ($(echo "$t_sub - $t0" | bc | awk '{printf "%.2f s", $1}')) |"
 echo "| all CPU | $(secs "$b0" "$b1") |"
+echo "| PostgreSQL transactions per run | $(echo "($x1 - $x0) / 100" | bc -l | awk '{printf "%.1f", $1}') |"
 echo "| server, the workers' backends | $(secs "$k0" "$k1") |"
 echo "| server, the others (the submits') | $(secs "$((s0 + k1))" "$((s1 + k0))") |"
 echo "| the worker processes | $(secs "$w0" "$w1") |"

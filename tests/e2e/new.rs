@@ -83,7 +83,7 @@ fn builds_and_runs(lang: &str, expected_files: &[&str]) {
 #[test]
 fn a_new_javascript_step_builds_and_runs_with_no_edits() {
     if toolchain("npm") {
-        builds_and_runs("js", &["step.js", "sandflow.js", "package.json", "package-lock.json"]);
+        builds_and_runs("js", &["step.js", "sandflow.js", "build.mjs", "package.json", "package-lock.json"]);
     }
 }
 
@@ -96,7 +96,8 @@ fn a_new_python_step_builds_and_runs_with_no_edits() {
 
 /// `sandflow dev PROJECT --call JSON`: builds the project and calls it,
 /// then, when its handler is edited, builds and calls it again: the new
-/// output comes without anything else typed. (A JavaScript project: its
+/// output comes without anything else typed, from a rebuild that reused
+/// the first build's splice (build.mjs's cache). (A JavaScript project: its
 /// rebuild is the quickest of the three templates'.)
 #[test]
 fn dev_rebuilds_and_calls_again_when_the_handler_changes() {
@@ -132,4 +133,8 @@ fn dev_rebuilds_and_calls_again_when_the_handler_changes() {
     assert_eq!(next_greeting(), "\"Good day, Ada.\"");
     let _ = dev.kill();
     let _ = dev.wait();
+    // The rebuild used the first build's splice of the bindings into the
+    // engine: one cache entry, its key independent of the handler.
+    let spliced: Vec<_> = std::fs::read_dir(project.join("node_modules/.cache/sandflow-splice")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(spliced.len(), 1, "{spliced:?}");
 }

@@ -54,6 +54,7 @@ const SDK_LIB: &str = include_str!("../../../components/sdk/src/lib.rs");
 const WIT: &str = include_str!("../../../wit/step.wit");
 const LOCK: &str = include_str!("../../../components/Cargo.lock");
 const JS_LIB: &str = include_str!("../../../components/js/sandflow.js");
+const JS_BUILD: &str = include_str!("../../../components/js/build.mjs");
 const JS_LOCK: &str = include_str!("../../../components/js/package-lock.json");
 const PY_LIB: &str = include_str!("../../../components/python/sandflow.py");
 const PY_REQUIREMENTS: &str = include_str!("../../../components/python/requirements.txt");
@@ -76,8 +77,9 @@ fn rust_files(name: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The files of a JavaScript step project: the repository's guest library
-/// and its pinned componentize-js (the lock file, renamed for the project).
+/// The files of a JavaScript step project: the repository's guest library,
+/// its pinned componentize-js (the lock file, renamed for the project) and
+/// the build driver that keeps componentize-js's splice between builds.
 fn js_files(name: &str) -> Vec<(&'static str, String)> {
     let fill = |t: &str| t.replace("@NAME@", name);
     vec![
@@ -85,6 +87,7 @@ fn js_files(name: &str) -> Vec<(&'static str, String)> {
         ("package-lock.json", JS_LOCK.replace(r#""name": "sandflow-js-steps""#, &format!(r#""name": "{name}""#))),
         ("step.js", fill(include_str!("templates/js/step.js.in"))),
         ("sandflow.js", JS_LIB.to_string()),
+        ("build.mjs", JS_BUILD.to_string()),
         ("wit/step.wit", WIT.to_string()),
         ("build.sh", fill(include_str!("templates/js/build.sh.in"))),
         ("workflow.yaml", fill(WORKFLOW)),
