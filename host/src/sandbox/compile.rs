@@ -188,6 +188,12 @@ pub fn compile_child(options: &ChildCompile) -> u8 {
             libc::setpriority(libc::PRIO_PROCESS, 0, 19);
             libc::setrlimit(libc::RLIMIT_CPU, &cpu);
         }
+        // Where the kernel schedules each session as a group
+        // (`sched_autogroup_enabled`), a process's priority only ranks it
+        // within its session's group, and groups share the CPU as equals:
+        // a compile left alone in its session would take half of a busy
+        // machine. Its session's group goes last too (`sched(7)`).
+        let _ = std::fs::write("/proc/self/autogroup", "19");
     }
     let code = compile_stdin(options);
     if let Some(into) = &options.into {
@@ -252,8 +258,8 @@ const PENDING_STALE: Duration = Duration::from_secs(15 * 60);
 /// Starts a detached child process (`program` with `args`) that compiles
 /// `bytes` with Cranelift into the artifact `into`, then deletes the
 /// quickly compiled artifact `replaces`; unless one is under way already.
-/// It outlives this process (its own process group: a Ctrl-C of the
-/// terminal does not reach it) and runs at the lowest CPU priority.
+/// It outlives this process (its own session: a Ctrl-C or the terminal's
+/// closing does not reach it) and runs at the lowest CPU priority.
 /// Failing to start it is not an error: the next process tries again.
 pub(crate) fn optimize_in_background(program: &Path, args: &[OsString], memory_init_cow: bool, bytes: &[u8], into: &Path, replaces: &Path) {
     let pending = pending_path(into);
@@ -273,7 +279,20 @@ pub(crate) fn optimize_in_background(program: &Path, args: &[OsString], memory_i
     command.args(args).args(options.args()).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
     {
         use std::os::unix::process::CommandExt;
-        command.process_group(0);
+        // SAFETY: setsid is async-signal-safe and touches no memory.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(|| {
+                // A session of its own: no terminal's Ctrl-C or hang-up
+                // reaches it, and (where the kernel groups a session's
+                // processes for scheduling) a group of its own, which the
+                // child then puts last ([`compile_child`]).
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
     let mut child = match command.spawn() {
         Ok(child) => child,
