@@ -475,7 +475,9 @@ impl Sandbox {
             return Ok((c, Compiler::Cranelift));
         }
         let large = self.quick.as_ref().filter(|q| bytes.len() >= q.config.min_size);
-        if let (Some(QuickSetup { config, .. }), Some(quick), Some(cache)) = (large, large.and_then(|_| self.made_quick()), &self.cache) {
+        if let (Some(QuickSetup { config, .. }), Some(cache)) = (large, &self.cache)
+            && let Some(quick) = self.made_quick()
+        {
             // Its optimized code is made in the background (unless that is
             // under way already), whether the quick code is cached or not:
             // an earlier background compile may have died.
