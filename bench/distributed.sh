@@ -77,9 +77,7 @@ awk -v t="$local_s" 'BEGIN { printf "| SQLite, in-process (4 parallel run loops)
 # The front door: `serve` on the same store, its API taking the 4 clients'
 # posts over kept-alive connections (bench/api-clients.py), so no client
 # opens a PostgreSQL connection of its own per run.
-port=$((20000 + $$ % 20000))
-"$bin" -q --state-dir "$state" --store "$url" serve --listen "127.0.0.1:$port" --allow-actions --no-scheduler & serve_pid=$!
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+start_serve "$state"
 submit_small() { # client: 25 runs, by `submit` processes or through the API
   case "$1" in
     submit) for _ in $(seq 1 25); do "$bin" -q --state-dir "$state" --store "$url" submit "$work/small.yaml" >/dev/null; done ;;

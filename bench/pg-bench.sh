@@ -6,7 +6,7 @@
 # build), `work` (a scratch dir), `schema` and `url` (a fresh schema on the
 # server and a store URL in it; both dropped at exit, with any process the
 # script left running) and `echo_wasm`; defines `small_workflow FILE` and
-# `wait_small_runs` and `commits`.
+# `wait_small_runs`, `commits` and `start_serve STATE_DIR`.
 base="${1:-${SANDFLOW_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}}"
 # SANDFLOW_BIN: another build to measure (an earlier commit's, side by side).
 bin="${SANDFLOW_BIN:-}"
@@ -46,3 +46,11 @@ wait_small_runs() {
 # Transactions the server committed in this database so far (its statistics
 # lag: read them a second or more after the work).
 commits() { psql -tAq "$base" -c "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
+
+# Starts `serve` on the store with STATE_DIR, actions allowed, no scheduler,
+# and waits until it answers: sets `port` and `serve_pid`.
+start_serve() {
+  port=$((20000 + $$ % 20000))
+  "$bin" -q --state-dir "$1" --store "$url" serve --listen "127.0.0.1:$port" --allow-actions --no-scheduler & serve_pid=$!
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+}

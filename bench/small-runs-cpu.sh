@@ -27,11 +27,7 @@ cpu_of() { for p in "$@"; do awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null; 
 server() { for p in $(pgrep -u postgres postgres); do awk '{print $14+$15+$16+$17}' "/proc/$p/stat" 2>/dev/null; done | awk '{s+=$1} END {print s+0}'; }
 secs() { echo "($2 - $1) / $hz" | bc -l | awk '{printf "%.2f s", $1}'; }
 mode="${MODE:-submit}"
-if [ "$mode" = api ]; then
-  port=$((20000 + $$ % 20000))
-  "$bin" -q --state-dir "$state" --store "$url" serve --listen "127.0.0.1:$port" --allow-actions --no-scheduler & serve_pid=$!
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-fi
+[ "$mode" = api ] && start_serve "$state"
 pids=()
 for _ in $(seq 1 "${WORKERS:-2}"); do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency 16 & pids+=($!); done
 sleep 1
@@ -52,9 +48,9 @@ wait "${clients[@]}"
 t_sub=$(date +%s.%N)
 wait_small_runs
 t1=$(date +%s.%N); b1=$(busy); w1=$(cpu_of "${pids[@]}"); s1=$(server); k1=$(cpu_of $backends)
+[ "$mode" = api ] && v1=$(cpu_of "$serve_pid")
 c=$(cat "$work"/client? | awk '{s+=$1} END {print s+0}')
 sleep 1.5; x1=$(commits)
-[ "$mode" = api ] && v1=$(cpu_of "$serve_pid")
 echo "| 100 small runs, 4 clients ($mode), ${WORKERS:-2} workers | |"
 echo "| --- | ---: |"
 echo "| wall (submits done) | $(echo "$t1 - $t0" | bc | awk '{printf "%.2f s", $1}') ($(echo "$t_sub - $t0" | bc | awk '{printf "%.2f s", $1}')) |"
