@@ -14,7 +14,7 @@
 //
 // SANDFLOW_BUILD_TIMES=1 prints how long the splice and the whole took.
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -72,6 +72,9 @@ splicer.spliceBindings = (engine, features, witWorld, witPath, worldName, debug)
   } catch {
     // Not cached yet (or unreadable): splice.
   }
+  // An entry that did not check out is replaced, not kept beside a splice
+  // made at every build.
+  rmSync(dir, { recursive: true, force: true });
   const spliced = splice(engine, features, witWorld, witPath, worldName, debug);
   times('splice', t0);
   made = { dir, spliced };
