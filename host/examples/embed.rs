@@ -196,6 +196,7 @@ mod tests {
             namespace_secrets: Default::default(),
             labels: Vec::new(),
             care_every: std::time::Duration::from_secs(5),
+            whole_runs: sandflow::worker::WorkerConfig::WHOLE_RUNS,
         };
         let worker = sandflow::worker::Worker::new(store, sandbox, config);
         let stop = sandflow::sandbox::CancellationToken::new();

@@ -206,7 +206,7 @@ impl Recorder {
             sinks.push(tracer);
         }
         let sink = Arc::new(Tee(sinks));
-        let watcher = tokio::spawn(watch_cancel(self.store.clone(), options.run_id.clone(), cancel.clone(), options.skip_finally.clone()));
+        let watcher = tokio::spawn(watch_cancel(self.store.clone(), options.run_id.clone(), cancel.clone(), options.skip_finally.clone(), true));
         let report = Executor::new(self.runner.clone(), sink).run(prepared, input, options, cancel).await;
         watcher.abort();
         report
@@ -226,8 +226,10 @@ pub const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(25
 /// Cancels the run when the store says someone asked to (`sandflow
 /// cancel`, from any process or machine). A store that cannot answer is
 /// asked again at the next tick: it does not stop the run.
-async fn watch_cancel(store: Arc<dyn RunStore>, run_id: String, cancel: CancellationToken, skip_finally: CancellationToken) {
-    let mut tick = tokio::time::interval(CANCEL_POLL);
+/// `now`: the first look is at once (else a poll later: the caller looked).
+pub(crate) async fn watch_cancel(store: Arc<dyn RunStore>, run_id: String, cancel: CancellationToken, skip_finally: CancellationToken, now: bool) {
+    let first = tokio::time::Instant::now() + if now { std::time::Duration::ZERO } else { CANCEL_POLL };
+    let mut tick = tokio::time::interval_at(first, CANCEL_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

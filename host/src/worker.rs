@@ -17,8 +17,9 @@ use crate::exec::{self, Redactor, RunContext, StepRunner};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, StepLog};
 use crate::store::queue::{Claimed, Claimer, Finished, JOBS_CHANNEL, RunCtx, RunHead};
+use crate::store::whole::{Hold, Recorded};
 use crate::store::{PgStore, RunStore, StoreError, StoreServices};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,10 @@ pub struct WorkerConfig {
     pub labels: Vec<String>,
     /// How often runs whose workers were lost are looked after.
     pub care_every: Duration,
+    /// Runs of at most this many steps that need nothing another worker
+    /// has are run whole by the worker that starts them
+    /// ([`exec::core::runs_whole`]); 0: every run goes step by step.
+    pub whole_runs: usize,
 }
 
 impl WorkerConfig {
@@ -70,6 +75,9 @@ impl WorkerConfig {
     pub fn default_concurrency() -> usize {
         crate::exec::cpu_count().max(16)
     }
+
+    /// `--whole-runs` by default: runs of up to 64 steps run whole.
+    pub const WHOLE_RUNS: usize = 64;
 
     /// A unique default name: host, process id and a random suffix.
     pub fn default_name() -> String {
@@ -92,6 +100,13 @@ pub struct Worker {
     prepared: Mutex<HashMap<String, Arc<exec::Prepared>>>,
     /// Jobs running here: id → (run, token).
     active: Mutex<HashMap<i64, (String, CancellationToken)>>,
+    /// The worker's slots: each attempt running here (a claimed job's, or
+    /// a step's of a run run whole) holds one.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Runs run whole here, by id: those whose holds it renews.
+    holds: Mutex<HashSet<String>>,
+    /// A run run whole here ended.
+    whole_ended: Notify,
     /// Something may be claimable: a notification, or a local commit.
     wake: Notify,
     /// A notification or the timer came: look for new runs too (a local
@@ -110,6 +125,98 @@ pub struct Worker {
     /// [`Event::StepLogLine`] each, secrets masked); `run` starts the writer.
     live: mpsc::UnboundedSender<exec::Event>,
     live_rx: Mutex<Option<mpsc::UnboundedReceiver<exec::Event>>>,
+}
+
+/// Whether a run is run whole by the worker that starts it.
+enum Whole {
+    Yes,
+    /// It would be, but this worker runs as many whole runs as it has slots.
+    Full,
+    /// It goes step by step ([`exec::core::runs_whole`]).
+    No,
+}
+
+/// How long the events of a run run whole may wait to be recorded with
+/// others when no step waits for them (see [`crate::store::StoreSink::writing`]):
+/// a small run is recorded in about one transaction per dependency
+/// level, and a step shows as running at most this late.
+const WHOLE_LINGER: Duration = Duration::from_millis(100);
+
+/// How long a worker tries to record a batch of a run it runs whole while
+/// the store does not answer, before it gives the run up (another worker
+/// then goes on with it).
+const RECORD_TRIES: Duration = Duration::from_secs(10);
+
+/// Records a batch of events of a run held by this worker, trying again
+/// while the store does not answer (a batch is written whole or not at
+/// all, and one found written already is not written twice).
+async fn record_held(store: &PgStore, hold: &mut Hold, batch: Vec<exec::Event>) -> Result<(), String> {
+    let began = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match store.record_whole(hold, batch.clone()).await {
+            Ok(Recorded::Yes) => return Ok(()),
+            Ok(Recorded::HoldLost) => {
+                return Err(format!("worker {} no longer holds run {} (its hold lapsed): another worker goes on with it", hold.worker, hold.run_id));
+            }
+            Err(e) if began.elapsed() < RECORD_TRIES => {
+                tracing::warn!("worker {}: recording run {} failed: {e}; retrying in {backoff:?}", hold.worker, hold.run_id);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(format!("the run store {} could not record the run: {e}", RunStore::location(store))),
+        }
+    }
+}
+
+/// At `-v`, a line per attempt of a run run whole, as for a claimed job:
+/// its run, step and how it ended.
+fn tell(name: &str, event: &exec::Event) {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    match event {
+        exec::Event::StepRetrying { run_id: run, step, attempt, error: f, .. } => {
+            tracing::info!("worker {name}: run {run} step {step} attempt {attempt} failed ({}): {}", f.kind.as_str(), f.message)
+        }
+        exec::Event::StepFinished { run_id: run, step, attempt, duration, error, .. } if *attempt > 0 => {
+            let took = crate::units::format_duration(*duration);
+            match error {
+                None => tracing::info!("worker {name}: run {run} step {step} attempt {attempt} succeeded in {took}"),
+                Some(f) => tracing::info!("worker {name}: run {run} step {step} attempt {attempt} failed in {took} ({}): {}", f.kind.as_str(), f.message),
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Runs the attempts of runs run whole in their worker's slots, counted
+/// as its jobs' attempts are.
+struct SlotRunner {
+    worker: Arc<Worker>,
+}
+
+impl exec::Loader for SlotRunner {
+    fn load(&self, origin: &str, bytes: &[u8]) -> Result<exec::Loaded, crate::sandbox::LoadError> {
+        self.worker.runner.load(origin, bytes)
+    }
+}
+
+#[async_trait::async_trait]
+impl StepRunner for SlotRunner {
+    async fn run(&self, job: exec::Job, services: Arc<dyn crate::sandbox::HostServices>, cancel: &CancellationToken) -> crate::sandbox::StepOutcome {
+        let _slot = tokio::select! {
+            slot = self.worker.slots.acquire() => slot.expect("the slots are never closed"),
+            _ = cancel.cancelled() => {
+                let result = Err(StepFailure::new(FailureKind::Cancelled, "cancelled before it started"));
+                return crate::sandbox::StepOutcome { result, fuel_used: 0, duration: Duration::ZERO, log: StepLog::default() };
+            }
+        };
+        let began = std::time::Instant::now();
+        let outcome = self.worker.runner.run(job, services, cancel).await;
+        self.worker.count(&outcome.result, began.elapsed());
+        outcome
+    }
 }
 
 /// What a worker measured of the attempts it ran.
@@ -137,6 +244,7 @@ impl Worker {
     /// A worker that runs claimed attempts with `runner`; [`Worker::run`] starts it.
     pub fn new(store: Arc<PgStore>, runner: Arc<dyn StepRunner>, config: WorkerConfig) -> Arc<Worker> {
         let (live, live_rx) = mpsc::unbounded_channel();
+        let slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency));
         Arc::new(Worker {
             live,
             live_rx: Mutex::new(Some(live_rx)),
@@ -146,6 +254,9 @@ impl Worker {
             runs: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            slots,
+            holds: Mutex::new(HashSet::new()),
+            whole_ended: Notify::new(),
             wake: Notify::new(),
             look_for_runs: std::sync::atomic::AtomicBool::new(true),
             claimable: std::sync::atomic::AtomicBool::new(true),
@@ -195,6 +306,18 @@ impl Worker {
                     for run_id in self.store.runs_to_start(8).await? {
                         match self.context(&run_id).await {
                             Ok(run) => {
+                                match self.whole(&run) {
+                                    Whole::Yes => {
+                                        if let Some(hold) = self.store.start_whole(&run_id, &self.config.name, run.attempt, self.config.lease).await? {
+                                            self.run_whole(hold, run);
+                                            busy = true;
+                                            continue;
+                                        }
+                                    }
+                                    // Another worker may have room for it.
+                                    Whole::Full => continue,
+                                    Whole::No => {}
+                                }
                                 let outcome = self.store.start_run(&run_id, &run, self.claimer(self.free())).await?;
                                 if outcome.stale {
                                     self.stale(&run_id);
@@ -301,9 +424,17 @@ impl Worker {
                 }
             }
         }
-        // Attempts in hand finish and are committed; nothing new is claimed.
+        // Attempts in hand finish and are committed, runs run whole here
+        // end; nothing new is claimed or started.
         drop(done_tx);
         let _ = committer.await;
+        loop {
+            let ended = self.whole_ended.notified();
+            if self.holds.lock().expect("not poisoned").is_empty() {
+                break;
+            }
+            ended.await;
+        }
         listener.abort();
         heartbeat.abort();
         interrupts.abort();
@@ -325,7 +456,86 @@ impl Worker {
 
     /// Slots free for more attempts.
     fn free(&self) -> usize {
-        self.config.concurrency.saturating_sub(self.active.lock().expect("not poisoned").len())
+        self.slots.available_permits()
+    }
+
+    /// Whether `run` is run whole here ([`exec::core::runs_whole`]), or
+    /// would be but this worker runs as many whole runs as it has slots.
+    fn whole(&self, run: &RunCtx) -> Whole {
+        let plan = &run.ctx.prepared().plan;
+        if run.missing_secrets.is_some() {
+            return Whole::No;
+        }
+        if let Err(why) = exec::core::runs_whole(plan, run.attempt, &self.config.labels, self.config.whole_runs) {
+            tracing::debug!("worker {}: run {} goes step by step: {why}", self.config.name, run.options.run_id);
+            return Whole::No;
+        }
+        match self.holds.lock().expect("not poisoned").len() < self.config.concurrency {
+            true => Whole::Yes,
+            false => Whole::Full,
+        }
+    }
+
+    /// Runs a run this worker holds, whole, in a task: the in-process
+    /// dispatcher runs its steps in this worker's slots, and its events are
+    /// recorded in batches under the hold ([`crate::store::whole`]).
+    fn run_whole(self: &Arc<Self>, hold: Hold, run: Arc<RunCtx>) {
+        let (run_id, cancel_asked) = (hold.run_id.clone(), hold.cancel_asked);
+        self.holds.lock().expect("not poisoned").insert(run_id.clone());
+        tracing::info!("worker {}: run {run_id} runs whole here", self.config.name);
+        let worker = self.clone();
+        tokio::spawn(async move {
+            let cancel = CancellationToken::new();
+            let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let hold = Arc::new(tokio::sync::Mutex::new(hold));
+            let (store, lost, stop) = (worker.store.clone(), failed.clone(), cancel.clone());
+            let sink = crate::store::StoreSink::writing(
+                |_| true,
+                Some(WHOLE_LINGER),
+                move |batch| {
+                    let (store, hold, lost, stop) = (store.clone(), hold.clone(), lost.clone(), stop.clone());
+                    Box::pin(async move {
+                        let mut hold = hold.lock().await;
+                        for event in &batch {
+                            tell(&hold.worker, event);
+                        }
+                        let result = record_held(&store, &mut hold, batch).await;
+                        if result.is_err() {
+                            lost.store(true, Ordering::SeqCst);
+                            stop.cancel();
+                        }
+                        result
+                    })
+                },
+            );
+            let runner: Arc<dyn StepRunner> = Arc::new(SlotRunner { worker: worker.clone() });
+            let mut options = run.options.clone();
+            // Without a `concurrency` of its own, only the worker's slots
+            // bound its steps, as for a run that goes step by step (not
+            // the CPU count, as in one process).
+            options.concurrency = Some(run.step_limit.unwrap_or(worker.config.concurrency));
+            let store: Arc<dyn RunStore> = worker.store.clone();
+            // A cancel asked for before the run started: `start_whole` took it.
+            if cancel_asked {
+                tracing::info!("run {run_id}: cancel requested through the run store");
+                cancel.cancel();
+            }
+            let watcher = tokio::spawn(crate::runs::watch_cancel(store, run_id.clone(), cancel.clone(), options.skip_finally.clone(), false));
+            let prepared = run.ctx.prepared().clone();
+            let report = exec::Executor::new(runner, Arc::new(sink)).run(prepared, run.input.clone(), options, cancel).await;
+            watcher.abort();
+            if failed.load(Ordering::SeqCst) {
+                // Looked after at once, not when the hold lapses.
+                if let Err(e) = worker.store.release_hold(&run_id, &worker.config.name).await {
+                    tracing::warn!("worker {}: cannot give up run {run_id}: {e}", worker.config.name);
+                }
+            }
+            tracing::info!("worker {}: run {run_id} ran whole here: {}", worker.config.name, report.state.as_str());
+            worker.holds.lock().expect("not poisoned").remove(&run_id);
+            worker.whole_ended.notify_waiters();
+            worker.look_for_runs.store(true, Ordering::SeqCst);
+            worker.wake.notify_one();
+        });
     }
 
     /// A run whose workflow cannot be loaded here is marked failed: no
@@ -362,7 +572,7 @@ impl Worker {
             trigger: head.trigger.clone(),
             ..exec::RunOptions::default()
         };
-        let ctx = RunContext::new(self.runner.clone(), prepared, options);
+        let ctx = RunContext::new(self.runner.clone(), prepared, options.clone());
         let missing_secrets = entry.missing_secrets.map(|d| {
             let missing: Vec<String> = d.problems.iter().map(|p| p.message.clone()).collect();
             let namespace = head.binding.namespace.as_str();
@@ -384,7 +594,7 @@ impl Worker {
             }
         };
         let (redactor, attempt) = (Redactor::new(secrets), head.attempt);
-        let run = Arc::new(RunCtx { ctx, input: head.input, redactor, missing_secrets, step_limit, attempt, again });
+        let run = Arc::new(RunCtx { ctx, input: head.input, redactor, missing_secrets, step_limit, attempt, again, options });
         let mut runs = self.runs.lock().expect("not poisoned");
         if runs.len() >= RUN_CACHE {
             let active: Vec<String> = self.active.lock().expect("not poisoned").values().map(|(r, _)| r.clone()).collect();
@@ -438,12 +648,21 @@ impl Worker {
     fn spawn_job(self: &Arc<Self>, job: Claimed, done: mpsc::UnboundedSender<Finished>) {
         let token = CancellationToken::new();
         self.active.lock().expect("not poisoned").insert(job.id, (job.run_id.clone(), token.clone()));
+        // Claimed for a free slot; a step of a run run whole may have
+        // taken it since: then the job waits for the next.
+        let slot = self.slots.clone().try_acquire_owned().ok();
         let worker = self.clone();
         tokio::spawn(async move {
+            let _slot = match slot {
+                Some(slot) => slot,
+                None => worker.slots.clone().acquire_owned().await.expect("the slots are never closed"),
+            };
             let began = std::time::Instant::now();
             let attempted = worker.attempt(&job, &token).await;
             worker.tally(&job, &attempted.result, began.elapsed());
             let exec::Attempted { result, fuel_used, log, cached } = attempted;
+            // Its slot is free as the attempt ends, before its commit.
+            drop(_slot);
             let _ = done.send(Finished { job, result, fuel_used, log, cached });
         });
     }
@@ -469,7 +688,7 @@ impl Worker {
             Family::new("sandflow_worker_slots", Kind::Gauge, "Most attempts this worker runs at once (--concurrency).")
                 .number(&[("worker", worker)], self.config.concurrency as f64),
             Family::new("sandflow_worker_running", Kind::Gauge, "Attempts this worker runs now.")
-                .number(&[("worker", worker)], self.active.lock().expect("not poisoned").len() as f64),
+                .number(&[("worker", worker)], (self.config.concurrency - self.free()) as f64),
             Family::new("sandflow_worker_attempts_total", Kind::Counter, "Attempts this worker ran to their end, by outcome.")
                 .number(&[("worker", worker), ("outcome", "succeeded")], ok as f64)
                 .number(&[("worker", worker), ("outcome", "failed")], failed as f64),
@@ -481,15 +700,7 @@ impl Worker {
 
     /// Counts an attempt that ended, and tells it at `-v`.
     fn tally(&self, job: &Claimed, result: &Result<serde_json::Value, StepFailure>, took: Duration) {
-        let counter = if result.is_ok() { &self.succeeded } else { &self.failed };
-        counter.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut timings = self.timings.lock().expect("not poisoned");
-            timings.durations.observe(took.as_secs_f64());
-            if let Err(f) = result {
-                *timings.failures.entry(f.kind.as_str()).or_default() += 1;
-            }
-        }
+        self.count(result, took);
         if !tracing::enabled!(tracing::Level::INFO) {
             return;
         }
@@ -500,6 +711,19 @@ impl Worker {
         match result {
             Ok(_) => tracing::info!("worker {name}: run {run} step {step}{item} attempt {attempt} succeeded in {took}"),
             Err(f) => tracing::info!("worker {name}: run {run} step {step}{item} attempt {attempt} failed in {took} ({}): {}", f.kind.as_str(), f.message),
+        }
+    }
+
+    /// Counts an attempt that ended (`--metrics`).
+    fn count(&self, result: &Result<serde_json::Value, StepFailure>, took: Duration) {
+        let counter = if result.is_ok() { &self.succeeded } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut timings = self.timings.lock().expect("not poisoned");
+            timings.durations.observe(took.as_secs_f64());
+            if let Err(f) = result {
+                *timings.failures.entry(f.kind.as_str()).or_default() += 1;
+            }
         }
     }
 
@@ -595,9 +819,9 @@ impl Worker {
                         }
                     };
                     let copy = finished.clone();
-                    // The slots these attempts free are this worker's to fill,
+                    // The slots these attempts freed are this worker's to fill,
                     // from the jobs the results make ready, in the same transaction.
-                    let slots = if stop.is_cancelled() { 0 } else { self.free() + copy.len() };
+                    let slots = if stop.is_cancelled() { 0 } else { self.free() };
                     let began = std::time::Instant::now();
                     match self.store.commit(&run_id, &run, finished, self.claimer(slots)).await {
                         // Loaded before the run's new attempt: commit again
@@ -648,11 +872,15 @@ impl Worker {
             // Held attempts keep their leases while they finish after `stop`.
             tick.tick().await;
             let ids: Vec<i64> = self.active.lock().expect("not poisoned").keys().copied().collect();
-            if stop.is_cancelled() && ids.is_empty() {
+            let holds: Vec<String> = self.holds.lock().expect("not poisoned").iter().cloned().collect();
+            if stop.is_cancelled() && ids.is_empty() && holds.is_empty() {
                 return;
             }
             if let Err(e) = self.store.heartbeat(&self.config.name, &ids, self.config.lease).await {
                 tracing::warn!("worker {}: heartbeat failed: {e}", self.config.name);
+            }
+            if let Err(e) = self.store.renew_holds(&self.config.name, &holds, self.config.lease).await {
+                tracing::warn!("worker {}: renewing its holds failed: {e}", self.config.name);
             }
         }
     }

@@ -216,7 +216,7 @@ async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
              ALTER TABLE runs DROP COLUMN queued, DROP COLUMN run_started, DROP COLUMN stop, DROP COLUMN open_steps,
                  DROP COLUMN deadline, DROP COLUMN concurrency, DROP COLUMN events, DROP COLUMN began,
                  DROP COLUMN main_stop, DROP COLUMN ending, DROP COLUMN targets, DROP COLUMN components, DROP COLUMN vars,
-                 DROP COLUMN rerun, DROP COLUMN attempt_events;
+                 DROP COLUMN rerun, DROP COLUMN attempt_events, DROP COLUMN held_by, DROP COLUMN held_until;
              ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE steps DROP COLUMN input, DROP COLUMN started_at, DROP COLUMN worker, DROP COLUMN items, DROP COLUMN wake_at, DROP COLUMN wait_kind; ALTER TABLE attempts DROP COLUMN fuel_used;
              DROP INDEX runs_by_workflow, runs_by_status; UPDATE sandflow_schema SET version = 1",
         )

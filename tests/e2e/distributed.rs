@@ -25,6 +25,8 @@ pub(crate) struct Workers {
     labels: Vec<&'static str>,
     /// More `worker` flags.
     extra: Vec<&'static str>,
+    /// Their environment's additions.
+    env: Vec<(&'static str, &'static str)>,
 }
 
 impl Workers {
@@ -38,6 +40,19 @@ impl Workers {
 
     /// `n` workers with `labels` and `extra` flags.
     pub(crate) fn with_args(schema: &PgSchema, state: &tempfile::TempDir, n: usize, lease: &'static str, labels: &[&'static str], extra: &[&'static str]) -> Workers {
+        Workers::with_env(schema, state, n, lease, labels, extra, &[])
+    }
+
+    /// `n` workers with `labels`, `extra` flags and `env` in their environment.
+    fn with_env(
+        schema: &PgSchema,
+        state: &tempfile::TempDir,
+        n: usize,
+        lease: &'static str,
+        labels: &[&'static str],
+        extra: &[&'static str],
+        env: &[(&'static str, &'static str)],
+    ) -> Workers {
         let mut w = Workers {
             children: Vec::new(),
             schema_url: schema.url.clone(),
@@ -45,6 +60,7 @@ impl Workers {
             lease,
             labels: labels.to_vec(),
             extra: extra.to_vec(),
+            env: env.to_vec(),
         };
         for _ in 0..n {
             w.add();
@@ -63,6 +79,7 @@ impl Workers {
             .args(["-q", "worker", "--concurrency", "2", "--lease", self.lease])
             .args(labels)
             .args(&self.extra)
+            .envs(self.env.iter().copied())
             .current_dir(root())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -162,7 +179,7 @@ fn run_signalled(store: &str, schema: &PgSchema, state: &tempfile::TempDir, file
         .arg(file)
         .args(["--input", &input.to_string()])
         .args(extra)
-        .env("SANDFLOW_SECRET_GREETING", "s3cr3t-hello")
+        .envs(COMPARED_SECRETS.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -250,6 +267,27 @@ fn read_back(store: &str, schema: &PgSchema, state: &tempfile::TempDir, id: &str
 /// component that seeds a hash map from `wasi:random`).
 #[test]
 fn every_example_case_ends_the_same_on_workers_as_in_process() {
+    compare_every_example(false);
+}
+
+/// As [`every_example_case_ends_the_same_on_workers_as_in_process`], with
+/// worker processes that run every run step by step (`--whole-runs 0`),
+/// each result a job any worker may take.
+#[test]
+fn every_example_case_ends_the_same_step_by_step_on_workers_as_in_process() {
+    compare_every_example(true);
+}
+
+/// The secrets the compared runs get (`workflows/secrets.yaml`'s), in
+/// process and on workers.
+const COMPARED_SECRETS: &[(&str, &str)] = &[("SANDFLOW_SECRET_GREETING", "s3cr3t-hello")];
+
+/// Runs every example's test cases in process on SQLite and on PostgreSQL
+/// workers, and compares what each store recorded. On workers: the
+/// process that runs `run` works on its run (small runs then run whole on
+/// it, [`sandflow::exec::core::runs_whole`]), or, `step_by_step`, two
+/// worker processes with `--whole-runs 0` do.
+fn compare_every_example(step_by_step: bool) {
     let Some(schema) = PgSchema::create() else { return };
     let state = tempfile::tempdir().unwrap();
     let yaml_in = |dir: &str| {
@@ -271,7 +309,9 @@ fn every_example_case_ends_the_same_on_workers_as_in_process() {
     runs.push((with_vars, [&components[..], &["--var", "word=psst", "--var", "n=3"]].concat()));
     let (mut compared, mut own_fuel) = (0, BTreeSet::new());
     let sqlite = format!("sqlite:{}", state.path().join("local.db").display());
+    let _workers = step_by_step.then(|| Workers::with_env(&schema, &state, 2, "5s", &[], &["--whole-runs", "0"], COMPARED_SECRETS));
     for (file, extra) in runs {
+        let on_workers = [&extra[..], if step_by_step { &["--no-work"][..] } else { &[] }].concat();
         let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         let Some(cases) = doc.get("test").and_then(|t| t.get("cases")).and_then(|c| c.as_sequence()) else { continue };
         for case in cases {
@@ -286,7 +326,7 @@ fn every_example_case_ends_the_same_on_workers_as_in_process() {
                 .map(|(k, v)| (k.as_str().unwrap().to_string(), serde_json::to_value(v).unwrap()))
                 .collect();
             let (a, a_err) = run_signalled(&sqlite, &schema, &state, &file, &input, &extra, &signals);
-            let (b, b_err) = run_signalled(&schema.url, &schema, &state, &file, &input, &extra, &signals);
+            let (b, b_err) = run_signalled(&schema.url, &schema, &state, &file, &input, &on_workers, &signals);
             let what = format!("{}: {name}: in-process (left) and on workers (right) differ\nstderr: {a_err}\n---\n{b_err}", file.display());
             assert_eq!((&a.code, &a.stdout, &a.status, &a.error), (&b.code, &b.stdout, &b.status, &b.error), "{what}");
             assert_eq!(a.record, b.record, "{what}");
@@ -353,29 +393,32 @@ fn submitted_runs_are_finished_by_workers_and_followed_from_anywhere() {
 }
 
 /// Submits a workflow of `steps` (YAML flow mappings) over the `sleep`
-/// component, starts one worker, and returns once a step is claimed.
-fn submit_sleeper(schema: &PgSchema, state: &tempfile::TempDir, steps: &str, lease: &'static str) -> (String, Workers) {
+/// component, starts one worker with `extra` flags, and returns once a
+/// step runs.
+fn submit_sleeper(schema: &PgSchema, state: &tempfile::TempDir, steps: &str, lease: &'static str, extra: &[&'static str]) -> (String, Workers) {
     let flow = state.path().join("slow.yaml");
     let text = format!("name: slow\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {steps}\n", hostile("sleep").display());
     std::fs::write(&flow, text).unwrap();
     let id = submit(schema, state, &flow);
-    let workers = Workers::start(schema, state, 1, lease);
+    let workers = Workers::with_args(schema, state, 1, lease, &[], extra);
     let started = Instant::now();
-    while claimed_jobs(schema, &id) == 0 {
+    while running_steps(schema, &id) == 0 {
         assert!(started.elapsed() < Duration::from_secs(20), "the step never started");
         std::thread::sleep(Duration::from_millis(50));
     }
     (id, workers)
 }
 
-/// A worker SIGKILLed while it runs a step: its lease expires, another
-/// worker runs the step again (failure kind `lost`, not counted as an
-/// attempt of the retry policy), and the run completes.
+/// A worker SIGKILLed while it runs a step of a run that goes step by
+/// step: its lease expires, another worker runs the step again (failure
+/// kind `lost`, not counted as an attempt of the retry policy), and the
+/// run completes.
 #[test]
 fn a_step_of_a_killed_worker_is_run_again_by_another() {
     let Some(schema) = PgSchema::create() else { return };
     let state = tempfile::tempdir().unwrap();
-    let (id, mut workers) = submit_sleeper(&schema, &state, "{ id: nap, component: sleep, input: { ms: 1500 }, retry: { max_attempts: 1 } }", "1s");
+    let nap = "{ id: nap, component: sleep, input: { ms: 1500 }, retry: { max_attempts: 1 } }";
+    let (id, mut workers) = submit_sleeper(&schema, &state, nap, "1s", &["--whole-runs", "0"]);
     workers.kill_and_replace(0);
     let record = wait_end(&schema, &state, &id, Duration::from_secs(30));
     assert_eq!(record["status"], "completed", "{record:#}");
@@ -383,6 +426,36 @@ fn a_step_of_a_killed_worker_is_run_again_by_another() {
     assert_eq!(nap["state"], "succeeded");
     assert_eq!(nap["attempts"], 2, "{nap}");
     assert_eq!(attempt_kinds(&schema, &id), vec!["lost".to_string()]);
+}
+
+/// A small run runs whole on the worker that starts it: no job or DAG row,
+/// every step recorded with that worker, its events streamed to `runs
+/// follow`. SIGKILLed mid-run, the worker's hold lapses, and another
+/// worker goes on with the run step by step as its next attempt: the step
+/// that succeeded is kept (not run again), the one that was running runs
+/// again, and the run completes.
+#[test]
+fn a_run_run_whole_by_a_killed_worker_goes_on_on_another() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let steps = "{ id: first, component: sleep, input: { ms: 1 } }\n  - { id: nap, component: sleep, needs: [first], input: { ms: 1500 } }";
+    let (id, mut workers) = submit_sleeper(&schema, &state, steps, "1s", &[]);
+    let held = schema.strings("SELECT COALESCE(held_by, '') || ' ' || (SELECT COUNT(*) FROM dag WHERE run_id = $1) FROM runs WHERE id = $1", &id);
+    let (holder, dag) = held[0].split_once(' ').unwrap();
+    assert!(!holder.is_empty() && dag == "0", "held by one worker, no DAG rows: {held:?}");
+    let running = schema.strings("SELECT step || ' ' || COALESCE(worker, '') FROM steps WHERE run_id = $1 AND state = 'running'", &id);
+    assert_eq!(running, [format!("nap {holder}")], "the running step says which worker holds it");
+    workers.kill_and_replace(0);
+    let record = wait_end(&schema, &state, &id, Duration::from_secs(30));
+    assert_eq!(record["status"], "completed", "{record:#}");
+    assert_eq!(record["attempt"], 2, "{record:#}");
+    let states: Vec<&str> = record["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["succeeded", "succeeded"], "{record:#}");
+    assert_one_success_per_step(&schema, &id, 2);
+    assert_eq!(schema.strings("SELECT COUNT(*)::text FROM runs WHERE held_by IS NOT NULL AND $1::text IS NOT NULL", &id), ["0"], "no hold is left");
+    // Its events, both attempts', to the run's end.
+    let (code, out, err) = run(pg(&schema, &state).args(["--json", "runs", "follow", &id]));
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 /// `sandflow cancel` reaches a step running on a worker within a second.
@@ -395,6 +468,7 @@ fn cancel_stops_a_run_on_workers() {
         &state,
         "{ id: nap, component: sleep, input: { ms: 20000 }, timeout: 60s }\n  - { id: after, component: sleep, needs: [nap], input: { ms: 1 } }",
         "5s",
+        &[],
     );
     // Ctrl-C on `runs follow` stops following, not the run (as `kubectl
     // logs -f`).
@@ -496,8 +570,8 @@ fn assert_one_success_per_step(schema: &PgSchema, id: &str, steps: usize) {
     assert_eq!(successes, [steps.to_string()], "one recorded success per step");
 }
 
-fn claimed_jobs(schema: &PgSchema, id: &str) -> i64 {
-    schema.strings("SELECT COUNT(*)::text FROM jobs WHERE run_id = $1 AND state = 'claimed'", id)[0].parse().unwrap()
+fn running_steps(schema: &PgSchema, id: &str) -> i64 {
+    schema.strings("SELECT COUNT(*)::text FROM steps WHERE run_id = $1 AND state = 'running'", id)[0].parse().unwrap()
 }
 
 fn attempt_kinds(schema: &PgSchema, id: &str) -> Vec<String> {
@@ -604,6 +678,47 @@ fn chaos_workers_killed_every_second_still_finish_the_run_exactly_once() {
     assert_one_success_per_step(&schema, &id, steps.len());
     let jobs = schema.strings("SELECT COUNT(*)::text FROM jobs WHERE run_id = $1", &id);
     assert_eq!(jobs, ["0"], "no job is left behind");
+}
+
+/// Small runs run whole on three workers, one SIGKILLed at random every
+/// half second or so and replaced: every run completes with the output its
+/// input gives, each step with exactly one recorded success.
+#[test]
+fn chaos_small_runs_run_whole_finish_exactly_once_when_workers_are_killed() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let flow = state.path().join("small.yaml");
+    let text = format!(
+        "name: small\ncomponents:\n  sleep: {{ path: '{}' }}\n  text: {{ path: '{}' }}\nsteps:\n  - {{ id: s1, component: sleep, input: {{ ms: 150 }} }}\n  - {{ id: up, component: text, needs: [s1], input: {{ op: upper, text: '{{{{ inputs.word }}}}' }} }}\n  - {{ id: s2, component: sleep, needs: [up], input: {{ ms: 150 }} }}\noutput: {{ text: '{{{{ steps.up.output.text }}}}' }}\n",
+        hostile("sleep").display(),
+        crate::support::example("text").display(),
+    );
+    std::fs::write(&flow, text).unwrap();
+    let ids: Vec<String> = (0..12)
+        .map(|i| {
+            let (code, id, err) = run(pg(&schema, &state).args(["submit"]).arg(&flow).args(["--input", &format!(r#"{{"word": "w{i}"}}"#)]));
+            assert_eq!(code, 0, "{err}");
+            id.trim().to_string()
+        })
+        .collect();
+    let mut rng = crate::chaos::Rng::from_env();
+    let mut workers = Workers::start(&schema, &state, 3, "1s");
+    let started = Instant::now();
+    let mut kills = 0;
+    while ids.iter().any(|id| show(&schema, &state, id)["status"] == "running") {
+        assert!(started.elapsed() < Duration::from_secs(120), "the runs did not finish");
+        std::thread::sleep(Duration::from_millis(200 + rng.below(600)));
+        workers.kill_and_replace(rng.below(3) as usize);
+        kills += 1;
+    }
+    let again = ids.iter().filter(|id| show(&schema, &state, id)["attempt"] != 1).count();
+    eprintln!("chaos: {kills} workers killed; {again} of 12 runs went on after their worker was lost; {:?}", started.elapsed());
+    for (i, id) in ids.iter().enumerate() {
+        let record = show(&schema, &state, id);
+        assert_eq!(record["status"], "completed", "{record:#}");
+        assert_eq!(record["output"], json!({ "text": format!("W{i}") }), "{record:#}");
+        assert_one_success_per_step(&schema, id, 3);
+    }
 }
 
 /// The command that restarts the test's PostgreSQL server
@@ -1052,7 +1167,7 @@ fn a_running_steps_log_is_read_as_it_grows_in_process_and_on_workers() {
     let tick = "{ id: tick, component: sleep, input: { lines: 6, ms: 600 } }";
     let whole: String = (1..=6).map(|i| format!("tick stdout | line {i} of 6\n")).collect();
 
-    let (id, _workers) = submit_sleeper(&schema, &state, tick, "5s");
+    let (id, _workers) = submit_sleeper(&schema, &state, tick, "5s", &[]);
     let partial = log_while_running(|| pg(&schema, &state), &id);
     assert!(whole.starts_with(&partial) && partial.len() < whole.len(), "the first lines, in order: {partial}");
     // `--follow` prints each line once, as it comes, and returns as the step ends.

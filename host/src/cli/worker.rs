@@ -110,6 +110,13 @@ pub(crate) struct WorkerArgs {
     /// does: any number of schedulers may run, each tick starts one run.
     #[arg(long)]
     scheduler: bool,
+    /// Runs of at most N steps, none of which waits, runs `forEach` items
+    /// or a nested workflow or needs a label this worker lacks, run whole
+    /// on the worker that starts them: in its memory, recorded in a few
+    /// transactions instead of one per step, under a hold another worker
+    /// takes over if this one is lost. 0: every run goes step by step.
+    #[arg(long, value_name = "N", default_value_t = WorkerConfig::WHOLE_RUNS)]
+    whole_runs: usize,
 }
 
 /// The PostgreSQL store `--store` names, or why this command needs one.
@@ -146,6 +153,7 @@ pub(crate) fn worker_config(
         namespace_secrets: Default::default(),
         labels,
         care_every: (lease / 3).min(Duration::from_secs(1)),
+        whole_runs: WorkerConfig::WHOLE_RUNS,
     })
 }
 
@@ -199,6 +207,7 @@ pub(crate) async fn submit_cmd(args: SubmitArgs, global: &GlobalArgs, out: &Outp
 /// `sandflow worker`.
 pub(crate) async fn worker_cmd(args: WorkerArgs, global: &GlobalArgs, out: &Output) -> Result<u8, CliError> {
     let mut config = worker_config(args.concurrency, args.name, args.lease, None, args.labels)?;
+    config.whole_runs = args.whole_runs;
     let mut namespaces = super::args::namespace_secrets(args.secrets_file.as_deref(), args.secrets_dir.as_deref())?;
     config.secrets = namespaces.remove(sandflow::store::DEFAULT_NAMESPACE).unwrap_or_default();
     config.namespace_secrets = namespaces;

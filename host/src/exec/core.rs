@@ -426,6 +426,54 @@ impl WaitKind {
     }
 }
 
+/// Why a run is not run whole by the worker that starts it, if it is not.
+///
+/// On workers, a run is normally recorded step by step: each result is a
+/// job committed in a PostgreSQL transaction that decides what runs next,
+/// so any worker may run any step. For many small runs that is most of
+/// their cost (BENCHMARKS.md, "Small runs run whole"). A run that ends
+/// soon and needs nothing the one worker lacks is instead run whole by the
+/// worker that starts it: the in-process dispatcher runs it in the
+/// worker's memory, the store records it in a few transactions (its
+/// events, batched as a local run's are), and the worker holds the run
+/// while it runs; if the hold lapses (the worker was lost), another worker
+/// goes on with the run step by step, keeping what succeeded.
+///
+/// A run is run whole when it is its first attempt (a `retry`, `resume`,
+/// or a run whose holder was lost goes step by step), and it has at most
+/// `max_steps` steps (`worker --whole-runs`; 0: none), none of which waits
+/// (`wait:`, `/builtin/sleep`, `/builtin/signal`, `/builtin/approval`: a
+/// waiting step holds no worker), runs `forEach` items (how many is only
+/// known as it runs) or a nested `workflow:`, or needs a `runs_on` label
+/// the worker does not offer. A namespace with a step limit
+/// (`max_steps`) has its runs recorded step by step too, so the limit
+/// counts every attempt across workers; the store decides that as the
+/// run starts.
+pub fn runs_whole(plan: &Plan, attempt: u32, labels: &[String], max_steps: usize) -> Result<(), String> {
+    let steps = &plan.workflow.steps;
+    if attempt > 1 {
+        return Err(format!("attempt {attempt} of the run goes step by step"));
+    }
+    if steps.len() > max_steps {
+        return Err(format!("{} steps, more than --whole-runs {max_steps}", steps.len()));
+    }
+    for s in steps.iter() {
+        let why = if s.wait.is_some() || matches!(s.target, crate::workflow::Target::Builtin(b) if WaitKind::of_builtin(b).is_some()) {
+            "waits"
+        } else if s.for_each.is_some() {
+            "runs forEach items"
+        } else if matches!(s.target, crate::workflow::Target::Workflow(_)) {
+            "runs a nested workflow"
+        } else if !s.runs_on.iter().all(|l| labels.contains(l)) {
+            "needs a runs_on label this worker does not offer"
+        } else {
+            continue;
+        };
+        return Err(format!("step `{}` {why}", s.id));
+    }
+    Ok(())
+}
+
 /// A signal sent to a waiting step (`sandflow signal`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Signal {
@@ -776,6 +824,30 @@ steps:
 
     fn facts<'a>(input: &'a Value, secrets: &'a BTreeMap<String, String>, cel: &'a CelCache) -> RunFacts<'a> {
         RunFacts { input, run_id: "r", attempt: 1, secrets, cel, limit: 4, ending: None, variables: &Value::Null, trigger: None }
+    }
+
+    #[test]
+    fn a_small_run_that_needs_nothing_else_runs_whole() {
+        let small = workflow("name: s\nsteps:\n  - { id: a, component: /builtin/eval }\n  - { id: b, component: /builtin/eval, needs: [a], runs_on: [gpu] }\n");
+        let gpu = ["gpu".to_string()];
+        assert_eq!(runs_whole(&small, 1, &gpu, 64), Ok(()));
+        assert_eq!(runs_whole(&small, 1, &gpu, 2), Ok(()));
+        assert_eq!(runs_whole(&small, 1, &gpu, 1).unwrap_err(), "2 steps, more than --whole-runs 1");
+        assert_eq!(runs_whole(&small, 1, &gpu, 0).unwrap_err(), "2 steps, more than --whole-runs 0");
+        assert_eq!(runs_whole(&small, 1, &[], 64).unwrap_err(), "step `b` needs a runs_on label this worker does not offer");
+        assert_eq!(runs_whole(&small, 2, &gpu, 64).unwrap_err(), "attempt 2 of the run goes step by step");
+        // FLOW's `each` runs forEach items.
+        assert_eq!(runs_whole(&workflow(FLOW), 1, &[], 64).unwrap_err(), "step `each` runs forEach items");
+        let waits = [
+            ("{ id: w, component: /builtin/eval, wait: { duration: 1s } }", "step `w` waits"),
+            ("{ id: w, component: /builtin/sleep, input: { duration: 1s } }", "step `w` waits"),
+            ("{ id: w, component: /builtin/approval, input: { message: ok } }", "step `w` waits"),
+            ("{ id: w, component: /builtin/signal, input: {} }", "step `w` waits"),
+        ];
+        for (step, why) in waits {
+            let plan = workflow(&format!("name: w\nsteps:\n  - {step}\n"));
+            assert_eq!(runs_whole(&plan, 1, &[], 64).unwrap_err(), why, "{step}");
+        }
     }
 
     #[test]

@@ -554,7 +554,9 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         reports: vec![None; n],
         outcomes: vec![None; n],
         unrecorded: None,
-        unflushed: false,
+        barriers: 0,
+        ended_at: vec![None; n],
+        flush_all: false,
         running: 0,
         parked: Vec::new(),
         woken: Default::default(),
@@ -596,9 +598,13 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                     if !m.admit(i) {
                         continue;
                     }
-                    // A step's dependencies are durable before it starts.
-                    if m.ledger.unflushed && !plan.deps[i].is_empty() {
-                        m.ledger.unflushed = false;
+                    // A step's dependencies are durable before it starts
+                    // (only those that ended since the last barrier may not be).
+                    let book = &m.ledger;
+                    let deps = &plan.deps[i];
+                    if (book.flush_all && !deps.is_empty()) || deps.iter().any(|&d| book.ended_at[d] == Some(book.barriers)) {
+                        m.ledger.flush_all = false;
+                        m.ledger.barriers += 1;
                         if let Err(e) = sink.barrier().await {
                             m.ready.push_front(i);
                             lose_record(&mut m, e);
@@ -868,8 +874,14 @@ struct Book<'a> {
     outcomes: Vec<Option<Outcome>>,
     /// Why the run's record could not be made durable.
     unrecorded: Option<SinkError>,
-    /// A step finished since the sink's last barrier.
-    unflushed: bool,
+    /// How many barriers the run asked of the sink so far.
+    barriers: u64,
+    /// For each step that ended: how many barriers there had been. It is
+    /// durable once there was one more.
+    ended_at: Vec<Option<u64>>,
+    /// The `finally` steps began: the next step with dependencies waits
+    /// for a barrier whatever ended.
+    flush_all: bool,
     /// Steps running now.
     running: usize,
     /// Steps waiting for a time or a signal (they hold no slot).
@@ -950,7 +962,7 @@ impl Ledger for Book<'_> {
             let (state, attempts, duration, fuel_used) = (*state, *attempt, *duration, *fuel_used);
             self.reports[i] = Some(StepReport { id: id.clone(), state, attempts, output: None, error: error.clone(), reason: reason.clone(), fuel_used, duration });
         }
-        self.unflushed = true;
+        self.ended_at[i] = Some(self.barriers);
         self.sink.emit(&event);
         self.outcomes[i] = Some(outcome);
     }
@@ -1013,7 +1025,7 @@ impl Ledger for Book<'_> {
         };
         p.steps = p.current.child_token();
         p.deadline = Some(tokio::time::Instant::now() + p.finally_timeout);
-        self.unflushed = true;
+        self.flush_all = true;
         p.current.is_cancelled()
     }
 
@@ -1179,6 +1191,15 @@ impl HostServices for Following {
     }
     async fn state_usage(&self) -> Result<(u64, u64), crate::sandbox::HostError> {
         self.services.state_usage().await
+    }
+    async fn state_set_within(
+        &self,
+        key: &str,
+        json: &str,
+        max_keys: u64,
+        max_bytes: u64,
+    ) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, crate::sandbox::HostError> {
+        self.services.state_set_within(key, json, max_keys, max_bytes).await
     }
     fn log_line(&self, seq: usize, line: &crate::sandbox::LogLine) {
         (self.follow)(seq, line)

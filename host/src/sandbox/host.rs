@@ -35,6 +35,17 @@ pub trait HostServices: Send + Sync {
     /// How many state keys there are and their bytes (keys and values):
     /// what a run's state quota starts from.
     async fn state_usage(&self) -> Result<(u64, u64), HostError>;
+    /// Stores JSON text under `key` unless the state would then hold more
+    /// than `max_keys` keys or `max_bytes` bytes (keys and values), checked
+    /// and written as one step by whatever keeps the state, so that every
+    /// process writing a run's state (workers) counts against one quota.
+    /// `Ok(None)`: this kind does not check (the run's state is written by
+    /// one process, which counts it: see [`super::RunMeter`]); `Ok(Some(Err(kind)))`:
+    /// over that quota, nothing written.
+    async fn state_set_within(&self, key: &str, json: &str, max_keys: u64, max_bytes: u64) -> Result<Option<Result<(), super::QuotaKind>>, HostError> {
+        let _ = (key, json, max_keys, max_bytes);
+        Ok(None)
+    }
 
     /// A line the step just put in its log, as it is kept (`seq`: its
     /// index in the attempt's log), for following a running step. Called on

@@ -346,6 +346,10 @@ impl HostServices for RunMeter {
         // One lock over read, check and write: concurrent steps of the run
         // cannot both fit under the quota with what only one of them may.
         let mut used = self.used.lock().await;
+        // Where the state is shared by processes, its store counts.
+        if let Some(checked) = self.inner.state_set_within(key, json, self.quota.state_keys, self.quota.state_bytes).await? {
+            return checked.map_err(|kind| self.over(kind));
+        }
         let (keys, bytes) = match used.state {
             Some(usage) => usage,
             None => self.inner.state_usage().await?,

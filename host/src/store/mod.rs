@@ -16,6 +16,7 @@ pub mod schedules;
 pub mod local_schedules;
 mod sqlite;
 pub mod tokens;
+pub mod whole;
 
 pub use postgres::{Connections, PgStore};
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
@@ -162,6 +163,12 @@ pub trait RunStore: Memos + Send + Sync {
     async fn state_set(&self, run_id: &str, key: &str, json: &str) -> Result<(), StoreError>;
     /// How many state keys a run has, and their bytes (keys and values).
     async fn state_usage(&self, run_id: &str) -> Result<(u64, u64), StoreError>;
+    /// [`HostServices::state_set_within`] for run `run_id`: `None` where
+    /// one process writes a run's state (it counts it).
+    async fn state_set_within(&self, run_id: &str, key: &str, json: &str, max_keys: u64, max_bytes: u64) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, StoreError> {
+        let _ = (run_id, key, json, max_keys, max_bytes);
+        Ok(None)
+    }
     /// Stores a blob under its id (the hex SHA-256 of `data`); storing it
     /// again changes nothing.
     async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), StoreError>;
@@ -704,6 +711,10 @@ pub struct StoreSink {
     queue: tokio::sync::mpsc::UnboundedSender<Event>,
     sent: AtomicU64,
     progress: tokio::sync::watch::Receiver<Progress>,
+    /// Which events it writes.
+    keeps: fn(&Event) -> bool,
+    /// Told when a barrier waits: a lingering writer writes at once.
+    flush: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default, Clone)]
@@ -718,10 +729,33 @@ struct Progress {
 impl StoreSink {
     /// Starts the writer task; must be called within a tokio runtime.
     pub fn new(store: Arc<dyn RunStore>) -> Self {
+        StoreSink::writing(records, None, move |batch| {
+            let store = store.clone();
+            Box::pin(async move { store.record(batch).await.map_err(|e| format!("the run store {} could not record the run: {e}", store.location())) })
+        })
+    }
+
+    /// A sink whose writer task records each batch of the events `keeps`
+    /// (in one transaction) with `write`, which says why when it cannot;
+    /// nothing is written after a batch that failed. With `linger`, a batch
+    /// is written when a [`EventSink::barrier`] waits for it or `linger`
+    /// after its first event, whichever comes first, rather than at once:
+    /// fewer, larger transactions, and what no step waits for (a step's
+    /// start, a leaf step's end) is recorded at most `linger` late. Must be
+    /// called within a tokio runtime.
+    pub fn writing(keeps: fn(&Event) -> bool, linger: Option<std::time::Duration>, mut write: impl FnMut(Vec<Event>) -> BatchWrite + Send + 'static) -> Self {
         let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         let (report, progress) = tokio::sync::watch::channel(Progress::default());
+        let flush = Arc::new(tokio::sync::Notify::new());
+        let wanted = flush.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                if let Some(linger) = linger {
+                    tokio::select! {
+                        _ = wanted.notified() => {}
+                        _ = tokio::time::sleep(linger) => {}
+                    }
+                }
                 let mut batch = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
@@ -730,23 +764,26 @@ impl StoreSink {
                 let poisoned = report.borrow().failed.is_some();
                 // A failed transaction is rolled back whole: what it held
                 // is not recorded at all, never half.
-                let result = if poisoned { Ok(()) } else { store.record(batch).await };
+                let result = if poisoned { Ok(()) } else { write(batch).await };
                 report.send_modify(|p| {
                     if let Err(e) = result {
-                        p.failed = Some(format!("the run store {} could not record the run: {e}", store.location()));
+                        p.failed = Some(e);
                     }
                     p.committed += n;
                 });
             }
         });
-        StoreSink { queue, sent: AtomicU64::new(0), progress }
+        StoreSink { queue, sent: AtomicU64::new(0), progress, keeps, flush }
     }
 }
+
+/// A batch of events being written by a [`StoreSink`]'s writer: why not, if it fails.
+pub type BatchWrite = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
 #[async_trait::async_trait]
 impl EventSink for StoreSink {
     fn emit(&self, event: &Event) {
-        if !records(event) {
+        if !(self.keeps)(event) {
             return;
         }
         if self.queue.send(event.clone()).is_ok() {
@@ -756,6 +793,9 @@ impl EventSink for StoreSink {
 
     async fn barrier(&self) -> Result<(), SinkError> {
         let target = self.sent.load(Ordering::SeqCst);
+        if self.progress.borrow().committed < target {
+            self.flush.notify_one();
+        }
         let mut progress = self.progress.clone();
         let seen = progress.wait_for(|p| p.committed >= target || p.failed.is_some()).await;
         match seen {
@@ -801,6 +841,10 @@ impl HostServices for StoreServices {
 
     async fn state_usage(&self) -> Result<(u64, u64), HostError> {
         self.store.state_usage(&self.run_id).await.map_err(failed("read the state's size"))
+    }
+
+    async fn state_set_within(&self, key: &str, json: &str, max_keys: u64, max_bytes: u64) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, HostError> {
+        self.store.state_set_within(&self.run_id, key, json, max_keys, max_bytes).await.map_err(failed("save the state"))
     }
 }
 

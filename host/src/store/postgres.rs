@@ -350,6 +350,11 @@ CREATE TABLE events (
         sent_at TEXT NOT NULL,
         PRIMARY KEY (run_id, step)
      );",
+    // 20: a run run whole by one worker (`exec::core::runs_whole`): which
+    // worker holds it, and until when unless it says it still does; a hold
+    // that lapsed is looked after (`queue::runs_needing_care`).
+    "ALTER TABLE runs ADD COLUMN held_by TEXT, ADD COLUMN held_until TIMESTAMPTZ;
+     CREATE INDEX runs_held ON runs (held_until) WHERE held_by IS NOT NULL;",
 ];
 
 /// Serializes migrations across every process using the server.
@@ -741,7 +746,8 @@ impl RunStore for PgStore {
                 "SELECT w.name, w.labels, w.slots, EXTRACT(EPOCH FROM w.started_at)::float8, EXTRACT(EPOCH FROM w.seen_at)::float8,
                         EXTRACT(EPOCH FROM w.stopped_at)::float8,
                         w.stopped_at IS NULL AND w.seen_at > now() - make_interval(secs => w.lease_ms / 1000.0),
-                        COUNT(j.id), COUNT(DISTINCT j.run_id)
+                        COUNT(j.id) + (SELECT count(*) FROM runs r JOIN steps s ON s.run_id = r.id WHERE r.held_by = w.name AND s.state = 'running'),
+                        COUNT(DISTINCT j.run_id) + (SELECT count(*) FROM runs r WHERE r.held_by = w.name)
                  FROM workers w LEFT JOIN jobs j ON j.worker = w.name AND j.state = 'claimed'
                  GROUP BY w.name ORDER BY w.started_at DESC",
                 &[],
@@ -893,6 +899,37 @@ impl RunStore for PgStore {
             .map_err(db)?;
         client.execute(&stmt, &[&run_id, &key, &json]).await.map_err(db)?;
         Ok(())
+    }
+
+    /// Workers on many machines write one run's state: the run's quota is
+    /// checked here, under a lock on the run's state (a transaction-scoped
+    /// advisory lock), with the write.
+    async fn state_set_within(&self, run_id: &str, key: &str, json: &str, max_keys: u64, max_bytes: u64) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext('sandflow state ' || $1))", &[&run_id]).await.map_err(db)?;
+        let row = tx
+            .query_one(
+                "SELECT COUNT(*), COALESCE(SUM(octet_length(key) + octet_length(value)), 0)::BIGINT FROM state WHERE run_id = $1 AND key <> $2",
+                &[&run_id, &key],
+            )
+            .await
+            .map_err(db)?;
+        let (others, bytes) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+        if others + 1 > max_keys {
+            return Ok(Some(Err(crate::sandbox::QuotaKind::StateKeys)));
+        }
+        if bytes + (key.len() + json.len()) as u64 > max_bytes {
+            return Ok(Some(Err(crate::sandbox::QuotaKind::StateBytes)));
+        }
+        tx.execute(
+            "INSERT INTO state (run_id, key, value) VALUES ($1, $2, $3) ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value",
+            &[&run_id, &key, &json],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(Ok(())))
     }
 
     async fn state_usage(&self, run_id: &str) -> Result<(u64, u64), StoreError> {

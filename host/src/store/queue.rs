@@ -155,6 +155,9 @@ pub struct RunCtx {
     /// they succeeded before ([`crate::runs::rerun_steps`]); the others
     /// keep their recorded outputs.
     pub again: Option<BTreeSet<usize>>,
+    /// How the run runs in one process: a run run whole by the worker
+    /// that starts it ([`super::whole`]).
+    pub options: crate::exec::RunOptions,
 }
 
 impl RunCtx {
@@ -573,14 +576,16 @@ impl PgStore {
     }
 
     /// Runs whose claimed jobs' leases expired, whose cancel was asked for,
-    /// or whose timeout passed: each needs a look by some worker.
+    /// or whose timeout passed, and runs run whole whose hold lapsed
+    /// ([`super::whole`]): each needs a look by some worker.
     pub async fn runs_needing_care(&self) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT DISTINCT run_id FROM jobs WHERE state = 'claimed' AND lease_until < now()
-                 UNION SELECT id FROM runs WHERE queued AND run_started AND status = 'running'
-                   AND ((stop IS NULL OR stop LIKE 'failed:%' OR stop LIKE 'failing:%') AND (cancel_requested OR deadline < now()))",
+                 UNION SELECT id FROM runs WHERE queued AND run_started AND status = 'running' AND held_by IS NULL
+                   AND ((stop IS NULL OR stop LIKE 'failed:%' OR stop LIKE 'failing:%') AND (cancel_requested OR deadline < now()))
+                 UNION SELECT id FROM runs WHERE held_by IS NOT NULL AND held_until < now() AND status = 'running'",
                 &[],
             )
             .await
@@ -589,8 +594,14 @@ impl PgStore {
     }
 
     /// Looks after one run: puts back jobs whose worker was lost, stops it
-    /// when cancelled or out of time, ends it if nothing is left to run.
+    /// when cancelled or out of time, ends it if nothing is left to run. A
+    /// run run whole whose hold lapsed becomes its next attempt, step by
+    /// step ([`PgStore::recover_lapsed`]; the outcome is then `stale`).
     pub async fn care(&self, run_id: &str, run: &RunCtx) -> Result<Outcome, StoreError> {
+        if self.recover_lapsed(run_id).await? {
+            // It is the next attempt now, to be started: this one is done.
+            return Ok(Outcome { stale: true, ..Outcome::default() });
+        }
         self.in_run(run_id, run, &Holding::default(), |t| {
             Box::pin(async move {
                 t.reap().await?;
@@ -964,21 +975,21 @@ pub(super) async fn insert_run(tx: &deadpool_postgres::Transaction<'_>, run: &Ne
 /// [`InTx::finished`] (committed), it is taken out of the pool when
 /// dropped, on an error or a cancelled future, and closed: the server
 /// rolls the transaction back, and no one else gets the connection mid-way.
-struct InTx {
+pub(super) struct InTx {
     client: Option<deadpool_postgres::Client>,
 }
 
 impl InTx {
-    fn new(client: deadpool_postgres::Client) -> InTx {
+    pub(super) fn new(client: deadpool_postgres::Client) -> InTx {
         InTx { client: Some(client) }
     }
 
-    fn client(&self) -> &deadpool_postgres::Client {
+    pub(super) fn client(&self) -> &deadpool_postgres::Client {
         self.client.as_ref().expect("held until finished or dropped")
     }
 
     /// Committed: the connection goes back to the pool.
-    fn finished(mut self) {
+    pub(super) fn finished(mut self) {
         self.client.take();
     }
 }

@@ -1,0 +1,189 @@
+//! Runs run whole by one worker (see [`crate::exec::core::runs_whole`]).
+//!
+//! A worker that starts such a run takes a hold on it (`runs.held_by`,
+//! `runs.held_until`) instead of queuing its first jobs, runs it in its
+//! own memory with the in-process dispatcher, and records its events in
+//! batches through [`PgStore::record_whole`]: the rows a run in one process
+//! writes, and the run's event stream that `runs follow` and the web view
+//! read, as the queue writes it. Each batch first checks, under the run's
+//! row lock, that the worker still holds the run and that the stream is
+//! where it left it: a worker whose hold lapsed and was taken over writes
+//! nothing more. A hold is renewed by every batch and by the worker's
+//! heartbeat; one that lapses is looked after ([`PgStore::recover_lapsed`]):
+//! the run goes on step by step on any worker, as a resume (what succeeded
+//! is kept, the rest runs again).
+
+use super::pipe::{Pipe, params};
+use super::postgres::{PgStore, db};
+use super::queue::{EVENTS_CHANNEL, InTx, JOBS_CHANNEL};
+use super::{StoreError, records};
+use crate::exec::Event;
+use crate::sandbox::StepLog;
+use std::time::Duration;
+
+/// A worker's hold on a run it runs whole: whose, which attempt, and how
+/// far its event stream goes.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    /// The run.
+    pub run_id: String,
+    /// The worker that holds it.
+    pub worker: String,
+    /// The run's attempt the hold is for.
+    pub attempt: u32,
+    /// How long the hold lasts unless renewed.
+    pub lease: Duration,
+    /// The number of the last event in the run's stream.
+    pub seq: i32,
+    /// A cancel was asked for before the run started (and is taken).
+    pub cancel_asked: bool,
+}
+
+/// How a batch of a held run's events went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Committed (or found committed already: an answer lost on the way).
+    Yes,
+    /// The worker no longer holds the run: nothing was written.
+    HoldLost,
+}
+
+impl PgStore {
+    /// Starts queued run `run_id` (at `attempt`) as a run held by `worker`
+    /// for `lease`: returns the hold, or `None` when another worker started
+    /// it first or its namespace limits attempts across workers (then it
+    /// is started step by step, [`PgStore::start_run`]).
+    pub async fn start_whole(&self, run_id: &str, worker: &str, attempt: u32, lease: Duration) -> Result<Option<Hold>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE runs SET run_started = true, held_by = $2, held_until = now() + make_interval(secs => $4), began = now(),
+                        cancel_requested = false
+                 FROM (SELECT id, cancel_requested FROM runs WHERE id = $1 AND queued AND NOT run_started AND status = 'running' AND attempt = $3
+                       FOR UPDATE SKIP LOCKED) before
+                 WHERE runs.id = before.id
+                   AND NOT EXISTS (SELECT 1 FROM namespaces n WHERE n.name = runs.namespace AND n.max_steps IS NOT NULL)
+                 RETURNING runs.events, before.cancel_requested",
+                &[&run_id, &worker, &(attempt as i32), &lease.as_secs_f64()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| Hold { run_id: run_id.to_string(), worker: worker.to_string(), attempt, lease, seq: r.get(0), cancel_asked: r.get(1) }))
+    }
+
+    /// Records `events` of the run `hold` holds, in one transaction: the
+    /// rows they write, and each one (but log lines, whose rows are the
+    /// record) appended to the run's stream. Renews the hold, and ends it
+    /// with the run's end.
+    pub async fn record_whole(&self, hold: &mut Hold, events: Vec<Event>) -> Result<Recorded, StoreError> {
+        let conn = InTx::new(self.client().await?);
+        let tx = conn.client();
+        let mut pipe = Pipe::default();
+        pipe.push("BEGIN", params![]);
+        let attempt = hold.attempt as i32;
+        let fence = pipe
+            .query(tx, "SELECT events FROM runs WHERE id = $1 AND held_by = $2 AND attempt = $3 FOR UPDATE", &[&hold.run_id, &hold.worker, &attempt])
+            .await
+            .map_err(db)?;
+        let streamed = events.iter().filter(|e| !matches!(e, Event::StepLogLine { .. })).count() as i32;
+        let at = fence.first().map(|r| r.get::<_, i32>(0));
+        if at != Some(hold.seq) {
+            tx.batch_execute("ROLLBACK").await.map_err(db)?;
+            conn.finished();
+            // The stream went on by this very batch: its commit's answer was lost.
+            if streamed > 0 && at == Some(hold.seq + streamed) {
+                hold.seq += streamed;
+                return Ok(Recorded::Yes);
+            }
+            return Ok(Recorded::HoldLost);
+        }
+        let mut ended = false;
+        let mut seq = hold.seq;
+        for mut event in events {
+            match &mut event {
+                Event::StepStarted { worker, .. } => *worker = Some(hold.worker.clone()),
+                Event::RunFinished { .. } => ended = true,
+                _ => {}
+            }
+            if records(&event) {
+                pipe.record(&event);
+            }
+            if matches!(event, Event::StepLogLine { .. }) {
+                continue;
+            }
+            if let Event::StepFinished { log, .. } = &mut event {
+                *log = StepLog::default();
+            }
+            seq += 1;
+            pipe.append(&hold.run_id, seq, &event);
+        }
+        pipe.push(
+            "UPDATE runs SET events = $2,
+                    held_by = CASE WHEN $3 THEN NULL ELSE held_by END,
+                    held_until = CASE WHEN $3 THEN NULL ELSE now() + make_interval(secs => $4) END
+             WHERE id = $1",
+            params![hold.run_id.clone(), seq, ended, hold.lease.as_secs_f64()],
+        );
+        if streamed > 0 {
+            pipe.push("SELECT pg_notify($1, $2)", params![EVENTS_CHANNEL, hold.run_id.clone()]);
+        }
+        pipe.send(tx).await.map_err(db)?;
+        tx.batch_execute("COMMIT").await.map_err(db)?;
+        conn.finished();
+        hold.seq = seq;
+        Ok(Recorded::Yes)
+    }
+
+    /// Renews the holds `worker` has on `runs`.
+    pub async fn renew_holds(&self, worker: &str, runs: &[String], lease: Duration) -> Result<(), StoreError> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE runs SET held_until = now() + make_interval(secs => $3) WHERE id = ANY($1) AND held_by = $2",
+                &[&runs, &worker, &lease.as_secs_f64()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Gives up `worker`'s hold on `run_id` at once (it cannot go on with
+    /// it: its store writes fail), so that the run is looked after without
+    /// waiting for the hold to lapse.
+    pub async fn release_hold(&self, run_id: &str, worker: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("UPDATE runs SET held_until = now() - interval '1 second' WHERE id = $1 AND held_by = $2", &[&run_id, &worker])
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// If run `run_id` is held and the hold lapsed (its worker was lost or
+    /// gave it up), the run goes on step by step on any worker as its
+    /// next attempt, a resume: what succeeded is kept, the rest runs
+    /// again. Returns whether it did.
+    pub async fn recover_lapsed(&self, run_id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let rerun = serde_json::to_string(&crate::runs::Rerun::Resume).expect("a Rerun always serializes");
+        let row = client
+            .query_opt(
+                "WITH r AS (
+                     UPDATE runs SET attempt = attempt + 1, run_started = false, held_by = NULL, held_until = NULL, stop = NULL, main_stop = NULL,
+                                     ending = NULL, open_steps = 0, deadline = NULL, began = now(), rerun = $2, attempt_events = events
+                     WHERE id = $1 AND held_by IS NOT NULL AND held_until < now() AND status = 'running'
+                     RETURNING attempt)
+                 SELECT r.attempt, pg_notify($3, '') FROM r",
+                &[&run_id, &rerun, &JOBS_CHANNEL],
+            )
+            .await
+            .map_err(db)?;
+        if let Some(row) = &row {
+            tracing::warn!("run {run_id}: its worker's hold lapsed; attempt {} goes on step by step, keeping what succeeded", row.get::<_, i32>(0));
+        }
+        Ok(row.is_some())
+    }
+}
