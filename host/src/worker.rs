@@ -98,10 +98,18 @@ pub struct Worker {
     /// loaded), by what they are prepared from ([`RunHead::prepared_key`]):
     /// every run of one workflow shares its preparation.
     prepared: Mutex<HashMap<String, Arc<exec::Prepared>>>,
-    /// Jobs running here: id → (run, token).
-    active: Mutex<HashMap<i64, (String, CancellationToken)>>,
-    /// The worker's slots: each attempt running here (a claimed job's, or
-    /// a step's of a run run whole) holds one.
+    /// Jobs held here, from their claim to their result's commit: id →
+    /// (run, token, the slot it holds).
+    active: Mutex<HashMap<i64, Active>>,
+    /// The slots of the steps of runs run whole here: each attempt of
+    /// theirs holds one while it runs. Jobs are claimed only into slots
+    /// that neither they nor such attempts hold ([`Worker::free`]); a whole
+    /// run's step does not wait for jobs, so for a moment a worker may run
+    /// up to twice its `--concurrency` attempts (its jobs are claimed when
+    /// steps of its whole runs do not hold the slots). Jobs holding permits
+    /// too was tried and not kept: a worker's claim and commit transactions
+    /// then deadlocked (a wide run: 7 deadlocks, 3-10× slower), for a
+    /// reason not found yet (BENCHMARKS.md, "Small runs run whole").
     slots: Arc<tokio::sync::Semaphore>,
     /// Runs run whole here, by id: those whose holds it renews.
     holds: Mutex<HashSet<String>>,
@@ -126,6 +134,10 @@ pub struct Worker {
     live: mpsc::UnboundedSender<exec::Event>,
     live_rx: Mutex<Option<mpsc::UnboundedReceiver<exec::Event>>>,
 }
+
+/// A job held by a worker, from its claim to its result's commit: its run,
+/// and what cancels it.
+struct Active(String, CancellationToken);
 
 /// Whether a run is run whole by the worker that starts it.
 enum Whole {
@@ -454,9 +466,11 @@ impl Worker {
         Claimer { worker: self.config.name.clone(), labels: self.config.labels.clone(), slots, lease: self.config.lease, others }
     }
 
-    /// Slots free for more attempts.
+    /// Slots free for more jobs: neither held by a job (until its result
+    /// is committed) nor by a running step of a run run whole.
     fn free(&self) -> usize {
-        self.slots.available_permits()
+        let whole = self.config.concurrency - self.slots.available_permits();
+        self.config.concurrency.saturating_sub(self.active.lock().expect("not poisoned").len() + whole)
     }
 
     /// Whether `run` is run whole here ([`exec::core::runs_whole`]), or
@@ -597,7 +611,7 @@ impl Worker {
         let run = Arc::new(RunCtx { ctx, input: head.input, redactor, missing_secrets, step_limit, attempt, again, options });
         let mut runs = self.runs.lock().expect("not poisoned");
         if runs.len() >= RUN_CACHE {
-            let active: Vec<String> = self.active.lock().expect("not poisoned").values().map(|(r, _)| r.clone()).collect();
+            let active: Vec<String> = self.active.lock().expect("not poisoned").values().map(|a| a.0.clone()).collect();
             runs.retain(|id, _| active.contains(id));
         }
         // Another task may have loaded it meanwhile: the later attempt wins.
@@ -647,22 +661,13 @@ impl Worker {
 
     fn spawn_job(self: &Arc<Self>, job: Claimed, done: mpsc::UnboundedSender<Finished>) {
         let token = CancellationToken::new();
-        self.active.lock().expect("not poisoned").insert(job.id, (job.run_id.clone(), token.clone()));
-        // Claimed for a free slot; a step of a run run whole may have
-        // taken it since: then the job waits for the next.
-        let slot = self.slots.clone().try_acquire_owned().ok();
+        self.active.lock().expect("not poisoned").insert(job.id, Active(job.run_id.clone(), token.clone()));
         let worker = self.clone();
         tokio::spawn(async move {
-            let _slot = match slot {
-                Some(slot) => slot,
-                None => worker.slots.clone().acquire_owned().await.expect("the slots are never closed"),
-            };
             let began = std::time::Instant::now();
             let attempted = worker.attempt(&job, &token).await;
             worker.tally(&job, &attempted.result, began.elapsed());
             let exec::Attempted { result, fuel_used, log, cached } = attempted;
-            // Its slot is free as the attempt ends, before its commit.
-            drop(_slot);
             let _ = done.send(Finished { job, result, fuel_used, log, cached });
         });
     }
@@ -688,7 +693,7 @@ impl Worker {
             Family::new("sandflow_worker_slots", Kind::Gauge, "Most attempts this worker runs at once (--concurrency).")
                 .number(&[("worker", worker)], self.config.concurrency as f64),
             Family::new("sandflow_worker_running", Kind::Gauge, "Attempts this worker runs now.")
-                .number(&[("worker", worker)], (self.config.concurrency - self.free()) as f64),
+                .number(&[("worker", worker)], (self.active.lock().expect("not poisoned").len() + self.config.concurrency - self.slots.available_permits()) as f64),
             Family::new("sandflow_worker_attempts_total", Kind::Counter, "Attempts this worker ran to their end, by outcome.")
                 .number(&[("worker", worker), ("outcome", "succeeded")], ok as f64)
                 .number(&[("worker", worker), ("outcome", "failed")], failed as f64),
@@ -819,9 +824,9 @@ impl Worker {
                         }
                     };
                     let copy = finished.clone();
-                    // The slots these attempts freed are this worker's to fill,
+                    // The slots these attempts free are this worker's to fill,
                     // from the jobs the results make ready, in the same transaction.
-                    let slots = if stop.is_cancelled() { 0 } else { self.free() };
+                    let slots = if stop.is_cancelled() { 0 } else { self.free() + copy.len() };
                     let began = std::time::Instant::now();
                     match self.store.commit(&run_id, &run, finished, self.claimer(slots)).await {
                         // Loaded before the run's new attempt: commit again
@@ -893,14 +898,14 @@ impl Worker {
             tick.tick().await;
             let runs: Vec<String> = {
                 let active = self.active.lock().expect("not poisoned");
-                let mut runs: Vec<String> = active.values().map(|(r, _)| r.clone()).collect();
+                let mut runs: Vec<String> = active.values().map(|a| a.0.clone()).collect();
                 runs.sort();
                 runs.dedup();
                 runs
             };
             match self.store.runs_to_interrupt(&runs).await {
                 Ok(stopped) if !stopped.is_empty() => {
-                    for (run, token) in self.active.lock().expect("not poisoned").values() {
+                    for Active(run, token) in self.active.lock().expect("not poisoned").values() {
                         if stopped.contains(run) {
                             token.cancel();
                         }
