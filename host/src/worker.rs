@@ -441,7 +441,10 @@ impl Worker {
         drop(done_tx);
         let _ = committer.await;
         loop {
+            // Registered before the check: an end between the two is not missed.
             let ended = self.whole_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
             if self.holds.lock().expect("not poisoned").is_empty() {
                 break;
             }

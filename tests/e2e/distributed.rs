@@ -458,6 +458,23 @@ fn a_run_run_whole_by_a_killed_worker_goes_on_on_another() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
+/// A worker stopped with SIGINT while it runs a run whole finishes the
+/// run before it exits, as it finishes the steps it holds.
+#[test]
+fn a_stopped_worker_finishes_the_runs_it_runs_whole() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let steps = "{ id: nap, component: sleep, input: { ms: 1000 } }\n  - { id: after, component: sleep, needs: [nap], input: { ms: 1 } }";
+    let (id, mut workers) = submit_sleeper(&schema, &state, steps, "5s", &[]);
+    let worker = workers.children.remove(0);
+    assert!(Command::new("kill").args(["-INT", &worker.id().to_string()]).status().unwrap().success());
+    let out = worker.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let record = show(&schema, &state, &id);
+    assert_eq!(record["status"], "completed", "ended before the worker exited: {record:#}");
+    assert_eq!(record["attempt"], 1, "{record:#}");
+}
+
 /// `sandflow cancel` reaches a step running on a worker within a second.
 #[test]
 fn cancel_stops_a_run_on_workers() {
