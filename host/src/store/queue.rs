@@ -340,14 +340,14 @@ impl PgStore {
             hashes.iter().filter(|h| read.bytes.contains_key(**h)).map(|h| h.to_string()).collect()
         };
         let client = self.client().await?;
-        let rows = client
-            .query(
+        let found = client
+            .prepare_cached(
                 "SELECT f.sha256, CASE WHEN f.sha256 = ANY($3) THEN NULL ELSE f.bytes END
                  FROM files f JOIN namespace_files n ON n.sha256 = f.sha256 AND n.namespace = $2 WHERE f.sha256 = ANY($1)",
-                &[&hashes, &namespace, &known],
             )
             .await
             .map_err(db)?;
+        let rows = client.query(&found, &[&hashes, &namespace, &known]).await.map_err(db)?;
         let mut read = crate::lock(&self.files_read);
         let mut held = HashMap::new();
         for row in rows {
@@ -922,7 +922,10 @@ pub(super) async fn insert_run(tx: &deadpool_postgres::Transaction<'_>, run: &Ne
     let StoredBinding { concurrency, components, vars, namespace } = binding.stored();
     // Runs in flight, under the namespace's limit: counted under its
     // row's lock, so two submits cannot both take the last place.
-    let limit = tx.query_opt("SELECT max_runs FROM namespaces WHERE name = $1 FOR UPDATE", &[&namespace]).await.map_err(db)?;
+    // Statements prepared once per connection (cached): a submit's few
+    // statements were parsed and planned by the server at each submit.
+    let locked = tx.prepare_cached("SELECT max_runs FROM namespaces WHERE name = $1 FOR UPDATE").await.map_err(db)?;
+    let limit = tx.query_opt(&locked, &[&namespace]).await.map_err(db)?;
     if let Some(max) = limit.and_then(|r| r.get::<_, Option<i64>>(0)) {
         let running: i64 =
             tx.query_one("SELECT count(*) FROM runs WHERE namespace = $1 AND status = 'running'", &[&namespace]).await.map_err(db)?.get(0);
@@ -936,7 +939,8 @@ pub(super) async fn insert_run(tx: &deadpool_postgres::Transaction<'_>, run: &Ne
     let (paths, hashes): (Vec<&str>, Vec<&str>) = files.iter().map(|(p, h)| (p.as_str(), h.as_str())).unzip();
     // One statement (one round trip, one plan): the run, its files, the
     // namespace's files, and the workers' notification.
-    tx.execute(
+    let insert = tx
+        .prepare_cached(
         "WITH run AS (
              INSERT INTO runs (id, workflow, file, sha256, input, status, attempt, started_at, queued, concurrency, targets, components, vars, namespace, priority,
                                triggered_by, trigger_source, scheduled_time)
@@ -945,6 +949,11 @@ pub(super) async fn insert_run(tx: &deadpool_postgres::Transaction<'_>, run: &Ne
          namespace_files AS (
              INSERT INTO namespace_files (namespace, sha256) SELECT DISTINCT $11, f.sha256 FROM unnest($17::text[]) AS f(sha256) ON CONFLICT DO NOTHING)
          SELECT pg_notify($18, '')",
+        )
+        .await
+        .map_err(db)?;
+    tx.execute(
+        &insert,
         &[
             &run.id,
             &run.workflow,

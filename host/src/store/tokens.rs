@@ -152,13 +152,8 @@ impl PgStore {
     /// Adds `entry` to the audit log (its `at` is now).
     pub async fn audit(&self, entry: &AuditRecord) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO audit (token, namespace, action, run_id, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&entry.token, &entry.namespace, &entry.action, &entry.run_id, &entry.outcome, &entry.detail],
-            )
-            .await
-            .map_err(db)?;
+        let insert = client.prepare_cached("INSERT INTO audit (token, namespace, action, run_id, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)").await.map_err(db)?;
+        client.execute(&insert, &[&entry.token, &entry.namespace, &entry.action, &entry.run_id, &entry.outcome, &entry.detail]).await.map_err(db)?;
         Ok(())
     }
 
@@ -307,7 +302,8 @@ impl PgStore {
     /// Whether any token is in force: then `serve` asks every request for one.
     pub async fn has_tokens(&self) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        Ok(client.query_one("SELECT EXISTS (SELECT 1 FROM tokens WHERE revoked_at IS NULL)", &[]).await.map_err(db)?.get(0))
+        let any = client.prepare_cached("SELECT EXISTS (SELECT 1 FROM tokens WHERE revoked_at IS NULL)").await.map_err(db)?;
+        Ok(client.query_one(&any, &[]).await.map_err(db)?.get(0))
     }
 }
 
