@@ -98,8 +98,7 @@ pub struct Worker {
     /// loaded), by what they are prepared from ([`RunHead::prepared_key`]):
     /// every run of one workflow shares its preparation.
     prepared: Mutex<HashMap<String, Arc<exec::Prepared>>>,
-    /// Jobs held here, from their claim to their result's commit: id →
-    /// (run, token, the slot it holds).
+    /// Jobs held here, from their claim to their result's commit, by id.
     active: Mutex<HashMap<i64, Active>>,
     /// The slots of the steps of runs run whole here: each attempt of
     /// theirs holds one while it runs. Jobs are claimed only into slots
