@@ -199,9 +199,15 @@ impl Pipe {
         self.rows.last_mut().expect("just pushed").add(event);
     }
 
-    /// `event` appended to run `run_id`'s stream as number `seq`.
-    pub fn append(&mut self, run_id: &str, seq: i32, event: &Event) {
-        self.stream.push((run_id.to_string(), seq, event_body(event)));
+    /// `event` recorded in run `run_id`'s tables ([`Pipe::record`]) and
+    /// appended to its stream as number `seq`, without a step's log (its
+    /// rows are the record; followers read it there).
+    pub fn record_streamed(&mut self, run_id: &str, seq: i32, mut event: Event) {
+        self.record(&event);
+        if let Event::StepFinished { log, .. } = &mut event {
+            *log = crate::sandbox::StepLog::default();
+        }
+        self.stream.push((run_id.to_string(), seq, event_body(&event)));
     }
 
     /// Gathered rows become statements, after those pushed.

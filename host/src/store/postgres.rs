@@ -357,6 +357,9 @@ CREATE TABLE events (
      CREATE INDEX runs_held ON runs (held_until) WHERE held_by IS NOT NULL;",
 ];
 
+/// Sets run `$1`'s state key `$2` to `$3`.
+const STATE_SET: &str = "INSERT INTO state (run_id, key, value) VALUES ($1, $2, $3) ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value";
+
 /// Serializes migrations across every process using the server.
 const MIGRATION_LOCK: i64 = 0x5341_4e44_464c_4f57; // "SANDFLOW"
 
@@ -893,10 +896,7 @@ impl RunStore for PgStore {
 
     async fn state_set(&self, run_id: &str, key: &str, json: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("INSERT INTO state (run_id, key, value) VALUES ($1, $2, $3) ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value")
-            .await
-            .map_err(db)?;
+        let stmt = client.prepare_cached(STATE_SET).await.map_err(db)?;
         client.execute(&stmt, &[&run_id, &key, &json]).await.map_err(db)?;
         Ok(())
     }
@@ -907,14 +907,13 @@ impl RunStore for PgStore {
     async fn state_set_within(&self, run_id: &str, key: &str, json: &str, max_keys: u64, max_bytes: u64) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext('sandflow state ' || $1))", &[&run_id]).await.map_err(db)?;
-        let row = tx
-            .query_one(
-                "SELECT COUNT(*), COALESCE(SUM(octet_length(key) + octet_length(value)), 0)::BIGINT FROM state WHERE run_id = $1 AND key <> $2",
-                &[&run_id, &key],
-            )
+        let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtext('sandflow state ' || $1))").await.map_err(db)?;
+        tx.execute(&lock, &[&run_id]).await.map_err(db)?;
+        let others = tx
+            .prepare_cached("SELECT COUNT(*), COALESCE(SUM(octet_length(key) + octet_length(value)), 0)::BIGINT FROM state WHERE run_id = $1 AND key <> $2")
             .await
             .map_err(db)?;
+        let row = tx.query_one(&others, &[&run_id, &key]).await.map_err(db)?;
         let (others, bytes) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
         if others + 1 > max_keys {
             return Ok(Some(Err(crate::sandbox::QuotaKind::StateKeys)));
@@ -922,12 +921,8 @@ impl RunStore for PgStore {
         if bytes + (key.len() + json.len()) as u64 > max_bytes {
             return Ok(Some(Err(crate::sandbox::QuotaKind::StateBytes)));
         }
-        tx.execute(
-            "INSERT INTO state (run_id, key, value) VALUES ($1, $2, $3) ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value",
-            &[&run_id, &key, &json],
-        )
-        .await
-        .map_err(db)?;
+        let set = tx.prepare_cached(STATE_SET).await.map_err(db)?;
+        tx.execute(&set, &[&run_id, &key, &json]).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(Some(Ok(())))
     }

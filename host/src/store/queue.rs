@@ -664,8 +664,7 @@ impl PgStore {
                 error: Some(message.to_string()),
             };
             let mut pipe = Pipe::default();
-            pipe.record(&event);
-            pipe.append(run_id, seq, &event);
+            pipe.record_streamed(run_id, seq, event);
             pipe.push("UPDATE runs SET events = $2, run_started = true WHERE id = $1", params![run_id.to_string(), seq]);
             pipe.push("DELETE FROM jobs WHERE run_id = $1 AND state <> 'claimed'", params![run_id.to_string()]);
             pipe.push(NOTIFY, params![EVENTS_CHANNEL, run_id.to_string()]);
@@ -763,11 +762,13 @@ impl PgStore {
         let vars = vars.map(Value::to_string);
         let row = tx
             .query_one(
-                "UPDATE runs SET status = 'running', attempt = attempt + 1, finished_at = NULL, error = NULL, output = NULL,
-                   cancel_requested = false, run_started = false, stop = NULL, main_stop = NULL, ending = NULL, open_steps = 0,
-                   deadline = NULL, began = now(), rerun = $2, attempt_events = events,
-                   concurrency = COALESCE($3, concurrency), vars = COALESCE($4, vars)
-                 WHERE id = $1 RETURNING attempt",
+                concat!(
+                    "UPDATE runs SET ",
+                    next_attempt!(),
+                    ", status = 'running', finished_at = NULL, error = NULL, output = NULL, cancel_requested = false,
+                       concurrency = COALESCE($3, concurrency), vars = COALESCE($4, vars)
+                     WHERE id = $1 RETURNING attempt"
+                ),
                 &[&run_id, &rerun, &concurrency, &vars],
             )
             .await
@@ -1011,6 +1012,17 @@ impl Drop for InTx {
     }
 }
 
+/// The columns a run's next attempt starts afresh, for workers to start
+/// it (`rerun = $2`: what it runs again, [`crate::runs::Rerun`] as JSON);
+/// its followers start after the events recorded so far.
+macro_rules! next_attempt {
+    () => {
+        "attempt = attempt + 1, run_started = false, stop = NULL, main_stop = NULL, ending = NULL, open_steps = 0,
+         deadline = NULL, began = now(), rerun = $2, attempt_events = events"
+    };
+}
+pub(super) use next_attempt;
+
 /// The end of a claim: what it returns, and the steps marked started.
 macro_rules! claimed {
     () => {
@@ -1093,7 +1105,7 @@ const APPEND_EVENTS: &str = "WITH r AS (UPDATE runs SET events = events + cardin
     INSERT INTO events (run_id, seq, body)
     SELECT $1, r.events - cardinality($2::text[]) + e.ord::int, e.body FROM r, unnest($2::text[]) WITH ORDINALITY AS e(body, ord)";
 
-const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+pub(super) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// Locks the namespace of run `$1` if it has a step limit, and returns the
 /// limit: before the run's lock, as [`LOCK_CAPPED`] takes it before jobs'.
@@ -1532,13 +1544,8 @@ impl Ledger for PgLedger<'_> {
     /// the log, which is in its own table).
     fn emit(&mut self, event: Event) {
         let event = if self.run.redactor.is_empty() { event } else { self.run.redactor.event(&event) };
-        self.pipe.record(&event);
         self.seq += 1;
-        let mut stream = event;
-        if let Event::StepFinished { log, .. } = &mut stream {
-            *log = StepLog::default();
-        }
-        self.pipe.append(self.run_id, self.seq, &stream);
+        self.pipe.record_streamed(self.run_id, self.seq, event);
     }
 
     async fn in_flight(&mut self) -> PgResult<bool> {

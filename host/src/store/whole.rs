@@ -15,10 +15,9 @@
 
 use super::pipe::{Pipe, params};
 use super::postgres::{PgStore, db};
-use super::queue::{EVENTS_CHANNEL, InTx, JOBS_CHANNEL};
-use super::{StoreError, records};
+use super::StoreError;
+use super::queue::{EVENTS_CHANNEL, InTx, JOBS_CHANNEL, NOTIFY, next_attempt};
 use crate::exec::Event;
-use crate::sandbox::StepLog;
 use std::time::Duration;
 
 /// A worker's hold on a run it runs whole: whose, which attempt, and how
@@ -105,17 +104,12 @@ impl PgStore {
                 Event::RunFinished { .. } => ended = true,
                 _ => {}
             }
-            if records(&event) {
-                pipe.record(&event);
-            }
             if matches!(event, Event::StepLogLine { .. }) {
+                pipe.record(&event);
                 continue;
             }
-            if let Event::StepFinished { log, .. } = &mut event {
-                *log = StepLog::default();
-            }
             seq += 1;
-            pipe.append(&hold.run_id, seq, &event);
+            pipe.record_streamed(&hold.run_id, seq, event);
         }
         pipe.push(
             "UPDATE runs SET events = $2,
@@ -125,7 +119,7 @@ impl PgStore {
             params![hold.run_id.clone(), seq, ended, hold.lease.as_secs_f64()],
         );
         if streamed > 0 {
-            pipe.push("SELECT pg_notify($1, $2)", params![EVENTS_CHANNEL, hold.run_id.clone()]);
+            pipe.push(NOTIFY, params![EVENTS_CHANNEL, hold.run_id.clone()]);
         }
         pipe.send(tx).await.map_err(db)?;
         tx.batch_execute("COMMIT").await.map_err(db)?;
@@ -171,12 +165,14 @@ impl PgStore {
         let rerun = serde_json::to_string(&crate::runs::Rerun::Resume).expect("a Rerun always serializes");
         let row = client
             .query_opt(
-                "WITH r AS (
-                     UPDATE runs SET attempt = attempt + 1, run_started = false, held_by = NULL, held_until = NULL, stop = NULL, main_stop = NULL,
-                                     ending = NULL, open_steps = 0, deadline = NULL, began = now(), rerun = $2, attempt_events = events
-                     WHERE id = $1 AND held_by IS NOT NULL AND held_until < now() AND status = 'running'
-                     RETURNING attempt)
-                 SELECT r.attempt, pg_notify($3, '') FROM r",
+                concat!(
+                    "WITH r AS (UPDATE runs SET ",
+                    next_attempt!(),
+                    ", held_by = NULL, held_until = NULL
+                        WHERE id = $1 AND held_by IS NOT NULL AND held_until < now() AND status = 'running'
+                        RETURNING attempt)
+                     SELECT r.attempt, pg_notify($3, '') FROM r"
+                ),
                 &[&run_id, &rerun, &JOBS_CHANNEL],
             )
             .await
