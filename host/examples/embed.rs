@@ -197,6 +197,7 @@ mod tests {
             labels: Vec::new(),
             care_every: std::time::Duration::from_secs(5),
             whole_runs: sandflow::worker::WorkerConfig::WHOLE_RUNS,
+            only_run: None,
         };
         let worker = sandflow::worker::Worker::new(store, sandbox, config);
         let stop = sandflow::sandbox::CancellationToken::new();

@@ -55,6 +55,11 @@ pub struct WorkerConfig {
     /// has are run whole by the worker that starts them
     /// ([`exec::core::runs_whole`]); 0: every run goes step by step.
     pub whole_runs: usize,
+    /// Works on this run only, as the worker inside `sandflow run`,
+    /// `resume` and `retry` does: it starts, claims and looks after no
+    /// other run, so no other run gets this process's secrets or keeps it
+    /// alive. `None`: any run (`sandflow worker`).
+    pub only_run: Option<String>,
 }
 
 impl WorkerConfig {
@@ -282,6 +287,11 @@ impl Worker {
         &self.config.name
     }
 
+    /// The one run it works on, if it works on one only.
+    fn only(&self) -> Option<&str> {
+        self.config.only_run.as_deref()
+    }
+
     /// Works until `stop` fires, then lets the attempts it holds finish and
     /// commits them. Store errors are retried with backoff; they never end
     /// the worker.
@@ -314,7 +324,7 @@ impl Worker {
                     self.claimable.store(true, Ordering::SeqCst);
                 }
                 if self.look_for_runs.swap(false, Ordering::SeqCst) {
-                    for run_id in self.store.runs_to_start(8).await? {
+                    for run_id in self.store.runs_to_start(8, self.only()).await? {
                         match self.context(&run_id).await {
                             Ok(run) => {
                                 match self.whole(&run) {
@@ -345,7 +355,7 @@ impl Worker {
                 }
                 let free = self.free();
                 if free > 0 && self.claimable.swap(false, Ordering::SeqCst) {
-                    let claimed = self.store.claim(&self.config.name, &self.config.labels, free as i64, self.config.lease).await;
+                    let claimed = self.store.claim(&self.config.name, &self.config.labels, free as i64, self.config.lease, self.only()).await;
                     let claimed = claimed.inspect_err(|_| self.claimable.store(true, Ordering::SeqCst))?;
                     if claimed.len() == free {
                         // More may be ready.
@@ -357,7 +367,7 @@ impl Worker {
                     }
                     // Runs with a `concurrency`: claimed under each run's lock.
                     if self.free() > 0 {
-                        for run_id in self.store.limited_runs_ready(&self.config.labels).await? {
+                        for run_id in self.store.limited_runs_ready(&self.config.labels, self.only()).await? {
                             let free = self.free();
                             if free == 0 {
                                 busy = true;
@@ -384,7 +394,7 @@ impl Worker {
                 }
                 if last_care.elapsed() >= self.config.care_every {
                     last_care = tokio::time::Instant::now();
-                    for run_id in self.store.runs_needing_care().await? {
+                    for run_id in self.store.runs_needing_care(self.only()).await? {
                         match self.context(&run_id).await {
                             Ok(run) => {
                                 if self.store.care(&run_id, &run).await?.stale {
@@ -411,7 +421,7 @@ impl Worker {
                     // soonest, so a durable timer wakes on time.
                     let mut nap = self.config.care_every.min(LOOK_EVERY);
                     if self.free() > 0
-                        && let Ok(Some(due)) = self.store.next_due(&self.config.labels).await
+                        && let Ok(Some(due)) = self.store.next_due(&self.config.labels, self.only()).await
                     {
                         nap = nap.min(due);
                         if due < LOOK_EVERY {

@@ -574,6 +574,37 @@ fn run_with_a_postgres_store_needs_no_separate_worker() {
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"text": "AB / ab"}));
 }
 
+/// The process `sandflow run` starts with a PostgreSQL store works on its
+/// own run only: another run's ready step (a worker with two slots holds
+/// its siblings) and a run queued meanwhile are left to the workers, so no
+/// other run gets this process's secrets or keeps it alive.
+#[test]
+fn run_with_a_postgres_store_works_on_its_own_run_only() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let naps = ["a", "b", "c"].map(|id| format!("{{ id: {id}, component: sleep, input: {{ ms: 4000 }} }}")).join("\n  - ");
+    let (other, _workers) = submit_sleeper(&schema, &state, &naps, "5s", &["--whole-runs", "0"]);
+    let queued = submit(&schema, &state, std::path::Path::new("workflows/diamond.yaml"));
+    // Its own run outlasts a worker's look for work (a second).
+    let own = state.path().join("own.yaml");
+    let text = format!("name: own\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {{ id: nap, component: sleep, input: {{ ms: 1500 }} }}\n", hostile("sleep").display());
+    std::fs::write(&own, text).unwrap();
+    let (code, out, err) = run(pg(&schema, &state).args(["--json", "run"]).arg(&own));
+    assert_eq!(code, 0, "{out}{err}");
+    // Which workers started each run's steps, from the runs' events.
+    let workers = |runs: &str, arg: &str| {
+        let query = format!("SELECT DISTINCT body::json->>'worker' FROM events WHERE {runs} AND body::json->>'worker' IS NOT NULL");
+        schema.strings(&query, arg)
+    };
+    let mine = workers("run_id <> ALL(string_to_array($1, ' '))", &format!("{other} {queued}"));
+    assert_eq!(mine.len(), 1, "its own run ran in this process: {mine:?}");
+    for id in [&other, &queued] {
+        let theirs = workers("run_id = $1", id);
+        assert!(!theirs.contains(&mine[0]), "run {id} was worked on by `sandflow run`'s process: {theirs:?}");
+    }
+    assert_eq!(running_steps(&schema, &other), 2, "the other run's third step still waits for its worker's slot");
+}
+
 /// `sandflow submit FLOW`: the run id.
 fn submit(schema: &PgSchema, state: &tempfile::TempDir, flow: &std::path::Path) -> String {
     let (code, id, err) = run(pg(schema, state).arg("submit").arg(flow));

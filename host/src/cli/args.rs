@@ -58,7 +58,8 @@ pub(crate) struct WorkArgs {
     #[arg(long)]
     pub(crate) detach: bool,
     /// With a PostgreSQL store: only follow the run; leave its steps to
-    /// `sandflow worker` processes (by default this process works on it too).
+    /// `sandflow worker` processes (by default this process works on it too,
+    /// and on no other run).
     #[arg(long = "no-work")]
     pub(crate) no_work: bool,
 }

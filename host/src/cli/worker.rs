@@ -154,6 +154,7 @@ pub(crate) fn worker_config(
         labels,
         care_every: (lease / 3).min(Duration::from_secs(1)),
         whole_runs: WorkerConfig::WHOLE_RUNS,
+        only_run: None,
     })
 }
 
@@ -325,8 +326,8 @@ async fn summarize(worker: Arc<Worker>, every: Duration) {
     }
 }
 
-/// Follows run `id` to its end, working on its steps (and any other
-/// queued run's) meanwhile when `worker` is given; the output is printed.
+/// Follows run `id` to its end, working on its steps (and no other run's)
+/// meanwhile when `worker` is given; the output is printed.
 pub(crate) async fn work_and_follow(
     store: &Arc<PgStore>,
     sandbox: Arc<Sandbox>,
@@ -338,6 +339,7 @@ pub(crate) async fn work_and_follow(
 ) -> Result<u8, CliError> {
     let stop_work = CancellationToken::new();
     let worker = worker.map(|config| {
+        let config = WorkerConfig { only_run: Some(id.to_string()), ..config };
         let worker = Worker::new(store.clone(), sandbox, config);
         let stop = stop_work.clone();
         tokio::spawn(async move { worker.run(stop).await })

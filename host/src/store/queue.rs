@@ -446,14 +446,16 @@ impl PgStore {
 
     /// Queued runs no worker has started yet: the namespaces in turn (a
     /// namespace's k-th run before any namespace's (k+1)-th, among the
-    /// oldest 1,024), within one by priority, then oldest first.
-    pub async fn runs_to_start(&self, limit: i64) -> Result<Vec<String>, StoreError> {
+    /// oldest 1,024), within one by priority, then oldest first. With
+    /// `only`, that run if it is one of them.
+    pub async fn runs_to_start(&self, limit: i64, only: Option<&str>) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id FROM (SELECT id, namespace, priority, seq FROM runs WHERE queued AND NOT run_started AND status = 'running' ORDER BY seq LIMIT 1024) w
+                "SELECT id FROM (SELECT id, namespace, priority, seq FROM runs WHERE queued AND NOT run_started AND status = 'running'
+                                   AND ($2::text IS NULL OR id = $2) ORDER BY seq LIMIT 1024) w
                  ORDER BY row_number() OVER (PARTITION BY namespace ORDER BY priority DESC, seq), priority DESC, seq LIMIT $1",
-                &[&limit],
+                &[&limit, &only],
             )
             .await
             .map_err(db)?;
@@ -475,8 +477,9 @@ impl PgStore {
     }
 
     /// Claims up to `limit` ready jobs for `worker`, leased for `lease`:
-    /// those whose `runs_on` labels are all among `labels`.
-    pub async fn claim(&self, worker: &str, labels: &[String], limit: i64, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+    /// those whose `runs_on` labels are all among `labels` (and of run
+    /// `only`, if given).
+    pub async fn claim(&self, worker: &str, labels: &[String], limit: i64, lease: Duration, only: Option<&str>) -> Result<Vec<Claimed>, StoreError> {
         if limit <= 0 {
             return Ok(Vec::new());
         }
@@ -486,7 +489,7 @@ impl PgStore {
         let capped = pipe.query(&tx, LOCK_CAPPED, &[]).await.map_err(db)?;
         let names: Vec<String> = capped.iter().map(|r| r.get(0)).collect();
         let caps: Vec<i64> = capped.iter().map(|r| r.get(1)).collect();
-        let rows = pipe.query(&tx, CLAIM_FAIR, &[&worker, &limit, &lease.as_secs_f64(), &labels, &names, &caps]).await.map_err(db)?;
+        let rows = pipe.query(&tx, CLAIM_FAIR, &[&worker, &limit, &lease.as_secs_f64(), &labels, &names, &caps, &only]).await.map_err(db)?;
         let mut claimed: Vec<(Claimed, String)> = rows.iter().map(|r| (claimed_row(r), r.get(8))).collect();
         claimed.sort_by(|(a, _), (b, _)| (&a.run_id, a.id).cmp(&(&b.run_id, b.id)));
         // `StepStarted` events, numbered in each run's order, runs in id
@@ -551,12 +554,14 @@ impl PgStore {
     /// Runs with a step limit (a `concurrency`) whose jobs are ready for a
     /// worker with `labels`: their jobs are claimed under the run's lock
     /// ([`PgStore::claim_in_run`]), so that workers never exceed it together.
-    pub async fn limited_runs_ready(&self, labels: &[String]) -> Result<Vec<String>, StoreError> {
+    /// With `only`, that run if it is one of them.
+    pub async fn limited_runs_ready(&self, labels: &[String], only: Option<&str>) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT DISTINCT run_id FROM jobs WHERE limited AND state = 'ready' AND not_before <= now() AND runs_on <@ $1::text[] LIMIT 16",
-                &[&labels],
+                "SELECT DISTINCT run_id FROM jobs WHERE limited AND state = 'ready' AND not_before <= now() AND runs_on <@ $1::text[]
+                   AND ($2::text IS NULL OR run_id = $2) LIMIT 16",
+                &[&labels, &only],
             )
             .await
             .map_err(db)?;
@@ -577,16 +582,18 @@ impl PgStore {
 
     /// Runs whose claimed jobs' leases expired, whose cancel was asked for,
     /// or whose timeout passed, and runs run whole whose hold lapsed
-    /// ([`super::whole`]): each needs a look by some worker.
-    pub async fn runs_needing_care(&self) -> Result<Vec<String>, StoreError> {
+    /// ([`super::whole`]): each needs a look by some worker. With `only`,
+    /// that run if it needs one.
+    pub async fn runs_needing_care(&self, only: Option<&str>) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT DISTINCT run_id FROM jobs WHERE state = 'claimed' AND lease_until < now()
+                "SELECT * FROM (SELECT DISTINCT run_id FROM jobs WHERE state = 'claimed' AND lease_until < now()
                  UNION SELECT id FROM runs WHERE queued AND run_started AND status = 'running' AND held_by IS NULL
                    AND ((stop IS NULL OR stop LIKE 'failed:%' OR stop LIKE 'failing:%') AND (cancel_requested OR deadline < now()))
-                 UNION SELECT id FROM runs WHERE held_by IS NOT NULL AND held_until < now() AND status = 'running'",
-                &[],
+                 UNION SELECT id FROM runs WHERE held_by IS NOT NULL AND held_until < now() AND status = 'running') c (id)
+                 WHERE $1::text IS NULL OR id = $1",
+                &[&only],
             )
             .await
             .map_err(db)?;
@@ -700,17 +707,19 @@ impl PgStore {
 
     /// Whether a run is run by workers.
     /// How long until the soonest job that waits for its time (a durable
-    /// timer, a retry's delay) becomes claimable by a worker with `labels`.
-    pub async fn next_due(&self, labels: &[String]) -> Result<Option<Duration>, StoreError> {
+    /// timer, a retry's delay) becomes claimable by a worker with `labels`
+    /// (of run `only`, if given).
+    pub async fn next_due(&self, labels: &[String], only: Option<&str>) -> Result<Option<Duration>, StoreError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
                 "SELECT EXTRACT(EPOCH FROM min(not_before) - now())::float8 FROM jobs
-                 WHERE state = 'ready' AND not_before > now() AND not_before < 'infinity' AND runs_on <@ $1::text[]",
+                 WHERE state = 'ready' AND not_before > now() AND not_before < 'infinity' AND runs_on <@ $1::text[]
+                   AND ($2::text IS NULL OR run_id = $2)",
             )
             .await
             .map_err(db)?;
-        let row = client.query_one(&stmt, &[&labels]).await.map_err(db)?;
+        let row = client.query_one(&stmt, &[&labels, &only]).await.map_err(db)?;
         Ok(row.get::<_, Option<f64>>(0).map(|s| Duration::from_secs_f64(s.max(0.0))))
     }
 
@@ -1056,7 +1065,7 @@ macro_rules! fair_window {
     };
 }
 
-/// [`CLAIM`] of any run's jobs, shared fairly between namespaces: among
+/// [`CLAIM`] of any run's jobs (or run `$7`'s), shared fairly between namespaces: among
 /// the oldest ready jobs (a window of [`fair_window`]), a namespace's
 /// k-th job ranks by k plus the jobs the namespace holds now, so that a
 /// namespace with little running goes before one with a flood queued;
@@ -1075,7 +1084,7 @@ const CLAIM_FAIR: &str = concat!(
      shut AS (SELECT namespace FROM caps WHERE room <= 0 UNION ALL SELECT name FROM namespaces WHERE max_steps IS NOT NULL AND name <> ALL($5::text[])),
      cand AS (SELECT j.id, r.namespace, r.priority FROM jobs j JOIN runs r ON r.id = j.run_id
               WHERE j.state = 'ready' AND j.not_before <= now() AND j.runs_on <@ $4::text[] AND NOT j.limited
-                AND r.namespace NOT IN (SELECT namespace FROM shut)
+                AND ($7::text IS NULL OR j.run_id = $7) AND r.namespace NOT IN (SELECT namespace FROM shut)
               ORDER BY j.id LIMIT ",
     fair_window!(),
     "),
