@@ -103,6 +103,61 @@ async fn a_run_is_recorded_listed_shown_and_logged() {
     }
 }
 
+/// A batch that holds a step's start, the lines it logged live and its end
+/// records what the end says (the start and live lines are replaced, not
+/// written first); a step whose end is not in the batch shows `running`
+/// with its live lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_a_step_s_start_and_end_records_the_end() {
+    let started = |step: &str, attempt| Event::StepStarted { run_id: "r5".into(), step: step.into(), attempt, item: None, worker: None };
+    let line = |step: &str, attempt, seq, text: &str| Event::StepLogLine {
+        run_id: "r5".into(),
+        step: step.into(),
+        attempt,
+        item: None,
+        seq,
+        line: LogLine { source: LogSource::Info, text: text.into() },
+    };
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&backend, &dir).await;
+        let name = backend.name();
+        s.begin_run(&new_run("r5")).await.unwrap();
+        let retried = Event::StepRetrying {
+            run_id: "r5".into(),
+            step: "a".into(),
+            attempt: 1,
+            item: None,
+            error: StepFailure::new(FailureKind::Trap, "crashed"),
+            delay: Duration::ZERO,
+            fuel_used: 7,
+        };
+        s.record(vec![
+            started("a", 1),
+            line("a", 1, 0, "first try"),
+            retried,
+            started("b", 1),
+            line("b", 1, 0, "b is at work"),
+            started("a", 2),
+            line("a", 2, 0, "live"),
+            finished("r5", "a", StepState::Succeeded, Some(json!(1)), &["kept"]),
+        ])
+        .await
+        .unwrap();
+        let run = s.run("r5", RunDetail::Full).await.unwrap();
+        let steps: Vec<(&str, &str)> = run.steps.iter().map(|x| (x.step.as_str(), x.state.as_str())).collect();
+        assert_eq!(steps, [("b", "running"), ("a", "succeeded")], "{name}");
+        let texts = |step| {
+            let s = s.clone();
+            async move { s.logs("r5", Some(step)).await.unwrap().into_iter().map(|(_, l)| l.text).collect::<Vec<_>>() }
+        };
+        assert_eq!(texts("a").await, ["kept"], "{name}");
+        assert_eq!(texts("b").await, ["b is at work"], "{name}");
+        let attempts: Vec<String> = s.attempts("r5", Some("a")).await.unwrap().into_iter().map(|a| format!("{} {}", a.attempt, a.state)).collect();
+        assert_eq!(attempts, ["1 failed", "1 succeeded"], "{name}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_counts_attempts_in_the_store_and_keeps_masked_outputs() {
     for backend in backends() {

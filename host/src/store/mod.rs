@@ -685,6 +685,30 @@ pub(crate) fn records(event: &Event) -> bool {
     }
 }
 
+/// Which events of a batch that one transaction records need no rows of
+/// their own: a step's start and the lines its attempt logged live, when
+/// the step's end comes later in the same batch. The end's row replaces
+/// the start's whole, and its log replaces the live lines, so writing them
+/// first would only be undone (SQLite: a wide run's writer spent about a
+/// third of its statements on them). Followers still see every event in
+/// the run's stream; only the rows are left out.
+pub(crate) fn superseded(events: &[Event]) -> Vec<bool> {
+    let mut ended: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
+    let mut out = vec![false; events.len()];
+    for (i, event) in events.iter().enumerate().rev() {
+        match event {
+            Event::StepFinished { run_id, step, .. } => {
+                ended.insert((run_id, step));
+            }
+            Event::StepStarted { run_id, step, .. } | Event::StepLogLine { run_id, step, .. } => {
+                out[i] = ended.contains(&(run_id.as_str(), step.as_str()));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// A run store as the mailbox of the runs it records: a run in this
 /// process looks there for signals to its waiting steps.
 pub struct StoreMailbox(pub Arc<dyn RunStore>);

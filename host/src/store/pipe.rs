@@ -202,8 +202,14 @@ impl Pipe {
     /// `event` recorded in run `run_id`'s tables ([`Pipe::record`]) and
     /// appended to its stream as number `seq`, without a step's log (its
     /// rows are the record; followers read it there).
-    pub fn record_streamed(&mut self, run_id: &str, seq: i32, mut event: Event) {
+    pub fn record_streamed(&mut self, run_id: &str, seq: i32, event: Event) {
         self.record(&event);
+        self.stream(run_id, seq, event);
+    }
+
+    /// `event` appended to run `run_id`'s stream as number `seq`, without
+    /// a step's log, and no rows ([`super::superseded`]).
+    pub fn stream(&mut self, run_id: &str, seq: i32, mut event: Event) {
         if let Event::StepFinished { log, .. } = &mut event {
             *log = crate::sandbox::StepLog::default();
         }

@@ -359,7 +359,8 @@ impl RunStore for SqliteStore {
     async fn record(&self, events: Vec<Event>) -> Result<(), StoreError> {
         self.with(move |conn| {
             let tx = conn.unchecked_transaction()?;
-            for event in &events {
+            let superseded = super::superseded(&events);
+            for (event, _) in events.iter().zip(superseded).filter(|(_, superseded)| !superseded) {
                 write(&tx, event)?;
             }
             tx.commit()

@@ -71,8 +71,9 @@ impl PgStore {
     }
 
     /// Records `events` of the run `hold` holds, in one transaction: the
-    /// rows they write, and each one (but log lines, whose rows are the
-    /// record) appended to the run's stream. Renews the hold, and ends it
+    /// rows they write (but those a later one replaces:
+    /// [`super::superseded`]), and each one (but log lines, whose rows are
+    /// the record) appended to the run's stream. Renews the hold, and ends it
     /// with the run's end.
     pub async fn record_whole(&self, hold: &mut Hold, events: Vec<Event>) -> Result<Recorded, StoreError> {
         let conn = InTx::new(self.client().await?);
@@ -98,18 +99,25 @@ impl PgStore {
         }
         let mut ended = false;
         let mut seq = hold.seq;
-        for mut event in events {
+        let superseded = super::superseded(&events);
+        for (mut event, superseded) in events.into_iter().zip(superseded) {
             match &mut event {
                 Event::StepStarted { worker, .. } => *worker = Some(hold.worker.clone()),
                 Event::RunFinished { .. } => ended = true,
                 _ => {}
             }
-            if matches!(event, Event::StepLogLine { .. }) {
-                pipe.record(&event);
-                continue;
+            match (&event, superseded) {
+                (Event::StepLogLine { .. }, true) => {}
+                (Event::StepLogLine { .. }, false) => pipe.record(&event),
+                (_, true) => {
+                    seq += 1;
+                    pipe.stream(&hold.run_id, seq, event);
+                }
+                (_, false) => {
+                    seq += 1;
+                    pipe.record_streamed(&hold.run_id, seq, event);
+                }
             }
-            seq += 1;
-            pipe.record_streamed(&hold.run_id, seq, event);
         }
         pipe.push(
             "UPDATE runs SET events = $2,
