@@ -208,7 +208,7 @@ impl Pipe {
     }
 
     /// `event` appended to run `run_id`'s stream as number `seq`, without
-    /// a step's log, and no rows ([`super::superseded`]).
+    /// a step's log, and no rows (`store::superseded`).
     pub fn stream(&mut self, run_id: &str, seq: i32, mut event: Event) {
         if let Event::StepFinished { log, .. } = &mut event {
             *log = crate::sandbox::StepLog::default();

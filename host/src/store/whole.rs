@@ -72,7 +72,7 @@ impl PgStore {
 
     /// Records `events` of the run `hold` holds, in one transaction: the
     /// rows they write (but those a later one replaces:
-    /// [`super::superseded`]), and each one (but log lines, whose rows are
+    /// `store::superseded`), and each one (but log lines, whose rows are
     /// the record) appended to the run's stream. Renews the hold, and ends it
     /// with the run's end.
     pub async fn record_whole(&self, hold: &mut Hold, events: Vec<Event>) -> Result<Recorded, StoreError> {
