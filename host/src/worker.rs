@@ -481,8 +481,15 @@ impl Worker {
     /// Slots free for more jobs: neither held by a job (until its result
     /// is committed) nor by a running step of a run run whole.
     fn free(&self) -> usize {
+        self.config.concurrency.saturating_sub(self.busy())
+    }
+
+    /// Slots held: by jobs (until their results are committed) and by the
+    /// running steps of runs run whole (which may exceed `--concurrency`
+    /// together: see `slots`).
+    fn busy(&self) -> usize {
         let whole = self.config.concurrency - self.slots.available_permits();
-        self.config.concurrency.saturating_sub(self.active.lock().expect("not poisoned").len() + whole)
+        self.active.lock().expect("not poisoned").len() + whole
     }
 
     /// Whether `run` is run whole here ([`exec::core::runs_whole`]), or
@@ -705,7 +712,7 @@ impl Worker {
             Family::new("sandflow_worker_slots", Kind::Gauge, "Most attempts this worker runs at once (--concurrency).")
                 .number(&[("worker", worker)], self.config.concurrency as f64),
             Family::new("sandflow_worker_running", Kind::Gauge, "Attempts this worker runs now.")
-                .number(&[("worker", worker)], (self.active.lock().expect("not poisoned").len() + self.config.concurrency - self.slots.available_permits()) as f64),
+                .number(&[("worker", worker)], self.busy() as f64),
             Family::new("sandflow_worker_attempts_total", Kind::Counter, "Attempts this worker ran to their end, by outcome.")
                 .number(&[("worker", worker), ("outcome", "succeeded")], ok as f64)
                 .number(&[("worker", worker), ("outcome", "failed")], failed as f64),

@@ -709,6 +709,11 @@ pub(crate) fn superseded(events: &[Event]) -> Vec<bool> {
     out
 }
 
+/// The events of a batch that write rows: those not [`superseded`].
+pub(crate) fn with_rows(events: &[Event]) -> impl Iterator<Item = &Event> {
+    events.iter().zip(superseded(events)).filter_map(|(event, superseded)| (!superseded).then_some(event))
+}
+
 /// A run store as the mailbox of the runs it records: a run in this
 /// process looks there for signals to its waiting steps.
 pub struct StoreMailbox(pub Arc<dyn RunStore>);

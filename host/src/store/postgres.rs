@@ -666,7 +666,7 @@ impl RunStore for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
         let mut pipe = super::pipe::Pipe::default();
-        for (event, _) in events.iter().zip(super::superseded(&events)).filter(|(_, superseded)| !superseded) {
+        for event in super::with_rows(&events) {
             pipe.record(event);
         }
         pipe.send(&tx).await.map_err(db)?;

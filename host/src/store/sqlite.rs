@@ -360,8 +360,7 @@ impl RunStore for SqliteStore {
         let ends = events.iter().any(|e| matches!(e, Event::RunFinished { .. }));
         self.with(move |conn| {
             let tx = conn.unchecked_transaction()?;
-            let superseded = super::superseded(&events);
-            for (event, _) in events.iter().zip(superseded).filter(|(_, superseded)| !superseded) {
+            for event in super::with_rows(&events) {
                 write(&tx, event)?;
             }
             tx.commit()

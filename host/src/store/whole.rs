@@ -106,17 +106,13 @@ impl PgStore {
                 Event::RunFinished { .. } => ended = true,
                 _ => {}
             }
-            match (&event, superseded) {
-                (Event::StepLogLine { .. }, true) => {}
-                (Event::StepLogLine { .. }, false) => pipe.record(&event),
-                (_, true) => {
-                    seq += 1;
-                    pipe.stream(&hold.run_id, seq, event);
-                }
-                (_, false) => {
-                    seq += 1;
-                    pipe.record_streamed(&hold.run_id, seq, event);
-                }
+            if !superseded {
+                pipe.record(&event);
+            }
+            // A log line's row is its record; it is not streamed.
+            if !matches!(event, Event::StepLogLine { .. }) {
+                seq += 1;
+                pipe.stream(&hold.run_id, seq, event);
             }
         }
         pipe.push(
