@@ -266,12 +266,13 @@ async fn a_postgres_store_migrates_an_older_schema_and_refuses_a_newer_one() {
     // Back to what schema version 1 was.
     client
         .batch_execute(
-            "DROP TABLE events, jobs, dag, run_files, files, memo, workers, tokens, namespace_files, audit, namespaces, schedule_files, schedule_ticks, schedules, hook_files, hook_deliveries, hooks, signals;
+            "DROP TABLE events, jobs, dag, run_files, files, memo, workers, tokens, namespace_files, audit, namespaces, schedule_files, schedule_ticks, schedules, hook_files, hook_deliveries, hooks, signals, run_blobs;
              ALTER TABLE runs DROP COLUMN namespace, DROP COLUMN priority, DROP COLUMN triggered_by, DROP COLUMN trigger_source, DROP COLUMN scheduled_time;
              ALTER TABLE runs DROP COLUMN queued, DROP COLUMN run_started, DROP COLUMN stop, DROP COLUMN open_steps,
                  DROP COLUMN deadline, DROP COLUMN concurrency, DROP COLUMN events, DROP COLUMN began,
                  DROP COLUMN main_stop, DROP COLUMN ending, DROP COLUMN targets, DROP COLUMN components, DROP COLUMN vars,
-                 DROP COLUMN rerun, DROP COLUMN attempt_events, DROP COLUMN held_by, DROP COLUMN held_until;
+                 DROP COLUMN rerun, DROP COLUMN attempt_events, DROP COLUMN held_by, DROP COLUMN held_until,
+                 DROP COLUMN log_bytes, DROP COLUMN log_lines;
              ALTER TABLE runs DROP COLUMN cancel_requested; ALTER TABLE steps DROP COLUMN input, DROP COLUMN started_at, DROP COLUMN worker, DROP COLUMN items, DROP COLUMN wake_at, DROP COLUMN wait_kind; ALTER TABLE attempts DROP COLUMN fuel_used;
              DROP INDEX runs_by_workflow, runs_by_status; UPDATE sandflow_schema SET version = 1",
         )
@@ -327,4 +328,33 @@ async fn runs_are_listed_newest_first_filtered_and_paged() {
         let page = RunQuery { limit: 10, after: Some("r4".into()), workflow: Some("odd".into()), ..RunQuery::default() };
         assert_eq!(ids(s.runs(&page).await.unwrap()), ["r3", "r1"], "{name}");
     }
+}
+
+/// A run's blob quota holds across processes: on PostgreSQL, where
+/// workers on many machines put one run's blobs, each worker's meter of
+/// the run counts every worker's blobs (a blob put again is free), and
+/// another run has a quota of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_s_blob_quota_counts_what_every_worker_put() {
+    use sandflow::sandbox::{HostError, HostServices, Quota, QuotaKind, QuotaScope, RunMeter, sha256_hex};
+    use sandflow::store::StoreServices;
+    let Some(schema) = crate::support::PgSchema::create() else { return };
+    let s = open(&StoreUrl::parse(&schema.url).unwrap()).await.unwrap();
+    let quota = Quota { blob_bytes: 10, blobs: 2, ..Quota::RUN };
+    let meter = |run: &str| RunMeter::new(Arc::new(StoreServices { store: s.clone(), run_id: run.into() }), quota);
+    // Two workers' meters of run `r`.
+    let (a, b) = (meter("r"), meter("r"));
+    let over = |r: Result<(), HostError>| match r {
+        Err(HostError::Quota(q)) if q.scope == QuotaScope::Run => q.kind,
+        other => panic!("not over the run's quota: {other:?}"),
+    };
+    a.blob_put(&sha256_hex(b"123456"), b"123456").await.unwrap();
+    b.blob_put(&sha256_hex(b"123456"), b"123456").await.expect("a blob the run put is free");
+    assert_eq!(over(b.blob_put(&sha256_hex(b"abcde"), b"abcde").await), QuotaKind::BlobBytes, "6 + 5 bytes of 10");
+    b.blob_put(&sha256_hex(b"abc"), b"abc").await.unwrap();
+    assert_eq!(over(a.blob_put(&sha256_hex(b"z"), b"z").await), QuotaKind::Blobs, "2 blobs of 2");
+    assert_eq!(s.blob_get(&sha256_hex(b"abcde")).await.unwrap(), None, "a blob over the quota is not kept");
+    assert_eq!(s.blob_get(&sha256_hex(b"abc")).await.unwrap().as_deref(), Some(&b"abc"[..]));
+    // Another run counts its own.
+    meter("other").blob_put(&sha256_hex(b"abcde"), b"abcde").await.unwrap();
 }

@@ -428,6 +428,94 @@ fn a_step_of_a_killed_worker_is_run_again_by_another() {
     assert_eq!(attempt_kinds(&schema, &id), vec!["lost".to_string()]);
 }
 
+/// The lock order between a worker claiming steps and one recording a
+/// result: both take a run's row before its steps' rows. A claim that
+/// waits for the run (held here, as a commit holds it) holds none of the
+/// run's `dag` or `steps` rows meanwhile, so the commit it waits for can
+/// write them: before, the claim marked its steps started first, and a
+/// commit claiming another item of the same step deadlocked with it.
+#[test]
+fn a_claim_waiting_for_a_run_holds_none_of_its_steps() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    // Two naps fill the first worker's two slots; `last` stays ready.
+    let steps = "{ id: a, component: sleep, input: { ms: 8000 } }
+  - { id: b, component: sleep, input: { ms: 8000 } }
+  - { id: last, component: sleep, input: { ms: 10 } }";
+    let (id, mut workers) = submit_sleeper(&schema, &state, steps, "30s", &["--whole-runs", "0"]);
+    let started = Instant::now();
+    while running_steps(&schema, &id) < 2 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the naps never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = schema.url.clone();
+    let run_id = id.clone();
+    let held = crate::support::blocking(async move {
+        let (mut commit, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let (watch, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let tx = commit.transaction().await.unwrap();
+        tx.query("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", &[&run_id]).await.unwrap();
+        let me: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        // A second worker claims `last` and waits for the run's row.
+        workers.add();
+        let started = Instant::now();
+        loop {
+            let waiting: i64 = watch
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)) AND query LIKE '%SET events = events%'", &[&me])
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no claim came to wait for the run");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // What a commit writes after the run's row: none is held.
+        let dag = tx.query("SELECT idx FROM dag WHERE run_id = $1 FOR UPDATE NOWAIT", &[&run_id]).await.map(|r| r.len());
+        let steps = tx.query("SELECT step FROM steps WHERE run_id = $1 FOR UPDATE NOWAIT", &[&run_id]).await.map(|r| r.len());
+        tx.rollback().await.unwrap();
+        let why = |e: tokio_postgres::Error| e.as_db_error().map_or(e.to_string(), |d| d.message().to_string());
+        (dag.map_err(why), steps.map_err(why), workers)
+    });
+    let (dag, steps, _workers) = held;
+    assert_eq!(dag, Ok(3), "the waiting claim holds a step's dag row");
+    assert!(steps.is_ok(), "the waiting claim holds a step's row: {steps:?}");
+    let record = wait_end(&schema, &state, &id, Duration::from_secs(40));
+    assert_eq!(record["status"], "completed", "{record:#}");
+}
+
+/// A run's `log` quota counts the log every worker kept, as one process
+/// counts a local run's: twelve steps with the same log (two empty lines
+/// and two of 4 KiB each) keep the same lines on two workers as in
+/// process, within the run's 16 KiB: the first step all 8,196 bytes, the
+/// second its first three lines, each other step its first, empty line.
+#[test]
+fn a_run_s_log_quota_holds_across_workers() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let flow = state.path().join("logs.yaml");
+    let steps: String = (0..12).map(|i| format!("  - {{ id: s{i}, component: bomb, input: {{ bomb: log, lines: 4 }} }}\n")).collect();
+    let text = format!("name: logs\ncomponents:\n  bomb: {{ path: '{}' }}\nquota: {{ log: 16KiB }}\nsteps:\n{steps}", hostile("host-bomb").display());
+    std::fs::write(&flow, text).unwrap();
+    let (code, _, err) = run(sandflow(&state).arg("-q").arg("run").arg(&flow));
+    assert_eq!(code, 0, "{err}");
+    let local = newest_run(sandflow(&state));
+    let conn = rusqlite::Connection::open(state.path().join("sandflow.db")).unwrap();
+    let kept = "SELECT COUNT(*), COALESCE(SUM(length(CAST(text AS BLOB)) + 1), 0) FROM logs WHERE run_id = ?1 AND source <> 'note'";
+    let in_process: (i64, i64) = conn.query_row(kept, [&local], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(in_process, (4 + 3 + 10, 8196 + 4099 + 10), "lines and bytes kept in process");
+
+    let id = submit(&schema, &state, &flow);
+    let _workers = Workers::with_args(&schema, &state, 2, "30s", &[], &["--whole-runs", "0"]);
+    let record = wait_end(&schema, &state, &id, Duration::from_secs(60));
+    assert_eq!(record["status"], "completed", "{record:#}");
+    let kept = "SELECT COUNT(*)::text || ' ' || COALESCE(SUM(octet_length(text) + 1), 0)::text FROM logs WHERE run_id = $1 AND source <> 'note'";
+    assert_eq!(schema.strings(kept, &id), [format!("{} {}", in_process.0, in_process.1)], "lines and bytes kept on workers");
+}
+
 /// A small run runs whole on the worker that starts it: no job or DAG row,
 /// every step recorded with that worker, its events streamed to `runs
 /// follow`. SIGKILLed mid-run, the worker's hold lapses, and another

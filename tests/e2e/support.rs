@@ -122,7 +122,7 @@ pub struct PgSchema {
     name: String,
 }
 
-fn blocking<T: Send>(f: impl std::future::Future<Output = T> + Send) -> T {
+pub(crate) fn blocking<T: Send>(f: impl std::future::Future<Output = T> + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)).join().unwrap()
     })

@@ -416,17 +416,17 @@ impl RunContext {
         self.0.facts(input)
     }
 
-    /// One attempt of step `step` with `input`: its result, fuel and log
-    /// (counted against the run's log quota), or a result reused. Each
+    /// One attempt of step `step` with `input`: its result, fuel and log,
+    /// or a result reused. The log is whole, up to the attempt's quota: the
+    /// run's `log` quota counts it where it is recorded, across workers
+    /// (the queue's commit). Each
     /// line the step writes goes to `follow` (its index in the attempt's
     /// log, the line) as it writes it.
     pub async fn attempt(&self, step: usize, input: &Value, cancel: &CancellationToken, follow: Option<Follow>) -> Attempted {
         let wf = &self.0.prepared.plan.workflow;
         let settings = wf.steps[step].settings.or(&wf.defaults);
         let services = following(self.0.services.clone(), follow);
-        let mut attempted = execute(&self.0, step, input, Which::default(), &settings, services, cancel).await;
-        attempted.log = self.0.services.keep_log(attempted.log);
-        attempted
+        execute(&self.0, step, input, Which::default(), &settings, services, cancel).await
     }
 }
 
@@ -1200,6 +1200,15 @@ impl HostServices for Following {
         max_bytes: u64,
     ) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, crate::sandbox::HostError> {
         self.services.state_set_within(key, json, max_keys, max_bytes).await
+    }
+    async fn blob_put_within(
+        &self,
+        id: &str,
+        data: &[u8],
+        max_blobs: u64,
+        max_bytes: u64,
+    ) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, crate::sandbox::HostError> {
+        self.services.blob_put_within(id, data, max_blobs, max_bytes).await
     }
     fn log_line(&self, seq: usize, line: &crate::sandbox::LogLine) {
         (self.follow)(seq, line)

@@ -47,6 +47,19 @@ pub trait HostServices: Send + Sync {
         Ok(None)
     }
 
+    /// Stores blob `id` as [`HostServices::blob_put`] does, unless the run
+    /// would then hold more than `max_blobs` distinct blobs or `max_bytes`
+    /// bytes of them (a blob it put before is free), checked and written
+    /// as one step by whatever keeps the blobs, so that every process
+    /// running a run's steps (workers) counts against one quota. `Ok(None)`:
+    /// this kind does not check (one process runs the run, and counts it:
+    /// see [`super::RunMeter`]); `Ok(Some(Err(kind)))`: over that quota,
+    /// nothing written.
+    async fn blob_put_within(&self, id: &str, data: &[u8], max_blobs: u64, max_bytes: u64) -> Result<Option<Result<(), super::QuotaKind>>, HostError> {
+        let _ = (id, data, max_blobs, max_bytes);
+        Ok(None)
+    }
+
     /// A line the step just put in its log, as it is kept (`seq`: its
     /// index in the attempt's log), for following a running step. Called on
     /// the step's thread with the log locked, so it must not block or

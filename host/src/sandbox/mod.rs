@@ -66,6 +66,7 @@ pub(crate) use self::component::checked_imports;
 use self::engine::EpochTicker;
 use self::host::{MemoryCap, StepState};
 use self::quota::AttemptMeter;
+pub(crate) use self::quota::LogUsage;
 use self::log::{CapturedStream, LogSink, Stream};
 use crate::failure::{FailureKind, StepFailure};
 use crate::lock;

@@ -300,10 +300,36 @@ struct RunUsage {
     state: Option<(u64, u64)>,
 }
 
-#[derive(Default)]
-struct LogUsage {
-    bytes: u64,
-    lines: u64,
+/// The log a run kept, of its `log` quota: counted by [`RunMeter`] in
+/// one process, and by the queue's commits (in the run's row) for runs
+/// on workers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogUsage {
+    /// Bytes of lines kept (each line's text and a newline).
+    pub(crate) bytes: u64,
+    /// Lines kept.
+    pub(crate) lines: u64,
+}
+
+impl LogUsage {
+    /// What of a finished attempt's log the run keeps, counted: lines past
+    /// the run's `log` quota (in `quota`) are dropped and counted, as past
+    /// an attempt's.
+    pub(crate) fn keep(&mut self, quota: &Quota, mut log: StepLog) -> StepLog {
+        let mut kept = 0;
+        for line in &log.lines {
+            let cost = line.text.len() as u64 + 1;
+            if self.bytes + cost > quota.log || self.lines + 1 > quota.log_lines() {
+                break;
+            }
+            self.bytes += cost;
+            self.lines += 1;
+            kept += 1;
+        }
+        let dropped: u64 = log.lines.drain(kept..).map(|l| l.text.len() as u64 + 1).sum();
+        log.dropped_bytes += dropped;
+        log
+    }
 }
 
 impl RunMeter {
@@ -318,21 +344,8 @@ impl RunMeter {
 
     /// What of a finished attempt's log the run keeps: lines past the run's
     /// `log` quota are dropped and counted, as past an attempt's.
-    pub fn keep_log(&self, mut log: StepLog) -> StepLog {
-        let mut used = crate::lock(&self.log);
-        let mut kept = 0;
-        for line in &log.lines {
-            let cost = line.text.len() as u64 + 1;
-            if used.bytes + cost > self.quota.log || used.lines + 1 > self.quota.log_lines() {
-                break;
-            }
-            used.bytes += cost;
-            used.lines += 1;
-            kept += 1;
-        }
-        let dropped: u64 = log.lines.drain(kept..).map(|l| l.text.len() as u64 + 1).sum();
-        log.dropped_bytes += dropped;
-        log
+    pub fn keep_log(&self, log: StepLog) -> StepLog {
+        crate::lock(&self.log).keep(&self.quota, log)
     }
 }
 
@@ -370,6 +383,10 @@ impl HostServices for RunMeter {
 
     async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), HostError> {
         let mut used = self.used.lock().await;
+        // Where the blobs are put by many processes, their store counts.
+        if let Some(checked) = self.inner.blob_put_within(id, data, self.quota.blobs, self.quota.blob_bytes).await? {
+            return checked.map_err(|kind| self.over(kind));
+        }
         let new = used.blobs.admit(id, data.len(), &self.quota).map_err(|k| self.over(k))?;
         self.inner.blob_put(id, data).await?;
         if new {

@@ -172,6 +172,12 @@ pub trait RunStore: Memos + Send + Sync {
     /// Stores a blob under its id (the hex SHA-256 of `data`); storing it
     /// again changes nothing.
     async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), StoreError>;
+    /// [`HostServices::blob_put_within`] for run `run_id`: `None` where
+    /// one process runs a run (it counts its blobs).
+    async fn blob_put_within(&self, run_id: &str, id: &str, data: &[u8], max_blobs: u64, max_bytes: u64) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, StoreError> {
+        let _ = (run_id, id, data, max_blobs, max_bytes);
+        Ok(None)
+    }
     /// The bytes of a blob.
     async fn blob_get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every memoized result, newest first (`sandflow cache list`).
@@ -874,6 +880,10 @@ impl HostServices for StoreServices {
 
     async fn state_set_within(&self, key: &str, json: &str, max_keys: u64, max_bytes: u64) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, HostError> {
         self.store.state_set_within(&self.run_id, key, json, max_keys, max_bytes).await.map_err(failed("save the state"))
+    }
+
+    async fn blob_put_within(&self, id: &str, data: &[u8], max_blobs: u64, max_bytes: u64) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, HostError> {
+        self.store.blob_put_within(&self.run_id, id, data, max_blobs, max_bytes).await.map_err(failed("save a blob"))
     }
 }
 

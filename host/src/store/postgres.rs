@@ -355,6 +355,16 @@ CREATE TABLE events (
     // that lapsed is looked after (`queue::runs_needing_care`).
     "ALTER TABLE runs ADD COLUMN held_by TEXT, ADD COLUMN held_until TIMESTAMPTZ;
      CREATE INDEX runs_held ON runs (held_until) WHERE held_by IS NOT NULL;",
+    // 21: a run's quotas counted across workers: the blobs it put (each
+    // once, with its bytes), and the log it kept (bytes and lines), as
+    // `sandbox::RunMeter` counts them in one process.
+    "CREATE TABLE run_blobs (
+        run_id TEXT NOT NULL,
+        id     TEXT NOT NULL,
+        bytes  BIGINT NOT NULL,
+        PRIMARY KEY (run_id, id)
+     );
+     ALTER TABLE runs ADD COLUMN log_bytes BIGINT NOT NULL DEFAULT 0, ADD COLUMN log_lines BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// Sets run `$1`'s state key `$2` to `$3`.
@@ -944,6 +954,37 @@ impl RunStore for PgStore {
         let stmt = client.prepare_cached("INSERT INTO blobs (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING").await.map_err(db)?;
         client.execute(&stmt, &[&id, &data]).await.map_err(db)?;
         Ok(())
+    }
+
+    /// Workers on many machines put one run's blobs: the run's quota is
+    /// checked here, under a lock on the run's blobs (a transaction-scoped
+    /// advisory lock), against the blobs the run put (`run_blobs`), with
+    /// the write.
+    async fn blob_put_within(&self, run_id: &str, id: &str, data: &[u8], max_blobs: u64, max_bytes: u64) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtext('sandflow blobs ' || $1))").await.map_err(db)?;
+        tx.execute(&lock, &[&run_id]).await.map_err(db)?;
+        let held = tx
+            .prepare_cached("SELECT COUNT(*), COALESCE(SUM(bytes), 0)::BIGINT, COUNT(*) FILTER (WHERE id = $2) FROM run_blobs WHERE run_id = $1")
+            .await
+            .map_err(db)?;
+        let row = tx.query_one(&held, &[&run_id, &id]).await.map_err(db)?;
+        let (blobs, bytes, again) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64, row.get::<_, i64>(2) > 0);
+        if !again {
+            if blobs >= max_blobs {
+                return Ok(Some(Err(crate::sandbox::QuotaKind::Blobs)));
+            }
+            if bytes + data.len() as u64 > max_bytes {
+                return Ok(Some(Err(crate::sandbox::QuotaKind::BlobBytes)));
+            }
+            let count = tx.prepare_cached("INSERT INTO run_blobs (run_id, id, bytes) VALUES ($1, $2, $3)").await.map_err(db)?;
+            tx.execute(&count, &[&run_id, &id, &(data.len() as i64)]).await.map_err(db)?;
+        }
+        let put = tx.prepare_cached("INSERT INTO blobs (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING").await.map_err(db)?;
+        tx.execute(&put, &[&id, &data]).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(Ok(())))
     }
 
     async fn blob_get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -33,7 +33,7 @@ use crate::exec::core::{self, Ending, Items, Stop, Work};
 use crate::exec::machine::{Kept, Launch, Lazy, Ledger, Progress, RunMachine, Settled, Tally};
 use crate::exec::{Event, Redactor, RunContext, RunState, SecretSpans, unmask};
 use crate::failure::{FailureKind, StepFailure};
-use crate::sandbox::{StepLog, sha256_hex};
+use crate::sandbox::{LogUsage, Quota, StepLog, sha256_hex};
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -493,7 +493,9 @@ impl PgStore {
         let mut claimed: Vec<(Claimed, String)> = rows.iter().map(|r| (claimed_row(r), r.get(8))).collect();
         claimed.sort_by(|(a, _), (b, _)| (&a.run_id, a.id).cmp(&(&b.run_id, b.id)));
         // `StepStarted` events, numbered in each run's order, runs in id
-        // order (the order their rows are locked in).
+        // order (the order their rows are locked in). Each run's row is
+        // locked (appending its events) before its steps' rows are written
+        // (gathered rows go after the statements pushed): see `MARK_STARTED`.
         for group in claimed.chunk_by(|(a, _), (b, _)| a.run_id == b.run_id) {
             let run_id = group[0].0.run_id.clone();
             let mut bodies = Vec::with_capacity(group.len());
@@ -504,6 +506,8 @@ impl PgStore {
                 bodies.push(event_body(&event));
             }
             pipe.push(APPEND_EVENTS, params![run_id.clone(), bodies]);
+            let idx: Vec<i32> = group.iter().map(|(c, _)| c.step as i32).collect();
+            pipe.push(MARK_STARTED, params![run_id.clone(), idx]);
             pipe.push(NOTIFY, params![EVENTS_CHANNEL, run_id]);
         }
         pipe.send(&tx).await.map_err(db)?;
@@ -869,6 +873,7 @@ impl PgStore {
             waiting: HashMap::new(),
             kept: None,
             room,
+            log: LogUsage { bytes: row.get::<_, i64>(8) as u64, lines: row.get::<_, i64>(9) as u64 },
         };
         let mut t: RunTx<'_> = RunMachine::new(&run.ctx.prepared().plan, run.ctx.facts(&run.input), progress, ledger);
         t.ledger.hold(reads.next().unwrap_or_default(), reads.next().unwrap_or_default());
@@ -1032,21 +1037,28 @@ macro_rules! next_attempt {
 }
 pub(super) use next_attempt;
 
-/// The end of a claim: what it returns, and the steps marked started.
+/// The end of a claim: what it returns. The claimed steps are marked
+/// started by [`MARK_STARTED`], under the run's lock.
 macro_rules! claimed {
     () => {
         "
-        RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets),
-    s AS (UPDATE dag SET first_started = now() FROM (SELECT DISTINCT run_id, idx FROM c) x
-          WHERE dag.run_id = x.run_id AND dag.idx = x.idx AND dag.first_started IS NULL)
+        RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets)
     SELECT c.id, c.run_id, c.idx, c.item, c.attempt, c.claim, c.input, c.input_secrets, d.step
     FROM c JOIN dag d ON d.run_id = c.run_id AND d.idx = c.idx"
     };
 }
 
+/// Marks steps `$2` of run `$1` started (when their first attempt is
+/// claimed). Every transaction takes a run's row before its `dag` and
+/// `steps` rows: a claim runs this and writes the steps' rows only after
+/// [`APPEND_EVENTS`] has locked the run, so that a claim never holds a
+/// step's row while it waits for a run that a commit holds (which may be
+/// about to write that row: a deadlock).
+const MARK_STARTED: &str = "UPDATE dag SET first_started = now() WHERE run_id = $1 AND idx = ANY($2) AND first_started IS NULL";
+
 /// Claims up to `$2` ready jobs (of run `$5`, or any) whose `runs_on`
-/// labels are all among `$4`, for worker `$1`, leased for `$3` seconds,
-/// and marks their steps started. Returns the jobs and their step ids.
+/// labels are all among `$4`, for worker `$1`, leased for `$3` seconds.
+/// Returns the jobs and their step ids.
 /// Jobs of runs with a step limit (`limited`) are left to [`CLAIM_CHOSEN`],
 /// under their run's lock.
 const CLAIM: &str = concat!(
@@ -1135,12 +1147,12 @@ const NAMESPACE_BUSY: &str = "SELECT count(*) FROM jobs j JOIN runs r ON r.id = 
 const LOCK_CAPPED: &str = "SELECT name, max_steps FROM namespaces WHERE max_steps IS NOT NULL ORDER BY name FOR UPDATE SKIP LOCKED";
 
 /// Locks run `$1`'s row: every transaction that changes a run takes it first.
-const LOCK_RUN: &str = "SELECT status, stop, open_steps, events, run_started, ending, main_stop, attempt FROM runs WHERE id = $1 FOR UPDATE";
+const LOCK_RUN: &str = "SELECT status, stop, open_steps, events, run_started, ending, main_stop, attempt, log_bytes, log_lines FROM runs WHERE id = $1 FOR UPDATE";
 
 /// [`LOCK_RUN`] for a run to start: none if it started, or if another
 /// worker holds it (it is starting it), instead of waiting for that.
 const LOCK_RUN_TO_START: &str =
-    "SELECT status, stop, open_steps, events, run_started, ending, main_stop, attempt FROM runs WHERE id = $1 AND NOT run_started FOR UPDATE SKIP LOCKED";
+    "SELECT status, stop, open_steps, events, run_started, ending, main_stop, attempt, log_bytes, log_lines FROM runs WHERE id = $1 AND NOT run_started FOR UPDATE SKIP LOCKED";
 
 /// Locks the jobs `$1` whose claim is still `$2` (a result is recorded only
 /// by the current claim), with how long ago their steps first started.
@@ -1237,6 +1249,8 @@ struct PgLedger<'a> {
     /// Outputs of steps that succeeded in an earlier attempt of the run
     /// (secrets put back), once read: by step id.
     kept: Option<HashMap<String, Value>>,
+    /// The log the run kept so far, of its `log` quota (its row's).
+    log: LogUsage,
 }
 
 /// The jobs a transaction records results of: it locks them, and reads
@@ -1358,8 +1372,8 @@ impl<'a> PgLedger<'a> {
     fn save(&mut self, progress: &Progress) {
         let stop = progress.stop.map(Stop::encode);
         self.pipe.push(
-            "UPDATE runs SET stop = $2, open_steps = $3, events = $4, run_started = $5 WHERE id = $1",
-            params![self.run_id.to_string(), stop, progress.open as i32, self.seq, progress.started],
+            "UPDATE runs SET stop = $2, open_steps = $3, events = $4, run_started = $5, log_bytes = $6, log_lines = $7 WHERE id = $1",
+            params![self.run_id.to_string(), stop, progress.open as i32, self.seq, progress.started, self.log.bytes as i64, self.log.lines as i64],
         );
         self.pipe.push(NOTIFY, params![EVENTS_CHANNEL, self.run_id.to_string()]);
         // Attempts ending in a namespace with a step limit make room for
@@ -1687,9 +1701,9 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
             claimed = rows.iter().map(claimed_row).collect();
             claimed.sort_by_key(|c| c.id);
         }
-        if !mine.is_empty() {
-            let idx: Vec<i32> = mine.iter().map(|m| m.idx).collect();
-            l.pipe.push("UPDATE dag SET first_started = COALESCE(first_started, now()) WHERE run_id = $1 AND idx = ANY($2)", params![l.run_id.to_string(), idx]);
+        let idx: Vec<i32> = claimed.iter().map(|c| c.step as i32).chain(mine.iter().map(|m| m.idx)).collect();
+        if !idx.is_empty() {
+            l.pipe.push(MARK_STARTED, params![l.run_id.to_string(), idx]);
         }
         for m in mine {
             claimed.push(Claimed {
@@ -1808,6 +1822,10 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
             }
         }
         let total_fuel = fuel_before + fuel_used as i64;
+        // The attempt's log counts against the run's `log` quota here, under
+        // the run's lock, whichever worker ran it (as `RunMeter` counts a
+        // local run's): only the last attempt's is kept.
+        let log = self.ledger.log.keep(&wf.quota.resolve(Quota::RUN), log);
         if job.item.is_none() {
             self.ledger.pipe.delete_job(job.id);
             let duration = self.ledger.duration_of(job.step).await?;
