@@ -75,15 +75,10 @@ echo "| 100 runs × 10 steps, 4 clients | wall | runs/s | steps/s | PG transacti
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 awk -v t="$local_s" 'BEGIN { printf "| SQLite, in-process (4 parallel run loops) | %.2f s | %.0f | %.0f | - | 1.00× | - |\n", t, 100 / t, 1000 / t }'
 # The front door: `serve` on the same store, its API taking the 4 clients'
-# posts over kept-alive connections (bench/api-clients.py), so no client
-# opens a PostgreSQL connection of its own per run.
+# posts over kept-alive connections (bench/api-clients.py, connected before
+# the clock starts), so no client opens a PostgreSQL connection of its own
+# per run.
 start_serve "$state"
-submit_small() { # client: 25 runs, by `submit` processes or through the API
-  case "$1" in
-    submit) for _ in $(seq 1 25); do "$bin" -q --state-dir "$state" --store "$url" submit "$work/small.yaml" >/dev/null; done ;;
-    api) python3 bench/api-clients.py "127.0.0.1:$port" 1 25 "$work/small.yaml" "$echo_wasm" ;;
-  esac
-}
 for n in ${SMALL_WORKERS:-2}; do
  for mode in submit api; do
   pids=()
@@ -96,11 +91,16 @@ for n in ${SMALL_WORKERS:-2}; do
       [ "$c" -gt "$most" ] && most=$c && echo "$most" > "$work/most-connections"
       sleep 0.2
     done ) & sampler=$!
+  [ "$mode" = api ] && api_clients 4 25 "$work/small.yaml" "$echo_wasm"
   c0=$(commits); t0=$(now)
   clients=()
-  for c in 1 2 3 4; do
-    submit_small "$mode" & clients+=($!)
-  done
+  if [ "$mode" = api ]; then
+    api_go; clients+=("$api_pid")
+  else
+    for c in 1 2 3 4; do
+      ( for _ in $(seq 1 25); do "$bin" -q --state-dir "$state" --store "$url" submit "$work/small.yaml" >/dev/null; done ) & clients+=($!)
+    done
+  fi
   wait "${clients[@]}"
   wait_small_runs
   t1=$(now)

@@ -6,7 +6,8 @@
 # build), `work` (a scratch dir), `schema` and `url` (a fresh schema on the
 # server and a store URL in it; both dropped at exit, with any process the
 # script left running) and `echo_wasm`; defines `small_workflow FILE` and
-# `wait_small_runs`, `commits` and `start_serve STATE_DIR`.
+# `wait_small_runs`, `commits`, `start_serve STATE_DIR` and
+# `api_clients CLIENTS RUNS FILE...` / `api_go`.
 base="${1:-${SANDFLOW_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}}"
 # SANDFLOW_BIN: another build to measure (an earlier commit's, side by side).
 bin="${SANDFLOW_BIN:-}"
@@ -54,3 +55,17 @@ start_serve() {
   "$bin" -q --state-dir "$1" --store "$url" serve --listen "127.0.0.1:$port" --allow-actions --no-scheduler & serve_pid=$!
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
 }
+
+# Starts CLIENTS clients of `serve`'s API (on `port`), in one process
+# (bench/api-clients.py), each to post RUNS runs of the workflow FILE (and
+# the files after it), and returns once they are connected: `api_go` lets
+# them post; `wait "$api_pid"` waits for them. A service's clients are not
+# on its machine: their start (Python's, ~0.1 s of CPU) is not timed.
+api_clients() {
+  rm -f "$work/api-ready" "$work/api-go"
+  mkfifo "$work/api-go"
+  exec {api_fd}<>"$work/api-go"
+  python3 bench/api-clients.py --ready "$work/api-ready" "127.0.0.1:$port" "$@" <&"$api_fd" & api_pid=$!
+  until [ -e "$work/api-ready" ]; do sleep 0.01; done
+}
+api_go() { echo go >&"$api_fd"; }

@@ -32,18 +32,19 @@ pids=()
 for _ in $(seq 1 "${WORKERS:-2}"); do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency 16 & pids+=($!); done
 sleep 1
 "$bin" -q --state-dir "$state" --store "$url" run --no-work "$work/small.yaml" >/dev/null   # prepared once
+[ "$mode" = api ] && api_clients 4 25 "$work/small.yaml" "$echo_wasm"
 backends=$(psql -tAq "$base" -c "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE application_name LIKE 'sandflow worker%'")
 x0=$(commits); b0=$(busy); w0=$(cpu_of "${pids[@]}"); s0=$(server); k0=$(cpu_of $backends); t0=$(date +%s.%N)
 [ "$mode" = api ] && v0=$(cpu_of "$serve_pid")
 clients=()
-for c in 1 2 3 4; do
-  if [ "$mode" = api ]; then
-    ( python3 bench/api-clients.py "127.0.0.1:$port" 1 25 "$work/small.yaml" "$echo_wasm"; echo 0 > "$work/client$c" ) & clients+=($!)
-  else
+if [ "$mode" = api ]; then
+  api_go; clients+=("$api_pid"); echo 0 > "$work/client1"
+else
+  for c in 1 2 3 4; do
     ( for _ in $(seq 1 25); do "$bin" -q --state-dir "$state" --store "$url" submit "$work/small.yaml" >/dev/null; done
       awk '{print $16+$17}' "/proc/$BASHPID/stat" > "$work/client$c" ) & clients+=($!)
-  fi
-done
+  done
+fi
 wait "${clients[@]}"
 t_sub=$(date +%s.%N)
 wait_small_runs
