@@ -17,7 +17,7 @@ use crate::exec::{self, Redactor, RunContext, StepRunner};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, StepLog};
 use crate::store::queue::{Claimed, Claimer, Finished, JOBS_CHANNEL, RunCtx, RunHead};
-use crate::store::whole::{Hold, Recorded};
+use crate::store::whole::{Hold, Recorded, WholeStart};
 use crate::store::{PgStore, RunStore, StoreError, StoreServices};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -328,13 +328,21 @@ impl Worker {
                         match self.context(&run_id).await {
                             Ok(run) => {
                                 match self.whole(&run) {
-                                    Whole::Yes => {
-                                        if let Some(hold) = self.store.start_whole(&run_id, &self.config.name, run.attempt, self.config.lease).await? {
+                                    Whole::Yes => match self.store.start_whole(&run_id, &self.config.name, run.attempt, self.config.lease).await? {
+                                        WholeStart::Held(hold) => {
                                             self.run_whole(hold, run);
                                             busy = true;
                                             continue;
                                         }
-                                    }
+                                        // Another worker started it first.
+                                        WholeStart::Taken => continue,
+                                        WholeStart::Stale => {
+                                            self.stale(&run_id);
+                                            busy = true;
+                                            continue;
+                                        }
+                                        WholeStart::StepByStep => {}
+                                    },
                                     // Another worker may have room for it.
                                     Whole::Full => continue,
                                     Whole::No => {}

@@ -371,18 +371,21 @@ impl PgStore {
     /// each checked against its SHA-256.
     pub async fn run_head(&self, run_id: &str) -> Result<RunHead, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(
+        // One statement, prepared once per connection: a worker reads the
+        // head of every run it touches.
+        let head = client
+            .prepare_cached(
                 "SELECT file, input, attempt, concurrency, targets, components, vars, rerun, namespace, priority, triggered_by,
-                        to_char(scheduled_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                        to_char(scheduled_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        ARRAY(SELECT path FROM run_files WHERE run_id = $1 ORDER BY path),
+                        ARRAY(SELECT sha256 FROM run_files WHERE run_id = $1 ORDER BY path)
                  FROM runs WHERE id = $1",
-                &[&run_id],
             )
             .await
-            .map_err(db)?
-            .ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
-        let rows = client.query("SELECT path, sha256 FROM run_files WHERE run_id = $1", &[&run_id]).await.map_err(db)?;
-        let files = rows.iter().map(|r| (PathBuf::from(r.get::<_, String>(0)), r.get(1))).collect();
+            .map_err(db)?;
+        let row = client.query_opt(&head, &[&run_id]).await.map_err(db)?.ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
+        let (paths, hashes): (Vec<String>, Vec<String>) = (row.get(12), row.get(13));
+        let files = paths.into_iter().map(PathBuf::from).zip(hashes).collect();
         let rerun: crate::runs::Rerun = row.get::<_, Option<String>>(7).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         let kind: String = row.get(10);
         let trigger = crate::exec::RunTrigger {

@@ -38,6 +38,22 @@ pub struct Hold {
     pub cancel_asked: bool,
 }
 
+/// How [`PgStore::start_whole`] went.
+#[derive(Debug, Clone)]
+pub enum WholeStart {
+    /// This worker holds the run: it runs it whole.
+    Held(Hold),
+    /// Another worker started it (or holds its row now, starting it), or
+    /// it is no longer queued: nothing to do.
+    Taken,
+    /// The run is at another attempt than the worker loaded (a `retry` or
+    /// `resume` came since): load it again.
+    Stale,
+    /// Its namespace limits attempts across workers: start it step by step
+    /// ([`PgStore::start_run`]).
+    StepByStep,
+}
+
 /// How a batch of a held run's events went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
@@ -49,25 +65,36 @@ pub enum Recorded {
 
 impl PgStore {
     /// Starts queued run `run_id` (at `attempt`) as a run held by `worker`
-    /// for `lease`: returns the hold, or `None` when another worker started
-    /// it first or its namespace limits attempts across workers (then it
-    /// is started step by step, [`PgStore::start_run`]).
-    pub async fn start_whole(&self, run_id: &str, worker: &str, attempt: u32, lease: Duration) -> Result<Option<Hold>, StoreError> {
+    /// for `lease`, in one statement: the hold, or why not. A worker that
+    /// lost the race for a run to another learns it here, and spends
+    /// nothing more on it.
+    pub async fn start_whole(&self, run_id: &str, worker: &str, attempt: u32, lease: Duration) -> Result<WholeStart, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "UPDATE runs SET run_started = true, held_by = $2, held_until = now() + make_interval(secs => $4), began = now(),
-                        cancel_requested = false
-                 FROM (SELECT id, cancel_requested FROM runs WHERE id = $1 AND queued AND NOT run_started AND status = 'running' AND attempt = $3
-                       FOR UPDATE SKIP LOCKED) before
-                 WHERE runs.id = before.id
-                   AND NOT EXISTS (SELECT 1 FROM namespaces n WHERE n.name = runs.namespace AND n.max_steps IS NOT NULL)
-                 RETURNING runs.events, before.cancel_requested",
-                &[&run_id, &worker, &(attempt as i32), &lease.as_secs_f64()],
+        let start = client
+            .prepare_cached(
+                "WITH before AS (
+                     SELECT id, cancel_requested, attempt,
+                            EXISTS (SELECT 1 FROM namespaces n WHERE n.name = runs.namespace AND n.max_steps IS NOT NULL) AS limited
+                     FROM runs WHERE id = $1 AND queued AND NOT run_started AND status = 'running' FOR UPDATE OF runs SKIP LOCKED),
+                 held AS (
+                     UPDATE runs SET run_started = true, held_by = $2, held_until = now() + make_interval(secs => $4), began = now(),
+                            cancel_requested = false
+                     FROM before WHERE runs.id = before.id AND NOT before.limited AND before.attempt = $3
+                     RETURNING runs.events)
+                 SELECT before.attempt, before.limited, before.cancel_requested, (SELECT events FROM held) FROM before",
             )
             .await
             .map_err(db)?;
-        Ok(row.map(|r| Hold { run_id: run_id.to_string(), worker: worker.to_string(), attempt, lease, seq: r.get(0), cancel_asked: r.get(1) }))
+        let row = client.query_opt(&start, &[&run_id, &worker, &(attempt as i32), &lease.as_secs_f64()]).await.map_err(db)?;
+        let Some(row) = row else { return Ok(WholeStart::Taken) };
+        Ok(match (row.get::<_, i32>(0) as u32, row.get::<_, bool>(1), row.get::<_, Option<i32>>(3)) {
+            (found, _, _) if found != attempt => WholeStart::Stale,
+            (_, true, _) => WholeStart::StepByStep,
+            (_, false, Some(seq)) => {
+                WholeStart::Held(Hold { run_id: run_id.to_string(), worker: worker.to_string(), attempt, lease, seq, cancel_asked: row.get(2) })
+            }
+            (_, false, None) => WholeStart::Taken,
+        })
     }
 
     /// Records `events` of the run `hold` holds, in one transaction: the
