@@ -669,14 +669,13 @@ impl EventRows {
                     s.items
                 ],
             ));
-            // A signal a step was sent is taken as it records its end.
+            // A signal a step was sent is taken as it records its end, and a
+            // step's log rows (its live lines, or its log before a resume)
+            // give way to its end's: one statement.
             ops.push((
-                "DELETE FROM signals g USING unnest($1::text[], $2::text[]) AS s(run_id, step) WHERE g.run_id = s.run_id AND g.step = s.step",
-                params![s.run.clone(), s.step.clone()],
-            ));
-            // A step run again after a resume replaces its old log.
-            ops.push((
-                "DELETE FROM logs l USING unnest($1::text[], $2::text[]) AS s(run_id, step) WHERE l.run_id = s.run_id AND l.step = s.step",
+                "WITH s AS (SELECT * FROM unnest($1::text[], $2::text[]) AS s(run_id, step)),
+                      g AS (DELETE FROM signals g USING s WHERE g.run_id = s.run_id AND g.step = s.step)
+                 DELETE FROM logs l USING s WHERE l.run_id = s.run_id AND l.step = s.step",
                 params![s.run, s.step],
             ));
             if !s.logs.0.is_empty() {

@@ -108,47 +108,55 @@ impl PgStore {
         let mut pipe = Pipe::default();
         pipe.push("BEGIN", params![]);
         let attempt = hold.attempt as i32;
-        let fence = pipe
-            .query(tx, "SELECT events FROM runs WHERE id = $1 AND held_by = $2 AND attempt = $3 FOR UPDATE", &[&hold.run_id, &hold.worker, &attempt])
+        let streamed = events.iter().filter(|e| !matches!(e, Event::StepLogLine { .. })).count() as i32;
+        let ended = events.iter().any(|e| matches!(e, Event::RunFinished { .. }));
+        let seq = hold.seq + streamed;
+        // The fence and the run row's bookkeeping in one statement, first
+        // (the run's row is locked before its steps'): it changes the row
+        // only if this worker still holds the run and its stream is where
+        // this worker left it.
+        let fenced = pipe
+            .query(
+                tx,
+                "UPDATE runs SET events = $5,
+                        held_by = CASE WHEN $6 THEN NULL ELSE held_by END,
+                        held_until = CASE WHEN $6 THEN NULL ELSE now() + make_interval(secs => $7) END
+                 WHERE id = $1 AND held_by = $2 AND attempt = $3 AND events = $4 RETURNING 1",
+                &[&hold.run_id, &hold.worker, &attempt, &hold.seq, &seq, &ended, &hold.lease.as_secs_f64()],
+            )
             .await
             .map_err(db)?;
-        let streamed = events.iter().filter(|e| !matches!(e, Event::StepLogLine { .. })).count() as i32;
-        let at = fence.first().map(|r| r.get::<_, i32>(0));
-        if at != Some(hold.seq) {
+        if fenced.is_empty() {
             tx.batch_execute("ROLLBACK").await.map_err(db)?;
+            let at = tx
+                .query_opt("SELECT events FROM runs WHERE id = $1 AND (held_by = $2 OR held_by IS NULL) AND attempt = $3", &[&hold.run_id, &hold.worker, &attempt])
+                .await
+                .map_err(db)?
+                .map(|r| r.get::<_, i32>(0));
             conn.finished();
-            // The stream went on by this very batch: its commit's answer was lost.
-            if streamed > 0 && at == Some(hold.seq + streamed) {
-                hold.seq += streamed;
+            // The stream went on by this very batch: its commit's answer was
+            // lost (the last batch let go of the hold as it ended).
+            if streamed > 0 && at == Some(seq) {
+                hold.seq = seq;
                 return Ok(Recorded::Yes);
             }
             return Ok(Recorded::HoldLost);
         }
-        let mut ended = false;
-        let mut seq = hold.seq;
+        let mut at = hold.seq;
         let superseded = super::superseded(&events);
         for (mut event, superseded) in events.into_iter().zip(superseded) {
-            match &mut event {
-                Event::StepStarted { worker, .. } => *worker = Some(hold.worker.clone()),
-                Event::RunFinished { .. } => ended = true,
-                _ => {}
+            if let Event::StepStarted { worker, .. } = &mut event {
+                *worker = Some(hold.worker.clone());
             }
             if !superseded {
                 pipe.record(&event);
             }
             // A log line's row is its record; it is not streamed.
             if !matches!(event, Event::StepLogLine { .. }) {
-                seq += 1;
-                pipe.stream(&hold.run_id, seq, event);
+                at += 1;
+                pipe.stream(&hold.run_id, at, event);
             }
         }
-        pipe.push(
-            "UPDATE runs SET events = $2,
-                    held_by = CASE WHEN $3 THEN NULL ELSE held_by END,
-                    held_until = CASE WHEN $3 THEN NULL ELSE now() + make_interval(secs => $4) END
-             WHERE id = $1",
-            params![hold.run_id.clone(), seq, ended, hold.lease.as_secs_f64()],
-        );
         if streamed > 0 {
             pipe.push(NOTIFY, params![EVENTS_CHANNEL, hold.run_id.clone()]);
         }
