@@ -84,7 +84,7 @@ for n in ${SMALL_WORKERS:-2}; do
   pids=()
   for _ in $(seq 1 "$n"); do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency "${SLOTS##* }" & pids+=($!); done
   sleep 1
-  "$bin" -q --state-dir "$state" --store "$url" run --no-work "$work/small.yaml" >/dev/null   # the workers have prepared it once
+  warm_small_runs
   # The workers' connections (`application_name` `sandflow worker NAME`), sampled while they work.
   ( most=0; while :; do
       c=$(psql -tAq "$base" -c "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'sandflow worker%'")

@@ -27,11 +27,11 @@ cpu_of() { for p in "$@"; do awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null; 
 server() { for p in $(pgrep -u postgres postgres); do awk '{print $14+$15+$16+$17}' "/proc/$p/stat" 2>/dev/null; done | awk '{s+=$1} END {print s+0}'; }
 secs() { echo "($2 - $1) / $hz" | bc -l | awk '{printf "%.2f s", $1}'; }
 mode="${MODE:-submit}"
-[ "$mode" = api ] && start_serve "$state"
+start_serve "$state"   # API mode's front door, and the warm-up's
 pids=()
 for _ in $(seq 1 "${WORKERS:-2}"); do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency 16 & pids+=($!); done
 sleep 1
-"$bin" -q --state-dir "$state" --store "$url" run --no-work "$work/small.yaml" >/dev/null   # prepared once
+warm_small_runs
 [ "$mode" = api ] && api_clients 4 25 "$work/small.yaml" "$echo_wasm"
 backends=$(psql -tAq "$base" -c "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE application_name LIKE 'sandflow worker%'")
 x0=$(commits); b0=$(busy); w0=$(cpu_of "${pids[@]}"); s0=$(server); k0=$(cpu_of $backends); t0=$(date +%s.%N)
