@@ -29,6 +29,14 @@ use tokio::sync::{Notify, mpsc};
 /// How often a worker looks for new runs and claimable jobs without being told.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
+/// How long an idle worker keeps the store's answer to "when is the
+/// soonest job waiting for its time (a timer, a retry's delay)?" before
+/// asking again. Asked at every idle moment, it was a statement (and a
+/// transaction) per step of a chain. Jobs this worker's own commits queue
+/// for later wake it by themselves (`Outcome::retry_in`); those of other
+/// workers are found at most this late (they wake their own worker).
+const DUE_FRESH: Duration = Duration::from_millis(250);
+
 /// How often a worker checks whether the runs it works on were cancelled.
 pub const INTERRUPT_POLL: Duration = Duration::from_millis(250);
 
@@ -303,6 +311,9 @@ impl Worker {
         let interrupts = tokio::spawn(self.clone().interrupt_loop(stop.clone()));
         let live = self.live_rx.lock().expect("not poisoned").take().map(|lines| tokio::spawn(live_log_loop(self.store.clone(), lines)));
         let mut last_care = tokio::time::Instant::now() - self.config.care_every;
+        // When the store was last asked for the soonest job waiting for its
+        // time, and its answer (see `DUE_FRESH`).
+        let mut due_asked: Option<(tokio::time::Instant, Option<tokio::time::Instant>)> = None;
         let mut last_look = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(50);
         tracing::info!("worker {} started (concurrency {})", self.config.name, self.config.concurrency);
@@ -351,6 +362,7 @@ impl Worker {
                                 if outcome.stale {
                                     self.stale(&run_id);
                                 }
+                                self.wake_in(outcome.retry_in);
                                 busy |= outcome.done || outcome.stale;
                                 for job in outcome.claimed {
                                     self.spawn_job(job, done_tx.clone());
@@ -405,9 +417,11 @@ impl Worker {
                     for run_id in self.store.runs_needing_care(self.only()).await? {
                         match self.context(&run_id).await {
                             Ok(run) => {
-                                if self.store.care(&run_id, &run).await?.stale {
+                                let outcome = self.store.care(&run_id, &run).await?;
+                                if outcome.stale {
                                     self.stale(&run_id);
                                 }
+                                self.wake_in(outcome.retry_in);
                             }
                             Err(ContextError::Store(e)) => return Err(e),
                             Err(ContextError::Load(e)) => self.abandon(&run_id, e).await?,
@@ -428,8 +442,22 @@ impl Worker {
                     // claimable with no notification: sleep until the
                     // soonest, so a durable timer wakes on time.
                     let mut nap = self.config.care_every.min(LOOK_EVERY);
+                    let now = tokio::time::Instant::now();
+                    let soonest = match due_asked {
+                        // A recent answer stands while what it named is still ahead.
+                        Some((asked, due)) if now - asked < DUE_FRESH && due.is_none_or(|d| d > now) => due,
+                        _ if self.free() > 0 => match self.store.next_due(&self.config.labels, self.only()).await {
+                            Ok(due) => {
+                                let due = due.map(|d| now + d);
+                                due_asked = Some((now, due));
+                                due
+                            }
+                            Err(_) => None,
+                        },
+                        _ => None,
+                    };
                     if self.free() > 0
-                        && let Ok(Some(due)) = self.store.next_due(&self.config.labels, self.only()).await
+                        && let Some(due) = soonest.map(|d| d.saturating_duration_since(now))
                     {
                         nap = nap.min(due);
                         if due < LOOK_EVERY {
@@ -647,6 +675,20 @@ impl Worker {
             *kept = run;
         }
         Ok(kept.clone())
+    }
+
+    /// Wakes this worker to claim when a job that a transaction queued for
+    /// later (a retry's delay, a step that waits for its time) becomes
+    /// claimable: in `delay` ([`crate::store::queue::Outcome::retry_in`]).
+    fn wake_in(self: &Arc<Self>, delay: Option<Duration>) {
+        if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+            let worker = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                worker.claimable.store(true, Ordering::SeqCst);
+                worker.wake.notify_one();
+            });
+        }
     }
 
     /// A transaction found run `run_id` at another attempt than this
@@ -870,14 +912,7 @@ impl Worker {
                                     self.spawn_job(job, sender.clone());
                                 }
                             }
-                            if let Some(delay) = outcome.retry_in.filter(|d| !d.is_zero()) {
-                                let worker = self.clone();
-                                tokio::spawn(async move {
-                                    tokio::time::sleep(delay).await;
-                                    worker.claimable.store(true, Ordering::SeqCst);
-                                    worker.wake.notify_one();
-                                });
-                            }
+                            self.wake_in(outcome.retry_in);
                         }
                         Err(e) => {
                             tracing::warn!("worker {}: committing results of run {run_id} failed: {e}; retrying in {backoff:?}", self.config.name);

@@ -89,7 +89,8 @@ pub struct Outcome {
     pub done: bool,
     /// Jobs it made claimable now.
     pub new_jobs: usize,
-    /// The soonest a retried job becomes claimable, if one was retried.
+    /// The soonest a job it queued for later (a retry's delay, a step
+    /// that waits for its time) becomes claimable, if it queued one.
     pub retry_in: Option<Duration>,
     /// Jobs claimed for the committing worker in the same transaction.
     pub claimed: Vec<Claimed>,
@@ -1346,6 +1347,12 @@ impl<'a> PgLedger<'a> {
             not_before,
         });
         self.new_jobs += usize::from(state == "ready");
+        // A job for later (a step that waits for its time): the committing
+        // worker wakes for it, as for a retry's delay.
+        if let Some(at) = not_before.filter(|t| t.is_finite()) {
+            let delay = Duration::from_secs_f64((at - jiff::Timestamp::now().as_millisecond() as f64 / 1e3).max(0.0));
+            self.retry_in = Some(self.retry_in.map_or(delay, |d| d.min(delay)));
+        }
     }
 
     /// Runs `work` of step `i`: its jobs, queued (a `forEach` step's
