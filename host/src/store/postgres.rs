@@ -367,6 +367,19 @@ CREATE TABLE events (
      ALTER TABLE runs ADD COLUMN log_bytes BIGINT NOT NULL DEFAULT 0, ADD COLUMN log_lines BIGINT NOT NULL DEFAULT 0;",
 ];
 
+/// Keeps blob `$2` under its id `$1` (once per content).
+const BLOB_PUT: &str = "INSERT INTO blobs (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
+
+/// Takes, for the rest of transaction `tx`, the lock on `part` (`state`,
+/// `blobs`) of run `run_id` under which its use is counted against the
+/// run's quota: a transaction-scoped advisory lock, so that workers on
+/// many machines count one run's use one at a time.
+async fn lock_run_part(tx: &deadpool_postgres::Transaction<'_>, part: &str, run_id: &str) -> Result<(), StoreError> {
+    let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtext('sandflow ' || $1 || ' ' || $2))").await.map_err(db)?;
+    tx.execute(&lock, &[&part, &run_id]).await.map_err(db)?;
+    Ok(())
+}
+
 /// Sets run `$1`'s state key `$2` to `$3`.
 const STATE_SET: &str = "INSERT INTO state (run_id, key, value) VALUES ($1, $2, $3) ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value";
 
@@ -917,8 +930,7 @@ impl RunStore for PgStore {
     async fn state_set_within(&self, run_id: &str, key: &str, json: &str, max_keys: u64, max_bytes: u64) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtext('sandflow state ' || $1))").await.map_err(db)?;
-        tx.execute(&lock, &[&run_id]).await.map_err(db)?;
+        lock_run_part(&tx, "state", run_id).await?;
         let others = tx
             .prepare_cached("SELECT COUNT(*), COALESCE(SUM(octet_length(key) + octet_length(value)), 0)::BIGINT FROM state WHERE run_id = $1 AND key <> $2")
             .await
@@ -951,7 +963,7 @@ impl RunStore for PgStore {
 
     async fn blob_put(&self, id: &str, data: &[u8]) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached("INSERT INTO blobs (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING").await.map_err(db)?;
+        let stmt = client.prepare_cached(BLOB_PUT).await.map_err(db)?;
         client.execute(&stmt, &[&id, &data]).await.map_err(db)?;
         Ok(())
     }
@@ -963,8 +975,7 @@ impl RunStore for PgStore {
     async fn blob_put_within(&self, run_id: &str, id: &str, data: &[u8], max_blobs: u64, max_bytes: u64) -> Result<Option<Result<(), crate::sandbox::QuotaKind>>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db)?;
-        let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtext('sandflow blobs ' || $1))").await.map_err(db)?;
-        tx.execute(&lock, &[&run_id]).await.map_err(db)?;
+        lock_run_part(&tx, "blobs", run_id).await?;
         let held = tx
             .prepare_cached("SELECT COUNT(*), COALESCE(SUM(bytes), 0)::BIGINT, COUNT(*) FILTER (WHERE id = $2) FROM run_blobs WHERE run_id = $1")
             .await
@@ -981,7 +992,7 @@ impl RunStore for PgStore {
             let count = tx.prepare_cached("INSERT INTO run_blobs (run_id, id, bytes) VALUES ($1, $2, $3)").await.map_err(db)?;
             tx.execute(&count, &[&run_id, &id, &(data.len() as i64)]).await.map_err(db)?;
         }
-        let put = tx.prepare_cached("INSERT INTO blobs (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING").await.map_err(db)?;
+        let put = tx.prepare_cached(BLOB_PUT).await.map_err(db)?;
         tx.execute(&put, &[&id, &data]).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(Some(Ok(())))
