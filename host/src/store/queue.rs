@@ -1041,12 +1041,24 @@ macro_rules! next_attempt {
 }
 pub(super) use next_attempt;
 
-/// The end of a claim: what it returns. The claimed steps are marked
-/// started by [`MARK_STARTED`], under the run's lock.
+/// The end of a claim: what it returns (the jobs and their step ids).
 macro_rules! claimed {
     () => {
         "
         RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets)
+    SELECT c.id, c.run_id, c.idx, c.item, c.attempt, c.claim, c.input, c.input_secrets, d.step
+    FROM c JOIN dag d ON d.run_id = c.run_id AND d.idx = c.idx"
+    };
+}
+
+/// The end of a claim made under its run's lock: `claimed!`, and the
+/// steps marked started in the same statement (as [`MARK_STARTED`] does).
+macro_rules! claimed_in_run {
+    () => {
+        "
+        RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets),
+    s AS (UPDATE dag SET first_started = now() FROM (SELECT DISTINCT run_id, idx FROM c) x
+          WHERE dag.run_id = x.run_id AND dag.idx = x.idx AND dag.first_started IS NULL)
     SELECT c.id, c.run_id, c.idx, c.item, c.attempt, c.claim, c.input, c.input_secrets, d.step
     FROM c JOIN dag d ON d.run_id = c.run_id AND d.idx = c.idx"
     };
@@ -1060,9 +1072,10 @@ macro_rules! claimed {
 /// about to write that row: a deadlock).
 const MARK_STARTED: &str = "UPDATE dag SET first_started = now() WHERE run_id = $1 AND idx = ANY($2) AND first_started IS NULL";
 
-/// Claims up to `$2` ready jobs (of run `$5`, or any) whose `runs_on`
-/// labels are all among `$4`, for worker `$1`, leased for `$3` seconds.
-/// Returns the jobs and their step ids.
+/// Claims up to `$2` ready jobs of run `$5` (whose lock the transaction
+/// holds) whose `runs_on` labels are all among `$4`, for worker `$1`,
+/// leased for `$3` seconds, and marks their steps started. Returns the
+/// jobs and their step ids.
 /// Jobs of runs with a step limit (`limited`) are left to [`CLAIM_CHOSEN`],
 /// under their run's lock.
 const CLAIM: &str = concat!(
@@ -1071,7 +1084,7 @@ const CLAIM: &str = concat!(
         WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND not_before <= now() AND runs_on <@ $4::text[]
                        AND ($5::text IS NULL OR run_id = $5) AND NOT limited
                      ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    claimed!()
+    claimed_in_run!()
 );
 
 /// How many of the oldest ready jobs [`CLAIM_FAIR`] chooses among.
@@ -1121,7 +1134,7 @@ const CLAIM_CHOSEN: &str = concat!(
     "WITH c AS (
         UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $2)
         WHERE id = ANY($3) AND state = 'ready'",
-    claimed!()
+    claimed_in_run!()
 );
 
 /// Appends events `$2` (JSON bodies) to run `$1`'s stream, numbered after
@@ -1711,8 +1724,8 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
             claimed = rows.iter().map(claimed_row).collect();
             claimed.sort_by_key(|c| c.id);
         }
-        let idx: Vec<i32> = claimed.iter().map(|c| c.step as i32).chain(mine.iter().map(|m| m.idx)).collect();
-        if !idx.is_empty() {
+        if !mine.is_empty() {
+            let idx: Vec<i32> = mine.iter().map(|m| m.idx).collect();
             l.pipe.push(MARK_STARTED, params![l.run_id.to_string(), idx]);
         }
         for m in mine {
