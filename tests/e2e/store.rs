@@ -6,8 +6,9 @@ use serde_json::{Value, json};
 use std::io::BufRead;
 use std::process::Stdio;
 
-/// A chain of five slow steps: each waits 300 ms, then appends to a text.
-fn chain(dir: &std::path::Path) -> std::path::PathBuf {
+/// A chain of five slow steps, each a nap (the first of `first_nap_ms`,
+/// the others of 300 ms), then an append to a text.
+fn chain(dir: &std::path::Path, first_nap_ms: u32) -> std::path::PathBuf {
     let mut y = format!(
         "name: chain\ncomponents:\n  sleep: {{ path: '{}' }}\n  text: {{ path: '{}' }}\nsteps:\n  - {{ id: t0, component: text, input: {{ op: trim, text: {{ $from: {{ workflow: input }}, path: start }} }} }}\n",
         hostile("sleep").display(),
@@ -15,8 +16,9 @@ fn chain(dir: &std::path::Path) -> std::path::PathBuf {
     );
     for i in 1..=5 {
         y.push_str(&format!(
-            "  - {{ id: s{i}, component: sleep, needs: [t{p}], input: {{ ms: 300 }} }}\n  - {{ id: t{i}, component: text, needs: [s{i}], input: {{ op: template, template: '{{p}}+{i}', vars: {{ p: '{{{{ steps.t{p}.output.text }}}}' }} }} }}\n",
-            p = i - 1
+            "  - {{ id: s{i}, component: sleep, needs: [t{p}], input: {{ ms: {ms} }} }}\n  - {{ id: t{i}, component: text, needs: [s{i}], input: {{ op: template, template: '{{p}}+{i}', vars: {{ p: '{{{{ steps.t{p}.output.text }}}}' }} }} }}\n",
+            p = i - 1,
+            ms = if i == 1 { first_nap_ms } else { 300 }
         ));
     }
     let file = dir.join("chain.yaml");
@@ -37,7 +39,7 @@ fn a_run_killed_at_several_points_resumes_to_the_same_output_without_rerunning_s
 
 fn killed_and_resumed(backend: &Backend) {
     let state = tempfile::tempdir().unwrap();
-    let file = chain(state.path());
+    let file = chain(state.path(), 300);
     let input = r#"{"start": " go "}"#;
 
     // The uninterrupted output, in a state dir of its own.
@@ -465,7 +467,11 @@ fn run_until_started(cmd: &mut std::process::Command, step: &str) -> (std::proce
 
 fn cancelled_from_outside(backend: &Backend) {
     let state = tempfile::tempdir().unwrap();
-    let file = chain(state.path());
+    // A first nap long enough that the cancel lands while it runs, however
+    // slow the machine (a `cancel` process starts, a run polls for cancels
+    // every 250 ms): with 300 ms, a busy CI machine saw the nap succeed
+    // before the cancel reached it.
+    let file = chain(state.path(), 3000);
     let (mut child, run_id, _events) = run_until_started(backend.sandflow(&state).args(["--json", "run"]).arg(&file).args(["--input", r#"{"start": "x"}"#]), "s1");
     let asked = std::time::Instant::now();
     let (code, _, err) = run(backend.sandflow(&state).args(["cancel", &run_id]));
