@@ -444,9 +444,10 @@ impl Worker {
                     let mut nap = self.config.care_every.min(LOOK_EVERY);
                     let now = tokio::time::Instant::now();
                     let soonest = match due_asked {
+                        _ if self.free() == 0 => None,
                         // A recent answer stands while what it named is still ahead.
                         Some((asked, due)) if now - asked < DUE_FRESH && due.is_none_or(|d| d > now) => due,
-                        _ if self.free() > 0 => match self.store.next_due(&self.config.labels, self.only()).await {
+                        _ => match self.store.next_due(&self.config.labels, self.only()).await {
                             Ok(due) => {
                                 let due = due.map(|d| now + d);
                                 due_asked = Some((now, due));
@@ -454,11 +455,8 @@ impl Worker {
                             }
                             Err(_) => None,
                         },
-                        _ => None,
                     };
-                    if self.free() > 0
-                        && let Some(due) = soonest.map(|d| d.saturating_duration_since(now))
-                    {
+                    if let Some(due) = soonest.map(|d| d.saturating_duration_since(now)) {
                         nap = nap.min(due);
                         if due < LOOK_EVERY {
                             // Then claim at once, not a look later.

@@ -1041,13 +1041,18 @@ macro_rules! next_attempt {
 }
 pub(super) use next_attempt;
 
-/// The end of a claim: what it returns (the jobs and their step ids).
+/// The end of a claim: what it returns (the jobs and their step ids),
+/// after the common table expressions `also` adds, if any.
 macro_rules! claimed {
-    () => {
-        "
-        RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets)
+    ($($also:literal)?) => {
+        concat!(
+            "
+        RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets)",
+            $($also,)?
+            "
     SELECT c.id, c.run_id, c.idx, c.item, c.attempt, c.claim, c.input, c.input_secrets, d.step
     FROM c JOIN dag d ON d.run_id = c.run_id AND d.idx = c.idx"
+        )
     };
 }
 
@@ -1055,12 +1060,11 @@ macro_rules! claimed {
 /// steps marked started in the same statement (as [`MARK_STARTED`] does).
 macro_rules! claimed_in_run {
     () => {
-        "
-        RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets),
+        claimed!(
+            ",
     s AS (UPDATE dag SET first_started = now() FROM (SELECT DISTINCT run_id, idx FROM c) x
-          WHERE dag.run_id = x.run_id AND dag.idx = x.idx AND dag.first_started IS NULL)
-    SELECT c.id, c.run_id, c.idx, c.item, c.attempt, c.claim, c.input, c.input_secrets, d.step
-    FROM c JOIN dag d ON d.run_id = c.run_id AND d.idx = c.idx"
+          WHERE dag.run_id = x.run_id AND dag.idx = x.idx AND dag.first_started IS NULL)"
+        )
     };
 }
 
@@ -1082,7 +1086,7 @@ const CLAIM: &str = concat!(
     "WITH c AS (
         UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $3)
         WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND not_before <= now() AND runs_on <@ $4::text[]
-                       AND ($5::text IS NULL OR run_id = $5) AND NOT limited
+                       AND run_id = $5 AND NOT limited
                      ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
     claimed_in_run!()
 );
@@ -1163,13 +1167,20 @@ const NAMESPACE_BUSY: &str = "SELECT count(*) FROM jobs j JOIN runs r ON r.id = 
 /// (one that does is claiming or recording for it), with their limits.
 const LOCK_CAPPED: &str = "SELECT name, max_steps FROM namespaces WHERE max_steps IS NOT NULL ORDER BY name FOR UPDATE SKIP LOCKED";
 
+/// What a run's transaction reads of the run's row as it locks it (by
+/// index, in `in_run`).
+macro_rules! run_row {
+    () => {
+        "SELECT status, stop, open_steps, events, run_started, ending, main_stop, attempt, log_bytes, log_lines FROM runs WHERE id = $1"
+    };
+}
+
 /// Locks run `$1`'s row: every transaction that changes a run takes it first.
-const LOCK_RUN: &str = "SELECT status, stop, open_steps, events, run_started, ending, main_stop, attempt, log_bytes, log_lines FROM runs WHERE id = $1 FOR UPDATE";
+const LOCK_RUN: &str = concat!(run_row!(), " FOR UPDATE");
 
 /// [`LOCK_RUN`] for a run to start: none if it started, or if another
 /// worker holds it (it is starting it), instead of waiting for that.
-const LOCK_RUN_TO_START: &str =
-    "SELECT status, stop, open_steps, events, run_started, ending, main_stop, attempt, log_bytes, log_lines FROM runs WHERE id = $1 AND NOT run_started FOR UPDATE SKIP LOCKED";
+const LOCK_RUN_TO_START: &str = concat!(run_row!(), " AND NOT run_started FOR UPDATE SKIP LOCKED");
 
 /// Locks the jobs `$1` whose claim is still `$2` (a result is recorded only
 /// by the current claim), with how long ago their steps first started.
@@ -1363,9 +1374,14 @@ impl<'a> PgLedger<'a> {
         // A job for later (a step that waits for its time): the committing
         // worker wakes for it, as for a retry's delay.
         if let Some(at) = not_before.filter(|t| t.is_finite()) {
-            let delay = Duration::from_secs_f64((at - jiff::Timestamp::now().as_millisecond() as f64 / 1e3).max(0.0));
-            self.retry_in = Some(self.retry_in.map_or(delay, |d| d.min(delay)));
+            self.due_in(Duration::from_secs_f64((at - jiff::Timestamp::now().as_millisecond() as f64 / 1e3).max(0.0)));
         }
+    }
+
+    /// A job this transaction queued becomes claimable in `delay`: the
+    /// soonest such is [`Outcome::retry_in`].
+    fn due_in(&mut self, delay: Duration) {
+        self.retry_in = Some(self.retry_in.map_or(delay, |d| d.min(delay)));
     }
 
     /// Runs `work` of step `i`: its jobs, queued (a `forEach` step's
@@ -1708,7 +1724,7 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
             let lease = claimer.lease.as_secs_f64();
             let rows = if l.run.step_limit.is_none() {
                 let limit = left as i64;
-                l.pipe.query(l.tx, CLAIM, &[&claimer.worker, &limit, &lease, &claimer.labels, &Some(l.run_id)]).await?
+                l.pipe.query(l.tx, CLAIM, &[&claimer.worker, &limit, &lease, &claimer.labels, &l.run_id]).await?
             } else {
                 let candidates = l
                     .pipe
@@ -1837,7 +1853,7 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
                     fuel_used,
                 };
                 l.emit(event);
-                l.retry_in = Some(l.retry_in.map_or(delay, |d| d.min(delay)));
+                l.due_in(delay);
                 if delay.is_zero() {
                     l.new_jobs += 1;
                 }
