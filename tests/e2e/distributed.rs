@@ -492,6 +492,43 @@ fn a_claim_waiting_for_a_run_holds_none_of_its_steps() {
 /// and two of 4 KiB each) keep the same lines on two workers as in
 /// process, within the run's 16 KiB: the first step all 8,196 bytes, the
 /// second its first three lines, each other step its first, empty line.
+/// The `dag` rows a run's transactions read grow with the steps they
+/// touch, not with the run: each commit of a 200-step chain finds its
+/// steps' rows by their key. (PostgreSQL's plan for these statements once
+/// read every row of the run in each of four statements per commit, so a
+/// chain's step cost grew with its length: BENCHMARKS.md, "A run's rows by
+/// their key".)
+#[test]
+fn a_chain_s_commits_read_their_steps_rows_by_key_not_the_whole_run() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let steps = 200;
+    let mut text = format!("name: chain\ncomponents:\n  echo: {{ path: '{}' }}\nsteps:\n  - {{ id: s1, component: echo, input: {{ n: 1 }} }}\n", example("echo").display());
+    for i in 2..=steps {
+        text.push_str(&format!("  - {{ id: s{i}, component: echo, input: {{ n: '{{{{ steps.s{}.output.n }}}}' }} }}\n", i - 1));
+    }
+    let flow = state.path().join("chain.yaml");
+    std::fs::write(&flow, text).unwrap();
+    let mut workers = Workers::with_args(&schema, &state, 1, "30s", &[], &["--whole-runs", "0"]);
+    let (code, out, err) = run(pg(&schema, &state).args(["run", "--no-work"]).arg(&flow));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"n": 1}));
+    // The worker's server processes report what they read as they end.
+    workers.kill_all();
+    let query = "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::text FROM pg_stat_user_tables WHERE relname = 'dag' AND schemaname = $1";
+    let mut read = 0;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(250));
+        let now: i64 = schema.strings(query, &schema.name)[0].parse().unwrap();
+        if now == read && now > 0 {
+            break;
+        }
+        read = now;
+    }
+    assert!(read > 0, "the server reports the rows read");
+    assert!(read <= 10 * steps, "{read} `dag` rows read for a chain of {steps} steps: commits read more than their steps' rows");
+}
+
 #[test]
 fn a_run_s_log_quota_holds_across_workers() {
     let Some(schema) = PgSchema::create() else { return };

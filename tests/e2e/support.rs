@@ -119,7 +119,7 @@ pub struct PgSchema {
     /// A URL whose connections use the schema (`options=-csearch_path=…`).
     pub url: String,
     base: String,
-    name: String,
+    pub name: String,
 }
 
 pub(crate) fn blocking<T: Send>(f: impl std::future::Future<Output = T> + Send) -> T {

@@ -15,6 +15,7 @@
 
 use super::postgres::text;
 use super::{log_rows, now};
+use super::queue::idx_in;
 use crate::exec::{Event, SecretSpans};
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
@@ -252,12 +253,31 @@ impl Pipe {
                 params![q.run, q.idx, q.item, q.state, q.input, q.input_secrets, q.runs_on, q.worker, q.lease, q.limited, q.not_before],
             ));
         }
-        if !ended.0.is_empty() {
+        // One statement per run (nearly always one), so that its rows are
+        // found by their key (see `idx_in`).
+        let (runs, idx, blocks, outcomes) = ended;
+        let mut done = vec![false; runs.len()];
+        for k in 0..runs.len() {
+            if done[k] {
+                continue;
+            }
+            let (mut i, mut b, mut o) = (Vec::new(), Vec::new(), Vec::new());
+            for m in k..runs.len() {
+                if !done[m] && runs[m] == runs[k] {
+                    done[m] = true;
+                    i.push(idx[m]);
+                    b.push(blocks[m]);
+                    o.push(outcomes[m].clone());
+                }
+            }
             self.ops.push((
-                "UPDATE dag SET finished = true, blocks = e.blocks, outcome = e.outcome
-                 FROM unnest($1::text[], $2::int[], $3::bool[], $4::text[]) AS e(run_id, idx, blocks, outcome)
-                 WHERE dag.run_id = e.run_id AND dag.idx = e.idx",
-                params![ended.0, ended.1, ended.2, ended.3],
+                concat!(
+                    "UPDATE dag SET finished = true, blocks = e.blocks, outcome = e.outcome
+                 FROM unnest($2::int[], $3::bool[], $4::text[]) AS e(step, blocks, outcome)
+                 WHERE dag.run_id = $1 AND dag.idx = e.step AND dag.",
+                    idx_in!("$2")
+                ),
+                params![runs[k].clone(), i, b, o],
             ));
         }
     }

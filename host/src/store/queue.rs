@@ -1041,6 +1041,36 @@ macro_rules! next_attempt {
 }
 pub(super) use next_attempt;
 
+/// `idx = ANY($n)` of run `run_id = …` already in the statement, and
+/// between the array's least and greatest, so that PostgreSQL finds the
+/// rows by the whole key (run, step index) whatever it estimates.
+///
+/// Without the bounds, the plan it keeps for these statements (generic: see
+/// `in_run`) looked up every row of the run by `run_id` alone and filtered
+/// them, because it costs `= ANY` of an array it has not seen as ten index
+/// descents and believes a run has a few rows (its statistics lag runs made
+/// since the last `ANALYZE`): every commit of a 500-step chain read the
+/// run's 500 rows four times (BENCHMARKS.md, "A run's rows by their key").
+/// Join conditions on `dag` (the steps of claimed jobs) are subqueries per
+/// row for the same reason.
+macro_rules! idx_in {
+    ($array:literal) => {
+        concat!(
+            "idx = ANY(", $array, ") AND idx BETWEEN (SELECT min(i) FROM unnest(", $array, "::int[]) i) AND (SELECT max(i) FROM unnest(",
+            $array, "::int[]) i)"
+        )
+    };
+}
+
+pub(super) use idx_in;
+
+/// Counts down the dependencies that steps `$2` of run `$1` wait for.
+macro_rules! count_down {
+    () => {
+        concat!("UPDATE dag SET waiting = waiting - 1 WHERE run_id = $1 AND ", idx_in!("$2"))
+    };
+}
+
 /// The end of a claim: what it returns (the jobs and their step ids),
 /// after the common table expressions `also` adds, if any.
 macro_rules! claimed {
@@ -1050,8 +1080,9 @@ macro_rules! claimed {
         RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets)",
             $($also,)?
             "
-    SELECT c.id, c.run_id, c.idx, c.item, c.attempt, c.claim, c.input, c.input_secrets, d.step
-    FROM c JOIN dag d ON d.run_id = c.run_id AND d.idx = c.idx"
+    SELECT c.id, c.run_id, c.idx, c.item, c.attempt, c.claim, c.input, c.input_secrets,
+           (SELECT d.step FROM dag d WHERE d.run_id = c.run_id AND d.idx = c.idx)
+    FROM c"
         )
     };
 }
@@ -1062,8 +1093,9 @@ macro_rules! claimed_in_run {
     () => {
         claimed!(
             ",
-    s AS (UPDATE dag SET first_started = now() FROM (SELECT DISTINCT run_id, idx FROM c) x
-          WHERE dag.run_id = x.run_id AND dag.idx = x.idx AND dag.first_started IS NULL)"
+    s AS (UPDATE dag SET first_started = now()
+          WHERE run_id = (SELECT min(run_id) FROM c) AND idx = ANY(ARRAY(SELECT idx FROM c))
+            AND idx BETWEEN (SELECT min(idx) FROM c) AND (SELECT max(idx) FROM c) AND first_started IS NULL)"
         )
     };
 }
@@ -1074,7 +1106,7 @@ macro_rules! claimed_in_run {
 /// [`APPEND_EVENTS`] has locked the run, so that a claim never holds a
 /// step's row while it waits for a run that a commit holds (which may be
 /// about to write that row: a deadlock).
-const MARK_STARTED: &str = "UPDATE dag SET first_started = now() WHERE run_id = $1 AND idx = ANY($2) AND first_started IS NULL";
+const MARK_STARTED: &str = concat!("UPDATE dag SET first_started = now() WHERE run_id = $1 AND ", idx_in!("$2"), " AND first_started IS NULL");
 
 /// Claims up to `$2` ready jobs of run `$5` (whose lock the transaction
 /// holds) whose `runs_on` labels are all among `$4`, for worker `$1`,
@@ -1184,13 +1216,13 @@ const LOCK_RUN_TO_START: &str = concat!(run_row!(), " AND NOT run_started FOR UP
 
 /// Locks the jobs `$1` whose claim is still `$2` (a result is recorded only
 /// by the current claim), with how long ago their steps first started.
-const HOLD_JOBS: &str = "SELECT j.id, j.claim, j.attempt, j.lost, j.fuel_used, j.idx, EXTRACT(EPOCH FROM now() - d.first_started)::float8
+const HOLD_JOBS: &str = "SELECT j.id, j.claim, j.attempt, j.lost, j.fuel_used, j.idx,
+           (SELECT EXTRACT(EPOCH FROM now() - d.first_started)::float8 FROM dag d WHERE d.run_id = j.run_id AND d.idx = j.idx)
     FROM jobs j JOIN unnest($1::int8[], $2::int8[]) AS c(id, claim) ON j.id = c.id AND j.claim = c.claim
-    JOIN dag d ON d.run_id = j.run_id AND d.idx = j.idx
     WHERE j.state = 'claimed' ORDER BY j.id FOR UPDATE OF j";
 
 /// How many dependencies steps `$2` of run `$1` still wait for.
-const WAITING: &str = "SELECT idx, waiting FROM dag WHERE run_id = $1 AND idx = ANY($2)";
+const WAITING: &str = concat!("SELECT idx, waiting FROM dag WHERE run_id = $1 AND ", idx_in!("$2"));
 
 /// A claimed job from `… RETURNING id, run_id, idx, item, attempt, claim, input, input_secrets`.
 fn claimed_row(r: &tokio_postgres::Row) -> Claimed {
@@ -1575,7 +1607,7 @@ impl Ledger for PgLedger<'_> {
         let idx: Vec<i32> = dependents.iter().map(|&d| d as i32).collect();
         if dependents.iter().all(|d| self.waiting.contains_key(d)) {
             // Counted here: the run's lock keeps the counters as read.
-            self.pipe.push("UPDATE dag SET waiting = waiting - 1 WHERE run_id = $1 AND idx = ANY($2)", params![self.run_id.to_string(), idx]);
+            self.pipe.push(count_down!(), params![self.run_id.to_string(), idx]);
             let mut ready = Vec::new();
             for d in dependents {
                 let waiting = self.waiting.get_mut(&d).expect("checked above");
@@ -1588,7 +1620,7 @@ impl Ledger for PgLedger<'_> {
         }
         let rows = self
             .pipe
-            .query(self.tx, "UPDATE dag SET waiting = waiting - 1 WHERE run_id = $1 AND idx = ANY($2) RETURNING idx, waiting", &[&self.run_id, &idx])
+            .query(self.tx, concat!(count_down!(), " RETURNING idx, waiting"), &[&self.run_id, &idx])
             .await?;
         let mut ready = Vec::new();
         for r in &rows {
