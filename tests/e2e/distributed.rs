@@ -492,41 +492,66 @@ fn a_claim_waiting_for_a_run_holds_none_of_its_steps() {
 /// and two of 4 KiB each) keep the same lines on two workers as in
 /// process, within the run's 16 KiB: the first step all 8,196 bytes, the
 /// second its first three lines, each other step its first, empty line.
-/// The `dag` rows a run's transactions read grow with the steps they
-/// touch, not with the run: each commit of a 200-step chain finds its
-/// steps' rows by their key. (PostgreSQL's plan for these statements once
-/// read every row of the run in each of four statements per commit, so a
-/// chain's step cost grew with its length: BENCHMARKS.md, "A run's rows by
-/// their key".)
+/// What a run's transactions read grows with the steps they touch, not
+/// with the run: each commit of a 200-step chain finds its steps' `dag`
+/// rows by their key, and each claim of a 300-step wide run finds the
+/// oldest ready jobs of the run without reading all of them. (PostgreSQL's
+/// plans once read every row of the run in four statements per commit, and
+/// every ready job of the run in each claim, so a step's cost grew with the
+/// run's size: BENCHMARKS.md, "A run's rows by their key".)
 #[test]
-fn a_chain_s_commits_read_their_steps_rows_by_key_not_the_whole_run() {
+fn a_run_s_commits_and_claims_read_their_steps_rows_not_the_whole_run() {
     let Some(schema) = PgSchema::create() else { return };
     let state = tempfile::tempdir().unwrap();
-    let steps = 200;
-    let mut text = format!("name: chain\ncomponents:\n  echo: {{ path: '{}' }}\nsteps:\n  - {{ id: s1, component: echo, input: {{ n: 1 }} }}\n", example("echo").display());
-    for i in 2..=steps {
-        text.push_str(&format!("  - {{ id: s{i}, component: echo, input: {{ n: '{{{{ steps.s{}.output.n }}}}' }} }}\n", i - 1));
-    }
-    let flow = state.path().join("chain.yaml");
-    std::fs::write(&flow, text).unwrap();
-    let mut workers = Workers::with_args(&schema, &state, 1, "30s", &[], &["--whole-runs", "0"]);
-    let (code, out, err) = run(pg(&schema, &state).args(["run", "--no-work"]).arg(&flow));
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"n": 1}));
-    // The worker's server processes report what they read as they end.
-    workers.kill_all();
-    let query = "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::text FROM pg_stat_user_tables WHERE relname = 'dag' AND schemaname = $1";
-    let mut read = 0;
-    for _ in 0..40 {
-        std::thread::sleep(Duration::from_millis(250));
-        let now: i64 = schema.strings(query, &schema.name)[0].parse().unwrap();
-        if now == read && now > 0 {
-            break;
+    let echo = example("echo");
+    let flow = |name: &str, steps: usize, chain: bool| {
+        let mut text = format!("name: {name}\ncomponents:\n  echo: {{ path: '{}' }}\nsteps:\n", echo.display());
+        for i in 1..=steps {
+            let input = if chain && i > 1 { format!("'{{{{ steps.s{}.output.n }}}}'", i - 1) } else { "1".to_string() };
+            text.push_str(&format!("  - {{ id: s{i}, component: echo, input: {{ n: {input} }} }}\n"));
         }
-        read = now;
-    }
+        let path = state.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // Rows of `table` the server says were read so far in the schema. Its
+    // processes report as they end (the workers are killed first), and a
+    // late report only lowers the count.
+    let rows_read = |table: &str| {
+        let query = format!(
+            "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::text FROM pg_stat_user_tables WHERE relname = '{table}' AND schemaname = $1"
+        );
+        let mut read = -1;
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(250));
+            let now: i64 = schema.strings(&query, &schema.name)[0].parse().unwrap();
+            if now == read {
+                break;
+            }
+            read = now;
+        }
+        read
+    };
+    let run_on_a_worker = |flow: &std::path::Path, output: Value| {
+        let mut workers = Workers::with_args(&schema, &state, 1, "30s", &[], &["--whole-runs", "0"]);
+        let (code, out, err) = run(pg(&schema, &state).args(["run", "--no-work"]).arg(flow));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), output);
+        workers.kill_all();
+    };
+
+    let steps = 200;
+    run_on_a_worker(&flow("chain", steps, true), json!({"n": 1}));
+    let read = rows_read("dag");
     assert!(read > 0, "the server reports the rows read");
-    assert!(read <= 10 * steps, "{read} `dag` rows read for a chain of {steps} steps: commits read more than their steps' rows");
+    assert!(read <= 10 * steps as i64, "{read} `dag` rows read for a chain of {steps} steps: commits read more than their steps' rows");
+
+    let (steps, before) = (300, rows_read("jobs"));
+    let output: serde_json::Map<String, Value> = (1..=steps).map(|i| (format!("s{i}"), json!({"n": 1}))).collect();
+    run_on_a_worker(&flow("wide", steps, false), Value::Object(output));
+    let read = rows_read("jobs") - before;
+    assert!(read > 0, "the server reports the rows read");
+    assert!(read <= 10 * steps as i64, "{read} `jobs` rows read for a wide run of {steps} steps: claims read more than the jobs they take");
 }
 
 #[test]

@@ -15,7 +15,7 @@
 
 use super::postgres::text;
 use super::{log_rows, now};
-use super::queue::idx_in;
+use super::queue::{idx_in, key_in};
 use crate::exec::{Event, SecretSpans};
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
@@ -236,7 +236,7 @@ impl Pipe {
         }
         let JobRows { done, queued: q, ended } = std::mem::take(&mut self.jobs);
         if !done.is_empty() {
-            self.ops.push(("DELETE FROM jobs WHERE id = ANY($1)", params![done]));
+            self.ops.push((concat!("DELETE FROM jobs WHERE ", key_in!("id", "$1", "int8")), params![done]));
         }
         if !q.run.is_empty() {
             self.sent_ready |= q.state.iter().any(|s| s == "ready");

@@ -365,6 +365,12 @@ CREATE TABLE events (
         PRIMARY KEY (run_id, id)
      );
      ALTER TABLE runs ADD COLUMN log_bytes BIGINT NOT NULL DEFAULT 0, ADD COLUMN log_lines BIGINT NOT NULL DEFAULT 0;",
+    // 22: one run's ready jobs in claim order (`queue::CLAIM` takes the
+    // oldest few of its run's). Without it PostgreSQL read every ready job
+    // of the run at each claim, and sorted them, to take 16: a 2,000-step
+    // wide run's claims read 1,520 rows each (BENCHMARKS.md, "A run's rows
+    // by their key").
+    "CREATE INDEX jobs_ready_by_run ON jobs (run_id, id) WHERE state = 'ready';",
 ];
 
 /// Keeps blob `$2` under its id `$1` (once per content).

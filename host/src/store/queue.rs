@@ -821,6 +821,12 @@ impl PgStore {
         // no more than its estimate of the generic one's), 40-130 µs a
         // statement, 0.5 ms of a chain step's commit: plan them once.
         pipe.push("SET LOCAL plan_cache_mode = force_generic_plan", params![]);
+        // A run's transaction reads and writes its own rows and jobs, each
+        // by an index. A plan made while a table was small (a worker keeps
+        // it for its connection's life) would read the whole table at every
+        // statement once the table has grown: the queue's every job at each
+        // step's end (BENCHMARKS.md, "A run's rows by their key").
+        pipe.push("SET LOCAL enable_seqscan = off", params![]);
         let lock: [&(dyn ToSql + Sync); 1] = [&run_id];
         let busy: [&(dyn ToSql + Sync); 3] = [&run_id, &held.ids, &held.claims];
         let jobs: [&(dyn ToSql + Sync); 2] = [&held.ids, &held.claims];
@@ -1041,27 +1047,36 @@ macro_rules! next_attempt {
 }
 pub(super) use next_attempt;
 
-/// `idx = ANY($n)` of run `run_id = …` already in the statement, and
-/// between the array's least and greatest, so that PostgreSQL finds the
-/// rows by the whole key (run, step index) whatever it estimates.
+/// `column = ANY(array)`, and between the array's least and greatest
+/// (`ty`: its element type), so that PostgreSQL finds the rows by an index
+/// on the column (after any column before it, such as `run_id`) whatever it
+/// estimates.
 ///
-/// Without the bounds, the plan it keeps for these statements (generic: see
-/// `in_run`) looked up every row of the run by `run_id` alone and filtered
-/// them, because it costs `= ANY` of an array it has not seen as ten index
-/// descents and believes a run has a few rows (its statistics lag runs made
-/// since the last `ANALYZE`): every commit of a 500-step chain read the
-/// run's 500 rows four times (BENCHMARKS.md, "A run's rows by their key").
-/// Join conditions on `dag` (the steps of claimed jobs) are subqueries per
-/// row for the same reason.
-macro_rules! idx_in {
-    ($array:literal) => {
+/// Without the bounds, the plans it keeps for these statements (generic:
+/// see `in_run`) looked rows up by `run_id` alone and filtered every row of
+/// the run, or scanned the table: it costs `= ANY` of an array it has not
+/// seen as ten index descents, and believes a run has a few rows and the
+/// queue a few jobs (its statistics lag runs made since the last
+/// `ANALYZE`). Every commit of a 500-step chain read the run's 500 `dag`
+/// rows four times, and every step's end read every job of the queue
+/// (BENCHMARKS.md, "A run's rows by their key"). Join conditions on `dag`
+/// (the steps of claimed jobs) are subqueries per row for the same reason.
+macro_rules! key_in {
+    ($column:literal, $array:literal, $ty:literal) => {
         concat!(
-            "idx = ANY(", $array, ") AND idx BETWEEN (SELECT min(i) FROM unnest(", $array, "::int[]) i) AND (SELECT max(i) FROM unnest(",
-            $array, "::int[]) i)"
+            $column, " = ANY(", $array, ") AND ", $column, " BETWEEN (SELECT min(v) FROM unnest(", $array, "::", $ty,
+            "[]) v) AND (SELECT max(v) FROM unnest(", $array, "::", $ty, "[]) v)"
         )
     };
 }
+pub(super) use key_in;
 
+/// [`key_in`] for steps by index.
+macro_rules! idx_in {
+    ($array:literal) => {
+        key_in!("idx", $array, "int")
+    };
+}
 pub(super) use idx_in;
 
 /// Counts down the dependencies that steps `$2` of run `$1` wait for.
@@ -1169,7 +1184,9 @@ const CLAIM_FAIR: &str = concat!(
 const CLAIM_CHOSEN: &str = concat!(
     "WITH c AS (
         UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $2)
-        WHERE id = ANY($3) AND state = 'ready'",
+        WHERE ",
+    key_in!("id", "$3", "int8"),
+    " AND state = 'ready'",
     claimed_in_run!()
 );
 
@@ -1216,10 +1233,14 @@ const LOCK_RUN_TO_START: &str = concat!(run_row!(), " AND NOT run_started FOR UP
 
 /// Locks the jobs `$1` whose claim is still `$2` (a result is recorded only
 /// by the current claim), with how long ago their steps first started.
-const HOLD_JOBS: &str = "SELECT j.id, j.claim, j.attempt, j.lost, j.fuel_used, j.idx,
+const HOLD_JOBS: &str = concat!(
+    "SELECT j.id, j.claim, j.attempt, j.lost, j.fuel_used, j.idx,
            (SELECT EXTRACT(EPOCH FROM now() - d.first_started)::float8 FROM dag d WHERE d.run_id = j.run_id AND d.idx = j.idx)
     FROM jobs j JOIN unnest($1::int8[], $2::int8[]) AS c(id, claim) ON j.id = c.id AND j.claim = c.claim
-    WHERE j.state = 'claimed' ORDER BY j.id FOR UPDATE OF j";
+    WHERE j.state = 'claimed' AND ",
+    key_in!("j.id", "$1", "int8"),
+    " ORDER BY j.id FOR UPDATE OF j"
+);
 
 /// How many dependencies steps `$2` of run `$1` still wait for.
 const WAITING: &str = concat!("SELECT idx, waiting FROM dag WHERE run_id = $1 AND ", idx_in!("$2"));
