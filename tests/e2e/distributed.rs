@@ -487,11 +487,6 @@ fn a_claim_waiting_for_a_run_holds_none_of_its_steps() {
     assert_eq!(record["status"], "completed", "{record:#}");
 }
 
-/// A run's `log` quota counts the log every worker kept, as one process
-/// counts a local run's: twelve steps with the same log (two empty lines
-/// and two of 4 KiB each) keep the same lines on two workers as in
-/// process, within the run's 16 KiB: the first step all 8,196 bytes, the
-/// second its first three lines, each other step its first, empty line.
 /// What a run's transactions read grows with the steps they touch, not
 /// with the run: each commit of a 200-step chain finds its steps' `dag`
 /// rows by their key, and each claim of a 300-step wide run finds the
@@ -554,6 +549,11 @@ fn a_run_s_commits_and_claims_read_their_steps_rows_not_the_whole_run() {
     assert!(read <= 10 * steps as i64, "{read} `jobs` rows read for a wide run of {steps} steps: claims read more than the jobs they take");
 }
 
+/// A run's `log` quota counts the log every worker kept, as one process
+/// counts a local run's: twelve steps with the same log (two empty lines
+/// and two of 4 KiB each) keep the same lines on two workers as in
+/// process, within the run's 16 KiB: the first step all 8,196 bytes, the
+/// second its first three lines, each other step its first, empty line.
 #[test]
 fn a_run_s_log_quota_holds_across_workers() {
     let Some(schema) = PgSchema::create() else { return };

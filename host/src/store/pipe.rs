@@ -19,7 +19,7 @@ use super::queue::{idx_in, key_in};
 use crate::exec::{Event, SecretSpans};
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -255,21 +255,14 @@ impl Pipe {
         }
         // One statement per run (nearly always one), so that its rows are
         // found by their key (see `idx_in`).
-        let (runs, idx, blocks, outcomes) = ended;
-        let mut done = vec![false; runs.len()];
-        for k in 0..runs.len() {
-            if done[k] {
-                continue;
-            }
-            let (mut i, mut b, mut o) = (Vec::new(), Vec::new(), Vec::new());
-            for m in k..runs.len() {
-                if !done[m] && runs[m] == runs[k] {
-                    done[m] = true;
-                    i.push(idx[m]);
-                    b.push(blocks[m]);
-                    o.push(outcomes[m].clone());
-                }
-            }
+        let mut by_run: BTreeMap<String, (Vec<i32>, Vec<bool>, Vec<String>)> = BTreeMap::new();
+        for (((run, idx), blocks), outcome) in ended.0.into_iter().zip(ended.1).zip(ended.2).zip(ended.3) {
+            let (i, b, o) = by_run.entry(run).or_default();
+            i.push(idx);
+            b.push(blocks);
+            o.push(outcome);
+        }
+        for (run, (i, b, o)) in by_run {
             self.ops.push((
                 concat!(
                     "UPDATE dag SET finished = true, blocks = e.blocks, outcome = e.outcome
@@ -277,7 +270,7 @@ impl Pipe {
                  WHERE dag.run_id = $1 AND dag.idx = e.step AND dag.",
                     idx_in!("$2")
                 ),
-                params![runs[k].clone(), i, b, o],
+                params![run, i, b, o],
             ));
         }
     }
