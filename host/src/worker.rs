@@ -100,6 +100,20 @@ impl WorkerConfig {
     }
 }
 
+/// Free slots promised to one claim ([`Worker::reserve`]), given back
+/// when dropped.
+struct Reservation<'a> {
+    worker: &'a Worker,
+    /// How many.
+    slots: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.worker.reserved.fetch_sub(self.slots, Ordering::SeqCst);
+    }
+}
+
 /// A worker over one store, with a runner for its steps.
 pub struct Worker {
     store: Arc<PgStore>,
@@ -113,6 +127,11 @@ pub struct Worker {
     prepared: Mutex<HashMap<String, Arc<exec::Prepared>>>,
     /// Jobs held here, from their claim to their result's commit, by id.
     active: Mutex<HashMap<i64, Active>>,
+    /// Slots promised to claims in flight ([`Worker::reserve`]): the main
+    /// loop's claims and the commit loop's run at the same time, and each
+    /// counted the same free slots before this (a worker at
+    /// `--concurrency 2` held 3 jobs at once, at 16 up to 30).
+    reserved: std::sync::atomic::AtomicUsize,
     /// The slots of the steps of runs run whole here: each attempt of
     /// theirs holds one while it runs. Jobs are claimed only into slots
     /// that neither they nor such attempts hold ([`Worker::free`]); a whole
@@ -278,6 +297,7 @@ impl Worker {
             runs: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
+            reserved: std::sync::atomic::AtomicUsize::new(0),
             slots,
             holds: Mutex::new(HashSet::new()),
             whole_ended: Notify::new(),
@@ -358,7 +378,8 @@ impl Worker {
                                     Whole::Full => continue,
                                     Whole::No => {}
                                 }
-                                let outcome = self.store.start_run(&run_id, &run, self.claimer(self.free())).await?;
+                                let reserved = self.reserve();
+                                let outcome = self.store.start_run(&run_id, &run, self.claimer(reserved.slots)).await?;
                                 if outcome.stale {
                                     self.stale(&run_id);
                                 }
@@ -367,13 +388,15 @@ impl Worker {
                                 for job in outcome.claimed {
                                     self.spawn_job(job, done_tx.clone());
                                 }
+                                drop(reserved);
                             }
                             Err(ContextError::Store(e)) => return Err(e),
                             Err(ContextError::Load(e)) => self.abandon(&run_id, e).await?,
                         }
                     }
                 }
-                let free = self.free();
+                let reserved = self.reserve();
+                let free = reserved.slots;
                 if free > 0 && self.claimable.swap(false, Ordering::SeqCst) {
                     let claimed = self.store.claim(&self.config.name, &self.config.labels, free as i64, self.config.lease, self.only()).await;
                     let claimed = claimed.inspect_err(|_| self.claimable.store(true, Ordering::SeqCst))?;
@@ -385,10 +408,12 @@ impl Worker {
                     for job in claimed {
                         self.spawn_job(job, done_tx.clone());
                     }
+                    drop(reserved);
                     // Runs with a `concurrency`: claimed under each run's lock.
                     if self.free() > 0 {
                         for run_id in self.store.limited_runs_ready(&self.config.labels, self.only()).await? {
-                            let free = self.free();
+                            let reserved = self.reserve();
+                            let free = reserved.slots;
                             if free == 0 {
                                 busy = true;
                                 self.claimable.store(true, Ordering::SeqCst);
@@ -409,8 +434,11 @@ impl Worker {
                                 Err(ContextError::Store(e)) => return Err(e),
                                 Err(ContextError::Load(e)) => self.abandon(&run_id, e).await?,
                             }
+                            drop(reserved);
                         }
                     }
+                } else {
+                    drop(reserved);
                 }
                 if last_care.elapsed() >= self.config.care_every {
                     last_care = tokio::time::Instant::now();
@@ -513,17 +541,42 @@ impl Worker {
     }
 
     /// Slots free for more jobs: neither held by a job (until its result
-    /// is committed) nor by a running step of a run run whole.
+    /// is committed), nor promised to a claim in flight, nor held by a
+    /// running step of a run run whole.
     fn free(&self) -> usize {
-        self.config.concurrency.saturating_sub(self.busy())
+        let active = self.active.lock().expect("not poisoned");
+        self.free_beside(&active)
+    }
+
+    /// [`Worker::free`], with the jobs held (`active`, locked).
+    fn free_beside(&self, active: &HashMap<i64, Active>) -> usize {
+        let reserved = self.reserved.load(Ordering::SeqCst);
+        self.config.concurrency.saturating_sub(self.busy_beside(active) + reserved)
+    }
+
+    /// Promises every free slot to one claim until the reservation is
+    /// dropped: drop it once the jobs claimed are held ([`Worker::spawn_job`]).
+    /// Counted under the lock of the jobs held, so that two claims never
+    /// count one slot.
+    fn reserve(&self) -> Reservation<'_> {
+        let active = self.active.lock().expect("not poisoned");
+        let slots = self.free_beside(&active);
+        self.reserved.fetch_add(slots, Ordering::SeqCst);
+        Reservation { worker: self, slots }
     }
 
     /// Slots held: by jobs (until their results are committed) and by the
     /// running steps of runs run whole (which may exceed `--concurrency`
-    /// together: see `slots`).
+    /// together: see `slots`). Slots promised to a claim in flight are not
+    /// counted: nothing runs in them yet.
     fn busy(&self) -> usize {
+        self.busy_beside(&self.active.lock().expect("not poisoned"))
+    }
+
+    /// [`Worker::busy`], with the jobs held (`active`, locked).
+    fn busy_beside(&self, active: &HashMap<i64, Active>) -> usize {
         let whole = self.config.concurrency - self.slots.available_permits();
-        self.active.lock().expect("not poisoned").len() + whole
+        active.len() + whole
     }
 
     /// Whether `run` is run whole here ([`exec::core::runs_whole`]), or
@@ -893,7 +946,9 @@ impl Worker {
                     let copy = finished.clone();
                     // The slots these attempts free are this worker's to fill,
                     // from the jobs the results make ready, in the same transaction.
-                    let slots = if stop.is_cancelled() { 0 } else { self.free() + copy.len() };
+                    // Its own slots, and those free (promised to this claim).
+                    let reserved = (!stop.is_cancelled()).then(|| self.reserve());
+                    let slots = reserved.as_ref().map_or(0, |r| r.slots + copy.len());
                     let began = std::time::Instant::now();
                     match self.store.commit(&run_id, &run, finished, self.claimer(slots)).await {
                         // Loaded before the run's new attempt: commit again

@@ -2,7 +2,7 @@
 //! `submit`, `worker` processes, `runs follow`, `cancel`, workers killed
 //! mid-step, and the same results as an in-process run.
 
-use crate::support::{PgSchema, example, hostile, newest_run, root, run, sandflow};
+use crate::support::{PgSchema, blocking, example, hostile, newest_run, root, run, sandflow};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -76,7 +76,9 @@ impl Workers {
             .arg(&self.state)
             .arg("--store")
             .arg(&self.schema_url)
-            .args(["-q", "worker", "--concurrency", "2", "--lease", self.lease])
+            .args(["-q", "worker", "--lease", self.lease])
+            // Two slots, unless the test gives its own.
+            .args(if self.extra.contains(&"--concurrency") { &[][..] } else { &["--concurrency", "2"][..] })
             .args(labels)
             .args(&self.extra)
             .envs(self.env.iter().copied())
@@ -547,6 +549,73 @@ fn a_run_s_commits_and_claims_read_their_steps_rows_not_the_whole_run() {
     let read = rows_read("jobs") - before;
     assert!(read > 0, "the server reports the rows read");
     assert!(read <= 10 * steps as i64, "{read} `jobs` rows read for a wide run of {steps} steps: claims read more than the jobs they take");
+}
+
+/// A worker never holds more jobs than its `--concurrency`. Its main loop
+/// claims jobs for its free slots while its commits claim for the slots
+/// their results free, at the same time: each once counted the same free
+/// slots, and a worker at `--concurrency 2` held 3 jobs at once (at 16, up
+/// to 30), more attempts at once than its operator gave it room for.
+#[test]
+fn a_worker_holds_no_more_jobs_than_its_slots() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let steps: String = (1..=300).map(|i| format!("  - {{ id: s{i}, component: echo, input: {{ n: {i} }} }}\n")).collect();
+    let flow = state.path().join("wide.yaml");
+    std::fs::write(&flow, format!("name: wide\ncomponents:\n  echo: {{ path: '{}' }}\nsteps:\n{steps}", example("echo").display())).unwrap();
+    // An idle worker, woken by the runs' submissions. Their steps are not
+    // run whole: each is a job.
+    let mut workers = Workers::with_args(&schema, &state, 1, "30s", &[], &["--concurrency", "4", "--whole-runs", "0"]);
+    let started = Instant::now();
+    while schema.strings("SELECT to_regclass($1)::text", "jobs")[0].is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the worker made the store's tables");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The most jobs claimed at once, asked every half millisecond by the
+    // server itself until the run has ended (each statement of a volatile
+    // function sees what was committed when it began).
+    let function = "CREATE FUNCTION most_claimed() RETURNS text LANGUAGE plpgsql AS $f$
+         DECLARE most int := 0; now_claimed int; began timestamptz := clock_timestamp();
+         BEGIN
+           LOOP
+             SELECT count(*) INTO now_claimed FROM jobs WHERE state = 'claimed';
+             most := greatest(most, now_claimed);
+             EXIT WHEN clock_timestamp() - began > interval '60 seconds'
+               OR ((SELECT count(*) FROM runs) = 4 AND NOT EXISTS (SELECT 1 FROM runs WHERE status = 'running'));
+             PERFORM pg_sleep(0.0005);
+           END LOOP;
+           RETURN most::text;
+         END $f$";
+    let url = schema.url.clone();
+    blocking(async move {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.batch_execute(function).await.unwrap();
+    });
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn({
+        let url = schema.url.clone();
+        move || {
+            blocking(async move {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(conn);
+                let most = client.prepare("SELECT most_claimed()").await.unwrap();
+                ready_tx.send(()).unwrap();
+                client.query_one(&most, &[]).await.unwrap().get::<_, String>(0)
+            })
+        }
+    });
+    ready.recv().unwrap();
+    // Four runs: each one's start claims while the others' commits do.
+    let ids: Vec<String> = (0..4).map(|_| submit(&schema, &state, &flow)).collect();
+    for id in &ids {
+        let record = wait_end(&schema, &state, id, Duration::from_secs(60));
+        assert_eq!(record["status"], "completed", "{record:#}");
+    }
+    let most: usize = watcher.join().unwrap().parse().unwrap();
+    workers.kill_all();
+    assert!(most > 0, "the watcher saw the worker's jobs");
+    assert!(most <= 4, "a worker at --concurrency 4 held {most} jobs at once");
 }
 
 /// A run's `log` quota counts the log every worker kept, as one process
