@@ -412,16 +412,16 @@ impl Worker {
                     // Runs with a `concurrency`: claimed under each run's lock.
                     if self.free() > 0 {
                         for run_id in self.store.limited_runs_ready(&self.config.labels, self.only()).await? {
-                            let reserved = self.reserve();
-                            let free = reserved.slots;
-                            if free == 0 {
+                            if self.free() == 0 {
                                 busy = true;
                                 self.claimable.store(true, Ordering::SeqCst);
                                 break;
                             }
                             match self.context(&run_id).await {
                                 Ok(run) => {
-                                    let claimer = Claimer { others: true, ..self.claimer(free) };
+                                    // Reserved once the run is loaded (a load may compile).
+                                    let reserved = self.reserve();
+                                    let claimer = Claimer { others: true, ..self.claimer(reserved.slots) };
                                     let outcome = self.store.claim_in_run(&run_id, &run, claimer).await?;
                                     if outcome.stale {
                                         self.stale(&run_id);
@@ -430,11 +430,11 @@ impl Worker {
                                     for job in outcome.claimed {
                                         self.spawn_job(job, done_tx.clone());
                                     }
+                                    drop(reserved);
                                 }
                                 Err(ContextError::Store(e)) => return Err(e),
                                 Err(ContextError::Load(e)) => self.abandon(&run_id, e).await?,
                             }
-                            drop(reserved);
                         }
                     }
                 } else {
