@@ -586,12 +586,6 @@ fn a_worker_holds_no_more_jobs_than_its_slots() {
            END LOOP;
            RETURN most::text;
          END $f$";
-    let url = schema.url.clone();
-    blocking(async move {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        client.batch_execute(function).await.unwrap();
-    });
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let watcher = std::thread::spawn({
         let url = schema.url.clone();
@@ -599,6 +593,7 @@ fn a_worker_holds_no_more_jobs_than_its_slots() {
             blocking(async move {
                 let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
                 tokio::spawn(conn);
+                client.batch_execute(function).await.unwrap();
                 let most = client.prepare("SELECT most_claimed()").await.unwrap();
                 ready_tx.send(()).unwrap();
                 client.query_one(&most, &[]).await.unwrap().get::<_, String>(0)
