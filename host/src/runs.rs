@@ -185,6 +185,7 @@ impl Recorder {
             },
             waits: recorded_waits(record),
             mailbox: Some(Arc::new(StoreMailbox(self.store.clone()))),
+            hand_off: CancellationToken::new(),
         };
         Ok(self.execute(prepared, record.input.clone(), options, display, settings.otlp, cancel).await)
     }

@@ -59,9 +59,10 @@ pub struct WorkerConfig {
     pub labels: Vec<String>,
     /// How often runs whose workers were lost are looked after.
     pub care_every: Duration,
-    /// Runs of at most this many steps that need nothing another worker
-    /// has are run whole by the worker that starts them
-    /// ([`exec::core::runs_whole`]); 0: every run goes step by step.
+    /// Runs of at most this many steps, or chains of any length, that
+    /// need nothing another worker has are run whole by the worker that
+    /// starts them ([`exec::core::runs_whole`]); 0: every run goes step
+    /// by step.
     pub whole_runs: usize,
     /// Works on this run only, as the worker inside `sandflow run`,
     /// `resume` and `retry` does: it starts, claims and looks after no
@@ -144,8 +145,12 @@ pub struct Worker {
     slots: Arc<tokio::sync::Semaphore>,
     /// Runs run whole here, by id: those whose holds it renews.
     holds: Mutex<HashSet<String>>,
-    /// A run run whole here ended.
+    /// A run run whole here ended, or was handed over.
     whole_ended: Notify,
+    /// Fired as the worker stops: the runs it runs whole start no more
+    /// steps, and once none of theirs runs they are handed over to other
+    /// workers ([`PgStore::hand_over`]).
+    hand_off: CancellationToken,
     /// Something may be claimable: a notification, or a local commit.
     wake: Notify,
     /// A notification or the timer came: look for new runs too (a local
@@ -301,6 +306,7 @@ impl Worker {
             slots,
             holds: Mutex::new(HashSet::new()),
             whole_ended: Notify::new(),
+            hand_off: CancellationToken::new(),
             wake: Notify::new(),
             look_for_runs: std::sync::atomic::AtomicBool::new(true),
             claimable: std::sync::atomic::AtomicBool::new(true),
@@ -507,8 +513,10 @@ impl Worker {
                 }
             }
         }
-        // Attempts in hand finish and are committed, runs run whole here
-        // end; nothing new is claimed or started.
+        // Attempts in hand finish and are committed, as do the running
+        // steps of runs run whole here, which are then handed over;
+        // nothing new is claimed or started.
+        self.hand_off.cancel();
         drop(done_tx);
         let _ = committer.await;
         loop {
@@ -642,15 +650,26 @@ impl Worker {
             }
             let watcher = tokio::spawn(crate::runs::watch_cancel(store, run_id.clone(), cancel.clone(), options.skip_finally.clone(), false));
             let prepared = run.ctx.prepared().clone();
+            options.hand_off = worker.hand_off.clone();
             let report = exec::Executor::new(runner, Arc::new(sink)).run(prepared, run.input.clone(), options, cancel).await;
             watcher.abort();
+            let name = &worker.config.name;
             if failed.load(Ordering::SeqCst) {
                 // Looked after at once, not when the hold lapses.
-                if let Err(e) = worker.store.release_hold(&run_id, &worker.config.name).await {
-                    tracing::warn!("worker {}: cannot give up run {run_id}: {e}", worker.config.name);
+                if let Err(e) = worker.store.release_hold(&run_id, name).await {
+                    tracing::warn!("worker {name}: cannot give up run {run_id}: {e}");
+                }
+            } else if report.state == exec::RunState::Running {
+                // Handed off as this worker stops: its steps that ended are
+                // recorded; other workers go on with the rest now.
+                if let Err(e) = worker.store.hand_over(&run_id, name).await {
+                    tracing::warn!("worker {name}: cannot hand run {run_id} over ({e}); another worker goes on with it once its hold lapses");
                 }
             }
-            tracing::info!("worker {}: run {run_id} ran whole here: {}", worker.config.name, report.state.as_str());
+            match report.state {
+                exec::RunState::Running => tracing::info!("worker {name}: run {run_id} ran whole here until it stopped"),
+                state => tracing::info!("worker {name}: run {run_id} ran whole here: {}", state.as_str()),
+            }
             worker.holds.lock().expect("not poisoned").remove(&run_id);
             worker.whole_ended.notify_waiters();
             worker.look_for_runs.store(true, Ordering::SeqCst);

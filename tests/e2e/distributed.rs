@@ -672,21 +672,39 @@ fn a_run_run_whole_by_a_killed_worker_goes_on_on_another() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
-/// A worker stopped with SIGINT while it runs a run whole finishes the
-/// run before it exits, as it finishes the steps it holds.
+/// A chain of any length runs whole on one worker (66 steps here, past
+/// `--whole-runs`' 64). Stopped with SIGINT, the worker lets the running
+/// step end and records it, starts nothing more, and hands the run over:
+/// it exits once that step ends, not the run. Another worker goes on with
+/// the run step by step as its next attempt, keeping the step that
+/// succeeded, and the run completes with one success per step.
 #[test]
-fn a_stopped_worker_finishes_the_runs_it_runs_whole() {
+fn a_stopped_worker_hands_over_the_runs_it_runs_whole() {
     let Some(schema) = PgSchema::create() else { return };
     let state = tempfile::tempdir().unwrap();
-    let steps = "{ id: nap, component: sleep, input: { ms: 1000 } }\n  - { id: after, component: sleep, needs: [nap], input: { ms: 1 } }";
-    let (id, mut workers) = submit_sleeper(&schema, &state, steps, "5s", &[]);
+    let mut steps = "{ id: nap, component: sleep, input: { ms: 1000 } }\n  - { id: after, component: sleep, needs: [nap], input: { ms: 1000 } }".to_string();
+    let mut before = "after".to_string();
+    for i in 0..64 {
+        steps += &format!("\n  - {{ id: s{i}, component: sleep, needs: [{before}], input: {{ ms: 1 }} }}");
+        before = format!("s{i}");
+    }
+    let (id, mut workers) = submit_sleeper(&schema, &state, &steps, "5s", &[]);
+    let held = schema.strings("SELECT COALESCE(held_by, '') || ' ' || (SELECT COUNT(*) FROM dag WHERE run_id = $1) FROM runs WHERE id = $1", &id);
+    let (holder, dag) = held[0].split_once(' ').unwrap();
+    assert!(!holder.is_empty() && dag == "0", "run whole, though longer than --whole-runs: {held:?}");
     let worker = workers.children.remove(0);
     assert!(Command::new("kill").args(["-INT", &worker.id().to_string()]).status().unwrap().success());
     let out = worker.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
+    let recorded = schema.strings("SELECT step || ' ' || state FROM steps WHERE run_id = $1 ORDER BY step", &id);
+    assert_eq!(recorded, ["nap succeeded"], "the running step ended and was recorded; `after` never started");
     let record = show(&schema, &state, &id);
-    assert_eq!(record["status"], "completed", "ended before the worker exited: {record:#}");
-    assert_eq!(record["attempt"], 1, "{record:#}");
+    assert_eq!((&record["status"], &record["attempt"]), (&json!("running"), &json!(2)), "handed over as its next attempt: {record:#}");
+    assert_eq!(schema.strings("SELECT COUNT(*)::text FROM runs WHERE id = $1 AND held_by IS NULL", &id), ["1"], "no hold is left");
+    let _others = Workers::with_args(&schema, &state, 1, "5s", &[], &[]);
+    let record = wait_end(&schema, &state, &id, Duration::from_secs(30));
+    assert_eq!((&record["status"], &record["attempt"]), (&json!("completed"), &json!(2)), "{record:#}");
+    assert_one_success_per_step(&schema, &id, 66);
 }
 
 /// `sandflow cancel` reaches a step running on a worker within a second.

@@ -195,6 +195,49 @@ steps:
     assert_eq!(step(&report, "next").state, StepState::Cancelled);
 }
 
+/// [`run_with`], handed off after `after`.
+async fn run_handed_off(yaml: &str, after: Duration) -> (RunReport, Vec<Event>, usize, Duration) {
+    let hand_off = CancellationToken::new();
+    let fire = hand_off.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        fire.cancel();
+    });
+    let options = RunOptions { concurrency: Some(2), hand_off, ..RunOptions::default() };
+    run_with(yaml, options, CancellationToken::new()).await
+}
+
+/// A run handed off (a stopping worker's) starts no step after that: the
+/// steps running end as they would, and it returns `running`, its end not
+/// told, with the steps that ended.
+#[tokio::test(start_paused = true)]
+async fn a_run_handed_off_starts_nothing_more_and_returns_once_its_running_steps_end() {
+    let yaml = "steps:
+  - { id: a, component: sleep, input: { ms: 1000 } }
+  - { id: b, component: sleep, input: { ms: 3000 } }
+  - { id: c, component: echo, needs: [a] }
+  - { id: d, component: echo, needs: [b] }
+";
+    let (report, events, _, elapsed) = run_handed_off(yaml, Duration::from_millis(500)).await;
+    assert_eq!(report.state, RunState::Running, "{report:?}");
+    assert_eq!(elapsed, Duration::from_secs(3), "b's end, not c's or d's");
+    let ended: Vec<(&str, StepState)> = report.steps.iter().map(|s| (s.id.as_str(), s.state)).collect();
+    assert_eq!(ended, [("a", StepState::Succeeded), ("b", StepState::Succeeded)]);
+    assert_eq!(step(&report, "b").output, Some(json!({"ms": 3000})));
+    let started: Vec<&str> = events.iter().filter_map(|e| if let Event::StepStarted { step, .. } = e { Some(step.as_str()) } else { None }).collect();
+    assert_eq!(started, ["a", "b"], "c was ready at 1s, after the hand-off");
+    assert!(!events.iter().any(|e| matches!(e, Event::RunFinished { .. })), "its end is not told: {events:?}");
+
+    // Handed off while its last step runs, a run has nothing left to hand over: it ends.
+    let chain = "steps:
+  - { id: a, component: sleep, input: { ms: 1000 } }
+  - { id: b, component: echo, needs: [a], input: { v: 1 } }
+";
+    let (report, events, _, _) = run_handed_off(chain, Duration::from_millis(1500)).await;
+    assert_eq!((report.state, step(&report, "b").state), (RunState::Completed, StepState::Succeeded), "{report:?}");
+    assert!(events.iter().any(|e| matches!(e, Event::RunFinished { .. })));
+}
+
 #[tokio::test(start_paused = true)]
 async fn for_each_items_run_at_the_step_s_own_concurrency() {
     let yaml = "steps:

@@ -110,11 +110,13 @@ pub(crate) struct WorkerArgs {
     /// does: any number of schedulers may run, each tick starts one run.
     #[arg(long)]
     scheduler: bool,
-    /// Runs of at most N steps, none of which waits, runs `forEach` items
-    /// or a nested workflow or needs a label this worker lacks, run whole
-    /// on the worker that starts them: in its memory, recorded in a few
+    /// Runs of at most N steps, or chains of any length (each step needs
+    /// the one before), none of which waits, runs `forEach` items or a
+    /// nested workflow or needs a label this worker lacks, run whole on
+    /// the worker that starts them: in its memory, recorded in a few
     /// transactions instead of one per step, under a hold another worker
-    /// takes over if this one is lost. 0: every run goes step by step.
+    /// takes over if this one is lost. A worker that stops hands them
+    /// over once their running steps end. 0: every run goes step by step.
     #[arg(long, value_name = "N", default_value_t = WorkerConfig::WHOLE_RUNS)]
     whole_runs: usize,
 }

@@ -441,7 +441,10 @@ impl WaitKind {
 ///
 /// A run is run whole when it is its first attempt (a `retry`, `resume`,
 /// or a run whose holder was lost goes step by step), and it has at most
-/// `max_steps` steps (`worker --whole-runs`; 0: none), none of which waits
+/// `max_steps` steps (`worker --whole-runs`; 0: none) or is a chain of
+/// any length ([`one_at_a_time`]: more workers cannot run it sooner, and
+/// one runs it without a transaction per step deciding what is next;
+/// BENCHMARKS.md, "Chains run whole"), and none of its steps waits
 /// (`wait:`, `/builtin/sleep`, `/builtin/signal`, `/builtin/approval`: a
 /// waiting step holds no worker), runs `forEach` items (how many is only
 /// known as it runs) or a nested `workflow:`, or needs a `runs_on` label
@@ -454,7 +457,7 @@ pub fn runs_whole(plan: &Plan, attempt: u32, labels: &[String], max_steps: usize
     if attempt > 1 {
         return Err(format!("attempt {attempt} of the run goes step by step"));
     }
-    if steps.len() > max_steps {
+    if steps.len() > max_steps && (max_steps == 0 || !one_at_a_time(plan)) {
         return Err(format!("{} steps, more than --whole-runs {max_steps}", steps.len()));
     }
     for s in steps.iter() {
@@ -472,6 +475,32 @@ pub fn runs_whole(plan: &Plan, attempt: u32, labels: &[String], max_steps: usize
         return Err(format!("step `{}` {why}", s.id));
     }
     Ok(())
+}
+
+/// Whether `plan`'s steps can only ever run one at a time: in each
+/// phase (`steps`, then `finally`), each step needs the one before it, so
+/// that whatever ends, at most one step is ready.
+pub fn one_at_a_time(plan: &Plan) -> bool {
+    let n = plan.workflow.steps.len();
+    [0..plan.main, plan.main..n].into_iter().all(|phase| {
+        // Kahn's order of the phase: a chain has one step ready at each turn.
+        let mut waiting: Vec<usize> = phase.clone().map(|i| plan.deps[i].iter().filter(|d| phase.contains(d)).count()).collect();
+        let mut ready: Vec<usize> = phase.clone().filter(|&i| waiting[i - phase.start] == 0).collect();
+        let mut seen = 0;
+        while let Some(i) = ready.pop() {
+            if !ready.is_empty() {
+                return false;
+            }
+            seen += 1;
+            for &d in plan.dependents[i].iter().filter(|d| phase.contains(d)) {
+                waiting[d - phase.start] -= 1;
+                if waiting[d - phase.start] == 0 {
+                    ready.push(d);
+                }
+            }
+        }
+        seen == phase.len()
+    })
 }
 
 /// A signal sent to a waiting step (`sandflow signal`).
@@ -827,8 +856,31 @@ steps:
     }
 
     #[test]
+    fn a_chain_is_a_run_whose_steps_run_one_at_a_time_in_each_phase() {
+        let cases = [
+            ("  - { id: a, component: /builtin/eval }\n", true),
+            ("  - { id: a, component: /builtin/eval }\n  - { id: b, component: /builtin/eval }\n", false),
+            // Dependencies beyond the one before do not widen it.
+            ("  - { id: a, component: /builtin/eval }\n  - { id: b, component: /builtin/eval, needs: [a] }\n  - { id: c, component: /builtin/eval, needs: [a, b] }\n", true),
+            // A diamond has two steps that may run at once.
+            (
+                "  - { id: a, component: /builtin/eval }\n  - { id: b, component: /builtin/eval, needs: [a] }\n  - { id: c, component: /builtin/eval, needs: [a] }\n  - { id: d, component: /builtin/eval, needs: [b, c] }\n",
+                false,
+            ),
+            // Listed in any order.
+            ("  - { id: b, component: /builtin/eval, needs: [a] }\n  - { id: a, component: /builtin/eval }\n", true),
+            // `finally` is a phase of its own: a chain after a chain.
+            ("  - { id: a, component: /builtin/eval }\nfinally:\n  - { id: f, component: /builtin/eval }\n  - { id: g, component: /builtin/eval, needs: [f] }\n", true),
+            ("  - { id: a, component: /builtin/eval }\nfinally:\n  - { id: f, component: /builtin/eval }\n  - { id: g, component: /builtin/eval }\n", false),
+        ];
+        for (steps, chain) in cases {
+            assert_eq!(one_at_a_time(&workflow(&format!("name: c\nsteps:\n{steps}"))), chain, "{steps}");
+        }
+    }
+
+    #[test]
     fn a_small_run_that_needs_nothing_else_runs_whole() {
-        let small = workflow("name: s\nsteps:\n  - { id: a, component: /builtin/eval }\n  - { id: b, component: /builtin/eval, needs: [a], runs_on: [gpu] }\n");
+        let small = workflow("name: s\nsteps:\n  - { id: a, component: /builtin/eval }\n  - { id: b, component: /builtin/eval, runs_on: [gpu] }\n");
         let gpu = ["gpu".to_string()];
         assert_eq!(runs_whole(&small, 1, &gpu, 64), Ok(()));
         assert_eq!(runs_whole(&small, 1, &gpu, 2), Ok(()));
@@ -836,6 +888,13 @@ steps:
         assert_eq!(runs_whole(&small, 1, &gpu, 0).unwrap_err(), "2 steps, more than --whole-runs 0");
         assert_eq!(runs_whole(&small, 1, &[], 64).unwrap_err(), "step `b` needs a runs_on label this worker does not offer");
         assert_eq!(runs_whole(&small, 2, &gpu, 64).unwrap_err(), "attempt 2 of the run goes step by step");
+        // A chain, however long, runs whole (but with --whole-runs 0).
+        let chain = |n: usize| {
+            let steps: String = (0..n).map(|i| format!("  - {{ id: s{i}, component: /builtin/eval{} }}\n", if i > 0 { format!(", needs: [s{}]", i - 1) } else { String::new() })).collect();
+            workflow(&format!("name: c\nsteps:\n{steps}"))
+        };
+        assert_eq!(runs_whole(&chain(500), 1, &[], 64), Ok(()));
+        assert_eq!(runs_whole(&chain(500), 1, &[], 0).unwrap_err(), "500 steps, more than --whole-runs 0");
         // FLOW's `each` runs forEach items.
         assert_eq!(runs_whole(&workflow(FLOW), 1, &[], 64).unwrap_err(), "step `each` runs forEach items");
         let waits = [

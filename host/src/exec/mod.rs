@@ -102,6 +102,11 @@ pub struct RunOptions {
     /// Where signals to the run's waiting steps arrive (`sandflow signal`);
     /// none: a run no store records, which no signal can reach.
     pub mailbox: Option<Arc<dyn Mailbox>>,
+    /// Hands the run over, unfinished: once it fires, no step starts; the
+    /// steps running end as they would, and once none runs the run
+    /// returns as it stands, `running`, its end not told (a stopping
+    /// worker hands the runs it runs whole to other workers so).
+    pub hand_off: CancellationToken,
 }
 
 /// Where signals sent to a run's waiting steps are found: the run's store.
@@ -148,6 +153,7 @@ impl Default for RunOptions {
             trigger: RunTrigger::default(),
             waits: BTreeMap::new(),
             mailbox: None,
+            hand_off: CancellationToken::new(),
         }
     }
 }
@@ -183,7 +189,8 @@ pub struct StepReport {
 pub struct RunReport {
     /// The run's id.
     pub run_id: String,
-    /// How it ended.
+    /// How it ended; `running` for a run handed off unfinished
+    /// ([`RunOptions::hand_off`]).
     pub state: RunState,
     /// Its output, for a run that completed.
     pub output: Option<Value>,
@@ -192,7 +199,7 @@ pub struct RunReport {
     /// Set when the end of the run could not be recorded (the record says
     /// it is still running): the run is `failed` with this message.
     pub unrecorded: Option<String>,
-    /// Every step, in file order.
+    /// Every step, in file order (of a run handed off, those that ended).
     pub steps: Vec<StepReport>,
 }
 
@@ -355,7 +362,7 @@ impl Executor {
         // The dispatcher runs as a task of its own, so the step tasks it
         // spawns start on its worker (tokio's LIFO slot) and report back
         // without a thread hand-off per step.
-        let mut report = tokio::spawn(dispatch(ctx, input, sink, cancel))
+        let mut report = tokio::spawn(dispatch(ctx, input, sink, cancel, options.hand_off))
             .await
             .expect("the dispatcher does not panic");
         if !redactor.is_empty() {
@@ -485,7 +492,8 @@ fn nested_run(
         mailbox: None,
     });
     let sink = parent.nested_events.clone().unwrap_or_else(|| Arc::new(NoEvents));
-    Box::pin(dispatch(ctx, input, sink, cancel))
+    // A nested run is part of its step: it is not handed off by itself.
+    Box::pin(dispatch(ctx, input, sink, cancel, CancellationToken::new()))
 }
 
 /// The CPUs this process may use (its cgroup's quota counts), 4 when that
@@ -540,7 +548,7 @@ impl Ctx {
     }
 }
 
-async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel: CancellationToken) -> RunReport {
+async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel: CancellationToken, hand_off: CancellationToken) -> RunReport {
     let plan = ctx.prepared.plan.clone();
     let wf = &plan.workflow;
     let n = wf.steps.len();
@@ -588,7 +596,8 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
     loop {
         // A StepFlow flow's steps run only when needed (see `demand`).
         infallible(m.apply_demand().await);
-        while !m.halted() && m.ledger.running < limit {
+        let handing_off = hand_off.is_cancelled();
+        while !handing_off && !m.halted() && m.ledger.running < limit {
             // `wait:` steps whose time came start first: they were ready
             // before any step that became ready while they waited.
             let (i, work) = match m.ledger.woken.pop_front() {
@@ -652,9 +661,15 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                     }
                     continue;
                 }
+                Settled::Ended => break,
+                // Steps are left that this process does not start.
+                Settled::Waiting if handing_off => {}
                 // Nothing runs and nothing can start: every step has ended.
-                Settled::Ended | Settled::Waiting => break,
+                Settled::Waiting => break,
             }
+        }
+        if handing_off && m.ledger.running == 0 {
+            return handed_off(m, &sink, &run_id).await;
         }
         let (phase_cancel, deadline) = (m.ledger.phase.current.clone(), m.ledger.phase.deadline);
         let wake = m.ledger.parked.iter().filter_map(|p| p.wake).min();
@@ -677,6 +692,7 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
                     m.ledger.phase.steps.cancel();
                 }
             }
+            _ = hand_off.cancelled(), if !handing_off => {}
             _ = phase_cancel.cancelled(), if Stop::cancel_applies(m.progress.stop) => {
                 m.cancel();
                 m.ledger.phase.steps.cancel();
@@ -714,17 +730,29 @@ async fn dispatch(ctx: Arc<Ctx>, input: Value, sink: Arc<dyn EventSink>, cancel:
         state = RunState::Failed;
         error = Some(message.clone());
     }
-    let steps = reports
-        .into_iter()
-        .map(|r| {
-            let mut r = r.expect("every step has a report");
-            // The sinks are done with the run's events: the output is
-            // taken, not copied.
-            r.output = outputs.remove(&r.id).flatten().map(|v| Arc::try_unwrap(v).unwrap_or_else(|v| (*v).clone()));
-            r
-        })
-        .collect();
+    let steps = reports.into_iter().map(|r| with_output(r.expect("every step has a report"), &mut outputs)).collect();
     RunReport { run_id, state, output: output.map(Arc::unwrap_or_clone), error, unrecorded, steps }
+}
+
+/// The run, handed off ([`RunOptions::hand_off`]) with no step running:
+/// what it recorded is made durable, and it returns `running`, with the
+/// steps that ended (its waiting steps stay recorded as waiting). Whoever
+/// goes on with it reads the rest from the run's record.
+async fn handed_off(mut m: RunMachine<'_, Book<'_>>, sink: &Arc<dyn EventSink>, run_id: &str) -> RunReport {
+    if let Some(token) = m.ledger.phase.ours.take() {
+        token.cancel();
+    }
+    let unrecorded = sink.barrier().await.err().map(|e| unrecorded_message(&e, run_id));
+    let Book { mut outputs, reports, .. } = m.ledger;
+    let steps = reports.into_iter().flatten().map(|r| with_output(r, &mut outputs)).collect();
+    RunReport { run_id: run_id.to_string(), state: RunState::Running, output: None, error: unrecorded.clone(), unrecorded, steps }
+}
+
+/// Step report `r` with its output, taken from the run's `outputs` (the
+/// sinks are done with the run's events: taken, not copied).
+fn with_output(mut r: StepReport, outputs: &mut BTreeMap<String, Option<Arc<Value>>>) -> StepReport {
+    r.output = outputs.remove(&r.id).flatten().map(|v| Arc::try_unwrap(v).unwrap_or_else(|v| (*v).clone()));
+    r
 }
 
 /// A step that waits ([`Wait`]), in this process: it holds no slot.

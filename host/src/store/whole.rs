@@ -200,6 +200,31 @@ impl PgStore {
     /// next attempt, a resume: what succeeded is kept, the rest runs
     /// again. Returns whether it did.
     pub async fn recover_lapsed(&self, run_id: &str) -> Result<bool, StoreError> {
+        let attempt = self.go_on_step_by_step(run_id, None).await?;
+        if let Some(attempt) = attempt {
+            tracing::warn!("run {run_id}: its worker's hold lapsed; attempt {attempt} goes on step by step, keeping what succeeded");
+        }
+        Ok(attempt.is_some())
+    }
+
+    /// `worker`, stopping, hands run `run_id` it holds over to other
+    /// workers at once (it ran it whole until no step of it ran: see
+    /// [`crate::exec::RunOptions::hand_off`]): the run goes on step by
+    /// step as its next attempt, as after a lapsed hold. Returns whether
+    /// it did (not if the hold was lost meanwhile: whoever took it over
+    /// goes on with it).
+    pub async fn hand_over(&self, run_id: &str, worker: &str) -> Result<bool, StoreError> {
+        let attempt = self.go_on_step_by_step(run_id, Some(worker)).await?;
+        if let Some(attempt) = attempt {
+            tracing::info!("run {run_id}: worker {worker} stopped and handed it over; attempt {attempt} goes on step by step, keeping what succeeded");
+        }
+        Ok(attempt.is_some())
+    }
+
+    /// Ends the hold on running run `run_id`, that of `by` or else one
+    /// that lapsed, and makes the run its next attempt, a resume, which
+    /// any worker starts step by step. Returns that attempt.
+    async fn go_on_step_by_step(&self, run_id: &str, by: Option<&str>) -> Result<Option<i32>, StoreError> {
         let client = self.client().await?;
         let rerun = serde_json::to_string(&crate::runs::Rerun::Resume).expect("a Rerun always serializes");
         let row = client
@@ -208,17 +233,15 @@ impl PgStore {
                     "WITH r AS (UPDATE runs SET ",
                     next_attempt!(),
                     ", held_by = NULL, held_until = NULL
-                        WHERE id = $1 AND held_by IS NOT NULL AND held_until < now() AND status = 'running'
+                        WHERE id = $1 AND held_by IS NOT NULL AND status = 'running'
+                          AND CASE WHEN $4::text IS NULL THEN held_until < now() ELSE held_by = $4 END
                         RETURNING attempt)
                      SELECT r.attempt, pg_notify($3, '') FROM r"
                 ),
-                &[&run_id, &rerun, &JOBS_CHANNEL],
+                &[&run_id, &rerun, &JOBS_CHANNEL, &by],
             )
             .await
             .map_err(db)?;
-        if let Some(row) = &row {
-            tracing::warn!("run {run_id}: its worker's hold lapsed; attempt {} goes on step by step, keeping what succeeded", row.get::<_, i32>(0));
-        }
-        Ok(row.is_some())
+        Ok(row.map(|r| r.get::<_, i32>(0)))
     }
 }
