@@ -642,6 +642,39 @@ fn a_run_s_log_quota_holds_across_workers() {
     assert_eq!(schema.strings(kept, &id), [format!("{} {}", in_process.0, in_process.1)], "lines and bytes kept on workers");
 }
 
+/// The fence of a run run whole, attacked directly: a worker whose hold
+/// another worker took over writes nothing more (its batch is refused
+/// whole: no step row, no event), and a batch whose commit's answer was
+/// lost, sent again, is found written and is not written twice.
+#[test]
+fn a_batch_of_a_worker_that_lost_its_hold_writes_nothing() {
+    use sandflow::exec::Event;
+    use sandflow::store::whole::{Recorded, WholeStart};
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let flow = state.path().join("one.yaml");
+    std::fs::write(&flow, format!("name: one\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {{ id: nap, component: sleep }}\n", hostile("sleep").display())).unwrap();
+    let id = submit(&schema, &state, &flow);
+    let started = |worker: &str| Event::StepStarted { run_id: id.clone(), step: "nap".into(), attempt: 1, item: None, worker: Some(worker.into()) };
+    let recorded = || schema.strings("SELECT (SELECT COUNT(*) FROM steps WHERE run_id = $1)::text || ' ' || (SELECT COUNT(*) FROM events WHERE run_id = $1)::text", &id);
+    blocking(async {
+        let store = sandflow::store::PgStore::connect(&schema.url).await.unwrap();
+        let WholeStart::Held(mut hold) = store.start_whole(&id, "w1", 1, Duration::from_secs(30)).await.unwrap() else { panic!("not held") };
+        let before = recorded();
+        // A batch committed whose answer was lost: the worker sends it again.
+        let mut lost_answer = hold.clone();
+        assert_eq!(store.record_whole(&mut hold, vec![started("w1")]).await.unwrap(), Recorded::Yes);
+        let once = recorded();
+        assert_ne!(once, before, "the batch was written");
+        assert_eq!(store.record_whole(&mut lost_answer, vec![started("w1")]).await.unwrap(), Recorded::Yes);
+        assert_eq!((recorded(), lost_answer.seq), (once.clone(), hold.seq), "found written, not written twice");
+        // Another worker holds the run now.
+        schema.strings("UPDATE runs SET held_by = 'w2' WHERE id = $1 RETURNING id", &id);
+        assert_eq!(store.record_whole(&mut hold, vec![started("w1")]).await.unwrap(), Recorded::HoldLost);
+        assert_eq!(recorded(), once, "nothing written by the worker that lost its hold");
+    });
+}
+
 /// A small run runs whole on the worker that starts it: no job or DAG row,
 /// every step recorded with that worker, its events streamed to `runs
 /// follow`. SIGKILLed mid-run, the worker's hold lapses, and another

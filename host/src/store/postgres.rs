@@ -371,6 +371,15 @@ CREATE TABLE events (
     // wide run's claims read 1,520 rows each (BENCHMARKS.md, "A run's rows
     // by their key").
     "CREATE INDEX jobs_ready_by_run ON jobs (run_id, id) WHERE state = 'ready';",
+    // 23: the fence of a batch of a run run whole (`whole::record_whole`),
+    // sent with the batch's writes: it fails the transaction, so that
+    // nothing after it is written, when the worker no longer holds the run.
+    "CREATE OR REPLACE FUNCTION sandflow_still_held(held BOOLEAN, run TEXT, worker TEXT) RETURNS VOID LANGUAGE plpgsql AS $$
+     BEGIN
+         IF NOT held THEN
+             RAISE EXCEPTION 'worker % no longer holds run %', worker, run USING ERRCODE = 'SF001';
+         END IF;
+     END $$;",
 ];
 
 /// Keeps blob `$2` under its id `$1` (once per content).

@@ -114,34 +114,18 @@ impl PgStore {
         // The fence and the run row's bookkeeping in one statement, first
         // (the run's row is locked before its steps'): it changes the row
         // only if this worker still holds the run and its stream is where
-        // this worker left it.
-        let fenced = pipe
-            .query(
-                tx,
-                "UPDATE runs SET events = $5,
+        // this worker left it, and otherwise fails the transaction, so
+        // that the writes sent with it do nothing. One round trip for the
+        // batch, not one for the fence and another for the writes.
+        pipe.push(
+            "WITH fenced AS (
+                 UPDATE runs SET events = $5,
                         held_by = CASE WHEN $6 THEN NULL ELSE held_by END,
                         held_until = CASE WHEN $6 THEN NULL ELSE now() + make_interval(secs => $7) END
-                 WHERE id = $1 AND held_by = $2 AND attempt = $3 AND events = $4 RETURNING 1",
-                &[&hold.run_id, &hold.worker, &attempt, &hold.seq, &seq, &ended, &hold.lease.as_secs_f64()],
-            )
-            .await
-            .map_err(db)?;
-        if fenced.is_empty() {
-            tx.batch_execute("ROLLBACK").await.map_err(db)?;
-            let at = tx
-                .query_opt("SELECT events FROM runs WHERE id = $1 AND (held_by = $2 OR held_by IS NULL) AND attempt = $3", &[&hold.run_id, &hold.worker, &attempt])
-                .await
-                .map_err(db)?
-                .map(|r| r.get::<_, i32>(0));
-            conn.finished();
-            // The stream went on by this very batch: its commit's answer was
-            // lost (the last batch let go of the hold as it ended).
-            if streamed > 0 && at == Some(seq) {
-                hold.seq = seq;
-                return Ok(Recorded::Yes);
-            }
-            return Ok(Recorded::HoldLost);
-        }
+                 WHERE id = $1 AND held_by = $2 AND attempt = $3 AND events = $4 RETURNING 1)
+             SELECT sandflow_still_held(EXISTS (SELECT 1 FROM fenced), $1, $2)",
+            params![hold.run_id.clone(), hold.worker.clone(), attempt, hold.seq, seq, ended, hold.lease.as_secs_f64()],
+        );
         let mut at = hold.seq;
         let superseded = super::superseded(&events);
         for (mut event, superseded) in events.into_iter().zip(superseded) {
@@ -160,7 +144,27 @@ impl PgStore {
         if streamed > 0 {
             pipe.push(NOTIFY, params![EVENTS_CHANNEL, hold.run_id.clone()]);
         }
-        pipe.send(tx).await.map_err(db)?;
+        if let Err(e) = pipe.send(tx).await {
+            tx.batch_execute("ROLLBACK").await.map_err(db)?;
+            let found = tx
+                .query_opt("SELECT events, held_by = $2 FROM runs WHERE id = $1 AND (held_by = $2 OR held_by IS NULL) AND attempt = $3", &[&hold.run_id, &hold.worker, &attempt])
+                .await
+                .map_err(db)?
+                .map(|r| (r.get::<_, i32>(0), r.get::<_, Option<bool>>(1) == Some(true)));
+            conn.finished();
+            return match found {
+                // The fence held: the batch failed for another reason.
+                Some((at, true)) if at == hold.seq => Err(db(e)),
+                // The stream went on by this very batch: its commit's
+                // answer was lost (the last batch let go of the hold as it
+                // ended).
+                Some((at, _)) if streamed > 0 && at == seq => {
+                    hold.seq = seq;
+                    Ok(Recorded::Yes)
+                }
+                _ => Ok(Recorded::HoldLost),
+            };
+        }
         tx.batch_execute("COMMIT").await.map_err(db)?;
         conn.finished();
         hold.seq = seq;
