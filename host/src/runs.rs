@@ -492,7 +492,7 @@ pub async fn follow(
     let listener = tokio::spawn(crate::store::queue::listen_with(
         store.clone(),
         crate::store::queue::EVENTS_CHANNEL,
-        move || notify.notify_one(),
+        move |_: &str| notify.notify_one(),
         listening.clone(),
     ));
     let _stop_listening = listening.drop_guard();

@@ -16,7 +16,7 @@
 use crate::exec::{self, Redactor, RunContext, StepRunner};
 use crate::failure::{FailureKind, StepFailure};
 use crate::sandbox::{CancellationToken, StepLog};
-use crate::store::queue::{Claimed, Claimer, Finished, JOBS_CHANNEL, RunCtx, RunHead};
+use crate::store::queue::{Claimed, Claimer, Finished, JOBS_CHANNEL, RUN_TO_START, RunCtx, RunHead};
 use crate::store::whole::{Hold, Recorded, WholeStart};
 use crate::store::{PgStore, RunStore, StoreError, StoreServices};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -1057,9 +1057,12 @@ impl Worker {
 
 /// Listens on `channel` and wakes `worker` on each notification.
 async fn listen(store: Arc<PgStore>, channel: &'static str, worker: Arc<Worker>, stop: CancellationToken) {
-    let wake = move || {
+    let wake = move |payload: &str| {
         worker.look_for_runs.store(true, Ordering::SeqCst);
-        worker.claimable.store(true, Ordering::SeqCst);
+        // A run to start makes no job claimable by itself.
+        if payload != RUN_TO_START {
+            worker.claimable.store(true, Ordering::SeqCst);
+        }
         worker.wake.notify_one();
     };
     crate::store::queue::listen_with(store, channel, wake, stop).await

@@ -41,8 +41,15 @@ use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The channel idle workers listen on: a job became ready, or a run was submitted.
+/// The channel idle workers listen on: a job became ready (no payload),
+/// or a run is to start ([`RUN_TO_START`]).
 pub const JOBS_CHANNEL: &str = "sandflow_jobs";
+/// The payload of a [`JOBS_CHANNEL`] notification that says a run is to
+/// start (submitted, queued again, handed over) and nothing else: workers
+/// then look for runs to start, not for jobs to claim (the worker that
+/// starts a run claims its first jobs as it does, and tells the others of
+/// those it leaves).
+pub const RUN_TO_START: &str = "run";
 /// The channel followers listen on; the payload is the run id.
 pub const EVENTS_CHANNEL: &str = "sandflow_events";
 
@@ -697,14 +704,14 @@ impl PgStore {
 
     /// A connection listening on `channel`: a message for each notification,
     /// until the connection is lost.
-    pub async fn listen(&self, channel: &str) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<()>), StoreError> {
+    pub async fn listen(&self, channel: &str) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>), StoreError> {
         let (client, mut connection) = self.config.connect(tokio_postgres::NoTls).await.map_err(db)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 match message {
-                    Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
-                        if tx.send(()).is_err() {
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                        if tx.send(n.payload().to_string()).is_err() {
                             return;
                         }
                     }
@@ -797,7 +804,7 @@ impl PgStore {
             )
             .await
             .map_err(db)?;
-        tx.execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL]).await.map_err(db)?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &RUN_TO_START]).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(Some(row.get::<_, i32>(0) as u32))
     }
@@ -986,7 +993,7 @@ pub(super) async fn insert_run(tx: &deadpool_postgres::Transaction<'_>, run: &Ne
          run_files AS (INSERT INTO run_files (run_id, path, sha256) SELECT $1, f.path, f.sha256 FROM unnest($16::text[], $17::text[]) AS f(path, sha256)),
          namespace_files AS (
              INSERT INTO namespace_files (namespace, sha256) SELECT DISTINCT $11, f.sha256 FROM unnest($17::text[]) AS f(sha256) ON CONFLICT DO NOTHING)
-         SELECT pg_notify($18, '')",
+         SELECT pg_notify($18, $19)",
         )
         .await
         .map_err(db)?;
@@ -1011,6 +1018,7 @@ pub(super) async fn insert_run(tx: &deadpool_postgres::Transaction<'_>, run: &Ne
             &paths,
             &hashes,
             &JOBS_CHANNEL,
+            &RUN_TO_START,
         ],
     )
     .await
@@ -2182,17 +2190,18 @@ impl<'a> RunMachine<'a, PgLedger<'a>> {
 /// Calls `wake` on each notification on `channel` (and once after each
 /// reconnect, since notifications may have been missed), over a connection
 /// of its own that is re-established with backoff when lost, until `stop`.
-pub async fn listen_with(store: std::sync::Arc<PgStore>, channel: &'static str, wake: impl Fn() + Send + 'static, stop: crate::sandbox::CancellationToken) {
+pub async fn listen_with(store: std::sync::Arc<PgStore>, channel: &'static str, wake: impl Fn(&str) + Send + 'static, stop: crate::sandbox::CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
         match store.listen(channel).await {
             Ok((client, mut notifications)) => {
                 backoff = Duration::from_millis(100);
-                wake();
+                // Notifications may have been missed: anything may have happened.
+                wake("");
                 loop {
                     tokio::select! {
                         n = notifications.recv() => match n {
-                            Some(()) => wake(),
+                            Some(payload) => wake(&payload),
                             None => break,
                         },
                         _ = stop.cancelled() => return,

@@ -16,7 +16,7 @@
 use super::pipe::{Pipe, params};
 use super::postgres::{PgStore, db};
 use super::StoreError;
-use super::queue::{EVENTS_CHANNEL, InTx, JOBS_CHANNEL, NOTIFY, next_attempt};
+use super::queue::{EVENTS_CHANNEL, InTx, JOBS_CHANNEL, NOTIFY, RUN_TO_START, next_attempt};
 use crate::exec::Event;
 use std::time::Duration;
 
@@ -240,9 +240,9 @@ impl PgStore {
                         WHERE id = $1 AND held_by IS NOT NULL AND status = 'running'
                           AND CASE WHEN $4::text IS NULL THEN held_until < now() ELSE held_by = $4 END
                         RETURNING attempt)
-                     SELECT r.attempt, pg_notify($3, '') FROM r"
+                     SELECT r.attempt, pg_notify($3, $5) FROM r"
                 ),
-                &[&run_id, &rerun, &JOBS_CHANNEL, &by],
+                &[&run_id, &rerun, &JOBS_CHANNEL, &by, &RUN_TO_START],
             )
             .await
             .map_err(db)?;
