@@ -172,8 +172,19 @@ pub struct Worker {
 }
 
 /// A job held by a worker, from its claim to its result's commit: its run,
-/// and what cancels it.
-struct Active(String, CancellationToken);
+/// what cancels it, and when it was claimed.
+struct Active(String, CancellationToken, tokio::time::Instant);
+
+/// How long at most a result waits for the attempts claimed just before
+/// it to end, to share its commit: attempts claimed together mostly end
+/// together, and their results then cost one transaction, not two (a wide
+/// run's commits otherwise alternated between one result and fifteen:
+/// BENCHMARKS.md, "Results that end together, committed together").
+const COMMIT_LINGER: Duration = Duration::from_millis(1);
+
+/// Attempts claimed longer ago than this are not waited for by a commit
+/// ([`COMMIT_LINGER`]): they may run long.
+const COMMIT_FRESH: Duration = Duration::from_millis(5);
 
 /// Whether a run is run whole by the worker that starts it.
 enum Whole {
@@ -800,7 +811,7 @@ impl Worker {
 
     fn spawn_job(self: &Arc<Self>, job: Claimed, done: mpsc::UnboundedSender<Finished>) {
         let token = CancellationToken::new();
-        self.active.lock().expect("not poisoned").insert(job.id, Active(job.run_id.clone(), token.clone()));
+        self.active.lock().expect("not poisoned").insert(job.id, Active(job.run_id.clone(), token.clone(), tokio::time::Instant::now()));
         let worker = self.clone();
         tokio::spawn(async move {
             let began = std::time::Instant::now();
@@ -939,6 +950,20 @@ impl Worker {
             while let Ok(more) = done.try_recv() {
                 batch.push(more);
             }
+            // Attempts claimed just now may end a moment later: their
+            // results wait for them, briefly.
+            let deadline = tokio::time::Instant::now() + COMMIT_LINGER;
+            while self.fresh_running(&batch) {
+                match tokio::time::timeout_at(deadline, done.recv()).await {
+                    Ok(Some(more)) => {
+                        batch.push(more);
+                        while let Ok(more) = done.try_recv() {
+                            batch.push(more);
+                        }
+                    }
+                    _ => break,
+                }
+            }
             let mut by_run: BTreeMap<String, Vec<Finished>> = BTreeMap::new();
             for f in batch {
                 by_run.entry(f.job.run_id.clone()).or_default().push(f);
@@ -1003,6 +1028,19 @@ impl Worker {
         }
     }
 
+    /// Whether an attempt claimed within [`COMMIT_FRESH`] runs still,
+    /// beside those whose results are in `batch`.
+    fn fresh_running(&self, batch: &[Finished]) -> bool {
+        let active = self.active.lock().expect("not poisoned");
+        // Jobs held are running, or ended with their results here (the
+        // commit loop is the only one that lets them go).
+        if active.len() <= batch.len() {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        active.iter().any(|(id, Active(_, _, claimed))| now - *claimed < COMMIT_FRESH && !batch.iter().any(|f| f.job.id == *id))
+    }
+
     /// Extends the leases of every job held, three times per lease.
     async fn heartbeat_loop(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.lease / 3);
@@ -1039,7 +1077,7 @@ impl Worker {
             };
             match self.store.runs_to_interrupt(&runs).await {
                 Ok(stopped) if !stopped.is_empty() => {
-                    for Active(run, token) in self.active.lock().expect("not poisoned").values() {
+                    for Active(run, token, _) in self.active.lock().expect("not poisoned").values() {
                         if stopped.contains(run) {
                             token.cancel();
                         }
