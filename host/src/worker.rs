@@ -179,7 +179,7 @@ struct Active(String, CancellationToken, tokio::time::Instant);
 /// it to end, to share its commit: attempts claimed together mostly end
 /// together, and their results then cost one transaction, not two (a wide
 /// run's commits otherwise alternated between one result and fifteen:
-/// BENCHMARKS.md, "Results that end together, committed together").
+/// BENCHMARKS.md, "Chains run whole, batches in one round trip, results committed together").
 const COMMIT_LINGER: Duration = Duration::from_millis(1);
 
 /// Attempts claimed longer ago than this are not waited for by a commit

@@ -444,7 +444,8 @@ impl WaitKind {
 /// `max_steps` steps (`worker --whole-runs`; 0: none) or is a chain of
 /// any length ([`one_at_a_time`]: more workers cannot run it sooner, and
 /// one runs it without a transaction per step deciding what is next;
-/// BENCHMARKS.md, "Chains run whole"), and none of its steps waits
+/// BENCHMARKS.md, "Chains run whole, batches in one round trip, results
+/// committed together"), and none of its steps waits
 /// (`wait:`, `/builtin/sleep`, `/builtin/signal`, `/builtin/approval`: a
 /// waiting step holds no worker), runs `forEach` items (how many is only
 /// known as it runs) or a nested `workflow:`, or needs a `runs_on` label
