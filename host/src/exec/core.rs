@@ -482,25 +482,12 @@ pub fn runs_whole(plan: &Plan, attempt: u32, labels: &[String], max_steps: usize
 /// phase (`steps`, then `finally`), each step needs the one before it, so
 /// that whatever ends, at most one step is ready.
 pub fn one_at_a_time(plan: &Plan) -> bool {
-    let n = plan.workflow.steps.len();
-    [0..plan.main, plan.main..n].into_iter().all(|phase| {
-        // Kahn's order of the phase: a chain has one step ready at each turn.
-        let mut waiting: Vec<usize> = phase.clone().map(|i| plan.deps[i].iter().filter(|d| phase.contains(d)).count()).collect();
-        let mut ready: Vec<usize> = phase.clone().filter(|&i| waiting[i - phase.start] == 0).collect();
-        let mut seen = 0;
-        while let Some(i) = ready.pop() {
-            if !ready.is_empty() {
-                return false;
-            }
-            seen += 1;
-            for &d in plan.dependents[i].iter().filter(|d| phase.contains(d)) {
-                waiting[d - phase.start] -= 1;
-                if waiting[d - phase.start] == 0 {
-                    ready.push(d);
-                }
-            }
-        }
-        seen == phase.len()
+    let order = plan.topological();
+    [0..plan.main, plan.main..plan.workflow.steps.len()].into_iter().all(|phase| {
+        // A chain's topological order is its only one: each step in it
+        // needs the one before.
+        let steps: Vec<usize> = order.iter().copied().filter(|i| phase.contains(i)).collect();
+        steps.windows(2).all(|w| plan.deps[w[1]].binary_search(&w[0]).is_ok())
     })
 }
 

@@ -152,7 +152,7 @@ impl Plan {
     }
 
     /// Step indexes with every dependency before its dependents.
-    fn topological(&self) -> Vec<usize> {
+    pub(crate) fn topological(&self) -> Vec<usize> {
         match petgraph::algo::toposort(&self.graph, None) {
             Ok(order) => order.into_iter().map(|node| self.graph[node]).collect(),
             Err(_) => unreachable!("a plan has no cycle"),
