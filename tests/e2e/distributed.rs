@@ -431,11 +431,14 @@ fn a_step_of_a_killed_worker_is_run_again_by_another() {
 }
 
 /// The lock order between a worker claiming steps and one recording a
-/// result: both take a run's row before its steps' rows. A claim that
-/// waits for the run (held here, as a commit holds it) holds none of the
-/// run's `dag` or `steps` rows meanwhile, so the commit it waits for can
-/// write them: before, the claim marked its steps started first, and a
-/// commit claiming another item of the same step deadlocked with it.
+/// result: both take a run's row before its jobs' and steps' rows. A claim
+/// that waits for the run (held here, as a commit holds it) holds none of
+/// the run's jobs, `dag` or `steps` rows meanwhile, so the commit it waits
+/// for can write them. Before, the claim marked its steps started first,
+/// and a commit claiming another item of the same step deadlocked with it;
+/// and it locked jobs first, so that a commit recording a job that
+/// another worker had claimed under the claim's nose deadlocked with it
+/// (each deadlock cost a second, PostgreSQL's `deadlock_timeout`).
 #[test]
 fn a_claim_waiting_for_a_run_holds_none_of_its_steps() {
     let Some(schema) = PgSchema::create() else { return };
@@ -450,43 +453,50 @@ fn a_claim_waiting_for_a_run_holds_none_of_its_steps() {
         assert!(started.elapsed() < Duration::from_secs(20), "the naps never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let url = schema.url.clone();
-    let run_id = id.clone();
-    let held = crate::support::blocking(async move {
-        let (mut commit, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        let (watch, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        let tx = commit.transaction().await.unwrap();
-        tx.query("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", &[&run_id]).await.unwrap();
-        let me: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-        // A second worker claims `last` and waits for the run's row.
-        workers.add();
-        let started = Instant::now();
-        loop {
-            let waiting: i64 = watch
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)) AND query LIKE '%SET events = events%'", &[&me])
-                .await
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(20), "no claim came to wait for the run");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // What a commit writes after the run's row: none is held.
-        let dag = tx.query("SELECT idx FROM dag WHERE run_id = $1 FOR UPDATE NOWAIT", &[&run_id]).await.map(|r| r.len());
-        let steps = tx.query("SELECT step FROM steps WHERE run_id = $1 FOR UPDATE NOWAIT", &[&run_id]).await.map(|r| r.len());
-        tx.rollback().await.unwrap();
-        let why = |e: tokio_postgres::Error| e.as_db_error().map_or(e.to_string(), |d| d.message().to_string());
-        (dag.map_err(why), steps.map_err(why), workers)
-    });
-    let (dag, steps, _workers) = held;
-    assert_eq!(dag, Ok(3), "the waiting claim holds a step's dag row");
-    assert!(steps.is_ok(), "the waiting claim holds a step's row: {steps:?}");
+    // A second worker claims `last` and waits for the run's row.
+    let (_, free) = rows_free_while_run_held(&schema, &id, || workers.add(), &["dag", "steps", "jobs"]);
+    assert_eq!(free[0], Ok(3), "the waiting claim holds a step's dag row");
+    assert_eq!(free[1], Ok(2), "the waiting claim holds a step's row");
+    assert_eq!(free[2], Ok(3), "the waiting claim holds a job (the naps' two and `last`)");
     let record = wait_end(&schema, &state, &id, Duration::from_secs(40));
     assert_eq!(record["status"], "completed", "{record:#}");
+}
+
+/// Holds run `id`'s row as a worker recording a result holds it, calls
+/// `meanwhile`, and waits until a transaction waits for that row. Then
+/// locks the run's rows of each of `tables` as that commit would, without
+/// waiting: how many there are, or why not (the waiting transaction holds
+/// one). Returns the waiting statement too.
+fn rows_free_while_run_held(schema: &PgSchema, id: &str, meanwhile: impl FnOnce() + Send, tables: &[&str]) -> (String, Vec<Result<usize, String>>) {
+    crate::support::blocking(async move {
+        let connect = || async {
+            let (client, conn) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client
+        };
+        let (mut commit, watch) = (connect().await, connect().await);
+        let tx = commit.transaction().await.unwrap();
+        tx.query("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", &[&id]).await.unwrap();
+        let me: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        meanwhile();
+        let started = Instant::now();
+        let waiting = loop {
+            let rows = watch.query("SELECT query FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", &[&me]).await.unwrap();
+            if let Some(row) = rows.first() {
+                break row.get::<_, String>(0);
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "nothing came to wait for the run");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let why = |e: tokio_postgres::Error| e.as_db_error().map_or(e.to_string(), |d| d.message().to_string());
+        let mut free = Vec::new();
+        for table in tables {
+            let rows = tx.query(&format!("SELECT 1 FROM {table} WHERE run_id = $1 FOR UPDATE NOWAIT"), &[&id]).await;
+            free.push(rows.map(|r| r.len()).map_err(why));
+        }
+        tx.rollback().await.unwrap();
+        (waiting, free)
+    })
 }
 
 /// What a run's transactions read grows with the steps they touch, not
@@ -1466,6 +1476,30 @@ fn log_while_running(mut cmd: impl FnMut() -> Command, id: &str) -> String {
         assert!(since.elapsed() < Duration::from_secs(30), "no lines of `tick` while it ran: {log}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The lines a running step writes on a worker wait for a commit that
+/// holds their run (held here, as a worker recording a result holds it)
+/// before they touch any of its rows: the lock order of every transaction
+/// of a run. Before, the writer locked the steps' rows first and the run's
+/// (a line's key refers to it) second, while a commit locks the run first,
+/// then writes the steps' rows: they deadlocked, and the lines were
+/// dropped a second later. No line is lost: the whole log is there at the
+/// end.
+#[test]
+fn a_running_steps_lines_wait_for_a_commit_of_their_run_holding_none_of_its_rows() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let tick = "{ id: tick, component: sleep, input: { lines: 30, ms: 200 } }";
+    let (id, _workers) = submit_sleeper(&schema, &state, tick, "30s", &["--whole-runs", "0"]);
+    log_while_running(|| pg(&schema, &state), &id);
+    let (waiting, free) = rows_free_while_run_held(&schema, &id, || (), &["steps", "logs"]);
+    assert_eq!(free[0], Ok(1), "the lines waiting for the run ({waiting}) hold their step's row");
+    assert!(matches!(free[1], Ok(n) if n > 0), "the lines waiting for the run ({waiting}) hold a line's row: {:?}", free[1]);
+    let whole: String = (1..=30).map(|i| format!("tick stdout | line {i} of 30\n")).collect();
+    let record = wait_end(&schema, &state, &id, Duration::from_secs(40));
+    assert_eq!(record["status"], "completed", "{record:#}");
+    assert_eq!(log_and_state(|| pg(&schema, &state), &id, "tick"), (whole, "succeeded".to_string()));
 }
 
 /// A running step's log is in the store as the step writes it, in one

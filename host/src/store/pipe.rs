@@ -395,16 +395,23 @@ struct LiveRows(Vec<String>, Vec<String>, Vec<Option<i32>>, Vec<i32>, Vec<String
 /// Keeps the lines of running steps (see [`crate::exec::Event::StepLogLine`])
 /// whose row says they still run that attempt: a line that comes late (a
 /// worker's, sent beside its result) is dropped, as the step's whole log
-/// replaced it. `FOR SHARE` makes the check hold until this commits: a
-/// result recorded meanwhile (its transaction updates the step's row
-/// before it replaces the log) waits, then deletes these lines with the
-/// rest; or this waits for it, and sees the step ended.
+/// replaced it. [`LIVE_LOG_LOCK`] makes the check hold until this commits.
 pub(super) const LIVE_LOG_INSERT: &str = "INSERT INTO logs (run_id, step, seq, source, text)
      SELECT l.run_id, l.step, l.seq, l.source, l.text
      FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[]) WITH ORDINALITY AS l(run_id, step, attempt, seq, source, text, ord)
      JOIN steps s ON s.run_id = l.run_id AND s.step = l.step AND s.state = 'running' AND (l.attempt IS NULL OR s.attempts = l.attempt)
-     ORDER BY l.ord
-     FOR SHARE OF s";
+     ORDER BY l.ord";
+
+/// Locks the rows of runs `$1` for [`LIVE_LOG_INSERT`], in id order, before
+/// any of their steps' or logs' rows: as every transaction that records a
+/// result or claims a step does (`queue::LOCK_RUN`, `queue::CLAIM_RUNS`).
+/// A result recorded meanwhile waits, then deletes these lines with the
+/// rest of the step's log; or this waits for it, and sees the step ended.
+/// (Locking the steps' rows instead deadlocked with commits: each took the
+/// steps of a batch in its own order, and a line's key could wait for a
+/// commit's log rows.) `FOR SHARE`: the lines of runs that other workers
+/// write at the same time do not wait for each other.
+const LIVE_LOG_LOCK: &str = "SELECT 1 FROM runs WHERE id = ANY($1::text[]) ORDER BY id FOR SHARE";
 
 #[derive(Default)]
 struct StepRows {
@@ -613,6 +620,10 @@ impl EventRows {
             runs,
             ..
         } = self;
+        if !live.0.is_empty() {
+            let runs: Vec<String> = live.0.iter().collect::<BTreeSet<_>>().into_iter().cloned().collect();
+            ops.push((LIVE_LOG_LOCK, params![runs]));
+        }
         if !started.0.is_empty() {
             // A step whose row says it ended in an earlier attempt of the
             // run is running again.

@@ -494,19 +494,28 @@ impl PgStore {
         if limit <= 0 {
             return Ok(Vec::new());
         }
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db)?;
+        // BEGIN travels with the first statement.
+        let conn = InTx::new(self.client().await?);
+        let tx = conn.client();
         let mut pipe = Pipe::default();
-        let capped = pipe.query(&tx, LOCK_CAPPED, &[]).await.map_err(db)?;
+        pipe.push("BEGIN", params![]);
+        let capped = pipe.query(tx, LOCK_CAPPED, &[]).await.map_err(db)?;
         let names: Vec<String> = capped.iter().map(|r| r.get(0)).collect();
         let caps: Vec<i64> = capped.iter().map(|r| r.get(1)).collect();
-        let rows = pipe.query(&tx, CLAIM_FAIR, &[&worker, &limit, &lease.as_secs_f64(), &labels, &names, &caps, &only]).await.map_err(db)?;
+        // The runs' rows, then their jobs: see `CLAIM_RUNS`.
+        let runs = pipe.query(tx, CLAIM_RUNS, &[&labels, &names, &caps, &only, &limit]).await.map_err(db)?;
+        let runs: Vec<String> = runs.iter().map(|r| r.get(0)).collect();
+        if runs.is_empty() {
+            tx.batch_execute("COMMIT").await.map_err(db)?;
+            conn.finished();
+            return Ok(Vec::new());
+        }
+        let rows = pipe.query(tx, CLAIM_FAIR, &[&labels, &names, &caps, &runs, &limit, &worker, &lease.as_secs_f64()]).await.map_err(db)?;
         let mut claimed: Vec<(Claimed, String)> = rows.iter().map(|r| (claimed_row(r), r.get(8))).collect();
         claimed.sort_by(|(a, _), (b, _)| (&a.run_id, a.id).cmp(&(&b.run_id, b.id)));
         // `StepStarted` events, numbered in each run's order, runs in id
-        // order (the order their rows are locked in). Each run's row is
-        // locked (appending its events) before its steps' rows are written
-        // (gathered rows go after the statements pushed): see `MARK_STARTED`.
+        // order. Each run's row is locked already (`CLAIM_RUNS`), before its
+        // steps' rows are written: see `MARK_STARTED`.
         for group in claimed.chunk_by(|(a, _), (b, _)| a.run_id == b.run_id) {
             let run_id = group[0].0.run_id.clone();
             let mut bodies = Vec::with_capacity(group.len());
@@ -521,8 +530,9 @@ impl PgStore {
             pipe.push(MARK_STARTED, params![run_id.clone(), idx]);
             pipe.push(NOTIFY, params![EVENTS_CHANNEL, run_id]);
         }
-        pipe.send(&tx).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        pipe.send(tx).await.map_err(db)?;
+        tx.batch_execute("COMMIT").await.map_err(db)?;
+        conn.finished();
         let claimed = claimed.into_iter().map(|(c, _)| c).collect();
         Ok(claimed)
     }
@@ -1137,11 +1147,10 @@ macro_rules! claimed_in_run {
 }
 
 /// Marks steps `$2` of run `$1` started (when their first attempt is
-/// claimed). Every transaction takes a run's row before its `dag` and
-/// `steps` rows: a claim runs this and writes the steps' rows only after
-/// [`APPEND_EVENTS`] has locked the run, so that a claim never holds a
-/// step's row while it waits for a run that a commit holds (which may be
-/// about to write that row: a deadlock).
+/// claimed). Every transaction takes a run's row before its `dag`,
+/// `steps` and `jobs` rows: a claim locks its runs first ([`CLAIM_RUNS`]),
+/// so that it never holds a step's row or a job while it waits for a run
+/// that a commit holds (which may be about to write that row: a deadlock).
 const MARK_STARTED: &str = concat!("UPDATE dag SET first_started = now() WHERE run_id = $1 AND ", idx_in!("$2"), " AND first_started IS NULL");
 
 /// Claims up to `$2` ready jobs of run `$5` (whose lock the transaction
@@ -1166,37 +1175,78 @@ macro_rules! fair_window {
     };
 }
 
-/// [`CLAIM`] of any run's jobs (or run `$7`'s), shared fairly between namespaces: among
-/// the oldest ready jobs (a window of [`fair_window`]), a namespace's
+/// The ready jobs any worker may claim next, in the order [`CLAIM_FAIR`]
+/// takes them: `ranked.ids`, after common table expressions that
+/// [`CLAIM_RUNS`] and [`CLAIM_FAIR`] share.
+///
+/// Shared fairly between namespaces: among the oldest ready jobs (a window
+/// of [`fair_window`]) whose `runs_on` labels are all among `$1` (and
+/// whose run passes `runs`, a condition on `j.run_id`), a namespace's
 /// k-th job ranks by k plus the jobs the namespace holds now, so that a
 /// namespace with little running goes before one with a flood queued;
 /// within a namespace, higher run priority first, then oldest first.
 ///
-/// Namespaces with a step limit: those locked by [`LOCK_CAPPED`] (`$5`,
-/// with limits `$6`) in a statement before (so that the jobs they hold
+/// Namespaces with a step limit: those locked by [`LOCK_CAPPED`] (`$2`,
+/// with limits `$3`) in a statement before (so that the jobs they hold
 /// are counted under the lock) give no more jobs than they have room for,
 /// and none when full (before the window, which they would otherwise
 /// fill); the others with a limit give none (another transaction holds
 /// them, and wakes the workers when it makes room).
-const CLAIM_FAIR: &str = concat!(
-    "WITH busy AS (SELECT r.namespace, count(*) AS n FROM jobs b JOIN runs r ON r.id = b.run_id WHERE b.state = 'claimed' GROUP BY r.namespace),
-     caps AS (SELECT k.namespace, k.cap - COALESCE(busy.n, 0) AS room FROM unnest($5::text[], $6::int8[]) AS k(namespace, cap)
+macro_rules! fair_ranked {
+    ($runs:literal) => {
+        concat!(
+            "WITH busy AS (SELECT r.namespace, count(*) AS n FROM jobs b JOIN runs r ON r.id = b.run_id WHERE b.state = 'claimed' GROUP BY r.namespace),
+     caps AS (SELECT k.namespace, k.cap - COALESCE(busy.n, 0) AS room FROM unnest($2::text[], $3::int8[]) AS k(namespace, cap)
               LEFT JOIN busy ON busy.namespace = k.namespace),
-     shut AS (SELECT namespace FROM caps WHERE room <= 0 UNION ALL SELECT name FROM namespaces WHERE max_steps IS NOT NULL AND name <> ALL($5::text[])),
+     shut AS (SELECT namespace FROM caps WHERE room <= 0 UNION ALL SELECT name FROM namespaces WHERE max_steps IS NOT NULL AND name <> ALL($2::text[])),
      cand AS (SELECT j.id, r.namespace, r.priority FROM jobs j JOIN runs r ON r.id = j.run_id
-              WHERE j.state = 'ready' AND j.not_before <= now() AND j.runs_on <@ $4::text[] AND NOT j.limited
-                AND ($7::text IS NULL OR j.run_id = $7) AND r.namespace NOT IN (SELECT namespace FROM shut)
+              WHERE j.state = 'ready' AND j.not_before <= now() AND j.runs_on <@ $1::text[] AND NOT j.limited
+                AND ",
+            $runs,
+            " AND r.namespace NOT IN (SELECT namespace FROM shut)
               ORDER BY j.id LIMIT ",
-    fair_window!(),
-    "),
+            fair_window!(),
+            "),
      scored AS (SELECT c.id, c.priority, COALESCE(busy.n, 0) AS n, caps.room,
                        row_number() OVER (PARTITION BY c.namespace ORDER BY c.priority DESC, c.id) AS k
                 FROM cand c LEFT JOIN busy ON busy.namespace = c.namespace LEFT JOIN caps ON caps.namespace = c.namespace),
-     ranked AS (SELECT ARRAY(SELECT id FROM scored WHERE room IS NULL OR k <= room ORDER BY n + k, priority DESC, id) AS ids),
+     ranked AS (SELECT ARRAY(SELECT id FROM scored WHERE room IS NULL OR k <= room ORDER BY n + k, priority DESC, id) AS ids)"
+        )
+    };
+}
+
+/// Locks, in id order, the rows of the runs (any, or run `$4`) whose jobs
+/// would be the first `$5` that [`CLAIM_FAIR`] takes (see [`fair_ranked`]),
+/// and returns their ids.
+///
+/// Every transaction takes a run's row before its jobs' (a commit locks
+/// its run, then the jobs it recorded; it may claim the run's ready jobs).
+/// A claim therefore locks its runs first, and claims only their jobs in
+/// a statement after ([`CLAIM_FAIR`]), with a snapshot taken once it holds
+/// them. Locking jobs first deadlocked: a job another worker claimed
+/// after this statement's snapshot was taken stays locked by this
+/// transaction even though it is not claimed (`FOR UPDATE` keeps the lock
+/// of a row whose newer version fails the query's conditions), and that
+/// worker's commit, holding the run, waited for it while this waited for
+/// the run.
+const CLAIM_RUNS: &str = concat!(
+    fair_ranked!("($4::text IS NULL OR j.run_id = $4)"),
+    "
+    SELECT id FROM runs WHERE id IN (SELECT p.run_id FROM ranked, unnest(ranked.ids) WITH ORDINALITY AS q(id, ord) JOIN jobs p ON p.id = q.id
+                                     ORDER BY q.ord LIMIT $5)
+    ORDER BY id FOR NO KEY UPDATE"
+);
+
+/// [`CLAIM`] of the ready jobs of runs `$4` (locked by [`CLAIM_RUNS`]) in
+/// [`fair_ranked`]'s order: up to `$5`, for worker `$6`, leased for `$7`
+/// seconds.
+const CLAIM_FAIR: &str = concat!(
+    fair_ranked!("j.run_id = ANY($4::text[])"),
+    ",
      c AS (
-        UPDATE jobs SET state = 'claimed', worker = $1, claim = claim + 1, lease_until = now() + make_interval(secs => $3)
+        UPDATE jobs SET state = 'claimed', worker = $6, claim = claim + 1, lease_until = now() + make_interval(secs => $7)
         WHERE id IN (SELECT j.id FROM ranked, unnest(ranked.ids) WITH ORDINALITY AS p(id, ord) JOIN jobs j ON j.id = p.id
-                     WHERE j.state = 'ready' ORDER BY p.ord LIMIT $2 FOR UPDATE OF j SKIP LOCKED)",
+                     WHERE j.state = 'ready' ORDER BY p.ord LIMIT $5 FOR UPDATE OF j SKIP LOCKED)",
     claimed!()
 );
 
