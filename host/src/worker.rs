@@ -665,14 +665,10 @@ impl Worker {
             let report = exec::Executor::new(runner, Arc::new(sink)).run(prepared, run.input.clone(), options, cancel).await;
             watcher.abort();
             let name = &worker.config.name;
-            if failed.load(Ordering::SeqCst) {
-                // Looked after at once, not when the hold lapses.
-                if let Err(e) = worker.store.release_hold(&run_id, name).await {
-                    tracing::warn!("worker {name}: cannot give up run {run_id}: {e}");
-                }
-            } else if report.state == exec::RunState::Running {
-                // Handed off as this worker stops: its steps that ended are
-                // recorded; other workers go on with the rest now.
+            // Handed off as this worker stops (its steps that ended are
+            // recorded), or its records could not be written: other
+            // workers go on with the rest now, not when the hold lapses.
+            if failed.load(Ordering::SeqCst) || report.state == exec::RunState::Running {
                 if let Err(e) = worker.store.hand_over(&run_id, name).await {
                     tracing::warn!("worker {name}: cannot hand run {run_id} over ({e}); another worker goes on with it once its hold lapses");
                 }

@@ -750,6 +750,48 @@ fn a_stopped_worker_hands_over_the_runs_it_runs_whole() {
     assert_one_success_per_step(&schema, &id, 66);
 }
 
+/// A worker whose records of a run it runs whole cannot be written (here
+/// a trigger fails every write of `nap`'s success, as a full disk or a
+/// broken table would) retries for a while, then hands the run over at
+/// once, without waiting for its hold (30 s) to lapse: the run goes on
+/// step by step as its next attempt, keeping what was recorded (`first`
+/// does not run again), and completes once the store can write again.
+#[test]
+fn a_run_whose_records_cannot_be_written_is_handed_over_keeping_what_was_recorded() {
+    let Some(schema) = PgSchema::create() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let flow = state.path().join("three.yaml");
+    let steps = "{ id: first, component: sleep, input: { ms: 1 } }
+  - { id: nap, component: sleep, needs: [first], input: { ms: 500 } }
+  - { id: after, component: sleep, needs: [nap], input: { ms: 1 } }";
+    std::fs::write(&flow, format!("name: three\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {steps}\n", hostile("sleep").display())).unwrap();
+    let id = submit(&schema, &state, &flow);
+    schema.execute(
+        "CREATE FUNCTION refuse_nap() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the disk is full'; END $$;
+         CREATE TRIGGER refuse_nap BEFORE INSERT OR UPDATE ON steps FOR EACH ROW
+             WHEN (NEW.step = 'nap' AND NEW.state = 'succeeded') EXECUTE FUNCTION refuse_nap();",
+    );
+    let _workers = Workers::start(&schema, &state, 1, "30s");
+    let started = Instant::now();
+    while running_steps(&schema, &id) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "no step started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let held = schema.strings("SELECT COALESCE(held_by, '') FROM runs WHERE id = $1", &id);
+    assert!(!held[0].is_empty(), "run whole by its worker");
+    let started = Instant::now();
+    while schema.strings("SELECT attempt::text FROM runs WHERE id = $1", &id) != ["2"] {
+        assert!(started.elapsed() < Duration::from_secs(25), "the run was never handed over");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    schema.execute("DROP TRIGGER refuse_nap ON steps");
+    let record = wait_end(&schema, &state, &id, Duration::from_secs(30));
+    assert_eq!((&record["status"], &record["attempt"]), (&json!("completed"), &json!(2)), "{record:#}");
+    let states: Vec<&str> = record["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["succeeded", "succeeded", "succeeded"], "{record:#}");
+    assert_one_success_per_step(&schema, &id, 3);
+}
+
 /// `sandflow cancel` reaches a step running on a worker within a second.
 #[test]
 fn cancel_stops_a_run_on_workers() {

@@ -161,6 +161,17 @@ impl PgSchema {
     }
 }
 
+impl PgSchema {
+    /// Runs `sql` (statements without parameters) in the schema.
+    pub fn execute(&self, sql: &str) {
+        blocking(async {
+            let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.batch_execute(sql).await.unwrap();
+        })
+    }
+}
+
 impl Drop for PgSchema {
     fn drop(&mut self) {
         let (base, name) = (self.base.clone(), self.name.clone());

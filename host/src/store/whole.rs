@@ -187,18 +187,6 @@ impl PgStore {
         Ok(())
     }
 
-    /// Gives up `worker`'s hold on `run_id` at once (it cannot go on with
-    /// it: its store writes fail), so that the run is looked after without
-    /// waiting for the hold to lapse.
-    pub async fn release_hold(&self, run_id: &str, worker: &str) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute("UPDATE runs SET held_until = now() - interval '1 second' WHERE id = $1 AND held_by = $2", &[&run_id, &worker])
-            .await
-            .map_err(db)?;
-        Ok(())
-    }
-
     /// If run `run_id` is held and the hold lapsed (its worker was lost or
     /// gave it up), the run goes on step by step on any worker as its
     /// next attempt, a resume: what succeeded is kept, the rest runs
@@ -211,16 +199,17 @@ impl PgStore {
         Ok(attempt.is_some())
     }
 
-    /// `worker`, stopping, hands run `run_id` it holds over to other
-    /// workers at once (it ran it whole until no step of it ran: see
-    /// [`crate::exec::RunOptions::hand_off`]): the run goes on step by
-    /// step as its next attempt, as after a lapsed hold. Returns whether
-    /// it did (not if the hold was lost meanwhile: whoever took it over
-    /// goes on with it).
+    /// `worker` hands run `run_id` it holds over to other workers at once:
+    /// stopping, it ran it whole until no step of it ran (see
+    /// [`crate::exec::RunOptions::hand_off`]), or it cannot go on with it
+    /// (its store writes fail). The run goes on step by step as its next
+    /// attempt, as after a lapsed hold, keeping what was recorded. Returns
+    /// whether it did (not if the hold was lost meanwhile: whoever took it
+    /// over goes on with it).
     pub async fn hand_over(&self, run_id: &str, worker: &str) -> Result<bool, StoreError> {
         let attempt = self.go_on_step_by_step(run_id, Some(worker)).await?;
         if let Some(attempt) = attempt {
-            tracing::info!("run {run_id}: worker {worker} stopped and handed it over; attempt {attempt} goes on step by step, keeping what succeeded");
+            tracing::info!("run {run_id}: worker {worker} handed it over; attempt {attempt} goes on step by step, keeping what succeeded");
         }
         Ok(attempt.is_some())
     }
