@@ -372,8 +372,8 @@ impl Worker {
                     self.claimable.store(true, Ordering::SeqCst);
                 }
                 if self.look_for_runs.swap(false, Ordering::SeqCst) {
-                    for run_id in self.store.runs_to_start(8, self.only()).await? {
-                        match self.context(&run_id).await {
+                    for (run_id, head) in self.store.runs_to_start(8, self.only()).await? {
+                        match self.context_of(&run_id, Some(head)).await {
                             Ok(run) => {
                                 match self.whole(&run) {
                                     Whole::Yes => match self.store.start_whole(&run_id, &self.config.name, run.attempt, self.config.lease).await? {
@@ -694,13 +694,21 @@ impl Worker {
     /// The run's context, loaded once: its files from the store, its
     /// workflow prepared (components compiled or read from this worker's cache).
     async fn context(&self, run_id: &str) -> Result<Arc<RunCtx>, ContextError> {
+        self.context_of(run_id, None).await
+    }
+
+    /// [`Worker::context`], from the run's `head` if read already.
+    async fn context_of(&self, run_id: &str, head: Option<RunHead>) -> Result<Arc<RunCtx>, ContextError> {
         if let Some(run) = self.runs.lock().expect("not poisoned").get(run_id) {
             return Ok(run.clone());
         }
-        let head = self.store.run_head(run_id).await.map_err(|e| match e {
-            e @ StoreError::Backend(_) => ContextError::Store(e),
-            other => ContextError::Load(other.to_string()),
-        })?;
+        let head = match head {
+            Some(head) => head,
+            None => self.store.run_head(run_id).await.map_err(|e| match e {
+                e @ StoreError::Backend(_) => ContextError::Store(e),
+                other => ContextError::Load(other.to_string()),
+            })?,
+        };
         let prepared = self.prepare(&head).await?;
         // A run gets its namespace's secrets, and no other's.
         let secrets = self.config.secrets_of(&head.binding.namespace);

@@ -272,6 +272,16 @@ impl Binding {
     }
 }
 
+/// The columns of a run's head, of its row `r`: read by [`head_of`].
+macro_rules! head_columns {
+    () => {
+        "r.file, r.input, r.attempt, r.concurrency, r.targets, r.components, r.vars, r.rerun, r.namespace, r.priority, r.triggered_by,
+         to_char(r.scheduled_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+         ARRAY(SELECT f.path FROM run_files f WHERE f.run_id = r.id ORDER BY f.path),
+         ARRAY(SELECT f.sha256 FROM run_files f WHERE f.run_id = r.id ORDER BY f.path)"
+    };
+}
+
 impl PgStore {
     /// Records a run for workers to run: the run, and every file it needs
     /// (each file's bytes once per content, shared by runs). A worker
@@ -381,36 +391,9 @@ impl PgStore {
         let client = self.client().await?;
         // One statement, prepared once per connection: a worker reads the
         // head of every run it touches.
-        let head = client
-            .prepare_cached(
-                "SELECT file, input, attempt, concurrency, targets, components, vars, rerun, namespace, priority, triggered_by,
-                        to_char(scheduled_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                        ARRAY(SELECT path FROM run_files WHERE run_id = $1 ORDER BY path),
-                        ARRAY(SELECT sha256 FROM run_files WHERE run_id = $1 ORDER BY path)
-                 FROM runs WHERE id = $1",
-            )
-            .await
-            .map_err(db)?;
+        let head = client.prepare_cached(concat!("SELECT ", head_columns!(), " FROM runs r WHERE r.id = $1")).await.map_err(db)?;
         let row = client.query_opt(&head, &[&run_id]).await.map_err(db)?.ok_or_else(|| StoreError::UnknownRun(run_id.to_string()))?;
-        let (paths, hashes): (Vec<String>, Vec<String>) = (row.get(12), row.get(13));
-        let files = paths.into_iter().map(PathBuf::from).zip(hashes).collect();
-        let rerun: crate::runs::Rerun = row.get::<_, Option<String>>(7).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        let kind: String = row.get(10);
-        let trigger = crate::exec::RunTrigger {
-            // An attempt `retry` started is the retry's, whatever started the run.
-            kind: if matches!(rerun, crate::runs::Rerun::Retry { .. }) { Some("retry".into()) } else { (kind != "manual").then_some(kind) },
-            scheduled_time: row.get(11),
-        };
-        Ok(RunHead {
-            file: row.get(0),
-            input: row.get::<_, Option<String>>(1).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null),
-            attempt: row.get::<_, i32>(2) as u32,
-            targets: super::targets_of(row.get(4)),
-            rerun,
-            trigger,
-            files,
-            binding: Binding::from_stored(row.get(3), row.get(5), row.get(6), row.get(8), row.get(9)),
-        })
+        Ok(head_of(&row, 0))
     }
 
     /// The files of a run's head, read and each checked against its
@@ -455,22 +438,33 @@ impl PgStore {
         Ok(())
     }
 
-    /// Queued runs no worker has started yet: the namespaces in turn (a
+    /// Queued runs no worker has started yet, with their heads (as
+    /// [`PgStore::run_head`] reads them): the namespaces in turn (a
     /// namespace's k-th run before any namespace's (k+1)-th, among the
     /// oldest 1,024), within one by priority, then oldest first. With
-    /// `only`, that run if it is one of them.
-    pub async fn runs_to_start(&self, limit: i64, only: Option<&str>) -> Result<Vec<String>, StoreError> {
+    /// `only`, that run if it is one of them. One statement: every worker
+    /// woken for a run to start asks, and each would otherwise read the
+    /// run's head in a statement of its own before one of them wins it.
+    pub async fn runs_to_start(&self, limit: i64, only: Option<&str>) -> Result<Vec<(String, RunHead)>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id FROM (SELECT id, namespace, priority, seq FROM runs WHERE queued AND NOT run_started AND status = 'running'
-                                   AND ($2::text IS NULL OR id = $2) ORDER BY seq LIMIT 1024) w
-                 ORDER BY row_number() OVER (PARTITION BY namespace ORDER BY priority DESC, seq), priority DESC, seq LIMIT $1",
+                concat!(
+                    "SELECT c.id, ",
+                    head_columns!(),
+                    " FROM (SELECT id, k, priority, seq FROM
+                             (SELECT id, priority, seq, row_number() OVER (PARTITION BY namespace ORDER BY priority DESC, seq) AS k
+                              FROM (SELECT id, namespace, priority, seq FROM runs WHERE queued AND NOT run_started AND status = 'running'
+                                      AND ($2::text IS NULL OR id = $2) ORDER BY seq LIMIT 1024) w) x
+                             ORDER BY k, priority DESC, seq LIMIT $1) c
+                     JOIN runs r ON r.id = c.id
+                     ORDER BY c.k, c.priority DESC, c.seq"
+                ),
                 &[&limit, &only],
             )
             .await
             .map_err(db)?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows.iter().map(|r| (r.get(0), head_of(r, 1))).collect())
     }
 
     /// Starts a queued run: its DAG rows, its first ready steps, of which
@@ -1034,6 +1028,29 @@ pub(super) async fn insert_run(tx: &deadpool_postgres::Transaction<'_>, run: &Ne
     .await
     .map_err(db)?;
     Ok(())
+}
+
+/// A run's head from [`head_columns`], the first of them at column `at` of `row`.
+fn head_of(row: &tokio_postgres::Row, at: usize) -> RunHead {
+    let (paths, hashes): (Vec<String>, Vec<String>) = (row.get(at + 12), row.get(at + 13));
+    let files = paths.into_iter().map(PathBuf::from).zip(hashes).collect();
+    let rerun: crate::runs::Rerun = row.get::<_, Option<String>>(at + 7).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let kind: String = row.get(at + 10);
+    let trigger = crate::exec::RunTrigger {
+        // An attempt `retry` started is the retry's, whatever started the run.
+        kind: if matches!(rerun, crate::runs::Rerun::Retry { .. }) { Some("retry".into()) } else { (kind != "manual").then_some(kind) },
+        scheduled_time: row.get(at + 11),
+    };
+    RunHead {
+        file: row.get(at),
+        input: row.get::<_, Option<String>>(at + 1).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null),
+        attempt: row.get::<_, i32>(at + 2) as u32,
+        targets: super::targets_of(row.get(at + 4)),
+        rerun,
+        trigger,
+        files,
+        binding: Binding::from_stored(row.get(at + 3), row.get(at + 5), row.get(at + 6), row.get(at + 8), row.get(at + 9)),
+    }
 }
 
 /// A pooled connection in a transaction begun by a pushed `BEGIN`. Unless
