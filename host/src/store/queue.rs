@@ -731,7 +731,6 @@ impl PgStore {
         Ok((client, rx))
     }
 
-    /// Whether a run is run by workers.
     /// How long until the soonest job that waits for its time (a durable
     /// timer, a retry's delay) becomes claimable by a worker with `labels`
     /// (of run `only`, if given).
