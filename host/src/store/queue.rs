@@ -9,7 +9,10 @@
 //! decides (the step's end, retries, newly ready steps, the run's end) in
 //! one transaction. Every transaction that changes a run first locks its
 //! `runs` row, so decisions about one run never race, and its events get
-//! gap-free sequence numbers (`runs follow` reads them in order).
+//! gap-free sequence numbers (`runs follow` reads them in order). It takes
+//! the run's row before any of the run's jobs, steps or log lines (a claim
+//! or a batch of log lines of several runs: their rows in id order), so
+//! that two transactions of a run never wait for each other.
 //!
 //! The run's bookkeeping is [`crate::exec::machine`]'s, the same state
 //! machine the in-process dispatcher drives: this module is its
