@@ -951,20 +951,18 @@ impl Worker {
     async fn commit_loop(self: Arc<Self>, mut done: mpsc::UnboundedReceiver<Finished>, more: mpsc::WeakUnboundedSender<Finished>, stop: CancellationToken) {
         while let Some(first) = done.recv().await {
             let mut batch = vec![first];
-            while let Ok(more) = done.try_recv() {
-                batch.push(more);
-            }
-            // Attempts claimed just now may end a moment later: their
-            // results wait for them, briefly.
+            // Every result there is; and attempts claimed just now may end
+            // a moment later: their results wait for them, briefly.
             let deadline = tokio::time::Instant::now() + COMMIT_LINGER;
-            while self.fresh_running(&batch) {
+            loop {
+                while let Ok(more) = done.try_recv() {
+                    batch.push(more);
+                }
+                if !self.fresh_running(&batch) {
+                    break;
+                }
                 match tokio::time::timeout_at(deadline, done.recv()).await {
-                    Ok(Some(more)) => {
-                        batch.push(more);
-                        while let Ok(more) = done.try_recv() {
-                            batch.push(more);
-                        }
-                    }
+                    Ok(Some(more)) => batch.push(more),
                     _ => break,
                 }
             }

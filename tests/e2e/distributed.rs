@@ -398,10 +398,24 @@ fn submitted_runs_are_finished_by_workers_and_followed_from_anywhere() {
 /// component, starts one worker with `extra` flags, and returns once a
 /// step runs.
 fn submit_sleeper(schema: &PgSchema, state: &tempfile::TempDir, steps: &str, lease: &'static str, extra: &[&'static str]) -> (String, Workers) {
+    submit_sleeper_then(schema, state, steps, lease, extra, || ())
+}
+
+/// [`submit_sleeper`], calling `before_workers` once the run is submitted
+/// (and the store's schema made) and before its worker starts.
+fn submit_sleeper_then(
+    schema: &PgSchema,
+    state: &tempfile::TempDir,
+    steps: &str,
+    lease: &'static str,
+    extra: &[&'static str],
+    before_workers: impl FnOnce(),
+) -> (String, Workers) {
     let flow = state.path().join("slow.yaml");
     let text = format!("name: slow\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {steps}\n", hostile("sleep").display());
     std::fs::write(&flow, text).unwrap();
     let id = submit(schema, state, &flow);
+    before_workers();
     let workers = Workers::with_args(schema, state, 1, lease, &[], extra);
     let started = Instant::now();
     while running_steps(schema, &id) == 0 {
@@ -760,23 +774,17 @@ fn a_stopped_worker_hands_over_the_runs_it_runs_whole() {
 fn a_run_whose_records_cannot_be_written_is_handed_over_keeping_what_was_recorded() {
     let Some(schema) = PgSchema::create() else { return };
     let state = tempfile::tempdir().unwrap();
-    let flow = state.path().join("three.yaml");
     let steps = "{ id: first, component: sleep, input: { ms: 1 } }
   - { id: nap, component: sleep, needs: [first], input: { ms: 500 } }
   - { id: after, component: sleep, needs: [nap], input: { ms: 1 } }";
-    std::fs::write(&flow, format!("name: three\ncomponents:\n  sleep: {{ path: '{}' }}\nsteps:\n  - {steps}\n", hostile("sleep").display())).unwrap();
-    let id = submit(&schema, &state, &flow);
-    schema.execute(
-        "CREATE FUNCTION refuse_nap() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the disk is full'; END $$;
-         CREATE TRIGGER refuse_nap BEFORE INSERT OR UPDATE ON steps FOR EACH ROW
-             WHEN (NEW.step = 'nap' AND NEW.state = 'succeeded') EXECUTE FUNCTION refuse_nap();",
-    );
-    let _workers = Workers::start(&schema, &state, 1, "30s");
-    let started = Instant::now();
-    while running_steps(&schema, &id) == 0 {
-        assert!(started.elapsed() < Duration::from_secs(20), "no step started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let refuse_nap = || {
+        schema.execute(
+            "CREATE FUNCTION refuse_nap() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'the disk is full'; END $$;
+             CREATE TRIGGER refuse_nap BEFORE INSERT OR UPDATE ON steps FOR EACH ROW
+                 WHEN (NEW.step = 'nap' AND NEW.state = 'succeeded') EXECUTE FUNCTION refuse_nap();",
+        )
+    };
+    let (id, _workers) = submit_sleeper_then(&schema, &state, steps, "30s", &[], refuse_nap);
     let held = schema.strings("SELECT COALESCE(held_by, '') FROM runs WHERE id = $1", &id);
     assert!(!held[0].is_empty(), "run whole by its worker");
     let started = Instant::now();
