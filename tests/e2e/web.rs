@@ -714,6 +714,13 @@ fn a_running_steps_log_grows_on_its_page_and_the_run_ends_there() {
     // Set once the page runs (not on the blank page before it): a reload
     // would lose it.
     browser.eval("window.loadedOnce = true");
+    // The table is drawn again on every change of the run (`index` ends
+    // while `crunch` runs, then `crunch` ends): the open log stays on the
+    // page throughout, never gone while its detail is fetched again.
+    browser.eval(
+        "window.redraws = 0; window.logGone = 0; new MutationObserver(() => { window.redraws++; \
+         if (!document.querySelector('tr[data-detail=\"crunch\"] pre.log')) window.logGone++; }).observe(document.querySelector('#steps tbody'), { childList: true })",
+    );
     let running = r#"tr[data-step="crunch"][data-state="running"]"#;
     let seen = browser.eval(&format!(
         "(() => {{ const row = document.querySelector({running:?}); return {{ running: !!row, since: row && row.querySelector('td[data-since]').textContent, \
@@ -735,6 +742,8 @@ fn a_running_steps_log_grows_on_its_page_and_the_run_ends_there() {
     let done = browser.text_of(r#"tr[data-detail="crunch"] pre.log"#, "line 8 of 8");
     assert_eq!(done.matches("line ").count(), 8, "each line once: {done}");
     assert_eq!(browser.eval("window.loadedOnce === true"), true, "the page was not reloaded");
+    let redraws = browser.eval("[window.redraws, window.logGone]");
+    assert!(redraws[0].as_u64().unwrap() >= 2 && redraws[1] == 0, "[redraws, times the open log was gone]: {redraws}");
     let states = browser.eval("[...document.querySelectorAll('tr.step')].map((r) => r.dataset.step + '=' + r.dataset.state).sort().join(' ')");
     assert_eq!(states, "crunch=succeeded fetch=succeeded index=succeeded publish=succeeded");
     // The timeline: a bar per step, `crunch` the longest.

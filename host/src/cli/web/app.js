@@ -100,11 +100,22 @@ const sandflow = (() => {
       }
     };
     let shape = null;
+    // A step's detail row, built off the page and put in once its parts
+    // are fetched, in place of the one shown until then (`render` keeps an
+    // open step's detail across a redraw, so an open log never blinks out).
     const detail = async (step, row) => {
       const cell = el("td", { colspan: "6" });
       const tr = el("tr", { class: "detail", "data-detail": step.step }, cell);
       if (row.dataset.inGroup) tr.dataset.inGroup = row.dataset.inGroup;
-      row.after(tr);
+      await fill(step, cell);
+      // Closed meanwhile, or a later render drew the table again: that one's
+      // detail goes in instead.
+      if (!open.has(step.step) || !row.isConnected) return;
+      const shown = row.parentNode.querySelector(`tr[data-detail="${CSS.escape(step.step)}"]`);
+      if (shown) shown.replaceWith(tr);
+      else row.after(tr);
+    };
+    const fill = async (step, cell) => {
       // A `forEach` step: each item's input and output, folded.
       if (shape && shape.for_each.includes(step.step) && Array.isArray(step.input)) {
         const outputs = Array.isArray(step.output) ? step.output : [];
@@ -212,6 +223,7 @@ const sandflow = (() => {
         actions.querySelector('[data-action="retry"]').hidden = run.status === "running";
       }
       const body = document.querySelector("#steps tbody");
+      const shownDetails = new Map([...body.querySelectorAll("tr.detail")].map((tr) => [tr.dataset.detail, tr]));
       body.replaceChildren();
       // With Argo-style groups and `finally` steps: a header row per group,
       // which folds the group's rows.
@@ -244,7 +256,11 @@ const sandflow = (() => {
           else { open.add(s.step); detail(s, row); }
         });
         body.append(row);
-        if (open.has(s.step)) detail(s, row);
+        if (open.has(s.step)) {
+          const shown = shownDetails.get(s.step);
+          if (shown) row.after(shown);
+          detail(s, row);
+        }
       }
       graph(run);
       timeline(run);
