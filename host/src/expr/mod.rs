@@ -36,6 +36,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// A value from the workflow file, ready to evaluate.
+///
+/// Most of a workflow's templates are constants: the expressions and
+/// references are boxed so that a template is as small as a JSON value
+/// (32 bytes, not 168; a step holds several, and a file thousands).
 #[derive(Debug, Clone)]
 pub enum Template {
     /// Nothing to evaluate.
@@ -45,9 +49,9 @@ pub enum Template {
     /// A mapping whose values are templates, in written order.
     Object(Vec<(String, Template)>),
     /// `{ $from: ..., path: ... }`: a value read from the input, a step or a variable.
-    From(FromRef),
+    From(Box<FromRef>),
     /// A whole-string `{{ EXPR }}`: keeps the result's type.
-    Cel(CelExpr),
+    Cel(Box<CelExpr>),
     /// A string with `{{ EXPR }}` parts.
     Interpolate(Vec<Piece>),
     /// `{ $if: C, then: A, else: B }`: only the branch taken is evaluated.
@@ -649,7 +653,7 @@ impl Template {
             Template::Const(_) | Template::From(_) => {}
             Template::Array(items) => items.iter().for_each(|t| t.collect_exprs(out)),
             Template::Object(entries) => entries.iter().for_each(|(_, t)| t.collect_exprs(out)),
-            Template::Cel(e) => out.push(e),
+            Template::Cel(e) => out.push(&**e),
             Template::Interpolate(pieces) => out.extend(pieces.iter().filter_map(|p| match p {
                 Piece::Expr(e) => Some(e),
                 Piece::Text(_) => None,
@@ -816,7 +820,7 @@ fn parse_path(node: &Node, file: &Arc<Path>, diags: &mut Vec<Diagnostic>) -> Opt
 /// StepFlow's value expressions: `$input`, `$step`, `$variable`, `$if`,
 /// `$coalesce` (its `schemas/flow.json`). `None`: the mapping is none of them.
 fn parse_stepflow(map: &crate::workflow::yaml::Mapping, file: &Arc<Path>, at: &Location, diags: &mut Vec<Diagnostic>) -> Option<Template> {
-    let from = |source, path, default| Template::From(FromRef { source, path, use_default_on_skip: false, default, at: at.clone() });
+    let from = |source, path, default| Template::From(Box::new(FromRef { source, path, use_default_on_skip: false, default, at: at.clone() }));
     if let Some(p) = map.get_node("$input") {
         only_keys(map, &["$input"], "an `$input` reference", file, diags);
         // `$input: "$"` (or "") is the whole input.
@@ -935,7 +939,7 @@ fn parse_from(
         diags.push(Diagnostic::new(at, "`$on_skip: use_default` needs a `$default` value"));
     }
     match source {
-        Some(source) => Template::From(FromRef { source, path, use_default_on_skip, default, at: at.clone() }),
+        Some(source) => Template::From(Box::new(FromRef { source, path, use_default_on_skip, default, at: at.clone() })),
         None => Template::Const(Value::Null),
     }
 }
@@ -948,7 +952,7 @@ fn parse_string(text: &str, at: &Location, diags: &mut Vec<Diagnostic>) -> Templ
         && !inner.contains("}}")
     {
         return match CelExpr::compile(inner.trim(), at) {
-            Ok(e) => Template::Cel(e),
+            Ok(e) => Template::Cel(Box::new(e)),
             Err(d) => {
                 diags.push(d);
                 Template::Const(Value::Null)

@@ -257,7 +257,7 @@ impl Plan {
         let mut exprs: Vec<&crate::expr::CelExpr> = Vec::new();
         for s in &wf.steps {
             exprs.extend(s.input.expressions());
-            exprs.extend(s.when.iter());
+            exprs.extend(s.when.as_deref());
             for t in [&s.skip_if, &s.for_each].into_iter().flatten() {
                 exprs.extend(t.expressions());
             }
@@ -327,7 +327,7 @@ impl Plan {
 /// `reference` at run time.
 fn misplaced_names(s: &StepDecl) -> Vec<Diagnostic> {
     let mut exprs: Vec<&crate::expr::CelExpr> = s.input.expressions();
-    exprs.extend(s.when.iter());
+    exprs.extend(s.when.as_deref());
     for t in [&s.skip_if, &s.for_each].into_iter().flatten() {
         exprs.extend(t.expressions());
     }

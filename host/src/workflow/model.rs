@@ -347,9 +347,11 @@ pub struct StepDecl {
     /// `needs:`, each with where it is written.
     pub needs: Vec<(String, Location)>,
     /// `depends:`: the outcomes of the steps it names that let it run.
-    pub depends: Option<Depends>,
+    /// (This and `when` are boxed: few steps have them, and a step stays
+    /// small: a 10,000-step file holds 10,000 of them.)
+    pub depends: Option<Box<Depends>>,
     /// `when:`: a CEL condition; false skips the step.
-    pub when: Option<CelExpr>,
+    pub when: Option<Box<CelExpr>>,
     /// StepFlow's `skipIf`: a value; true skips the step.
     pub skip_if: Option<Template>,
     /// `forEach:`: the items it runs once for each.

@@ -531,7 +531,7 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>, finally: bool) -> Option
             return None;
         };
         let at = cx.at(n);
-        Depends::parse(&text, &at).map_err(|d| cx.diags.push(d)).ok()
+        Depends::parse(&text, &at).map_err(|d| cx.diags.push(d)).ok().map(Box::new)
     });
     let when = map.get_node("when").and_then(|n| {
         let text = match n.as_scalar().map(scalar_value) {
@@ -543,7 +543,7 @@ fn step(cx: &mut Cx, node: &Node, group: Option<usize>, finally: bool) -> Option
             }
         };
         let at = cx.at(n);
-        expr::parse_condition(&text, &at).map_err(|d| cx.diags.push(d)).ok()
+        expr::parse_condition(&text, &at).map_err(|d| cx.diags.push(d)).ok().map(Box::new)
     });
     let skip_if = map.get_node("skipIf").or_else(|| map.get_node("skip_if")).map(|n| cx.template(n));
     // StepFlow writes `mustExecute: null` for the default.
