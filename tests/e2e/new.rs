@@ -15,8 +15,8 @@ fn a_new_rust_step_builds_and_runs_with_no_edits() {
         assert!(project.join(file).is_file(), "{file}");
     }
     // Its own build script, from its own directory (a target dir of its own).
-    let build = std::process::Command::new("bash").arg(project.join("build.sh")).output().unwrap();
-    assert!(build.status.success(), "build.sh failed:\n{}", String::from_utf8_lossy(&build.stderr));
+    let built = build(&project);
+    assert!(built.status.success(), "build.sh failed:\n{}", String::from_utf8_lossy(&built.stderr));
     let wasm = project.join("word-greeter.wasm");
     let (code, out, err) = run(sandflow(&state).args(["-q", "call"]).arg(&wasm).args(["--input", r#"{"name": "Ada"}"#]));
     assert_eq!(code, 0, "{err}");
@@ -45,6 +45,22 @@ fn toolchain(program: &str) -> bool {
     found
 }
 
+/// `new step NAME --lang LANG` in a fresh directory: the directory (kept
+/// while the test runs), a state dir, and the project's path.
+fn new_project(name: &str, lang: &str) -> (tempfile::TempDir, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(sandflow(&state).args(["new", "step", name, "--lang", lang, "--into"]).arg(dir.path()));
+    assert_eq!(code, 0, "{err}");
+    let project = dir.path().join(name);
+    (dir, state, project)
+}
+
+/// The project's `build.sh`, run.
+fn build(project: &std::path::Path) -> std::process::Output {
+    std::process::Command::new("bash").arg(project.join("build.sh")).output().unwrap()
+}
+
 /// `new step NAME --lang LANG`, its `build.sh`, `call` and its workflow's tests.
 fn builds_and_runs(lang: &str, expected_files: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
@@ -65,8 +81,8 @@ fn builds_and_runs(lang: &str, expected_files: &[&str]) {
     assert!(!workflow.contains("$step") && workflow.contains("$from: { step: greet }"), "{lang}: {workflow}");
     let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
     assert!(!readme.contains("(https://github.com/)"), "{lang}: a bare link: {readme}");
-    let build = std::process::Command::new("bash").arg(project.join("build.sh")).output().unwrap();
-    assert!(build.status.success(), "{lang}: build.sh failed:\n{}", String::from_utf8_lossy(&build.stderr));
+    let built = build(&project);
+    assert!(built.status.success(), "{lang}: build.sh failed:\n{}", String::from_utf8_lossy(&built.stderr));
     let wasm = project.join("hello-step.wasm");
     let (code, out, err) = run(sandflow(&state).args(["call"]).arg(&wasm).args(["--input", r#"{"name": "Ada"}"#]));
     assert_eq!(code, 0, "{lang}: {err}");
@@ -94,6 +110,54 @@ fn a_new_python_step_builds_and_runs_with_no_edits() {
     }
 }
 
+/// A JavaScript step's `warmUp` inputs go through its handler once, when
+/// the component is built: the guest library answers the host's imports
+/// there (no log line, no config, a state of its own that is then thrown
+/// away), so nothing of the warm-up reaches a call's host; what the handler
+/// keeps in module variables is where every call starts (here, a count of
+/// the handler's runs: two at build time, then the call's). An `async`
+/// handler cannot finish at build time: asking to warm one up fails the
+/// build, saying so.
+#[test]
+fn a_javascript_steps_warm_up_runs_its_handler_once_at_build_time() {
+    if !toolchain("npm") {
+        return;
+    }
+    let (_dir, state, project) = new_project("warm", "js");
+    let source = |handler: &str| {
+        format!(
+            "import {{ step, log, state, config }} from './sandflow.js';\n\
+             let runs = 0;\n\
+             export const {{ run, describe }} = step(\n\
+               {{ name: 'warm', version: '0.1.0', warmUp: [{{ name: 'sample' }}, {{ name: 'other' }}] }},\n\
+               {handler});\n"
+        )
+    };
+    let handler = "(input) => {
+        runs += 1;
+        log.info(`hello ${input.name}`);
+        const before = state.get('seen') ?? null;
+        state.set('seen', input.name);
+        return { runs, config: config(), before };
+      }";
+    std::fs::write(project.join("step.js"), source(handler)).unwrap();
+    let built = build(&project);
+    assert!(built.status.success(), "build.sh failed:\n{}", String::from_utf8_lossy(&built.stderr));
+    let wasm = project.join("warm.wasm");
+    let (code, out, err) =
+        run(sandflow(&state).args(["call"]).arg(&wasm).args(["--input", r#"{"name": "Ada"}"#, "--config", r#"{"x": 1}"#]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), serde_json::json!({"runs": 3, "config": {"x": 1}, "before": null}));
+    assert!(err.contains("info | hello Ada"), "the call's log line: {err}");
+    assert!(!err.contains("sample") && !err.contains("other"), "the warm-up's log lines reached the call: {err}");
+
+    std::fs::write(project.join("step.js"), source("async (input) => ({ runs, name: input.name })")).unwrap();
+    let built = build(&project);
+    let said = String::from_utf8_lossy(&built.stderr);
+    assert!(!built.status.success(), "an async handler warmed up at build time built:\n{said}");
+    assert!(said.contains("an async handler cannot finish; drop `warmUp`"), "{said}");
+}
+
 /// `sandflow dev PROJECT --call JSON`: builds the project and calls it,
 /// then, when its handler is edited, builds and calls it again: the new
 /// output comes without anything else typed, from a rebuild that reused
@@ -104,11 +168,7 @@ fn dev_rebuilds_and_calls_again_when_the_handler_changes() {
     if !toolchain("npm") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let (code, _, err) = run(sandflow(&state).args(["new", "step", "greet", "--lang", "js", "--into"]).arg(dir.path()));
-    assert_eq!(code, 0, "{err}");
-    let project = dir.path().join("greet");
+    let (_dir, state, project) = new_project("greet", "js");
     let mut dev = crate::support::sandflow(&state)
         .args(["dev", "--poll", "100ms", "--call", r#"{"name": "Ada"}"#])
         .arg(&project)

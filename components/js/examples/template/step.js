@@ -36,6 +36,17 @@ export const { run, describe } = step(
       required: ['text'],
       properties: { text: { type: 'string' } },
     },
+    // Run once at build time, so every call starts with the parser, the
+    // renderer, each filter and the error paths compiled (see sandflow.js).
+    warmUp: [
+      {
+        template: '{{ a.b | upper }} {{ a.b | lower | trim }} {{ xs | json }} {{ xs | length }} {{ no | default("-") }}'
+          + '{{#if a}}y{{else}}n{{/if}}{{#each xs}}{{@index}}{{.}}{{/each}}\n',
+        data: { a: { b: 'Hi' }, xs: [1, 2] },
+      },
+      { template: 'x\n {{ missing }}', data: {}, strict: true },
+      { template: '{{#each xs}}' },
+    ],
   },
   (input) => {
     const strict = input.strict ?? config()?.strict ?? false;
