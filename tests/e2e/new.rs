@@ -6,11 +6,7 @@ use crate::support::{run, sandflow};
 
 #[test]
 fn a_new_rust_step_builds_and_runs_with_no_edits() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let (code, _, err) = run(sandflow(&state).args(["new", "step", "word-greeter", "--lang", "rust", "--into"]).arg(dir.path()));
-    assert_eq!(code, 0, "{err}");
-    let project = dir.path().join("word-greeter");
+    let (dir, state, project) = new_project("word-greeter", "rust");
     for file in ["Cargo.toml", "Cargo.lock", "src/lib.rs", "sdk/src/lib.rs", "wit/step.wit", "build.sh", "workflow.yaml", "README.md"] {
         assert!(project.join(file).is_file(), "{file}");
     }
@@ -45,13 +41,15 @@ fn toolchain(program: &str) -> bool {
     found
 }
 
-/// `new step NAME --lang LANG` in a fresh directory: the directory (kept
-/// while the test runs), a state dir, and the project's path.
+/// `new step NAME --lang LANG` in a fresh directory, which succeeds and
+/// prints nothing: the directory (kept while the test runs), a state dir,
+/// and the project's path.
 fn new_project(name: &str, lang: &str) -> (tempfile::TempDir, tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let (code, _, err) = run(sandflow(&state).args(["new", "step", name, "--lang", lang, "--into"]).arg(dir.path()));
+    let (code, out, err) = run(sandflow(&state).args(["new", "step", name, "--lang", lang, "--into"]).arg(dir.path()));
     assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty(), "{out}");
     let project = dir.path().join(name);
     (dir, state, project)
 }
@@ -63,12 +61,7 @@ fn build(project: &std::path::Path) -> std::process::Output {
 
 /// `new step NAME --lang LANG`, its `build.sh`, `call` and its workflow's tests.
 fn builds_and_runs(lang: &str, expected_files: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let (code, out, err) = run(sandflow(&state).args(["new", "step", "hello-step", "--lang", lang, "--into"]).arg(dir.path()));
-    assert_eq!(code, 0, "{err}");
-    assert!(out.is_empty(), "{out}");
-    let project = dir.path().join("hello-step");
+    let (_dir, state, project) = new_project("hello-step", lang);
     for file in expected_files.iter().chain(&["wit/step.wit", "build.sh", "workflow.yaml", "README.md", ".gitignore"]) {
         assert!(project.join(file).is_file(), "{lang}: {file}");
     }
