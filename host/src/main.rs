@@ -5,6 +5,13 @@
 
 mod cli;
 
+/// mimalloc, not glibc's malloc: a run allocates and frees small JSON values,
+/// events and instances at every step, and the store's writer frees on its
+/// own thread what the dispatcher allocated. Measured in BENCHMARKS.md ("The
+/// binary's allocator"); its `secure` mode was slower than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     cli::main()
 }
