@@ -28,6 +28,7 @@ source bench/pg-bench.sh "$@"
   for i in $(seq 2 500); do echo "  - { id: s$i, component: echo, input: { n: '{{ steps.s$((i-1)).output.n }}' } }"; done; } > "$work/chain.yaml"
 
 state="$work/state"
+slot_counts="${SLOTS:-2 16}"
 "$bin" -q --state-dir "$state" validate "$work/wide.yaml" >/dev/null   # compile once: caches are warm
 line() { # name steps seconds transactions
   awk -v n="$1" -v s="$2" -v t="$3" -v x="$4" 'BEGIN { printf "| %-34s | %5d | %7.2f s | %7.0f | %8.0f µs | %s |\n", n, s, t, s / t, t / s * 1e6, x }'
@@ -40,7 +41,7 @@ for flow in wide chain; do
   steps=$([ $flow = wide ] && echo 2000 || echo 500)
   t0=$(now); "$bin" -q --state-dir "$state" --store "sqlite:$work/local.db" run "$work/$flow.yaml" >/dev/null; t1=$(now)
   line "$flow, SQLite, in-process" "$steps" "$(echo "$t1 - $t0" | bc)" "-"
-  for slots in ${SLOTS:-2 16}; do
+  for slots in $slot_counts; do
     for n in ${WORKERS:-1 2 4}; do
       pids=()
       for _ in $(seq 1 "$n"); do
@@ -82,7 +83,7 @@ start_serve "$state"
 for n in ${SMALL_WORKERS:-2}; do
  for mode in submit api; do
   pids=()
-  for _ in $(seq 1 "$n"); do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency "${SLOTS##* }" & pids+=($!); done
+  for _ in $(seq 1 "$n"); do "$bin" -q --state-dir "$state" --store "$url" worker --concurrency "${slot_counts##* }" & pids+=($!); done
   sleep 1
   warm_small_runs
   # The workers' connections (`application_name` `sandflow worker NAME`), sampled while they work.
