@@ -12,6 +12,7 @@ mod graph;
 mod guard;
 mod hooks;
 mod new;
+mod parse;
 pub(crate) mod inspect;
 mod remote;
 mod render;
@@ -252,7 +253,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match parse::parse(args.into_iter().map(Into::into).collect()) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
