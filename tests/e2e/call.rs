@@ -193,6 +193,38 @@ fn sigint_cancels_a_spinning_step_with_exit_130() {
     assert!(waited < std::time::Duration::from_secs(2), "took {waited:?} to stop");
 }
 
+/// `call` compiles on its runtime's only thread: a Ctrl-C while it
+/// compiles still cancels the call (exit 130, state `cancelled`) rather
+/// than killing the process, because the handler is in place before the
+/// compile starts.
+#[test]
+fn sigint_while_compiling_cancels_the_call_with_exit_130() {
+    let s = state();
+    let mut child = sandflow(&s)
+        .arg("call")
+        .arg(example("textstats"))
+        .args(["--input", r#"{"text": "a b"}"#, "--config", r#"{"stopwords": []}"#])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The progress line comes a second into the compile of this 18 MB
+    // component, which takes seconds more.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("compiling ") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "no progress line");
+    }
+    assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    let err = std::io::read_to_string(stderr).unwrap();
+    // The optimized code it started compiling in the background is not
+    // this test's to wait for.
+    let _ = std::process::Command::new("pkill").arg("-f").arg(s.path()).status();
+    assert_eq!(status.code(), Some(130), "{line}{err}");
+    assert!(err.contains("failed (cancelled)"), "{line}{err}");
+}
+
 #[test]
 fn sigint_cancels_a_running_workflow_with_exit_130_and_cancelled_states() {
     let s = state();

@@ -250,8 +250,8 @@ fn report_failure(
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
-pub(crate) async fn cancel_on_signal(token: CancellationToken) {
-    cancel_on_signals(&[token]).await
+pub(crate) fn cancel_on_signal(token: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+    cancel_on_signals(vec![token])
 }
 
 /// How an in-process run is interrupted: the first SIGINT or SIGTERM
@@ -260,32 +260,35 @@ pub(crate) async fn cancel_on_signal(token: CancellationToken) {
 /// the run's token, the `finally` steps' token, and the watching task.
 pub(crate) fn run_interrupts() -> (CancellationToken, CancellationToken, tokio::task::JoinHandle<()>) {
     let (cancel, skip_finally) = (CancellationToken::new(), CancellationToken::new());
-    let tokens = [cancel.clone(), skip_finally.clone()];
-    let watcher = tokio::spawn(async move { cancel_on_signals(&tokens).await });
+    let watcher = tokio::spawn(cancel_on_signals(vec![cancel.clone(), skip_finally.clone()]));
     (cancel, skip_finally, watcher)
 }
 
 /// Cancels each token of `tokens` on a SIGINT or SIGTERM of its own: the
-/// first signal the first token, the second the second, and so on.
-async fn cancel_on_signals(tokens: &[CancellationToken]) {
+/// first signal the first token, the second the second, and so on. The
+/// handlers are in place when this returns, not when the future is first
+/// polled: `call` compiles on its runtime's only thread, and a Ctrl-C
+/// during that compile still ends it with exit 130.
+fn cancel_on_signals(tokens: Vec<CancellationToken>) -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-        else {
-            return;
-        };
-        for token in tokens {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+        signal(SignalKind::interrupt()).and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let Ok((mut int, mut term)) = signals else { return };
+            for token in &tokens {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                token.cancel();
             }
-            token.cancel();
         }
-    }
-    #[cfg(not(unix))]
-    {
-        for token in tokens {
+        #[cfg(not(unix))]
+        for token in &tokens {
             let _ = tokio::signal::ctrl_c().await;
             token.cancel();
         }

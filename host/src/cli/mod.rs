@@ -271,7 +271,18 @@ where
         sandflow::sandbox::on_slow_compile(std::time::Duration::from_secs(1), |line| render::say!("{line}"));
     }
     let out = Output { json: cli.global.json, quiet: cli.global.quiet, verbose: cli.global.verbose };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(sandflow::exec::cpu_count()).enable_all().build() {
+    // `call` runs one instance, which yields at every epoch tick so that
+    // its deadline and a Ctrl-C are seen: this thread alone runs it (a
+    // worker per core is started and joined for nothing otherwise).
+    let mut runtime = match cli.command {
+        Command::Call(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut multi = tokio::runtime::Builder::new_multi_thread();
+            multi.worker_threads(sandflow::exec::cpu_count());
+            multi
+        }
+    };
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             say!("error: cannot start the async runtime: {e}");
