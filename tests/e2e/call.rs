@@ -7,6 +7,16 @@ fn state() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
+/// Reads `stderr` up to the first line `wanted` accepts, and returns it.
+fn read_until(stderr: &mut impl std::io::BufRead, wanted: impl Fn(&str) -> bool) -> String {
+    let mut line = String::new();
+    while !wanted(&line) {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "stderr ended before the line waited for");
+    }
+    line
+}
+
 #[test]
 fn prints_the_output_as_json_on_stdout() {
     let s = state();
@@ -175,11 +185,7 @@ fn sigint_cancels_a_spinning_step_with_exit_130() {
         .unwrap();
     // Wait until the guest is running.
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("\"step_started\"") {
-        line.clear();
-        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "no step_started event");
-    }
+    read_until(&mut stderr, |l| l.contains("\"step_started\""));
     std::thread::sleep(std::time::Duration::from_millis(200));
     let sent = std::time::Instant::now();
     let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
@@ -210,11 +216,7 @@ fn sigint_while_compiling_cancels_the_call_with_exit_130() {
     // The progress line comes a second into the compile of this 18 MB
     // component, which takes seconds more.
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("compiling ") {
-        line.clear();
-        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "no progress line");
-    }
+    let line = read_until(&mut stderr, |l| l.starts_with("compiling "));
     assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let status = child.wait().unwrap();
     let err = std::io::read_to_string(stderr).unwrap();
@@ -239,11 +241,7 @@ fn sigint_cancels_a_running_workflow_with_exit_130_and_cancelled_states() {
     .unwrap();
     let mut child = sandflow(&s).args(["--json", "run"]).arg(&file).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("\"step_started\"") {
-        line.clear();
-        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "no step_started event");
-    }
+    read_until(&mut stderr, |l| l.contains("\"step_started\""));
     let sent = std::time::Instant::now();
     assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let status = child.wait().unwrap();
