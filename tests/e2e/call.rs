@@ -199,10 +199,9 @@ fn sigint_cancels_a_spinning_step_with_exit_130() {
     assert!(waited < std::time::Duration::from_secs(2), "took {waited:?} to stop");
 }
 
-/// `call` compiles on its runtime's only thread: a Ctrl-C while it
-/// compiles still cancels the call (exit 130, state `cancelled`) rather
-/// than killing the process, because the handler is in place before the
-/// compile starts.
+/// A Ctrl-C while `call` compiles cancels the call (exit 130, state
+/// `cancelled`): it neither kills the process nor is missed, so the step
+/// does not run to its end after it.
 #[test]
 fn sigint_while_compiling_cancels_the_call_with_exit_130() {
     let s = state();

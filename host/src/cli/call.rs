@@ -267,8 +267,7 @@ pub(crate) fn run_interrupts() -> (CancellationToken, CancellationToken, tokio::
 /// Cancels each token of `tokens` on a SIGINT or SIGTERM of its own: the
 /// first signal the first token, the second the second, and so on. The
 /// handlers are in place when this returns, not when the future is first
-/// polled: `call` compiles on its runtime's only thread, and a Ctrl-C
-/// during that compile still ends it with exit 130.
+/// polled, so a signal that comes before the task first runs is not missed.
 fn cancel_on_signals(tokens: Vec<CancellationToken>) -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     let signals = {

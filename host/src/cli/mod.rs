@@ -271,18 +271,15 @@ where
         sandflow::sandbox::on_slow_compile(std::time::Duration::from_secs(1), |line| render::say!("{line}"));
     }
     let out = Output { json: cli.global.json, quiet: cli.global.quiet, verbose: cli.global.verbose };
-    // `call` runs one instance, which yields at every epoch tick so that
-    // its deadline and a Ctrl-C are seen: this thread alone runs it (a
-    // worker per core is started and joined for nothing otherwise).
-    let mut runtime = match cli.command {
-        Command::Call(_) => tokio::runtime::Builder::new_current_thread(),
-        _ => {
-            let mut multi = tokio::runtime::Builder::new_multi_thread();
-            multi.worker_threads(sandflow::exec::cpu_count());
-            multi
-        }
+    // `call` runs one instance, on this thread: one worker is enough for
+    // what runs beside it (the Ctrl-C watch, which must run while this
+    // thread compiles), where a worker per core would be started and
+    // joined for nothing.
+    let workers = match cli.command {
+        Command::Call(_) => 1,
+        _ => sandflow::exec::cpu_count(),
     };
-    let runtime = match runtime.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             say!("error: cannot start the async runtime: {e}");
