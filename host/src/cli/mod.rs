@@ -251,7 +251,7 @@ fn quiet_on_closed_stdout() {
 pub fn run_with_args<I, T>(args: I) -> u8
 where
     I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
+    T: Into<std::ffi::OsString>,
 {
     let cli = match parse::parse(args.into_iter().map(Into::into).collect()) {
         Ok(cli) => cli,

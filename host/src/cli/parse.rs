@@ -22,27 +22,27 @@ pub(super) fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
 }
 
 /// The subcommands parsed without building the others, each as the derive
-/// names it and with the arguments it gives it.
+/// names it, with the function that gives it its arguments.
+const LEAN: [(&str, fn(clap::Command) -> clap::Command); 10] = [
+    ("run", run::RunArgs::augment_args),
+    ("call", call::CallArgs::augment_args),
+    ("validate", validate::ValidateArgs::augment_args),
+    ("test", test_cmd::TestArgs::augment_args),
+    ("graph", graph::GraphArgs::augment_args),
+    ("submit", worker::SubmitArgs::augment_args),
+    ("cancel", runs::CancelArgs::augment_args),
+    ("signal", signal::SignalArgs::augment_args),
+    ("resume", runs::ResumeArgs::augment_args),
+    ("retry", runs::RetryArgs::augment_args),
+];
+
+/// The subcommand `name` of [`LEAN`], built alone.
 fn lean_subcommand(name: &str) -> Option<clap::Command> {
-    type Augment = fn(clap::Command) -> clap::Command;
-    let (name, augment): (&'static str, Augment) = match name {
-        "run" => ("run", run::RunArgs::augment_args),
-        "call" => ("call", call::CallArgs::augment_args),
-        "validate" => ("validate", validate::ValidateArgs::augment_args),
-        "test" => ("test", test_cmd::TestArgs::augment_args),
-        "graph" => ("graph", graph::GraphArgs::augment_args),
-        "submit" => ("submit", worker::SubmitArgs::augment_args),
-        "cancel" => ("cancel", runs::CancelArgs::augment_args),
-        "signal" => ("signal", signal::SignalArgs::augment_args),
-        "resume" => ("resume", runs::ResumeArgs::augment_args),
-        "retry" => ("retry", runs::RetryArgs::augment_args),
-        _ => return None,
-    };
-    Some(augment(clap::Command::new(name)))
+    LEAN.iter().find(|(lean, _)| *lean == name).map(|&(name, augment)| augment(clap::Command::new(name)))
 }
 
 /// `args` parsed by the global flags and the subcommand they name, when
-/// that subcommand is one of [`lean_subcommand`]'s and the parse succeeds
+/// that subcommand is one of [`LEAN`] and the parse succeeds
 /// with no help or version asked for.
 fn lean(args: &[OsString]) -> Option<Cli> {
     let top = GlobalArgs::augment_args(clap::Command::new("sandflow"));
@@ -99,8 +99,7 @@ mod tests {
     fn lean_subcommands_are_the_whole_commands_own() {
         let mut whole = Cli::command();
         whole.build();
-        let names = ["run", "call", "validate", "test", "graph", "submit", "cancel", "signal", "resume", "retry"];
-        for name in names {
+        for (name, _) in LEAN {
             let mut lean = GlobalArgs::augment_args(clap::Command::new("sandflow")).subcommand(lean_subcommand(name).unwrap());
             lean.build();
             // `--help` differs (its text says whether there is a long help)
