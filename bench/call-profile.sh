@@ -9,6 +9,10 @@
 #   - page faults per call: (faults of 200 items - faults of 1) / 199, from
 #     `perf stat` (a fault per page a call writes, where the pool tracks
 #     written pages to reset only those);
+#   - TLB shootdowns per call, the same way, from /proc/interrupts (the
+#     machine's, all cores): a copy-on-write fault in a process with a
+#     thread on another core interrupts that core to flush the old mapping,
+#     which costs a VM exit on a virtual machine;
 #   - the 200-item run's hottest symbols (`perf record`, CPU clock), and for
 #     the Python step what calls into wasmtime's `ref_func` (the guest's
 #     `ref.func`s, each making a function reference on first use in an
@@ -35,8 +39,10 @@ flow() { # name component config input items
 }
 per_call_ms() { "$bin" -q --state-dir "$work/state" run --json "$1" 2>&1 >/dev/null | grep '"step_finished"' | grep -o '"duration_ms":[0-9.]*' | cut -d: -f2 | awk '{printf "%.3f", $1 / 200}'; }
 faults() { perf stat -e page-faults -x, "$bin" -q --state-dir "$work/state" run "$1" 2>&1 >/dev/null | grep page-faults | cut -d, -f1; }
-echo "| step | per call (3 runs) | page faults per call |"
-echo "| --- | ---: | ---: |"
+shootdowns() { awk '/TLB shootdowns/ { for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i } END { print n + 0 }' /proc/interrupts; }
+shootdowns_of() { local before; before=$(shootdowns); "$bin" -q --state-dir "$work/state" run "$1" >/dev/null; echo $(( $(shootdowns) - before )); }
+echo "| step | per call (3 runs) | page faults per call | TLB shootdowns per call |"
+echo "| --- | ---: | ---: | ---: |"
 for spec in "Python textstats ', config: { stopwords: [the, a] }' '{ text: \"It works. It really works!\", top: 3 }'" \
             "JavaScript template '' '{ template: { \$literal: \"# {{ t }}\" }, data: { t: hi } }'" \
             "Rust text '' '{ op: upper, text: hi }'"; do
@@ -46,7 +52,8 @@ for spec in "Python textstats ', config: { stopwords: [the, a] }' '{ text: \"It 
   "$bin" -q --state-dir "$work/state" run "$work/$2-1.yaml" >/dev/null   # compiled and cached
   calls="$(per_call_ms "$work/$2-200.yaml") $(per_call_ms "$work/$2-200.yaml") $(per_call_ms "$work/$2-200.yaml")"
   f1=$(faults "$work/$2-1.yaml"); f200=$(faults "$work/$2-200.yaml")
-  echo "| $1 ($2) | ${calls// / / } ms | $(( (f200 - f1) / 199 )) |"
+  s1=$(shootdowns_of "$work/$2-1.yaml"); s200=$(shootdowns_of "$work/$2-200.yaml")
+  echo "| $1 ($2) | ${calls// / / } ms | $(( (f200 - f1) / 199 )) | $(awk -v a="$s200" -v b="$s1" 'BEGIN { printf "%.1f", (a - b) / 199 }') |"
 done
 for name in textstats template; do
   echo
