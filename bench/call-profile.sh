@@ -7,8 +7,9 @@
 #
 #   - per call: the forEach step's duration (its `step_finished` event) / 200;
 #   - page faults per call: (faults of 200 items - faults of 1) / 199, from
-#     `perf stat` (a fault per page a call writes, where the pool tracks
-#     written pages to reset only those);
+#     `perf stat` (with wasmtime 48.0.8, the pages of an interpreter's heap
+#     that the slot's reset decommitted, faulted in and copied again: see
+#     BENCHMARKS.md "Why an interpreter step faults its heap in again");
 #   - TLB shootdowns per call, the same way, from /proc/interrupts (the
 #     machine's, all cores): a copy-on-write fault in a process with a
 #     thread on another core interrupts that core to flush the old mapping,
