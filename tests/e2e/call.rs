@@ -1,20 +1,10 @@
 //! `sandflow call`: outputs, failure kinds, exit codes and messages.
 
-use crate::support::{example, hostile, run, sandflow};
+use crate::support::{example, hostile, read_until, run, sandflow};
 use serde_json::{Value, json};
 
 fn state() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
-}
-
-/// Reads `stderr` up to the first line `wanted` accepts, and returns it.
-fn read_until(stderr: &mut impl std::io::BufRead, wanted: impl Fn(&str) -> bool) -> String {
-    let mut line = String::new();
-    while !wanted(&line) {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "stderr ended before the line waited for");
-    }
-    line
 }
 
 #[test]

@@ -4,8 +4,7 @@
 //! credentials runs a workflow through `serve`, and the unit's worker runs
 //! its steps.
 
-use crate::support::{PgSchema, root, run, sandflow};
-use std::io::BufRead;
+use crate::support::{PgSchema, read_until, root, run, sandflow};
 use std::process::{Command, Stdio};
 
 /// A unit file with the binary this test built in place of the installed one.
@@ -26,15 +25,9 @@ fn exec_start(text: &str) -> Vec<String> {
 /// Reads `child`'s stderr until a line containing `wanted`; returns it.
 fn wait_for_line(child: &mut std::process::Child, wanted: &str) -> String {
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "it ended before saying `{wanted}`");
-        if line.contains(wanted) {
-            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-            return line;
-        }
-    }
+    let line = read_until(&mut stderr, |l| l.contains(wanted));
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    line
 }
 
 #[test]

@@ -34,6 +34,16 @@ pub fn newest_run(mut cmd: impl std::borrow::BorrowMut<Command>) -> String {
     runs[0]["id"].as_str().expect("a run in the store").to_string()
 }
 
+/// Reads `stderr` up to the first line `wanted` accepts, and returns it.
+pub fn read_until(stderr: &mut impl std::io::BufRead, wanted: impl Fn(&str) -> bool) -> String {
+    let mut line = String::new();
+    while !wanted(&line) {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "stderr ended before the line waited for");
+    }
+    line
+}
+
 /// Runs `cmd`; returns (exit code, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
     let Output { status, stdout, stderr } = cmd.output().expect("sandflow runs");
