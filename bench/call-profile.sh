@@ -39,9 +39,14 @@ flow() { # name component config input items
     "$1" "$dist" "$2" "$3" "$5" "$4" > "$work/$1.yaml"
 }
 per_call_ms() { "$bin" -q --state-dir "$work/state" run --json "$1" 2>&1 >/dev/null | grep '"step_finished"' | grep -o '"duration_ms":[0-9.]*' | cut -d: -f2 | awk '{printf "%.3f", $1 / 200}'; }
-faults() { perf stat -e page-faults -x, "$bin" -q --state-dir "$work/state" run "$1" 2>&1 >/dev/null | grep page-faults | cut -d, -f1; }
 shootdowns() { awk '/TLB shootdowns/ { for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i } END { print n + 0 }' /proc/interrupts; }
-shootdowns_of() { local before; before=$(shootdowns); "$bin" -q --state-dir "$work/state" run "$1" >/dev/null; echo $(( $(shootdowns) - before )); }
+# One run of "$1": its page faults and the machine's TLB shootdowns meanwhile.
+faults_and_shootdowns() {
+  local before pf
+  before=$(shootdowns)
+  pf=$(perf stat -e page-faults -x, "$bin" -q --state-dir "$work/state" run "$1" 2>&1 >/dev/null | grep page-faults | cut -d, -f1)
+  echo "$pf $(( $(shootdowns) - before ))"
+}
 echo "| step | per call (3 runs) | page faults per call | TLB shootdowns per call |"
 echo "| --- | ---: | ---: | ---: |"
 for spec in "Python textstats ', config: { stopwords: [the, a] }' '{ text: \"It works. It really works!\", top: 3 }'" \
@@ -52,8 +57,8 @@ for spec in "Python textstats ', config: { stopwords: [the, a] }' '{ text: \"It 
   flow "$2-1" "$2" "$3" "$4" 0
   "$bin" -q --state-dir "$work/state" run "$work/$2-1.yaml" >/dev/null   # compiled and cached
   calls="$(per_call_ms "$work/$2-200.yaml") $(per_call_ms "$work/$2-200.yaml") $(per_call_ms "$work/$2-200.yaml")"
-  f1=$(faults "$work/$2-1.yaml"); f200=$(faults "$work/$2-200.yaml")
-  s1=$(shootdowns_of "$work/$2-1.yaml"); s200=$(shootdowns_of "$work/$2-200.yaml")
+  read -r f1 s1 < <(faults_and_shootdowns "$work/$2-1.yaml")
+  read -r f200 s200 < <(faults_and_shootdowns "$work/$2-200.yaml")
   echo "| $1 ($2) | ${calls// / / } ms | $(( (f200 - f1) / 199 )) | $(awk -v a="$s200" -v b="$s1" 'BEGIN { printf "%.1f", (a - b) / 199 }') |"
 done
 for name in textstats template; do
